@@ -1,0 +1,17 @@
+//! # opschain-runner
+//!
+//! The step runner of an OpsChain-style change-automation system, as a library with thin binaries
+//! over it:
+//!
+//! * `opschain-runner` — the static in-container agent (the runner image's ENTRYPOINT). It reads
+//!   `<repo>/<folder>/step_context.json`, merges the properties, writes the declared files, exports the
+//!   declared env vars, runs the action under supervision and writes `step_result.json`.
+//! * `opschain-exec` — the same binary called by that name: runs a command with the step's env vars
+//!   (and the build secrets) loaded, for Dockerfile `RUN` lines.
+//! * `opschain` — the host-side companion controller (feature `controller`).
+//!
+//! Each module holds one concept of the domain; a reader should find any behaviour by file name.
+
+pub mod diff;
+pub mod mask;
+pub mod supervise;
