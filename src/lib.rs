@@ -15,3 +15,11 @@
 pub mod diff;
 pub mod mask;
 pub mod supervise;
+pub mod actions;
+pub mod atomic;
+pub mod context;
+pub mod env;
+pub mod files;
+pub mod json;
+pub mod layout;
+pub mod properties;

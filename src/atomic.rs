@@ -1,0 +1,129 @@
+//! Atomic file replacement: write a temporary file beside the target, fsync it, rename it over the
+//! target. A reader (or a crash, or a SIGKILL) sees the old file or the new one, never half of one.
+//!
+//! Files are created with their final mode from the first moment they exist (never a looser one),
+//! and the target's own name is never followed if it is a symlink: `rename` replaces the link.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{fchmod, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+/// Whether a replacement must survive a power loss, or only a crash of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file before the rename and the directory after it (the step result).
+    Durable,
+    /// fsync the file before the rename only (files an action reads right away).
+    FileOnly,
+}
+
+/// Why an atomic write failed: the operation, the path, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot {op}: {source}", path.display())]
+pub struct AtomicError {
+    /// The operation that failed (create, write, fsync, rename, open directory).
+    pub op: &'static str,
+    /// The file or directory it failed on.
+    pub path: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` atomically with `contents`, created with `mode`.
+pub fn write(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), AtomicError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| AtomicError {
+        op: "write (the path names no file)",
+        path: path.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    let dirfd = open_dir(dir)?;
+    write_at(&dirfd, dir, Path::new(name), contents, mode, durability)
+}
+
+/// Opens `dir` as a directory file descriptor.
+pub fn open_dir(dir: &Path) -> Result<OwnedFd, AtomicError> {
+    let fd = openat(None, dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| AtomicError { op: "open directory", path: dir.to_path_buf(), source: e.into() })?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Replaces `name` inside the directory `dirfd` (which is `dir`, named in errors) atomically.
+pub fn write_at(dirfd: &OwnedFd, dir: &Path, name: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), AtomicError> {
+    let target = dir.join(name);
+    let tmp_name = format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = Path::new(&tmp_name);
+    let err = |op: &'static str, source: std::io::Error| AtomicError { op, path: target.clone(), source };
+    let mode_bits = Mode::from_bits_truncate(mode as libc::mode_t);
+    let raw: RawFd = openat(
+        Some(dirfd.as_raw_fd()),
+        tmp,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        mode_bits,
+    )
+    .map_err(|e| err("create a temporary file for", e.into()))?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let written = (|| -> Result<(), AtomicError> {
+        // The umask may have narrowed the creation mode; set it exactly (never wider than asked).
+        fchmod(file.as_raw_fd(), mode_bits).map_err(|e| err("set the mode of", e.into()))?;
+        file.write_all(contents).map_err(|e| err("write", e))?;
+        file.sync_all().map_err(|e| err("fsync", e))?;
+        renameat(Some(dirfd.as_raw_fd()), tmp, Some(dirfd.as_raw_fd()), name).map_err(|e| err("rename into place", e.into()))
+    })();
+    if let Err(e) = written {
+        let _ = unlinkat(Some(dirfd.as_raw_fd()), tmp, UnlinkatFlags::NoRemoveDir);
+        return Err(e);
+    }
+    if durability == Durability::Durable {
+        nix::unistd::fsync(dirfd.as_raw_fd())
+            .or_else(|e| if e == Errno::EINVAL { Ok(()) } else { Err(e) })
+            .map_err(|e| AtomicError { op: "fsync directory", path: dir.to_path_buf(), source: e.into() })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_with_exact_mode_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "old").unwrap();
+        write(&path, b"new", 0o640, Durability::Durable).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn replaces_a_symlink_instead_of_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        write(&link, b"x", 0o600, Durability::FileOnly).unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    }
+}

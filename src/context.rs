@@ -1,0 +1,148 @@
+//! The step input: `<repo>/<folder>/step_context.json`, in the seeds' layout.
+//!
+//! ```text
+//! {"context": {"project", "environment", "change", "step", "user"},   // optional (local runs)
+//!  "project": {"properties": {...}},
+//!  "environment": {"properties": {...}},
+//!  "secrets": {"NAME": "value"}}                                        // extension, optional
+//! ```
+//! Known members are strictly typed; unknown members of `context` are kept as they are (OpsChain
+//! adds context values over time). `secrets` is this runner's extension: runner secrets exported to
+//! the action over any `opschain.env` property of the same name, and masked in all output.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::json::{self, JsonError, SizeLimit, StrictObject};
+
+/// The parsed `step_context.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StepContext {
+    /// The step's context values; absent in local runs.
+    #[serde(default)]
+    pub context: Option<ContextValues>,
+    /// The project level, whose properties an action may change.
+    #[serde(default)]
+    pub project: Level,
+    /// The environment level, whose properties an action may change.
+    #[serde(default)]
+    pub environment: Level,
+    /// Runner secrets (extension): exported to the action and masked. Empty by default.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// One writable level of properties (project or environment).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Level {
+    /// The level's properties: a JSON object, `{}` when absent.
+    #[serde(default)]
+    pub properties: StrictObject,
+}
+
+/// The `context` member: what OpsChain knows of the step.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContextValues {
+    /// The project the change belongs to.
+    #[serde(default)]
+    pub project: Option<Named>,
+    /// The environment the change runs in; its `code` picks the repository environment file.
+    #[serde(default)]
+    pub environment: Option<Named>,
+    /// The change; kept as given.
+    #[serde(default)]
+    pub change: Option<StrictObject>,
+    /// The step; its `action` names the action to run.
+    #[serde(default)]
+    pub step: Option<StepValues>,
+    /// The user who started the change; kept as given.
+    #[serde(default)]
+    pub user: Option<StrictObject>,
+    /// Any other context values, kept as given.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A project or environment in the context: its code and whatever else OpsChain puts there.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Named {
+    /// The code (e.g. `dev`); required.
+    pub code: String,
+    /// The display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Other values, kept as given.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// The step in the context.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StepValues {
+    /// The action this step runs; `--action` overrides it.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Other values, kept as given.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl StepContext {
+    /// Reads and validates the step context at `path`.
+    pub fn read(path: &Path, limit: SizeLimit) -> Result<StepContext, JsonError> {
+        json::read_file(path, limit)
+    }
+
+    /// The action named by `context.step.action`, if any.
+    pub fn action(&self) -> Option<&str> {
+        self.context.as_ref()?.step.as_ref()?.action.as_deref()
+    }
+
+    /// The environment code (`context.environment.code`), if any.
+    pub fn environment_code(&self) -> Option<&str> {
+        Some(self.context.as_ref()?.environment.as_ref()?.code.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<StepContext, JsonError> {
+        json::parse(Path::new("step_context.json"), s.as_bytes())
+    }
+
+    #[test]
+    fn reads_the_seed_layout() {
+        let ctx = parse(
+            r#"{"context": {"project": {"code": "demo", "name": "Demo"}, "environment": {"code": "dev"},
+                "step": {"action": "deploy", "id": 3}, "change": {"id": 1}, "user": {"name": "u"}},
+               "project": {"properties": {"a": 1}}, "environment": {"properties": {"b": [1]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ctx.action(), Some("deploy"));
+        assert_eq!(ctx.environment_code(), Some("dev"));
+        assert_eq!(ctx.project.properties.0["a"], 1);
+    }
+
+    #[test]
+    fn context_is_optional() {
+        let ctx = parse(r#"{"project": {"properties": {}}, "environment": {"properties": {}}}"#).unwrap();
+        assert!(ctx.context.is_none());
+        assert_eq!(ctx.action(), None);
+    }
+
+    #[test]
+    fn wrong_types_name_their_path() {
+        let err = parse(r#"{"project": {"properties": []}}"#).unwrap_err().to_string();
+        assert!(err.contains("at /project/properties"), "{err}");
+        let err = parse(r#"{"context": {"step": {"action": 5}}}"#).unwrap_err().to_string();
+        assert!(err.contains("/context/step/action"), "{err}");
+        let err = parse(r#"{"secrets": {"A": 1}}"#).unwrap_err().to_string();
+        assert!(err.contains("/secrets/A"), "{err}");
+    }
+}

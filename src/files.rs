@@ -1,0 +1,367 @@
+//! `opschain.files`: the files the properties declare, written before the action starts.
+//!
+//! ```json
+//! {"opschain": {"files": {"~/.ssh/id_rsa": {"mode": "0600", "content": "...", "format": "raw"}}}}
+//! ```
+//! Every key of an entry is optional. Paths expand like Ruby's `File.expand_path` with HOME at the
+//! repo: `~/x` and `x` are under the repo, `/x` is absolute (or under the `--files-root` when the
+//! controller runs steps as local processes). `.` and `..` are resolved lexically; a path under the
+//! repo that climbs out of it is refused.
+//!
+//! Writing is atomic (see [`crate::atomic`]), with the file's mode from its creation, and, for paths
+//! under the repo or the files root, no symlink is followed on the way: a symlink at a parent or at
+//! the file itself that points out of place is refused (parents) or replaced (the file), never
+//! written through.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use base64::Engine as _;
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{mkdirat, Mode};
+use serde_json::{Map, Value};
+
+use crate::atomic::{self, AtomicError, Durability};
+use crate::json::{push_escaped, PointerError};
+
+/// Mode of a file whose entry gives none: `0644`, as Ruby's `File.write` with the usual umask.
+pub const DEFAULT_MODE: u32 = 0o644;
+/// Mode of the directories created on the way to a file.
+pub const DIR_MODE: u32 = 0o755;
+
+/// How an entry's `content` is turned into bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The content string as it is (the default).
+    Raw,
+    /// The content string is base64 (standard alphabet, padding optional) of the bytes.
+    Base64,
+    /// The content (any JSON value) written as pretty JSON.
+    Json,
+}
+
+/// One validated `opschain.files` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// The path as declared (the key).
+    pub declared: String,
+    /// Where it goes, resolved.
+    pub target: Target,
+    /// Permission bits, at most `0o7777`.
+    pub mode: u32,
+    /// How the content was given.
+    pub format: Format,
+    /// The decoded bytes to write.
+    pub content: Vec<u8>,
+}
+
+/// Where a declared file goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Under `base` (the repo dir, or the files root), at the normalised relative `path`; no
+    /// component of it is a symlink when written.
+    Beneath {
+        /// The directory the file must stay under.
+        base: PathBuf,
+        /// Normal components only (no `.`, `..` or root).
+        path: PathBuf,
+    },
+    /// An absolute path outside the repo, normalised; its parents are system places and are
+    /// resolved by the OS as they are.
+    Absolute(PathBuf),
+}
+
+impl Target {
+    /// The full path of the file.
+    pub fn full_path(&self) -> PathBuf {
+        match self {
+            Target::Beneath { base, path } => base.join(path),
+            Target::Absolute(path) => path.clone(),
+        }
+    }
+}
+
+/// Why a file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A parent on the way is a symlink or not a directory.
+    #[error("{}: refusing to write {declared:?}: {} is a symlink or not a directory", at.display(), at.display())]
+    NotADirectory {
+        /// The path as declared.
+        declared: String,
+        /// The offending parent.
+        at: PathBuf,
+    },
+    /// Creating or opening a parent directory failed.
+    #[error("{}: cannot create directory: {source}", at.display())]
+    CreateDir {
+        /// The directory.
+        at: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The atomic write itself failed.
+    #[error(transparent)]
+    Write(#[from] AtomicError),
+}
+
+/// Parses and validates the `opschain.files` object of a properties document. Entries come out
+/// in declaration order.
+pub fn parse(properties: &Map<String, Value>, repo: &Path, files_root: Option<&Path>) -> Result<Vec<FileSpec>, PointerError> {
+    let Some(files) = properties.get("opschain").and_then(|o| o.as_object()).and_then(|o| o.get("files")) else {
+        return Ok(Vec::new());
+    };
+    let base = "/opschain/files".to_string();
+    let files = files.as_object().ok_or_else(|| PointerError { pointer: base.clone(), message: "expected an object of path: entry".into() })?;
+    files
+        .iter()
+        .map(|(declared, entry)| {
+            let mut pointer = base.clone();
+            pointer.push('/');
+            push_escaped(&mut pointer, declared);
+            parse_entry(declared, entry, repo, files_root).map_err(|(suffix, message)| PointerError { pointer: pointer + suffix, message })
+        })
+        .collect()
+}
+
+fn parse_entry(declared: &str, entry: &Value, repo: &Path, files_root: Option<&Path>) -> Result<FileSpec, (&'static str, String)> {
+    let entry = entry.as_object().ok_or(("", "expected an object with mode, content and format".to_string()))?;
+    for key in entry.keys() {
+        if !matches!(key.as_str(), "mode" | "content" | "format") {
+            return Err(("", format!("unknown key {key:?} (expected mode, content, format)")));
+        }
+    }
+    let target = resolve(declared, repo, files_root).map_err(|m| ("", m))?;
+    let mode = match entry.get("mode") {
+        None | Some(Value::Null) => DEFAULT_MODE,
+        Some(Value::String(s)) => parse_mode(s).ok_or(("/mode", format!("invalid mode {s:?}: expected an octal string like \"0600\"")))?,
+        Some(_) => return Err(("/mode", "invalid mode: expected an octal string like \"0600\"".into())),
+    };
+    let format = match entry.get("format") {
+        None | Some(Value::Null) => Format::Raw,
+        Some(Value::String(s)) => match s.as_str() {
+            "raw" => Format::Raw,
+            "base64" => Format::Base64,
+            "json" => Format::Json,
+            other => return Err(("/format", format!("unknown format {other:?} (expected raw, base64 or json)"))),
+        },
+        Some(_) => return Err(("/format", "invalid format: expected \"raw\", \"base64\" or \"json\"".into())),
+    };
+    let content = match (format, entry.get("content")) {
+        (Format::Json, Some(value)) => {
+            let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| ("/content", e.to_string()))?;
+            bytes.push(b'\n');
+            bytes
+        }
+        (_, None | Some(Value::Null)) => Vec::new(),
+        (Format::Raw, Some(Value::String(s))) => s.as_bytes().to_vec(),
+        (Format::Base64, Some(Value::String(s))) => decode_base64(s).map_err(|e| ("/content", format!("invalid base64: {e}")))?,
+        (_, Some(_)) => return Err(("/content", "content must be a string unless format is \"json\"".into())),
+    };
+    Ok(FileSpec { declared: declared.to_string(), target, mode, format, content })
+}
+
+/// Decodes standard base64, with or without padding, ignoring line breaks (as `base64 -w76` writes).
+fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let compact: String = s.chars().filter(|c| !matches!(c, '\n' | '\r')).collect();
+    LENIENT.decode(compact)
+}
+
+/// Parses an octal mode string (`"0600"`, `"600"`, `"0o600"`) of at most `0o7777`.
+pub fn parse_mode(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// Resolves a declared path: `~`/`~/x` and relative paths under `repo`, absolute paths as they are
+/// (or under `files_root`). Lexical normalisation; a path that climbs out of the repo is refused.
+pub fn resolve(declared: &str, repo: &Path, files_root: Option<&Path>) -> Result<Target, String> {
+    if declared.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    if declared.is_empty() {
+        return Err("empty path".into());
+    }
+    if declared.ends_with('/') {
+        return Err("path names a directory (ends with /)".into());
+    }
+    let (beneath, rest): (bool, &str) = if declared == "~" {
+        return Err("path names the home directory itself".into());
+    } else if let Some(rest) = declared.strip_prefix("~/") {
+        (true, rest)
+    } else if declared.starts_with('~') {
+        return Err("`~user` paths are not supported (only `~/`)".into());
+    } else if declared.starts_with('/') {
+        (false, declared)
+    } else {
+        (true, declared)
+    };
+    if beneath {
+        let path = normalise_beneath(Path::new(rest)).ok_or("path climbs out of the repo with `..`")?;
+        return Ok(Target::Beneath { base: repo.to_path_buf(), path });
+    }
+    let absolute = normalise_absolute(Path::new(rest));
+    if let Ok(inside) = absolute.strip_prefix(repo) {
+        if inside.as_os_str().is_empty() {
+            return Err("path names the repo directory itself".into());
+        }
+        return Ok(Target::Beneath { base: repo.to_path_buf(), path: inside.to_path_buf() });
+    }
+    match files_root {
+        Some(root) => {
+            let relative = absolute.strip_prefix("/").map_err(|_| "path is not absolute")?;
+            Ok(Target::Beneath { base: root.to_path_buf(), path: relative.to_path_buf() })
+        }
+        None => Ok(Target::Absolute(absolute)),
+    }
+}
+
+/// `.` dropped, `..` pops; `None` when `..` would climb above the start or nothing is left.
+fn normalise_beneath(path: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => parts.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.iter().collect())
+}
+
+/// Like `File.expand_path` on an absolute path: `..` above `/` stays at `/`.
+fn normalise_absolute(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Writes one file atomically, with its mode from creation, creating its parents.
+pub fn write(spec: &FileSpec) -> Result<(), WriteError> {
+    match &spec.target {
+        Target::Beneath { base, path } => {
+            let (dirfd, dir) = open_parents_beneath(base, path, &spec.declared)?;
+            let name = path.file_name().map(Path::new).unwrap_or(path);
+            atomic::write_at(&dirfd, &dir, name, &spec.content, spec.mode, Durability::FileOnly)?;
+        }
+        Target::Absolute(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| WriteError::CreateDir { at: parent.to_path_buf(), source })?;
+            }
+            atomic::write(path, &spec.content, spec.mode, Durability::FileOnly)?;
+        }
+    }
+    Ok(())
+}
+
+/// Walks `path`'s parents under `base` one component at a time, never following a symlink
+/// (`O_NOFOLLOW`), creating what is missing. Written by hand because `openat2(RESOLVE_BENEATH)` is
+/// not in every kernel a runner image meets, and no maintained crate does this walk on its own.
+fn open_parents_beneath(base: &Path, path: &Path, declared: &str) -> Result<(OwnedFd, PathBuf), WriteError> {
+    std::fs::create_dir_all(base).map_err(|source| WriteError::CreateDir { at: base.to_path_buf(), source })?;
+    let mut dirfd = atomic::open_dir(base)?;
+    let mut at = base.to_path_buf();
+    let parents: Vec<_> = path.parent().map(|p| p.components().collect()).unwrap_or_default();
+    for component in parents {
+        at.push(component);
+        let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let open = |fd: &OwnedFd| openat(Some(fd.as_raw_fd()), component.as_os_str(), flags, Mode::empty());
+        let raw = match open(&dirfd) {
+            Ok(raw) => raw,
+            Err(Errno::ENOENT) => {
+                match mkdirat(Some(dirfd.as_raw_fd()), component.as_os_str(), Mode::from_bits_truncate(DIR_MODE as libc::mode_t)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(WriteError::CreateDir { at, source: e.into() }),
+                }
+                open(&dirfd).map_err(|e| not_a_dir(e, declared, &at))?
+            }
+            Err(e) => return Err(not_a_dir(e, declared, &at)),
+        };
+        // SAFETY: openat just returned this descriptor and nothing else owns it.
+        dirfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    }
+    Ok((dirfd, at))
+}
+
+fn not_a_dir(e: Errno, declared: &str, at: &Path) -> WriteError {
+    match e {
+        Errno::ELOOP | Errno::ENOTDIR => WriteError::NotADirectory { declared: declared.to_string(), at: at.to_path_buf() },
+        e => WriteError::CreateDir { at: at.to_path_buf(), source: e.into() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn specs(files: Value) -> Result<Vec<FileSpec>, PointerError> {
+        let props = json!({"opschain": {"files": files}});
+        parse(props.as_object().unwrap(), Path::new("/opt/opschain"), None)
+    }
+
+    #[test]
+    fn resolves_home_relative_and_absolute() {
+        let repo = Path::new("/opt/opschain");
+        let beneath = |p: &str| Target::Beneath { base: repo.into(), path: p.into() };
+        assert_eq!(resolve("~/a/b", repo, None).unwrap(), beneath("a/b"));
+        assert_eq!(resolve("a/./b", repo, None).unwrap(), beneath("a/b"));
+        assert_eq!(resolve("/opt/opschain/x", repo, None).unwrap(), beneath("x"));
+        assert_eq!(resolve("/etc/../tmp/x", repo, None).unwrap(), Target::Absolute("/tmp/x".into()));
+        assert_eq!(
+            resolve("/etc/x", repo, Some(Path::new("/sandbox"))).unwrap(),
+            Target::Beneath { base: "/sandbox".into(), path: "etc/x".into() }
+        );
+        assert!(resolve("~/../x", repo, None).is_err());
+        assert!(resolve("a/../../x", repo, None).is_err());
+        assert!(resolve("~root/x", repo, None).is_err());
+        assert!(resolve("a\0b", repo, None).is_err());
+    }
+
+    #[test]
+    fn formats_and_modes() {
+        let got = specs(json!({
+            "a": {"content": "hi"},
+            "b": {"mode": "0600", "format": "base64", "content": "aGk="},
+            "c": {"format": "json", "content": {"k": [1]}},
+        }))
+        .unwrap();
+        assert_eq!(got[0].content, b"hi");
+        assert_eq!(got[0].mode, DEFAULT_MODE);
+        assert_eq!((got[1].mode, got[1].content.as_slice()), (0o600, &b"hi"[..]));
+        assert_eq!(serde_json::from_slice::<Value>(&got[2].content).unwrap(), json!({"k": [1]}));
+    }
+
+    #[test]
+    fn invalid_entries_name_their_pointer() {
+        let err = specs(json!({"/x/y": {"mode": "999"}})).unwrap_err();
+        assert_eq!(err.pointer, "/opschain/files/~1x~1y/mode");
+        assert_eq!(specs(json!({"x": {"format": "yaml"}})).unwrap_err().pointer, "/opschain/files/x/format");
+        assert_eq!(specs(json!({"x": {"format": "base64", "content": "@@"}})).unwrap_err().pointer, "/opschain/files/x/content");
+        assert_eq!(specs(json!({"x": {"content": 5}})).unwrap_err().pointer, "/opschain/files/x/content");
+        assert_eq!(specs(json!({"x": {"mdoe": "0600"}})).unwrap_err().pointer, "/opschain/files/x");
+        assert!(specs(json!([1])).is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! Strict reading of the JSON documents the agent is given.
+//!
+//! Stricter than `serde_json::from_slice` in three ways that matter for input written by people and
+//! tools: a duplicate key in an object is an error (serde_json silently keeps the last one), a
+//! document larger than a [`SizeLimit`] is refused before it is parsed, and every error says where:
+//! the JSON path (as an RFC 6901 pointer) and the line and column.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// How large a document the agent agrees to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeLimit {
+    /// Refuse documents larger than this many bytes (default: [`SizeLimit::DEFAULT`]).
+    Error(u64),
+    /// Read documents of any size.
+    Unlimited,
+}
+
+impl SizeLimit {
+    /// Default limit of a step context or properties document: 64 MiB. Properties are configuration;
+    /// a larger document is a mistake (or an attack), and refusing it bounds the agent's memory.
+    pub const DEFAULT: SizeLimit = SizeLimit::Error(64 << 20);
+}
+
+impl Default for SizeLimit {
+    fn default() -> SizeLimit {
+        SizeLimit::DEFAULT
+    }
+}
+
+/// Why a JSON document could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// The file does not exist.
+    #[error("{}: not found", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Opening or reading the file failed.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than the size limit.
+    #[error("{}: larger than the limit of {limit} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit it broke.
+        limit: u64,
+    },
+    /// The document is not valid JSON, or not of the expected shape.
+    #[error("{}: {}{message} (line {line}, column {column})", path.display(), at(pointer))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// RFC 6901 pointer to the offending value; empty for the whole document.
+        pointer: String,
+        /// What is wrong.
+        message: String,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+    },
+}
+
+fn at(pointer: &str) -> String {
+    if pointer.is_empty() {
+        String::new()
+    } else {
+        format!("at {pointer}: ")
+    }
+}
+
+/// Reads and parses the JSON document at `path` into `T`, strictly.
+pub fn read_file<T: DeserializeOwned>(path: &Path, limit: SizeLimit) -> Result<T, JsonError> {
+    let bytes = read_bytes(path, limit)?;
+    parse(path, &bytes)
+}
+
+/// Reads the file at `path` whole, refusing it when it is larger than `limit`.
+pub fn read_bytes(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, JsonError> {
+    let read_err = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            JsonError::Missing { path: path.to_path_buf() }
+        } else {
+            JsonError::Read { path: path.to_path_buf(), source }
+        }
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let max = match limit {
+        SizeLimit::Error(max) => max,
+        SizeLimit::Unlimited => u64::MAX,
+    };
+    let mut bytes = Vec::new();
+    // Read one byte past the limit so that "exactly at the limit" and "over it" are told apart
+    // without trusting the file's metadata (a pipe or /proc file has none).
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() as u64 > max {
+        return Err(JsonError::TooLarge { path: path.to_path_buf(), limit: max });
+    }
+    Ok(bytes)
+}
+
+/// Parses `bytes` (read from `path`, named in errors) into `T`, strictly.
+pub fn parse<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, JsonError> {
+    let invalid = |pointer: String, inner: serde_json::Error| JsonError::Invalid {
+        path: path.to_path_buf(),
+        pointer,
+        message: strip_position(&inner.to_string()),
+        line: inner.line(),
+        column: inner.column(),
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let pointer = pointer_of(err.path());
+        invalid(pointer, err.into_inner())
+    })?;
+    de.end().map_err(|e| invalid(String::new(), e))?;
+    Ok(value)
+}
+
+/// serde_json appends " at line L column C" to its messages; the error says that once, itself.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Renders a serde_path_to_error path as an RFC 6901 JSON pointer.
+pub fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => {
+                out.push('/');
+                out.push_str(&index.to_string());
+            }
+            Segment::Map { key } => {
+                out.push('/');
+                push_escaped(&mut out, key);
+            }
+            Segment::Enum { variant } => {
+                out.push('/');
+                push_escaped(&mut out, variant);
+            }
+            Segment::Unknown => out.push_str("/?"),
+        }
+    }
+    out
+}
+
+/// Appends `token` to a JSON pointer, escaped as RFC 6901 says (`~` as `~0`, `/` as `~1`).
+pub fn push_escaped(out: &mut String, token: &str) {
+    for c in token.chars() {
+        match c {
+            '~' => out.push_str("~0"),
+            '/' => out.push_str("~1"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A value that is valid JSON but not a valid declaration: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at {pointer}: {message}")]
+pub struct PointerError {
+    /// RFC 6901 pointer to the offending value, relative to the document it was found in.
+    pub pointer: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A JSON value read strictly: an object with a duplicate key is an error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrictValue(pub Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StrictValue, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+/// A JSON object read strictly (duplicate keys refused); anything but an object is an error.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StrictObject(pub Map<String, Value>);
+
+impl<'de> Deserialize<'de> for StrictObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StrictObject, D::Error> {
+        match deserializer.deserialize_map(StrictVisitor)? {
+            Value::Object(map) => Ok(StrictObject(map)),
+            _ => Err(de::Error::custom("expected an object")),
+        }
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            let StrictValue(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str<T: DeserializeOwned>(s: &str) -> Result<T, JsonError> {
+        parse(Path::new("t.json"), s.as_bytes())
+    }
+
+    #[test]
+    fn duplicate_key_is_refused_with_its_path() {
+        let err = parse_str::<StrictValue>(r#"{"a": {"b": 1, "b": 2}}"#).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("duplicate key \"b\""), "{text}");
+        assert!(text.contains("at /a"), "{text}");
+    }
+
+    #[test]
+    fn trailing_garbage_is_refused() {
+        assert!(parse_str::<StrictValue>("{} x").is_err());
+    }
+
+    #[test]
+    fn pointer_escapes_tilde_and_slash() {
+        let err = parse_str::<std::collections::BTreeMap<String, u8>>(r#"{"a/~b": "x"}"#).unwrap_err();
+        assert!(err.to_string().contains("at /a~1~0b"), "{err}");
+    }
+
+    #[test]
+    fn size_limit_refuses_larger_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.json");
+        std::fs::write(&path, "[1,2,3]").unwrap();
+        assert!(matches!(read_bytes(&path, SizeLimit::Error(6)), Err(JsonError::TooLarge { .. })));
+        assert!(read_bytes(&path, SizeLimit::Error(7)).is_ok());
+    }
+}
