@@ -9,7 +9,7 @@
 //! Objects merge key by key; arrays and scalars are replaced whole. Only the project and environment
 //! levels are writable by an action.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
@@ -60,23 +60,20 @@ pub fn merge_objects(base: &mut Map<String, Value>, overlay: &Map<String, Value>
     }
 }
 
-/// Reads the repository properties (`properties.json`, then `environments/<code>.json` when an
-/// environment code is known), merged. A file that does not exist contributes nothing.
-pub fn read_repository(layout: &Layout, environment: Option<&str>, limit: SizeLimit) -> Result<Map<String, Value>, PropertiesError> {
-    let mut merged = read_optional(&layout.repo_properties(), limit)?;
-    if let Some(code) = environment {
-        let env = read_optional(&layout.repo_environment_properties(code), limit)?;
-        merge_objects(&mut merged, &env);
+/// Reads the repository properties sources that exist: `properties.json`, then
+/// `environments/<code>.json` when an environment code is known, each with its path, in merge order.
+pub fn read_repository(layout: &Layout, environment: Option<&str>, limit: SizeLimit) -> Result<Vec<(PathBuf, Map<String, Value>)>, PropertiesError> {
+    let mut paths = vec![layout.repo_properties()];
+    paths.extend(environment.map(|code| layout.repo_environment_properties(code)));
+    let mut sources = Vec::new();
+    for path in paths {
+        match json::read_file::<StrictObject>(&path, limit) {
+            Ok(StrictObject(map)) => sources.push((path, map)),
+            Err(JsonError::Missing { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
     }
-    Ok(merged)
-}
-
-fn read_optional(path: &Path, limit: SizeLimit) -> Result<Map<String, Value>, PropertiesError> {
-    match json::read_file::<StrictObject>(path, limit) {
-        Ok(StrictObject(map)) => Ok(map),
-        Err(JsonError::Missing { .. }) => Ok(Map::new()),
-        Err(err) => Err(err.into()),
-    }
+    Ok(sources)
 }
 
 /// Splits a property path into keys. A path starting with `/` is an RFC 6901 JSON pointer

@@ -1,0 +1,158 @@
+//! The command line of `opschain-runner` (and of `opschain-exec`, the same binary by another name).
+//! The binary parses it and calls [`crate::commands`]; nothing here does any work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::layout::{DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
+use crate::logging::LogFormat;
+
+/// OpsChain step runner: the agent that runs one step of a change inside its runner container.
+///
+/// With no command it runs the step (`opschain-runner step`): it reads
+/// <repo>/<folder>/step_context.json, merges the repository, project and environment properties,
+/// writes the files and exports the env vars they declare (opschain.files, opschain.env), runs the
+/// action from <repo>/<folder>/actions.toml, and writes <repo>/<folder>/step_result.json with the
+/// RFC 6902 diffs of the project and environment properties and the child steps.
+///
+/// Exit status: the action's own; 128+N when signal N ended it; 124 on timeout; for the agent's own
+/// failures 64 usage, 65 bad input, 66 input missing, 70 internal, 73 cannot create, 74 I/O.
+#[derive(Debug, Parser)]
+#[command(name = "opschain-runner", version, max_term_width = 100, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Where things are and how to log.
+    #[command(flatten)]
+    pub global: Global,
+    /// The step options, when no command is given.
+    #[command(flatten)]
+    pub step: StepArgs,
+    /// What to do (default: step).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// The repo directory: the action's working directory and HOME.
+    #[arg(long, global = true, env = "OPSCHAIN_REPO_DIR", default_value = DEFAULT_REPO_DIR, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// The OpsChain folder inside the repo (MintPress uses .mintpress).
+    #[arg(long, global = true, env = "OPSCHAIN_REPO_FOLDER", default_value = DEFAULT_REPO_FOLDER, value_name = "NAME")]
+    pub folder: String,
+    /// Log format of the agent's own messages (on stderr).
+    #[arg(long, global = true, env = "OPSCHAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the step: the default when no command is given.
+    Step(StepArgs),
+    /// Print the resolved plan (action, prerequisites, children, files with modes, env names)
+    /// without writing or running anything.
+    Validate(ValidateArgs),
+    /// List the actions of actions.toml with their descriptions.
+    Actions,
+    /// For action scripts: read or change a property without hand-editing JSON.
+    #[command(subcommand)]
+    Property(PropertyCommand),
+    /// For action scripts: add child steps to run after this step.
+    #[command(subcommand)]
+    Child(ChildCommand),
+}
+
+/// `step` options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StepArgs {
+    /// Run this action instead of context.step.action.
+    #[arg(long, value_name = "NAME")]
+    pub action: Option<String>,
+    /// Validate and print the plan only, like `validate`.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write absolute opschain.files paths under DIR instead of /. The controller's process
+    /// backend sets it to the step's sandbox; the action finds it in OPSCHAIN_FILES_ROOT.
+    #[arg(long, env = "OPSCHAIN_FILES_ROOT", value_name = "DIR")]
+    pub files_root: Option<PathBuf>,
+    /// Seconds between TERM and KILL when the action is cancelled or times out.
+    #[arg(long, env = "OPSCHAIN_GRACE_SECS", default_value_t = 10, value_name = "SECS")]
+    pub grace_secs: u64,
+    /// Time limit of each command whose action sets no timeout_secs (default: none).
+    #[arg(long, env = "OPSCHAIN_TIMEOUT_SECS", value_name = "SECS")]
+    pub timeout_secs: Option<u64>,
+    /// Largest step context or properties file read, in bytes.
+    #[arg(long, env = "OPSCHAIN_MAX_INPUT_BYTES", default_value_t = 64 << 20, value_name = "BYTES")]
+    pub max_input_bytes: u64,
+}
+
+/// `validate` options.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Validate this action instead of context.step.action.
+    #[arg(long, value_name = "NAME")]
+    pub action: Option<String>,
+    /// Write absolute opschain.files paths under DIR (as `step --files-root`).
+    #[arg(long, env = "OPSCHAIN_FILES_ROOT", value_name = "DIR")]
+    pub files_root: Option<PathBuf>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which writable level a property edit goes to.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct LevelArg {
+    /// The project properties ($OPSCHAIN_PROJECT_PROPERTIES).
+    #[arg(long)]
+    pub project: bool,
+    /// The environment properties ($OPSCHAIN_ENVIRONMENT_PROPERTIES).
+    #[arg(long)]
+    pub environment: bool,
+}
+
+/// `property` commands. PATH is dotted (opschain.env.A) or a JSON pointer (/opschain/env/A).
+#[derive(Debug, Subcommand)]
+pub enum PropertyCommand {
+    /// Print a property of the merged properties ($OPSCHAIN_PROPERTIES): strings as they are,
+    /// anything else as JSON. Exit 1 when it is not set.
+    Get {
+        /// The property path.
+        path: String,
+    },
+    /// Set a property of the project or environment properties.
+    Set {
+        /// The level to change.
+        #[command(flatten)]
+        level: LevelArg,
+        /// The property path.
+        path: String,
+        /// The value: a string, or JSON with --json.
+        value: String,
+        /// Parse VALUE as JSON (numbers, booleans, objects, arrays).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a property of the project or environment properties.
+    Remove {
+        /// The level to change.
+        #[command(flatten)]
+        level: LevelArg,
+        /// The property path.
+        path: String,
+    },
+}
+
+/// `child` commands.
+#[derive(Debug, Subcommand)]
+pub enum ChildCommand {
+    /// Append actions to $OPSCHAIN_CHILD_STEPS: each runs as a child step after this step.
+    Add {
+        /// The actions, in order.
+        #[arg(required = true)]
+        actions: Vec<String>,
+    },
+}

@@ -1,0 +1,129 @@
+//! The helper commands for action scripts: read or change a property, add a child step, without
+//! hand-editing JSON. They find their files through the `OPSCHAIN_*` variables the agent exports.
+//!
+//! Each change rewrites the file atomically. Two helpers changing the same level at the same time
+//! from one action race (last writer wins): run them one after another.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::atomic::{self, AtomicError, Durability};
+use crate::json::{self, JsonError, SizeLimit, StrictObject};
+use crate::properties::{self, PropertiesError};
+
+/// Why a helper command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// The variable naming the file is not set: not run by the agent.
+    #[error("${var} is not set: run this from an action started by opschain-runner")]
+    NotInStep {
+        /// The variable.
+        var: &'static str,
+    },
+    /// The file is missing or invalid.
+    #[error(transparent)]
+    Read(#[from] JsonError),
+    /// The path or the edit is invalid.
+    #[error(transparent)]
+    Edit(#[from] PropertiesError),
+    /// `--json` was given and VALUE is not JSON.
+    #[error("VALUE is not valid JSON: {0}")]
+    Value(serde_json::Error),
+    /// The property is not set.
+    #[error("property {0:?} is not set")]
+    NotSet(String),
+    /// A child action name is empty or spans lines.
+    #[error("invalid child action name {0:?}")]
+    ChildName(String),
+    /// Writing a file failed.
+    #[error(transparent)]
+    Write(#[from] AtomicError),
+    /// Appending to the child steps file failed.
+    #[error("{}: cannot append: {source}", path.display())]
+    Append {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A writable level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// `$OPSCHAIN_PROJECT_PROPERTIES`.
+    Project,
+    /// `$OPSCHAIN_ENVIRONMENT_PROPERTIES`.
+    Environment,
+}
+
+impl Level {
+    fn var(self) -> &'static str {
+        match self {
+            Level::Project => "OPSCHAIN_PROJECT_PROPERTIES",
+            Level::Environment => "OPSCHAIN_ENVIRONMENT_PROPERTIES",
+        }
+    }
+}
+
+fn path_of(var: &'static str) -> Result<PathBuf, HelperError> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from).ok_or(HelperError::NotInStep { var })
+}
+
+fn read(path: &Path) -> Result<Map<String, Value>, HelperError> {
+    Ok(json::read_file::<StrictObject>(path, SizeLimit::DEFAULT)?.0)
+}
+
+/// The property at `path` of the merged properties.
+pub fn get(path: &str) -> Result<Value, HelperError> {
+    let keys = properties::parse_path(path)?;
+    let doc = read(&path_of("OPSCHAIN_PROPERTIES")?)?;
+    properties::get(&doc, &keys).cloned().ok_or_else(|| HelperError::NotSet(path.to_string()))
+}
+
+/// Sets the property at `path` of `level` to `value` (a string, or JSON when `as_json`).
+pub fn set(level: Level, path: &str, value: &str, as_json: bool) -> Result<(), HelperError> {
+    let keys = properties::parse_path(path)?;
+    let value = if as_json { serde_json::from_str(value).map_err(HelperError::Value)? } else { Value::String(value.to_string()) };
+    edit(level, |doc| Ok(properties::set(doc, &keys, value, path)?))
+}
+
+/// Removes the property at `path` of `level`; removing what is not there is no error.
+pub fn remove(level: Level, path: &str) -> Result<(), HelperError> {
+    let keys = properties::parse_path(path)?;
+    edit(level, |doc| {
+        properties::remove(doc, &keys);
+        Ok(())
+    })
+}
+
+fn edit(level: Level, change: impl FnOnce(&mut Map<String, Value>) -> Result<(), HelperError>) -> Result<(), HelperError> {
+    let file = path_of(level.var())?;
+    let mut doc = read(&file)?;
+    change(&mut doc)?;
+    let mut bytes = serde_json::to_vec_pretty(&doc).map_err(HelperError::Value)?;
+    bytes.push(b'\n');
+    atomic::write(&file, &bytes, 0o644, Durability::FileOnly)?;
+    Ok(())
+}
+
+/// Appends child steps to `$OPSCHAIN_CHILD_STEPS`.
+pub fn add_children(actions: &[String]) -> Result<(), HelperError> {
+    let path = path_of("OPSCHAIN_CHILD_STEPS")?;
+    let mut text = String::new();
+    for action in actions {
+        let name = action.trim();
+        if name.is_empty() || name.contains(['\n', '\r']) || name.starts_with('#') {
+            return Err(HelperError::ChildName(action.clone()));
+        }
+        text.push_str(name);
+        text.push('\n');
+    }
+    let append = |source| HelperError::Append { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new().append(true).open(&path).map_err(append)?;
+    // One write of whole lines: concurrent appenders (O_APPEND) never interleave within a line.
+    file.write_all(text.as_bytes()).map_err(append)
+}

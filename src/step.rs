@@ -1,0 +1,381 @@
+//! One step, end to end: read and validate the inputs ([`prepare`]), then write the files, run the
+//! action under supervision, diff the writable levels and write the result ([`run`]).
+//!
+//! Phases, each logged when it starts and finishes with its duration: `start` (the agent begins),
+//! `initialise` (inputs read, files and runtime copies written), the action, `completing` (read
+//! back, diff, result written) and `finish`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tracing::{info, warn};
+
+use crate::actions::{Action, Actions, ActionsError, RunAs};
+use crate::atomic::{self, AtomicError, Durability};
+use crate::context::StepContext;
+use crate::diff::diff;
+use crate::env::{self, EnvBuilder};
+use crate::files::{self, FileSpec, WriteError};
+use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
+use crate::layout::Layout;
+use crate::mask::Masker;
+use crate::properties::{self, PropertiesError};
+use crate::result::{self, Children, JobFacts, LevelDiff, Phases, RunnerFacts, StepProperties, StepResult};
+use crate::supervise::{Job, Outcome, SuperviseError, SupervisePolicy, Supervisor};
+
+/// This agent's version, recorded in every result.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a step is asked to do beyond what its inputs say.
+#[derive(Debug, Clone, Default)]
+pub struct StepOptions {
+    /// Runs this action instead of `context.step.action` (`--action`). Default: none.
+    pub action: Option<String>,
+    /// Writes absolute `opschain.files` paths under this directory (`--files-root`; the process
+    /// backend's sandbox). Default: none, absolute paths are written where they say.
+    pub files_root: Option<PathBuf>,
+    /// The largest step context or properties document read. Default: [`SizeLimit::DEFAULT`].
+    pub limit: SizeLimit,
+    /// How commands are supervised.
+    pub supervise: SupervisePolicy,
+}
+
+/// Why a step could not be prepared or completed. [`crate::exit`] maps each to an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// step_context.json is missing, unreadable or invalid.
+    #[error(transparent)]
+    Context(JsonError),
+    /// actions.toml is missing, unreadable or invalid, or names an unknown action.
+    #[error(transparent)]
+    Actions(#[from] ActionsError),
+    /// Neither `--action` nor `context.step.action` names the action.
+    #[error("{}: no action to run: neither --action nor context.step.action names one", context.display())]
+    NoAction {
+        /// The step context consulted.
+        context: PathBuf,
+    },
+    /// `--action` names an action actions.toml does not define.
+    #[error("--action {action:?}: {source}")]
+    UnknownActionFlag {
+        /// The name given.
+        action: String,
+        /// The lookup failure.
+        #[source]
+        source: ActionsError,
+    },
+    /// A repository properties file is invalid.
+    #[error(transparent)]
+    Properties(#[from] PropertiesError),
+    /// An `opschain.files` or `opschain.env` declaration (or a secret) is invalid.
+    #[error("{}: {source}", file.display())]
+    Declaration {
+        /// The file the declaration was read from.
+        file: PathBuf,
+        /// Where in it and what is wrong.
+        #[source]
+        source: PointerError,
+    },
+    /// A declared file could not be written.
+    #[error(transparent)]
+    WriteFile(#[from] WriteError),
+    /// A runtime file handed to the action could not be created.
+    #[error(transparent)]
+    Runtime(AtomicError),
+    /// The runtime directory could not be created.
+    #[error("{}: cannot create the runtime directory: {source}", path.display())]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The supervisor failed (not the action: the agent itself).
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+    /// The action left a properties copy that is not a valid JSON object.
+    #[error("the action left invalid properties: {source}")]
+    PropertiesCopy {
+        /// What is wrong with it.
+        #[source]
+        source: JsonError,
+    },
+    /// step_result.json could not be written.
+    #[error(transparent)]
+    Result(AtomicError),
+}
+
+/// Everything a step needs, read and validated; nothing written yet.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Where things are.
+    pub layout: Layout,
+    /// The step context as read.
+    pub context: StepContext,
+    /// The action the step runs.
+    pub action: String,
+    /// The commands to run: the prerequisites, depth first, then the action itself.
+    pub plan: Vec<(String, Action)>,
+    /// The merged properties.
+    pub merged: Map<String, Value>,
+    /// The files to write, validated.
+    pub files: Vec<FileSpec>,
+    /// `opschain.env` of the merged properties, validated, in order.
+    pub env: Vec<(String, String)>,
+    /// Children declared by the action in actions.toml.
+    pub declared_children: Vec<String>,
+    /// How the children run.
+    pub run_as: RunAs,
+}
+
+/// What a finished step reports to the binary.
+#[derive(Debug)]
+pub struct StepReport {
+    /// The result as written.
+    pub result: StepResult,
+    /// The agent's exit status.
+    pub exit_status: i32,
+    /// An error found after the action ran (recorded in the result too).
+    pub error: Option<StepError>,
+}
+
+/// A phase of the step, timed from its start; logs its start and its end.
+struct Phase {
+    name: &'static str,
+    start: Instant,
+}
+
+impl Phase {
+    fn start(name: &'static str) -> Phase {
+        info!(phase = name, "phase started");
+        Phase { name, start: Instant::now() }
+    }
+
+    fn finish(self) -> f64 {
+        let ms = millis(self.start.elapsed());
+        info!(phase = self.name, duration_ms = ms, "phase finished");
+        ms
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Reads and validates every input of the step. Writes nothing.
+pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepError> {
+    let context_path = layout.step_context();
+    let context = StepContext::read(&context_path, options.limit).map_err(StepError::Context)?;
+    let actions_path = layout.actions();
+    let (action, from_flag) = match (&options.action, context.action()) {
+        (Some(a), _) => (a.clone(), true),
+        (None, Some(a)) => (a.to_string(), false),
+        (None, None) => return Err(StepError::NoAction { context: context_path }),
+    };
+    let actions = Actions::read(&actions_path)?;
+    let plan = actions.plan(&action).map_err(|source| match source {
+        ActionsError::Unknown { .. } if from_flag => StepError::UnknownActionFlag { action: action.clone(), source },
+        other => StepError::Actions(other),
+    })?;
+    let own = plan.last().map(|(_, a)| a.clone()).unwrap_or_default();
+
+    let repo_sources = properties::read_repository(layout, context.environment_code(), options.limit)?;
+    // Validate each source on its own first, so that an error names the file it is in.
+    let mut sources: Vec<(&Path, &str, &Map<String, Value>)> = repo_sources.iter().map(|(p, m)| (p.as_path(), "", m)).collect();
+    sources.push((&context_path, "/project/properties", &context.project.properties.0));
+    sources.push((&context_path, "/environment/properties", &context.environment.properties.0));
+    for (file, prefix, props) in &sources {
+        let declaration = |e: PointerError| StepError::Declaration {
+            file: file.to_path_buf(),
+            source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
+        };
+        files::parse(props, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
+        env::parse(props).map_err(declaration)?;
+    }
+    env::check_secrets(&context.secrets).map_err(|source| StepError::Declaration { file: context_path.clone(), source })?;
+
+    let mut merged = Map::new();
+    for (_, _, props) in &sources {
+        properties::merge_objects(&mut merged, props);
+    }
+    let merged_error = |source: PointerError| StepError::Declaration {
+        file: context_path.clone(),
+        source: PointerError { pointer: format!("(merged properties) {}", source.pointer), message: source.message },
+    };
+    let files = files::parse(&merged, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
+    let env = env::parse(&merged).map_err(merged_error)?;
+
+    Ok(Prepared {
+        layout: layout.clone(),
+        declared_children: own.steps.clone(),
+        run_as: own.run_as.unwrap_or_default(),
+        context,
+        action,
+        plan,
+        merged,
+        files,
+        env,
+    })
+}
+
+/// The paths of the runtime files handed to the action.
+struct Runtime {
+    merged: PathBuf,
+    project: PathBuf,
+    environment: PathBuf,
+    children: PathBuf,
+}
+
+impl Runtime {
+    fn new(layout: &Layout) -> Runtime {
+        let dir = layout.runtime_dir();
+        Runtime {
+            merged: dir.join("properties.json"),
+            project: dir.join("project_properties.json"),
+            environment: dir.join("environment_properties.json"),
+            children: dir.join("child_steps"),
+        }
+    }
+
+    fn write(&self, layout: &Layout, prepared: &Prepared) -> Result<(), StepError> {
+        let dir = layout.runtime_dir();
+        std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
+        let json = |value: &Map<String, Value>| {
+            let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+            bytes.push(b'\n');
+            bytes
+        };
+        let write = |path: &Path, bytes: &[u8], mode| atomic::write(path, bytes, mode, Durability::FileOnly).map_err(StepError::Runtime);
+        write(&self.merged, &json(&prepared.merged), 0o444)?;
+        write(&self.project, &json(&prepared.context.project.properties.0), 0o644)?;
+        write(&self.environment, &json(&prepared.context.environment.properties.0), 0o644)?;
+        write(&self.children, b"", 0o644)
+    }
+}
+
+/// The environment of the action's commands.
+fn action_env(prepared: &Prepared, runtime: &Runtime, options: &StepOptions) -> Vec<(OsString, OsString)> {
+    let layout = &prepared.layout;
+    let mut env = EnvBuilder::inherit();
+    for (name, value) in &prepared.env {
+        env.set(name, value);
+    }
+    for (name, value) in &prepared.context.secrets {
+        env.set(name, value);
+    }
+    env.set("HOME", &layout.repo)
+        .set("OPSCHAIN_REPO_DIR", &layout.repo)
+        .set("OPSCHAIN_REPO_FOLDER", &layout.folder)
+        .set("OPSCHAIN_ACTION", &prepared.action)
+        .set("OPSCHAIN_PROPERTIES", &runtime.merged)
+        .set("OPSCHAIN_PROJECT_PROPERTIES", &runtime.project)
+        .set("OPSCHAIN_ENVIRONMENT_PROPERTIES", &runtime.environment)
+        .set("OPSCHAIN_CHILD_STEPS", &runtime.children)
+        .set("OPSCHAIN_STEP_CONTEXT", layout.step_context());
+    if let Some(root) = &options.files_root {
+        env.set("OPSCHAIN_FILES_ROOT", root);
+    }
+    if env.size() > env::ENV_SIZE_WARNING {
+        warn!(bytes = env.size(), limit = env::ENV_SIZE_WARNING, "the action's environment is large; exec may fail with E2BIG");
+    }
+    env.build()
+}
+
+/// The secret values to mask: the runner secrets.
+pub fn masker_for(prepared: &Prepared) -> Masker {
+    Masker::new(prepared.context.secrets.values().cloned())
+}
+
+/// Runs a prepared step: writes the files and runtime copies, runs the plan under `supervisor`,
+/// diffs the writable levels and writes step_result.json. Once the action has run, the result is
+/// written whatever happened, so that no recorded change is lost.
+pub fn run(prepared: &Prepared, options: &StepOptions, supervisor: &mut Supervisor) -> Result<StepReport, StepError> {
+    let layout = &prepared.layout;
+    let initialise = Phase::start("initialise");
+    let runtime = Runtime::new(layout);
+    runtime.write(layout, prepared)?;
+    for spec in &prepared.files {
+        files::write(spec)?;
+        info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
+    }
+    let env = action_env(prepared, &runtime, options);
+    let initialise_ms = initialise.finish();
+
+    let action_phase = Phase::start("action");
+    let mut jobs = Vec::new();
+    let mut last: Option<Outcome> = None;
+    for (name, action) in &prepared.plan {
+        let Some(argv) = action.argv() else { continue };
+        if supervisor.cancelled().is_some() {
+            break;
+        }
+        let job = Job {
+            label: name.clone(),
+            argv: argv.into_iter().map(OsString::from).collect(),
+            cwd: layout.repo.clone(),
+            env: env.clone(),
+            timeout: action.timeout().or(options.supervise.default_timeout),
+        };
+        info!(action = %name, "running");
+        let outcome = supervisor.run(&job)?;
+        info!(action = %name, reason = ?outcome.reason, exit_status = outcome.exit_status, duration_ms = millis(outcome.duration), "ended");
+        jobs.push(JobFacts { action: name.clone(), reason: outcome.reason, exit_status: outcome.exit_status, duration_ms: millis(outcome.duration) });
+        let failed = outcome.exit_status != 0;
+        last = Some(outcome);
+        if failed {
+            break;
+        }
+    }
+    let action_ms = action_phase.finish();
+
+    let completing = Phase::start("completing");
+    let mut error = None;
+    let mut level_diff = |path: &Path, before: &Map<String, Value>| match json::read_file::<StrictObject>(path, options.limit) {
+        Ok(StrictObject(after)) => diff(&Value::Object(before.clone()), &Value::Object(after)),
+        Err(source) => {
+            warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
+            error.get_or_insert(StepError::PropertiesCopy { source });
+            json_patch::Patch(Vec::new())
+        }
+    };
+    let project_diff = level_diff(&runtime.project, &prepared.context.project.properties.0);
+    let environment_diff = level_diff(&runtime.environment, &prepared.context.environment.properties.0);
+    let mut children = prepared.declared_children.clone();
+    match std::fs::read_to_string(&runtime.children) {
+        Ok(text) => children.extend(result::parse_child_steps(&text)),
+        Err(e) => warn!(file = %runtime.children.display(), error = %e, "cannot read the child steps file"),
+    }
+
+    let action_status = last.as_ref().map_or(0, |o| o.exit_status);
+    let exit_status = match (&error, action_status) {
+        (Some(e), 0) => crate::exit::status_of(e),
+        _ => action_status,
+    };
+    let mut result = StepResult {
+        project: LevelDiff { properties_diff: project_diff },
+        environment: LevelDiff { properties_diff: environment_diff },
+        step: StepProperties { properties: prepared.merged.clone() },
+        steps: Children::new(children, prepared.run_as),
+        runner: Some(RunnerFacts {
+            version: VERSION.to_string(),
+            action: prepared.action.clone(),
+            reason: last.as_ref().map(|o| o.reason),
+            exit_status,
+            code: last.as_ref().and_then(|o| o.code),
+            signal: last.as_ref().and_then(|o| o.signal),
+            phases: Phases { initialise_ms, action_ms, completing_ms: 0.0 },
+            jobs,
+            error: error.as_ref().map(|e| e.to_string()),
+        }),
+    };
+    let completing_ms = millis(completing.start.elapsed());
+    if let Some(runner) = result.runner.as_mut() {
+        runner.phases.completing_ms = completing_ms;
+    }
+    result.write(&layout.step_result()).map_err(StepError::Result)?;
+    completing.finish();
+    Ok(StepReport { result, exit_status, error })
+}
