@@ -19,7 +19,7 @@ use crate::logging::LogFormat;
 /// Exit status: the action's own; 128+N when signal N ended it; 124 on timeout; for the agent's own
 /// failures 64 usage, 65 bad input, 66 input missing, 70 internal, 73 cannot create, 74 I/O.
 #[derive(Debug, Parser)]
-#[command(name = "opschain-runner", version, max_term_width = 100, args_conflicts_with_subcommands = true)]
+#[command(name = "opschain-runner", version, max_term_width = 100)]
 pub struct Cli {
     /// Where things are and how to log.
     #[command(flatten)]

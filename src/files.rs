@@ -258,6 +258,26 @@ fn normalise_absolute(path: &Path) -> PathBuf {
     out
 }
 
+/// Checks, before anything is written, that no existing component of a path under the repo (or the
+/// files root) is a symlink: a link there could point out of place. Missing components are fine
+/// (they will be created). [`write`] enforces the same again with `O_NOFOLLOW`, so a link created
+/// in between is refused too.
+pub fn check_no_symlinks(spec: &FileSpec) -> Result<(), String> {
+    let Target::Beneath { base, path } = &spec.target else { return Ok(()) };
+    let mut at = base.clone();
+    for component in path.components() {
+        at.push(component);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!("{} is a symlink; refusing to write through it", at.display()));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 /// Writes one file atomically, with its mode from creation, creating its parents.
 pub fn write(spec: &FileSpec) -> Result<(), WriteError> {
     match &spec.target {

@@ -207,6 +207,13 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     };
     let files = files::parse(&merged, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
     let env = env::parse(&merged).map_err(merged_error)?;
+    for spec in &files {
+        files::check_no_symlinks(spec).map_err(|message| {
+            let mut pointer = "/opschain/files/".to_string();
+            crate::json::push_escaped(&mut pointer, &spec.declared);
+            merged_error(PointerError { pointer, message })
+        })?;
+    }
 
     Ok(Prepared {
         layout: layout.clone(),

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: the real binaries, copies of fixtures, tree snapshots.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The agent binary cargo built for these tests.
+pub fn runner() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_opschain-runner"))
+}
+
+/// The directory of the agent binary (to put on an action's PATH).
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_opschain-runner")).parent().unwrap().to_path_buf()
+}
+
+/// `fixtures/<name>` of this repo.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// Copies a directory tree, keeping symlinks as symlinks.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A temporary copy of `fixtures/<name>`.
+pub fn fixture_copy(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(name), dir.path());
+    dir
+}
+
+/// Every path under `root` with its kind, size and mode: compare two to see that nothing changed.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (char, u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let kind = if meta.file_type().is_symlink() { 'l' } else if meta.is_dir() { 'd' } else { 'f' };
+            if kind == 'd' {
+                stack.push(path.clone());
+            }
+            out.insert(path.strip_prefix(root).unwrap().to_path_buf(), (kind, meta.len(), meta.mode()));
+        }
+    }
+    out
+}
+
+/// Runs the agent's `step` on `repo` with `args`, the agent's directory first on PATH.
+pub fn run_step(repo: &Path, args: &[&str]) -> Output {
+    runner()
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
+        .env_remove("OPSCHAIN_REPO_FOLDER")
+        .output()
+        .unwrap()
+}
+
+/// The stderr lines of an output.
+pub fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr).lines().map(str::to_string).collect()
+}
