@@ -1,0 +1,269 @@
+//! The step agent end to end through the real binary: inputs in, action run, result out.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn result(repo: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(repo.join(".opschain/step_result.json")).unwrap()).unwrap()
+}
+
+fn write_context(repo: &Path, context: &Value) {
+    std::fs::write(repo.join(".opschain/step_context.json"), serde_json::to_vec(context).unwrap()).unwrap();
+}
+
+fn write_actions(repo: &Path, toml: &str) {
+    std::fs::create_dir_all(repo.join(".opschain")).unwrap();
+    std::fs::write(repo.join(".opschain/actions.toml"), toml).unwrap();
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn sample_project_runs_and_reports_diffs_children_and_facts() {
+    let repo = fixture_copy("hello");
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let out = stdout(&output);
+    assert!(out.contains("configured"), "{out}");
+    assert!(out.contains("deploying hello to deploy"), "{out}");
+    let r = result(repo.path());
+    assert_eq!(r["project"]["properties_diff"], json!([{"op": "replace", "path": "/deploy_count", "value": 1}]));
+    assert_eq!(r["environment"]["properties_diff"], json!([{"op": "add", "path": "/deployed_version", "value": "1.4.2"}]));
+    // Merge order: repository, repository environment, project, environment.
+    assert_eq!(r["step"]["properties"]["app"], json!({"name": "hello", "replicas": 2}));
+    assert_eq!(r["step"]["properties"]["opschain"]["env"]["APP_NAME"], "hello");
+    assert_eq!(r["steps"], json!({"children": [{"action": "release:web"}, {"action": "release:worker"}], "child_execution_strategy": "parallel"}));
+    let runner = &r["runner"];
+    assert_eq!(runner["reason"], "exited");
+    assert_eq!(runner["exit_status"], 0);
+    assert_eq!(runner["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(runner["jobs"][0]["action"], "configure");
+    assert!(runner["phases"]["action_ms"].as_f64().unwrap() > 0.0);
+    // The seeds' keys, plus exactly one added key.
+    let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["project", "environment", "step", "steps", "runner"]);
+    // Files with their modes.
+    let key = repo.path().join(".ssh/deploy_key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&key).unwrap().contains("not-a-real-key"));
+    let config: Value = serde_json::from_slice(&std::fs::read(repo.path().join("config/app.json")).unwrap()).unwrap();
+    assert_eq!(config["replicas"], 2);
+}
+
+#[test]
+fn action_sees_the_contract_environment() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.show]\nrun = 'env | sort; pwd'\n");
+    write_context(
+        repo.path(),
+        &json!({
+            "context": {"step": {"action": "show"}, "environment": {"code": "dev"}},
+            "project": {"properties": {"opschain": {"env": {"SHARED": "project", "ONLY_PROJECT": "p"}}}},
+            "environment": {"properties": {"opschain": {"env": {"SHARED": "environment", "API_TOKEN": "from-property"}}}},
+            "secrets": {"API_TOKEN": "from-secret-1234"}
+        }),
+    );
+    std::fs::write(repo.path().join(".opschain/properties.json"), r#"{"opschain": {"env": {"SHARED": "repo", "ONLY_REPO": "r"}}}"#).unwrap();
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let out = stdout(&output);
+    let folder = repo.path().join(".opschain");
+    for expected in [
+        "SHARED=environment".to_string(),
+        "ONLY_PROJECT=p".into(),
+        "ONLY_REPO=r".into(),
+        format!("HOME={}", repo.path().display()),
+        format!("OPSCHAIN_PROPERTIES={}", folder.join("step/properties.json").display()),
+        format!("OPSCHAIN_PROJECT_PROPERTIES={}", folder.join("step/project_properties.json").display()),
+        format!("OPSCHAIN_ENVIRONMENT_PROPERTIES={}", folder.join("step/environment_properties.json").display()),
+        format!("OPSCHAIN_CHILD_STEPS={}", folder.join("step/child_steps").display()),
+        format!("OPSCHAIN_STEP_CONTEXT={}", folder.join("step_context.json").display()),
+    ] {
+        assert!(out.contains(&expected), "missing {expected} in:\n{out}");
+    }
+    // A secret wins over a property of the same name (its value is masked in the output).
+    assert!(!out.contains("API_TOKEN=from-property"), "{out}");
+    assert!(out.contains(&repo.path().display().to_string()), "working directory is the repo: {out}");
+    // The merged properties copy is read-only.
+    let merged = folder.join("step/properties.json");
+    assert_eq!(std::fs::metadata(merged).unwrap().permissions().mode() & 0o222, 0);
+}
+
+#[test]
+fn failed_action_keeps_its_status_and_its_recorded_changes() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(
+        repo.path(),
+        "[actions.fail]\nrun = 'opschain-runner property set --project a.b 1 --json && opschain-runner child add next && exit 3'\n[actions.next]\nrun = 'true'\n",
+    );
+    write_context(repo.path(), &json!({"context": {"step": {"action": "fail"}}, "project": {"properties": {"a": {"c": 0}}}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(3), "{:?}", stderr_lines(&output));
+    let r = result(repo.path());
+    assert_eq!(r["project"]["properties_diff"], json!([{"op": "add", "path": "/a/b", "value": 1}]));
+    assert_eq!(r["steps"]["children"], json!([{"action": "next"}]));
+    assert_eq!(r["steps"]["child_execution_strategy"], "sequential");
+    assert_eq!(r["runner"]["exit_status"], 3);
+    assert_eq!(r["runner"]["code"], 3);
+}
+
+#[test]
+fn a_failed_prerequisite_stops_the_step() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.a]\nrequires = ['b']\nrun = 'touch ran-a'\n[actions.b]\ncommand = ['sh', '-c', 'exit 7']\n");
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(7));
+    assert!(!repo.path().join("ran-a").exists());
+    assert_eq!(result(repo.path())["runner"]["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn action_flag_overrides_the_context_and_children_only_actions_run_nothing() {
+    let repo = fixture_copy("hello");
+    let output = run_step(repo.path(), &["step", "--action", "release:web"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).contains("releasing web"));
+    assert_eq!(result(repo.path())["runner"]["action"], "release:web");
+
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.parent]\nsteps = ['c']\n[actions.c]\nrun = 'true'\n");
+    write_context(repo.path(), &json!({"context": {"step": {"action": "parent"}}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let r = result(repo.path());
+    assert_eq!(r["steps"]["children"], json!([{"action": "c"}]));
+    assert_eq!(r["runner"]["reason"], Value::Null);
+    assert_eq!(r["project"]["properties_diff"], json!([]));
+}
+
+#[test]
+fn invalid_json_left_by_the_action_fails_the_step_but_keeps_the_other_level() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(
+        repo.path(),
+        "[actions.a]\nrun = 'opschain-runner property set --environment x 1 && echo \"{broken\" > \"$OPSCHAIN_PROJECT_PROPERTIES\"'\n",
+    );
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}, "project": {"properties": {"keep": 1}}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    let lines = stderr_lines(&output);
+    assert!(lines.iter().any(|l| l.starts_with("opschain-runner:") && l.contains("project_properties.json")), "{lines:?}");
+    let r = result(repo.path());
+    assert_eq!(r["environment"]["properties_diff"], json!([{"op": "add", "path": "/x", "value": "1"}]));
+    assert_eq!(r["project"]["properties_diff"], json!([]));
+    assert!(r["runner"]["error"].as_str().unwrap().contains("project_properties.json"));
+}
+
+#[test]
+fn repo_folder_can_be_mintpress() {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join(".mintpress")).unwrap();
+    std::fs::write(repo.path().join(".mintpress/actions.toml"), "[actions.a]\nrun = 'echo mint'\n").unwrap();
+    std::fs::write(repo.path().join(".mintpress/step_context.json"), r#"{"context": {"step": {"action": "a"}}}"#).unwrap();
+    let output = runner().arg("--repo").arg(repo.path()).env("OPSCHAIN_REPO_FOLDER", ".mintpress").output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    assert!(repo.path().join(".mintpress/step_result.json").exists());
+    assert!(!repo.path().join(".opschain").exists());
+}
+
+#[test]
+fn repo_dir_comes_from_the_environment_too() {
+    let repo = fixture_copy("hello");
+    let output = runner()
+        .env("OPSCHAIN_REPO_DIR", repo.path())
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
+        .args(["step", "--action", "release:worker"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    assert!(repo.path().join(".opschain/step_result.json").exists());
+}
+
+#[test]
+fn validate_prints_the_plan_and_writes_nothing() {
+    let repo = fixture_copy("hello");
+    let before = snapshot(repo.path());
+    let output = runner().arg("--repo").arg(repo.path()).arg("validate").output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let text = stdout(&output);
+    for expected in ["action: deploy", "prerequisites: configure", "children (parallel): release:web, release:worker", "0600", ".ssh/deploy_key", "env: APP_NAME", "secrets: API_TOKEN"] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(!text.contains("s3cr3t"), "a secret value was printed");
+    let output = runner().arg("--repo").arg(repo.path()).args(["step", "--dry-run"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let output = runner().arg("--repo").arg(repo.path()).args(["validate", "--json"]).output().unwrap();
+    let plan: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(plan["files"][0]["mode"], "0600");
+    assert_eq!(plan["commands"][1]["argv"][0], "/bin/sh");
+    assert_eq!(snapshot(repo.path()), before, "validate wrote something");
+}
+
+#[test]
+fn actions_lists_names_and_descriptions() {
+    let output = runner().arg("--repo").arg(fixture("hello")).arg("actions").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(text.lines().any(|l| l.starts_with("deploy") && l.contains("Configure, then release")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("release:web")), "{text}");
+}
+
+#[test]
+fn property_helper_edits_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("p.json");
+    let merged = dir.path().join("m.json");
+    std::fs::write(&project, r#"{"a": {"b": 1}}"#).unwrap();
+    std::fs::write(&merged, r#"{"a": {"b": 1}, "s": "text"}"#).unwrap();
+    let helper = |args: &[&str]| {
+        runner().args(args).env("OPSCHAIN_PROJECT_PROPERTIES", &project).env("OPSCHAIN_PROPERTIES", &merged).env_remove("OPSCHAIN_ENVIRONMENT_PROPERTIES").output().unwrap()
+    };
+    assert_eq!(helper(&["property", "set", "--project", "/x~1y", "[1,2]", "--json"]).status.code(), Some(0));
+    assert_eq!(helper(&["property", "remove", "--project", "a.b"]).status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&std::fs::read(&project).unwrap()).unwrap();
+    assert_eq!(doc, json!({"a": {}, "x/y": [1, 2]}));
+    assert_eq!(stdout(&helper(&["property", "get", "s"])), "text\n");
+    assert_eq!(stdout(&helper(&["property", "get", "a"])), "{\"b\":1}\n");
+    assert_eq!(helper(&["property", "get", "nope"]).status.code(), Some(1));
+    let out = helper(&["property", "set", "--environment", "a", "1"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr_lines(&out)[0].contains("OPSCHAIN_ENVIRONMENT_PROPERTIES"));
+    assert_eq!(helper(&["property", "set", "--project", "a.b.c", "x", "--json"]).status.code(), Some(64));
+    assert_eq!(helper(&["property", "set", "a", "1"]).status.code(), Some(64), "a level is required");
+}
+
+#[test]
+fn json_logs_on_request() {
+    let repo = fixture_copy("hello");
+    let output = runner()
+        .arg("--repo")
+        .arg(repo.path())
+        .args(["--log-format", "json", "step", "--action", "release:web"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let phases: Vec<Value> = stderr_lines(&output).iter().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
+    let finished: Vec<&str> = phases.iter().filter(|v| v["message"] == "phase finished").filter_map(|v| v["phase"].as_str()).collect();
+    assert_eq!(finished, ["initialise", "action", "completing", "finish"]);
+    assert!(phases.iter().all(|v| v["duration_ms"].is_number() || v["message"] != "phase finished"));
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_teaches() {
+    let output = runner().arg("--no-such-flag").output().unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let output = runner().arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = stdout(&output);
+    for word in ["step_context.json", "validate", "OPSCHAIN_REPO_DIR", "124"] {
+        assert!(help.contains(word), "help lacks {word}:\n{help}");
+    }
+}
