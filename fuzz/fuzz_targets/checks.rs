@@ -1,0 +1,114 @@
+//! The properties each fuzz target checks, shared with `tests/fuzz_corpus.rs`, which replays the
+//! committed corpus through the same checks in the ordinary test suite.
+
+use std::path::Path;
+
+use arbitrary::Unstructured;
+use opschain_runner::actions::Actions;
+use opschain_runner::context::StepContext;
+use opschain_runner::{diff, env, files, json, properties};
+use serde_json::{Map, Value};
+
+/// The step context parser and every validation the agent runs on it: never a panic; what it
+/// accepts, the declarations' validators accept or refuse with a pointer into the document.
+pub fn step_context(data: &[u8]) {
+    let Ok(ctx) = json::parse::<StepContext>(Path::new("step_context.json"), data) else { return };
+    let mut merged = Map::new();
+    for level in [&ctx.project.properties.0, &ctx.environment.properties.0] {
+        if let Err(e) = files::parse(level, Path::new("/opt/opschain"), None) {
+            assert!(e.pointer.starts_with("/opschain/files"), "{e:?}");
+        }
+        if let Err(e) = env::parse(level) {
+            assert!(e.pointer.starts_with("/opschain/env"), "{e:?}");
+        }
+        properties::merge_objects(&mut merged, level);
+    }
+    if let Ok(specs) = files::parse(&merged, Path::new("/opt/opschain"), None) {
+        for spec in specs {
+            // Paths under the repo never climb out of it.
+            if let files::Target::Beneath { path, .. } = &spec.target {
+                assert!(path.components().all(|c| matches!(c, std::path::Component::Normal(_))), "{spec:?}");
+            }
+            assert!(spec.mode <= 0o7777);
+        }
+    }
+    let _ = env::parse(&merged);
+}
+
+/// The actions.toml parser: never a panic; a file it accepts plans every action it defines.
+pub fn actions_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(actions) = Actions::parse(Path::new("actions.toml"), text) else { return };
+    for (name, _) in &actions.actions {
+        let plan = actions.plan(name).expect("an accepted file plans each of its actions");
+        assert_eq!(plan.last().map(|(n, _)| n.as_str()), Some(name.as_str()));
+    }
+}
+
+/// diff then apply: for any two documents, applying diff(a, b) to a gives b exactly.
+pub fn diff_apply(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let (Ok(a), Ok(b)) = (value(&mut u, 0), value(&mut u, 0)) else { return };
+    // Half the time, make b an edit of a: the realistic case, where structure is shared.
+    let b = if u.arbitrary::<bool>().unwrap_or(false) { edit(a.clone(), &mut u) } else { b };
+    let patch = diff::diff(&a, &b);
+    let mut patched = a.clone();
+    json_patch::patch(&mut patched, &patch).unwrap_or_else(|e| panic!("patch does not apply: {e}\n{a}\n{b}\n{patch:?}"));
+    assert_eq!(patched, b, "diff of {a} -> {b} gave {patch:?}");
+    if a == b {
+        assert!(patch.0.is_empty(), "equal documents gave {patch:?}");
+    }
+}
+
+const KEYS: [&str; 6] = ["a", "b", "c", "~", "/", "a/b~c"];
+
+fn value(u: &mut Unstructured, depth: usize) -> arbitrary::Result<Value> {
+    let kind = if depth >= 4 { u.int_in_range(0..=3)? } else { u.int_in_range(0..=5)? };
+    Ok(match kind {
+        0 => Value::Null,
+        1 => Value::Bool(u.arbitrary()?),
+        2 => Value::from(u.int_in_range(-3i64..=3)?),
+        3 => Value::String(KEYS[u.choose_index(KEYS.len())?].to_string()),
+        4 => {
+            let n = u.int_in_range(0..=6)?;
+            Value::Array((0..n).map(|_| value(u, depth + 1)).collect::<arbitrary::Result<_>>()?)
+        }
+        _ => {
+            let n = u.int_in_range(0..=4)?;
+            let mut map = Map::new();
+            for _ in 0..n {
+                map.insert(KEYS[u.choose_index(KEYS.len())?].to_string(), value(u, depth + 1)?);
+            }
+            Value::Object(map)
+        }
+    })
+}
+
+fn edit(mut doc: Value, u: &mut Unstructured) -> Value {
+    let Ok(edits) = u.int_in_range(0..=3u8) else { return doc };
+    for _ in 0..edits {
+        let Ok(replacement) = value(u, 3) else { break };
+        match &mut doc {
+            Value::Array(items) if !items.is_empty() => {
+                let i = u.choose_index(items.len()).unwrap_or(0);
+                match u.int_in_range(0..=2u8).unwrap_or(0) {
+                    0 => items.insert(i, replacement),
+                    1 => {
+                        items.remove(i);
+                    }
+                    _ => items[i] = replacement,
+                }
+            }
+            Value::Object(map) => {
+                let key = KEYS[u.choose_index(KEYS.len()).unwrap_or(0)].to_string();
+                if u.arbitrary::<bool>().unwrap_or(false) {
+                    map.shift_remove(&key);
+                } else {
+                    map.insert(key, replacement);
+                }
+            }
+            other => *other = replacement,
+        }
+    }
+    doc
+}
