@@ -535,10 +535,10 @@ impl Patterns {
                 break;
             }
             write_plain(buf, pos.max(released), m.start(), out);
-            // A match wholly within the released bytes was masked by the flush that wrote them.
-            if m.end() > released {
-                out.extend_from_slice(MASK.as_bytes());
-            }
+            // The released bytes hold no whole match (a flush keeps only bytes after its last
+            // match), so this one ends past them: if it starts among them, it is a secret whose
+            // start the flush wrote out, masked from there on.
+            out.extend_from_slice(MASK.as_bytes());
             pos = m.end();
         }
         if pos > held {

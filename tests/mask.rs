@@ -87,6 +87,15 @@ fn a_later_longer_secret_beats_an_earlier_short_one_inside_it() {
 }
 
 #[test]
+fn a_match_after_one_that_ran_into_the_held_back_tail_is_masked() {
+    // Fed "abcdefgh", the tail "cdefgh" could still grow into "cdefghij", so it is held; the
+    // match "abcd" runs into it, and "efgh" after that match must then be masked, not released.
+    let masker = Masker::new(["abcd", "cdefghij", "efgh"]);
+    assert_eq!(stream_chunks(&masker, &[b"abcdefgh", b"x"]), b"********x");
+    assert_eq!(masker.mask("abcdefghx"), "********x");
+}
+
+#[test]
 fn base64_forms_are_masked_padded_and_unpadded() {
     let secret = "pa>>ss?";
     let masker = Masker::new([secret]);
@@ -170,6 +179,20 @@ fn idle_flush_releases_the_carry_and_still_masks_the_rest_of_a_split_secret() {
     assert_eq!((out.as_slice(), stream.pending()), (&b"Password: hunt"[..], 0));
     stream.push(b"er22 ok\n", &mut out);
     assert_eq!(out, b"Password: hunt**** ok\n");
+}
+
+#[test]
+fn idle_flush_output_is_not_repeated_before_a_later_match() {
+    // "xhun" is held (it could begin "xhunqq"), then written by the flush; "hunter22" completed
+    // later starts inside it, after the "x", which must not be written twice.
+    let masker = Masker::new(["xhunqq", "hunter22"]);
+    let mut stream = masker.stream();
+    let mut out = Vec::new();
+    stream.push(b"say xhun", &mut out);
+    assert_eq!(stream.pending(), 4);
+    stream.flush(&mut out);
+    stream.push(b"ter22!", &mut out);
+    assert_eq!(out, b"say xhun****!");
 }
 
 #[test]
@@ -269,7 +292,10 @@ fn forms(secret: &str) -> Vec<Vec<u8>> {
 
 /// Secrets over a small alphabet, so that they overlap, share prefixes and recur in the noise.
 fn secret() -> impl Strategy<Value = String> {
-    proptest::string::string_regex("[abc=+/é]{4,9}").expect("valid regex")
+    prop_oneof![
+        proptest::string::string_regex("[ab]{4,7}").expect("valid regex"),
+        proptest::string::string_regex("[abc=+/é]{4,9}").expect("valid regex"),
+    ]
 }
 
 /// One piece of the stream: a secret or one of its base64 forms, or noise that may be any bytes.
