@@ -701,3 +701,86 @@ fn glob_matches(glob: &[u8], name: &[u8]) -> bool {
     }
     glob.get(g..).is_some_and(|rest| rest.iter().all(|&p| p == b'*'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patterns(masker: &Masker) -> Option<&Patterns> {
+        match masker.engine.as_deref() {
+            Some(Engine::Patterns(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn encodings_equal_to_the_secret_or_each_other_are_one_pattern() {
+        // Length divisible by 3: no padding; no `+`/`/`: the URL-safe alphabet changes nothing;
+        // nothing to escape in JSON or a URL. So: the secret and "YWJjZGVm".
+        let masker = Masker::new(["abcdef"]);
+        assert_eq!(patterns(&masker).map(|p| p.pattern_count), Some(2));
+        assert_eq!(patterns(&masker).map(|p| p.max_len), Some(8));
+    }
+
+    #[test]
+    fn hold_start_skips_a_whole_pattern_nothing_extends() {
+        // The longest suffix of "zabcd" that begins a pattern is "abcd", a whole pattern; the
+        // shorter "bcd" could still grow into "bcdefg".
+        let masker = Masker::new(["abcd", "bcdefg"]);
+        let p = patterns(&masker).expect("compiled");
+        assert_eq!(p.hold_start(b"zabcd", 0), 2);
+        assert_eq!(p.hold_start(b"zabcd", 2), 2);
+        assert_eq!(p.hold_start(b"zabcd", 3), 5);
+        assert_eq!(p.hold_start(b"zabcd", 5), 5);
+        assert_eq!(p.hold_start(b"zabcdx", 0), 6);
+        // So the stream masks "abcd" at once, and holds nothing after it.
+        let mut stream = masker.stream();
+        let mut out = Vec::new();
+        stream.push(b"zabcd", &mut out);
+        assert_eq!((out.as_slice(), stream.pending()), (&b"z****"[..], 0));
+    }
+
+    #[test]
+    fn withholding_masker_never_prints_its_input() {
+        let masker = Masker::withholding();
+        assert!(!masker.is_empty());
+        assert_eq!(masker.mask("anything at all"), MASK);
+        assert_eq!(masker.mask(""), "");
+        let mut stream = masker.stream();
+        let mut out = Vec::new();
+        stream.push(b"line one\n", &mut out);
+        stream.push(b"", &mut out);
+        stream.flush(&mut out);
+        assert_eq!((out.as_slice(), stream.pending()), (MASK.as_bytes(), 0));
+    }
+
+    #[test]
+    fn json_escape_matches_serde_json() {
+        assert_eq!(json_escaped("plain").as_deref(), Some(&b"plain"[..]));
+        assert_eq!(
+            json_escaped("q\"b\\n\n\t\u{1f}/é").as_deref(),
+            Some(&b"q\\\"b\\\\n\\n\\t\\u001f/\xc3\xa9"[..])
+        );
+    }
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(percent_encoded(b"AZaz09-._~"), b"AZaz09-._~");
+        assert_eq!(percent_encoded(b" !*+/:@%\xff\x00"), b"%20%21%2A%2B%2F%3A%40%25%FF%00");
+    }
+
+    #[test]
+    fn glob_star_matches_any_run_including_none() {
+        assert!(glob_matches(b"*_KEY", b"api_key"));
+        assert!(glob_matches(b"*_KEY", b"_KEY"));
+        assert!(glob_matches(b"A*B*C", b"aXXbYYc"));
+        assert!(glob_matches(b"A*B*C", b"ABC"));
+        assert!(glob_matches(b"**", b""));
+        assert!(glob_matches(b"*AB", b"AAB"));
+        assert!(!glob_matches(b"A*B*C", b"ACB"));
+        assert!(!glob_matches(b"*_KEY", b"KEY"));
+        assert!(!glob_matches(b"KEY", b"KEYS"));
+        assert!(!glob_matches(b"", b"X"));
+        assert!(glob_matches(b"", b""));
+    }
+}
