@@ -59,8 +59,7 @@ pub const MIN_SECRET_LEN: usize = 4;
 pub const SECRET_PATTERNS_ENV: &str = "OPSCHAIN_SECRET_PATTERNS";
 
 /// The [`SecretNames`] patterns used when [`SECRET_PATTERNS_ENV`] is not set.
-pub const DEFAULT_SECRET_PATTERNS: &str =
-    "*_PASSWORD,*_TOKEN,*_SECRET,*_KEY,PASSWORD,TOKEN,SECRET";
+pub const DEFAULT_SECRET_PATTERNS: &str = "*_PASSWORD,*_TOKEN,*_SECRET,*_KEY,PASSWORD,TOKEN,SECRET";
 
 /// Masks secrets in text: the compiled set of secret values and their encodings.
 ///
@@ -129,7 +128,9 @@ impl Default for MaskerBuilder {
 impl MaskerBuilder {
     /// A builder with the default policy: secrets of at least [`MIN_SECRET_LEN`] bytes are masked.
     pub fn new() -> MaskerBuilder {
-        MaskerBuilder { min_secret_len: MIN_SECRET_LEN }
+        MaskerBuilder {
+            min_secret_len: MIN_SECRET_LEN,
+        }
     }
 
     /// Sets the shortest secret, in bytes, that is masked; shorter ones are reported as
@@ -202,7 +203,9 @@ impl Masker {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        MaskerBuilder::new().build(secrets).unwrap_or_else(|_| Masker::withholding())
+        MaskerBuilder::new()
+            .build(secrets)
+            .unwrap_or_else(|_| Masker::withholding())
     }
 
     /// Builds a masker for these `(name, value)` secrets with the default policy, and returns
@@ -215,7 +218,10 @@ impl Masker {
         S: Into<String>,
     {
         let (values, short) = MaskerBuilder::new().partition(secrets);
-        (Masker::compile(values).unwrap_or_else(|_| Masker::withholding()), short)
+        (
+            Masker::compile(values).unwrap_or_else(|_| Masker::withholding()),
+            short,
+        )
     }
 
     /// A builder, to change the policy (see [`MaskerBuilder`]).
@@ -267,7 +273,11 @@ impl Masker {
 
     /// A streaming masker for one output stream, sharing this masker's automata.
     pub fn stream(&self) -> MaskStream {
-        MaskStream { masker: self.clone(), carry: Vec::new(), released: 0 }
+        MaskStream {
+            masker: self.clone(),
+            carry: Vec::new(),
+            released: 0,
+        }
     }
 
     /// Compiles the secret values, already filtered by policy, into a masker.
@@ -278,12 +288,16 @@ impl Masker {
             return Ok(Masker::default());
         }
         let patterns = Patterns::build(&values)?;
-        Ok(Masker { engine: Some(Arc::new(Engine::Patterns(patterns))) })
+        Ok(Masker {
+            engine: Some(Arc::new(Engine::Patterns(patterns))),
+        })
     }
 
     /// The fail-closed masker, used when the automata cannot be built.
     fn withholding() -> Masker {
-        Masker { engine: Some(Arc::new(Engine::Withhold)) }
+        Masker {
+            engine: Some(Arc::new(Engine::Withhold)),
+        }
     }
 }
 
@@ -293,9 +307,9 @@ impl fmt::Debug for Masker {
         let mut s = f.debug_struct("Masker");
         match self.engine.as_deref() {
             None => s.field("secrets", &0),
-            Some(Engine::Patterns(p)) => {
-                s.field("secrets", &p.secret_count).field("patterns", &p.pattern_count)
-            }
+            Some(Engine::Patterns(p)) => s
+                .field("secrets", &p.secret_count)
+                .field("patterns", &p.pattern_count),
             Some(Engine::Withhold) => s.field("withholding_all_output", &true),
         };
         s.finish()
@@ -332,7 +346,8 @@ impl MaskStream {
         if self.carry.is_empty() {
             // The common case: search the input where it lies instead of copying it first.
             let cut = engine.mask_into(input, 0, Hold::Prefix, out);
-            self.carry.extend_from_slice(input.get(cut.held..).unwrap_or_default());
+            self.carry
+                .extend_from_slice(input.get(cut.held..).unwrap_or_default());
             self.released = 0;
         } else {
             self.carry.extend_from_slice(input);
@@ -429,7 +444,10 @@ impl Engine {
                 if buf.len() > released {
                     out.extend_from_slice(MASK.as_bytes());
                 }
-                Cut { matched_to: buf.len(), held: buf.len() }
+                Cut {
+                    matched_to: buf.len(),
+                    held: buf.len(),
+                }
             }
         }
     }
@@ -480,8 +498,9 @@ impl Patterns {
         let mut patterns: Vec<Vec<u8>> = secrets.iter().flat_map(|s| encoded_forms(s)).collect();
         patterns.sort_unstable();
         patterns.dedup();
-        let matcher =
-            AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns)?;
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)?;
         let prefixes = contiguous::NFA::builder()
             .match_kind(MatchKind::Standard)
             .prefilter(false)
@@ -494,7 +513,10 @@ impl Patterns {
             let mut sid = prefix_start;
             for (i, &byte) in pattern.iter().enumerate() {
                 sid = prefixes.next_state(Anchored::No, sid, byte);
-                let node = nodes.entry(sid).or_insert(Node { depth: i + 1, open: false });
+                let node = nodes.entry(sid).or_insert(Node {
+                    depth: i + 1,
+                    open: false,
+                });
                 node.open |= i + 1 < pattern.len();
             }
         }
@@ -545,7 +567,10 @@ impl Patterns {
             held = hold_from(pos);
         }
         write_plain(buf, pos.max(released), held, out);
-        Cut { matched_to: pos, held }
+        Cut {
+            matched_to: pos,
+            held,
+        }
     }
 
     /// Where the tail of `buf` that must be held back starts: the earliest `q >= from` such that
@@ -556,9 +581,9 @@ impl Patterns {
         // Only a suffix shorter than the longest pattern can be a proper prefix of one.
         let mut start = from.max(len.saturating_sub(self.max_len - 1));
         while let Some(suffix) = buf.get(start..).filter(|s| !s.is_empty()) {
-            let sid = suffix
-                .iter()
-                .fold(self.prefix_start, |sid, &b| self.prefixes.next_state(Anchored::No, sid, b));
+            let sid = suffix.iter().fold(self.prefix_start, |sid, &b| {
+                self.prefixes.next_state(Anchored::No, sid, b)
+            });
             // No node: the start state, no suffix of `buf[start..]` begins a pattern.
             let Some(node) = self.nodes.get(&sid) else {
                 return len;
@@ -657,7 +682,9 @@ impl SecretNames {
 
     /// Whether the variable `name` holds a secret.
     pub fn is_secret(&self, name: &str) -> bool {
-        self.globs.iter().any(|glob| glob_matches(glob.as_bytes(), name.as_bytes()))
+        self.globs
+            .iter()
+            .any(|glob| glob_matches(glob.as_bytes(), name.as_bytes()))
     }
 
     /// The patterns, in the order given.
@@ -699,7 +726,8 @@ fn glob_matches(glob: &[u8], name: &[u8]) -> bool {
             },
         }
     }
-    glob.get(g..).is_some_and(|rest| rest.iter().all(|&p| p == b'*'))
+    glob.get(g..)
+        .is_some_and(|rest| rest.iter().all(|&p| p == b'*'))
 }
 
 #[cfg(test)]
@@ -766,7 +794,10 @@ mod tests {
     #[test]
     fn percent_encoding_keeps_only_unreserved_characters() {
         assert_eq!(percent_encoded(b"AZaz09-._~"), b"AZaz09-._~");
-        assert_eq!(percent_encoded(b" !*+/:@%\xff\x00"), b"%20%21%2A%2B%2F%3A%40%25%FF%00");
+        assert_eq!(
+            percent_encoded(b" !*+/:@%\xff\x00"),
+            b"%20%21%2A%2B%2F%3A%40%25%FF%00"
+        );
     }
 
     #[test]
