@@ -83,6 +83,10 @@ pub struct StepArgs {
     /// Time limit of each command whose action sets no timeout_secs (default: none).
     #[arg(long, env = "OPSCHAIN_TIMEOUT_SECS", value_name = "SECS")]
     pub timeout_secs: Option<u64>,
+    /// Comma-separated glob patterns of the opschain.env names whose values are secrets to mask
+    /// in all output (the runner secrets are always masked).
+    #[arg(long, env = "OPSCHAIN_SECRET_PATTERNS", default_value = crate::mask::DEFAULT_SECRET_PATTERNS, value_name = "GLOBS")]
+    pub secret_patterns: String,
     /// Largest step context or properties file read, in bytes.
     #[arg(long, env = "OPSCHAIN_MAX_INPUT_BYTES", default_value_t = 64 << 20, value_name = "BYTES")]
     pub max_input_bytes: u64,

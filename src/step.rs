@@ -20,7 +20,7 @@ use crate::env::{self, EnvBuilder};
 use crate::files::{self, FileSpec, WriteError};
 use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::Layout;
-use crate::mask::Masker;
+use crate::mask::{Masker, SecretNames};
 use crate::properties::{self, PropertiesError};
 use crate::result::{self, Children, JobFacts, LevelDiff, Phases, RunnerFacts, StepProperties, StepResult};
 use crate::supervise::{Job, Outcome, SuperviseError, SupervisePolicy, Supervisor};
@@ -40,6 +40,8 @@ pub struct StepOptions {
     pub limit: SizeLimit,
     /// How commands are supervised.
     pub supervise: SupervisePolicy,
+    /// Which `opschain.env` names hold secrets to mask. Default: [`SecretNames::default`].
+    pub secret_names: SecretNames,
 }
 
 /// Why a step could not be prepared or completed. [`crate::exit`] maps each to an exit status.
@@ -291,9 +293,17 @@ fn action_env(prepared: &Prepared, runtime: &Runtime, options: &StepOptions) -> 
     env.build()
 }
 
-/// The secret values to mask: the runner secrets.
-pub fn masker_for(prepared: &Prepared) -> Masker {
-    Masker::new(prepared.context.secrets.values().cloned())
+/// The secret values to mask in everything printed: the runner secrets, and the `opschain.env`
+/// values whose names `options.secret_names` calls secret. A secret too short to mask safely is
+/// reported by name (never by value) and left unmasked.
+pub fn masker_for(prepared: &Prepared, options: &StepOptions) -> Masker {
+    let from_env = prepared.env.iter().filter(|(name, _)| options.secret_names.is_secret(name));
+    let named = prepared.context.secrets.iter().chain(from_env.map(|(n, v)| (n, v))).map(|(n, v)| (n.clone(), v.clone()));
+    let (masker, short) = Masker::from_named(named);
+    for secret in short {
+        warn!(name = %secret.name, "{secret}");
+    }
+    masker
 }
 
 /// Runs a prepared step: writes the files and runtime copies, runs the plan under `supervisor`,

@@ -16,6 +16,7 @@ use opschain_runner::plan::Plan;
 use opschain_runner::step::{self, StepError, StepOptions};
 use opschain_runner::supervise::{SupervisePolicy, Supervisor};
 use opschain_runner::logging;
+use opschain_runner::mask::SecretNames;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -67,6 +68,7 @@ fn options(args: &StepArgs) -> StepOptions {
             default_timeout: args.timeout_secs.map(Duration::from_secs),
             ..SupervisePolicy::default()
         },
+        secret_names: SecretNames::parse(&args.secret_patterns),
     }
 }
 
@@ -82,7 +84,7 @@ fn run_step(layout: &Layout, args: StepArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return step_failure(&e),
     };
-    let masker = step::masker_for(&prepared);
+    let masker = step::masker_for(&prepared, &options);
     let mut supervisor = match Supervisor::new(options.supervise.clone(), masker, Box::new(std::io::stdout())) {
         Ok(s) => s,
         Err(e) => return step_failure(&e.into()),
