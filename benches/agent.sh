@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Whole-process figures of the static agent, measured side by side in one run (BENCHMARKS.md):
+#   1. `opschain-runner step` with a trivial action on a typical context (50 KB of properties,
+#      10 files, 20 env vars) against running the same action directly: overhead and peak RSS;
+#   2. `opschain-exec CMD` against exec'ing CMD directly;
+#   3. the static binary's size.
+# Usage: benches/agent.sh [RUNS]   (default 300 runs of each command)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-300}
+
+cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+bin=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+repo=$work/repo
+mkdir -p "$repo/.opschain"
+ln -s "$bin" "$work/opschain-exec"
+true_bin=$(command -v true)
+
+# The typical context: 50 KB of properties, 10 files, 20 env vars; the action runs `true`.
+python3 - "$repo" "$true_bin" <<'PY'
+import json, sys
+repo, true_bin = sys.argv[1], sys.argv[2]
+env = {f"VAR_{i:02}": f"value-{i}-" + "x" * 20 for i in range(20)}
+files = {f"~/config/file-{i}.conf": {"mode": "0600", "content": f"setting_{i} = {i}\n" * 20} for i in range(10)}
+servers = [{"name": f"server-{i}", "ip": f"10.0.{i // 250}.{i % 250}", "roles": ["web", "app"], "tags": {"zone": "a", "tier": i % 3}} for i in range(400)]
+props = {"app": {"servers": servers}, "opschain": {"env": env, "files": files}}
+ctx = {"context": {"project": {"code": "bench"}, "environment": {"code": "dev"}, "step": {"action": "noop"}},
+       "project": {"properties": props}, "environment": {"properties": {"region": "ap-southeast-2"}}}
+open(f"{repo}/.opschain/step_context.json", "w").write(json.dumps(ctx))
+open(f"{repo}/.opschain/actions.toml", "w").write(f'[actions.noop]\ncommand = ["{true_bin}"]\n')
+PY
+size=$(stat -c %s "$repo/.opschain/step_context.json")
+echo "context: $size bytes"
+"$bin" --repo "$repo" step >/dev/null 2>&1 || { echo "the step failed"; "$bin" --repo "$repo" step; exit 1; }
+
+export OPSCHAIN_REPO_DIR=$repo
+hyperfine -N --style basic --warmup 20 --runs "$runs" --export-json "$work/h.json" \
+  -n direct "$true_bin" \
+  -n step "$bin --repo $repo step" \
+  -n exec "$work/opschain-exec $true_bin" >/dev/null
+
+rss_step=$( { /usr/bin/time -f %M "$bin" --repo "$repo" step >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+rss_direct=$( { /usr/bin/time -f %M "$true_bin" >/dev/null; } 2>&1 | tail -1)
+python3 - "$work/h.json" "$rss_step" "$rss_direct" "$(stat -c %s "$bin")" <<'PY'
+import json, statistics, sys
+results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
+med = {name: statistics.median(r["times"]) * 1e3 for name, r in results.items()}
+direct = med["direct"]
+print(f"{'command':8} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
+for name in ["direct", "step", "exec"]:
+    print(f"{name:8} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
+print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms)")
+print(f"opschain-exec overhead: {med['exec'] - direct:.3f} ms over direct (target <= 0.5 ms)")
+print(f"peak RSS: step {int(sys.argv[2]) / 1024:.1f} MB, direct {int(sys.argv[3]) / 1024:.1f} MB (target <= 4 MB)")
+print(f"static binary: {int(sys.argv[4]) / 1e6:.2f} MB (target <= 1.5 MB)")
+PY
