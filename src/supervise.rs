@@ -157,7 +157,9 @@ impl LogBuffer {
     /// The byte bound of either policy.
     pub fn max_bytes(&self) -> usize {
         match *self {
-            LogBuffer::DropNewest { max_bytes } | LogBuffer::Backpressure { max_bytes } => max_bytes,
+            LogBuffer::DropNewest { max_bytes } | LogBuffer::Backpressure { max_bytes } => {
+                max_bytes
+            }
         }
     }
 }
@@ -451,7 +453,9 @@ impl Supervisor {
         // SAFETY: the action runs in signal-handler context; it only stores into an atomic, which
         // is async-signal-safe (no allocation, no lock).
         let cancel_handler = unsafe {
-            signal_hook_registry::register(libc::SIGTERM, move || flag.store(libc::SIGTERM, Ordering::SeqCst))
+            signal_hook_registry::register(libc::SIGTERM, move || {
+                flag.store(libc::SIGTERM, Ordering::SeqCst)
+            })
         }
         .map_err(|source| SuperviseError::SignalSetup {
             signal: Signal::SIGTERM,
@@ -506,14 +510,16 @@ impl Supervisor {
 
         // Everything fallible is set up before the job starts, so that an error never leaves it
         // running unsupervised.
-        let (out_read, out_write) = output_pipe().map_err(|source| SuperviseError::CreatePipes {
-            label: label(),
-            source,
-        })?;
-        let (err_read, err_write) = output_pipe().map_err(|source| SuperviseError::CreatePipes {
-            label: label(),
-            source,
-        })?;
+        let (out_read, out_write) =
+            output_pipe().map_err(|source| SuperviseError::CreatePipes {
+                label: label(),
+                source,
+            })?;
+        let (err_read, err_write) =
+            output_pipe().map_err(|source| SuperviseError::CreatePipes {
+                label: label(),
+                source,
+            })?;
         // Orphans that came between jobs (normally none: each job is cleaned up).
         let early = procs::reap(None).map_err(|source| SuperviseError::Wait {
             label: label(),
@@ -556,7 +562,13 @@ impl Supervisor {
                 max_line: self.policy.max_line,
                 idle_flush: self.policy.idle_flush,
             };
-            pumps.spawn(output::pump(read, config, mask, sink.clone(), stopped.clone()));
+            pumps.spawn(output::pump(
+                read,
+                config,
+                mask,
+                sink.clone(),
+                stopped.clone(),
+            ));
         }
 
         let timeout = job.timeout.or(self.policy.default_timeout);
@@ -763,7 +775,8 @@ impl Watch<'_> {
     fn on_sigterm(&mut self) -> Result<(), SuperviseError> {
         if let Phase::Running { .. } = self.phase {
             self.cause = Some(Cause::Cancelled(Signal::SIGTERM));
-            self.notices.notice("cancelled (SIGTERM): SIGTERM to the job");
+            self.notices
+                .notice("cancelled (SIGTERM): SIGTERM to the job");
             let left = self.descendants()?;
             self.terminate(&left);
         } else {
@@ -799,10 +812,14 @@ impl Watch<'_> {
     fn on_tick(&mut self) -> Result<bool, SuperviseError> {
         let now = Instant::now();
         match self.phase {
-            Phase::Running { timeout_at: Some(at) } if now >= at => {
+            Phase::Running {
+                timeout_at: Some(at),
+            } if now >= at => {
                 self.cause = Some(Cause::TimedOut);
-                self.notices
-                    .notice(&format!("timed out after {:?}: SIGTERM to the job", self.timeout));
+                self.notices.notice(&format!(
+                    "timed out after {:?}: SIGTERM to the job",
+                    self.timeout
+                ));
                 let left = self.descendants()?;
                 self.terminate(&left);
             }

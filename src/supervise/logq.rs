@@ -197,10 +197,12 @@ impl LogWriter {
         out: Box<dyn Write + Send>,
     ) -> std::io::Result<LogWriter> {
         let queue = Arc::new(LogQueue::new(policy));
-        let thread = std::thread::Builder::new().name("supervise-log".into()).spawn({
-            let queue = Arc::clone(&queue);
-            move || write_loop(&queue, out)
-        })?;
+        let thread = std::thread::Builder::new()
+            .name("supervise-log".into())
+            .spawn({
+                let queue = Arc::clone(&queue);
+                move || write_loop(&queue, out)
+            })?;
         Ok(LogWriter {
             queue,
             thread: Some(thread),
@@ -231,7 +233,10 @@ fn write_loop(queue: &LogQueue, mut out: Box<dyn Write + Send>) {
         let records = {
             let mut state = queue.lock();
             while state.queued.is_empty() && !state.closed {
-                state = queue.queued.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state = queue
+                    .queued
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             if state.queued.is_empty() {
                 return;

@@ -83,7 +83,8 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468; // days since 0000-03-01
     let era = z / 146_097;
     let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
@@ -132,13 +133,26 @@ impl RecordFormat {
 
     /// Appends one record to `out`: `text` (without its newline) from `stream`, whose first byte
     /// arrived at `ts`; `cont` when it continues the previous record of the same stream.
-    pub(crate) fn write(&self, out: &mut Vec<u8>, ts: SystemTime, stream: Stream, cont: bool, text: &[u8]) {
+    pub(crate) fn write(
+        &self,
+        out: &mut Vec<u8>,
+        ts: SystemTime,
+        stream: Stream,
+        cont: bool,
+        text: &[u8],
+    ) {
         // Writing into a Vec cannot fail.
         let _ = match self.format {
             LineFormat::Text => {
                 let sep = if cont { '+' } else { '|' };
-                write!(out, "{} {} {}{sep} ", Rfc3339(ts), self.label, stream.name())
-                    .map(|()| out.extend_from_slice(text))
+                write!(
+                    out,
+                    "{} {} {}{sep} ",
+                    Rfc3339(ts),
+                    self.label,
+                    stream.name()
+                )
+                .map(|()| out.extend_from_slice(text))
             }
             LineFormat::Json => {
                 let line = String::from_utf8_lossy(text);
@@ -225,7 +239,13 @@ impl Sink {
 
 fn drop_notice(format: &RecordFormat, count: u64, out: &mut Vec<u8>) {
     let text = format!("{count} records dropped here: the log writer fell behind");
-    format.write(out, SystemTime::now(), Stream::Runner, false, text.as_bytes());
+    format.write(
+        out,
+        SystemTime::now(),
+        Stream::Runner,
+        false,
+        text.as_bytes(),
+    );
 }
 
 /// When something arrived: wall clock for the record, monotonic clock for the hold deadlines.
@@ -258,7 +278,12 @@ impl LineSplitter {
     }
 
     /// Feeds `bytes` that arrived at `at`; `emit(text, cont, ts)` gets every record completed.
-    fn feed(&mut self, mut bytes: &[u8], at: Arrival, emit: &mut impl FnMut(&[u8], bool, SystemTime)) {
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        at: Arrival,
+        emit: &mut impl FnMut(&[u8], bool, SystemTime),
+    ) {
         while !bytes.is_empty() {
             let since = *self.since.get_or_insert(at);
             let room = self.max_line - self.partial.len();
@@ -283,7 +308,11 @@ impl LineSplitter {
                 emit(&self.partial[..cut], self.continues, since.0);
                 self.partial.drain(..cut);
                 self.continues = true;
-                self.since = if self.partial.is_empty() { None } else { Some(at) };
+                self.since = if self.partial.is_empty() {
+                    None
+                } else {
+                    Some(at)
+                };
             } else {
                 self.partial.extend_from_slice(bytes);
                 bytes = &[];
@@ -372,7 +401,9 @@ pub(crate) async fn pump(
         max_line,
         idle_flush,
     } = config;
-    let emit = |sink: &mut Sink, text: &[u8], cont: bool, ts: SystemTime| sink.line(stream, text, cont, ts);
+    let emit = |sink: &mut Sink, text: &[u8], cont: bool, ts: SystemTime| {
+        sink.line(stream, text, cont, ts)
+    };
     let mut buf = vec![0u8; READ_CHUNK];
     let mut masked: Vec<u8> = Vec::new();
     let mut split = LineSplitter::new(max_line);
@@ -418,7 +449,9 @@ pub(crate) async fn pump(
         }
     }
     mask.flush(&mut masked);
-    split.feed(&masked, last_read, &mut |t, c, ts| emit(&mut sink, t, c, ts));
+    split.feed(&masked, last_read, &mut |t, c, ts| {
+        emit(&mut sink, t, c, ts)
+    });
     split.finish(&mut |t, c, ts| emit(&mut sink, t, c, ts));
     Ok(())
 }
@@ -430,7 +463,8 @@ mod tests {
     #[test]
     fn rfc3339_matches_known_instants() {
         let at = |secs: u64, micros: u64| {
-            Rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)).to_string()
+            Rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+                .to_string()
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         // `date -u -d 2000-02-29T23:59:59 +%s` = 951868799: a leap day in a century leap year.
@@ -493,7 +527,11 @@ mod tests {
         split.feed(b" done\nnext\n", at, &mut emit);
         assert_eq!(
             records,
-            vec![rec("progress ...", false), rec(" done", true), rec("next", false)]
+            vec![
+                rec("progress ...", false),
+                rec(" done", true),
+                rec("next", false)
+            ]
         );
     }
 
@@ -501,7 +539,13 @@ mod tests {
     fn text_and_json_records() {
         let ts = UNIX_EPOCH + Duration::from_micros(1_795_428_000_123_456);
         let mut out = Vec::new();
-        RecordFormat::new(LineFormat::Text, "my action").write(&mut out, ts, Stream::Stderr, true, b"x y");
+        RecordFormat::new(LineFormat::Text, "my action").write(
+            &mut out,
+            ts,
+            Stream::Stderr,
+            true,
+            b"x y",
+        );
         assert_eq!(out, b"2026-11-23T10:00:00.123456Z my_action stderr+ x y\n");
         out.clear();
         RecordFormat::new(LineFormat::Json, "my action").write(

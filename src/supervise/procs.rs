@@ -100,7 +100,9 @@ pub(crate) fn descendants(root: Pid) -> io::Result<Vec<Descendant>> {
         let stat = match std::fs::read_to_string(entry.path().join("stat")) {
             Ok(stat) => stat,
             // Gone between read_dir and the read (ENOENT), or a zombie torn down (ESRCH).
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
                 continue
             }
             Err(e) => return Err(e),
@@ -142,7 +144,9 @@ fn parse_stat(stat: &str) -> Option<(i32, i32)> {
 pub(crate) fn signal_group(pgid: Pid, signal: Signal) {
     match killpg(pgid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(errno) => tracing::warn!(%pgid, ?signal, %errno, "cannot signal the job's process group"),
+        Err(errno) => {
+            tracing::warn!(%pgid, ?signal, %errno, "cannot signal the job's process group")
+        }
     }
 }
 
