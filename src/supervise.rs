@@ -38,6 +38,7 @@
 mod logq;
 mod output;
 mod procs;
+mod signals;
 
 use std::ffi::OsString;
 use std::io;
@@ -45,9 +46,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -56,7 +55,6 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::net::unix::pipe;
-use tokio::signal::unix::{signal as tokio_signal, Signal as SignalStream, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -64,22 +62,13 @@ use tokio::time::Instant;
 use self::logq::LogWriter;
 use self::output::{PumpConfig, RecordFormat, Sink, Stream};
 use self::procs::{Descendant, Ended, Reaped};
+use self::signals::{Inbox, Taken, FORWARDED};
 use crate::mask::Masker;
 
 /// How often the supervisor looks at the process table while it waits for a job's descendants to
 /// be gone (only after the job's main process ended: descendants that are not our children end
 /// without telling us).
 const POLL: Duration = Duration::from_millis(20);
-
-/// The signals forwarded to the job's process group, apart from SIGTERM (forwarded too, and also
-/// the cancellation signal).
-const FORWARDED: [Signal; 5] = [
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
 
 /// How jobs are supervised: configuration, set once for the agent run. The moving state of a job
 /// is in [`Supervisor::run`].
@@ -285,6 +274,12 @@ pub enum SuperviseError {
         #[source]
         source: io::Error,
     },
+    /// Creating or reading the pipe through which our signal handlers wake the supervisor failed.
+    #[error("cannot use the pipe through which signal handlers wake the supervisor")]
+    SignalPipe(#[source] io::Error),
+    /// Unblocking the signals we catch in the supervising thread failed.
+    #[error("cannot unblock the signals the supervisor catches")]
+    UnblockSignals(#[source] Errno),
     /// `prctl(PR_SET_CHILD_SUBREAPER)` failed, so orphans would escape us.
     #[error("cannot become a child subreaper (PR_SET_CHILD_SUBREAPER)")]
     Subreaper(#[source] Errno),
@@ -349,51 +344,6 @@ pub enum SuperviseError {
     },
 }
 
-/// The signal streams of one job: fresh for each, so that a signal that came between jobs is not
-/// forwarded to the next one.
-#[derive(Debug)]
-struct Signals {
-    /// A child ended (or several: SIGCHLD is coalesced).
-    child: SignalStream,
-    /// Cancellation; forwarded too.
-    term: SignalStream,
-    /// The others in [`FORWARDED`], in that order.
-    forwarded: Vec<(Signal, SignalStream)>,
-}
-
-impl Signals {
-    /// Subscribes to every signal we catch; the first time, this installs the handlers (for the
-    /// life of the process).
-    fn subscribe() -> Result<Signals, SuperviseError> {
-        let stream = |signal: Signal| {
-            tokio_signal(SignalKind::from_raw(signal as i32))
-                .map_err(|source| SuperviseError::SignalSetup { signal, source })
-        };
-        let mut forwarded = Vec::with_capacity(FORWARDED.len());
-        for signal in FORWARDED {
-            forwarded.push((signal, stream(signal)?));
-        }
-        Ok(Signals {
-            child: stream(Signal::SIGCHLD)?,
-            term: stream(Signal::SIGTERM)?,
-            forwarded,
-        })
-    }
-}
-
-/// The next signal of `forwarded` that arrived.
-async fn next_signal(forwarded: &mut [(Signal, SignalStream)]) -> Signal {
-    std::future::poll_fn(|cx| {
-        for (signal, stream) in forwarded.iter_mut() {
-            if let Poll::Ready(Some(())) = stream.poll_recv(cx) {
-                return Poll::Ready(*signal);
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 /// Runs jobs one after another and supervises each: see the [module documentation](self).
 ///
 /// Create one for the agent run: it installs signal handlers that stay for the life of the
@@ -407,11 +357,9 @@ pub struct Supervisor {
     runtime: tokio::runtime::Runtime,
     /// Writes the log to `out`.
     log: LogWriter,
-    /// The signal that cancelled the run, or 0. Set from the SIGTERM handler itself (so that it is
-    /// true at once, between jobs too), never reset.
-    cancelled: Arc<AtomicI32>,
-    /// The registration of the handler that sets `cancelled`; removed on drop.
-    cancel_handler: signal_hook_registry::SigId,
+    /// The signals caught, and cancellation (set by the SIGTERM handler itself, so that it is
+    /// true at once, between jobs too).
+    inbox: Inbox,
     /// This process: the root of the process tree we watch.
     me: Pid,
 }
@@ -446,21 +394,10 @@ impl Supervisor {
             .enable_time()
             .build()
             .map_err(SuperviseError::Runtime)?;
-        // Install every handler now: until then a signal would still have its default action.
-        runtime.block_on(async { Signals::subscribe().map(drop) })?;
-        let cancelled = Arc::new(AtomicI32::new(0));
-        let flag = Arc::clone(&cancelled);
-        // SAFETY: the action runs in signal-handler context; it only stores into an atomic, which
-        // is async-signal-safe (no allocation, no lock).
-        let cancel_handler = unsafe {
-            signal_hook_registry::register(libc::SIGTERM, move || {
-                flag.store(libc::SIGTERM, Ordering::SeqCst)
-            })
-        }
-        .map_err(|source| SuperviseError::SignalSetup {
-            signal: Signal::SIGTERM,
-            source,
-        })?;
+        let inbox = {
+            let _runtime = runtime.enter();
+            Inbox::install()?
+        };
         let log = LogWriter::start(policy.log_buffer, policy.drain_wait, out)
             .map_err(SuperviseError::StartLogWriter)?;
         Ok(Supervisor {
@@ -468,8 +405,7 @@ impl Supervisor {
             masker,
             runtime,
             log,
-            cancelled,
-            cancel_handler,
+            inbox,
             me,
         })
     }
@@ -477,10 +413,7 @@ impl Supervisor {
     /// The signal that cancelled the run (SIGTERM), if one came, during a job or between jobs.
     /// The caller then starts no further job; [`run`](Self::run) would not start it anyway.
     pub fn cancelled(&self) -> Option<i32> {
-        match self.cancelled.load(Ordering::SeqCst) {
-            0 => None,
-            signal => Some(signal),
-        }
+        self.inbox.cancelled()
     }
 
     /// Runs `job` and blocks until it and all its descendants are gone (or given up on after
@@ -491,10 +424,9 @@ impl Supervisor {
     /// the job. An error means the job could not be started, or its supervision broke down (then
     /// after its processes were ended).
     pub fn run(&mut self, job: &Job) -> Result<Outcome, SuperviseError> {
-        // Fresh streams first, then the flag: a SIGTERM is either in the flag already or seen by
-        // the stream, never lost in between.
-        let _runtime = self.runtime.enter();
-        let mut signals = Signals::subscribe()?;
+        // Signals that came since the last job have no job to go to; a SIGTERM among them is
+        // still in `cancelled`, and any later one will be taken by the event loop.
+        self.inbox.discard().map_err(SuperviseError::SignalPipe)?;
         if let Some(signal) = self.cancelled() {
             return Ok(Outcome::not_started(signal));
         }
@@ -510,6 +442,7 @@ impl Supervisor {
 
         // Everything fallible is set up before the job starts, so that an error never leaves it
         // running unsupervised.
+        let _runtime = self.runtime.enter();
         let (out_read, out_write) =
             output_pipe().map_err(|source| SuperviseError::CreatePipes {
                 label: label(),
@@ -590,7 +523,7 @@ impl Supervisor {
         };
         let result = self
             .runtime
-            .block_on(watch.supervise(&mut signals, &mut pumps, &stop));
+            .block_on(watch.supervise(&mut self.inbox, &mut pumps, &stop));
         watch.notices.report_drops();
         self.log.queue.wait_written(self.policy.drain_wait);
         result?;
@@ -622,12 +555,6 @@ impl Supervisor {
             lines_dropped: self.log.queue.dropped() - dropped_before,
             survivors: watch.survivors,
         })
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        signal_hook_registry::unregister(self.cancel_handler);
     }
 }
 
@@ -703,7 +630,7 @@ impl Watch<'_> {
     /// pipes are at their end, or `reap_wait` gave out.
     async fn supervise(
         &mut self,
-        signals: &mut Signals,
+        inbox: &mut Inbox,
         pumps: &mut JoinSet<io::Result<()>>,
         stop: &watch::Sender<bool>,
     ) -> Result<(), SuperviseError> {
@@ -719,9 +646,7 @@ impl Watch<'_> {
             };
             tokio::select! {
                 biased;
-                Some(()) = signals.child.recv() => self.reap()?,
-                Some(()) = signals.term.recv() => self.on_sigterm()?,
-                signal = next_signal(&mut signals.forwarded) => procs::signal_group(self.job, signal),
+                taken = inbox.next() => self.on_signals(taken.map_err(SuperviseError::SignalPipe)?)?,
                 Some(done) = pumps.join_next(), if !pumps.is_empty() => self.on_pump_done(done),
                 () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {
                     if self.on_tick()? {
@@ -738,11 +663,28 @@ impl Watch<'_> {
         Ok(())
     }
 
+    /// Signals that came: reap first (the main process may be among the ended), then cancel or
+    /// forward.
+    fn on_signals(&mut self, taken: Taken) -> Result<(), SuperviseError> {
+        if taken.contains(Signal::SIGCHLD) {
+            self.reap()?;
+        }
+        if taken.contains(Signal::SIGTERM) {
+            self.on_sigterm()?;
+        }
+        for signal in FORWARDED {
+            if taken.contains(signal) {
+                procs::signal_group(self.job, signal);
+            }
+        }
+        Ok(())
+    }
+
     fn descendants(&self) -> Result<Vec<Descendant>, SuperviseError> {
         procs::descendants(self.me).map_err(SuperviseError::ListProcesses)
     }
 
-    /// SIGCHLD: reap; when the main process is among the reaped and we had not started ending
+    /// Reaps; when the main process is among the reaped and we had not started ending
     /// the job, end what it left behind.
     fn reap(&mut self) -> Result<(), SuperviseError> {
         let Reaped { watched, others } =
