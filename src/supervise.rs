@@ -27,6 +27,14 @@
 //! child of this process is the supervisor's; the caller must not have children of its own then
 //! (none it has not waited for at any time).
 //!
+//! # Signals
+//!
+//! Our handlers set a bit per signal and wake the event loop through a pipe (see
+//! `supervise/signals.rs` for why not tokio's signal streams). Signals that come between jobs are
+//! discarded, except that SIGTERM cancels the run whenever it comes. The handlers stay installed
+//! for the life of the process: once the [`Supervisor`] is dropped, the signals it caught are
+//! ignored, so drop it only on the way out.
+//!
 //! # Output
 //!
 //! Each job stream is a pipe read by its own task on the supervisor's single-threaded tokio
@@ -184,6 +192,9 @@ pub enum LineFormat {
 }
 
 /// One command to run: an action's prerequisite, or the action itself.
+///
+/// It starts in a process group of its own, with its standard input on `/dev/null` and its
+/// standard output and error on pipes to the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     /// What the job is, for the log (the action name).
@@ -353,13 +364,14 @@ pub struct Supervisor {
     policy: SupervisePolicy,
     /// Masks every job's output; one [`MaskStream`](crate::mask::MaskStream) per job stream.
     masker: Masker,
+    /// The signals caught, and cancellation (set by the SIGTERM handler itself, so that it is
+    /// true at once, between jobs too). Declared before `runtime` so that its pipe, registered
+    /// with the runtime, is dropped first.
+    inbox: Inbox,
     /// Single-threaded: runs the pipe readers and the supervision loop of the current job.
     runtime: tokio::runtime::Runtime,
-    /// Writes the log to `out`.
+    /// Writes the log to `out`; dropping it waits (at most `drain_wait`) for the log to be written.
     log: LogWriter,
-    /// The signals caught, and cancellation (set by the SIGTERM handler itself, so that it is
-    /// true at once, between jobs too).
-    inbox: Inbox,
     /// This process: the root of the process tree we watch.
     me: Pid,
 }
@@ -403,9 +415,9 @@ impl Supervisor {
         Ok(Supervisor {
             policy,
             masker,
+            inbox,
             runtime,
             log,
-            inbox,
             me,
         })
     }
@@ -421,8 +433,9 @@ impl Supervisor {
     /// [`SupervisePolicy::drain_wait`] passed).
     ///
     /// When the run was cancelled before, returns a [`Reason::Cancelled`] outcome without starting
-    /// the job. An error means the job could not be started, or its supervision broke down (then
-    /// after its processes were ended).
+    /// the job. An error means the job could not be started (nothing was left running), or its
+    /// supervision broke down: then SIGKILL went to its group and to every descendant still
+    /// found, without waiting for them.
     pub fn run(&mut self, job: &Job) -> Result<Outcome, SuperviseError> {
         // Signals that came since the last job have no job to go to; a SIGTERM among them is
         // still in `cancelled`, and any later one will be taken by the event loop.
@@ -524,6 +537,13 @@ impl Supervisor {
         let result = self
             .runtime
             .block_on(watch.supervise(&mut self.inbox, &mut pumps, &stop));
+        if result.is_err() {
+            // Supervision broke down: leave nothing running that we can still reach.
+            procs::signal_group(pid, Signal::SIGKILL);
+            for process in procs::descendants(self.me).unwrap_or_default() {
+                procs::signal_process(process.pid, Signal::SIGKILL);
+            }
+        }
         watch.notices.report_drops();
         self.log.queue.wait_written(self.policy.drain_wait);
         result?;

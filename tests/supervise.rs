@@ -395,6 +395,20 @@ fn signals_to_the_agent_are_forwarded_to_the_job_group() {
 }
 
 #[test]
+fn a_signal_that_came_between_jobs_is_not_forwarded_to_the_next() {
+    let _serial = serial();
+    let (mut sup, log) = supervisor(policy(), &[]);
+    assert!(sup.run(&sh("true")).expect("run").succeeded());
+    kill(getpid(), Signal::SIGUSR1).expect("signal this process");
+    std::thread::sleep(Duration::from_millis(100)); // the handler has long run by now
+    let out = sup
+        .run(&sh("trap 'echo got USR1' USR1; sleep 0.3; echo end"))
+        .expect("run");
+    assert_eq!(out.exit_status, 0);
+    assert_eq!(log.lines("stdout"), vec!["end"], "{}", log.text());
+}
+
+#[test]
 fn sigterm_to_the_agent_cancels_the_job_and_every_later_one() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -880,4 +894,31 @@ fn a_stuck_log_reader_never_stalls_the_job() {
     assert_eq!(noticed, out.lines_dropped, "{text}");
     let kept = gate.1.lines("stdout").len() as u64 + gate.1.lines("stderr").len() as u64;
     assert_eq!(kept + out.lines_dropped, 200_001);
+}
+
+/// A log that cannot be written at all.
+struct Broken;
+
+impl Write for Broken {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_broken_log_counts_every_record_as_dropped_and_the_job_still_runs() {
+    let _serial = serial();
+    let mut sup =
+        Supervisor::new(policy(), Masker::default(), Box::new(Broken)).expect("supervisor");
+    let out = sup
+        .run(&sh("echo a; sleep 0.1; echo b >&2; exit 4"))
+        .expect("run");
+    assert_eq!(
+        (out.reason, out.code, out.lines_dropped),
+        (Reason::Exited, Some(4), 2)
+    );
 }
