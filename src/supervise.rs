@@ -446,10 +446,9 @@ impl Supervisor {
         let started = Instant::now();
         let dropped_before = self.log.queue.dropped();
         let label = || job.label.clone();
-        let program = job
-            .argv
-            .first()
-            .ok_or_else(|| SuperviseError::EmptyCommand { label: label() })?;
+        let Some((program, args)) = job.argv.split_first() else {
+            return Err(SuperviseError::EmptyCommand { label: label() });
+        };
         let format = RecordFormat::new(self.policy.format, &job.label);
         let sink = Sink::new(Arc::clone(&self.log.queue), format);
 
@@ -472,30 +471,13 @@ impl Supervisor {
             source,
         })?;
 
-        let spawned = {
-            // Dropped at the end of this block: the Command holds our copies of the pipes' write
-            // ends, which must be closed for the pipes to reach their end.
-            let mut command = std::process::Command::new(program);
-            command
-                .args(&job.argv[1..])
-                .env_clear()
-                .envs(job.env.iter().map(|(name, value)| (name, value)))
-                .current_dir(&job.cwd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(out_write))
-                .stderr(Stdio::from(err_write))
-                .process_group(0);
-            command.spawn()
-        };
-        // Reaped by `procs::reap`, never through this handle.
-        #[allow(clippy::zombie_processes)]
-        let child = spawned.map_err(|source| SuperviseError::Spawn {
-            label: label(),
-            program: program.clone(),
-            source,
+        let pid = spawn(program, args, job, out_write, err_write).map_err(|source| {
+            SuperviseError::Spawn {
+                label: label(),
+                program: program.clone(),
+                source,
+            }
         })?;
-        let pid = Pid::from_raw(child.id() as i32);
-        drop(child);
 
         let (stop, stopped) = watch::channel(false);
         let mut pumps = JoinSet::new();
@@ -551,31 +533,34 @@ impl Supervisor {
             return Err(failure);
         }
 
-        let (code, signal) = match watch.ended {
-            Some(Ended::Exited(code)) => (Some(code), None),
-            Some(Ended::Signalled(signal)) => (None, Some(signal)),
-            None => (None, None),
-        };
-        let (reason, exit_status) = match (watch.cause, code, signal) {
-            (Some(Cause::TimedOut), ..) => (Reason::TimedOut, 124),
-            (Some(Cause::Cancelled(by)), ..) => (Reason::Cancelled, 128 + by as i32),
-            (None, Some(code), _) => (Reason::Exited, code),
-            (None, None, Some(signal)) => (Reason::Signalled, 128 + signal),
-            // The main process was never reaped: only after SIGKILL and reap_wait, so a cause was
-            // set; were it not, report it as killed.
-            (None, None, None) => (Reason::Signalled, 128 + Signal::SIGKILL as i32),
-        };
-        Ok(Outcome {
-            reason,
-            code,
-            signal,
-            exit_status,
-            duration: started.elapsed(),
-            orphans_reaped: watch.orphans_reaped,
-            lines_dropped: self.log.queue.dropped() - dropped_before,
-            survivors: watch.survivors,
-        })
+        Ok(watch.outcome(started.elapsed(), self.log.queue.dropped() - dropped_before))
     }
+}
+
+/// Starts `program` with `args` in `job`'s directory and environment, in a process group of its
+/// own, its stdout and stderr on the write ends given (closed here, once the child has its copies,
+/// so that the pipes end when the job's processes are gone). Returns its pid; it is reaped by
+/// [`procs::reap`], never through std's handle.
+fn spawn(
+    program: &OsString,
+    args: &[OsString],
+    job: &Job,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> io::Result<Pid> {
+    let mut command = std::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(job.env.iter().map(|(name, value)| (name, value)))
+        .current_dir(&job.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0);
+    #[allow(clippy::zombie_processes)] // reaped by `procs::reap`
+    let child = command.spawn()?;
+    Ok(Pid::from_raw(child.id() as i32))
 }
 
 /// A pipe for one of the job's output streams: our read end (non-blocking, registered with the
@@ -681,6 +666,34 @@ impl Watch<'_> {
             self.on_pump_done(done);
         }
         Ok(())
+    }
+
+    /// How the job ended, once supervision is over.
+    fn outcome(&self, duration: Duration, lines_dropped: u64) -> Outcome {
+        let (code, signal) = match self.ended {
+            Some(Ended::Exited(code)) => (Some(code), None),
+            Some(Ended::Signalled(signal)) => (None, Some(signal)),
+            None => (None, None),
+        };
+        let (reason, exit_status) = match (self.cause, code, signal) {
+            (Some(Cause::TimedOut), ..) => (Reason::TimedOut, 124),
+            (Some(Cause::Cancelled(by)), ..) => (Reason::Cancelled, 128 + by as i32),
+            (None, Some(code), _) => (Reason::Exited, code),
+            (None, None, Some(signal)) => (Reason::Signalled, 128 + signal),
+            // The main process was never reaped: that happens only after SIGKILL and reap_wait,
+            // which need a cause; were there none, report it as killed.
+            (None, None, None) => (Reason::Signalled, 128 + Signal::SIGKILL as i32),
+        };
+        Outcome {
+            reason,
+            code,
+            signal,
+            exit_status,
+            duration,
+            orphans_reaped: self.orphans_reaped,
+            lines_dropped,
+            survivors: self.survivors,
+        }
     }
 
     /// Signals that came: reap first (the main process may be among the ended), then cancel or
