@@ -8,8 +8,8 @@
 //!   make ourselves a child subreaper (`PR_SET_CHILD_SUBREAPER`) so that they do.
 //! * runs the job in **its own process group**, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1
 //!   and SIGUSR2 to that group, and treats SIGTERM as **cancellation**: no further job starts.
-//! * **ends it in stages** on cancellation or timeout: SIGTERM to the group and to every descendant
-//!   outside it, then, after [`SupervisePolicy::grace`], SIGKILL to the group and to every
+//! * **ends it in stages** on cancellation or timeout: SIGTERM (and SIGCONT, for stopped processes)
+//!   to the group and to every descendant outside it, then, after [`SupervisePolicy::grace`], SIGKILL to the group and to every
 //!   descendant left, then waits (at most [`SupervisePolicy::reap_wait`]) until none remains. The
 //!   same stages clean up what a job that ended normally left running, so nothing outlives it.
 //! * **streams** the job's stdout and stderr live to the log, masked, line by line, stamped, with
@@ -761,11 +761,14 @@ impl Watch<'_> {
     }
 
     /// Sends SIGTERM to the job's group and to each of `left` outside it (each process gets it
-    /// once), and starts the grace period.
+    /// once), then SIGCONT the same way, so that a stopped process gets to handle its SIGTERM
+    /// within the grace period (as systemd does); and starts the grace period.
     fn terminate(&mut self, left: &[Descendant]) {
-        procs::signal_group(self.job, Signal::SIGTERM);
-        for process in left.iter().filter(|process| process.pgid != self.job) {
-            procs::signal_process(process.pid, Signal::SIGTERM);
+        for signal in [Signal::SIGTERM, Signal::SIGCONT] {
+            procs::signal_group(self.job, signal);
+            for process in left.iter().filter(|process| process.pgid != self.job) {
+                procs::signal_process(process.pid, signal);
+            }
         }
         self.phase = Phase::Terminating {
             kill_at: Instant::now() + self.policy.grace,

@@ -325,6 +325,29 @@ fn a_timeout_kills_a_tree_that_ignores_sigterm_after_the_grace_period() {
 }
 
 #[test]
+fn a_stopped_job_is_continued_to_handle_its_sigterm() {
+    let _serial = serial();
+    let policy = SupervisePolicy {
+        grace: Duration::from_secs(3),
+        ..policy()
+    };
+    let (mut sup, log) = supervisor(policy, &[]);
+    let mut job = sh("trap 'echo got TERM; exit 3' TERM; kill -STOP $$; echo resumed");
+    job.timeout = Some(Duration::from_millis(200));
+    let out = sup.run(&job).expect("run");
+    assert_eq!(
+        (out.reason, out.code),
+        (Reason::TimedOut, Some(3)),
+        "{out:?}"
+    );
+    assert!(
+        out.duration < Duration::from_secs(2),
+        "it waited for SIGKILL: {out:?}"
+    );
+    assert_eq!(log.lines("stdout"), vec!["got TERM"]);
+}
+
+#[test]
 fn the_default_timeout_applies_to_a_job_without_one() {
     let _serial = serial();
     let policy = SupervisePolicy {
