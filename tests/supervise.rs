@@ -945,3 +945,39 @@ fn a_broken_log_counts_every_record_as_dropped_and_the_job_still_runs() {
         (Reason::Exited, Some(4), 2)
     );
 }
+
+/// The orphan test again, as PID 1 of a PID namespace of its own (where the supervisor does not
+/// need to be a subreaper: orphans come to PID 1). Started by `as_pid_1_orphans_are_reaped_too`
+/// through `unshare`; fails when run any other way.
+#[test]
+#[ignore = "runs as PID 1 of a new PID namespace, started by as_pid_1_orphans_are_reaped_too"]
+fn pid_1_inner() {
+    assert_eq!(
+        getpid().as_raw(),
+        1,
+        "run by as_pid_1_orphans_are_reaped_too, not by itself"
+    );
+    let (mut sup, _log) = supervisor(policy(), &[]);
+    let job = sh("(sleep 0.1 &); (sh -c 'sleep 0.05 & exec sleep 0.2' &); sleep 30 & sleep 0.4");
+    let out = sup.run(&job).expect("run");
+    assert_eq!((out.exit_status, out.orphans_reaped), (0, 4), "{out:?}");
+    assert_eq!(descendants_of_me(), vec![]);
+}
+
+#[test]
+fn as_pid_1_orphans_are_reaped_too() {
+    let _serial = serial();
+    let (mut sup, log) = supervisor(policy(), &[]);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut job = sh("true");
+    job.argv = ["unshare", "--pid", "--fork", "--mount-proc"]
+        .into_iter()
+        .map(OsString::from)
+        .chain([exe.into_os_string()])
+        .chain(["--exact", "pid_1_inner", "--ignored", "--test-threads=1"].map(OsString::from))
+        .collect();
+    let out = sup.run(&job).expect("run unshare");
+    let text = log.text();
+    assert_eq!(out.exit_status, 0, "{text}");
+    assert!(text.contains("stdout| test result: ok. 1 passed"), "{text}");
+}
