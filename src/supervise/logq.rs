@@ -90,13 +90,8 @@ impl LogQueue {
             state.dropped += 1;
             return;
         }
-        if state.unreported > 0 {
-            let count = std::mem::take(&mut state.unreported);
-            notice(count, &mut state.queued);
-            state.queued_records += 1;
-        }
-        state.queued.extend_from_slice(record);
-        state.queued_records += 1;
+        Self::append_drop_notice(&mut state, notice);
+        Self::append(&mut state, record);
         drop(state);
         self.queued.notify_one();
     }
@@ -105,14 +100,10 @@ impl LogQueue {
     /// end of a job must not hide its gap.
     pub(crate) fn report_drops(&self, notice: impl FnOnce(u64, &mut Vec<u8>)) {
         let mut state = self.lock();
-        if state.unreported == 0 || state.failed {
-            return;
+        if !state.failed && Self::append_drop_notice(&mut state, notice) {
+            drop(state);
+            self.queued.notify_one();
         }
-        let count = std::mem::take(&mut state.unreported);
-        notice(count, &mut state.queued);
-        state.queued_records += 1;
-        drop(state);
-        self.queued.notify_one();
     }
 
     /// Queues a record of the supervisor's own (what it did to the job) whatever the room: there
@@ -123,10 +114,25 @@ impl LogQueue {
             state.dropped += 1;
             return;
         }
-        state.queued.extend_from_slice(record);
-        state.queued_records += 1;
+        Self::append(&mut state, record);
         drop(state);
         self.queued.notify_one();
+    }
+
+    fn append(state: &mut QueueState, record: &[u8]) {
+        state.queued.extend_from_slice(record);
+        state.queued_records += 1;
+    }
+
+    /// Appends the notice of the unreported drops, if any; true when it did.
+    fn append_drop_notice(state: &mut QueueState, notice: impl FnOnce(u64, &mut Vec<u8>)) -> bool {
+        if state.unreported == 0 {
+            return false;
+        }
+        let count = std::mem::take(&mut state.unreported);
+        notice(count, &mut state.queued);
+        state.queued_records += 1;
+        true
     }
 
     /// Records dropped over the queue's life.

@@ -392,32 +392,30 @@ pub(crate) struct PumpConfig {
 pub(crate) async fn pump(
     mut pipe: pipe::Receiver,
     config: PumpConfig,
-    mut mask: MaskStream,
-    mut sink: Sink,
+    mask: MaskStream,
+    sink: Sink,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let PumpConfig {
-        stream,
-        max_line,
-        idle_flush,
-    } = config;
-    let emit = |sink: &mut Sink, text: &[u8], cont: bool, ts: SystemTime| {
-        sink.line(stream, text, cont, ts)
+    let idle_flush = config.idle_flush;
+    let mut record = Recorder {
+        stream: config.stream,
+        mask,
+        masked: Vec::new(),
+        split: LineSplitter::new(config.max_line),
+        sink,
     };
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut masked: Vec<u8> = Vec::new();
-    let mut split = LineSplitter::new(max_line);
     let mut last_read: Arrival = (SystemTime::now(), Instant::now());
     loop {
-        if !sink.has_room() {
+        if !record.sink.has_room() {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                () = sink.queue.room() => {}
+                () = record.sink.queue.room() => {}
             }
         }
-        let masker_due = (mask.pending() > 0).then(|| last_read.1 + idle_flush);
-        let line_due = split.held_since().map(|since| since + idle_flush);
+        let masker_due = (record.mask.pending() > 0).then(|| last_read.1 + idle_flush);
+        let line_due = record.split.held_since().map(|since| since + idle_flush);
         let due = masker_due.into_iter().chain(line_due).min();
         tokio::select! {
             biased;
@@ -430,30 +428,73 @@ pub(crate) async fn pump(
                     Err(e) => return Err(e),
                 };
                 last_read = (SystemTime::now(), Instant::now());
-                mask.push(&buf[..n], &mut masked);
-                split.feed(&masked, last_read, &mut |t, c, ts| emit(&mut sink, t, c, ts));
-                masked.clear();
+                record.push(&buf[..n], last_read);
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 let now = Instant::now();
                 let idle = now >= last_read.1 + idle_flush;
                 if idle {
-                    mask.flush(&mut masked);
-                    split.feed(&masked, last_read, &mut |t, c, ts| emit(&mut sink, t, c, ts));
-                    masked.clear();
+                    record.flush_mask(last_read);
                 }
-                if idle || split.held_since().is_some_and(|since| now >= since + idle_flush) {
-                    split.release(&mut |t, c, ts| emit(&mut sink, t, c, ts));
+                if idle || record.split.held_since().is_some_and(|since| now >= since + idle_flush) {
+                    record.release();
                 }
             }
         }
     }
-    mask.flush(&mut masked);
-    split.feed(&masked, last_read, &mut |t, c, ts| {
-        emit(&mut sink, t, c, ts)
-    });
-    split.finish(&mut |t, c, ts| emit(&mut sink, t, c, ts));
+    record.finish(last_read);
     Ok(())
+}
+
+/// One stream's way from raw bytes to queued records: masker, line splitter, sink.
+struct Recorder {
+    /// Which stream this is.
+    stream: Stream,
+    /// Masks the raw bytes; may hold back a tail that could be the start of a secret.
+    mask: MaskStream,
+    /// What the masker released, on its way to `split`; empty between calls.
+    masked: Vec<u8>,
+    /// Cuts the masked bytes into records.
+    split: LineSplitter,
+    /// Where the records go.
+    sink: Sink,
+}
+
+impl Recorder {
+    /// Bytes read at `at`: masked, then cut into records.
+    fn push(&mut self, bytes: &[u8], at: Arrival) {
+        self.mask.push(bytes, &mut self.masked);
+        self.feed_masked(at);
+    }
+
+    /// Releases what the masker holds back, into the line splitter.
+    fn flush_mask(&mut self, at: Arrival) {
+        self.mask.flush(&mut self.masked);
+        self.feed_masked(at);
+    }
+
+    /// Emits the partial line held by the splitter.
+    fn release(&mut self) {
+        let (stream, sink) = (self.stream, &mut self.sink);
+        self.split
+            .release(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+    }
+
+    /// End of the stream: everything held goes out.
+    fn finish(&mut self, at: Arrival) {
+        self.flush_mask(at);
+        let (stream, sink) = (self.stream, &mut self.sink);
+        self.split
+            .finish(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+    }
+
+    fn feed_masked(&mut self, at: Arrival) {
+        let (stream, sink) = (self.stream, &mut self.sink);
+        self.split.feed(&self.masked, at, &mut |text, cont, ts| {
+            sink.line(stream, text, cont, ts)
+        });
+        self.masked.clear();
+    }
 }
 
 #[cfg(test)]
