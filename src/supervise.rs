@@ -713,6 +713,7 @@ impl Watch<'_> {
         Ok(())
     }
 
+    /// Every process below us, now.
     fn descendants(&self) -> Result<Vec<Descendant>, SuperviseError> {
         procs::descendants(self.me).map_err(SuperviseError::ListProcesses)
     }
@@ -831,6 +832,7 @@ impl Watch<'_> {
         Ok(false)
     }
 
+    /// A pump ended; keeps its failure, if any, for after supervision.
     fn on_pump_done(&mut self, done: Result<io::Result<()>, tokio::task::JoinError>) {
         let failure = match done {
             Ok(Ok(())) => return,

@@ -29,6 +29,7 @@ pub(crate) struct LogQueue {
     room: tokio::sync::Notify,
 }
 
+/// The moving state of a [`LogQueue`], under its lock.
 #[derive(Debug, Default)]
 struct QueueState {
     /// Formatted records waiting for the writer, back to back.
@@ -53,12 +54,14 @@ struct QueueState {
 }
 
 impl QueueState {
+    /// Bytes not yet written: queued, or being written.
     fn pending(&self) -> usize {
         self.queued.len() + self.in_flight
     }
 }
 
 impl LogQueue {
+    /// An empty queue under `policy`.
     fn new(policy: LogBuffer) -> LogQueue {
         LogQueue {
             policy,
@@ -69,6 +72,7 @@ impl LogQueue {
         }
     }
 
+    /// The state, locked.
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // Nothing panics while holding the lock; if something ever did, the state is still a
         // consistent byte buffer and counters, so carry on with it.
@@ -119,6 +123,7 @@ impl LogQueue {
         self.queued.notify_one();
     }
 
+    /// Appends one record, whatever the room.
     fn append(state: &mut QueueState, record: &[u8]) {
         state.queued.extend_from_slice(record);
         state.queued_records += 1;
@@ -177,6 +182,7 @@ impl LogQueue {
         state.pending() == 0
     }
 
+    /// No more records will come: the writer ends once the queue is written.
     fn close(&self) {
         self.lock().closed = true;
         self.queued.notify_one();

@@ -37,6 +37,7 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
+    /// Its name in the records.
     fn name(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
@@ -110,10 +111,15 @@ pub(crate) struct RecordFormat {
 /// One record in [`LineFormat::Json`].
 #[derive(Serialize)]
 struct JsonRecord<'a> {
+    /// When the record's first byte was read.
     ts: Rfc3339,
+    /// The job's label.
     action: &'a str,
+    /// `stdout`, `stderr` or `runner`.
     stream: &'static str,
+    /// True when the record continues the previous one of its stream.
     cont: bool,
+    /// The text, not UTF-8 bytes replaced by U+FFFD.
     line: &'a str,
 }
 
@@ -237,6 +243,7 @@ impl Sink {
     }
 }
 
+/// Appends the `runner` record saying that `count` records were dropped just before it.
 fn drop_notice(format: &RecordFormat, count: u64, out: &mut Vec<u8>) {
     let text = format!("{count} records dropped here: the log writer fell behind");
     format.write(
@@ -268,6 +275,7 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
+    /// A splitter with nothing held, cutting at `max_line` (at least 1).
     fn new(max_line: usize) -> LineSplitter {
         LineSplitter {
             max_line: max_line.max(1),
@@ -488,6 +496,7 @@ impl Recorder {
             .finish(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
     }
 
+    /// Cuts what the masker released into records, and empties `masked`.
     fn feed_masked(&mut self, at: Arrival) {
         let (stream, sink) = (self.stream, &mut self.sink);
         self.split.feed(&self.masked, at, &mut |text, cont, ts| {

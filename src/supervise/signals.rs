@@ -52,6 +52,7 @@ struct Shared {
 /// removed on drop.
 #[derive(Debug)]
 pub(crate) struct Inbox {
+    /// What the handlers write into.
     shared: Arc<Shared>,
     /// The read end of the wake-up pipe, registered with the supervisor's runtime.
     woken: pipe::Receiver,
@@ -139,6 +140,7 @@ impl Inbox {
         Ok(())
     }
 
+    /// Reads every pending wake-up byte, so that the pipe reads as empty again.
     fn drain_wake_ups(&mut self) -> io::Result<()> {
         let mut buf = [0u8; 64];
         loop {
