@@ -142,7 +142,9 @@ pub enum LogBuffer {
     },
     /// When `max_bytes` are waiting, stop reading the job's pipes until the writer catches up:
     /// nothing is lost, but once the pipe's own buffer (64 KiB) is full too, the job blocks on
-    /// its writes. For logs that must be complete more than the job must be fast.
+    /// its writes. For logs that must be complete more than the job must be fast. The run still
+    /// ends [`SupervisePolicy::reap_wait`] after the job's last process is gone: what its pipes
+    /// hold then (at most 64 KiB each) is not logged.
     Backpressure {
         /// The bound, in bytes of formatted records (overshot by at most what one read of a pipe,
         /// 64 KiB of output, formats into).
