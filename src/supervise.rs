@@ -9,9 +9,10 @@
 //! * runs the job in **its own process group**, forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1
 //!   and SIGUSR2 to that group, and treats SIGTERM as **cancellation**: no further job starts.
 //! * **ends it in stages** on cancellation or timeout: SIGTERM (and SIGCONT, for stopped processes)
-//!   to the group and to every descendant outside it, then, after [`SupervisePolicy::grace`], SIGKILL to the group and to every
-//!   descendant left, then waits (at most [`SupervisePolicy::reap_wait`]) until none remains. The
-//!   same stages clean up what a job that ended normally left running, so nothing outlives it.
+//!   to the group and to every descendant outside it, then, after [`SupervisePolicy::grace`],
+//!   SIGKILL to the group and to every descendant left, then waits (at most
+//!   [`SupervisePolicy::reap_wait`]) until none remains. The same stages clean up what a job that
+//!   ended normally left running, so nothing outlives it.
 //! * **streams** the job's stdout and stderr live to the log, masked, line by line, stamped, with
 //!   bounded memory and without ever letting a slow log reader stall the job (unless asked to, see
 //!   [`LogBuffer`]).
@@ -19,8 +20,8 @@
 //! # Reaping: all of it ourselves, no `tokio::process`
 //!
 //! tokio's process support reaps its own children, and a blanket `waitpid(-1)` beside it steals
-//! their statuses (ECHILD). We need the blanket reaper (orphans re-parented to us have no owner), so
-//! the job is started with `std::process::Command` (which never waits on its own), and one loop
+//! their statuses (ECHILD). We need the blanket reaper (orphans re-parented to us have no owner),
+//! so the job is started with `std::process::Command` (which never waits on its own), and one loop
 //! reaps every child with `waitpid(-1, WNOHANG)` on each SIGCHLD, recognising the job by its pid.
 //! The alternative, `tokio::process` plus `waitid(WNOWAIT)` peeks to skip tokio's children, would
 //! race with tokio's own reaper for nothing. Consequence: while [`Supervisor::run`] runs, every
@@ -65,7 +66,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant};
 
 use self::logq::LogWriter;
 use self::output::{PumpConfig, RecordFormat, Sink, Stream};
@@ -653,9 +654,11 @@ impl Watch<'_> {
             };
             tokio::select! {
                 biased;
-                taken = inbox.next() => self.on_signals(taken.map_err(SuperviseError::SignalPipe)?)?,
+                taken = inbox.next() => {
+                    self.on_signals(taken.map_err(SuperviseError::SignalPipe)?)?;
+                }
                 Some(done) = pumps.join_next(), if !pumps.is_empty() => self.on_pump_done(done),
-                () = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {
+                () = sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {
                     if self.on_tick()? {
                         break;
                     }

@@ -485,7 +485,8 @@ fn sigterm_between_jobs_cancels_the_next_one_before_it_starts() {
     assert!(!dir.path().join("started").exists());
 }
 
-/// Seconds since the epoch of a record's `2026-11-23T10:00:00.123456Z` stamp, checked digit by digit.
+/// Seconds since the epoch of a record's `2026-11-23T10:00:00.123456Z` stamp, checked digit by
+/// digit.
 fn parse_stamp(stamp: &str) -> Option<f64> {
     let b = stamp.as_bytes();
     let shape_ok = b.len() == 27

@@ -2,8 +2,9 @@
 //!
 //! One [`pump`] task per pipe. Masking comes first, on the raw byte stream, so that a secret split
 //! across two reads is still one secret to the masker; only what the masker releases is cut into
-//! lines. Every buffer on the way is bounded: one read ([`READ_CHUNK`]), what the masker holds back,
-//! one partial line (`max_line`), and the queue (its [`LogBuffer`](super::LogBuffer) policy).
+//! lines. Every buffer on the way is bounded: one read ([`READ_CHUNK`]), what the masker holds
+//! back, one partial line (`max_line`), and the queue (its [`LogBuffer`](super::LogBuffer)
+//! policy).
 
 use std::fmt;
 use std::io::{self, Write as _};
@@ -47,7 +48,8 @@ impl Stream {
     }
 }
 
-/// A point in time written as RFC 3339 in UTC with microseconds, e.g. `2026-11-23T10:00:00.123456Z`.
+/// A point in time written as RFC 3339 in UTC with microseconds, e.g.
+/// `2026-11-23T10:00:00.123456Z`.
 ///
 /// Written by hand (the civil-from-days algorithm of Howard Hinnant,
 /// <https://howardhinnant.github.io/date_algorithms.html#civil_from_days>) rather than with a date
@@ -444,7 +446,8 @@ pub(crate) async fn pump(
                 if idle {
                     record.flush_mask(last_read);
                 }
-                if idle || record.split.held_since().is_some_and(|since| now >= since + idle_flush) {
+                let line_due = record.split.held_since().is_some_and(|t| now >= t + idle_flush);
+                if idle || line_due {
                     record.release();
                 }
             }
