@@ -337,7 +337,26 @@ pub fn run(prepared: &Prepared, options: &StepOptions, supervisor: &mut Supervis
             timeout: action.timeout().or(options.supervise.default_timeout),
         };
         info!(action = %name, "running");
-        let outcome = supervisor.run(&job)?;
+        let outcome = match supervisor.run(&job) {
+            Ok(outcome) => outcome,
+            // A command that cannot be started is the action's failure, as in a shell: 127 when
+            // it is not found, 126 when it cannot be executed. The result is still written.
+            Err(SuperviseError::Spawn { source, program, .. }) => {
+                let status = if source.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+                warn!(action = %name, program = %program.to_string_lossy(), error = %source, "cannot start the command");
+                Outcome {
+                    reason: crate::supervise::Reason::Exited,
+                    code: Some(status),
+                    signal: None,
+                    exit_status: status,
+                    duration: Duration::ZERO,
+                    orphans_reaped: 0,
+                    lines_dropped: 0,
+                    survivors: 0,
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
         info!(action = %name, reason = ?outcome.reason, exit_status = outcome.exit_status, duration_ms = millis(outcome.duration), "ended");
         jobs.push(JobFacts { action: name.clone(), reason: outcome.reason, exit_status: outcome.exit_status, duration_ms: millis(outcome.duration) });
         let failed = outcome.exit_status != 0;

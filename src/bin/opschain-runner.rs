@@ -14,7 +14,7 @@ use opschain_runner::json::SizeLimit;
 use opschain_runner::layout::Layout;
 use opschain_runner::plan::Plan;
 use opschain_runner::step::{self, StepError, StepOptions};
-use opschain_runner::supervise::{SupervisePolicy, Supervisor};
+use opschain_runner::supervise::{LineFormat, SupervisePolicy, Supervisor};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 
@@ -50,7 +50,7 @@ fn run(cli: Cli) -> i32 {
         Command::Step(args) if args.dry_run => {
             validate(&layout, &ValidateArgs { action: args.action, files_root: args.files_root, json: false })
         }
-        Command::Step(args) => run_step(&layout, args),
+        Command::Step(args) => run_step(&layout, args, cli.global.log_format),
         Command::Validate(args) => validate(&layout, &args),
         Command::Actions => list_actions(&layout),
         Command::Property(command) => property(command),
@@ -58,7 +58,7 @@ fn run(cli: Cli) -> i32 {
     }
 }
 
-fn options(args: &StepArgs) -> StepOptions {
+fn options(args: &StepArgs, log_format: logging::LogFormat) -> StepOptions {
     StepOptions {
         action: args.action.clone(),
         files_root: args.files_root.clone(),
@@ -66,6 +66,10 @@ fn options(args: &StepArgs) -> StepOptions {
         supervise: SupervisePolicy {
             grace: Duration::from_secs(args.grace_secs),
             default_timeout: args.timeout_secs.map(Duration::from_secs),
+            format: match log_format {
+                logging::LogFormat::Text => LineFormat::Text,
+                logging::LogFormat::Json => LineFormat::Json,
+            },
             ..SupervisePolicy::default()
         },
         secret_names: SecretNames::parse(&args.secret_patterns),
@@ -76,10 +80,10 @@ fn step_failure(e: &StepError) -> i32 {
     fail(e, exit::status_of(e))
 }
 
-fn run_step(layout: &Layout, args: StepArgs) -> i32 {
+fn run_step(layout: &Layout, args: StepArgs, log_format: logging::LogFormat) -> i32 {
     let start = std::time::Instant::now();
     tracing::info!(phase = "start", repo = %layout.repo.display(), version = step::VERSION, "phase started");
-    let options = options(&args);
+    let options = options(&args, log_format);
     let prepared = match step::prepare(layout, &options) {
         Ok(p) => p,
         Err(e) => return step_failure(&e),

@@ -1,0 +1,617 @@
+//! The job's output, from pipe to log record: read, mask, cut into lines, stamp, format, queue.
+//!
+//! One [`pump`] task per pipe. Masking comes first, on the raw byte stream, so that a secret split
+//! across two reads is still one secret to the masker; only what the masker releases is cut into
+//! lines. Every buffer on the way is bounded: one read ([`READ_CHUNK`]), what the masker holds
+//! back, one partial line (`max_line`), and the queue (its [`LogBuffer`](super::LogBuffer)
+//! policy).
+
+use std::fmt;
+use std::io::{self, Write as _};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::logq::LogQueue;
+use super::LineFormat;
+use crate::mask::MaskStream;
+
+/// How much one read from a pipe takes at most: the size of a Linux pipe's default buffer, so one
+/// read usually empties it.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// Where a record comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    /// The job's standard output.
+    Stdout,
+    /// The job's standard error.
+    Stderr,
+    /// The supervisor itself: what it did to the job (timeout, signals, leftovers) and what it
+    /// could not log.
+    Runner,
+}
+
+impl Stream {
+    /// Its name in the records.
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Runner => "runner",
+        }
+    }
+}
+
+/// A point in time written as RFC 3339 in UTC with microseconds, e.g.
+/// `2026-11-23T10:00:00.123456Z`.
+///
+/// Written by hand (the civil-from-days algorithm of Howard Hinnant,
+/// <https://howardhinnant.github.io/date_algorithms.html#civil_from_days>) rather than with a date
+/// crate: it is the only date format the agent writes. Times before 1970 are written as 1970.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rfc3339(pub(crate) SystemTime);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        let in_day = secs % 86_400;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            in_day / 3600,
+            in_day / 60 % 60,
+            in_day % 60,
+            since.subsec_micros()
+        )
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// (year, month 1-12, day 1-31) of the day `days` after 1970-01-01 (days >= 0 only, so the era
+/// arithmetic needs no negative case).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// How records are written: the [`LineFormat`] and the job's label, prepared once per job.
+#[derive(Debug)]
+pub(crate) struct RecordFormat {
+    /// Text or JSON.
+    format: LineFormat,
+    /// The job's label; in [`LineFormat::Text`], with whitespace replaced by `_` so that the
+    /// fields stay space-separated.
+    label: String,
+}
+
+/// One record in [`LineFormat::Json`].
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    /// When the record's first byte was read.
+    ts: Rfc3339,
+    /// The job's label.
+    action: &'a str,
+    /// `stdout`, `stderr` or `runner`.
+    stream: &'static str,
+    /// True when the record continues the previous one of its stream.
+    cont: bool,
+    /// The text, not UTF-8 bytes replaced by U+FFFD.
+    line: &'a str,
+}
+
+impl RecordFormat {
+    /// The format for one job.
+    pub(crate) fn new(format: LineFormat, label: &str) -> RecordFormat {
+        let label = match format {
+            LineFormat::Text if label.is_empty() => "-".to_string(),
+            LineFormat::Text => label
+                .chars()
+                .map(|c| if c.is_whitespace() { '_' } else { c })
+                .collect(),
+            LineFormat::Json => label.to_string(),
+        };
+        RecordFormat { format, label }
+    }
+
+    /// Appends one record to `out`: `text` (without its newline) from `stream`, whose first byte
+    /// arrived at `ts`; `cont` when it continues the previous record of the same stream.
+    pub(crate) fn write(
+        &self,
+        out: &mut Vec<u8>,
+        ts: SystemTime,
+        stream: Stream,
+        cont: bool,
+        text: &[u8],
+    ) {
+        // Writing into a Vec cannot fail.
+        let _ = match self.format {
+            LineFormat::Text => {
+                let sep = if cont { '+' } else { '|' };
+                write!(
+                    out,
+                    "{} {} {}{sep} ",
+                    Rfc3339(ts),
+                    self.label,
+                    stream.name()
+                )
+                .map(|()| out.extend_from_slice(text))
+            }
+            LineFormat::Json => {
+                let line = String::from_utf8_lossy(text);
+                let record = JsonRecord {
+                    ts: Rfc3339(ts),
+                    action: &self.label,
+                    stream: stream.name(),
+                    cont,
+                    line: &line,
+                };
+                serde_json::to_writer(&mut *out, &record).map_err(io::Error::from)
+            }
+        };
+        out.push(b'\n');
+    }
+}
+
+/// A producer's handle on the log: formats records and queues them. One per pump task and one for
+/// the supervisor's notices; each has its own scratch buffer.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    /// Where records go.
+    queue: Arc<LogQueue>,
+    /// How they look.
+    format: Arc<RecordFormat>,
+    /// The record being formatted; reused, so formatting allocates nothing in the steady state.
+    scratch: Vec<u8>,
+}
+
+impl Clone for Sink {
+    fn clone(&self) -> Sink {
+        Sink {
+            queue: Arc::clone(&self.queue),
+            format: Arc::clone(&self.format),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl Sink {
+    /// A sink writing records in `format` to `queue`.
+    pub(crate) fn new(queue: Arc<LogQueue>, format: RecordFormat) -> Sink {
+        Sink {
+            queue,
+            format: Arc::new(format),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Queues one line (or piece of a line) of the job's output; see [`RecordFormat::write`].
+    pub(crate) fn line(&mut self, stream: Stream, text: &[u8], cont: bool, ts: SystemTime) {
+        self.scratch.clear();
+        self.format.write(&mut self.scratch, ts, stream, cont, text);
+        let format = &self.format;
+        self.queue
+            .push(&self.scratch, |count, buf| drop_notice(format, count, buf));
+    }
+
+    /// Queues a notice of the supervisor's own, stamped now.
+    pub(crate) fn notice(&mut self, text: &str) {
+        self.scratch.clear();
+        self.format.write(
+            &mut self.scratch,
+            SystemTime::now(),
+            Stream::Runner,
+            false,
+            text.as_bytes(),
+        );
+        self.queue.push_notice(&self.scratch);
+    }
+
+    /// Queues the notice for records dropped and not yet reported, if any.
+    pub(crate) fn report_drops(&self) {
+        let format = &self.format;
+        self.queue
+            .report_drops(|count, buf| drop_notice(format, count, buf));
+    }
+
+    /// True when the pump may read more; see [`LogQueue::has_room`].
+    fn has_room(&self) -> bool {
+        self.queue.has_room()
+    }
+}
+
+/// Appends the `runner` record saying that `count` records were dropped just before it.
+fn drop_notice(format: &RecordFormat, count: u64, out: &mut Vec<u8>) {
+    let text = format!("{count} records dropped here: the log writer fell behind");
+    format.write(
+        out,
+        SystemTime::now(),
+        Stream::Runner,
+        false,
+        text.as_bytes(),
+    );
+}
+
+/// When something arrived: wall clock for the record, monotonic clock for the hold deadlines.
+type Arrival = (SystemTime, Instant);
+
+/// Cuts one stream of (masked) bytes into records of at most `max_line` bytes.
+#[derive(Debug)]
+struct LineSplitter {
+    /// The longest record, in bytes of text. Invariant: >= 1.
+    max_line: usize,
+    /// The current line's bytes not yet emitted. Invariant after each call: shorter than
+    /// `max_line`, and holds no `\n`.
+    partial: Vec<u8>,
+    /// When the first byte of `partial` arrived. Invariant: `Some` exactly when `partial` is not
+    /// empty.
+    since: Option<Arrival>,
+    /// The next record continues a line of which a piece was already emitted (cut at `max_line`,
+    /// or released because it was held too long).
+    continues: bool,
+}
+
+impl LineSplitter {
+    /// A splitter with nothing held, cutting at `max_line` (at least 1).
+    fn new(max_line: usize) -> LineSplitter {
+        LineSplitter {
+            max_line: max_line.max(1),
+            partial: Vec::new(),
+            since: None,
+            continues: false,
+        }
+    }
+
+    /// Feeds `bytes` that arrived at `at`; `emit(text, cont, ts)` gets every record completed.
+    fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        at: Arrival,
+        emit: &mut impl FnMut(&[u8], bool, SystemTime),
+    ) {
+        while !bytes.is_empty() {
+            let since = *self.since.get_or_insert(at);
+            let room = self.max_line - self.partial.len();
+            // A newline right after `room` bytes still ends a line of exactly max_line bytes.
+            let window = &bytes[..bytes.len().min(room + 1)];
+            if let Some(newline) = window.iter().position(|&b| b == b'\n') {
+                if self.partial.is_empty() {
+                    emit(&bytes[..newline], self.continues, since.0);
+                } else {
+                    self.partial.extend_from_slice(&bytes[..newline]);
+                    emit(&self.partial, self.continues, since.0);
+                    self.partial.clear();
+                }
+                self.since = None;
+                self.continues = false;
+                bytes = &bytes[newline + 1..];
+            } else if bytes.len() > room {
+                self.partial.extend_from_slice(&bytes[..room]);
+                bytes = &bytes[room..];
+                // Cut before a UTF-8 sequence the limit would split; keep its first bytes.
+                let cut = utf8_cut(&self.partial);
+                emit(&self.partial[..cut], self.continues, since.0);
+                self.partial.drain(..cut);
+                self.continues = true;
+                self.since = if self.partial.is_empty() {
+                    None
+                } else {
+                    Some(at)
+                };
+            } else {
+                self.partial.extend_from_slice(bytes);
+                bytes = &[];
+            }
+        }
+    }
+
+    /// Since when the oldest byte not yet emitted has been held.
+    fn held_since(&self) -> Option<Instant> {
+        self.since.map(|(_, instant)| instant)
+    }
+
+    /// Emits the partial line now (it was held long enough); the rest of the line, when it comes,
+    /// is a continuation.
+    fn release(&mut self, emit: &mut impl FnMut(&[u8], bool, SystemTime)) {
+        if let Some((wall, _)) = self.since.take() {
+            emit(&self.partial, self.continues, wall);
+            self.partial.clear();
+            self.continues = true;
+        }
+    }
+
+    /// End of stream: emits what is left as a last line.
+    fn finish(&mut self, emit: &mut impl FnMut(&[u8], bool, SystemTime)) {
+        self.release(emit);
+        self.continues = false;
+    }
+}
+
+/// Where to cut `buf` (full to the line limit) so that no UTF-8 sequence is split: before a lead
+/// byte whose sequence is not complete in `buf`; `buf.len()` when nothing is split or when cutting
+/// would leave nothing (then the bytes are not UTF-8 worth keeping together).
+fn utf8_cut(buf: &[u8]) -> usize {
+    let len = buf.len();
+    for back in 1..=len.min(4) {
+        let byte = buf[len - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for its lead byte
+        }
+        let needed = match byte {
+            0xF0..=0xF7 => 4,
+            0xE0..=0xEF => 3,
+            0xC0..=0xDF => 2,
+            _ => 1,
+        };
+        return if needed > back && back < len {
+            len - back
+        } else {
+            len
+        };
+    }
+    len
+}
+
+/// What a pump needs besides its pipe.
+#[derive(Debug)]
+pub(crate) struct PumpConfig {
+    /// Which stream the pipe carries.
+    pub(crate) stream: Stream,
+    /// See [`SupervisePolicy::max_line`](super::SupervisePolicy::max_line).
+    pub(crate) max_line: usize,
+    /// See [`SupervisePolicy::idle_flush`](super::SupervisePolicy::idle_flush).
+    pub(crate) idle_flush: Duration,
+}
+
+/// Reads one of the job's pipes to its end and logs every byte: masked by `mask`, cut into lines,
+/// sent to `sink`.
+///
+/// What is held back is released on time: the masker's carry (the tail that may be the start of
+/// a secret) once the pipe has been idle for `idle_flush`, and a partial line once its first byte
+/// is `idle_flush` old even while more keeps coming (a progress bar that prints dots). The masker
+/// is flushed only when idle, never on a timer during a burst, since flushing cuts a secret that
+/// straddles two reads.
+///
+/// Stops early, releasing what it holds, when `stop` changes: the supervisor gave up waiting for
+/// the pipe's end (a process it could not kill still holds it).
+pub(crate) async fn pump(
+    mut pipe: pipe::Receiver,
+    config: PumpConfig,
+    mask: MaskStream,
+    sink: Sink,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let idle_flush = config.idle_flush;
+    let mut record = Recorder {
+        stream: config.stream,
+        mask,
+        masked: Vec::new(),
+        split: LineSplitter::new(config.max_line),
+        sink,
+    };
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut last_read: Arrival = (SystemTime::now(), Instant::now());
+    loop {
+        if !record.sink.has_room() {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = record.sink.queue.room() => {}
+            }
+        }
+        let masker_due = (record.mask.pending() > 0).then(|| last_read.1 + idle_flush);
+        let line_due = record.split.held_since().map(|since| since + idle_flush);
+        let due = masker_due.into_iter().chain(line_due).min();
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            read = pipe.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                last_read = (SystemTime::now(), Instant::now());
+                record.push(&buf[..n], last_read);
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let now = Instant::now();
+                let idle = now >= last_read.1 + idle_flush;
+                if idle {
+                    record.flush_mask(last_read);
+                }
+                let line_due = record.split.held_since().is_some_and(|t| now >= t + idle_flush);
+                if idle || line_due {
+                    record.release();
+                }
+            }
+        }
+    }
+    record.finish(last_read);
+    Ok(())
+}
+
+/// One stream's way from raw bytes to queued records: masker, line splitter, sink.
+struct Recorder {
+    /// Which stream this is.
+    stream: Stream,
+    /// Masks the raw bytes; may hold back a tail that could be the start of a secret.
+    mask: MaskStream,
+    /// What the masker released, on its way to `split`; empty between calls.
+    masked: Vec<u8>,
+    /// Cuts the masked bytes into records.
+    split: LineSplitter,
+    /// Where the records go.
+    sink: Sink,
+}
+
+impl Recorder {
+    /// Bytes read at `at`: masked, then cut into records.
+    fn push(&mut self, bytes: &[u8], at: Arrival) {
+        self.mask.push(bytes, &mut self.masked);
+        self.feed_masked(at);
+    }
+
+    /// Releases what the masker holds back, into the line splitter.
+    fn flush_mask(&mut self, at: Arrival) {
+        self.mask.flush(&mut self.masked);
+        self.feed_masked(at);
+    }
+
+    /// Emits the partial line held by the splitter.
+    fn release(&mut self) {
+        let (stream, sink) = (self.stream, &mut self.sink);
+        self.split
+            .release(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+    }
+
+    /// End of the stream: everything held goes out.
+    fn finish(&mut self, at: Arrival) {
+        self.flush_mask(at);
+        let (stream, sink) = (self.stream, &mut self.sink);
+        self.split
+            .finish(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+    }
+
+    /// Cuts what the masker released into records, and empties `masked`.
+    fn feed_masked(&mut self, at: Arrival) {
+        let (stream, sink) = (self.stream, &mut self.sink);
+        self.split.feed(&self.masked, at, &mut |text, cont, ts| {
+            sink.line(stream, text, cont, ts)
+        });
+        self.masked.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        let at = |secs: u64, micros: u64| {
+            Rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+                .to_string()
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        // `date -u -d 2000-02-29T23:59:59 +%s` = 951868799: a leap day in a century leap year.
+        assert_eq!(at(951_868_799, 1), "2000-02-29T23:59:59.000001Z");
+        // `date -u -d 2026-11-23T10:00:00 +%s` = 1795428000.
+        assert_eq!(at(1_795_428_000, 123_456), "2026-11-23T10:00:00.123456Z");
+        // 2100 is not a leap year: `date -u -d 2100-03-01 +%s` = 4107542400, one day after 02-28.
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
+        assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59.000000Z");
+    }
+
+    fn split_all(max_line: usize, chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
+        let mut split = LineSplitter::new(max_line);
+        let mut records = Vec::new();
+        let at = (SystemTime::now(), Instant::now());
+        let mut emit = |t: &[u8], c: bool, _: SystemTime| records.push((t.to_vec(), c));
+        for chunk in chunks {
+            split.feed(chunk, at, &mut emit);
+        }
+        split.finish(&mut emit);
+        records
+    }
+
+    fn rec(text: &str, cont: bool) -> (Vec<u8>, bool) {
+        (text.as_bytes().to_vec(), cont)
+    }
+
+    #[test]
+    fn lines_across_chunks_are_joined_and_long_ones_cut_with_continuations() {
+        assert_eq!(
+            split_all(4, &[b"ab", b"c\nabcd\nabcdefghij", b"\n\n"]),
+            vec![
+                rec("abc", false),
+                rec("abcd", false),
+                rec("abcd", false),
+                rec("efgh", true),
+                rec("ij", true),
+                rec("", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_utf8_sequence() {
+        // "aé€" is 61 C3A9 E282AC: a cut after 4 bytes would split the euro sign.
+        let records = split_all(4, &["aé€\n".as_bytes()]);
+        assert_eq!(records, vec![rec("aé", false), rec("€", true)]);
+    }
+
+    #[test]
+    fn release_emits_the_partial_line_and_marks_the_rest_as_continuation() {
+        let mut split = LineSplitter::new(100);
+        let mut records = Vec::new();
+        let at = (SystemTime::now(), Instant::now());
+        let mut emit = |t: &[u8], c: bool, _: SystemTime| records.push((t.to_vec(), c));
+        split.feed(b"progress ...", at, &mut emit);
+        assert!(split.held_since().is_some());
+        split.release(&mut emit);
+        assert!(split.held_since().is_none());
+        split.feed(b" done\nnext\n", at, &mut emit);
+        assert_eq!(
+            records,
+            vec![
+                rec("progress ...", false),
+                rec(" done", true),
+                rec("next", false)
+            ]
+        );
+    }
+
+    #[test]
+    fn text_and_json_records() {
+        let ts = UNIX_EPOCH + Duration::from_micros(1_795_428_000_123_456);
+        let mut out = Vec::new();
+        RecordFormat::new(LineFormat::Text, "my action").write(
+            &mut out,
+            ts,
+            Stream::Stderr,
+            true,
+            b"x y",
+        );
+        assert_eq!(out, b"2026-11-23T10:00:00.123456Z my_action stderr+ x y\n");
+        out.clear();
+        RecordFormat::new(LineFormat::Json, "my action").write(
+            &mut out,
+            ts,
+            Stream::Stdout,
+            false,
+            b"a\"\xff",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "{\"ts\":\"2026-11-23T10:00:00.123456Z\",\"action\":\"my action\",\"stream\":\"stdout\",\
+             \"cont\":false,\"line\":\"a\\\"\u{fffd}\"}\n"
+        );
+    }
+}

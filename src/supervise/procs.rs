@@ -1,0 +1,175 @@
+//! The process-table side of supervision: reaping children, finding descendants in `/proc`, and
+//! sending signals that tolerate processes vanishing in between.
+//!
+//! Everything here is synchronous and cheap (a `/proc` walk reads one small file per process); the
+//! event loop in the parent module decides when to call it.
+
+use std::io;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+/// How a child ended, as `waitpid` reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// It called `exit` with this code.
+    Exited(i32),
+    /// This signal number killed it (a plain `i32`, so that real-time signals need no enum).
+    Signalled(i32),
+}
+
+/// What one round of reaping collected.
+#[derive(Debug, Default)]
+pub(crate) struct Reaped {
+    /// How the watched process ended, if it was among those reaped.
+    pub(crate) watched: Option<Ended>,
+    /// How many other processes (orphans re-parented to us, and their zombies) were reaped.
+    pub(crate) others: u64,
+}
+
+/// Reaps every child of this process that has ended, without blocking, and tells apart `watched`
+/// (the job's main process) from the others.
+///
+/// This loops until `waitpid` says nothing more is ready, because SIGCHLD is coalesced: one
+/// notification may stand for many ended children.
+///
+/// It calls libc's `waitpid` rather than nix's: nix turns the status into its `Signal` enum and
+/// fails with EINVAL, after the kernel has already reaped the child, when a real-time signal killed
+/// it; the job's status would then be lost.
+pub(crate) fn reap(watched: Option<Pid>) -> Result<Reaped, Errno> {
+    let mut reaped = Reaped::default();
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the duration of the call; waitpid has no
+        // other memory effects.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid == 0 {
+            return Ok(reaped);
+        }
+        if pid < 0 {
+            match Errno::last() {
+                Errno::ECHILD => return Ok(reaped),
+                Errno::EINTR => continue,
+                errno => return Err(errno),
+            }
+        }
+        let ended = if libc::WIFEXITED(status) {
+            Ended::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Ended::Signalled(libc::WTERMSIG(status))
+        } else {
+            // Stopped or continued: only reported with WUNTRACED / WCONTINUED, which we do not ask.
+            continue;
+        };
+        if Some(Pid::from_raw(pid)) == watched {
+            reaped.watched = Some(ended);
+        } else {
+            reaped.others += 1;
+        }
+    }
+}
+
+/// One process found below us in the process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Descendant {
+    /// Its process id.
+    pub(crate) pid: Pid,
+    /// Its process group id: a process that called `setsid` or `setpgid` has left the job's group.
+    pub(crate) pgid: Pid,
+}
+
+/// Every process whose chain of parents leads to `root`, zombies included, found by reading the
+/// parent of each process in `/proc/<pid>/stat`.
+///
+/// Processes that vanish while the walk runs are skipped. Because we are a child subreaper (or PID
+/// 1), an orphan below us is re-parented to us, never to someone outside, so the walk sees every
+/// process the job started, including those that called `setsid`.
+pub(crate) fn descendants(root: Pid) -> io::Result<Vec<Descendant>> {
+    // (pid, ppid, pgid) of every process in the table.
+    let mut table: Vec<(i32, i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let stat = match std::fs::read_to_string(entry.path().join("stat")) {
+            Ok(stat) => stat,
+            // Gone between read_dir and the read (ENOENT), or a zombie torn down (ESRCH).
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some((ppid, pgid)) = parse_stat(&stat) {
+            table.push((pid, ppid, pgid));
+        }
+    }
+    let mut found: Vec<Descendant> = Vec::new();
+    let mut frontier = vec![root.as_raw()];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid, pgid) in &table {
+            if ppid == parent {
+                found.push(Descendant {
+                    pid: Pid::from_raw(pid),
+                    pgid: Pid::from_raw(pgid),
+                });
+                frontier.push(pid);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The parent and process group of one `/proc/<pid>/stat` line: `pid (comm) state ppid pgrp ...`.
+/// `comm` may hold spaces and parentheses, so the fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(i32, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some((ppid, pgid))
+}
+
+/// Sends `signal` to the process group `pgid`. A group that no longer exists is not an error; any
+/// other failure is logged, not returned: cleanup carries on with the processes it can reach, and
+/// what survives is counted in the outcome.
+pub(crate) fn signal_group(pgid: Pid, signal: Signal) {
+    match killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(errno) => {
+            tracing::warn!(%pgid, ?signal, %errno, "cannot signal the job's process group")
+        }
+    }
+}
+
+/// Sends `signal` to one process; like [`signal_group`], tolerates a process that is gone.
+///
+/// A pid read from `/proc` could in principle be reused between the walk and the kill. The window
+/// is small: a process below us that ends stays a zombie until its parent (or we, in this same
+/// thread) reap it.
+pub(crate) fn signal_process(pid: Pid, signal: Signal) {
+    match kill(pid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(errno) => tracing::warn!(%pid, ?signal, %errno, "cannot signal a descendant"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_stat_counts_fields_from_the_last_parenthesis() {
+        assert_eq!(parse_stat("42 (a) b) c) S 7 9 9 0"), Some((7, 9)));
+        assert_eq!(parse_stat("1 (sh) R 0 1 1"), Some((0, 1)));
+        assert_eq!(parse_stat("1 (sh R 0 1 1"), None);
+    }
+}
