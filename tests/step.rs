@@ -267,3 +267,79 @@ fn usage_errors_exit_64_and_help_teaches() {
         assert!(help.contains(word), "help lacks {word}:\n{help}");
     }
 }
+
+#[test]
+fn secrets_are_masked_in_the_streamed_output_and_lines_carry_stamps() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.a]\nrun = 'printf \"tok=%s pw=%s\\n\" \"$RUNNER_SECRET\" \"$DB_PASSWORD\"; printf \"%s\" \"$RUNNER_SECRET\" | base64'\n");
+    write_context(
+        repo.path(),
+        &json!({"context": {"step": {"action": "a"}},
+                "project": {"properties": {"opschain": {"env": {"DB_PASSWORD": "hunter2-db-pass", "PLAIN": "visible"}}}},
+                "secrets": {"RUNNER_SECRET": "runner-secret-value"}}),
+    );
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let out = stdout(&output);
+    assert!(out.contains("tok=**** pw=****"), "{out}");
+    for leaked in ["runner-secret-value", "hunter2-db-pass", "cnVubmVyLXNlY3JldC12YWx1ZQ"] {
+        assert!(!out.contains(leaked), "{leaked} leaked: {out}");
+    }
+    let line = out.lines().find(|l| l.contains("tok=")).unwrap();
+    assert!(line.contains(" a stdout| "), "{line}");
+    assert!(line.starts_with("20") && line.as_bytes()[10] == b'T', "{line}");
+}
+
+#[test]
+fn a_command_that_cannot_start_exits_127_with_the_result_written() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.a]\ncommand = ['/no/such/program']\n");
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(127), "{:?}", stderr_lines(&output));
+    assert_eq!(result(repo.path())["runner"]["exit_status"], 127);
+}
+
+#[test]
+fn timeout_ends_the_action_with_124_and_the_result_records_it() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.a]\nrun = 'opschain-runner property set --project started yes; trap \"\" TERM; sleep 30'\ntimeout_secs = 1\n");
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}}));
+    let start = std::time::Instant::now();
+    let output = run_step(repo.path(), &["step", "--grace-secs", "1"]);
+    assert_eq!(output.status.code(), Some(124), "{:?}", stderr_lines(&output));
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    let r = result(repo.path());
+    assert_eq!(r["runner"]["reason"], "timed_out");
+    assert_eq!(r["project"]["properties_diff"], json!([{"op": "add", "path": "/started", "value": "yes"}]));
+}
+
+#[test]
+fn sigterm_to_the_agent_cancels_the_action_exits_143_and_writes_the_result() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.a]\nrun = 'opschain-runner property set --environment phase running; touch started; sleep 30'\n");
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}}));
+    let mut child = runner()
+        .arg("--repo")
+        .arg(repo.path())
+        .args(["step", "--grace-secs", "2"])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = repo.path().join("started");
+    for _ in 0..200 {
+        if started.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(started.exists(), "the action never started");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    let r = result(repo.path());
+    assert_eq!(r["runner"]["reason"], "cancelled");
+    assert_eq!(r["environment"]["properties_diff"], json!([{"op": "add", "path": "/phase", "value": "running"}]));
+}
