@@ -62,6 +62,26 @@ fn split_at_every_pair_of_bytes_across_three_pushes() {
 }
 
 #[test]
+fn long_secret_split_anywhere_after_a_lookalike_start() {
+    // Longer than the heads `hold_start` searches for, and preceded by a false start.
+    let secret = "-----BEGIN KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-----END KEY-----";
+    let masker = Masker::new([secret]);
+    let input = format!("-----BEGIN KEY-----MIIEvQ oops\n{secret}\n");
+    let input = input.as_bytes();
+    for i in 0..=input.len() {
+        let out = stream_chunks(&masker, &[&input[..i], &input[i..]]);
+        assert_eq!(
+            out, b"-----BEGIN KEY-----MIIEvQ oops\n****\n",
+            "split at {i}"
+        );
+    }
+    let mut stream = masker.stream();
+    let mut out = Vec::new();
+    stream.push(&input[..input.len() - 5], &mut out);
+    assert_eq!(stream.pending(), secret.len() - 4);
+}
+
+#[test]
 fn byte_by_byte_pushes_mask_like_one_shot() {
     let masker = Masker::new(["abcd", "abcdefgh", "hunter22"]);
     let input = b"xabcdefghy abcdx hunter22hunter22 abcdefg";
@@ -387,6 +407,7 @@ fn secret() -> impl Strategy<Value = String> {
     prop_oneof![
         proptest::string::string_regex("[ab]{4,7}").expect("valid regex"),
         proptest::string::string_regex("[abc=+/é]{4,9}").expect("valid regex"),
+        proptest::string::string_regex("[ab]{14,24}").expect("valid regex"),
     ]
 }
 
