@@ -466,3 +466,36 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Idle flushes at random points may reveal the start of a secret, never the whole of one:
+    /// the rest of a secret split by a flush is still masked.
+    #[test]
+    fn idle_flushes_never_reveal_a_whole_secret(
+        (secrets, input, cuts) in case(),
+        flushes in proptest::collection::vec(any::<bool>(), 8),
+    ) {
+        let masker = Masker::new(secrets.iter().cloned());
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+        cuts.sort_unstable();
+        let mut stream = masker.stream();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for (i, &cut) in cuts.iter().chain([input.len()].iter()).enumerate() {
+            stream.push(&input[from..cut], &mut out);
+            if flushes.get(i).copied().unwrap_or(false) {
+                stream.flush(&mut out);
+                prop_assert_eq!(stream.pending(), 0);
+            }
+            from = cut;
+        }
+        stream.flush(&mut out);
+        for secret in &secrets {
+            for form in forms(secret) {
+                prop_assert!(!contains(&out, &form), "{:?} leaked", String::from_utf8_lossy(&form));
+            }
+        }
+    }
+}
