@@ -11,8 +11,8 @@
 //! when a program re-encodes it before printing: standard and URL-safe base64 (padded and
 //! unpadded), its escape inside a JSON string, and its percent-encoding. Each occurrence of any of
 //! these *patterns* becomes [`MASK`]. Where occurrences overlap, the one starting first wins, and
-//! of those starting at the same byte the longest: with the secrets `abc` and `abcdef`, `abcdef`
-//! becomes `****`, never `****def`.
+//! of those starting at the same byte the longest: with the secrets `abcd` and `abcdefgh`,
+//! `abcdefgh` becomes `****`, never `****efgh`.
 //!
 //! Known limits, both inherent to matching fixed patterns:
 //!
@@ -33,7 +33,7 @@
 //! and a walk of at most a few dozen bytes at its end; with no secrets at all, a plain copy.
 //!
 //! aho-corasick's own stream replacement is not used: it supports only the standard match
-//! semantics, where `abc` would be reported before `abcdef` could be seen (leaking `def`), and it
+//! semantics, where `abcd` would be reported before `abcdefgh` could be seen (leaking `efgh`), and it
 //! holds output back in its own buffer with no way to release it on an idle timeout.
 
 use std::borrow::Cow;

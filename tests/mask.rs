@@ -108,6 +108,17 @@ fn longest_overlapping_secret_wins_without_leaking_its_tail() {
 }
 
 #[test]
+fn three_byte_secrets_overlap_like_longer_ones_when_allowed() {
+    let masker = Masker::builder()
+        .min_secret_len(3)
+        .build(["abc", "abcdef"])
+        .expect("builds");
+    assert_eq!(masker.mask("abcdef"), "****");
+    assert_eq!(stream_chunks(&masker, &[b"abc", b"def"]), b"****");
+    assert_eq!(stream_chunks(&masker, &[b"abc", b"de"]), b"****de");
+}
+
+#[test]
 fn a_later_longer_secret_beats_an_earlier_short_one_inside_it() {
     // "cdef" would match first in a naive left-to-right scan of "abcdefgh" fed as "abcdef";
     // "abcdefgh" starts earlier and must win once its end arrives.
