@@ -324,6 +324,7 @@ impl fmt::Debug for Masker {
 /// Call [`MaskStream::push`] with each chunk read, and [`MaskStream::flush`] at end of stream and
 /// when the stream has been idle for a moment, so that a held-back tail is not stuck.
 pub struct MaskStream {
+    /// The masker whose automata this stream shares.
     masker: Masker,
     /// The undecided tail of the stream: bytes that could still be the start of a pattern, and
     /// after a flush, the ones `flush` wrote out while they could. Invariant: shorter than the
