@@ -11,8 +11,8 @@
 //! when a program re-encodes it before printing: standard and URL-safe base64 (padded and
 //! unpadded), its escape inside a JSON string, and its percent-encoding. Each occurrence of any of
 //! these *patterns* becomes [`MASK`]. Where occurrences overlap, the one starting first wins, and
-//! of those starting at the same byte the longest: with the secrets `abc` and `abcdef`, `abcdef`
-//! becomes `****`, never `****def`.
+//! of those starting at the same byte the longest: with the secrets `abcd` and `abcdefgh`,
+//! `abcdefgh` becomes `****`, never `****efgh`.
 //!
 //! Known limits, both inherent to matching fixed patterns:
 //!
@@ -29,8 +29,11 @@
 //! shorter than the longest pattern) and writes out everything before it at once, so ordinary
 //! output is not delayed. The streamed output equals [`Masker::mask_bytes`] of the whole stream.
 //!
+//! The cost on output with no secret in it is one prefiltered aho-corasick search of each chunk
+//! and a walk of at most a few dozen bytes at its end; with no secrets at all, a plain copy.
+//!
 //! aho-corasick's own stream replacement is not used: it supports only the standard match
-//! semantics, where `abc` would be reported before `abcdef` could be seen (leaking `def`), and it
+//! semantics, where `abcd` would be reported before `abcdefgh` could be seen (leaking `efgh`), and it
 //! holds output back in its own buffer with no way to release it on an idle timeout.
 
 use std::borrow::Cow;
@@ -321,6 +324,7 @@ impl fmt::Debug for Masker {
 /// Call [`MaskStream::push`] with each chunk read, and [`MaskStream::flush`] at end of stream and
 /// when the stream has been idle for a moment, so that a held-back tail is not stuck.
 pub struct MaskStream {
+    /// The masker whose automata this stream shares.
     masker: Masker,
     /// The undecided tail of the stream: bytes that could still be the start of a pattern, and
     /// after a flush, the ones `flush` wrote out while they could. Invariant: shorter than the
@@ -471,6 +475,12 @@ struct Patterns {
     prefixes: contiguous::NFA,
     /// The unanchored start state of `prefixes`.
     prefix_start: StateID,
+    /// The first [`HEAD_LEN`] bytes of each pattern longer than that, found leftmost. A suffix
+    /// of the stream at least `HEAD_LEN` long can begin a pattern only where one of these
+    /// occurs, so `hold_start` finds the first occurrence (a prefiltered search) and steps
+    /// `prefixes` from there rather than across the whole window a long secret (a PEM key, say)
+    /// would otherwise mean on every push. `None` when no pattern is longer than `HEAD_LEN`.
+    heads: Option<AhoCorasick>,
     /// The trie node each state of `prefixes` stands for. Invariant: holds every state but the
     /// start state, that is, one entry per distinct non-empty prefix of a pattern.
     nodes: HashMap<StateID, Node>,
@@ -481,6 +491,10 @@ struct Patterns {
     /// How many distinct patterns there are, secrets and encodings together.
     pattern_count: usize,
 }
+
+/// How many leading bytes of a long pattern [`Patterns::heads`] looks for: long enough to be rare
+/// in ordinary output, short enough that stepping that many bytes per push costs nothing.
+const HEAD_LEN: usize = 16;
 
 /// A non-empty prefix of one or more patterns, as a state of [`Patterns::prefixes`].
 #[derive(Clone, Copy, Debug)]
@@ -506,6 +520,19 @@ impl Patterns {
             .prefilter(false)
             .build(&patterns)?;
         let prefix_start = prefixes.start_state(Anchored::No)?;
+        let heads: Vec<&[u8]> = patterns
+            .iter()
+            .filter_map(|p| p.get(..HEAD_LEN).filter(|_| p.len() > HEAD_LEN))
+            .collect();
+        let heads = if heads.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .build(heads)?,
+            )
+        };
         // Reading a pattern's first k bytes leads to the state of exactly that prefix: it is its
         // own longest suffix that is a prefix of a pattern.
         let mut nodes = HashMap::new();
@@ -524,6 +551,7 @@ impl Patterns {
             matcher,
             prefixes,
             prefix_start,
+            heads,
             nodes,
             max_len: patterns.iter().map(Vec::len).max().unwrap_or(1).max(1),
             secret_count: secrets.len(),
@@ -580,7 +608,10 @@ impl Patterns {
         let len = buf.len();
         // Only a suffix shorter than the longest pattern can be a proper prefix of one.
         let mut start = from.max(len.saturating_sub(self.max_len - 1));
-        while let Some(suffix) = buf.get(start..).filter(|s| !s.is_empty()) {
+        while start < len {
+            let Some(suffix) = buf.get(self.step_from(buf, start)..) else {
+                return len;
+            };
             let sid = suffix.iter().fold(self.prefix_start, |sid, &b| {
                 self.prefixes.next_state(Anchored::No, sid, b)
             });
@@ -597,6 +628,25 @@ impl Patterns {
             start = q + 1;
         }
         len
+    }
+
+    /// Where stepping `prefixes` must begin to find the longest suffix of `buf[start..]` that is
+    /// a prefix of a pattern: the first occurrence of a head at or after `start`, or failing
+    /// that, `HEAD_LEN - 1` bytes from the end, as a shorter suffix needs no head.
+    fn step_from(&self, buf: &[u8], start: usize) -> usize {
+        let Some(heads) = &self.heads else {
+            return start;
+        };
+        let headless = buf.len().saturating_sub(HEAD_LEN - 1).max(start);
+        if start >= buf.len() {
+            return start;
+        }
+        match heads.try_find(Input::new(buf).range(start..)) {
+            Ok(Some(head)) => head.start().clamp(start, headless),
+            Ok(None) => headless,
+            // Cannot happen (unanchored search is what `heads` is built for); step it all.
+            Err(_) => start,
+        }
     }
 }
 

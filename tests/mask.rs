@@ -62,6 +62,26 @@ fn split_at_every_pair_of_bytes_across_three_pushes() {
 }
 
 #[test]
+fn long_secret_split_anywhere_after_a_lookalike_start() {
+    // Longer than the heads `hold_start` searches for, and preceded by a false start.
+    let secret = "-----BEGIN KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-----END KEY-----";
+    let masker = Masker::new([secret]);
+    let input = format!("-----BEGIN KEY-----MIIEvQ oops\n{secret}\n");
+    let input = input.as_bytes();
+    for i in 0..=input.len() {
+        let out = stream_chunks(&masker, &[&input[..i], &input[i..]]);
+        assert_eq!(
+            out, b"-----BEGIN KEY-----MIIEvQ oops\n****\n",
+            "split at {i}"
+        );
+    }
+    let mut stream = masker.stream();
+    let mut out = Vec::new();
+    stream.push(&input[..input.len() - 5], &mut out);
+    assert_eq!(stream.pending(), secret.len() - 4);
+}
+
+#[test]
 fn byte_by_byte_pushes_mask_like_one_shot() {
     let masker = Masker::new(["abcd", "abcdefgh", "hunter22"]);
     let input = b"xabcdefghy abcdx hunter22hunter22 abcdefg";
@@ -85,6 +105,17 @@ fn longest_overlapping_secret_wins_without_leaking_its_tail() {
             "split at {i}"
         );
     }
+}
+
+#[test]
+fn three_byte_secrets_overlap_like_longer_ones_when_allowed() {
+    let masker = Masker::builder()
+        .min_secret_len(3)
+        .build(["abc", "abcdef"])
+        .expect("builds");
+    assert_eq!(masker.mask("abcdef"), "****");
+    assert_eq!(stream_chunks(&masker, &[b"abc", b"def"]), b"****");
+    assert_eq!(stream_chunks(&masker, &[b"abc", b"de"]), b"****de");
 }
 
 #[test]
@@ -387,6 +418,7 @@ fn secret() -> impl Strategy<Value = String> {
     prop_oneof![
         proptest::string::string_regex("[ab]{4,7}").expect("valid regex"),
         proptest::string::string_regex("[abc=+/é]{4,9}").expect("valid regex"),
+        proptest::string::string_regex("[ab]{14,24}").expect("valid regex"),
     ]
 }
 
@@ -442,6 +474,39 @@ proptest! {
         // With no secret in it, the output is the input.
         if !secrets.iter().flat_map(|s| forms(s)).any(|f| contains(&input, &f)) {
             prop_assert_eq!(&one_shot, &input);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Idle flushes at random points may reveal the start of a secret, never the whole of one:
+    /// the rest of a secret split by a flush is still masked.
+    #[test]
+    fn idle_flushes_never_reveal_a_whole_secret(
+        (secrets, input, cuts) in case(),
+        flushes in proptest::collection::vec(any::<bool>(), 8),
+    ) {
+        let masker = Masker::new(secrets.iter().cloned());
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+        cuts.sort_unstable();
+        let mut stream = masker.stream();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for (i, &cut) in cuts.iter().chain([input.len()].iter()).enumerate() {
+            stream.push(&input[from..cut], &mut out);
+            if flushes.get(i).copied().unwrap_or(false) {
+                stream.flush(&mut out);
+                prop_assert_eq!(stream.pending(), 0);
+            }
+            from = cut;
+        }
+        stream.flush(&mut out);
+        for secret in &secrets {
+            for form in forms(secret) {
+                prop_assert!(!contains(&out, &form), "{:?} leaked", String::from_utf8_lossy(&form));
+            }
         }
     }
 }
