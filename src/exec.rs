@@ -119,6 +119,14 @@ impl ContextSource {
             ContextSource::Step(p) | ContextSource::BuildEnv(p) | ContextSource::Zip(p) => p,
         }
     }
+
+    /// The name errors give the context document: the file, or `<archive>/step_context.json`.
+    pub fn document(&self) -> PathBuf {
+        match self {
+            ContextSource::Step(p) | ContextSource::BuildEnv(p) => p.clone(),
+            ContextSource::Zip(p) => p.join(ZIP_ENTRY),
+        }
+    }
 }
 
 /// What `opschain-exec` needs besides the command: where the repo and the secrets are.
@@ -174,7 +182,7 @@ pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepCont
                 Err(zip::result::ZipError::FileNotFound) => return Err(ExecError::ZipEntryMissing { path: path.clone() }),
                 Err(e) => return Err(zip_error(e)),
             };
-            let inner = path.join(ZIP_ENTRY);
+            let inner = source.document();
             let max = match limit {
                 SizeLimit::Error(max) => max,
                 SizeLimit::Unlimited => u64::MAX,
@@ -260,7 +268,7 @@ pub fn read_secret_set(path: &Path, limit: SizeLimit) -> Result<Option<Vec<(Stri
 /// properties, the runner secrets, then each existing build secret set.
 pub fn env_for(options: &ExecOptions, source: &ContextSource, context: &StepContext) -> Result<Vec<(String, String)>, ExecError> {
     let layout = &options.layout;
-    let context_file = source.path().to_path_buf();
+    let context_file = source.document();
     let repo_sources = properties::read_repository(layout, context.environment_code(), options.limit)?;
     let mut sources: Vec<(&Path, &str, &Map<String, Value>)> = repo_sources.iter().map(|(p, m)| (p.as_path(), "", m)).collect();
     sources.push((&context_file, "/project/properties", &context.project.properties.0));
