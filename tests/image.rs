@@ -307,6 +307,8 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert_eq!(cat(&step, "/opt/opschain/built.txt"), expected, "the secret wins over the property of the same name");
     assert_eq!(cat(&step, "/opt/opschain/VERSION"), "v1\n");
     assert_eq!(cat(&step, "/opt/opschain/.git/HEAD").trim(), context.git_sha);
+    let owners = text(&docker.run(["run", "--rm", "--entrypoint", "/bin/stat", step.as_str(), "-c", "%u:%g", "/opt/opschain/VERSION", "/opt/opschain/.git/HEAD"]).unwrap());
+    assert_eq!(owners, "10001:10001\n10001:10001\n", "ADD keeps repo.tar's owner, the runner user");
 
     // The secret and the context file are in no layer, no history entry, no config.
     let history = text(&docker.run(["history", "--no-trunc", step.as_str()]).unwrap());
