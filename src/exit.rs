@@ -104,9 +104,9 @@ pub fn of_exec(e: &ExecError) -> i32 {
     sysexit as i32
 }
 
-/// The sysexit of a build context or Docker failure: 64 a bad argument, 65 invalid input (the step
-/// context, a build secret list), 66 the repo or revision missing, 73 the context cannot be written,
-/// 69-like failures of git, tar or docker as 70.
+/// The sysexit of a build context or Docker failure: 65 invalid input (the step context, a build
+/// secret list), 66 a revision that names no commit, 73 a context directory or file that cannot be
+/// written, 70 when git, tar or docker cannot be run or fail.
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
         BuildError::Context(e) => json(e),
