@@ -65,7 +65,7 @@ pub enum Command {
     /// Run COMMAND with the step's env vars and the build secrets loaded, as `opschain-exec`
     /// does (for Dockerfile RUN lines): `opschain-runner exec -- COMMAND [ARGS...]`.
     Exec(ExecArgs),
-    /// Print the default step Dockerfile (copy it to <folder>/Dockerfile to customise it).
+    /// Print the default step Dockerfile (copy it to .opschain/Dockerfile to customise it).
     CreateDockerfile,
     /// Write the build context of a step image (repo.tar, step_context_env.json, Dockerfile) and
     /// print, as JSON, the build args and secrets to build it with.
@@ -92,7 +92,7 @@ pub struct BuildContextArgs {
     /// The revision to build (GIT_REV): a branch, tag or SHA.
     #[arg(long, default_value = "HEAD", value_name = "REV")]
     pub git_rev: String,
-    /// The base runner image (OPSCHAIN_BASE_RUNNER). Default: opschain-runner:<version>.
+    /// The base runner image (OPSCHAIN_BASE_RUNNER). Default: opschain-runner:VERSION.
     #[arg(long, env = "OPSCHAIN_BASE_RUNNER", value_name = "IMAGE")]
     pub base_runner: Option<String>,
     /// The OpsChain version (OPSCHAIN_VERSION). Default: this runner's version.
