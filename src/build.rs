@@ -417,10 +417,16 @@ impl Docker {
     pub const CANDIDATES: [&'static str; 2] = ["/usr/bin/docker", "docker"];
 
     /// Picks the first client that reaches the engine (`docker version`) and whose `build` takes
-    /// `--secret` with `DOCKER_BUILDKIT=1`. The error lists every candidate and why it failed.
+    /// `--secret` with `DOCKER_BUILDKIT=1`, of `$OPSCHAIN_DOCKER` (when set) and
+    /// [`Docker::CANDIDATES`]. The error lists every candidate and why it failed.
     pub fn detect() -> Result<Docker, DockerError> {
         let mut candidates: Vec<PathBuf> = std::env::var_os("OPSCHAIN_DOCKER").filter(|v| !v.is_empty()).map(PathBuf::from).into_iter().collect();
         candidates.extend(Docker::CANDIDATES.iter().map(PathBuf::from));
+        Docker::detect_from(candidates)
+    }
+
+    /// [`Docker::detect`] over the given candidate programs, in order.
+    pub fn detect_from(candidates: impl IntoIterator<Item = PathBuf>) -> Result<Docker, DockerError> {
         let mut reasons = Vec::new();
         for program in candidates {
             let docker = Docker { program };
@@ -496,6 +502,26 @@ mod tests {
                 "environment": {"properties": {}}
             })
         );
+    }
+
+    #[test]
+    fn detect_says_why_each_candidate_was_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        // A "docker" that reaches no engine, and one whose build has no --secret (a CLI without buildx).
+        let script = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            path
+        };
+        let no_engine = script("no-engine", "echo 'Cannot connect to the Docker daemon' >&2; exit 1");
+        let no_buildkit = script("no-buildkit", "[ \"$1\" = version ] && exit 0; echo 'ERROR: BuildKit is enabled but the buildx component is missing' >&2; exit 1");
+        let good = script("good", "[ \"$1\" = version ] && exit 0; echo '      --secret stringArray   Secret file to expose to the build'");
+        let missing = dir.path().join("missing");
+        let err = Docker::detect_from([missing.clone(), no_engine, no_buildkit]).unwrap_err().to_string();
+        assert!(err.contains("missing: No such file") && err.contains("no engine: exit status: 1: Cannot connect"), "{err}");
+        assert!(err.contains("no BuildKit builds") && err.contains("buildx component is missing"), "{err}");
+        assert_eq!(Docker::detect_from([missing, good.clone()]).unwrap(), Docker { program: good });
     }
 
     #[test]
