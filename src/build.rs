@@ -302,6 +302,9 @@ pub fn resolve_revision(repo: &Path, rev: &str) -> Result<String, BuildError> {
 /// the system `tar` with every entry owned by [`REPO_OWNER`] and in name order: a clone, because
 /// `git archive` leaves `.git` out and the repo's own work tree may be dirty or at another commit; a
 /// local clone shares the object store, so any commit of the repo, reachable or not, checks out.
+/// The archive is byte for byte the same for the same commit while the repo's refs are unchanged
+/// (index without stat data, no reflogs, every mtime the commit's), so the image build cache holds
+/// from one step to the next.
 pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError> {
     let out = &spec.out;
     let out_dir = |source| BuildError::OutDir { path: out.clone(), source };
@@ -322,14 +325,23 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
     let git_sha = resolve_revision(&spec.repo, &spec.git_rev)?;
     let checkout = out.join(".checkout");
     run_tool(Command::new("git").args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(&checkout))?;
-    run_tool(Command::new("git").arg("-C").arg(&checkout).args(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach"]).arg(&git_sha))?;
+    let git = |args: &[&str]| run_tool(Command::new("git").arg("-C").arg(&checkout).args(args));
+    git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", &git_sha])?;
+    // Make the archive a function of the commit and the repo's refs only: an index without the
+    // checkout's stat data (git refreshes it on first use), no reflogs (timestamps of this clone),
+    // every mtime the commit's.
+    git(&["read-tree", &git_sha])?;
+    let logs = checkout.join(".git/logs");
+    std::fs::remove_dir_all(&logs).map_err(|source| BuildError::Write { path: logs, source })?;
+    let commit_time = String::from_utf8_lossy(&git(&["show", "--no-patch", "--format=%ct", &git_sha])?.stdout).trim().to_string();
     let repo_tar = out.join(REPO_TAR);
     let owner = REPO_OWNER.to_string();
     run_tool(
         Command::new("tar")
-            .args(["--sort=name", "--numeric-owner"])
+            .args(["--format=gnu", "--sort=name", "--numeric-owner", "--hard-dereference"])
             .arg(format!("--owner={owner}"))
             .arg(format!("--group={owner}"))
+            .arg(format!("--mtime=@{commit_time}"))
             .arg("-C")
             .arg(&checkout)
             .arg("-cf")

@@ -158,6 +158,7 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
     assert_eq!(std::fs::read_to_string(unpacked.join("VERSION")).unwrap(), "v1\n");
     assert_eq!(git(&unpacked, &["rev-parse", "HEAD"]), sha);
     assert_eq!(git(&unpacked, &["log", "--format=%s", "-1", "main"]), "two", "all commit info is there");
+    assert_eq!(git(&unpacked, &["status", "--porcelain"]), "", "the work tree matches the index");
     let owners = Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(out.join("repo.tar")).output().unwrap();
     assert!(String::from_utf8_lossy(&owners.stdout).lines().all(|l| l.contains(" 10001/10001 ")));
 }
@@ -177,6 +178,14 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     // Nothing configured: the default set applies, and the build-env context is empty of properties.
     let env_context: Value = serde_json::from_slice(&std::fs::read(context.dir.join("step_context_env.json")).unwrap()).unwrap();
     assert_eq!(env_context, json!({"project": {"properties": {}}, "environment": {"properties": {}}}));
+
+    // The same commit gives the same repo.tar, byte for byte (the build cache holds across steps);
+    // another commit does not.
+    let again = build::write_context(&BuildContextSpec::new(&repo, dir.path().join("head-again"))).unwrap();
+    let tar = |c: &build::BuildContext| std::fs::read(c.dir.join("repo.tar")).unwrap();
+    assert!(tar(&context) == tar(&again), "repo.tar differs between two builds of one commit");
+    let v1 = build::write_context(&BuildContextSpec { git_rev: "v1".into(), ..BuildContextSpec::new(&repo, dir.path().join("v1")) }).unwrap();
+    assert!(tar(&context) != tar(&v1));
 
     let cli = |args: &[&str], out: &Path| runner().arg("--repo").arg(&repo).arg("build-context").arg("--out").arg(out).args(args).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap();
     let output = cli(&["--git-rev", "no-such-rev"], &dir.path().join("bad-rev"));
