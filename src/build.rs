@@ -49,6 +49,9 @@ WORKDIR /opt/opschain
 
 ARG GIT_REV
 ARG GIT_SHA
+# The digest of step_context_env.json: a change of the env properties reruns the RUN line below
+# (a secret mount alone is not part of the build cache key).
+ARG OPSCHAIN_CONTEXT_DIGEST
 
 # Commands run through opschain-exec see the project's and environment's opschain.env variables and
 # the build secrets; neither is stored in the image. Add a --mount line for each build secret set
@@ -217,17 +220,21 @@ pub struct BuildContext {
     pub custom_dockerfile: bool,
     /// The commit `git_rev` resolved to (`GIT_SHA`).
     pub git_sha: String,
-    /// The build args, in order: `GIT_REV`, `GIT_SHA`, `OPSCHAIN_BASE_RUNNER`, `OPSCHAIN_VERSION`.
+    /// The build args, in order: `GIT_REV`, `GIT_SHA`, `OPSCHAIN_BASE_RUNNER`, `OPSCHAIN_VERSION`,
+    /// and `OPSCHAIN_CONTEXT_DIGEST` (the git blob id of `step_context_env.json`: declared before a
+    /// `RUN` line, it makes a change of the env properties rerun it; secret mounts are not part of
+    /// BuildKit's cache key).
     pub build_args: Vec<(String, String)>,
     /// The secrets: the context file first, then each build secret set that applies and exists.
     pub secrets: Vec<BuildSecret>,
 }
 
 impl BuildContext {
-    /// The arguments of `docker build` for this context, tagging the image `tag`: `--file`,
+    /// The arguments of `docker build` for this context, tagging the image `tag`: `--progress=plain`
+    /// (a log a person can read), `--file`,
     /// `--build-arg` each, `--secret` each, `--tag`, and the directory last.
     pub fn docker_build_args(&self, tag: &str) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["build".into(), "--file".into(), self.dockerfile.clone().into()];
+        let mut args: Vec<OsString> = vec!["build".into(), "--progress=plain".into(), "--file".into(), self.dockerfile.clone().into()];
         for (name, value) in &self.build_args {
             args.push("--build-arg".into());
             args.push(format!("{name}={value}").into());
@@ -360,6 +367,8 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
     let write = |path: &Path, bytes: &[u8]| std::fs::write(path, bytes).map_err(|source| BuildError::Write { path: path.to_path_buf(), source });
     write(&dockerfile, &dockerfile_text)?;
     write(&context_path, &bytes)?;
+    let digest = run_tool(Command::new("git").arg("hash-object").arg(&context_path))?;
+    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_string();
 
     let mut secrets = vec![BuildSecret { id: CONTEXT_SECRET_ID.into(), src: context_path }];
     if let Some(dir) = &spec.secrets_dir {
@@ -379,6 +388,7 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
             ("GIT_SHA".into(), git_sha.clone()),
             ("OPSCHAIN_BASE_RUNNER".into(), spec.base_runner.clone()),
             ("OPSCHAIN_VERSION".into(), spec.opschain_version.clone()),
+            ("OPSCHAIN_CONTEXT_DIGEST".into(), digest),
         ],
         git_sha,
         secrets,
@@ -539,7 +549,7 @@ mod tests {
     #[test]
     fn default_dockerfile_has_the_documented_lines() {
         let lines: Vec<&str> = DEFAULT_DOCKERFILE.lines().collect();
-        for line in ["ARG OPSCHAIN_BASE_RUNNER", "FROM ${OPSCHAIN_BASE_RUNNER}", "ADD repo.tar /opt/opschain/", "ARG GIT_REV", "ARG GIT_SHA"] {
+        for line in ["ARG OPSCHAIN_BASE_RUNNER", "FROM ${OPSCHAIN_BASE_RUNNER}", "ADD repo.tar /opt/opschain/", "ARG GIT_REV", "ARG GIT_SHA", "ARG OPSCHAIN_CONTEXT_DIGEST"] {
             assert!(lines.contains(&line), "{line}");
         }
         assert!(DEFAULT_DOCKERFILE.contains("RUN --mount=type=secret,id=step_context_env,"));

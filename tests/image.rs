@@ -132,8 +132,13 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
     let sha = git(&repo, &["rev-parse", "v1^{commit}"]);
     assert_eq!(printed["git_sha"], sha);
     assert_eq!(printed["custom_dockerfile"], true);
-    assert_eq!(printed["build_args"], json!([["GIT_REV", "v1"], ["GIT_SHA", sha], ["OPSCHAIN_BASE_RUNNER", "base:1"], ["OPSCHAIN_VERSION", "9.9.9"]]));
     let out = std::fs::canonicalize(&out).unwrap();
+    let digest = Command::new("git").arg("hash-object").arg(out.join("step_context_env.json")).output().unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_string();
+    assert_eq!(
+        printed["build_args"],
+        json!([["GIT_REV", "v1"], ["GIT_SHA", sha], ["OPSCHAIN_BASE_RUNNER", "base:1"], ["OPSCHAIN_VERSION", "9.9.9"], ["OPSCHAIN_CONTEXT_DIGEST", digest]])
+    );
     assert_eq!(
         printed["secrets"],
         json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "team-secrets", "src": secrets.join("team-secrets")}])
@@ -268,6 +273,22 @@ fn saved_image_mentions(docker: &Docker, tag: &str, dir: &Path, needle: &[u8]) -
     found
 }
 
+/// The Dockerfile steps (`ADD repo.tar /opt/opschain/`, ...) a plain BuildKit log reports as taken
+/// from the cache.
+fn cached_steps(log: &str) -> Vec<String> {
+    let mut titles = std::collections::HashMap::new();
+    let mut cached = Vec::new();
+    for line in log.lines() {
+        let Some((id, rest)) = line.split_once(' ') else { continue };
+        if let Some(title) = rest.strip_prefix('[').and_then(|r| r.split_once("] ")).map(|(_, t)| t.to_string()) {
+            titles.insert(id.to_string(), title);
+        } else if rest == "CACHED" {
+            cached.extend(titles.get(id).cloned());
+        }
+    }
+    cached
+}
+
 #[test]
 fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     let docker = match Docker::detect() {
@@ -359,4 +380,23 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert_eq!(cat(&default_step, "/opt/opschain/setup.txt"), "setup greeting= default-secret-length=12\n");
     assert_eq!(cat(&default_step, "/opt/opschain/VERSION"), "v2\n", "the commit, not the dirty work tree");
     assert!(saved_image_mentions(&docker, &default_step, &dir.path().join("scan-default"), b"twelve-chars").is_empty());
+
+    // Another step of the same commit and properties: every layer from the cache. Changed env
+    // properties: the RUN line runs again (the context digest build arg), the repo layer stays.
+    let head_spec = |out: &str, greeting: Option<&str>| {
+        let mut spec = BuildContextSpec { base_runner: base.clone(), secrets_dir: Some(dir.path().join("secrets")), ..BuildContextSpec::new(&repo, dir.path().join(out)) };
+        if let Some(greeting) = greeting {
+            spec.context = json!({"project": {"properties": {"opschain": {"env": {"GREETING": greeting}}}}}).as_object().unwrap().clone();
+        }
+        build::write_context(&spec).unwrap()
+    };
+    let cached = docker.build(&head_spec("ctx-head-2", None), &default_step).unwrap();
+    let steps = cached_steps(&String::from_utf8_lossy(&cached.stderr));
+    assert!(steps.iter().any(|s| s.starts_with("ADD repo.tar")) && steps.iter().any(|s| s.starts_with("RUN --mount")), "{steps:?}");
+    let changed = format!("opschain-test-changed:{unique}");
+    images.tags.push(changed.clone());
+    let rebuilt = docker.build(&head_spec("ctx-head-3", Some("changed")), &changed).unwrap();
+    let steps = cached_steps(&String::from_utf8_lossy(&rebuilt.stderr));
+    assert!(steps.iter().any(|s| s.starts_with("ADD repo.tar")) && !steps.iter().any(|s| s.starts_with("RUN")), "{steps:?}");
+    assert_eq!(cat(&changed, "/opt/opschain/setup.txt"), "setup greeting=changed default-secret-length=12\n");
 }
