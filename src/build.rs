@@ -108,6 +108,16 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The repo's `<folder>/Dockerfile` cannot be used: unreadable, not a regular file, or reached
+    /// through a symlink out of the repository.
+    #[error("{}: cannot use as the step Dockerfile: {source}", path.display())]
+    Dockerfile {
+        /// The Dockerfile in the checkout.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file of the build context cannot be written.
     #[error("{}: cannot write: {source}", path.display())]
     Write {
@@ -331,38 +341,11 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
 
     let git_sha = resolve_revision(&spec.repo, &spec.git_rev)?;
     let checkout = out.join(".checkout");
-    run_tool(Command::new("git").args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(&checkout))?;
-    let git = |args: &[&str]| run_tool(Command::new("git").arg("-C").arg(&checkout).args(args));
-    git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", &git_sha])?;
-    // Make the archive a function of the commit and the repo's refs only: an index without the
-    // checkout's stat data (git refreshes it on first use), no reflogs (timestamps of this clone),
-    // every mtime the commit's.
-    git(&["read-tree", &git_sha])?;
-    let logs = checkout.join(".git/logs");
-    std::fs::remove_dir_all(&logs).map_err(|source| BuildError::Write { path: logs, source })?;
-    let commit_time = String::from_utf8_lossy(&git(&["show", "--no-patch", "--format=%ct", &git_sha])?.stdout).trim().to_string();
-    let repo_tar = out.join(REPO_TAR);
-    let owner = REPO_OWNER.to_string();
-    run_tool(
-        Command::new("tar")
-            .args(["--format=gnu", "--sort=name", "--numeric-owner", "--hard-dereference"])
-            .arg(format!("--owner={owner}"))
-            .arg(format!("--group={owner}"))
-            .arg(format!("--mtime=@{commit_time}"))
-            .arg("-C")
-            .arg(&checkout)
-            .arg("-cf")
-            .arg(&repo_tar)
-            .arg("."),
-    )?;
-
-    let custom = checkout.join(&spec.folder).join("Dockerfile");
-    let (dockerfile_text, custom_dockerfile) = match std::fs::read(&custom) {
-        Ok(text) => (text, true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (DEFAULT_DOCKERFILE.as_bytes().to_vec(), false),
-        Err(source) => return Err(BuildError::Write { path: custom, source }),
-    };
-    std::fs::remove_dir_all(&checkout).map_err(|source| BuildError::Write { path: checkout.clone(), source })?;
+    let archived = archive_commit(spec, &git_sha, &checkout, &out.join(REPO_TAR));
+    // The checkout goes whatever happened: the directory is left with the context files only.
+    let removed = std::fs::remove_dir_all(&checkout);
+    let (dockerfile_text, custom_dockerfile) = archived?;
+    removed.map_err(|source| BuildError::Write { path: checkout.clone(), source })?;
     let dockerfile = out.join("Dockerfile");
     let write = |path: &Path, bytes: &[u8]| std::fs::write(path, bytes).map_err(|source| BuildError::Write { path: path.to_path_buf(), source });
     write(&dockerfile, &dockerfile_text)?;
@@ -393,6 +376,51 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
         git_sha,
         secrets,
     })
+}
+
+/// Clones the repo into `checkout` at `sha`, archives it to `repo_tar` (see [`write_context`]) and
+/// returns the Dockerfile to use: the repo's `<folder>/Dockerfile` at that commit (a regular file
+/// inside the checkout; a symlink is refused, so a repo cannot pull a host file into the context),
+/// else the default one, and whether it is the repo's.
+fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(Vec<u8>, bool), BuildError> {
+    run_tool(Command::new("git").args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(checkout))?;
+    let git = |args: &[&str]| run_tool(Command::new("git").arg("-C").arg(checkout).args(args));
+    git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha])?;
+    // Make the archive a function of the commit and the repo's refs only: an index without the
+    // checkout's stat data (git refreshes it on first use), no reflogs (timestamps of this clone),
+    // every mtime the commit's.
+    git(&["read-tree", sha])?;
+    let logs = checkout.join(".git/logs");
+    std::fs::remove_dir_all(&logs).map_err(|source| BuildError::Write { path: logs, source })?;
+    let commit_time = String::from_utf8_lossy(&git(&["show", "--no-patch", "--format=%ct", sha])?.stdout).trim().to_string();
+    let owner = REPO_OWNER.to_string();
+    run_tool(
+        Command::new("tar")
+            .args(["--format=gnu", "--sort=name", "--numeric-owner", "--hard-dereference"])
+            .arg(format!("--owner={owner}"))
+            .arg(format!("--group={owner}"))
+            .arg(format!("--mtime=@{commit_time}"))
+            .arg("-C")
+            .arg(checkout)
+            .arg("-cf")
+            .arg(repo_tar)
+            .arg("."),
+    )?;
+
+    let custom = checkout.join(&spec.folder).join("Dockerfile");
+    let refuse = |message: &str| BuildError::Dockerfile { path: custom.clone(), source: std::io::Error::new(std::io::ErrorKind::InvalidData, message) };
+    match std::fs::symlink_metadata(&custom) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((DEFAULT_DOCKERFILE.as_bytes().to_vec(), false)),
+        Err(source) => return Err(BuildError::Dockerfile { path: custom, source }),
+        Ok(meta) if !meta.is_file() => return Err(refuse("not a regular file (a symlink or a directory)")),
+        Ok(_) => {}
+    }
+    let inside = |path: &Path| std::fs::canonicalize(path).ok();
+    if inside(custom.parent().unwrap_or(checkout)).zip(inside(checkout)).map_or(true, |(dir, root)| !dir.starts_with(root)) {
+        return Err(refuse("its folder leads out of the repository"));
+    }
+    let text = std::fs::read(&custom).map_err(|source| BuildError::Dockerfile { path: custom.clone(), source })?;
+    Ok((text, true))
 }
 
 /// Why the docker client could not be used.

@@ -105,12 +105,12 @@ pub fn of_exec(e: &ExecError) -> i32 {
 }
 
 /// The sysexit of a build context or Docker failure: 65 invalid input (the step context, a build
-/// secret list), 66 a revision that names no commit, 73 a context directory or file that cannot be
+/// secret list, the repo's Dockerfile), 66 a revision that names no commit, 73 a context directory or file that cannot be
 /// written, 70 when git, tar or docker cannot be run or fail.
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
         BuildError::Context(e) => json(e),
-        BuildError::SecretSets { .. } => Sysexit::DataErr,
+        BuildError::SecretSets { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
         BuildError::Revision { .. } => Sysexit::NoInput,
         BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
         BuildError::Spawn { .. } | BuildError::Tool { .. } => Sysexit::Software,

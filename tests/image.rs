@@ -203,6 +203,17 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     let output = cli(&["--context", bad.to_str().unwrap()], &dir.path().join("bad-sets"));
     assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
     assert!(stderr_lines(&output)[0].contains("/project/properties/opschain/config/build_secrets/0"), "{:?}", stderr_lines(&output));
+
+    // A committed Dockerfile that is a symlink (here to a host file) is refused, and the failed
+    // attempt leaves no checkout behind.
+    std::os::unix::fs::symlink("/etc/hostname", repo.join(".opschain/Dockerfile")).unwrap();
+    git(&repo, &["add", ".opschain/Dockerfile"]);
+    git(&repo, &["commit", "-q", "-m", "symlinked Dockerfile"]);
+    let out = dir.path().join("symlinked");
+    let output = cli(&[], &out);
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    assert!(stderr_lines(&output)[0].contains("not a regular file"), "{:?}", stderr_lines(&output));
+    assert!(!out.join(".checkout").exists());
 }
 
 /// The static agent, built once per test binary (scripts/test has usually built it already).
