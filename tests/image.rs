@@ -53,7 +53,7 @@ fn fixture_repo(dir: &Path) -> PathBuf {
     std::fs::write(repo.join(".opschain/Dockerfile"), CUSTOM_DOCKERFILE).unwrap();
     std::fs::write(
         repo.join(".opschain/actions.toml"),
-        "[actions.hello]\nrun = 'cat /opt/opschain/built.txt; opschain-runner property set --environment greeted \"$GREETING\"'\n",
+        "[actions.hello]\nrun = 'cat /opt/opschain/built.txt; echo \"action-token=$BUILD_TOKEN\"; opschain-exec /bin/sh -c \"echo exec-token=\\$BUILD_TOKEN\"; opschain-runner property set --environment greeted \"$GREETING\"'\n",
     )
     .unwrap();
     git(&repo, &["add", "-A"]);
@@ -378,6 +378,9 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     let started = run.unwrap();
     assert_eq!(started.status.code(), Some(0), "{}", String::from_utf8_lossy(&started.stderr));
     assert!(text(&started).contains("greeting=hello-from-property"), "{}", text(&started));
+    // The build secret never reaches the action, not even through opschain-exec: the property does.
+    assert!(text(&started).contains("action-token=from-property\nexec-token=from-property\n"), "{}", text(&started));
+    assert!(!text(&started).contains(SECRET) && !String::from_utf8_lossy(&started.stderr).contains(SECRET));
     let result: Value = serde_json::from_slice(&std::fs::read(dir.path().join("step_result.json")).unwrap()).unwrap();
     assert_eq!(result["environment"]["properties_diff"], json!([{"op": "add", "path": "/greeted", "value": "hello-from-property"}]));
     assert_eq!(result["runner"]["exit_status"], 0);
