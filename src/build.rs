@@ -88,6 +88,14 @@ pub enum BuildError {
         #[source]
         source: PointerError,
     },
+    /// A build secret set on this host is unreadable or invalid (names the file and the pointer,
+    /// never a value).
+    #[error("build secret set {source}")]
+    SecretSet {
+        /// What is wrong with it.
+        #[source]
+        source: exec::ExecError,
+    },
     /// The revision does not name a commit of the repo.
     #[error("{}: cannot resolve revision {rev:?}: {source}", repo.display())]
     Revision {
@@ -357,7 +365,10 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
     if let Some(dir) = &spec.secrets_dir {
         for set in sets {
             let src = dir.join(&set);
-            if src.is_file() && !secrets.iter().any(|s| s.id == set) {
+            // Checked here too, so that a bad set fails before the build rather than in a RUN line.
+            if exec::read_secret_set(&src, crate::json::SizeLimit::DEFAULT).map_err(|source| BuildError::SecretSet { source })?.is_some()
+                && !secrets.iter().any(|s| s.id == set)
+            {
                 secrets.push(BuildSecret { id: set, src });
             }
         }

@@ -91,26 +91,34 @@ pub fn of_helper(e: &crate::helper::HelperError) -> Sysexit {
 /// bad context, properties or secret set, 66/74 unreadable input), 127 when the command is not found
 /// and 126 when it cannot be executed.
 pub fn of_exec(e: &ExecError) -> i32 {
-    let sysexit = match e {
+    match e {
+        ExecError::Exec { source: nix::Error::ENOENT, .. } => NOT_FOUND,
+        ExecError::Exec { .. } => CANNOT_EXECUTE,
+        other => exec_input(other) as i32,
+    }
+}
+
+/// The sysexit of an `opschain-exec` failure to read or validate its input.
+fn exec_input(e: &ExecError) -> Sysexit {
+    match e {
         ExecError::NoCommand => Sysexit::Usage,
         ExecError::Context(e) | ExecError::SecretSet(e) => json(e),
         ExecError::Zip { source: zip::result::ZipError::Io(_), .. } => Sysexit::IoErr,
         ExecError::Zip { .. } | ExecError::ZipEntryMissing { .. } | ExecError::Declaration { .. } => Sysexit::DataErr,
         ExecError::Properties(PropertiesError::Read(e)) => json(e),
         ExecError::Properties(_) => Sysexit::DataErr,
-        ExecError::Exec { source: nix::Error::ENOENT, .. } => return NOT_FOUND,
-        ExecError::Exec { .. } => return CANNOT_EXECUTE,
-    };
-    sysexit as i32
+        ExecError::Exec { .. } => Sysexit::Software,
+    }
 }
 
 /// The sysexit of a build context or Docker failure: 65 invalid input (the step context, a build
-/// secret list, the repo's Dockerfile), 66 a revision that names no commit, 73 a context directory or file that cannot be
+/// secret list or set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that names no commit, 73 a context directory or file that cannot be
 /// written, 70 when git, tar or docker cannot be run or fail.
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
         BuildError::Context(e) => json(e),
         BuildError::SecretSets { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+        BuildError::SecretSet { source } => exec_input(source),
         BuildError::Revision { .. } => Sysexit::NoInput,
         BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
         BuildError::Spawn { .. } | BuildError::Tool { .. } => Sysexit::Software,

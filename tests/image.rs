@@ -204,6 +204,15 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
     assert!(stderr_lines(&output)[0].contains("/project/properties/opschain/config/build_secrets/0"), "{:?}", stderr_lines(&output));
 
+    // A bad build secret set on the host fails before any build, without printing its values.
+    let bad_secrets = dir.path().join("bad-secrets");
+    std::fs::create_dir_all(&bad_secrets).unwrap();
+    std::fs::write(bad_secrets.join("opschain-build-env"), r#"{"OK": "value-one", "not ok": "value-two"}"#).unwrap();
+    let output = cli(&["--secrets-dir", bad_secrets.to_str().unwrap()], &dir.path().join("bad-secret-values"));
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    let line = &stderr_lines(&output)[0];
+    assert!(line.contains("opschain-build-env: at /not ok") && !line.contains("value-"), "{line}");
+
     // A committed Dockerfile that is a symlink (here to a host file) is refused, and the failed
     // attempt leaves no checkout behind.
     std::os::unix::fs::symlink("/etc/hostname", repo.join(".opschain/Dockerfile")).unwrap();
