@@ -112,8 +112,9 @@ fn exec_input(e: &ExecError) -> Sysexit {
 }
 
 /// The sysexit of a build context or Docker failure: 65 invalid input (the step context, a build
-/// secret list or set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that names no commit, 73 a context directory or file that cannot be
-/// written, 70 when git, tar or docker cannot be run or fail.
+/// secret list or set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that
+/// names no commit, 73 a context directory or file that cannot be written, 70 when git, tar or
+/// docker cannot be run or fail.
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
         BuildError::Context(e) => json(e),
