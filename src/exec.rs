@@ -22,17 +22,19 @@
 //! This path stays small on purpose (it runs once per `RUN` line): no async runtime and no log
 //! subscriber, just reads, a merge and `execvp`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::context::StepContext;
+use crate::context::{ContextValues, Level, Named, StepContext};
 use crate::env;
-use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject};
+use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject, StrictValue};
 use crate::layout::{Layout, DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
 use crate::properties::{self, PropertiesError};
 
@@ -168,11 +170,105 @@ pub fn find_context(layout: &Layout) -> Option<ContextSource> {
     .find(|source| source.path().exists())
 }
 
-/// Reads and validates the context at `source`. For a zip, errors name the file as
-/// `<archive>/step_context.json`.
+/// The parts of a context `opschain-exec` uses, read strictly (types, duplicate keys); everything
+/// else is only checked to be JSON and skipped without being built, so that a large step context
+/// (hundreds of KB of properties) costs a parse, not a tree of allocations.
+#[derive(Debug, Default, Deserialize)]
+struct ExecContext {
+    #[serde(default)]
+    context: Option<ExecContextValues>,
+    #[serde(default)]
+    project: ExecLevel,
+    #[serde(default)]
+    environment: ExecLevel,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+/// `context`: only the environment code (it picks the repository environment file).
+#[derive(Debug, Default, Deserialize)]
+struct ExecContextValues {
+    #[serde(default)]
+    environment: Option<ExecNamed>,
+}
+
+/// `context.environment`: its code.
+#[derive(Debug, Deserialize)]
+struct ExecNamed {
+    code: String,
+}
+
+/// A level: of its properties only `opschain` (where `env` and `config.build_secrets` are).
+#[derive(Debug, Default, Deserialize)]
+struct ExecLevel {
+    #[serde(default)]
+    properties: ExecProperties,
+}
+
+/// The properties of a level: `opschain`, kept whole; anything else skipped.
+#[derive(Debug, Default, Deserialize)]
+struct ExecProperties {
+    #[serde(default)]
+    opschain: Option<StrictValue>,
+}
+
+impl ExecContext {
+    /// The [`StepContext`] holding just what was read: the environment code, each level's
+    /// `opschain` member, the runner secrets.
+    fn into_step_context(self) -> StepContext {
+        let level = |level: ExecLevel| Level {
+            properties: StrictObject(level.properties.opschain.map(|StrictValue(v)| Map::from_iter([("opschain".to_string(), v)])).unwrap_or_default()),
+        };
+        let environment = self.context.and_then(|c| c.environment).map(|e| Named { code: e.code, ..Named::default() });
+        StepContext {
+            context: environment.map(|e| ContextValues { environment: Some(e), ..ContextValues::default() }),
+            project: level(self.project),
+            environment: level(self.environment),
+            secrets: self.secrets,
+        }
+    }
+}
+
+/// Reads a context file whole into one buffer sized from its metadata (growing a buffer by
+/// doubling touches twice the memory, and page faults are most of what reading costs here),
+/// refusing it when it is larger than `limit`, with [`json::read_bytes`]'s errors.
+fn read_sized(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, ExecError> {
+    let max = match limit {
+        SizeLimit::Error(max) => max,
+        SizeLimit::Unlimited => u64::MAX,
+    };
+    let fail = |source: std::io::Error| {
+        ExecError::Context(if source.kind() == std::io::ErrorKind::NotFound {
+            JsonError::Missing { path: path.to_path_buf() }
+        } else {
+            JsonError::Read { path: path.to_path_buf(), source }
+        })
+    };
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let size = file.metadata().map_err(fail)?.len();
+    let mut bytes = Vec::with_capacity(usize::try_from(size.min(max).saturating_add(1)).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(fail)?;
+    if bytes.len() as u64 > max {
+        return Err(ExecError::Context(JsonError::TooLarge { path: path.to_path_buf(), limit: max }));
+    }
+    Ok(bytes)
+}
+
+/// Parses a context read from `path`. The plain parse is the fast path; only when it fails is the
+/// document parsed again with path tracking, for an error that names the JSON pointer (the two
+/// accept exactly the same documents; tracking costs an allocation per key).
+fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
+    match serde_json::from_slice::<ExecContext>(bytes) {
+        Ok(context) => Ok(context.into_step_context()),
+        Err(_) => json::parse::<ExecContext>(path, bytes).map(ExecContext::into_step_context).map_err(ExecError::Context),
+    }
+}
+
+/// Reads and validates the context at `source`: the parts `opschain-exec` uses strictly, the rest
+/// as JSON syntax only. For a zip, errors name the file as `<archive>/step_context.json`.
 pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepContext, ExecError> {
     match source {
-        ContextSource::Step(path) | ContextSource::BuildEnv(path) => StepContext::read(path, limit).map_err(ExecError::Context),
+        ContextSource::Step(path) | ContextSource::BuildEnv(path) => parse_context(path, &read_sized(path, limit)?),
         ContextSource::Zip(path) => {
             let zip_error = |source| ExecError::Zip { path: path.clone(), source };
             let file = std::fs::File::open(path).map_err(|e| zip_error(e.into()))?;
@@ -192,7 +288,7 @@ pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepCont
             if bytes.len() as u64 > max {
                 return Err(ExecError::Context(JsonError::TooLarge { path: inner, limit: max }));
             }
-            json::parse(&inner, &bytes).map_err(ExecError::Context)
+            parse_context(&inner, &bytes)
         }
     }
 }
