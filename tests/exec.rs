@@ -274,3 +274,25 @@ fn repo_folder_comes_from_the_environment() {
     assert_eq!(stdout(&s.exec().env("OPSCHAIN_REPO_FOLDER", ".mintpress").args(["/bin/sh", "-c", "echo $FOLDER"]).output().unwrap()), "mintpress\n");
     assert_eq!(stdout(&s.sh("echo [$FOLDER]")), "[]\n");
 }
+
+#[test]
+fn only_the_parts_exec_uses_are_type_checked_but_the_whole_document_must_be_json() {
+    let s = Scratch::new();
+    let servers: Vec<Value> = (0..2000).map(|i| json!({"name": format!("server-{i}"), "roles": ["web"], "tier": i % 3})).collect();
+    let mut context = step_context(json!({"BIG": "yes"}), json!({}));
+    context["project"]["properties"]["servers"] = json!(servers);
+    context["context"]["step"] = json!({"action": 5});
+    s.write_json(&s.folder("step_context.json"), &context);
+    let output = s.sh("echo $BIG");
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    assert_eq!(stdout(&output), "yes\n");
+
+    let mut text = serde_json::to_string(&context).unwrap();
+    text = text.replacen("\"server-1999\"", "\"server-1999\" oops", 1);
+    std::fs::write(s.folder("step_context.json"), text).unwrap();
+    let output = s.sh("echo ran");
+    assert_eq!(output.status.code(), Some(65));
+    assert!(stdout(&output).is_empty());
+    let line = &stderr_lines(&output)[0];
+    assert!(line.contains("step_context.json") && line.contains("at /project/properties/servers: ") && line.contains("line 1, column"), "{line}");
+}
