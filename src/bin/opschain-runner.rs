@@ -213,7 +213,7 @@ fn list_actions(layout: &Layout) -> i32 {
     let mut text = String::new();
     for (name, action) in &actions.actions {
         let description = action.description.as_deref().unwrap_or("");
-        text += &format!("{name:width$}  {description}\n").trim_end().to_string();
+        text += format!("{name:width$}  {description}\n").trim_end();
         text.push('\n');
     }
     print_or_fail(&text)
