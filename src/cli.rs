@@ -62,6 +62,50 @@ pub enum Command {
     /// For action scripts: add child steps to run after this step.
     #[command(subcommand)]
     Child(ChildCommand),
+    /// Run COMMAND with the step's env vars and the build secrets loaded, as `opschain-exec`
+    /// does (for Dockerfile RUN lines): `opschain-runner exec -- COMMAND [ARGS...]`.
+    Exec(ExecArgs),
+    /// Print the default step Dockerfile (copy it to .opschain/Dockerfile to customise it).
+    CreateDockerfile,
+    /// Write the build context of a step image (repo.tar, step_context_env.json, Dockerfile) and
+    /// print, as JSON, the build args and secrets to build it with.
+    BuildContext(BuildContextArgs),
+}
+
+/// `exec` options.
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// The directory of the build secret sets (one JSON file per set, named like the set).
+    #[arg(long, env = "OPSCHAIN_BUILD_SECRETS_DIR", default_value = crate::exec::DEFAULT_BUILD_SECRETS_DIR, value_name = "DIR")]
+    pub secrets_dir: PathBuf,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `build-context` options. The repo is --repo (a Git repository on this host).
+#[derive(Debug, Clone, Args)]
+pub struct BuildContextArgs {
+    /// The build context directory to write (created; must be empty).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The revision to build (GIT_REV): a branch, tag or SHA.
+    #[arg(long, default_value = "HEAD", value_name = "REV")]
+    pub git_rev: String,
+    /// The base runner image (OPSCHAIN_BASE_RUNNER). Default: opschain-runner:VERSION.
+    #[arg(long, env = "OPSCHAIN_BASE_RUNNER", value_name = "IMAGE")]
+    pub base_runner: Option<String>,
+    /// The OpsChain version (OPSCHAIN_VERSION). Default: this runner's version.
+    #[arg(long, value_name = "VERSION")]
+    pub opschain_version: Option<String>,
+    /// The step context whose context values and opschain.env / build_secrets properties the build
+    /// gets. Default: none (no env vars, the default build secret set).
+    #[arg(long, value_name = "FILE")]
+    pub context: Option<PathBuf>,
+    /// The host directory of the build secret sets; each set that applies and exists here is
+    /// passed as a BuildKit secret. Default: none.
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// `step` options.

@@ -3,6 +3,8 @@
 //! [`crate::supervise`].
 
 use crate::actions::ActionsError;
+use crate::build::BuildError;
+use crate::exec::ExecError;
 use crate::json::JsonError;
 use crate::properties::PropertiesError;
 use crate::step::StepError;
@@ -27,6 +29,14 @@ pub enum Sysexit {
 
 /// The exit status of a timed-out action.
 pub const TIMEOUT: i32 = 124;
+
+/// The exit status of `opschain-exec` when its command exists but cannot be executed (as a POSIX
+/// shell and env(1) report it).
+pub const CANNOT_EXECUTE: i32 = 126;
+
+/// The exit status of `opschain-exec` when its command is not found (as a POSIX shell and env(1)
+/// report it).
+pub const NOT_FOUND: i32 = 127;
 
 fn json(e: &JsonError) -> Sysexit {
     match e {
@@ -74,5 +84,45 @@ pub fn of_helper(e: &crate::helper::HelperError) -> Sysexit {
         HelperError::Edit(_) => Sysexit::DataErr,
         HelperError::NotSet(_) => Sysexit::DataErr,
         HelperError::Write(_) | HelperError::Append { .. } => Sysexit::CantCreat,
+    }
+}
+
+/// The exit status of an `opschain-exec` failure: sysexits for its own failures (64 no command, 65
+/// bad context, properties or secret set, 66/74 unreadable input), 127 when the command is not found
+/// and 126 when it cannot be executed.
+pub fn of_exec(e: &ExecError) -> i32 {
+    match e {
+        ExecError::Exec { source: nix::Error::ENOENT, .. } => NOT_FOUND,
+        ExecError::Exec { .. } => CANNOT_EXECUTE,
+        other => exec_input(other) as i32,
+    }
+}
+
+/// The sysexit of an `opschain-exec` failure to read or validate its input.
+fn exec_input(e: &ExecError) -> Sysexit {
+    match e {
+        ExecError::NoCommand => Sysexit::Usage,
+        ExecError::Context(e) | ExecError::SecretSet(e) => json(e),
+        ExecError::Zip { source: zip::result::ZipError::Io(_), .. } => Sysexit::IoErr,
+        ExecError::Zip { .. } | ExecError::ZipEntryMissing { .. } | ExecError::Declaration { .. } => Sysexit::DataErr,
+        ExecError::Properties(PropertiesError::Read(e)) => json(e),
+        ExecError::Properties(_) => Sysexit::DataErr,
+        ExecError::Exec { .. } => Sysexit::Software,
+    }
+}
+
+/// The sysexit of a build context or Docker failure: 65 invalid input (the step context, a build
+/// secret list or set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that
+/// names no commit, 73 a context directory or file that cannot be written, 70 when git, tar or
+/// docker cannot be run or fail.
+pub fn of_build(e: &BuildError) -> Sysexit {
+    match e {
+        BuildError::Context(e) => json(e),
+        BuildError::SecretSets { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+        BuildError::SecretSet { source } => exec_input(source),
+        BuildError::Revision { .. } => Sysexit::NoInput,
+        BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
+        BuildError::Spawn { .. } | BuildError::Tool { .. } => Sysexit::Software,
+        BuildError::Docker(_) => Sysexit::Software,
     }
 }

@@ -1,13 +1,21 @@
 //! `opschain-runner`: the in-container step agent. Thin: parses the command line, calls the
 //! library, maps errors to exit statuses (see `opschain_runner::exit`).
+//!
+//! Called as `opschain-exec` (a link to this binary, by the basename of argv[0]) it is the build-time
+//! env wrapper: every argument is the command to run, nothing is parsed as an option, and no log
+//! subscriber or runtime is started (see `opschain_runner::exec`).
 
+use std::ffi::OsString;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use opschain_runner::actions::Actions;
-use opschain_runner::cli::{ChildCommand, Cli, Command, Global, PropertyCommand, StepArgs, ValidateArgs};
+use opschain_runner::build::{self, BuildContextSpec};
+use opschain_runner::cli::{BuildContextArgs, ChildCommand, Cli, Command, ExecArgs, Global, PropertyCommand, StepArgs, ValidateArgs};
+use opschain_runner::exec::{self, ExecOptions};
 use opschain_runner::exit::{self, Sysexit};
 use opschain_runner::helper::{self, HelperError, Level};
 use opschain_runner::json::SizeLimit;
@@ -18,7 +26,22 @@ use opschain_runner::supervise::{LineFormat, SupervisePolicy, Supervisor};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 
+/// The name this binary answers to as the build-time env wrapper.
+const EXEC_NAME: &str = "opschain-exec";
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if args.next().as_deref().map(Path::new).and_then(Path::file_name).is_some_and(|name| name == EXEC_NAME) {
+        let mut command: Vec<OsString> = args.collect();
+        if command.first().is_some_and(|a| a == "--") {
+            command.remove(0);
+        }
+        let status = match ExecOptions::from_env() {
+            Ok(options) => exec_command(EXEC_NAME, &options, &command),
+            Err(e) => exec_failure(EXEC_NAME, format_args!("cannot resolve the repo directory: {e}"), Sysexit::IoErr as i32),
+        };
+        return exit_code(status);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -27,7 +50,24 @@ fn main() -> ExitCode {
         }
     };
     let status = run(cli);
+    exit_code(status)
+}
+
+fn exit_code(status: i32) -> ExitCode {
     ExitCode::from(u8::try_from(status).unwrap_or(Sysexit::Software as u8))
+}
+
+fn exec_failure(name: &str, message: impl std::fmt::Display, status: i32) -> i32 {
+    eprintln!("{name}: {message}");
+    status
+}
+
+/// Runs `command` through `opschain_runner::exec`; returns only when it could not be run.
+fn exec_command(name: &str, options: &ExecOptions, command: &[OsString]) -> i32 {
+    match exec::exec(options, command) {
+        Ok(never) => match never {},
+        Err(e) => exec_failure(name, &e, exit::of_exec(&e)),
+    }
 }
 
 fn fail(message: impl std::fmt::Display, status: i32) -> i32 {
@@ -40,6 +80,13 @@ fn layout(global: &Global) -> Result<Layout, i32> {
 }
 
 fn run(cli: Cli) -> i32 {
+    // The wrapper and the build helpers print nothing of their own but errors: no log subscriber.
+    match cli.command {
+        Some(Command::Exec(args)) => return exec_subcommand(&cli.global, args),
+        Some(Command::CreateDockerfile) => return print_or_fail(build::DEFAULT_DOCKERFILE),
+        Some(Command::BuildContext(args)) => return build_context(&cli.global, args),
+        _ => {}
+    }
     let quiet = matches!(cli.command, Some(Command::Property(_) | Command::Child(_) | Command::Actions | Command::Validate(_)));
     logging::init(cli.global.log_format, quiet);
     let layout = match layout(&cli.global) {
@@ -55,6 +102,42 @@ fn run(cli: Cli) -> i32 {
         Command::Actions => list_actions(&layout),
         Command::Property(command) => property(command),
         Command::Child(ChildCommand::Add { actions }) => helper_status(helper::add_children(&actions)),
+        Command::Exec(_) | Command::CreateDockerfile | Command::BuildContext(_) => unreachable!("handled before logging starts"),
+    }
+}
+
+fn exec_subcommand(global: &Global, args: ExecArgs) -> i32 {
+    let name = "opschain-runner exec";
+    match Layout::new(&global.repo, global.folder.clone()) {
+        Ok(layout) => exec_command(name, &ExecOptions { layout, secrets_dir: args.secrets_dir, limit: SizeLimit::DEFAULT }, &args.command),
+        Err(e) => exec_failure(name, format_args!("cannot resolve the repo directory: {e}"), Sysexit::IoErr as i32),
+    }
+}
+
+fn build_context(global: &Global, args: BuildContextArgs) -> i32 {
+    let mut spec = BuildContextSpec::new(&global.repo, &args.out);
+    spec.folder = global.folder.clone();
+    spec.git_rev = args.git_rev;
+    spec.secrets_dir = args.secrets_dir;
+    if let Some(version) = args.opschain_version {
+        spec.base_runner = format!("opschain-runner:{version}");
+        spec.opschain_version = version;
+    }
+    if let Some(image) = args.base_runner {
+        spec.base_runner = image;
+    }
+    if let Some(path) = &args.context {
+        match opschain_runner::json::read_file::<opschain_runner::json::StrictObject>(path, SizeLimit::DEFAULT) {
+            Ok(doc) => spec.context = doc.0,
+            Err(e) => {
+                let e = build::BuildError::Context(e);
+                return fail(&e, exit::of_build(&e) as i32);
+            }
+        }
+    }
+    match build::write_context(&spec) {
+        Ok(context) => print_or_fail(&(serde_json::to_string_pretty(&context).unwrap_or_default() + "\n")),
+        Err(e) => fail(&e, exit::of_build(&e) as i32),
     }
 }
 
@@ -136,7 +219,7 @@ fn list_actions(layout: &Layout) -> i32 {
     let mut text = String::new();
     for (name, action) in &actions.actions {
         let description = action.description.as_deref().unwrap_or("");
-        text += &format!("{name:width$}  {description}\n").trim_end().to_string();
+        text += format!("{name:width$}  {description}\n").trim_end();
         text.push('\n');
     }
     print_or_fail(&text)

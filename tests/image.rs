@@ -1,0 +1,425 @@
+//! Build contexts and step images, for real.
+//!
+//! The build-context tests run everywhere (git and tar only). The image test needs a Docker engine
+//! and a client that builds with BuildKit ([`Docker::detect`]); where there is none it says why on
+//! stderr and returns (a skip). It builds the static agent, the FROM-scratch test base
+//! (runner-image/test/Dockerfile), then step images from generated build contexts, checks what
+//! opschain-exec wrote, that the build secret is in no layer, and runs a step in the image.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use common::*;
+use opschain_runner::build::{self, BuildContextSpec, Docker};
+use serde_json::{json, Value};
+
+/// A build secret value: lower case, so that the upper-cased copy the build writes differs from it.
+const SECRET: &str = "s3cr3t-build-token-9f2c7d";
+
+const CUSTOM_DOCKERFILE: &str = r#"ARG OPSCHAIN_BASE_RUNNER
+FROM ${OPSCHAIN_BASE_RUNNER}
+ADD repo.tar /opt/opschain/
+ARG GIT_REV
+ARG GIT_SHA
+RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json \
+    --mount=type=secret,id=team-secrets \
+    opschain-exec /bin/sh -c 'echo "greeting=$GREETING rev=$GIT_REV sha=$GIT_SHA token=$(printf %s "$BUILD_TOKEN" | tr a-z A-Z)" > /opt/opschain/built.txt'
+"#;
+
+const SETUP_HOOK: &str = "#!/bin/sh\necho \"setup greeting=$GREETING default-secret-length=${#DEFAULT_SECRET}\" > /opt/opschain/setup.txt\n";
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A fixture repo: commit 1 (tag `v1`) has a custom Dockerfile, commit 2 (HEAD) replaces it with a
+/// setup hook for the default Dockerfile.
+fn fixture_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("project");
+    std::fs::create_dir_all(repo.join(".opschain")).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("VERSION"), "v1\n").unwrap();
+    std::fs::write(repo.join(".opschain/Dockerfile"), CUSTOM_DOCKERFILE).unwrap();
+    std::fs::write(
+        repo.join(".opschain/actions.toml"),
+        "[actions.hello]\nrun = 'cat /opt/opschain/built.txt; echo \"action-token=$BUILD_TOKEN\"; opschain-exec /bin/sh -c \"echo exec-token=\\$BUILD_TOKEN\"; opschain-runner property set --environment greeted \"$GREETING\"'\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    git(&repo, &["tag", "v1"]);
+    std::fs::write(repo.join("VERSION"), "v2\n").unwrap();
+    std::fs::remove_file(repo.join(".opschain/Dockerfile")).unwrap();
+    std::fs::write(repo.join(".opschain/setup"), SETUP_HOOK).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(repo.join(".opschain/setup"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "two"]);
+    // An uncommitted change must not reach the image.
+    std::fs::write(repo.join("VERSION"), "dirty\n").unwrap();
+    repo
+}
+
+/// The step context the change would have: env properties, a build secret list, other properties.
+fn change_context() -> Value {
+    json!({
+        "context": {"project": {"code": "demo"}, "environment": {"code": "dev"}, "step": {"action": "hello"}},
+        "project": {"properties": {
+            "db": {"password": "not-for-the-build"},
+            "opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "from-property"},
+                         "config": {"build_secrets": ["team-secrets", "absent-set"]}}
+        }},
+        "environment": {"properties": {"opschain": {"env": {"LEVEL": "dev"}}}}
+    })
+}
+
+/// The host's build secret sets.
+fn secrets_dir(dir: &Path) -> PathBuf {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("team-secrets"), serde_json::to_vec(&json!({"BUILD_TOKEN": SECRET})).unwrap()).unwrap();
+    std::fs::write(secrets.join("opschain-build-env"), serde_json::to_vec(&json!({"DEFAULT_SECRET": "twelve-chars"})).unwrap()).unwrap();
+    secrets
+}
+
+fn tar_list(tar: &Path) -> Vec<String> {
+    let output = Command::new("tar").arg("-tf").arg(tar).output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+}
+
+fn tar_extract(tar: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    let status = Command::new("tar").args(["--no-same-owner", "-xf"]).arg(tar).arg("-C").arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = fixture_repo(dir.path());
+    let secrets = secrets_dir(dir.path());
+    let context_file = dir.path().join("step_context.json");
+    std::fs::write(&context_file, serde_json::to_vec(&change_context()).unwrap()).unwrap();
+    let out = dir.path().join("ctx");
+    let output = runner()
+        .arg("--repo")
+        .arg(&repo)
+        .args(["build-context", "--git-rev", "v1", "--base-runner", "base:1", "--opschain-version", "9.9.9"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--context")
+        .arg(&context_file)
+        .arg("--secrets-dir")
+        .arg(&secrets)
+        .env_remove("OPSCHAIN_REPO_FOLDER")
+        .env_remove("OPSCHAIN_BASE_RUNNER")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sha = git(&repo, &["rev-parse", "v1^{commit}"]);
+    assert_eq!(printed["git_sha"], sha);
+    assert_eq!(printed["custom_dockerfile"], true);
+    let out = std::fs::canonicalize(&out).unwrap();
+    let digest = Command::new("git").arg("hash-object").arg(out.join("step_context_env.json")).output().unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_string();
+    assert_eq!(
+        printed["build_args"],
+        json!([["GIT_REV", "v1"], ["GIT_SHA", sha], ["OPSCHAIN_BASE_RUNNER", "base:1"], ["OPSCHAIN_VERSION", "9.9.9"], ["OPSCHAIN_CONTEXT_DIGEST", digest]])
+    );
+    assert_eq!(
+        printed["secrets"],
+        json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "team-secrets", "src": secrets.join("team-secrets")}])
+    );
+
+    // The directory holds exactly the three files.
+    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["Dockerfile", "repo.tar", "step_context_env.json"]);
+    assert_eq!(std::fs::read_to_string(out.join("Dockerfile")).unwrap(), CUSTOM_DOCKERFILE);
+    let env_context: Value = serde_json::from_slice(&std::fs::read(out.join("step_context_env.json")).unwrap()).unwrap();
+    assert_eq!(env_context["context"], change_context()["context"]);
+    assert_eq!(env_context["project"]["properties"], json!({"opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "from-property"}, "config": {"build_secrets": ["team-secrets", "absent-set"]}}}));
+    assert!(!String::from_utf8_lossy(&std::fs::read(out.join("step_context_env.json")).unwrap()).contains("not-for-the-build"));
+
+    // repo.tar: the work tree at v1, with a .git whose HEAD is that commit.
+    let list = tar_list(&out.join("repo.tar"));
+    assert!(list.contains(&"./.git/HEAD".to_string()) && list.contains(&"./VERSION".to_string()), "{list:?}");
+    assert!(!list.iter().any(|p| p.ends_with(".opschain/setup")), "a later commit's file: {list:?}");
+    let unpacked = dir.path().join("unpacked");
+    tar_extract(&out.join("repo.tar"), &unpacked);
+    assert_eq!(std::fs::read_to_string(unpacked.join("VERSION")).unwrap(), "v1\n");
+    assert_eq!(git(&unpacked, &["rev-parse", "HEAD"]), sha);
+    assert_eq!(git(&unpacked, &["log", "--format=%s", "-1", "main"]), "two", "all commit info is there");
+    assert_eq!(git(&unpacked, &["status", "--porcelain"]), "", "the work tree matches the index");
+    let owners = Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(out.join("repo.tar")).output().unwrap();
+    assert!(String::from_utf8_lossy(&owners.stdout).lines().all(|l| l.contains(" 10001/10001 ")));
+}
+
+#[test]
+fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = fixture_repo(dir.path());
+    let default = runner().arg("create-dockerfile").output().unwrap();
+    assert_eq!(default.status.code(), Some(0));
+    assert_eq!(String::from_utf8(default.stdout).unwrap(), build::DEFAULT_DOCKERFILE);
+
+    let context = build::write_context(&BuildContextSpec::new(&repo, dir.path().join("head"))).unwrap();
+    assert!(!context.custom_dockerfile);
+    assert_eq!(std::fs::read_to_string(&context.dockerfile).unwrap(), build::DEFAULT_DOCKERFILE);
+    assert_eq!(context.secrets.len(), 1, "no secrets dir: only the context");
+    // Nothing configured: the default set applies, and the build-env context is empty of properties.
+    let env_context: Value = serde_json::from_slice(&std::fs::read(context.dir.join("step_context_env.json")).unwrap()).unwrap();
+    assert_eq!(env_context, json!({"project": {"properties": {}}, "environment": {"properties": {}}}));
+
+    // The same commit gives the same repo.tar, byte for byte (the build cache holds across steps);
+    // another commit does not.
+    let again = build::write_context(&BuildContextSpec::new(&repo, dir.path().join("head-again"))).unwrap();
+    let tar = |c: &build::BuildContext| std::fs::read(c.dir.join("repo.tar")).unwrap();
+    assert!(tar(&context) == tar(&again), "repo.tar differs between two builds of one commit");
+    let v1 = build::write_context(&BuildContextSpec { git_rev: "v1".into(), ..BuildContextSpec::new(&repo, dir.path().join("v1")) }).unwrap();
+    assert!(tar(&context) != tar(&v1));
+
+    let cli = |args: &[&str], out: &Path| runner().arg("--repo").arg(&repo).arg("build-context").arg("--out").arg(out).args(args).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap();
+    let output = cli(&["--git-rev", "no-such-rev"], &dir.path().join("bad-rev"));
+    assert_eq!(output.status.code(), Some(66), "{:?}", stderr_lines(&output));
+    assert!(stderr_lines(&output)[0].contains("no-such-rev"));
+    let output = cli(&[], &context.dir);
+    assert_eq!(output.status.code(), Some(73), "not empty: {:?}", stderr_lines(&output));
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"project": {"properties": {"opschain": {"config": {"build_secrets": ["../etc"]}}}}}"#).unwrap();
+    let output = cli(&["--context", bad.to_str().unwrap()], &dir.path().join("bad-sets"));
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    assert!(stderr_lines(&output)[0].contains("/project/properties/opschain/config/build_secrets/0"), "{:?}", stderr_lines(&output));
+
+    // A bad build secret set on the host fails before any build, without printing its values.
+    let bad_secrets = dir.path().join("bad-secrets");
+    std::fs::create_dir_all(&bad_secrets).unwrap();
+    std::fs::write(bad_secrets.join("opschain-build-env"), r#"{"OK": "value-one", "not ok": "value-two"}"#).unwrap();
+    let output = cli(&["--secrets-dir", bad_secrets.to_str().unwrap()], &dir.path().join("bad-secret-values"));
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    let line = &stderr_lines(&output)[0];
+    assert!(line.contains("opschain-build-env: at /not ok") && !line.contains("value-"), "{line}");
+
+    // A committed Dockerfile that is a symlink (here to a host file) is refused, and the failed
+    // attempt leaves no checkout behind.
+    std::os::unix::fs::symlink("/etc/hostname", repo.join(".opschain/Dockerfile")).unwrap();
+    git(&repo, &["add", ".opschain/Dockerfile"]);
+    git(&repo, &["commit", "-q", "-m", "symlinked Dockerfile"]);
+    let out = dir.path().join("symlinked");
+    let output = cli(&[], &out);
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    assert!(stderr_lines(&output)[0].contains("not a regular file"), "{:?}", stderr_lines(&output));
+    assert!(!out.join(".checkout").exists());
+}
+
+/// The static agent, built once per test binary (scripts/test has usually built it already).
+fn static_agent() -> &'static Result<PathBuf, String> {
+    static AGENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["build", "--release", "--target", "x86_64-unknown-linux-musl", "--no-default-features", "--bin", "opschain-runner"])
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("the static agent did not build: {}", String::from_utf8_lossy(&output.stderr)));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        Ok(target.join("x86_64-unknown-linux-musl/release/opschain-runner"))
+    })
+}
+
+/// Removes the images it holds when dropped, also when a test fails.
+struct Images<'a> {
+    docker: &'a Docker,
+    tags: Vec<String>,
+}
+
+impl Drop for Images<'_> {
+    fn drop(&mut self) {
+        for tag in &self.tags {
+            let _ = self.docker.run(["rmi", "--force", tag.as_str()]);
+        }
+    }
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every file of `docker save`, and every file of every layer in it, scanned for `needle`; returns
+/// the names of the places it was found.
+fn saved_image_mentions(docker: &Docker, tag: &str, dir: &Path, needle: &[u8]) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let saved = dir.join("saved.tar");
+    docker.run(["save".into(), "--output".into(), saved.clone().into_os_string(), tag.into()]).unwrap();
+    let unpacked = dir.join("saved");
+    tar_extract(&saved, &unpacked);
+    let mut found = Vec::new();
+    let mut stack = vec![unpacked.clone()];
+    let mut layers = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                if path.file_name().is_some_and(|n| n == "layer.tar") {
+                    layers += 1;
+                }
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path.strip_prefix(&unpacked).unwrap().display().to_string());
+                }
+            }
+        }
+    }
+    assert!(layers > 1, "docker save held {layers} layers");
+    found
+}
+
+/// The Dockerfile steps (`ADD repo.tar /opt/opschain/`, ...) a plain BuildKit log reports as taken
+/// from the cache.
+fn cached_steps(log: &str) -> Vec<String> {
+    let mut titles = std::collections::HashMap::new();
+    let mut cached = Vec::new();
+    for line in log.lines() {
+        let Some((id, rest)) = line.split_once(' ') else { continue };
+        if let Some(title) = rest.strip_prefix('[').and_then(|r| r.split_once("] ")).map(|(_, t)| t.to_string()) {
+            titles.insert(id.to_string(), title);
+        } else if rest == "CACHED" {
+            cached.extend(titles.get(id).cloned());
+        }
+    }
+    cached
+}
+
+#[test]
+fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
+    let docker = match Docker::detect() {
+        Ok(docker) => docker,
+        Err(e) => {
+            eprintln!("skipped: no Docker engine with a BuildKit client: {e}");
+            return;
+        }
+    };
+    let agent = match static_agent() {
+        Ok(agent) => agent,
+        Err(e) => panic!("{e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unique = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let mut images = Images { docker: &docker, tags: Vec::new() };
+
+    // The test base: busybox and the static agent, FROM scratch.
+    let base_dir = dir.path().join("base");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    std::fs::copy("/bin/busybox", base_dir.join("busybox")).unwrap();
+    std::fs::copy(agent, base_dir.join("opschain-runner")).unwrap();
+    let base = format!("opschain-test-base:{unique}");
+    images.tags.push(base.clone());
+    let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("runner-image/test/Dockerfile");
+    docker
+        .run(["build".into(), "--file".into(), dockerfile.into_os_string(), "--tag".into(), base.clone().into(), base_dir.into_os_string()])
+        .unwrap_or_else(|e| panic!("the test base did not build: {e}"));
+
+    // A step image from the repo's custom Dockerfile at v1.
+    let repo = fixture_repo(dir.path());
+    let secrets = secrets_dir(dir.path());
+    let mut spec = BuildContextSpec::new(&repo, dir.path().join("ctx-v1"));
+    spec.git_rev = "v1".into();
+    spec.base_runner = base.clone();
+    spec.context = change_context().as_object().unwrap().clone();
+    spec.secrets_dir = Some(secrets.clone());
+    let context = build::write_context(&spec).unwrap();
+    assert!(context.custom_dockerfile);
+    let step = format!("opschain-test-step:{unique}");
+    images.tags.push(step.clone());
+    docker.build(&context, &step).unwrap_or_else(|e| panic!("the step image did not build: {e}"));
+
+    let cat = |tag: &str, path: &str| text(&docker.run(["run", "--rm", "--entrypoint", "/bin/cat", tag, path]).unwrap());
+    let expected = format!("greeting=hello-from-property rev=v1 sha={} token={}\n", context.git_sha, SECRET.to_uppercase());
+    assert_eq!(cat(&step, "/opt/opschain/built.txt"), expected, "the secret wins over the property of the same name");
+    assert_eq!(cat(&step, "/opt/opschain/VERSION"), "v1\n");
+    assert_eq!(cat(&step, "/opt/opschain/.git/HEAD").trim(), context.git_sha);
+    let owners = text(&docker.run(["run", "--rm", "--entrypoint", "/bin/stat", step.as_str(), "-c", "%u:%g", "/opt/opschain/VERSION", "/opt/opschain/.git/HEAD"]).unwrap());
+    assert_eq!(owners, "10001:10001\n10001:10001\n", "ADD keeps repo.tar's owner, the runner user");
+
+    // The secret and the context file are in no layer, no history entry, no config.
+    let history = text(&docker.run(["history", "--no-trunc", step.as_str()]).unwrap());
+    assert!(history.contains("opschain-exec"), "{history}");
+    assert!(!history.contains(SECRET));
+    let scan = dir.path().join("scan");
+    assert!(saved_image_mentions(&docker, &step, &scan, SECRET.as_bytes()).is_empty(), "the build secret is in the image");
+    let upper = saved_image_mentions(&docker, &step, &dir.path().join("scan-upper"), SECRET.to_uppercase().as_bytes());
+    assert!(upper.iter().any(|p| p.ends_with("layer.tar")), "the scan finds what the build wrote: {upper:?}");
+    let leftover = docker.run(["run", "--rm", "--entrypoint", "/bin/sh", step.as_str(), "-c", "test ! -s /opt/opschain/.opschain/step_context_env.json && test ! -s /run/secrets/team-secrets"]);
+    assert!(leftover.is_ok(), "a mounted secret left content in the image: {leftover:?}");
+
+    // Run a step: the agent is the ENTRYPOINT; the context goes in and the result comes out by
+    // docker cp.
+    let container = format!("opschain-test-run-{unique}");
+    let step_context = dir.path().join("step_context.json");
+    std::fs::write(&step_context, serde_json::to_vec(&change_context()).unwrap()).unwrap();
+    docker.run(["create", "--name", container.as_str(), step.as_str()]).unwrap();
+    let run = (|| {
+        docker.run(["cp".into(), step_context.clone().into_os_string(), format!("{container}:/opt/opschain/.opschain/step_context.json").into()])?;
+        let started = docker.command().args(["start", "--attach", container.as_str()]).output().unwrap();
+        docker.run(["cp".into(), format!("{container}:/opt/opschain/.opschain/step_result.json").into(), dir.path().join("step_result.json").into_os_string()])?;
+        Ok::<Output, build::DockerError>(started)
+    })();
+    let _ = docker.run(["rm", "--force", container.as_str()]);
+    let started = run.unwrap();
+    assert_eq!(started.status.code(), Some(0), "{}", String::from_utf8_lossy(&started.stderr));
+    assert!(text(&started).contains("greeting=hello-from-property"), "{}", text(&started));
+    // The build secret never reaches the action, not even through opschain-exec: the property does.
+    assert!(text(&started).contains("action-token=from-property\nexec-token=from-property\n"), "{}", text(&started));
+    assert!(!text(&started).contains(SECRET) && !String::from_utf8_lossy(&started.stderr).contains(SECRET));
+    let result: Value = serde_json::from_slice(&std::fs::read(dir.path().join("step_result.json")).unwrap()).unwrap();
+    assert_eq!(result["environment"]["properties_diff"], json!([{"op": "add", "path": "/greeted", "value": "hello-from-property"}]));
+    assert_eq!(result["runner"]["exit_status"], 0);
+
+    // The default Dockerfile at HEAD: the setup hook runs through opschain-exec with the default set.
+    let context = build::write_context(&BuildContextSpec { base_runner: base.clone(), secrets_dir: Some(secrets), ..BuildContextSpec::new(&repo, dir.path().join("ctx-head")) }).unwrap();
+    assert!(!context.custom_dockerfile);
+    let default_step = format!("opschain-test-default:{unique}");
+    images.tags.push(default_step.clone());
+    docker.build(&context, &default_step).unwrap_or_else(|e| panic!("the default Dockerfile did not build: {e}"));
+    assert_eq!(cat(&default_step, "/opt/opschain/setup.txt"), "setup greeting= default-secret-length=12\n");
+    assert_eq!(cat(&default_step, "/opt/opschain/VERSION"), "v2\n", "the commit, not the dirty work tree");
+    assert!(saved_image_mentions(&docker, &default_step, &dir.path().join("scan-default"), b"twelve-chars").is_empty());
+
+    // Another step of the same commit and properties: every layer from the cache. Changed env
+    // properties: the RUN line runs again (the context digest build arg), the repo layer stays.
+    let head_spec = |out: &str, greeting: Option<&str>| {
+        let mut spec = BuildContextSpec { base_runner: base.clone(), secrets_dir: Some(dir.path().join("secrets")), ..BuildContextSpec::new(&repo, dir.path().join(out)) };
+        if let Some(greeting) = greeting {
+            spec.context = json!({"project": {"properties": {"opschain": {"env": {"GREETING": greeting}}}}}).as_object().unwrap().clone();
+        }
+        build::write_context(&spec).unwrap()
+    };
+    let cached = docker.build(&head_spec("ctx-head-2", None), &default_step).unwrap();
+    let steps = cached_steps(&String::from_utf8_lossy(&cached.stderr));
+    assert!(steps.iter().any(|s| s.starts_with("ADD repo.tar")) && steps.iter().any(|s| s.starts_with("RUN --mount")), "{steps:?}");
+    let changed = format!("opschain-test-changed:{unique}");
+    images.tags.push(changed.clone());
+    let rebuilt = docker.build(&head_spec("ctx-head-3", Some("changed")), &changed).unwrap();
+    let steps = cached_steps(&String::from_utf8_lossy(&rebuilt.stderr));
+    assert!(steps.iter().any(|s| s.starts_with("ADD repo.tar")) && !steps.iter().any(|s| s.starts_with("RUN")), "{steps:?}");
+    assert_eq!(cat(&changed, "/opt/opschain/setup.txt"), "setup greeting=changed default-secret-length=12\n");
+}
