@@ -69,6 +69,7 @@ pub enum Command {
     CreateDockerfile,
     /// Write the build context of a step image (repo.tar, step_context_env.json, Dockerfile) and
     /// print, as JSON, the build args and secrets to build it with.
+    #[cfg(feature = "controller")]
     BuildContext(BuildContextArgs),
 }
 

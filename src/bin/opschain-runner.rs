@@ -13,8 +13,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use opschain_runner::actions::Actions;
-use opschain_runner::build::{self, BuildContextSpec};
-use opschain_runner::cli::{BuildContextArgs, ChildCommand, Cli, Command, ExecArgs, Global, PropertyCommand, StepArgs, ValidateArgs};
+use opschain_runner::build;
+#[cfg(feature = "controller")]
+use opschain_runner::build::BuildContextSpec;
+#[cfg(feature = "controller")]
+use opschain_runner::cli::BuildContextArgs;
+use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, PropertyCommand, StepArgs, ValidateArgs};
 use opschain_runner::exec::{self, ExecOptions};
 use opschain_runner::exit::{self, Sysexit};
 use opschain_runner::helper::{self, HelperError, Level};
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> i32 {
     match cli.command {
         Some(Command::Exec(args)) => return exec_subcommand(&cli.global, args),
         Some(Command::CreateDockerfile) => return print_or_fail(build::DEFAULT_DOCKERFILE),
+        #[cfg(feature = "controller")]
         Some(Command::BuildContext(args)) => return build_context(&cli.global, args),
         _ => {}
     }
@@ -102,7 +107,9 @@ fn run(cli: Cli) -> i32 {
         Command::Actions => list_actions(&layout),
         Command::Property(command) => property(command),
         Command::Child(ChildCommand::Add { actions }) => helper_status(helper::add_children(&actions)),
-        Command::Exec(_) | Command::CreateDockerfile | Command::BuildContext(_) => unreachable!("handled before logging starts"),
+        Command::Exec(_) | Command::CreateDockerfile => unreachable!("handled before logging starts"),
+        #[cfg(feature = "controller")]
+        Command::BuildContext(_) => unreachable!("handled before logging starts"),
     }
 }
 
@@ -114,6 +121,7 @@ fn exec_subcommand(global: &Global, args: ExecArgs) -> i32 {
     }
 }
 
+#[cfg(feature = "controller")]
 fn build_context(global: &Global, args: BuildContextArgs) -> i32 {
     let mut spec = BuildContextSpec::new(&global.repo, &args.out);
     spec.folder = global.folder.clone();
