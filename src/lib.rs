@@ -30,3 +30,5 @@ pub mod step;
 pub mod cli;
 pub mod helper;
 pub mod plan;
+#[cfg(feature = "controller")]
+pub mod controller;
