@@ -144,11 +144,28 @@ pub(crate) fn wait_cancellable(child: &mut std::process::Child, cancel: &AtomicB
                 }
                 Some(at) if at.elapsed() > grace => {
                     let _ = child.kill();
+                    kill_session(child.id() as i32);
                 }
                 Some(_) => {}
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGKILL to every process of session `sid` (the agent is started as a session leader, so
+/// this reaches the action and whatever it left behind, which would otherwise hold the log pipes
+/// open). Does nothing when no process is in that session.
+pub(crate) fn kill_session(sid: i32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command name: state, ppid, pgrp, session.
+        let session = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(3)).and_then(|s| s.parse::<i32>().ok());
+        if session == Some(sid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 

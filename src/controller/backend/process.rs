@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{pump, read_result, status_code, wait_cancellable, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::{kill_session, pump, read_result, status_code, wait_cancellable, Backend, BackendError, LogSink, StepJob, StepOutput};
 use crate::controller::repo;
 
 /// How the process backend runs.
@@ -84,11 +84,15 @@ impl Backend for ProcessBackend {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // The agent dies with the thread that started it: a controller killed with -9 leaves no
-        // agent behind to race a retry.
+        // The agent leads its own session (so that the step's leftovers can be found and killed),
+        // and dies with the thread that started it: a controller killed with -9 leaves no agent
+        // behind to race a retry.
         unsafe {
             use std::os::unix::process::CommandExt;
             command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -102,7 +106,10 @@ impl Backend for ProcessBackend {
         let status = std::thread::scope(|s| {
             s.spawn(|| pump(stdout, "stdout", sink));
             s.spawn(|| pump(stderr, "stderr", sink));
-            wait_cancellable(&mut child, cancel, self.config.grace)
+            let status = wait_cancellable(&mut child, cancel, self.config.grace);
+            // What the action left running would hold the pipes open: end it with the step.
+            kill_session(child.id() as i32);
+            status
         })
         .map_err(|source| BackendError::Spawn { program, source })?;
         let (result, result_error) = read_result(&folder.join("step_result.json"));
