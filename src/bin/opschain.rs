@@ -403,9 +403,9 @@ fn run() -> Result<ExitCode> {
         Command::Change(ChangeCommand::Logs { id }) => {
             store.change(id)?;
             let mut out = std::io::stdout().lock();
-            for (step, action, stream, at, line) in store.logs(id)? {
-                let mark = if stream == "stderr" { "!" } else { " " };
-                writeln!(out, "{at} [{step} {action}]{mark} {line}")?;
+            for l in store.logs(id)? {
+                let mark = if l.stream == "stderr" { "!" } else { " " };
+                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, l.line)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -200,7 +200,7 @@ impl<'a> Scheduler<'a> {
             self.store.set_step_status(step.id, StepStatus::Cancelled, None)?;
             return Ok(false);
         }
-        let (project, environment) = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
+        let start = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
         let began = Instant::now();
         self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         let mut context = json!({
@@ -211,8 +211,8 @@ impl<'a> Scheduler<'a> {
                 "step": {"id": step.id, "action": step.action},
                 "user": {"name": self.config.user},
             },
-            "project": {"properties": project},
-            "environment": {"properties": environment},
+            "project": {"properties": start.project},
+            "environment": {"properties": start.environment},
         });
         if !self.secrets.is_empty() {
             context["secrets"] = Value::Object(self.secrets.clone());

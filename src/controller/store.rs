@@ -241,6 +241,30 @@ pub struct StepRow {
     pub duration_secs: Option<f64>,
 }
 
+/// The properties a step starts with.
+#[derive(Debug, Clone)]
+pub struct StartingProperties {
+    /// The project's current properties.
+    pub project: Map<String, Value>,
+    /// The environment's current properties.
+    pub environment: Map<String, Value>,
+}
+
+/// One line of a step's log.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// The step.
+    pub step_id: i64,
+    /// The step's action.
+    pub action: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// When it was recorded.
+    pub at: String,
+    /// The line.
+    pub line: String,
+}
+
 /// What a step's end records, in one transaction.
 #[derive(Debug, Clone)]
 pub struct StepEnd {
@@ -601,7 +625,7 @@ impl Store {
 
     /// Marks a step `running` and returns the properties it starts with (project, environment),
     /// recording their versions on the step.
-    pub fn start_step(&self, step_id: i64, project_id: i64, environment_id: i64) -> Result<(Map<String, Value>, Map<String, Value>), StoreError> {
+    pub fn start_step(&self, step_id: i64, project_id: i64, environment_id: i64) -> Result<StartingProperties, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
         let project = latest(&tx, Level::Project, project_id)?;
@@ -613,7 +637,7 @@ impl Store {
         )
         .map_err(q("start step"))?;
         tx.commit().map_err(q("commit"))?;
-        Ok((project.json, environment.json))
+        Ok(StartingProperties { project: project.json, environment: environment.json })
     }
 
     /// Ends a step in ONE transaction: applies its diffs to the current properties (new versions),
@@ -701,13 +725,15 @@ impl Store {
         Ok(())
     }
 
-    /// Every log line of a change: (step id, action, stream, time, line), in order.
-    pub fn logs(&self, change_id: i64) -> Result<Vec<(i64, String, String, String, String)>, StoreError> {
+    /// Every log line of a change, in order.
+    pub fn logs(&self, change_id: i64) -> Result<Vec<LogLine>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT l.step_id, s.action, l.stream, l.at, l.line FROM step_logs l JOIN steps s ON s.id = l.step_id WHERE s.change_id = ?1 ORDER BY l.id")
             .map_err(q("read logs"))?;
-        let rows = stmt.query_map([change_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).map_err(q("read logs"))?;
+        let rows = stmt
+            .query_map([change_id], |r| Ok(LogLine { step_id: r.get(0)?, action: r.get(1)?, stream: r.get(2)?, at: r.get(3)?, line: r.get(4)? }))
+            .map_err(q("read logs"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(q("read logs"))
     }
 
