@@ -19,7 +19,7 @@ use super::{pump, read_result, status_code, wait_cancellable, Backend, BackendEr
 use crate::controller::repo;
 
 /// The Dockerfile used when the repository has none.
-pub const DEFAULT_DOCKERFILE: &str = "# syntax=docker/dockerfile:1\n\
+pub const DEFAULT_DOCKERFILE: &str = "\
 ARG OPSCHAIN_BASE_IMAGE\n\
 FROM ${OPSCHAIN_BASE_IMAGE}\n\
 COPY --chown=10001:10001 . /opt/opschain\n\
