@@ -58,6 +58,12 @@ fn props(state: &Path, project: &str, env: Option<&str>) -> Value {
 fn steps(state: &Path, id: u32) -> Vec<(usize, String, String)> {
     let out = run(state, &["change", "show", &id.to_string()]);
     assert!(out.status.success(), "{}", text(&out));
+    try_steps(state, id)
+}
+
+/// The steps of `change show` for polling: none while the change does not exist yet.
+fn try_steps(state: &Path, id: u32) -> Vec<(usize, String, String)> {
+    let out = run(state, &["change", "show", &id.to_string()]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -231,7 +237,7 @@ fn retry_after_kill_9_mid_change_completes_with_the_properties_of_an_uninterrupt
     loop {
         assert!(Instant::now() < deadline, "the slow step never ran");
         let db = state.path().join("opschain.db");
-        if db.exists() && steps(state.path(), 1).iter().any(|s| s.1 == "slow" && s.2 == "running") {
+        if db.exists() && try_steps(state.path(), 1).iter().any(|s| s.1 == "slow" && s.2 == "running") {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -270,7 +276,7 @@ fn cancel_stops_the_running_step_and_the_change() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(state.path().join("opschain.db").exists() && steps(state.path(), 1).iter().any(|s| s.1 == "long" && s.2 == "running")) {
+    while !(state.path().join("opschain.db").exists() && try_steps(state.path(), 1).iter().any(|s| s.1 == "long" && s.2 == "running")) {
         assert!(Instant::now() < deadline, "the long step never ran");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -305,4 +311,44 @@ fn properties_keep_every_version_and_set_edit_show_them() {
     let out = run(state.path(), &["properties", "set", "--project", "p", "--json", "[1]"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("not a JSON object"), "{}", text(&out));
+}
+
+#[test]
+fn one_change_at_a_time_per_environment_unless_the_project_allows_parallel_changes() {
+    let repo = project("[actions.long]\nrun = \"sleep 2\"\n", json!({}));
+    let state = tempfile::tempdir().unwrap();
+    let start = |project: &str| {
+        opschain(state.path())
+            .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", project, "--environment", "dev", "--action", "long"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_running = |id: u32| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let running = || {
+            let out = run(state.path(), &["change", "show", &id.to_string()]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("] running")
+        };
+        while !running() {
+            assert!(Instant::now() < deadline, "change {id} never ran");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = start("p");
+    wait_running(1);
+    let second = start("p");
+    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(first.status.success() && second.status.success(), "{}\n{}", text(&first), text(&second));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("change 2 queued: change 1 is running in the same environment"), "{}", text(&second));
+
+    let out = run(state.path(), &["project", "allow-parallel-changes", "q", "true"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let third = start("q");
+    wait_running(3);
+    let fourth = start("q");
+    let (third, fourth) = (third.wait_with_output().unwrap(), fourth.wait_with_output().unwrap());
+    assert!(third.status.success() && fourth.status.success());
+    assert!(!String::from_utf8_lossy(&fourth.stdout).contains("queued"), "{}", text(&fourth));
 }

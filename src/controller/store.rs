@@ -844,3 +844,95 @@ fn insert_version(conn: &Connection, level: Level, owner: i64, json: &Map<String
     .map_err(q("store properties version"))?;
     Ok(next)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patch(v: Value) -> json_patch::Patch {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn setup() -> (tempfile::TempDir, Store, i64, i64, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.ensure_project("p").unwrap();
+        let e = store.ensure_environment(p, "dev").unwrap();
+        let c = store.create_change(p, e, "root", dir.path(), "HEAD", "0000", "process", None).unwrap();
+        (dir, store, p, e, c)
+    }
+
+    fn end(project: Value, environment: Value, children: &[&str]) -> StepEnd {
+        StepEnd {
+            status: StepStatus::Success,
+            exit_status: Some(0),
+            message: None,
+            project_diff: patch(project),
+            environment_diff: patch(environment),
+            children: children.iter().map(|c| c.to_string()).collect(),
+            child_strategy: Some("parallel".into()),
+        }
+    }
+
+    #[test]
+    fn a_step_end_applies_both_diffs_as_new_versions_and_adds_its_children() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let (status, message) = store
+            .finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/b", "value": 2}]), &["x", "y"]))
+            .unwrap();
+        assert_eq!((status, message), (StepStatus::Success, None));
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1})));
+        assert_eq!(store.properties(Level::Environment, e).unwrap().version, 1);
+        let steps = store.steps(c).unwrap();
+        assert_eq!(steps.iter().filter(|s| s.parent_id == Some(root)).map(|s| s.action.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(steps[0].child_strategy.as_deref(), Some("parallel"));
+    }
+
+    #[test]
+    fn a_conflict_in_the_second_level_applies_nothing_and_adds_no_children() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.set_properties(Level::Environment, e, &obj(json!({"cfg": {"a": 1}}))).unwrap();
+        store.start_step(root, p, e).unwrap();
+        // Another writer removes /cfg while the step runs.
+        store.set_properties(Level::Environment, e, &obj(json!({}))).unwrap();
+        let (status, message) = store
+            .finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/cfg/b", "value": 2}]), &["x"]))
+            .unwrap();
+        assert_eq!(status, StepStatus::Error);
+        let message = message.unwrap();
+        assert!(message.contains("environment properties changes of step"), "{message}");
+        assert!(message.contains("\"cfg\""), "the original is shown: {message}");
+        assert_eq!(store.properties(Level::Project, p).unwrap().version, 0, "the project diff was not half-applied");
+        assert_eq!(store.properties(Level::Environment, e).unwrap().json, Map::new());
+        assert_eq!(store.steps(c).unwrap().len(), 1, "no children of a failed step");
+    }
+
+    #[test]
+    fn retry_resets_what_did_not_succeed_and_drops_its_descendants() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &["ok", "bad"])).unwrap();
+        let steps = store.steps(c).unwrap();
+        let (ok, bad) = (steps[1].id, steps[2].id);
+        store.start_step(ok, p, e).unwrap();
+        store.finish_step(ok, p, e, end(json!([]), json!([]), &[])).unwrap();
+        store.start_step(bad, p, e).unwrap();
+        store.finish_step(bad, p, e, end(json!([]), json!([]), &["grandchild"])).unwrap();
+        store.set_step_status(bad, StepStatus::Running, None).unwrap();
+        assert_eq!(store.reset_for_retry(c).unwrap(), 1);
+        let steps = store.steps(c).unwrap();
+        assert_eq!(steps.len(), 3, "the grandchild of the reset step is gone");
+        assert_eq!(steps.iter().find(|s| s.id == ok).unwrap().status, StepStatus::Success);
+        assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
+        assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
+    }
+}
