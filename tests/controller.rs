@@ -352,3 +352,23 @@ fn one_change_at_a_time_per_environment_unless_the_project_allows_parallel_chang
     assert!(third.status.success() && fourth.status.success());
     assert!(!String::from_utf8_lossy(&fourth.stdout).contains("queued"), "{}", text(&fourth));
 }
+
+#[test]
+fn parallel_children_are_bounded_by_the_worker_count() {
+    let repo = project(
+        "[actions.root]\nsteps = [\"a\", \"b\"]\nrun_as = \"parallel\"\n[actions.a]\nrun = \"echo start; sleep 1; echo end\"\n[actions.b]\nrun = \"echo start; sleep 1; echo end\"\n",
+        json!({}),
+    );
+    let marks = |workers: &str| -> Vec<String> {
+        let state = tempfile::tempdir().unwrap();
+        let out = opschain(state.path())
+            .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root", "--workers", workers])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let logs = String::from_utf8_lossy(&run(state.path(), &["change", "logs", "1"]).stdout).to_string();
+        logs.lines().filter_map(|l| l.rsplit_once("]  ").map(|(_, m)| m.to_string())).filter(|m| m == "start" || m == "end").collect()
+    };
+    assert_eq!(marks("1"), ["start", "end", "start", "end"], "one worker: one step at a time");
+    assert_eq!(marks("2"), ["start", "start", "end", "end"], "two workers: both at once");
+}

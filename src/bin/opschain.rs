@@ -47,7 +47,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run, list, show, follow, retry and cancel changes.
+    /// Run, list, show, print the logs of, retry and cancel changes.
     #[command(subcommand)]
     Change(ChangeCommand),
     /// Show, set, edit and list the versions of project or environment properties.
@@ -107,7 +107,7 @@ struct RunArgs {
     git_rev: String,
     /// Where steps run: `process` (a checkout and a child process) or `docker` (an image and a
     /// container per step).
-    #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_name = "NAME")]
+    #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = ["process", "docker"], value_name = "NAME")]
     backend: String,
     /// The secret set the steps get (see `opschain secrets set`).
     #[arg(long, value_name = "NAME")]
