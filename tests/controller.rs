@@ -372,3 +372,21 @@ fn parallel_children_are_bounded_by_the_worker_count() {
     assert_eq!(marks("1"), ["start", "end", "start", "end"], "one worker: one step at a time");
     assert_eq!(marks("2"), ["start", "start", "end", "end"], "two workers: both at once");
 }
+
+#[test]
+fn a_change_runs_the_commit_its_git_rev_names_and_retry_keeps_that_commit() {
+    let repo = project("[actions.say]\nrun = \"echo first commit; exit 1\"\n", json!({}));
+    std::fs::write(repo.path().join(".opschain/actions.toml"), "[actions.say]\nrun = \"echo second commit\"\n").unwrap();
+    let git = |args: &[&str]| assert!(Command::new("git").arg("-C").arg(repo.path()).args(args).status().unwrap().success());
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "second"]);
+    let state = tempfile::tempdir().unwrap();
+    let out = run(state.path(), &["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "say", "--git-rev", "HEAD~1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[1 say] first commit"), "{}", text(&out));
+    let out = run(state.path(), &["change", "retry", "1"]);
+    assert_eq!(out.status.code(), Some(1), "the retry runs the same (failing) commit: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[1 say] first commit"), "{}", text(&out));
+    let out = change_run(state.path(), repo.path(), "dev", "say");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("second commit"), "{}", text(&out));
+}

@@ -242,6 +242,9 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("cannot find this binary's path")?.with_file_name("opschain-runner"),
     };
+    if !agent.is_file() && s.runner_bin.is_none() {
+        build_agent(&agent)?;
+    }
     if !agent.is_file() {
         bail!("the agent {} does not exist: build it (cargo build --bin opschain-runner) or set OPSCHAIN_RUNNER_BIN", agent.display());
     }
@@ -255,6 +258,30 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         queue_poll: Duration::from_millis(500),
         docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs) },
     })
+}
+
+/// `cargo run --bin opschain` builds only this binary: when it runs from its cargo target
+/// directory and the agent is missing beside it, build the agent with the same profile (so that
+/// `cargo run --release --bin opschain -- demo` works from a fresh clone).
+fn build_agent(agent: &Path) -> Result<()> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let profile_dir = agent.parent().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or_default();
+    if !manifest.is_file() || !matches!(profile_dir, "debug" | "release") {
+        return Ok(());
+    }
+    println!("==> the agent {} is missing: building it (cargo build --bin opschain-runner)", agent.display());
+    let started = std::time::Instant::now();
+    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.args(["build", "--bin", "opschain-runner", "--manifest-path"]).arg(&manifest);
+    if profile_dir == "release" {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().context("cannot run cargo to build the agent")?;
+    if !status.success() {
+        bail!("building the agent failed ({status})");
+    }
+    println!("==> agent built in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn exit_of(status: ChangeStatus) -> ExitCode {

@@ -56,7 +56,9 @@ impl Backend for ProcessBackend {
             // Left by a controller that died: start clean.
             std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
         }
+        let started = std::time::Instant::now();
         repo::checkout(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
+        sink.line("stderr", &format!("opschain: checked out {} in {:.2}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
         let folder = sandbox.join(".opschain");
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
