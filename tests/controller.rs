@@ -150,6 +150,7 @@ fn parallel_children_whose_patches_conflict_fail_with_the_explained_conflict_and
         "\"path\": \"/cfg/b\"",
         "Current environment properties",
         "To resolve",
+        "opschain properties edit --project p --environment dev",
         "opschain change retry 1",
     ] {
         assert!(show.contains(needle), "missing {needle:?} in\n{show}");

@@ -15,6 +15,10 @@ pub struct Conflict {
     pub action: String,
     /// The change of the step.
     pub change_id: i64,
+    /// The project's code.
+    pub project: String,
+    /// The environment's code.
+    pub environment: String,
     /// Why json_patch refused it.
     pub error: String,
     /// The properties the step started with.
@@ -44,7 +48,7 @@ pub fn explain(c: &Conflict) -> String {
          Patched original properties (what the step meant to leave):\n{patched}\n\
          Current {level} properties:\n{current}\n\
          To resolve: edit the current {level} properties so that they hold what the step meant to leave \
-         (`opschain properties edit --project ... {env_hint}`), or make the steps that change the same keys run \
+         (`opschain properties edit --project {project}{env_hint}`), or make the steps that change the same keys run \
          sequentially, then re-run the step with `opschain change retry {change}`.",
         level = c.level,
         step = c.step_id,
@@ -53,7 +57,8 @@ pub fn explain(c: &Conflict) -> String {
         original = pretty(&c.original),
         patch = pretty(&c.patch),
         current = pretty(&c.current),
-        env_hint = if c.level == "environment" { "--environment ..." } else { "" },
+        project = c.project,
+        env_hint = if c.level == "environment" { format!(" --environment {}", c.environment) } else { String::new() },
         change = c.change_id,
     )
 }

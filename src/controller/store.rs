@@ -674,7 +674,16 @@ impl Store {
                         Some(v) => version_json(&tx, level, owner, v)?,
                         None => Map::new(),
                     };
+                    let (project, environment): (String, String) = tx
+                        .query_row(
+                            "SELECT p.code, e.code FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id WHERE c.id = ?1",
+                            [change_id],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .map_err(q("read change codes"))?;
                     let conflict = Conflict {
+                        project,
+                        environment,
                         level: level.as_str(),
                         step_id,
                         action: action.clone(),
