@@ -113,6 +113,8 @@ fn demo_change_runs_three_levels_with_files_env_secret_and_both_levels_of_proper
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.contains("demo-app is managed by opschain"), "{logs}");
     assert!(logs.contains("\"replicas\": 2"), "{logs}");
+    // The absolute opschain.files path landed in the sandbox, not on the host.
+    assert!(!Path::new("/etc/demo/motd").exists());
     // The fixture itself was snapshotted, not written to; the sandboxes are gone.
     assert_eq!(common::snapshot(&common::fixture("demo")), before);
     let left: Vec<_> = std::fs::read_dir(state.path().join("sandboxes/change-1")).unwrap().collect();

@@ -2,7 +2,8 @@
 //! `<sandbox root>/change-<id>/step-<id>`, the agent as a child process with `--repo SANDBOX
 //! --files-root SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files`
 //! paths land under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The
-//! agent's directory is first on the action's PATH (for `opschain-runner property set` and co.).
+//! agent's directory is first on the action's PATH (for `opschain-runner property set` and co.),
+//! and `TMPDIR` is `SANDBOX/tmp`.
 //! The sandbox is removed when the step ends.
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,8 @@ impl Backend for ProcessBackend {
         std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
         let files_root = sandbox.join("root");
         std::fs::create_dir_all(&files_root).map_err(io(&files_root))?;
+        let tmp = sandbox.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
 
         let agent_dir = self.config.agent.parent().map(Path::to_path_buf).unwrap_or_default();
         let path = format!("{}:{}", agent_dir.display(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
@@ -80,6 +83,7 @@ impl Backend for ProcessBackend {
             .arg(&files_root)
             .env("PATH", path)
             .env("OPSCHAIN_FILES_ROOT", &files_root)
+            .env("TMPDIR", &tmp)
             .env_remove("OPSCHAIN_REPO_DIR")
             .env_remove("OPSCHAIN_REPO_FOLDER")
             .current_dir(&sandbox)
