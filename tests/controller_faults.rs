@@ -50,8 +50,13 @@ fn kill_9_at_any_moment_then_retry_gives_the_uninterrupted_result() {
             if !exists {
                 continue; // killed before the change was recorded
             }
-            let retried = opschain(state.path()).args(["change", "retry", "1"]).status().unwrap();
-            assert!(retried.success(), "retry after a kill at {delay_ms} ms failed");
+            let retried = opschain(state.path()).args(["change", "retry", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+            assert!(
+                retried.status.success(),
+                "retry after a kill at {delay_ms} ms failed:\n{}\n{}",
+                String::from_utf8_lossy(&retried.stdout),
+                String::from_utf8_lossy(&retried.stderr)
+            );
         }
         assert_eq!(props(state.path(), &["--project", "demo"]), json!({"deploy_count": 1}), "kill at {delay_ms} ms");
         assert_eq!(props(state.path(), &["--project", "demo", "--environment", "dev"]), expected_env, "kill at {delay_ms} ms");

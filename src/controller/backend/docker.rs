@@ -89,10 +89,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
 
 impl Backend for DockerBackend {
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
-        let dir = self.sandbox_root.join(format!("change-{}", job.change_id)).join(format!("step-{}", job.step_id));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = self.sandbox_root.join(format!("change-{}", job.change_id)).join(format!("step-{}-{}-{nanos}", job.step_id, std::process::id()));
         let context_dir = dir.join("context");
         repo::checkout(&job.repo, &job.commit, &context_dir).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
         let git_dir = context_dir.join(".git");

@@ -1,5 +1,5 @@
 //! The process backend (the default): each step in a fresh checkout of the change's commit under
-//! `<sandbox root>/change-<id>/step-<id>`, the agent as a child process with `--repo SANDBOX
+//! `<sandbox root>/change-<id>/step-<id>-<pid>-<time>`, the agent as a child process with `--repo SANDBOX
 //! --files-root SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files`
 //! paths land under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The
 //! agent's directory is first on the action's PATH (for `opschain-runner property set` and co.),
@@ -40,9 +40,12 @@ impl ProcessBackend {
         ProcessBackend { config }
     }
 
-    /// The sandbox directory of a step.
+    /// A new sandbox directory for one run of a step. Each run gets its own (named after this
+    /// controller's pid and the time): an agent orphaned by a controller killed with -9 may
+    /// still be finishing in the old one while a retry runs the step again.
     pub fn sandbox(&self, change_id: i64, step_id: i64) -> PathBuf {
-        self.config.sandbox_root.join(format!("change-{change_id}")).join(format!("step-{step_id}"))
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        self.config.sandbox_root.join(format!("change-{change_id}")).join(format!("step-{step_id}-{}-{nanos}", std::process::id()))
     }
 }
 
@@ -53,10 +56,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
 impl Backend for ProcessBackend {
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         let sandbox = self.sandbox(job.change_id, job.step_id);
-        if sandbox.exists() {
-            // Left by a controller that died: start clean.
-            std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
-        }
         let started = std::time::Instant::now();
         repo::checkout(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
         sink.line("stderr", &format!("opschain: checked out {} in {:.2}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
