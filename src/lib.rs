@@ -32,3 +32,5 @@ pub mod helper;
 pub mod plan;
 pub mod exec;
 pub mod build;
+#[cfg(feature = "controller")]
+pub mod controller;

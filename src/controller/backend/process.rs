@@ -1,0 +1,126 @@
+//! The process backend (the default): each step in a fresh checkout of the change's commit under
+//! `<sandbox root>/change-<id>/step-<id>-<pid>-<time>`, the agent as a child process with `--repo SANDBOX
+//! --files-root SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files`
+//! paths land under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The
+//! agent's directory is first on the action's PATH (for `opschain-runner property set` and co.),
+//! and `TMPDIR` is `SANDBOX/tmp`.
+//! The sandbox is removed when the step ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{kill_session, pump, read_result, status_code, wait_cancellable, Backend, BackendError, LogSink, StepJob, StepOutput};
+use crate::controller::repo;
+
+/// How the process backend runs.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// The agent binary (`opschain-runner`).
+    pub agent: PathBuf,
+    /// Where the step sandboxes go (default `<state dir>/sandboxes`).
+    pub sandbox_root: PathBuf,
+    /// TERM-to-KILL grace when a step is cancelled (default 10 s).
+    pub grace: Duration,
+    /// Keep the sandboxes after the steps (for debugging; default false).
+    pub keep_sandboxes: bool,
+}
+
+/// The process backend.
+#[derive(Debug, Clone)]
+pub struct ProcessBackend {
+    config: ProcessConfig,
+}
+
+impl ProcessBackend {
+    /// A backend with this configuration.
+    pub fn new(config: ProcessConfig) -> ProcessBackend {
+        ProcessBackend { config }
+    }
+
+    /// A new sandbox directory for one run of a step. Each run gets its own (named after this
+    /// controller's pid and the time): an agent orphaned by a controller killed with -9 may
+    /// still be finishing in the old one while a retry runs the step again.
+    pub fn sandbox(&self, change_id: i64, step_id: i64) -> PathBuf {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        self.config.sandbox_root.join(format!("change-{change_id}")).join(format!("step-{step_id}-{}-{nanos}", std::process::id()))
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+    move |source| BackendError::Sandbox { path: path.to_path_buf(), source }
+}
+
+impl Backend for ProcessBackend {
+    fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
+        let sandbox = self.sandbox(job.change_id, job.step_id);
+        let started = std::time::Instant::now();
+        repo::checkout(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
+        sink.line("stderr", &format!("opschain: checked out {} in {:.2}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
+        let folder = sandbox.join(".opschain");
+        std::fs::create_dir_all(&folder).map_err(io(&folder))?;
+        let context_path = folder.join("step_context.json");
+        let bytes = serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises");
+        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        let files_root = sandbox.join("root");
+        std::fs::create_dir_all(&files_root).map_err(io(&files_root))?;
+        let tmp = sandbox.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+
+        let agent_dir = self.config.agent.parent().map(Path::to_path_buf).unwrap_or_default();
+        let path = format!("{}:{}", agent_dir.display(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
+        let mut command = Command::new(&self.config.agent);
+        command
+            .arg("--repo")
+            .arg(&sandbox)
+            .arg("--folder")
+            .arg(".opschain")
+            .arg("step")
+            .arg("--files-root")
+            .arg(&files_root)
+            .env("PATH", path)
+            .env("OPSCHAIN_FILES_ROOT", &files_root)
+            .env("TMPDIR", &tmp)
+            .env_remove("OPSCHAIN_REPO_DIR")
+            .env_remove("OPSCHAIN_REPO_FOLDER")
+            .current_dir(&sandbox)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The agent leads its own session (so that the step's leftovers can be found and killed),
+        // and dies with the thread that started it: a controller killed with -9 leaves no agent
+        // behind to race a retry.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let program = self.config.agent.display().to_string();
+        let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let status = std::thread::scope(|s| {
+            s.spawn(|| pump(stdout, "stdout", sink));
+            s.spawn(|| pump(stderr, "stderr", sink));
+            let status = wait_cancellable(&mut child, cancel, self.config.grace);
+            // What the action left running would hold the pipes open: end it with the step.
+            kill_session(child.id() as i32);
+            status
+        })
+        .map_err(|source| BackendError::Spawn { program, source })?;
+        let (result, result_error) = read_result(&folder.join("step_result.json"));
+        if !self.config.keep_sandboxes {
+            std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
+        }
+        Ok(StepOutput { exit_status: status_code(status), result, result_error })
+    }
+}

@@ -1,0 +1,193 @@
+//! A change's life: create it at a commit, wait for its environment, run it, retry it, cancel it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::backend::docker::{DockerBackend, DockerConfig};
+use super::backend::process::{ProcessBackend, ProcessConfig};
+use super::backend::Backend;
+use super::repo::{self, RepoError};
+use super::scheduler::{Scheduler, SchedulerConfig};
+use super::status::ChangeStatus;
+use super::store::{pid_alive, Store, StoreError};
+
+/// Why a change operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Preparing the repository or resolving the revision failed.
+    #[error("cannot use {} at {rev}", repo.display())]
+    Repo {
+        /// The repository.
+        repo: PathBuf,
+        /// The revision.
+        rev: String,
+        /// The cause.
+        #[source]
+        source: RepoError,
+    },
+    /// The change's secret set does not exist.
+    #[error("secret set {0:?} does not exist: create it with `opschain secrets set {0} --file FILE`")]
+    NoSecretSet(String),
+    /// A change that succeeded has nothing to retry.
+    #[error("change {0} succeeded: nothing to retry")]
+    NothingToRetry(i64),
+    /// Another live controller runs the change.
+    #[error("change {id} is being run by controller process {pid}: cancel it first or wait")]
+    Running {
+        /// The change.
+        id: i64,
+        /// The controller's process id.
+        pid: i64,
+    },
+    /// The backend name is not known.
+    #[error("unknown backend {0:?} (known: process, docker)")]
+    Backend(String),
+}
+
+/// What `change run` needs to create a change.
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    /// The repository directory (a git work tree, or any directory to snapshot).
+    pub repo: PathBuf,
+    /// The project code.
+    pub project: String,
+    /// The environment code.
+    pub environment: String,
+    /// The root step's action.
+    pub action: String,
+    /// The git revision (default `HEAD`).
+    pub git_rev: String,
+    /// `process` or `docker`.
+    pub backend: String,
+    /// The secret set the steps get.
+    pub secret_set: Option<String>,
+}
+
+/// How changes run (configuration, not state).
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The state directory (database, repository snapshots, sandboxes).
+    pub state_dir: PathBuf,
+    /// The agent binary.
+    pub agent: PathBuf,
+    /// The scheduler's settings.
+    pub scheduler: SchedulerConfig,
+    /// TERM-to-KILL grace when cancelling a step.
+    pub grace: Duration,
+    /// Keep step sandboxes after the steps.
+    pub keep_sandboxes: bool,
+    /// How often a queued change looks whether its environment is free (default 500 ms).
+    pub queue_poll: Duration,
+    /// The Docker backend's settings.
+    pub docker: DockerConfig,
+}
+
+/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
+pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
+    if !matches!(new.backend.as_str(), "process" | "docker") {
+        return Err(ChangeError::Backend(new.backend.clone()));
+    }
+    if let Some(set) = &new.secret_set {
+        store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?;
+    }
+    let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
+    let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
+    let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
+    let project = store.ensure_project(&new.project)?;
+    let environment = store.ensure_environment(project, &new.environment)?;
+    Ok(store.create_change(project, environment, &new.action, &repo_dir, &new.git_rev, &commit, &new.backend, new.secret_set.as_deref())?)
+}
+
+fn backend(config: &ControllerConfig, name: &str) -> Result<Box<dyn Backend>, ChangeError> {
+    match name {
+        "process" => Ok(Box::new(ProcessBackend::new(ProcessConfig {
+            agent: config.agent.clone(),
+            sandbox_root: config.state_dir.join("sandboxes"),
+            grace: config.grace,
+            keep_sandboxes: config.keep_sandboxes,
+        }))),
+        "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.state_dir.join("sandboxes"), config.agent.clone()))),
+        other => Err(ChangeError::Backend(other.to_string())),
+    }
+}
+
+/// Runs a created (or reset) change to its end: waits (`queued`) while another change runs in its
+/// environment (unless its project allows parallel changes), then runs its step tree.
+pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
+    let pid = i64::from(std::process::id());
+    let mut said = false;
+    while let Some(blocking) = store.try_start_change(change_id, pid)? {
+        if !said {
+            println!("==> change {change_id} queued: change {blocking} is running in the same environment");
+            store.set_change_status(change_id, ChangeStatus::Queued)?;
+            said = true;
+        }
+        if store.cancel_requested(change_id)? {
+            store.cancel_orphaned(change_id)?;
+            return Ok(ChangeStatus::Cancelled);
+        }
+        std::thread::sleep(config.queue_poll);
+    }
+    let change = store.change(change_id)?;
+    let secrets = match &change.secret_set {
+        Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,
+        None => Map::new(),
+    };
+    println!(
+        "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
+        change.id, change.project, change.environment, change.action, &change.commit[..change.commit.len().min(12)], change.git_rev, change.backend
+    );
+    let backend = backend(config, &change.backend)?;
+    let scheduler = Scheduler::new(store, backend.as_ref(), change, secrets, config.scheduler.clone());
+    Ok(scheduler.run()?)
+}
+
+/// Re-runs what did not succeed in a change, from the same commit.
+pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
+    let change = store.change(change_id)?;
+    if let Some(pid) = change.controller_pid {
+        if !change.status.is_final() && pid != i64::from(std::process::id()) && pid_alive(pid) {
+            return Err(ChangeError::Running { id: change_id, pid });
+        }
+    }
+    if change.status == ChangeStatus::Success {
+        return Err(ChangeError::NothingToRetry(change_id));
+    }
+    let stale = config.state_dir.join("sandboxes").join(format!("change-{change_id}"));
+    let _ = std::fs::remove_dir_all(&stale);
+    let reset = store.reset_for_retry(change_id)?;
+    println!("==> change {change_id}: retrying {reset} step(s) that did not succeed");
+    execute(store, config, change_id)
+}
+
+/// Cancels a change: asks its controller to stop it, or, when no controller runs it, turns its
+/// pending, queued and running steps `cancelled` directly.
+pub fn cancel(store: &Store, change_id: i64) -> Result<ChangeStatus, ChangeError> {
+    let change = store.change(change_id)?;
+    if change.status.is_final() {
+        return Ok(change.status);
+    }
+    store.request_cancel(change_id)?;
+    match change.controller_pid {
+        Some(pid) if pid_alive(pid) => Ok(ChangeStatus::Running),
+        _ => {
+            store.cancel_orphaned(change_id)?;
+            Ok(ChangeStatus::Cancelled)
+        }
+    }
+}
+
+/// Parses a secret set file: a JSON object of strings.
+pub fn read_secret_file(path: &Path) -> Result<Map<String, Value>, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    let value: Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+    match value {
+        Value::Object(map) if map.values().all(Value::is_string) => Ok(map),
+        _ => Err(std::io::Error::other("a secret set file holds one JSON object of strings: {\"NAME\": \"value\"}")),
+    }
+}

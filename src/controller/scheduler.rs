@@ -1,0 +1,297 @@
+//! Runs a change's step tree as OpsChain does: a step's reported children run after it,
+//! sequentially or in parallel; a parallel group is bounded by the worker count (a step holds a
+//! worker only while its agent runs, never while it waits for its children). A failed sequential
+//! child stops the rest (they become `aborted`); a failed parallel child lets its siblings finish,
+//! then the change errors. `change cancel` (a flag in the store, polled) stops running agents and
+//! turns the pending, queued and running steps `cancelled`.
+//!
+//! Steps already `success` (a retried change) are not run again: the scheduler descends into their
+//! recorded children instead.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use super::backend::{Backend, LogSink, StepJob};
+use super::status::{ChangeStatus, StepStatus};
+use super::store::{ChangeRow, StepEnd, StepRow, Store, StoreError};
+
+/// How the scheduler runs a change.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How many agents run at once (default: the number of CPUs).
+    pub workers: usize,
+    /// How often the cancel flag is polled (default 250 ms).
+    pub cancel_poll: Duration,
+    /// The user named in the step context (default `$USER`).
+    pub user: String,
+}
+
+/// A counting semaphore: the worker slots.
+struct Workers {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Workers {
+    fn acquire(&self) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+    }
+
+    fn release(&self) {
+        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.freed.notify_one();
+    }
+}
+
+/// The moving state of one change's run.
+pub struct Scheduler<'a> {
+    store: &'a Store,
+    backend: &'a dyn Backend,
+    change: ChangeRow,
+    secrets: Map<String, Value>,
+    config: SchedulerConfig,
+    workers: Workers,
+    cancel: Arc<AtomicBool>,
+    out: Mutex<std::io::Stdout>,
+    started: Instant,
+}
+
+struct StepSink<'a> {
+    store: &'a Store,
+    step_id: i64,
+    prefix: String,
+    out: &'a Mutex<std::io::Stdout>,
+}
+
+impl LogSink for StepSink<'_> {
+    fn line(&self, stream: &'static str, line: &str) {
+        if let Err(e) = self.store.append_log(self.step_id, stream, line) {
+            eprintln!("{} warning: {e}", self.prefix);
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{} {line}", self.prefix);
+    }
+}
+
+/// Formats a duration as seconds with two decimals.
+pub fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+impl<'a> Scheduler<'a> {
+    /// A scheduler for `change`, whose steps get `secrets` (runner secrets in their context).
+    pub fn new(store: &'a Store, backend: &'a dyn Backend, change: ChangeRow, secrets: Map<String, Value>, config: SchedulerConfig) -> Scheduler<'a> {
+        let workers = Workers { free: Mutex::new(config.workers.max(1)), freed: Condvar::new() };
+        Scheduler { store, backend, change, secrets, config, workers, cancel: Arc::new(AtomicBool::new(false)), out: Mutex::new(std::io::stdout()), started: Instant::now() }
+    }
+
+    fn say(&self, text: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "==> [{:>7}] {text}", secs(self.started.elapsed()));
+    }
+
+    /// Runs the change's steps to the end and records the change's final status.
+    pub fn run(&self) -> Result<ChangeStatus, StoreError> {
+        let done = AtomicBool::new(false);
+        let outcome = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    if self.store.cancel_requested(self.change.id).unwrap_or(false) {
+                        if !self.cancel.swap(true, Ordering::SeqCst) {
+                            self.say("cancel requested: stopping the running steps");
+                        }
+                        break;
+                    }
+                    std::thread::sleep(self.config.cancel_poll);
+                }
+            });
+            let result = self.run_tree();
+            done.store(true, Ordering::SeqCst);
+            result
+        });
+        let ok = outcome?;
+        let status = if self.cancel.load(Ordering::SeqCst) {
+            self.store.cancel_orphaned(self.change.id)?;
+            ChangeStatus::Cancelled
+        } else if ok {
+            ChangeStatus::Success
+        } else {
+            ChangeStatus::Error
+        };
+        self.store.set_change_status(self.change.id, status)?;
+        self.say(&format!("change {} {} in {}", self.change.id, status.as_str(), secs(self.started.elapsed())));
+        Ok(status)
+    }
+
+    fn run_tree(&self) -> Result<bool, StoreError> {
+        let steps = self.store.steps(self.change.id)?;
+        let root = steps.into_iter().find(|s| s.parent_id.is_none()).ok_or_else(|| StoreError::NotFound(format!("root step of change {}", self.change.id)))?;
+        self.run_node(root, 0)
+    }
+
+    fn children(&self, step_id: i64) -> Result<(Vec<StepRow>, Option<String>), StoreError> {
+        let steps = self.store.steps(self.change.id)?;
+        let strategy = steps.iter().find(|s| s.id == step_id).and_then(|s| s.child_strategy.clone());
+        let mut children: Vec<StepRow> = steps.into_iter().filter(|s| s.parent_id == Some(step_id)).collect();
+        children.sort_by_key(|s| s.position);
+        Ok((children, strategy))
+    }
+
+    /// Runs a step (unless it already succeeded), then its children; true when the whole subtree
+    /// succeeded.
+    fn run_node(&self, step: StepRow, depth: usize) -> Result<bool, StoreError> {
+        if step.status != StepStatus::Success && !self.execute(&step, depth)? {
+            return Ok(false);
+        }
+        let (children, strategy) = self.children(step.id)?;
+        if children.is_empty() {
+            return Ok(true);
+        }
+        if strategy.as_deref() == Some("parallel") {
+            self.say(&format!("step {} [{}]: {} children in parallel", step.id, step.action, children.len()));
+            let results: Vec<Result<bool, StoreError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = children.into_iter().map(|c| s.spawn(move || self.run_node(c, depth + 1))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(Ok(false))).collect()
+            });
+            let mut ok = true;
+            for r in results {
+                ok &= r?;
+            }
+            Ok(ok)
+        } else {
+            self.say(&format!("step {} [{}]: {} children in sequence", step.id, step.action, children.len()));
+            let mut ok = true;
+            for child in children {
+                if ok {
+                    ok = self.run_node(child, depth + 1)?;
+                } else if child.status != StepStatus::Success {
+                    let status = if self.cancel.load(Ordering::SeqCst) { StepStatus::Cancelled } else { StepStatus::Aborted };
+                    self.store.set_step_status(child.id, status, Some("not run: an earlier step failed"))?;
+                    self.say(&format!("step {} [{}] {}", child.id, child.action, status.as_str()));
+                }
+            }
+            Ok(ok)
+        }
+    }
+
+    /// Runs one step's agent and records its end; true on success.
+    fn execute(&self, step: &StepRow, depth: usize) -> Result<bool, StoreError> {
+        if self.cancel.load(Ordering::SeqCst) {
+            self.store.set_step_status(step.id, StepStatus::Cancelled, None)?;
+            return Ok(false);
+        }
+        self.store.set_step_status(step.id, StepStatus::Queued, None)?;
+        self.workers.acquire();
+        let result = self.execute_with_worker(step, depth);
+        self.workers.release();
+        result
+    }
+
+    fn execute_with_worker(&self, step: &StepRow, depth: usize) -> Result<bool, StoreError> {
+        if self.cancel.load(Ordering::SeqCst) {
+            self.store.set_step_status(step.id, StepStatus::Cancelled, None)?;
+            return Ok(false);
+        }
+        let start = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
+        let began = Instant::now();
+        self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
+        let mut context = json!({
+            "context": {
+                "project": {"code": self.change.project},
+                "environment": {"code": self.change.environment},
+                "change": {"id": self.change.id, "action": self.change.action, "commit": self.change.commit},
+                "step": {"id": step.id, "action": step.action},
+                "user": {"name": self.config.user},
+            },
+            "project": {"properties": start.project},
+            "environment": {"properties": start.environment},
+        });
+        if !self.secrets.is_empty() {
+            context["secrets"] = Value::Object(self.secrets.clone());
+        }
+        let job = StepJob {
+            change_id: self.change.id,
+            step_id: step.id,
+            action: step.action.clone(),
+            repo: self.change.repo.clone(),
+            commit: self.change.commit.clone(),
+            context,
+            build_secrets: self.secrets.clone(),
+        };
+        let sink = StepSink { store: self.store, step_id: step.id, prefix: format!("[{} {}]", step.id, step.action), out: &self.out };
+        let end = match self.backend.run(&job, &sink, &self.cancel) {
+            Ok(output) => {
+                let cancelled = self.cancel.load(Ordering::SeqCst) && output.exit_status != 0;
+                let succeeded = output.exit_status == 0 && output.result.is_some();
+                let mut message = None;
+                if !succeeded {
+                    let mut m = format!("the agent exited with status {}", output.exit_status);
+                    if let Some(e) = &output.result_error {
+                        m.push_str(&format!("; {e}"));
+                    }
+                    if let Some(e) = output.result.as_ref().and_then(|r| r.runner.as_ref()).and_then(|r| r.error.as_ref()) {
+                        m.push_str(&format!("; {e}"));
+                    }
+                    message = Some(m);
+                }
+                let (project_diff, environment_diff, children, strategy) = match output.result {
+                    Some(r) => (
+                        r.project.properties_diff,
+                        r.environment.properties_diff,
+                        r.steps.children.into_iter().map(|c| c.action).collect(),
+                        r.steps.child_execution_strategy.and_then(|s| serde_json::to_value(s).ok()).and_then(|v| v.as_str().map(str::to_string)),
+                    ),
+                    None => (json_patch::Patch(vec![]), json_patch::Patch(vec![]), vec![], None),
+                };
+                StepEnd {
+                    status: if cancelled {
+                        StepStatus::Cancelled
+                    } else if succeeded {
+                        StepStatus::Success
+                    } else {
+                        StepStatus::Error
+                    },
+                    exit_status: Some(output.exit_status),
+                    message,
+                    project_diff,
+                    environment_diff,
+                    children,
+                    child_strategy: strategy,
+                }
+            }
+            Err(e) => {
+                let mut m = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    m.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                StepEnd {
+                    status: StepStatus::Error,
+                    exit_status: None,
+                    message: Some(m),
+                    project_diff: json_patch::Patch(vec![]),
+                    environment_diff: json_patch::Patch(vec![]),
+                    children: vec![],
+                    child_strategy: None,
+                }
+            }
+        };
+        let (status, message) = self.store.finish_step(step.id, self.change.project_id, self.change.environment_id, end)?;
+        self.say(&format!("step {} [{}] {} in {}", step.id, step.action, status.as_str(), secs(began.elapsed())));
+        if let Some(m) = message {
+            for line in m.lines() {
+                self.say(&format!("step {} [{}]: {line}", step.id, step.action));
+            }
+        }
+        Ok(status == StepStatus::Success)
+    }
+}

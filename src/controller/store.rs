@@ -1,0 +1,947 @@
+//! The embedded store: one SQLite file (`opschain.db`) under the state directory, in WAL mode with
+//! `synchronous = FULL`, so that every committed transaction survives a kill -9 of the controller.
+//!
+//! Tables: `projects`, `environments`, `properties` (every version of every level kept: level,
+//! owner, version, json, the step that wrote it, created_at), `secret_sets`, `changes`, `steps` (a
+//! tree through `parent_id`, with status, timings, exit status and the property versions the step
+//! started from) and `step_logs`. Timestamps are UTC ISO 8601 strings made by SQLite itself.
+//!
+//! Every step status transition is its own transaction; the end of a step (its property diffs, its
+//! status and its children) is ONE transaction, so a diff is applied exactly once or not at all.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::{Map, Value};
+
+use super::patch::{self, Conflict};
+use super::status::{ChangeStatus, StepStatus};
+
+/// The file name of the database inside the state directory.
+pub const DB_FILE: &str = "opschain.db";
+
+/// How long a writer waits for another process's lock before failing (default 30 s).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    allow_parallel_changes INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE IF NOT EXISTS environments (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    code TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    UNIQUE (project_id, code)
+);
+CREATE TABLE IF NOT EXISTS properties (
+    id INTEGER PRIMARY KEY,
+    level TEXT NOT NULL CHECK (level IN ('project', 'environment')),
+    owner_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    step_id INTEGER REFERENCES steps(id),
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    UNIQUE (level, owner_id, version)
+);
+CREATE TABLE IF NOT EXISTS secret_sets (
+    name TEXT PRIMARY KEY,
+    json TEXT NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    environment_id INTEGER NOT NULL REFERENCES environments(id),
+    action TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    git_rev TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    secret_set TEXT,
+    status TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    controller_pid INTEGER,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY,
+    change_id INTEGER NOT NULL REFERENCES changes(id),
+    parent_id INTEGER REFERENCES steps(id),
+    position INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,
+    child_strategy TEXT,
+    exit_status INTEGER,
+    message TEXT,
+    project_version INTEGER,
+    environment_version INTEGER,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS steps_by_change ON steps (change_id, parent_id, position);
+CREATE TABLE IF NOT EXISTS step_logs (
+    id INTEGER PRIMARY KEY,
+    step_id INTEGER NOT NULL REFERENCES steps(id),
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL,
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE INDEX IF NOT EXISTS logs_by_step ON step_logs (step_id, id);
+"#;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state directory cannot be created.
+    #[error("cannot create the state directory {}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database cannot be opened or its schema created.
+    #[error("cannot open the store {}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A query failed.
+    #[error("store operation {op:?} failed")]
+    Query {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored JSON document is not valid (the database was edited by hand).
+    #[error("stored JSON of {what} is invalid")]
+    Json {
+        /// What the document is.
+        what: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No such project, environment, change or secret set.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// A writable properties level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// A project's properties.
+    Project,
+    /// An environment's properties.
+    Environment,
+}
+
+impl Level {
+    /// The name stored in `properties.level`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Project => "project",
+            Level::Environment => "environment",
+        }
+    }
+}
+
+/// One stored version of a level's properties.
+#[derive(Debug, Clone)]
+pub struct PropertiesVersion {
+    /// The version number, 0 for the empty document made with the owner.
+    pub version: i64,
+    /// The document.
+    pub json: Map<String, Value>,
+    /// The step whose diff made this version; `None` for a user edit.
+    pub step_id: Option<i64>,
+    /// When it was written.
+    pub created_at: String,
+}
+
+/// A change row.
+#[derive(Debug, Clone)]
+pub struct ChangeRow {
+    /// The change id.
+    pub id: i64,
+    /// The project code.
+    pub project: String,
+    /// The project id.
+    pub project_id: i64,
+    /// The environment code.
+    pub environment: String,
+    /// The environment id.
+    pub environment_id: i64,
+    /// The action of the root step.
+    pub action: String,
+    /// The git repository the steps are checked out from.
+    pub repo: PathBuf,
+    /// The revision as given.
+    pub git_rev: String,
+    /// The commit the revision resolved to.
+    pub commit: String,
+    /// The backend name.
+    pub backend: String,
+    /// The secret set the steps get, if any.
+    pub secret_set: Option<String>,
+    /// The change status.
+    pub status: ChangeStatus,
+    /// Whether `change cancel` was asked for.
+    pub cancel_requested: bool,
+    /// The process id of the controller running it.
+    pub controller_pid: Option<i64>,
+    /// When it was created.
+    pub created_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+}
+
+/// A step row.
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    /// The step id.
+    pub id: i64,
+    /// The parent step; `None` for the root.
+    pub parent_id: Option<i64>,
+    /// The position among its siblings.
+    pub position: i64,
+    /// The action.
+    pub action: String,
+    /// The status.
+    pub status: StepStatus,
+    /// How its children run (`sequential`, `parallel`), when it has some.
+    pub child_strategy: Option<String>,
+    /// The agent's exit status.
+    pub exit_status: Option<i64>,
+    /// Why it failed, when it did.
+    pub message: Option<String>,
+    /// When it started running.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Its run time in seconds, when it ended.
+    pub duration_secs: Option<f64>,
+}
+
+/// The properties a step starts with.
+#[derive(Debug, Clone)]
+pub struct StartingProperties {
+    /// The project's current properties.
+    pub project: Map<String, Value>,
+    /// The environment's current properties.
+    pub environment: Map<String, Value>,
+}
+
+/// One line of a step's log.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// The step.
+    pub step_id: i64,
+    /// The step's action.
+    pub action: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// When it was recorded.
+    pub at: String,
+    /// The line.
+    pub line: String,
+}
+
+/// What a step's end records, in one transaction.
+#[derive(Debug, Clone)]
+pub struct StepEnd {
+    /// The status the step's own run earned (`success` or `error`); a conflicting diff turns
+    /// `success` into `error`.
+    pub status: StepStatus,
+    /// The agent's exit status.
+    pub exit_status: Option<i32>,
+    /// Why it failed.
+    pub message: Option<String>,
+    /// The project diff to apply.
+    pub project_diff: json_patch::Patch,
+    /// The environment diff to apply.
+    pub environment_diff: json_patch::Patch,
+    /// The child actions to add (only when the step succeeded).
+    pub children: Vec<String>,
+    /// Their strategy.
+    pub child_strategy: Option<String>,
+}
+
+/// The store: one connection, shared by the scheduler's threads.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn json_of(text: &str, what: impl FnOnce() -> String) -> Result<Map<String, Value>, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Json { what: what(), source })
+}
+
+/// Whether a process with this id runs (a controller that died leaves its id behind).
+pub fn pid_alive(pid: i64) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => !is_zombie(pid),
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+impl Store {
+    /// Opens (creating when needed) `<state_dir>/opschain.db`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
+        let path = state_dir.join(DB_FILE);
+        let open = |path: &Path| -> Result<Connection, rusqlite::Error> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        };
+        let conn = open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        Ok(Store { conn: Mutex::new(conn), path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id of project `code`, creating it (with empty properties, version 0) when absent.
+    pub fn ensure_project(&self, code: &str) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        let id = tx.query_row("SELECT id FROM projects WHERE code = ?1", [code], |r| r.get(0)).optional().map_err(q("find project"))?;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                tx.execute("INSERT INTO projects (code) VALUES (?1)", [code]).map_err(q("create project"))?;
+                let id = tx.last_insert_rowid();
+                tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('project', ?1, 0, '{}')", [id]).map_err(q("create project properties"))?;
+                id
+            }
+        };
+        tx.commit().map_err(q("commit"))?;
+        Ok(id)
+    }
+
+    /// The id of environment `code` of a project, creating it when absent.
+    pub fn ensure_environment(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        let id = tx
+            .query_row("SELECT id FROM environments WHERE project_id = ?1 AND code = ?2", params![project_id, code], |r| r.get(0))
+            .optional()
+            .map_err(q("find environment"))?;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                tx.execute("INSERT INTO environments (project_id, code) VALUES (?1, ?2)", params![project_id, code]).map_err(q("create environment"))?;
+                let id = tx.last_insert_rowid();
+                tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('environment', ?1, 0, '{}')", [id])
+                    .map_err(q("create environment properties"))?;
+                id
+            }
+        };
+        tx.commit().map_err(q("commit"))?;
+        Ok(id)
+    }
+
+    /// Sets whether a project lets several changes run at once in one environment (default: no).
+    pub fn set_allow_parallel_changes(&self, project_id: i64, allow: bool) -> Result<(), StoreError> {
+        self.conn()
+            .execute("UPDATE projects SET allow_parallel_changes = ?2 WHERE id = ?1", params![project_id, allow])
+            .map_err(q("update project settings"))?;
+        Ok(())
+    }
+
+    /// The latest version of a level's properties.
+    pub fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
+        latest(&self.conn(), level, owner)
+    }
+
+    /// Every version of a level's properties, oldest first.
+    pub fn properties_history(&self, level: Level, owner: i64) -> Result<Vec<PropertiesVersion>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version")
+            .map_err(q("list properties versions"))?;
+        let rows = stmt
+            .query_map(params![level.as_str(), owner], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(q("list properties versions"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, json, step_id, created_at) = row.map_err(q("list properties versions"))?;
+            out.push(PropertiesVersion { version, json: json_of(&json, || format!("{} properties v{version}", level.as_str()))?, step_id, created_at });
+        }
+        Ok(out)
+    }
+
+    /// Stores a new version of a level's properties (a user's `set` or `edit`); returns its number.
+    pub fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        let version = insert_version(&tx, level, owner, json, None)?;
+        tx.commit().map_err(q("commit"))?;
+        Ok(version)
+    }
+
+    /// The version `version` of a level's properties.
+    pub fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError> {
+        let json: String = self
+            .conn()
+            .query_row("SELECT json FROM properties WHERE level = ?1 AND owner_id = ?2 AND version = ?3", params![level.as_str(), owner, version], |r| r.get(0))
+            .map_err(q("read properties version"))?;
+        json_of(&json, || format!("{} properties v{version}", level.as_str()))
+    }
+
+    /// Creates or replaces a secret set (`{"NAME": "value"}`).
+    pub fn set_secrets(&self, name: &str, secrets: &Map<String, Value>) -> Result<(), StoreError> {
+        let json = Value::Object(secrets.clone()).to_string();
+        self.conn()
+            .execute(
+                "INSERT INTO secret_sets (name, json) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET json = excluded.json, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')",
+                params![name, json],
+            )
+            .map_err(q("store secret set"))?;
+        Ok(())
+    }
+
+    /// A secret set, or `None` when it does not exist.
+    pub fn secrets(&self, name: &str) -> Result<Option<Map<String, Value>>, StoreError> {
+        let json: Option<String> =
+            self.conn().query_row("SELECT json FROM secret_sets WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(q("read secret set"))?;
+        json.map(|j| json_of(&j, || format!("secret set {name}"))).transpose()
+    }
+
+    /// The names of the secret sets.
+    pub fn secret_set_names(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name FROM secret_sets ORDER BY name").map_err(q("list secret sets"))?;
+        let names = stmt.query_map([], |r| r.get(0)).map_err(q("list secret sets"))?.collect::<Result<Vec<String>, _>>().map_err(q("list secret sets"))?;
+        Ok(names)
+    }
+
+    /// Creates a change (status `pending`) with its root step; returns the change id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_change(
+        &self,
+        project_id: i64,
+        environment_id: i64,
+        action: &str,
+        repo: &Path,
+        git_rev: &str,
+        commit: &str,
+        backend: &str,
+        secret_set: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        tx.execute(
+            "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+            params![project_id, environment_id, action, repo.to_string_lossy(), git_rev, commit, backend, secret_set],
+        )
+        .map_err(q("create change"))?;
+        let id = tx.last_insert_rowid();
+        tx.execute("INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, NULL, 0, ?2, 'pending')", params![id, action])
+            .map_err(q("create root step"))?;
+        tx.commit().map_err(q("commit"))?;
+        Ok(id)
+    }
+
+    /// Makes this process the change's controller and marks it `running`, unless another live
+    /// controller runs a change in the same environment and the project does not allow parallel
+    /// changes: then returns the blocking change's id and changes nothing.
+    pub fn try_start_change(&self, change_id: i64, pid: i64) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        let (env, allow): (i64, bool) = tx
+            .query_row(
+                "SELECT c.environment_id, p.allow_parallel_changes FROM changes c JOIN projects p ON p.id = c.project_id WHERE c.id = ?1",
+                [change_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(q("read change"))?;
+        if !allow {
+            let mut stmt = tx
+                .prepare("SELECT id, controller_pid FROM changes WHERE environment_id = ?1 AND id != ?2 AND status = 'running' AND controller_pid IS NOT NULL")
+                .map_err(q("find running changes"))?;
+            let running = stmt
+                .query_map(params![env, change_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(q("find running changes"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(q("find running changes"))?;
+            drop(stmt);
+            if let Some((blocking, _)) = running.into_iter().find(|&(_, pid)| pid_alive(pid)) {
+                return Ok(Some(blocking));
+            }
+        }
+        tx.execute(
+            "UPDATE changes SET status = 'running', controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
+            params![change_id, pid],
+        )
+        .map_err(q("start change"))?;
+        tx.commit().map_err(q("commit"))?;
+        Ok(None)
+    }
+
+    /// Marks a change `queued` (waiting for its environment).
+    pub fn set_change_status(&self, change_id: i64, status: ChangeStatus) -> Result<(), StoreError> {
+        let finished = status.is_final();
+        self.conn()
+            .execute(
+                "UPDATE changes SET status = ?2, finished_at = CASE WHEN ?3 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE NULL END WHERE id = ?1",
+                params![change_id, status.as_str(), finished],
+            )
+            .map_err(q("update change status"))?;
+        Ok(())
+    }
+
+    /// Asks for a change's cancellation (its controller sees the flag).
+    pub fn request_cancel(&self, change_id: i64) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE changes SET cancel_requested = 1 WHERE id = ?1", [change_id]).map_err(q("request cancel"))?;
+        Ok(())
+    }
+
+    /// Whether cancellation of the change was asked for.
+    pub fn cancel_requested(&self, change_id: i64) -> Result<bool, StoreError> {
+        self.conn().query_row("SELECT cancel_requested FROM changes WHERE id = ?1", [change_id], |r| r.get(0)).map_err(q("read cancel flag"))
+    }
+
+    /// A change by id.
+    pub fn change(&self, change_id: i64) -> Result<ChangeRow, StoreError> {
+        self.changes(Some(change_id))?.pop().ok_or_else(|| StoreError::NotFound(format!("change {change_id}")))
+    }
+
+    /// Every change (or one), newest last.
+    pub fn changes(&self, only: Option<i64>) -> Result<Vec<ChangeRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT c.id, p.code, p.id, e.code, e.id, c.action, c.repo, c.git_rev, c.commit_sha, c.backend, c.secret_set, c.status,
+                        c.cancel_requested, c.controller_pid, c.created_at, c.finished_at
+                 FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id
+                 WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.id",
+            )
+            .map_err(q("list changes"))?;
+        let rows = stmt
+            .query_map([only], |r| {
+                Ok(ChangeRow {
+                    id: r.get(0)?,
+                    project: r.get(1)?,
+                    project_id: r.get(2)?,
+                    environment: r.get(3)?,
+                    environment_id: r.get(4)?,
+                    action: r.get(5)?,
+                    repo: PathBuf::from(r.get::<_, String>(6)?),
+                    git_rev: r.get(7)?,
+                    commit: r.get(8)?,
+                    backend: r.get(9)?,
+                    secret_set: r.get(10)?,
+                    status: ChangeStatus::parse(&r.get::<_, String>(11)?),
+                    cancel_requested: r.get(12)?,
+                    controller_pid: r.get(13)?,
+                    created_at: r.get(14)?,
+                    finished_at: r.get(15)?,
+                })
+            })
+            .map_err(q("list changes"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("list changes"))
+    }
+
+    /// The steps of a change, parents before children, siblings in order.
+    pub fn steps(&self, change_id: i64) -> Result<Vec<StepRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, parent_id, position, action, status, child_strategy, exit_status, message, started_at, finished_at,
+                        (julianday(finished_at) - julianday(started_at)) * 86400.0
+                 FROM steps WHERE change_id = ?1 ORDER BY id",
+            )
+            .map_err(q("list steps"))?;
+        let rows = stmt
+            .query_map([change_id], |r| {
+                Ok(StepRow {
+                    id: r.get(0)?,
+                    parent_id: r.get(1)?,
+                    position: r.get(2)?,
+                    action: r.get(3)?,
+                    status: StepStatus::parse(&r.get::<_, String>(4)?),
+                    child_strategy: r.get(5)?,
+                    exit_status: r.get(6)?,
+                    message: r.get(7)?,
+                    started_at: r.get(8)?,
+                    finished_at: r.get(9)?,
+                    duration_secs: r.get(10)?,
+                })
+            })
+            .map_err(q("list steps"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("list steps"))
+    }
+
+    /// Moves a step to `queued`, `aborted` or `cancelled` (no timing change).
+    pub fn set_step_status(&self, step_id: i64, status: StepStatus, message: Option<&str>) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE steps SET status = ?2, message = COALESCE(?3, message),
+                    finished_at = CASE WHEN ?4 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE finished_at END WHERE id = ?1",
+                params![step_id, status.as_str(), message, status.is_final()],
+            )
+            .map_err(q("update step status"))?;
+        Ok(())
+    }
+
+    /// Marks a step `running` and returns the properties it starts with (project, environment),
+    /// recording their versions on the step.
+    pub fn start_step(&self, step_id: i64, project_id: i64, environment_id: i64) -> Result<StartingProperties, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        let project = latest(&tx, Level::Project, project_id)?;
+        let environment = latest(&tx, Level::Environment, environment_id)?;
+        tx.execute(
+            "UPDATE steps SET status = 'running', project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
+                started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
+            params![step_id, project.version, environment.version],
+        )
+        .map_err(q("start step"))?;
+        tx.commit().map_err(q("commit"))?;
+        Ok(StartingProperties { project: project.json, environment: environment.json })
+    }
+
+    /// Ends a step in ONE transaction: applies its diffs to the current properties (new versions),
+    /// records its status, and adds its children as `pending`. A diff that does not apply rolls
+    /// the diffs back and ends the step `error` with the conflict explained. Returns the final
+    /// status and the message, if any.
+    pub fn finish_step(&self, step_id: i64, project_id: i64, environment_id: i64, end: StepEnd) -> Result<(StepStatus, Option<String>), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        let (change_id, project_version, environment_version, action): (i64, Option<i64>, Option<i64>, String) = tx
+            .query_row("SELECT change_id, project_version, environment_version, action FROM steps WHERE id = ?1", [step_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(q("read step"))?;
+        let mut status = end.status;
+        let mut message = end.message.clone();
+        let mut updates = Vec::new();
+        for (level, owner, started, diff) in [
+            (Level::Project, project_id, project_version, &end.project_diff),
+            (Level::Environment, environment_id, environment_version, &end.environment_diff),
+        ] {
+            if diff.0.is_empty() {
+                continue;
+            }
+            let current = latest(&tx, level, owner)?;
+            let mut doc = Value::Object(current.json.clone());
+            match json_patch::patch(&mut doc, diff) {
+                Ok(()) => match doc {
+                    Value::Object(map) => updates.push((level, owner, map)),
+                    _ => unreachable!("a patch cannot turn the root object into another type without a root op"),
+                },
+                Err(error) => {
+                    let original = match started {
+                        Some(v) => version_json(&tx, level, owner, v)?,
+                        None => Map::new(),
+                    };
+                    let (project, environment): (String, String) = tx
+                        .query_row(
+                            "SELECT p.code, e.code FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id WHERE c.id = ?1",
+                            [change_id],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .map_err(q("read change codes"))?;
+                    let conflict = Conflict {
+                        project,
+                        environment,
+                        level: level.as_str(),
+                        step_id,
+                        action: action.clone(),
+                        change_id,
+                        error: error.to_string(),
+                        original,
+                        patch: diff.clone(),
+                        current: current.json,
+                    };
+                    let text = patch::explain(&conflict);
+                    message = Some(match message {
+                        Some(m) => format!("{m}\n{text}"),
+                        None => text,
+                    });
+                    status = StepStatus::Error;
+                    updates.clear();
+                    break;
+                }
+            }
+        }
+        for (level, owner, map) in &updates {
+            insert_version(&tx, *level, *owner, map, Some(step_id))?;
+        }
+        tx.execute(
+            "UPDATE steps SET status = ?2, exit_status = ?3, message = ?4, child_strategy = ?5,
+                finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1",
+            params![step_id, status.as_str(), end.exit_status, message, if status == StepStatus::Success { end.child_strategy.clone() } else { None }],
+        )
+        .map_err(q("finish step"))?;
+        if status == StepStatus::Success {
+            for (position, child) in end.children.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+                    params![change_id, step_id, position as i64, child],
+                )
+                .map_err(q("add child step"))?;
+            }
+        }
+        tx.commit().map_err(q("commit"))?;
+        Ok((status, message))
+    }
+
+    /// Appends one line to a step's log.
+    pub fn append_log(&self, step_id: i64, stream: &str, line: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("INSERT INTO step_logs (step_id, stream, line) VALUES (?1, ?2, ?3)", params![step_id, stream, line])
+            .map_err(q("append step log"))?;
+        Ok(())
+    }
+
+    /// Every log line of a change, in order.
+    pub fn logs(&self, change_id: i64) -> Result<Vec<LogLine>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT l.step_id, s.action, l.stream, l.at, l.line FROM step_logs l JOIN steps s ON s.id = l.step_id WHERE s.change_id = ?1 ORDER BY l.id")
+            .map_err(q("read logs"))?;
+        let rows = stmt
+            .query_map([change_id], |r| Ok(LogLine { step_id: r.get(0)?, action: r.get(1)?, stream: r.get(2)?, at: r.get(3)?, line: r.get(4)? }))
+            .map_err(q("read logs"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("read logs"))
+    }
+
+    /// Prepares a change for `retry`, in one transaction: every step that did not succeed goes back
+    /// to `pending` and loses its descendants (it reports its children again when it runs); the
+    /// successful steps and their successful subtrees are kept. Returns how many steps will re-run.
+    pub fn reset_for_retry(&self, change_id: i64) -> Result<usize, StoreError> {
+        let steps = self.steps(change_id)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        let mut reset = 0;
+        let mut stack: Vec<i64> = steps.iter().filter(|s| s.parent_id.is_none()).map(|s| s.id).collect();
+        while let Some(id) = stack.pop() {
+            let step = steps.iter().find(|s| s.id == id).expect("listed");
+            if step.status == StepStatus::Success {
+                stack.extend(steps.iter().filter(|s| s.parent_id == Some(id)).map(|s| s.id));
+                continue;
+            }
+            reset += 1;
+            let mut doomed: Vec<i64> = Vec::new();
+            let mut frontier = vec![id];
+            while let Some(p) = frontier.pop() {
+                for c in steps.iter().filter(|s| s.parent_id == Some(p)) {
+                    doomed.push(c.id);
+                    frontier.push(c.id);
+                }
+            }
+            for d in doomed.iter().rev() {
+                tx.execute("DELETE FROM step_logs WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
+                tx.execute("UPDATE properties SET step_id = NULL WHERE step_id = ?1", [d]).map_err(q("detach properties"))?;
+                tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
+            }
+            tx.execute(
+                "UPDATE steps SET status = 'pending', exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
+                [id],
+            )
+            .map_err(q("reset step"))?;
+        }
+        tx.execute("UPDATE changes SET status = 'pending', cancel_requested = 0, finished_at = NULL WHERE id = ?1", [change_id])
+            .map_err(q("reset change"))?;
+        tx.commit().map_err(q("commit"))?;
+        Ok(reset)
+    }
+
+    /// Ends a change whose controller is gone: pending, queued and running steps become
+    /// `cancelled`, and so does the change.
+    pub fn cancel_orphaned(&self, change_id: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
+        tx.execute(
+            "UPDATE steps SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN ('pending','queued','running')",
+            [change_id],
+        )
+        .map_err(q("cancel steps"))?;
+        tx.execute("UPDATE changes SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", [change_id])
+            .map_err(q("cancel change"))?;
+        tx.commit().map_err(q("commit"))?;
+        Ok(())
+    }
+
+    /// The id of a project by code.
+    pub fn project_id(&self, code: &str) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row("SELECT id FROM projects WHERE code = ?1", [code], |r| r.get(0))
+            .optional()
+            .map_err(q("find project"))?
+            .ok_or_else(|| StoreError::NotFound(format!("project {code:?}")))
+    }
+
+    /// The id of an environment of a project by code.
+    pub fn environment_id(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row("SELECT id FROM environments WHERE project_id = ?1 AND code = ?2", params![project_id, code], |r| r.get(0))
+            .optional()
+            .map_err(q("find environment"))?
+            .ok_or_else(|| StoreError::NotFound(format!("environment {code:?}")))
+    }
+}
+
+fn latest(conn: &Connection, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
+    let (version, json, step_id, created_at): (i64, String, Option<i64>, String) = conn
+        .query_row(
+            "SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version DESC LIMIT 1",
+            params![level.as_str(), owner],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(q("read properties"))?
+        .ok_or_else(|| StoreError::NotFound(format!("{} {owner} properties", level.as_str())))?;
+    Ok(PropertiesVersion { version, json: json_of(&json, || format!("{} properties v{version}", level.as_str()))?, step_id, created_at })
+}
+
+fn version_json(conn: &Connection, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError> {
+    let json: String = conn
+        .query_row("SELECT json FROM properties WHERE level = ?1 AND owner_id = ?2 AND version = ?3", params![level.as_str(), owner, version], |r| r.get(0))
+        .map_err(q("read properties version"))?;
+    json_of(&json, || format!("{} properties v{version}", level.as_str()))
+}
+
+fn insert_version(conn: &Connection, level: Level, owner: i64, json: &Map<String, Value>, step_id: Option<i64>) -> Result<i64, StoreError> {
+    let next: i64 = conn
+        .query_row("SELECT COALESCE(MAX(version), -1) + 1 FROM properties WHERE level = ?1 AND owner_id = ?2", params![level.as_str(), owner], |r| r.get(0))
+        .map_err(q("next properties version"))?;
+    conn.execute(
+        "INSERT INTO properties (level, owner_id, version, json, step_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![level.as_str(), owner, next, Value::Object(json.clone()).to_string(), step_id],
+    )
+    .map_err(q("store properties version"))?;
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn patch(v: Value) -> json_patch::Patch {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn setup() -> (tempfile::TempDir, Store, i64, i64, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.ensure_project("p").unwrap();
+        let e = store.ensure_environment(p, "dev").unwrap();
+        let c = store.create_change(p, e, "root", dir.path(), "HEAD", "0000", "process", None).unwrap();
+        (dir, store, p, e, c)
+    }
+
+    fn end(project: Value, environment: Value, children: &[&str]) -> StepEnd {
+        StepEnd {
+            status: StepStatus::Success,
+            exit_status: Some(0),
+            message: None,
+            project_diff: patch(project),
+            environment_diff: patch(environment),
+            children: children.iter().map(|c| c.to_string()).collect(),
+            child_strategy: Some("parallel".into()),
+        }
+    }
+
+    #[test]
+    fn a_step_end_applies_both_diffs_as_new_versions_and_adds_its_children() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let (status, message) = store
+            .finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/b", "value": 2}]), &["x", "y"]))
+            .unwrap();
+        assert_eq!((status, message), (StepStatus::Success, None));
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1})));
+        assert_eq!(store.properties(Level::Environment, e).unwrap().version, 1);
+        let steps = store.steps(c).unwrap();
+        assert_eq!(steps.iter().filter(|s| s.parent_id == Some(root)).map(|s| s.action.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(steps[0].child_strategy.as_deref(), Some("parallel"));
+    }
+
+    #[test]
+    fn a_conflict_in_the_second_level_applies_nothing_and_adds_no_children() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.set_properties(Level::Environment, e, &obj(json!({"cfg": {"a": 1}}))).unwrap();
+        store.start_step(root, p, e).unwrap();
+        // Another writer removes /cfg while the step runs.
+        store.set_properties(Level::Environment, e, &obj(json!({}))).unwrap();
+        let (status, message) = store
+            .finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/cfg/b", "value": 2}]), &["x"]))
+            .unwrap();
+        assert_eq!(status, StepStatus::Error);
+        let message = message.unwrap();
+        assert!(message.contains("environment properties changes of step"), "{message}");
+        assert!(message.contains("\"cfg\""), "the original is shown: {message}");
+        assert_eq!(store.properties(Level::Project, p).unwrap().version, 0, "the project diff was not half-applied");
+        assert_eq!(store.properties(Level::Environment, e).unwrap().json, Map::new());
+        assert_eq!(store.steps(c).unwrap().len(), 1, "no children of a failed step");
+    }
+
+    #[test]
+    fn retry_resets_what_did_not_succeed_and_drops_its_descendants() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &["ok", "bad"])).unwrap();
+        let steps = store.steps(c).unwrap();
+        let (ok, bad) = (steps[1].id, steps[2].id);
+        store.start_step(ok, p, e).unwrap();
+        store.finish_step(ok, p, e, end(json!([]), json!([]), &[])).unwrap();
+        store.start_step(bad, p, e).unwrap();
+        store.finish_step(bad, p, e, end(json!([]), json!([]), &["grandchild"])).unwrap();
+        store.set_step_status(bad, StepStatus::Running, None).unwrap();
+        assert_eq!(store.reset_for_retry(c).unwrap(), 1);
+        let steps = store.steps(c).unwrap();
+        assert_eq!(steps.len(), 3, "the grandchild of the reset step is gone");
+        assert_eq!(steps.iter().find(|s| s.id == ok).unwrap().status, StepStatus::Success);
+        assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
+        assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
+    }
+}
