@@ -159,9 +159,9 @@ impl<'a> Walk<'a, '_> {
     /// member gone, an `add` per member new, and the diff of every member in both.
     fn object(&mut self, before: &'a Map<String, Value>, after: &'a Map<String, Value>) {
         let mut kept = 0;
-        for (key, old) in before {
+        for (key, old, new) in members(before, after) {
             self.path.push(Segment::Key(key));
-            match after.get(key) {
+            match new {
                 Some(new) => {
                     kept += 1;
                     self.value(old, new);
@@ -191,14 +191,14 @@ impl<'a> Walk<'a, '_> {
         let prefix = before
             .iter()
             .zip(after)
-            .take_while(|(old, new)| old == new)
+            .take_while(|(old, new)| equal(old, new))
             .count();
         let (before, after) = (&before[prefix..], &after[prefix..]);
         let suffix = before
             .iter()
             .rev()
             .zip(after.iter().rev())
-            .take_while(|(old, new)| old == new)
+            .take_while(|(old, new)| equal(old, new))
             .count();
         let before = &before[..before.len() - suffix];
         let after = &after[..after.len() - suffix];
@@ -211,7 +211,8 @@ impl<'a> Walk<'a, '_> {
         };
         // A middle of only insertions, only removals, or one element changed in place is one
         // hunk already; anything else is worth aligning.
-        let simple = before.is_empty() || after.is_empty() || (before.len() == 1 && after.len() == 1);
+        let simple =
+            before.is_empty() || after.is_empty() || (before.len() == 1 && after.len() == 1);
         if simple {
             self.hunk(prefix, before, after, whole);
             return;
@@ -278,7 +279,8 @@ impl<'a> Walk<'a, '_> {
     /// Emits `remove` at [`Walk::path`].
     fn remove(&mut self) {
         let path = self.pointer();
-        self.ops.push(PatchOperation::Remove(RemoveOperation { path }));
+        self.ops
+            .push(PatchOperation::Remove(RemoveOperation { path }));
     }
 
     /// Emits `replace` with `value` at [`Walk::path`].
@@ -288,6 +290,72 @@ impl<'a> Walk<'a, '_> {
             path,
             value: value.clone(),
         }));
+    }
+}
+
+/// Whether `a == b`, as serde_json's `==` says, found with fewer key lookups.
+///
+/// The same comparison, except that object members are paired by [`members`]: when both objects
+/// list their keys in the same order, as a document and an edited copy of it do, a member's
+/// partner is found by comparing its key with the next key of the other object rather than by
+/// hashing it.
+fn equal(a: &Value, b: &Value) -> bool {
+    if std::ptr::eq(a, b) {
+        return true;
+    }
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len() && members(a, b).all(|(_, x, y)| y.is_some_and(|y| equal(x, y)))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equal(x, y))
+        }
+        _ => a == b,
+    }
+}
+
+/// The members of `before`, in order, each with the value of `after` under the same key, if any.
+fn members<'a>(before: &'a Map<String, Value>, after: &'a Map<String, Value>) -> Members<'a> {
+    Members {
+        before: before.iter(),
+        after,
+        next: after.iter().peekable(),
+    }
+}
+
+/// The iterator of [`members`].
+///
+/// Keys are looked up in `after` by hashing only when the next member of `after` in order does not
+/// have the key: for two objects with their keys in the same order, each member costs one string
+/// comparison. A key missing from `after`, or a key that `after` lists elsewhere, costs one lookup
+/// and does not move `next`, so the pairing picks up again after a member added or removed.
+struct Members<'a> {
+    /// The members of `before` still to pair.
+    before: serde_json::map::Iter<'a>,
+    /// Where keys are looked up when `next` has another key.
+    after: &'a Map<String, Value>,
+    /// The member of `after` that the next member of `before` most likely pairs with: the one
+    /// after the last member paired in order.
+    next: std::iter::Peekable<serde_json::map::Iter<'a>>,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a String, &'a Value, Option<&'a Value>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, old) = self.before.next()?;
+        // Keys are unique in `after`, so a match here is the only member of `after` with this key.
+        if let Some(&(next_key, new)) = self.next.peek() {
+            if next_key == key {
+                self.next.next();
+                return Some((key, old, Some(new)));
+            }
+        }
+        Some((key, old, self.after.get(key)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.before.size_hint()
     }
 }
 
@@ -352,7 +420,7 @@ fn intern<'v>(before: &'v [Value], after: &'v [Value]) -> (Vec<usize>, Vec<usize
                 let mut seen = *entry.get();
                 loop {
                     let (other, next) = distinct[seen];
-                    if other == value {
+                    if equal(other, value) {
                         return seen;
                     }
                     match next {
@@ -494,7 +562,70 @@ fn shortest_edit_script(before: &[usize], after: &[usize], max_edits: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// Small documents from a small alphabet, so that two of them are often equal in part.
+    fn document() -> impl Strategy<Value = Value> {
+        let scalar = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (0i64..3).prop_map(Value::from),
+            Just(json!(0.0)),
+            Just(json!(-0.0)),
+            "[ab]{0,1}".prop_map(Value::String),
+        ];
+        scalar.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(("[abc]", inner), 0..4)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The same document with the members of every object rotated left by `by`.
+    fn rotated(doc: &Value, by: usize) -> Value {
+        match doc {
+            Value::Array(items) => Value::Array(items.iter().map(|v| rotated(v, by)).collect()),
+            Value::Object(members) => {
+                let mut members: Vec<_> = members.iter().collect();
+                if !members.is_empty() {
+                    let len = members.len();
+                    members.rotate_left(by % len);
+                }
+                Value::Object(
+                    members
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), rotated(v, by)))
+                        .collect(),
+                )
+            }
+            scalar => scalar.clone(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn equal_agrees_with_eq(a in document(), b in document(), by in 0usize..4) {
+            prop_assert_eq!(equal(&a, &b), a == b);
+            let c = rotated(&a, by);
+            prop_assert!(equal(&a, &c));
+            prop_assert_eq!(equal(&b, &c), b == c);
+        }
+
+        #[test]
+        fn members_pairs_each_key_with_its_value(
+            a in prop::collection::vec(("[a-e]", 0i64..2), 0..6),
+            b in prop::collection::vec(("[a-e]", 0i64..2), 0..6),
+        ) {
+            let a: Map<String, Value> = a.into_iter().map(|(k, v)| (k, v.into())).collect();
+            let b: Map<String, Value> = b.into_iter().map(|(k, v)| (k, v.into())).collect();
+            let paired: Vec<_> = members(&a, &b).map(|(k, x, y)| (k.clone(), x.clone(), y.cloned())).collect();
+            let expected: Vec<_> = a.iter().map(|(k, x)| (k.clone(), x.clone(), b.get(k).cloned())).collect();
+            prop_assert_eq!(paired, expected);
+        }
+    }
 
     fn apply(before: &Value, patch: &Patch) -> Value {
         let mut doc = before.clone();

@@ -70,7 +70,12 @@ fn each_record(check: impl Fn(&Value, &Value, Outcome) -> Result<(), String>) ->
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     checked
 }
 
@@ -88,9 +93,9 @@ fn json_patch_applies_as_the_suite_says() {
             (Outcome::Expected(expected), Ok(())) => Err(format!("gave {result}, not {expected}")),
             (Outcome::Expected(_), Err(err)) => Err(format!("refused: {err}")),
             (Outcome::Error(_), Err(_)) => Ok(()),
-            (Outcome::Error(error), Ok(())) => {
-                Err(format!("applied, giving {result}, but should fail: {error}"))
-            }
+            (Outcome::Error(error), Ok(())) => Err(format!(
+                "applied, giving {result}, but should fail: {error}"
+            )),
         }
     });
     assert!(checked > 100, "only {checked} records checked");

@@ -61,7 +61,8 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     let route = || prop::collection::vec(any::<Index>(), 0..4);
     prop_oneof![
-        (route(), any::<Index>(), key(), document()).prop_map(|(r, at, k, v)| Edit::Insert(r, at, k, v)),
+        (route(), any::<Index>(), key(), document())
+            .prop_map(|(r, at, k, v)| Edit::Insert(r, at, k, v)),
         (route(), any::<Index>()).prop_map(|(r, at)| Edit::Remove(r, at)),
         (route(), document()).prop_map(|(r, v)| Edit::Replace(r, v)),
         (route(), any::<Index>(), any::<Index>()).prop_map(|(r, from, to)| Edit::Move(r, from, to)),
@@ -160,7 +161,11 @@ fn reorder(doc: &Value) -> Value {
     match doc {
         Value::Array(items) => Value::Array(items.iter().map(reorder).collect()),
         Value::Object(members) => Value::Object(
-            members.iter().rev().map(|(k, v)| (k.clone(), reorder(v))).collect(),
+            members
+                .iter()
+                .rev()
+                .map(|(k, v)| (k.clone(), reorder(v)))
+                .collect(),
         ),
         scalar => scalar.clone(),
     }
@@ -278,7 +283,10 @@ results = [jsonpatch.apply_patch(case["before"], case["patch"]) for case in case
 with open(sys.argv[2], "w") as f:
     json.dump(results, f)
 "#;
-    match Command::new("python3").args(["-c", "import jsonpatch"]).output() {
+    match Command::new("python3")
+        .args(["-c", "import jsonpatch"])
+        .output()
+    {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
             eprintln!(
@@ -332,7 +340,8 @@ with open(sys.argv[2], "w") as f:
     for ((before, after, patch), result) in pairs.iter().zip(&results) {
         ops += patch.0.len();
         assert_eq!(
-            result, after,
+            result,
+            after,
             "jsonpatch applied {} to {before}",
             serde_json::to_string(patch).unwrap_or_default()
         );
