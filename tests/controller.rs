@@ -97,7 +97,8 @@ fn demo_change_runs_three_levels_with_files_env_secret_and_both_levels_of_proper
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("change 1 success"), "{}", text(&out));
-    assert!(stdout.contains("[2 prepare] log level debug"), "{}", text(&out));
+    assert!(stdout.contains("prepare stdout| log level debug; API token ****"), "the secret is masked: {}", text(&out));
+    assert!(!stdout.contains("tok-123"), "{}", text(&out));
 
     let tree = steps(state.path(), 1);
     let shape: Vec<(usize, &str)> = tree.iter().map(|(d, a, _)| (*d, a.as_str())).collect();
@@ -370,7 +371,7 @@ fn parallel_children_are_bounded_by_the_worker_count() {
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         let logs = String::from_utf8_lossy(&run(state.path(), &["change", "logs", "1"]).stdout).to_string();
-        logs.lines().filter_map(|l| l.rsplit_once("]  ").map(|(_, m)| m.to_string())).filter(|m| m == "start" || m == "end").collect()
+        logs.lines().filter_map(|l| l.rsplit_once("stdout| ").map(|(_, m)| m.trim().to_string())).filter(|m| m == "start" || m == "end").collect()
     };
     assert_eq!(marks("1"), ["start", "end", "start", "end"], "one worker: one step at a time");
     assert_eq!(marks("2"), ["start", "start", "end", "end"], "two workers: both at once");
@@ -385,10 +386,10 @@ fn a_change_runs_the_commit_its_git_rev_names_and_retry_keeps_that_commit() {
     let state = tempfile::tempdir().unwrap();
     let out = run(state.path(), &["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "say", "--git-rev", "HEAD~1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("[1 say] first commit"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("say stdout| first commit"), "{}", text(&out));
     let out = run(state.path(), &["change", "retry", "1"]);
     assert_eq!(out.status.code(), Some(1), "the retry runs the same (failing) commit: {}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("[1 say] first commit"), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("say stdout| first commit"), "{}", text(&out));
     let out = change_run(state.path(), repo.path(), "dev", "say");
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("second commit"), "{}", text(&out));
