@@ -10,7 +10,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use common::*;
 use opschain_runner::build::{self, BuildContextSpec, Docker};
@@ -225,24 +224,6 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     assert!(!out.join(".checkout").exists());
 }
 
-/// The static agent, built once per test binary (scripts/test has usually built it already).
-fn static_agent() -> &'static Result<PathBuf, String> {
-    static AGENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let output = Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args(["build", "--release", "--target", "x86_64-unknown-linux-musl", "--no-default-features", "--bin", "opschain-runner"])
-            .output()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !output.status.success() {
-            return Err(format!("the static agent did not build: {}", String::from_utf8_lossy(&output.stderr)));
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-        Ok(target.join("x86_64-unknown-linux-musl/release/opschain-runner"))
-    })
-}
-
 /// Removes the images it holds when dropped, also when a test fails.
 struct Images<'a> {
     docker: &'a Docker,
@@ -318,7 +299,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
             return;
         }
     };
-    let agent = match static_agent() {
+    let agent = match common::static_agent() {
         Ok(agent) => agent,
         Err(e) => panic!("{e}"),
     };

@@ -79,3 +79,22 @@ pub fn run_step(repo: &Path, args: &[&str]) -> Output {
 pub fn stderr_lines(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stderr).lines().map(str::to_string).collect()
 }
+
+/// The static agent, built once per test binary (scripts/test has usually built it already).
+pub fn static_agent() -> &'static Result<PathBuf, String> {
+    static AGENT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args(["build", "--release", "--target", "x86_64-unknown-linux-musl", "--no-default-features", "--bin", "opschain-runner"])
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("the static agent did not build: {}", String::from_utf8_lossy(&output.stderr)));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        Ok(target.join("x86_64-unknown-linux-musl/release/opschain-runner"))
+    })
+}
+
