@@ -76,7 +76,7 @@ fn change_context() -> Value {
         "context": {"project": {"code": "demo"}, "environment": {"code": "dev"}, "step": {"action": "hello"}},
         "project": {"properties": {
             "db": {"password": "not-for-the-build"},
-            "opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "from-property"},
+            "opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "prop-token-value"},
                          "config": {"build_secrets": ["team-secrets", "absent-set"]}}
         }},
         "environment": {"properties": {"opschain": {"env": {"LEVEL": "dev"}}}}
@@ -150,7 +150,7 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
     assert_eq!(std::fs::read_to_string(out.join("Dockerfile")).unwrap(), CUSTOM_DOCKERFILE);
     let env_context: Value = serde_json::from_slice(&std::fs::read(out.join("step_context_env.json")).unwrap()).unwrap();
     assert_eq!(env_context["context"], change_context()["context"]);
-    assert_eq!(env_context["project"]["properties"], json!({"opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "from-property"}, "config": {"build_secrets": ["team-secrets", "absent-set"]}}}));
+    assert_eq!(env_context["project"]["properties"], json!({"opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "prop-token-value"}, "config": {"build_secrets": ["team-secrets", "absent-set"]}}}));
     assert!(!String::from_utf8_lossy(&std::fs::read(out.join("step_context_env.json")).unwrap()).contains("not-for-the-build"));
 
     // repo.tar: the work tree at v1, with a .git whose HEAD is that commit.
@@ -368,8 +368,11 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     let started = run.unwrap();
     assert_eq!(started.status.code(), Some(0), "{}", String::from_utf8_lossy(&started.stderr));
     assert!(text(&started).contains("greeting=hello-from-property"), "{}", text(&started));
-    // The build secret never reaches the action, not even through opschain-exec: the property does.
-    assert!(text(&started).contains("action-token=from-property\nexec-token=from-property\n"), "{}", text(&started));
+    // The build secret never reaches the action, not even through opschain-exec: the property does
+    // (BUILD_TOKEN matches *_TOKEN, so the agent masks its value; the build secret, which the agent
+    // does not know, would show in clear).
+    assert!(text(&started).contains(" hello stdout| action-token=****\n"), "{}", text(&started));
+    assert!(text(&started).contains(" hello stdout| exec-token=****\n"), "{}", text(&started));
     assert!(!text(&started).contains(SECRET) && !String::from_utf8_lossy(&started.stderr).contains(SECRET));
     let result: Value = serde_json::from_slice(&std::fs::read(dir.path().join("step_result.json")).unwrap()).unwrap();
     assert_eq!(result["environment"]["properties_diff"], json!([{"op": "add", "path": "/greeted", "value": "hello-from-property"}]));
