@@ -20,8 +20,10 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 pub enum Durability {
     /// fsync the file before the rename and the directory after it (the step result).
     Durable,
-    /// fsync the file before the rename only (files an action reads right away).
-    FileOnly,
+    /// No fsync: atomic for every reader (rename), not across a power loss. For the files an
+    /// action reads right away and the runtime copies: a step whose machine loses power is re-run
+    /// whole, and an fsync per declared file costs more than the rest of the agent's start.
+    Rename,
 }
 
 /// Why an atomic write failed: the operation, the path, and the cause.
@@ -84,7 +86,9 @@ pub fn write_at(dirfd: &OwnedFd, dir: &Path, name: &Path, contents: &[u8], mode:
         // The umask may have narrowed the creation mode; set it exactly (never wider than asked).
         fchmod(file.as_raw_fd(), mode_bits).map_err(|e| err("set the mode of", e.into()))?;
         file.write_all(contents).map_err(|e| err("write", e))?;
-        file.sync_all().map_err(|e| err("fsync", e))?;
+        if durability == Durability::Durable {
+            file.sync_all().map_err(|e| err("fsync", e))?;
+        }
         renameat(Some(dirfd.as_raw_fd()), tmp, Some(dirfd.as_raw_fd()), name).map_err(|e| err("rename into place", e.into()))
     })();
     if let Err(e) = written {
@@ -122,7 +126,7 @@ mod tests {
         std::fs::write(&outside, "keep").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&outside, &link).unwrap();
-        write(&link, b"x", 0o600, Durability::FileOnly).unwrap();
+        write(&link, b"x", 0o600, Durability::Rename).unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
         assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     }

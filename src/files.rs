@@ -284,13 +284,13 @@ pub fn write(spec: &FileSpec) -> Result<(), WriteError> {
         Target::Beneath { base, path } => {
             let (dirfd, dir) = open_parents_beneath(base, path, &spec.declared)?;
             let name = path.file_name().map(Path::new).unwrap_or(path);
-            atomic::write_at(&dirfd, &dir, name, &spec.content, spec.mode, Durability::FileOnly)?;
+            atomic::write_at(&dirfd, &dir, name, &spec.content, spec.mode, Durability::Rename)?;
         }
         Target::Absolute(path) => {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|source| WriteError::CreateDir { at: parent.to_path_buf(), source })?;
             }
-            atomic::write(path, &spec.content, spec.mode, Durability::FileOnly)?;
+            atomic::write(path, &spec.content, spec.mode, Durability::Rename)?;
         }
     }
     Ok(())

@@ -106,7 +106,7 @@ fn edit(level: Level, change: impl FnOnce(&mut Map<String, Value>) -> Result<(),
     change(&mut doc)?;
     let mut bytes = serde_json::to_vec_pretty(&doc).map_err(HelperError::Value)?;
     bytes.push(b'\n');
-    atomic::write(&file, &bytes, 0o644, Durability::FileOnly)?;
+    atomic::write(&file, &bytes, 0o644, Durability::Rename)?;
     Ok(())
 }
 

@@ -257,7 +257,7 @@ impl Runtime {
             bytes.push(b'\n');
             bytes
         };
-        let write = |path: &Path, bytes: &[u8], mode| atomic::write(path, bytes, mode, Durability::FileOnly).map_err(StepError::Runtime);
+        let write = |path: &Path, bytes: &[u8], mode| atomic::write(path, bytes, mode, Durability::Rename).map_err(StepError::Runtime);
         write(&self.merged, &json(&prepared.merged), 0o444)?;
         write(&self.project, &json(&prepared.context.project.properties.0), 0o644)?;
         write(&self.environment, &json(&prepared.context.environment.properties.0), 0o644)?;

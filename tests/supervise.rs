@@ -754,7 +754,7 @@ fn run_measured(sup: &mut Supervisor, job: &Job) -> (Outcome, u64) {
 #[test]
 fn a_flood_of_lines_keeps_memory_bounded_and_counts_what_it_drops() {
     let _serial = serial();
-    let tally = Tally::with_delay(Duration::from_millis(20));
+    let tally = Tally::with_delay(Duration::from_millis(100));
     let sup = Supervisor::new(
         policy(),
         Masker::new(["secret-value"]),
