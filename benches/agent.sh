@@ -41,8 +41,10 @@ hyperfine -N --style basic --warmup 20 --runs "$runs" --export-json "$work/h.jso
   -n step "$bin --repo $repo step" \
   -n exec "$work/opschain-exec $true_bin" >/dev/null
 
-rss_step=$( { /usr/bin/time -f %M "$bin" --repo "$repo" step >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-rss_direct=$( { /usr/bin/time -f %M "$true_bin" >/dev/null; } 2>&1 | tail -1)
+/usr/bin/time -o "$work/rss_step" -f %M "$bin" --repo "$repo" step >/dev/null 2>&1
+/usr/bin/time -o "$work/rss_direct" -f %M "$true_bin"
+rss_step=$(tail -1 "$work/rss_step")
+rss_direct=$(tail -1 "$work/rss_direct")
 python3 - "$work/h.json" "$rss_step" "$rss_direct" "$(stat -c %s "$bin")" <<'PY'
 import json, statistics, sys
 results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
