@@ -333,7 +333,8 @@ fn one_change_at_a_time_per_environment_unless_the_project_allows_parallel_chang
         let deadline = Instant::now() + Duration::from_secs(60);
         let running = || {
             let out = run(state.path(), &["change", "show", &id.to_string()]);
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("] running")
+            let shown = String::from_utf8_lossy(&out.stdout);
+            out.status.success() && (shown.contains("] running") || shown.lines().next() == Some(format!("change {id} running").as_str()))
         };
         while !running() {
             assert!(Instant::now() < deadline, "change {id} never ran");
