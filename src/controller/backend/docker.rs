@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::{pump, read_result, status_code, wait_cancellable, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
 use crate::controller::repo;
 
 /// The Dockerfile used when the repository has none.
@@ -69,16 +69,8 @@ impl DockerBackend {
 
     fn streamed(&self, mut command: Command, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
         let program = self.config.docker.display().to_string();
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let status = std::thread::scope(|s| {
-            s.spawn(|| pump(stdout, "stdout", sink));
-            s.spawn(|| pump(stderr, "stderr", sink));
-            wait_cancellable(&mut child, cancel, self.config.grace)
-        })
-        .map_err(|source| BackendError::Spawn { program, source })?;
+        command.stdin(Stdio::null());
+        let status = run_streamed(command, program, sink, cancel, self.config.grace, |_| {})?;
         Ok(status_code(status))
     }
 }

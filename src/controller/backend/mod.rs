@@ -127,6 +127,35 @@ pub(crate) fn pump(pipe: impl std::io::Read, stream: &'static str, sink: &dyn Lo
     }
 }
 
+
+/// Spawns `command` with its output piped, streams stdout and stderr into `sink` line by line,
+/// and waits for it (cancellable, with `grace` between TERM and KILL). `after_wait` runs with the
+/// child's pid once it has exited, before the pumps are joined (the process backend ends the
+/// child's session there, so that leftovers holding the pipes open cannot stall the join).
+/// `program` names the command in errors.
+pub(crate) fn run_streamed(
+    mut command: std::process::Command,
+    program: String,
+    sink: &dyn LogSink,
+    cancel: &AtomicBool,
+    grace: std::time::Duration,
+    after_wait: impl FnOnce(u32) + Send,
+) -> Result<std::process::ExitStatus, BackendError> {
+    use std::process::Stdio;
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::scope(|s| {
+        s.spawn(|| pump(stdout, "stdout", sink));
+        s.spawn(|| pump(stderr, "stderr", sink));
+        let status = wait_cancellable(&mut child, cancel, grace);
+        after_wait(child.id());
+        status
+    })
+    .map_err(|source| BackendError::Spawn { program, source })
+}
+
 /// Waits for `child`, polling `cancel`: on cancel sends SIGTERM, then SIGKILL after `grace`.
 pub(crate) fn wait_cancellable(child: &mut std::process::Child, cancel: &AtomicBool, grace: std::time::Duration) -> std::io::Result<std::process::ExitStatus> {
     use std::sync::atomic::Ordering;

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{kill_session, pump, read_result, status_code, wait_cancellable, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::{kill_session, read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
 use crate::controller::repo;
 
 /// How the process backend runs.
@@ -86,9 +86,7 @@ impl Backend for ProcessBackend {
             .env_remove("OPSCHAIN_REPO_DIR")
             .env_remove("OPSCHAIN_REPO_FOLDER")
             .current_dir(&sandbox)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
         // The agent leads its own session (so that the step's leftovers can be found and killed),
         // and dies with the thread that started it: a controller killed with -9 leaves no agent
         // behind to race a retry.
@@ -105,18 +103,8 @@ impl Backend for ProcessBackend {
             });
         }
         let program = self.config.agent.display().to_string();
-        let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let status = std::thread::scope(|s| {
-            s.spawn(|| pump(stdout, "stdout", sink));
-            s.spawn(|| pump(stderr, "stderr", sink));
-            let status = wait_cancellable(&mut child, cancel, self.config.grace);
-            // What the action left running would hold the pipes open: end it with the step.
-            kill_session(child.id() as i32);
-            status
-        })
-        .map_err(|source| BackendError::Spawn { program, source })?;
+        // What the action left running would hold the pipes open: end it with the step.
+        let status = run_streamed(command, program, sink, cancel, self.config.grace, |pid| kill_session(pid as i32))?;
         let (result, result_error) = read_result(&folder.join("step_result.json"));
         if !self.config.keep_sandboxes {
             std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
