@@ -9,10 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-300}
 
+command -v hyperfine >/dev/null || { echo "benches/agent.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
 cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
 bin=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 repo=$work/repo
 mkdir -p "$repo/.opschain"
 ln -s "$bin" "$work/opschain-exec"
@@ -36,7 +37,10 @@ echo "context: $size bytes"
 "$bin" --repo "$repo" step >/dev/null 2>&1 || { echo "the step failed"; "$bin" --repo "$repo" step; exit 1; }
 
 export OPSCHAIN_REPO_DIR=$repo
-hyperfine -N --style basic --warmup 20 --runs "$runs" --export-json "$work/h.json" \
+# Every run starts as a step does in its fresh container: no runtime copies, no result and no
+# declared files yet (replacing an existing file by rename makes ext4 flush it first, a cost a
+# real step never pays). The same preparation runs before every command, `direct` included.
+hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config" --export-json "$work/h.json" \
   -n direct "$true_bin" \
   -n step "$bin --repo $repo step" \
   -n exec "$work/opschain-exec $true_bin" >/dev/null

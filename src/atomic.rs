@@ -43,6 +43,18 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Replaces `path` atomically with `contents`, created with `mode`.
 pub fn write(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), AtomicError> {
+    write_with(path, mode, durability, |out| out.write_all(contents))
+}
+
+/// As [`write`], with the contents streamed by `fill` into a buffered writer over the temporary
+/// file: a large document (the step result, the runtime copies) is serialised straight to disk,
+/// never held whole in memory. An error from `fill` is reported as a failed `write`.
+pub fn write_with(
+    path: &Path,
+    mode: u32,
+    durability: Durability,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), AtomicError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| AtomicError {
         op: "write (the path names no file)",
@@ -50,7 +62,7 @@ pub fn write(path: &Path, contents: &[u8], mode: u32, durability: Durability) ->
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
     let dirfd = open_dir(dir)?;
-    write_at(&dirfd, dir, Path::new(name), contents, mode, durability)
+    write_at_with(&dirfd, dir, Path::new(name), mode, durability, fill)
 }
 
 /// Opens `dir` as a directory file descriptor.
@@ -63,6 +75,30 @@ pub fn open_dir(dir: &Path) -> Result<OwnedFd, AtomicError> {
 
 /// Replaces `name` inside the directory `dirfd` (which is `dir`, named in errors) atomically.
 pub fn write_at(dirfd: &OwnedFd, dir: &Path, name: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), AtomicError> {
+    write_at_with(dirfd, dir, name, mode, durability, |out| out.write_all(contents))
+}
+
+/// Writes `value` as compact JSON and a final newline: the `fill` of the agent's JSON files.
+/// Compact, not pretty: the files are read by programs (`jq .` shows them to a person), and
+/// indenting a large document cost the agent more time than writing it.
+pub fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+/// The capacity of the buffer [`write_with`] streams through: large enough that a typical
+/// document takes a few `write` calls, small enough not to matter to the agent's peak memory.
+const STREAM_BUFFER: usize = 64 * 1024;
+
+/// As [`write_at`], with the contents streamed by `fill` (see [`write_with`]).
+pub fn write_at_with(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &Path,
+    mode: u32,
+    durability: Durability,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), AtomicError> {
     let target = dir.join(name);
     let tmp_name = format!(
         ".{}.tmp-{}-{}",
@@ -81,11 +117,13 @@ pub fn write_at(dirfd: &OwnedFd, dir: &Path, name: &Path, contents: &[u8], mode:
     )
     .map_err(|e| err("create a temporary file for", e.into()))?;
     // SAFETY: openat just returned this descriptor and nothing else owns it.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
     let written = (|| -> Result<(), AtomicError> {
         // The umask may have narrowed the creation mode; set it exactly (never wider than asked).
         fchmod(file.as_raw_fd(), mode_bits).map_err(|e| err("set the mode of", e.into()))?;
-        file.write_all(contents).map_err(|e| err("write", e))?;
+        let mut out = std::io::BufWriter::with_capacity(STREAM_BUFFER, file);
+        fill(&mut out).map_err(|e| err("write", e))?;
+        let file = out.into_inner().map_err(|e| err("write", e.into_error()))?;
         if durability == Durability::Durable {
             file.sync_all().map_err(|e| err("fsync", e))?;
         }

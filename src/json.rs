@@ -123,8 +123,15 @@ pub fn parse<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, JsonEr
         line: inner.line(),
         column: inner.column(),
     };
+    // Fast path: parse without tracking where the parser is. Only when that fails is the document
+    // parsed again with serde_path_to_error, to name the failing JSON path: the same bytes fail at
+    // the same place, and a valid document (the common case) pays for no path bookkeeping.
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    if let Ok(value) = T::deserialize(&mut de).and_then(|value| de.end().map(|()| value)) {
+        return Ok(value);
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let pointer = pointer_of(err.path());
         invalid(pointer, err.into_inner())
     })?;

@@ -127,13 +127,7 @@ impl Children {
 impl StepResult {
     /// Writes the result atomically and durably (temp file, fsync, rename, fsync directory).
     pub fn write(&self, path: &Path) -> Result<(), AtomicError> {
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| AtomicError {
-            op: "serialise",
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-        bytes.push(b'\n');
-        atomic::write(path, &bytes, RESULT_MODE, Durability::Durable)
+        atomic::write_with(path, RESULT_MODE, Durability::Durable, |out| atomic::json(out, self))
     }
 }
 

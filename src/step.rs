@@ -230,39 +230,49 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     })
 }
 
-/// The paths of the runtime files handed to the action.
+/// The runtime files handed to the action: their paths, and the bytes first written to the two
+/// writable level copies.
 struct Runtime {
     merged: PathBuf,
     project: PathBuf,
     environment: PathBuf,
     children: PathBuf,
+    /// The project copy as written: when the action leaves it byte for byte as it was, its diff
+    /// is empty without parsing it again (the common case: most steps change no properties).
+    project_written: Vec<u8>,
+    /// The environment copy as written (see `project_written`).
+    environment_written: Vec<u8>,
 }
 
 impl Runtime {
-    fn new(layout: &Layout) -> Runtime {
+    /// Writes the runtime files: the merged properties (read-only), the two writable level copies
+    /// and an empty child steps file. The JSON is compact: these files are read by programs, and
+    /// pretty-printing them cost more than the rest of writing them.
+    fn write(layout: &Layout, prepared: &Prepared) -> Result<Runtime, StepError> {
         let dir = layout.runtime_dir();
-        Runtime {
+        std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
+        let runtime = Runtime {
             merged: dir.join("properties.json"),
             project: dir.join("project_properties.json"),
             environment: dir.join("environment_properties.json"),
             children: dir.join("child_steps"),
-        }
-    }
-
-    fn write(&self, layout: &Layout, prepared: &Prepared) -> Result<(), StepError> {
-        let dir = layout.runtime_dir();
-        std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
-        let json = |value: &Map<String, Value>| {
-            let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-            bytes.push(b'\n');
-            bytes
+            project_written: json_bytes(&prepared.context.project.properties.0),
+            environment_written: json_bytes(&prepared.context.environment.properties.0),
         };
         let write = |path: &Path, bytes: &[u8], mode| atomic::write(path, bytes, mode, Durability::Rename).map_err(StepError::Runtime);
-        write(&self.merged, &json(&prepared.merged), 0o444)?;
-        write(&self.project, &json(&prepared.context.project.properties.0), 0o644)?;
-        write(&self.environment, &json(&prepared.context.environment.properties.0), 0o644)?;
-        write(&self.children, b"", 0o644)
+        atomic::write_with(&runtime.merged, 0o444, Durability::Rename, |out| atomic::json(out, &prepared.merged)).map_err(StepError::Runtime)?;
+        write(&runtime.project, &runtime.project_written, 0o644)?;
+        write(&runtime.environment, &runtime.environment_written, 0o644)?;
+        write(&runtime.children, b"", 0o644)?;
+        Ok(runtime)
     }
+}
+
+/// `value` as compact JSON and a final newline, as the runtime copies are written.
+fn json_bytes(value: &Map<String, Value>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    atomic::json(&mut bytes, value).expect("writing JSON to memory cannot fail");
+    bytes
 }
 
 /// The environment of the action's commands.
@@ -309,16 +319,18 @@ pub fn masker_for(prepared: &Prepared, options: &StepOptions) -> Masker {
 /// Runs a prepared step: writes the files and runtime copies, runs the plan under `supervisor`,
 /// diffs the writable levels and writes step_result.json. Once the action has run, the result is
 /// written whatever happened, so that no recorded change is lost.
-pub fn run(prepared: &Prepared, options: &StepOptions, supervisor: &mut Supervisor) -> Result<StepReport, StepError> {
-    let layout = &prepared.layout;
+///
+/// Takes the prepared step whole: its properties move into the diff and the result rather than
+/// being copied.
+pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Supervisor) -> Result<StepReport, StepError> {
+    let layout = &prepared.layout.clone();
     let initialise = Phase::start("initialise");
-    let runtime = Runtime::new(layout);
-    runtime.write(layout, prepared)?;
+    let runtime = Runtime::write(layout, &prepared)?;
     for spec in &prepared.files {
         files::write(spec)?;
         info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
     }
-    let env = action_env(prepared, &runtime, options);
+    let env = action_env(&prepared, &runtime, options);
     let initialise_ms = initialise.finish();
 
     let action_phase = Phase::start("action");
@@ -369,17 +381,26 @@ pub fn run(prepared: &Prepared, options: &StepOptions, supervisor: &mut Supervis
 
     let completing = Phase::start("completing");
     let mut error = None;
-    let mut level_diff = |path: &Path, before: &Map<String, Value>| match json::read_file::<StrictObject>(path, options.limit) {
-        Ok(StrictObject(after)) => diff(&Value::Object(before.clone()), &Value::Object(after)),
-        Err(source) => {
-            warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
-            error.get_or_insert(StepError::PropertiesCopy { source });
-            json_patch::Patch(Vec::new())
+    let mut level_diff = |path: &Path, written: &[u8], before: &mut Map<String, Value>| {
+        let read = json::read_bytes(path, options.limit).and_then(|bytes| {
+            if bytes == written {
+                return Ok(None);
+            }
+            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| Some(after))
+        });
+        match read {
+            Ok(None) => json_patch::Patch(Vec::new()),
+            Ok(Some(after)) => diff(&Value::Object(std::mem::take(before)), &Value::Object(after)),
+            Err(source) => {
+                warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
+                error.get_or_insert(StepError::PropertiesCopy { source });
+                json_patch::Patch(Vec::new())
+            }
         }
     };
-    let project_diff = level_diff(&runtime.project, &prepared.context.project.properties.0);
-    let environment_diff = level_diff(&runtime.environment, &prepared.context.environment.properties.0);
-    let mut children = prepared.declared_children.clone();
+    let project_diff = level_diff(&runtime.project, &runtime.project_written, &mut prepared.context.project.properties.0);
+    let environment_diff = level_diff(&runtime.environment, &runtime.environment_written, &mut prepared.context.environment.properties.0);
+    let mut children = std::mem::take(&mut prepared.declared_children);
     match std::fs::read_to_string(&runtime.children) {
         Ok(text) => children.extend(result::parse_child_steps(&text)),
         Err(e) => warn!(file = %runtime.children.display(), error = %e, "cannot read the child steps file"),
@@ -393,11 +414,11 @@ pub fn run(prepared: &Prepared, options: &StepOptions, supervisor: &mut Supervis
     let mut result = StepResult {
         project: LevelDiff { properties_diff: project_diff },
         environment: LevelDiff { properties_diff: environment_diff },
-        step: StepProperties { properties: prepared.merged.clone() },
+        step: StepProperties { properties: std::mem::take(&mut prepared.merged) },
         steps: Children::new(children, prepared.run_as),
         runner: Some(RunnerFacts {
             version: VERSION.to_string(),
-            action: prepared.action.clone(),
+            action: std::mem::take(&mut prepared.action),
             reason: last.as_ref().map(|o| o.reason),
             exit_status,
             code: last.as_ref().and_then(|o| o.code),

@@ -163,6 +163,26 @@ fn invalid_json_left_by_the_action_fails_the_step_but_keeps_the_other_level() {
 }
 
 #[test]
+fn a_copy_rewritten_with_the_same_properties_has_an_empty_diff_and_a_changed_one_its_own() {
+    // The agent compares each level copy with the bytes it wrote before parsing it again: a copy
+    // that differs only in formatting must still parse to an empty diff, and a changed one diff.
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(
+        repo.path(),
+        "[actions.a]\nrun = 'printf \"\\n  \" >> \"$OPSCHAIN_PROJECT_PROPERTIES\" && printf \"{\\\"n\\\": 2, \\\"keep\\\": [1]}\" > \"$OPSCHAIN_ENVIRONMENT_PROPERTIES\"'\n",
+    );
+    write_context(
+        repo.path(),
+        &json!({"context": {"step": {"action": "a"}}, "project": {"properties": {"keep": 1}}, "environment": {"properties": {"n": 1, "keep": [1]}}}),
+    );
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let r = result(repo.path());
+    assert_eq!(r["project"]["properties_diff"], json!([]));
+    assert_eq!(r["environment"]["properties_diff"], json!([{"op": "replace", "path": "/n", "value": 2}]));
+}
+
+#[test]
 fn repo_folder_can_be_mintpress() {
     let repo = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(repo.path().join(".mintpress")).unwrap();

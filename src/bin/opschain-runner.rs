@@ -30,6 +30,11 @@ use opschain_runner::supervise::{LineFormat, SupervisePolicy, Supervisor};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 
+/// The static (musl) build's allocator: dlmalloc, not musl's own (see Cargo.toml for why).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 /// The name this binary answers to as the build-time env wrapper.
 const EXEC_NAME: &str = "opschain-exec";
 
@@ -184,7 +189,7 @@ fn run_step(layout: &Layout, args: StepArgs, log_format: logging::LogFormat) -> 
         Ok(s) => s,
         Err(e) => return step_failure(&e.into()),
     };
-    let status = match step::run(&prepared, &options, &mut supervisor) {
+    let status = match step::run(prepared, &options, &mut supervisor) {
         Ok(report) => {
             if let Some(e) = &report.error {
                 eprintln!("opschain-runner: {e}");
