@@ -388,7 +388,7 @@ pub fn env_for(options: &ExecOptions, source: &ContextSource, context: &StepCont
             overlay.insert("env".into(), env.clone());
             let mut top = Map::new();
             top.insert("opschain".into(), Value::Object(overlay));
-            properties::merge_objects(&mut merged, &top);
+            properties::merge_objects(&mut merged, top);
         }
     }
     let mut vars = env::parse(&merged).map_err(|e| declaration(PointerError { pointer: format!("(merged properties) {}", e.pointer), message: e.message }))?;

@@ -40,21 +40,23 @@ pub enum PropertiesError {
     },
 }
 
-/// Deep-merges `overlay` into `base`: objects key by key, anything else replaced whole.
-pub fn merge(base: &mut Value, overlay: &Value) {
+/// Deep-merges `overlay` into `base`: objects key by key, anything else replaced whole. A key new
+/// to `base` is added after its existing keys; an existing key keeps its place.
+pub fn merge(base: &mut Value, overlay: Value) {
     match (base, overlay) {
         (Value::Object(base), Value::Object(overlay)) => merge_objects(base, overlay),
-        (base, overlay) => *base = overlay.clone(),
+        (base, overlay) => *base = overlay,
     }
 }
 
-/// Deep-merges the object `overlay` into `base`.
-pub fn merge_objects(base: &mut Map<String, Value>, overlay: &Map<String, Value>) {
+/// Deep-merges the object `overlay` into `base` (see [`merge`]), moving its values: a caller that
+/// keeps its overlay passes a clone, which costs no more than copying each value on its way in.
+pub fn merge_objects(base: &mut Map<String, Value>, overlay: Map<String, Value>) {
     for (key, value) in overlay {
-        match base.get_mut(key) {
+        match base.get_mut(&key) {
             Some(existing) => merge(existing, value),
             None => {
-                base.insert(key.clone(), value.clone());
+                base.insert(key, value);
             }
         }
     }
@@ -150,7 +152,7 @@ mod tests {
     #[test]
     fn merge_is_deep_for_objects_and_replaces_arrays_and_scalars() {
         let mut base = json!({"a": {"x": 1, "y": [1, 2]}, "b": 1, "c": {"k": 1}});
-        merge(&mut base, &json!({"a": {"y": [3], "z": 2}, "b": {"n": 1}, "c": 5}));
+        merge(&mut base, json!({"a": {"y": [3], "z": 2}, "b": {"n": 1}, "c": 5}));
         assert_eq!(base, json!({"a": {"x": 1, "y": [3], "z": 2}, "b": {"n": 1}, "c": 5}));
     }
 

@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::actions::RunAs;
@@ -46,10 +47,25 @@ pub struct LevelDiff {
 }
 
 /// `step.properties`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepProperties {
-    /// The merged properties the action used.
-    pub properties: Map<String, Value>,
+    /// The merged properties the action used, as JSON text: the agent writes the runtime copy's
+    /// text here verbatim instead of serialising the document a second time.
+    pub properties: Box<RawValue>,
+}
+
+impl StepProperties {
+    /// The merged properties, parsed (empty when the text is not a JSON object).
+    pub fn parsed(&self) -> Map<String, Value> {
+        serde_json::from_str(self.properties.get()).unwrap_or_default()
+    }
+}
+
+/// Equal when the documents are equal, whatever their formatting.
+impl PartialEq for StepProperties {
+    fn eq(&self, other: &StepProperties) -> bool {
+        self.properties.get() == other.properties.get() || self.parsed() == other.parsed()
+    }
 }
 
 /// `steps`: the children to run after this step.

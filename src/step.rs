@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
@@ -115,7 +116,8 @@ pub enum StepError {
 pub struct Prepared {
     /// Where things are.
     pub layout: Layout,
-    /// The step context as read.
+    /// The step context as read, but for the project and environment properties: those moved
+    /// into `merged`, `project_json` and `environment_json` (its two maps are left empty).
     pub context: StepContext,
     /// The action the step runs.
     pub action: String,
@@ -123,6 +125,11 @@ pub struct Prepared {
     pub plan: Vec<(String, Action)>,
     /// The merged properties.
     pub merged: Map<String, Value>,
+    /// The project properties as compact JSON: the project copy the action is handed, and the
+    /// base of the project diff.
+    pub project_json: Vec<u8>,
+    /// The environment properties as compact JSON (see `project_json`).
+    pub environment_json: Vec<u8>,
     /// The files to write, validated.
     pub files: Vec<FileSpec>,
     /// `opschain.env` of the merged properties, validated, in order.
@@ -170,7 +177,7 @@ fn millis(d: Duration) -> f64 {
 /// Reads and validates every input of the step. Writes nothing.
 pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepError> {
     let context_path = layout.step_context();
-    let context = StepContext::read(&context_path, options.limit).map_err(StepError::Context)?;
+    let mut context = StepContext::read(&context_path, options.limit).map_err(StepError::Context)?;
     let actions_path = layout.actions();
     let (action, from_flag) = match (&options.action, context.action()) {
         (Some(a), _) => (a.clone(), true),
@@ -199,10 +206,18 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     }
     env::check_secrets(&context.secrets).map_err(|source| StepError::Declaration { file: context_path.clone(), source })?;
 
+    drop(sources);
+
+    // The level copies as the action will find them, and the base of their diffs; then the
+    // levels' properties move into the merged view (no second copy is kept).
+    let project_json = json_bytes(&context.project.properties.0);
+    let environment_json = json_bytes(&context.environment.properties.0);
     let mut merged = Map::new();
-    for (_, _, props) in &sources {
+    for (_, props) in repo_sources {
         properties::merge_objects(&mut merged, props);
     }
+    properties::merge_objects(&mut merged, std::mem::take(&mut context.project.properties.0));
+    properties::merge_objects(&mut merged, std::mem::take(&mut context.environment.properties.0));
     let merged_error = |source: PointerError| StepError::Declaration {
         file: context_path.clone(),
         source: PointerError { pointer: format!("(merged properties) {}", source.pointer), message: source.message },
@@ -225,46 +240,49 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         action,
         plan,
         merged,
+        project_json,
+        environment_json,
         files,
         env,
     })
 }
 
-/// The runtime files handed to the action: their paths, and the bytes first written to the two
-/// writable level copies.
+/// The runtime files handed to the action.
 struct Runtime {
     merged: PathBuf,
     project: PathBuf,
     environment: PathBuf,
     children: PathBuf,
-    /// The project copy as written: when the action leaves it byte for byte as it was, its diff
-    /// is empty without parsing it again (the common case: most steps change no properties).
-    project_written: Vec<u8>,
-    /// The environment copy as written (see `project_written`).
-    environment_written: Vec<u8>,
+    /// The merged properties as written to `merged`, kept for the result's `step.properties`
+    /// (copied in verbatim rather than serialised twice).
+    merged_json: Box<RawValue>,
 }
 
 impl Runtime {
     /// Writes the runtime files: the merged properties (read-only), the two writable level copies
     /// and an empty child steps file. The JSON is compact: these files are read by programs, and
-    /// pretty-printing them cost more than the rest of writing them.
-    fn write(layout: &Layout, prepared: &Prepared) -> Result<Runtime, StepError> {
+    /// pretty-printing them cost more than the rest of writing them. Takes the merged properties:
+    /// from here on the step needs only their JSON text.
+    fn write(layout: &Layout, prepared: &Prepared, merged: Map<String, Value>) -> Result<Runtime, StepError> {
         let dir = layout.runtime_dir();
         std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
-        let runtime = Runtime {
-            merged: dir.join("properties.json"),
-            project: dir.join("project_properties.json"),
-            environment: dir.join("environment_properties.json"),
-            children: dir.join("child_steps"),
-            project_written: json_bytes(&prepared.context.project.properties.0),
-            environment_written: json_bytes(&prepared.context.environment.properties.0),
-        };
+        let mut merged_json = json_bytes(&merged);
+        drop(merged);
         let write = |path: &Path, bytes: &[u8], mode| atomic::write(path, bytes, mode, Durability::Rename).map_err(StepError::Runtime);
-        atomic::write_with(&runtime.merged, 0o444, Durability::Rename, |out| atomic::json(out, &prepared.merged)).map_err(StepError::Runtime)?;
-        write(&runtime.project, &runtime.project_written, 0o644)?;
-        write(&runtime.environment, &runtime.environment_written, 0o644)?;
-        write(&runtime.children, b"", 0o644)?;
-        Ok(runtime)
+        let (merged, project, environment, children) = (
+            dir.join("properties.json"),
+            dir.join("project_properties.json"),
+            dir.join("environment_properties.json"),
+            dir.join("child_steps"),
+        );
+        write(&merged, &merged_json, 0o444)?;
+        write(&project, &prepared.project_json, 0o644)?;
+        write(&environment, &prepared.environment_json, 0o644)?;
+        write(&children, b"", 0o644)?;
+        merged_json.pop(); // the final newline
+        let text = String::from_utf8(merged_json).expect("serde_json writes UTF-8");
+        let merged_json = RawValue::from_string(text).expect("serde_json writes valid JSON");
+        Ok(Runtime { merged, project, environment, children, merged_json })
     }
 }
 
@@ -325,7 +343,8 @@ pub fn masker_for(prepared: &Prepared, options: &StepOptions) -> Masker {
 pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Supervisor) -> Result<StepReport, StepError> {
     let layout = &prepared.layout.clone();
     let initialise = Phase::start("initialise");
-    let runtime = Runtime::write(layout, &prepared)?;
+    let merged = std::mem::take(&mut prepared.merged);
+    let runtime = Runtime::write(layout, &prepared, merged)?;
     for spec in &prepared.files {
         files::write(spec)?;
         info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
@@ -381,7 +400,9 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
 
     let completing = Phase::start("completing");
     let mut error = None;
-    let mut level_diff = |path: &Path, written: &[u8], before: &mut Map<String, Value>| {
+    // A copy left byte for byte as written has an empty diff, without parsing it (the common
+    // case: most steps change no properties); else both versions are parsed and diffed.
+    let mut level_diff = |path: &Path, written: &[u8]| {
         let read = json::read_bytes(path, options.limit).and_then(|bytes| {
             if bytes == written {
                 return Ok(None);
@@ -390,7 +411,10 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
         });
         match read {
             Ok(None) => json_patch::Patch(Vec::new()),
-            Ok(Some(after)) => diff(&Value::Object(std::mem::take(before)), &Value::Object(after)),
+            Ok(Some(after)) => {
+                let before: Value = serde_json::from_slice(written).expect("the agent's own JSON parses");
+                diff(&before, &Value::Object(after))
+            }
             Err(source) => {
                 warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
                 error.get_or_insert(StepError::PropertiesCopy { source });
@@ -398,8 +422,8 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
             }
         }
     };
-    let project_diff = level_diff(&runtime.project, &runtime.project_written, &mut prepared.context.project.properties.0);
-    let environment_diff = level_diff(&runtime.environment, &runtime.environment_written, &mut prepared.context.environment.properties.0);
+    let project_diff = level_diff(&runtime.project, &prepared.project_json);
+    let environment_diff = level_diff(&runtime.environment, &prepared.environment_json);
     let mut children = std::mem::take(&mut prepared.declared_children);
     match std::fs::read_to_string(&runtime.children) {
         Ok(text) => children.extend(result::parse_child_steps(&text)),
@@ -414,7 +438,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let mut result = StepResult {
         project: LevelDiff { properties_diff: project_diff },
         environment: LevelDiff { properties_diff: environment_diff },
-        step: StepProperties { properties: std::mem::take(&mut prepared.merged) },
+        step: StepProperties { properties: runtime.merged_json },
         steps: Children::new(children, prepared.run_as),
         runner: Some(RunnerFacts {
             version: VERSION.to_string(),
