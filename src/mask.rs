@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::nfa::contiguous;
-use aho_corasick::{AhoCorasick, Anchored, BuildError, Input, MatchError, MatchKind};
+use aho_corasick::{Anchored, BuildError, Input, MatchError, MatchKind};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 
@@ -434,7 +434,7 @@ impl Engine {
         match self {
             // A search error cannot happen (unanchored search is what the matcher is built for);
             // if it did, claiming a match makes `mask_into` fail closed.
-            Engine::Patterns(p) => !matches!(p.matcher.try_find(Input::new(bytes)), Ok(None)),
+            Engine::Patterns(p) => !matches!(p.matcher.try_find(&Input::new(bytes)), Ok(None)),
             Engine::Withhold => !bytes.is_empty(),
         }
     }
@@ -467,8 +467,10 @@ impl Engine {
 
 /// The compiled patterns: every secret and its encodings.
 struct Patterns {
-    /// Finds the patterns, leftmost-longest.
-    matcher: AhoCorasick,
+    /// Finds the patterns, leftmost-longest. A contiguous NFA used directly, not `AhoCorasick`:
+    /// that type links in every engine it might pick (the DFA among them), ~40 KB of a static
+    /// binary with a size budget, for no gain at the handful of patterns a step has.
+    matcher: contiguous::NFA,
     /// The same patterns under standard semantics, stepped by hand: after reading some bytes its
     /// state is the longest suffix of them that is a prefix of a pattern. That tells how much
     /// of a stream's end must be held back, in one pass over at most the longest pattern's length.
@@ -480,7 +482,7 @@ struct Patterns {
     /// occurs, so `hold_start` finds the first occurrence (a prefiltered search) and steps
     /// `prefixes` from there rather than across the whole window a long secret (a PEM key, say)
     /// would otherwise mean on every push. `None` when no pattern is longer than `HEAD_LEN`.
-    heads: Option<AhoCorasick>,
+    heads: Option<contiguous::NFA>,
     /// The trie node each state of `prefixes` stands for. Invariant: holds every state but the
     /// start state, that is, one entry per distinct non-empty prefix of a pattern.
     nodes: HashMap<StateID, Node>,
@@ -512,7 +514,7 @@ impl Patterns {
         let mut patterns: Vec<Vec<u8>> = secrets.iter().flat_map(|s| encoded_forms(s)).collect();
         patterns.sort_unstable();
         patterns.dedup();
-        let matcher = AhoCorasick::builder()
+        let matcher = contiguous::NFA::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)?;
         let prefixes = contiguous::NFA::builder()
@@ -528,7 +530,7 @@ impl Patterns {
             None
         } else {
             Some(
-                AhoCorasick::builder()
+                contiguous::NFA::builder()
                     .match_kind(MatchKind::LeftmostFirst)
                     .build(heads)?,
             )
@@ -641,7 +643,7 @@ impl Patterns {
         if start >= buf.len() {
             return start;
         }
-        match heads.try_find(Input::new(buf).range(start..)) {
+        match heads.try_find(&Input::new(buf).range(start..)) {
             Ok(Some(head)) => head.start().clamp(start, headless),
             Ok(None) => headless,
             // Cannot happen (unanchored search is what `heads` is built for); step it all.
