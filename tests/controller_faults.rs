@@ -491,3 +491,149 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
     assert_eq!(final_env["tokens"], json!({}), "every token was removed by some step");
     println!("{succeeded} steps applied their diffs, {conflicts} failed with a conflict; {} environment versions", env_history.len());
 }
+
+// ---------------------------------------------------------------------------------------------
+// kill -9 at random moments of a 100-step change.
+
+/// How many groups the 100-step change's root has (even ones run their leaves in parallel, odd
+/// ones in sequence), and how many leaves each group has: 1 + 9 + 90 = 100 steps.
+const GROUPS: usize = 9;
+/// See [`GROUPS`].
+const LEAVES: usize = 10;
+
+/// actions.toml of the 100-step change. `root` makes the `leaves` and `par` objects and the
+/// `seq_count` counter, then runs the groups in sequence. Every leaf sets its own
+/// `leaves.g<i>l<j>` (environment); a leaf of a parallel group also sets its own `par.g<i>l<j>`
+/// (project); a leaf of a sequential group increments `seq_count` (environment) and overwrites
+/// `last_seq` (project). Parallel siblings write disjoint keys, so an uninterrupted run always
+/// ends with the same properties.
+fn hundred_step_actions() -> String {
+    let groups: Vec<String> = (0..GROUPS).map(|i| format!("\"g{i}\"")).collect();
+    let mut toml = format!(
+        "[actions.root]\nrun = '''\nopschain-runner property set --environment --json leaves '{{}}'\n\
+         opschain-runner property set --environment --json seq_count 0\n\
+         opschain-runner property set --project --json par '{{}}'\n'''\nsteps = [{}]\n",
+        groups.join(", ")
+    );
+    for i in 0..GROUPS {
+        let parallel = i % 2 == 0;
+        let leaves: Vec<String> = (0..LEAVES).map(|j| format!("\"g{i}l{j}\"")).collect();
+        toml.push_str(&format!("\n[actions.g{i}]\nsteps = [{}]\nrun_as = \"{}\"\n", leaves.join(", "), if parallel { "parallel" } else { "sequential" }));
+        for j in 0..LEAVES {
+            let name = format!("g{i}l{j}");
+            let own = if parallel {
+                format!("opschain-runner property set --project --json par.{name} {j}")
+            } else {
+                format!(
+                    "opschain-runner property set --environment --json seq_count \"$(( $(opschain-runner property get seq_count) + 1 ))\"\n\
+                     opschain-runner property set --project last_seq {name}"
+                )
+            };
+            toml.push_str(&format!("\n[actions.{name}]\nrun = '''\nopschain-runner property set --environment leaves.{name} done\n{own}\n'''\n"));
+        }
+    }
+    toml
+}
+
+/// (depth, action, status) of every step of change 1, in tree order: the shape to compare.
+fn tree_shape(state: &Path) -> Vec<(usize, String, String)> {
+    steps(state, 1).into_iter().map(|s| (s.depth, s.action, s.status)).collect()
+}
+
+/// Starts `opschain change run` of the 100-step change's `root` in project `p`, environment `dev`.
+fn start_hundred(state: &Path, repo: &Path) -> Child {
+    opschain(state).args(["change", "run", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"]).spawn().unwrap()
+}
+
+/// Waits until change 1 has at least `target` successful steps or `controller` exited; returns
+/// how many steps had succeeded. Panics after 5 minutes without either.
+fn wait_for_successes(state: &Path, controller: &mut Child, target: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = steps(state, 1).iter().filter(|s| s.status == "success").count();
+        if done >= target || controller.try_wait().unwrap().is_some() {
+            return done;
+        }
+        assert!(Instant::now() < deadline, "change 1 made no progress past {done} successful steps in 5 minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_of_a_100_step_change_then_retry_gives_the_uninterrupted_result() {
+    let seed = seed("kill_9_at_random_moments_of_a_100_step_change");
+    let mut rng = Rng(seed);
+    let repo = project(&hundred_step_actions());
+
+    let whole = tempfile::tempdir().unwrap();
+    let out = opschain(whole.path())
+        .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the uninterrupted run failed:\n{}", text(&out));
+    let expected_tree = tree_shape(whole.path());
+    assert_eq!(expected_tree.len(), 1 + GROUPS + GROUPS * LEAVES, "the change has not 100 steps: {expected_tree:?}");
+    assert!(expected_tree.iter().all(|s| s.2 == "success"), "the uninterrupted run: {expected_tree:?}");
+    let expected_env = props(whole.path(), &["--project", "p", "--environment", "dev"]);
+    let expected_project = props(whole.path(), &["--project", "p"]);
+    assert_eq!(expected_env["seq_count"], json!((GROUPS / 2) * LEAVES), "the uninterrupted run's counter");
+    let expected_versions = (history(whole.path(), &["--project", "p"]).len(), history(whole.path(), &["--project", "p", "--environment", "dev"]).len());
+
+    // Kill the controller KILLS times, each when the change has a random number of successful
+    // steps (at most 95 of 100) plus a random delay; a target already reached kills the retry
+    // a random delay after it started. After each kill, retry (or run again when the kill came
+    // before the change was recorded).
+    const KILLS: usize = 5;
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let mut controller = start_hundred(state, repo.path());
+    let mut interrupted = 0;
+    let mut finished = false;
+    for kill in 0..KILLS {
+        let target = rng.between(0, 95) as usize;
+        let delay = Duration::from_millis(rng.between(0, 400));
+        let reached = wait_for_successes(state, &mut controller, target);
+        std::thread::sleep(delay);
+        let hit = kill_9(&mut controller);
+        println!("kill {kill}: {} at {reached} successful steps (target {target}) + {delay:?}", if hit { "interrupted the controller" } else { "came after the controller ended" });
+        if hit {
+            interrupted += 1;
+        } else if run(state, &["change", "show", "1"]).stdout.starts_with(b"change 1 success") {
+            finished = true;
+            break;
+        }
+        let recorded = run(state, &["change", "show", "1"]).status.success();
+        controller = if recorded { opschain(state).args(["change", "retry", "1"]).spawn().unwrap() } else { start_hundred(state, repo.path()) };
+    }
+    if !finished {
+        let status = controller.wait().unwrap();
+        if !status.success() {
+            // The last kill's retry may itself have been the one the change needed; a failure
+            // here (status 1) is a step that failed: retry once more and show why.
+            let out = run(state, &["change", "retry", "1"]);
+            assert!(out.status.success(), "the retry after the kills failed (seed {seed}):\n{}\n{}", text(&out), run_ok(state, &["change", "show", "1"]));
+        }
+    }
+    assert!(interrupted >= 1, "no kill interrupted the controller (seed {seed})");
+
+    let tree = tree_shape(state);
+    assert!(tree.iter().all(|s| s.2 == "success"), "not every step succeeded (seed {seed}):\n{}", run_ok(state, &["change", "show", "1"]));
+    assert_eq!(tree, expected_tree, "the step tree differs from the uninterrupted run's (seed {seed})");
+    assert_eq!(props(state, &["--project", "p", "--environment", "dev"]), expected_env, "environment properties differ from the uninterrupted run's (seed {seed})");
+    assert_eq!(props(state, &["--project", "p"]), expected_project, "project properties differ from the uninterrupted run's (seed {seed})");
+    // Exactly once: as many versions as the uninterrupted run, each made by a distinct step of
+    // the final tree, numbered without a gap.
+    let ids: BTreeSet<i64> = steps(state, 1).iter().map(|s| s.id).collect();
+    for (what, args, expected) in [("project", &["--project", "p"][..], expected_versions.0), ("environment", &["--project", "p", "--environment", "dev"], expected_versions.1)] {
+        let versions = history(state, args);
+        assert_gap_free(what, &versions);
+        assert_eq!(versions.len(), expected, "{what}: {} versions, the uninterrupted run made {expected} (seed {seed}): {versions:?}", versions.len());
+        let by: Vec<i64> = versions.iter().skip(1).map(|v| v.step.unwrap_or_else(|| panic!("{what} v{} was made by no step", v.version))).collect();
+        let distinct: BTreeSet<i64> = by.iter().copied().collect();
+        assert_eq!(distinct.len(), by.len(), "a step made two {what} versions (its diff applied twice) (seed {seed}): {by:?}");
+        assert!(distinct.is_subset(&ids), "a {what} version was made by a step no longer in the tree (seed {seed}): {by:?}");
+    }
+    println!("{interrupted} of {KILLS} kills interrupted the controller");
+}
