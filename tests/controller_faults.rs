@@ -7,7 +7,8 @@
 //!   none is applied twice;
 //! * several `change run` processes at once hammering one environment's properties: every diff is
 //!   applied to the latest version exactly once, or its step fails with the conflict explained;
-//!   the version history has no gap.
+//!   the version history has no gap;
+//! * several commands opening a new state directory's store at once all succeed.
 
 mod common;
 
@@ -390,7 +391,7 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
     let (mut succeeded, mut conflicts) = (0, 0);
     let mut children_seen = BTreeSet::new();
     // Per token: how many steps started with it, and how many of those succeeded.
-    let mut holders = vec![(0usize, 0usize); TOKENS];
+    let mut holders = [(0usize, 0usize); TOKENS];
     for change in 1..=CHANGES as i64 {
         let tree = steps(state, change);
         let starts = starting_properties(state, change);
