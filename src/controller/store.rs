@@ -320,7 +320,7 @@ impl Store {
         let open = |path: &Path| -> Result<Connection, rusqlite::Error> {
             let conn = Connection::open(path)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
+            set_wal(&conn)?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             conn.execute_batch(SCHEMA)?;
@@ -819,6 +819,22 @@ impl Store {
             .optional()
             .map_err(q("find environment"))?
             .ok_or_else(|| StoreError::NotFound(format!("environment {code:?}")))
+    }
+}
+
+/// Switches the database to WAL mode. SQLite answers SQLITE_BUSY at once, without calling the
+/// busy handler, when another connection holds a lock while a new database changes its journal
+/// mode (two `opschain` processes opening a new store together, e.g. a `change run` and a
+/// `change show`): retry for up to [`BUSY_TIMEOUT`] like any other busy wait.
+fn set_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 
