@@ -352,7 +352,9 @@ fn tempfile_dir() -> Result<PathBuf> {
 
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    // Absolute, because steps run with their sandbox (under it) as working directory.
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
     let store = Store::open(&state_dir)?;
     match cli.command {
         Command::Change(ChangeCommand::Run(args)) => {

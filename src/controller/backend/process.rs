@@ -1,5 +1,6 @@
-//! The process backend (the default): each step in a fresh checkout of the change's commit under
-//! `<sandbox root>/change-<id>/step-<id>-<pid>-<time>`, the agent as a child process with `--repo SANDBOX
+//! The process backend (the default): each step in a fresh copy of the change's commit under
+//! `<sandbox root>/change-<id>/step-<id>-<pid>-<time>` (the commit is checked out once per change
+//! run, next to the step sandboxes, and copied for each step: see [`repo::Checkouts`]), the agent as a child process with `--repo SANDBOX
 //! --files-root SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files`
 //! paths land under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The
 //! agent's directory is first on the action's PATH (for `opschain-runner property set` and co.),
@@ -12,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{kill_session, read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
 use crate::controller::repo;
 
 /// How the process backend runs.
@@ -29,15 +30,17 @@ pub struct ProcessConfig {
 }
 
 /// The process backend.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProcessBackend {
     config: ProcessConfig,
+    checkouts: repo::Checkouts,
 }
 
 impl ProcessBackend {
     /// A backend with this configuration.
     pub fn new(config: ProcessConfig) -> ProcessBackend {
-        ProcessBackend { config }
+        let checkouts = repo::Checkouts::new(config.keep_sandboxes);
+        ProcessBackend { config, checkouts }
     }
 
     /// A new sandbox directory for one run of a step. Each run gets its own (named after this
@@ -57,8 +60,8 @@ impl Backend for ProcessBackend {
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         let sandbox = self.sandbox(job.change_id, job.step_id);
         let started = std::time::Instant::now();
-        repo::checkout(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
-        sink.line("stderr", &format!("opschain: checked out {} in {:.2}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
+        self.checkouts.copy_to(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
+        sink.line("stderr", &format!("opschain: checked out {} in {:.3}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
         let folder = sandbox.join(".opschain");
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
@@ -104,7 +107,7 @@ impl Backend for ProcessBackend {
         }
         let program = self.config.agent.display().to_string();
         // What the action left running would hold the pipes open: end it with the step.
-        let status = run_streamed(command, program, sink, cancel, self.config.grace, |pid| kill_session(pid as i32))?;
+        let status = run_streamed(command, program, sink, cancel, self.config.grace, true)?;
         let (result, result_error) = read_result(&folder.join("step_result.json"));
         if !self.config.keep_sandboxes {
             std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
