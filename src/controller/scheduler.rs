@@ -22,12 +22,22 @@ use super::store::{ChangeRow, StepEnd, StepRow, Store, StoreError};
 /// How the scheduler runs a change.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    /// How many agents run at once (default: the number of CPUs).
+    /// How many agents run at once (default: [`default_workers`], 8 per CPU).
     pub workers: usize,
     /// How often the cancel flag is polled (default 250 ms).
     pub cancel_poll: Duration,
     /// The user named in the step context (default `$USER`).
     pub user: String,
+}
+
+/// How many steps run at once unless told otherwise: 8 per CPU (16 on a 2-CPU machine). A step's
+/// agent spends most of its time waiting, not computing: for its fsyncs (the result, the
+/// runtime copies), for the store's commits of its start and end, for its action's own I/O.
+/// Measured on 2 CPUs with 1,000 trivial parallel steps: 2 workers (one per CPU) ran ~90
+/// steps/s with both CPUs mostly idle, 8 ran ~260/s, 16 ran ~350/s with the CPUs ~90% busy, and
+/// 32 no more than 16. Steps that compute (or Docker builds) want fewer: `--workers`.
+pub fn default_workers() -> usize {
+    8 * std::thread::available_parallelism().map(usize::from).unwrap_or(2)
 }
 
 /// A counting semaphore: the worker slots.

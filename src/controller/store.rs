@@ -334,14 +334,19 @@ pub struct Store {
 /// What a write does once its group's transaction has committed (`Ok`) or failed (`Err`).
 type Completion = Box<dyn FnOnce(Result<(), Arc<rusqlite::Error>>) + Send>;
 
-/// One queued write. `run` executes it inside the group's transaction (in its own savepoint) and
-/// says whether it succeeded (its savepoint is rolled back when not); `done` answers its caller
-/// once the group's fate is known. A write whose group failed before it ran is never run: only
-/// its `done` is called, with the group's error.
+/// One queued write. `run` executes it inside the group's transaction (in its own savepoint,
+/// unless `one_statement`: a single SQL statement is atomic by itself) and says whether it
+/// succeeded (its savepoint is rolled back when not); `done` answers its caller once the group's
+/// fate is known. A write whose group failed before it ran is never run: only its `done` is
+/// called, with the group's error.
 struct Write {
     run: Box<dyn FnOnce(&Connection) -> bool + Send>,
+    one_statement: bool,
     done: Completion,
 }
+
+/// What the writer thread runs of a [`Write`].
+type Run = (Box<dyn FnOnce(&Connection) -> bool + Send>, bool);
 
 /// The writer thread: group commits until the queue closes (the store is dropped).
 fn write_groups(conn: Connection, queue: Receiver<Write>) {
@@ -353,7 +358,7 @@ fn write_groups(conn: Connection, queue: Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let (runs, dones): (Vec<_>, Vec<_>) = group.into_iter().map(|w| (w.run, w.done)).unzip();
+        let (runs, dones): (Vec<Run>, Vec<Completion>) = group.into_iter().map(|w| ((w.run, w.one_statement), w.done)).unzip();
         let outcome = run_group(&conn, runs).map_err(Arc::new);
         for done in dones {
             done(outcome.clone());
@@ -361,12 +366,24 @@ fn write_groups(conn: Connection, queue: Receiver<Write>) {
     }
 }
 
-/// Runs `runs` in one transaction, each in its own savepoint, and commits it.
-fn run_group(conn: &Connection, runs: Vec<Box<dyn FnOnce(&Connection) -> bool + Send>>) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+/// Runs `runs` in one transaction, each in its own savepoint (but single statements), and
+/// commits it.
+fn run_group(conn: &Connection, runs: Vec<Run>) -> rusqlite::Result<()> {
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
+    exec("BEGIN IMMEDIATE")?;
     let result = (|| {
-        for run in runs {
-            conn.execute_batch("SAVEPOINT write")?;
+        for (run, one_statement) in runs {
+            if one_statement {
+                run(conn);
+                if conn.is_autocommit() {
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                        Some("a write's failure rolled back its group's transaction".into()),
+                    ));
+                }
+                continue;
+            }
+            exec("SAVEPOINT write")?;
             let ok = run(conn);
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (a full disk, an I/O error): the writes
@@ -376,12 +393,15 @@ fn run_group(conn: &Connection, runs: Vec<Box<dyn FnOnce(&Connection) -> bool + 
                     Some("a write's failure rolled back its group's transaction".into()),
                 ));
             }
-            conn.execute_batch(if ok { "RELEASE write" } else { "ROLLBACK TO write; RELEASE write" })?;
+            if !ok {
+                exec("ROLLBACK TO write")?;
+            }
+            exec("RELEASE write")?;
         }
-        conn.execute_batch("COMMIT")
+        exec("COMMIT")
     })();
     if result.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = exec("ROLLBACK");
     }
     result
 }
@@ -445,6 +465,7 @@ impl Store {
                 *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
                 ok
             }),
+            one_statement: false,
             done: Box::new(move |group| {
                 let own = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let _ = answer.send(match (own, group) {
@@ -877,6 +898,7 @@ impl Store {
                 *noted.lock().unwrap_or_else(|e| e.into_inner()) = inserted.err();
                 ok
             }),
+            one_statement: true,
             done: Box::new(move |group| {
                 let own = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let error = own.or_else(|| group.err().map(|source| StoreError::Group { source }));

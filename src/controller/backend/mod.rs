@@ -8,6 +8,7 @@
 
 pub mod docker;
 pub mod process;
+pub mod spawn;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -118,8 +119,8 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(pipe: Option<impl Into<std::os::fd::OwnedFd>>, name: &'static str) -> Stream {
-        Stream { pipe: pipe.map(Into::into), name, partial: Vec::new() }
+    fn new(pipe: Option<std::os::fd::OwnedFd>, name: &'static str) -> Stream {
+        Stream { pipe, name, partial: Vec::new() }
     }
 
     /// Reads what the pipe holds (one `read`), hands every complete line to `sink`, and closes
@@ -178,10 +179,70 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Spawns `command` with its output piped, streams stdout and stderr into `sink` line by line,
-/// and waits for it (cancellable: SIGTERM when `cancel` turns true, SIGKILL `grace` later), all
-/// from the calling thread: one `poll(2)` loop over the two pipes and a pidfd of the child, so a
-/// step costs no extra threads and its end is seen the moment it happens.
+/// A started process [`stream_and_wait`] can wait for and stop.
+pub(crate) trait Running {
+    /// Its pid.
+    fn id(&self) -> u32;
+    /// Reaps it if it has exited.
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>>;
+    /// Sends it SIGKILL.
+    fn kill(&mut self);
+}
+
+impl Running for std::process::Child {
+    fn id(&self) -> u32 {
+        std::process::Child::id(self)
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        std::process::Child::try_wait(self)
+    }
+    fn kill(&mut self) {
+        let _ = std::process::Child::kill(self);
+    }
+}
+
+impl Running for spawn::Child {
+    fn id(&self) -> u32 {
+        spawn::Child::id(self)
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        spawn::Child::try_wait(self)
+    }
+    fn kill(&mut self) {
+        spawn::Child::kill(self)
+    }
+}
+
+/// Spawns `command` (with `std::process`) with its output piped and runs [`stream_and_wait`] on
+/// it without ending its session (the Docker backend's `docker` commands). `program` names the
+/// command in errors.
+pub(crate) fn run_streamed(
+    mut command: std::process::Command,
+    program: String,
+    sink: &dyn LogSink,
+    cancel: &AtomicBool,
+    grace: std::time::Duration,
+) -> Result<std::process::ExitStatus, BackendError> {
+    use std::process::Stdio;
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let (stdout, stderr) = (child.stdout.take().map(Into::into), child.stderr.take().map(Into::into));
+    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, false)
+}
+
+/// Starts `spec` as a session leader ([`spawn::spawn`]) and runs [`stream_and_wait`] on it,
+/// ending its session (the process backend's agent).
+pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &AtomicBool, grace: std::time::Duration) -> Result<std::process::ExitStatus, BackendError> {
+    let program = spec.program.display().to_string();
+    let mut child = spawn::spawn(spec).map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true)
+}
+
+/// Streams a started child's stdout and stderr into `sink` line by line, and waits for it
+/// (cancellable: SIGTERM when `cancel` turns true, SIGKILL `grace` later), all from the calling
+/// thread: one `poll(2)` loop over the two pipes and a pidfd of the child, so a step costs no
+/// extra threads and its end is seen the moment it happens.
 ///
 /// With `end_session` (the process backend, whose agent leads its own session) the child's
 /// session is swept with [`kill_session`] when the agent did not end by itself (it was killed by
@@ -191,8 +252,11 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
 /// every process of the machine, is skipped. Pipes still open [`LEFTOVER_WAIT`] after the sweep
 /// (held by a process outside the session) are abandoned with a line saying so, rather than
 /// stalling the step forever. `program` names the command in errors.
-pub(crate) fn run_streamed(
-    mut command: std::process::Command,
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stream_and_wait(
+    child: &mut dyn Running,
+    stdout: Option<std::os::fd::OwnedFd>,
+    stderr: Option<std::os::fd::OwnedFd>,
     program: String,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
@@ -200,14 +264,11 @@ pub(crate) fn run_streamed(
     end_session: bool,
 ) -> Result<std::process::ExitStatus, BackendError> {
     use std::os::fd::AsRawFd;
-    use std::process::Stdio;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
     let spawn_err = |source| BackendError::Spawn { program: program.clone(), source };
     let pid = child.id();
-    let mut streams = [Stream::new(child.stdout.take(), "stdout"), Stream::new(child.stderr.take(), "stderr")];
+    let mut streams = [Stream::new(stdout, "stdout"), Stream::new(stderr, "stderr")];
     let pidfd = pidfd_open(pid);
     let mut buf = vec![0u8; 64 * 1024];
     let mut status: Option<std::process::ExitStatus> = None;
@@ -257,7 +318,7 @@ pub(crate) fn run_streamed(
                     term_sent = Some(Instant::now());
                 }
                 Some(at) if at.elapsed() > grace => {
-                    let _ = child.kill();
+                    child.kill();
                     kill_session(pid as i32);
                 }
                 Some(_) => {}

@@ -8,12 +8,13 @@
 //! The sandbox is removed when the step ends.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::ffi::OsString;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::spawn::Spawn;
+use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
 use crate::controller::repo;
 
 /// How the process backend runs.
@@ -74,40 +75,25 @@ impl Backend for ProcessBackend {
 
         let agent_dir = self.config.agent.parent().map(Path::to_path_buf).unwrap_or_default();
         let path = format!("{}:{}", agent_dir.display(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
-        let mut command = Command::new(&self.config.agent);
-        command
-            .arg("--repo")
-            .arg(&sandbox)
-            .arg("--folder")
-            .arg(".opschain")
-            .arg("step")
-            .arg("--files-root")
-            .arg(&files_root)
-            .env("PATH", path)
-            .env("OPSCHAIN_FILES_ROOT", &files_root)
-            .env("TMPDIR", &tmp)
-            .env_remove("OPSCHAIN_REPO_DIR")
-            .env_remove("OPSCHAIN_REPO_FOLDER")
-            .current_dir(&sandbox)
-            .stdin(Stdio::null());
+        let os = |s: &str| OsString::from(s);
         // The agent leads its own session (so that the step's leftovers can be found and killed),
         // and dies with the thread that started it: a controller killed with -9 leaves no agent
-        // behind to race a retry.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let program = self.config.agent.display().to_string();
-        // What the action left running would hold the pipes open: end it with the step.
-        let status = run_streamed(command, program, sink, cancel, self.config.grace, true)?;
+        // behind to race a retry. `spawn` does both without forking the controller.
+        let spec = Spawn {
+            program: self.config.agent.clone(),
+            args: vec![os("--repo"), sandbox.clone().into(), os("--folder"), os(".opschain"), os("step"), os("--files-root"), files_root.clone().into()],
+            env: vec![
+                (os("PATH"), Some(path.into())),
+                (os("OPSCHAIN_FILES_ROOT"), Some(files_root.clone().into())),
+                (os("TMPDIR"), Some(tmp.into())),
+                (os("OPSCHAIN_REPO_DIR"), None),
+                (os("OPSCHAIN_REPO_FOLDER"), None),
+            ],
+            cwd: sandbox.clone(),
+        };
+        // What the action left running would hold the pipes open: `run_spawned` ends it with the
+        // step.
+        let status = run_spawned(&spec, sink, cancel, self.config.grace)?;
         let (result, result_error) = read_result(&folder.join("step_result.json"));
         if !self.config.keep_sandboxes {
             std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
