@@ -173,6 +173,13 @@ pub enum StoreError {
         #[source]
         source: Arc<rusqlite::Error>,
     },
+    /// The writer thread cannot be started.
+    #[error("cannot start the store's writer thread")]
+    Writer {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The writer thread is gone (it panicked): nothing can be written.
     #[error("the store's writer thread is gone")]
     WriterGone,
@@ -432,22 +439,34 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(DB_FILE);
-        let open = |path: &Path| -> Result<Connection, rusqlite::Error> {
-            let conn = Connection::open(path)?;
+        let open_err = |source| StoreError::Open { path: path.clone(), source };
+        // The writing connection sets the database up. Another process may be doing the same
+        // (a `change show` polling a change that is being created): switching a new database to
+        // WAL, or a schema statement upgrading its read to a write, can then fail with
+        // SQLITE_BUSY without SQLite's busy handler ever waiting, so the whole setup is retried,
+        // and the schema is created in an IMMEDIATE transaction (which does wait).
+        let conn = retry_busy(|| {
+            let conn = Connection::open(&path)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
-            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
             Ok(conn)
-        };
-        let conn = open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let read = open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        })
+        .map_err(open_err)?;
+        // The reading connection finds the database set up (WAL is a property of the file).
+        let read = retry_busy(|| {
+            let read = Connection::open(&path)?;
+            read.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(read)
+        })
+        .map_err(open_err)?;
         let (writes, queue) = mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("opschain-store".into())
             .spawn(move || write_groups(conn, queue))
-            .map_err(|source| StoreError::StateDir { path: path.clone(), source })?;
+            .map_err(|source| StoreError::Writer { source })?;
         Ok(Store { read: Mutex::new(read), writes: Some(writes), writer: Some(writer), path })
     }
 
@@ -1034,6 +1053,19 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         finished_at: r.get(9)?,
         duration_secs: r.get(10)?,
     })
+}
+
+/// Runs `f` again while it fails with SQLITE_BUSY, for up to [`BUSY_TIMEOUT`], 10 ms apart.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `e` and its causes, joined with ": ".
