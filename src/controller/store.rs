@@ -552,8 +552,7 @@ impl Store {
     /// Sets whether a project lets several changes run at once in one environment (default: no).
     pub fn set_allow_parallel_changes(&self, project_id: i64, allow: bool) -> Result<(), StoreError> {
         self.write(move |tx| {
-            tx
-                .execute("UPDATE projects SET allow_parallel_changes = ?2 WHERE id = ?1", params![project_id, allow])
+            tx.execute("UPDATE projects SET allow_parallel_changes = ?2 WHERE id = ?1", params![project_id, allow])
                 .map_err(q("update project settings"))?;
             Ok(())
         })
@@ -604,12 +603,11 @@ impl Store {
         let json = Value::Object(secrets.clone()).to_string();
         let name = name.to_string();
         self.write(move |tx| {
-            tx
-                .execute(
-                    "INSERT INTO secret_sets (name, json) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET json = excluded.json, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')",
-                    params![name, json],
-                )
-                .map_err(q("store secret set"))?;
+            tx.execute(
+                "INSERT INTO secret_sets (name, json) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET json = excluded.json, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')",
+                params![name, json],
+            )
+            .map_err(q("store secret set"))?;
             Ok(())
         })
     }
@@ -642,7 +640,8 @@ impl Store {
         backend: &str,
         secret_set: Option<&str>,
     ) -> Result<i64, StoreError> {
-        let (action, repo, git_rev, commit, backend, secret_set) = (action.to_string(), repo.to_string_lossy().into_owned(), git_rev.to_string(), commit.to_string(), backend.to_string(), secret_set.map(str::to_string));
+        let (action, repo, git_rev) = (action.to_string(), repo.to_string_lossy().into_owned(), git_rev.to_string());
+        let (commit, backend, secret_set) = (commit.to_string(), backend.to_string(), secret_set.map(str::to_string));
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
@@ -695,12 +694,11 @@ impl Store {
     pub fn set_change_status(&self, change_id: i64, status: ChangeStatus) -> Result<(), StoreError> {
         let finished = status.is_final();
         self.write(move |tx| {
-            tx
-                .execute(
-                    "UPDATE changes SET status = ?2, finished_at = CASE WHEN ?3 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE NULL END WHERE id = ?1",
-                    params![change_id, status.as_str(), finished],
-                )
-                .map_err(q("update change status"))?;
+            tx.execute(
+                "UPDATE changes SET status = ?2, finished_at = CASE WHEN ?3 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE NULL END WHERE id = ?1",
+                params![change_id, status.as_str(), finished],
+            )
+            .map_err(q("update change status"))?;
             Ok(())
         })
     }
@@ -788,13 +786,13 @@ impl Store {
     pub fn set_step_status(&self, step_id: i64, status: StepStatus, message: Option<&str>) -> Result<(), StoreError> {
         let message = message.map(str::to_string);
         self.write(move |tx| {
-            tx
-                .execute(
-                    "UPDATE steps SET status = ?2, message = COALESCE(?3, message),
-                        finished_at = CASE WHEN ?4 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE finished_at END WHERE id = ?1",
-                    params![step_id, status.as_str(), message, status.is_final()],
-                )
-                .map_err(q("update step status"))?;
+            exec_cached(
+                tx,
+                "UPDATE steps SET status = ?2, message = COALESCE(?3, message),
+                    finished_at = CASE WHEN ?4 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE finished_at END WHERE id = ?1",
+                params![step_id, status.as_str(), message, status.is_final()],
+            )
+            .map_err(q("update step status"))?;
             Ok(())
         })
     }
@@ -805,7 +803,8 @@ impl Store {
         self.write(move |tx| {
             let project = latest(&tx, Level::Project, project_id)?;
             let environment = latest(&tx, Level::Environment, environment_id)?;
-            tx.execute(
+            exec_cached(
+                tx,
                 "UPDATE steps SET status = 'running', project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
                     started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
                 params![step_id, project.version, environment.version],
@@ -881,7 +880,8 @@ impl Store {
             for (level, owner, map) in &updates {
                 insert_version(&tx, *level, *owner, map, Some(step_id))?;
             }
-            tx.execute(
+            exec_cached(
+                tx,
                 "UPDATE steps SET status = ?2, exit_status = ?3, message = ?4, child_strategy = ?5,
                     finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1",
                 params![step_id, status.as_str(), end.exit_status, message, if status == StepStatus::Success { end.child_strategy.clone() } else { None }],
@@ -889,7 +889,8 @@ impl Store {
             .map_err(q("finish step"))?;
             if status == StepStatus::Success {
                 for (position, child) in end.children.iter().enumerate() {
-                    tx.execute(
+                    exec_cached(
+                        tx,
                         "INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
                         params![change_id, step_id, position as i64, child],
                     )
@@ -962,42 +963,42 @@ impl Store {
     /// successful steps and their successful subtrees are kept. Returns how many steps will re-run.
     pub fn reset_for_retry(&self, change_id: i64) -> Result<usize, StoreError> {
         self.write(move |tx| {
-        let steps = {
-            let mut stmt = tx.prepare_cached(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE change_id = ?1 ORDER BY id")).map_err(q("list steps"))?;
-            let rows = stmt.query_map([change_id], step_row).map_err(q("list steps"))?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(q("list steps"))?
-        };
-        let mut reset = 0;
-        let mut stack: Vec<i64> = steps.iter().filter(|s| s.parent_id.is_none()).map(|s| s.id).collect();
-        while let Some(id) = stack.pop() {
-            let step = steps.iter().find(|s| s.id == id).expect("listed");
-            if step.status == StepStatus::Success {
-                stack.extend(steps.iter().filter(|s| s.parent_id == Some(id)).map(|s| s.id));
-                continue;
-            }
-            reset += 1;
-            let mut doomed: Vec<i64> = Vec::new();
-            let mut frontier = vec![id];
-            while let Some(p) = frontier.pop() {
-                for c in steps.iter().filter(|s| s.parent_id == Some(p)) {
-                    doomed.push(c.id);
-                    frontier.push(c.id);
+            let steps = {
+                let mut stmt = tx.prepare_cached(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE change_id = ?1 ORDER BY id")).map_err(q("list steps"))?;
+                let rows = stmt.query_map([change_id], step_row).map_err(q("list steps"))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(q("list steps"))?
+            };
+            let mut reset = 0;
+            let mut stack: Vec<i64> = steps.iter().filter(|s| s.parent_id.is_none()).map(|s| s.id).collect();
+            while let Some(id) = stack.pop() {
+                let step = steps.iter().find(|s| s.id == id).expect("listed");
+                if step.status == StepStatus::Success {
+                    stack.extend(steps.iter().filter(|s| s.parent_id == Some(id)).map(|s| s.id));
+                    continue;
                 }
+                reset += 1;
+                let mut doomed: Vec<i64> = Vec::new();
+                let mut frontier = vec![id];
+                while let Some(p) = frontier.pop() {
+                    for c in steps.iter().filter(|s| s.parent_id == Some(p)) {
+                        doomed.push(c.id);
+                        frontier.push(c.id);
+                    }
+                }
+                for d in doomed.iter().rev() {
+                    tx.execute("DELETE FROM step_logs WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
+                    tx.execute("UPDATE properties SET step_id = NULL WHERE step_id = ?1", [d]).map_err(q("detach properties"))?;
+                    tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
+                }
+                tx.execute(
+                    "UPDATE steps SET status = 'pending', exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
+                    [id],
+                )
+                .map_err(q("reset step"))?;
             }
-            for d in doomed.iter().rev() {
-                tx.execute("DELETE FROM step_logs WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
-                tx.execute("UPDATE properties SET step_id = NULL WHERE step_id = ?1", [d]).map_err(q("detach properties"))?;
-                tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
-            }
-            tx.execute(
-                "UPDATE steps SET status = 'pending', exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
-                [id],
-            )
-            .map_err(q("reset step"))?;
-        }
-        tx.execute("UPDATE changes SET status = 'pending', cancel_requested = 0, finished_at = NULL WHERE id = ?1", [change_id])
-            .map_err(q("reset change"))?;
-        Ok(reset)
+            tx.execute("UPDATE changes SET status = 'pending', cancel_requested = 0, finished_at = NULL WHERE id = ?1", [change_id])
+                .map_err(q("reset change"))?;
+            Ok(reset)
         })
     }
 
@@ -1055,6 +1056,12 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
     })
 }
 
+/// Runs `sql` with `params` through the connection's statement cache (the statements of every
+/// step's start and end are parsed once, not once a step).
+fn exec_cached(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 /// Runs `f` again while it fails with SQLITE_BUSY, for up to [`BUSY_TIMEOUT`], 10 ms apart.
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
@@ -1081,11 +1088,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn latest(conn: &Connection, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
     let (version, json, step_id, created_at): (i64, String, Option<i64>, String) = conn
-        .query_row(
-            "SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version DESC LIMIT 1",
-            params![level.as_str(), owner],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
+        .prepare_cached("SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version DESC LIMIT 1")
+        .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
         .optional()
         .map_err(q("read properties"))?
         .ok_or_else(|| StoreError::NotFound(format!("{} {owner} properties", level.as_str())))?;
