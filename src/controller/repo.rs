@@ -253,3 +253,52 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), RepoError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn committed_repo() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/script.sh"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(dir.path().join("sub/script.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("sub/script.sh", dir.path().join("link")).unwrap();
+        git(dir.path(), &["init", "-q"]).unwrap();
+        git(dir.path(), &["add", "-A"]).unwrap();
+        git(dir.path(), &["commit", "-q", "-m", "one"]).unwrap();
+        dir
+    }
+
+    #[test]
+    fn each_copy_is_private_and_a_working_detached_checkout() {
+        let repo = committed_repo();
+        let commit = resolve(repo.path(), "HEAD").unwrap();
+        let sandboxes = tempfile::tempdir().unwrap();
+        let checkouts = Checkouts::new(false);
+        let (a, b) = (sandboxes.path().join("change/a"), sandboxes.path().join("change/b"));
+        checkouts.copy_to(repo.path(), &commit, &a).unwrap();
+        checkouts.copy_to(repo.path(), &commit, &b).unwrap();
+        // One checkout for both copies, next to them.
+        let made: Vec<_> = std::fs::read_dir(sandboxes.path().join("change")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(made.iter().filter(|n| n.starts_with("checkout-")).count(), 1, "{made:?}");
+        let (sa, sb) = (std::fs::metadata(a.join("sub/script.sh")).unwrap(), std::fs::metadata(b.join("sub/script.sh")).unwrap());
+        assert_ne!(sa.ino(), sb.ino(), "copies, not hard links");
+        assert_eq!(sa.nlink(), 1);
+        assert_eq!(sa.mode() & 0o777, 0o755);
+        assert_eq!(std::fs::read_link(a.join("link")).unwrap(), Path::new("sub/script.sh"));
+        std::fs::write(a.join("sub/script.sh"), "changed").unwrap();
+        assert_eq!(std::fs::read_to_string(b.join("sub/script.sh")).unwrap(), "#!/bin/sh\necho hi\n");
+        // The trimmed .git still answers what a step asks of it.
+        assert_eq!(git(&b, &["rev-parse", "HEAD"]).unwrap(), commit);
+        assert_eq!(git(&b, &["status", "--porcelain"]).unwrap(), "");
+        assert_eq!(git(&a, &["status", "--porcelain"]).unwrap(), "M sub/script.sh");
+        git(&a, &["commit", "-q", "-am", "two"]).unwrap();
+        assert_eq!(git(&b, &["rev-parse", "HEAD"]).unwrap(), commit, "a commit in one copy is not seen in another");
+        assert!(!b.join(".git/logs").exists(), "no reflogs copied");
+        drop(checkouts);
+        let left: Vec<_> = std::fs::read_dir(sandboxes.path().join("change")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "only the step copies are left once the checkouts are dropped: {left:?}");
+    }
+}

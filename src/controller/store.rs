@@ -801,8 +801,8 @@ impl Store {
     /// recording their versions on the step.
     pub fn start_step(&self, step_id: i64, project_id: i64, environment_id: i64) -> Result<StartingProperties, StoreError> {
         self.write(move |tx| {
-            let project = latest(&tx, Level::Project, project_id)?;
-            let environment = latest(&tx, Level::Environment, environment_id)?;
+            let project = latest(tx, Level::Project, project_id)?;
+            let environment = latest(tx, Level::Environment, environment_id)?;
             exec_cached(
                 tx,
                 "UPDATE steps SET status = 'running', project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
@@ -835,7 +835,7 @@ impl Store {
                 if diff.0.is_empty() {
                     continue;
                 }
-                let current = latest(&tx, level, owner)?;
+                let current = latest(tx, level, owner)?;
                 let mut doc = Value::Object(current.json.clone());
                 match json_patch::patch(&mut doc, diff) {
                     Ok(()) => match doc {
@@ -844,7 +844,7 @@ impl Store {
                     },
                     Err(error) => {
                         let original = match started {
-                            Some(v) => version_json(&tx, level, owner, v)?,
+                            Some(v) => version_json(tx, level, owner, v)?,
                             None => Map::new(),
                         };
                         let (project, environment): (String, String) = tx
@@ -878,7 +878,7 @@ impl Store {
                 }
             }
             for (level, owner, map) in &updates {
-                insert_version(&tx, *level, *owner, map, Some(step_id))?;
+                insert_version(tx, *level, *owner, map, Some(step_id))?;
             }
             exec_cached(
                 tx,
@@ -1216,4 +1216,62 @@ mod tests {
         assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
         assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
     }
+
+    #[test]
+    fn a_failed_write_of_a_group_rolls_back_alone_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        drop(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let insert = |code: &'static str, ok: bool| -> Run {
+            (
+                Box::new(move |c: &Connection| {
+                    c.execute("INSERT INTO projects (code) VALUES (?1)", [code]).unwrap();
+                    ok
+                }),
+                false,
+            )
+        };
+        run_group(&conn, vec![insert("a", true), insert("b", false), insert("c", true)]).unwrap();
+        let codes: Vec<String> = conn.prepare("SELECT code FROM projects ORDER BY code").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(codes, ["a", "c"]);
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits_and_lose_nothing() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let children: Vec<String> = (0..40).map(|i| format!("child{i}")).collect();
+        let children: Vec<&str> = children.iter().map(String::as_str).collect();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &children)).unwrap();
+        let ids: Vec<i64> = store.steps(c).unwrap().iter().skip(1).map(|s| s.id).collect();
+        store.mark_queued(&ids).unwrap();
+        std::thread::scope(|s| {
+            for (n, id) in ids.iter().enumerate() {
+                let store = &store;
+                s.spawn(move || {
+                    store.start_step(*id, p, e).unwrap();
+                    for line in 0..50 {
+                        store.append_log(*id, "stdout", &format!("line {line}"));
+                    }
+                    let diff = json!([{"op": "add", "path": format!("/k{n}"), "value": n}]);
+                    assert_eq!(store.finish_step(*id, p, e, end(diff, json!([]), &[])).unwrap().0, StepStatus::Success);
+                });
+            }
+        });
+        // Every diff applied once, on top of the others (a version per step), and every line of
+        // every finished step stored, in its order.
+        let project = store.properties(Level::Project, p).unwrap();
+        assert_eq!(project.version, 40);
+        assert_eq!(project.json.len(), 40);
+        let logs = store.logs(c).unwrap();
+        assert_eq!(logs.len(), 40 * 50);
+        for id in &ids {
+            let mine: Vec<String> = logs.iter().filter(|l| l.step_id == *id).map(|l| l.line.clone()).collect();
+            assert_eq!(mine, (0..50).map(|i| format!("line {i}")).collect::<Vec<_>>());
+        }
+        assert!(store.steps(c).unwrap().iter().all(|s| s.status == StepStatus::Success));
+    }
+
 }
