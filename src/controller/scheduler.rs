@@ -7,6 +7,10 @@
 //!
 //! Steps already `success` (a retried change) are not run again: the scheduler descends into their
 //! recorded children instead.
+//!
+//! Threads: a parallel group is run by at most `workers` threads that take its children in turn
+//! (a step's agent is started, streamed and waited for by the thread that runs the step, with no
+//! helper thread), so a change of a thousand parallel steps runs on a few dozen threads.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,8 +2,8 @@
 //! context), runs the agent on it, streams the agent's output line by line to a [`LogSink`], and
 //! returns the agent's exit status with the parsed `step_result.json`.
 //!
-//! * [`process`] (the default): a fresh checkout in a temporary sandbox, the agent as a child
-//!   process. No Docker needed.
+//! * [`process`] (the default): a fresh copy of the change's checkout in a temporary sandbox, the
+//!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
 //! * [`docker`]: an image built per step from the checkout, a container per step.
 
 pub mod docker;

@@ -1,14 +1,16 @@
-//! The process backend (the default): each step in a fresh copy of the change's commit under
-//! `<sandbox root>/change-<id>/step-<id>-<pid>-<time>` (the commit is checked out once per change
-//! run, next to the step sandboxes, and copied for each step: see [`repo::Checkouts`]), the agent as a child process with `--repo SANDBOX
-//! --files-root SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files`
-//! paths land under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The
-//! agent's directory is first on the action's PATH (for `opschain-runner property set` and co.),
-//! and `TMPDIR` is `SANDBOX/tmp`.
-//! The sandbox is removed when the step ends.
+//! The process backend (the default): each step in a fresh, private copy of the change's commit
+//! under `<sandbox root>/change-<id>/step-<id>-<pid>-<time>` (the commit is checked out once per
+//! change run, next to the step sandboxes, and copied for each step, `.git` included: see
+//! [`repo::Checkouts`]), the agent as a child process with `--repo SANDBOX --files-root
+//! SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files` paths land
+//! under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The agent's
+//! directory is first on the action's PATH (for `opschain-runner property set` and co.), and
+//! `TMPDIR` is `SANDBOX/tmp`. The agent is started without forking the controller
+//! ([`super::spawn`]), leads its own session and dies with the thread that started it. The
+//! sandbox is removed when the step ends.
 
-use std::path::{Path, PathBuf};
 use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
