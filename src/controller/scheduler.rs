@@ -159,7 +159,7 @@ impl<'a> Scheduler<'a> {
         self.run_node_queued(step, depth, false)
     }
 
-    /// [`Self::run_node`], for a step already marked `queued` (`queued`) or not.
+    /// [`Self::run_node`]; `queued`: the step is already marked `queued` (by its parallel group).
     fn run_node_queued(&self, step: StepRow, depth: usize, queued: bool) -> Result<bool, StoreError> {
         if step.status != StepStatus::Success && !self.execute(&step, depth, queued)? {
             return Ok(false);
@@ -175,10 +175,10 @@ impl<'a> Scheduler<'a> {
             if !self.cancel.load(Ordering::SeqCst) {
                 self.store.mark_queued(&waiting)?;
             }
-            // At most `workers` threads take the children in turn: more could not run more agents
-            // at once (a thread holding a child's subtree that waits for grandchildren leaves its
-            // worker slot to them), and a thread per child would make every fork of an agent copy
-            // the mappings of a thousand thread stacks.
+            // At most `workers` threads take the children in turn. More could not run more agents
+            // at once: a child's subtree in progress always has a step running or waiting for a
+            // worker slot, so `workers` subtrees in progress keep every slot busy. A thread per
+            // child would cost a thousand thread stacks for nothing.
             let threads = children.len().min(self.config.workers.max(1));
             let next = Mutex::new(children.into_iter());
             let results: Vec<Result<bool, StoreError>> = std::thread::scope(|s| {
