@@ -32,6 +32,11 @@ ctx = {"context": {"project": {"code": "bench"}, "environment": {"code": "dev"},
 open(f"{repo}/.opschain/step_context.json", "w").write(json.dumps(ctx))
 open(f"{repo}/.opschain/actions.toml", "w").write(f'[actions.noop]\ncommand = ["{true_bin}"]\n')
 PY
+# The same step with an empty context: what the agent costs before it reads any properties.
+empty=$work/empty
+mkdir -p "$empty/.opschain"
+cp "$repo/.opschain/actions.toml" "$empty/.opschain/"
+echo '{"context": {"step": {"action": "noop"}}}' > "$empty/.opschain/step_context.json"
 size=$(stat -c %s "$repo/.opschain/step_context.json")
 echo "context: $size bytes"
 "$bin" --repo "$repo" step >/dev/null 2>&1 || { echo "the step failed"; "$bin" --repo "$repo" step; exit 1; }
@@ -40,9 +45,10 @@ export OPSCHAIN_REPO_DIR=$repo
 # Every run starts as a step does in its fresh container: no runtime copies, no result and no
 # declared files yet (replacing an existing file by rename makes ext4 flush it first, a cost a
 # real step never pays). The same preparation runs before every command, `direct` included.
-hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config" --export-json "$work/h.json" \
+hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config $empty/.opschain/step $empty/.opschain/step_result.json" --export-json "$work/h.json" \
   -n direct "$true_bin" \
   -n step "$bin --repo $repo step" \
+  -n step-empty "$bin --repo $empty step" \
   -n exec "$work/opschain-exec $true_bin" >/dev/null
 
 /usr/bin/time -o "$work/rss_step" -f %M "$bin" --repo "$repo" step >/dev/null 2>&1
@@ -54,10 +60,10 @@ import json, statistics, sys
 results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 med = {name: statistics.median(r["times"]) * 1e3 for name, r in results.items()}
 direct = med["direct"]
-print(f"{'command':8} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
-for name in ["direct", "step", "exec"]:
-    print(f"{name:8} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
-print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms)")
+print(f"{'command':10} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
+for name in ["direct", "step", "step-empty", "exec"]:
+    print(f"{name:10} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
+print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms); with an empty context {med['step-empty'] - direct:.3f} ms")
 print(f"opschain-exec overhead: {med['exec'] - direct:.3f} ms over direct (target <= 0.5 ms)")
 print(f"peak RSS: step {int(sys.argv[2]) / 1024:.1f} MB, direct {int(sys.argv[3]) / 1024:.1f} MB (target <= 4 MB)")
 print(f"static binary: {int(sys.argv[4]) / 1e6:.2f} MB (target <= 1.5 MB)")

@@ -6,6 +6,10 @@
 //!   `json_patch::diff`.
 //! * `array_10k_prepend`: an array of 10,000 objects with one object inserted at the front.
 //!
+//! Python's `jsonpatch.make_patch`, the reference a user would otherwise script, is timed on the
+//! same documents (written to temporary files) at the end of the run, beside our diff timed the
+//! same way (median of a few runs, in this process, just before Python's).
+//!
 //! Run with `cargo bench --bench diff -- --warm-up-time 1 --measurement-time 3`.
 
 use std::hint::black_box;
@@ -61,7 +65,7 @@ fn properties() -> Value {
     let mut rng = Lcg(0x5eed);
     let mut environments = Map::new();
     for env in 0..40 {
-        let hosts: Vec<Value> = (0..150).map(|i| host(&mut rng, env, i)).collect();
+        let hosts: Vec<Value> = (0..600).map(|i| host(&mut rng, env, i)).collect();
         let settings: Map<String, Value> = (0..50)
             .map(|s| {
                 (
@@ -84,7 +88,7 @@ fn properties() -> Value {
 fn bench(c: &mut Criterion) {
     let before = properties();
     let mut after = before.clone();
-    if let Some(leaf) = after.pointer_mut("/environments/env-23/hosts/97/config/timeout_ms") {
+    if let Some(leaf) = after.pointer_mut("/environments/env-23/hosts/397/config/timeout_ms") {
         *leaf = json!(12_345);
     }
     assert_ne!(before, after, "the leaf to change is in the document");
@@ -103,12 +107,66 @@ fn bench(c: &mut Criterion) {
             .map(|i| json!({"id": i, "name": format!("host-{i}"), "port": 8000 + i}))
             .collect()
     };
-    compare(
-        c,
-        "array_10k_prepend",
-        &objects(0..10_000),
-        &objects(-1..10_000),
+    let (array_before, array_after) = (objects(0..10_000), objects(-1..10_000));
+    compare(c, "array_10k_prepend", &array_before, &array_after);
+    c.bench_function("array_10k_prepend/eq_of_equal_copies", |b| {
+        let copy = array_before.clone();
+        b.iter(|| black_box(&array_before) == black_box(&copy))
+    });
+
+    python_peer("properties_6mb_one_leaf", &before, &after);
+    python_peer("array_10k_prepend", &array_before, &array_after);
+}
+
+/// How many times each side of the Python comparison runs; the median is reported.
+const PEER_RUNS: usize = 5;
+
+/// Times Python's `jsonpatch.make_patch` on `before` and `after` against our diff, each the median
+/// of [`PEER_RUNS`] runs, and prints both and their ratio. Prints why when Python or its jsonpatch
+/// module is missing (`scripts/test` installs it).
+fn python_peer(name: &str, before: &Value, after: &Value) {
+    let dir = std::env::temp_dir().join(format!("opschain-diff-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    let (a, b) = (dir.join("before.json"), dir.join("after.json"));
+    std::fs::write(&a, serde_json::to_vec(before).expect("serialise")).expect("write before.json");
+    std::fs::write(&b, serde_json::to_vec(after).expect("serialise")).expect("write after.json");
+    let median = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let ours = median(
+        (0..PEER_RUNS)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                black_box(opschain_runner::diff::diff(black_box(before), black_box(after)));
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
     );
+    let script = format!(
+        "import json, statistics, sys, time, jsonpatch\n\
+         a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))\n\
+         times = []\n\
+         for _ in range({PEER_RUNS}):\n\
+         \x20   t = time.perf_counter(); p = jsonpatch.make_patch(a, b); times.append(time.perf_counter() - t)\n\
+         print(statistics.median(times) * 1e3, len(p.patch))\n"
+    );
+    let output = std::process::Command::new("python3").arg("-c").arg(script).arg(&a).arg(&b).output();
+    let _ = std::fs::remove_dir_all(&dir);
+    match output {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut fields = text.split_whitespace();
+            let python: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(f64::NAN);
+            let ops = fields.next().unwrap_or("?");
+            eprintln!(
+                "{name}: python jsonpatch.make_patch {python:.2} ms ({ops} ops), opschain_runner::diff {ours:.2} ms: {:.1}x faster",
+                python / ours
+            );
+        }
+        Ok(out) => eprintln!("{name}: python jsonpatch.make_patch not measured: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => eprintln!("{name}: python jsonpatch.make_patch not measured: cannot run python3: {e}"),
+    }
 }
 
 /// Benchmarks the three ways of comparing `before` with `after` as one group.

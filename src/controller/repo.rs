@@ -231,6 +231,46 @@ impl Drop for Checkouts {
     }
 }
 
+/// Writes the files of `commit` under `path` (a directory of the repository; the whole tree when
+/// `None`) into `dest`, with no `.git`: `git archive` piped into `tar -x`, one pass and no clone.
+/// Returns false, writing nothing, when the commit has no such path.
+pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Result<bool, RepoError> {
+    let object = match path {
+        Some(path) => format!("{commit}:{path}"),
+        None => commit.to_string(),
+    };
+    if git(repo, &["rev-parse", "--verify", "-q", &object]).is_err() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dest).map_err(|source| RepoError::Copy { from: repo.to_path_buf(), to: dest.to_path_buf(), source })?;
+    let mut args = vec!["archive", "--format=tar", commit];
+    if let Some(path) = path {
+        args.extend(["--", path]);
+    }
+    let shown = args.join(" ");
+    let spawn = |what: &str, source| RepoError::Spawn { args: what.to_string(), source };
+    let mut archive = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn(&shown, e))?;
+    let tar_input = archive.stdout.take().map(Stdio::from).unwrap_or_else(Stdio::null);
+    let tar = Command::new("tar").arg("-x").arg("-C").arg(dest).stdin(tar_input).stderr(Stdio::piped()).output();
+    let archived = archive.wait_with_output().map_err(|e| spawn(&shown, e))?;
+    if !archived.status.success() {
+        return Err(RepoError::Git { args: shown, stderr: String::from_utf8_lossy(&archived.stderr).trim().to_string() });
+    }
+    let tar = tar.map_err(|e| spawn("(tar -x)", e))?;
+    if !tar.status.success() {
+        return Err(RepoError::Git { args: format!("{shown} | tar -x"), stderr: String::from_utf8_lossy(&tar.stderr).trim().to_string() });
+    }
+    Ok(true)
+}
+
 fn copy_tree(from: &Path, to: &Path) -> Result<(), RepoError> {
     let err = |source| RepoError::Copy { from: from.to_path_buf(), to: to.to_path_buf(), source };
     std::fs::create_dir_all(to).map_err(err)?;

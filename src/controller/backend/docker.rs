@@ -1,14 +1,17 @@
-//! The Docker backend: per step, an image built from a fresh checkout of the change's commit, then
-//! a container running the agent (the image's ENTRYPOINT) with the step context bind-mounted at
-//! `/opt/opschain/.opschain/step_context.json`; the result is copied out and the container removed.
+//! The Docker backend: per step, a container of the step image running the agent (the image's
+//! ENTRYPOINT), with the repository folder bind-mounted at `/opt/opschain/.opschain` and the step
+//! context written into it, so that the agent's step_result.json lands on this side; one
+//! `docker run --rm` per step.
 //!
-//! The image comes from `<repo>/.opschain/Dockerfile` when the repository has one, otherwise from
-//! the default Dockerfile below, `FROM` the base runner image (`--docker-base-image`, default
-//! `opschain-runner:latest`; nothing can be pulled, so it must exist locally: build it from the
-//! project's runner image). `docker build` runs with BuildKit (`DOCKER_BUILDKIT=1`) and relies on
-//! its layer cache; the change's secret set is passed as build secrets (`--secret id=NAME,env=NAME`,
-//! reachable in `RUN --mount=type=secret,id=NAME`), never to the action's environment.
-//! Build args: `OPSCHAIN_BASE_IMAGE`, `GIT_SHA`.
+//! The step image is built from the change's commit (exported with `git archive`) with
+//! `<repo>/.opschain/Dockerfile` when the repository has one, otherwise with the default Dockerfile
+//! below, `FROM` the base runner image (`--docker-base-image`, default `opschain-runner:latest`;
+//! nothing can be pulled, so it must exist locally: build it from the project's runner image).
+//! It is tagged by commit, base image and controller version ([`step_image_tag`]) and built once:
+//! the other steps of the change, and later changes of the same commit, reuse it. `docker build`
+//! runs with BuildKit (`DOCKER_BUILDKIT=1`) and its layer cache; the change's secret set is passed
+//! as build secrets (`--secret id=NAME,env=NAME`, reachable in `RUN --mount=type=secret,id=NAME`),
+//! never to the action's environment. Build args: `OPSCHAIN_BASE_IMAGE`, `GIT_SHA`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,6 +78,18 @@ impl DockerBackend {
     }
 }
 
+/// The step image's tag: one image per commit, base image and controller version. The build's
+/// inputs are the commit's tree (its Dockerfile included), the default Dockerfile (fixed per
+/// version), the base image and the build args (`GIT_SHA`, the base image's name): an image with
+/// this tag is what building again would give, so it is reused without calling `docker build`
+/// (whose client and BuildKit session cost ~0.4 s even when every layer is cached). Build secrets
+/// are not in the tag, as BuildKit keeps them out of its own cache keys: a warm BuildKit cache
+/// reuses `RUN --mount=type=secret` layers across secret changes in just the same way.
+pub fn step_image_tag(commit: &str, base_id: &str) -> String {
+    let base = base_id.trim_start_matches("sha256:");
+    format!("opschain-step:{commit}-{}-{}", &base[..base.len().min(12)], env!("CARGO_PKG_VERSION"))
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
     move |source| BackendError::Sandbox { path: path.to_path_buf(), source }
 }
@@ -83,53 +98,76 @@ impl Backend for DockerBackend {
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir = self.sandbox_root.join(format!("change-{}", job.change_id)).join(format!("step-{}-{}-{nanos}", job.step_id, std::process::id()));
-        let context_dir = dir.join("context");
-        repo::checkout(&job.repo, &job.commit, &context_dir).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
-        let git_dir = context_dir.join(".git");
-        std::fs::remove_dir_all(&git_dir).map_err(io(&git_dir))?;
-        let custom = context_dir.join(".opschain/Dockerfile");
-        let dockerfile = if custom.is_file() {
-            custom
-        } else {
-            let path = dir.join("Dockerfile");
-            std::fs::write(&path, DEFAULT_DOCKERFILE).map_err(io(&path))?;
-            path
+        let checkout = |path: Option<&str>, dest: &Path| {
+            repo::export(&job.repo, &job.commit, path, dest).map_err(|source| BackendError::Checkout { step: job.step_id, source })
         };
-        let step_context = dir.join("step_context.json");
-        std::fs::write(&step_context, serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises")).map_err(io(&step_context))?;
+        let base_id = self.docker("inspect the base image", &["image", "inspect", "--format", "{{.Id}}", &self.config.base_image])?;
+        let tag = step_image_tag(&job.commit, &base_id);
+        if self.docker("inspect", &["image", "inspect", "--format", "{{.Id}}", &tag]).is_ok() {
+            sink.line("stderr", &format!("image {tag} is already built from this commit and base image: not rebuilding"));
+        } else {
+            let context_dir = dir.join("context");
+            checkout(None, &context_dir)?;
+            let custom = context_dir.join(".opschain/Dockerfile");
+            let dockerfile = if custom.is_file() {
+                custom
+            } else {
+                let path = dir.join("Dockerfile");
+                std::fs::write(&path, DEFAULT_DOCKERFILE).map_err(io(&path))?;
+                path
+            };
+            sink.line("stderr", &format!("building image {tag}"));
+            let mut build = Command::new(&self.config.docker);
+            build.env("DOCKER_BUILDKIT", "1").args(["build", "--progress", "plain", "-t", &tag, "-f"]).arg(&dockerfile);
+            build.args(["--build-arg", &format!("OPSCHAIN_BASE_IMAGE={}", self.config.base_image), "--build-arg", &format!("GIT_SHA={}", job.commit)]);
+            for (name, value) in &job.build_secrets {
+                build.args(["--secret", &format!("id={name},env={name}")]);
+                build.env(name, value.as_str().unwrap_or_default());
+            }
+            build.arg(&context_dir);
+            let built = self.streamed(build, sink, cancel)?;
+            let _ = std::fs::remove_dir_all(&context_dir);
+            if built != 0 {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Ok(StepOutput { exit_status: built, result: None, result_error: Some(format!("docker build failed with status {built}")) });
+            }
+        }
 
-        let tag = format!("opschain-step:{}-{}", job.change_id, job.step_id);
-        sink.line("stderr", &format!("building image {tag}"));
-        let mut build = Command::new(&self.config.docker);
-        build.env("DOCKER_BUILDKIT", "1").args(["build", "--progress", "plain", "-t", &tag, "-f"]).arg(&dockerfile);
-        build.args(["--build-arg", &format!("OPSCHAIN_BASE_IMAGE={}", self.config.base_image), "--build-arg", &format!("GIT_SHA={}", job.commit)]);
-        for (name, value) in &job.build_secrets {
-            build.args(["--secret", &format!("id={name},env={name}")]);
-            build.env(name, value.as_str().unwrap_or_default());
+        // The repository folder goes into the container as a bind mount, with the step context in
+        // it: the agent reads its inputs and writes its runtime files and step_result.json
+        // straight to this side, so one `docker run --rm` is the whole run (no `create`, `cp` or
+        // `rm` calls, each ~30 ms of client start-up and more of engine work). The folder is
+        // world-writable so that an image with a non-root USER can write there (its parent, the
+        // step's sandbox, is not).
+        let folder = dir.join(".opschain");
+        if !checkout(Some(".opschain"), &dir)? {
+            std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         }
-        build.arg(&context_dir);
-        let built = self.streamed(build, sink, cancel)?;
-        if built != 0 {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Ok(StepOutput { exit_status: built, result: None, result_error: Some(format!("docker build failed with status {built}")) });
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).map_err(io(&folder))?;
         }
+        let step_context = folder.join("step_context.json");
+        std::fs::write(&step_context, serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises")).map_err(io(&step_context))?;
         let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
-        let _ = self.docker("rm", &["rm", "-f", &name]);
-        let mount = format!("type=bind,source={},target=/opt/opschain/.opschain/step_context.json,readonly", step_context.display());
-        self.docker("create", &["create", "--name", &name, "--mount", &mount, &tag, "step"])?;
-        let mut start = Command::new(&self.config.docker);
-        start.args(["start", "--attach", &name]);
-        let status = self.streamed(start, sink, cancel);
-        let result_path = dir.join("step_result.json");
-        let copied = self.docker("cp", &["cp", &format!("{name}:/opt/opschain/.opschain/step_result.json"), &result_path.to_string_lossy()]);
-        let exit = self.docker("inspect", &["inspect", "--format", "{{.State.ExitCode}}", &name]);
-        let _ = self.docker("rm", &["rm", "-f", &name]);
-        status?;
-        let exit_status = exit.ok().and_then(|s| s.parse().ok()).unwrap_or(70);
-        let (result, mut result_error) = read_result(&result_path);
-        if let Err(e) = copied {
-            result_error = Some(e.to_string());
-        }
+        let mount = format!("type=bind,source={},target=/opt/opschain/.opschain", folder.display());
+        let mut run = Command::new(&self.config.docker);
+        run.args(["run", "--rm", "--name", &name, "--mount", &mount, &tag, "step"]);
+        let status = self.streamed(run, sink, cancel);
+        // `docker run` exits 125-127 for its own failures too (the container may not have run), and
+        // a cancelled run leaves its container behind: only then is the engine asked again.
+        let exit_status = match status {
+            Ok(code @ 125..=127) | Ok(code @ 128..) => {
+                let _ = self.docker("rm", &["rm", "-f", &name]);
+                code
+            }
+            Ok(code) => code,
+            Err(e) => {
+                let _ = self.docker("rm", &["rm", "-f", &name]);
+                return Err(e);
+            }
+        };
+        let (result, result_error) = read_result(&folder.join("step_result.json"));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(StepOutput { exit_status, result, result_error })
     }
