@@ -395,3 +395,86 @@ fn a_change_runs_the_commit_its_git_rev_names_and_retry_keeps_that_commit() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("second commit"), "{}", text(&out));
 }
+
+#[test]
+fn each_step_works_in_a_private_copy_of_the_commit_with_a_working_git() {
+    // `mutate` rewrites a tracked file in place, changes its mode and commits on a branch; the
+    // steps after it (and its parallel sibling) must still see the commit as checked out.
+    let actions = r#"
+[actions.root]
+steps = ["mutate", "siblings", "check"]
+
+[actions.mutate]
+run = '''
+set -e
+echo changed >> data.txt
+chmod 600 data.txt
+test "$(git status --porcelain --untracked-files=no)" = " M data.txt"
+git -c user.name=t -c user.email=t@t commit -qam mutated
+echo mutated > link-target.txt
+'''
+
+[actions.siblings]
+steps = ["check", "check", "check"]
+run_as = "parallel"
+
+[actions.check]
+run = '''
+set -e
+test "$(cat data.txt)" = original
+test "$(stat -c %a data.txt)" = 644
+test "$(cat link-target.txt)" = target
+test "$(readlink link)" = link-target.txt
+test -z "$(git status --porcelain --untracked-files=no)"
+test "$(git describe --tags)" = v1
+test "$(git log --format=%s)" = init
+git rev-parse --verify -q origin/HEAD >/dev/null || git branch -a | grep -q origin/
+echo checked
+'''
+"#;
+    let repo = project(actions, json!({}));
+    std::fs::write(repo.path().join("data.txt"), "original\n").unwrap();
+    std::fs::write(repo.path().join("link-target.txt"), "target\n").unwrap();
+    std::os::unix::fs::symlink("link-target.txt", repo.path().join("link")).unwrap();
+    let git = |args: &[&str]| assert!(Command::new("git").arg("-C").arg(repo.path()).args(args).status().unwrap().success());
+    git(&["add", "-A"]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--amend", "-m", "init"]);
+    git(&["tag", "v1"]);
+    let head = String::from_utf8(Command::new("git").arg("-C").arg(repo.path()).args(["rev-parse", "HEAD"]).output().unwrap().stdout).unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    let out = change_run(state.path(), repo.path(), "dev", "root");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("check stdout| checked").count(), 4, "{}", text(&out));
+    // The source repository was not written to, and nothing is left of the sandboxes or the
+    // change's checkout.
+    assert_eq!(std::fs::read_to_string(repo.path().join("data.txt")).unwrap(), "original\n");
+    let now = String::from_utf8(Command::new("git").arg("-C").arg(repo.path()).args(["rev-parse", "HEAD"]).output().unwrap().stdout).unwrap();
+    assert_eq!(now, head);
+    let left: Vec<_> = std::fs::read_dir(state.path().join("sandboxes/change-1")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn every_log_line_of_a_finished_step_is_in_the_store_in_order() {
+    let repo = project(
+        "[actions.root]\nsteps = [\"talk\", \"talk\", \"talk\"]\nrun_as = \"parallel\"\n[actions.talk]\nrun = 'for i in $(seq 1500); do echo \"out $i\"; echo \"err $i\" >&2; done'\n",
+        json!({}),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let out = change_run(state.path(), repo.path(), "dev", "root");
+    assert!(out.status.success(), "{}", text(&out));
+    let logs = run(state.path(), &["change", "logs", "1"]);
+    assert!(logs.status.success(), "{}", text(&logs));
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    for step in 2..=4 {
+        for stream in ["out", "err"] {
+            let lines: Vec<u32> = logs
+                .lines()
+                .filter(|l| l.contains(&format!("[{step} talk]")))
+                .filter_map(|l| l.rsplit_once(&format!("| {stream} ")).and_then(|(_, n)| n.trim().parse().ok()))
+                .collect();
+            assert_eq!(lines, (1..=1500).collect::<Vec<u32>>(), "step {step} {stream}");
+        }
+    }
+}

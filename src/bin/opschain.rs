@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ControllerConfig, NewChange};
-use opschain_runner::controller::scheduler::SchedulerConfig;
+use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
 use opschain_runner::controller::store::{Level, StepRow, Store};
 
@@ -67,7 +67,8 @@ enum Command {
 /// How steps run: shared by `change run`, `change retry` and `demo`.
 #[derive(Debug, Args)]
 struct RunSettings {
-    /// How many steps run at once (parallel children beyond it wait). Default: the number of CPUs.
+    /// How many steps run at once (parallel children beyond it wait). Default: 8 per CPU (steps
+    /// mostly wait on I/O, see `scheduler::default_workers`).
     #[arg(long, env = "OPSCHAIN_WORKERS", value_name = "N")]
     workers: Option<usize>,
     /// The agent binary. Default: `opschain-runner` next to this binary.
@@ -248,7 +249,7 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
     if !agent.is_file() {
         bail!("the agent {} does not exist: build it (cargo build --bin opschain-runner) or set OPSCHAIN_RUNNER_BIN", agent.display());
     }
-    let workers = s.workers.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(2));
+    let workers = s.workers.unwrap_or_else(default_workers);
     Ok(ControllerConfig {
         state_dir: state_dir.to_path_buf(),
         agent,
@@ -352,7 +353,9 @@ fn tempfile_dir() -> Result<PathBuf> {
 
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    // Absolute, because steps run with their sandbox (under it) as working directory.
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
     let store = Store::open(&state_dir)?;
     match cli.command {
         Command::Change(ChangeCommand::Run(args)) => {

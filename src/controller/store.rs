@@ -1,19 +1,40 @@
 //! The embedded store: one SQLite file (`opschain.db`) under the state directory, in WAL mode with
-//! `synchronous = FULL`, so that every committed transaction survives a kill -9 of the controller.
+//! `synchronous = FULL`, so that every committed transaction survives a kill -9 of the controller
+//! (and a power loss: each commit fsyncs the WAL).
+//!
+//! Group commit. Every write goes to one writer thread, which owns the writing connection: it
+//! takes every write queued since its last commit (up to [`MAX_GROUP`]), runs each in its own
+//! savepoint of ONE transaction, commits it (one fsync for the whole group), and only then
+//! answers each waiting caller. A write that fails rolls back its own savepoint only; its caller
+//! gets the error, the others of the group are committed. So a write has exactly the durability
+//! it had as its own transaction (a call that returned has been committed and fsynced), while a
+//! thousand parallel steps share fsyncs instead of queueing one behind the other for each state
+//! change and log line. Reads use a second connection (WAL readers see the last commit and never
+//! wait for a writer's fsync).
+//!
+//! Log lines ([`Store::append_log`]) are the one write nobody waits for: they are queued and
+//! committed with the next group, which starts as soon as the previous commit ends (no timer).
+//! A step's lines are queued before its end ([`Store::finish_step`]), and a group commits its
+//! writes in queue order, so a finished step's lines are committed no later than its end state.
+//! A kill -9 of the controller loses, of a step still running, only the lines queued after the
+//! last commit began (the lines of at most one commit's fsync, a few milliseconds), as it always
+//! lost the output the agent had written but the controller not yet read.
 //!
 //! Tables: `projects`, `environments`, `properties` (every version of every level kept: level,
 //! owner, version, json, the step that wrote it, created_at), `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
 //! started from) and `step_logs`. Timestamps are UTC ISO 8601 strings made by SQLite itself.
 //!
-//! Every step status transition is its own transaction; the end of a step (its property diffs, its
-//! status and its children) is ONE transaction, so a diff is applied exactly once or not at all.
+//! Every step status transition is its own write (savepoint); the end of a step (its property
+//! diffs, its status and its children) is ONE write, so a diff is applied exactly once or not at all.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::patch::{self, Conflict};
@@ -24,6 +45,10 @@ pub const DB_FILE: &str = "opschain.db";
 
 /// How long a writer waits for another process's lock before failing (default 30 s).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most writes one group commit takes (4096): bounds how long the writer holds SQLite's write
+/// lock against other processes (a `change cancel`, another controller).
+pub const MAX_GROUP: usize = 4096;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS projects (
@@ -139,6 +164,25 @@ pub enum StoreError {
     /// No such project, environment, change or secret set.
     #[error("{0} not found")]
     NotFound(String),
+    /// The group of writes this write was committed with could not be begun or committed (or a
+    /// failure of another write of the group rolled the whole transaction back): nothing of the
+    /// group was stored.
+    #[error("store commit of a group of writes failed")]
+    Group {
+        /// The cause, shared by every write of the group.
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// The writer thread cannot be started.
+    #[error("cannot start the store's writer thread")]
+    Writer {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer thread is gone (it panicked): nothing can be written.
+    #[error("the store's writer thread is gone")]
+    WriterGone,
 }
 
 fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -285,10 +329,88 @@ pub struct StepEnd {
     pub child_strategy: Option<String>,
 }
 
-/// The store: one connection, shared by the scheduler's threads.
+/// The store, shared by the scheduler's threads: a reading connection, and the queue of the
+/// writer thread that owns the writing connection (see the module documentation).
 pub struct Store {
-    conn: Mutex<Connection>,
+    read: Mutex<Connection>,
+    writes: Option<Sender<Write>>,
+    writer: Option<JoinHandle<()>>,
     path: PathBuf,
+}
+
+/// What a write does once its group's transaction has committed (`Ok`) or failed (`Err`).
+type Completion = Box<dyn FnOnce(Result<(), Arc<rusqlite::Error>>) + Send>;
+
+/// One queued write. `run` executes it inside the group's transaction (in its own savepoint,
+/// unless `one_statement`: a single SQL statement is atomic by itself) and says whether it
+/// succeeded (its savepoint is rolled back when not); `done` answers its caller once the group's
+/// fate is known. A write whose group failed before it ran is never run: only its `done` is
+/// called, with the group's error.
+struct Write {
+    run: Box<dyn FnOnce(&Connection) -> bool + Send>,
+    one_statement: bool,
+    done: Completion,
+}
+
+/// What the writer thread runs of a [`Write`].
+type Run = (Box<dyn FnOnce(&Connection) -> bool + Send>, bool);
+
+/// The writer thread: group commits until the queue closes (the store is dropped).
+fn write_groups(conn: Connection, queue: Receiver<Write>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(w) => group.push(w),
+                Err(_) => break,
+            }
+        }
+        let (runs, dones): (Vec<Run>, Vec<Completion>) = group.into_iter().map(|w| ((w.run, w.one_statement), w.done)).unzip();
+        let outcome = run_group(&conn, runs).map_err(Arc::new);
+        for done in dones {
+            done(outcome.clone());
+        }
+    }
+}
+
+/// Runs `runs` in one transaction, each in its own savepoint (but single statements), and
+/// commits it.
+fn run_group(conn: &Connection, runs: Vec<Run>) -> rusqlite::Result<()> {
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
+    exec("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        for (run, one_statement) in runs {
+            if one_statement {
+                run(conn);
+                if conn.is_autocommit() {
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                        Some("a write's failure rolled back its group's transaction".into()),
+                    ));
+                }
+                continue;
+            }
+            exec("SAVEPOINT write")?;
+            let ok = run(conn);
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (a full disk, an I/O error): the writes
+                // before this one are gone too, and the rest must not run outside a transaction.
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("a write's failure rolled back its group's transaction".into()),
+                ));
+            }
+            if !ok {
+                exec("ROLLBACK TO write")?;
+            }
+            exec("RELEASE write")?;
+        }
+        exec("COMMIT")
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = exec("ROLLBACK");
+    }
+    result
 }
 
 fn json_of(text: &str, what: impl FnOnce() -> String) -> Result<Map<String, Value>, StoreError> {
@@ -317,17 +439,64 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(DB_FILE);
-        let open = |path: &Path| -> Result<Connection, rusqlite::Error> {
-            let conn = Connection::open(path)?;
+        let open_err = |source| StoreError::Open { path: path.clone(), source };
+        // The writing connection sets the database up. Another process may be doing the same
+        // (a `change show` polling a change that is being created): switching a new database to
+        // WAL, or a schema statement upgrading its read to a write, can then fail with
+        // SQLITE_BUSY without SQLite's busy handler ever waiting, so the whole setup is retried,
+        // and the schema is created in an IMMEDIATE transaction (which does wait).
+        let conn = retry_busy(|| {
+            let conn = Connection::open(&path)?;
             conn.busy_timeout(BUSY_TIMEOUT)?;
-            set_wal(&conn)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
-            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
             Ok(conn)
+        })
+        .map_err(open_err)?;
+        // The reading connection finds the database set up (WAL is a property of the file).
+        let read = retry_busy(|| {
+            let read = Connection::open(&path)?;
+            read.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(read)
+        })
+        .map_err(open_err)?;
+        let (writes, queue) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("opschain-store".into())
+            .spawn(move || write_groups(conn, queue))
+            .map_err(|source| StoreError::Writer { source })?;
+        Ok(Store { read: Mutex::new(read), writes: Some(writes), writer: Some(writer), path })
+    }
+
+    /// Queues `f` for the writer thread and waits until the group it joined has committed:
+    /// returns `f`'s result once it is durable, `f`'s own error (its savepoint rolled back), or
+    /// the group's error (nothing of the group was stored).
+    fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let (answer, answered) = mpsc::sync_channel::<Result<T, StoreError>>(1);
+        let slot: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::new(Mutex::new(None));
+        let filled = Arc::clone(&slot);
+        let write = Write {
+            run: Box::new(move |conn| {
+                let result = f(conn);
+                let ok = result.is_ok();
+                *filled.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                ok
+            }),
+            one_statement: false,
+            done: Box::new(move |group| {
+                let own = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let _ = answer.send(match (own, group) {
+                    (Some(Err(e)), _) => Err(e),
+                    (_, Err(source)) => Err(StoreError::Group { source }),
+                    (Some(Ok(v)), Ok(())) => Ok(v),
+                    (None, Ok(())) => Err(StoreError::WriterGone),
+                });
+            }),
         };
-        let conn = open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Store { conn: Mutex::new(conn), path })
+        self.writes.as_ref().ok_or(StoreError::WriterGone)?.send(write).map_err(|_| StoreError::WriterGone)?;
+        answered.recv().map_err(|_| StoreError::WriterGone)?
     }
 
     /// The database file.
@@ -335,56 +504,58 @@ impl Store {
         &self.path
     }
 
+    /// The reading connection.
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        self.read.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The id of project `code`, creating it (with empty properties, version 0) when absent.
     pub fn ensure_project(&self, code: &str) -> Result<i64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        let id = tx.query_row("SELECT id FROM projects WHERE code = ?1", [code], |r| r.get(0)).optional().map_err(q("find project"))?;
-        let id = match id {
-            Some(id) => id,
-            None => {
-                tx.execute("INSERT INTO projects (code) VALUES (?1)", [code]).map_err(q("create project"))?;
-                let id = tx.last_insert_rowid();
-                tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('project', ?1, 0, '{}')", [id]).map_err(q("create project properties"))?;
-                id
-            }
-        };
-        tx.commit().map_err(q("commit"))?;
-        Ok(id)
+        let code = code.to_string();
+        self.write(move |tx| {
+            let id = tx.query_row("SELECT id FROM projects WHERE code = ?1", [&code], |r| r.get(0)).optional().map_err(q("find project"))?;
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    tx.execute("INSERT INTO projects (code) VALUES (?1)", [&code]).map_err(q("create project"))?;
+                    let id = tx.last_insert_rowid();
+                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('project', ?1, 0, '{}')", [id]).map_err(q("create project properties"))?;
+                    id
+                }
+            };
+            Ok(id)
+        })
     }
 
     /// The id of environment `code` of a project, creating it when absent.
     pub fn ensure_environment(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        let id = tx
-            .query_row("SELECT id FROM environments WHERE project_id = ?1 AND code = ?2", params![project_id, code], |r| r.get(0))
-            .optional()
-            .map_err(q("find environment"))?;
-        let id = match id {
-            Some(id) => id,
-            None => {
-                tx.execute("INSERT INTO environments (project_id, code) VALUES (?1, ?2)", params![project_id, code]).map_err(q("create environment"))?;
-                let id = tx.last_insert_rowid();
-                tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('environment', ?1, 0, '{}')", [id])
-                    .map_err(q("create environment properties"))?;
-                id
-            }
-        };
-        tx.commit().map_err(q("commit"))?;
-        Ok(id)
+        let code = code.to_string();
+        self.write(move |tx| {
+            let id = tx
+                .query_row("SELECT id FROM environments WHERE project_id = ?1 AND code = ?2", params![project_id, code], |r| r.get(0))
+                .optional()
+                .map_err(q("find environment"))?;
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    tx.execute("INSERT INTO environments (project_id, code) VALUES (?1, ?2)", params![project_id, code]).map_err(q("create environment"))?;
+                    let id = tx.last_insert_rowid();
+                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('environment', ?1, 0, '{}')", [id])
+                        .map_err(q("create environment properties"))?;
+                    id
+                }
+            };
+            Ok(id)
+        })
     }
 
     /// Sets whether a project lets several changes run at once in one environment (default: no).
     pub fn set_allow_parallel_changes(&self, project_id: i64, allow: bool) -> Result<(), StoreError> {
-        self.conn()
-            .execute("UPDATE projects SET allow_parallel_changes = ?2 WHERE id = ?1", params![project_id, allow])
-            .map_err(q("update project settings"))?;
-        Ok(())
+        self.write(move |tx| {
+            tx.execute("UPDATE projects SET allow_parallel_changes = ?2 WHERE id = ?1", params![project_id, allow])
+                .map_err(q("update project settings"))?;
+            Ok(())
+        })
     }
 
     /// The latest version of a level's properties.
@@ -411,11 +582,11 @@ impl Store {
 
     /// Stores a new version of a level's properties (a user's `set` or `edit`); returns its number.
     pub fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        let version = insert_version(&tx, level, owner, json, None)?;
-        tx.commit().map_err(q("commit"))?;
-        Ok(version)
+        let json = json.clone();
+        self.write(move |tx| {
+            let version = insert_version(tx, level, owner, &json, None)?;
+            Ok(version)
+        })
     }
 
     /// The version `version` of a level's properties.
@@ -430,13 +601,15 @@ impl Store {
     /// Creates or replaces a secret set (`{"NAME": "value"}`).
     pub fn set_secrets(&self, name: &str, secrets: &Map<String, Value>) -> Result<(), StoreError> {
         let json = Value::Object(secrets.clone()).to_string();
-        self.conn()
-            .execute(
+        let name = name.to_string();
+        self.write(move |tx| {
+            tx.execute(
                 "INSERT INTO secret_sets (name, json) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET json = excluded.json, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')",
                 params![name, json],
             )
             .map_err(q("store secret set"))?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// A secret set, or `None` when it does not exist.
@@ -467,72 +640,75 @@ impl Store {
         backend: &str,
         secret_set: Option<&str>,
     ) -> Result<i64, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        tx.execute(
-            "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
-            params![project_id, environment_id, action, repo.to_string_lossy(), git_rev, commit, backend, secret_set],
-        )
-        .map_err(q("create change"))?;
-        let id = tx.last_insert_rowid();
-        tx.execute("INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, NULL, 0, ?2, 'pending')", params![id, action])
-            .map_err(q("create root step"))?;
-        tx.commit().map_err(q("commit"))?;
-        Ok(id)
+        let (action, repo, git_rev) = (action.to_string(), repo.to_string_lossy().into_owned(), git_rev.to_string());
+        let (commit, backend, secret_set) = (commit.to_string(), backend.to_string(), secret_set.map(str::to_string));
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set],
+            )
+            .map_err(q("create change"))?;
+            let id = tx.last_insert_rowid();
+            tx.execute("INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, NULL, 0, ?2, 'pending')", params![id, action])
+                .map_err(q("create root step"))?;
+            Ok(id)
+        })
     }
 
     /// Makes this process the change's controller and marks it `running`, unless another live
     /// controller runs a change in the same environment and the project does not allow parallel
     /// changes: then returns the blocking change's id and changes nothing.
     pub fn try_start_change(&self, change_id: i64, pid: i64) -> Result<Option<i64>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        let (env, allow): (i64, bool) = tx
-            .query_row(
-                "SELECT c.environment_id, p.allow_parallel_changes FROM changes c JOIN projects p ON p.id = c.project_id WHERE c.id = ?1",
-                [change_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(q("read change"))?;
-        if !allow {
-            let mut stmt = tx
-                .prepare("SELECT id, controller_pid FROM changes WHERE environment_id = ?1 AND id != ?2 AND status = 'running' AND controller_pid IS NOT NULL")
-                .map_err(q("find running changes"))?;
-            let running = stmt
-                .query_map(params![env, change_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(q("find running changes"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(q("find running changes"))?;
-            drop(stmt);
-            if let Some((blocking, _)) = running.into_iter().find(|&(_, pid)| pid_alive(pid)) {
-                return Ok(Some(blocking));
+        self.write(move |tx| {
+            let (env, allow): (i64, bool) = tx
+                .query_row(
+                    "SELECT c.environment_id, p.allow_parallel_changes FROM changes c JOIN projects p ON p.id = c.project_id WHERE c.id = ?1",
+                    [change_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(q("read change"))?;
+            if !allow {
+                let mut stmt = tx
+                    .prepare("SELECT id, controller_pid FROM changes WHERE environment_id = ?1 AND id != ?2 AND status = 'running' AND controller_pid IS NOT NULL")
+                    .map_err(q("find running changes"))?;
+                let running = stmt
+                    .query_map(params![env, change_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(q("find running changes"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(q("find running changes"))?;
+                drop(stmt);
+                if let Some((blocking, _)) = running.into_iter().find(|&(_, pid)| pid_alive(pid)) {
+                    return Ok(Some(blocking));
+                }
             }
-        }
-        tx.execute(
-            "UPDATE changes SET status = 'running', controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
-            params![change_id, pid],
-        )
-        .map_err(q("start change"))?;
-        tx.commit().map_err(q("commit"))?;
-        Ok(None)
+            tx.execute(
+                "UPDATE changes SET status = 'running', controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
+                params![change_id, pid],
+            )
+            .map_err(q("start change"))?;
+            Ok(None)
+        })
     }
 
     /// Marks a change `queued` (waiting for its environment).
     pub fn set_change_status(&self, change_id: i64, status: ChangeStatus) -> Result<(), StoreError> {
         let finished = status.is_final();
-        self.conn()
-            .execute(
+        self.write(move |tx| {
+            tx.execute(
                 "UPDATE changes SET status = ?2, finished_at = CASE WHEN ?3 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE NULL END WHERE id = ?1",
                 params![change_id, status.as_str(), finished],
             )
             .map_err(q("update change status"))?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Asks for a change's cancellation (its controller sees the flag).
     pub fn request_cancel(&self, change_id: i64) -> Result<(), StoreError> {
-        self.conn().execute("UPDATE changes SET cancel_requested = 1 WHERE id = ?1", [change_id]).map_err(q("request cancel"))?;
-        Ok(())
+        self.write(move |tx| {
+            tx.execute("UPDATE changes SET cancel_requested = 1 WHERE id = ?1", [change_id]).map_err(q("request cancel"))?;
+            Ok(())
+        })
     }
 
     /// Whether cancellation of the change was asked for.
@@ -584,60 +760,58 @@ impl Store {
     /// The steps of a change, parents before children, siblings in order.
     pub fn steps(&self, change_id: i64) -> Result<Vec<StepRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, parent_id, position, action, status, child_strategy, exit_status, message, started_at, finished_at,
-                        (julianday(finished_at) - julianday(started_at)) * 86400.0
-                 FROM steps WHERE change_id = ?1 ORDER BY id",
-            )
-            .map_err(q("list steps"))?;
-        let rows = stmt
-            .query_map([change_id], |r| {
-                Ok(StepRow {
-                    id: r.get(0)?,
-                    parent_id: r.get(1)?,
-                    position: r.get(2)?,
-                    action: r.get(3)?,
-                    status: StepStatus::parse(&r.get::<_, String>(4)?),
-                    child_strategy: r.get(5)?,
-                    exit_status: r.get(6)?,
-                    message: r.get(7)?,
-                    started_at: r.get(8)?,
-                    finished_at: r.get(9)?,
-                    duration_secs: r.get(10)?,
-                })
-            })
-            .map_err(q("list steps"))?;
+        let mut stmt = conn.prepare_cached(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE change_id = ?1 ORDER BY id")).map_err(q("list steps"))?;
+        let rows = stmt.query_map([change_id], step_row).map_err(q("list steps"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(q("list steps"))
+    }
+
+    /// The children of step `parent_id` of a change, in order, and how they run (the parent's
+    /// `child_strategy`). One indexed lookup: the scheduler asks this for every step it runs, so
+    /// it must not read the whole change.
+    pub fn child_steps(&self, change_id: i64, parent_id: i64) -> Result<(Vec<StepRow>, Option<String>), StoreError> {
+        let conn = self.conn();
+        let strategy: Option<String> = conn
+            .prepare_cached("SELECT child_strategy FROM steps WHERE id = ?1")
+            .and_then(|mut s| s.query_row([parent_id], |r| r.get(0)).optional())
+            .map_err(q("read child strategy"))?
+            .flatten();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE change_id = ?1 AND parent_id = ?2 ORDER BY position"))
+            .map_err(q("list child steps"))?;
+        let rows = stmt.query_map([change_id, parent_id], step_row).map_err(q("list child steps"))?;
+        Ok((rows.collect::<Result<Vec<_>, _>>().map_err(q("list child steps"))?, strategy))
     }
 
     /// Moves a step to `queued`, `aborted` or `cancelled` (no timing change).
     pub fn set_step_status(&self, step_id: i64, status: StepStatus, message: Option<&str>) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
+        let message = message.map(str::to_string);
+        self.write(move |tx| {
+            exec_cached(
+                tx,
                 "UPDATE steps SET status = ?2, message = COALESCE(?3, message),
                     finished_at = CASE WHEN ?4 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE finished_at END WHERE id = ?1",
                 params![step_id, status.as_str(), message, status.is_final()],
             )
             .map_err(q("update step status"))?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Marks a step `running` and returns the properties it starts with (project, environment),
     /// recording their versions on the step.
     pub fn start_step(&self, step_id: i64, project_id: i64, environment_id: i64) -> Result<StartingProperties, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        let project = latest(&tx, Level::Project, project_id)?;
-        let environment = latest(&tx, Level::Environment, environment_id)?;
-        tx.execute(
-            "UPDATE steps SET status = 'running', project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
-                started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
-            params![step_id, project.version, environment.version],
-        )
-        .map_err(q("start step"))?;
-        tx.commit().map_err(q("commit"))?;
-        Ok(StartingProperties { project: project.json, environment: environment.json })
+        self.write(move |tx| {
+            let project = latest(tx, Level::Project, project_id)?;
+            let environment = latest(tx, Level::Environment, environment_id)?;
+            exec_cached(
+                tx,
+                "UPDATE steps SET status = 'running', project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
+                    started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
+                params![step_id, project.version, environment.version],
+            )
+            .map_err(q("start step"))?;
+            Ok(StartingProperties { project: project.json, environment: environment.json })
+        })
     }
 
     /// Ends a step in ONE transaction: applies its diffs to the current properties (new versions),
@@ -645,93 +819,131 @@ impl Store {
     /// the diffs back and ends the step `error` with the conflict explained. Returns the final
     /// status and the message, if any.
     pub fn finish_step(&self, step_id: i64, project_id: i64, environment_id: i64, end: StepEnd) -> Result<(StepStatus, Option<String>), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        let (change_id, project_version, environment_version, action): (i64, Option<i64>, Option<i64>, String) = tx
-            .query_row("SELECT change_id, project_version, environment_version, action FROM steps WHERE id = ?1", [step_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .map_err(q("read step"))?;
-        let mut status = end.status;
-        let mut message = end.message.clone();
-        let mut updates = Vec::new();
-        for (level, owner, started, diff) in [
-            (Level::Project, project_id, project_version, &end.project_diff),
-            (Level::Environment, environment_id, environment_version, &end.environment_diff),
-        ] {
-            if diff.0.is_empty() {
-                continue;
-            }
-            let current = latest(&tx, level, owner)?;
-            let mut doc = Value::Object(current.json.clone());
-            match json_patch::patch(&mut doc, diff) {
-                Ok(()) => match doc {
-                    Value::Object(map) => updates.push((level, owner, map)),
-                    _ => unreachable!("a patch cannot turn the root object into another type without a root op"),
-                },
-                Err(error) => {
-                    let original = match started {
-                        Some(v) => version_json(&tx, level, owner, v)?,
-                        None => Map::new(),
-                    };
-                    let (project, environment): (String, String) = tx
-                        .query_row(
-                            "SELECT p.code, e.code FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id WHERE c.id = ?1",
-                            [change_id],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .map_err(q("read change codes"))?;
-                    let conflict = Conflict {
-                        project,
-                        environment,
-                        level: level.as_str(),
-                        step_id,
-                        action: action.clone(),
-                        change_id,
-                        error: error.to_string(),
-                        original,
-                        patch: diff.clone(),
-                        current: current.json,
-                    };
-                    let text = patch::explain(&conflict);
-                    message = Some(match message {
-                        Some(m) => format!("{m}\n{text}"),
-                        None => text,
-                    });
-                    status = StepStatus::Error;
-                    updates.clear();
-                    break;
+        self.write(move |tx| {
+            let (change_id, project_version, environment_version, action): (i64, Option<i64>, Option<i64>, String) = tx
+                .query_row("SELECT change_id, project_version, environment_version, action FROM steps WHERE id = ?1", [step_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .map_err(q("read step"))?;
+            let mut status = end.status;
+            let mut message = end.message.clone();
+            let mut updates = Vec::new();
+            for (level, owner, started, diff) in [
+                (Level::Project, project_id, project_version, &end.project_diff),
+                (Level::Environment, environment_id, environment_version, &end.environment_diff),
+            ] {
+                if diff.0.is_empty() {
+                    continue;
+                }
+                let current = latest(tx, level, owner)?;
+                let mut doc = Value::Object(current.json.clone());
+                match json_patch::patch(&mut doc, diff) {
+                    Ok(()) => match doc {
+                        Value::Object(map) => updates.push((level, owner, map)),
+                        _ => unreachable!("a patch cannot turn the root object into another type without a root op"),
+                    },
+                    Err(error) => {
+                        let original = match started {
+                            Some(v) => version_json(tx, level, owner, v)?,
+                            None => Map::new(),
+                        };
+                        let (project, environment): (String, String) = tx
+                            .query_row(
+                                "SELECT p.code, e.code FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id WHERE c.id = ?1",
+                                [change_id],
+                                |r| Ok((r.get(0)?, r.get(1)?)),
+                            )
+                            .map_err(q("read change codes"))?;
+                        let conflict = Conflict {
+                            project,
+                            environment,
+                            level: level.as_str(),
+                            step_id,
+                            action: action.clone(),
+                            change_id,
+                            error: error.to_string(),
+                            original,
+                            patch: diff.clone(),
+                            current: current.json,
+                        };
+                        let text = patch::explain(&conflict);
+                        message = Some(match message {
+                            Some(m) => format!("{m}\n{text}"),
+                            None => text,
+                        });
+                        status = StepStatus::Error;
+                        updates.clear();
+                        break;
+                    }
                 }
             }
-        }
-        for (level, owner, map) in &updates {
-            insert_version(&tx, *level, *owner, map, Some(step_id))?;
-        }
-        tx.execute(
-            "UPDATE steps SET status = ?2, exit_status = ?3, message = ?4, child_strategy = ?5,
-                finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1",
-            params![step_id, status.as_str(), end.exit_status, message, if status == StepStatus::Success { end.child_strategy.clone() } else { None }],
-        )
-        .map_err(q("finish step"))?;
-        if status == StepStatus::Success {
-            for (position, child) in end.children.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
-                    params![change_id, step_id, position as i64, child],
-                )
-                .map_err(q("add child step"))?;
+            for (level, owner, map) in &updates {
+                insert_version(tx, *level, *owner, map, Some(step_id))?;
             }
-        }
-        tx.commit().map_err(q("commit"))?;
-        Ok((status, message))
+            exec_cached(
+                tx,
+                "UPDATE steps SET status = ?2, exit_status = ?3, message = ?4, child_strategy = ?5,
+                    finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1",
+                params![step_id, status.as_str(), end.exit_status, message, if status == StepStatus::Success { end.child_strategy.clone() } else { None }],
+            )
+            .map_err(q("finish step"))?;
+            if status == StepStatus::Success {
+                for (position, child) in end.children.iter().enumerate() {
+                    exec_cached(
+                        tx,
+                        "INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+                        params![change_id, step_id, position as i64, child],
+                    )
+                    .map_err(q("add child step"))?;
+                }
+            }
+            Ok((status, message))
+        })
     }
 
-    /// Appends one line to a step's log.
-    pub fn append_log(&self, step_id: i64, stream: &str, line: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("INSERT INTO step_logs (step_id, stream, line) VALUES (?1, ?2, ?3)", params![step_id, stream, line])
-            .map_err(q("append step log"))?;
-        Ok(())
+    /// Queues one line of a step's log and returns at once: the line is committed with the next
+    /// group (see the module documentation), before any later write of the same thread. A line
+    /// that cannot be stored is reported on stderr (nobody waits for it).
+    pub fn append_log(&self, step_id: i64, stream: &str, line: &str) {
+        let (stream, line) = (stream.to_string(), line.to_string());
+        let failed: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
+        let noted = Arc::clone(&failed);
+        let write = Write {
+            run: Box::new(move |conn| {
+                let inserted = conn
+                    .prepare_cached("INSERT INTO step_logs (step_id, stream, line) VALUES (?1, ?2, ?3)")
+                    .and_then(|mut stmt| stmt.execute(params![step_id, stream, line]))
+                    .map_err(q("append step log"));
+                let ok = inserted.is_ok();
+                *noted.lock().unwrap_or_else(|e| e.into_inner()) = inserted.err();
+                ok
+            }),
+            one_statement: true,
+            done: Box::new(move |group| {
+                let own = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let error = own.or_else(|| group.err().map(|source| StoreError::Group { source }));
+                if let Some(e) = error {
+                    eprintln!("opschain: warning: a log line of step {step_id} was not stored: {}", chain(&e));
+                }
+            }),
+        };
+        if let Some(writes) = &self.writes {
+            if writes.send(write).is_err() {
+                eprintln!("opschain: warning: a log line of step {step_id} was not stored: {}", StoreError::WriterGone);
+            }
+        }
+    }
+
+    /// Marks steps `queued` (waiting for a worker), all in one write.
+    pub fn mark_queued(&self, step_ids: &[i64]) -> Result<(), StoreError> {
+        let ids = step_ids.to_vec();
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached("UPDATE steps SET status = 'queued' WHERE id = ?1").map_err(q("queue steps"))?;
+            for id in ids {
+                stmt.execute([id]).map_err(q("queue steps"))?;
+            }
+            Ok(())
+        })
     }
 
     /// Every log line of a change, in order.
@@ -750,63 +962,65 @@ impl Store {
     /// to `pending` and loses its descendants (it reports its children again when it runs); the
     /// successful steps and their successful subtrees are kept. Returns how many steps will re-run.
     pub fn reset_for_retry(&self, change_id: i64) -> Result<usize, StoreError> {
-        let steps = self.steps(change_id)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        let mut reset = 0;
-        let mut stack: Vec<i64> = steps.iter().filter(|s| s.parent_id.is_none()).map(|s| s.id).collect();
-        while let Some(id) = stack.pop() {
-            let step = steps.iter().find(|s| s.id == id).expect("listed");
-            if step.status == StepStatus::Success {
-                stack.extend(steps.iter().filter(|s| s.parent_id == Some(id)).map(|s| s.id));
-                continue;
-            }
-            reset += 1;
-            let mut doomed: Vec<i64> = Vec::new();
-            let mut frontier = vec![id];
-            while let Some(p) = frontier.pop() {
-                for c in steps.iter().filter(|s| s.parent_id == Some(p)) {
-                    doomed.push(c.id);
-                    frontier.push(c.id);
+        self.write(move |tx| {
+            let steps = {
+                let mut stmt = tx.prepare_cached(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE change_id = ?1 ORDER BY id")).map_err(q("list steps"))?;
+                let rows = stmt.query_map([change_id], step_row).map_err(q("list steps"))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(q("list steps"))?
+            };
+            let mut reset = 0;
+            let mut stack: Vec<i64> = steps.iter().filter(|s| s.parent_id.is_none()).map(|s| s.id).collect();
+            while let Some(id) = stack.pop() {
+                let step = steps.iter().find(|s| s.id == id).expect("listed");
+                if step.status == StepStatus::Success {
+                    stack.extend(steps.iter().filter(|s| s.parent_id == Some(id)).map(|s| s.id));
+                    continue;
                 }
+                reset += 1;
+                let mut doomed: Vec<i64> = Vec::new();
+                let mut frontier = vec![id];
+                while let Some(p) = frontier.pop() {
+                    for c in steps.iter().filter(|s| s.parent_id == Some(p)) {
+                        doomed.push(c.id);
+                        frontier.push(c.id);
+                    }
+                }
+                for d in doomed.iter().rev() {
+                    tx.execute("DELETE FROM step_logs WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
+                    tx.execute("UPDATE properties SET step_id = NULL WHERE step_id = ?1", [d]).map_err(q("detach properties"))?;
+                    tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
+                }
+                tx.execute(
+                    "UPDATE steps SET status = 'pending', exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
+                    [id],
+                )
+                .map_err(q("reset step"))?;
             }
-            for d in doomed.iter().rev() {
-                tx.execute("DELETE FROM step_logs WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
-                tx.execute("UPDATE properties SET step_id = NULL WHERE step_id = ?1", [d]).map_err(q("detach properties"))?;
-                tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
-            }
-            tx.execute(
-                "UPDATE steps SET status = 'pending', exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
-                [id],
-            )
-            .map_err(q("reset step"))?;
-        }
-        tx.execute("UPDATE changes SET status = 'pending', cancel_requested = 0, finished_at = NULL WHERE id = ?1", [change_id])
-            .map_err(q("reset change"))?;
-        tx.commit().map_err(q("commit"))?;
-        Ok(reset)
+            tx.execute("UPDATE changes SET status = 'pending', cancel_requested = 0, finished_at = NULL WHERE id = ?1", [change_id])
+                .map_err(q("reset change"))?;
+            Ok(reset)
+        })
     }
 
     /// Ends a change whose controller is gone: pending, queued and running steps become
     /// `cancelled`, and so does the change.
     pub fn cancel_orphaned(&self, change_id: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(q("begin"))?;
-        tx.execute(
-            "UPDATE steps SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN ('pending','queued','running')",
-            [change_id],
-        )
-        .map_err(q("cancel steps"))?;
-        tx.execute("UPDATE changes SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", [change_id])
-            .map_err(q("cancel change"))?;
-        tx.commit().map_err(q("commit"))?;
-        Ok(())
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE steps SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN ('pending','queued','running')",
+                [change_id],
+            )
+            .map_err(q("cancel steps"))?;
+            tx.execute("UPDATE changes SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", [change_id])
+                .map_err(q("cancel change"))?;
+            Ok(())
+        })
     }
 
     /// The id of a project by code.
     pub fn project_id(&self, code: &str) -> Result<i64, StoreError> {
         self.conn()
-            .query_row("SELECT id FROM projects WHERE code = ?1", [code], |r| r.get(0))
+            .query_row("SELECT id FROM projects WHERE code = ?1", [&code], |r| r.get(0))
             .optional()
             .map_err(q("find project"))?
             .ok_or_else(|| StoreError::NotFound(format!("project {code:?}")))
@@ -822,29 +1036,60 @@ impl Store {
     }
 }
 
-/// Switches the database to WAL mode. SQLite answers SQLITE_BUSY at once, without calling the
-/// busy handler, when another connection holds a lock while a new database changes its journal
-/// mode (two `opschain` processes opening a new store together, e.g. a `change run` and a
-/// `change show`): retry for up to [`BUSY_TIMEOUT`] like any other busy wait.
-fn set_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
+/// The columns [`step_row`] reads, in its order.
+const STEP_COLUMNS: &str = "id, parent_id, position, action, status, child_strategy, exit_status, message, started_at, finished_at,
+    (julianday(finished_at) - julianday(started_at)) * 86400.0";
+
+fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
+    Ok(StepRow {
+        id: r.get(0)?,
+        parent_id: r.get(1)?,
+        position: r.get(2)?,
+        action: r.get(3)?,
+        status: StepStatus::parse(&r.get::<_, String>(4)?),
+        child_strategy: r.get(5)?,
+        exit_status: r.get(6)?,
+        message: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        duration_secs: r.get(10)?,
+    })
+}
+
+/// Runs `sql` with `params` through the connection's statement cache (the statements of every
+/// step's start and end are parsed once, not once a step).
+fn exec_cached(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// Runs `f` again while it fails with SQLITE_BUSY, for up to [`BUSY_TIMEOUT`], 10 ms apart.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     loop {
-        match conn.pragma_update(None, "journal_mode", "WAL") {
+        match f() {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,
         }
     }
 }
 
+/// `e` and its causes, joined with ": ".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 fn latest(conn: &Connection, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
     let (version, json, step_id, created_at): (i64, String, Option<i64>, String) = conn
-        .query_row(
-            "SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version DESC LIMIT 1",
-            params![level.as_str(), owner],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
+        .prepare_cached("SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version DESC LIMIT 1")
+        .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
         .optional()
         .map_err(q("read properties"))?
         .ok_or_else(|| StoreError::NotFound(format!("{} {owner} properties", level.as_str())))?;
@@ -868,6 +1113,17 @@ fn insert_version(conn: &Connection, level: Level, owner: i64, json: &Map<String
     )
     .map_err(q("store properties version"))?;
     Ok(next)
+}
+
+impl Drop for Store {
+    /// Closes the writer's queue and waits for it to commit what is queued (log lines nobody
+    /// waited for).
+    fn drop(&mut self) {
+        drop(self.writes.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -960,4 +1216,62 @@ mod tests {
         assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
         assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
     }
+
+    #[test]
+    fn a_failed_write_of_a_group_rolls_back_alone_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        drop(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let insert = |code: &'static str, ok: bool| -> Run {
+            (
+                Box::new(move |c: &Connection| {
+                    c.execute("INSERT INTO projects (code) VALUES (?1)", [code]).unwrap();
+                    ok
+                }),
+                false,
+            )
+        };
+        run_group(&conn, vec![insert("a", true), insert("b", false), insert("c", true)]).unwrap();
+        let codes: Vec<String> = conn.prepare("SELECT code FROM projects ORDER BY code").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(codes, ["a", "c"]);
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits_and_lose_nothing() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let children: Vec<String> = (0..40).map(|i| format!("child{i}")).collect();
+        let children: Vec<&str> = children.iter().map(String::as_str).collect();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &children)).unwrap();
+        let ids: Vec<i64> = store.steps(c).unwrap().iter().skip(1).map(|s| s.id).collect();
+        store.mark_queued(&ids).unwrap();
+        std::thread::scope(|s| {
+            for (n, id) in ids.iter().enumerate() {
+                let store = &store;
+                s.spawn(move || {
+                    store.start_step(*id, p, e).unwrap();
+                    for line in 0..50 {
+                        store.append_log(*id, "stdout", &format!("line {line}"));
+                    }
+                    let diff = json!([{"op": "add", "path": format!("/k{n}"), "value": n}]);
+                    assert_eq!(store.finish_step(*id, p, e, end(diff, json!([]), &[])).unwrap().0, StepStatus::Success);
+                });
+            }
+        });
+        // Every diff applied once, on top of the others (a version per step), and every line of
+        // every finished step stored, in its order.
+        let project = store.properties(Level::Project, p).unwrap();
+        assert_eq!(project.version, 40);
+        assert_eq!(project.json.len(), 40);
+        let logs = store.logs(c).unwrap();
+        assert_eq!(logs.len(), 40 * 50);
+        for id in &ids {
+            let mine: Vec<String> = logs.iter().filter(|l| l.step_id == *id).map(|l| l.line.clone()).collect();
+            assert_eq!(mine, (0..50).map(|i| format!("line {i}")).collect::<Vec<_>>());
+        }
+        assert!(store.steps(c).unwrap().iter().all(|s| s.status == StepStatus::Success));
+    }
+
 }

@@ -73,7 +73,7 @@ impl DockerBackend {
     fn streamed(&self, mut command: Command, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
         let program = self.config.docker.display().to_string();
         command.stdin(Stdio::null());
-        let status = run_streamed(command, program, sink, cancel, self.config.grace, |_| {})?;
+        let status = run_streamed(command, program, sink, cancel, self.config.grace)?;
         Ok(status_code(status))
     }
 }

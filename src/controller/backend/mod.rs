@@ -2,12 +2,13 @@
 //! context), runs the agent on it, streams the agent's output line by line to a [`LogSink`], and
 //! returns the agent's exit status with the parsed `step_result.json`.
 //!
-//! * [`process`] (the default): a fresh checkout in a temporary sandbox, the agent as a child
-//!   process. No Docker needed.
+//! * [`process`] (the default): a fresh copy of the change's checkout in a temporary sandbox, the
+//!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
 //! * [`docker`]: an image built per step from the checkout, a container per step.
 
 pub mod docker;
 pub mod process;
+pub mod spawn;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -110,75 +111,242 @@ pub fn read_result(path: &std::path::Path) -> (Option<StepResult>, Option<String
     }
 }
 
-/// Streams a child's pipe line by line into `sink`.
-pub(crate) fn pump(pipe: impl std::io::Read, stream: &'static str, sink: &dyn LogSink) {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                sink.line(stream, line.trim_end_matches(['\n', '\r']));
-            }
+/// One output pipe of a running step: its fd and the bytes of its current, unfinished line.
+struct Stream {
+    pipe: Option<std::os::fd::OwnedFd>,
+    name: &'static str,
+    partial: Vec<u8>,
+}
+
+impl Stream {
+    fn new(pipe: Option<std::os::fd::OwnedFd>, name: &'static str) -> Stream {
+        Stream { pipe, name, partial: Vec::new() }
+    }
+
+    /// Reads what the pipe holds (one `read`), hands every complete line to `sink`, and closes
+    /// the pipe at end of file or on a read error (the unfinished line, if any, is sent first).
+    fn drain(&mut self, sink: &dyn LogSink, buf: &mut [u8]) {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = &self.pipe else { return };
+        // SAFETY: reading into a buffer we own from a pipe fd we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            return;
         }
+        if n <= 0 {
+            self.close(sink);
+            return;
+        }
+        let mut data = &buf[..n as usize];
+        while let Some(at) = data.iter().position(|&b| b == b'\n') {
+            self.partial.extend_from_slice(&data[..at]);
+            self.emit(sink);
+            data = &data[at + 1..];
+        }
+        self.partial.extend_from_slice(data);
+    }
+
+    fn emit(&mut self, sink: &dyn LogSink) {
+        let line = String::from_utf8_lossy(&self.partial);
+        sink.line(self.name, line.trim_end_matches(['\n', '\r']));
+        self.partial.clear();
+    }
+
+    fn close(&mut self, sink: &dyn LogSink) {
+        if !self.partial.is_empty() {
+            self.emit(sink);
+        }
+        self.pipe = None;
     }
 }
 
+/// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
+/// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.
+pub(crate) const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Spawns `command` with its output piped, streams stdout and stderr into `sink` line by line,
-/// and waits for it (cancellable, with `grace` between TERM and KILL). `after_wait` runs with the
-/// child's pid once it has exited, before the pumps are joined (the process backend ends the
-/// child's session there, so that leftovers holding the pipes open cannot stall the join).
-/// `program` names the command in errors.
+/// How long the output pipes may stay open after the agent exited before the step's session is
+/// swept ([`kill_session`]), and again after the sweep before the controller stops reading them
+/// (200 ms). Only a process the agent left behind holds them that long.
+pub(crate) const LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A pidfd of `pid` (a child of ours not yet reaped, so the pid cannot have been reused), or
+/// `None` on a kernel without `pidfd_open` (before Linux 5.3).
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a new file descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A started process [`stream_and_wait`] can wait for and stop.
+pub(crate) trait Running {
+    /// Its pid.
+    fn id(&self) -> u32;
+    /// Reaps it if it has exited.
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>>;
+    /// Sends it SIGKILL.
+    fn kill(&mut self);
+}
+
+impl Running for std::process::Child {
+    fn id(&self) -> u32 {
+        std::process::Child::id(self)
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        std::process::Child::try_wait(self)
+    }
+    fn kill(&mut self) {
+        let _ = std::process::Child::kill(self);
+    }
+}
+
+impl Running for spawn::Child {
+    fn id(&self) -> u32 {
+        spawn::Child::id(self)
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        spawn::Child::try_wait(self)
+    }
+    fn kill(&mut self) {
+        spawn::Child::kill(self)
+    }
+}
+
+/// Spawns `command` (with `std::process`) with its output piped and runs [`stream_and_wait`] on
+/// it without ending its session (the Docker backend's `docker` commands). `program` names the
+/// command in errors.
 pub(crate) fn run_streamed(
     mut command: std::process::Command,
     program: String,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
-    after_wait: impl FnOnce(u32) + Send,
 ) -> Result<std::process::ExitStatus, BackendError> {
     use std::process::Stdio;
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    std::thread::scope(|s| {
-        s.spawn(|| pump(stdout, "stdout", sink));
-        s.spawn(|| pump(stderr, "stderr", sink));
-        let status = wait_cancellable(&mut child, cancel, grace);
-        after_wait(child.id());
-        status
-    })
-    .map_err(|source| BackendError::Spawn { program, source })
+    let (stdout, stderr) = (child.stdout.take().map(Into::into), child.stderr.take().map(Into::into));
+    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, false)
 }
 
-/// Waits for `child`, polling `cancel`: on cancel sends SIGTERM, then SIGKILL after `grace`.
-pub(crate) fn wait_cancellable(child: &mut std::process::Child, cancel: &AtomicBool, grace: std::time::Duration) -> std::io::Result<std::process::ExitStatus> {
+/// Starts `spec` as a session leader ([`spawn::spawn`]) and runs [`stream_and_wait`] on it,
+/// ending its session (the process backend's agent).
+pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &AtomicBool, grace: std::time::Duration) -> Result<std::process::ExitStatus, BackendError> {
+    let program = spec.program.display().to_string();
+    let mut child = spawn::spawn(spec).map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true)
+}
+
+/// Streams a started child's stdout and stderr into `sink` line by line, and waits for it
+/// (cancellable: SIGTERM when `cancel` turns true, SIGKILL `grace` later), all from the calling
+/// thread: one `poll(2)` loop over the two pipes and a pidfd of the child, so a step costs no
+/// extra threads and its end is seen the moment it happens.
+///
+/// With `end_session` (the process backend, whose agent leads its own session) the child's
+/// session is swept with [`kill_session`] when the agent did not end by itself (it was killed by
+/// a signal, or the step was cancelled), or when its pipes stay open [`LEFTOVER_WAIT`] after it
+/// exited: only a leftover process holds them then. An agent that exited by itself with its pipes
+/// closed has ended its action's processes itself (its contract), and the sweep, a walk over
+/// every process of the machine, is skipped. Pipes still open [`LEFTOVER_WAIT`] after the sweep
+/// (held by a process outside the session) are abandoned with a line saying so, rather than
+/// stalling the step forever. `program` names the command in errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stream_and_wait(
+    child: &mut dyn Running,
+    stdout: Option<std::os::fd::OwnedFd>,
+    stderr: Option<std::os::fd::OwnedFd>,
+    program: String,
+    sink: &dyn LogSink,
+    cancel: &AtomicBool,
+    grace: std::time::Duration,
+    end_session: bool,
+) -> Result<std::process::ExitStatus, BackendError> {
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
-    let mut term_sent: Option<std::time::Instant> = None;
+    use std::time::Instant;
+    let spawn_err = |source| BackendError::Spawn { program: program.clone(), source };
+    let pid = child.id();
+    let mut streams = [Stream::new(stdout, "stdout"), Stream::new(stderr, "stderr")];
+    let pidfd = pidfd_open(pid);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut status: Option<std::process::ExitStatus> = None;
+    let mut term_sent: Option<Instant> = None;
+    // When the agent was seen to exit, and when the session was swept.
+    let mut exited_at: Option<Instant> = None;
+    let mut swept_at: Option<Instant> = None;
     loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
+        if status.is_none() {
+            if let Some(s) = child.try_wait().map_err(spawn_err)? {
+                status = Some(s);
+                exited_at = Some(Instant::now());
+                if end_session && (s.code().is_none() || cancel.load(Ordering::SeqCst)) {
+                    kill_session(pid as i32);
+                    swept_at = exited_at;
+                }
+            }
         }
-        if cancel.load(Ordering::SeqCst) {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let open = streams.iter().filter(|s| s.pipe.is_some()).count();
+        let mut timeout = CANCEL_CHECK;
+        if let (Some(s), Some(exited)) = (status, exited_at) {
+            if open == 0 {
+                return Ok(s);
+            }
+            match swept_at {
+                Some(swept) if swept.elapsed() >= LEFTOVER_WAIT => {
+                    for stream in &mut streams {
+                        stream.close(sink);
+                    }
+                    sink.line("stderr", "opschain: a process left behind by the step holds its output open: stopped reading it");
+                    return Ok(s);
+                }
+                Some(swept) => timeout = LEFTOVER_WAIT - swept.elapsed(),
+                None if exited.elapsed() >= LEFTOVER_WAIT => {
+                    if end_session {
+                        kill_session(pid as i32);
+                    }
+                    swept_at = Some(Instant::now());
+                    continue;
+                }
+                None => timeout = LEFTOVER_WAIT - exited.elapsed(),
+            }
+        } else if cancel.load(Ordering::SeqCst) {
             match term_sent {
                 None => {
-                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                    term_sent = Some(std::time::Instant::now());
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+                    term_sent = Some(Instant::now());
                 }
                 Some(at) if at.elapsed() > grace => {
-                    let _ = child.kill();
-                    kill_session(child.id() as i32);
+                    child.kill();
+                    kill_session(pid as i32);
                 }
                 Some(_) => {}
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut fds: Vec<libc::pollfd> = streams.iter().filter_map(|s| s.pipe.as_ref()).map(|p| libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        let waiting_for_exit = status.is_none() && pidfd.is_some();
+        if let (true, Some(p)) = (waiting_for_exit, &pidfd) {
+            fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        if status.is_none() && pidfd.is_none() && fds.is_empty() {
+            // No pidfd and no pipe to wake us: look again after a while.
+            std::thread::sleep(CANCEL_CHECK);
+            continue;
+        }
+        // SAFETY: a valid array of pollfds of fds we own; EINTR and timeouts just loop.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis().max(1) as libc::c_int) };
+        if ready <= 0 {
+            continue;
+        }
+        for pfd in &fds {
+            if pfd.revents == 0 {
+                continue;
+            }
+            if let Some(stream) = streams.iter_mut().find(|s| s.pipe.as_ref().is_some_and(|p| p.as_raw_fd() == pfd.fd)) {
+                stream.drain(sink, &mut buf);
+            }
+        }
     }
 }
 

@@ -1,18 +1,22 @@
-//! The process backend (the default): each step in a fresh checkout of the change's commit under
-//! `<sandbox root>/change-<id>/step-<id>-<pid>-<time>`, the agent as a child process with `--repo SANDBOX
-//! --files-root SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files`
-//! paths land under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The
-//! agent's directory is first on the action's PATH (for `opschain-runner property set` and co.),
-//! and `TMPDIR` is `SANDBOX/tmp`.
-//! The sandbox is removed when the step ends.
+//! The process backend (the default): each step in a fresh, private copy of the change's commit
+//! under `<sandbox root>/change-<id>/step-<id>-<pid>-<time>` (the commit is checked out once per
+//! change run, next to the step sandboxes, and copied for each step, `.git` included: see
+//! [`repo::Checkouts`]), the agent as a child process with `--repo SANDBOX --files-root
+//! SANDBOX/root` so nothing is written outside the sandbox (absolute `opschain.files` paths land
+//! under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The agent's
+//! directory is first on the action's PATH (for `opschain-runner property set` and co.), and
+//! `TMPDIR` is `SANDBOX/tmp`. The agent is started without forking the controller
+//! ([`super::spawn`]), leads its own session and dies with the thread that started it. The
+//! sandbox is removed when the step ends.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{kill_session, read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::spawn::Spawn;
+use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
 use crate::controller::repo;
 
 /// How the process backend runs.
@@ -29,15 +33,17 @@ pub struct ProcessConfig {
 }
 
 /// The process backend.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProcessBackend {
     config: ProcessConfig,
+    checkouts: repo::Checkouts,
 }
 
 impl ProcessBackend {
     /// A backend with this configuration.
     pub fn new(config: ProcessConfig) -> ProcessBackend {
-        ProcessBackend { config }
+        let checkouts = repo::Checkouts::new(config.keep_sandboxes);
+        ProcessBackend { config, checkouts }
     }
 
     /// A new sandbox directory for one run of a step. Each run gets its own (named after this
@@ -57,8 +63,8 @@ impl Backend for ProcessBackend {
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         let sandbox = self.sandbox(job.change_id, job.step_id);
         let started = std::time::Instant::now();
-        repo::checkout(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
-        sink.line("stderr", &format!("opschain: checked out {} in {:.2}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
+        self.checkouts.copy_to(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
+        sink.line("stderr", &format!("opschain: checked out {} in {:.3}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
         let folder = sandbox.join(".opschain");
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
@@ -71,40 +77,25 @@ impl Backend for ProcessBackend {
 
         let agent_dir = self.config.agent.parent().map(Path::to_path_buf).unwrap_or_default();
         let path = format!("{}:{}", agent_dir.display(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
-        let mut command = Command::new(&self.config.agent);
-        command
-            .arg("--repo")
-            .arg(&sandbox)
-            .arg("--folder")
-            .arg(".opschain")
-            .arg("step")
-            .arg("--files-root")
-            .arg(&files_root)
-            .env("PATH", path)
-            .env("OPSCHAIN_FILES_ROOT", &files_root)
-            .env("TMPDIR", &tmp)
-            .env_remove("OPSCHAIN_REPO_DIR")
-            .env_remove("OPSCHAIN_REPO_FOLDER")
-            .current_dir(&sandbox)
-            .stdin(Stdio::null());
+        let os = |s: &str| OsString::from(s);
         // The agent leads its own session (so that the step's leftovers can be found and killed),
         // and dies with the thread that started it: a controller killed with -9 leaves no agent
-        // behind to race a retry.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let program = self.config.agent.display().to_string();
-        // What the action left running would hold the pipes open: end it with the step.
-        let status = run_streamed(command, program, sink, cancel, self.config.grace, |pid| kill_session(pid as i32))?;
+        // behind to race a retry. `spawn` does both without forking the controller.
+        let spec = Spawn {
+            program: self.config.agent.clone(),
+            args: vec![os("--repo"), sandbox.clone().into(), os("--folder"), os(".opschain"), os("step"), os("--files-root"), files_root.clone().into()],
+            env: vec![
+                (os("PATH"), Some(path.into())),
+                (os("OPSCHAIN_FILES_ROOT"), Some(files_root.clone().into())),
+                (os("TMPDIR"), Some(tmp.into())),
+                (os("OPSCHAIN_REPO_DIR"), None),
+                (os("OPSCHAIN_REPO_FOLDER"), None),
+            ],
+            cwd: sandbox.clone(),
+        };
+        // What the action left running would hold the pipes open: `run_spawned` ends it with the
+        // step.
+        let status = run_spawned(&spec, sink, cancel, self.config.grace)?;
         let (result, result_error) = read_result(&folder.join("step_result.json"));
         if !self.config.keep_sandboxes {
             std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
