@@ -21,7 +21,7 @@ pub fn step_context(data: &[u8]) {
         if let Err(e) = env::parse(level) {
             assert!(e.pointer.starts_with("/opschain/env"), "{e:?}");
         }
-        properties::merge_objects(&mut merged, level);
+        properties::merge_objects(&mut merged, level.clone());
     }
     if let Ok(specs) = files::parse(&merged, Path::new("/opt/opschain"), None) {
         for spec in specs {
