@@ -9,7 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 children=${1:-1000}
 shift || true
-cargo build -q --release --bin opschain --bin opschain-runner
+cargo build -q --release --bin opschain
+# The agent as it ships: the static build (OPSCHAIN_RUNNER_BIN=... overrides it, e.g. with
+# target/release/opschain-runner to compare the dynamically linked one).
+cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+export OPSCHAIN_RUNNER_BIN=${OPSCHAIN_RUNNER_BIN:-$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 repo=$work/repo
