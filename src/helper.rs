@@ -104,9 +104,8 @@ fn edit(level: Level, change: impl FnOnce(&mut Map<String, Value>) -> Result<(),
     let file = path_of(level.var())?;
     let mut doc = read(&file)?;
     change(&mut doc)?;
-    let mut bytes = serde_json::to_vec_pretty(&doc).map_err(HelperError::Value)?;
-    bytes.push(b'\n');
-    atomic::write(&file, &bytes, 0o644, Durability::Rename)?;
+    // Compact, as the agent wrote the copy (see `atomic::json`).
+    atomic::write_with(&file, 0o644, Durability::Rename, |out| atomic::json(out, &doc))?;
     Ok(())
 }
 
