@@ -239,8 +239,12 @@ pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Res
         Some(path) => format!("{commit}:{path}"),
         None => commit.to_string(),
     };
-    if git(repo, &["rev-parse", "--verify", "-q", &object]).is_err() {
-        return Ok(false);
+    match git(repo, &["rev-parse", "--verify", "-q", &object]) {
+        Ok(_) => {}
+        // With -q, a missing object is an exit with nothing said; anything else (no repository,
+        // a bad commit) says why, and is an error.
+        Err(RepoError::Git { stderr, .. }) if stderr.is_empty() => return Ok(false),
+        Err(e) => return Err(e),
     }
     std::fs::create_dir_all(dest).map_err(|source| RepoError::Copy { from: repo.to_path_buf(), to: dest.to_path_buf(), source })?;
     let mut args = vec!["archive", "--format=tar", commit];
@@ -261,12 +265,13 @@ pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Res
     let tar_input = archive.stdout.take().map(Stdio::from).unwrap_or_else(Stdio::null);
     let tar = Command::new("tar").arg("-x").arg("-C").arg(dest).stdin(tar_input).stderr(Stdio::piped()).output();
     let archived = archive.wait_with_output().map_err(|e| spawn(&shown, e))?;
-    if !archived.status.success() {
-        return Err(RepoError::Git { args: shown, stderr: String::from_utf8_lossy(&archived.stderr).trim().to_string() });
-    }
+    // tar first: when it cannot run or write, git only sees its pipe close (SIGPIPE).
     let tar = tar.map_err(|e| spawn("(tar -x)", e))?;
     if !tar.status.success() {
         return Err(RepoError::Git { args: format!("{shown} | tar -x"), stderr: String::from_utf8_lossy(&tar.stderr).trim().to_string() });
+    }
+    if !archived.status.success() {
+        return Err(RepoError::Git { args: shown, stderr: String::from_utf8_lossy(&archived.stderr).trim().to_string() });
     }
     Ok(true)
 }

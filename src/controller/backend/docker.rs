@@ -90,6 +90,15 @@ pub fn step_image_tag(commit: &str, base_id: &str) -> String {
     format!("opschain-step:{commit}-{}-{}", &base[..base.len().min(12)], env!("CARGO_PKG_VERSION"))
 }
 
+/// Removes a step's sandbox directory when the step ends, on every path out of it.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
     move |source| BackendError::Sandbox { path: path.to_path_buf(), source }
 }
@@ -98,6 +107,15 @@ impl Backend for DockerBackend {
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir = self.sandbox_root.join(format!("change-{}", job.change_id)).join(format!("step-{}-{}-{nanos}", job.step_id, std::process::id()));
+        // Private to this user: the folder inside it is bind-mounted world-writable (see below),
+        // and what it holds becomes the step's result. Removed however the step ends.
+        let parent = dir.parent().unwrap_or(&dir);
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(&dir))?;
+        }
+        let _sandbox = RemoveOnDrop(dir.clone());
         let checkout = |path: Option<&str>, dest: &Path| {
             repo::export(&job.repo, &job.commit, path, dest).map_err(|source| BackendError::Checkout { step: job.step_id, source })
         };
@@ -107,7 +125,10 @@ impl Backend for DockerBackend {
             sink.line("stderr", &format!("image {tag} is already built from this commit and base image: not rebuilding"));
         } else {
             let context_dir = dir.join("context");
-            checkout(None, &context_dir)?;
+            if !checkout(None, &context_dir)? {
+                let source = repo::RepoError::Git { args: format!("archive {}", job.commit), stderr: "no such commit".into() };
+                return Err(BackendError::Checkout { step: job.step_id, source });
+            }
             let custom = context_dir.join(".opschain/Dockerfile");
             let dockerfile = if custom.is_file() {
                 custom
@@ -128,7 +149,6 @@ impl Backend for DockerBackend {
             let built = self.streamed(build, sink, cancel)?;
             let _ = std::fs::remove_dir_all(&context_dir);
             if built != 0 {
-                let _ = std::fs::remove_dir_all(&dir);
                 return Ok(StepOutput { exit_status: built, result: None, result_error: Some(format!("docker build failed with status {built}")) });
             }
         }
@@ -168,7 +188,6 @@ impl Backend for DockerBackend {
             }
         };
         let (result, result_error) = read_result(&folder.join("step_result.json"));
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(StepOutput { exit_status, result, result_error })
     }
 }
