@@ -478,3 +478,29 @@ fn every_log_line_of_a_finished_step_is_in_the_store_in_order() {
         }
     }
 }
+
+#[test]
+fn of_two_retries_at_once_only_one_runs_the_change() {
+    // The action fails until a file exists; the change fails once, then two retries start at the
+    // same moment. Exactly one may run it: the other is refused (the first holds it) or, coming
+    // after it, finds nothing to retry.
+    let state = tempfile::tempdir().unwrap();
+    let ok = state.path().join("ok");
+    let runs = state.path().join("runs");
+    let actions = format!("[actions.slow]\nrun = 'echo run >> {}; sleep 1; test -f {}'\n", runs.display(), ok.display());
+    let repo = project(&actions, json!({}));
+    let out = change_run(state.path(), repo.path(), "dev", "slow");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    std::fs::write(&ok, "").unwrap();
+
+    let retry = || opschain(state.path()).args(["change", "retry", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (a, b) = (retry(), retry());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let ran: Vec<&Output> = [&a, &b].into_iter().filter(|o| o.status.success()).collect();
+    assert_eq!(ran.len(), 1, "exactly one retry runs the change:\n{}\n{}", text(&a), text(&b));
+    let other = if a.status.success() { &b } else { &a };
+    let said = text(other);
+    assert!(said.contains("is being run by controller process") || said.contains("nothing to retry"), "{said}");
+    let count = std::fs::read_to_string(&runs).unwrap().lines().count();
+    assert_eq!(count, 2, "the action ran once for the change and once for the retry, not {count} times");
+}

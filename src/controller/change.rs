@@ -11,7 +11,7 @@ use super::backend::Backend;
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::status::ChangeStatus;
-use super::store::{pid_alive, Store, StoreError};
+use super::store::{pid_alive, Claim, Store, StoreError};
 
 /// Why a change operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,14 +149,12 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
 
 /// Re-runs what did not succeed in a change, from the same commit.
 pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
-    let change = store.change(change_id)?;
-    if let Some(pid) = change.controller_pid {
-        if !change.status.is_final() && pid != i64::from(std::process::id()) && pid_alive(pid) {
-            return Err(ChangeError::Running { id: change_id, pid });
-        }
-    }
-    if change.status == ChangeStatus::Success {
-        return Err(ChangeError::NothingToRetry(change_id));
+    // Claimed atomically before anything is reset or removed: of two retries at once, the second
+    // is refused here rather than resetting the steps (and removing the sandboxes) of the first.
+    match store.claim_change(change_id, i64::from(std::process::id()))? {
+        Claim::Claimed => {}
+        Claim::Taken { pid } => return Err(ChangeError::Running { id: change_id, pid }),
+        Claim::Succeeded => return Err(ChangeError::NothingToRetry(change_id)),
     }
     let stale = config.state_dir.join("sandboxes").join(format!("change-{change_id}"));
     let _ = std::fs::remove_dir_all(&stale);

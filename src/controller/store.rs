@@ -417,6 +417,20 @@ fn json_of(text: &str, what: impl FnOnce() -> String) -> Result<Map<String, Valu
     serde_json::from_str(text).map_err(|source| StoreError::Json { what: what(), source })
 }
 
+/// What [`Store::claim_change`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The change is now this controller's.
+    Claimed,
+    /// Another live controller runs it.
+    Taken {
+        /// That controller's process id.
+        pid: i64,
+    },
+    /// It succeeded: nothing to retry.
+    Succeeded,
+}
+
 /// Whether a process with this id runs (a controller that died leaves its id behind).
 pub fn pid_alive(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else { return false };
@@ -687,6 +701,27 @@ impl Store {
             )
             .map_err(q("start change"))?;
             Ok(None)
+        })
+    }
+
+    /// Claims a change for a retry by the controller `pid`, in one write: refused when another live
+    /// controller runs it (two `change retry` at once: only one may reset and run it) or when it
+    /// succeeded. A claimed change is `queued` under `pid` until [`Store::try_start_change`].
+    pub fn claim_change(&self, change_id: i64, pid: i64) -> Result<Claim, StoreError> {
+        self.write(move |tx| {
+            let (status, owner): (String, Option<i64>) = tx
+                .query_row("SELECT status, controller_pid FROM changes WHERE id = ?1", [change_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(q("read change"))?;
+            let status = ChangeStatus::parse(&status);
+            if status == ChangeStatus::Success {
+                return Ok(Claim::Succeeded);
+            }
+            if let Some(owner) = owner.filter(|&owner| !status.is_final() && owner != pid && pid_alive(owner)) {
+                return Ok(Claim::Taken { pid: owner });
+            }
+            tx.execute("UPDATE changes SET status = 'queued', controller_pid = ?2 WHERE id = ?1", params![change_id, pid])
+                .map_err(q("claim change"))?;
+            Ok(Claim::Claimed)
         })
     }
 
