@@ -79,18 +79,37 @@ impl Child {
     }
 }
 
-/// Everything the child reads, prepared before the clone; `errno` is its only write.
+/// Everything the child reads, prepared before the clone; `errno` and `stage` are its only writes.
 #[repr(C)]
 struct ChildArgs {
+    /// The program to exec (a path).
     program: *const libc::c_char,
+    /// Its arguments, NULL-terminated.
     argv: *const *const libc::c_char,
+    /// Its environment, NULL-terminated.
     envp: *const *const libc::c_char,
+    /// The directory it starts in.
     cwd: *const libc::c_char,
+    /// The fds that become its stdin, stdout and stderr (each >= 3).
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
+    /// The controller's pid: the child checks, once its parent-death signal is set, that its
+    /// parent is still this process (a controller killed in between would leave it running).
+    parent: libc::pid_t,
+    /// The errno of the call that failed, for the parent.
     errno: libc::c_int,
+    /// Which call failed (a `STAGE_*` name), for the parent's error message.
+    stage: *const libc::c_char,
 }
+
+/// The names of the child's calls, as its failure reports them.
+const STAGE_SIGNALS: &std::ffi::CStr = c"reset the signal mask";
+const STAGE_SETSID: &std::ffi::CStr = c"setsid";
+const STAGE_PDEATHSIG: &std::ffi::CStr = c"set the parent-death signal";
+const STAGE_DUP: &std::ffi::CStr = c"redirect stdin, stdout and stderr";
+const STAGE_CHDIR: &std::ffi::CStr = c"change to the sandbox directory";
+const STAGE_EXEC: &std::ffi::CStr = c"exec";
 
 /// The child, between clone and exec: system calls only (no allocation, no lock, no Rust
 /// runtime). Any failure stores errno for the parent and exits 127.
@@ -98,14 +117,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildArgs the parent passed, alive while the parent waits (vfork).
     unsafe {
         let a = &mut *(arg as *mut ChildArgs);
-        let fail = |a: &mut ChildArgs| -> ! {
+        let fail = |a: &mut ChildArgs, stage: &std::ffi::CStr| -> ! {
             a.errno = *libc::__errno_location();
+            a.stage = stage.as_ptr();
             libc::_exit(127)
         };
         // Handlers are the parent's (copied, not shared: no CLONE_SIGHAND); the new program must
         // start with default ones and an empty mask, as std's Command gives (SIGPIPE included,
         // which the Rust runtime ignores).
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             let mut old: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && (old.sa_sigaction != libc::SIG_DFL) && (sig == libc::SIGPIPE || old.sa_sigaction != libc::SIG_IGN) {
                 let mut dfl: libc::sigaction = std::mem::zeroed();
@@ -116,25 +136,29 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-            fail(a);
+            fail(a, STAGE_SIGNALS);
         }
         if libc::setsid() < 0 {
-            fail(a);
+            fail(a, STAGE_SETSID);
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-            fail(a);
+            fail(a, STAGE_PDEATHSIG);
+        }
+        if libc::getppid() != a.parent {
+            // The controller died before the signal was set: nobody would end this agent.
+            libc::_exit(127);
         }
         // The three fds are >= 3 (see `spawn`), so no dup2 can overwrite another's source.
         for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
             if libc::dup2(from, to) < 0 {
-                fail(a);
+                fail(a, STAGE_DUP);
             }
         }
         if libc::chdir(a.cwd) != 0 {
-            fail(a);
+            fail(a, STAGE_CHDIR);
         }
         libc::execve(a.program, a.argv, a.envp);
-        fail(a)
+        fail(a, STAGE_EXEC)
     }
 }
 
@@ -206,7 +230,10 @@ pub fn spawn(spec: &Spawn) -> io::Result<Child> {
         stdin: devnull.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
+        // SAFETY: getpid cannot fail.
+        parent: unsafe { libc::getpid() },
         errno: 0,
+        stage: STAGE_EXEC.as_ptr(),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // The stack grows down from its 16-byte aligned top.
@@ -237,7 +264,10 @@ pub fn spawn(spec: &Spawn) -> io::Result<Child> {
         let mut raw = 0;
         // SAFETY: reaping our own child, which has exited.
         unsafe { libc::waitpid(pid, &mut raw, 0) };
-        return Err(io::Error::from_raw_os_error(errno));
+        // SAFETY: `stage` points at one of the STAGE_* constants, set with `errno`.
+        let stage = unsafe { std::ffi::CStr::from_ptr(std::ptr::read_volatile(&args.stage)) };
+        let cause = io::Error::from_raw_os_error(errno);
+        return Err(io::Error::new(cause.kind(), format!("cannot {}: {cause}", stage.to_string_lossy())));
     }
     Ok(Child { pid, status: None, stdout: Some(out_r), stderr: Some(err_r) })
 }
