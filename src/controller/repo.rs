@@ -219,6 +219,7 @@ pub fn spread_subdirectories(dir: &Path) {
     }
 }
 
+/// Removes the change's checkouts (unless they are kept for debugging).
 impl Drop for Checkouts {
     fn drop(&mut self) {
         if self.keep {

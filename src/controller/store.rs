@@ -1075,6 +1075,7 @@ impl Store {
 const STEP_COLUMNS: &str = "id, parent_id, position, action, status, child_strategy, exit_status, message, started_at, finished_at,
     (julianday(finished_at) - julianday(started_at)) * 86400.0";
 
+/// A step row from a query that selects [`STEP_COLUMNS`].
 fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
     Ok(StepRow {
         id: r.get(0)?,

@@ -119,6 +119,7 @@ struct Stream {
 }
 
 impl Stream {
+    /// A stream over `pipe` (none: already closed), its lines logged under `name`.
     fn new(pipe: Option<std::os::fd::OwnedFd>, name: &'static str) -> Stream {
         Stream { pipe, name, partial: Vec::new() }
     }
@@ -146,12 +147,14 @@ impl Stream {
         self.partial.extend_from_slice(data);
     }
 
+    /// Sends the line gathered in `partial` (without its line ending) and empties it.
     fn emit(&mut self, sink: &dyn LogSink) {
         let line = String::from_utf8_lossy(&self.partial);
         sink.line(self.name, line.trim_end_matches(['\n', '\r']));
         self.partial.clear();
     }
 
+    /// Sends an unfinished last line, if any, and closes the pipe.
     fn close(&mut self, sink: &dyn LogSink) {
         if !self.partial.is_empty() {
             self.emit(sink);

@@ -39,7 +39,9 @@ pub struct Spawn {
 /// (`PR_SET_PDEATHSIG`): a controller killed with -9 leaves no agent behind to race a retry.
 #[derive(Debug)]
 pub struct Child {
+    /// The child's process id (it leads a session of the same id).
     pid: libc::pid_t,
+    /// How it ended, once reaped; `None` while it runs (dropping it then kills it).
     status: Option<ExitStatus>,
     /// The read end of the child's stdout.
     pub stdout: Option<OwnedFd>,
@@ -162,6 +164,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
+/// `s` as a C string for the child, refused when it holds a NUL byte.
 fn cstring(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} holds a NUL byte")))
 }
@@ -194,7 +197,8 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
-/// The child's stack size: it runs a few system call wrappers only.
+/// The child's stack size: it runs a few system call wrappers only (no allocation, no formatting,
+/// no recursion), whose frames take a few hundred bytes; 64 KiB leaves two orders of magnitude.
 const CHILD_STACK: usize = 64 * 1024;
 
 /// Starts `spec` (see the module documentation): the child leads a new session, gets SIGTERM
