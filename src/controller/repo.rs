@@ -36,6 +36,24 @@ pub enum RepoError {
         /// git's stderr.
         stderr: String,
     },
+    /// A directory could not be created.
+    #[error("cannot create the directory {}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A fresh checkout's `.git` could not be trimmed to what a step needs.
+    #[error("cannot trim {} to what a step needs", path.display())]
+    TrimGit {
+        /// The `.git` directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Copying a directory for a snapshot failed.
     #[error("cannot copy {} to {}", from.display(), to.display())]
     Copy {
@@ -101,7 +119,7 @@ pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
 /// copy for every step.
 pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError> {
     let parent = dest.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent).map_err(|source| RepoError::Copy { from: repo.to_path_buf(), to: dest.to_path_buf(), source })?;
+    std::fs::create_dir_all(parent).map_err(|source| RepoError::CreateDir { path: parent.to_path_buf(), source })?;
     git(parent, &["clone", "-q", "--shared", "--no-checkout", "--template=", &repo.to_string_lossy(), &dest.to_string_lossy()])?;
     git(dest, &["checkout", "-q", "--detach", commit])?;
     Ok(())
@@ -162,10 +180,16 @@ impl Checkouts {
                 None => {
                     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
                     let path = parent.join(format!("checkout-{}-{}-{nanos}", &commit[..commit.len().min(12)], std::process::id()));
-                    std::fs::create_dir_all(&parent).map_err(|source| RepoError::Copy { from: repo.to_path_buf(), to: parent.clone(), source })?;
+                    std::fs::create_dir_all(&parent).map_err(|source| RepoError::CreateDir { path: parent.clone(), source })?;
                     spread_subdirectories(&parent);
-                    checkout(repo, commit, &path)?;
-                    trim_git_dir(&path.join(".git")).map_err(|source| RepoError::Copy { from: repo.to_path_buf(), to: path.clone(), source })?;
+                    // A checkout that fails half way is removed, not left for nobody to find.
+                    let made_one = checkout(repo, commit, &path).and_then(|()| {
+                        trim_git_dir(&path.join(".git")).map_err(|source| RepoError::TrimGit { path: path.join(".git"), source })
+                    });
+                    if let Err(e) = made_one {
+                        let _ = std::fs::remove_dir_all(&path);
+                        return Err(e);
+                    }
                     made.insert(key, path.clone());
                     path
                 }
@@ -247,7 +271,7 @@ pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Res
         Err(RepoError::Git { stderr, .. }) if stderr.is_empty() => return Ok(false),
         Err(e) => return Err(e),
     }
-    std::fs::create_dir_all(dest).map_err(|source| RepoError::Copy { from: repo.to_path_buf(), to: dest.to_path_buf(), source })?;
+    std::fs::create_dir_all(dest).map_err(|source| RepoError::CreateDir { path: dest.to_path_buf(), source })?;
     let mut args = vec!["archive", "--format=tar", commit];
     if let Some(path) = path {
         args.extend(["--", path]);
