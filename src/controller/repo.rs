@@ -100,8 +100,10 @@ pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     }
     let name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "repo".into());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dest = state_dir.join("repos").join(format!("{name}-{nanos}"));
-    copy_tree(dir, &dest)?;
+    let repos = state_dir.join("repos");
+    std::fs::create_dir_all(&repos).map_err(|source| RepoError::CreateDir { path: repos.clone(), source })?;
+    let dest = repos.join(format!("{name}-{nanos}"));
+    copy_dir(dir, &dest, &[".git", "target"])?;
     git(&dest, &["init", "-q"])?;
     git(&dest, &["add", "-A"])?;
     git(&dest, &["commit", "-q", "-m", "opschain snapshot"])?;
@@ -132,17 +134,30 @@ pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError>
 /// file of its repo in place (or `chmod` it, which a hard link would share), and no step may
 /// change a file another step, or the source, sees.
 pub fn copy_checkout(from: &Path, to: &Path) -> Result<(), RepoError> {
+    copy_dir(from, to, &[])
+}
+
+/// Copies the directory `from` to `to` (which must not exist; its parent must), leaving out every
+/// entry, at any depth, named in `skip`: directories made anew, symlinks recreated with the same
+/// target, regular files copied with their permission bits. The one copy behind a step's private
+/// checkout ([`copy_checkout`]) and a `--repo` snapshot ([`prepare`], which skips `.git` and
+/// `target`).
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<(), RepoError> {
     let err = |source| RepoError::Copy { from: from.to_path_buf(), to: to.to_path_buf(), source };
     std::fs::create_dir(to).map_err(err)?;
     for entry in std::fs::read_dir(from).map_err(err)? {
         let entry = entry.map_err(err)?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let name = entry.file_name();
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
         let kind = entry.file_type().map_err(err)?;
         if kind.is_symlink() {
             let target = std::fs::read_link(&src).map_err(err)?;
             std::os::unix::fs::symlink(target, &dst).map_err(err)?;
         } else if kind.is_dir() {
-            copy_checkout(&src, &dst)?;
+            copy_dir(&src, &dst, skip)?;
         } else {
             std::fs::copy(&src, &dst).map_err(err)?;
         }
@@ -299,29 +314,6 @@ pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Res
         return Err(RepoError::Git { args: shown, stderr: String::from_utf8_lossy(&archived.stderr).trim().to_string() });
     }
     Ok(true)
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<(), RepoError> {
-    let err = |source| RepoError::Copy { from: from.to_path_buf(), to: to.to_path_buf(), source };
-    std::fs::create_dir_all(to).map_err(err)?;
-    for entry in std::fs::read_dir(from).map_err(err)? {
-        let entry = entry.map_err(err)?;
-        let name = entry.file_name();
-        if name == ".git" || name == "target" {
-            continue;
-        }
-        let (src, dst) = (entry.path(), to.join(&name));
-        let kind = entry.file_type().map_err(err)?;
-        if kind.is_symlink() {
-            let target = std::fs::read_link(&src).map_err(err)?;
-            std::os::unix::fs::symlink(target, &dst).map_err(err)?;
-        } else if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst).map_err(err)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

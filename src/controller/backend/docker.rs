@@ -105,8 +105,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
 
 impl Backend for DockerBackend {
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let dir = self.sandbox_root.join(format!("change-{}", job.change_id)).join(format!("step-{}-{}-{nanos}", job.step_id, std::process::id()));
+        let dir = super::sandbox_dir(&self.sandbox_root, job.change_id, job.step_id);
         // Private to this user: the folder inside it is bind-mounted world-writable (see below),
         // and what it holds becomes the step's result. Removed however the step ends.
         let parent = dir.parent().unwrap_or(&dir);

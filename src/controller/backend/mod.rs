@@ -111,6 +111,15 @@ pub fn read_result(path: &std::path::Path) -> (Option<StepResult>, Option<String
     }
 }
 
+/// A new sandbox directory for one run of a step, `<root>/change-<id>/step-<id>-<pid>-<time>`
+/// (not created). Each run gets its own, named after this controller's pid and the time: an agent
+/// orphaned by a controller killed with -9 may still be finishing in the old one while a retry
+/// runs the step again. `change retry` removes `<root>/change-<id>` whole.
+pub fn sandbox_dir(root: &std::path::Path, change_id: i64, step_id: i64) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    root.join(format!("change-{change_id}")).join(format!("step-{step_id}-{}-{nanos}", std::process::id()))
+}
+
 /// One output pipe of a running step: its fd and the bytes of its current, unfinished line.
 struct Stream {
     pipe: Option<std::os::fd::OwnedFd>,

@@ -46,12 +46,10 @@ impl ProcessBackend {
         ProcessBackend { config, checkouts }
     }
 
-    /// A new sandbox directory for one run of a step. Each run gets its own (named after this
-    /// controller's pid and the time): an agent orphaned by a controller killed with -9 may
-    /// still be finishing in the old one while a retry runs the step again.
+    /// A new sandbox directory for one run of a step ([`super::sandbox_dir`] under the sandbox
+    /// root).
     pub fn sandbox(&self, change_id: i64, step_id: i64) -> PathBuf {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        self.config.sandbox_root.join(format!("change-{change_id}")).join(format!("step-{step_id}-{}-{nanos}", std::process::id()))
+        super::sandbox_dir(&self.config.sandbox_root, change_id, step_id)
     }
 }
 
