@@ -427,7 +427,7 @@ fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar:
         Ok(_) => {}
     }
     let inside = |path: &Path| std::fs::canonicalize(path).ok();
-    if inside(custom.parent().unwrap_or(checkout)).zip(inside(checkout)).map_or(true, |(dir, root)| !dir.starts_with(root)) {
+    if inside(custom.parent().unwrap_or(checkout)).zip(inside(checkout)).is_none_or(|(dir, root)| !dir.starts_with(root)) {
         return Err(refuse("its folder leads out of the repository"));
     }
     let text = std::fs::read(&custom).map_err(|source| BuildError::Dockerfile { path: custom.clone(), source })?;

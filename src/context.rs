@@ -17,19 +17,24 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::json::{self, JsonError, SizeLimit, StrictObject};
+use crate::properties::text::PropertiesText;
 
 /// The parsed `step_context.json`.
+///
+/// `P` is how each level's properties are held: parsed into a tree (the default), or kept as JSON
+/// text ([`PropertiesText`]), as the agent's step does: it splices them rather than re-serialising.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct StepContext {
+#[serde(bound(deserialize = "P: Deserialize<'de> + Default"))]
+pub struct StepContext<P = StrictObject> {
     /// The step's context values; absent in local runs.
     #[serde(default)]
     pub context: Option<ContextValues>,
     /// The project level, whose properties an action may change.
     #[serde(default)]
-    pub project: Level,
+    pub project: Level<P>,
     /// The environment level, whose properties an action may change.
     #[serde(default)]
-    pub environment: Level,
+    pub environment: Level<P>,
     /// Runner secrets (extension): exported to the action and masked. Empty by default.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
@@ -37,11 +42,11 @@ pub struct StepContext {
 
 /// One writable level of properties (project or environment).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Level {
+#[serde(deny_unknown_fields, bound(deserialize = "P: Deserialize<'de> + Default"))]
+pub struct Level<P = StrictObject> {
     /// The level's properties: a JSON object, `{}` when absent.
     #[serde(default)]
-    pub properties: StrictObject,
+    pub properties: P,
 }
 
 /// The `context` member: what OpsChain knows of the step.
@@ -96,7 +101,18 @@ impl StepContext {
     pub fn read(path: &Path, limit: SizeLimit) -> Result<StepContext, JsonError> {
         json::read_file(path, limit)
     }
+}
 
+impl StepContext<PropertiesText> {
+    /// Reads and validates the step context at `path`, keeping each level's properties as JSON
+    /// text. Accepts and refuses the same documents as [`StepContext::read`], with the same errors.
+    pub fn read_text(path: &Path, limit: SizeLimit) -> Result<StepContext<PropertiesText>, JsonError> {
+        let bytes = json::read_bytes(path, limit)?;
+        json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, &bytes)
+    }
+}
+
+impl<P> StepContext<P> {
     /// The action named by `context.step.action`, if any.
     pub fn action(&self) -> Option<&str> {
         self.context.as_ref()?.step.as_ref()?.action.as_deref()

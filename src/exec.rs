@@ -229,46 +229,18 @@ impl ExecContext {
     }
 }
 
-/// Reads a context file whole into one buffer sized from its metadata (growing a buffer by
-/// doubling touches twice the memory, and page faults are most of what reading costs here),
-/// refusing it when it is larger than `limit`, with [`json::read_bytes`]'s errors.
-fn read_sized(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, ExecError> {
-    let max = match limit {
-        SizeLimit::Error(max) => max,
-        SizeLimit::Unlimited => u64::MAX,
-    };
-    let fail = |source: std::io::Error| {
-        ExecError::Context(if source.kind() == std::io::ErrorKind::NotFound {
-            JsonError::Missing { path: path.to_path_buf() }
-        } else {
-            JsonError::Read { path: path.to_path_buf(), source }
-        })
-    };
-    let file = std::fs::File::open(path).map_err(fail)?;
-    let size = file.metadata().map_err(fail)?.len();
-    let mut bytes = Vec::with_capacity(usize::try_from(size.min(max).saturating_add(1)).unwrap_or(0));
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(fail)?;
-    if bytes.len() as u64 > max {
-        return Err(ExecError::Context(JsonError::TooLarge { path: path.to_path_buf(), limit: max }));
-    }
-    Ok(bytes)
-}
-
 /// Parses a context read from `path`. The plain parse is the fast path; only when it fails is the
 /// document parsed again with path tracking, for an error that names the JSON pointer (the two
 /// accept exactly the same documents; tracking costs an allocation per key).
 fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
-    match serde_json::from_slice::<ExecContext>(bytes) {
-        Ok(context) => Ok(context.into_step_context()),
-        Err(_) => json::parse::<ExecContext>(path, bytes).map(ExecContext::into_step_context).map_err(ExecError::Context),
-    }
+    json::parse::<ExecContext>(path, bytes).map(ExecContext::into_step_context).map_err(ExecError::Context)
 }
 
 /// Reads and validates the context at `source`: the parts `opschain-exec` uses strictly, the rest
 /// as JSON syntax only. For a zip, errors name the file as `<archive>/step_context.json`.
 pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepContext, ExecError> {
     match source {
-        ContextSource::Step(path) | ContextSource::BuildEnv(path) => parse_context(path, &read_sized(path, limit)?),
+        ContextSource::Step(path) | ContextSource::BuildEnv(path) => parse_context(path, &json::read_bytes(path, limit).map_err(ExecError::Context)?),
         ContextSource::Zip(path) => {
             let zip_error = |source| ExecError::Zip { path: path.clone(), source };
             let file = std::fs::File::open(path).map_err(|e| zip_error(e.into()))?;

@@ -34,3 +34,4 @@ pub mod exec;
 pub mod build;
 #[cfg(feature = "controller")]
 pub mod controller;
+pub mod allocator;

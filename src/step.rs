@@ -22,6 +22,7 @@ use crate::files::{self, FileSpec, WriteError};
 use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::Layout;
 use crate::mask::{Masker, SecretNames};
+use crate::properties::text::PropertiesText;
 use crate::properties::{self, PropertiesError};
 use crate::result::{self, Children, JobFacts, LevelDiff, Phases, RunnerFacts, StepProperties, StepResult};
 use crate::supervise::{Job, Outcome, SuperviseError, SupervisePolicy, Supervisor};
@@ -116,19 +117,20 @@ pub enum StepError {
 pub struct Prepared {
     /// Where things are.
     pub layout: Layout,
-    /// The step context as read, but for the project and environment properties: those moved
-    /// into `merged`, `project_json` and `environment_json` (its two maps are left empty).
-    pub context: StepContext,
+    /// The step context as read, but for the project and environment properties: those are in
+    /// `merged_json`, `project_json` and `environment_json` (its two levels are left empty).
+    pub context: StepContext<PropertiesText>,
     /// The action the step runs.
     pub action: String,
     /// The commands to run: the prerequisites, depth first, then the action itself.
     pub plan: Vec<(String, Action)>,
-    /// The merged properties.
-    pub merged: Map<String, Value>,
-    /// The project properties as compact JSON: the project copy the action is handed, and the
-    /// base of the project diff.
+    /// The merged properties as compact JSON (members spliced from the sources' text, see
+    /// [`properties::text`]), without a final newline.
+    pub merged_json: String,
+    /// The project properties as given in the context, and a final newline: the project copy the
+    /// action is handed, and the base of the project diff.
     pub project_json: Vec<u8>,
-    /// The environment properties as compact JSON (see `project_json`).
+    /// The environment properties as given (see `project_json`).
     pub environment_json: Vec<u8>,
     /// The files to write, validated.
     pub files: Vec<FileSpec>,
@@ -177,7 +179,7 @@ fn millis(d: Duration) -> f64 {
 /// Reads and validates every input of the step. Writes nothing.
 pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepError> {
     let context_path = layout.step_context();
-    let mut context = StepContext::read(&context_path, options.limit).map_err(StepError::Context)?;
+    let mut context = StepContext::read_text(&context_path, options.limit).map_err(StepError::Context)?;
     let actions_path = layout.actions();
     let (action, from_flag) = match (&options.action, context.action()) {
         (Some(a), _) => (a.clone(), true),
@@ -191,39 +193,37 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     })?;
     let own = plan.last().map(|(_, a)| a.clone()).unwrap_or_default();
 
-    let repo_sources = properties::read_repository(layout, context.environment_code(), options.limit)?;
-    // Validate each source on its own first, so that an error names the file it is in.
-    let mut sources: Vec<(&Path, &str, &Map<String, Value>)> = repo_sources.iter().map(|(p, m)| (p.as_path(), "", m)).collect();
-    sources.push((&context_path, "/project/properties", &context.project.properties.0));
-    sources.push((&context_path, "/environment/properties", &context.environment.properties.0));
+    let repo_sources = properties::read_repository_text(layout, context.environment_code(), options.limit)?;
+    // Validate each source on its own first, so that an error names the file it is in. Only the
+    // `opschain` member declares anything, and only it is parsed.
+    let mut sources: Vec<(&Path, &str, &PropertiesText)> = repo_sources.iter().map(|(p, t)| (p.as_path(), "", t)).collect();
+    sources.push((&context_path, "/project/properties", &context.project.properties));
+    sources.push((&context_path, "/environment/properties", &context.environment.properties));
     for (file, prefix, props) in &sources {
         let declaration = |e: PointerError| StepError::Declaration {
             file: file.to_path_buf(),
             source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
         };
-        files::parse(props, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
-        env::parse(props).map_err(declaration)?;
+        let declarations = props.only("opschain");
+        files::parse(&declarations, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
+        env::parse(&declarations).map_err(declaration)?;
     }
     env::check_secrets(&context.secrets).map_err(|source| StepError::Declaration { file: context_path.clone(), source })?;
 
-    drop(sources);
-
-    // The level copies as the action will find them, and the base of their diffs; then the
-    // levels' properties move into the merged view (no second copy is kept).
-    let project_json = json_bytes(&context.project.properties.0);
-    let environment_json = json_bytes(&context.environment.properties.0);
-    let mut merged = Map::new();
-    for (_, props) in repo_sources {
-        properties::merge_objects(&mut merged, props);
-    }
-    properties::merge_objects(&mut merged, std::mem::take(&mut context.project.properties.0));
-    properties::merge_objects(&mut merged, std::mem::take(&mut context.environment.properties.0));
+    // The merged view and the level copies as the action will find them (the copies are also the
+    // base of their diffs), all as text: see `properties::text`.
+    let texts: Vec<&PropertiesText> = sources.iter().map(|(_, _, t)| *t).collect();
+    let merged_json = properties::text::merge(&texts);
+    let declarations = properties::text::merged_member(&texts, "opschain").map(|v| Map::from_iter([("opschain".to_string(), v)])).unwrap_or_default();
+    drop((texts, sources));
+    let project_json = text_bytes(std::mem::take(&mut context.project.properties).text());
+    let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).text());
     let merged_error = |source: PointerError| StepError::Declaration {
         file: context_path.clone(),
         source: PointerError { pointer: format!("(merged properties) {}", source.pointer), message: source.message },
     };
-    let files = files::parse(&merged, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
-    let env = env::parse(&merged).map_err(merged_error)?;
+    let files = files::parse(&declarations, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
+    let env = env::parse(&declarations).map_err(merged_error)?;
     for spec in &files {
         files::check_no_symlinks(spec).map_err(|message| {
             let mut pointer = "/opschain/files/".to_string();
@@ -239,7 +239,7 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         context,
         action,
         plan,
-        merged,
+        merged_json,
         project_json,
         environment_json,
         files,
@@ -260,14 +260,11 @@ struct Runtime {
 
 impl Runtime {
     /// Writes the runtime files: the merged properties (read-only), the two writable level copies
-    /// and an empty child steps file. The JSON is compact: these files are read by programs, and
-    /// pretty-printing them cost more than the rest of writing them. Takes the merged properties:
-    /// from here on the step needs only their JSON text.
-    fn write(layout: &Layout, prepared: &Prepared, merged: Map<String, Value>) -> Result<Runtime, StepError> {
+    /// and an empty child steps file. Takes the merged properties' text, for the result.
+    fn write(layout: &Layout, prepared: &Prepared, mut merged_json: String) -> Result<Runtime, StepError> {
         let dir = layout.runtime_dir();
         std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
-        let mut merged_json = json_bytes(&merged);
-        drop(merged);
+        merged_json.push('\n');
         let write = |path: &Path, bytes: &[u8], mode| atomic::write(path, bytes, mode, Durability::Rename).map_err(StepError::Runtime);
         let (merged, project, environment, children) = (
             dir.join("properties.json"),
@@ -275,21 +272,21 @@ impl Runtime {
             dir.join("environment_properties.json"),
             dir.join("child_steps"),
         );
-        write(&merged, &merged_json, 0o444)?;
+        write(&merged, merged_json.as_bytes(), 0o444)?;
         write(&project, &prepared.project_json, 0o644)?;
         write(&environment, &prepared.environment_json, 0o644)?;
         write(&children, b"", 0o644)?;
         merged_json.pop(); // the final newline
-        let text = String::from_utf8(merged_json).expect("serde_json writes UTF-8");
-        let merged_json = RawValue::from_string(text).expect("serde_json writes valid JSON");
+        let merged_json = RawValue::from_string(merged_json).expect("merged from validated JSON");
         Ok(Runtime { merged, project, environment, children, merged_json })
     }
 }
 
-/// `value` as compact JSON and a final newline, as the runtime copies are written.
-fn json_bytes(value: &Map<String, Value>) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    atomic::json(&mut bytes, value).expect("writing JSON to memory cannot fail");
+/// `text` and a final newline, as the runtime copies are written.
+fn text_bytes(text: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(text.len() + 1);
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.push(b'\n');
     bytes
 }
 
@@ -343,8 +340,8 @@ pub fn masker_for(prepared: &Prepared, options: &StepOptions) -> Masker {
 pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Supervisor) -> Result<StepReport, StepError> {
     let layout = &prepared.layout.clone();
     let initialise = Phase::start("initialise");
-    let merged = std::mem::take(&mut prepared.merged);
-    let runtime = Runtime::write(layout, &prepared, merged)?;
+    let merged_json = std::mem::take(&mut prepared.merged_json);
+    let runtime = Runtime::write(layout, &prepared, merged_json)?;
     for spec in &prepared.files {
         files::write(spec)?;
         info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");

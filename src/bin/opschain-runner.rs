@@ -30,10 +30,10 @@ use opschain_runner::supervise::{LineFormat, SupervisePolicy, Supervisor};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 
-/// The static (musl) build's allocator: dlmalloc, not musl's own (see Cargo.toml for why).
+/// The static (musl) build's allocator: dlmalloc, not musl's own (see `allocator` for why).
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: opschain_runner::allocator::Allocator = opschain_runner::allocator::Allocator::new();
 
 /// The name this binary answers to as the build-time env wrapper.
 const EXEC_NAME: &str = "opschain-exec";

@@ -9,9 +9,14 @@
 //! Objects merge key by key; arrays and scalars are replaced whole. Only the project and environment
 //! levels are writable by an action.
 
+pub mod text;
+
 use std::path::PathBuf;
 
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+use self::text::PropertiesText;
 
 use crate::json::{self, JsonError, SizeLimit, StrictObject};
 use crate::layout::Layout;
@@ -62,15 +67,30 @@ pub fn merge_objects(base: &mut Map<String, Value>, overlay: Map<String, Value>)
     }
 }
 
+/// Properties sources, each with the file it was read from, in merge order.
+pub type Sources<T> = Vec<(PathBuf, T)>;
+
 /// Reads the repository properties sources that exist: `properties.json`, then
 /// `environments/<code>.json` when an environment code is known, each with its path, in merge order.
-pub fn read_repository(layout: &Layout, environment: Option<&str>, limit: SizeLimit) -> Result<Vec<(PathBuf, Map<String, Value>)>, PropertiesError> {
+pub fn read_repository(layout: &Layout, environment: Option<&str>, limit: SizeLimit) -> Result<Sources<Map<String, Value>>, PropertiesError> {
+    let sources = read_sources::<StrictObject>(layout, environment, limit)?;
+    Ok(sources.into_iter().map(|(path, StrictObject(map))| (path, map)).collect())
+}
+
+/// As [`read_repository`], each source kept as JSON text (see [`text`]): what the agent's step merges.
+pub fn read_repository_text(layout: &Layout, environment: Option<&str>, limit: SizeLimit) -> Result<Sources<PropertiesText>, PropertiesError> {
+    read_sources::<PropertiesText>(layout, environment, limit)
+}
+
+/// The repository sources that exist, each read as a `T`; an invalid one is explained as a
+/// [`StrictObject`] would be (see [`json::parse_or_explain`]).
+fn read_sources<T: DeserializeOwned>(layout: &Layout, environment: Option<&str>, limit: SizeLimit) -> Result<Sources<T>, PropertiesError> {
     let mut paths = vec![layout.repo_properties()];
     paths.extend(environment.map(|code| layout.repo_environment_properties(code)));
     let mut sources = Vec::new();
     for path in paths {
-        match json::read_file::<StrictObject>(&path, limit) {
-            Ok(StrictObject(map)) => sources.push((path, map)),
+        match json::read_bytes(&path, limit).and_then(|bytes| json::parse_or_explain::<T, StrictObject>(&path, &bytes)) {
+            Ok(source) => sources.push((path, source)),
             Err(JsonError::Missing { .. }) => {}
             Err(err) => return Err(err.into()),
         }

@@ -1,0 +1,413 @@
+//! Properties documents kept as JSON text: validated strictly without building a tree, split into
+//! their top-level members, and merged by splicing those members' text.
+//!
+//! The agent hands the action the merged properties and a copy of each writable level as JSON
+//! files. Parsing a 45 KB context into `serde_json::Value` trees, merging the trees, serialising
+//! them twice and freeing them was four fifths of a step's instructions (callgrind). Most top-level
+//! members come from one source only, and their text can be copied as it is: only a member that
+//! several sources hold as objects is parsed, deep-merged by [`super::merge_objects`] and written
+//! again. The result is the same document [`super::merge`] gives, member for member and in the
+//! same order (a property test holds the two to it).
+//!
+//! Validation is as strict as [`crate::json::StrictValue`]: a duplicate key at any depth is
+//! refused. What this module does not do is say *where* a document is invalid: a caller that gets
+//! an error parses the same bytes with the tree-building types for the message
+//! ([`crate::json::parse_or_explain`]).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// A properties document (a JSON object) as JSON text, validated, with its top-level members found.
+#[derive(Debug, Clone)]
+pub struct PropertiesText {
+    /// The document's JSON text: `{`, each member's key (re-escaped) and the text of its value as
+    /// given (inner whitespace and number spellings kept), `}`.
+    text: String,
+    /// The top-level members in document order: the key (unescaped) and the byte range of the
+    /// member's value in `text`. Invariant: the keys are distinct, and each range holds one JSON
+    /// value that passed the strict check.
+    members: Vec<(String, Range<usize>)>,
+}
+
+impl PropertiesText {
+    /// Validates `text` as a properties document (an object, with no duplicate key at any depth)
+    /// and finds its top-level members.
+    pub fn parse(text: &str) -> Result<PropertiesText, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let document = PropertiesText::deserialize(&mut de)?;
+        de.end()?;
+        Ok(document)
+    }
+
+    /// The document's JSON text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The JSON text of the value of the top-level member `key`, if the document has it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.members.iter().find(|(k, _)| k == key).map(|(_, range)| &self.text[range.clone()])
+    }
+
+    /// The top-level members in document order: each key and the JSON text of its value.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.members.iter().map(|(key, range)| (key.as_str(), &self.text[range.clone()]))
+    }
+
+    /// The object holding only the member `key`, parsed, or an empty object when there is none:
+    /// what reads one member (`opschain`, for files and env vars) without parsing the rest.
+    pub fn only(&self, key: &str) -> Map<String, Value> {
+        self.get(key).map(|text| Map::from_iter([(key.to_string(), parse_valid(text))])).unwrap_or_default()
+    }
+
+    /// The whole document as a tree (for callers that need one; the agent's step does not).
+    pub fn to_map(&self) -> Map<String, Value> {
+        match parse_valid(&self.text) {
+            Value::Object(map) => map,
+            _ => unreachable!("a PropertiesText is an object"),
+        }
+    }
+}
+
+impl Default for PropertiesText {
+    /// The empty document, `{}`.
+    fn default() -> PropertiesText {
+        PropertiesText { text: "{}".to_string(), members: Vec::new() }
+    }
+}
+
+/// Reads the document's members straight from the deserializer, each value's text borrowed from
+/// the input: so the deserializer must read from memory (`from_slice`, `from_str`), as every
+/// caller here does; one reading from a stream fails with serde_json's "invalid type" error.
+impl<'de> Deserialize<'de> for PropertiesText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PropertiesText, D::Error> {
+        deserializer.deserialize_map(TopLevel)
+    }
+}
+
+/// Parses text this module has validated.
+fn parse_valid(text: &str) -> Value {
+    serde_json::from_str(text).expect("validated JSON parses")
+}
+
+/// The merge of `sources` (in merge order: later wins) by [`super::merge`]'s rules, as compact
+/// JSON text: `{`, each member in the order the merged tree would list it, `}`.
+pub fn merge(sources: &[&PropertiesText]) -> String {
+    let mut order: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for source in sources {
+        for (key, value) in source.members() {
+            let at = *index.entry(key).or_insert_with(|| {
+                order.push((key, Vec::new()));
+                order.len() - 1
+            });
+            order[at].1.push(value);
+        }
+    }
+    let mut out = Vec::with_capacity(sources.iter().map(|s| s.text().len()).sum::<usize>() + 2);
+    out.push(b'{');
+    for (i, (key, values)) in order.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key).expect("writing to memory cannot fail");
+        out.push(b':');
+        match member(values) {
+            Member::Text(text) => out.extend_from_slice(text.as_bytes()),
+            Member::Merged(value) => serde_json::to_writer(&mut out, &value).expect("writing to memory cannot fail"),
+        }
+    }
+    out.push(b'}');
+    String::from_utf8(out).expect("spliced from UTF-8 text and serde_json's output")
+}
+
+/// The merged value of the top-level member `key` of `sources` (see [`merge`]), parsed, if any
+/// source has it.
+pub fn merged_member(sources: &[&PropertiesText], key: &str) -> Option<Value> {
+    let values: Vec<&str> = sources.iter().filter_map(|s| s.get(key)).collect();
+    if values.is_empty() {
+        return None;
+    }
+    match member(&values) {
+        Member::Text(text) => Some(parse_valid(text)),
+        Member::Merged(value) => Some(value),
+    }
+}
+
+/// One merged member: the text of the value that wins whole, or the deep merge of several objects.
+enum Member<'a> {
+    Text(&'a str),
+    Merged(Value),
+}
+
+/// Merges one member's values, given in merge order. Applied one after the other, an object
+/// merged into an object merges and anything else replaces: so the result is the merge of the
+/// trailing run of objects when the last value is an object and an earlier one is too, and the
+/// last value's text otherwise.
+fn member<'a>(values: &[&'a str]) -> Member<'a> {
+    let objects = values.iter().rev().take_while(|v| v.starts_with('{')).count();
+    if objects <= 1 {
+        return Member::Text(values.last().copied().unwrap_or("null"));
+    }
+    let mut merged = Map::new();
+    for text in &values[values.len() - objects..] {
+        match parse_valid(text) {
+            Value::Object(map) => super::merge_objects(&mut merged, map),
+            _ => unreachable!("the run holds objects only"),
+        }
+    }
+    Member::Merged(Value::Object(merged))
+}
+
+/// Finds the top-level members of a document, checking each value strictly.
+struct TopLevel;
+
+impl<'de> Visitor<'de> for TopLevel {
+    type Value = PropertiesText;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PropertiesText, A::Error> {
+        let mut document = PropertiesText { text: String::from("{"), members: Vec::new() };
+        let mut top = Keys::default();
+        // The keys of the objects being checked, shared by every level of the walk.
+        let mut nested = Keys::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if !top.insert(0, Cow::Owned(key.clone())) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            let value: &'de RawValue = map.next_value()?;
+            let mut de = serde_json::Deserializer::from_str(value.get());
+            Check { keys: &mut nested }.deserialize(&mut de).and_then(|()| de.end()).map_err(de::Error::custom)?;
+            if !document.members.is_empty() {
+                document.text.push(',');
+            }
+            document.text.push_str(&serde_json::to_string(&key).expect("a string serialises"));
+            document.text.push(':');
+            let start = document.text.len();
+            document.text.push_str(value.get());
+            document.members.push((key, start..document.text.len()));
+        }
+        document.text.push('}');
+        Ok(document)
+    }
+}
+
+/// Checks a JSON value strictly without building it: every object's keys must be distinct.
+struct Check<'k, 'de> {
+    /// The keys of the objects being walked (see [`Keys`]).
+    keys: &'k mut Keys<'de>,
+}
+
+impl<'de> DeserializeSeed<'de> for Check<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        // As `StrictValue`: a number that is not finite has no JSON form.
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Check { keys: &mut *self.keys })?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let start = self.keys.open();
+        while let Some(key) = map.next_key_seed(Key)? {
+            if !self.keys.insert(start, key) {
+                return Err(de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(Check { keys: &mut *self.keys })?;
+        }
+        self.keys.close(start);
+        Ok(())
+    }
+}
+
+/// Reads an object key, borrowing it from the document when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The keys seen so far of the objects open in a walk, to refuse a duplicate: one stack for the
+/// whole walk, each object's keys on top of its parents' (a nested object is done before its
+/// parent's next key), so that checking allocates nothing per object. An object's keys are
+/// searched in order while they are few (most objects have a handful, and comparing them costs
+/// less than hashing); an object with [`Keys::LINEAR`] keys moves them into a hash set of its own.
+#[derive(Default)]
+struct Keys<'de> {
+    /// The keys of the open objects, innermost last; an object's keys past the first
+    /// [`Keys::LINEAR`] are in its hash set only. Invariant: every open object begins at a
+    /// different height.
+    stack: Vec<Cow<'de, str>>,
+    /// The hash sets of the open objects that outgrew the stack, each with the stack height at
+    /// which its object's keys begin; innermost last.
+    sets: Vec<(usize, HashSet<Cow<'de, str>>)>,
+}
+
+impl<'de> Keys<'de> {
+    /// The number of keys at which an object's keys move into a hash set.
+    const LINEAR: usize = 16;
+
+    /// Opens an object; returns where its keys begin, for [`Keys::insert`] and [`Keys::close`].
+    fn open(&self) -> usize {
+        self.stack.len()
+    }
+
+    /// Adds `key` to the object opened at `start`; false when the object already has it.
+    fn insert(&mut self, start: usize, key: Cow<'de, str>) -> bool {
+        if let Some((at, set)) = self.sets.last_mut() {
+            if *at == start {
+                return set.insert(key);
+            }
+        }
+        if self.stack[start..].contains(&key) {
+            return false;
+        }
+        self.stack.push(key);
+        if self.stack.len() - start >= Keys::LINEAR {
+            // The keys stay on the stack too, so that an object opened inside this one begins
+            // above them, at a height no open object shares.
+            let set = self.stack[start..].iter().cloned().collect();
+            self.sets.push((start, set));
+        }
+        true
+    }
+
+    /// Closes the object opened at `start`, forgetting its keys.
+    fn close(&mut self, start: usize) {
+        if self.sets.last().is_some_and(|(at, _)| *at == start) {
+            self.sets.pop();
+        }
+        self.stack.truncate(start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> PropertiesText {
+        PropertiesText::parse(s).unwrap()
+    }
+
+    #[test]
+    fn finds_the_top_level_members_and_keeps_the_text_as_given() {
+        let doc = text("{ \"a\" : [1, 2] ,\n \"b\\u0041\": {\"x\": \"y\"}, \"c\": 1.50 }");
+        let members: Vec<(&str, &str)> = doc.members().collect();
+        assert_eq!(members, [("a", "[1, 2]"), ("bA", "{\"x\": \"y\"}"), ("c", "1.50")]);
+        assert_eq!(doc.get("c"), Some("1.50"));
+        assert_eq!(doc.get("d"), None);
+        assert_eq!(doc.text(), "{\"a\":[1, 2],\"bA\":{\"x\": \"y\"},\"c\":1.50}");
+        assert_eq!(doc.only("bA"), serde_json::json!({"bA": {"x": "y"}}).as_object().unwrap().clone());
+    }
+
+    #[test]
+    fn refuses_what_strict_parsing_refuses() {
+        for bad in [
+            r#"[1]"#,
+            r#""x""#,
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"a": {"b": 1, "b": 2}}"#,
+            r#"{"a": [{"k": 1, "k": 1}]}"#,
+            r#"{"a": {"\u0062": 1, "b": 2}}"#,
+            r#"{"a": 1e400}"#,
+            r#"{"a": 1,}"#,
+            r#"{"a": 1} x"#,
+        ] {
+            assert!(PropertiesText::parse(bad).is_err(), "{bad} was accepted");
+        }
+        // Many keys: past the list, into the hash set, a duplicate is still found.
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        assert!(PropertiesText::parse(&format!("{{\"o\": {{{}}}}}", keys.join(","))).is_ok());
+        assert!(PropertiesText::parse(&format!("{{\"o\": {{{}, \"k3\": 0}}}}", keys.join(","))).is_err());
+        assert!(PropertiesText::parse(&format!("{{{}, \"k39\": 0}}", keys.join(","))).is_err());
+        // Objects inside a large one, before and after it outgrows the list, have keys of their own.
+        let doc = format!("{{\"o\": {{\"in\": {{\"k0\": 1}}, {}, \"inner\": {{\"k0\": 1, \"k1\": [{{\"k0\": 2}}]}}}}}}", keys.join(","));
+        PropertiesText::parse(&doc).unwrap();
+        let doc = format!("{{\"o\": {{{}, \"inner\": {{\"k0\": 1, \"k0\": 2}}}}}}", keys.join(","));
+        assert!(PropertiesText::parse(&doc).is_err());
+    }
+
+    #[test]
+    fn merges_as_the_tree_merge_does() {
+        let repo = text(r#"{"a": {"x": 1, "y": [1]}, "keep": "r", "s": {"o": 1}}"#);
+        let project = text(r#"{"a": {"y": [2], "z": {"q": 1}}, "s": 5, "p": true}"#);
+        let environment = text(r#"{"a": {"z": {"r": 2}}, "s": {"n": 2}, "e": null}"#);
+        let sources = [&repo, &project, &environment];
+        let merged: Value = serde_json::from_str(&merge(&sources)).unwrap();
+        let mut expected = Map::new();
+        for source in sources {
+            super::super::merge_objects(&mut expected, source.to_map());
+        }
+        assert_eq!(merged, Value::Object(expected.clone()));
+        // Same order of members, too.
+        let order: Vec<&String> = merged.as_object().unwrap().keys().collect();
+        assert_eq!(order, expected.keys().collect::<Vec<_>>());
+        assert_eq!(merged_member(&sources, "a"), expected.get("a").cloned());
+        assert_eq!(merged_member(&sources, "s"), Some(serde_json::json!({"n": 2})));
+        assert_eq!(merged_member(&sources, "none"), None);
+        assert_eq!(merge(&[]), "{}");
+    }
+}
