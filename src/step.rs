@@ -265,17 +265,16 @@ impl Runtime {
         let dir = layout.runtime_dir();
         std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
         merged_json.push('\n');
-        let write = |path: &Path, bytes: &[u8], mode| atomic::write(path, bytes, mode, Durability::Rename).map_err(StepError::Runtime);
-        let (merged, project, environment, children) = (
-            dir.join("properties.json"),
-            dir.join("project_properties.json"),
-            dir.join("environment_properties.json"),
-            dir.join("child_steps"),
-        );
-        write(&merged, merged_json.as_bytes(), 0o444)?;
-        write(&project, &prepared.project_json, 0o644)?;
-        write(&environment, &prepared.environment_json, 0o644)?;
-        write(&children, b"", 0o644)?;
+        // One descriptor of the directory for the four files.
+        let dirfd = atomic::open_dir(&dir).map_err(StepError::Runtime)?;
+        let write = |name: &str, bytes: &[u8], mode| {
+            atomic::write_at(&dirfd, &dir, Path::new(name), bytes, mode, Durability::Rename).map_err(StepError::Runtime)?;
+            Ok::<PathBuf, StepError>(dir.join(name))
+        };
+        let merged = write("properties.json", merged_json.as_bytes(), 0o444)?;
+        let project = write("project_properties.json", &prepared.project_json, 0o644)?;
+        let environment = write("environment_properties.json", &prepared.environment_json, 0o644)?;
+        let children = write("child_steps", b"", 0o644)?;
         merged_json.pop(); // the final newline
         let merged_json = RawValue::from_string(merged_json).expect("merged from validated JSON");
         Ok(Runtime { merged, project, environment, children, merged_json })
@@ -342,8 +341,9 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let initialise = Phase::start("initialise");
     let merged_json = std::mem::take(&mut prepared.merged_json);
     let runtime = Runtime::write(layout, &prepared, merged_json)?;
+    let mut writer = files::Writer::default();
     for spec in &prepared.files {
-        files::write(spec)?;
+        writer.write(spec)?;
         info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
     }
     let env = action_env(&prepared, &runtime, options);
