@@ -312,13 +312,46 @@ fn equal(a: &Value, b: &Value) -> bool {
             }
             prefetch_members(a);
             prefetch_members(b);
-            members(a, b).all(|(_, x, y)| y.is_some_and(|y| equal(x, y)))
+            equal_members(a, b)
         }
         (Value::Array(a), Value::Array(b)) => {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equal(x, y))
         }
         _ => scalar_equal(a, b),
     }
+}
+
+/// Whether two objects with as many members each are equal, as `==` says.
+///
+/// Members are paired in order while their keys match; from the first that does not, the rest of
+/// `a` is looked up in `b` by key. That is enough: the members paired in order have the same keys
+/// in both, so the rest of `a` can only be in the rest of `b`, and with as many members and unique
+/// keys, finding each one is finding all of `b`. Written as a plain loop rather than with
+/// [`members`], whose iterator costs more per member at opt-level z.
+fn equal_members(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    let mut rest = a.iter();
+    let mut in_order = b.iter();
+    for (key, x) in rest.by_ref() {
+        match in_order.next() {
+            Some((other, y)) if same_bytes(key.as_bytes(), other.as_bytes()) => {
+                if !equal(x, y) {
+                    return false;
+                }
+            }
+            _ => return b.get(key).is_some_and(|y| equal(x, y)) && equal_by_key(rest, b),
+        }
+    }
+    true
+}
+
+/// Whether every member of `rest` is in `b`, under its key, with an equal value.
+fn equal_by_key(rest: serde_json::map::Iter<'_>, b: &Map<String, Value>) -> bool {
+    for (key, x) in rest {
+        if !b.get(key).is_some_and(|y| equal(x, y)) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Asks the CPU to start loading, for every member of `map`, the bytes of its key and the first
@@ -730,6 +763,38 @@ mod tests {
             let paired: Vec<_> = members(&a, &b).map(|(k, x, y)| (k.clone(), x.clone(), y.cloned())).collect();
             let expected: Vec<_> = a.iter().map(|(k, x)| (k.clone(), x.clone(), b.get(k).cloned())).collect();
             prop_assert_eq!(paired, expected);
+        }
+    }
+
+    proptest! {
+        /// Two objects of the same members, with the keys of `b` partly in `a`'s order and partly
+        /// not (two members swapped), and perhaps one value or key changed: `equal_members` pairs
+        /// the first part in order and looks the rest up, and must agree with `==` either way.
+        #[test]
+        fn equal_members_agrees_with_eq(
+            a in prop::collection::vec(("[a-h]", 0i64..2), 0..8),
+            swap in (0usize..8, 0usize..8),
+            change in prop::option::of((0usize..8, prop::bool::ANY)),
+        ) {
+            let a: Map<String, Value> = a.into_iter().map(|(k, v)| (k, v.into())).collect();
+            let mut members: Vec<(String, Value)> =
+                a.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if !members.is_empty() {
+                let n = members.len();
+                members.swap(swap.0 % n, swap.1 % n);
+                if let Some((at, rename)) = change {
+                    let member = &mut members[at % n];
+                    if rename {
+                        member.0.push('z');
+                    } else {
+                        member.1 = json!("changed");
+                    }
+                }
+            }
+            let b: Map<String, Value> = members.into_iter().collect();
+            prop_assume!(a.len() == b.len());
+            prop_assert_eq!(equal_members(&a, &b), a == b);
+            prop_assert_eq!(equal_members(&b, &a), a == b);
         }
     }
 
