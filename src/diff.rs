@@ -27,10 +27,12 @@
 //!   removals (see [`Differ::max_align_edits`]); a region that needs more is compared index by index.
 //!   So the work is linear in the size of the documents times that constant, never quadratic in the
 //!   length of an array.
-//! * **Cheap when little changed.** The walk compares object members by key lookup, trims arrays
-//!   with `==`, and keeps the path as a stack of borrowed segments: a JSON pointer (with `~` written
-//!   `~0` and `/` written `~1`, RFC 6901) is built only when an operation is emitted. Diffing two
-//!   large documents that differ in one leaf costs about as much as comparing them with `==`.
+//! * **Cheap when little changed.** The walk pairs object members in order (a key lookup only when
+//!   the orders differ), prefetches each object's keys and values before comparing them, trims
+//!   arrays with an `==` of its own, and keeps the path as a stack of borrowed segments: a JSON
+//!   pointer (with `~` written `~0` and `/` written `~1`, RFC 6901) is built only when an operation
+//!   is emitted. Diffing two large documents that differ in one leaf costs less than comparing them
+//!   with `==`.
 //!
 //! Only `add`, `remove` and `replace` are emitted; never `move`, `copy` or `test`.
 
@@ -297,10 +299,10 @@ impl<'a> Walk<'a, '_> {
 
 /// Whether `a == b`, as serde_json's `==` says, found with fewer key lookups.
 ///
-/// The same comparison, except that object members are paired by [`members`]: when both objects
-/// list their keys in the same order, as a document and an edited copy of it do, a member's
-/// partner is found by comparing its key with the next key of the other object rather than by
-/// hashing it.
+/// The same comparison, except that object members are paired by [`equal_members`]: when both
+/// objects list their keys in the same order, as a document and an edited copy of it do, a
+/// member's partner is found by comparing its key with the next key of the other object rather
+/// than by hashing it. Each object's members are prefetched first ([`prefetch_members`]).
 fn equal(a: &Value, b: &Value) -> bool {
     if std::ptr::eq(a, b) {
         return true;
