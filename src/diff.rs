@@ -419,7 +419,7 @@ fn scalar_equal(a: &Value, b: &Value) -> bool {
 /// of a 6 MB document spent 60% of its time there. Eight bytes at a time, the last (partial)
 /// word as an overlapping load.
 #[inline(always)] // the agent is built for size (opt-level z), which would otherwise call it
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

@@ -401,7 +401,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     // case: most steps change no properties); else both versions are parsed and diffed.
     let mut level_diff = |path: &Path, written: &[u8]| {
         let read = json::read_bytes(path, options.limit).and_then(|bytes| {
-            if bytes == written {
+            if crate::diff::same_bytes(&bytes, written) {
                 return Ok(None);
             }
             json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| Some(after))
