@@ -5,6 +5,8 @@
 #   2. `opschain-exec CMD` against exec'ing CMD directly;
 #   3. the static binary's size.
 # Usage: benches/agent.sh [RUNS]   (default 300 runs of each command)
+#   BASELINE=/path/to/an/older/opschain-runner benches/agent.sh   also times that agent's step on the
+#   same context in the same run (e.g. one built from an earlier commit), for a side-by-side ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-300}
@@ -45,11 +47,13 @@ export OPSCHAIN_REPO_DIR=$repo
 # Every run starts as a step does in its fresh container: no runtime copies, no result and no
 # declared files yet (replacing an existing file by rename makes ext4 flush it first, a cost a
 # real step never pays). The same preparation runs before every command, `direct` included.
+baseline=()
+[ -n "${BASELINE:-}" ] && baseline=(-n step-baseline "$BASELINE --repo $repo step")
 hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config $empty/.opschain/step $empty/.opschain/step_result.json" --export-json "$work/h.json" \
   -n direct "$true_bin" \
   -n step "$bin --repo $repo step" \
   -n step-empty "$bin --repo $empty step" \
-  -n exec "$work/opschain-exec $true_bin" >/dev/null
+  -n exec "$work/opschain-exec $true_bin" "${baseline[@]}" >/dev/null
 
 /usr/bin/time -o "$work/rss_step" -f %M "$bin" --repo "$repo" step >/dev/null 2>&1
 /usr/bin/time -o "$work/rss_direct" -f %M "$true_bin"
@@ -60,9 +64,12 @@ import json, statistics, sys
 results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 med = {name: statistics.median(r["times"]) * 1e3 for name, r in results.items()}
 direct = med["direct"]
-print(f"{'command':10} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
-for name in ["direct", "step", "step-empty", "exec"]:
-    print(f"{name:10} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
+print(f"{'command':13} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
+for name in ["direct", "step", "step-empty", "exec", "step-baseline"]:
+    if name in med:
+        print(f"{name:13} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
+if "step-baseline" in med:
+    print(f"baseline agent's step / this agent's step: {med['step-baseline'] / med['step']:.2f}x; overhead {med['step-baseline'] - direct:.3f} ms vs {med['step'] - direct:.3f} ms")
 print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms); with an empty context {med['step-empty'] - direct:.3f} ms")
 print(f"opschain-exec overhead: {med['exec'] - direct:.3f} ms over direct (target <= 0.5 ms)")
 print(f"peak RSS: step {int(sys.argv[2]) / 1024:.1f} MB, direct {int(sys.argv[3]) / 1024:.1f} MB (target <= 4 MB)")
