@@ -524,10 +524,7 @@ impl Supervisor {
             .block_on(watch.supervise(&mut self.inbox, &mut pumps, &stop));
         if result.is_err() {
             // Supervision broke down: leave nothing running that we can still reach.
-            procs::signal_group(pid, Signal::SIGKILL);
-            for process in procs::descendants(self.me).unwrap_or_default() {
-                procs::signal_process(process.pid, Signal::SIGKILL);
-            }
+            watch.signal_job(Signal::SIGKILL, &procs::descendants(self.me).unwrap_or_default());
         }
         watch.notices.report_drops();
         self.log.queue.wait_written(self.policy.drain_wait);
@@ -739,12 +736,33 @@ impl Watch<'_> {
         if taken.contains(Signal::SIGTERM) {
             self.on_sigterm()?;
         }
-        for signal in FORWARDED {
-            if taken.contains(signal) {
-                procs::signal_group(self.job, signal);
+        let forwarded: Vec<Signal> = FORWARDED.into_iter().filter(|signal| taken.contains(*signal)).collect();
+        if !forwarded.is_empty() {
+            // While the main process is unreaped its group is reached whole; after, by pid.
+            let left = if self.ended.is_some() { self.descendants()? } else { Vec::new() };
+            for signal in forwarded {
+                self.signal_job(signal, &left);
             }
         }
         Ok(())
+    }
+
+    /// Sends `signal` to the job: to its process group, and by pid to each of `left` (processes
+    /// below us) outside the group.
+    ///
+    /// The group is signalled by its id, the main process's pid, only while the main process is
+    /// unreaped: until then that pid is ours (a zombie keeps it). Once it is reaped the number is
+    /// free, and could name another process group anywhere on the host; every one of `left` is then
+    /// signalled by pid instead. Those are safe: each is below us, and one that ends stays a zombie
+    /// until its parent reaps it (we do, in this thread, for the orphans).
+    fn signal_job(&self, signal: Signal, left: &[Descendant]) {
+        let group_reachable = self.ended.is_none();
+        if group_reachable {
+            procs::signal_group(self.job, signal);
+        }
+        for process in left.iter().filter(|process| !group_reachable || process.pgid != self.job) {
+            procs::signal_process(process.pid, signal);
+        }
     }
 
     /// Every process below us, now.
@@ -790,7 +808,8 @@ impl Watch<'_> {
             let left = self.descendants()?;
             self.terminate(&left);
         } else {
-            procs::signal_group(self.job, Signal::SIGTERM);
+            let left = if self.ended.is_some() { self.descendants()? } else { Vec::new() };
+            self.signal_job(Signal::SIGTERM, &left);
         }
         Ok(())
     }
@@ -800,10 +819,7 @@ impl Watch<'_> {
     /// within the grace period (as systemd does); and starts the grace period.
     fn terminate(&mut self, left: &[Descendant]) {
         for signal in [Signal::SIGTERM, Signal::SIGCONT] {
-            procs::signal_group(self.job, signal);
-            for process in left.iter().filter(|process| process.pgid != self.job) {
-                procs::signal_process(process.pid, signal);
-            }
+            self.signal_job(signal, left);
         }
         self.phase = Phase::Terminating {
             kill_at: Instant::now() + self.policy.grace,
@@ -812,7 +828,9 @@ impl Watch<'_> {
 
     /// Sends SIGKILL to the job's group and to every descendant.
     fn kill_all(&self) -> Result<usize, SuperviseError> {
-        procs::signal_group(self.job, Signal::SIGKILL);
+        // The group first (while it can be reached: see `signal_job`), then every descendant by
+        // pid, in the group or not.
+        self.signal_job(Signal::SIGKILL, &[]);
         let left = self.descendants()?;
         for process in &left {
             procs::signal_process(process.pid, Signal::SIGKILL);

@@ -417,6 +417,26 @@ fn signals_to_the_agent_are_forwarded_to_the_job_group() {
     assert_eq!(sup.cancelled(), None, "only SIGTERM cancels");
 }
 
+/// Once the job's main process is reaped its pid, the id of the job's process group, is free and
+/// may name another group; what the job left is then signalled process by process, and a
+/// forwarded signal still reaches it.
+#[test]
+fn after_the_main_process_ends_signals_reach_what_it_left_by_pid() {
+    let _serial = serial();
+    let policy = SupervisePolicy { grace: Duration::from_secs(5), ..policy() };
+    let (mut sup, log) = supervisor(policy, &[]);
+    // The main process exits at once; its child (same group) ignores the SIGTERM that follows,
+    // and answers SIGUSR1, sent once the supervisor has reaped the main process and said so.
+    let job = sh("(trap '' TERM; trap 'echo got USR1; exit 0' USR1; while :; do sleep 0.05; done) & exit 0");
+    let sender = signal_me_when(&log, "the job ended and left", Signal::SIGUSR1);
+    let out = sup.run(&job).expect("run");
+    assert!(sender.join().expect("sender"), "the supervisor never reported the child: {}", log.text());
+    assert_eq!((out.reason, out.exit_status), (Reason::Exited, 0), "{out:?}");
+    assert!(log.lines("stdout").contains(&"got USR1".to_string()), "{}", log.text());
+    assert!(out.duration < Duration::from_secs(2), "ended by the forwarded signal, not the grace period's SIGKILL: {out:?}");
+    assert_eq!(descendants_of_me(), vec![]);
+}
+
 #[test]
 fn a_signal_that_came_between_jobs_is_not_forwarded_to_the_next() {
     let _serial = serial();
