@@ -39,9 +39,18 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
-    /// The agent or docker cannot be started or waited for.
+    /// The agent or docker cannot be started.
     #[error("cannot run {program}")]
     Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent or docker was started, but whether it has ended cannot be learnt.
+    #[error("cannot wait for {program}")]
+    Wait {
         /// The program.
         program: String,
         /// The cause.
@@ -278,7 +287,7 @@ pub(crate) fn stream_and_wait(
     use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
-    let spawn_err = |source| BackendError::Spawn { program: program.clone(), source };
+    let wait_err = |source| BackendError::Wait { program: program.clone(), source };
     let pid = child.id();
     let mut streams = [Stream::new(stdout, "stdout"), Stream::new(stderr, "stderr")];
     let pidfd = pidfd_open(pid);
@@ -290,13 +299,16 @@ pub(crate) fn stream_and_wait(
     let mut swept_at: Option<Instant> = None;
     loop {
         if status.is_none() {
-            if let Some(s) = child.try_wait().map_err(spawn_err)? {
+            // Seen ended but not yet reaped: the zombie keeps its pid, the session's id, so the
+            // sweep cannot reach another session that reused the number. Reaped right after.
+            if let Some(signalled) = ended_unreaped(pid).map_err(wait_err)? {
+                if end_session && (signalled || cancel.load(Ordering::SeqCst)) {
+                    kill_session(pid as i32);
+                    swept_at = Some(Instant::now());
+                }
+                let s = child.try_wait().map_err(wait_err)?.ok_or_else(|| wait_err(std::io::Error::other("the process ended but could not be reaped")))?;
                 status = Some(s);
                 exited_at = Some(Instant::now());
-                if end_session && (s.code().is_none() || cancel.load(Ordering::SeqCst)) {
-                    kill_session(pid as i32);
-                    swept_at = exited_at;
-                }
             }
         }
         let open = streams.iter().filter(|s| s.pipe.is_some()).count();
@@ -359,6 +371,22 @@ pub(crate) fn stream_and_wait(
                 stream.drain(sink, &mut buf);
             }
         }
+    }
+}
+
+/// Whether the child `pid` has ended, without reaping it (`waitid` with `WNOWAIT`): `None` while it
+/// runs, else whether a signal ended it.
+fn ended_unreaped(pid: u32) -> std::io::Result<Option<bool>> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        return match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
+            Ok(WaitStatus::Exited(..)) => Ok(Some(false)),
+            Ok(WaitStatus::Signaled(..)) => Ok(Some(true)),
+            Ok(_) => Ok(None),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
     }
 }
 
