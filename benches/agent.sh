@@ -4,6 +4,9 @@
 #      10 files, 20 env vars) against running the same action directly: overhead and peak RSS;
 #   2. `opschain-exec CMD` against exec'ing CMD directly;
 #   3. the static binary's size.
+# Beside the step it times its floor (examples/step_floor.rs): the same files created, the same
+# action spawned and the result fsynced, with nothing parsed, merged or logged; what this disk and
+# kernel cost a step whatever the agent does.
 # Usage: benches/agent.sh [RUNS]   (default 300 runs of each command)
 #   BASELINE=/path/to/an/older/opschain-runner benches/agent.sh   also times that agent's step on the
 #   same context in the same run (e.g. one built from an earlier commit), for a side-by-side ratio.
@@ -12,8 +15,9 @@ cd "$(dirname "$0")/.."
 runs=${1:-300}
 
 command -v hyperfine >/dev/null || { echo "benches/agent.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner --example step_floor
 bin=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
+floor=$PWD/target/x86_64-unknown-linux-musl/release/examples/step_floor
 work=$(mktemp -d)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 repo=$work/repo
@@ -48,10 +52,14 @@ export OPSCHAIN_REPO_DIR=$repo
 # declared files yet (replacing an existing file by rename makes ext4 flush it first, a cost a
 # real step never pays). The same preparation runs before every command, `direct` included.
 baseline=()
-[ -n "${BASELINE:-}" ] && baseline=(-n step-baseline "$BASELINE --repo $repo step")
+if [ -n "${BASELINE:-}" ]; then
+  ln -s "$BASELINE" "$work/baseline-exec" && mkdir "$work/b" && mv "$work/baseline-exec" "$work/b/opschain-exec"
+  baseline=(-n step-baseline "$BASELINE --repo $repo step" -n exec-baseline "$work/b/opschain-exec $true_bin")
+fi
 hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config $empty/.opschain/step $empty/.opschain/step_result.json" --export-json "$work/h.json" \
   -n direct "$true_bin" \
   -n step "$bin --repo $repo step" \
+  -n floor "$floor $repo 10 $true_bin" \
   -n step-empty "$bin --repo $empty step" \
   -n exec "$work/opschain-exec $true_bin" "${baseline[@]}" >/dev/null
 
@@ -65,12 +73,14 @@ results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 med = {name: statistics.median(r["times"]) * 1e3 for name, r in results.items()}
 direct = med["direct"]
 print(f"{'command':13} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
-for name in ["direct", "step", "step-empty", "exec", "step-baseline"]:
+for name in ["direct", "step", "floor", "step-empty", "exec", "step-baseline", "exec-baseline"]:
     if name in med:
         print(f"{name:13} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
 if "step-baseline" in med:
     print(f"baseline agent's step / this agent's step: {med['step-baseline'] / med['step']:.2f}x; overhead {med['step-baseline'] - direct:.3f} ms vs {med['step'] - direct:.3f} ms")
+    print(f"baseline opschain-exec overhead {med['exec-baseline'] - direct:.3f} ms vs {med['exec'] - direct:.3f} ms")
 print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms); with an empty context {med['step-empty'] - direct:.3f} ms")
+print(f"  of which the floor (the contract's files, fsync and the action's spawn, nothing parsed: examples/step_floor.rs) {med['floor'] - direct:.3f} ms; the agent's own {med['step'] - med['floor']:.3f} ms")
 print(f"opschain-exec overhead: {med['exec'] - direct:.3f} ms over direct (target <= 0.5 ms)")
 print(f"peak RSS: step {int(sys.argv[2]) / 1024:.1f} MB, direct {int(sys.argv[3]) / 1024:.1f} MB (target <= 4 MB)")
 print(f"static binary: {int(sys.argv[4]) / 1e6:.2f} MB (target <= 1.5 MB)")
