@@ -124,11 +124,11 @@ pub struct Prepared {
     pub action: String,
     /// The commands to run: the prerequisites, depth first, then the action itself.
     pub plan: Vec<(String, Action)>,
-    /// The merged properties as compact JSON (members spliced from the sources' text, see
+    /// The merged properties as JSON text, spliced from the sources' top-level members (see
     /// [`properties::text`]), without a final newline.
     pub merged_json: String,
-    /// The project properties as given in the context, and a final newline: the project copy the
-    /// action is handed, and the base of the project diff.
+    /// The project properties' text (each top-level member's value as the context gives it) and a
+    /// final newline: the project copy the action is handed, and the base of the project diff.
     pub project_json: Vec<u8>,
     /// The environment properties as given (see `project_json`).
     pub environment_json: Vec<u8>,
