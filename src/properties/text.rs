@@ -97,8 +97,9 @@ fn parse_valid(text: &str) -> Value {
     serde_json::from_str(text).expect("validated JSON parses")
 }
 
-/// The merge of `sources` (in merge order: later wins) by [`super::merge`]'s rules, as compact
-/// JSON text: `{`, each member in the order the merged tree would list it, `}`.
+/// The merge of `sources` (in merge order: later wins) by [`super::merge`]'s rules, as JSON text:
+/// `{`, each member in the order the merged tree would list it, `}`. Keys are written by
+/// serde_json; a value that wins whole is its source's text as it is, a merged one is compact.
 pub fn merge(sources: &[&PropertiesText]) -> String {
     let mut order: Vec<(&str, Vec<&str>)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
