@@ -131,10 +131,19 @@ pub fn sandbox_dir(root: &std::path::Path, change_id: i64, step_id: i64) -> Path
 
 /// One output pipe of a running step: its fd and the bytes of its current, unfinished line.
 struct Stream {
+    /// The read end; `None` once closed.
     pipe: Option<std::os::fd::OwnedFd>,
+    /// The stream's name in the log (`stdout`, `stderr`).
     name: &'static str,
+    /// The line read so far, without its end. Invariant: at most [`LINE_LIMIT`] bytes between
+    /// reads (a longer line is sent in pieces of that size).
     partial: Vec<u8>,
 }
+
+/// The longest line the controller keeps before sending it on (1 MiB): a longer one is sent in
+/// pieces of this size, so that a program writing without newlines cannot grow the controller's
+/// memory without bound. The agent's own lines are far shorter (it cuts its action's at 64 KiB).
+pub(crate) const LINE_LIMIT: usize = 1 << 20;
 
 impl Stream {
     /// A stream over `pipe` (none: already closed), its lines logged under `name`.
@@ -157,10 +166,22 @@ impl Stream {
             return;
         }
         let mut data = &buf[..n as usize];
-        while let Some(at) = data.iter().position(|&b| b == b'\n') {
-            self.partial.extend_from_slice(&data[..at]);
-            self.emit(sink);
-            data = &data[at + 1..];
+        loop {
+            // A line may take up to `room` more bytes; its newline may come right after them.
+            let room = LINE_LIMIT - self.partial.len();
+            match data.iter().take(room + 1).position(|&b| b == b'\n') {
+                Some(at) => {
+                    self.partial.extend_from_slice(&data[..at]);
+                    self.emit(sink);
+                    data = &data[at + 1..];
+                }
+                None if data.len() > room => {
+                    self.partial.extend_from_slice(&data[..room]);
+                    self.emit(sink);
+                    data = &data[room..];
+                }
+                None => break,
+            }
         }
         self.partial.extend_from_slice(data);
     }
@@ -410,4 +431,48 @@ pub(crate) fn kill_session(sid: i32) {
 pub(crate) fn status_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::{LogSink, Stream, LINE_LIMIT};
+
+    /// The lines a stream sent.
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<String>>);
+
+    impl LogSink for Lines {
+        fn line(&self, _stream: &'static str, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_the_limit_are_sent_in_pieces_and_nothing_is_lost() {
+        // Through a real pipe: a line of exactly the limit, one 2.5 times as long without a
+        // newline until its end, short lines, and an unfinished last line.
+        let long = "y".repeat(LINE_LIMIT * 5 / 2);
+        let exact = "x".repeat(LINE_LIMIT);
+        let input = format!("a\n{exact}\n{long}\nb\nlast");
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn({
+            let input = input.clone();
+            move || std::fs::File::from(write).write_all(input.as_bytes()).unwrap()
+        });
+        let sink = Lines::default();
+        let mut stream = Stream::new(Some(read), "stdout");
+        let mut buf = vec![0u8; 64 * 1024];
+        while stream.pipe.is_some() {
+            stream.drain(&sink, &mut buf);
+            assert!(stream.partial.len() <= LINE_LIMIT);
+        }
+        writer.join().unwrap();
+        let lines = sink.0.into_inner().unwrap();
+        let lengths: Vec<usize> = lines.iter().map(String::len).collect();
+        assert_eq!(lengths, [1, LINE_LIMIT, LINE_LIMIT, LINE_LIMIT, LINE_LIMIT / 2, 1, 4]);
+        assert_eq!(lines.concat(), input.replace('\n', ""), "every byte, in order");
+    }
 }
