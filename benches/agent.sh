@@ -8,8 +8,9 @@
 # action spawned and the result fsynced, with nothing parsed, merged or logged; what this disk and
 # kernel cost a step whatever the agent does.
 # Usage: benches/agent.sh [RUNS]   (default 300 runs of each command)
-#   BASELINE=/path/to/an/older/opschain-runner benches/agent.sh   also times that agent's step on the
-#   same context in the same run (e.g. one built from an earlier commit), for a side-by-side ratio.
+#   BASELINE=/path/to/an/older/opschain-runner benches/agent.sh   also times that agent's step and
+#   opschain-exec against this one's (e.g. one built from an earlier commit), in pairs run in both
+#   orders, for a side-by-side ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-300}
@@ -51,17 +52,38 @@ export OPSCHAIN_REPO_DIR=$repo
 # Every run starts as a step does in its fresh container: no runtime copies, no result and no
 # declared files yet (replacing an existing file by rename makes ext4 flush it first, a cost a
 # real step never pays). The same preparation runs before every command, `direct` included.
-baseline=()
-if [ -n "${BASELINE:-}" ]; then
-  ln -s "$BASELINE" "$work/baseline-exec" && mkdir "$work/b" && mv "$work/baseline-exec" "$work/b/opschain-exec"
-  baseline=(-n step-baseline "$BASELINE --repo $repo step" -n exec-baseline "$work/b/opschain-exec $true_bin")
-fi
 hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config $empty/.opschain/step $empty/.opschain/step_result.json" --export-json "$work/h.json" \
   -n direct "$true_bin" \
   -n step "$bin --repo $repo step" \
   -n floor "$floor $repo 10 $true_bin" \
   -n step-empty "$bin --repo $empty step" \
-  -n exec "$work/opschain-exec $true_bin" "${baseline[@]}" >/dev/null
+  -n exec "$work/opschain-exec $true_bin" >/dev/null
+
+# An older agent (BASELINE): timed in pairs, each order once (hyperfine runs one command's runs,
+# then the next's, and this disk slows as a run ages it: the order would favour the first).
+if [ -n "${BASELINE:-}" ]; then
+  mkdir "$work/b" && ln -s "$BASELINE" "$work/b/opschain-exec"
+  prep="rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config"
+  for order in "new old" "old new"; do
+    args=()
+    for who in $order; do
+      if [ "$who" = new ]; then args+=(-n "step-$who" "$bin --repo $repo step" -n "exec-$who" "$work/opschain-exec $true_bin")
+      else args+=(-n "step-$who" "$BASELINE --repo $repo step" -n "exec-$who" "$work/b/opschain-exec $true_bin"); fi
+    done
+    hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "$prep" --export-json "$work/pair-${order// /-}.json" "${args[@]}" >/dev/null
+  done
+  python3 - "$work/pair-new-old.json" "$work/pair-old-new.json" <<'PY'
+import json, math, statistics, sys
+ratios = {"step": [], "exec": []}
+for path in sys.argv[1:]:
+    med = {r["command"]: statistics.median(r["times"]) * 1e3 for r in json.load(open(path))["results"]}
+    for what in ratios:
+        ratios[what].append(med[f"{what}-old"] / med[f"{what}-new"])
+        print(f"{path.rsplit('/', 1)[-1]}: {what} old {med[what + '-old']:.3f} ms, new {med[what + '-new']:.3f} ms")
+for what, r in ratios.items():
+    print(f"baseline / this agent, {what}: {math.sqrt(r[0] * r[1]):.2f}x (geometric mean of both orders: {r[0]:.2f}x, {r[1]:.2f}x)")
+PY
+fi
 
 /usr/bin/time -o "$work/rss_step" -f %M "$bin" --repo "$repo" step >/dev/null 2>&1
 /usr/bin/time -o "$work/rss_direct" -f %M "$true_bin"
@@ -73,12 +95,9 @@ results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 med = {name: statistics.median(r["times"]) * 1e3 for name, r in results.items()}
 direct = med["direct"]
 print(f"{'command':13} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
-for name in ["direct", "step", "floor", "step-empty", "exec", "step-baseline", "exec-baseline"]:
+for name in ["direct", "step", "floor", "step-empty", "exec"]:
     if name in med:
         print(f"{name:13} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
-if "step-baseline" in med:
-    print(f"baseline agent's step / this agent's step: {med['step-baseline'] / med['step']:.2f}x; overhead {med['step-baseline'] - direct:.3f} ms vs {med['step'] - direct:.3f} ms")
-    print(f"baseline opschain-exec overhead {med['exec-baseline'] - direct:.3f} ms vs {med['exec'] - direct:.3f} ms")
 print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms); with an empty context {med['step-empty'] - direct:.3f} ms")
 print(f"  of which the floor (the contract's files, fsync and the action's spawn, nothing parsed: examples/step_floor.rs) {med['floor'] - direct:.3f} ms; the agent's own {med['step'] - med['floor']:.3f} ms")
 print(f"opschain-exec overhead: {med['exec'] - direct:.3f} ms over direct (target <= 0.5 ms)")
