@@ -62,7 +62,7 @@ pub fn write(path: &Path, contents: &[u8], mode: u32, durability: Durability) ->
     write_with(path, mode, durability, |out| out.write_all(contents))
 }
 
-/// As [`write`], with the contents streamed by `fill` into a buffered writer over the temporary
+/// As [`write()`], with the contents streamed by `fill` into a buffered writer over the temporary
 /// file: a large document (the step result, the runtime copies) is serialised straight to disk,
 /// never held whole in memory. An error from `fill` is reported as a failed `write`.
 pub fn write_with(

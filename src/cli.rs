@@ -1,5 +1,9 @@
 //! The command line of `opschain-runner` (and of `opschain-exec`, the same binary by another name).
-//! The binary parses it and calls [`crate::commands`]; nothing here does any work.
+//! The binary parses it and calls the library: `step`, `exec`, `helper` and `plan` do the work; nothing here does any work.
+
+// The doc comments of the command-line types are the `--help` texts, where `<repo>` and the like
+// are placeholders the user reads, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

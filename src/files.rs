@@ -260,7 +260,7 @@ fn normalise_absolute(path: &Path) -> PathBuf {
 
 /// Checks, before anything is written, that no existing component of a path under the repo (or the
 /// files root) is a symlink: a link there could point out of place. Missing components are fine
-/// (they will be created). [`write`] enforces the same again with `O_NOFOLLOW`, so a link created
+/// (they will be created). [`write()`] enforces the same again with `O_NOFOLLOW`, so a link created
 /// in between is refused too.
 pub fn check_no_symlinks(spec: &FileSpec) -> Result<(), String> {
     let Target::Beneath { base, path } = &spec.target else { return Ok(()) };
@@ -283,7 +283,7 @@ pub fn write(spec: &FileSpec) -> Result<(), WriteError> {
     Writer::default().write(spec)
 }
 
-/// Writes declared files one after the other, as [`write`] does, keeping the last parent
+/// Writes declared files one after the other, as [`write()`] does, keeping the last parent
 /// directory it opened: the files of a step mostly share a directory, and walking to it again
 /// costs a `mkdir`, a `stat` and an `openat` and `close` per component (each file's own creation
 /// is the same either way). Meant for one batch, written before the action starts: a directory
@@ -296,7 +296,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writes `spec` atomically (see [`write`]).
+    /// Writes `spec` atomically (see [`write()`]).
     pub fn write(&mut self, spec: &FileSpec) -> Result<(), WriteError> {
         match &spec.target {
             Target::Beneath { base, path } => {

@@ -12,6 +12,8 @@
 //!
 //! Each module holds one concept of the domain; a reader should find any behaviour by file name.
 
+#![warn(missing_docs)]
+
 pub mod diff;
 pub mod mask;
 pub mod supervise;

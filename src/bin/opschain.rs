@@ -3,6 +3,10 @@
 //! `opschain-runner` agent, and keeps projects, environments, properties (every version), changes,
 //! steps, logs and secret sets in one SQLite file under the state directory.
 
+// The doc comments of the command-line types are the `--help` texts, where `<repo>` and the like
+// are placeholders the user reads, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
