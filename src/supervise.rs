@@ -584,6 +584,11 @@ fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Pa
     let path = env.iter().rev().find(|(name, _)| name == "PATH").map_or(OsStr::new("/usr/local/bin:/bin:/usr/bin"), |(_, value)| value.as_os_str());
     for dir in std::env::split_paths(path) {
         let candidate = cwd.join(dir).join(program);
+        if candidate.is_relative() {
+            // A relative directory under a relative `cwd`: the child resolves it only after
+            // changing directory; leave the whole search to it (execvp), as before.
+            return program.clone();
+        }
         let executable = std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         if executable && nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() {
             return candidate.into_os_string();
@@ -938,5 +943,7 @@ mod tests {
         // An empty entry is the job's directory.
         std::fs::copy(&local, cwd.join("tool")).unwrap();
         assert_eq!(on_path(&tool, &path(&["/plain", ""]), &cwd), cwd.join("tool").into_os_string());
+        // A relative entry under a relative directory is left to the child's own search.
+        assert_eq!(on_path(&tool, &path(&["rel"]), std::path::Path::new("cwd")), tool);
     }
 }
