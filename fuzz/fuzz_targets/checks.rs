@@ -6,13 +6,37 @@ use std::path::Path;
 use arbitrary::Unstructured;
 use opschain_runner::actions::Actions;
 use opschain_runner::context::StepContext;
+use opschain_runner::properties::text::PropertiesText;
 use opschain_runner::{diff, env, files, json, properties};
 use serde_json::{Map, Value};
 
 /// The step context parser and every validation the agent runs on it: never a panic; what it
 /// accepts, the declarations' validators accept or refuse with a pointer into the document.
+///
+/// The agent's own reading, which keeps the properties as text (`properties::text`), accepts
+/// exactly the same contexts, refuses the others with the same error, and merges to the same
+/// document, member for member and in order.
 pub fn step_context(data: &[u8]) {
-    let Ok(ctx) = json::parse::<StepContext>(Path::new("step_context.json"), data) else { return };
+    let path = Path::new("step_context.json");
+    let trees = json::parse::<StepContext>(path, data);
+    let texts = json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, data);
+    let ctx = match (trees, texts) {
+        (Ok(trees), Ok(texts)) => {
+            assert_eq!(texts.project.properties.to_map(), trees.project.properties.0);
+            assert_eq!(texts.environment.properties.to_map(), trees.environment.properties.0);
+            let spliced = properties::text::merge(&[&texts.project.properties, &texts.environment.properties]);
+            let mut merged = trees.project.properties.0.clone();
+            properties::merge_objects(&mut merged, trees.environment.properties.0.clone());
+            let spliced: Map<String, Value> = serde_json::from_str(&spliced).expect("the splice is JSON");
+            assert_eq!(serde_json::to_string(&spliced).unwrap(), serde_json::to_string(&merged).unwrap());
+            trees
+        }
+        (Err(trees), Err(texts)) => {
+            assert_eq!(texts.to_string(), trees.to_string());
+            return;
+        }
+        (trees, texts) => panic!("the readings disagree: trees {:?}, texts {:?}", trees.err(), texts.err()),
+    };
     let mut merged = Map::new();
     for level in [&ctx.project.properties.0, &ctx.environment.properties.0] {
         if let Err(e) = files::parse(level, Path::new("/opt/opschain"), None) {
