@@ -349,6 +349,10 @@ pub(crate) fn stream_and_wait(
                 Some(swept) => timeout = LEFTOVER_WAIT - swept.elapsed(),
                 None if exited.elapsed() >= LEFTOVER_WAIT => {
                     if end_session {
+                        // The agent is reaped by now, but the session's id is still taken by the
+                        // processes left in it (Linux frees a pid number only once no process
+                        // uses it as pid, group or session id); an empty session is swept for
+                        // nothing.
                         kill_session(pid as i32);
                     }
                     swept_at = Some(Instant::now());
