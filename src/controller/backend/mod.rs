@@ -349,10 +349,11 @@ pub(crate) fn stream_and_wait(
                 Some(swept) => timeout = LEFTOVER_WAIT - swept.elapsed(),
                 None if exited.elapsed() >= LEFTOVER_WAIT => {
                     if end_session {
-                        // The agent is reaped by now, but the session's id is still taken by the
-                        // processes left in it (Linux frees a pid number only once no process
-                        // uses it as pid, group or session id); an empty session is swept for
-                        // nothing.
+                        // The agent is reaped by now, but the session's id stays taken while
+                        // processes are left in it (Linux frees a pid number only once no process
+                        // uses it as pid, group or session id). Only if the session emptied, and
+                        // the pids wrapped around to this number within LEFTOVER_WAIT, could the
+                        // sweep reach a stranger.
                         kill_session(pid as i32);
                     }
                     swept_at = Some(Instant::now());
