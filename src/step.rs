@@ -195,18 +195,21 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
 
     let repo_sources = properties::read_repository_text(layout, context.environment_code(), options.limit)?;
     // Validate each source on its own first, so that an error names the file it is in. Only the
-    // `opschain` member declares anything, and only it is parsed.
+    // `opschain` member declares anything, and only it is parsed; the merged declarations are the
+    // merge of those members, in merge order.
     let mut sources: Vec<(&Path, &str, &PropertiesText)> = repo_sources.iter().map(|(p, t)| (p.as_path(), "", t)).collect();
     sources.push((&context_path, "/project/properties", &context.project.properties));
     sources.push((&context_path, "/environment/properties", &context.environment.properties));
+    let mut declarations = Map::new();
     for (file, prefix, props) in &sources {
         let declaration = |e: PointerError| StepError::Declaration {
             file: file.to_path_buf(),
             source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
         };
-        let declarations = props.only("opschain");
-        files::parse(&declarations, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
-        env::parse(&declarations).map_err(declaration)?;
+        let own = props.only("opschain");
+        files::parse(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
+        env::parse(&own).map_err(declaration)?;
+        properties::merge_objects(&mut declarations, own);
     }
     env::check_secrets(&context.secrets).map_err(|source| StepError::Declaration { file: context_path.clone(), source })?;
 
@@ -214,7 +217,6 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     // base of their diffs), all as text: see `properties::text`.
     let texts: Vec<&PropertiesText> = sources.iter().map(|(_, _, t)| *t).collect();
     let merged_json = properties::text::merge(&texts);
-    let declarations = properties::text::merged_member(&texts, "opschain").map(|v| Map::from_iter([("opschain".to_string(), v)])).unwrap_or_default();
     drop((texts, sources));
     let project_json = text_bytes(std::mem::take(&mut context.project.properties).text());
     let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).text());

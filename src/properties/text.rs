@@ -129,19 +129,6 @@ pub fn merge(sources: &[&PropertiesText]) -> String {
     String::from_utf8(out).expect("spliced from UTF-8 text and serde_json's output")
 }
 
-/// The merged value of the top-level member `key` of `sources` (see [`merge`]), parsed, if any
-/// source has it.
-pub fn merged_member(sources: &[&PropertiesText], key: &str) -> Option<Value> {
-    let values: Vec<&str> = sources.iter().filter_map(|s| s.get(key)).collect();
-    if values.is_empty() {
-        return None;
-    }
-    match member(&values) {
-        Member::Text(text) => Some(parse_valid(text)),
-        Member::Merged(value) => Some(value),
-    }
-}
-
 /// One merged member: the text of the value that wins whole, or the deep merge of several objects.
 enum Member<'a> {
     Text(&'a str),
@@ -155,7 +142,7 @@ enum Member<'a> {
 fn member<'a>(values: &[&'a str]) -> Member<'a> {
     let objects = values.iter().rev().take_while(|v| v.starts_with('{')).count();
     if objects <= 1 {
-        return Member::Text(values.last().copied().unwrap_or("null"));
+        return Member::Text(values.last().copied().expect("a merged key has a value in some source"));
     }
     let mut merged = Map::new();
     for text in &values[values.len() - objects..] {
@@ -406,9 +393,6 @@ mod tests {
         // Same order of members, too.
         let order: Vec<&String> = merged.as_object().unwrap().keys().collect();
         assert_eq!(order, expected.keys().collect::<Vec<_>>());
-        assert_eq!(merged_member(&sources, "a"), expected.get("a").cloned());
-        assert_eq!(merged_member(&sources, "s"), Some(serde_json::json!({"n": 2})));
-        assert_eq!(merged_member(&sources, "none"), None);
         assert_eq!(merge(&[]), "{}");
     }
 }
