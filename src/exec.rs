@@ -10,9 +10,10 @@
 //! 2. `opschain.env` of the merged properties, exactly as the agent computes it (repository
 //!    `properties.json`, repository `environments/<code>.json`, project, environment);
 //! 3. the runner secrets of the context (`secrets`, this runner's extension);
-//! 4. the build secret sets that apply ([`build_secret_sets`]) and exist as files in the build
-//!    secrets directory (`/run/secrets` unless `OPSCHAIN_BUILD_SECRETS_DIR` says otherwise), in order,
-//!    later winning.
+//! 4. the build secrets, from the build secrets directory (`/run/secrets` unless
+//!    `OPSCHAIN_BUILD_SECRETS_DIR` says otherwise): the bundle [`BUILD_SECRETS_BUNDLE`] (every set
+//!    that applies, merged in order by the builder) when it is there, else each set that applies
+//!    ([`build_secret_sets`]) and exists as a file there, in order, later winning.
 //!
 //! Then the command replaces this process (`execvp`), so its exit status and signals are its own.
 //! With no context the command runs unchanged. A bad context, properties file, secret set or env name
@@ -48,6 +49,12 @@ pub const BUILD_SECRETS_DIR_ENV: &str = "OPSCHAIN_BUILD_SECRETS_DIR";
 /// The build secret set supplied when neither the project nor the environment configures
 /// `opschain.config.build_secrets` (OpsChain's `opschain-build-env` Kubernetes secret).
 pub const DEFAULT_BUILD_SECRET_SET: &str = "opschain-build-env";
+
+/// The build secret bundle's file name in the build secrets directory: the BuildKit secret id
+/// `opschain-build-secrets`, holding every build secret set that applies, merged in order by the
+/// builder (the same format as one set). When it is there, it is the build secrets; only without
+/// it are the sets read one file each.
+pub const BUILD_SECRETS_BUNDLE: &str = "opschain-build-secrets";
 
 /// The name of the step context inside `step_context.json.zip`.
 pub const ZIP_ENTRY: &str = "step_context.json";
@@ -365,9 +372,16 @@ pub fn env_for(options: &ExecOptions, source: &ContextSource, context: &StepCont
     }
     let mut vars = env::parse(&merged).map_err(|e| declaration(PointerError { pointer: format!("(merged properties) {}", e.pointer), message: e.message }))?;
     vars.extend(context.secrets.iter().map(|(n, v)| (n.clone(), v.clone())));
-    for set in sets {
-        if let Some(secrets) = read_secret_set(&options.secrets_dir.join(&set), options.limit)? {
-            vars.extend(secrets);
+    // The bundle holds every set that applies, merged by the builder; without one (a build whose
+    // Dockerfile mounts sets by name), each set that applies is read from its own file.
+    match read_secret_set(&options.secrets_dir.join(BUILD_SECRETS_BUNDLE), options.limit)? {
+        Some(bundle) => vars.extend(bundle),
+        None => {
+            for set in sets {
+                if let Some(secrets) = read_secret_set(&options.secrets_dir.join(&set), options.limit)? {
+                    vars.extend(secrets);
+                }
+            }
         }
     }
     Ok(vars)

@@ -3,6 +3,7 @@
 //! [`crate::supervise`].
 
 use crate::actions::ActionsError;
+#[cfg(feature = "controller")]
 use crate::build::BuildError;
 use crate::exec::ExecError;
 use crate::json::JsonError;
@@ -115,10 +116,12 @@ fn exec_input(e: &ExecError) -> Sysexit {
 /// secret list or set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that
 /// names no commit, 73 a context directory or file that cannot be written, 70 when git, tar or
 /// docker cannot be run or fail.
+#[cfg(feature = "controller")]
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
         BuildError::Context(e) => json(e),
-        BuildError::SecretSets { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+        BuildError::SecretSets { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+        BuildError::SecretStore { .. } => Sysexit::IoErr,
         BuildError::SecretSet { source } => exec_input(source),
         BuildError::Revision { .. } => Sysexit::NoInput,
         BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,

@@ -87,9 +87,15 @@ struct RunSettings {
     /// The docker CLI of the Docker backend (Debian's client builds with BuildKit).
     #[arg(long, env = "OPSCHAIN_DOCKER_BIN", default_value = "/usr/bin/docker", value_name = "PATH")]
     docker_bin: PathBuf,
-    /// The base runner image of the Docker backend's default Dockerfile (must exist locally).
+    /// The base runner image of the Docker backend (the OPSCHAIN_BASE_RUNNER build arg; must
+    /// exist locally).
     #[arg(long, env = "OPSCHAIN_DOCKER_BASE_IMAGE", default_value = "opschain-runner:latest", value_name = "IMAGE")]
     docker_base_image: String,
+    /// The OpsChain folder of the repository: .opschain, or .mintpress for MintPress (its
+    /// <folder>/Dockerfile, actions.toml and properties; the step image's env context is
+    /// step_context.json.zip for .mintpress). Give a retry the same folder as its change.
+    #[arg(long, env = "OPSCHAIN_REPO_FOLDER", default_value = ".opschain", value_name = "NAME")]
+    folder: String,
 }
 
 #[derive(Debug, Args)]
@@ -114,7 +120,9 @@ struct RunArgs {
     /// container per step).
     #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = ["process", "docker"], value_name = "NAME")]
     backend: String,
-    /// The secret set the steps get (see `opschain secrets set`).
+    /// The secret set the steps get as runner secrets (see `opschain secrets set`). Image builds
+    /// get the build secret sets instead: those opschain.config.build_secrets lists, else
+    /// opschain-build-env.
     #[arg(long, value_name = "NAME")]
     secrets: Option<String>,
     #[command(flatten)]
@@ -262,7 +270,18 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         keep_sandboxes: s.keep_sandboxes,
         queue_poll: Duration::from_millis(500),
         docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs) },
+        folder: checked_folder(&s.folder)?,
     })
+}
+
+/// The OpsChain folder, checked to be one plain directory name (it is joined to the repository
+/// and to `/opt/opschain` in the container).
+fn checked_folder(folder: &str) -> Result<String> {
+    let plain = !folder.is_empty() && folder != "." && folder != ".." && !folder.contains(['/', '\0', ',', '=']);
+    if !plain {
+        bail!("--folder {folder:?}: expected one directory name, like .opschain or .mintpress");
+    }
+    Ok(folder.to_string())
 }
 
 /// `cargo run --bin opschain` builds only this binary: when it runs from its cargo target

@@ -85,6 +85,10 @@ pub struct ControllerConfig {
     pub queue_poll: Duration,
     /// The Docker backend's settings.
     pub docker: DockerConfig,
+    /// The OpsChain folder of the repositories: `.opschain` (the default), or MintPress's
+    /// `.mintpress`. It picks the Dockerfile (`<folder>/Dockerfile`), the env context's form and
+    /// where the step context goes.
+    pub folder: String,
 }
 
 /// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
@@ -110,8 +114,9 @@ fn backend(config: &ControllerConfig, name: &str) -> Result<Box<dyn Backend>, Ch
             sandbox_root: config.state_dir.join("sandboxes"),
             grace: config.grace,
             keep_sandboxes: config.keep_sandboxes,
+            folder: config.folder.clone(),
         }))),
-        "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.state_dir.join("sandboxes"), config.agent.clone()))),
+        "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes")))),
         other => Err(ChangeError::Backend(other.to_string())),
     }
 }

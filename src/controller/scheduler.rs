@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::backend::{Backend, LogSink, StepJob};
+use super::backend::{Backend, BackendError, LogSink, StepJob};
+use crate::build::{self, BuildError, SecretSet};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{ChangeRow, StepEnd, StepRow, Store, StoreError};
 
@@ -219,6 +220,22 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The build secret sets of a step's image, from this controller's secret sets: those the
+    /// step context's `opschain.config.build_secrets` lists (project, then environment), else the
+    /// default set `opschain-build-env`. A listed set that does not exist is an error that says
+    /// how to create it.
+    fn build_secret_sets(&self, job: &StepJob) -> Result<Vec<SecretSet>, BuildError> {
+        let context = job.context.as_object().cloned().unwrap_or_default();
+        build::applicable_secret_sets(&context)?
+            .into_iter()
+            .map(|name| match self.store.secrets(&name) {
+                Ok(Some(map)) => SecretSet::from_map(&name, &map),
+                Ok(None) => Err(BuildError::NoSecretSet { name }),
+                Err(e) => Err(BuildError::SecretStore { name, source: Box::new(e) }),
+            })
+            .collect()
+    }
+
     /// Runs one step's agent and records its end; true on success. `queued`: the step is already
     /// marked `queued` (its parallel group marked them all at once).
     fn execute(&self, step: &StepRow, depth: usize, queued: bool) -> Result<bool, StoreError> {
@@ -257,17 +274,26 @@ impl<'a> Scheduler<'a> {
         if !self.secrets.is_empty() {
             context["secrets"] = Value::Object(self.secrets.clone());
         }
-        let job = StepJob {
+        let mut job = StepJob {
             change_id: self.change.id,
             step_id: step.id,
             action: step.action.clone(),
             repo: self.change.repo.clone(),
+            git_rev: self.change.git_rev.clone(),
             commit: self.change.commit.clone(),
             context,
-            build_secrets: self.secrets.clone(),
+            build_secret_sets: Vec::new(),
         };
         let sink = StepSink { store: self.store, step_id: step.id, prefix: format!("[{} {}]", step.id, step.action), out: &self.out };
-        let end = match self.backend.run(&job, &sink, &self.cancel) {
+        let ran = if self.backend.builds_images() {
+            self.build_secret_sets(&job).map_err(|source| BackendError::BuildSecrets { step: step.id, source }).and_then(|sets| {
+                job.build_secret_sets = sets;
+                self.backend.run(&job, &sink, &self.cancel)
+            })
+        } else {
+            self.backend.run(&job, &sink, &self.cancel)
+        };
+        let end = match ran {
             Ok(output) => {
                 let cancelled = self.cancel.load(Ordering::SeqCst) && output.exit_status != 0;
                 let succeeded = output.exit_status == 0 && output.result.is_some();

@@ -79,6 +79,8 @@ CREATE TABLE IF NOT EXISTS secret_sets (
     json TEXT NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
+-- The default build secret set exists from the start, empty, as OpsChain creates it at deployment.
+INSERT OR IGNORE INTO secret_sets (name, json) VALUES ('opschain-build-env', '{}');
 CREATE TABLE IF NOT EXISTS changes (
     id INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL REFERENCES projects(id),

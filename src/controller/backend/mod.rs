@@ -4,9 +4,10 @@
 //!
 //! * [`process`] (the default): a fresh copy of the change's checkout in a temporary sandbox, the
 //!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
-//! * [`docker`]: an image built per step from the checkout, a container per step.
+//! * [`docker`]: a container per step, of the step image [`image`] builds (or reuses).
 
 pub mod docker;
+pub mod image;
 pub mod process;
 pub mod spawn;
 
@@ -57,6 +58,26 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The step's build secret sets cannot be given: the `build_secrets` list is invalid, a set it
+    /// names does not exist, or a set holds an invalid name or value (never quoted).
+    #[error("cannot give step {step} its build secrets")]
+    BuildSecrets {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::build::BuildError,
+    },
+    /// The step image cannot be planned or its build context written (a bad env context, a
+    /// Dockerfile that is a symlink, git or tar failing).
+    #[error("cannot prepare the step image of step {step}")]
+    Image {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::build::BuildError,
+    },
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
     Docker {
@@ -84,12 +105,15 @@ pub struct StepJob {
     pub action: String,
     /// The git repository.
     pub repo: PathBuf,
-    /// The commit.
+    /// The revision the change was created with (`GIT_REV`).
+    pub git_rev: String,
+    /// The commit it resolved to (`GIT_SHA`).
     pub commit: String,
     /// The whole step_context.json.
     pub context: Value,
-    /// Build secrets (Docker backend): `{"NAME": "value"}`.
-    pub build_secrets: serde_json::Map<String, Value>,
+    /// The build secret sets that apply to the step's image, in order (filled only for a backend
+    /// whose [`Backend::builds_images`] is true; empty otherwise). Never the action's.
+    pub build_secret_sets: Vec<crate::build::SecretSet>,
 }
 
 /// How the agent ended.
@@ -107,6 +131,12 @@ pub struct StepOutput {
 pub trait Backend: Send + Sync {
     /// Runs one step; `cancel` turning true asks it to stop the agent (TERM, then KILL).
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError>;
+
+    /// Whether the backend builds step images, and so needs [`StepJob::build_secret_sets`].
+    /// Default: false.
+    fn builds_images(&self) -> bool {
+        false
+    }
 }
 
 /// Reads `step_result.json` at `path` into the output's result fields.

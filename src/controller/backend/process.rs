@@ -30,6 +30,9 @@ pub struct ProcessConfig {
     pub grace: Duration,
     /// Keep the sandboxes after the steps (for debugging; default false).
     pub keep_sandboxes: bool,
+    /// The OpsChain folder of the repositories (default `.opschain`; MintPress `.mintpress`),
+    /// given to the agent as `--folder` and to the action as `OPSCHAIN_REPO_FOLDER`.
+    pub folder: String,
 }
 
 /// The process backend.
@@ -63,7 +66,7 @@ impl Backend for ProcessBackend {
         let started = std::time::Instant::now();
         self.checkouts.copy_to(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
         sink.line("stderr", &format!("opschain: checked out {} in {:.3}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
-        let folder = sandbox.join(".opschain");
+        let folder = sandbox.join(&self.config.folder);
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
         let bytes = serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises");
@@ -81,13 +84,13 @@ impl Backend for ProcessBackend {
         // behind to race a retry. `spawn` does both without forking the controller.
         let spec = Spawn {
             program: self.config.agent.clone(),
-            args: vec![os("--repo"), sandbox.clone().into(), os("--folder"), os(".opschain"), os("step"), os("--files-root"), files_root.clone().into()],
+            args: vec![os("--repo"), sandbox.clone().into(), os("--folder"), os(&self.config.folder), os("step"), os("--files-root"), files_root.clone().into()],
             env: vec![
                 (os("PATH"), Some(path.into())),
                 (os("OPSCHAIN_FILES_ROOT"), Some(files_root.clone().into())),
                 (os("TMPDIR"), Some(tmp.into())),
                 (os("OPSCHAIN_REPO_DIR"), None),
-                (os("OPSCHAIN_REPO_FOLDER"), None),
+                (os("OPSCHAIN_REPO_FOLDER"), Some(os(&self.config.folder))),
             ],
             cwd: sandbox.clone(),
         };
