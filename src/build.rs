@@ -269,7 +269,8 @@ impl BuildContext {
 }
 
 /// The env-relevant part of a step context: the context values as they are, and of the project
-/// and environment properties only `opschain.env` and `opschain.config.build_secrets`.
+/// and environment properties only `opschain.env`, `opschain.config.build_secrets` and the seed
+/// layout's top-level `env` when it is an object.
 pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
     if let Some(values) = context.get("context") {
@@ -285,7 +286,12 @@ pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
         if let Some(sets) = opschain.and_then(|o| o.get("config")).and_then(|c| c.get("build_secrets")) {
             kept.insert("config".into(), serde_json::json!({ "build_secrets": sets }));
         }
-        let properties = if kept.is_empty() { Map::new() } else { Map::from_iter([("opschain".to_string(), Value::Object(kept))]) };
+        let mut properties = if kept.is_empty() { Map::new() } else { Map::from_iter([("opschain".to_string(), Value::Object(kept))]) };
+        // The seed layout's top-level `env`, when it is a declaration (an object): see
+        // `properties::declarations`.
+        if let Some(env) = props.and_then(|p| p.get("env")).filter(|env| env.is_object()) {
+            properties.insert("env".into(), env.clone());
+        }
         out.insert(level.into(), serde_json::json!({ "properties": properties }));
     }
     out
@@ -563,6 +569,13 @@ mod tests {
                 "environment": {"properties": {}}
             })
         );
+        // The seed layout: a top-level `env` object is env-relevant, one that is data is not.
+        let doc = json!({
+            "project": {"properties": {"env": {"A": "1"}, "files": {"f": {}}, "name": "x"}},
+            "environment": {"properties": {"env": "production"}}
+        });
+        let out = Value::Object(env_context(doc.as_object().unwrap()));
+        assert_eq!(out, json!({"project": {"properties": {"env": {"A": "1"}}}, "environment": {"properties": {}}}));
     }
 
     #[test]
