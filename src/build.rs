@@ -500,9 +500,10 @@ impl BuildContext {
 
 /// The env context of a step context, as the seeds say: the project and environment context
 /// values (`context.project`, `context.environment`) and, of each level's properties, only the
-/// env-var ones (`opschain.env`, and `env` in the seed's own layout). Nothing else: step, change
-/// and user values, other properties and runner secrets would change it on every step (and the
-/// `RUN` lines' cache with it) or leak into the build.
+/// env-var ones (`opschain.env`, and the seed layout's top-level `env` when it is a declaration, an
+/// object: see `properties::declarations`). Nothing else: step, change and user values, other
+/// properties and runner secrets would change it on every step (and the `RUN` lines' cache with
+/// it) or leak into the build.
 #[cfg(feature = "controller")]
 pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
@@ -516,7 +517,7 @@ pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
         if let Some(env) = props.and_then(|p| p.get("opschain")).and_then(|o| o.get("env")) {
             kept.insert("opschain".into(), serde_json::json!({ "env": env }));
         }
-        if let Some(env) = props.and_then(|p| p.get("env")) {
+        if let Some(env) = props.and_then(|p| p.get("env")).filter(|env| env.is_object()) {
             kept.insert("env".into(), env.clone());
         }
         out.insert(level.into(), serde_json::json!({ "properties": kept }));
@@ -925,6 +926,13 @@ mod tests {
         // The sets still come from the whole context.
         assert_eq!(applicable_secret_sets(doc.as_object().unwrap()).unwrap(), ["s"]);
         assert_eq!(applicable_secret_sets(&Map::new()).unwrap(), ["opschain-build-env"]);
+        // The seed layout: a top-level `env` object is env-relevant, one that is data is not.
+        let doc = json!({
+            "project": {"properties": {"env": {"A": "1"}, "files": {"f": {}}, "name": "x"}},
+            "environment": {"properties": {"env": "production"}}
+        });
+        let out = Value::Object(env_context(doc.as_object().unwrap()));
+        assert_eq!(out, json!({"project": {"properties": {"env": {"A": "1"}}}, "environment": {"properties": {}}}));
     }
 
     #[cfg(feature = "controller")]

@@ -324,11 +324,11 @@ fn owner_id(store: &Store, owner: &Owner) -> Result<(Level, i64)> {
     })
 }
 
+/// Reads user-given properties with the crate's strict reader: an object, no duplicate key at any
+/// depth, errors naming the JSON pointer and line (as every input of the agent).
 fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>> {
-    match serde_json::from_str::<Value>(text).with_context(|| format!("{what} is not valid JSON"))? {
-        Value::Object(map) => Ok(map),
-        _ => bail!("{what} is not a JSON object"),
-    }
+    let opschain_runner::json::StrictObject(map) = opschain_runner::json::parse(Path::new(what), text.as_bytes())?;
+    Ok(map)
 }
 
 fn print_tree(steps: &[StepRow], parent: Option<i64>, depth: usize) {
