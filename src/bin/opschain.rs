@@ -605,8 +605,11 @@ fn failure_status(e: &anyhow::Error) -> Sysexit {
             Some(_) => return Sysexit::Software,
             None => {}
         }
-        if let Some(ChangeError::NoSecretSet(_)) = cause.downcast_ref::<ChangeError>() {
-            return Sysexit::NoInput;
+        // `ChangeError::Store` is transparent: the store error itself is not in the chain.
+        match cause.downcast_ref::<ChangeError>() {
+            Some(ChangeError::NoSecretSet(_) | ChangeError::Store(StoreError::NotFound(_))) => return Sysexit::NoInput,
+            Some(_) => return Sysexit::Software,
+            None => {}
         }
     }
     Sysexit::Software
@@ -621,17 +624,17 @@ fn code(defaults: &Defaults, which: Which, flag: Option<&str>) -> Result<String>
             eprintln!("opschain: {} code {value:?} from {source}", which.noun());
             Ok(value)
         }
-        None => Err(Failure::NoCode {
-            noun: which.noun(),
-            flag: match which {
-                Which::Project => "project-code",
-                Which::Environment => "environment-code",
-            },
-            var: which.var(),
-            key: which.key(),
-        }
-        .into()),
+        None => Err(no_code(which)),
     }
+}
+
+/// The usage error of a command that needs code `which` and has none.
+fn no_code(which: Which) -> anyhow::Error {
+    let flag = match which {
+        Which::Project => "project-code",
+        Which::Environment => "environment-code",
+    };
+    Failure::NoCode { noun: which.noun(), flag, var: which.var(), key: which.key() }.into()
 }
 
 /// The id of an existing project; an unknown code is an error that lists the known ones.
@@ -965,7 +968,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (Some(p), None) => {
                     find_project(&store, p)?;
                 }
-                (None, Some(_)) => return Err(code(&Defaults::new(None, None, None, None), Which::Project, None).unwrap_err()),
+                (None, Some(_)) => return Err(no_code(Which::Project)),
                 (None, None) => {}
             }
             println!("{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} created", "id", "status", "project", "environment", "action", "commit", "backend");
@@ -1009,8 +1012,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Retry { id, settings }) => {
+            // An unknown id is "not found", before anything else is looked at.
+            let id = store.change(id.get())?.id;
             let config = config(&state_dir, &settings)?;
-            Ok(exit_of(change::retry(&store, &config, id.get())?))
+            Ok(exit_of(change::retry(&store, &config, id)?))
         }
         Command::Change(ChangeCommand::Cancel { id }) => {
             let id = id.get();
