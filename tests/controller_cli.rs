@@ -140,7 +140,10 @@ fn set_and_edit_properties_of_opschain_store_what_ours_store() {
     assert_eq!(a, w.ok(&["properties", "show", "--project", "b"]));
     assert_eq!(w.ok(&["environment", "show-properties", "-p", "a", "-e", "dev"]), w.ok(&["properties", "show", "--project", "b", "--environment", "dev"]));
     let versions = |p: &str| {
-        w.ok(&["properties", "history", "--project", p, "--environment", "dev"]).lines().map(|l| l.split_whitespace().next().unwrap().to_string()).collect::<Vec<_>>()
+        w.ok(&["properties", "history", "--project", p, "--environment", "dev"])
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
     assert_eq!(versions("a"), ["v0", "v1", "v2"]);
     assert_eq!(versions("a"), versions("b"));
@@ -199,6 +202,11 @@ fn change_create_runs_what_change_run_runs_and_the_change_commands_take_both_spe
     assert_eq!(w.ok(&["project", "list"]), projects);
     let row: Vec<&str> = projects.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..4], ["p", "2", "2", "no"], "{projects}");
+
+    // Without --repo, the working directory must be a project's repository.
+    let out = w.run(&["change", "create", "-p", "p", "-e", "ours", "-a", "hello"]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
+    assert!(stderr(&out).contains("has no .opschain folder"), "{}", text(&out));
 
     // `-a ''` is OpsChain's `default` action.
     let out = w.run(&["change", "create", "--repo", project.path().to_str().unwrap(), "-p", "p", "-e", "ours", "-a", ""]);
@@ -414,7 +422,13 @@ fn exit_statuses_tell_the_controllers_own_failures_from_a_changes_end() {
     let repo_arg = project.path().to_str().unwrap();
     assert_eq!(status(w.run(&["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello", "--secrets", "none"])).0, Some(66));
     // 70: the controller itself failed: no agent, or a state directory that is a file.
-    let (code, out) = status(w.cmd().args(["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello"]).env("OPSCHAIN_RUNNER_BIN", "/nonexistent").output().unwrap());
+    let (code, out) = status(
+        w.cmd()
+            .args(["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello"])
+            .env("OPSCHAIN_RUNNER_BIN", "/nonexistent")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(code, Some(70), "{out}");
     let file = w.cwd.path().join("a-file");
     std::fs::write(&file, "").unwrap();
@@ -436,7 +450,9 @@ fn help_shows_opschain_names_with_ours_as_aliases() {
         assert!(line.ends_with(alias), "{line}");
     }
     let create = help(&["change", "create"]);
-    for flag in ["-p, --project-code", "[alias: --project]", "-e, --environment-code", "[alias: --environment]", "-a, --action", "-g, --git-rev", "-y, --confirm"] {
+    for flag in
+        ["-p, --project-code", "[alias: --project]", "-e, --environment-code", "[alias: --environment]", "-a, --action", "-g, --git-rev", "-y, --confirm"]
+    {
         assert!(create.contains(flag), "no {flag} in\n{create}");
     }
     assert!(help(&["environment", "show-properties"]).contains("opschain_environmentCode"));

@@ -170,9 +170,10 @@ struct RunArgs {
     #[arg(short = 'g', long, default_value = "HEAD", value_name = "REV")]
     git_rev: String,
     /// The project's repository: a git work tree, or a plain directory (snapshotted into a git
-    /// repository under the state directory, then run from that commit).
-    #[arg(long, default_value = ".", value_name = "DIR")]
-    repo: PathBuf,
+    /// repository under the state directory, then run from that commit). Default: the working
+    /// directory, which must then hold the OpsChain folder (.opschain).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
     /// Where steps run: `process` (a checkout and a child process) or `docker` (an image and a
     /// container per step).
     #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = ["process", "docker"], value_name = "NAME")]
@@ -502,6 +503,14 @@ enum Failure {
         #[source]
         source: std::io::Error,
     },
+    /// `change create` without `--repo` in a directory that is no project repository.
+    #[error("the working directory {} has no {folder} folder: run from the project's repository or give --repo DIR", dir.display())]
+    NotARepo {
+        /// The working directory.
+        dir: PathBuf,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
     /// `dev create-dockerfile` found a Dockerfile already.
     #[error("{} exists: keeping it (give --force to replace it)", path.display())]
     Exists {
@@ -514,7 +523,7 @@ impl Failure {
     fn status(&self) -> Sysexit {
         match self {
             Failure::NoCode { .. } => Sysexit::Usage,
-            Failure::Unknown(_) => Sysexit::NoInput,
+            Failure::Unknown(_) | Failure::NotARepo { .. } => Sysexit::NoInput,
             Failure::NotAnObject(_) | Failure::BadJson { .. } => Sysexit::DataErr,
             Failure::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
             Failure::SecretFile { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
@@ -615,7 +624,7 @@ fn failure_status(e: &anyhow::Error) -> Sysexit {
     Sysexit::Software
 }
 
-/// The code `which`, from its flag or a default (see [`rc`]); says on stderr where a default came
+/// The code `which`, from its flag or a default (see [`Defaults`]); says on stderr where a default came
 /// from. Without any: a usage error naming every source.
 fn code(defaults: &Defaults, which: Which, flag: Option<&str>) -> Result<String> {
     match defaults.resolve(which, flag)? {
@@ -876,6 +885,21 @@ fn create_dockerfile(repo: &Path, folder: &str, force: bool) -> Result<PathBuf> 
     Ok(path)
 }
 
+/// The repository of `change create`: `--repo`, else the working directory when it holds the
+/// OpsChain folder (a directory run from by mistake, such as a home directory, would otherwise be
+/// snapshotted whole).
+fn repo_or_working_directory(repo: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(repo) = repo {
+        return Ok(repo);
+    }
+    let cwd = std::env::current_dir().context("cannot find the working directory")?;
+    let folder = std::env::var("OPSCHAIN_REPO_FOLDER").ok().filter(|f| !f.is_empty()).unwrap_or_else(|| DEFAULT_REPO_FOLDER.into());
+    if !cwd.join(&folder).is_dir() {
+        return Err(Failure::NotARepo { dir: cwd, folder }.into());
+    }
+    Ok(cwd)
+}
+
 /// Creates and runs a change; `change create` and `demo`.
 fn run_change(store: &Store, config: &ControllerConfig, new: NewChange) -> Result<(i64, ChangeStatus)> {
     let project_is_new = matches!(store.project_id(&new.project), Err(StoreError::NotFound(_)));
@@ -911,7 +935,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let new = NewChange {
                 project: project(&args.project)?,
                 environment: environment(&args.environment)?,
-                repo: args.repo,
+                repo: repo_or_working_directory(args.repo)?,
                 action: if args.action.is_empty() { "default".into() } else { args.action },
                 git_rev: args.git_rev,
                 backend: args.backend,
