@@ -465,3 +465,46 @@ fn help_shows_opschain_names_with_ours_as_aliases() {
     }
     assert!(help(&["dev"]).contains("create-dockerfile"));
 }
+
+#[test]
+fn git_remote_name_runs_the_remote_branch_as_fetched_not_the_stale_local_one() {
+    let w = World::new();
+    let upstream = repo(HELLO);
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git").arg("-C").arg(dir).args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let branch = git(upstream.path(), &["rev-parse", "--abbrev-ref", "HEAD"]);
+    let clone = tempfile::tempdir().unwrap();
+    let local = clone.path().join("local");
+    git(clone.path(), &["clone", "-q", upstream.path().to_str().unwrap(), "local"]);
+    let old = git(&local, &["rev-parse", "HEAD"]);
+    // A commit the local clone has not fetched yet.
+    std::fs::write(upstream.path().join(".opschain/actions.toml"), HELLO.replace("greeted", "greeted_again")).unwrap();
+    git(upstream.path(), &["commit", "-q", "-am", "again"]);
+    let new = git(upstream.path(), &["rev-parse", "HEAD"]);
+    assert_ne!(old, new);
+
+    // OpsChain's documented form, run as written from the repository.
+    let out = opschain_in(w.state.path(), &local, w.home.path())
+        .args(["change", "create", "--project-code", "p", "--environment-code", "dev", "--git-remote-name", "origin", "--git-rev", &branch])
+        .args(["--action", "hello", "--follow-logs", "--confirm"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let show = w.ok(&["change", "show", "1"]);
+    assert!(show.contains(&format!("commit {new} (origin/{branch})")), "the fetched commit {new} runs:\n{show}");
+    assert_eq!(serde_json::from_str::<Value>(&w.ok(&["environment", "show-properties", "-p", "p", "-e", "dev"])).unwrap(), json!({"greeted_again": true}));
+    // Without the remote, the local branch (not fetched into) is what runs.
+    w.ok(&["change", "create", "--repo", local.to_str().unwrap(), "-p", "p", "-e", "dev", "-g", &branch, "-a", "hello"]);
+    assert!(w.ok(&["change", "show", "2"]).contains(&format!("commit {old} ({branch})")));
+
+    // A commit is taken as it is; an unknown remote is an error naming the known ones.
+    let out = w.run(&["change", "create", "--repo", local.to_str().unwrap(), "-p", "p", "-e", "dev", "-G", "origin", "-g", &old, "-a", "hello"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(w.ok(&["change", "show", "3"]).contains(&format!("commit {old} ({old})")));
+    let out = w.run(&["change", "create", "--repo", local.to_str().unwrap(), "-p", "p", "-e", "dev", "-G", "upstream", "-a", "hello"]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
+    assert!(stderr(&out).contains("git remote \"upstream\"") && stderr(&out).contains("known: origin"), "{}", text(&out));
+}

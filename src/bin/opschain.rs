@@ -21,6 +21,7 @@ use opschain_runner::build;
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
 use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
+use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
 use opschain_runner::controller::store::{Level, StepRow, Store, StoreError};
@@ -169,6 +170,13 @@ struct RunArgs {
     /// The git revision to run (resolved to a commit when the change is created).
     #[arg(short = 'g', long, default_value = "HEAD", value_name = "REV")]
     git_rev: String,
+    /// Read --git-rev against this git remote of the repository, as OpsChain does: the remote is
+    /// fetched first, and a branch of it is taken as `<remote>/<rev>` (a tag or a commit as is).
+    #[arg(short = 'G', long, value_name = "NAME")]
+    git_remote_name: Option<String>,
+    /// Accepted as OpsChain's CLI takes it: `change create` always streams the step logs.
+    #[arg(long)]
+    follow_logs: bool,
     /// The project's repository: a git work tree, or a plain directory (snapshotted into a git
     /// repository under the state directory, then run from that commit). Default: the working
     /// directory, which must then hold the OpsChain folder (.opschain).
@@ -900,6 +908,26 @@ fn repo_or_working_directory(repo: Option<PathBuf>) -> Result<PathBuf> {
     Ok(cwd)
 }
 
+/// `rev` read against the git remote `remote` of the work tree `repo`, as OpsChain reads
+/// `--git-rev` with `--git-remote-name`: the remote is fetched, then a branch of it is
+/// `<remote>/<rev>`; any other revision (a tag, a commit) is `rev` itself.
+fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String> {
+    if !repo::is_repo_top(repo) {
+        return Err(Failure::Unknown(format!("{} is not the top of a git work tree: it has no git remote {remote:?}", repo.display())).into());
+    }
+    if repo::git(repo, &["remote", "get-url", remote]).is_err() {
+        let known = repo::git(repo, &["remote"]).unwrap_or_default();
+        let known: Vec<String> = known.lines().map(String::from).collect();
+        return Err(Failure::Unknown(format!("git remote {remote:?} of {} does not exist ({})", repo.display(), known_list(&known))).into());
+    }
+    repo::git(repo, &["fetch", "--quiet", "--tags", remote]).with_context(|| format!("cannot fetch the git remote {remote:?} of {}", repo.display()))?;
+    let tracking = format!("{remote}/{rev}");
+    match repo::git(repo, &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{tracking}^{{commit}}")]) {
+        Ok(_) => Ok(tracking),
+        Err(_) => Ok(rev.to_string()),
+    }
+}
+
 /// Creates and runs a change; `change create` and `demo`.
 fn run_change(store: &Store, config: &ControllerConfig, new: NewChange) -> Result<(i64, ChangeStatus)> {
     let project_is_new = matches!(store.project_id(&new.project), Err(StoreError::NotFound(_)));
@@ -932,12 +960,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let store = Store::open(&state_dir)?;
     match cli.command {
         Command::Change(ChangeCommand::Create(args)) => {
+            let repo = repo_or_working_directory(args.repo)?;
+            let git_rev = match &args.git_remote_name {
+                Some(remote) => remote_rev(&repo, remote, &args.git_rev)?,
+                None => args.git_rev,
+            };
             let new = NewChange {
                 project: project(&args.project)?,
                 environment: environment(&args.environment)?,
-                repo: repo_or_working_directory(args.repo)?,
+                repo,
                 action: if args.action.is_empty() { "default".into() } else { args.action },
-                git_rev: args.git_rev,
+                git_rev,
                 backend: args.backend,
                 secret_set: args.secrets,
             };
