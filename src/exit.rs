@@ -39,7 +39,8 @@ pub const CANNOT_EXECUTE: i32 = 126;
 /// report it).
 pub const NOT_FOUND: i32 = 127;
 
-fn json(e: &JsonError) -> Sysexit {
+/// The sysexit of a JSON input that cannot be read or is invalid.
+pub fn of_json(e: &JsonError) -> Sysexit {
     match e {
         JsonError::Missing { .. } => Sysexit::NoInput,
         JsonError::Read { .. } => Sysexit::IoErr,
@@ -58,11 +59,11 @@ fn actions(e: &ActionsError) -> Sysexit {
 /// The sysexit of a step error.
 pub fn of_step(e: &StepError) -> Sysexit {
     match e {
-        StepError::Context(e) => json(e),
+        StepError::Context(e) => of_json(e),
         StepError::Actions(e) => actions(e),
         StepError::NoAction { .. } => Sysexit::DataErr,
         StepError::UnknownActionFlag { .. } => Sysexit::Usage,
-        StepError::Properties(PropertiesError::Read(e)) => json(e),
+        StepError::Properties(PropertiesError::Read(e)) => of_json(e),
         StepError::Properties(_) => Sysexit::DataErr,
         StepError::Declaration { .. } => Sysexit::DataErr,
         StepError::WriteFile(_) | StepError::Runtime(_) | StepError::RuntimeDir { .. } | StepError::Result(_) => Sysexit::CantCreat,
@@ -81,7 +82,7 @@ pub fn of_helper(e: &crate::helper::HelperError) -> Sysexit {
     use crate::helper::HelperError;
     match e {
         HelperError::NotInStep { .. } | HelperError::Value(_) | HelperError::ChildName(_) => Sysexit::Usage,
-        HelperError::Read(e) => json(e),
+        HelperError::Read(e) => of_json(e),
         HelperError::Edit(_) => Sysexit::DataErr,
         HelperError::NotSet(_) => Sysexit::DataErr,
         HelperError::Write(_) | HelperError::Append { .. } => Sysexit::CantCreat,
@@ -103,10 +104,10 @@ pub fn of_exec(e: &ExecError) -> i32 {
 fn exec_input(e: &ExecError) -> Sysexit {
     match e {
         ExecError::NoCommand => Sysexit::Usage,
-        ExecError::Context(e) | ExecError::SecretSet(e) => json(e),
+        ExecError::Context(e) | ExecError::SecretSet(e) => of_json(e),
         ExecError::Zip { source: zip::result::ZipError::Io(_), .. } => Sysexit::IoErr,
         ExecError::Zip { .. } | ExecError::ZipEntryMissing { .. } | ExecError::Declaration { .. } => Sysexit::DataErr,
-        ExecError::Properties(PropertiesError::Read(e)) => json(e),
+        ExecError::Properties(PropertiesError::Read(e)) => of_json(e),
         ExecError::Properties(_) => Sysexit::DataErr,
         ExecError::Exec { .. } => Sysexit::Software,
     }
@@ -119,7 +120,7 @@ fn exec_input(e: &ExecError) -> Sysexit {
 #[cfg(feature = "controller")]
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
-        BuildError::Context(e) => json(e),
+        BuildError::Context(e) => of_json(e),
         BuildError::SecretSets { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
         BuildError::SecretStore { .. } => Sysexit::IoErr,
         BuildError::SecretSet { source } => exec_input(source),

@@ -260,6 +260,32 @@ pub struct ChangeRow {
     pub finished_at: Option<String>,
 }
 
+/// A project, as `project list` shows it.
+#[derive(Debug, Clone)]
+pub struct ProjectRow {
+    /// The project code.
+    pub code: String,
+    /// How many environments it has.
+    pub environments: i64,
+    /// How many changes it has had.
+    pub changes: i64,
+    /// Whether several of its changes may run at once in one environment.
+    pub allow_parallel_changes: bool,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// An environment, as `environment list` shows it.
+#[derive(Debug, Clone)]
+pub struct EnvironmentRow {
+    /// The environment code.
+    pub code: String,
+    /// How many changes it has had.
+    pub changes: i64,
+    /// When it was created.
+    pub created_at: String,
+}
+
 /// A step row.
 #[derive(Debug, Clone)]
 pub struct StepRow {
@@ -1070,6 +1096,37 @@ impl Store {
             .optional()
             .map_err(q("find environment"))?
             .ok_or_else(|| StoreError::NotFound(format!("environment {code:?}")))
+    }
+
+    /// Every project, by code.
+    pub fn projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT p.code, (SELECT COUNT(*) FROM environments e WHERE e.project_id = p.id),
+                        (SELECT COUNT(*) FROM changes c WHERE c.project_id = p.id), p.allow_parallel_changes, p.created_at
+                 FROM projects p ORDER BY p.code",
+            )
+            .map_err(q("list projects"))?;
+        let rows = stmt
+            .query_map([], |r| Ok(ProjectRow { code: r.get(0)?, environments: r.get(1)?, changes: r.get(2)?, allow_parallel_changes: r.get(3)?, created_at: r.get(4)? }))
+            .map_err(q("list projects"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("list projects"))
+    }
+
+    /// Every environment of a project, by code.
+    pub fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT e.code, (SELECT COUNT(*) FROM changes c WHERE c.environment_id = e.id), e.created_at
+                 FROM environments e WHERE e.project_id = ?1 ORDER BY e.code",
+            )
+            .map_err(q("list environments"))?;
+        let rows = stmt
+            .query_map([project_id], |r| Ok(EnvironmentRow { code: r.get(0)?, changes: r.get(1)?, created_at: r.get(2)? }))
+            .map_err(q("list environments"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("list environments"))
     }
 }
 
