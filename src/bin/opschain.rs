@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ControllerConfig, NewChange};
+use opschain_runner::controller::output;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
 use opschain_runner::controller::store::{Level, StepRow, Store};
@@ -350,8 +351,10 @@ fn edit(initial: &str) -> Result<String> {
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
+    // Private and new (never one planted there before): the properties may hold passwords.
+    use std::os::unix::fs::DirBuilderExt;
     let dir = std::env::temp_dir().join(format!("opschain-edit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -431,15 +434,20 @@ fn run() -> Result<ExitCode> {
             println!("  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display());
             println!("  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"));
             println!("steps:");
-            print_tree(&store.steps(id)?, None, 1);
+            let mask = output::change_masker(&store, &c)?;
+            let mut steps = store.steps(id)?;
+            for s in &mut steps {
+                s.message = s.message.as_deref().map(|m| mask.mask(m).into_owned());
+            }
+            print_tree(&steps, None, 1);
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Logs { id }) => {
-            store.change(id)?;
+            let mask = output::change_masker(&store, &store.change(id)?)?;
             let mut out = std::io::stdout().lock();
             for l in store.logs(id)? {
                 let mark = if l.stream == "stderr" { "!" } else { " " };
-                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, l.line)?;
+                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line))?;
             }
             Ok(ExitCode::SUCCESS)
         }
