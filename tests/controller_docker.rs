@@ -97,3 +97,54 @@ fn the_demo_change_runs_on_the_docker_backend_as_on_the_process_backend() {
     let ours: Vec<&str> = left.lines().filter(|n| n.ends_with(&format!("-{controller_pid}"))).collect();
     assert!(ours.is_empty(), "{ours:?}");
 }
+
+#[test]
+fn a_build_secret_a_run_line_prints_reaches_neither_the_terminal_nor_the_store() {
+    if !engine_runs() {
+        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
+        return;
+    }
+    build_base_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let set = tmp.path().join("build.json");
+    std::fs::write(&set, r#"{"BUILD_TOKEN": "docker-build-secret-4242"}"#).unwrap();
+    assert!(opschain(&state).args(["secrets", "set", "opschain-build-env", "--file", set.to_str().unwrap()]).status().unwrap().success());
+    // A repository whose Dockerfile prints the build secret, however it is mounted (by variable
+    // name or as the whole set), in a RUN line never cached before (the nonce).
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(repo.join(".opschain")).unwrap();
+    std::fs::write(repo.join(".opschain/actions.toml"), "[actions.noop]\nrun = \"true\"\n").unwrap();
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::fs::write(
+        repo.join(".opschain/Dockerfile"),
+        format!(
+            "FROM {BASE}\nCOPY . /opt/opschain\n\
+             RUN --mount=type=secret,id=BUILD_TOKEN --mount=type=secret,id=opschain-build-env \
+             cat /run/secrets/BUILD_TOKEN /run/secrets/opschain-build-env 2>/dev/null; echo; echo nonce-{nonce}\n"
+        ),
+    )
+    .unwrap();
+    let out = opschain(&state)
+        .args(["change", "run", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "noop"])
+        .args(["--secrets", "opschain-build-env", "--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", BASE])
+        .output()
+        .unwrap();
+    let terminal = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{terminal}");
+    let logs = opschain(&state).args(["change", "logs", "1"]).output().unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout).to_string();
+    for (what, shown) in [("terminal", &terminal), ("store", &logs)] {
+        assert!(shown.contains(&format!("nonce-{nonce}")), "the RUN line ran, its output in the {what}:\n{shown}");
+        assert!(shown.contains("****"), "the secret's line, masked, in the {what}:\n{shown}");
+        assert!(!shown.contains("docker-build-secret-4242"), "the build secret in the {what}:\n{shown}");
+    }
+    // The step image of this test's commit goes.
+    let show = opschain(&state).args(["change", "show", "1"]).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).to_string();
+    let commit = show.lines().find_map(|l| l.trim().strip_prefix("commit ")).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{show}"));
+    let images = Command::new(DOCKER).args(["images", "--format", "{{.Repository}}:{{.Tag}}", "opschain-step"]).output().unwrap();
+    for tag in String::from_utf8_lossy(&images.stdout).lines().filter(|t| t.starts_with(&format!("opschain-step:{commit}"))) {
+        let _ = Command::new(DOCKER).args(["rmi", "-f", tag]).output();
+    }
+}
