@@ -42,7 +42,8 @@ use opschain_runner::controller::store::{Level, StepRow, Store};
 #[derive(Debug, Parser)]
 #[command(name = "opschain", version, verbatim_doc_comment)]
 struct Cli {
-    /// State directory: the database (opschain.db), repository snapshots and step sandboxes.
+    /// State directory: the database (opschain.db), repository snapshots and step sandboxes,
+    /// readable by its owner only (0700, the database 0600; a looser one is tightened).
     /// Default: $XDG_STATE_HOME/opschain, else ~/.local/state/opschain, else ./.opschain-state.
     #[arg(long, global = true, env = "OPSCHAIN_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -58,7 +59,8 @@ enum Command {
     /// Show, set, edit and list the versions of project or environment properties.
     #[command(subcommand)]
     Properties(PropertiesCommand),
-    /// Manage secret sets (build secrets; runner secrets for the process backend).
+    /// Manage secret sets (build secrets; runner secrets for the process backend). Values are
+    /// never printed: every line a change prints or stores has them masked as `****`.
     #[command(subcommand)]
     Secrets(SecretsCommand),
     /// Project settings.
@@ -208,7 +210,7 @@ enum PropertiesCommand {
 
 #[derive(Debug, Subcommand)]
 enum SecretsCommand {
-    /// Create or replace secret set NAME from a JSON file `{"NAME": "value"}`.
+    /// Create or replace (rotate) secret set NAME from a JSON file `{"NAME": "value"}`.
     Set {
         /// The set's name.
         name: String,

@@ -72,7 +72,7 @@ pub trait LogSink: Sync {
     /// One line of the agent's `stdout` or `stderr` (`stream`), without its line ending.
     fn line(&self, stream: &'static str, line: &str);
 
-    /// One piece of a line too long to keep whole ([`LINE_LIMIT`]): the line goes on in the next
+    /// One piece of a line too long to keep whole (over 1 MiB): the line goes on in the next
     /// `piece` or `line` of the same stream, or ends with the stream ([`LogSink::end`]). A sink
     /// that masks secrets masks the pieces as one text. By default, a line of its own.
     fn piece(&self, stream: &'static str, piece: &str) {
