@@ -29,7 +29,7 @@ use std::io::Write;
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::backend::LogSink;
 use super::store::{ChangeRow, Level, Store, StoreError};
@@ -48,13 +48,28 @@ pub fn change_secrets(
     project: &Map<String, Value>,
     environment: &Map<String, Value>,
 ) -> Result<BTreeMap<String, String>, StoreError> {
+    // Only the member the rule reads is copied, not the whole properties, for every step.
+    let level = |props: &Map<String, Value>| {
+        let list = props
+            .get("opschain")
+            .and_then(Value::as_object)
+            .and_then(|o| o.get("config"))
+            .and_then(Value::as_object)
+            .and_then(|c| c.get("build_secrets"));
+        let properties = match list {
+            Some(list) => Map::from_iter([(
+                "opschain".to_string(),
+                json!({"config": {"build_secrets": list}}),
+            )]),
+            None => Map::new(),
+        };
+        ContextLevel {
+            properties: StrictObject(properties),
+        }
+    };
     let context = StepContext {
-        project: ContextLevel {
-            properties: StrictObject(project.clone()),
-        },
-        environment: ContextLevel {
-            properties: StrictObject(environment.clone()),
-        },
+        project: level(project),
+        environment: level(environment),
         ..StepContext::default()
     };
     let mut sets: Vec<String> =
@@ -89,18 +104,25 @@ pub struct ChangeOutput<'a> {
     secrets: Mutex<BTreeSet<(String, String)>>,
     /// The masker of `secrets`, rebuilt when a step brings new ones.
     masker: RwLock<Masker>,
-    out: Mutex<std::io::Stdout>,
+    /// The terminal (stdout, unless [`ChangeOutput::with_terminal`] says otherwise).
+    out: Mutex<Box<dyn Write + Send>>,
     started: Instant,
 }
 
 impl<'a> ChangeOutput<'a> {
-    /// The output of a change that stores its step lines in `store`, masking nothing yet.
+    /// The output of a change that stores its step lines in `store` and prints to stdout,
+    /// masking nothing yet.
     pub fn new(store: &'a Store) -> ChangeOutput<'a> {
+        ChangeOutput::with_terminal(store, Box::new(std::io::stdout()))
+    }
+
+    /// [`ChangeOutput::new`] printing to `terminal` instead of stdout.
+    pub fn with_terminal(store: &'a Store, terminal: Box<dyn Write + Send>) -> ChangeOutput<'a> {
         ChangeOutput {
             store,
             secrets: Mutex::new(BTreeSet::new()),
             masker: RwLock::new(Masker::default()),
-            out: Mutex::new(std::io::stdout()),
+            out: Mutex::new(terminal),
             started: Instant::now(),
         }
     }
@@ -232,7 +254,6 @@ impl LogSink for StepSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -269,7 +290,22 @@ mod tests {
         );
     }
 
-    /// A sink whose store is in a temporary directory; returns what it stored for step 1.
+    /// A terminal that keeps what is printed.
+    #[derive(Clone, Default)]
+    struct Terminal(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Terminal {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Feeds a sink of step 1 (with the secret `hunter2-secret`) whose store is in a temporary
+    /// directory; returns what it stored, after checking that the terminal got the same lines.
     fn stored(feed: impl FnOnce(&StepSink<'_>)) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -279,7 +315,8 @@ mod tests {
             .create_change(p, e, "a", dir.path(), "HEAD", "0", "process", None)
             .unwrap();
         let step = store.steps(c).unwrap()[0].id;
-        let output = ChangeOutput::new(&store);
+        let terminal = Terminal::default();
+        let output = ChangeOutput::with_terminal(&store, Box::new(terminal.clone()));
         output.add_secrets(BTreeMap::from([(
             "s/TOKEN".to_string(),
             "hunter2-secret".to_string(),
@@ -290,7 +327,16 @@ mod tests {
         drop(output);
         // A write waited for commits after every log line queued before it.
         store.ensure_project("p").unwrap();
-        let lines = store.logs(c).unwrap().into_iter().map(|l| l.line).collect();
+        let lines: Vec<String> = store.logs(c).unwrap().into_iter().map(|l| l.line).collect();
+        let printed = String::from_utf8(terminal.0.lock().unwrap().clone()).unwrap();
+        let printed: Vec<&str> = printed
+            .lines()
+            .map(|l| l.strip_prefix(&format!("[{step} a] ")).unwrap())
+            .collect();
+        assert_eq!(
+            printed, lines,
+            "the terminal and the store got the same masked lines"
+        );
         lines
     }
 
@@ -304,6 +350,41 @@ mod tests {
             sink.line("stdout", "nothing here");
         });
         assert_eq!(lines, ["token=****;", "basic ****", "nothing here"]);
+    }
+
+    #[test]
+    fn a_secret_split_across_reads_and_across_the_pieces_of_a_long_line_is_masked() {
+        // Through a real pipe (reads of at most 64 KiB) and the backend's line splitting: the
+        // first secret straddles the 1 MiB cut of an over-long line.
+        let script = "head -c 1048571 /dev/zero | tr '\\0' a; printf 'hunter2-secret tail\\nnext hunter2-secret\\n'";
+        let mut command = std::process::Command::new("/bin/sh");
+        command
+            .args(["-c", script])
+            .stdin(std::process::Stdio::null());
+        let cancel = std::sync::atomic::AtomicBool::new(false);
+        let lines = stored(|sink| {
+            let status = super::super::backend::run_streamed(
+                command,
+                "sh".into(),
+                sink,
+                &cancel,
+                std::time::Duration::from_secs(1),
+            )
+            .unwrap();
+            assert!(status.success());
+        });
+        let all = lines.concat();
+        assert!(
+            !all.contains("hunter2-secret") && !all.contains("r2-secret"),
+            "{}",
+            &all[all.len().saturating_sub(80)..]
+        );
+        assert_eq!(all.matches("****").count(), 2);
+        assert!(
+            lines.len() >= 3 && lines.last().unwrap() == "next ****",
+            "{:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
     }
 
     #[test]
