@@ -105,7 +105,7 @@ pub enum PrivateError {
 pub struct Tightened(pub Vec<(PathBuf, u32)>);
 
 /// Makes `dir` (the state directory) exist and be private, and `db` (the database in it) private
-/// when it exists: creates `dir` `0700` (its missing parents with the usual modes); of an
+/// when it exists: creates `dir` (and its missing parents) `0700`; of an
 /// existing `dir`, checks that it is a directory owned by this user and tightens it, the database
 /// files `db`, `db-wal`, `db-shm` and the `repos` and `sandboxes` subdirectories to `0700`/`0600`
 /// when other users could read them. What was tightened is returned and told on stderr with the
