@@ -401,3 +401,39 @@ fn a_mintpress_repository_runs_end_to_end() {
     assert_eq!(built.len(), 1, "{shown}");
     assert!(saved_image_mentions(&built[0], b"twelve-chars").is_empty());
 }
+
+#[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
+fn a_build_secret_a_run_line_prints_reaches_neither_the_terminal_nor_the_store() {
+    common::required("a Docker engine", engine_runs());
+    let mut images = Images(Vec::new());
+    let base = build_base_image(&mut images);
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    secret_set(&state, "opschain-build-env", json!({"BUILD_TOKEN": "docker-build-secret-4242"}));
+    // A repository whose Dockerfile prints the build secrets, raw and through opschain-exec, in a
+    // RUN line never cached before (the nonce).
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(repo.join(".opschain")).unwrap();
+    std::fs::write(repo.join(".opschain/actions.toml"), "[actions.noop]\nrun = \"true\"\n").unwrap();
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::fs::write(
+        repo.join(".opschain/Dockerfile"),
+        format!(
+            "ARG OPSCHAIN_BASE_RUNNER\nFROM ${{OPSCHAIN_BASE_RUNNER}}\nADD repo.tar /opt/opschain/\n\
+             RUN --mount=type=secret,id=opschain-build-secrets \
+             cat /run/secrets/opschain-build-secrets; echo; opschain-exec /bin/sh -c 'echo token=$BUILD_TOKEN'; echo nonce-{nonce}\n"
+        ),
+    )
+    .unwrap();
+    let (status, terminal) = change_run(&state, &base, &mut images, &["--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "noop"]);
+    assert_eq!(status, 0, "{terminal}");
+    let logs = opschain(&state).args(["change", "logs", "1"]).output().unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout).to_string();
+    for (what, shown) in [("terminal", &terminal), ("store", &logs)] {
+        assert!(shown.contains(&format!("nonce-{nonce}")), "the RUN line ran, its output in the {what}:\n{shown}");
+        assert!(shown.contains("token=****"), "the secret's line, masked, in the {what}:\n{shown}");
+        assert!(!shown.contains("docker-build-secret-4242"), "the build secret in the {what}:\n{shown}");
+    }
+}

@@ -20,6 +20,7 @@ use opschain_runner::atomic::{self, Durability};
 use opschain_runner::build;
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
+use opschain_runner::controller::output;
 use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
@@ -56,7 +57,8 @@ use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
 #[derive(Debug, Parser)]
 #[command(name = "opschain", version, verbatim_doc_comment, max_term_width = 100, after_help = AFTER_HELP)]
 struct Cli {
-    /// State directory: the database (opschain.db), repository snapshots and step sandboxes.
+    /// State directory: the database (opschain.db), repository snapshots and step sandboxes,
+    /// readable by its owner only (0700, the database 0600; a looser one is tightened).
     /// Default: $XDG_STATE_HOME/opschain, else ~/.local/state/opschain, else ./.opschain-state.
     #[arg(long, global = true, env = "OPSCHAIN_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -99,7 +101,8 @@ enum Command {
     /// `edit-properties`, plus `history`).
     #[command(subcommand)]
     Properties(PropertiesCommand),
-    /// Manage secret sets (build secrets; runner secrets for the process backend).
+    /// Manage secret sets (build secrets; runner secrets for the process backend). Values are
+    /// never printed: every line a change prints or stores has them masked as `****`.
     #[command(subcommand)]
     Secrets(SecretsCommand),
     /// Tools for a project's repository.
@@ -434,7 +437,7 @@ enum PropertiesCommand {
 
 #[derive(Debug, Subcommand)]
 enum SecretsCommand {
-    /// Create or replace secret set NAME from a JSON file `{"NAME": "value"}`.
+    /// Create or replace (rotate) secret set NAME from a JSON file `{"NAME": "value"}`.
     Set {
         /// The set's name.
         name: String,
@@ -1066,16 +1069,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display());
             println!("  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"));
             println!("steps:");
-            print_tree(&store.steps(c.id)?, None, 1);
+            let mask = output::change_masker(&store, &c)?;
+            let mut steps = store.steps(c.id)?;
+            for s in &mut steps {
+                s.message = s.message.as_deref().map(|m| mask.mask(m).into_owned());
+            }
+            print_tree(&steps, None, 1);
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Logs { id }) => {
             let id = id.get();
-            store.change(id)?;
+            let mask = output::change_masker(&store, &store.change(id)?)?;
             let mut out = std::io::stdout().lock();
             for l in store.logs(id)? {
                 let mark = if l.stream == "stderr" { "!" } else { " " };
-                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, l.line)?;
+                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line))?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -38,6 +38,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::patch::{self, Conflict};
+use super::private;
+use crate::mask::Masker;
 use super::status::{ChangeStatus, StepStatus};
 
 /// The file name of the database inside the state directory.
@@ -127,15 +129,6 @@ CREATE INDEX IF NOT EXISTS logs_by_step ON step_logs (step_id, id);
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The state directory cannot be created.
-    #[error("cannot create the state directory {}", path.display())]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// The database cannot be opened or its schema created.
     #[error("cannot open the store {}", path.display())]
     Open {
@@ -175,6 +168,9 @@ pub enum StoreError {
         #[source]
         source: Arc<rusqlite::Error>,
     },
+    /// The state directory or the database cannot be made private to this user.
+    #[error(transparent)]
+    Private(#[from] private::PrivateError),
     /// The writer thread cannot be started.
     #[error("cannot start the store's writer thread")]
     Writer {
@@ -355,6 +351,9 @@ pub struct StepEnd {
     pub children: Vec<String>,
     /// Their strategy.
     pub child_strategy: Option<String>,
+    /// The change's secrets: the message (the agent's failure, a properties conflict, which
+    /// shows whole property documents) is stored masked with it.
+    pub mask: Masker,
 }
 
 /// The store, shared by the scheduler's threads: a reading connection, and the queue of the
@@ -479,8 +478,11 @@ fn is_zombie(pid: i32) -> bool {
 impl Store {
     /// Opens (creating when needed) `<state_dir>/opschain.db`.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(DB_FILE);
+        // Private from the moment they exist: the directory 0700, the database 0600 before SQLite
+        // opens it (its -wal and -shm files take the database's mode).
+        private::state_dir(state_dir, &path)?;
+        private::private_file(&path)?;
         let open_err = |source| StoreError::Open { path: path.clone(), source };
         // The writing connection sets the database up. Another process may be doing the same
         // (a `change show` polling a change that is being created): switching a new database to
@@ -943,6 +945,7 @@ impl Store {
             for (level, owner, map) in &updates {
                 insert_version(tx, *level, *owner, map, Some(step_id))?;
             }
+            let message = message.map(|m| end.mask.mask(&m).into_owned());
             exec_cached(
                 tx,
                 "UPDATE steps SET status = ?2, exit_status = ?3, message = ?4, child_strategy = ?5,
@@ -1252,6 +1255,7 @@ mod tests {
             environment_diff: patch(environment),
             children: children.iter().map(|c| c.to_string()).collect(),
             child_strategy: Some("parallel".into()),
+            mask: Masker::default(),
         }
     }
 

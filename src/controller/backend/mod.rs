@@ -90,8 +90,19 @@ pub enum BackendError {
 
 /// Where a backend sends the agent's output lines.
 pub trait LogSink: Sync {
-    /// One line of the agent's `stdout` or `stderr` (`stream`).
+    /// One line of the agent's `stdout` or `stderr` (`stream`), without its line ending.
     fn line(&self, stream: &'static str, line: &str);
+
+    /// One piece of a line too long to keep whole (over 1 MiB): the line goes on in the next
+    /// `piece` or `line` of the same stream, or ends with the stream ([`LogSink::end`]). A sink
+    /// that masks secrets masks the pieces as one text. By default, a line of its own.
+    fn piece(&self, stream: &'static str, piece: &str) {
+        self.line(stream, piece);
+    }
+
+    /// The end of `stream`: a sink that held back the end of a piece sends it now. By default,
+    /// nothing.
+    fn end(&self, _stream: &'static str) {}
 }
 
 /// One step to run.
@@ -202,12 +213,12 @@ impl Stream {
             match data.iter().take(room + 1).position(|&b| b == b'\n') {
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
-                    self.emit(sink);
+                    self.emit(sink, true);
                     data = &data[at + 1..];
                 }
                 None if data.len() > room => {
                     self.partial.extend_from_slice(&data[..room]);
-                    self.emit(sink);
+                    self.emit(sink, false);
                     data = &data[room..];
                 }
                 None => break,
@@ -216,18 +227,27 @@ impl Stream {
         self.partial.extend_from_slice(data);
     }
 
-    /// Sends the line gathered in `partial` (without its line ending) and empties it.
-    fn emit(&mut self, sink: &dyn LogSink) {
-        let line = String::from_utf8_lossy(&self.partial);
-        sink.line(self.name, line.trim_end_matches(['\n', '\r']));
+    /// Sends what `partial` holds and empties it: a whole line (`whole`, without its line
+    /// ending), or a piece of one that goes on.
+    fn emit(&mut self, sink: &dyn LogSink, whole: bool) {
+        let text = String::from_utf8_lossy(&self.partial);
+        if whole {
+            sink.line(self.name, text.trim_end_matches(['\n', '\r']));
+        } else {
+            sink.piece(self.name, &text);
+        }
         self.partial.clear();
     }
 
-    /// Sends an unfinished last line, if any, and closes the pipe.
+    /// Sends an unfinished last line, if any, ends the stream and closes the pipe.
     fn close(&mut self, sink: &dyn LogSink) {
-        if !self.partial.is_empty() {
-            self.emit(sink);
+        if self.pipe.is_none() {
+            return;
         }
+        if !self.partial.is_empty() {
+            self.emit(sink, true);
+        }
+        sink.end(self.name);
         self.pipe = None;
     }
 }
