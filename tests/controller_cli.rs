@@ -394,7 +394,9 @@ fn dev_create_dockerfile_writes_the_default_dockerfile_and_keeps_an_existing_one
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read(project.path().join(".mintpress/Dockerfile")).unwrap(), default.stdout);
+    let mintpress = Command::new(env!("CARGO_BIN_EXE_opschain-runner")).args(["--folder", ".mintpress", "create-dockerfile"]).output().unwrap();
+    assert!(mintpress.status.success());
+    assert_eq!(std::fs::read(project.path().join(".mintpress/Dockerfile")).unwrap(), mintpress.stdout, "the MintPress form of the default Dockerfile");
 }
 
 #[test]
