@@ -422,7 +422,8 @@ fn a_build_secret_a_run_line_prints_reaches_neither_the_terminal_nor_the_store()
         repo.join(".opschain/Dockerfile"),
         format!(
             "ARG OPSCHAIN_BASE_RUNNER\nFROM ${{OPSCHAIN_BASE_RUNNER}}\nADD repo.tar /opt/opschain/\n\
-             RUN --mount=type=secret,id=opschain-build-secrets \
+             RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json \
+             --mount=type=secret,id=opschain-build-secrets \
              cat /run/secrets/opschain-build-secrets; echo; opschain-exec /bin/sh -c 'echo token=$BUILD_TOKEN'; echo nonce-{nonce}\n"
         ),
     )
