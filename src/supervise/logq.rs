@@ -171,14 +171,20 @@ impl LogQueue {
         }
     }
 
-    /// Blocks until everything queued has been written and flushed, or `timeout` passed; true when
-    /// written.
+    /// Blocks until everything queued has been written and flushed, or `timeout` passed
+    /// (`Duration::MAX`: no limit); true when written.
     pub(crate) fn wait_written(&self, timeout: Duration) -> bool {
         let state = self.lock();
-        let (state, _) = self
-            .written
-            .wait_timeout_while(state, timeout, |state| state.pending() > 0)
-            .unwrap_or_else(PoisonError::into_inner);
+        let state = if timeout == Duration::MAX {
+            self.written
+                .wait_while(state, |state| state.pending() > 0)
+                .unwrap_or_else(PoisonError::into_inner)
+        } else {
+            self.written
+                .wait_timeout_while(state, timeout, |state| state.pending() > 0)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+        };
         state.pending() == 0
     }
 
@@ -224,9 +230,16 @@ impl LogWriter {
 }
 
 impl Drop for LogWriter {
+    /// Closes the queue and waits for the writer to write it out: without limit under
+    /// [`LogBuffer::Backpressure`] (nothing is lost), at most `drain_wait` under
+    /// [`LogBuffer::DropNewest`].
     fn drop(&mut self) {
         self.queue.close();
-        if self.queue.wait_written(self.drain_wait) {
+        let wait = match self.queue.policy {
+            LogBuffer::Backpressure { .. } => Duration::MAX,
+            LogBuffer::DropNewest { .. } => self.drain_wait,
+        };
+        if self.queue.wait_written(wait) {
             if let Some(thread) = self.thread.take() {
                 // The queue is empty and closed: the thread is leaving its loop, with no I/O left.
                 let _ = thread.join();

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -240,7 +241,7 @@ impl Sink {
     }
 
     /// True when the pump may read more; see [`LogQueue::has_room`].
-    fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.queue.has_room()
     }
 }
@@ -397,14 +398,19 @@ pub(crate) struct PumpConfig {
 /// is flushed only when idle, never on a timer during a burst, since flushing cuts a secret that
 /// straddles two reads.
 ///
-/// Stops early, releasing what it holds, when `stop` changes: the supervisor gave up waiting for
-/// the pipe's end (a process it could not kill still holds it).
+/// When `stop` changes (the supervisor gave up waiting for the pipe's end: a process it could
+/// not kill still holds it), takes what the pipe holds at that moment without waiting for more
+/// or for room in the queue, releases everything held, and returns.
+///
+/// Every read adds its byte count to `progress`, so that the supervisor can tell a pipe still
+/// being emptied from one that is idle.
 pub(crate) async fn pump(
     mut pipe: pipe::Receiver,
     config: PumpConfig,
     mask: MaskStream,
     sink: Sink,
     mut stop: watch::Receiver<bool>,
+    progress: Arc<AtomicU64>,
 ) -> io::Result<()> {
     let idle_flush = config.idle_flush;
     let mut record = Recorder {
@@ -415,14 +421,15 @@ pub(crate) async fn pump(
         sink,
     };
     // Not zeroed: `read_buf` fills the spare capacity, so only the pages a read reaches are ever
-    // touched (a quiet job's pump costs no 64 KiB of page faults).
+    // touched (a quiet job's pump costs no page faults for the whole buffer).
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut last_read: Arrival = (SystemTime::now(), Instant::now());
-    loop {
+    let mut stopped = false;
+    'reading: loop {
         if !record.sink.has_room() {
             tokio::select! {
                 biased;
-                _ = stop.changed() => break,
+                _ = stop.changed() => { stopped = true; break 'reading; }
                 () = record.sink.queue.room() => {}
             }
         }
@@ -431,14 +438,15 @@ pub(crate) async fn pump(
         let due = masker_due.into_iter().chain(line_due).min();
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = stop.changed() => { stopped = true; break 'reading; }
             read = pipe.read_buf(&mut buf) => {
                 let n = match read {
-                    Ok(0) => break,
+                    Ok(0) => break 'reading,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
+                progress.fetch_add(n as u64, Ordering::Relaxed);
                 last_read = (SystemTime::now(), Instant::now());
                 record.push(&buf[..n], last_read);
                 buf.clear();
@@ -453,6 +461,22 @@ pub(crate) async fn pump(
                 if idle || line_due {
                     record.release();
                 }
+            }
+        }
+    }
+    if stopped {
+        // What the pipe holds now was written before we stopped: keep it.
+        loop {
+            match pipe.try_read_buf(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    last_read = (SystemTime::now(), Instant::now());
+                    record.push(&buf[..n], last_read);
+                    buf.clear();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
     }
