@@ -20,7 +20,7 @@ use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ControllerConfig, NewChange};
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{Level, StepRow, Store};
+use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store};
 
 /// The OpsChain-compatible controller: runs changes as step trees, keeps properties and history.
 ///
@@ -142,10 +142,14 @@ enum ChangeCommand {
         /// The change id.
         id: i64,
     },
-    /// Print a change's step logs.
+    /// Print a change's step logs, every line of every step, in order.
     Logs {
         /// The change id.
         id: i64,
+        /// Keep printing lines as they are stored, until the change has ended (as `kubectl
+        /// logs -f` does); Ctrl-C stops following.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Re-run what did not succeed in a change, from the same commit.
     Retry {
@@ -434,13 +438,8 @@ fn run() -> Result<ExitCode> {
             print_tree(&store.steps(id)?, None, 1);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Change(ChangeCommand::Logs { id }) => {
-            store.change(id)?;
-            let mut out = std::io::stdout().lock();
-            for l in store.logs(id)? {
-                let mark = if l.stream == "stderr" { "!" } else { " " };
-                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, l.line)?;
-            }
+        Command::Change(ChangeCommand::Logs { id, follow }) => {
+            print_logs(&store, id, follow)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Retry { id, settings }) => {
@@ -533,4 +532,43 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// How often `change logs --follow` looks for new lines (200 ms).
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Prints the log lines of change `id`; with `follow`, keeps printing new ones until the change
+/// has ended and its last lines are printed. A reader that goes away (a closed pipe) ends it
+/// quietly.
+fn print_logs(store: &Store, id: i64, follow: bool) -> anyhow::Result<()> {
+    store.change(id)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut failed: Option<std::io::Error> = None;
+    let mut after = 0;
+    loop {
+        // Whether the change had ended before this read: then the read has its last lines.
+        let ended = !follow || is_ended(&store.change(id)?);
+        after = store.logs_after(id, after, |l| {
+            if failed.is_none() {
+                let mark = if l.stream == "stderr" { "!" } else { " " };
+                if let Err(e) = writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, l.line) {
+                    failed = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failed.take().or_else(|| out.flush().err()) {
+            return if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e.into()) };
+        }
+        if ended {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+/// Whether no more lines will come to `change`: it has ended, or the controller running it is
+/// gone (killed: `change retry` runs it again, and `change logs --follow` follows that run).
+fn is_ended(change: &ChangeRow) -> bool {
+    let running = matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued | ChangeStatus::Running);
+    !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
 }

@@ -78,18 +78,41 @@ pub struct Scheduler<'a> {
     started: Instant,
 }
 
+/// Where one step's output lines go: the store, and the terminal with the step's prefix.
 struct StepSink<'a> {
+    /// The store.
     store: &'a Store,
+    /// The step.
     step_id: i64,
+    /// `[<step id> <action>]`, before each line on the terminal.
     prefix: String,
+    /// The terminal, shared by the steps running at once.
     out: &'a Mutex<std::io::Stdout>,
+    /// The lines of the current batch, prefixed, for the terminal: written at once by
+    /// [`LogSink::flush`] (a write per line would cost a system call each).
+    pending: Mutex<Vec<u8>>,
 }
 
 impl LogSink for StepSink<'_> {
     fn line(&self, stream: &'static str, line: &str) {
         self.store.append_log(self.step_id, stream, line);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(self.prefix.as_bytes());
+        pending.push(b' ');
+        pending.extend_from_slice(line.as_bytes());
+        pending.push(b'\n');
+    }
+
+    fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            return;
+        }
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "{} {line}", self.prefix);
+        // Blocks while the terminal (or whatever reads `change run`) is slow: the step's output
+        // then waits in the agent, never dropped.
+        let _ = out.write_all(&pending).and_then(|()| out.flush());
+        pending.clear();
     }
 }
 
@@ -266,7 +289,7 @@ impl<'a> Scheduler<'a> {
             context,
             build_secrets: self.secrets.clone(),
         };
-        let sink = StepSink { store: self.store, step_id: step.id, prefix: format!("[{} {}]", step.id, step.action), out: &self.out };
+        let sink = StepSink { store: self.store, step_id: step.id, prefix: format!("[{} {}]", step.id, step.action), out: &self.out, pending: Mutex::new(Vec::new()) };
         let end = match self.backend.run(&job, &sink, &self.cancel) {
             Ok(output) => {
                 let cancelled = self.cancel.load(Ordering::SeqCst) && output.exit_status != 0;
