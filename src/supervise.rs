@@ -608,11 +608,15 @@ fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Pa
     program.clone()
 }
 
-/// A pipe for one of the job's output streams: our read end (non-blocking, registered with the
-/// runtime) and the job's write end (blocking, as programs expect of their stdout). Both are
+/// A pipe for one of the job's output streams, of [`output::PIPE_SIZE`] bytes where the system
+/// allows: our read end (non-blocking, registered with the runtime) and the job's write end (blocking, as programs expect of their stdout). Both are
 /// close-on-exec, so no other process we start inherits them.
 fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
+    use std::os::fd::AsRawFd as _;
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // A larger buffer where allowed; the default one otherwise (see `PIPE_SIZE`).
+    // SAFETY: F_SETPIPE_SZ on a pipe we own takes an int and changes nothing else.
+    unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, output::PIPE_SIZE as libc::c_int) };
     Ok((pipe::Receiver::from_owned_fd(read)?, write))
 }
 
