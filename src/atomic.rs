@@ -18,11 +18,14 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 /// Whether a replacement must survive a power loss, or only a crash of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync the file before the rename and the directory after it (the step result).
+    /// fsync the file before the rename and the directory after it: for a file that must survive
+    /// a power loss on its own. The agent has none (the step result is read on the same host
+    /// right after the agent exits, and the controller's store is what is durable).
     Durable,
-    /// No fsync: atomic for every reader (rename), not across a power loss. For the files an
-    /// action reads right away and the runtime copies: a step whose machine loses power is re-run
-    /// whole, and an fsync per declared file costs more than the rest of the agent's start.
+    /// No fsync: atomic for every reader (rename), not across a power loss. For everything the
+    /// agent writes (the step result, the files an action reads right away, the runtime copies):
+    /// a step whose machine loses power is re-run whole, and an fsync costs more than the rest of
+    /// the agent's start.
     Rename,
 }
 

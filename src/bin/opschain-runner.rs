@@ -18,7 +18,7 @@ use opschain_runner::build;
 use opschain_runner::build::BuildContextSpec;
 #[cfg(feature = "controller")]
 use opschain_runner::cli::BuildContextArgs;
-use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, PropertyCommand, StepArgs, ValidateArgs};
+use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, LogMode, PropertyCommand, StepArgs, ValidateArgs};
 use opschain_runner::exec::{self, ExecOptions};
 use opschain_runner::exit::{self, Sysexit};
 use opschain_runner::helper::{self, HelperError, Level};
@@ -26,7 +26,7 @@ use opschain_runner::json::SizeLimit;
 use opschain_runner::layout::Layout;
 use opschain_runner::plan::Plan;
 use opschain_runner::step::{self, StepError, StepOptions};
-use opschain_runner::supervise::{LineFormat, SupervisePolicy, Supervisor};
+use opschain_runner::supervise::{LineFormat, LogBuffer, SupervisePolicy, Supervisor};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 
@@ -168,6 +168,10 @@ fn options(args: &StepArgs, log_format: logging::LogFormat) -> StepOptions {
             format: match log_format {
                 logging::LogFormat::Text => LineFormat::Text,
                 logging::LogFormat::Json => LineFormat::Json,
+            },
+            log_buffer: match args.log_mode {
+                LogMode::Blocking => LogBuffer::default(),
+                LogMode::NonBlocking => LogBuffer::DropNewest { max_bytes: LogBuffer::default().max_bytes() },
             },
             ..SupervisePolicy::default()
         },

@@ -25,7 +25,7 @@ use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{Level, StepRow, Store, StoreError};
+use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::Sysexit;
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
@@ -253,11 +253,15 @@ enum ChangeCommand {
         #[command(flatten)]
         id: ChangeId,
     },
-    /// Print a change's step logs.
+    /// Print a change's step logs, every line of every step, in order.
     #[command(name = "show-logs", visible_alias = "logs")]
     Logs {
         #[command(flatten)]
         id: ChangeId,
+        /// Keep printing lines as they are stored, until the change has ended (as `kubectl
+        /// logs -f` does); Ctrl-C stops following.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Re-run what did not succeed in a change, from the same commit.
     Retry {
@@ -1077,14 +1081,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_tree(&steps, None, 1);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Change(ChangeCommand::Logs { id }) => {
-            let id = id.get();
-            let mask = output::change_masker(&store, &store.change(id)?)?;
-            let mut out = std::io::stdout().lock();
-            for l in store.logs(id)? {
-                let mark = if l.stream == "stderr" { "!" } else { " " };
-                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line))?;
-            }
+        Command::Change(ChangeCommand::Logs { id, follow }) => {
+            print_logs(&store, id.get(), follow)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Retry { id, settings }) => {
@@ -1198,4 +1196,43 @@ fn main() -> ExitCode {
             ExitCode::from(failure_status(&e) as u8)
         }
     }
+}
+
+/// How often `change logs --follow` looks for new lines (200 ms).
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Prints the log lines of change `id`; with `follow`, keeps printing new ones until the change
+/// has ended and its last lines are printed. A reader that goes away (a closed pipe) ends it
+/// quietly.
+fn print_logs(store: &Store, id: i64, follow: bool) -> anyhow::Result<()> {
+    let mask = output::change_masker(store, &store.change(id)?)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut failed: Option<std::io::Error> = None;
+    let mut after = 0;
+    loop {
+        // Whether the change had ended before this read: then the read has its last lines.
+        let ended = !follow || is_ended(&store.change(id)?);
+        after = store.logs_after(id, after, |l| {
+            if failed.is_none() {
+                let mark = if l.stream == "stderr" { "!" } else { " " };
+                if let Err(e) = writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line)) {
+                    failed = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failed.take().or_else(|| out.flush().err()) {
+            return if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e.into()) };
+        }
+        if ended {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+/// Whether no more lines will come to `change`: it has ended, or the controller running it is
+/// gone (killed: `change retry` runs it again, and `change logs --follow` follows that run).
+fn is_ended(change: &ChangeRow) -> bool {
+    let running = matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued | ChangeStatus::Running);
+    !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
 }

@@ -103,6 +103,10 @@ pub trait LogSink: Sync {
     /// The end of `stream`: a sink that held back the end of a piece sends it now. By default,
     /// nothing.
     fn end(&self, _stream: &'static str) {}
+
+    /// The lines given so far should be shown now: called after each batch of lines read at
+    /// once, so that a sink may buffer within a batch. Does nothing by default.
+    fn flush(&self) {}
 }
 
 /// One step to run.
@@ -210,7 +214,7 @@ impl Stream {
         loop {
             // A line may take up to `room` more bytes; its newline may come right after them.
             let room = LINE_LIMIT - self.partial.len();
-            match data.iter().take(room + 1).position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', &data[..data.len().min(room + 1)]) {
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
                     self.emit(sink, true);
@@ -251,6 +255,10 @@ impl Stream {
         self.pipe = None;
     }
 }
+
+/// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
+/// that a flood of output costs few reads and each batch of lines is large.
+pub(crate) const READ_SIZE: usize = 256 * 1024;
 
 /// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
 /// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.
@@ -362,7 +370,7 @@ pub(crate) fn stream_and_wait(
     let pid = child.id();
     let mut streams = [Stream::new(stdout, "stdout"), Stream::new(stderr, "stderr")];
     let pidfd = pidfd_open(pid);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_SIZE];
     let mut status: Option<std::process::ExitStatus> = None;
     let mut term_sent: Option<Instant> = None;
     // When the agent was seen to exit, and when the session was swept.
@@ -394,6 +402,7 @@ pub(crate) fn stream_and_wait(
                         stream.close(sink);
                     }
                     sink.line("stderr", "opschain: a process left behind by the step holds its output open: stopped reading it");
+                    sink.flush();
                     return Ok(s);
                 }
                 Some(swept) => timeout = LEFTOVER_WAIT - swept.elapsed(),
@@ -447,6 +456,7 @@ pub(crate) fn stream_and_wait(
                 stream.drain(sink, &mut buf);
             }
         }
+        sink.flush();
     }
 }
 
