@@ -83,10 +83,14 @@ pub fn write_with(
 
 /// Opens `dir` as a directory file descriptor.
 pub fn open_dir(dir: &Path) -> Result<OwnedFd, AtomicError> {
-    let fd = openat(None, dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| AtomicError { op: "open directory", path: dir.to_path_buf(), source: e.into() })?;
-    // SAFETY: openat just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use std::os::unix::fs::OpenOptionsExt;
+    // std opens close-on-exec; O_DIRECTORY refuses anything but a directory.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|source| AtomicError { op: "open directory", path: dir.to_path_buf(), source })?;
+    Ok(file.into())
 }
 
 /// Replaces `name` inside the directory `dirfd` (which is `dir`, named in errors) atomically.
@@ -168,6 +172,20 @@ pub fn write_at_with(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn open_dir_opens_directories_only_and_close_on_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = open_dir(dir.path()).unwrap();
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = open_dir(&file).unwrap_err();
+        assert_eq!((e.op, e.source.raw_os_error()), ("open directory", Some(libc::ENOTDIR)));
+        let e = open_dir(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(e.source.kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn replaces_with_exact_mode_and_leaves_no_temporary() {

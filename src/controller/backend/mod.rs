@@ -306,7 +306,7 @@ pub(crate) fn run_streamed(
 /// ending its session (the process backend's agent).
 pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &AtomicBool, grace: std::time::Duration) -> Result<std::process::ExitStatus, BackendError> {
     let program = spec.program.display().to_string();
-    let mut child = spawn::spawn(spec).map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let mut child = spawn::spawn(spec).map_err(|e| BackendError::Spawn { program: program.clone(), source: e.into() })?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true)
 }
