@@ -380,10 +380,7 @@ mod tests {
 
     /// Whether `pid` is gone or a zombie (killed, and reaped or about to be by whoever adopted it).
     fn ended(pid: i32) -> bool {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
-        }
+        !matches!(crate::procfs::stat(pid), Ok(Some(stat)) if !stat.is_zombie())
     }
 
     #[test]
@@ -437,9 +434,8 @@ mod tests {
         spec.env = vec![("GREETING".into(), Some("hello".into())), ("HOME".into(), None)];
         spec.cwd = dir.path().to_path_buf();
         let mut child = spawn(&spec).unwrap();
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-        assert_eq!(fields[3], child.id().to_string(), "its session id is its pid");
+        let stat = crate::procfs::stat(child.pid).unwrap().unwrap();
+        assert_eq!(stat.session, child.pid, "its session id is its pid");
         let out = read_all(child.stdout.take());
         let err = read_all(child.stderr.take());
         assert_eq!(out, format!("out hello {}\n", dir.path().canonicalize().unwrap().display()));
