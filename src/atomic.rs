@@ -143,8 +143,7 @@ pub fn write_at_with(
     let written = (|| -> Result<(), AtomicError> {
         // The umask may have narrowed the creation mode; set it exactly (never wider than asked).
         // Skipped when the umask cannot have changed it and no special bit (which creation may
-        // drop) is asked for: on a busy disk an fchmod is an inode update that waits (0.3 ms
-        // each, seen under load).
+        // drop) is asked for: an fchmod is an inode update, which waits on a busy disk.
         if mode & 0o7000 != 0 || umask().is_none_or(|umask| mode & umask != 0) {
             fchmod(file.as_raw_fd(), mode_bits).map_err(|e| err("set the mode of", e.into()))?;
         }
