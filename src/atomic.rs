@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -93,6 +93,15 @@ pub fn open_dir(dir: &Path) -> Result<OwnedFd, AtomicError> {
     Ok(file.into())
 }
 
+/// `openat(2)` of `name` relative to the directory `dirfd`, as an owned descriptor (nix's
+/// `openat` returns a bare `RawFd`): the crate's one place that takes ownership of a descriptor
+/// it opened by number.
+pub(crate) fn open_at<P: ?Sized + nix::NixPath>(dirfd: &impl AsFd, name: &P, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    let raw = openat(Some(dirfd.as_fd().as_raw_fd()), name, flags, mode)?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// Replaces `name` inside the directory `dirfd` (which is `dir`, named in errors) atomically.
 pub fn write_at(dirfd: &OwnedFd, dir: &Path, name: &Path, contents: &[u8], mode: u32, durability: Durability) -> Result<(), AtomicError> {
     write_at_with(dirfd, dir, name, mode, durability, |out| out.write_all(contents))
@@ -131,15 +140,10 @@ pub fn write_at_with(
     let tmp = Path::new(&tmp_name);
     let err = |op: &'static str, source: std::io::Error| AtomicError { op, path: target.clone(), source };
     let mode_bits = Mode::from_bits_truncate(mode as libc::mode_t);
-    let raw: RawFd = openat(
-        Some(dirfd.as_raw_fd()),
-        tmp,
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        mode_bits,
-    )
-    .map_err(|e| err("create a temporary file for", e.into()))?;
-    // SAFETY: openat just returned this descriptor and nothing else owns it.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let file = File::from(
+        open_at(dirfd, tmp, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, mode_bits)
+            .map_err(|e| err("create a temporary file for", e.into()))?,
+    );
     let written = (|| -> Result<(), AtomicError> {
         // The umask may have narrowed the creation mode; set it exactly (never wider than asked).
         // Skipped when the umask cannot have changed it and no special bit (which creation may
