@@ -153,8 +153,8 @@ RUN --mount=type=secret,id={id},target=/opt/opschain/{folder}/{file},uid=10001,g
     )
 }
 
-/// Why a build context could not be written or an image built. [`crate::exit::of_build`] maps each
-/// to an exit status.
+/// Why a build context could not be written or an image built. [`BuildError::exit_status`] maps
+/// each to an exit status.
 #[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -263,6 +263,29 @@ pub enum BuildError {
     /// The docker client failed.
     #[error(transparent)]
     Docker(#[from] DockerError),
+}
+
+#[cfg(feature = "controller")]
+impl BuildError {
+    /// The exit status of this failure: 65 invalid input (the step context, a build secret list or
+    /// set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that names no
+    /// commit, 73 a context directory or file that cannot be written, 70 when git, tar or docker
+    /// cannot be run or fail.
+    pub fn exit_status(&self) -> crate::exit::ExitStatus {
+        use crate::exit::Sysexit;
+        let sysexit = match self {
+            BuildError::Context(e) => return e.exit_status(),
+            BuildError::SecretSets { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+            BuildError::SecretStore { .. } => Sysexit::IoErr,
+            // A secret set is read, never executed: its failure is the input's.
+            BuildError::SecretSet { source: exec::ExecError::Exec { .. } } => Sysexit::Software,
+            BuildError::SecretSet { source } => return source.exit_status(),
+            BuildError::Revision { .. } => Sysexit::NoInput,
+            BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
+            BuildError::Spawn { .. } | BuildError::Tool { .. } | BuildError::Docker(_) => Sysexit::Software,
+        };
+        sysexit.into()
+    }
 }
 
 /// A command that ran and failed: its status and the end of its stderr.

@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 
 use crate::context::{Level, StepContext};
 use crate::env;
+use crate::exit::{ExitStatus, Sysexit};
 use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::{Layout, DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
 use crate::properties::text::PropertiesText;
@@ -59,7 +60,7 @@ pub const BUILD_SECRETS_BUNDLE: &str = "opschain-build-secrets";
 /// The name of the step context inside `step_context.json.zip`.
 pub const ZIP_ENTRY: &str = "step_context.json";
 
-/// Why `opschain-exec` did not run its command. [`crate::exit::of_exec`] maps each to an exit status.
+/// Why `opschain-exec` did not run its command. [`ExecError::exit_status`] maps each to an exit status.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// No command was given.
@@ -108,6 +109,24 @@ pub enum ExecError {
         #[source]
         source: nix::Error,
     },
+}
+
+impl ExecError {
+    /// The exit status of this failure: sysexits for `opschain-exec`'s own failures (64 no
+    /// command, 65 a bad context, properties or secret set, 66/74 unreadable input), 127 when the
+    /// command is not found and 126 when it cannot be executed.
+    pub fn exit_status(&self) -> ExitStatus {
+        let sysexit = match self {
+            ExecError::Exec { source: nix::Error::ENOENT, .. } => return crate::exit::NOT_FOUND,
+            ExecError::Exec { .. } => return crate::exit::CANNOT_EXECUTE,
+            ExecError::NoCommand => Sysexit::Usage,
+            ExecError::Context(e) | ExecError::SecretSet(e) => return e.exit_status(),
+            ExecError::Zip { source: zip::result::ZipError::Io(_), .. } => Sysexit::IoErr,
+            ExecError::Zip { .. } | ExecError::ZipEntryMissing { .. } | ExecError::Declaration { .. } => Sysexit::DataErr,
+            ExecError::Properties(e) => return e.exit_status(),
+        };
+        sysexit.into()
+    }
 }
 
 /// Where a context was found, and in which form.
@@ -188,7 +207,7 @@ fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
     Ok(StepContext { context: context.context, project: level(context.project), environment: level(context.environment), secrets: context.secrets })
 }
 
-/// Reads and validates the context at `source` as the agent does (see [`parse_context`]); of each
+/// Reads and validates the context at `source` as the agent does (see `parse_context`); of each
 /// level's properties only the declaring members are kept. For a zip, errors name the file as
 /// `<archive>/step_context.json`.
 pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepContext, ExecError> {

@@ -13,6 +13,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visi
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::exit::{ExitStatus, Sysexit};
+
 /// How large a document the agent agrees to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeLimit {
@@ -74,6 +76,18 @@ pub enum JsonError {
         /// 1-based column of the error.
         column: usize,
     },
+}
+
+impl JsonError {
+    /// The exit status of this failure: 66 a missing file, 74 an unreadable one, 65 an invalid one.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            JsonError::Missing { .. } => Sysexit::NoInput,
+            JsonError::Read { .. } => Sysexit::IoErr,
+            JsonError::TooLarge { .. } | JsonError::Invalid { .. } => Sysexit::DataErr,
+        }
+        .into()
+    }
 }
 
 fn at(pointer: &str) -> String {

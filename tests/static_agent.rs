@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-/// The static agent's size budget (issue #6; BENCHMARKS.md).
+/// The static agent's size budget (BENCHMARKS.md).
 const BUDGET_BYTES: u64 = 1_500_000;
 
 #[test]

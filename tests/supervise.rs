@@ -1,4 +1,4 @@
-//! Supervision with real processes (issue 3): reaping, process groups, signals, timeouts, the
+//! Supervision with real processes: reaping, process groups, signals, timeouts, the
 //! staged TERM/KILL of every descendant, and the streamed, masked, bounded output.
 //!
 //! Reaping and signal handlers are process-wide, so the tests of this file run one at a time

@@ -27,7 +27,7 @@ use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
 use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
 use opschain_runner::exec::ExecError;
-use opschain_runner::exit::Sysexit;
+use opschain_runner::exit::{ExitStatus, Sysexit};
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
 
 /// The OpsChain-compatible controller: runs changes as step trees, keeps properties and history.
@@ -532,16 +532,17 @@ enum Failure {
 }
 
 impl Failure {
-    fn status(&self) -> Sysexit {
-        match self {
+    fn status(&self) -> ExitStatus {
+        let sysexit = match self {
             Failure::NoCode { .. } => Sysexit::Usage,
             Failure::Unknown(_) | Failure::NotARepo { .. } => Sysexit::NoInput,
             Failure::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
-            Failure::SecretFile { source: ExecError::SecretSet(e), .. } => opschain_runner::exit::of_json(e),
+            Failure::SecretFile { source: ExecError::SecretSet(e), .. } => return e.exit_status(),
             Failure::SecretFile { .. } => Sysexit::DataErr,
             Failure::Read { .. } | Failure::Write { .. } => Sysexit::IoErr,
             Failure::Exists { .. } => Sysexit::CantCreat,
-        }
+        };
+        sysexit.into()
     }
 }
 
@@ -623,30 +624,30 @@ fn exit_of(status: ChangeStatus) -> ExitCode {
 
 /// The exit status of a failure of the controller itself (never 1 or 2: those say how a change
 /// ended). The first cause in the chain that has a status of its own decides; else 70.
-fn failure_status(e: &anyhow::Error) -> Sysexit {
+fn failure_status(e: &anyhow::Error) -> ExitStatus {
     for cause in e.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.status();
         }
         if let Some(e) = cause.downcast_ref::<opschain_runner::json::JsonError>() {
-            return opschain_runner::exit::of_json(e);
+            return e.exit_status();
         }
         if cause.downcast_ref::<RcError>().is_some() {
-            return Sysexit::DataErr;
+            return Sysexit::DataErr.into();
         }
         match cause.downcast_ref::<StoreError>() {
-            Some(StoreError::NotFound(_)) => return Sysexit::NoInput,
-            Some(_) => return Sysexit::Software,
+            Some(StoreError::NotFound(_)) => return Sysexit::NoInput.into(),
+            Some(_) => return Sysexit::Software.into(),
             None => {}
         }
         // `ChangeError::Store` is transparent: the store error itself is not in the chain.
         match cause.downcast_ref::<ChangeError>() {
-            Some(ChangeError::NoSecretSet(_) | ChangeError::Store(StoreError::NotFound(_))) => return Sysexit::NoInput,
-            Some(_) => return Sysexit::Software,
+            Some(ChangeError::NoSecretSet(_) | ChangeError::Store(StoreError::NotFound(_))) => return Sysexit::NoInput.into(),
+            Some(_) => return Sysexit::Software.into(),
             None => {}
         }
     }
-    Sysexit::Software
+    Sysexit::Software.into()
 }
 
 /// The code `which`, from its flag or a default (see [`Defaults`]); says on stderr where a default came
@@ -1193,7 +1194,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("opschain: error: {e:#}");
-            ExitCode::from(failure_status(&e) as u8)
+            ExitCode::from(failure_status(&e))
         }
     }
 }

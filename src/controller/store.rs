@@ -529,10 +529,7 @@ pub fn pid_alive(pid: i64) -> bool {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(false)
+    matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.is_zombie())
 }
 
 impl Store {

@@ -334,7 +334,7 @@ pub(crate) fn run_streamed(
 /// ending its session (the process backend's agent).
 pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &AtomicBool, grace: std::time::Duration) -> Result<std::process::ExitStatus, BackendError> {
     let program = spec.program.display().to_string();
-    let mut child = spawn::spawn(spec).map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let mut child = spawn::spawn(spec).map_err(|e| BackendError::Spawn { program: program.clone(), source: e.into() })?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true)
 }
@@ -480,13 +480,9 @@ fn ended_unreaped(pid: u32) -> std::io::Result<Option<bool>> {
 /// this reaches the action and whatever it left behind, which would otherwise hold the log pipes
 /// open). Does nothing when no process is in that session.
 pub(crate) fn kill_session(sid: i32) {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // Fields after the command name: state, ppid, pgrp, session.
-        let session = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(3)).and_then(|s| s.parse::<i32>().ok());
-        if session == Some(sid) {
+    let Ok(pids) = crate::procfs::pids() else { return };
+    for pid in pids.flatten() {
+        if matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.session == sid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
