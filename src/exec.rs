@@ -224,23 +224,34 @@ pub fn build_secret_sets(context: &StepContext) -> Result<Vec<String>, PointerEr
     let mut configured = false;
     let mut sets = Vec::new();
     for (prefix, props) in levels {
-        let Some(list) = props.get("opschain").and_then(Value::as_object).and_then(|o| o.get("config")).and_then(Value::as_object).and_then(|c| c.get("build_secrets")) else {
-            continue;
-        };
-        configured = true;
-        let pointer = format!("{prefix}/opschain/config/build_secrets");
-        let list = list.as_array().ok_or_else(|| PointerError { pointer: pointer.clone(), message: "expected an array of build secret set names".into() })?;
-        for (i, name) in list.iter().enumerate() {
-            let fail = |message: &str| PointerError { pointer: format!("{pointer}/{i}"), message: message.into() };
-            let name = name.as_str().ok_or_else(|| fail("a build secret set name must be a string"))?;
-            check_set_name(name).map_err(fail)?;
-            sets.push(name.to_string());
+        if let Some(list) = configured_sets(props, prefix)? {
+            configured = true;
+            sets.extend(list);
         }
     }
     if !configured {
         sets.push(DEFAULT_BUILD_SECRET_SET.to_string());
     }
     Ok(sets)
+}
+
+/// The build secret sets one level's properties configure (`opschain.config.build_secrets`),
+/// checked; `None` when it configures none. `prefix` is the level's pointer, for errors. The agent's
+/// step checks each level with it too, so that it refuses the contexts `opschain-exec` refuses.
+pub fn configured_sets(properties: &Map<String, Value>, prefix: &str) -> Result<Option<Vec<String>>, PointerError> {
+    let Some(list) = properties.get("opschain").and_then(Value::as_object).and_then(|o| o.get("config")).and_then(Value::as_object).and_then(|c| c.get("build_secrets")) else {
+        return Ok(None);
+    };
+    let pointer = format!("{prefix}/opschain/config/build_secrets");
+    let list = list.as_array().ok_or_else(|| PointerError { pointer: pointer.clone(), message: "expected an array of build secret set names".into() })?;
+    let mut sets = Vec::with_capacity(list.len());
+    for (i, name) in list.iter().enumerate() {
+        let fail = |message: &str| PointerError { pointer: format!("{pointer}/{i}"), message: message.into() };
+        let name = name.as_str().ok_or_else(|| fail("a build secret set name must be a string"))?;
+        check_set_name(name).map_err(fail)?;
+        sets.push(name.to_string());
+    }
+    Ok(Some(sets))
 }
 
 /// Checks that a build secret set name can name a file in the secrets directory.
