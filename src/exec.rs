@@ -181,7 +181,7 @@ fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
     Ok(StepContext { context: context.context, project: level(context.project), environment: level(context.environment), secrets: context.secrets })
 }
 
-/// Reads and validates the context at `source` as the agent does (see [`parse_context`]); of each
+/// Reads and validates the context at `source` as the agent does ([`StepContext::read_text`]); of each
 /// level's properties only the declaring members are kept. For a zip, errors name the file as
 /// `<archive>/step_context.json`.
 pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepContext, ExecError> {

@@ -85,7 +85,7 @@ impl Child {
 /// A child still running (or ended but unreaped) when it is dropped, as on an early return of the
 /// code waiting for it, is killed with its whole session and reaped: no agent, and no action it
 /// started, outlives its `Child`, and no zombie is left. The order is the one
-/// [`super::stream_and_wait`] keeps: SIGKILL, the end seen without reaping (the zombie keeps the
+/// `stream_and_wait` keeps: SIGKILL, the end seen without reaping (the zombie keeps the
 /// session's id from reuse while the session is swept), the sweep, then the reap.
 impl Drop for Child {
     fn drop(&mut self) {
