@@ -35,7 +35,7 @@ use crate::context::{Level, StepContext};
 use crate::env;
 use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::{Layout, DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
-use crate::properties::text::PropertiesText;
+use crate::properties::text::Declaring;
 use crate::properties::{self, declarations, PropertiesError};
 
 /// Where the build secret sets are looked for when `OPSCHAIN_BUILD_SECRETS_DIR` is not set: the
@@ -170,14 +170,14 @@ pub fn find_context(layout: &Layout) -> Option<ContextSource> {
     .find(|source| source.path().exists())
 }
 
-/// Parses a context read from `path` exactly as the agent's step reads one
+/// Parses a context read from `path` as strictly as the agent's step reads one
 /// ([`StepContext::read_text`]: every member typed, unknown level members and duplicate keys at any
-/// depth refused, errors naming the JSON pointer), so that `opschain-exec` accepts and refuses the
-/// same documents. Each level's properties are validated as text; only their declaring members
-/// ([`declarations::MEMBERS`]) are built, so a large context costs a validation pass, not a tree.
+/// depth refused, the same errors naming the JSON pointer), so that `opschain-exec` accepts and
+/// refuses the same documents. Of each level's properties only the declaring members
+/// ([`declarations::MEMBERS`]) are built ([`Declaring`]): a large context costs one validating pass.
 fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
-    let context = json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, bytes).map_err(ExecError::Context)?;
-    let level = |level: Level<PropertiesText>| Level { properties: StrictObject(level.properties.subset(&declarations::MEMBERS)) };
+    let context = json::parse_or_explain::<StepContext<Declaring>, StepContext>(path, bytes).map_err(ExecError::Context)?;
+    let level = |level: Level<Declaring>| Level { properties: StrictObject(level.properties.0) };
     Ok(StepContext { context: context.context, project: level(context.project), environment: level(context.environment), secrets: context.secrets })
 }
 

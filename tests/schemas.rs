@@ -23,11 +23,15 @@ use opschain_runner::properties::text::PropertiesText;
 use opschain_runner::{env, exec};
 use serde_json::{json, Value};
 
-/// Every file under `dir`, recursively.
+/// Every file under `dir`, recursively; symlinks are not followed.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if entry.file_type().unwrap().is_symlink() {
+            continue;
+        }
         if path.is_dir() {
             out.extend(files_under(&path));
         } else {

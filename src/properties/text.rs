@@ -103,6 +103,48 @@ impl<'de> Deserialize<'de> for PropertiesText {
     }
 }
 
+/// A properties document validated exactly as [`PropertiesText`] validates one, of which only the
+/// declaring members ([`super::declarations::MEMBERS`]) are kept, parsed: what `opschain-exec`
+/// reads. One pass over the text, which is neither kept nor copied (a [`PropertiesText`] scans each
+/// member twice and copies it), so a large document costs its validation only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declaring(pub Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Declaring {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Declaring, D::Error> {
+        deserializer.deserialize_map(DeclaringMembers)
+    }
+}
+
+/// Keeps a document's declaring members and checks the others strictly without building them.
+struct DeclaringMembers;
+
+impl<'de> Visitor<'de> for DeclaringMembers {
+    type Value = Declaring;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Declaring, A::Error> {
+        let mut kept = Map::new();
+        let mut top = Keys::default();
+        let mut nested = Keys::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if !top.insert(0, Cow::Owned(key.clone())) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            if super::declarations::MEMBERS.contains(&key.as_str()) {
+                let crate::json::StrictValue(value) = map.next_value()?;
+                kept.insert(key, value);
+            } else {
+                map.next_value_seed(Check { keys: &mut nested })?;
+            }
+        }
+        Ok(Declaring(kept))
+    }
+}
+
 /// Parses text this module has validated.
 fn parse_valid(text: &str) -> Value {
     serde_json::from_str(text).expect("validated JSON parses")
