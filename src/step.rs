@@ -231,6 +231,10 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         let own = props.subset(&declarations::MEMBERS);
         declarations::check_files(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
         declarations::check_env(&own).map_err(declaration)?;
+        // The image build reads the levels' build secret lists; a bad one is refused here too.
+        if !prefix.is_empty() {
+            crate::exec::configured_sets(&own, "").map_err(declaration)?;
+        }
         for name in declarations::data_members(&own) {
             info!(file = %file.display(), pointer = %format!("{prefix}/{name}"), "not an object: ordinary data, not a declaration of {name}");
         }

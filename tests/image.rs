@@ -379,6 +379,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert!(text(&started).contains(" hello stdout| exec-token=****\n"), "{}", text(&started));
     assert!(!text(&started).contains(SECRET) && !String::from_utf8_lossy(&started.stderr).contains(SECRET));
     let result: Value = serde_json::from_slice(&std::fs::read(dir.path().join("step_result.json")).unwrap()).unwrap();
+    common::schema::assert_valid("step_result", &result, "the step image's step_result.json");
     assert_eq!(result["environment"]["properties_diff"], json!([{"op": "add", "path": "/greeted", "value": "hello-from-property"}]));
     assert_eq!(result["runner"]["exit_status"], 0);
 
