@@ -22,6 +22,7 @@ use crate::files::{self, FileSpec, WriteError};
 use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::Layout;
 use crate::mask::{Masker, SecretNames};
+use crate::properties::splice;
 use crate::properties::text::PropertiesText;
 use crate::properties::{self, PropertiesError};
 use crate::result::{self, Children, JobFacts, LevelDiff, Phases, RunnerFacts, StepProperties, StepResult};
@@ -400,20 +401,27 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let completing = Phase::start("completing");
     let mut error = None;
     // A copy left byte for byte as written has an empty diff, without parsing it (the common
-    // case: most steps change no properties); else both versions are parsed and diffed.
+    // case: most steps change no properties); else the two texts are diffed by splitting them
+    // where they differ (`splice::diff`: an unchanged member of any size costs a comparison of
+    // its bytes), and only when that finds the copy invalid is it parsed whole, for the error.
     let mut level_diff = |path: &Path, written: &[u8]| {
         let read = json::read_bytes(path, options.limit).and_then(|bytes| {
             if crate::diff::same_bytes(&bytes, written) {
                 return Ok(None);
             }
-            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| Some(after))
+            let before = std::str::from_utf8(written).expect("the agent's own JSON is UTF-8");
+            let mut ops = Vec::new();
+            if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff(before, after, &mut ops).is_ok()) {
+                return Ok(Some(json_patch::Patch(ops)));
+            }
+            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| {
+                let before: Value = serde_json::from_str(before).expect("the agent's own JSON parses");
+                Some(diff(&before, &Value::Object(after)))
+            })
         });
         match read {
             Ok(None) => json_patch::Patch(Vec::new()),
-            Ok(Some(after)) => {
-                let before: Value = serde_json::from_slice(written).expect("the agent's own JSON parses");
-                diff(&before, &Value::Object(after))
-            }
+            Ok(Some(patch)) => patch,
             Err(source) => {
                 warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
                 error.get_or_insert(StepError::PropertiesCopy { source });

@@ -498,10 +498,10 @@ fn run() -> Result<ExitCode> {
         }
         Command::Properties(PropertiesCommand::History { owner }) => {
             let (level, id) = owner_id(&store, &owner)?;
-            for v in store.properties_history(level, id)? {
+            store.properties_history_each(level, id, |v| {
                 let by = v.step_id.map(|s| format!("step {s}")).unwrap_or_else(|| "user".into());
                 println!("v{:<4} {} {:<10} {}", v.version, v.created_at, by, Value::Object(v.json));
-            }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Secrets(SecretsCommand::Set { name, file }) => {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::backend::{Backend, LogSink, StepJob};
+use super::backend::{Backend, ContextDocument, LogSink, StepJob};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{ChangeRow, StepEnd, StepRow, Store, StoreError};
 
@@ -243,20 +243,19 @@ impl<'a> Scheduler<'a> {
         let start = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
         let began = Instant::now();
         self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
-        let mut context = json!({
-            "context": {
+        // The context is spliced around the properties' shared text, never built as a tree.
+        let context = ContextDocument {
+            context: json!({
                 "project": {"code": self.change.project},
                 "environment": {"code": self.change.environment},
                 "change": {"id": self.change.id, "action": self.change.action, "commit": self.change.commit},
                 "step": {"id": step.id, "action": step.action},
                 "user": {"name": self.config.user},
-            },
-            "project": {"properties": start.project},
-            "environment": {"properties": start.environment},
-        });
-        if !self.secrets.is_empty() {
-            context["secrets"] = Value::Object(self.secrets.clone());
-        }
+            }),
+            project: start.project,
+            environment: start.environment,
+            secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
+        };
         let job = StepJob {
             change_id: self.change.id,
             step_id: step.id,

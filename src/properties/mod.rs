@@ -9,6 +9,7 @@
 //! Objects merge key by key; arrays and scalars are replaced whole. Only the project and environment
 //! levels are writable by an action.
 
+pub mod splice;
 pub mod text;
 
 use std::path::PathBuf;

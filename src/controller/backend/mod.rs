@@ -87,9 +87,52 @@ pub struct StepJob {
     /// The commit.
     pub commit: String,
     /// The whole step_context.json.
-    pub context: Value,
+    pub context: ContextDocument,
     /// Build secrets (Docker backend): `{"NAME": "value"}`.
     pub build_secrets: serde_json::Map<String, Value>,
+}
+
+/// A step's `step_context.json`, kept as the parts it is spliced from: the small `context`
+/// values, and the project and environment properties as the store's shared text (one copy per
+/// version, however many steps run on it). [`ContextDocument::write_to`] writes the document
+/// without building it as a tree or a string first.
+#[derive(Debug, Clone)]
+pub struct ContextDocument {
+    /// The `context` member (project, environment, change, step, user).
+    pub context: Value,
+    /// The project properties, a JSON object's text.
+    pub project: Arc<str>,
+    /// The environment properties, a JSON object's text.
+    pub environment: Arc<str>,
+    /// The runner secrets (`secrets`), when there are any.
+    pub secrets: Option<serde_json::Map<String, Value>>,
+}
+
+impl ContextDocument {
+    /// Writes the document, compact: `{"context":..,"project":{"properties":..},
+    /// "environment":{"properties":..},"secrets":..}`.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(b"{\"context\":")?;
+        serde_json::to_writer(&mut *out, &self.context)?;
+        out.write_all(b",\"project\":{\"properties\":")?;
+        out.write_all(self.project.as_bytes())?;
+        out.write_all(b"},\"environment\":{\"properties\":")?;
+        out.write_all(self.environment.as_bytes())?;
+        out.write_all(b"}")?;
+        if let Some(secrets) = &self.secrets {
+            out.write_all(b",\"secrets\":")?;
+            serde_json::to_writer(&mut *out, secrets)?;
+        }
+        out.write_all(b"}")
+    }
+
+    /// Writes the document to a new file at `path` (see [`ContextDocument::write_to`]).
+    pub fn write_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?);
+        self.write_to(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    }
 }
 
 /// How the agent ended.

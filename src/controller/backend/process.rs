@@ -66,8 +66,7 @@ impl Backend for ProcessBackend {
         let folder = sandbox.join(".opschain");
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
-        let bytes = serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises");
-        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        job.context.write_file(&context_path).map_err(io(&context_path))?;
         let files_root = sandbox.join("root");
         std::fs::create_dir_all(&files_root).map_err(io(&files_root))?;
         let tmp = sandbox.join("tmp");
