@@ -133,6 +133,10 @@ pub struct Prepared {
     pub project_json: Vec<u8>,
     /// The environment properties as given (see `project_json`).
     pub environment_json: Vec<u8>,
+    /// The top-level members' places in `project_json` (for its diff).
+    pub project_spans: Vec<splice::Span>,
+    /// The top-level members' places in `environment_json`.
+    pub environment_spans: Vec<splice::Span>,
     /// The files to write, validated.
     pub files: Vec<FileSpec>,
     /// `opschain.env` of the merged properties, validated, in order.
@@ -219,6 +223,7 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     let texts: Vec<&PropertiesText> = sources.iter().map(|(_, _, t)| *t).collect();
     let merged_json = properties::text::merge(&texts);
     drop((texts, sources));
+    let (project_spans, environment_spans) = (context.project.properties.spans(), context.environment.properties.spans());
     let project_json = text_bytes(std::mem::take(&mut context.project.properties).text());
     let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).text());
     let merged_error = |source: PointerError| StepError::Declaration {
@@ -245,6 +250,8 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         merged_json,
         project_json,
         environment_json,
+        project_spans,
+        environment_spans,
         files,
         env,
     })
@@ -401,17 +408,18 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let completing = Phase::start("completing");
     let mut error = None;
     // A copy left byte for byte as written has an empty diff, without parsing it (the common
-    // case: most steps change no properties); else the two texts are diffed by splitting them
-    // where they differ (`splice::diff`: an unchanged member of any size costs a comparison of
-    // its bytes), and only when that finds the copy invalid is it parsed whole, for the error.
-    let mut level_diff = |path: &Path, written: &[u8]| {
+    // case: most steps change no properties); else the two texts are diffed where they differ
+    // (`splice::diff_known`: only the bytes between their common prefix and suffix are parsed,
+    // so an unchanged member of any size costs a comparison of its bytes), and only when that
+    // finds the copy invalid is it parsed whole, for the error.
+    let mut level_diff = |path: &Path, written: &[u8], spans: &[splice::Span]| {
         let read = json::read_bytes(path, options.limit).and_then(|bytes| {
             if crate::diff::same_bytes(&bytes, written) {
                 return Ok(None);
             }
             let before = std::str::from_utf8(written).expect("the agent's own JSON is UTF-8");
             let mut ops = Vec::new();
-            if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff(before, after, &mut ops).is_ok()) {
+            if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
                 return Ok(Some(json_patch::Patch(ops)));
             }
             json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| {
@@ -429,8 +437,8 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
             }
         }
     };
-    let project_diff = level_diff(&runtime.project, &prepared.project_json);
-    let environment_diff = level_diff(&runtime.environment, &prepared.environment_json);
+    let project_diff = level_diff(&runtime.project, &prepared.project_json, &prepared.project_spans);
+    let environment_diff = level_diff(&runtime.environment, &prepared.environment_json, &prepared.environment_spans);
     let mut children = std::mem::take(&mut prepared.declared_children);
     match std::fs::read_to_string(&runtime.children) {
         Ok(text) => children.extend(result::parse_child_steps(&text)),

@@ -526,6 +526,7 @@ fn run() -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    opschain_runner::controller::bound_allocator();
     match run() {
         Ok(code) => code,
         Err(e) => {

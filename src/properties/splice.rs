@@ -32,6 +32,7 @@ use json_patch::jsonptr::{Pointer, PointerBuf, Token};
 use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
 
+use super::text::Keys;
 use crate::json::StrictValue;
 
 /// Why a document could not be scanned or edited.
@@ -100,10 +101,26 @@ fn ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Whether the 8 bytes of `w` hold a quote, a backslash or a control character (below 0x20): exact, no
+/// false negatives (the usual "has a zero byte" test, on `w` and on `w` xor each byte sought).
+fn special(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    (zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64)) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)) != 0
+}
+
 /// Skips the string whose opening quote is at `i`; returns the offset past its closing quote.
+/// Runs of 8 plain bytes are skipped a word at a time.
 fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
     i += 1;
     loop {
+        while let Some(chunk) = b.get(i..i + 8) {
+            if special(u64::from_le_bytes(chunk.try_into().expect("8 bytes"))) {
+                break;
+            }
+            i += 8;
+        }
         match b.get(i) {
             Some(b'"') => return Ok(i + 1),
             Some(b'\\') => {
@@ -240,6 +257,106 @@ fn skip_value(b: &[u8], start: usize) -> Result<usize, SpliceError> {
             }
         }
     }
+}
+
+/// Checks that `text` is one JSON value, as strictly as [`crate::json::StrictValue`] reads one:
+/// no object has a key twice (at any depth), and every number is a finite `f64`. Builds nothing:
+/// the keys of the objects being walked are kept on one stack ([`Keys`]), borrowed from the text.
+pub fn check_strict(text: &str) -> Result<(), SpliceError> {
+    let b = text.as_bytes();
+    let mut keys = Keys::default();
+    // The open containers: each closer, and for an object where its keys begin on `keys`.
+    let mut open: Vec<(u8, usize)> = Vec::new();
+    let mut i = ws(b, 0);
+    loop {
+        // A value starts at `i`.
+        i = match b.get(i) {
+            Some(b'{') => {
+                i = ws(b, i + 1);
+                if b.get(i) == Some(&b'}') {
+                    i + 1
+                } else {
+                    let start = keys.open();
+                    open.push((b'}', start));
+                    i = strict_key(text, i, &mut keys, start)?;
+                    continue;
+                }
+            }
+            Some(b'[') => {
+                i = ws(b, i + 1);
+                if b.get(i) == Some(&b']') {
+                    i + 1
+                } else {
+                    open.push((b']', 0));
+                    continue;
+                }
+            }
+            Some(b'"') => skip_string(b, i)?,
+            Some(b't') => literal(b, i, b"true")?,
+            Some(b'f') => literal(b, i, b"false")?,
+            Some(b'n') => literal(b, i, b"null")?,
+            Some(b'-' | b'0'..=b'9') => {
+                let end = skip_number(b, i)?;
+                let number = &text[i..end];
+                // Up to 15 digits without a fraction or exponent is an integer that fits; the rest
+                // is read as serde_json reads it, and refused when it is not finite.
+                if (number.len() > 15 || number.contains(['.', 'e', 'E'])) && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(syntax(i, "a number in range"));
+                }
+                end
+            }
+            _ => return Err(syntax(i, "a value")),
+        };
+        // A value ended at `i`: close containers until one goes on with a comma.
+        loop {
+            let Some(&(closer, start)) = open.last() else {
+                let end = ws(b, i);
+                return if end == b.len() { Ok(()) } else { Err(syntax(end, "the end of the value")) };
+            };
+            i = ws(b, i);
+            match b.get(i) {
+                Some(b',') => {
+                    i = ws(b, i + 1);
+                    if closer == b'}' {
+                        i = strict_key(text, i, &mut keys, start)?;
+                    }
+                    break;
+                }
+                Some(&c) if c == closer => {
+                    if closer == b'}' {
+                        keys.close(start);
+                    }
+                    open.pop();
+                    i += 1;
+                }
+                _ => return Err(syntax(i, "',' or the end of a container")),
+            }
+        }
+    }
+}
+
+/// Reads the key at `i` of the object whose keys begin at `start` on `keys`, refusing one it
+/// already has, and the colon after it; returns where the value starts.
+fn strict_key<'a>(text: &'a str, i: usize, keys: &mut Keys<'a>, start: usize) -> Result<usize, SpliceError> {
+    let b = text.as_bytes();
+    if b.get(i) != Some(&b'"') {
+        return Err(syntax(i, "a key"));
+    }
+    let end = skip_string(b, i)?;
+    let raw = &text[i + 1..end - 1];
+    let key = if raw.contains('\\') {
+        Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?)
+    } else {
+        Cow::Borrowed(raw)
+    };
+    if !keys.insert(start, key) {
+        return Err(SpliceError::DuplicateKey { key: text[i + 1..end - 1].to_string(), at: i });
+    }
+    let colon = ws(b, end);
+    if b.get(colon) != Some(&b':') {
+        return Err(syntax(colon, "':'"));
+    }
+    Ok(ws(b, colon + 1))
 }
 
 /// The members of the object whose `{` is at `start`, each value's grammar checked, and no key
@@ -454,6 +571,103 @@ pub fn diff(before: &str, after: &str, ops: &mut Vec<PatchOperation>) -> Result<
     diff_members(before, &b, after, &a, &mut PointerBuf::new(), ops)
 }
 
+/// A top-level member's place in a document's text: its key (unescaped), the offset of the key's
+/// opening quote, and the range of its value.
+pub type Span = (String, usize, Range<usize>);
+
+/// [`diff`], for a `before` whose top-level members are known (`members`, in order): only the
+/// part of `after` that differs from `before` is scanned. The two texts' common prefix and suffix
+/// are found by comparing bytes; the members of `before` that lie wholly in the prefix are in
+/// `after` at the same offsets, and `after` is parsed from the end of the last of them until it
+/// reaches, inside the common suffix, the start of a member of `before`: from there on the two
+/// are the same text. So adding a key to a document of any size scans a few bytes.
+pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<PatchOperation>) -> Result<(), SpliceError> {
+    let (bb, ab) = (before.as_bytes(), after.as_bytes());
+    let prefix = bb.iter().zip(ab).take_while(|(x, y)| x == y).count();
+    let room = bb.len().min(ab.len()) - prefix;
+    let suffix = bb.iter().rev().zip(ab.iter().rev()).take(room).take_while(|(x, y)| x == y).count();
+    if prefix == bb.len() && prefix == ab.len() {
+        return Ok(());
+    }
+    let tail = ab.len() - suffix;
+    let delta = ab.len() as isize - bb.len() as isize;
+    // The first member the difference may touch.
+    let first = members.iter().position(|m| m.2.end > prefix).unwrap_or(members.len());
+    let open = ws(bb, 0);
+    if bb.get(open) != Some(&b'{') || prefix <= open {
+        return diff(before, after, ops);
+    }
+    // Parse `after` from the end of member `first - 1` (or just inside the root's brace).
+    let (mut i, mut expect_key) = match first.checked_sub(1) {
+        Some(last) => (members[last].2.end, false),
+        None => (open + 1, true),
+    };
+    let mut changed: Vec<Member<'_>> = Vec::new();
+    let mut resync = members.len();
+    loop {
+        if expect_key {
+            i = ws(ab, i);
+            if first == 0 && changed.is_empty() && ab.get(i) == Some(&b'}') {
+                i += 1;
+                break;
+            }
+            // In the common suffix, at the start of a member of `before`: the rest is the same.
+            if i >= tail {
+                let at = (i as isize - delta) as usize;
+                if let Some(k) = members[first..].iter().position(|m| m.1 == at) {
+                    resync = first + k;
+                    i = usize::MAX;
+                    break;
+                }
+            }
+            if ab.get(i) != Some(&b'"') {
+                return Err(syntax(i, "a key"));
+            }
+            let key_end = skip_string(ab, i)?;
+            let raw = &after[i + 1..key_end - 1];
+            let key = if raw.contains('\\') {
+                Cow::Owned(serde_json::from_str::<String>(&after[i..key_end]).map_err(|_| syntax(i, "a valid key"))?)
+            } else {
+                Cow::Borrowed(raw)
+            };
+            let colon = ws(ab, key_end);
+            if ab.get(colon) != Some(&b':') {
+                return Err(syntax(colon, "':'"));
+            }
+            let value_start = ws(ab, colon + 1);
+            let value_end = skip_value(ab, value_start)?;
+            changed.push(Member { key, key_start: i, value: value_start..value_end });
+            i = value_end;
+            expect_key = false;
+        } else {
+            i = ws(ab, i);
+            match ab.get(i) {
+                Some(b',') => {
+                    i += 1;
+                    expect_key = true;
+                }
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return Err(syntax(i, "',' or '}'")),
+            }
+        }
+    }
+    if i != usize::MAX && ws(ab, i) != ab.len() {
+        return Err(syntax(ws(ab, i), "the end of the document"));
+    }
+    // No key twice: the parsed members among themselves and against the unchanged ones.
+    let kept = || members[..first].iter().chain(&members[resync..]);
+    for (n, m) in changed.iter().enumerate() {
+        if changed[..n].iter().any(|o| o.key == m.key) || kept().any(|k| k.0 == m.key) {
+            return Err(SpliceError::DuplicateKey { key: m.key.to_string(), at: m.key_start });
+        }
+    }
+    let old: Vec<Member<'_>> = members[first..resync].iter().map(|(k, s, v)| Member { key: Cow::Borrowed(k), key_start: *s, value: v.clone() }).collect();
+    diff_members(before, &Object { members: old, end: 0 }, after, &Object { members: changed, end: 0 }, &mut PointerBuf::new(), ops)
+}
+
 /// Diffs two objects' members (found in `before` and `after`) under `path`.
 fn diff_members(before: &str, b: &Object<'_>, after: &str, a: &Object<'_>, path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) -> Result<(), SpliceError> {
     for old in &b.members {
@@ -536,8 +750,8 @@ fn prefix(op: &mut PatchOperation, prefix: &Pointer) {
 pub struct Document {
     /// The text, compact or not, with nothing after the closing brace.
     text: Arc<str>,
-    /// Each top-level member: its key, where its key starts, and its value's range.
-    members: Vec<(String, usize, Range<usize>)>,
+    /// Each top-level member's place.
+    members: Vec<Span>,
 }
 
 /// What a patch operation does, for [`Document::patch`].
@@ -561,6 +775,11 @@ impl Document {
     /// The document's text.
     pub fn text(&self) -> &Arc<str> {
         &self.text
+    }
+
+    /// Its top-level members' places in the text.
+    pub fn members(&self) -> &[Span] {
+        &self.members
     }
 
     /// The document after `patch`, when every operation adds, replaces or removes an object
@@ -693,6 +912,22 @@ mod tests {
     }
 
     #[test]
+    fn the_word_test_finds_every_special_byte() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for n in 0..200_000u32 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Mostly plain bytes, with a special one (or a near miss) put in at random.
+            let mut bytes = state.to_le_bytes().map(|b| 0x20 + b % 0x5f);
+            let put = [b'"', b'\\', 0x1f, 0x00, 0x21, 0x5d, 0x80, 0xff][(n % 8) as usize];
+            bytes[(state >> 60) as usize % 8] = put;
+            let naive = bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            assert_eq!(special(u64::from_le_bytes(bytes)), naive, "{bytes:?}");
+        }
+    }
+
+    #[test]
     fn the_scanner_refuses_what_is_not_json() {
         for bad in [
             "", "{", "{\"a\" 1}", "{\"a\": 1,}", "{\"a\": [1,,2]}", "{\"a\": 01}", "{\"a\": 1.}", "{\"a\": 1e}", "{\"a\": tru}", "{\"a\": \"\\x\"}",
@@ -732,6 +967,93 @@ mod tests {
         let dup = bt.replacen("\"n\":7}", "\"n\":7,\"n\":8}", 1);
         assert_ne!(dup, bt);
         assert!(diff(&bt, &dup, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn diff_known_scans_only_what_differs_and_agrees_with_diff() {
+        let before = "{\"servers\":{\"a\":{\"ip\":1},\"b\":[1,2]},\"x\":1,\"y\":{\"z\":2}}\n";
+        let spans = Document::parse(before).unwrap().members;
+        for after in [
+            before.to_string(),
+            before.replace("}\n", ",\"new\":\"v\"}\n"),
+            before.replace("\"x\":1,", ""),
+            before.replace(",\"y\":{\"z\":2}", ""),
+            before.replace("\"x\":1", "\"x\":[1]"),
+            before.replace("\"z\":2", "\"z\":3,\"w\":4"),
+            before.replace("{\"servers\"", "{\"first\":0,\"servers\""),
+            before.replace("\"ip\":1", "\"ip\":2"),
+            "{}".to_string(),
+            "  {\"x\": 1.0}  ".to_string(),
+        ] {
+            let (mut known, mut plain) = (Vec::new(), Vec::new());
+            diff_known(before, &spans, &after, &mut known).unwrap();
+            diff(before, &after, &mut plain).unwrap();
+            let mut a: Value = serde_json::from_str(before).unwrap();
+            json_patch::patch(&mut a, &known).unwrap();
+            assert_eq!(a, serde_json::from_str::<Value>(&after).unwrap(), "{after}: {known:?}");
+            assert_eq!(known.len(), plain.len(), "{after}: {known:?} vs {plain:?}");
+        }
+        for bad in [
+            before.replace("}\n", ",\"x\":2}\n"),
+            before.replace("}\n", ",\"servers\":2}\n"),
+            before.replace("}\n", ",}\n"),
+            before.replace("}\n", "} x\n"),
+            before.replace("\"x\":1", "\"x\":01"),
+            before.replace("\"z\":2", "\"z\":2,\"z\":3"),
+            before.replace("\"x\":1,", "\"x\":1,,"),
+        ] {
+            assert!(diff_known(before, &spans, &bad, &mut Vec::new()).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn patch_agrees_with_json_patch_on_random_member_edits() {
+        // A seeded xorshift: random documents and patches of adds, replaces and removes at
+        // random paths, valid or not; a patch the splice takes must give json_patch's result,
+        // and one json_patch refuses must be declined.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let names = ["a", "b", "c~1", "d/e", "é"];
+        for _ in 0..2000 {
+            let mut doc = json!({});
+            for _ in 0..next(6) {
+                let (k, j) = (names[next(5) as usize], names[next(5) as usize]);
+                doc[k] = match next(4) {
+                    0 => json!(next(100)),
+                    1 => json!({j: [1, {"x": 2}]}),
+                    2 => json!({j: {"y": null}}),
+                    _ => json!("s"),
+                };
+            }
+            let ops: Vec<Value> = (0..1 + next(3))
+                .map(|_| {
+                    let depth = 1 + next(3) as usize;
+                    let path: String = (0..depth).map(|_| format!("/{}", names[next(5) as usize].replace('~', "~0").replace('/', "~1"))).collect();
+                    match next(3) {
+                        0 => json!({"op": "add", "path": path, "value": {"n": next(9)}}),
+                        1 => json!({"op": "replace", "path": path, "value": [next(9)]}),
+                        _ => json!({"op": "remove", "path": path}),
+                    }
+                })
+                .collect();
+            let p: Patch = serde_json::from_value(Value::Array(ops.clone())).unwrap();
+            let text = serde_json::to_string_pretty(&doc).unwrap();
+            let mut tree = doc.clone();
+            let applied = json_patch::patch(&mut tree, &p);
+            match Document::parse(&text).unwrap().patch(&p) {
+                Some(spliced) => {
+                    assert!(applied.is_ok(), "{doc} {ops:?}: json_patch refused what the splice took");
+                    assert_eq!(serde_json::from_str::<Value>(spliced.text()).unwrap(), tree, "{doc} {ops:?}");
+                    assert_eq!(spliced.members, Document::parse(spliced.text()).unwrap().members);
+                }
+                None => assert!(applied.is_err() || p.0.iter().any(|op| op.path().tokens().count() > 1), "{doc} {ops:?}: declined a top-level edit"),
+            }
+        }
     }
 
     #[test]
