@@ -263,6 +263,29 @@ fn skip_value(b: &[u8], start: usize) -> Result<usize, SpliceError> {
 /// no object has a key twice (at any depth), and every number is a finite `f64`. Builds nothing:
 /// the keys of the objects being walked are kept on one stack ([`Keys`]), borrowed from the text.
 pub fn check_strict(text: &str) -> Result<(), SpliceError> {
+    check(text, 0).map(drop)
+}
+
+/// A member found by [`check_members`]: its depth (1 for a member of the root object), its key,
+/// and its value's range.
+pub type Found<'a> = (usize, Cow<'a, str>, Range<usize>);
+
+/// [`check_strict`], also returning every object member at a depth of at most `depth`, in the
+/// order their values end (a member after the members inside it).
+pub fn check_members(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
+    check(text, depth)
+}
+
+/// How deep [`check_strict`] lets containers nest (100): below serde_json's recursion limit
+/// (128), so that a document the scanner takes, the strict parser takes too (deeper ones are left
+/// to the parser, which refuses them with its own error).
+const MAX_NESTING: usize = 100;
+
+/// [`check_strict`] and [`check_members`].
+fn check(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
+    let mut found = Vec::new();
+    // The members being read at a depth of at most `depth`: depth, key, where the value starts.
+    let mut pending: Vec<(usize, Cow<'_, str>, usize)> = Vec::new();
     let b = text.as_bytes();
     let mut keys = Keys::default();
     // The open containers: each closer, and for an object where its keys begin on `keys`.
@@ -270,6 +293,9 @@ pub fn check_strict(text: &str) -> Result<(), SpliceError> {
     let mut i = ws(b, 0);
     loop {
         // A value starts at `i`.
+        if open.len() >= MAX_NESTING {
+            return Err(syntax(i, "less nesting"));
+        }
         i = match b.get(i) {
             Some(b'{') => {
                 i = ws(b, i + 1);
@@ -278,7 +304,7 @@ pub fn check_strict(text: &str) -> Result<(), SpliceError> {
                 } else {
                     let start = keys.open();
                     open.push((b'}', start));
-                    i = strict_key(text, i, &mut keys, start)?;
+                    i = strict_key(text, i, &mut keys, start, (open.len() <= depth).then_some((open.len(), &mut pending)))?;
                     continue;
                 }
             }
@@ -309,16 +335,20 @@ pub fn check_strict(text: &str) -> Result<(), SpliceError> {
         };
         // A value ended at `i`: close containers until one goes on with a comma.
         loop {
+            if pending.last().is_some_and(|p| p.0 == open.len()) {
+                let (d, key, value) = pending.pop().expect("checked");
+                found.push((d, key, value..i));
+            }
             let Some(&(closer, start)) = open.last() else {
                 let end = ws(b, i);
-                return if end == b.len() { Ok(()) } else { Err(syntax(end, "the end of the value")) };
+                return if end == b.len() { Ok(found) } else { Err(syntax(end, "the end of the value")) };
             };
             i = ws(b, i);
             match b.get(i) {
                 Some(b',') => {
                     i = ws(b, i + 1);
                     if closer == b'}' {
-                        i = strict_key(text, i, &mut keys, start)?;
+                        i = strict_key(text, i, &mut keys, start, (open.len() <= depth).then_some((open.len(), &mut pending)))?;
                     }
                     break;
                 }
@@ -336,8 +366,16 @@ pub fn check_strict(text: &str) -> Result<(), SpliceError> {
 }
 
 /// Reads the key at `i` of the object whose keys begin at `start` on `keys`, refusing one it
-/// already has, and the colon after it; returns where the value starts.
-fn strict_key<'a>(text: &'a str, i: usize, keys: &mut Keys<'a>, start: usize) -> Result<usize, SpliceError> {
+/// already has, and the colon after it; returns where the value starts. `record`: the object's
+/// depth and the list to note the member on, when its members are wanted.
+#[allow(clippy::type_complexity)]
+fn strict_key<'a>(
+    text: &'a str,
+    i: usize,
+    keys: &mut Keys<'a>,
+    start: usize,
+    record: Option<(usize, &mut Vec<(usize, Cow<'a, str>, usize)>)>,
+) -> Result<usize, SpliceError> {
     let b = text.as_bytes();
     if b.get(i) != Some(&b'"') {
         return Err(syntax(i, "a key"));
@@ -349,6 +387,7 @@ fn strict_key<'a>(text: &'a str, i: usize, keys: &mut Keys<'a>, start: usize) ->
     } else {
         Cow::Borrowed(raw)
     };
+    let noted = record.as_ref().map(|_| key.clone());
     if !keys.insert(start, key) {
         return Err(SpliceError::DuplicateKey { key: text[i + 1..end - 1].to_string(), at: i });
     }
@@ -356,7 +395,11 @@ fn strict_key<'a>(text: &'a str, i: usize, keys: &mut Keys<'a>, start: usize) ->
     if b.get(colon) != Some(&b':') {
         return Err(syntax(colon, "':'"));
     }
-    Ok(ws(b, colon + 1))
+    let value = ws(b, colon + 1);
+    if let (Some((depth, pending)), Some(key)) = (record, noted) {
+        pending.push((depth, key, value));
+    }
+    Ok(value)
 }
 
 /// The members of the object whose `{` is at `start`, each value's grammar checked, and no key
@@ -583,9 +626,9 @@ pub type Span = (String, usize, Range<usize>);
 /// are the same text. So adding a key to a document of any size scans a few bytes.
 pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<PatchOperation>) -> Result<(), SpliceError> {
     let (bb, ab) = (before.as_bytes(), after.as_bytes());
-    let prefix = bb.iter().zip(ab).take_while(|(x, y)| x == y).count();
+    let prefix = common(bb.len().min(ab.len()), |at, len| bb[at..at + len] == ab[at..at + len]);
     let room = bb.len().min(ab.len()) - prefix;
-    let suffix = bb.iter().rev().zip(ab.iter().rev()).take(room).take_while(|(x, y)| x == y).count();
+    let suffix = common(room, |at, len| bb[bb.len() - at - len..bb.len() - at] == ab[ab.len() - at - len..ab.len() - at]);
     if prefix == bb.len() && prefix == ab.len() {
         return Ok(());
     }
@@ -666,6 +709,21 @@ pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<Pat
     }
     let old: Vec<Member<'_>> = members[first..resync].iter().map(|(k, s, v)| Member { key: Cow::Borrowed(k), key_start: *s, value: v.clone() }).collect();
     diff_members(before, &Object { members: old, end: 0 }, after, &Object { members: changed, end: 0 }, &mut PointerBuf::new(), ops)
+}
+
+/// The length, up to `limit`, of the run of equal bytes that `same(at, len)` (whether the `len`
+/// bytes at `at` of the run are equal) finds: compared a page at a time (a `memcmp`), then byte
+/// by byte within the first page that differs.
+fn common(limit: usize, same: impl Fn(usize, usize) -> bool) -> usize {
+    const PAGE: usize = 4096;
+    let mut at = 0;
+    while at + PAGE <= limit && same(at, PAGE) {
+        at += PAGE;
+    }
+    while at < limit && same(at, 1) {
+        at += 1;
+    }
+    at
 }
 
 /// Diffs two objects' members (found in `before` and `after`) under `path`.
@@ -909,6 +967,22 @@ mod tests {
         assert_eq!(remove(r#"{"only": 1}"#, &keys("only")).unwrap().unwrap(), "{}");
         assert_eq!(remove(doc, &keys("a.x")).unwrap(), None);
         assert_eq!(remove(doc, &keys("zz")).unwrap(), None);
+    }
+
+    #[test]
+    fn check_members_finds_the_members_down_to_a_depth() {
+        let text = r#" {"a": {"b": [1, {"c": 2}], "d\u0041": "x"}, "e": 3} "#;
+        let found: Vec<(usize, String, &str)> = check_members(text, 2).unwrap().into_iter().map(|(d, k, r)| (d, k.into_owned(), &text[r])).collect();
+        assert_eq!(
+            found,
+            [(2, "b".into(), "[1, {\"c\": 2}]"), (2, "dA".into(), "\"x\""), (1, "a".into(), r#"{"b": [1, {"c": 2}], "d\u0041": "x"}"#), (1, "e".into(), "3")]
+        );
+        assert!(check_members(r#"{"a": {"b": 1, "b": 2}}"#, 1).is_err());
+        assert!(check_strict("[1e400]").is_err());
+        assert!(check_strict("[1e300, 12345678901234567890123]").is_ok());
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_strict(&deep(MAX_NESTING)).is_ok());
+        assert!(check_strict(&deep(MAX_NESTING + 1)).is_err());
     }
 
     #[test]

@@ -40,10 +40,37 @@ impl PropertiesText {
     /// Validates `text` as a properties document (an object, with no duplicate key at any depth)
     /// and finds its top-level members.
     pub fn parse(text: &str) -> Result<PropertiesText, serde_json::Error> {
+        // The byte scanner checks and splits the document in one pass; serde reads what it
+        // refuses (or what is not an object), for its error.
+        if text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+            if let Ok(found) = super::splice::check_members(text, 1) {
+                return Ok(PropertiesText::from_members(text, found.into_iter().map(|(_, key, range)| (key, range))));
+            }
+        }
         let mut de = serde_json::Deserializer::from_str(text);
         let document = PropertiesText::deserialize(&mut de)?;
         de.end()?;
         Ok(document)
+    }
+
+    /// The document whose top-level members are `members` (each key and its value's range in
+    /// `text`, in order), found in `text` by [`super::splice::check_members`], which has checked
+    /// them strictly: spelled as [`PropertiesText::parse`] spells it.
+    pub fn from_members<'a>(text: &str, members: impl IntoIterator<Item = (Cow<'a, str>, Range<usize>)>) -> PropertiesText {
+        let mut document = PropertiesText { text: String::with_capacity(text.len() + 2), members: Vec::new() };
+        document.text.push('{');
+        for (key, range) in members {
+            if !document.members.is_empty() {
+                document.text.push(',');
+            }
+            document.text.push_str(&serde_json::to_string(key.as_ref()).expect("a string serialises"));
+            document.text.push(':');
+            let start = document.text.len();
+            document.text.push_str(&text[range]);
+            document.members.push((key.into_owned(), start..document.text.len()));
+        }
+        document.text.push('}');
+        document
     }
 
     /// The document's JSON text.
