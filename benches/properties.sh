@@ -10,8 +10,10 @@
 #   agent    that step's agent alone (`opschain-runner step` on a step context holding the
 #            document), timed by hyperfine: the agent's own cost, `property set` included.
 # Reported for each document: steps/s of the change, wall time of the single step, per-step agent
-# time (hyperfine median; and the mean of the agent's own phase timings inside the change, from
-# its log), controller peak RSS (/usr/bin/time -v) and database growth over the change.
+# time (hyperfine median, and the CPU it took: the machine may be shared; and the mean of the
+# agent's own phase timings inside the change, from its log), the CPU the change took a step
+# (controller and agents), controller peak RSS (/usr/bin/time -v) and database growth over the
+# change.
 #
 # Usage: benches/properties.sh [CHILDREN]   (default 200)
 #   BASELINE=DIR benches/properties.sh   also runs DIR/opschain with DIR/opschain-runner (an older
@@ -79,6 +81,7 @@ measure() {
   end=$(date +%s.%N)
   local after; after=$(db_size "$state")
   local rss; rss=$(awk -F': ' '/Maximum resident/ {print $2}' "$work/time-$1-$2")
+  local cpu; cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$work/time-$1-$2")
   local id; id=$("$bin/opschain" --state-dir "$state" change list | awk 'NR > 0 && /fanout/ {print $1}' | tail -1 | tr -dc 0-9)
   "$bin/opschain" --state-dir "$state" change logs "$id" > "$work/steplog-$1-$2" 2>/dev/null || true
   # The single step, three times; the median wall time.
@@ -90,10 +93,10 @@ measure() {
     e=$(date +%s.%N)
     singles+=("$(python3 -c "print($e - $s)")")
   done
-  python3 - "$out" "$start" "$end" "$rss" "$before" "$after" "$work/steplog-$1-$2" "$children" "${singles[@]}" <<'PY'
+  python3 - "$out" "$start" "$end" "$rss" "$before" "$after" "$work/steplog-$1-$2" "$children" "$cpu" "${singles[@]}" <<'PY'
 import json, re, statistics, sys
-out, start, end, rss, before, after, log, children = sys.argv[1:9]
-singles = [float(s) for s in sys.argv[9:]]
+out, start, end, rss, before, after, log, children, cpu = sys.argv[1:10]
+singles = [float(s) for s in sys.argv[10:]]
 phases = {}
 for line in open(log, errors="replace"):
     m = re.search(r'phase="?(initialise|action|completing)"?.*duration_ms=([0-9.]+)', line)
@@ -101,7 +104,7 @@ for line in open(log, errors="replace"):
         phases.setdefault(m.group(1), []).append(float(m.group(2)))
 steps = int(children) + 1
 wall = float(end) - float(start)
-fig = {"steps_per_s": steps / wall, "wall_s": wall, "rss_mb": int(rss) / 1024, "db_growth_mb": (int(after) - int(before)) / 1e6,
+fig = {"steps_per_s": steps / wall, "wall_s": wall, "cpu_ms_per_step": float(cpu) * 1000 / steps, "rss_mb": int(rss) / 1024, "db_growth_mb": (int(after) - int(before)) / 1e6,
        "single_s": statistics.median(singles),
        "phase_ms": {k: statistics.mean(v) for k, v in phases.items()}}
 json.dump(fig, open(out, "w"))
@@ -142,13 +145,18 @@ hyperfine -N --style basic --warmup 3 --runs "$runs" --prepare "$prep" --export-
 python3 - "$work" "${builds[@]}" <<'PY'
 import json, statistics, sys
 work, builds = sys.argv[1], sys.argv[2:]
-agent = {r["command"]: statistics.median(r["times"]) * 1e3 for r in json.load(open(f"{work}/agent.json"))["results"]}
+results = json.load(open(f"{work}/agent.json"))["results"]
+agent = {r["command"]: statistics.median(r["times"]) * 1e3 for r in results}
+agent_cpu = {r["command"]: (r["user"] + r["system"]) * 1e3 for r in results}
 fig = {(b, d): json.load(open(f"{work}/fig-{b}-{d}")) for b in builds for d in ("empty", "large")}
 for (b, d), f in fig.items():
     f["agent_ms"] = agent[f"{b}-{d}"]
+    f["agent_cpu_ms"] = agent_cpu[f"{b}-{d}"]
     f["phases"] = sum(f["phase_ms"].values())
-rows = [("change steps/s", "steps_per_s", "{:.1f}"), ("change wall s", "wall_s", "{:.2f}"), ("single step s", "single_s", "{:.3f}"),
-        ("agent step ms (alone)", "agent_ms", "{:.1f}"), ("agent phases ms (in change)", "phases", "{:.1f}"),
+rows = [("change steps/s", "steps_per_s", "{:.1f}"), ("change wall s", "wall_s", "{:.2f}"),
+        ("change CPU ms a step (all)", "cpu_ms_per_step", "{:.1f}"), ("single step s", "single_s", "{:.3f}"),
+        ("agent step ms (alone)", "agent_ms", "{:.1f}"), ("agent step CPU ms (alone)", "agent_cpu_ms", "{:.1f}"),
+        ("agent phases ms (in change)", "phases", "{:.1f}"),
         ("controller peak RSS MB", "rss_mb", "{:.1f}"), ("database growth MB", "db_growth_mb", "{:.2f}")]
 head = f"{'':30}" + "".join(f"{b + ' ' + d:>18}" for b in builds for d in ("empty", "large"))
 print(head)
@@ -157,10 +165,12 @@ for name, key, form in rows:
 for b in builds:
     e, l = fig[(b, "empty")], fig[(b, "large")]
     print(f"{b}: large / empty: steps/s {l['steps_per_s'] / e['steps_per_s']:.2f}x, agent step +{l['agent_ms'] - e['agent_ms']:.1f} ms "
-          f"(target <= 15 ms), RSS {l['rss_mb']:.0f} MB (target < 100), steps/s {l['steps_per_s']:.0f} (target >= 100)")
+          f"(CPU +{l['agent_cpu_ms'] - e['agent_cpu_ms']:.1f} ms; target <= 15 ms), RSS {l['rss_mb']:.0f} MB (target < 100), "
+          f"steps/s {l['steps_per_s']:.0f} (target >= 100; CPU {l['cpu_ms_per_step']:.1f} ms a step)")
 if "baseline" in builds:
     o, n = fig[("baseline", "large")], fig[("this", "large")]
     print(f"this / baseline, large properties: steps/s {n['steps_per_s'] / o['steps_per_s']:.1f}x, single step {o['single_s'] / n['single_s']:.1f}x faster, "
-          f"agent step {o['agent_ms'] / n['agent_ms']:.1f}x faster, controller RSS {o['rss_mb'] / n['rss_mb']:.1f}x smaller, "
+          f"agent step {o['agent_ms'] / n['agent_ms']:.1f}x faster ({o['agent_cpu_ms'] / n['agent_cpu_ms']:.1f}x less CPU), "
+          f"CPU a step {o['cpu_ms_per_step'] / n['cpu_ms_per_step']:.1f}x less, controller RSS {o['rss_mb'] / n['rss_mb']:.1f}x smaller, "
           f"database growth {o['db_growth_mb'] / max(n['db_growth_mb'], 1e-6):.1f}x smaller")
 PY

@@ -224,8 +224,8 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     let merged_json = properties::text::merge(&texts);
     drop((texts, sources));
     let (project_spans, environment_spans) = (context.project.properties.spans(), context.environment.properties.spans());
-    let project_json = text_bytes(std::mem::take(&mut context.project.properties).text());
-    let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).text());
+    let project_json = text_bytes(std::mem::take(&mut context.project.properties).into_text());
+    let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).into_text());
     let merged_error = |source: PointerError| StepError::Declaration {
         file: context_path.clone(),
         source: PointerError { pointer: format!("(merged properties) {}", source.pointer), message: source.message },
@@ -291,10 +291,10 @@ impl Runtime {
     }
 }
 
-/// `text` and a final newline, as the runtime copies are written.
-fn text_bytes(text: &str) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(text.len() + 1);
-    bytes.extend_from_slice(text.as_bytes());
+/// `text` and a final newline, as the runtime copies are written (in `text`'s own buffer: a
+/// document of a few MB is not copied).
+fn text_bytes(text: String) -> Vec<u8> {
+    let mut bytes = text.into_bytes();
     bytes.push(b'\n');
     bytes
 }

@@ -57,7 +57,10 @@ impl PropertiesText {
     /// `text`, in order), found in `text` by [`super::splice::check_members`], which has checked
     /// them strictly: spelled as [`PropertiesText::parse`] spells it.
     pub fn from_members<'a>(text: &str, members: impl IntoIterator<Item = (Cow<'a, str>, Range<usize>)>) -> PropertiesText {
-        let mut document = PropertiesText { text: String::with_capacity(text.len() + 2), members: Vec::new() };
+        let members: Vec<(Cow<'a, str>, Range<usize>)> = members.into_iter().collect();
+        // Room for the members, the braces and the newline the runtime copy ends with.
+        let size = members.iter().map(|(key, range)| key.len() + 4 + range.len()).sum::<usize>() + 3;
+        let mut document = PropertiesText { text: String::with_capacity(size), members: Vec::with_capacity(members.len()) };
         document.text.push('{');
         for (key, range) in members {
             if !document.members.is_empty() {
@@ -76,6 +79,11 @@ impl PropertiesText {
     /// The document's JSON text.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The document's JSON text, moved out.
+    pub fn into_text(self) -> String {
+        self.text
     }
 
     /// The JSON text of the value of the top-level member `key`, if the document has it.
