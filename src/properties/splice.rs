@@ -71,6 +71,13 @@ pub enum SpliceError {
     /// A parent of the property is missing (an RFC 6902 `add` does not create parents).
     #[error("a parent of the property is missing")]
     MissingParent,
+    /// The document is not UTF-8 text.
+    #[error("the document is not UTF-8 text")]
+    Utf8 {
+        /// The cause.
+        #[source]
+        source: std::str::Utf8Error,
+    },
     /// A value to insert is not valid JSON (a caller's bug: values are serialised by serde_json).
     #[error("the value is not valid JSON")]
     Value,
