@@ -1537,7 +1537,7 @@ fn apply(doc: &splice::Document, patch: &json_patch::Patch) -> Result<splice::Do
     if let Some(patched) = doc.patch(patch) {
         return Ok(patched);
     }
-    let mut tree: Value = serde_json::from_str(doc.text()).expect("a stored document parses");
+    let mut tree: Value = serde_json::from_str(doc.text()).map_err(|e| format!("the current properties are not valid JSON: {e}"))?;
     json_patch::patch(&mut tree, patch).map_err(|e| e.to_string())?;
     splice::Document::parse(&tree.to_string()).map_err(|_| "the patch replaces the properties with a value that is not an object".to_string())
 }
