@@ -57,7 +57,8 @@ enum Command {
     /// Show, set, edit and list the versions of project or environment properties.
     #[command(subcommand)]
     Properties(PropertiesCommand),
-    /// Manage secret sets (build secrets; runner secrets for the process backend).
+    /// Manage secret sets: runner secrets (change run --secrets) and the image builds' secret sets
+    /// (those opschain.config.build_secrets lists, else opschain-build-env, which always exists).
     #[command(subcommand)]
     Secrets(SecretsCommand),
     /// Project settings.
