@@ -120,7 +120,7 @@ fn exec_input(e: &ExecError) -> Sysexit {
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
         BuildError::Context(e) => json(e),
-        BuildError::SecretSets { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+        BuildError::SecretSets { .. } | BuildError::EnvProperties { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
         BuildError::SecretStore { .. } => Sysexit::IoErr,
         BuildError::SecretSet { source } => exec_input(source),
         BuildError::Revision { .. } => Sysexit::NoInput,
