@@ -153,8 +153,8 @@ RUN --mount=type=secret,id={id},target=/opt/opschain/{folder}/{file},uid=10001,g
     )
 }
 
-/// Why a build context could not be written or an image built. [`crate::exit::of_build`] maps each
-/// to an exit status.
+/// Why a build context could not be written or an image built. [`BuildError::exit_status`] maps
+/// each to an exit status.
 #[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -271,6 +271,29 @@ pub enum BuildError {
     /// The docker client failed.
     #[error(transparent)]
     Docker(#[from] DockerError),
+}
+
+#[cfg(feature = "controller")]
+impl BuildError {
+    /// The exit status of this failure: 65 invalid input (the step context, a build secret list or
+    /// set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that names no
+    /// commit, 73 a context directory or file that cannot be written, 70 when git, tar or docker
+    /// cannot be run or fail.
+    pub fn exit_status(&self) -> crate::exit::ExitStatus {
+        use crate::exit::Sysexit;
+        let sysexit = match self {
+            BuildError::Context(e) => return e.exit_status(),
+            BuildError::SecretSets { .. } | BuildError::EnvProperties { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+            BuildError::SecretStore { .. } => Sysexit::IoErr,
+            // A secret set is read, never executed: its failure is the input's.
+            BuildError::SecretSet { source: exec::ExecError::Exec { .. } } => Sysexit::Software,
+            BuildError::SecretSet { source } => return source.exit_status(),
+            BuildError::Revision { .. } => Sysexit::NoInput,
+            BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
+            BuildError::Spawn { .. } | BuildError::Tool { .. } | BuildError::Docker(_) => Sysexit::Software,
+        };
+        sysexit.into()
+    }
 }
 
 /// A command that ran and failed: its status and the end of its stderr.
@@ -522,9 +545,10 @@ impl BuildContext {
 
 /// The env context of a step context, as the seeds say: the project and environment context
 /// values (`context.project`, `context.environment`) and, of each level's properties, only the
-/// env-var ones (`opschain.env`, and `env` in the seed's own layout). Nothing else: step, change
-/// and user values, other properties and runner secrets would change it on every step (and the
-/// `RUN` lines' cache with it) or leak into the build.
+/// env-var ones (`opschain.env`, and the seed layout's top-level `env` when it is a declaration, an
+/// object: see `properties::declarations`). Nothing else: step, change and user values, other
+/// properties and runner secrets would change it on every step (and the `RUN` lines' cache with
+/// it) or leak into the build.
 #[cfg(feature = "controller")]
 pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
@@ -538,7 +562,7 @@ pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
         if let Some(env) = props.and_then(|p| p.get("opschain")).and_then(|o| o.get("env")) {
             kept.insert("opschain".into(), serde_json::json!({ "env": env }));
         }
-        if let Some(env) = props.and_then(|p| p.get("env")) {
+        if let Some(env) = props.and_then(|p| p.get("env")).filter(|env| env.is_object()) {
             kept.insert("env".into(), env.clone());
         }
         out.insert(level.into(), serde_json::json!({ "properties": kept }));
@@ -977,6 +1001,13 @@ mod tests {
         // The sets still come from the whole context.
         assert_eq!(applicable_secret_sets(doc.as_object().unwrap()).unwrap(), ["s"]);
         assert_eq!(applicable_secret_sets(&Map::new()).unwrap(), ["opschain-build-env"]);
+        // The seed layout: a top-level `env` object is env-relevant, one that is data is not.
+        let doc = json!({
+            "project": {"properties": {"env": {"A": "1"}, "files": {"f": {}}, "name": "x"}},
+            "environment": {"properties": {"env": "production"}}
+        });
+        let out = Value::Object(env_context(doc.as_object().unwrap()));
+        assert_eq!(out, json!({"project": {"properties": {"env": {"A": "1"}}}, "environment": {"properties": {}}}));
     }
 
     #[cfg(feature = "controller")]

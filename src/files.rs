@@ -13,12 +13,12 @@
 //! the file itself that points out of place is refused (parents) or replaced (the file), never
 //! written through.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 use nix::errno::Errno;
-use nix::fcntl::{openat, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{mkdirat, Mode};
 use serde_json::{Map, Value};
 
@@ -111,10 +111,16 @@ pub enum WriteError {
 /// Parses and validates the `opschain.files` object of a properties document. Entries come out
 /// in declaration order.
 pub fn parse(properties: &Map<String, Value>, repo: &Path, files_root: Option<&Path>) -> Result<Vec<FileSpec>, PointerError> {
-    let Some(files) = properties.get("opschain").and_then(|o| o.as_object()).and_then(|o| o.get("files")) else {
-        return Ok(Vec::new());
-    };
-    let base = "/opschain/files".to_string();
+    match properties.get("opschain").and_then(|o| o.as_object()).and_then(|o| o.get("files")) {
+        Some(files) => parse_object(files, "/opschain/files", repo, files_root),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Parses and validates a files declaration (an object of `path: entry`) found at `base`, the
+/// JSON pointer errors are reported under. Entries come out in declaration order.
+pub fn parse_object(files: &Value, base: &str, repo: &Path, files_root: Option<&Path>) -> Result<Vec<FileSpec>, PointerError> {
+    let base = base.to_string();
     let files = files.as_object().ok_or_else(|| PointerError { pointer: base.clone(), message: "expected an object of path: entry".into() })?;
     files
         .iter()
@@ -332,9 +338,9 @@ fn open_parents_beneath(base: &Path, path: &Path, declared: &str) -> Result<(Own
     for component in parents {
         at.push(component);
         let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let open = |fd: &OwnedFd| openat(Some(fd.as_raw_fd()), component.as_os_str(), flags, Mode::empty());
-        let raw = match open(&dirfd) {
-            Ok(raw) => raw,
+        let open = |fd: &OwnedFd| atomic::open_at(fd, component.as_os_str(), flags, Mode::empty());
+        dirfd = match open(&dirfd) {
+            Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 match mkdirat(Some(dirfd.as_raw_fd()), component.as_os_str(), Mode::from_bits_truncate(DIR_MODE as libc::mode_t)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
@@ -344,8 +350,6 @@ fn open_parents_beneath(base: &Path, path: &Path, declared: &str) -> Result<(Own
             }
             Err(e) => return Err(not_a_dir(e, declared, &at)),
         };
-        // SAFETY: openat just returned this descriptor and nothing else owns it.
-        dirfd = unsafe { OwnedFd::from_raw_fd(raw) };
     }
     Ok((dirfd, at))
 }

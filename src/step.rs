@@ -18,12 +18,13 @@ use crate::atomic::{self, AtomicError, Durability};
 use crate::context::StepContext;
 use crate::diff::diff;
 use crate::env::{self, EnvBuilder};
+use crate::exit::{ExitStatus, Sysexit};
 use crate::files::{self, FileSpec, WriteError};
 use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::Layout;
 use crate::mask::{Masker, SecretNames};
 use crate::properties::text::PropertiesText;
-use crate::properties::{self, PropertiesError};
+use crate::properties::{self, declarations, PropertiesError};
 use crate::result::{self, Children, JobFacts, LevelDiff, Phases, RunnerFacts, StepProperties, StepResult};
 use crate::supervise::{Job, Outcome, SuperviseError, SupervisePolicy, Supervisor};
 
@@ -46,7 +47,7 @@ pub struct StepOptions {
     pub secret_names: SecretNames,
 }
 
-/// Why a step could not be prepared or completed. [`crate::exit`] maps each to an exit status.
+/// Why a step could not be prepared or completed. [`StepError::exit_status`] maps each to an exit status.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// step_context.json is missing, unreadable or invalid.
@@ -112,6 +113,24 @@ pub enum StepError {
     Result(AtomicError),
 }
 
+impl StepError {
+    /// The exit status of this failure: the input's own for an unreadable or invalid file, 64 an
+    /// unknown `--action`, 65 an invalid declaration, 73 a file or the result that cannot be
+    /// written, 70 a supervision failure.
+    pub fn exit_status(&self) -> ExitStatus {
+        let sysexit = match self {
+            StepError::Context(e) => return e.exit_status(),
+            StepError::Actions(e) => return e.exit_status(),
+            StepError::Properties(e) => return e.exit_status(),
+            StepError::NoAction { .. } | StepError::Declaration { .. } | StepError::PropertiesCopy { .. } => Sysexit::DataErr,
+            StepError::UnknownActionFlag { .. } => Sysexit::Usage,
+            StepError::WriteFile(_) | StepError::Runtime(_) | StepError::RuntimeDir { .. } | StepError::Result(_) => Sysexit::CantCreat,
+            StepError::Supervise(_) => Sysexit::Software,
+        };
+        sysexit.into()
+    }
+}
+
 /// Everything a step needs, read and validated; nothing written yet.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -132,9 +151,11 @@ pub struct Prepared {
     pub project_json: Vec<u8>,
     /// The environment properties as given (see `project_json`).
     pub environment_json: Vec<u8>,
-    /// The files to write, validated.
+    /// The files the merged properties declare (`opschain.files` and the seed layout's `files`),
+    /// validated.
     pub files: Vec<FileSpec>,
-    /// `opschain.env` of the merged properties, validated, in order.
+    /// The env vars the merged properties declare (`opschain.env` and the seed layout's `env`),
+    /// validated, in order.
     pub env: Vec<(String, String)>,
     /// Children declared by the action in actions.toml.
     pub declared_children: Vec<String>,
@@ -195,21 +216,29 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
 
     let repo_sources = properties::read_repository_text(layout, context.environment_code(), options.limit)?;
     // Validate each source on its own first, so that an error names the file it is in. Only the
-    // `opschain` member declares anything, and only it is parsed; the merged declarations are the
-    // merge of those members, in merge order.
+    // declaring members (`opschain`, and the seed layout's top-level `files` and `env`) are
+    // parsed; the merged declarations are the merge of each source's, in merge order (see
+    // `properties::declarations`).
     let mut sources: Vec<(&Path, &str, &PropertiesText)> = repo_sources.iter().map(|(p, t)| (p.as_path(), "", t)).collect();
     sources.push((&context_path, "/project/properties", &context.project.properties));
     sources.push((&context_path, "/environment/properties", &context.environment.properties));
-    let mut declarations = Map::new();
+    let mut declared = Map::new();
     for (file, prefix, props) in &sources {
         let declaration = |e: PointerError| StepError::Declaration {
             file: file.to_path_buf(),
             source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
         };
-        let own = props.only("opschain");
-        files::parse(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
-        env::parse(&own).map_err(declaration)?;
-        properties::merge_objects(&mut declarations, own);
+        let own = props.subset(&declarations::MEMBERS);
+        declarations::check_files(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
+        declarations::check_env(&own).map_err(declaration)?;
+        // The image build reads the levels' build secret lists; a bad one is refused here too.
+        if !prefix.is_empty() {
+            crate::exec::configured_sets(&own, "").map_err(declaration)?;
+        }
+        for name in declarations::data_members(&own) {
+            info!(file = %file.display(), pointer = %format!("{prefix}/{name}"), "not an object: ordinary data, not a declaration of {name}");
+        }
+        declarations::merge_into(&mut declared, &own, &declarations::SEED_MEMBERS);
     }
     env::check_secrets(&context.secrets).map_err(|source| StepError::Declaration { file: context_path.clone(), source })?;
 
@@ -222,10 +251,10 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).text());
     let merged_error = |source: PointerError| StepError::Declaration {
         file: context_path.clone(),
-        source: PointerError { pointer: format!("(merged properties) {}", source.pointer), message: source.message },
+        source: PointerError { pointer: format!("(merged declarations) {}", source.pointer), message: source.message },
     };
-    let files = files::parse(&declarations, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
-    let env = env::parse(&declarations).map_err(merged_error)?;
+    let files = files::parse(&declared, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
+    let env = env::parse(&declared).map_err(merged_error)?;
     for spec in &files {
         files::check_no_symlinks(spec).map_err(|message| {
             let mut pointer = "/opschain/files/".to_string();
@@ -372,7 +401,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
             // A command that cannot be started is the action's failure, as in a shell: 127 when
             // it is not found, 126 when it cannot be executed. The result is still written.
             Err(SuperviseError::Spawn { source, program, .. }) => {
-                let status = if source.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+                let status = if source.kind() == std::io::ErrorKind::NotFound { crate::exit::NOT_FOUND } else { crate::exit::CANNOT_EXECUTE }.code();
                 warn!(action = %name, program = %program.to_string_lossy(), error = %source, "cannot start the command");
                 Outcome {
                     reason: crate::supervise::Reason::Exited,
@@ -431,7 +460,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
 
     let action_status = last.as_ref().map_or(0, |o| o.exit_status);
     let exit_status = match (&error, action_status) {
-        (Some(e), 0) => crate::exit::status_of(e),
+        (Some(e), 0) => e.exit_status().code(),
         _ => action_status,
     };
     let mut result = StepResult {

@@ -1,8 +1,8 @@
 //! Changes on the Docker backend, where a Docker engine runs: a base runner image is built
 //! `FROM scratch` (nothing can be pulled) from the test-built agent, its shared libraries, a static
 //! busybox and the `opschain-exec` link; then `opschain change run --backend docker` builds each
-//! step's image through the one build pipeline and runs a container per step. Where no engine
-//! answers, each test says so and passes without checking anything.
+//! step's image through the one build pipeline and runs a container per step. Ignored unless asked
+//! for (`--ignored`; scripts/test asks where it finds an engine), and then each needs one.
 //!
 //! Checked: the demo change as on the process backend; a seed-style custom Dockerfile (the output
 //! of `opschain-runner create-dockerfile` plus a `RUN` line through `opschain-exec` with the same
@@ -24,8 +24,13 @@ const DOCKER: &str = "/usr/bin/docker";
 /// A build secret value: lower case, so that the upper-cased copy a build writes differs from it.
 const SECRET: &str = "s3cr3t-default-set-4b1d9e";
 
-fn engine_runs() -> bool {
-    Command::new(DOCKER).args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success()).unwrap_or(false)
+/// Whether the engine answers `docker info`; why not, when it does not.
+fn engine_runs() -> Result<(), String> {
+    match Command::new(DOCKER).args(["info", "--format", "{{.ServerVersion}}"]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("`{DOCKER} info` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("cannot run {DOCKER}: {e}")),
+    }
 }
 
 /// A name unique to this run of this test.
@@ -224,11 +229,9 @@ fn cached_steps(shown: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn the_demo_change_runs_on_the_docker_backend_as_on_the_process_backend() {
-    if !engine_runs() {
-        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
-        return;
-    }
+    common::required("a Docker engine", engine_runs());
     let mut images = Images(Vec::new());
     let base = build_base_image(&mut images);
     let state = tempfile::tempdir().unwrap();
@@ -258,11 +261,9 @@ fn the_demo_change_runs_on_the_docker_backend_as_on_the_process_backend() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn a_seed_style_dockerfile_gets_git_the_build_args_env_properties_and_the_default_secret_set() {
-    if !engine_runs() {
-        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
-        return;
-    }
+    common::required("a Docker engine", engine_runs());
     let mut images = Images(Vec::new());
     let base = build_base_image(&mut images);
     let dir = tempfile::tempdir().unwrap();
@@ -331,11 +332,9 @@ fn a_seed_style_dockerfile_gets_git_the_build_args_env_properties_and_the_defaul
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn a_build_secrets_list_replaces_the_default_set_in_order() {
-    if !engine_runs() {
-        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
-        return;
-    }
+    common::required("a Docker engine", engine_runs());
     let mut images = Images(Vec::new());
     let base = build_base_image(&mut images);
     let dir = tempfile::tempdir().unwrap();
@@ -382,11 +381,9 @@ fn a_build_secrets_list_replaces_the_default_set_in_order() {
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn a_mintpress_repository_runs_end_to_end() {
-    if !engine_runs() {
-        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
-        return;
-    }
+    common::required("a Docker engine", engine_runs());
     let mut images = Images(Vec::new());
     let base = build_base_image(&mut images);
     let dir = tempfile::tempdir().unwrap();
@@ -428,4 +425,41 @@ fn a_mintpress_repository_runs_end_to_end() {
     let (status, shown) = change_run(&state, &base, &mut images, &args);
     assert_eq!(status, 0, "{shown}");
     assert_eq!(image_lines(&shown), (vec![], built), "{shown}");
+}
+
+#[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
+fn a_build_secret_a_run_line_prints_reaches_neither_the_terminal_nor_the_store() {
+    common::required("a Docker engine", engine_runs());
+    let mut images = Images(Vec::new());
+    let base = build_base_image(&mut images);
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    secret_set(&state, "opschain-build-env", json!({"BUILD_TOKEN": "docker-build-secret-4242"}));
+    // A repository whose Dockerfile prints the build secrets, raw and through opschain-exec, in a
+    // RUN line never cached before (the nonce).
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(repo.join(".opschain")).unwrap();
+    std::fs::write(repo.join(".opschain/actions.toml"), "[actions.noop]\nrun = \"true\"\n").unwrap();
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::fs::write(
+        repo.join(".opschain/Dockerfile"),
+        format!(
+            "ARG OPSCHAIN_BASE_RUNNER\nFROM ${{OPSCHAIN_BASE_RUNNER}}\nADD repo.tar /opt/opschain/\n\
+             RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json \
+             --mount=type=secret,id=opschain-build-secrets \
+             cat /run/secrets/opschain-build-secrets; echo; opschain-exec /bin/sh -c 'echo token=$BUILD_TOKEN'; echo nonce-{nonce}\n"
+        ),
+    )
+    .unwrap();
+    let (status, terminal) = change_run(&state, &base, &mut images, &["--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "noop"]);
+    assert_eq!(status, 0, "{terminal}");
+    let logs = opschain(&state).args(["change", "logs", "1"]).output().unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout).to_string();
+    for (what, shown) in [("terminal", &terminal), ("store", &logs)] {
+        assert!(shown.contains(&format!("nonce-{nonce}")), "the RUN line ran, its output in the {what}:\n{shown}");
+        assert!(shown.contains("token=****"), "the secret's line, masked, in the {what}:\n{shown}");
+        assert!(!shown.contains("docker-build-secret-4242"), "the build secret in the {what}:\n{shown}");
+    }
 }

@@ -114,11 +114,9 @@ impl Backend for DockerBackend {
         // Private to this user: the build secret bundle is written in it, the folder inside it is
         // bind-mounted world-writable (see below), and what it holds becomes the step's result.
         // Removed however the step ends.
-        let parent = dir.parent().unwrap_or(&dir);
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
         {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(&dir))?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io(&dir))?;
         }
         let _sandbox = RemoveOnDrop(dir.clone());
         let tag = match self.images.build_step_image(job, &dir, sink, cancel)? {

@@ -90,8 +90,23 @@ pub enum BackendError {
 
 /// Where a backend sends the agent's output lines.
 pub trait LogSink: Sync {
-    /// One line of the agent's `stdout` or `stderr` (`stream`).
+    /// One line of the agent's `stdout` or `stderr` (`stream`), without its line ending.
     fn line(&self, stream: &'static str, line: &str);
+
+    /// One piece of a line too long to keep whole (over 1 MiB): the line goes on in the next
+    /// `piece` or `line` of the same stream, or ends with the stream ([`LogSink::end`]). A sink
+    /// that masks secrets masks the pieces as one text. By default, a line of its own.
+    fn piece(&self, stream: &'static str, piece: &str) {
+        self.line(stream, piece);
+    }
+
+    /// The end of `stream`: a sink that held back the end of a piece sends it now. By default,
+    /// nothing.
+    fn end(&self, _stream: &'static str) {}
+
+    /// The lines given so far should be shown now: called after each batch of lines read at
+    /// once, so that a sink may buffer within a batch. Does nothing by default.
+    fn flush(&self) {}
 }
 
 /// One step to run.
@@ -199,15 +214,15 @@ impl Stream {
         loop {
             // A line may take up to `room` more bytes; its newline may come right after them.
             let room = LINE_LIMIT - self.partial.len();
-            match data.iter().take(room + 1).position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', &data[..data.len().min(room + 1)]) {
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
-                    self.emit(sink);
+                    self.emit(sink, true);
                     data = &data[at + 1..];
                 }
                 None if data.len() > room => {
                     self.partial.extend_from_slice(&data[..room]);
-                    self.emit(sink);
+                    self.emit(sink, false);
                     data = &data[room..];
                 }
                 None => break,
@@ -216,21 +231,34 @@ impl Stream {
         self.partial.extend_from_slice(data);
     }
 
-    /// Sends the line gathered in `partial` (without its line ending) and empties it.
-    fn emit(&mut self, sink: &dyn LogSink) {
-        let line = String::from_utf8_lossy(&self.partial);
-        sink.line(self.name, line.trim_end_matches(['\n', '\r']));
+    /// Sends what `partial` holds and empties it: a whole line (`whole`, without its line
+    /// ending), or a piece of one that goes on.
+    fn emit(&mut self, sink: &dyn LogSink, whole: bool) {
+        let text = String::from_utf8_lossy(&self.partial);
+        if whole {
+            sink.line(self.name, text.trim_end_matches(['\n', '\r']));
+        } else {
+            sink.piece(self.name, &text);
+        }
         self.partial.clear();
     }
 
-    /// Sends an unfinished last line, if any, and closes the pipe.
+    /// Sends an unfinished last line, if any, ends the stream and closes the pipe.
     fn close(&mut self, sink: &dyn LogSink) {
-        if !self.partial.is_empty() {
-            self.emit(sink);
+        if self.pipe.is_none() {
+            return;
         }
+        if !self.partial.is_empty() {
+            self.emit(sink, true);
+        }
+        sink.end(self.name);
         self.pipe = None;
     }
 }
+
+/// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
+/// that a flood of output costs few reads and each batch of lines is large.
+pub(crate) const READ_SIZE: usize = 256 * 1024;
 
 /// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
 /// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.
@@ -306,7 +334,7 @@ pub(crate) fn run_streamed(
 /// ending its session (the process backend's agent).
 pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &AtomicBool, grace: std::time::Duration) -> Result<std::process::ExitStatus, BackendError> {
     let program = spec.program.display().to_string();
-    let mut child = spawn::spawn(spec).map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let mut child = spawn::spawn(spec).map_err(|e| BackendError::Spawn { program: program.clone(), source: e.into() })?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true)
 }
@@ -342,7 +370,7 @@ pub(crate) fn stream_and_wait(
     let pid = child.id();
     let mut streams = [Stream::new(stdout, "stdout"), Stream::new(stderr, "stderr")];
     let pidfd = pidfd_open(pid);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_SIZE];
     let mut status: Option<std::process::ExitStatus> = None;
     let mut term_sent: Option<Instant> = None;
     // When the agent was seen to exit, and when the session was swept.
@@ -374,6 +402,7 @@ pub(crate) fn stream_and_wait(
                         stream.close(sink);
                     }
                     sink.line("stderr", "opschain: a process left behind by the step holds its output open: stopped reading it");
+                    sink.flush();
                     return Ok(s);
                 }
                 Some(swept) => timeout = LEFTOVER_WAIT - swept.elapsed(),
@@ -427,6 +456,7 @@ pub(crate) fn stream_and_wait(
                 stream.drain(sink, &mut buf);
             }
         }
+        sink.flush();
     }
 }
 
@@ -450,13 +480,9 @@ fn ended_unreaped(pid: u32) -> std::io::Result<Option<bool>> {
 /// this reaches the action and whatever it left behind, which would otherwise hold the log pipes
 /// open). Does nothing when no process is in that session.
 pub(crate) fn kill_session(sid: i32) {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // Fields after the command name: state, ppid, pgrp, session.
-        let session = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(3)).and_then(|s| s.parse::<i32>().ok());
-        if session == Some(sid) {
+    let Ok(pids) = crate::procfs::pids() else { return };
+    for pid in pids.flatten() {
+        if matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.session == sid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }

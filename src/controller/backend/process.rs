@@ -7,7 +7,9 @@
 //! directory is first on the action's PATH (for `opschain-runner property set` and co.), and
 //! `TMPDIR` is `SANDBOX/tmp`. The agent is started without forking the controller
 //! ([`super::spawn`]), leads its own session and dies with the thread that started it. The
-//! sandbox is removed when the step ends.
+//! sandbox is removed when the step ends. It is its owner's only: the sandbox and the directories
+//! above it are `0700` and the step context (the runner secrets) `0600`, from their creation
+//! (see [`crate::controller::private`]).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use super::spawn::Spawn;
 use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
-use crate::controller::repo;
+use crate::controller::{private, repo};
 
 /// How the process backend runs.
 #[derive(Debug, Clone)]
@@ -70,7 +72,13 @@ impl Backend for ProcessBackend {
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
         let bytes = serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises");
-        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        // It holds the runner secrets: 0600 from its creation, never a file the commit brought
+        // (which has the commit's mode) rewritten in place.
+        match std::fs::remove_file(&context_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&context_path)(e)),
+            _ => {}
+        }
+        private::write_private(&context_path, &bytes).map_err(io(&context_path))?;
         let files_root = sandbox.join("root");
         std::fs::create_dir_all(&files_root).map_err(io(&files_root))?;
         let tmp = sandbox.join("tmp");
