@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use super::backend::{Backend, LogSink, StepJob};
 use super::status::{ChangeStatus, StepStatus};
-use super::store::{ChangeRow, StepEnd, StepRow, Store, StoreError};
+use super::store::{ChangeRow, LogLines, StepEnd, StepRow, Store, StoreError};
 
 /// How the scheduler runs a change.
 #[derive(Debug, Clone)]
@@ -88,31 +88,36 @@ struct StepSink<'a> {
     prefix: String,
     /// The terminal, shared by the steps running at once.
     out: &'a Mutex<std::io::Stdout>,
-    /// The lines of the current batch, prefixed, for the terminal: written at once by
-    /// [`LogSink::flush`] (a write per line would cost a system call each).
-    pending: Mutex<Vec<u8>>,
+    /// The lines of the current batch: for the store, and prefixed for the terminal. Both are
+    /// handed on at once by [`LogSink::flush`] (a lock of the store and a write per line would
+    /// cost more than the line).
+    pending: Mutex<(LogLines, Vec<u8>)>,
 }
 
 impl LogSink for StepSink<'_> {
     fn line(&self, stream: &'static str, line: &str) {
-        self.store.append_log(self.step_id, stream, line);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.extend_from_slice(self.prefix.as_bytes());
-        pending.push(b' ');
-        pending.extend_from_slice(line.as_bytes());
-        pending.push(b'\n');
+        let (stored, shown) = &mut *pending;
+        stored.push(stream, line);
+        shown.extend_from_slice(self.prefix.as_bytes());
+        shown.push(b' ');
+        shown.extend_from_slice(line.as_bytes());
+        shown.push(b'\n');
     }
 
     fn flush(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.is_empty() {
+        let (stored, shown) = &mut *pending;
+        if stored.is_empty() {
             return;
         }
+        // The store first: a line shown has been handed to the store.
+        self.store.append_logs(self.step_id, stored);
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         // Blocks while the terminal (or whatever reads `change run`) is slow: the step's output
         // then waits in the agent, never dropped.
-        let _ = out.write_all(&pending).and_then(|()| out.flush());
-        pending.clear();
+        let _ = out.write_all(shown).and_then(|()| out.flush());
+        shown.clear();
     }
 }
 
@@ -289,7 +294,7 @@ impl<'a> Scheduler<'a> {
             context,
             build_secrets: self.secrets.clone(),
         };
-        let sink = StepSink { store: self.store, step_id: step.id, prefix: format!("[{} {}]", step.id, step.action), out: &self.out, pending: Mutex::new(Vec::new()) };
+        let sink = StepSink { store: self.store, step_id: step.id, prefix: format!("[{} {}]", step.id, step.action), out: &self.out, pending: Mutex::default() };
         let end = match self.backend.run(&job, &sink, &self.cancel) {
             Ok(output) => {
                 let cancelled = self.cancel.load(Ordering::SeqCst) && output.exit_status != 0;

@@ -314,6 +314,32 @@ pub struct StartingProperties {
     pub environment: Map<String, Value>,
 }
 
+/// Log lines gathered for [`Store::append_logs`], encoded as they are stored.
+#[derive(Debug, Default)]
+pub struct LogLines {
+    /// `<stream>\t<line>\n` each.
+    data: Vec<u8>,
+    /// How many lines `data` holds.
+    count: i64,
+}
+
+impl LogLines {
+    /// Adds one line (without its newline) from `stream`.
+    pub fn push(&mut self, stream: &str, line: &str) {
+        self.data.reserve(stream.len() + line.len() + 2);
+        self.data.extend_from_slice(stream.as_bytes());
+        self.data.push(b'\t');
+        self.data.extend_from_slice(line.as_bytes());
+        self.data.push(b'\n');
+        self.count += 1;
+    }
+
+    /// True when no line is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 /// One line of a step's log.
 #[derive(Debug, Clone)]
 pub struct LogLine {
@@ -1007,21 +1033,34 @@ impl Store {
     /// [`LOG_BACKLOG`] bytes of lines are already waiting for the writer. A line that cannot be
     /// stored is reported on stderr (nobody waits for it).
     pub fn append_log(&self, step_id: i64, stream: &str, line: &str) {
+        let mut encoded = LogLines::default();
+        encoded.push(stream, line);
+        self.append_logs(step_id, &mut encoded);
+    }
+
+    /// [`append_log`](Self::append_log) for many lines at once (one lock for all), gathered in
+    /// `lines`, which is left empty.
+    pub fn append_logs(&self, step_id: i64, lines: &mut LogLines) {
+        if lines.count == 0 {
+            return;
+        }
         let mut state = self.logs.lock();
         while state.bytes >= LOG_BACKLOG && self.writes.is_some() {
             state = self.logs.room.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        let size = stream.len() + line.len() + 2;
+        let size = lines.data.len();
         let first = !state.steps.contains_key(&step_id);
-        let (data, lines) = state.steps.entry(step_id).or_default();
-        data.reserve(size);
-        data.extend_from_slice(stream.as_bytes());
-        data.push(b'\t');
-        data.extend_from_slice(line.as_bytes());
-        data.push(b'\n');
-        *lines += 1;
+        let (data, count) = state.steps.entry(step_id).or_default();
+        if data.is_empty() {
+            std::mem::swap(data, &mut lines.data);
+        } else {
+            data.extend_from_slice(&lines.data);
+        }
+        *count += lines.count;
         state.bytes += size;
         drop(state);
+        lines.data.clear();
+        lines.count = 0;
         if first {
             self.queue_log_chunk(step_id);
         }

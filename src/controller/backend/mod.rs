@@ -174,6 +174,11 @@ impl Stream {
             // A line may take up to `room` more bytes; its newline may come right after them.
             let room = LINE_LIMIT - self.partial.len();
             match memchr::memchr(b'\n', &data[..data.len().min(room + 1)]) {
+                Some(at) if self.partial.is_empty() => {
+                    // The whole line is in this read: sent from where it lies.
+                    send(sink, self.name, &data[..at]);
+                    data = &data[at + 1..];
+                }
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
                     self.emit(sink);
@@ -192,8 +197,7 @@ impl Stream {
 
     /// Sends the line gathered in `partial` (without its line ending) and empties it.
     fn emit(&mut self, sink: &dyn LogSink) {
-        let line = String::from_utf8_lossy(&self.partial);
-        sink.line(self.name, line.trim_end_matches(['\n', '\r']));
+        send(sink, self.name, &self.partial);
         self.partial.clear();
     }
 
@@ -209,6 +213,13 @@ impl Stream {
 /// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
 /// that a flood of output costs few reads and each batch of lines is large.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
+
+/// Sends one line of stream `name` (without its newline; a `\r` before it is dropped too) to
+/// `sink`, bytes that are not UTF-8 replaced by U+FFFD.
+fn send(sink: &dyn LogSink, name: &'static str, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    sink.line(name, line.trim_end_matches(['\n', '\r']));
+}
 
 /// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
 /// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.
