@@ -721,6 +721,67 @@ mod tests {
         assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59.000000Z");
     }
 
+    #[test]
+    fn the_cached_stamp_formats_every_instant_as_rfc3339_does() {
+        let mut stamp = Stamp::default();
+        // Same instant, same second, next second, next day, back in time.
+        for (secs, micros) in [
+            (1_795_428_000, 123_456),
+            (1_795_428_000, 123_456),
+            (1_795_428_000, 7),
+            (1_795_428_001, 999_999),
+            (1_795_514_401, 0),
+            (951_868_799, 1),
+        ] {
+            let ts = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+            assert_eq!(
+                stamp.format(ts).as_slice(),
+                Rfc3339(ts).to_string().as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn append_copies_every_length_exactly() {
+        let src: Vec<u8> = (0..=255u8).cycle().take(600).collect();
+        for len in 0..600 {
+            let mut out = b"head".to_vec();
+            append(&mut out, &src[..len]);
+            assert_eq!(&out[..4], b"head");
+            assert_eq!(&out[4..], &src[..len], "length {len}");
+        }
+    }
+
+    #[test]
+    fn records_of_one_read_share_a_prefix_and_come_out_as_formatted_one_by_one() {
+        let queue = Arc::new(LogQueue::new(crate::supervise::LogBuffer::default()));
+        let format = RecordFormat::new(LineFormat::Text, "act");
+        let ts = UNIX_EPOCH + Duration::from_micros(1_795_428_000_123_456);
+        let mut sink = Sink::new(
+            Arc::clone(&queue),
+            RecordFormat::new(LineFormat::Text, "act"),
+        );
+        let mut expected = Vec::new();
+        for (i, (stream, cont, text)) in [
+            (Stream::Stdout, false, "a"),
+            (Stream::Stdout, false, "a line longer than sixteen bytes"),
+            (Stream::Stderr, true, ""),
+            (Stream::Stdout, false, "b"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = ts + Duration::from_micros(i as u64 / 2);
+            sink.line(stream, text.as_bytes(), cont, at);
+            format.write(&mut expected, at, stream, cont, text.as_bytes());
+        }
+        sink.commit();
+        assert_eq!(
+            String::from_utf8_lossy(&queue.take_queued()),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+
     fn split_all(max_line: usize, chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
         let mut split = LineSplitter::new(max_line);
         let mut records = Vec::new();
