@@ -139,6 +139,16 @@ pub struct StepArgs {
     /// Largest step context or properties file read, in bytes.
     #[arg(long, env = "OPSCHAIN_MAX_INPUT_BYTES", default_value_t = 64 << 20, value_name = "BYTES")]
     pub max_input_bytes: u64,
+    /// Read the step context from FILE ('-': standard input) and write it to
+    /// <repo>/<folder>/step_context.json first: for engines that share no disk with the
+    /// controller (a mounted Kubernetes Secret, `docker run -i`). Default: the file is there.
+    #[arg(long, env = "OPSCHAIN_CONTEXT_FROM", value_name = "FILE")]
+    pub context_from: Option<PathBuf>,
+    /// After the step, print step_result.json on stdout as a frame marked NONCE (base64 lines
+    /// between a begin and an end line with its length and checksum) for a controller that reads
+    /// it from the container's log. Default: no frame (the controller reads the file).
+    #[arg(long, env = "OPSCHAIN_RESULT_FRAME", value_name = "NONCE")]
+    pub result_frame: Option<String>,
 }
 
 /// `validate` options.

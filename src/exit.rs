@@ -8,6 +8,7 @@ use crate::exec::ExecError;
 use crate::json::JsonError;
 use crate::properties::PropertiesError;
 use crate::step::StepError;
+use crate::transport::TransportError;
 
 /// Exit statuses of the agent's own failures, as sysexits.h names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,5 +125,17 @@ pub fn of_build(e: &BuildError) -> Sysexit {
         BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
         BuildError::Spawn { .. } | BuildError::Tool { .. } => Sysexit::Software,
         BuildError::Docker(_) => Sysexit::Software,
+    }
+}
+
+/// The sysexit of a transport error: a missing context file 66, one too large 65, a bad nonce 64,
+/// a context that cannot be written 73, other I/O 74.
+pub fn of_transport(e: &TransportError) -> Sysexit {
+    match e {
+        TransportError::ReadContext { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
+        TransportError::ReadContext { .. } | TransportError::ReadResult { .. } | TransportError::WriteFrame(_) => Sysexit::IoErr,
+        TransportError::ContextTooLarge { .. } => Sysexit::DataErr,
+        TransportError::WriteContext(_) => Sysexit::CantCreat,
+        TransportError::Nonce(_) => Sysexit::Usage,
     }
 }

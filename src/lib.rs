@@ -34,6 +34,7 @@ pub mod helper;
 pub mod plan;
 pub mod exec;
 pub mod build;
+pub mod transport;
 #[cfg(feature = "controller")]
 pub mod controller;
 pub mod allocator;

@@ -90,6 +90,12 @@ struct RunSettings {
     /// The base runner image of the Docker backend's default Dockerfile (must exist locally).
     #[arg(long, env = "OPSCHAIN_DOCKER_BASE_IMAGE", default_value = "opschain-runner:latest", value_name = "IMAGE")]
     docker_base_image: String,
+    /// How the Docker backend passes the step context in and gets step_result.json back:
+    /// `bind-mount` (the repository folder mounted from this host) or `stream` (the context on the
+    /// container's stdin, the result framed in its output: nothing shared with the host; see
+    /// docs/transport.md). The Kubernetes backend always streams.
+    #[arg(long, env = "OPSCHAIN_TRANSPORT", default_value = "bind-mount", value_parser = ["bind-mount", "stream"], value_name = "NAME")]
+    transport: String,
 }
 
 #[derive(Debug, Args)]
@@ -261,7 +267,7 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         grace: Duration::from_secs(s.grace_secs),
         keep_sandboxes: s.keep_sandboxes,
         queue_poll: Duration::from_millis(500),
-        docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs) },
+        docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs), transport: s.transport.parse().map_err(anyhow::Error::msg)? },
     })
 }
 

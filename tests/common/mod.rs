@@ -53,7 +53,13 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (char, u64, u32)> {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let meta = std::fs::symlink_metadata(&path).unwrap();
-            let kind = if meta.file_type().is_symlink() { 'l' } else if meta.is_dir() { 'd' } else { 'f' };
+            let kind = if meta.file_type().is_symlink() {
+                'l'
+            } else if meta.is_dir() {
+                'd'
+            } else {
+                'f'
+            };
             if kind == 'd' {
                 stack.push(path.clone());
             }
@@ -65,14 +71,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (char, u64, u32)> {
 
 /// Runs the agent's `step` on `repo` with `args`, the agent's directory first on PATH.
 pub fn run_step(repo: &Path, args: &[&str]) -> Output {
-    runner()
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
-        .env_remove("OPSCHAIN_REPO_FOLDER")
-        .output()
-        .unwrap()
+    runner().arg("--repo").arg(repo).args(args).env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display())).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap()
 }
 
 /// The stderr lines of an output.
@@ -97,4 +96,3 @@ pub fn static_agent() -> &'static Result<PathBuf, String> {
         Ok(target.join("x86_64-unknown-linux-musl/release/opschain-runner"))
     })
 }
-

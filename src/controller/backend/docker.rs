@@ -37,6 +37,8 @@ pub struct DockerConfig {
     pub base_image: String,
     /// TERM-to-KILL grace when a step is cancelled (default 10 s).
     pub grace: std::time::Duration,
+    /// How the step context goes in and the result comes out (default: a bind mount).
+    pub transport: super::stream::Transport,
 }
 
 /// The Docker backend.
@@ -152,6 +154,10 @@ impl Backend for DockerBackend {
             }
         }
 
+        let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
+        if self.config.transport == super::stream::Transport::Stream {
+            return super::stream::docker_step(&self.config.docker, &tag, &name, &job.context, sink, cancel, self.config.grace);
+        }
         // The repository folder goes into the container as a bind mount, with the step context in
         // it: the agent reads its inputs and writes its runtime files and step_result.json
         // straight to this side, so one `docker run --rm` is the whole run (no `create`, `cp` or
@@ -168,7 +174,6 @@ impl Backend for DockerBackend {
         }
         let step_context = folder.join("step_context.json");
         std::fs::write(&step_context, serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises")).map_err(io(&step_context))?;
-        let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
         let mount = format!("type=bind,source={},target=/opt/opschain/.opschain", folder.display());
         let mut run = Command::new(&self.config.docker);
         run.args(["run", "--rm", "--name", &name, "--mount", &mount, &tag, "step"]);

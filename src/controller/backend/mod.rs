@@ -5,10 +5,13 @@
 //! * [`process`] (the default): a fresh copy of the change's checkout in a temporary sandbox, the
 //!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
 //! * [`docker`]: an image built per step from the checkout, a container per step.
+//!
+//! [`stream`] is the transport for engines that share no disk with the controller.
 
 pub mod docker;
 pub mod process;
 pub mod spawn;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
