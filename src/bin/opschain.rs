@@ -96,6 +96,10 @@ struct RunSettings {
     /// docs/transport.md). The Kubernetes backend always streams.
     #[arg(long, env = "OPSCHAIN_TRANSPORT", default_value = "bind-mount", value_parser = ["bind-mount", "stream"], value_name = "NAME")]
     transport: String,
+    /// A registry (HOST:PORT) to push each step image built to; steps run the registry's copy
+    /// and an image the registry has is pulled, not rebuilt. Default: none (local images only).
+    #[arg(long, env = "OPSCHAIN_REGISTRY", value_name = "HOST:PORT")]
+    registry: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -267,7 +271,9 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         grace: Duration::from_secs(s.grace_secs),
         keep_sandboxes: s.keep_sandboxes,
         queue_poll: Duration::from_millis(500),
-        docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs), transport: s.transport.parse().map_err(anyhow::Error::msg)? },
+        docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs), transport: s.transport.parse().map_err(anyhow::Error::msg)?,
+            registry: s.registry.as_deref().map(str::parse).transpose()?,
+        },
     })
 }
 

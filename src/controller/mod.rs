@@ -12,10 +12,12 @@
 //! * [`patch`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
+//! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
 
 pub mod backend;
 pub mod change;
 pub mod patch;
+pub mod registry;
 pub mod repo;
 pub mod scheduler;
 pub mod status;

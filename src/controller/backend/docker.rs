@@ -39,6 +39,8 @@ pub struct DockerConfig {
     pub grace: std::time::Duration,
     /// How the step context goes in and the result comes out (default: a bind mount).
     pub transport: super::stream::Transport,
+    /// The registry step images go through (default: none, the engine's local images).
+    pub registry: Option<crate::controller::registry::Registry>,
 }
 
 /// The Docker backend.
@@ -122,7 +124,15 @@ impl Backend for DockerBackend {
         };
         let base_id = self.docker("inspect the base image", &["image", "inspect", "--format", "{{.Id}}", &self.config.base_image])?;
         let tag = step_image_tag(&job.commit, &base_id);
-        if self.docker("inspect", &["image", "inspect", "--format", "{{.Id}}", &tag]).is_ok() {
+        let registry_error = |source| BackendError::Registry { step: job.step_id, source };
+        let remote = self.config.registry.as_ref().map(|r| r.reference(&tag));
+        let pulled = match &remote {
+            Some(remote) => crate::controller::registry::fetch(&self.config.docker, remote, sink).map_err(registry_error)?,
+            None => false,
+        };
+        if pulled {
+            sink.line("stderr", &format!("image {} is in the registry: not rebuilding", remote.as_deref().unwrap_or_default()));
+        } else if self.docker("inspect", &["image", "inspect", "--format", "{{.Id}}", &tag]).is_ok() {
             sink.line("stderr", &format!("image {tag} is already built from this commit and base image: not rebuilding"));
         } else {
             let context_dir = dir.join("context");
@@ -154,6 +164,11 @@ impl Backend for DockerBackend {
             }
         }
 
+        let tag = match (&self.config.registry, pulled) {
+            (Some(registry), false) => crate::controller::registry::publish(&self.config.docker, &tag, registry, sink).map_err(registry_error)?,
+            (_, true) => remote.unwrap_or(tag),
+            (None, false) => tag,
+        };
         let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
         if self.config.transport == super::stream::Transport::Stream {
             return super::stream::docker_step(&self.config.docker, &tag, &name, &job.context, sink, cancel, self.config.grace);

@@ -60,6 +60,15 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// A step image cannot be pulled from or pushed to the registry.
+    #[error("cannot get the step image of step {step} through the registry")]
+    Registry {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::controller::registry::RegistryError,
+    },
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
     Docker {
