@@ -45,9 +45,20 @@ pub enum ChangeError {
         pid: i64,
     },
     /// The backend name is not known.
-    #[error("unknown backend {0:?} (known: process, docker)")]
+    #[error("unknown backend {0:?} (known: {KNOWN_BACKENDS})")]
     Backend(String),
+    /// The Kubernetes backend cannot be set up.
+    #[cfg(feature = "kubernetes")]
+    #[error("cannot set up the Kubernetes backend")]
+    Kubernetes(#[source] super::backend::kubernetes::KubernetesError),
 }
+
+/// The backends this build has.
+#[cfg(not(feature = "kubernetes"))]
+pub const KNOWN_BACKENDS: &str = "process, docker";
+/// The backends this build has.
+#[cfg(feature = "kubernetes")]
+pub const KNOWN_BACKENDS: &str = "process, docker, kubernetes";
 
 /// What `change run` needs to create a change.
 #[derive(Debug, Clone)]
@@ -85,11 +96,14 @@ pub struct ControllerConfig {
     pub queue_poll: Duration,
     /// The Docker backend's settings.
     pub docker: DockerConfig,
+    /// The Kubernetes backend's settings.
+    #[cfg(feature = "kubernetes")]
+    pub kubernetes: super::backend::kubernetes::KubernetesConfig,
 }
 
 /// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
 pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
-    if !matches!(new.backend.as_str(), "process" | "docker") {
+    if !KNOWN_BACKENDS.split(", ").any(|known| known == new.backend) {
         return Err(ChangeError::Backend(new.backend.clone()));
     }
     if let Some(set) = &new.secret_set {
@@ -112,6 +126,13 @@ fn backend(config: &ControllerConfig, name: &str) -> Result<Box<dyn Backend>, Ch
             keep_sandboxes: config.keep_sandboxes,
         }))),
         "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.state_dir.join("sandboxes"), config.agent.clone()))),
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => {
+            use super::backend::kubernetes::KubernetesBackend;
+            let images = DockerBackend::new(config.docker.clone(), config.state_dir.join("sandboxes"), config.agent.clone());
+            let backend = KubernetesBackend::new(config.kubernetes.clone(), images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
+            Ok(Box::new(backend))
+        }
         other => Err(ChangeError::Backend(other.to_string())),
     }
 }

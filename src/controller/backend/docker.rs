@@ -80,45 +80,12 @@ impl DockerBackend {
         let status = run_streamed(command, program, sink, cancel, self.config.grace)?;
         Ok(status_code(status))
     }
-}
 
-/// The step image's tag: one image per commit, base image and controller version. The build's
-/// inputs are the commit's tree (its Dockerfile included), the default Dockerfile (fixed per
-/// version), the base image and the build args (`GIT_SHA`, the base image's name): an image with
-/// this tag is what building again would give, so it is reused without calling `docker build`
-/// (whose client and BuildKit session cost ~0.4 s even when every layer is cached). Build secrets
-/// are not in the tag, as BuildKit keeps them out of its own cache keys: a warm BuildKit cache
-/// reuses `RUN --mount=type=secret` layers across secret changes in just the same way.
-pub fn step_image_tag(commit: &str, base_id: &str) -> String {
-    let base = base_id.trim_start_matches("sha256:");
-    format!("opschain-step:{commit}-{}-{}", &base[..base.len().min(12)], env!("CARGO_PKG_VERSION"))
-}
-
-/// Removes a step's sandbox directory when the step ends, on every path out of it.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
-    move |source| BackendError::Sandbox { path: path.to_path_buf(), source }
-}
-
-impl Backend for DockerBackend {
-    fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
-        let dir = super::sandbox_dir(&self.sandbox_root, job.change_id, job.step_id);
-        // Private to this user: the folder inside it is bind-mounted world-writable (see below),
-        // and what it holds becomes the step's result. Removed however the step ends.
-        let parent = dir.parent().unwrap_or(&dir);
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(&dir))?;
-        }
-        let _sandbox = RemoveOnDrop(dir.clone());
+    /// The step image of `job`, built in `dir` (a private directory of the step) unless an
+    /// image of the same inputs exists (locally, or in the registry: then pulled), and pushed
+    /// to the registry when one is set. Returns the reference to run, or the step's output when
+    /// the build failed.
+    fn step_image(&self, job: &StepJob, dir: &Path, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<Result<String, StepOutput>, BackendError> {
         let checkout = |path: Option<&str>, dest: &Path| {
             repo::export(&job.repo, &job.commit, path, dest).map_err(|source| BackendError::Checkout { step: job.step_id, source })
         };
@@ -160,14 +127,75 @@ impl Backend for DockerBackend {
             let built = self.streamed(build, sink, cancel)?;
             let _ = std::fs::remove_dir_all(&context_dir);
             if built != 0 {
-                return Ok(StepOutput { exit_status: built, result: None, result_error: Some(format!("docker build failed with status {built}")) });
+                return Ok(Err(StepOutput { exit_status: built, result: None, result_error: Some(format!("docker build failed with status {built}")) }));
             }
         }
 
-        let tag = match (&self.config.registry, pulled) {
+        Ok(Ok(match (&self.config.registry, pulled) {
             (Some(registry), false) => crate::controller::registry::publish(&self.config.docker, &tag, registry, sink).map_err(registry_error)?,
             (_, true) => remote.unwrap_or(tag),
             (None, false) => tag,
+        }))
+    }
+
+    /// The step image of `job` as [`DockerBackend::step_image`] gives it, built in a sandbox
+    /// directory of its own (removed after): for a backend that runs the image elsewhere (the
+    /// Kubernetes backend, through the registry).
+    pub fn image_for(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<Result<String, StepOutput>, BackendError> {
+        let dir = self.private_dir(job)?;
+        let _sandbox = RemoveOnDrop(dir.clone());
+        self.step_image(job, &dir, sink, cancel)
+    }
+
+    /// A new private sandbox directory (mode 0700) for one run of `job`.
+    fn private_dir(&self, job: &StepJob) -> Result<PathBuf, BackendError> {
+        let dir = super::sandbox_dir(&self.sandbox_root, job.change_id, job.step_id);
+        let parent = dir.parent().unwrap_or(&dir);
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+}
+
+
+/// The step image's tag: one image per commit, base image and controller version. The build's
+/// inputs are the commit's tree (its Dockerfile included), the default Dockerfile (fixed per
+/// version), the base image and the build args (`GIT_SHA`, the base image's name): an image with
+/// this tag is what building again would give, so it is reused without calling `docker build`
+/// (whose client and BuildKit session cost ~0.4 s even when every layer is cached). Build secrets
+/// are not in the tag, as BuildKit keeps them out of its own cache keys: a warm BuildKit cache
+/// reuses `RUN --mount=type=secret` layers across secret changes in just the same way.
+pub fn step_image_tag(commit: &str, base_id: &str) -> String {
+    let base = base_id.trim_start_matches("sha256:");
+    format!("opschain-step:{commit}-{}-{}", &base[..base.len().min(12)], env!("CARGO_PKG_VERSION"))
+}
+
+/// Removes a step's sandbox directory when the step ends, on every path out of it.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+    move |source| BackendError::Sandbox { path: path.to_path_buf(), source }
+}
+
+impl Backend for DockerBackend {
+    fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
+        // Private to this user: the folder inside it is bind-mounted world-writable (see below),
+        // and what it holds becomes the step's result. Removed however the step ends.
+        let dir = self.private_dir(job)?;
+        let _sandbox = RemoveOnDrop(dir.clone());
+        let tag = match self.step_image(job, &dir, sink, cancel)? {
+            Ok(tag) => tag,
+            Err(failed) => return Ok(failed),
+        };
+        let checkout = |path: Option<&str>, dest: &Path| {
+            repo::export(&job.repo, &job.commit, path, dest).map_err(|source| BackendError::Checkout { step: job.step_id, source })
         };
         let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
         if self.config.transport == super::stream::Transport::Stream {

@@ -6,9 +6,14 @@
 //!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
 //! * [`docker`]: an image built per step from the checkout, a container per step.
 //!
+//! * `kubernetes` (cargo feature `kubernetes`): a Job per step in a cluster, the image through
+//!   the registry.
+//!
 //! [`stream`] is the transport for engines that share no disk with the controller.
 
 pub mod docker;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 pub mod spawn;
 pub mod stream;
@@ -68,6 +73,16 @@ pub enum BackendError {
         /// The cause.
         #[source]
         source: crate::controller::registry::RegistryError,
+    },
+    /// The Kubernetes backend could not run the step.
+    #[cfg(feature = "kubernetes")]
+    #[error("cannot run step {step} on Kubernetes")]
+    Kubernetes {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: kubernetes::KubernetesError,
     },
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
