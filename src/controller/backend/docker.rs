@@ -138,8 +138,8 @@ impl DockerBackend {
         }))
     }
 
-    /// The step image of `job` as [`DockerBackend::step_image`] gives it, built in a sandbox
-    /// directory of its own (removed after): for a backend that runs the image elsewhere (the
+    /// The step image of `job` (built unless an image of the same inputs exists; pushed to the
+    /// registry when one is set), built in a sandbox directory of its own (removed after): for a backend that runs the image elsewhere (the
     /// Kubernetes backend, through the registry).
     pub fn image_for(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<Result<String, StepOutput>, BackendError> {
         let dir = self.private_dir(job)?;

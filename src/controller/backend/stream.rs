@@ -108,8 +108,8 @@ pub struct Streamed {
 
 /// Runs `program args` (a `docker run -i ... IMAGE step --context-from - --result-frame NONCE`
 /// made by the caller around [`nonce`]), writes `context` to its standard input and closes it,
-/// streams its output through a [`FrameSink`] into `sink`, and waits for it (cancellable as
-/// [`super::run_streamed`]).
+/// streams its output through a [`FrameSink`] into `sink`, and waits for it (cancellable
+/// as the Docker backend's other commands: SIGTERM, SIGKILL after `grace`).
 #[allow(clippy::too_many_arguments)]
 pub fn run_with_stdin(
     program: &Path,
