@@ -1,81 +1,161 @@
 //! Step images: the default step Dockerfile, the build context of a step image, and the Docker
-//! client that builds it.
+//! client that builds it. One pipeline for every builder: `opschain-runner build-context` and the
+//! controller's image backends call the same [`plan`] and [`write_planned`] (or [`write_context`],
+//! both at once).
 //!
-//! A step image is built `FROM ${OPSCHAIN_BASE_RUNNER}` out of a build context directory that
-//! [`write_context`] writes:
+//! A step image is built `FROM ${OPSCHAIN_BASE_RUNNER}` out of a build context directory holding:
 //!
 //! * `repo.tar` — the whole project repo at the change's commit, `.git` included;
-//! * `step_context_env.json` — the env-relevant properties (`opschain.env`,
-//!   `opschain.config.build_secrets`) of the project and environment, and the context values, for
-//!   `opschain-exec`. It reaches `RUN` lines as a BuildKit secret, never as a layer;
-//! * `Dockerfile` — the repo's `<folder>/Dockerfile` at that commit, else [`DEFAULT_DOCKERFILE`];
+//! * the env context — the env-var properties of the project and environment and the project and
+//!   environment context values, for `opschain-exec`: `step_context_env.json` for the `.opschain`
+//!   folder, `step_context.json.zip` (a zip holding `step_context.json`) for MintPress's
+//!   `.mintpress` ([`EnvContextForm`]). It reaches `RUN` lines as a BuildKit secret, never a layer;
+//! * `Dockerfile` — the repo's `<folder>/Dockerfile` at that commit, else [`default_dockerfile`];
 //!
-//! with the build args `GIT_REV`, `GIT_SHA`, `OPSCHAIN_BASE_RUNNER` and `OPSCHAIN_VERSION`, and the
-//! secrets to pass (`--secret id=...,src=...`): the context and each build secret set that applies
-//! ([`crate::exec::build_secret_sets`]) and exists in the host's secrets directory.
+//! with the build args `GIT_REV`, `GIT_SHA`, `OPSCHAIN_BASE_RUNNER`, `OPSCHAIN_VERSION` (and this
+//! runner's `OPSCHAIN_CONTEXT_DIGEST`), and two secrets: the env context, and the build secret
+//! bundle [`BUILD_SECRETS_ID`] — every build secret set that applies
+//! ([`crate::exec::build_secret_sets`]), merged in order into one JSON object, so that one mount
+//! gives `opschain-exec` all of them whatever the project lists.
+//!
+//! Everything but the default Dockerfile and the names is host-only (git, tar, the docker CLI) and
+//! compiled with the `controller` feature alone: the static agent has none of it.
 //!
 //! `RUN --mount=type=secret` needs BuildKit. [`Docker::detect`] is the one place that picks a docker
-//! client able to drive it; it shells out to the docker CLI with `std::process` only, and nothing in
-//! the in-container agent's step or `opschain-exec` paths calls it.
+//! client able to drive it; it shells out to the docker CLI with `std::process` only.
 
+#[cfg(feature = "controller")]
 use std::ffi::OsString;
+#[cfg(feature = "controller")]
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
+#[cfg(feature = "controller")]
+use std::process::{Command, ExitStatus, Output, Stdio};
 
+#[cfg(feature = "controller")]
 use serde_json::{Map, Value};
 
-use crate::context::StepContext;
+#[cfg(feature = "controller")]
+use crate::context::{Level, StepContext};
+#[cfg(feature = "controller")]
 use crate::exec;
-use crate::json::{self, JsonError, PointerError};
+#[cfg(feature = "controller")]
+use crate::json::{JsonError, PointerError, StrictObject};
 use crate::layout::DEFAULT_REPO_FOLDER;
 
-/// The default step Dockerfile, as `opschain-runner create-dockerfile` prints it. No `# syntax=`
-/// line: the engine's built-in Dockerfile frontend handles `RUN --mount=type=secret`, and pulling a
-/// frontend image would need a registry.
-///
-/// The `RUN` line mounts the build context file where `opschain-exec` finds it and the default
-/// build secret set under `/run/secrets`, both readable by the runner user (uid 10001) and by root,
-/// then runs the repo's optional setup hook, `.opschain/setup`, through `opschain-exec`.
-pub const DEFAULT_DOCKERFILE: &str = r#"# The default OpsChain step runner Dockerfile (opschain-runner create-dockerfile).
-# Copy it to .opschain/Dockerfile in your repository to customise the step image.
-# Build context: repo.tar (the repository with .git), step_context_env.json (mounted as a secret).
-# Build args: OPSCHAIN_BASE_RUNNER, OPSCHAIN_VERSION, GIT_REV, GIT_SHA.
-ARG OPSCHAIN_BASE_RUNNER
-FROM ${OPSCHAIN_BASE_RUNNER}
+/// MintPress's OpsChain folder: its image builds get the env context as `step_context.json.zip`.
+pub const MINTPRESS_FOLDER: &str = ".mintpress";
 
+/// The name of the repo archive in a build context.
+pub const REPO_TAR: &str = "repo.tar";
+
+/// The name of the env context file in a build context of the `.opschain` folder (and inside the
+/// repo when mounted).
+pub const CONTEXT_FILE: &str = "step_context_env.json";
+
+/// The BuildKit secret id of [`CONTEXT_FILE`].
+pub const CONTEXT_SECRET_ID: &str = "step_context_env";
+
+/// The name of the env context file in a build context of the `.mintpress` folder: a zip holding
+/// [`crate::exec::ZIP_ENTRY`].
+pub const CONTEXT_ZIP_FILE: &str = "step_context.json.zip";
+
+/// The BuildKit secret id of [`CONTEXT_ZIP_FILE`].
+pub const CONTEXT_ZIP_SECRET_ID: &str = "step_context_zip";
+
+/// The BuildKit secret id of the build secret bundle: the build secret sets that apply, merged in
+/// order (later wins) into one JSON object `{"NAME": "value"}`. `RUN
+/// --mount=type=secret,id=opschain-build-secrets` puts it at `/run/secrets/opschain-build-secrets`,
+/// where `opschain-exec` reads it ([`crate::exec::env_for`]).
+pub const BUILD_SECRETS_ID: &str = crate::exec::BUILD_SECRETS_BUNDLE;
+
+/// The owner (uid and gid) of every file in `repo.tar`: the runner user of the runner image, so
+/// that the agent can write `step_result.json` under `/opt/opschain` once `ADD` unpacked it.
+pub const REPO_OWNER: u32 = 10001;
+
+/// How the env context reaches a build: its file name in the build context and in the repo
+/// folder, and its BuildKit secret id. Chosen by the folder, as each seed says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvContextForm {
+    /// OpsChain (`.opschain`, and any folder but `.mintpress`): `step_context_env.json`.
+    Json,
+    /// MintPress (`.mintpress`): `step_context.json.zip`, a zip holding `step_context.json`.
+    Zip,
+}
+
+impl EnvContextForm {
+    /// The form the seed of `folder` describes: [`EnvContextForm::Zip`] for `.mintpress`, else
+    /// [`EnvContextForm::Json`].
+    pub fn of_folder(folder: &str) -> EnvContextForm {
+        if folder == MINTPRESS_FOLDER {
+            EnvContextForm::Zip
+        } else {
+            EnvContextForm::Json
+        }
+    }
+
+    /// The file name (in the build context, and where the `RUN` line mounts it in the folder).
+    pub fn file(self) -> &'static str {
+        match self {
+            EnvContextForm::Json => CONTEXT_FILE,
+            EnvContextForm::Zip => CONTEXT_ZIP_FILE,
+        }
+    }
+
+    /// The BuildKit secret id.
+    pub fn secret_id(self) -> &'static str {
+        match self {
+            EnvContextForm::Json => CONTEXT_SECRET_ID,
+            EnvContextForm::Zip => CONTEXT_ZIP_SECRET_ID,
+        }
+    }
+}
+
+/// The default step Dockerfile of the OpsChain folder `folder`, as `opschain-runner [--folder F]
+/// create-dockerfile` prints it. No `# syntax=` line: the engine's built-in Dockerfile frontend
+/// handles `RUN --mount=type=secret`, and pulling a frontend image would need a registry.
+///
+/// Its `RUN` line mounts the env context where `opschain-exec` finds it and the build secret
+/// bundle at `/run/secrets/opschain-build-secrets`, both readable by the runner user (uid 10001)
+/// and by root, then runs the repo's optional setup hook, `<folder>/setup`, through
+/// `opschain-exec`. A folder other than `.opschain` is also set as `OPSCHAIN_REPO_FOLDER`, so that
+/// `opschain-exec` and the agent look there.
+pub fn default_dockerfile(folder: &str) -> String {
+    let form = EnvContextForm::of_folder(folder);
+    let (file, id) = (form.file(), form.secret_id());
+    let folder_env = if folder == DEFAULT_REPO_FOLDER { String::new() } else { format!("ENV OPSCHAIN_REPO_FOLDER={folder}\n") };
+    format!(
+        r#"# The default OpsChain step runner Dockerfile (opschain-runner create-dockerfile).
+# Copy it to {folder}/Dockerfile in your repository to customise the step image.
+# Build context: repo.tar (the repository at the commit, .git included) and {file}
+# (the env properties and context values; mounted as a secret below, never copied into a layer).
+# Build args: OPSCHAIN_BASE_RUNNER, OPSCHAIN_VERSION, GIT_REV, GIT_SHA, OPSCHAIN_CONTEXT_DIGEST.
+ARG OPSCHAIN_BASE_RUNNER
+FROM ${{OPSCHAIN_BASE_RUNNER}}
+{folder_env}
 ARG OPSCHAIN_VERSION
 ADD repo.tar /opt/opschain/
 WORKDIR /opt/opschain
 
 ARG GIT_REV
 ARG GIT_SHA
-# The digest of step_context_env.json: a change of the env properties reruns the RUN line below
-# (a secret mount alone is not part of the build cache key).
+# The digest of {file}: declared before the RUN lines that read it, so that a change of the env
+# properties reruns them (a secret mount is not part of the build cache key). Keep it.
 ARG OPSCHAIN_CONTEXT_DIGEST
 
-# Commands run through opschain-exec see the project's and environment's opschain.env variables and
-# the build secrets; neither is stored in the image. Add a --mount line for each build secret set
-# your project or environment lists in opschain.config.build_secrets.
-RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json,uid=10001,gid=10001 \
-    --mount=type=secret,id=opschain-build-env,uid=10001,gid=10001 \
-    opschain-exec /bin/sh -c 'if [ -x .opschain/setup ]; then exec .opschain/setup; fi'
-"#;
-
-/// The name of the repo archive in a build context.
-pub const REPO_TAR: &str = "repo.tar";
-
-/// The name of the context file in a build context (and inside the repo when mounted).
-pub const CONTEXT_FILE: &str = "step_context_env.json";
-
-/// The BuildKit secret id of the context file.
-pub const CONTEXT_SECRET_ID: &str = "step_context_env";
-
-/// The owner (uid and gid) of every file in `repo.tar`: the runner user of the runner image, so
-/// that the agent can write `step_result.json` under `/opt/opschain` once `ADD` unpacked it.
-pub const REPO_OWNER: u32 = 10001;
+# Commands run through opschain-exec see the project's and environment's env properties and the
+# build secrets: every set that applies (opschain.config.build_secrets of the project, then of the
+# environment; else opschain-build-env), merged into the one opschain-build-secrets mount. Neither
+# is stored in the image. Give each RUN line that uses opschain-exec these two --mount options.
+RUN --mount=type=secret,id={id},target=/opt/opschain/{folder}/{file},uid=10001,gid=10001 \
+    --mount=type=secret,id={BUILD_SECRETS_ID},uid=10001,gid=10001 \
+    opschain-exec /bin/sh -c 'if [ -x {folder}/setup ]; then exec {folder}/setup; fi'
+"#
+    )
+}
 
 /// Why a build context could not be written or an image built. [`crate::exit::of_build`] maps each
 /// to an exit status.
+#[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The step context given for the build is unreadable or invalid.
@@ -88,13 +168,38 @@ pub enum BuildError {
         #[source]
         source: PointerError,
     },
-    /// A build secret set on this host is unreadable or invalid (names the file and the pointer,
-    /// never a value).
+    /// A build secret set file on this host is unreadable or invalid (names the file and the
+    /// pointer, never a value).
     #[error("build secret set {source}")]
     SecretSet {
         /// What is wrong with it.
         #[source]
         source: exec::ExecError,
+    },
+    /// A build secret set given by the caller (the controller's store) has an invalid name or value
+    /// (names the set and the pointer, never a value).
+    #[error("build secret set {set}: {source}")]
+    SecretValues {
+        /// The set.
+        set: String,
+        /// Where and what.
+        #[source]
+        source: PointerError,
+    },
+    /// A build secret set that applies does not exist (in the controller's store).
+    #[error("build secret set {name:?} does not exist: create it with `opschain secrets set {name} --file FILE.json`")]
+    NoSecretSet {
+        /// The set.
+        name: String,
+    },
+    /// A build secret set could not be read from the controller's store.
+    #[error("cannot read build secret set {name:?}")]
+    SecretStore {
+        /// The set.
+        name: String,
+        /// What the store said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The revision does not name a commit of the repo.
     #[error("{}: cannot resolve revision {rev:?}: {source}", repo.display())]
@@ -116,12 +221,14 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
-    /// The repo's `<folder>/Dockerfile` cannot be used: unreadable, not a regular file, or reached
-    /// through a symlink out of the repository.
-    #[error("{}: cannot use as the step Dockerfile: {source}", path.display())]
+    /// The repo's `<folder>/Dockerfile` at the commit cannot be used: not a regular file (a
+    /// symlink, a submodule) or unreadable.
+    #[error("{path} at {commit}: cannot use as the step Dockerfile: {source}")]
     Dockerfile {
-        /// The Dockerfile in the checkout.
-        path: PathBuf,
+        /// The Dockerfile's path in the repo.
+        path: String,
+        /// The commit.
+        commit: String,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -159,6 +266,7 @@ pub enum BuildError {
 }
 
 /// A command that ran and failed: its status and the end of its stderr.
+#[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 #[error("{status}: {stderr}")]
 pub struct ToolFailure {
@@ -168,6 +276,7 @@ pub struct ToolFailure {
     pub stderr: String,
 }
 
+#[cfg(feature = "controller")]
 impl ToolFailure {
     fn of(output: &Output) -> ToolFailure {
         let text = String::from_utf8_lossy(&output.stderr);
@@ -178,8 +287,55 @@ impl ToolFailure {
     }
 }
 
-/// What to build a context of.
+/// One build secret set: its name and its `{"NAME": "value"}` pairs, in the set's order.
+#[cfg(feature = "controller")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSet {
+    /// The set's name (`opschain-build-env`, or a name `opschain.config.build_secrets` lists).
+    pub name: String,
+    /// Its secrets.
+    pub values: Vec<(String, String)>,
+}
+
+#[cfg(feature = "controller")]
+impl SecretSet {
+    /// A set from a JSON object of strings (the controller's stored form), every name checked to
+    /// be POSIX-portable and every value a string without NUL; errors name the set and the
+    /// pointer, never a value.
+    pub fn from_map(name: &str, map: &Map<String, Value>) -> Result<SecretSet, BuildError> {
+        let values = map
+            .iter()
+            .map(|(key, value)| {
+                let mut pointer = "/".to_string();
+                crate::json::push_escaped(&mut pointer, key);
+                let fail = |message: &str| BuildError::SecretValues { set: name.to_string(), source: PointerError { pointer: pointer.clone(), message: message.into() } };
+                crate::env::check_name(key).map_err(fail)?;
+                let Value::String(value) = value else { return Err(fail("a build secret value must be a string")) };
+                crate::env::check_value(value).map_err(fail)?;
+                Ok((key.clone(), value.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SecretSet { name: name.to_string(), values })
+    }
+}
+
+/// Where a build's secret sets come from.
+#[cfg(feature = "controller")]
+#[derive(Debug, Clone, Default)]
+pub enum SecretSource {
+    /// None: the bundle is empty. The default.
+    #[default]
+    None,
+    /// A host directory of set files, one JSON object per set, named like the set
+    /// (`build-context --secrets-dir`); a set that applies but has no file is skipped.
+    Dir(PathBuf),
+    /// The sets that apply, already resolved, in order (the controller reads them from its store).
+    Sets(Vec<SecretSet>),
+}
+
+/// What to build a step image of.
 #[derive(Debug, Clone)]
+#[cfg(feature = "controller")]
 pub struct BuildContextSpec {
     /// The project's Git repository on this host (a work tree or a bare repo).
     pub repo: PathBuf,
@@ -187,20 +343,30 @@ pub struct BuildContextSpec {
     pub folder: String,
     /// The revision of the change (`GIT_REV`): a branch, tag or SHA. Default: `HEAD`.
     pub git_rev: String,
-    /// The step context document (`{"context", "project", "environment"}`); only its context values
-    /// and env-relevant properties reach the build. Default: `{}`.
+    /// The commit `git_rev` resolved to, when the caller resolved it already (the controller, at
+    /// the change's creation). Default: none, `git_rev` is resolved.
+    pub commit: Option<String>,
+    /// The step context document (`{"context", "project", "environment"}`); only its project and
+    /// environment context values and env-var properties reach the build ([`env_context`]), and
+    /// its `opschain.config.build_secrets` picks the secret sets. Default: `{}`.
     pub context: Map<String, Value>,
     /// The base runner image (`OPSCHAIN_BASE_RUNNER`). Default: `opschain-runner:<version>`.
     pub base_runner: String,
+    /// The base runner image's id, when known: part of the image key ([`ImagePlan::key`]), so
+    /// that a rebuilt base image gives a new step image. Default: none (the name stands for it).
+    pub base_runner_id: Option<String>,
     /// The OpsChain version (`OPSCHAIN_VERSION`). Default: this crate's version.
     pub opschain_version: String,
-    /// The host directory of the build secret sets, one JSON file per set named like the set.
-    /// Default: none, no build secrets.
-    pub secrets_dir: Option<PathBuf>,
+    /// Where the build secret sets come from. Default: [`SecretSource::None`].
+    pub secrets: SecretSource,
+    /// Where to write the build secret bundle (mode 0600): outside the build context directory,
+    /// so that no `COPY .` can take it. Default: none, `<out>.build-secrets.json` beside `out`.
+    pub secrets_file: Option<PathBuf>,
     /// The build context directory to write; created, and must be empty if it exists.
     pub out: PathBuf,
 }
 
+#[cfg(feature = "controller")]
 impl BuildContextSpec {
     /// A spec with the defaults for `repo`, written to `out`.
     pub fn new(repo: impl Into<PathBuf>, out: impl Into<PathBuf>) -> BuildContextSpec {
@@ -209,16 +375,30 @@ impl BuildContextSpec {
             repo: repo.into(),
             folder: DEFAULT_REPO_FOLDER.into(),
             git_rev: "HEAD".into(),
+            commit: None,
             context: Map::new(),
             base_runner: format!("opschain-runner:{version}"),
+            base_runner_id: None,
             opschain_version: version,
-            secrets_dir: None,
+            secrets: SecretSource::None,
+            secrets_file: None,
             out: out.into(),
         }
+    }
+
+    /// Where the build secret bundle goes: [`BuildContextSpec::secrets_file`], else
+    /// `<out>.build-secrets.json`.
+    pub fn secrets_path(&self) -> PathBuf {
+        self.secrets_file.clone().unwrap_or_else(|| {
+            let mut name = self.out.file_name().map(OsString::from).unwrap_or_else(|| "context".into());
+            name.push(".build-secrets.json");
+            self.out.with_file_name(name)
+        })
     }
 }
 
 /// A build secret to pass to the build: `--secret id=<id>,src=<src>`.
+#[cfg(feature = "controller")]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BuildSecret {
     /// The secret id a `RUN --mount=type=secret,id=<id>` names.
@@ -227,7 +407,52 @@ pub struct BuildSecret {
     pub src: PathBuf,
 }
 
+/// The Dockerfile of a build: the repo's own or the default one.
+#[cfg(feature = "controller")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerfileSource {
+    /// The repo has no `<folder>/Dockerfile` at the commit: [`default_dockerfile`].
+    Default,
+    /// The repo's `<folder>/Dockerfile` at the commit: its git blob id.
+    Repo {
+        /// The blob's object id.
+        blob: String,
+    },
+}
+
+/// What a step image is built from, known without writing anything: the commit, the Dockerfile,
+/// the env context and its digest, and the key that names the image ([`plan`]).
+#[cfg(feature = "controller")]
+#[derive(Debug, Clone)]
+pub struct ImagePlan {
+    /// The commit (`GIT_SHA`).
+    pub git_sha: String,
+    /// Where the Dockerfile comes from.
+    pub dockerfile: DockerfileSource,
+    /// The env context's form (by the folder).
+    pub form: EnvContextForm,
+    /// The env context file's bytes (JSON, or the zip holding it).
+    pub env_context: Vec<u8>,
+    /// The git blob id of the env context's JSON (`OPSCHAIN_CONTEXT_DIGEST`).
+    pub context_digest: String,
+    /// The image key: the git object id of a manifest of every input that can change what the
+    /// build gives — this runner's version, the folder, the commit, the Dockerfile (blob id, or
+    /// the default's version and folder), the base runner image (id when known, else name) and
+    /// the env context digest. Equal keys build equal images (build secrets aside: see the
+    /// README's "rotating a build secret").
+    pub key: String,
+}
+
+#[cfg(feature = "controller")]
+impl ImagePlan {
+    /// The step image's tag: `opschain-step:<key>`.
+    pub fn tag(&self) -> String {
+        format!("opschain-step:{}", self.key)
+    }
+}
+
 /// A written build context: what to hand to the builder.
+#[cfg(feature = "controller")]
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildContext {
     /// The build context directory.
@@ -238,19 +463,24 @@ pub struct BuildContext {
     pub custom_dockerfile: bool,
     /// The commit `git_rev` resolved to (`GIT_SHA`).
     pub git_sha: String,
+    /// The image key ([`ImagePlan::key`]); the controller tags the image `opschain-step:<key>`.
+    pub key: String,
     /// The build args, in order: `GIT_REV`, `GIT_SHA`, `OPSCHAIN_BASE_RUNNER`, `OPSCHAIN_VERSION`,
-    /// and `OPSCHAIN_CONTEXT_DIGEST` (the git blob id of `step_context_env.json`: declared before a
+    /// and `OPSCHAIN_CONTEXT_DIGEST` (the git blob id of the env context JSON: declared before a
     /// `RUN` line, it makes a change of the env properties rerun it; secret mounts are not part of
     /// BuildKit's cache key).
     pub build_args: Vec<(String, String)>,
-    /// The secrets: the context file first, then each build secret set that applies and exists.
+    /// The secrets: the env context, then the build secret bundle ([`BUILD_SECRETS_ID`]).
     pub secrets: Vec<BuildSecret>,
+    /// The build secret sets merged into the bundle, in order (names only).
+    pub secret_sets: Vec<String>,
 }
 
+#[cfg(feature = "controller")]
 impl BuildContext {
     /// The arguments of `docker build` for this context, tagging the image `tag`: `--progress=plain`
-    /// (a log a person can read), `--file`,
-    /// `--build-arg` each, `--secret` each, `--tag`, and the directory last.
+    /// (a log a person can read), `--file`, `--build-arg` each, `--secret` each, `--tag`, and the
+    /// directory last.
     pub fn docker_build_args(&self, tag: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["build".into(), "--progress=plain".into(), "--file".into(), self.dockerfile.clone().into()];
         for (name, value) in &self.build_args {
@@ -268,29 +498,60 @@ impl BuildContext {
     }
 }
 
-/// The env-relevant part of a step context: the context values as they are, and of the project
-/// and environment properties only `opschain.env` and `opschain.config.build_secrets`.
+/// The env context of a step context, as the seeds say: the project and environment context
+/// values (`context.project`, `context.environment`) and, of each level's properties, only the
+/// env-var ones (`opschain.env`, and the seed layout's top-level `env` when it is a declaration, an
+/// object: see `properties::declarations`). Nothing else: step, change and user values, other
+/// properties and runner secrets would change it on every step (and the `RUN` lines' cache with
+/// it) or leak into the build.
+#[cfg(feature = "controller")]
 pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
-    if let Some(values) = context.get("context") {
-        out.insert("context".into(), values.clone());
+    if let Some(values) = context.get("context").and_then(Value::as_object) {
+        let kept: Map<String, Value> = ["project", "environment"].iter().filter_map(|k| values.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
+        out.insert("context".into(), Value::Object(kept));
     }
     for level in ["project", "environment"] {
         let props = context.get(level).and_then(|l| l.get("properties")).and_then(Value::as_object);
-        let opschain = props.and_then(|p| p.get("opschain")).and_then(Value::as_object);
         let mut kept = Map::new();
-        if let Some(env) = opschain.and_then(|o| o.get("env")) {
+        if let Some(env) = props.and_then(|p| p.get("opschain")).and_then(|o| o.get("env")) {
+            kept.insert("opschain".into(), serde_json::json!({ "env": env }));
+        }
+        if let Some(env) = props.and_then(|p| p.get("env")).filter(|env| env.is_object()) {
             kept.insert("env".into(), env.clone());
         }
-        if let Some(sets) = opschain.and_then(|o| o.get("config")).and_then(|c| c.get("build_secrets")) {
-            kept.insert("config".into(), serde_json::json!({ "build_secrets": sets }));
-        }
-        let properties = if kept.is_empty() { Map::new() } else { Map::from_iter([("opschain".to_string(), Value::Object(kept))]) };
-        out.insert(level.into(), serde_json::json!({ "properties": properties }));
+        out.insert(level.into(), serde_json::json!({ "properties": kept }));
     }
     out
 }
 
+/// The names of the build secret sets that apply to a step context, in order
+/// ([`crate::exec::build_secret_sets`]: the project's `opschain.config.build_secrets`, then the
+/// environment's, else `opschain-build-env`). A bad list is an error at its pointer.
+#[cfg(feature = "controller")]
+pub fn applicable_secret_sets(context: &Map<String, Value>) -> Result<Vec<String>, BuildError> {
+    let level = |name: &str| Level {
+        properties: StrictObject(context.get(name).and_then(|l| l.get("properties")).and_then(Value::as_object).cloned().unwrap_or_default()),
+    };
+    let parsed = StepContext { context: None, project: level("project"), environment: level("environment"), secrets: Default::default() };
+    exec::build_secret_sets(&parsed).map_err(|source| BuildError::SecretSets { source })
+}
+
+/// The build secret bundle of `sets`: one JSON object, each set's secrets over the ones before it.
+#[cfg(feature = "controller")]
+pub fn secret_bundle(sets: &[SecretSet]) -> Vec<u8> {
+    let mut merged = Map::new();
+    for set in sets {
+        for (name, value) in &set.values {
+            merged.insert(name.clone(), Value::String(value.clone()));
+        }
+    }
+    let mut bytes = serde_json::to_vec(&Value::Object(merged)).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+#[cfg(feature = "controller")]
 fn run_tool(command: &mut Command) -> Result<Output, BuildError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let output = command.output().map_err(|source| BuildError::Spawn { program, source })?;
@@ -302,7 +563,22 @@ fn run_tool(command: &mut Command) -> Result<Output, BuildError> {
     }
 }
 
+/// The git object id `git hash-object --stdin` gives `bytes` (a blob's id).
+#[cfg(feature = "controller")]
+fn hash_object(bytes: &[u8]) -> Result<String, BuildError> {
+    use std::io::Write;
+    let spawn = |source| BuildError::Spawn { program: "git".into(), source };
+    let mut child = Command::new("git").args(["hash-object", "--stdin"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn)?;
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(bytes)).unwrap_or(Ok(()));
+    let output = child.wait_with_output().map_err(spawn)?;
+    if !output.status.success() || written.is_err() {
+        return Err(BuildError::Tool { command: "git hash-object --stdin".into(), source: ToolFailure::of(&output) });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
 /// Resolves `rev` to the full SHA of a commit of `repo` (`git rev-parse --verify REV^{commit}`).
+#[cfg(feature = "controller")]
 pub fn resolve_revision(repo: &Path, rev: &str) -> Result<String, BuildError> {
     let output = Command::new("git")
         .arg("-C")
@@ -321,7 +597,83 @@ pub fn resolve_revision(repo: &Path, rev: &str) -> Result<String, BuildError> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-/// Writes the build context of `spec` (see the module docs) and says how to build it.
+/// The env context file of `context` in `form`: pretty JSON, or a zip holding it as
+/// `step_context.json` (stored with a fixed time, so the same JSON gives the same bytes).
+#[cfg(feature = "controller")]
+fn env_context_bytes(json: &[u8], form: EnvContextForm) -> Result<Vec<u8>, BuildError> {
+    match form {
+        EnvContextForm::Json => Ok(json.to_vec()),
+        EnvContextForm::Zip => {
+            use std::io::Write;
+            let fail = |e: std::io::Error| BuildError::Write { path: PathBuf::from(CONTEXT_ZIP_FILE), source: e };
+            let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated)
+                .last_modified_time(zip::DateTime::default())
+                .unix_permissions(0o644);
+            writer.start_file(exec::ZIP_ENTRY, options).map_err(|e| fail(std::io::Error::other(e)))?;
+            writer.write_all(json).map_err(fail)?;
+            Ok(writer.finish().map_err(|e| fail(std::io::Error::other(e)))?.into_inner())
+        }
+    }
+}
+
+/// Works out what the step image of `spec` is built from, without writing anything or touching a
+/// work tree: resolves the commit (unless given), looks the Dockerfile up in the commit's tree
+/// (`git ls-tree`: a regular file is used, a symlink or a submodule refused, none means the
+/// default), makes the env context and computes the image key. Cheap enough to run before every
+/// step: the controller reuses an image of the same key without building.
+#[cfg(feature = "controller")]
+pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
+    let env_doc = env_context(&spec.context);
+    let mut json = serde_json::to_vec_pretty(&env_doc).unwrap_or_default();
+    json.push(b'\n');
+    // Validated as opschain-exec will read it, so that a bad context fails before any build.
+    crate::json::parse::<StepContext>(Path::new(CONTEXT_FILE), &json).map_err(BuildError::Context)?;
+    let form = EnvContextForm::of_folder(&spec.folder);
+    let env_context = env_context_bytes(&json, form)?;
+    let git_sha = match &spec.commit {
+        Some(sha) => sha.clone(),
+        None => resolve_revision(&spec.repo, &spec.git_rev)?,
+    };
+    let path = format!("{}/Dockerfile", spec.folder.trim_end_matches('/'));
+    let listed = run_tool(Command::new("git").arg("-C").arg(&spec.repo).args(["ls-tree", "--full-tree", &git_sha, "--", &path]))?;
+    let listed = String::from_utf8_lossy(&listed.stdout).trim().to_string();
+    let dockerfile = match listed.split_once('\t').map(|(meta, _)| meta.split_whitespace().collect::<Vec<_>>()) {
+        None => DockerfileSource::Default,
+        Some(fields) if fields.len() == 3 && fields[1] == "blob" && (fields[0] == "100644" || fields[0] == "100755") => DockerfileSource::Repo { blob: fields[2].to_string() },
+        Some(fields) => {
+            let what = if fields.first() == Some(&"120000") { "a symlink, not a regular file" } else { "not a regular file" };
+            return Err(BuildError::Dockerfile { path, commit: git_sha, source: std::io::Error::new(std::io::ErrorKind::InvalidData, what) });
+        }
+    };
+    let context_digest = hash_object(&json)?;
+    let dockerfile_line = match &dockerfile {
+        DockerfileSource::Default => format!("default {} {}", env!("CARGO_PKG_VERSION"), spec.folder),
+        DockerfileSource::Repo { blob } => format!("repo {blob}"),
+    };
+    let manifest = format!(
+        "opschain-step-image 1\nrunner {}\nopschain-version {}\nfolder {}\ncommit {git_sha}\ngit-rev {}\ndockerfile {dockerfile_line}\nbase {}\nenv-context {context_digest}\n",
+        env!("CARGO_PKG_VERSION"),
+        spec.opschain_version,
+        spec.folder,
+        spec.git_rev,
+        spec.base_runner_id.as_deref().unwrap_or(&spec.base_runner),
+    );
+    let key = hash_object(manifest.as_bytes())?;
+    Ok(ImagePlan { git_sha, dockerfile, form, env_context, context_digest, key })
+}
+
+/// Writes the build context of `spec` (see the module docs) and says how to build it:
+/// [`plan`], then [`write_planned`].
+#[cfg(feature = "controller")]
+pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError> {
+    let plan = plan(spec)?;
+    write_planned(spec, &plan)
+}
+
+/// Writes the build context that `plan` (of `spec`) describes into `spec.out`, and the build
+/// secret bundle to [`BuildContextSpec::secrets_path`].
 ///
 /// `repo.tar` is a local clone of the repo checked out (detached) at the commit, archived whole by
 /// the system `tar` with every entry owned by [`REPO_OWNER`] and in name order: a clone, because
@@ -330,7 +682,26 @@ pub fn resolve_revision(repo: &Path, rev: &str) -> Result<String, BuildError> {
 /// The archive is byte for byte the same for the same commit while the repo's refs are unchanged
 /// (index without stat data, no reflogs, every mtime the commit's), so the image build cache holds
 /// from one step to the next.
-pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError> {
+#[cfg(feature = "controller")]
+pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildContext, BuildError> {
+    // The secret sets first: a bad one stops before any copying.
+    let names = applicable_secret_sets(&spec.context)?;
+    let sets = match &spec.secrets {
+        SecretSource::None => Vec::new(),
+        SecretSource::Sets(sets) => sets.clone(),
+        SecretSource::Dir(dir) => {
+            let mut sets = Vec::new();
+            for name in &names {
+                // Checked here, so that a bad set fails before the build rather than in a RUN line.
+                let read = exec::read_secret_set(&dir.join(name), crate::json::SizeLimit::DEFAULT).map_err(|source| BuildError::SecretSet { source })?;
+                if let Some(values) = read {
+                    sets.push(SecretSet { name: name.clone(), values });
+                }
+            }
+            sets
+        }
+    };
+
     let out = &spec.out;
     let out_dir = |source| BuildError::OutDir { path: out.clone(), source };
     std::fs::create_dir_all(out).map_err(out_dir)?;
@@ -339,61 +710,60 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
     }
     let out = std::fs::canonicalize(out).map_err(out_dir)?;
 
-    // The context first: a bad one stops before any copying.
-    let env_doc = env_context(&spec.context);
-    let context_path = out.join(CONTEXT_FILE);
-    let mut bytes = serde_json::to_vec_pretty(&env_doc).unwrap_or_default();
-    bytes.push(b'\n');
-    let parsed: StepContext = json::parse(&context_path, &bytes).map_err(BuildError::Context)?;
-    let sets = exec::build_secret_sets(&parsed).map_err(|source| BuildError::SecretSets { source })?;
-
-    let git_sha = resolve_revision(&spec.repo, &spec.git_rev)?;
     let checkout = out.join(".checkout");
-    let archived = archive_commit(spec, &git_sha, &checkout, &out.join(REPO_TAR));
+    let archived = archive_commit(spec, &plan.git_sha, &checkout, &out.join(REPO_TAR));
     // The checkout goes whatever happened: the directory is left with the context files only.
     let removed = std::fs::remove_dir_all(&checkout);
-    let (dockerfile_text, custom_dockerfile) = archived?;
+    archived?;
     removed.map_err(|source| BuildError::Write { path: checkout.clone(), source })?;
+    let dockerfile_text = match &plan.dockerfile {
+        DockerfileSource::Default => default_dockerfile(&spec.folder).into_bytes(),
+        DockerfileSource::Repo { blob } => run_tool(Command::new("git").arg("-C").arg(&spec.repo).args(["cat-file", "blob", blob]))?.stdout,
+    };
     let dockerfile = out.join("Dockerfile");
     let write = |path: &Path, bytes: &[u8]| std::fs::write(path, bytes).map_err(|source| BuildError::Write { path: path.to_path_buf(), source });
     write(&dockerfile, &dockerfile_text)?;
-    write(&context_path, &bytes)?;
-    let digest = run_tool(Command::new("git").arg("hash-object").arg(&context_path))?;
-    let digest = String::from_utf8_lossy(&digest.stdout).trim().to_string();
+    let context_path = out.join(plan.form.file());
+    write(&context_path, &plan.env_context)?;
 
-    let mut secrets = vec![BuildSecret { id: CONTEXT_SECRET_ID.into(), src: context_path }];
-    if let Some(dir) = &spec.secrets_dir {
-        for set in sets {
-            let src = dir.join(&set);
-            // Checked here too, so that a bad set fails before the build rather than in a RUN line.
-            if exec::read_secret_set(&src, crate::json::SizeLimit::DEFAULT).map_err(|source| BuildError::SecretSet { source })?.is_some()
-                && !secrets.iter().any(|s| s.id == set)
-            {
-                secrets.push(BuildSecret { id: set, src });
-            }
-        }
-    }
+    let secrets_path = spec.secrets_path();
+    write_private(&secrets_path, &secret_bundle(&sets))?;
     Ok(BuildContext {
         dir: out,
         dockerfile,
-        custom_dockerfile,
+        custom_dockerfile: plan.dockerfile != DockerfileSource::Default,
+        key: plan.key.clone(),
         build_args: vec![
             ("GIT_REV".into(), spec.git_rev.clone()),
-            ("GIT_SHA".into(), git_sha.clone()),
+            ("GIT_SHA".into(), plan.git_sha.clone()),
             ("OPSCHAIN_BASE_RUNNER".into(), spec.base_runner.clone()),
             ("OPSCHAIN_VERSION".into(), spec.opschain_version.clone()),
-            ("OPSCHAIN_CONTEXT_DIGEST".into(), digest),
+            ("OPSCHAIN_CONTEXT_DIGEST".into(), plan.context_digest.clone()),
         ],
-        git_sha,
-        secrets,
+        git_sha: plan.git_sha.clone(),
+        secrets: vec![BuildSecret { id: plan.form.secret_id().into(), src: context_path }, BuildSecret { id: BUILD_SECRETS_ID.into(), src: secrets_path }],
+        secret_sets: sets.into_iter().map(|s| s.name).collect(),
     })
 }
 
-/// Clones the repo into `checkout` at `sha`, archives it to `repo_tar` (see [`write_context`]) and
-/// returns the Dockerfile to use: the repo's `<folder>/Dockerfile` at that commit (a regular file
-/// inside the checkout; a symlink is refused, so a repo cannot pull a host file into the context),
-/// else the default one, and whether it is the repo's.
-fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(Vec<u8>, bool), BuildError> {
+/// Writes `bytes` to `path` readable by this user only (mode 0600 from creation; an existing file
+/// is replaced).
+#[cfg(feature = "controller")]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |source| BuildError::Write { path: path.to_path_buf(), source };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(fail)?;
+    file.write_all(bytes).map_err(fail)
+}
+
+/// Clones the repo into `checkout` at `sha` and archives it to `repo_tar` (see [`write_planned`]).
+#[cfg(feature = "controller")]
+fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(), BuildError> {
     run_tool(Command::new("git").args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(checkout))?;
     let git = |args: &[&str]| run_tool(Command::new("git").arg("-C").arg(checkout).args(args));
     git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha])?;
@@ -417,24 +787,11 @@ fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar:
             .arg(repo_tar)
             .arg("."),
     )?;
-
-    let custom = checkout.join(&spec.folder).join("Dockerfile");
-    let refuse = |message: &str| BuildError::Dockerfile { path: custom.clone(), source: std::io::Error::new(std::io::ErrorKind::InvalidData, message) };
-    match std::fs::symlink_metadata(&custom) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((DEFAULT_DOCKERFILE.as_bytes().to_vec(), false)),
-        Err(source) => return Err(BuildError::Dockerfile { path: custom, source }),
-        Ok(meta) if !meta.is_file() => return Err(refuse("not a regular file (a symlink or a directory)")),
-        Ok(_) => {}
-    }
-    let inside = |path: &Path| std::fs::canonicalize(path).ok();
-    if inside(custom.parent().unwrap_or(checkout)).zip(inside(checkout)).is_none_or(|(dir, root)| !dir.starts_with(root)) {
-        return Err(refuse("its folder leads out of the repository"));
-    }
-    let text = std::fs::read(&custom).map_err(|source| BuildError::Dockerfile { path: custom.clone(), source })?;
-    Ok((text, true))
+    Ok(())
 }
 
 /// Why the docker client could not be used.
+#[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     /// No candidate client reaches an engine and builds with BuildKit.
@@ -465,12 +822,14 @@ pub enum DockerError {
 
 /// A docker CLI that reaches the engine and builds with BuildKit (`DOCKER_BUILDKIT=1`), so that
 /// `--secret` and `RUN --mount=type=secret` work.
+#[cfg(feature = "controller")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Docker {
     /// The client program.
     pub program: PathBuf,
 }
 
+#[cfg(feature = "controller")]
 impl Docker {
     /// The clients tried, in order, after `OPSCHAIN_DOCKER` when that is set: Debian's
     /// `/usr/bin/docker` (the engine's own package; its classic CLI drives BuildKit itself), then
@@ -544,13 +903,14 @@ impl Docker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
+    #[cfg(feature = "controller")]
     #[test]
-    fn env_context_keeps_only_env_relevant_properties() {
+    fn env_context_keeps_only_env_properties_and_the_project_and_environment_values() {
+        use serde_json::json;
         let doc = json!({
-            "context": {"project": {"code": "p"}, "environment": {"code": "e"}},
-            "project": {"properties": {"db": {"password": "x"}, "opschain": {"env": {"A": "1"}, "files": {"f": {}}, "config": {"build_secrets": ["s"], "other": 1}}}},
+            "context": {"project": {"code": "p"}, "environment": {"code": "e"}, "change": {"id": 7}, "step": {"id": 9}, "user": {"name": "u"}},
+            "project": {"properties": {"db": {"password": "x"}, "env": {"SEED": "1"}, "opschain": {"env": {"A": "1"}, "files": {"f": {}}, "config": {"build_secrets": ["s"], "other": 1}}}},
             "environment": {"properties": {"opschain": {"files": {}}}},
             "secrets": {"RUNNER": "never-in-a-build"}
         });
@@ -559,12 +919,34 @@ mod tests {
             out,
             json!({
                 "context": {"project": {"code": "p"}, "environment": {"code": "e"}},
-                "project": {"properties": {"opschain": {"env": {"A": "1"}, "config": {"build_secrets": ["s"]}}}},
+                "project": {"properties": {"opschain": {"env": {"A": "1"}}, "env": {"SEED": "1"}}},
                 "environment": {"properties": {}}
             })
         );
+        // The sets still come from the whole context.
+        assert_eq!(applicable_secret_sets(doc.as_object().unwrap()).unwrap(), ["s"]);
+        assert_eq!(applicable_secret_sets(&Map::new()).unwrap(), ["opschain-build-env"]);
+        // The seed layout: a top-level `env` object is env-relevant, one that is data is not.
+        let doc = json!({
+            "project": {"properties": {"env": {"A": "1"}, "files": {"f": {}}, "name": "x"}},
+            "environment": {"properties": {"env": "production"}}
+        });
+        let out = Value::Object(env_context(doc.as_object().unwrap()));
+        assert_eq!(out, json!({"project": {"properties": {"env": {"A": "1"}}}, "environment": {"properties": {}}}));
     }
 
+    #[cfg(feature = "controller")]
+    #[test]
+    fn the_bundle_merges_the_sets_in_order_and_bad_values_name_no_value() {
+        let set = |name: &str, pairs: &[(&str, &str)]| SecretSet { name: name.into(), values: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let bundle = secret_bundle(&[set("a", &[("X", "1"), ("Y", "1")]), set("b", &[("Y", "2")]), set("c", &[("X", "3")])]);
+        assert_eq!(serde_json::from_slice::<Value>(&bundle).unwrap(), serde_json::json!({"X": "3", "Y": "2"}));
+        let bad = serde_json::json!({"OK": "v1", "not ok": "hidden-value"});
+        let err = SecretSet::from_map("team", bad.as_object().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("team") && err.contains("/not ok") && !err.contains("hidden-value"), "{err}");
+    }
+
+    #[cfg(feature = "controller")]
     #[test]
     fn detect_says_why_each_candidate_was_passed_over() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,13 +969,17 @@ mod tests {
 
     #[test]
     fn default_dockerfile_has_the_documented_lines() {
-        let lines: Vec<&str> = DEFAULT_DOCKERFILE.lines().collect();
-        for line in ["ARG OPSCHAIN_BASE_RUNNER", "FROM ${OPSCHAIN_BASE_RUNNER}", "ADD repo.tar /opt/opschain/", "ARG GIT_REV", "ARG GIT_SHA", "ARG OPSCHAIN_CONTEXT_DIGEST"] {
+        let text = default_dockerfile(".opschain");
+        let lines: Vec<&str> = text.lines().collect();
+        for line in ["ARG OPSCHAIN_BASE_RUNNER", "FROM ${OPSCHAIN_BASE_RUNNER}", "ADD repo.tar /opt/opschain/", "ARG GIT_REV", "ARG GIT_SHA", "ARG OPSCHAIN_VERSION", "ARG OPSCHAIN_CONTEXT_DIGEST"] {
             assert!(lines.contains(&line), "{line}");
         }
-        assert!(DEFAULT_DOCKERFILE.contains("RUN --mount=type=secret,id=step_context_env,"));
-        assert!(DEFAULT_DOCKERFILE.contains("--mount=type=secret,id=opschain-build-env"));
-        assert!(DEFAULT_DOCKERFILE.contains("opschain-exec "));
-        assert!(!DEFAULT_DOCKERFILE.contains("syntax="));
+        assert!(text.contains("RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json,"));
+        assert!(text.contains("--mount=type=secret,id=opschain-build-secrets,"));
+        assert!(text.contains("opschain-exec ") && !text.contains("OPSCHAIN_REPO_FOLDER") && !text.contains("syntax="));
+        let mintpress = default_dockerfile(".mintpress");
+        assert!(mintpress.contains("ENV OPSCHAIN_REPO_FOLDER=.mintpress\n"));
+        assert!(mintpress.contains("--mount=type=secret,id=step_context_zip,target=/opt/opschain/.mintpress/step_context.json.zip,"));
+        assert!(mintpress.contains("[ -x .mintpress/setup ]"));
     }
 }

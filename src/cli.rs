@@ -69,10 +69,11 @@ pub enum Command {
     /// Run COMMAND with the step's env vars and the build secrets loaded, as `opschain-exec`
     /// does (for Dockerfile RUN lines): `opschain-runner exec -- COMMAND [ARGS...]`.
     Exec(ExecArgs),
-    /// Print the default step Dockerfile (copy it to .opschain/Dockerfile to customise it).
+    /// Print the default step Dockerfile of the folder (copy it to <folder>/Dockerfile to
+    /// customise it; `--folder .mintpress` gives MintPress's).
     CreateDockerfile,
-    /// Write the build context of a step image (repo.tar, step_context_env.json, Dockerfile) and
-    /// print, as JSON, the build args and secrets to build it with.
+    /// Write the build context of a step image (repo.tar, the env context, the Dockerfile) and
+    /// the build secret bundle, and print, as JSON, the build args and secrets to build it with.
     #[cfg(feature = "controller")]
     BuildContext(BuildContextArgs),
 }
@@ -103,14 +104,21 @@ pub struct BuildContextArgs {
     /// The OpsChain version (OPSCHAIN_VERSION). Default: this runner's version.
     #[arg(long, value_name = "VERSION")]
     pub opschain_version: Option<String>,
-    /// The step context whose context values and opschain.env / build_secrets properties the build
-    /// gets. Default: none (no env vars, the default build secret set).
+    /// The step context: its project and environment context values and env properties go into
+    /// the env context; its opschain.config.build_secrets picks the secret sets. Default: none
+    /// (no env vars, the default build secret set).
     #[arg(long, value_name = "FILE")]
     pub context: Option<PathBuf>,
-    /// The host directory of the build secret sets; each set that applies and exists here is
-    /// passed as a BuildKit secret. Default: none.
+    /// The host directory of the build secret sets (one JSON object per set, named like the set):
+    /// each set that applies and exists here is merged, in order, into the build secret bundle.
+    /// Default: none (an empty bundle).
     #[arg(long, value_name = "DIR")]
     pub secrets_dir: Option<PathBuf>,
+    /// Where to write the build secret bundle (mode 0600), passed as the BuildKit secret
+    /// opschain-build-secrets. Default: OUT.build-secrets.json, beside the build context (never
+    /// in it, so that no COPY can take it).
+    #[arg(long, value_name = "FILE")]
+    pub secrets_file: Option<PathBuf>,
 }
 
 /// `step` options.

@@ -43,10 +43,15 @@ pub fn check_value(value: &str) -> Result<(), &'static str> {
 
 /// Parses and validates the `opschain.env` object of a properties document, in declaration order.
 pub fn parse(properties: &Map<String, Value>) -> Result<Vec<(String, String)>, PointerError> {
-    let Some(env) = properties.get("opschain").and_then(|o| o.as_object()).and_then(|o| o.get("env")) else {
-        return Ok(Vec::new());
-    };
-    let base = "/opschain/env";
+    match properties.get("opschain").and_then(|o| o.as_object()).and_then(|o| o.get("env")) {
+        Some(env) => parse_object(env, "/opschain/env"),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Parses and validates an env declaration (an object of `NAME: value`) found at `base`, the JSON
+/// pointer errors are reported under; in declaration order.
+pub fn parse_object(env: &Value, base: &str) -> Result<Vec<(String, String)>, PointerError> {
     let env = env.as_object().ok_or_else(|| PointerError { pointer: base.into(), message: "expected an object of NAME: value".into() })?;
     env.iter()
         .map(|(name, value)| {

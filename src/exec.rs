@@ -7,12 +7,14 @@
 //! `step_context.json`). The command's environment is, lowest first:
 //!
 //! 1. the environment `opschain-exec` was started with;
-//! 2. `opschain.env` of the merged properties, exactly as the agent computes it (repository
-//!    `properties.json`, repository `environments/<code>.json`, project, environment);
+//! 2. the env vars the merged properties declare (`opschain.env` and the seed layout's top-level
+//!    `env`, see [`crate::properties::declarations`]), exactly as the agent computes them
+//!    (repository `properties.json`, repository `environments/<code>.json`, project, environment);
 //! 3. the runner secrets of the context (`secrets`, this runner's extension);
-//! 4. the build secret sets that apply ([`build_secret_sets`]) and exist as files in the build
-//!    secrets directory (`/run/secrets` unless `OPSCHAIN_BUILD_SECRETS_DIR` says otherwise), in order,
-//!    later winning.
+//! 4. the build secrets, from the build secrets directory (`/run/secrets` unless
+//!    `OPSCHAIN_BUILD_SECRETS_DIR` says otherwise): the bundle [`BUILD_SECRETS_BUNDLE`] (every set
+//!    that applies, merged in order by the builder) when it is there, else each set that applies
+//!    ([`build_secret_sets`]) and exists as a file there, in order, later winning.
 //!
 //! Then the command replaces this process (`execvp`), so its exit status and signals are its own.
 //! With no context the command runs unchanged. A bad context, properties file, secret set or env name
@@ -22,21 +24,20 @@
 //! This path stays small on purpose (it runs once per `RUN` line): no async runtime and no log
 //! subscriber, just reads, a merge and `execvp`.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::context::{ContextValues, Level, Named, StepContext};
+use crate::context::{Level, StepContext};
 use crate::env;
-use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject, StrictValue};
+use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::{Layout, DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
-use crate::properties::{self, PropertiesError};
+use crate::properties::text::PropertiesText;
+use crate::properties::{self, declarations, PropertiesError};
 
 /// Where the build secret sets are looked for when `OPSCHAIN_BUILD_SECRETS_DIR` is not set: the
 /// directory where BuildKit mounts `RUN --mount=type=secret,id=<set>` by default.
@@ -48,6 +49,12 @@ pub const BUILD_SECRETS_DIR_ENV: &str = "OPSCHAIN_BUILD_SECRETS_DIR";
 /// The build secret set supplied when neither the project nor the environment configures
 /// `opschain.config.build_secrets` (OpsChain's `opschain-build-env` Kubernetes secret).
 pub const DEFAULT_BUILD_SECRET_SET: &str = "opschain-build-env";
+
+/// The build secret bundle's file name in the build secrets directory: the BuildKit secret id
+/// `opschain-build-secrets`, holding every build secret set that applies, merged in order by the
+/// builder (the same format as one set). When it is there, it is the build secrets; only without
+/// it are the sets read one file each.
+pub const BUILD_SECRETS_BUNDLE: &str = "opschain-build-secrets";
 
 /// The name of the step context inside `step_context.json.zip`.
 pub const ZIP_ENTRY: &str = "step_context.json";
@@ -170,74 +177,20 @@ pub fn find_context(layout: &Layout) -> Option<ContextSource> {
     .find(|source| source.path().exists())
 }
 
-/// The parts of a context `opschain-exec` uses, read strictly (types, duplicate keys); everything
-/// else is only checked to be JSON and skipped without being built, so that a large step context
-/// (hundreds of KB of properties) costs a parse, not a tree of allocations.
-#[derive(Debug, Default, Deserialize)]
-struct ExecContext {
-    #[serde(default)]
-    context: Option<ExecContextValues>,
-    #[serde(default)]
-    project: ExecLevel,
-    #[serde(default)]
-    environment: ExecLevel,
-    #[serde(default)]
-    secrets: BTreeMap<String, String>,
-}
-
-/// `context`: only the environment code (it picks the repository environment file).
-#[derive(Debug, Default, Deserialize)]
-struct ExecContextValues {
-    #[serde(default)]
-    environment: Option<ExecNamed>,
-}
-
-/// `context.environment`: its code.
-#[derive(Debug, Deserialize)]
-struct ExecNamed {
-    code: String,
-}
-
-/// A level: of its properties only `opschain` (where `env` and `config.build_secrets` are).
-#[derive(Debug, Default, Deserialize)]
-struct ExecLevel {
-    #[serde(default)]
-    properties: ExecProperties,
-}
-
-/// The properties of a level: `opschain`, kept whole; anything else skipped.
-#[derive(Debug, Default, Deserialize)]
-struct ExecProperties {
-    #[serde(default)]
-    opschain: Option<StrictValue>,
-}
-
-impl ExecContext {
-    /// The [`StepContext`] holding just what was read: the environment code, each level's
-    /// `opschain` member, the runner secrets.
-    fn into_step_context(self) -> StepContext {
-        let level = |level: ExecLevel| Level {
-            properties: StrictObject(level.properties.opschain.map(|StrictValue(v)| Map::from_iter([("opschain".to_string(), v)])).unwrap_or_default()),
-        };
-        let environment = self.context.and_then(|c| c.environment).map(|e| Named { code: e.code, ..Named::default() });
-        StepContext {
-            context: environment.map(|e| ContextValues { environment: Some(e), ..ContextValues::default() }),
-            project: level(self.project),
-            environment: level(self.environment),
-            secrets: self.secrets,
-        }
-    }
-}
-
-/// Parses a context read from `path`. The plain parse is the fast path; only when it fails is the
-/// document parsed again with path tracking, for an error that names the JSON pointer (the two
-/// accept exactly the same documents; tracking costs an allocation per key).
+/// Parses a context read from `path` exactly as the agent's step reads one
+/// ([`StepContext::read_text`]: every member typed, unknown level members and duplicate keys at any
+/// depth refused, errors naming the JSON pointer), so that `opschain-exec` accepts and refuses the
+/// same documents. Each level's properties are validated as text; only their declaring members
+/// ([`declarations::MEMBERS`]) are built, so a large context costs a validation pass, not a tree.
 fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
-    json::parse::<ExecContext>(path, bytes).map(ExecContext::into_step_context).map_err(ExecError::Context)
+    let context = json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, bytes).map_err(ExecError::Context)?;
+    let level = |level: Level<PropertiesText>| Level { properties: StrictObject(level.properties.subset(&declarations::MEMBERS)) };
+    Ok(StepContext { context: context.context, project: level(context.project), environment: level(context.environment), secrets: context.secrets })
 }
 
-/// Reads and validates the context at `source`: the parts `opschain-exec` uses strictly, the rest
-/// as JSON syntax only. For a zip, errors name the file as `<archive>/step_context.json`.
+/// Reads and validates the context at `source` as the agent does (see [`parse_context`]); of each
+/// level's properties only the declaring members are kept. For a zip, errors name the file as
+/// `<archive>/step_context.json`.
 pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepContext, ExecError> {
     match source {
         ContextSource::Step(path) | ContextSource::BuildEnv(path) => parse_context(path, &json::read_bytes(path, limit).map_err(ExecError::Context)?),
@@ -343,7 +296,7 @@ pub fn env_for(options: &ExecOptions, source: &ContextSource, context: &StepCont
     sources.push((&context_file, "/environment/properties", &context.environment.properties.0));
     // Validate each source on its own first, so that an error names the file it is in.
     for (file, prefix, props) in &sources {
-        env::parse(props).map_err(|e| ExecError::Declaration {
+        declarations::check_env(props).map_err(|e| ExecError::Declaration {
             file: file.to_path_buf(),
             source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
         })?;
@@ -352,22 +305,23 @@ pub fn env_for(options: &ExecOptions, source: &ContextSource, context: &StepCont
     env::check_secrets(&context.secrets).map_err(declaration)?;
     let sets = build_secret_sets(context).map_err(declaration)?;
 
-    // Only `opschain.env` matters here: merge just those objects, in the agent's order.
+    // Only the env declarations matter here: merge just those, in the agent's order.
     let mut merged = Map::new();
     for (_, _, props) in &sources {
-        if let Some(env) = props.get("opschain").and_then(Value::as_object).and_then(|o| o.get("env")) {
-            let mut overlay = Map::new();
-            overlay.insert("env".into(), env.clone());
-            let mut top = Map::new();
-            top.insert("opschain".into(), Value::Object(overlay));
-            properties::merge_objects(&mut merged, top);
-        }
+        declarations::merge_into(&mut merged, props, &["env"]);
     }
-    let mut vars = env::parse(&merged).map_err(|e| declaration(PointerError { pointer: format!("(merged properties) {}", e.pointer), message: e.message }))?;
+    let mut vars = env::parse(&merged).map_err(|e| declaration(PointerError { pointer: format!("(merged declarations) {}", e.pointer), message: e.message }))?;
     vars.extend(context.secrets.iter().map(|(n, v)| (n.clone(), v.clone())));
-    for set in sets {
-        if let Some(secrets) = read_secret_set(&options.secrets_dir.join(&set), options.limit)? {
-            vars.extend(secrets);
+    // The bundle holds every set that applies, merged by the builder; without one (a build whose
+    // Dockerfile mounts sets by name), each set that applies is read from its own file.
+    match read_secret_set(&options.secrets_dir.join(BUILD_SECRETS_BUNDLE), options.limit)? {
+        Some(bundle) => vars.extend(bundle),
+        None => {
+            for set in sets {
+                if let Some(secrets) = read_secret_set(&options.secrets_dir.join(&set), options.limit)? {
+                    vars.extend(secrets);
+                }
+            }
         }
     }
     Ok(vars)

@@ -3,6 +3,7 @@
 //! [`crate::supervise`].
 
 use crate::actions::ActionsError;
+#[cfg(feature = "controller")]
 use crate::build::BuildError;
 use crate::exec::ExecError;
 use crate::json::JsonError;
@@ -39,7 +40,8 @@ pub const CANNOT_EXECUTE: i32 = 126;
 /// report it).
 pub const NOT_FOUND: i32 = 127;
 
-fn json(e: &JsonError) -> Sysexit {
+/// The sysexit of a JSON input that cannot be read or is invalid.
+pub fn of_json(e: &JsonError) -> Sysexit {
     match e {
         JsonError::Missing { .. } => Sysexit::NoInput,
         JsonError::Read { .. } => Sysexit::IoErr,
@@ -58,11 +60,11 @@ fn actions(e: &ActionsError) -> Sysexit {
 /// The sysexit of a step error.
 pub fn of_step(e: &StepError) -> Sysexit {
     match e {
-        StepError::Context(e) => json(e),
+        StepError::Context(e) => of_json(e),
         StepError::Actions(e) => actions(e),
         StepError::NoAction { .. } => Sysexit::DataErr,
         StepError::UnknownActionFlag { .. } => Sysexit::Usage,
-        StepError::Properties(PropertiesError::Read(e)) => json(e),
+        StepError::Properties(PropertiesError::Read(e)) => of_json(e),
         StepError::Properties(_) => Sysexit::DataErr,
         StepError::Declaration { .. } => Sysexit::DataErr,
         StepError::WriteFile(_) | StepError::Runtime(_) | StepError::RuntimeDir { .. } | StepError::Result(_) => Sysexit::CantCreat,
@@ -81,7 +83,7 @@ pub fn of_helper(e: &crate::helper::HelperError) -> Sysexit {
     use crate::helper::HelperError;
     match e {
         HelperError::NotInStep { .. } | HelperError::Value(_) | HelperError::ChildName(_) => Sysexit::Usage,
-        HelperError::Read(e) => json(e),
+        HelperError::Read(e) => of_json(e),
         HelperError::Edit(_) => Sysexit::DataErr,
         HelperError::NotSet(_) => Sysexit::DataErr,
         HelperError::Write(_) | HelperError::Append { .. } => Sysexit::CantCreat,
@@ -103,10 +105,10 @@ pub fn of_exec(e: &ExecError) -> i32 {
 fn exec_input(e: &ExecError) -> Sysexit {
     match e {
         ExecError::NoCommand => Sysexit::Usage,
-        ExecError::Context(e) | ExecError::SecretSet(e) => json(e),
+        ExecError::Context(e) | ExecError::SecretSet(e) => of_json(e),
         ExecError::Zip { source: zip::result::ZipError::Io(_), .. } => Sysexit::IoErr,
         ExecError::Zip { .. } | ExecError::ZipEntryMissing { .. } | ExecError::Declaration { .. } => Sysexit::DataErr,
-        ExecError::Properties(PropertiesError::Read(e)) => json(e),
+        ExecError::Properties(PropertiesError::Read(e)) => of_json(e),
         ExecError::Properties(_) => Sysexit::DataErr,
         ExecError::Exec { .. } => Sysexit::Software,
     }
@@ -116,10 +118,12 @@ fn exec_input(e: &ExecError) -> Sysexit {
 /// secret list or set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that
 /// names no commit, 73 a context directory or file that cannot be written, 70 when git, tar or
 /// docker cannot be run or fail.
+#[cfg(feature = "controller")]
 pub fn of_build(e: &BuildError) -> Sysexit {
     match e {
-        BuildError::Context(e) => json(e),
-        BuildError::SecretSets { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+        BuildError::Context(e) => of_json(e),
+        BuildError::SecretSets { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+        BuildError::SecretStore { .. } => Sysexit::IoErr,
         BuildError::SecretSet { source } => exec_input(source),
         BuildError::Revision { .. } => Sysexit::NoInput,
         BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,

@@ -111,10 +111,16 @@ pub enum WriteError {
 /// Parses and validates the `opschain.files` object of a properties document. Entries come out
 /// in declaration order.
 pub fn parse(properties: &Map<String, Value>, repo: &Path, files_root: Option<&Path>) -> Result<Vec<FileSpec>, PointerError> {
-    let Some(files) = properties.get("opschain").and_then(|o| o.as_object()).and_then(|o| o.get("files")) else {
-        return Ok(Vec::new());
-    };
-    let base = "/opschain/files".to_string();
+    match properties.get("opschain").and_then(|o| o.as_object()).and_then(|o| o.get("files")) {
+        Some(files) => parse_object(files, "/opschain/files", repo, files_root),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Parses and validates a files declaration (an object of `path: entry`) found at `base`, the
+/// JSON pointer errors are reported under. Entries come out in declaration order.
+pub fn parse_object(files: &Value, base: &str, repo: &Path, files_root: Option<&Path>) -> Result<Vec<FileSpec>, PointerError> {
+    let base = base.to_string();
     let files = files.as_object().ok_or_else(|| PointerError { pointer: base.clone(), message: "expected an object of path: entry".into() })?;
     files
         .iter()

@@ -224,10 +224,25 @@ pub struct StrictObject(pub Map<String, Value>);
 
 impl<'de> Deserialize<'de> for StrictObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<StrictObject, D::Error> {
-        match deserializer.deserialize_map(StrictVisitor)? {
+        match deserializer.deserialize_map(StrictObjectVisitor)? {
             Value::Object(map) => Ok(StrictObject(map)),
-            _ => Err(de::Error::custom("expected an object")),
+            _ => Err(de::Error::custom("expected a JSON object")),
         }
+    }
+}
+
+/// [`StrictVisitor`] for a place that takes only an object, so that any other value is refused
+/// as "expected a JSON object" rather than as the generic "a JSON value".
+struct StrictObjectVisitor;
+
+impl<'de> Visitor<'de> for StrictObjectVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        StrictVisitor.visit_map(map)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::Layout;
 use crate::mask::{Masker, SecretNames};
 use crate::properties::text::PropertiesText;
-use crate::properties::{self, PropertiesError};
+use crate::properties::{self, declarations, PropertiesError};
 use crate::result::{self, Children, JobFacts, LevelDiff, Phases, RunnerFacts, StepProperties, StepResult};
 use crate::supervise::{Job, Outcome, SuperviseError, SupervisePolicy, Supervisor};
 
@@ -132,9 +132,11 @@ pub struct Prepared {
     pub project_json: Vec<u8>,
     /// The environment properties as given (see `project_json`).
     pub environment_json: Vec<u8>,
-    /// The files to write, validated.
+    /// The files the merged properties declare (`opschain.files` and the seed layout's `files`),
+    /// validated.
     pub files: Vec<FileSpec>,
-    /// `opschain.env` of the merged properties, validated, in order.
+    /// The env vars the merged properties declare (`opschain.env` and the seed layout's `env`),
+    /// validated, in order.
     pub env: Vec<(String, String)>,
     /// Children declared by the action in actions.toml.
     pub declared_children: Vec<String>,
@@ -195,21 +197,25 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
 
     let repo_sources = properties::read_repository_text(layout, context.environment_code(), options.limit)?;
     // Validate each source on its own first, so that an error names the file it is in. Only the
-    // `opschain` member declares anything, and only it is parsed; the merged declarations are the
-    // merge of those members, in merge order.
+    // declaring members (`opschain`, and the seed layout's top-level `files` and `env`) are
+    // parsed; the merged declarations are the merge of each source's, in merge order (see
+    // `properties::declarations`).
     let mut sources: Vec<(&Path, &str, &PropertiesText)> = repo_sources.iter().map(|(p, t)| (p.as_path(), "", t)).collect();
     sources.push((&context_path, "/project/properties", &context.project.properties));
     sources.push((&context_path, "/environment/properties", &context.environment.properties));
-    let mut declarations = Map::new();
+    let mut declared = Map::new();
     for (file, prefix, props) in &sources {
         let declaration = |e: PointerError| StepError::Declaration {
             file: file.to_path_buf(),
             source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
         };
-        let own = props.only("opschain");
-        files::parse(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
-        env::parse(&own).map_err(declaration)?;
-        properties::merge_objects(&mut declarations, own);
+        let own = props.subset(&declarations::MEMBERS);
+        declarations::check_files(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
+        declarations::check_env(&own).map_err(declaration)?;
+        for name in declarations::data_members(&own) {
+            info!(file = %file.display(), pointer = %format!("{prefix}/{name}"), "not an object: ordinary data, not a declaration of {name}");
+        }
+        declarations::merge_into(&mut declared, &own, &declarations::SEED_MEMBERS);
     }
     env::check_secrets(&context.secrets).map_err(|source| StepError::Declaration { file: context_path.clone(), source })?;
 
@@ -222,10 +228,10 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).text());
     let merged_error = |source: PointerError| StepError::Declaration {
         file: context_path.clone(),
-        source: PointerError { pointer: format!("(merged properties) {}", source.pointer), message: source.message },
+        source: PointerError { pointer: format!("(merged declarations) {}", source.pointer), message: source.message },
     };
-    let files = files::parse(&declarations, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
-    let env = env::parse(&declarations).map_err(merged_error)?;
+    let files = files::parse(&declared, &layout.repo, options.files_root.as_deref()).map_err(merged_error)?;
+    let env = env::parse(&declared).map_err(merged_error)?;
     for spec in &files {
         files::check_no_symlinks(spec).map_err(|message| {
             let mut pointer = "/opschain/files/".to_string();

@@ -314,7 +314,7 @@ fn properties_keep_every_version_and_set_edit_show_them() {
     assert_eq!(versions, ["v0", "v1", "v2", "v3"]);
     let out = run(state.path(), &["properties", "set", "--project", "p", "--json", "[1]"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("not a JSON object"), "{}", text(&out));
+    assert!(text(&out).contains("expected a JSON object"), "{}", text(&out));
 }
 
 #[test]

@@ -276,23 +276,37 @@ fn repo_folder_comes_from_the_environment() {
 }
 
 #[test]
-fn only_the_parts_exec_uses_are_type_checked_but_the_whole_document_must_be_json() {
+fn exec_reads_the_context_as_strictly_as_the_agent_does() {
     let s = Scratch::new();
+    std::fs::write(s.folder("actions.toml"), "[actions.show]\nrun = 'true'\n").unwrap();
     let servers: Vec<Value> = (0..2000).map(|i| json!({"name": format!("server-{i}"), "roles": ["web"], "tier": i % 3})).collect();
     let mut context = step_context(json!({"BIG": "yes"}), json!({}));
     context["project"]["properties"]["servers"] = json!(servers);
-    context["context"]["step"] = json!({"action": 5});
     s.write_json(&s.folder("step_context.json"), &context);
     let output = s.sh("echo $BIG");
     assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
     assert_eq!(stdout(&output), "yes\n");
 
-    let mut text = serde_json::to_string(&context).unwrap();
-    text = text.replacen("\"server-1999\"", "\"server-1999\" oops", 1);
-    std::fs::write(s.folder("step_context.json"), text).unwrap();
-    let output = s.sh("echo ran");
-    assert_eq!(output.status.code(), Some(65));
-    assert!(stdout(&output).is_empty());
-    let line = &stderr_lines(&output)[0];
-    assert!(line.contains("step_context.json") && line.contains("at /project/properties/servers: ") && line.contains("line 1, column"), "{line}");
+    // Each of these the agent refuses; so does opschain-exec, with the same pointer, running nothing.
+    let good = serde_json::to_string(&context).unwrap();
+    for (bad, pointer) in [
+        (good.replacen("\"server-1999\"", "\"server-1999\" oops", 1), "at /project/properties/servers/1999/"),
+        (good.replacen("\"environment\":{\"code\":\"dev\"}", "\"environment\":{\"code\":\"dev\"},\"step\":{\"action\":5}", 1), "at /context/step/action: "),
+        (good.replacen("\"project\":{\"code\":\"demo\"}", "\"project\":{\"code\":7}", 1), "at /context/project/code: "),
+        (good.replacen("\"environment\":{\"properties\":{", "\"environment\":{\"propertys\":{},\"properties\":{", 1), "at /environment/propertys: "),
+        (good.replacen("\"tier\":2}", "\"tier\":2,\"tier\":3}", 1), "at /project/properties/servers/2: duplicate key"),
+        (good.replacen("\"BIG\":\"yes\"", "\"BIG\":\"yes\",\"BIG\":\"no\"", 1), "at /project/properties/opschain/env: duplicate key"),
+    ] {
+        assert_ne!(bad, good, "the edit for {pointer} applies");
+        std::fs::write(s.folder("step_context.json"), &bad).unwrap();
+        let output = s.sh("echo ran");
+        assert_eq!(output.status.code(), Some(65), "{pointer}: {:?}", stderr_lines(&output));
+        assert!(stdout(&output).is_empty());
+        let line = &stderr_lines(&output)[0];
+        assert!(line.contains("step_context.json") && line.contains(pointer) && line.contains("line 1, column"), "{line}");
+        let agent = run_step(&s.repo(), &["step", "--action", "show"]);
+        assert_eq!(agent.status.code(), Some(65), "{pointer}: {:?}", stderr_lines(&agent));
+        let agent_line = stderr_lines(&agent).join("\n");
+        assert!(agent_line.contains(pointer), "{agent_line}");
+    }
 }

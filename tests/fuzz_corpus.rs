@@ -1,9 +1,11 @@
 //! The fuzz targets' checks in the ordinary test suite: every committed corpus input replayed
-//! through the same checks (`fuzz/fuzz_targets/checks.rs`), and, where cargo-fuzz is installed, a
-//! short libFuzzer smoke run of each target.
+//! through the same checks (`fuzz/fuzz_targets/checks.rs`), and a short libFuzzer smoke run of
+//! each target, which needs cargo-fuzz: ignored unless asked for (`--ignored`; scripts/test
+//! installs cargo-fuzz and asks), and then it fails without it.
 
 #[path = "../fuzz/fuzz_targets/checks.rs"]
 mod checks;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -31,12 +33,14 @@ fn diff_apply_corpus_replays() {
 }
 
 #[test]
+#[ignore = "needs cargo-fuzz: scripts/test installs it and runs this"]
 fn libfuzzer_smoke_run_of_each_target() {
-    let installed = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
-    if !installed {
-        eprintln!("skipped: cargo-fuzz is not installed (scripts/test installs it)");
-        return;
-    }
+    let installed = match Command::new("cargo").args(["fuzz", "--version"]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("`cargo fuzz --version` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("cannot run cargo: {e}")),
+    };
+    common::required("cargo-fuzz", installed);
     for target in ["step_context", "actions_toml", "diff_apply"] {
         // The corpus is copied so that a smoke run never adds to the committed one.
         let scratch = tempfile::tempdir().unwrap();
@@ -54,10 +58,21 @@ fn libfuzzer_smoke_run_of_each_target() {
             .output()
             .unwrap();
         let log = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{target} failed:\n{}", &log[log.len().saturating_sub(4000)..]);
+        assert!(output.status.success(), "{target} failed:\n{}", common::tail(&log, 4000));
         // libFuzzer runs the whole seed corpus before it stops, so a corpus of more than 3,000
         // inputs makes more runs than asked.
         let runs = log.lines().find_map(|l| l.strip_prefix("Done ")?.split_once(" runs")?.0.parse::<u64>().ok());
-        assert!(runs.is_some_and(|n| n >= 3000), "{target}: {}", &log[log.len().saturating_sub(2000)..]);
+        assert!(runs.is_some_and(|n| n >= 3000), "{target}: {}", common::tail(&log, 2000));
     }
+}
+
+#[test]
+fn a_log_tail_is_cut_at_a_character_boundary() {
+    // libFuzzer echoes inputs, so a log holds any bytes; lossily decoded, a cut may fall inside a
+    // character (here: 4000 bytes back from the end is inside a two-byte `é`).
+    let log = format!("x{}x", "é".repeat(3000));
+    assert!(!log.is_char_boundary(log.len() - 4000), "slicing there would panic");
+    assert_eq!(common::tail(&log, 4000), format!("{}x", "é".repeat(1999)));
+    assert_eq!(common::tail("short", 4000), "short");
+    assert_eq!(common::tail("", 10), "");
 }

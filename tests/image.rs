@@ -1,8 +1,8 @@
 //! Build contexts and step images, for real.
 //!
 //! The build-context tests run everywhere (git and tar only). The image test needs a Docker engine
-//! and a client that builds with BuildKit ([`Docker::detect`]); where there is none it says why on
-//! stderr and returns (a skip). It builds the static agent, the FROM-scratch test base
+//! and a client that builds with BuildKit ([`Docker::detect`]): it is ignored unless asked for
+//! (`--ignored`; scripts/test asks where it finds an engine), and then fails without one. It builds the static agent, the FROM-scratch test base
 //! (runner-image/test/Dockerfile), then step images from generated build contexts, checks what
 //! opschain-exec wrote, that the build secret is in no layer, and runs a step in the image.
 
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
-use opschain_runner::build::{self, BuildContextSpec, Docker};
+use opschain_runner::build::{self, BuildContextSpec, Docker, SecretSource};
 use serde_json::{json, Value};
 
 /// A build secret value: lower case, so that the upper-cased copy the build writes differs from it.
@@ -24,7 +24,7 @@ ADD repo.tar /opt/opschain/
 ARG GIT_REV
 ARG GIT_SHA
 RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json \
-    --mount=type=secret,id=team-secrets \
+    --mount=type=secret,id=opschain-build-secrets \
     opschain-exec /bin/sh -c 'echo "greeting=$GREETING rev=$GIT_REV sha=$GIT_SHA token=$(printf %s "$BUILD_TOKEN" | tr a-z A-Z)" > /opt/opschain/built.txt'
 "#;
 
@@ -138,10 +138,17 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
         printed["build_args"],
         json!([["GIT_REV", "v1"], ["GIT_SHA", sha], ["OPSCHAIN_BASE_RUNNER", "base:1"], ["OPSCHAIN_VERSION", "9.9.9"], ["OPSCHAIN_CONTEXT_DIGEST", digest]])
     );
+    let bundle = dir.path().join("ctx.build-secrets.json");
     assert_eq!(
         printed["secrets"],
-        json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "team-secrets", "src": secrets.join("team-secrets")}])
+        json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "opschain-build-secrets", "src": bundle}])
     );
+    // The bundle: the sets that apply and exist, merged (absent-set is skipped), readable by
+    // this user only, outside the build context.
+    assert_eq!(printed["secret_sets"], json!(["team-secrets"]));
+    assert_eq!(serde_json::from_slice::<Value>(&std::fs::read(&bundle).unwrap()).unwrap(), json!({"BUILD_TOKEN": SECRET}));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&bundle).unwrap().permissions().mode() & 0o777, 0o600);
 
     // The directory holds exactly the three files.
     let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -149,8 +156,9 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
     assert_eq!(names, ["Dockerfile", "repo.tar", "step_context_env.json"]);
     assert_eq!(std::fs::read_to_string(out.join("Dockerfile")).unwrap(), CUSTOM_DOCKERFILE);
     let env_context: Value = serde_json::from_slice(&std::fs::read(out.join("step_context_env.json")).unwrap()).unwrap();
-    assert_eq!(env_context["context"], change_context()["context"]);
-    assert_eq!(env_context["project"]["properties"], json!({"opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "prop-token-value"}, "config": {"build_secrets": ["team-secrets", "absent-set"]}}}));
+    // Only the project and environment context values and the env properties: what the seed says.
+    assert_eq!(env_context["context"], json!({"project": {"code": "demo"}, "environment": {"code": "dev"}}));
+    assert_eq!(env_context["project"]["properties"], json!({"opschain": {"env": {"GREETING": "hello-from-property", "BUILD_TOKEN": "prop-token-value"}}}));
     assert!(!String::from_utf8_lossy(&std::fs::read(out.join("step_context_env.json")).unwrap()).contains("not-for-the-build"));
 
     // repo.tar: the work tree at v1, with a .git whose HEAD is that commit.
@@ -173,12 +181,13 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     let repo = fixture_repo(dir.path());
     let default = runner().arg("create-dockerfile").output().unwrap();
     assert_eq!(default.status.code(), Some(0));
-    assert_eq!(String::from_utf8(default.stdout).unwrap(), build::DEFAULT_DOCKERFILE);
+    assert_eq!(String::from_utf8(default.stdout).unwrap(), build::default_dockerfile(".opschain"));
 
     let context = build::write_context(&BuildContextSpec::new(&repo, dir.path().join("head"))).unwrap();
     assert!(!context.custom_dockerfile);
-    assert_eq!(std::fs::read_to_string(&context.dockerfile).unwrap(), build::DEFAULT_DOCKERFILE);
-    assert_eq!(context.secrets.len(), 1, "no secrets dir: only the context");
+    assert_eq!(std::fs::read_to_string(&context.dockerfile).unwrap(), build::default_dockerfile(".opschain"));
+    assert_eq!(context.secrets.len(), 2, "the context and the (empty) bundle");
+    assert!(context.secret_sets.is_empty());
     // Nothing configured: the default set applies, and the build-env context is empty of properties.
     let env_context: Value = serde_json::from_slice(&std::fs::read(context.dir.join("step_context_env.json")).unwrap()).unwrap();
     assert_eq!(env_context, json!({"project": {"properties": {}}, "environment": {"properties": {}}}));
@@ -291,14 +300,9 @@ fn cached_steps(log: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs a Docker engine with a BuildKit client: scripts/test runs it where it finds one"]
 fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
-    let docker = match Docker::detect() {
-        Ok(docker) => docker,
-        Err(e) => {
-            eprintln!("skipped: no Docker engine with a BuildKit client: {e}");
-            return;
-        }
-    };
+    let docker = common::required("a Docker engine with a BuildKit client", Docker::detect());
     let agent = match common::static_agent() {
         Ok(agent) => agent,
         Err(e) => panic!("{e}"),
@@ -326,7 +330,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     spec.git_rev = "v1".into();
     spec.base_runner = base.clone();
     spec.context = change_context().as_object().unwrap().clone();
-    spec.secrets_dir = Some(secrets.clone());
+    spec.secrets = SecretSource::Dir(secrets.clone());
     let context = build::write_context(&spec).unwrap();
     assert!(context.custom_dockerfile);
     let step = format!("opschain-test-step:{unique}");
@@ -349,7 +353,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert!(saved_image_mentions(&docker, &step, &scan, SECRET.as_bytes()).is_empty(), "the build secret is in the image");
     let upper = saved_image_mentions(&docker, &step, &dir.path().join("scan-upper"), SECRET.to_uppercase().as_bytes());
     assert!(upper.iter().any(|p| p.ends_with("layer.tar")), "the scan finds what the build wrote: {upper:?}");
-    let leftover = docker.run(["run", "--rm", "--entrypoint", "/bin/sh", step.as_str(), "-c", "test ! -s /opt/opschain/.opschain/step_context_env.json && test ! -s /run/secrets/team-secrets"]);
+    let leftover = docker.run(["run", "--rm", "--entrypoint", "/bin/sh", step.as_str(), "-c", "test ! -s /opt/opschain/.opschain/step_context_env.json && test ! -s /run/secrets/opschain-build-secrets"]);
     assert!(leftover.is_ok(), "a mounted secret left content in the image: {leftover:?}");
 
     // Run a step: the agent is the ENTRYPOINT; the context goes in and the result comes out by
@@ -379,7 +383,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert_eq!(result["runner"]["exit_status"], 0);
 
     // The default Dockerfile at HEAD: the setup hook runs through opschain-exec with the default set.
-    let context = build::write_context(&BuildContextSpec { base_runner: base.clone(), secrets_dir: Some(secrets), ..BuildContextSpec::new(&repo, dir.path().join("ctx-head")) }).unwrap();
+    let context = build::write_context(&BuildContextSpec { base_runner: base.clone(), secrets: SecretSource::Dir(secrets), ..BuildContextSpec::new(&repo, dir.path().join("ctx-head")) }).unwrap();
     assert!(!context.custom_dockerfile);
     let default_step = format!("opschain-test-default:{unique}");
     images.tags.push(default_step.clone());
@@ -391,7 +395,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     // Another step of the same commit and properties: every layer from the cache. Changed env
     // properties: the RUN line runs again (the context digest build arg), the repo layer stays.
     let head_spec = |out: &str, greeting: Option<&str>| {
-        let mut spec = BuildContextSpec { base_runner: base.clone(), secrets_dir: Some(dir.path().join("secrets")), ..BuildContextSpec::new(&repo, dir.path().join(out)) };
+        let mut spec = BuildContextSpec { base_runner: base.clone(), secrets: SecretSource::Dir(dir.path().join("secrets")), ..BuildContextSpec::new(&repo, dir.path().join(out)) };
         if let Some(greeting) = greeting {
             spec.context = json!({"project": {"properties": {"opschain": {"env": {"GREETING": greeting}}}}}).as_object().unwrap().clone();
         }

@@ -247,7 +247,7 @@ fn backend(api: &FakeApi) -> KubernetesBackend {
     let config = KubernetesConfig { namespace: "steps".into(), grace: Duration::from_secs(2), start_allowance: Duration::from_secs(20), ..KubernetesConfig::default() };
     // The image is given to `run_image`: the Docker side is not used.
     let docker = DockerConfig { docker: "/usr/bin/docker".into(), base_image: "unused".into(), grace: Duration::from_secs(2), transport: Default::default(), registry: None };
-    KubernetesBackend::with_client(config, DockerBackend::new(docker, api.repo.join("sandboxes"), "unused".into()), client, runtime)
+    KubernetesBackend::with_client(config, DockerBackend::new(docker, ".opschain".into(), api.repo.join("sandboxes")), client, runtime)
 }
 
 /// A repository with the test's actions.
@@ -283,11 +283,12 @@ fn job(action: &str) -> StepJob {
         step_id: 9,
         action: action.into(),
         repo: "/nonexistent".into(),
+        git_rev: "HEAD".into(),
         commit: "0".repeat(40),
         context: json!({"context": {"step": {"action": action}, "environment": {"code": "dev"}},
                         "project": {"properties": {}},
                         "environment": {"properties": {"opschain": {"env": {"GREETING": "from the secret"}}}}}),
-        build_secrets: serde_json::Map::new(),
+        build_secret_sets: Vec::new(),
     }
 }
 

@@ -1,8 +1,8 @@
 //! Step images through a real registry on loopback (`opschain change run --registry HOST:PORT`):
 //! Debian's `docker-registry` (the CNCF distribution registry, no image pull needed) started by
-//! the test on a free port with its storage in a temporary directory, stopped at the end. Where no
-//! Docker engine runs, or the registry is not installed (`scripts/test` installs it), each test
-//! prints why and passes without checking anything.
+//! the test on a free port with its storage in a temporary directory, stopped at the end. Ignored
+//! unless asked for (`--ignored`; scripts/test asks where it finds an engine, and installs the
+//! registry), and then each needs both.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod common;
 
 #[path = "support/docker_base.rs"]
 mod docker_base;
@@ -72,17 +74,12 @@ impl Drop for RegistryServer {
     }
 }
 
-fn ready() -> bool {
-    if !engine_runs() {
-        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
-        return false;
-    }
-    if !Path::new(REGISTRY_BIN).exists() {
-        eprintln!("skipped: {REGISTRY_BIN} is not installed (apt-get install docker-registry)");
-        return false;
-    }
+/// Checks that the test's tools are here (a missing one fails the test: it runs only where
+/// scripts/test found or installed them) and builds the base image.
+fn ready() {
+    common::required("a Docker engine", engine_runs());
+    common::required("Debian's docker-registry", if Path::new(REGISTRY_BIN).exists() { Ok(()) } else { Err(format!("{REGISTRY_BIN} is not installed (apt-get install docker-registry)")) });
     docker_base::build_base_image(env!("CARGO_BIN_EXE_opschain-runner"));
-    true
 }
 
 fn opschain(state: &Path) -> Command {
@@ -135,10 +132,9 @@ fn images_named(text: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn a_built_step_image_is_pushed_and_a_later_change_pulls_it_instead_of_building() {
-    if !ready() {
-        return;
-    }
+    ready();
     let registry = RegistryServer::start();
     let dir = tempfile::tempdir().unwrap();
     let repo = fixed_repo(dir.path());
@@ -176,10 +172,9 @@ fn a_built_step_image_is_pushed_and_a_later_change_pulls_it_instead_of_building(
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn an_unreachable_registry_fails_the_step_with_a_clear_error() {
-    if !ready() {
-        return;
-    }
+    ready();
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,8 @@
 //! The stream transport on the real Docker engine (`opschain change run --backend docker
 //! --transport stream`): the step context goes in on the container's standard input, the result
 //! comes back framed in its output, and no directory of the host is mounted into any container.
-//! Where no engine runs, each test prints why and passes without checking anything.
+//! Ignored unless asked for (`--ignored`; scripts/test asks where it finds an engine), and then
+//! each needs one.
 
 mod common;
 
@@ -56,11 +57,9 @@ fn containers_mounting(root: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn the_demo_change_runs_with_the_stream_transport_and_no_mount() {
-    if !engine_runs() {
-        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
-        return;
-    }
+    common::required("a Docker engine", engine_runs());
     build_base_image();
     let state = tempfile::tempdir().unwrap();
     let secrets = state.path().join("s.json");
@@ -115,11 +114,9 @@ fn big_result_repo(dir: &Path, bytes: usize) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
 fn a_result_of_megabytes_comes_back_whole_and_a_failed_step_still_reports() {
-    if !engine_runs() {
-        eprintln!("skipped: no Docker engine answers `{DOCKER} info`");
-        return;
-    }
+    common::required("a Docker engine", engine_runs());
     build_base_image();
     let state = tempfile::tempdir().unwrap();
     let size = 5 << 20;

@@ -7,6 +7,7 @@ use arbitrary::Unstructured;
 use opschain_runner::actions::Actions;
 use opschain_runner::context::StepContext;
 use opschain_runner::properties::text::PropertiesText;
+use opschain_runner::properties::declarations;
 use opschain_runner::{diff, env, files, json, properties};
 use serde_json::{Map, Value};
 
@@ -15,12 +16,13 @@ use serde_json::{Map, Value};
 ///
 /// The agent's own reading, which keeps the properties as text (`properties::text`), accepts
 /// exactly the same contexts, refuses the others with the same error, and merges to the same
-/// document, member for member and in order.
+/// document, member for member and in order; the declaring members it parses
+/// (`properties::declarations`) are the tree's own.
 pub fn step_context(data: &[u8]) {
     let path = Path::new("step_context.json");
     let trees = json::parse::<StepContext>(path, data);
     let texts = json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, data);
-    let ctx = match (trees, texts) {
+    let (ctx, texts) = match (trees, texts) {
         (Ok(trees), Ok(texts)) => {
             assert_eq!(texts.project.properties.to_map(), trees.project.properties.0);
             assert_eq!(texts.environment.properties.to_map(), trees.environment.properties.0);
@@ -29,7 +31,7 @@ pub fn step_context(data: &[u8]) {
             properties::merge_objects(&mut merged, trees.environment.properties.0.clone());
             let spliced: Map<String, Value> = serde_json::from_str(&spliced).expect("the splice is JSON");
             assert_eq!(serde_json::to_string(&spliced).unwrap(), serde_json::to_string(&merged).unwrap());
-            trees
+            (trees, texts)
         }
         (Err(trees), Err(texts)) => {
             assert_eq!(texts.to_string(), trees.to_string());
@@ -38,14 +40,18 @@ pub fn step_context(data: &[u8]) {
         (trees, texts) => panic!("the readings disagree: trees {:?}, texts {:?}", trees.err(), texts.err()),
     };
     let mut merged = Map::new();
-    for level in [&ctx.project.properties.0, &ctx.environment.properties.0] {
-        if let Err(e) = files::parse(level, Path::new("/opt/opschain"), None) {
-            assert!(e.pointer.starts_with("/opschain/files"), "{e:?}");
+    for (level, text) in [(&ctx.project.properties.0, &texts.project.properties), (&ctx.environment.properties.0, &texts.environment.properties)] {
+        // The agent reads the declarations from the declaring members alone.
+        let own = text.subset(&declarations::MEMBERS);
+        let expected: Map<String, Value> = level.iter().filter(|(k, _)| declarations::MEMBERS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(own, expected);
+        if let Err(e) = declarations::check_files(&own, Path::new("/opt/opschain"), None) {
+            assert!(e.pointer.starts_with("/opschain/files") || e.pointer.starts_with("/files"), "{e:?}");
         }
-        if let Err(e) = env::parse(level) {
-            assert!(e.pointer.starts_with("/opschain/env"), "{e:?}");
+        if let Err(e) = declarations::check_env(&own) {
+            assert!(e.pointer.starts_with("/opschain/env") || e.pointer.starts_with("/env"), "{e:?}");
         }
-        properties::merge_objects(&mut merged, level.clone());
+        declarations::merge_into(&mut merged, &own, &declarations::SEED_MEMBERS);
     }
     if let Ok(specs) = files::parse(&merged, Path::new("/opt/opschain"), None) {
         for spec in specs {

@@ -93,7 +93,7 @@ fn run(cli: Cli) -> i32 {
     // The wrapper and the build helpers print nothing of their own but errors: no log subscriber.
     match cli.command {
         Some(Command::Exec(args)) => return exec_subcommand(&cli.global, args),
-        Some(Command::CreateDockerfile) => return print_or_fail(build::DEFAULT_DOCKERFILE),
+        Some(Command::CreateDockerfile) => return print_or_fail(&build::default_dockerfile(&cli.global.folder)),
         #[cfg(feature = "controller")]
         Some(Command::BuildContext(args)) => return build_context(&cli.global, args),
         _ => {}
@@ -132,7 +132,10 @@ fn build_context(global: &Global, args: BuildContextArgs) -> i32 {
     let mut spec = BuildContextSpec::new(&global.repo, &args.out);
     spec.folder = global.folder.clone();
     spec.git_rev = args.git_rev;
-    spec.secrets_dir = args.secrets_dir;
+    if let Some(dir) = args.secrets_dir {
+        spec.secrets = build::SecretSource::Dir(dir);
+    }
+    spec.secrets_file = args.secrets_file;
     if let Some(version) = args.opschain_version {
         spec.base_runner = format!("opschain-runner:{version}");
         spec.opschain_version = version;

@@ -16,11 +16,19 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
+use opschain_runner::atomic::{self, Durability};
+use opschain_runner::build;
 use opschain_runner::controller::backend::docker::DockerConfig;
-use opschain_runner::controller::change::{self, ControllerConfig, NewChange};
+use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
+use opschain_runner::controller::output;
+use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
+use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{Level, StepRow, Store};
+use opschain_runner::controller::store::{Level, StepRow, Store, StoreError};
+use opschain_runner::exec::ExecError;
+use opschain_runner::exit::Sysexit;
+use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
 
 /// The OpsChain-compatible controller: runs changes as step trees, keeps properties and history.
 ///
@@ -29,19 +37,28 @@ use opschain_runner::controller::store::{Level, StepRow, Store};
 /// it, in sequence or in parallel; each step's property diffs are applied to the stored
 /// properties when it ends.
 ///
+/// The commands and flags are OpsChain's CLI's (`change create`, `project show-properties
+/// --project-code`, ...); this controller's own earlier names are kept as aliases (`change run`,
+/// `change logs`, `--project`, ...), so both spellings work.
+///
 /// Examples:
 ///
 ///   opschain demo                                      # the demo change, end to end
 ///
-///   opschain change run --repo . --project web --environment dev --action deploy
+///   opschain change create -p web -e dev --action deploy --git-rev main
 ///
-///   opschain change show 3 ; opschain change logs 3 ; opschain change retry 3
+///   opschain change show 3 ; opschain change show-logs 3 ; opschain change retry 3
 ///
-///   opschain properties set --project web --environment dev --json '{"replicas": 2}'
+///   opschain environment show-properties --project-code web --environment-code dev
+///
+///   opschain project set-properties -p web --file-path props.json
+///
+///   opschain dev create-dockerfile                     # writes .opschain/Dockerfile
 #[derive(Debug, Parser)]
-#[command(name = "opschain", version, verbatim_doc_comment)]
+#[command(name = "opschain", version, verbatim_doc_comment, max_term_width = 100, after_help = AFTER_HELP)]
 struct Cli {
-    /// State directory: the database (opschain.db), repository snapshots and step sandboxes.
+    /// State directory: the database (opschain.db), repository snapshots and step sandboxes,
+    /// readable by its owner only (0700, the database 0600; a looser one is tightened).
     /// Default: $XDG_STATE_HOME/opschain, else ~/.local/state/opschain, else ./.opschain-state.
     #[arg(long, global = true, env = "OPSCHAIN_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -49,26 +66,54 @@ struct Cli {
     command: Command,
 }
 
+/// The end of `opschain --help`: where default codes come from, and the exit statuses.
+const AFTER_HELP: &str = "\
+Project and environment codes: a command that needs one and is not given its flag takes it from
+$opschain_projectCode / $opschain_environmentCode, else from the projectCode / environmentCode keys
+of the .opschainrc JSON file of the working directory, else of the home directory (it says so on
+stderr). `properties ...` takes only the project code that way: there, no --environment-code means
+the project's own properties.
+
+Exit status:
+   0  success (for a change: it succeeded)
+   1  the change ended in error
+   2  the change was cancelled
+  64  the command line is wrong (unknown command or flag, no project or environment code)
+  65  invalid input: a properties or secret set file that is not the right JSON, a bad .opschainrc
+  66  not found: the project, environment, change, secret set or input file named does not exist
+  70  the controller itself failed (store, git, docker, the agent missing) or refused the command
+  73  cannot create: `dev create-dockerfile` found a Dockerfile there already
+  74  an input file or the Dockerfile cannot be read or written";
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run, list, show, print the logs of, retry and cancel changes.
+    /// Create (and run), list, show, print the logs of, retry and cancel changes.
     #[command(subcommand)]
     Change(ChangeCommand),
-    /// Show, set, edit and list the versions of project or environment properties.
-    #[command(subcommand)]
-    Properties(PropertiesCommand),
-    /// Manage secret sets (build secrets; runner secrets for the process backend).
-    #[command(subcommand)]
-    Secrets(SecretsCommand),
-    /// Project settings.
+    /// List and create projects; show, set and edit a project's properties.
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// List and create environments; show, set and edit an environment's properties.
+    #[command(subcommand)]
+    Environment(EnvironmentCommand),
+    /// Show, set, edit and list the versions of project or environment properties (the same
+    /// commands as `project`/`environment show-properties`, `set-properties` and
+    /// `edit-properties`, plus `history`).
+    #[command(subcommand)]
+    Properties(PropertiesCommand),
+    /// Manage secret sets (build secrets; runner secrets for the process backend). Values are
+    /// never printed: every line a change prints or stores has them masked as `****`.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Tools for a project's repository.
+    #[command(subcommand)]
+    Dev(DevCommand),
     /// Run the demo change (fixtures/demo: project demo, environment dev, action deploy) on the
     /// process backend, with its secret set `demo` created when missing.
     Demo(DemoArgs),
 }
 
-/// How steps run: shared by `change run`, `change retry` and `demo`.
+/// How steps run: shared by `change create`, `change retry` and `demo`.
 #[derive(Debug, Args)]
 struct RunSettings {
     /// How many steps run at once (parallel children beyond it wait). Default: 8 per CPU (steps
@@ -87,9 +132,15 @@ struct RunSettings {
     /// The docker CLI of the Docker backend (Debian's client builds with BuildKit).
     #[arg(long, env = "OPSCHAIN_DOCKER_BIN", default_value = "/usr/bin/docker", value_name = "PATH")]
     docker_bin: PathBuf,
-    /// The base runner image of the Docker backend's default Dockerfile (must exist locally).
+    /// The base runner image of the Docker backend (the OPSCHAIN_BASE_RUNNER build arg; must
+    /// exist locally).
     #[arg(long, env = "OPSCHAIN_DOCKER_BASE_IMAGE", default_value = "opschain-runner:latest", value_name = "IMAGE")]
     docker_base_image: String,
+    /// The OpsChain folder of the repository: .opschain, or .mintpress for MintPress (its
+    /// <folder>/Dockerfile, actions.toml and properties; the step image's env context is
+    /// step_context.json.zip for .mintpress). Give a retry the same folder as its change.
+    #[arg(long, env = "OPSCHAIN_REPO_FOLDER", default_value = ".opschain", value_name = "NAME")]
+    folder: String,
     /// How the Docker backend passes the step context in and gets step_result.json back:
     /// `bind-mount` (the repository folder mounted from this host) or `stream` (the context on the
     /// container's stdin, the result framed in its output: nothing shared with the host; see
@@ -153,35 +204,71 @@ fn kube_config(s: &RunSettings) -> Result<opschain_runner::controller::backend::
         ttl_after_finished: k.kube_ttl_secs,
         start_allowance: Duration::from_secs(k.kube_start_secs),
         grace: Duration::from_secs(s.grace_secs),
+        folder: checked_folder(&s.folder)?,
     })
+}
+
+/// `-p`: the project code, defaulting from $opschain_projectCode or `.opschainrc`.
+#[derive(Debug, Args)]
+struct ProjectCode {
+    /// The project code. Default: $opschain_projectCode, else projectCode of .opschainrc.
+    #[arg(short = 'p', long = "project-code", visible_alias = "project", value_name = "CODE")]
+    project_code: Option<String>,
+}
+
+/// `-e`: the environment code, defaulting from $opschain_environmentCode or `.opschainrc`.
+#[derive(Debug, Args)]
+struct EnvironmentCode {
+    /// The environment code. Default: $opschain_environmentCode, else environmentCode of
+    /// .opschainrc.
+    #[arg(short = 'e', long = "environment-code", visible_alias = "environment", value_name = "CODE")]
+    environment_code: Option<String>,
+}
+
+/// `-y`: OpsChain's CLI asks before it writes unless given `--confirm`; this one never asks.
+#[derive(Debug, Args)]
+struct Confirm {
+    /// Accepted as OpsChain's CLI takes it; this controller never asks for confirmation.
+    #[arg(short = 'y', long = "confirm")]
+    confirm: bool,
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The project's repository: a git work tree, or a plain directory (snapshotted into a git
-    /// repository under the state directory, then run from that commit).
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
-    /// The project code (created when new).
-    #[arg(long, value_name = "CODE")]
-    project: String,
-    /// The environment code (created when new).
-    #[arg(long, value_name = "CODE")]
-    environment: String,
-    /// The action of the change's root step.
-    #[arg(long, value_name = "NAME")]
+    #[command(flatten)]
+    project: ProjectCode,
+    #[command(flatten)]
+    environment: EnvironmentCode,
+    /// The action of the change's root step (an empty name means `default`, as in OpsChain).
+    #[arg(short = 'a', long, value_name = "NAME")]
     action: String,
     /// The git revision to run (resolved to a commit when the change is created).
-    #[arg(long, default_value = "HEAD", value_name = "REV")]
+    #[arg(short = 'g', long, default_value = "HEAD", value_name = "REV")]
     git_rev: String,
+    /// Read --git-rev against this git remote of the repository, as OpsChain does: the remote is
+    /// fetched first, and a branch of it is taken as `<remote>/<rev>` (a tag or a commit as is).
+    #[arg(short = 'G', long, value_name = "NAME")]
+    git_remote_name: Option<String>,
+    /// Accepted as OpsChain's CLI takes it: `change create` always streams the step logs.
+    #[arg(long)]
+    follow_logs: bool,
+    /// The project's repository: a git work tree, or a plain directory (snapshotted into a git
+    /// repository under the state directory, then run from that commit). Default: the working
+    /// directory, which must then hold the OpsChain folder (.opschain).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
     /// Where steps run: `process` (a checkout and a child process), `docker` (an image and a
     /// container per step), or, in a build with the `kubernetes` feature, `kubernetes` (a Job per
     /// step in the cluster of the kubeconfig; needs --registry).
     #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = backends(), value_name = "NAME")]
     backend: String,
-    /// The secret set the steps get (see `opschain secrets set`).
+    /// The secret set the steps get as runner secrets (see `opschain secrets set`). Image builds
+    /// get the build secret sets instead: those opschain.config.build_secrets lists, else
+    /// opschain-build-env.
     #[arg(long, value_name = "NAME")]
     secrets: Option<String>,
+    #[command(flatten)]
+    confirm: Confirm,
     #[command(flatten)]
     settings: RunSettings,
 }
@@ -195,70 +282,214 @@ struct DemoArgs {
     settings: RunSettings,
 }
 
+/// Which change: `ID`, or `-c ID` as OpsChain's CLI takes it.
+#[derive(Debug, Args)]
+struct ChangeId {
+    /// The change id.
+    #[arg(value_name = "ID", required_unless_present = "change_id", conflicts_with = "change_id")]
+    id: Option<i64>,
+    /// The change id (the same as ID).
+    #[arg(short = 'c', long = "change-id", value_name = "ID")]
+    change_id: Option<i64>,
+}
+
+impl ChangeId {
+    fn get(&self) -> i64 {
+        self.id.or(self.change_id).expect("clap requires ID or --change-id")
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum ChangeCommand {
     /// Create a change at a commit and run it; streams step logs and phase messages, exits 0 when
-    /// the change succeeds, 1 when it errors, 2 when it is cancelled.
-    Run(RunArgs),
-    /// List the changes.
-    List,
+    /// the change succeeds, 1 when it errors, 2 when it is cancelled. The project and environment
+    /// are created when new.
+    #[command(visible_alias = "run")]
+    Create(RunArgs),
+    /// List the changes (of a project, and of an environment, when codes are given or default).
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        project: ProjectCode,
+        #[command(flatten)]
+        environment: EnvironmentCode,
+    },
     /// Show a change and its step tree with statuses.
     Show {
-        /// The change id.
-        id: i64,
+        #[command(flatten)]
+        id: ChangeId,
     },
     /// Print a change's step logs.
+    #[command(name = "show-logs", visible_alias = "logs")]
     Logs {
-        /// The change id.
-        id: i64,
+        #[command(flatten)]
+        id: ChangeId,
     },
     /// Re-run what did not succeed in a change, from the same commit.
     Retry {
-        /// The change id.
-        id: i64,
+        #[command(flatten)]
+        id: ChangeId,
         #[command(flatten)]
         settings: RunSettings,
     },
     /// Cancel a change: pending, queued and running steps become cancelled.
     Cancel {
-        /// The change id.
-        id: i64,
+        #[command(flatten)]
+        id: ChangeId,
     },
 }
 
-/// Which properties: a project's, or with `--environment` one of its environments'.
+/// The new properties of `set-properties`: a JSON object from a file, stdin or the command line.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct NewProperties {
+    /// The JSON file (`-` for stdin).
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The JSON file (the same as FILE).
+    #[arg(short = 'f', long = "file-path", value_name = "FILE")]
+    file_path: Option<PathBuf>,
+    /// The JSON object itself.
+    #[arg(long, value_name = "JSON")]
+    json: Option<String>,
+}
+
+/// `--version N` of `show-properties`.
+#[derive(Debug, Args)]
+struct PropertiesVersion {
+    /// A stored version instead of the current one (see `properties history`).
+    #[arg(long, value_name = "N")]
+    version: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectCommand {
+    /// List the projects.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Create a project (`change create` and `set-properties` also create the project they name).
+    Create {
+        /// The new project's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Print the project's current properties (or `--version N`) as JSON.
+    ShowProperties {
+        #[command(flatten)]
+        project: ProjectCode,
+        #[command(flatten)]
+        version: PropertiesVersion,
+    },
+    /// Replace the project's properties with a JSON object; creates the project when new.
+    SetProperties {
+        #[command(flatten)]
+        project: ProjectCode,
+        #[command(flatten)]
+        new: NewProperties,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Edit the project's properties in $VISUAL / $EDITOR (default vi); saved as a new version
+    /// when changed.
+    EditProperties {
+        #[command(flatten)]
+        project: ProjectCode,
+    },
+    /// Let (or stop letting) several changes of a project run at once in one environment.
+    /// Default: one change at a time per environment; the others wait, `queued`.
+    AllowParallelChanges {
+        /// The project code.
+        project: String,
+        /// true or false.
+        #[arg(action = clap::ArgAction::Set)]
+        allow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvironmentCommand {
+    /// List a project's environments.
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        project: ProjectCode,
+    },
+    /// Create an environment of a project (`change create` and `set-properties` also create the
+    /// environment they name).
+    Create {
+        #[command(flatten)]
+        project: ProjectCode,
+        /// The new environment's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Print the environment's current properties (or `--version N`) as JSON.
+    ShowProperties {
+        #[command(flatten)]
+        project: ProjectCode,
+        #[command(flatten)]
+        environment: EnvironmentCode,
+        #[command(flatten)]
+        version: PropertiesVersion,
+    },
+    /// Replace the environment's properties with a JSON object; creates the project and the
+    /// environment when new.
+    SetProperties {
+        #[command(flatten)]
+        project: ProjectCode,
+        #[command(flatten)]
+        environment: EnvironmentCode,
+        #[command(flatten)]
+        new: NewProperties,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Edit the environment's properties in $VISUAL / $EDITOR (default vi); saved as a new
+    /// version when changed.
+    EditProperties {
+        #[command(flatten)]
+        project: ProjectCode,
+        #[command(flatten)]
+        environment: EnvironmentCode,
+    },
+}
+
+/// Which properties: a project's, or with `--environment-code` one of its environments'.
 #[derive(Debug, Args)]
 struct Owner {
-    /// The project code.
-    #[arg(long, value_name = "CODE")]
-    project: String,
-    /// The environment code; without it, the project's properties.
-    #[arg(long, value_name = "CODE")]
+    #[command(flatten)]
+    project: ProjectCode,
+    /// The environment code; without it, the project's properties (no default applies here).
+    #[arg(short = 'e', long = "environment-code", visible_alias = "environment", value_name = "CODE")]
     environment: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum PropertiesCommand {
-    /// Print the current properties (or `--version N`).
+    /// Print the current properties (or `--version N`) as JSON: `project show-properties`,
+    /// `environment show-properties`.
     Show {
         #[command(flatten)]
         owner: Owner,
-        /// A stored version instead of the current one.
-        #[arg(long, value_name = "N")]
-        version: Option<i64>,
+        #[command(flatten)]
+        version: PropertiesVersion,
     },
-    /// Replace the properties with a JSON object from FILE (`-` for stdin) or `--json`.
+    /// Replace the properties with a JSON object from FILE (`-` for stdin) or `--json`:
+    /// `project set-properties`, `environment set-properties`.
     Set {
         #[command(flatten)]
         owner: Owner,
-        /// The JSON file.
-        #[arg(value_name = "FILE", required_unless_present = "json", conflicts_with = "json")]
-        file: Option<PathBuf>,
-        /// The JSON object itself.
-        #[arg(long, value_name = "JSON")]
-        json: Option<String>,
+        #[command(flatten)]
+        new: NewProperties,
+        #[command(flatten)]
+        confirm: Confirm,
     },
-    /// Edit the properties in $VISUAL / $EDITOR (default vi); saved as a new version when changed.
+    /// Edit the properties in $VISUAL / $EDITOR (default vi); saved as a new version when changed:
+    /// `project edit-properties`, `environment edit-properties`.
     Edit {
         #[command(flatten)]
         owner: Owner,
@@ -272,7 +503,7 @@ enum PropertiesCommand {
 
 #[derive(Debug, Subcommand)]
 enum SecretsCommand {
-    /// Create or replace secret set NAME from a JSON file `{"NAME": "value"}`.
+    /// Create or replace (rotate) secret set NAME from a JSON file `{"NAME": "value"}`.
     Set {
         /// The set's name.
         name: String,
@@ -285,16 +516,95 @@ enum SecretsCommand {
 }
 
 #[derive(Debug, Subcommand)]
-enum ProjectCommand {
-    /// Let (or stop letting) several changes of a project run at once in one environment.
-    /// Default: one change at a time per environment; the others wait, `queued`.
-    AllowParallelChanges {
-        /// The project code.
-        project: String,
-        /// true or false.
-        #[arg(action = clap::ArgAction::Set)]
-        allow: bool,
+enum DevCommand {
+    /// Write the default step runner Dockerfile to <repo>/<folder>/Dockerfile, to customise it
+    /// (the folder is created when missing). An existing Dockerfile is kept unless `--force`.
+    CreateDockerfile {
+        /// The project's repository.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        repo: PathBuf,
+        /// The OpsChain folder inside the repository (MintPress uses .mintpress).
+        #[arg(long, env = "OPSCHAIN_REPO_FOLDER", default_value = DEFAULT_REPO_FOLDER, value_name = "NAME")]
+        folder: String,
+        /// Replace an existing Dockerfile.
+        #[arg(long)]
+        force: bool,
     },
+}
+
+/// The controller's own failures that are not a library error: each names its exit status.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// A project or environment code is needed and no source gives one.
+    #[error("no {noun} code: give --{flag} CODE, set ${var}, or put {key} in .opschainrc")]
+    NoCode {
+        /// "project" or "environment".
+        noun: &'static str,
+        /// The flag.
+        flag: &'static str,
+        /// The variable.
+        var: &'static str,
+        /// The key of `.opschainrc`.
+        key: &'static str,
+    },
+    /// A project or environment that does not exist.
+    #[error("{0}")]
+    Unknown(String),
+    /// An input file that cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A secret set file that cannot be read or is not `{"NAME": "value"}`.
+    #[error("cannot read the secret set file {}", path.display())]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause: the file is missing or unreadable, or its content is not a secret set.
+        #[source]
+        source: opschain_runner::exec::ExecError,
+    },
+    /// The Dockerfile cannot be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `change create` without `--repo` in a directory that is no project repository.
+    #[error("the working directory {} has no {folder} folder: run from the project's repository or give --repo DIR", dir.display())]
+    NotARepo {
+        /// The working directory.
+        dir: PathBuf,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
+    /// `dev create-dockerfile` found a Dockerfile already.
+    #[error("{} exists: keeping it (give --force to replace it)", path.display())]
+    Exists {
+        /// The Dockerfile.
+        path: PathBuf,
+    },
+}
+
+impl Failure {
+    fn status(&self) -> Sysexit {
+        match self {
+            Failure::NoCode { .. } => Sysexit::Usage,
+            Failure::Unknown(_) | Failure::NotARepo { .. } => Sysexit::NoInput,
+            Failure::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
+            Failure::SecretFile { source: ExecError::SecretSet(e), .. } => opschain_runner::exit::of_json(e),
+            Failure::SecretFile { .. } => Sysexit::DataErr,
+            Failure::Read { .. } | Failure::Write { .. } => Sysexit::IoErr,
+            Failure::Exists { .. } => Sysexit::CantCreat,
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -326,12 +636,27 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         grace: Duration::from_secs(s.grace_secs),
         keep_sandboxes: s.keep_sandboxes,
         queue_poll: Duration::from_millis(500),
-        docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs), transport: s.transport.parse().map_err(anyhow::Error::msg)?,
+        docker: DockerConfig {
+            docker: s.docker_bin.clone(),
+            base_image: s.docker_base_image.clone(),
+            grace: Duration::from_secs(s.grace_secs),
+            transport: s.transport.parse().map_err(anyhow::Error::msg)?,
             registry: s.registry.as_deref().map(str::parse).transpose()?,
         },
         #[cfg(feature = "kubernetes")]
         kubernetes: kube_config(s)?,
+        folder: checked_folder(&s.folder)?,
     })
+}
+
+/// The OpsChain folder, checked to be one plain directory name (it is joined to the repository
+/// and to `/opt/opschain` in the container).
+fn checked_folder(folder: &str) -> Result<String> {
+    let plain = !folder.is_empty() && folder != "." && folder != ".." && !folder.contains(['/', '\0', ',', '=']);
+    if !plain {
+        bail!("--folder {folder:?}: expected one directory name, like .opschain or .mintpress");
+    }
+    Ok(folder.to_string())
 }
 
 /// `cargo run --bin opschain` builds only this binary: when it runs from its cargo target
@@ -366,19 +691,207 @@ fn exit_of(status: ChangeStatus) -> ExitCode {
     }
 }
 
-fn owner_id(store: &Store, owner: &Owner) -> Result<(Level, i64)> {
-    let project = store.ensure_project(&owner.project)?;
-    Ok(match &owner.environment {
-        Some(env) => (Level::Environment, store.ensure_environment(project, env)?),
-        None => (Level::Project, project),
+/// The exit status of a failure of the controller itself (never 1 or 2: those say how a change
+/// ended). The first cause in the chain that has a status of its own decides; else 70.
+fn failure_status(e: &anyhow::Error) -> Sysexit {
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.status();
+        }
+        if let Some(e) = cause.downcast_ref::<opschain_runner::json::JsonError>() {
+            return opschain_runner::exit::of_json(e);
+        }
+        if cause.downcast_ref::<RcError>().is_some() {
+            return Sysexit::DataErr;
+        }
+        match cause.downcast_ref::<StoreError>() {
+            Some(StoreError::NotFound(_)) => return Sysexit::NoInput,
+            Some(_) => return Sysexit::Software,
+            None => {}
+        }
+        // `ChangeError::Store` is transparent: the store error itself is not in the chain.
+        match cause.downcast_ref::<ChangeError>() {
+            Some(ChangeError::NoSecretSet(_) | ChangeError::Store(StoreError::NotFound(_))) => return Sysexit::NoInput,
+            Some(_) => return Sysexit::Software,
+            None => {}
+        }
+    }
+    Sysexit::Software
+}
+
+/// The code `which`, from its flag or a default (see [`Defaults`]); says on stderr where a default came
+/// from. Without any: a usage error naming every source.
+fn code(defaults: &Defaults, which: Which, flag: Option<&str>) -> Result<String> {
+    match defaults.resolve(which, flag)? {
+        Some(Code { value, source: Source::Flag }) => Ok(value),
+        Some(Code { value, source }) => {
+            eprintln!("opschain: {} code {value:?} from {source}", which.noun());
+            Ok(value)
+        }
+        None => Err(no_code(which)),
+    }
+}
+
+/// The usage error of a command that needs code `which` and has none.
+fn no_code(which: Which) -> anyhow::Error {
+    let flag = match which {
+        Which::Project => "project-code",
+        Which::Environment => "environment-code",
+    };
+    Failure::NoCode { noun: which.noun(), flag, var: which.var(), key: which.key() }.into()
+}
+
+/// The id of an existing project; an unknown code is an error that lists the known ones.
+fn find_project(store: &Store, code: &str) -> Result<i64> {
+    match store.project_id(code) {
+        Err(StoreError::NotFound(_)) => {
+            let known: Vec<String> = store.projects()?.into_iter().map(|p| p.code).collect();
+            Err(Failure::Unknown(format!("project {code:?} does not exist ({}); create it with `opschain project create --code {code}`", known_list(&known)))
+                .into())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// The id of an existing environment of a project; an unknown code is an error that lists the
+/// project's environments.
+fn find_environment(store: &Store, project: &str, project_id: i64, code: &str) -> Result<i64> {
+    match store.environment_id(project_id, code) {
+        Err(StoreError::NotFound(_)) => {
+            let known: Vec<String> = store.environments(project_id)?.into_iter().map(|e| e.code).collect();
+            Err(Failure::Unknown(format!(
+                "environment {code:?} of project {project:?} does not exist ({}); create it with `opschain environment create -p {project} --code {code}`",
+                known_list(&known)
+            ))
+            .into())
+        }
+        other => Ok(other?),
+    }
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        "there are none".into()
+    } else {
+        format!("known: {}", known.join(", "))
+    }
+}
+
+/// The id of project `code`, creating it (and saying so on stderr) when new.
+fn ensure_project(store: &Store, code: &str) -> Result<i64> {
+    match store.project_id(code) {
+        Err(StoreError::NotFound(_)) => {
+            let id = store.ensure_project(code)?;
+            eprintln!("opschain: project {code:?} created");
+            Ok(id)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// The id of environment `code` of a project, creating it (and saying so on stderr) when new.
+fn ensure_environment(store: &Store, project_id: i64, code: &str) -> Result<i64> {
+    match store.environment_id(project_id, code) {
+        Err(StoreError::NotFound(_)) => {
+            let id = store.ensure_environment(project_id, code)?;
+            eprintln!("opschain: environment {code:?} created");
+            Ok(id)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Whether a command may create the project or environment it names: only writes may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Reads: an unknown code is an error.
+    Existing,
+    /// Writes: an unknown code is created.
+    CreateWhenNew,
+}
+
+/// The properties level and owner id of a project (`environment` None) or an environment.
+fn owner_id(store: &Store, project: &str, environment: Option<&str>, lookup: Lookup) -> Result<(Level, i64)> {
+    let project_id = match lookup {
+        Lookup::Existing => find_project(store, project)?,
+        Lookup::CreateWhenNew => ensure_project(store, project)?,
+    };
+    Ok(match environment {
+        Some(env) => (
+            Level::Environment,
+            match lookup {
+                Lookup::Existing => find_environment(store, project, project_id, env)?,
+                Lookup::CreateWhenNew => ensure_environment(store, project_id, env)?,
+            },
+        ),
+        None => (Level::Project, project_id),
     })
 }
 
+/// Reads user-given properties with the crate's strict reader: an object, no duplicate key at any
+/// depth, errors naming the JSON pointer and line (as every input of the agent).
 fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>> {
-    match serde_json::from_str::<Value>(text).with_context(|| format!("{what} is not valid JSON"))? {
-        Value::Object(map) => Ok(map),
-        _ => bail!("{what} is not a JSON object"),
+    let opschain_runner::json::StrictObject(map) = opschain_runner::json::parse(Path::new(what), text.as_bytes())?;
+    Ok(map)
+}
+
+/// The JSON object `set-properties` is given.
+fn read_new_properties(new: NewProperties) -> Result<Map<String, Value>> {
+    match (new.file.or(new.file_path), new.json) {
+        (_, Some(text)) => parse_object(&text, "--json"),
+        (Some(path), None) if path == Path::new("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| Failure::Read { path: "stdin".into(), source })?;
+            parse_object(&text, "stdin")
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| Failure::Read { path: path.clone(), source })?;
+            parse_object(&text, &path.display().to_string())
+        }
+        (None, None) => unreachable!("clap requires FILE, --file-path or --json"),
     }
+}
+
+fn show_properties(store: &Store, project: &str, environment: Option<&str>, version: Option<i64>) -> Result<ExitCode> {
+    let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
+    let json = match version {
+        Some(v) => store.properties_version(level, id, v)?,
+        None => store.properties(level, id)?.json,
+    };
+    println!("{}", serde_json::to_string_pretty(&Value::Object(json))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn set_properties(store: &Store, project: &str, environment: Option<&str>, new: NewProperties) -> Result<ExitCode> {
+    let map = read_new_properties(new)?;
+    let (level, id) = owner_id(store, project, environment, Lookup::CreateWhenNew)?;
+    let version = store.set_properties(level, id, &map)?;
+    println!("{} properties saved as version {version}", level.as_str());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn edit_properties(store: &Store, project: &str, environment: Option<&str>) -> Result<ExitCode> {
+    let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
+    let current = store.properties(level, id)?;
+    let before = serde_json::to_string_pretty(&Value::Object(current.json.clone()))? + "\n";
+    let after = edit(&before)?;
+    let map = parse_object(&after, "the edited properties")?;
+    if map == current.json {
+        println!("{} properties unchanged (version {})", level.as_str(), current.version);
+    } else {
+        let version = store.set_properties(level, id, &map)?;
+        println!("{} properties saved as version {version}", level.as_str());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn properties_history(store: &Store, project: &str, environment: Option<&str>) -> Result<ExitCode> {
+    let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
+    for v in store.properties_history(level, id)? {
+        let by = v.step_id.map(|s| format!("step {s}")).unwrap_or_else(|| "user".into());
+        println!("v{:<4} {} {:<10} {}", v.version, v.created_at, by, Value::Object(v.json));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_tree(steps: &[StepRow], parent: Option<i64>, depth: usize) {
@@ -398,10 +911,40 @@ fn print_tree(steps: &[StepRow], parent: Option<i64>, depth: usize) {
     }
 }
 
+/// A private temporary directory (mkdtemp(3): a new, unpredictable name, mode 0700), removed
+/// with everything in it when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new(prefix: &str) -> Result<PrivateDir> {
+        let template = std::env::temp_dir().join(format!("{prefix}XXXXXX"));
+        let dir = nix::unistd::mkdtemp(&template).with_context(|| format!("cannot create a private temporary directory like {}", template.display()))?;
+        Ok(PrivateDir(dir))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lets the user edit `initial` in $VISUAL / $EDITOR (default vi); returns the saved text. The
+/// file is `properties.json` in a private temporary directory, created new (never through a
+/// symlink, readable by its owner only).
 fn edit(initial: &str) -> Result<String> {
-    let dir = tempfile_dir()?;
-    let path = dir.join("properties.json");
-    std::fs::write(&path, initial).with_context(|| format!("cannot write {}", path.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = PrivateDir::new("opschain-edit-")?;
+    let path = dir.0.join("properties.json");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(initial.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    drop(file);
     let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
     let status = std::process::Command::new("/bin/sh")
         .arg("-c")
@@ -410,41 +953,118 @@ fn edit(initial: &str) -> Result<String> {
         .arg(&path)
         .status()
         .with_context(|| format!("cannot run the editor {editor:?}"))?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()));
-    let _ = std::fs::remove_dir_all(&dir);
     if !status.success() {
         bail!("the editor {editor:?} failed ({status}): nothing saved");
     }
-    text
+    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("opschain-edit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// Writes the default step Dockerfile to `<repo>/<folder>/Dockerfile`: as a new file (never over
+/// an existing file or through a symlink) unless `force`, then atomically over whatever is there.
+fn create_dockerfile(repo: &Path, folder: &str, force: bool) -> Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let layout = Layout::new(repo, folder).with_context(|| format!("cannot resolve {}", repo.display()))?;
+    let path = layout.dockerfile();
+    let dir = layout.folder_dir();
+    std::fs::create_dir_all(&dir).map_err(|source| Failure::Write { path: dir.clone(), source })?;
+    let dockerfile = build::default_dockerfile(folder);
+    let contents = dockerfile.as_bytes();
+    if force {
+        atomic::write(&path, contents, 0o644, Durability::Durable).map_err(|e| Failure::Write { path: path.clone(), source: e.source })?;
+        return Ok(path);
+    }
+    let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Failure::Exists { path }.into()),
+        other => other.map_err(|source| Failure::Write { path: path.clone(), source })?,
+    };
+    file.write_all(contents).and_then(|()| file.sync_all()).map_err(|source| Failure::Write { path: path.clone(), source })?;
+    Ok(path)
 }
 
-fn run() -> Result<ExitCode> {
-    let cli = Cli::parse();
+/// The repository of `change create`: `--repo`, else the working directory when it holds the
+/// OpsChain folder (a directory run from by mistake, such as a home directory, would otherwise be
+/// snapshotted whole).
+fn repo_or_working_directory(repo: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(repo) = repo {
+        return Ok(repo);
+    }
+    let cwd = std::env::current_dir().context("cannot find the working directory")?;
+    let folder = std::env::var("OPSCHAIN_REPO_FOLDER").ok().filter(|f| !f.is_empty()).unwrap_or_else(|| DEFAULT_REPO_FOLDER.into());
+    if !cwd.join(&folder).is_dir() {
+        return Err(Failure::NotARepo { dir: cwd, folder }.into());
+    }
+    Ok(cwd)
+}
+
+/// `rev` read against the git remote `remote` of the work tree `repo`, as OpsChain reads
+/// `--git-rev` with `--git-remote-name`: the remote is fetched, then a branch of it is
+/// `<remote>/<rev>`; any other revision (a tag, a commit) is `rev` itself.
+fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String> {
+    if !repo::is_repo_top(repo) {
+        return Err(Failure::Unknown(format!("{} is not the top of a git work tree: it has no git remote {remote:?}", repo.display())).into());
+    }
+    if repo::git(repo, &["remote", "get-url", remote]).is_err() {
+        let known = repo::git(repo, &["remote"]).unwrap_or_default();
+        let known: Vec<String> = known.lines().map(String::from).collect();
+        return Err(Failure::Unknown(format!("git remote {remote:?} of {} does not exist ({})", repo.display(), known_list(&known))).into());
+    }
+    repo::git(repo, &["fetch", "--quiet", "--tags", remote]).with_context(|| format!("cannot fetch the git remote {remote:?} of {}", repo.display()))?;
+    let tracking = format!("{remote}/{rev}");
+    match repo::git(repo, &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{tracking}^{{commit}}")]) {
+        Ok(_) => Ok(tracking),
+        Err(_) => Ok(rev.to_string()),
+    }
+}
+
+/// Creates and runs a change; `change create` and `demo`.
+fn run_change(store: &Store, config: &ControllerConfig, new: NewChange) -> Result<(i64, ChangeStatus)> {
+    let project_is_new = matches!(store.project_id(&new.project), Err(StoreError::NotFound(_)));
+    let environment_is_new =
+        project_is_new || matches!(store.project_id(&new.project).and_then(|p| store.environment_id(p, &new.environment)), Err(StoreError::NotFound(_)));
+    let id = change::create(store, config, &new)?;
+    if project_is_new {
+        eprintln!("opschain: project {:?} created", new.project);
+    }
+    if environment_is_new {
+        eprintln!("opschain: environment {:?} created", new.environment);
+    }
+    println!("==> change {id} created (state: {})", store.path().display());
+    Ok((id, change::execute(store, config, id)?))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let defaults = Defaults::from_process();
+    let project = |flag: &ProjectCode| code(&defaults, Which::Project, flag.project_code.as_deref());
+    let environment = |flag: &EnvironmentCode| code(&defaults, Which::Environment, flag.environment_code.as_deref());
+    // Commands that need no store.
+    if let Command::Dev(DevCommand::CreateDockerfile { repo, folder, force }) = &cli.command {
+        let path = create_dockerfile(repo, folder, *force)?;
+        println!("{} written: the default step runner Dockerfile, to customise and commit", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     // Absolute, because steps run with their sandbox (under it) as working directory.
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
     let store = Store::open(&state_dir)?;
     match cli.command {
-        Command::Change(ChangeCommand::Run(args)) => {
-            let config = config(&state_dir, &args.settings)?;
+        Command::Change(ChangeCommand::Create(args)) => {
+            let repo = repo_or_working_directory(args.repo)?;
+            let git_rev = match &args.git_remote_name {
+                Some(remote) => remote_rev(&repo, remote, &args.git_rev)?,
+                None => args.git_rev,
+            };
             let new = NewChange {
-                repo: args.repo,
-                project: args.project,
-                environment: args.environment,
-                action: args.action,
-                git_rev: args.git_rev,
+                project: project(&args.project)?,
+                environment: environment(&args.environment)?,
+                repo,
+                action: if args.action.is_empty() { "default".into() } else { args.action },
+                git_rev,
                 backend: args.backend,
                 secret_set: args.secrets,
             };
-            let id = change::create(&store, &config, &new)?;
-            println!("==> change {id} created (state: {})", store.path().display());
-            Ok(exit_of(change::execute(&store, &config, id)?))
+            let config = config(&state_dir, &args.settings)?;
+            let (_, status) = run_change(&store, &config, new)?;
+            Ok(exit_of(status))
         }
         Command::Demo(args) => {
             let config = config(&state_dir, &args.settings)?;
@@ -463,9 +1083,7 @@ fn run() -> Result<ExitCode> {
                 backend: "process".into(),
                 secret_set: Some("demo".into()),
             };
-            let id = change::create(&store, &config, &new)?;
-            println!("==> change {id} created (state: {})", store.path().display());
-            let status = change::execute(&store, &config, id)?;
+            let (id, status) = run_change(&store, &config, new)?;
             println!("\n==> step tree of change {id}");
             print_tree(&store.steps(id)?, None, 1);
             let project = store.project_id("demo")?;
@@ -476,9 +1094,34 @@ fn run() -> Result<ExitCode> {
             println!("==> environment dev properties (v{}): {}", e.version, Value::Object(e.json));
             Ok(exit_of(status))
         }
-        Command::Change(ChangeCommand::List) => {
+        Command::Change(ChangeCommand::List { project: p, environment: e }) => {
+            // Filters: the codes given or defaulting; an unknown one is an error, not an empty list.
+            let project_code = defaults.resolve(Which::Project, p.project_code.as_deref())?;
+            let environment_code = defaults.resolve(Which::Environment, e.environment_code.as_deref())?;
+            for (which, code) in [(Which::Project, &project_code), (Which::Environment, &environment_code)] {
+                if let Some(Code { value, source: source @ (Source::Variable(_) | Source::File(_)) }) = code {
+                    eprintln!("opschain: {} code {value:?} from {source}", which.noun());
+                }
+            }
+            let project_code = project_code.map(|c| c.value);
+            let environment_code = environment_code.map(|c| c.value);
+            match (&project_code, &environment_code) {
+                (Some(p), Some(e)) => {
+                    let id = find_project(&store, p)?;
+                    find_environment(&store, p, id, e)?;
+                }
+                (Some(p), None) => {
+                    find_project(&store, p)?;
+                }
+                (None, Some(_)) => return Err(no_code(Which::Project)),
+                (None, None) => {}
+            }
             println!("{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} created", "id", "status", "project", "environment", "action", "commit", "backend");
-            for c in store.changes(None)? {
+            let changes = store
+                .changes(None)?
+                .into_iter()
+                .filter(|c| project_code.as_ref().is_none_or(|p| &c.project == p) && environment_code.as_ref().is_none_or(|e| &c.environment == e));
+            for c in changes {
                 println!(
                     "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {}",
                     c.id,
@@ -494,87 +1137,108 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Show { id }) => {
-            let c = store.change(id)?;
+            let c = store.change(id.get())?;
             println!("change {} {}", c.id, c.status.as_str());
             println!("  project {}, environment {}, action {}", c.project, c.environment, c.action);
             println!("  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display());
             println!("  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"));
             println!("steps:");
-            print_tree(&store.steps(id)?, None, 1);
+            let mask = output::change_masker(&store, &c)?;
+            let mut steps = store.steps(c.id)?;
+            for s in &mut steps {
+                s.message = s.message.as_deref().map(|m| mask.mask(m).into_owned());
+            }
+            print_tree(&steps, None, 1);
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Logs { id }) => {
-            store.change(id)?;
+            let id = id.get();
+            let mask = output::change_masker(&store, &store.change(id)?)?;
             let mut out = std::io::stdout().lock();
             for l in store.logs(id)? {
                 let mark = if l.stream == "stderr" { "!" } else { " " };
-                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, l.line)?;
+                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line))?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Retry { id, settings }) => {
+            // An unknown id is "not found", before anything else is looked at.
+            let id = store.change(id.get())?.id;
             let config = config(&state_dir, &settings)?;
             Ok(exit_of(change::retry(&store, &config, id)?))
         }
         Command::Change(ChangeCommand::Cancel { id }) => {
+            let id = id.get();
             match change::cancel(&store, id)? {
-                ChangeStatus::Running => println!("change {id}: cancel requested; its controller stops it"),
+                ChangeStatus::Running => {
+                    println!("change {id}: cancel requested; its controller stops it")
+                }
                 status => println!("change {id} {}", status.as_str()),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Properties(PropertiesCommand::Show { owner, version }) => {
-            let (level, id) = owner_id(&store, &owner)?;
-            let json = match version {
-                Some(v) => store.properties_version(level, id, v)?,
-                None => store.properties(level, id)?.json,
-            };
-            println!("{}", serde_json::to_string_pretty(&Value::Object(json))?);
+        Command::Project(ProjectCommand::List) => {
+            println!("{:<20} {:>12} {:>8} {:<9} created", "code", "environments", "changes", "parallel");
+            for p in store.projects()? {
+                println!("{:<20} {:>12} {:>8} {:<9} {}", p.code, p.environments, p.changes, if p.allow_parallel_changes { "yes" } else { "no" }, p.created_at);
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Properties(PropertiesCommand::Set { owner, file, json }) => {
-            let (level, id) = owner_id(&store, &owner)?;
-            let map = match (file, json) {
-                (_, Some(text)) => parse_object(&text, "--json")?,
-                (Some(path), None) if path == Path::new("-") => {
-                    let mut text = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read stdin")?;
-                    parse_object(&text, "stdin")?
-                }
-                (Some(path), None) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                    parse_object(&text, &path.display().to_string())?
-                }
-                (None, None) => bail!("give a FILE or --json"),
-            };
-            let version = store.set_properties(level, id, &map)?;
-            println!("{} properties saved as version {version}", level.as_str());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Properties(PropertiesCommand::Edit { owner }) => {
-            let (level, id) = owner_id(&store, &owner)?;
-            let current = store.properties(level, id)?;
-            let before = serde_json::to_string_pretty(&Value::Object(current.json.clone()))? + "\n";
-            let after = edit(&before)?;
-            let map = parse_object(&after, "the edited properties")?;
-            if map == current.json {
-                println!("{} properties unchanged (version {})", level.as_str(), current.version);
+        Command::Project(ProjectCommand::Create { code, .. }) => {
+            if store.project_id(&code).is_ok() {
+                println!("project {code} exists");
             } else {
-                let version = store.set_properties(level, id, &map)?;
-                println!("{} properties saved as version {version}", level.as_str());
+                store.ensure_project(&code)?;
+                println!("project {code} created");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Properties(PropertiesCommand::History { owner }) => {
-            let (level, id) = owner_id(&store, &owner)?;
-            for v in store.properties_history(level, id)? {
-                let by = v.step_id.map(|s| format!("step {s}")).unwrap_or_else(|| "user".into());
-                println!("v{:<4} {} {:<10} {}", v.version, v.created_at, by, Value::Object(v.json));
+        Command::Project(ProjectCommand::ShowProperties { project: p, version }) => show_properties(&store, &project(&p)?, None, version.version),
+        Command::Project(ProjectCommand::SetProperties { project: p, new, .. }) => set_properties(&store, &project(&p)?, None, new),
+        Command::Project(ProjectCommand::EditProperties { project: p }) => edit_properties(&store, &project(&p)?, None),
+        Command::Project(ProjectCommand::AllowParallelChanges { project, allow }) => {
+            let id = ensure_project(&store, &project)?;
+            store.set_allow_parallel_changes(id, allow)?;
+            println!("project {project}: parallel changes {}", if allow { "allowed" } else { "not allowed" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Environment(EnvironmentCommand::List { project: p }) => {
+            let code = project(&p)?;
+            let id = find_project(&store, &code)?;
+            println!("{:<20} {:>8} created", "code", "changes");
+            for e in store.environments(id)? {
+                println!("{:<20} {:>8} {}", e.code, e.changes, e.created_at);
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Environment(EnvironmentCommand::Create { project: p, code, .. }) => {
+            let project = project(&p)?;
+            let id = find_project(&store, &project)?;
+            if store.environment_id(id, &code).is_ok() {
+                println!("environment {code} of project {project} exists");
+            } else {
+                store.ensure_environment(id, &code)?;
+                println!("environment {code} of project {project} created");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Environment(EnvironmentCommand::ShowProperties { project: p, environment: e, version }) => {
+            show_properties(&store, &project(&p)?, Some(&environment(&e)?), version.version)
+        }
+        Command::Environment(EnvironmentCommand::SetProperties { project: p, environment: e, new, .. }) => {
+            set_properties(&store, &project(&p)?, Some(&environment(&e)?), new)
+        }
+        Command::Environment(EnvironmentCommand::EditProperties { project: p, environment: e }) => {
+            edit_properties(&store, &project(&p)?, Some(&environment(&e)?))
+        }
+        Command::Properties(PropertiesCommand::Show { owner, version }) => {
+            show_properties(&store, &project(&owner.project)?, owner.environment.as_deref(), version.version)
+        }
+        Command::Properties(PropertiesCommand::Set { owner, new, .. }) => set_properties(&store, &project(&owner.project)?, owner.environment.as_deref(), new),
+        Command::Properties(PropertiesCommand::Edit { owner }) => edit_properties(&store, &project(&owner.project)?, owner.environment.as_deref()),
+        Command::Properties(PropertiesCommand::History { owner }) => properties_history(&store, &project(&owner.project)?, owner.environment.as_deref()),
         Command::Secrets(SecretsCommand::Set { name, file }) => {
-            let set = change::read_secret_file(&file).with_context(|| format!("cannot read the secret set file {}", file.display()))?;
+            let set = change::read_secret_file(&file).map_err(|source| Failure::SecretFile { path: file.clone(), source })?;
             store.set_secrets(&name, &set)?;
             println!("secret set {name} saved ({} secrets: {})", set.len(), set.keys().cloned().collect::<Vec<_>>().join(", "));
             Ok(ExitCode::SUCCESS)
@@ -585,21 +1249,27 @@ fn run() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Project(ProjectCommand::AllowParallelChanges { project, allow }) => {
-            let id = store.ensure_project(&project)?;
-            store.set_allow_parallel_changes(id, allow)?;
-            println!("project {project}: parallel changes {}", if allow { "allowed" } else { "not allowed" });
-            Ok(ExitCode::SUCCESS)
+        Command::Dev(DevCommand::CreateDockerfile { .. }) => {
+            unreachable!("handled before the store is opened")
         }
     }
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; a wrong command line is a usage
+        // error, 64 (clap's own 2 would read as "the change was cancelled").
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(Sysexit::Usage as u8) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("opschain: error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(failure_status(&e) as u8)
         }
     }
 }

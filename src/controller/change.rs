@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::exec::{self, ExecError};
+use crate::json::{JsonError, SizeLimit};
+
 use super::backend::docker::{DockerBackend, DockerConfig};
 use super::backend::process::{ProcessBackend, ProcessConfig};
 use super::backend::Backend;
@@ -99,6 +102,10 @@ pub struct ControllerConfig {
     /// The Kubernetes backend's settings.
     #[cfg(feature = "kubernetes")]
     pub kubernetes: super::backend::kubernetes::KubernetesConfig,
+    /// The OpsChain folder of the repositories: `.opschain` (the default), or MintPress's
+    /// `.mintpress`. It picks the Dockerfile (`<folder>/Dockerfile`), the env context's form and
+    /// where the step context goes.
+    pub folder: String,
 }
 
 /// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
@@ -124,12 +131,13 @@ fn backend(config: &ControllerConfig, name: &str) -> Result<Box<dyn Backend>, Ch
             sandbox_root: config.state_dir.join("sandboxes"),
             grace: config.grace,
             keep_sandboxes: config.keep_sandboxes,
+            folder: config.folder.clone(),
         }))),
-        "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.state_dir.join("sandboxes"), config.agent.clone()))),
+        "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes")))),
         #[cfg(feature = "kubernetes")]
         "kubernetes" => {
             use super::backend::kubernetes::KubernetesBackend;
-            let images = DockerBackend::new(config.docker.clone(), config.state_dir.join("sandboxes"), config.agent.clone());
+            let images = DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes"));
             let backend = KubernetesBackend::new(config.kubernetes.clone(), images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
             Ok(Box::new(backend))
         }
@@ -201,12 +209,12 @@ pub fn cancel(store: &Store, change_id: i64) -> Result<ChangeStatus, ChangeError
     }
 }
 
-/// Parses a secret set file: a JSON object of strings.
-pub fn read_secret_file(path: &Path) -> Result<Map<String, Value>, std::io::Error> {
-    let text = std::fs::read_to_string(path)?;
-    let value: Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
-    match value {
-        Value::Object(map) if map.values().all(Value::is_string) => Ok(map),
-        _ => Err(std::io::Error::other("a secret set file holds one JSON object of strings: {\"NAME\": \"value\"}")),
+/// Reads a secret set file as every secret set is read ([`crate::exec::read_secret_set`]): a JSON
+/// object of `{"NAME": "value"}`, strictly (duplicate keys refused), names POSIX-portable, values
+/// strings; errors name the pointer and never quote a value. A missing file is an error here.
+pub fn read_secret_file(path: &Path) -> Result<Map<String, Value>, ExecError> {
+    match exec::read_secret_set(path, SizeLimit::DEFAULT)? {
+        Some(set) => Ok(set.into_iter().map(|(name, value)| (name, Value::String(value))).collect()),
+        None => Err(ExecError::SecretSet(JsonError::Missing { path: path.to_path_buf() })),
     }
 }

@@ -11,12 +11,20 @@
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
 //! * [`patch`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
+//! * [`private`]: the state directory, snapshots, sandboxes and secret files private to their
+//!   owner.
+//! * [`output`]: everything the controller prints or stores about a change, masked with the
+//!   change's secrets.
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
+//! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
 //! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
 
 pub mod backend;
 pub mod change;
+pub mod output;
 pub mod patch;
+pub mod rc;
+pub mod private;
 pub mod registry;
 pub mod repo;
 pub mod scheduler;

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use super::private;
+
 /// Why a git operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -101,9 +103,9 @@ pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     let name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "repo".into());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let repos = state_dir.join("repos");
-    std::fs::create_dir_all(&repos).map_err(|source| RepoError::CreateDir { path: repos.clone(), source })?;
+    private_dirs(&repos)?;
     let dest = repos.join(format!("{name}-{nanos}"));
-    copy_dir(dir, &dest, &[".git", "target"])?;
+    copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
     git(&dest, &["init", "-q"])?;
     git(&dest, &["add", "-A"])?;
     git(&dest, &["commit", "-q", "-m", "opschain snapshot"])?;
@@ -121,7 +123,7 @@ pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
 /// copy for every step.
 pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError> {
     let parent = dest.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent).map_err(|source| RepoError::CreateDir { path: parent.to_path_buf(), source })?;
+    private_dirs(parent)?;
     git(parent, &["clone", "-q", "--shared", "--no-checkout", "--template=", &repo.to_string_lossy(), &dest.to_string_lossy()])?;
     git(dest, &["checkout", "-q", "--detach", commit])?;
     Ok(())
@@ -134,17 +136,26 @@ pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError>
 /// file of its repo in place (or `chmod` it, which a hard link would share), and no step may
 /// change a file another step, or the source, sees.
 pub fn copy_checkout(from: &Path, to: &Path) -> Result<(), RepoError> {
-    copy_dir(from, to, &[])
+    copy_dir(from, to, &[], private::DIR_MODE)
+}
+
+/// Creates `dir` and its missing parents `0700` (see [`private`]): snapshots, sandboxes and the
+/// directories above them are their owner's only.
+fn private_dirs(dir: &Path) -> Result<(), RepoError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(private::DIR_MODE).create(dir).map_err(|source| RepoError::CreateDir { path: dir.to_path_buf(), source })
 }
 
 /// Copies the directory `from` to `to` (which must not exist; its parent must), leaving out every
 /// entry, at any depth, named in `skip`: directories made anew, symlinks recreated with the same
-/// target, regular files copied with their permission bits. The one copy behind a step's private
-/// checkout ([`copy_checkout`]) and a `--repo` snapshot ([`prepare`], which skips `.git` and
-/// `target`).
-fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<(), RepoError> {
+/// target, regular files copied with their permission bits. `to` itself is made with `mode`
+/// (`0700` for the top of a copy: the copy is private; `0o777` less the umask below it). The one
+/// copy behind a step's private checkout ([`copy_checkout`]) and a `--repo` snapshot
+/// ([`prepare`], which skips `.git` and `target`).
+fn copy_dir(from: &Path, to: &Path, skip: &[&str], mode: u32) -> Result<(), RepoError> {
+    use std::os::unix::fs::DirBuilderExt;
     let err = |source| RepoError::Copy { from: from.to_path_buf(), to: to.to_path_buf(), source };
-    std::fs::create_dir(to).map_err(err)?;
+    std::fs::DirBuilder::new().mode(mode).create(to).map_err(err)?;
     for entry in std::fs::read_dir(from).map_err(err)? {
         let entry = entry.map_err(err)?;
         let name = entry.file_name();
@@ -157,7 +168,7 @@ fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<(), RepoError> {
             let target = std::fs::read_link(&src).map_err(err)?;
             std::os::unix::fs::symlink(target, &dst).map_err(err)?;
         } else if kind.is_dir() {
-            copy_dir(&src, &dst, skip)?;
+            copy_dir(&src, &dst, skip, 0o777)?;
         } else {
             std::fs::copy(&src, &dst).map_err(err)?;
         }
@@ -195,7 +206,7 @@ impl Checkouts {
                 None => {
                     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
                     let path = parent.join(format!("checkout-{}-{}-{nanos}", &commit[..commit.len().min(12)], std::process::id()));
-                    std::fs::create_dir_all(&parent).map_err(|source| RepoError::CreateDir { path: parent.clone(), source })?;
+                    private_dirs(&parent)?;
                     spread_subdirectories(&parent);
                     // A checkout that fails half way is removed, not left for nobody to find.
                     let made_one = checkout(repo, commit, &path).and_then(|()| {

@@ -12,16 +12,17 @@
 //! (a step's agent is started, streamed and waited for by the thread that runs the step, with no
 //! helper thread), so a change of a thousand parallel steps runs on a few dozen threads.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::backend::{Backend, LogSink, StepJob};
+use super::backend::{Backend, BackendError, StepJob};
+use super::output::{change_secrets, ChangeOutput};
+use crate::build::{self, BuildError, SecretSet};
 use super::status::{ChangeStatus, StepStatus};
-use super::store::{ChangeRow, StepEnd, StepRow, Store, StoreError};
+use super::store::{ChangeRow, Level, StepEnd, StepRow, Store, StoreError};
 
 /// How the scheduler runs a change.
 #[derive(Debug, Clone)]
@@ -74,23 +75,9 @@ pub struct Scheduler<'a> {
     config: SchedulerConfig,
     workers: Workers,
     cancel: Arc<AtomicBool>,
-    out: Mutex<std::io::Stdout>,
+    /// Where every line about the change goes, masked with its secrets.
+    output: ChangeOutput<'a>,
     started: Instant,
-}
-
-struct StepSink<'a> {
-    store: &'a Store,
-    step_id: i64,
-    prefix: String,
-    out: &'a Mutex<std::io::Stdout>,
-}
-
-impl LogSink for StepSink<'_> {
-    fn line(&self, stream: &'static str, line: &str) {
-        self.store.append_log(self.step_id, stream, line);
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "{} {line}", self.prefix);
-    }
 }
 
 /// Formats a duration as seconds with two decimals.
@@ -102,16 +89,29 @@ impl<'a> Scheduler<'a> {
     /// A scheduler for `change`, whose steps get `secrets` (runner secrets in their context).
     pub fn new(store: &'a Store, backend: &'a dyn Backend, change: ChangeRow, secrets: Map<String, Value>, config: SchedulerConfig) -> Scheduler<'a> {
         let workers = Workers { free: Mutex::new(config.workers.max(1)), freed: Condvar::new() };
-        Scheduler { store, backend, change, secrets, config, workers, cancel: Arc::new(AtomicBool::new(false)), out: Mutex::new(std::io::stdout()), started: Instant::now() }
+        let output = ChangeOutput::new(store);
+        Scheduler { store, backend, change, secrets, config, workers, cancel: Arc::new(AtomicBool::new(false)), output, started: Instant::now() }
     }
 
     fn say(&self, text: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "==> [{:>7}] {text}", secs(self.started.elapsed()));
+        self.output.say(text);
+    }
+
+    /// Masks, from now on, the secrets of the sets the change uses with these properties (its
+    /// runner set, and the build sets they name), and warns of those too short to be masked.
+    fn mask_secrets(&self, project: &Map<String, Value>, environment: &Map<String, Value>) -> Result<(), StoreError> {
+        let secrets = change_secrets(self.store, self.change.secret_set.as_deref(), project, environment)?;
+        for short in self.output.add_secrets(secrets) {
+            self.say(&format!("warning: {short}"));
+        }
+        Ok(())
     }
 
     /// Runs the change's steps to the end and records the change's final status.
     pub fn run(&self) -> Result<ChangeStatus, StoreError> {
+        let project = self.store.properties(Level::Project, self.change.project_id)?.json;
+        let environment = self.store.properties(Level::Environment, self.change.environment_id)?.json;
+        self.mask_secrets(&project, &environment)?;
         // The cancel watcher sleeps on `done` so that the end of the tree wakes it at once (a plain
         // sleep would hold the change's end back by up to a whole poll interval).
         let done = (Mutex::new(false), Condvar::new());
@@ -219,6 +219,22 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The build secret sets of a step's image, from this controller's secret sets: those the
+    /// step context's `opschain.config.build_secrets` lists (project, then environment), else the
+    /// default set `opschain-build-env`. A listed set that does not exist is an error that says
+    /// how to create it.
+    fn build_secret_sets(&self, job: &StepJob) -> Result<Vec<SecretSet>, BuildError> {
+        let context = job.context.as_object().cloned().unwrap_or_default();
+        build::applicable_secret_sets(&context)?
+            .into_iter()
+            .map(|name| match self.store.secrets(&name) {
+                Ok(Some(map)) => SecretSet::from_map(&name, &map),
+                Ok(None) => Err(BuildError::NoSecretSet { name }),
+                Err(e) => Err(BuildError::SecretStore { name, source: Box::new(e) }),
+            })
+            .collect()
+    }
+
     /// Runs one step's agent and records its end; true on success. `queued`: the step is already
     /// marked `queued` (its parallel group marked them all at once).
     fn execute(&self, step: &StepRow, depth: usize, queued: bool) -> Result<bool, StoreError> {
@@ -241,6 +257,7 @@ impl<'a> Scheduler<'a> {
             return Ok(false);
         }
         let start = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
+        self.mask_secrets(&start.project, &start.environment)?;
         let began = Instant::now();
         self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         let mut context = json!({
@@ -257,17 +274,26 @@ impl<'a> Scheduler<'a> {
         if !self.secrets.is_empty() {
             context["secrets"] = Value::Object(self.secrets.clone());
         }
-        let job = StepJob {
+        let mut job = StepJob {
             change_id: self.change.id,
             step_id: step.id,
             action: step.action.clone(),
             repo: self.change.repo.clone(),
+            git_rev: self.change.git_rev.clone(),
             commit: self.change.commit.clone(),
             context,
-            build_secrets: self.secrets.clone(),
+            build_secret_sets: Vec::new(),
         };
-        let sink = StepSink { store: self.store, step_id: step.id, prefix: format!("[{} {}]", step.id, step.action), out: &self.out };
-        let end = match self.backend.run(&job, &sink, &self.cancel) {
+        let sink = self.output.step_sink(step.id, &step.action);
+        let ran = if self.backend.builds_images() {
+            self.build_secret_sets(&job).map_err(|source| BackendError::BuildSecrets { step: step.id, source }).and_then(|sets| {
+                job.build_secret_sets = sets;
+                self.backend.run(&job, &sink, &self.cancel)
+            })
+        } else {
+            self.backend.run(&job, &sink, &self.cancel)
+        };
+        let end = match ran {
             Ok(output) => {
                 let cancelled = self.cancel.load(Ordering::SeqCst) && output.exit_status != 0;
                 let succeeded = output.exit_status == 0 && output.result.is_some();
@@ -305,6 +331,7 @@ impl<'a> Scheduler<'a> {
                     environment_diff,
                     children,
                     child_strategy: strategy,
+                    mask: self.output.masker(),
                 }
             }
             Err(e) => {
@@ -322,6 +349,7 @@ impl<'a> Scheduler<'a> {
                     environment_diff: json_patch::Patch(vec![]),
                     children: vec![],
                     child_strategy: None,
+                    mask: self.output.masker(),
                 }
             }
         };

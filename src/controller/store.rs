@@ -38,6 +38,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::patch::{self, Conflict};
+use super::private;
+use crate::mask::Masker;
 use super::status::{ChangeStatus, StepStatus};
 
 /// The file name of the database inside the state directory.
@@ -79,6 +81,8 @@ CREATE TABLE IF NOT EXISTS secret_sets (
     json TEXT NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
+-- The default build secret set exists from the start, empty, as OpsChain creates it at deployment.
+INSERT OR IGNORE INTO secret_sets (name, json) VALUES ('opschain-build-env', '{}');
 CREATE TABLE IF NOT EXISTS changes (
     id INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL REFERENCES projects(id),
@@ -125,15 +129,6 @@ CREATE INDEX IF NOT EXISTS logs_by_step ON step_logs (step_id, id);
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The state directory cannot be created.
-    #[error("cannot create the state directory {}", path.display())]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
     /// The database cannot be opened or its schema created.
     #[error("cannot open the store {}", path.display())]
     Open {
@@ -173,6 +168,9 @@ pub enum StoreError {
         #[source]
         source: Arc<rusqlite::Error>,
     },
+    /// The state directory or the database cannot be made private to this user.
+    #[error(transparent)]
+    Private(#[from] private::PrivateError),
     /// The writer thread cannot be started.
     #[error("cannot start the store's writer thread")]
     Writer {
@@ -258,6 +256,32 @@ pub struct ChangeRow {
     pub finished_at: Option<String>,
 }
 
+/// A project, as `project list` shows it.
+#[derive(Debug, Clone)]
+pub struct ProjectRow {
+    /// The project code.
+    pub code: String,
+    /// How many environments it has.
+    pub environments: i64,
+    /// How many changes it has had.
+    pub changes: i64,
+    /// Whether several of its changes may run at once in one environment.
+    pub allow_parallel_changes: bool,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// An environment, as `environment list` shows it.
+#[derive(Debug, Clone)]
+pub struct EnvironmentRow {
+    /// The environment code.
+    pub code: String,
+    /// How many changes it has had.
+    pub changes: i64,
+    /// When it was created.
+    pub created_at: String,
+}
+
 /// A step row.
 #[derive(Debug, Clone)]
 pub struct StepRow {
@@ -327,6 +351,9 @@ pub struct StepEnd {
     pub children: Vec<String>,
     /// Their strategy.
     pub child_strategy: Option<String>,
+    /// The change's secrets: the message (the agent's failure, a properties conflict, which
+    /// shows whole property documents) is stored masked with it.
+    pub mask: Masker,
 }
 
 /// The store, shared by the scheduler's threads: a reading connection, and the queue of the
@@ -451,8 +478,11 @@ fn is_zombie(pid: i32) -> bool {
 impl Store {
     /// Opens (creating when needed) `<state_dir>/opschain.db`.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(DB_FILE);
+        // Private from the moment they exist: the directory 0700, the database 0600 before SQLite
+        // opens it (its -wal and -shm files take the database's mode).
+        private::state_dir(state_dir, &path)?;
+        private::private_file(&path)?;
         let open_err = |source| StoreError::Open { path: path.clone(), source };
         // The writing connection sets the database up. Another process may be doing the same
         // (a `change show` polling a change that is being created): switching a new database to
@@ -915,6 +945,7 @@ impl Store {
             for (level, owner, map) in &updates {
                 insert_version(tx, *level, *owner, map, Some(step_id))?;
             }
+            let message = message.map(|m| end.mask.mask(&m).into_owned());
             exec_cached(
                 tx,
                 "UPDATE steps SET status = ?2, exit_status = ?3, message = ?4, child_strategy = ?5,
@@ -1069,6 +1100,37 @@ impl Store {
             .map_err(q("find environment"))?
             .ok_or_else(|| StoreError::NotFound(format!("environment {code:?}")))
     }
+
+    /// Every project, by code.
+    pub fn projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT p.code, (SELECT COUNT(*) FROM environments e WHERE e.project_id = p.id),
+                        (SELECT COUNT(*) FROM changes c WHERE c.project_id = p.id), p.allow_parallel_changes, p.created_at
+                 FROM projects p ORDER BY p.code",
+            )
+            .map_err(q("list projects"))?;
+        let rows = stmt
+            .query_map([], |r| Ok(ProjectRow { code: r.get(0)?, environments: r.get(1)?, changes: r.get(2)?, allow_parallel_changes: r.get(3)?, created_at: r.get(4)? }))
+            .map_err(q("list projects"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("list projects"))
+    }
+
+    /// Every environment of a project, by code.
+    pub fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT e.code, (SELECT COUNT(*) FROM changes c WHERE c.environment_id = e.id), e.created_at
+                 FROM environments e WHERE e.project_id = ?1 ORDER BY e.code",
+            )
+            .map_err(q("list environments"))?;
+        let rows = stmt
+            .query_map([project_id], |r| Ok(EnvironmentRow { code: r.get(0)?, changes: r.get(1)?, created_at: r.get(2)? }))
+            .map_err(q("list environments"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("list environments"))
+    }
 }
 
 /// The columns [`step_row`] reads, in its order.
@@ -1193,6 +1255,7 @@ mod tests {
             environment_diff: patch(environment),
             children: children.iter().map(|c| c.to_string()).collect(),
             child_strategy: Some("parallel".into()),
+            mask: Masker::default(),
         }
     }
 

@@ -7,8 +7,10 @@
 //! 4. the environment properties of the step context.
 //!
 //! Objects merge key by key; arrays and scalars are replaced whole. Only the project and environment
-//! levels are writable by an action.
+//! levels are writable by an action. The files and env vars the merged properties declare, in
+//! either of their two layouts, are read by [`declarations`].
 
+pub mod declarations;
 pub mod text;
 
 use std::path::PathBuf;

@@ -67,6 +67,17 @@ impl PropertiesText {
         self.get(key).map(|text| Map::from_iter([(key.to_string(), parse_valid(text))])).unwrap_or_default()
     }
 
+    /// The object holding only the members named in `keys` that the document has, parsed, in
+    /// document order: what reads the declarations (`opschain`, and the seed layout's `files` and
+    /// `env`: [`super::declarations::MEMBERS`]) without parsing the rest.
+    pub fn subset(&self, keys: &[&str]) -> Map<String, Value> {
+        self.members
+            .iter()
+            .filter(|(key, _)| keys.contains(&key.as_str()))
+            .map(|(key, range)| (key.clone(), parse_valid(&self.text[range.clone()])))
+            .collect()
+    }
+
     /// The whole document as a tree (for callers that need one; the agent's step does not).
     pub fn to_map(&self) -> Map<String, Value> {
         match parse_valid(&self.text) {
@@ -349,6 +360,7 @@ mod tests {
         assert_eq!(doc.get("d"), None);
         assert_eq!(doc.text(), "{\"a\":[1, 2],\"bA\":{\"x\": \"y\"},\"c\":1.50}");
         assert_eq!(doc.only("bA"), serde_json::json!({"bA": {"x": "y"}}).as_object().unwrap().clone());
+        assert_eq!(doc.subset(&["c", "a", "d"]), serde_json::json!({"a": [1, 2], "c": 1.50}).as_object().unwrap().clone());
     }
 
     #[test]

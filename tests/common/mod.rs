@@ -96,3 +96,22 @@ pub fn static_agent() -> &'static Result<PathBuf, String> {
         Ok(target.join("x86_64-unknown-linux-musl/release/opschain-runner"))
     })
 }
+
+
+/// What a test that needs a tool the machine may lack (a Docker engine, cargo-fuzz) gets, or the
+/// failure that says it is missing. Such a test is `#[ignore]`d, so a plain `cargo test` reports
+/// it as ignored (a skip that shows) rather than as a pass; `scripts/test` runs it with
+/// `--ignored` where it installed or found the tool, and there a missing tool fails it.
+pub fn required<T, E: std::fmt::Display>(what: &str, found: Result<T, E>) -> T {
+    found.unwrap_or_else(|why| panic!("this test needs {what}, which is missing: {why} (run it only where {what} is, as scripts/test does)"))
+}
+
+/// The last `max` bytes of `text` at most, cut at a character boundary (for a failure message
+/// quoting the end of a long log).
+pub fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}

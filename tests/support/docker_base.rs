@@ -9,9 +9,13 @@ pub const DOCKER: &str = "/usr/bin/docker";
 /// The tests' base runner image (the branch name keeps it apart from other suites' images).
 pub const BASE: &str = "k8s-transport-test-base:latest";
 
-/// Whether a Docker engine answers.
-pub fn engine_runs() -> bool {
-    Command::new(DOCKER).args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success()).unwrap_or(false)
+/// Whether the engine answers `docker info`; why not, when it does not.
+pub fn engine_runs() -> Result<(), String> {
+    match Command::new(DOCKER).args(["info", "--format", "{{.ServerVersion}}"]).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("`{DOCKER} info` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("cannot run {DOCKER}: {e}")),
+    }
 }
 
 /// The shared libraries the agent needs (from ldd), as absolute paths.
@@ -20,8 +24,9 @@ fn libraries(binary: &str) -> Vec<PathBuf> {
     String::from_utf8_lossy(&out.stdout).split_whitespace().filter(|w| w.starts_with('/')).map(PathBuf::from).collect()
 }
 
-/// Builds [`BASE`] `FROM scratch` (nothing can be pulled): the test-built agent `agent`, its
-/// libraries and a static busybox; once per test binary.
+/// Builds [`BASE`] `FROM scratch` (nothing can be pulled): the test-built agent `agent` (and
+/// `opschain-exec`, a link to it, which the default step Dockerfile runs), its libraries and a
+/// static busybox; once per test binary.
 pub fn build_base_image(agent: &'static str) {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
@@ -30,6 +35,7 @@ pub fn build_base_image(agent: &'static str) {
         std::fs::create_dir_all(ctx.join("rootfs/usr/local/bin")).unwrap();
         std::fs::create_dir_all(ctx.join("rootfs/bin")).unwrap();
         std::fs::copy(agent, ctx.join("rootfs/usr/local/bin/opschain-runner")).unwrap();
+        std::os::unix::fs::symlink("opschain-runner", ctx.join("rootfs/usr/local/bin/opschain-exec")).unwrap();
         std::fs::copy("/bin/busybox", ctx.join("rootfs/bin/busybox")).unwrap();
         for lib in libraries(agent) {
             let dest = ctx.join("rootfs").join(lib.strip_prefix("/").unwrap());

@@ -77,6 +77,9 @@ pub struct KubernetesConfig {
     pub start_allowance: Duration,
     /// The agent's TERM-to-KILL grace (default 10 s).
     pub grace: Duration,
+    /// The OpsChain folder of the repositories (`.opschain`, or MintPress's `.mintpress`),
+    /// given to the agent as `OPSCHAIN_REPO_FOLDER`.
+    pub folder: String,
 }
 
 impl Default for KubernetesConfig {
@@ -90,6 +93,7 @@ impl Default for KubernetesConfig {
             ttl_after_finished: 600,
             start_allowance: Duration::from_secs(300),
             grace: Duration::from_secs(10),
+            folder: ".opschain".into(),
         }
     }
 }
@@ -192,6 +196,7 @@ pub fn job_manifest(config: &KubernetesConfig, step: &StepJob, name: &str, image
         env: Some(vec![
             EnvVar { name: "OPSCHAIN_RESULT_FRAME".into(), value: Some(nonce.into()), ..EnvVar::default() },
             EnvVar { name: "OPSCHAIN_GRACE_SECS".into(), value: Some(config.grace.as_secs().to_string()), ..EnvVar::default() },
+            EnvVar { name: "OPSCHAIN_REPO_FOLDER".into(), value: Some(config.folder.clone()), ..EnvVar::default() },
         ]),
         volume_mounts: Some(vec![VolumeMount { name: "step-context".into(), mount_path: CONTEXT_MOUNT.into(), read_only: Some(true), ..VolumeMount::default() }]),
         resources: (!config.requests.is_empty() || !config.limits.is_empty()).then(|| ResourceRequirements {
@@ -338,9 +343,10 @@ impl KubernetesBackend {
             let name = name.to_string();
             move |source| KubernetesError::Api { op, name, namespace: ns.to_string(), source }
         };
-        let deadline = crate::controller::repo::git(&step.repo, &["show", &format!("{}:.opschain/actions.toml", step.commit)])
+        let actions_path = format!("{}/actions.toml", self.config.folder);
+        let deadline = crate::controller::repo::git(&step.repo, &["show", &format!("{}:{actions_path}", step.commit)])
             .ok()
-            .and_then(|text| crate::actions::Actions::parse(std::path::Path::new(".opschain/actions.toml"), &text).ok())
+            .and_then(|text| crate::actions::Actions::parse(std::path::Path::new(&actions_path), &text).ok())
             .and_then(|actions| actions.plan(&step.action).ok())
             .and_then(|plan| active_deadline(&plan, self.config.grace, self.config.start_allowance));
 
@@ -476,6 +482,10 @@ impl KubernetesBackend {
 }
 
 impl Backend for KubernetesBackend {
+    fn builds_images(&self) -> bool {
+        true
+    }
+
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         let image = match self.images.image_for(job, sink, cancel)? {
             Ok(image) => image,
@@ -496,9 +506,10 @@ mod tests {
             step_id: 42,
             action: "deploy".into(),
             repo: "/nonexistent".into(),
+            git_rev: "HEAD".into(),
             commit: "0".repeat(40),
             context: json!({"project": {"properties": {}}, "environment": {"properties": {}}}),
-            build_secrets: serde_json::Map::new(),
+            build_secret_sets: Vec::new(),
         }
     }
 
@@ -512,6 +523,7 @@ mod tests {
             ttl_after_finished: 900,
             start_allowance: Duration::from_secs(120),
             grace: Duration::from_secs(15),
+            folder: ".mintpress".into(),
         }
     }
 
@@ -552,7 +564,10 @@ mod tests {
         assert_eq!(c["name"], "step");
         assert_eq!(c["image"], "127.0.0.1:5000/opschain-step:abc");
         assert_eq!(c["args"], json!(["step", "--context-from", "/var/run/opschain/step_context.json"]));
-        assert_eq!(c["env"], json!([{"name": "OPSCHAIN_RESULT_FRAME", "value": "0123456789abcdef"}, {"name": "OPSCHAIN_GRACE_SECS", "value": "15"}]));
+        assert_eq!(
+            c["env"],
+            json!([{"name": "OPSCHAIN_RESULT_FRAME", "value": "0123456789abcdef"}, {"name": "OPSCHAIN_GRACE_SECS", "value": "15"}, {"name": "OPSCHAIN_REPO_FOLDER", "value": ".mintpress"}])
+        );
         assert_eq!(c["volumeMounts"], json!([{"name": "step-context", "mountPath": "/var/run/opschain", "readOnly": true}]));
         assert_eq!(c["resources"], json!({"requests": {"cpu": "250m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}));
         assert_eq!(c["securityContext"]["runAsNonRoot"], true);

@@ -4,14 +4,14 @@
 //!
 //! * [`process`] (the default): a fresh copy of the change's checkout in a temporary sandbox, the
 //!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
-//! * [`docker`]: an image built per step from the checkout, a container per step.
-//!
+//! * [`docker`]: a container per step, of the step image [`image`] builds (or reuses).
 //! * `kubernetes` (cargo feature `kubernetes`): a Job per step in a cluster, the image through
 //!   the registry.
 //!
 //! [`stream`] is the transport for engines that share no disk with the controller.
 
 pub mod docker;
+pub mod image;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod process;
@@ -65,6 +65,26 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// The step's build secret sets cannot be given: the `build_secrets` list is invalid, a set it
+    /// names does not exist, or a set holds an invalid name or value (never quoted).
+    #[error("cannot give step {step} its build secrets")]
+    BuildSecrets {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::build::BuildError,
+    },
+    /// The step image cannot be planned or its build context written (a bad env context, a
+    /// Dockerfile that is a symlink, git or tar failing).
+    #[error("cannot prepare the step image of step {step}")]
+    Image {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::build::BuildError,
+    },
     /// A step image cannot be pulled from or pushed to the registry.
     #[error("cannot get the step image of step {step} through the registry")]
     Registry {
@@ -96,8 +116,19 @@ pub enum BackendError {
 
 /// Where a backend sends the agent's output lines.
 pub trait LogSink: Sync {
-    /// One line of the agent's `stdout` or `stderr` (`stream`).
+    /// One line of the agent's `stdout` or `stderr` (`stream`), without its line ending.
     fn line(&self, stream: &'static str, line: &str);
+
+    /// One piece of a line too long to keep whole (over 1 MiB): the line goes on in the next
+    /// `piece` or `line` of the same stream, or ends with the stream ([`LogSink::end`]). A sink
+    /// that masks secrets masks the pieces as one text. By default, a line of its own.
+    fn piece(&self, stream: &'static str, piece: &str) {
+        self.line(stream, piece);
+    }
+
+    /// The end of `stream`: a sink that held back the end of a piece sends it now. By default,
+    /// nothing.
+    fn end(&self, _stream: &'static str) {}
 }
 
 /// One step to run.
@@ -111,12 +142,15 @@ pub struct StepJob {
     pub action: String,
     /// The git repository.
     pub repo: PathBuf,
-    /// The commit.
+    /// The revision the change was created with (`GIT_REV`).
+    pub git_rev: String,
+    /// The commit it resolved to (`GIT_SHA`).
     pub commit: String,
     /// The whole step_context.json.
     pub context: Value,
-    /// Build secrets (Docker backend): `{"NAME": "value"}`.
-    pub build_secrets: serde_json::Map<String, Value>,
+    /// The build secret sets that apply to the step's image, in order (filled only for a backend
+    /// whose [`Backend::builds_images`] is true; empty otherwise). Never the action's.
+    pub build_secret_sets: Vec<crate::build::SecretSet>,
 }
 
 /// How the agent ended.
@@ -134,6 +168,12 @@ pub struct StepOutput {
 pub trait Backend: Send + Sync {
     /// Runs one step; `cancel` turning true asks it to stop the agent (TERM, then KILL).
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError>;
+
+    /// Whether the backend builds step images, and so needs [`StepJob::build_secret_sets`].
+    /// Default: false.
+    fn builds_images(&self) -> bool {
+        false
+    }
 }
 
 /// Reads `step_result.json` at `path` into the output's result fields.
@@ -199,12 +239,12 @@ impl Stream {
             match data.iter().take(room + 1).position(|&b| b == b'\n') {
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
-                    self.emit(sink);
+                    self.emit(sink, true);
                     data = &data[at + 1..];
                 }
                 None if data.len() > room => {
                     self.partial.extend_from_slice(&data[..room]);
-                    self.emit(sink);
+                    self.emit(sink, false);
                     data = &data[room..];
                 }
                 None => break,
@@ -213,18 +253,27 @@ impl Stream {
         self.partial.extend_from_slice(data);
     }
 
-    /// Sends the line gathered in `partial` (without its line ending) and empties it.
-    fn emit(&mut self, sink: &dyn LogSink) {
-        let line = String::from_utf8_lossy(&self.partial);
-        sink.line(self.name, line.trim_end_matches(['\n', '\r']));
+    /// Sends what `partial` holds and empties it: a whole line (`whole`, without its line
+    /// ending), or a piece of one that goes on.
+    fn emit(&mut self, sink: &dyn LogSink, whole: bool) {
+        let text = String::from_utf8_lossy(&self.partial);
+        if whole {
+            sink.line(self.name, text.trim_end_matches(['\n', '\r']));
+        } else {
+            sink.piece(self.name, &text);
+        }
         self.partial.clear();
     }
 
-    /// Sends an unfinished last line, if any, and closes the pipe.
+    /// Sends an unfinished last line, if any, ends the stream and closes the pipe.
     fn close(&mut self, sink: &dyn LogSink) {
-        if !self.partial.is_empty() {
-            self.emit(sink);
+        if self.pipe.is_none() {
+            return;
         }
+        if !self.partial.is_empty() {
+            self.emit(sink, true);
+        }
+        sink.end(self.name);
         self.pipe = None;
     }
 }

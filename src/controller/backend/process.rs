@@ -7,7 +7,9 @@
 //! directory is first on the action's PATH (for `opschain-runner property set` and co.), and
 //! `TMPDIR` is `SANDBOX/tmp`. The agent is started without forking the controller
 //! ([`super::spawn`]), leads its own session and dies with the thread that started it. The
-//! sandbox is removed when the step ends.
+//! sandbox is removed when the step ends. It is its owner's only: the sandbox and the directories
+//! above it are `0700` and the step context (the runner secrets) `0600`, from their creation
+//! (see [`crate::controller::private`]).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use super::spawn::Spawn;
 use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
-use crate::controller::repo;
+use crate::controller::{private, repo};
 
 /// How the process backend runs.
 #[derive(Debug, Clone)]
@@ -30,6 +32,9 @@ pub struct ProcessConfig {
     pub grace: Duration,
     /// Keep the sandboxes after the steps (for debugging; default false).
     pub keep_sandboxes: bool,
+    /// The OpsChain folder of the repositories (default `.opschain`; MintPress `.mintpress`),
+    /// given to the agent as `--folder` and to the action as `OPSCHAIN_REPO_FOLDER`.
+    pub folder: String,
 }
 
 /// The process backend.
@@ -63,11 +68,17 @@ impl Backend for ProcessBackend {
         let started = std::time::Instant::now();
         self.checkouts.copy_to(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
         sink.line("stderr", &format!("opschain: checked out {} in {:.3}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
-        let folder = sandbox.join(".opschain");
+        let folder = sandbox.join(&self.config.folder);
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
         let bytes = serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises");
-        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        // It holds the runner secrets: 0600 from its creation, never a file the commit brought
+        // (which has the commit's mode) rewritten in place.
+        match std::fs::remove_file(&context_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&context_path)(e)),
+            _ => {}
+        }
+        private::write_private(&context_path, &bytes).map_err(io(&context_path))?;
         let files_root = sandbox.join("root");
         std::fs::create_dir_all(&files_root).map_err(io(&files_root))?;
         let tmp = sandbox.join("tmp");
@@ -81,13 +92,13 @@ impl Backend for ProcessBackend {
         // behind to race a retry. `spawn` does both without forking the controller.
         let spec = Spawn {
             program: self.config.agent.clone(),
-            args: vec![os("--repo"), sandbox.clone().into(), os("--folder"), os(".opschain"), os("step"), os("--files-root"), files_root.clone().into()],
+            args: vec![os("--repo"), sandbox.clone().into(), os("--folder"), os(&self.config.folder), os("step"), os("--files-root"), files_root.clone().into()],
             env: vec![
                 (os("PATH"), Some(path.into())),
                 (os("OPSCHAIN_FILES_ROOT"), Some(files_root.clone().into())),
                 (os("TMPDIR"), Some(tmp.into())),
                 (os("OPSCHAIN_REPO_DIR"), None),
-                (os("OPSCHAIN_REPO_FOLDER"), None),
+                (os("OPSCHAIN_REPO_FOLDER"), Some(os(&self.config.folder))),
             ],
             cwd: sandbox.clone(),
         };

@@ -41,7 +41,8 @@ pub struct Spawn {
 pub struct Child {
     /// The child's process id (it leads a session of the same id).
     pid: libc::pid_t,
-    /// How it ended, once reaped; `None` while it runs (dropping it then kills it).
+    /// How it ended, once reaped; `None` while it runs (dropping it then kills and reaps it, see
+    /// the `Drop` impl).
     status: Option<ExitStatus>,
     /// The read end of the child's stdout.
     pub stdout: Option<OwnedFd>,
@@ -78,6 +79,28 @@ impl Child {
             // SAFETY: signalling our own unreaped child.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
+    }
+}
+
+/// A child still running (or ended but unreaped) when it is dropped, as on an early return of the
+/// code waiting for it, is killed with its whole session and reaped: no agent, and no action it
+/// started, outlives its `Child`, and no zombie is left. The order is the one
+/// [`super::stream_and_wait`] keeps: SIGKILL, the end seen without reaping (the zombie keeps the
+/// session's id from reuse while the session is swept), the sweep, then the reap.
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        self.kill();
+        let pid = nix::unistd::Pid::from_raw(self.pid);
+        let ended = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(nix::sys::wait::Id::Pid(pid), ended) {}
+        super::kill_session(self.pid);
+        let mut raw = 0;
+        // SAFETY: reaping our own child, which has ended; EINTR retries.
+        while unsafe { libc::waitpid(self.pid, &mut raw, 0) } == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {}
+        self.status = Some(ExitStatus::from_raw(raw));
     }
 }
 
@@ -274,4 +297,57 @@ pub fn spawn(spec: &Spawn) -> io::Result<Child> {
         return Err(io::Error::new(cause.kind(), format!("cannot {}: {cause}", stage.to_string_lossy())));
     }
     Ok(Child { pid, status: None, stdout: Some(out_r), stderr: Some(err_r) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    /// Whether `pid` is gone or a zombie (killed, and reaped or about to be by whoever adopted it).
+    fn ended(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    #[test]
+    fn dropping_a_running_child_kills_its_session_and_reaps_it() {
+        let spec = Spawn {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep 300 & echo $!; exec sleep 300".into()],
+            env: Vec::new(),
+            cwd: std::env::temp_dir(),
+        };
+        let mut child = spawn(&spec).unwrap();
+        let mut line = String::new();
+        BufReader::new(std::fs::File::from(child.stdout.take().unwrap())).read_line(&mut line).unwrap();
+        let (pid, left_behind) = (child.pid, line.trim().parse::<i32>().unwrap());
+        assert!(!ended(pid) && !ended(left_behind));
+        drop(child);
+        let mut raw = 0;
+        // SAFETY: asking about our own (former) child: it is reaped, so there is none.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) }, -1, "the agent was reaped");
+        assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::ECHILD));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !ended(left_behind) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(ended(left_behind), "the process left in its session was killed");
+    }
+
+    #[test]
+    fn dropping_a_reaped_child_does_nothing_more() {
+        let spec = Spawn { program: "/bin/true".into(), args: Vec::new(), env: Vec::new(), cwd: std::env::temp_dir() };
+        let mut child = spawn(&spec).unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert!(status.success());
+        drop(child);
+    }
 }

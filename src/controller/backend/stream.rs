@@ -150,19 +150,22 @@ pub fn run_with_stdin(
 }
 
 /// Runs one step in a container of `image` with the stream transport: `docker run -i --rm --name
-/// NAME IMAGE step --context-from - --result-frame NONCE`, the context on standard input, the
-/// result out of the output. A container left behind (a failed or cancelled run) is removed.
+/// NAME --env OPSCHAIN_REPO_FOLDER=FOLDER IMAGE step --context-from - --result-frame NONCE`, the
+/// context on standard input, the result out of the output. A container left behind (a failed or
+/// cancelled run) is removed.
+#[allow(clippy::too_many_arguments)]
 pub fn docker_step(
     docker: &Path,
     image: &str,
     name: &str,
+    folder: &str,
     context: &serde_json::Value,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
 ) -> Result<super::StepOutput, BackendError> {
     let nonce = nonce();
-    let args: Vec<OsString> = ["run", "-i", "--rm", "--name", name, image, "step", "--context-from", "-", "--result-frame", &nonce].iter().map(OsString::from).collect();
+    let args: Vec<OsString> = ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce].iter().map(OsString::from).collect();
     let bytes = serde_json::to_vec(context).expect("a JSON value serialises");
     let run = run_with_stdin(docker, &args, &[], &bytes, &nonce, sink, cancel, grace);
     // `docker run` exits 125-127 for its own failures too (the container may not have run), and a
