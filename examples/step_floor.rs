@@ -5,8 +5,7 @@
 //! `step_floor <repo> <files> <action>`: creates `<repo>/.opschain/step/` with the four runtime
 //! files (as large as the step context), writes `<files>` declared files of 280 bytes under
 //! `<repo>/config/`, runs `<action>` and waits for it, then writes `.opschain/step_result.json`
-//! as the contract says (a temporary file, fsync, rename) and fsyncs its directory, as the agent
-//! does, so that the rename survives a power loss too.
+//! as the contract says (a temporary file, rename; no fsync), as the agent does.
 //!
 //! Run side by side with the agent on the same disk, it tells what of the agent's overhead is the
 //! disk's and the kernel's (this machine's ext4 slows as it ages between runs) and what is the
@@ -42,8 +41,6 @@ fn main() -> std::io::Result<()> {
     let tmp = folder.join(".step_result.json.tmp");
     let mut result = std::fs::File::create(&tmp)?;
     result.write_all(&context)?;
-    result.sync_all()?;
     std::fs::rename(&tmp, folder.join("step_result.json"))?;
-    std::fs::File::open(&folder)?.sync_all()?;
     std::process::exit(status.code().unwrap_or(1));
 }

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::exit::{ExitStatus, Sysexit};
+
 /// The shell a `run` string goes through: `/bin/sh -c RUN`.
 pub const SHELL: &str = "/bin/sh";
 
@@ -81,6 +83,19 @@ pub enum ActionsError {
         /// The actions of the cycle, the first repeated last.
         cycle: Vec<String>,
     },
+}
+
+impl ActionsError {
+    /// The exit status of this failure: 66 a missing actions.toml, 74 an unreadable one, 65 an
+    /// invalid one.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            ActionsError::Missing { .. } => Sysexit::NoInput,
+            ActionsError::Read { .. } => Sysexit::IoErr,
+            ActionsError::Invalid { .. } | ActionsError::Definition { .. } | ActionsError::Unknown { .. } | ActionsError::Cycle { .. } => Sysexit::DataErr,
+        }
+        .into()
+    }
 }
 
 /// How a step's children run.

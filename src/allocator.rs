@@ -1,12 +1,12 @@
 //! The static agent's global allocator: dlmalloc, behind one of std's futex mutexes.
 //!
-//! musl's own allocator (mallocng) maps and unmaps memory for every mid-sized allocation: the static
-//! agent spent a third of a step in mmap/munmap with it. dlmalloc (the allocator Rust's own wasm
+//! musl's own allocator (mallocng) maps and unmaps memory for every mid-sized allocation, so a
+//! step spends much of its time in mmap/munmap with it. dlmalloc (the allocator Rust's own wasm
 //! targets use) keeps its memory. Its bundled `GlobalDlmalloc` guards the heap with a pthread mutex,
-//! whose lock and unlock through musl cost 60 instructions a call once the process has a second
-//! thread (the agent's log writer): 8% of a step that parses and writes a 45 KB context. std's
-//! `Mutex` on Linux is a futex word, one atomic instruction each way when uncontended, which it
-//! almost always is (the log writer allocates rarely).
+//! whose lock and unlock through musl take dozens of instructions a call once the process has a
+//! second thread (the agent's log writer). std's `Mutex` on Linux is a futex word, one atomic
+//! instruction each way when uncontended, which it almost always is (the log writer allocates
+//! rarely). BENCHMARKS.md has the figures of each.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::{Mutex, MutexGuard, PoisonError};

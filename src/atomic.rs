@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,11 +18,14 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 /// Whether a replacement must survive a power loss, or only a crash of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync the file before the rename and the directory after it (the step result).
+    /// fsync the file before the rename and the directory after it: for a file that must survive
+    /// a power loss on its own. The agent has none (the step result is read on the same host
+    /// right after the agent exits, and the controller's store is what is durable).
     Durable,
-    /// No fsync: atomic for every reader (rename), not across a power loss. For the files an
-    /// action reads right away and the runtime copies: a step whose machine loses power is re-run
-    /// whole, and an fsync per declared file costs more than the rest of the agent's start.
+    /// No fsync: atomic for every reader (rename), not across a power loss. For everything the
+    /// agent writes (the step result, the files an action reads right away, the runtime copies):
+    /// a step whose machine loses power is re-run whole, and an fsync costs more than the rest of
+    /// the agent's start.
     Rename,
 }
 
@@ -83,10 +86,23 @@ pub fn write_with(
 
 /// Opens `dir` as a directory file descriptor.
 pub fn open_dir(dir: &Path) -> Result<OwnedFd, AtomicError> {
-    let fd = openat(None, dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| AtomicError { op: "open directory", path: dir.to_path_buf(), source: e.into() })?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // std opens close-on-exec; O_DIRECTORY refuses anything but a directory.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|source| AtomicError { op: "open directory", path: dir.to_path_buf(), source })?;
+    Ok(file.into())
+}
+
+/// `openat(2)` of `name` relative to the directory `dirfd`, as an owned descriptor (nix's
+/// `openat` returns a bare `RawFd`): the crate's one place that takes ownership of a descriptor
+/// it opened by number.
+pub(crate) fn open_at<P: ?Sized + nix::NixPath>(dirfd: &impl AsFd, name: &P, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+    let raw = openat(Some(dirfd.as_fd().as_raw_fd()), name, flags, mode)?;
     // SAFETY: openat just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Replaces `name` inside the directory `dirfd` (which is `dir`, named in errors) atomically.
@@ -127,20 +143,14 @@ pub fn write_at_with(
     let tmp = Path::new(&tmp_name);
     let err = |op: &'static str, source: std::io::Error| AtomicError { op, path: target.clone(), source };
     let mode_bits = Mode::from_bits_truncate(mode as libc::mode_t);
-    let raw: RawFd = openat(
-        Some(dirfd.as_raw_fd()),
-        tmp,
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        mode_bits,
-    )
-    .map_err(|e| err("create a temporary file for", e.into()))?;
-    // SAFETY: openat just returned this descriptor and nothing else owns it.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let file = File::from(
+        open_at(dirfd, tmp, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, mode_bits)
+            .map_err(|e| err("create a temporary file for", e.into()))?,
+    );
     let written = (|| -> Result<(), AtomicError> {
         // The umask may have narrowed the creation mode; set it exactly (never wider than asked).
         // Skipped when the umask cannot have changed it and no special bit (which creation may
-        // drop) is asked for: on a busy disk an fchmod is an inode update that waits (0.3 ms
-        // each, seen under load).
+        // drop) is asked for: an fchmod is an inode update, which waits on a busy disk.
         if mode & 0o7000 != 0 || umask().is_none_or(|umask| mode & umask != 0) {
             fchmod(file.as_raw_fd(), mode_bits).map_err(|e| err("set the mode of", e.into()))?;
         }
@@ -168,6 +178,20 @@ pub fn write_at_with(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn open_dir_opens_directories_only_and_close_on_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = open_dir(dir.path()).unwrap();
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = open_dir(&file).unwrap_err();
+        assert_eq!((e.op, e.source.raw_os_error()), ("open directory", Some(libc::ENOTDIR)));
+        let e = open_dir(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(e.source.kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn replaces_with_exact_mode_and_leaves_no_temporary() {

@@ -153,8 +153,8 @@ RUN --mount=type=secret,id={id},target=/opt/opschain/{folder}/{file},uid=10001,g
     )
 }
 
-/// Why a build context could not be written or an image built. [`crate::exit::of_build`] maps each
-/// to an exit status.
+/// Why a build context could not be written or an image built. [`BuildError::exit_status`] maps
+/// each to an exit status.
 #[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -265,6 +265,29 @@ pub enum BuildError {
     Docker(#[from] DockerError),
 }
 
+#[cfg(feature = "controller")]
+impl BuildError {
+    /// The exit status of this failure: 65 invalid input (the step context, a build secret list or
+    /// set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that names no
+    /// commit, 73 a context directory or file that cannot be written, 70 when git, tar or docker
+    /// cannot be run or fail.
+    pub fn exit_status(&self) -> crate::exit::ExitStatus {
+        use crate::exit::Sysexit;
+        let sysexit = match self {
+            BuildError::Context(e) => return e.exit_status(),
+            BuildError::SecretSets { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+            BuildError::SecretStore { .. } => Sysexit::IoErr,
+            // A secret set is read, never executed: its failure is the input's.
+            BuildError::SecretSet { source: exec::ExecError::Exec { .. } } => Sysexit::Software,
+            BuildError::SecretSet { source } => return source.exit_status(),
+            BuildError::Revision { .. } => Sysexit::NoInput,
+            BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
+            BuildError::Spawn { .. } | BuildError::Tool { .. } | BuildError::Docker(_) => Sysexit::Software,
+        };
+        sysexit.into()
+    }
+}
+
 /// A command that ran and failed: its status and the end of its stderr.
 #[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
@@ -364,6 +387,11 @@ pub struct BuildContextSpec {
     pub secrets_file: Option<PathBuf>,
     /// The build context directory to write; created, and must be empty if it exists.
     pub out: PathBuf,
+    /// A directory where `repo.tar` of each commit is kept (`<commit>.tar`) and hard-linked from
+    /// (copied across file systems), so that a commit is archived once, not for every build of it.
+    /// Its `.git` then holds the repo's refs as they were when the commit was first archived (HEAD
+    /// is the commit either way). Default: none, archived anew for every build.
+    pub repo_tar_cache: Option<PathBuf>,
 }
 
 #[cfg(feature = "controller")]
@@ -383,6 +411,7 @@ impl BuildContextSpec {
             secrets: SecretSource::None,
             secrets_file: None,
             out: out.into(),
+            repo_tar_cache: None,
         }
     }
 
@@ -710,12 +739,27 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
     }
     let out = std::fs::canonicalize(out).map_err(out_dir)?;
 
-    let checkout = out.join(".checkout");
-    let archived = archive_commit(spec, &plan.git_sha, &checkout, &out.join(REPO_TAR));
-    // The checkout goes whatever happened: the directory is left with the context files only.
-    let removed = std::fs::remove_dir_all(&checkout);
-    archived?;
-    removed.map_err(|source| BuildError::Write { path: checkout.clone(), source })?;
+    let repo_tar = out.join(REPO_TAR);
+    match &spec.repo_tar_cache {
+        None => archive_commit(spec, &plan.git_sha, &out.join(".checkout"), &repo_tar)?,
+        Some(cache) => {
+            let cached = cache.join(format!("{}.tar", plan.git_sha));
+            if !cached.is_file() {
+                // Made under a name of its own and renamed into place: concurrent builds of one
+                // commit each see the whole archive or none.
+                std::fs::create_dir_all(cache).map_err(|source| BuildError::Write { path: cache.clone(), source })?;
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let tmp = cache.join(format!(".{}-{}-{nanos}", plan.git_sha, std::process::id()));
+                let made = archive_commit(spec, &plan.git_sha, &tmp.with_extension("checkout"), &tmp)
+                    .and_then(|()| std::fs::rename(&tmp, &cached).map_err(|source| BuildError::Write { path: cached.clone(), source }));
+                let _ = std::fs::remove_file(&tmp);
+                made?;
+            }
+            if std::fs::hard_link(&cached, &repo_tar).is_err() {
+                std::fs::copy(&cached, &repo_tar).map_err(|source| BuildError::Write { path: repo_tar.clone(), source })?;
+            }
+        }
+    }
     let dockerfile_text = match &plan.dockerfile {
         DockerfileSource::Default => default_dockerfile(&spec.folder).into_bytes(),
         DockerfileSource::Repo { blob } => run_tool(Command::new("git").arg("-C").arg(&spec.repo).args(["cat-file", "blob", blob]))?.stdout,
@@ -761,9 +805,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     file.write_all(bytes).map_err(fail)
 }
 
-/// Clones the repo into `checkout` at `sha` and archives it to `repo_tar` (see [`write_planned`]).
+/// Clones the repo into `checkout` at `sha` and archives it to `repo_tar` (see [`write_planned`]);
+/// the checkout is removed however that went.
 #[cfg(feature = "controller")]
 fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(), BuildError> {
+    let archived = archive_checkout(spec, sha, checkout, repo_tar);
+    let removed = std::fs::remove_dir_all(checkout);
+    archived?;
+    removed.map_err(|source| BuildError::Write { path: checkout.to_path_buf(), source })
+}
+
+#[cfg(feature = "controller")]
+fn archive_checkout(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(), BuildError> {
     run_tool(Command::new("git").args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(checkout))?;
     let git = |args: &[&str]| run_tool(Command::new("git").arg("-C").arg(checkout).args(args));
     git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha])?;

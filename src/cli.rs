@@ -147,6 +147,12 @@ pub struct StepArgs {
     /// Largest step context or properties file read, in bytes.
     #[arg(long, env = "OPSCHAIN_MAX_INPUT_BYTES", default_value_t = 64 << 20, value_name = "BYTES")]
     pub max_input_bytes: u64,
+    /// What happens when the action prints faster than the log is read: `blocking` (the
+    /// default) stops reading the action's output until the log catches up, so the action waits
+    /// and no line is lost; `non-blocking` drops the lines that do not fit in the 4 MiB buffer
+    /// and logs how many were dropped where, so the action never waits for the log.
+    #[arg(long, env = "OPSCHAIN_LOG_MODE", value_enum, default_value_t = LogMode::Blocking, value_name = "MODE")]
+    pub log_mode: LogMode,
     /// Read the step context from FILE ('-': standard input) and write it to
     /// <repo>/<folder>/step_context.json first: for engines that share no disk with the
     /// controller (a mounted Kubernetes Secret, `docker run -i`). Default: the file is there.
@@ -157,6 +163,17 @@ pub struct StepArgs {
     /// it from the container's log. Default: no frame (the controller reads the file).
     #[arg(long, env = "OPSCHAIN_RESULT_FRAME", value_name = "NONCE")]
     pub result_frame: Option<String>,
+}
+
+/// What the agent does when the action's output comes faster than the log is read (`step
+/// --log-mode`), as Docker's `--log-opt mode=` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogMode {
+    /// Stop reading the action's output until the log catches up: nothing is lost. The default.
+    #[default]
+    Blocking,
+    /// Drop what does not fit in the buffer, with a record saying how many lines were dropped.
+    NonBlocking,
 }
 
 /// `validate` options.

@@ -6,7 +6,8 @@
 //!  "environment": {"properties": {...}},
 //!  "secrets": {"NAME": "value"}}                                        // extension, optional
 //! ```
-//! Known members are strictly typed; unknown members of `context` are kept as they are (OpsChain
+//! Known members are strictly typed (a record is an object, never an array of its fields: see
+//! [`json::Object`]); unknown members of `context` are kept as they are (OpsChain
 //! adds context values over time). `secrets` is this runner's extension: runner secrets exported to
 //! the action over any `opschain.env` property of the same name, and masked in all output.
 
@@ -27,13 +28,13 @@ use crate::properties::text::PropertiesText;
 #[serde(bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct StepContext<P = StrictObject> {
     /// The step's context values; absent in local runs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::optional_object")]
     pub context: Option<ContextValues>,
     /// The project level, whose properties an action may change.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::object")]
     pub project: Level<P>,
     /// The environment level, whose properties an action may change.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::object")]
     pub environment: Level<P>,
     /// Runner secrets (extension): exported to the action and masked. Empty by default.
     #[serde(default)]
@@ -53,16 +54,16 @@ pub struct Level<P = StrictObject> {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ContextValues {
     /// The project the change belongs to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::optional_object")]
     pub project: Option<Named>,
     /// The environment the change runs in; its `code` picks the repository environment file.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::optional_object")]
     pub environment: Option<Named>,
     /// The change; kept as given.
     #[serde(default)]
     pub change: Option<StrictObject>,
     /// The step; its `action` names the action to run.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::optional_object")]
     pub step: Option<StepValues>,
     /// The user who started the change; kept as given.
     #[serde(default)]
@@ -160,5 +161,22 @@ mod tests {
         assert!(err.contains("/context/step/action"), "{err}");
         let err = parse(r#"{"secrets": {"A": 1}}"#).unwrap_err().to_string();
         assert!(err.contains("/secrets/A"), "{err}");
+    }
+
+    #[test]
+    fn records_are_objects_never_arrays_of_their_fields() {
+        for (bad, pointer) in [
+            ("[]", ""),
+            (r#"{"project": []}"#, "at /project: "),
+            (r#"{"project": [{}]}"#, "at /project: "),
+            (r#"{"context": []}"#, "at /context: "),
+            (r#"{"context": {"environment": ["dev"]}}"#, "at /context/environment: "),
+            (r#"{"context": {"step": ["deploy"]}}"#, "at /context/step: "),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(pointer) && err.contains("expected a JSON object"), "{bad}: {err}");
+            let text = json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(Path::new("step_context.json"), bad.as_bytes());
+            assert_eq!(text.unwrap_err().to_string(), err);
+        }
     }
 }

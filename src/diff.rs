@@ -9,7 +9,8 @@
 //! prepending one object to an array of 10,000 objects rewrites every element in place, leaf by
 //! leaf, and then adds the last one — 30,001 operations for objects of three fields, where one
 //! `add` says it. It also builds the path string of every node it visits, changed or not, which
-//! makes it about ten times slower than `==` on a 6 MB document with one change.
+//! makes it several times slower than `==` on a large document with one change (BENCHMARKS.md
+//! compares the two).
 //!
 //! # Guarantees
 //!
@@ -362,8 +363,8 @@ fn equal_by_key(rest: serde_json::map::Iter<'_>, b: &Map<String, Value>) -> bool
 /// Why: comparing two objects is a chain of dependent loads per member (the member, then its key's
 /// separately allocated bytes, then what its value points to), and the members' comparisons are
 /// too long for the CPU to run ahead into the next member on its own. Each of those loads is
-/// usually a cache miss on a large document, so the walk waited for them one at a time. Issued
-/// here, all at once, they overlap: the members themselves are contiguous, so reading their key
+/// usually a cache miss on a large document, and a walk that meets them as it goes waits for them
+/// one at a time. Issued here, all at once, they overlap: the members themselves are contiguous, so reading their key
 /// and value pointers is cheap, and the misses that follow are paid in parallel.
 #[inline(always)] // opt-level z would otherwise call it, and the loop is a few instructions
 fn prefetch_members(map: &Map<String, Value>) {
@@ -415,9 +416,9 @@ fn scalar_equal(a: &Value, b: &Value) -> bool {
 
 /// Whether `a == b`, for the short strings (keys, names, addresses) that make up most of a
 /// properties document. Written by hand because `==` on slices calls the C library's `memcmp`,
-/// whose entry and size dispatch cost more than the comparison itself at these lengths: a diff
-/// of a 6 MB document spent 60% of its time there. Eight bytes at a time, the last (partial)
-/// word as an overlapping load.
+/// whose entry and size dispatch cost more than the comparison itself at these lengths, and a diff
+/// makes one such comparison per member (BENCHMARKS.md has the share of a diff it took). Eight
+/// bytes at a time, the last (partial) word as an overlapping load.
 #[inline(always)] // the agent is built for size (opt-level z), which would otherwise call it
 pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();

@@ -34,9 +34,10 @@ use serde_json::{Map, Value};
 
 use crate::context::{Level, StepContext};
 use crate::env;
+use crate::exit::{ExitStatus, Sysexit};
 use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::{Layout, DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
-use crate::properties::text::PropertiesText;
+use crate::properties::text::Declaring;
 use crate::properties::{self, declarations, PropertiesError};
 
 /// Where the build secret sets are looked for when `OPSCHAIN_BUILD_SECRETS_DIR` is not set: the
@@ -59,7 +60,7 @@ pub const BUILD_SECRETS_BUNDLE: &str = "opschain-build-secrets";
 /// The name of the step context inside `step_context.json.zip`.
 pub const ZIP_ENTRY: &str = "step_context.json";
 
-/// Why `opschain-exec` did not run its command. [`crate::exit::of_exec`] maps each to an exit status.
+/// Why `opschain-exec` did not run its command. [`ExecError::exit_status`] maps each to an exit status.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// No command was given.
@@ -108,6 +109,24 @@ pub enum ExecError {
         #[source]
         source: nix::Error,
     },
+}
+
+impl ExecError {
+    /// The exit status of this failure: sysexits for `opschain-exec`'s own failures (64 no
+    /// command, 65 a bad context, properties or secret set, 66/74 unreadable input), 127 when the
+    /// command is not found and 126 when it cannot be executed.
+    pub fn exit_status(&self) -> ExitStatus {
+        let sysexit = match self {
+            ExecError::Exec { source: nix::Error::ENOENT, .. } => return crate::exit::NOT_FOUND,
+            ExecError::Exec { .. } => return crate::exit::CANNOT_EXECUTE,
+            ExecError::NoCommand => Sysexit::Usage,
+            ExecError::Context(e) | ExecError::SecretSet(e) => return e.exit_status(),
+            ExecError::Zip { source: zip::result::ZipError::Io(_), .. } => Sysexit::IoErr,
+            ExecError::Zip { .. } | ExecError::ZipEntryMissing { .. } | ExecError::Declaration { .. } => Sysexit::DataErr,
+            ExecError::Properties(e) => return e.exit_status(),
+        };
+        sysexit.into()
+    }
 }
 
 /// Where a context was found, and in which form.
@@ -177,18 +196,18 @@ pub fn find_context(layout: &Layout) -> Option<ContextSource> {
     .find(|source| source.path().exists())
 }
 
-/// Parses a context read from `path` exactly as the agent's step reads one
+/// Parses a context read from `path` as strictly as the agent's step reads one
 /// ([`StepContext::read_text`]: every member typed, unknown level members and duplicate keys at any
-/// depth refused, errors naming the JSON pointer), so that `opschain-exec` accepts and refuses the
-/// same documents. Each level's properties are validated as text; only their declaring members
-/// ([`declarations::MEMBERS`]) are built, so a large context costs a validation pass, not a tree.
+/// depth refused, the same errors naming the JSON pointer), so that `opschain-exec` accepts and
+/// refuses the same documents. Of each level's properties only the declaring members
+/// ([`declarations::MEMBERS`]) are built ([`Declaring`]): a large context costs one validating pass.
 fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
-    let context = json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, bytes).map_err(ExecError::Context)?;
-    let level = |level: Level<PropertiesText>| Level { properties: StrictObject(level.properties.subset(&declarations::MEMBERS)) };
+    let context = json::parse_or_explain::<StepContext<Declaring>, StepContext>(path, bytes).map_err(ExecError::Context)?;
+    let level = |level: Level<Declaring>| Level { properties: StrictObject(level.properties.0) };
     Ok(StepContext { context: context.context, project: level(context.project), environment: level(context.environment), secrets: context.secrets })
 }
 
-/// Reads and validates the context at `source` as the agent does (see [`parse_context`]); of each
+/// Reads and validates the context at `source` as the agent does (`StepContext::read_text`); of each
 /// level's properties only the declaring members are kept. For a zip, errors name the file as
 /// `<archive>/step_context.json`.
 pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepContext, ExecError> {
@@ -231,23 +250,34 @@ pub fn build_secret_sets(context: &StepContext) -> Result<Vec<String>, PointerEr
     let mut configured = false;
     let mut sets = Vec::new();
     for (prefix, props) in levels {
-        let Some(list) = props.get("opschain").and_then(Value::as_object).and_then(|o| o.get("config")).and_then(Value::as_object).and_then(|c| c.get("build_secrets")) else {
-            continue;
-        };
-        configured = true;
-        let pointer = format!("{prefix}/opschain/config/build_secrets");
-        let list = list.as_array().ok_or_else(|| PointerError { pointer: pointer.clone(), message: "expected an array of build secret set names".into() })?;
-        for (i, name) in list.iter().enumerate() {
-            let fail = |message: &str| PointerError { pointer: format!("{pointer}/{i}"), message: message.into() };
-            let name = name.as_str().ok_or_else(|| fail("a build secret set name must be a string"))?;
-            check_set_name(name).map_err(fail)?;
-            sets.push(name.to_string());
+        if let Some(list) = configured_sets(props, prefix)? {
+            configured = true;
+            sets.extend(list);
         }
     }
     if !configured {
         sets.push(DEFAULT_BUILD_SECRET_SET.to_string());
     }
     Ok(sets)
+}
+
+/// The build secret sets one level's properties configure (`opschain.config.build_secrets`),
+/// checked; `None` when it configures none. `prefix` is the level's pointer, for errors. The agent's
+/// step checks each level with it too, so that it refuses the contexts `opschain-exec` refuses.
+pub fn configured_sets(properties: &Map<String, Value>, prefix: &str) -> Result<Option<Vec<String>>, PointerError> {
+    let Some(list) = properties.get("opschain").and_then(Value::as_object).and_then(|o| o.get("config")).and_then(Value::as_object).and_then(|c| c.get("build_secrets")) else {
+        return Ok(None);
+    };
+    let pointer = format!("{prefix}/opschain/config/build_secrets");
+    let list = list.as_array().ok_or_else(|| PointerError { pointer: pointer.clone(), message: "expected an array of build secret set names".into() })?;
+    let mut sets = Vec::with_capacity(list.len());
+    for (i, name) in list.iter().enumerate() {
+        let fail = |message: &str| PointerError { pointer: format!("{pointer}/{i}"), message: message.into() };
+        let name = name.as_str().ok_or_else(|| fail("a build secret set name must be a string"))?;
+        check_set_name(name).map_err(fail)?;
+        sets.push(name.to_string());
+    }
+    Ok(Some(sets))
 }
 
 /// Checks that a build secret set name can name a file in the secrets directory.

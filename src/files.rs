@@ -13,12 +13,12 @@
 //! the file itself that points out of place is refused (parents) or replaced (the file), never
 //! written through.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 use nix::errno::Errno;
-use nix::fcntl::{openat, OFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{mkdirat, Mode};
 use serde_json::{Map, Value};
 
@@ -338,9 +338,9 @@ fn open_parents_beneath(base: &Path, path: &Path, declared: &str) -> Result<(Own
     for component in parents {
         at.push(component);
         let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let open = |fd: &OwnedFd| openat(Some(fd.as_raw_fd()), component.as_os_str(), flags, Mode::empty());
-        let raw = match open(&dirfd) {
-            Ok(raw) => raw,
+        let open = |fd: &OwnedFd| atomic::open_at(fd, component.as_os_str(), flags, Mode::empty());
+        dirfd = match open(&dirfd) {
+            Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 match mkdirat(Some(dirfd.as_raw_fd()), component.as_os_str(), Mode::from_bits_truncate(DIR_MODE as libc::mode_t)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
@@ -350,8 +350,6 @@ fn open_parents_beneath(base: &Path, path: &Path, declared: &str) -> Result<(Own
             }
             Err(e) => return Err(not_a_dir(e, declared, &at)),
         };
-        // SAFETY: openat just returned this descriptor and nothing else owns it.
-        dirfd = unsafe { OwnedFd::from_raw_fd(raw) };
     }
     Ok((dirfd, at))
 }

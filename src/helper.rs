@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::atomic::{self, AtomicError, Durability};
+use crate::exit::{ExitStatus, Sysexit};
 use crate::json::{self, JsonError, SizeLimit, StrictObject};
 use crate::properties::{self, PropertiesError};
 
@@ -49,6 +50,21 @@ pub enum HelperError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl HelperError {
+    /// The exit status of this failure: 64 a misuse (outside a step, a bad VALUE or child name),
+    /// the file's own for an unreadable file, 65 an invalid edit or an unset property, 73 a file
+    /// that cannot be written.
+    pub fn exit_status(&self) -> ExitStatus {
+        let sysexit = match self {
+            HelperError::NotInStep { .. } | HelperError::Value(_) | HelperError::ChildName(_) => Sysexit::Usage,
+            HelperError::Read(e) => return e.exit_status(),
+            HelperError::Edit(_) | HelperError::NotSet(_) => Sysexit::DataErr,
+            HelperError::Write(_) | HelperError::Append { .. } => Sysexit::CantCreat,
+        };
+        sysexit.into()
+    }
 }
 
 /// A writable level.

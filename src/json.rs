@@ -13,6 +13,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visi
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::exit::{ExitStatus, Sysexit};
+
 /// How large a document the agent agrees to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeLimit {
@@ -76,6 +78,18 @@ pub enum JsonError {
     },
 }
 
+impl JsonError {
+    /// The exit status of this failure: 66 a missing file, 74 an unreadable one, 65 an invalid one.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            JsonError::Missing { .. } => Sysexit::NoInput,
+            JsonError::Read { .. } => Sysexit::IoErr,
+            JsonError::TooLarge { .. } | JsonError::Invalid { .. } => Sysexit::DataErr,
+        }
+        .into()
+    }
+}
+
 fn at(pointer: &str) -> String {
     if pointer.is_empty() {
         String::new()
@@ -126,7 +140,8 @@ pub fn parse<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T, JsonEr
 }
 
 /// Parses `bytes` (read from `path`, named in errors) into `T`; when that fails, parses them again
-/// as `E`, tracking the JSON path, for an error that says where.
+/// as `E`, tracking the JSON path, for an error that says where. The document must be a JSON
+/// object (every document this crate reads is one; see [`Object`]).
 ///
 /// For a `T` that reads faster than it can explain itself: one that keeps parts of the document
 /// as text ([`crate::properties::text::PropertiesText`]) fails on the same documents as the `E`
@@ -141,12 +156,12 @@ pub fn parse_or_explain<T: DeserializeOwned, E: DeserializeOwned>(path: &Path, b
         column: inner.column(),
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let fast = match T::deserialize(&mut de).and_then(|value| de.end().map(|()| value)) {
+    let fast = match Object::<T>::deserialize(&mut de).and_then(|Object(value)| de.end().map(|()| value)) {
         Ok(value) => return Ok(value),
         Err(e) => e,
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let explained = serde_path_to_error::deserialize::<_, E>(&mut de)
+    let explained = serde_path_to_error::deserialize::<_, Object<E>>(&mut de)
         .map_err(|err| {
             let pointer = pointer_of(err.path());
             invalid(pointer, err.into_inner())
@@ -206,6 +221,45 @@ pub struct PointerError {
     pub pointer: String,
     /// What is wrong.
     pub message: String,
+}
+
+/// A `T` read from a JSON object only. serde's derived structs also accept an array of their
+/// fields in order (`[]` is a step context of defaults, `["dev"]` an environment); every document
+/// and nested record this crate reads is an object, and its schema says so, so an array is refused.
+/// [`parse_or_explain`] reads every document through it; [`object`] and [`optional_object`] are for
+/// nested records (`#[serde(deserialize_with = "...")]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Object<T>, D::Error> {
+        deserializer.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Hands a JSON object's members to `T`'s own deserializer; refuses anything else.
+struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+    type Value = Object<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+    }
+}
+
+/// Reads a `T` from a JSON object only (see [`Object`]).
+pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    Object::deserialize(deserializer).map(|Object(value)| value)
+}
+
+/// Reads an optional `T` from a JSON object or `null` only (see [`Object`]).
+pub fn optional_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    Option::<Object<T>>::deserialize(deserializer).map(|value| value.map(|Object(value)| value))
 }
 
 /// A JSON value read strictly: an object with a duplicate key is an error.

@@ -17,6 +17,7 @@
 pub mod diff;
 pub mod mask;
 pub mod supervise;
+pub mod procfs;
 pub mod actions;
 pub mod atomic;
 pub mod context;

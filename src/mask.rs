@@ -468,8 +468,8 @@ impl Engine {
 /// The compiled patterns: every secret and its encodings.
 struct Patterns {
     /// Finds the patterns, leftmost-longest. A contiguous NFA used directly, not `AhoCorasick`:
-    /// that type links in every engine it might pick (the DFA among them), ~40 KB of a static
-    /// binary with a size budget, for no gain at the handful of patterns a step has.
+    /// that type links in every engine it might pick (the DFA among them) into a static binary
+    /// with a size budget, for no gain at the handful of patterns a step has.
     matcher: contiguous::NFA,
     /// The same patterns under standard semantics, stepped by hand: after reading some bytes its
     /// state is the longest suffix of them that is a prefix of a pattern. That tells how much

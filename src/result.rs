@@ -141,9 +141,11 @@ impl Children {
 }
 
 impl StepResult {
-    /// Writes the result atomically and durably (temp file, fsync, rename, fsync directory).
+    /// Writes the result atomically (temp file, rename), without fsync: the controller reads it on
+    /// the same host once the agent has exited, and its own store is what is durable; a step whose
+    /// machine loses power before that is run again.
     pub fn write(&self, path: &Path) -> Result<(), AtomicError> {
-        atomic::write_with(path, RESULT_MODE, Durability::Durable, |out| atomic::json(out, self))
+        atomic::write_with(path, RESULT_MODE, Durability::Rename, |out| atomic::json(out, self))
     }
 }
 

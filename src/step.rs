@@ -18,6 +18,7 @@ use crate::atomic::{self, AtomicError, Durability};
 use crate::context::StepContext;
 use crate::diff::diff;
 use crate::env::{self, EnvBuilder};
+use crate::exit::{ExitStatus, Sysexit};
 use crate::files::{self, FileSpec, WriteError};
 use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::Layout;
@@ -46,7 +47,7 @@ pub struct StepOptions {
     pub secret_names: SecretNames,
 }
 
-/// Why a step could not be prepared or completed. [`crate::exit`] maps each to an exit status.
+/// Why a step could not be prepared or completed. [`StepError::exit_status`] maps each to an exit status.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// step_context.json is missing, unreadable or invalid.
@@ -110,6 +111,24 @@ pub enum StepError {
     /// step_result.json could not be written.
     #[error(transparent)]
     Result(AtomicError),
+}
+
+impl StepError {
+    /// The exit status of this failure: the input's own for an unreadable or invalid file, 64 an
+    /// unknown `--action`, 65 an invalid declaration, 73 a file or the result that cannot be
+    /// written, 70 a supervision failure.
+    pub fn exit_status(&self) -> ExitStatus {
+        let sysexit = match self {
+            StepError::Context(e) => return e.exit_status(),
+            StepError::Actions(e) => return e.exit_status(),
+            StepError::Properties(e) => return e.exit_status(),
+            StepError::NoAction { .. } | StepError::Declaration { .. } | StepError::PropertiesCopy { .. } => Sysexit::DataErr,
+            StepError::UnknownActionFlag { .. } => Sysexit::Usage,
+            StepError::WriteFile(_) | StepError::Runtime(_) | StepError::RuntimeDir { .. } | StepError::Result(_) => Sysexit::CantCreat,
+            StepError::Supervise(_) => Sysexit::Software,
+        };
+        sysexit.into()
+    }
 }
 
 /// Everything a step needs, read and validated; nothing written yet.
@@ -212,6 +231,10 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         let own = props.subset(&declarations::MEMBERS);
         declarations::check_files(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
         declarations::check_env(&own).map_err(declaration)?;
+        // The image build reads the levels' build secret lists; a bad one is refused here too.
+        if !prefix.is_empty() {
+            crate::exec::configured_sets(&own, "").map_err(declaration)?;
+        }
         for name in declarations::data_members(&own) {
             info!(file = %file.display(), pointer = %format!("{prefix}/{name}"), "not an object: ordinary data, not a declaration of {name}");
         }
@@ -378,7 +401,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
             // A command that cannot be started is the action's failure, as in a shell: 127 when
             // it is not found, 126 when it cannot be executed. The result is still written.
             Err(SuperviseError::Spawn { source, program, .. }) => {
-                let status = if source.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+                let status = if source.kind() == std::io::ErrorKind::NotFound { crate::exit::NOT_FOUND } else { crate::exit::CANNOT_EXECUTE }.code();
                 warn!(action = %name, program = %program.to_string_lossy(), error = %source, "cannot start the command");
                 Outcome {
                     reason: crate::supervise::Reason::Exited,
@@ -437,7 +460,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
 
     let action_status = last.as_ref().map_or(0, |o| o.exit_status);
     let exit_status = match (&error, action_status) {
-        (Some(e), 0) => crate::exit::status_of(e),
+        (Some(e), 0) => e.exit_status().code(),
         _ => action_status,
     };
     let mut result = StepResult {

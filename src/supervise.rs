@@ -14,8 +14,9 @@
 //!   [`SupervisePolicy::reap_wait`]) until none remains. The same stages clean up what a job that
 //!   ended normally left running, so nothing outlives it.
 //! * **streams** the job's stdout and stderr live to the log, masked, line by line, stamped, with
-//!   bounded memory and without ever letting a slow log reader stall the job (unless asked to, see
-//!   [`LogBuffer`]).
+//!   bounded memory and without losing a line: a slow log reader makes the job wait (unless asked
+//!   to drop instead, see [`LogBuffer`]); once the job's processes are gone its pipes are read to
+//!   their end.
 //!
 //! # Reaping: all of it ourselves, no `tokio::process`
 //!
@@ -55,6 +56,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,7 +92,11 @@ pub struct SupervisePolicy {
     pub default_timeout: Option<Duration>,
     /// How long to wait, after SIGKILL (or after a clean end), for the last descendants to be gone
     /// and the job's pipes to close. What is still alive then (a process in uninterruptible sleep)
-    /// is counted in [`Outcome::survivors`] and left behind. Default 5 s.
+    /// is counted in [`Outcome::survivors`] and left behind, and what its pipes hold at that
+    /// moment is logged. Once no descendant is left, the pipes are read to their end however long
+    /// that takes, as long as they keep giving output (or wait for the log writer); only a pipe
+    /// idle this long with no process of the job left (something outside the job holds it) is
+    /// abandoned. Default 5 s.
     pub reap_wait: Duration,
     /// How long output may be held back: the masker's carry (the tail that may be the start of a
     /// secret) is released once a stream has been silent this long, and a partial line (no newline
@@ -102,12 +108,13 @@ pub struct SupervisePolicy {
     /// continuation. Bounds the memory of a line without newline. Default 64 KiB; 0 is taken as 1.
     pub max_line: usize,
     /// How much formatted output may wait for `out`, and what happens when that is full.
-    /// Default [`LogBuffer::DropNewest`] with 4 MiB.
+    /// Default [`LogBuffer::Backpressure`] with 4 MiB: nothing is lost.
     pub log_buffer: LogBuffer,
     /// How long [`Supervisor::run`] waits, at the end of a job, for its output to be written to
-    /// `out` (and dropping the [`Supervisor`], for the rest). A writer stuck longer does not keep
-    /// the run waiting; what it has not written yet is written later, before the next job's output.
-    /// Default 5 s.
+    /// `out`. A writer stuck longer does not keep the run waiting; what it has not written yet is
+    /// written later, before the next job's output. Dropping the [`Supervisor`] waits this long
+    /// for the rest under [`LogBuffer::DropNewest`], and until everything is written under
+    /// [`LogBuffer::Backpressure`] (nothing is lost). Default 5 s.
     pub drain_wait: Duration,
     /// How each record looks. Default [`LineFormat::Text`].
     pub format: LineFormat,
@@ -134,21 +141,21 @@ impl Default for SupervisePolicy {
 /// `max_bytes` (records waiting plus the batch being written).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogBuffer {
-    /// When `max_bytes` are waiting, drop further records and count them; once there is room
-    /// again, a `runner` record says how many were dropped there. The job never waits for the log.
-    /// The default, with 4 MiB.
-    DropNewest {
-        /// The bound, in bytes of formatted records.
+    /// When `max_bytes` are waiting, stop reading the job's pipes until the writer catches up:
+    /// nothing is lost, but once the pipes' own buffers are full too, the job blocks on its
+    /// writes (as Docker's default `blocking` log mode does). Once the job's processes are all
+    /// gone, every pipe is still read to its end, however long the writer takes. The default,
+    /// with 4 MiB.
+    Backpressure {
+        /// The bound, in bytes of formatted records (overshot by at most what one read of a pipe
+        /// formats into).
         max_bytes: usize,
     },
-    /// When `max_bytes` are waiting, stop reading the job's pipes until the writer catches up:
-    /// nothing is lost, but once the pipe's own buffer (64 KiB) is full too, the job blocks on
-    /// its writes. For logs that must be complete more than the job must be fast. The run still
-    /// ends [`SupervisePolicy::reap_wait`] after the job's last process is gone: what its pipes
-    /// hold then (at most 64 KiB each) is not logged.
-    Backpressure {
-        /// The bound, in bytes of formatted records (overshot by at most what one read of a pipe,
-        /// 64 KiB of output, formats into).
+    /// When `max_bytes` are waiting, drop further records and count them; once there is room
+    /// again, a `runner` record says how many were dropped there. The job never waits for the
+    /// log. Only on request (`step --log-mode non-blocking`): it loses output.
+    DropNewest {
+        /// The bound, in bytes of formatted records.
         max_bytes: usize,
     },
 }
@@ -166,7 +173,7 @@ impl LogBuffer {
 
 impl Default for LogBuffer {
     fn default() -> LogBuffer {
-        LogBuffer::DropNewest {
+        LogBuffer::Backpressure {
             max_bytes: 4 * 1024 * 1024,
         }
     }
@@ -483,6 +490,7 @@ impl Supervisor {
         })?;
 
         let (stop, stopped) = watch::channel(false);
+        let progress = Arc::new(AtomicU64::new(0));
         let mut pumps = JoinSet::new();
         for (stream, read, mask) in [
             (Stream::Stdout, out_read, self.masker.stream()),
@@ -499,6 +507,7 @@ impl Supervisor {
                 mask,
                 sink.clone(),
                 stopped.clone(),
+                Arc::clone(&progress),
             ));
         }
 
@@ -518,6 +527,8 @@ impl Supervisor {
             survivors: 0,
             notices: sink,
             failure: None,
+            progress,
+            progress_seen: 0,
         };
         let result = self
             .runtime
@@ -597,11 +608,15 @@ fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Pa
     program.clone()
 }
 
-/// A pipe for one of the job's output streams: our read end (non-blocking, registered with the
-/// runtime) and the job's write end (blocking, as programs expect of their stdout). Both are
+/// A pipe for one of the job's output streams, of [`output::PIPE_SIZE`] bytes where the system
+/// allows: our read end (non-blocking, registered with the runtime) and the job's write end (blocking, as programs expect of their stdout). Both are
 /// close-on-exec, so no other process we start inherits them.
 fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
+    use std::os::fd::AsRawFd as _;
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // A larger buffer where allowed; the default one otherwise (see `PIPE_SIZE`).
+    // SAFETY: F_SETPIPE_SZ on a pipe we own takes an int and changes nothing else.
+    unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, output::PIPE_SIZE as libc::c_int) };
     Ok((pipe::Receiver::from_owned_fd(read)?, write))
 }
 
@@ -662,6 +677,10 @@ struct Watch<'a> {
     notices: Sink,
     /// The first failure of an output reader; reported after supervision completed.
     failure: Option<SuperviseError>,
+    /// Bytes read from the job's pipes so far (the pumps add to it).
+    progress: Arc<AtomicU64>,
+    /// `progress` when the supervisor last considered giving up on the pipes.
+    progress_seen: u64,
 }
 
 impl Watch<'_> {
@@ -874,6 +893,17 @@ impl Watch<'_> {
             Phase::Draining { give_up_at } => {
                 if now >= give_up_at {
                     self.survivors = self.descendants()?.len() as u64;
+                    let read = self.progress.load(AtomicOrdering::Relaxed);
+                    let moving = read != std::mem::replace(&mut self.progress_seen, read);
+                    if self.survivors == 0 && (moving || !self.notices.has_room()) {
+                        // The job's processes are gone and its pipes are still being emptied
+                        // (or wait for the log writer): they end once read, so keep reading.
+                        // Only a pipe that stays idle this long is held by something else.
+                        self.phase = Phase::Draining {
+                            give_up_at: now + self.policy.reap_wait,
+                        };
+                        return Ok(false);
+                    }
                     if self.survivors > 0 {
                         self.notices.notice(&format!(
                             "{} processes still alive {:?} after SIGKILL: leaving them",

@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 
 use crate::atomic::{self, AtomicError, Durability};
+use crate::exit::{ExitStatus, Sysexit};
 use crate::layout::Layout;
 
 /// The first word of every frame line.
@@ -119,6 +120,21 @@ pub enum TransportError {
     /// The nonce is not one a frame can carry.
     #[error("invalid result frame nonce {0:?}: 8 to 64 ASCII letters, digits, '-' or '_'")]
     Nonce(String),
+}
+
+impl TransportError {
+    /// The agent's exit status for this error: a missing context file 66, one too large 65, a
+    /// bad nonce 64, a context that cannot be written 73, other I/O 74.
+    pub fn exit_status(&self) -> ExitStatus {
+        let sysexit = match self {
+            TransportError::ReadContext { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
+            TransportError::ReadContext { .. } | TransportError::ReadResult { .. } | TransportError::WriteFrame(_) => Sysexit::IoErr,
+            TransportError::ContextTooLarge { .. } => Sysexit::DataErr,
+            TransportError::WriteContext(_) => Sysexit::CantCreat,
+            TransportError::Nonce(_) => Sysexit::Usage,
+        };
+        sysexit.into()
+    }
 }
 
 /// Checks a frame nonce: 8 to 64 ASCII letters, digits, `-` or `_` (one word of a frame line).

@@ -504,3 +504,57 @@ fn of_two_retries_at_once_only_one_runs_the_change() {
     let count = std::fs::read_to_string(&runs).unwrap().lines().count();
     assert_eq!(count, 2, "the action ran once for the change and once for the retry, not {count} times");
 }
+
+/// The numbers after `stdout| ` on the lines of `text` that contain `marker`, in order.
+fn numbered(text: &str, marker: &str) -> Vec<u64> {
+    text.lines().filter(|l| l.contains(marker)).filter_map(|l| l.rsplit_once("stdout| ")?.1.trim().parse().ok()).collect()
+}
+
+/// The first place where `lines` is not 1, 2, 3 ... `n`, if any.
+fn first_gap(lines: &[u64], n: u64) -> Option<(usize, Option<u64>)> {
+    if lines.len() as u64 != n {
+        return Some((lines.len(), None));
+    }
+    lines.iter().enumerate().find(|(i, l)| **l != *i as u64 + 1).map(|(i, l)| (i, Some(*l)))
+}
+
+/// A step printing a million numbered lines, through the agent and the controller, while whoever
+/// reads `change run` stalls for two seconds: every line reaches `change run`'s output, the store
+/// (`change logs`) and a `change logs --follow` started while the change runs, each once and in
+/// order. Nothing is dropped anywhere: the step waits instead.
+#[test]
+fn a_million_lines_through_a_stalling_reader_are_all_kept_in_order() {
+    use std::io::Read;
+    let repo = project("[actions.flood]\nrun = 'seq 1 1000000'\n", json!({}));
+    let state = tempfile::tempdir().unwrap();
+    let mut run_child = opschain(state.path())
+        .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "flood"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Follow the change once it exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run(state.path(), &["change", "show", "1"]).status.success() {
+        assert!(Instant::now() < deadline, "the change was never created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let follow = opschain(state.path()).args(["change", "logs", "1", "--follow"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let follower = std::thread::spawn(move || follow.wait_with_output().unwrap());
+    // The stalling reader: nothing read for two seconds, then everything.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut printed = String::new();
+    run_child.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+    let ran = run_child.wait_with_output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    assert!(!printed.contains("dropped"), "a drop notice in the output");
+    assert_eq!(first_gap(&numbered(&printed, "[1 flood]"), 1_000_000), None, "change run's output");
+
+    let followed = follower.join().unwrap();
+    assert!(followed.status.success(), "{}", text(&followed));
+    assert_eq!(first_gap(&numbered(&String::from_utf8_lossy(&followed.stdout), "[1 flood]"), 1_000_000), None, "change logs --follow");
+
+    let stored = run(state.path(), &["change", "logs", "1"]);
+    assert!(stored.status.success(), "{}", text(&stored));
+    assert_eq!(first_gap(&numbered(&String::from_utf8_lossy(&stored.stdout), "[1 flood]"), 1_000_000), None, "change logs");
+}

@@ -60,6 +60,14 @@ impl Drop for Images {
 /// `opschain-exec` link; returns its tag (unique to this test, removed with `images`).
 fn build_base_image(images: &mut Images) -> String {
     let tag = format!("opschain-test-base:{}", unique("ctl"));
+    build_base_image_as(&tag, "");
+    images.0.push(tag.clone());
+    tag
+}
+
+/// Builds the base runner image as `tag`, with `marker` in `/etc/marker` (another marker, another
+/// image id).
+fn build_base_image_as(tag: &str, marker: &str) {
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path();
     let agent = env!("CARGO_BIN_EXE_opschain-runner");
@@ -68,6 +76,8 @@ fn build_base_image(images: &mut Images) -> String {
     std::fs::copy(agent, ctx.join("rootfs/usr/local/bin/opschain-runner")).unwrap();
     std::os::unix::fs::symlink("opschain-runner", ctx.join("rootfs/usr/local/bin/opschain-exec")).unwrap();
     std::fs::copy("/bin/busybox", ctx.join("rootfs/bin/busybox")).unwrap();
+    std::fs::create_dir_all(ctx.join("rootfs/etc")).unwrap();
+    std::fs::write(ctx.join("rootfs/etc/marker"), marker).unwrap();
     for lib in libraries(agent) {
         let dest = ctx.join("rootfs").join(lib.strip_prefix("/").unwrap());
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
@@ -79,10 +89,8 @@ fn build_base_image(images: &mut Images) -> String {
          ENV PATH=/usr/local/bin:/bin\nWORKDIR /opt/opschain\nENTRYPOINT [\"/usr/local/bin/opschain-runner\"]\n",
     )
     .unwrap();
-    let out = Command::new(DOCKER).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", &tag]).arg(ctx).output().unwrap();
+    let out = Command::new(DOCKER).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", tag]).arg(ctx).output().unwrap();
     assert!(out.status.success(), "base image build failed: {}", String::from_utf8_lossy(&out.stderr));
-    images.0.push(tag.clone());
-    tag
 }
 
 fn opschain(state: &Path) -> Command {
@@ -400,6 +408,16 @@ fn a_mintpress_repository_runs_end_to_end() {
     let (built, _) = image_lines(&shown);
     assert_eq!(built.len(), 1, "{shown}");
     assert!(saved_image_mentions(&built[0], b"twelve-chars").is_empty());
+
+    // A base image rebuilt under the same name rebuilds the step image (same tag, new base).
+    build_base_image_as(&base, "rebuilt");
+    let args = ["--repo", repo.to_str().unwrap(), "--project", "mp", "--environment", "prod", "--action", "deploy", "--folder", ".mintpress"];
+    let (status, shown) = change_run(&state, &base, &mut images, &args);
+    assert_eq!(status, 0, "{shown}");
+    assert_eq!(image_lines(&shown), (built.clone(), vec![]), "{shown}");
+    let (status, shown) = change_run(&state, &base, &mut images, &args);
+    assert_eq!(status, 0, "{shown}");
+    assert_eq!(image_lines(&shown), (vec![], built), "{shown}");
 }
 
 #[test]
@@ -422,7 +440,8 @@ fn a_build_secret_a_run_line_prints_reaches_neither_the_terminal_nor_the_store()
         repo.join(".opschain/Dockerfile"),
         format!(
             "ARG OPSCHAIN_BASE_RUNNER\nFROM ${{OPSCHAIN_BASE_RUNNER}}\nADD repo.tar /opt/opschain/\n\
-             RUN --mount=type=secret,id=opschain-build-secrets \
+             RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json \
+             --mount=type=secret,id=opschain-build-secrets \
              cat /run/secrets/opschain-build-secrets; echo; opschain-exec /bin/sh -c 'echo token=$BUILD_TOKEN'; echo nonce-{nonce}\n"
         ),
     )

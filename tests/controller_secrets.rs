@@ -158,7 +158,7 @@ fn a_loose_state_directory_is_tightened_with_a_warning_and_another_users_is_refu
     // A state directory of another user is not taken over.
     std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
     let refused = run(&state, &["secrets", "list"]);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(70), "{}", text(&refused));
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("belongs to uid 65534") && said.contains("--state-dir"), "{said}");
 }

@@ -1,12 +1,11 @@
-//! The public JSON Patch test suite (json-patch/json-patch-tests), read from the workplace's
-//! `shared/conformance/json-patch-tests` beside the repository (see its NOTICE.md):
+//! The public JSON Patch test suite (json-patch/json-patch-tests), kept in this repository at
+//! `tests/data/json-patch-tests` with its notice and licence (Apache-2.0 test data):
 //!
 //! * every patch is applied with `json_patch::patch`, which must give `expected`, or refuse the
 //!   patch where the record has `error`;
 //! * for every record with `expected`, `diff(doc, expected)` applied to `doc` must give `expected`.
 //!
-//! Records with `disabled: true`, and notes with only a `comment`, are skipped. The suite is part of
-//! the repository's setup: where it is missing, these tests fail.
+//! Records with `disabled: true`, and notes with only a `comment`, are skipped.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -15,20 +14,16 @@ use json_patch::Patch;
 use opschain_runner::diff::diff;
 use serde_json::Value;
 
-/// The suite's directory: `shared/` sits beside the checkout.
+/// The suite's directory, in this repository.
 fn suite_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/json-patch-tests")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/json-patch-tests")
 }
 
 /// The records of one file of the suite. Panics, saying what is missing, if it can't be read.
 fn records(file: &str) -> Vec<Value> {
     let path = suite_dir().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
-        panic!(
-            "the JSON Patch suite is missing: cannot read {}: {err}. It belongs in \
-             shared/conformance/json-patch-tests beside the checkout (part of the repository's setup).",
-            path.display()
-        )
+        panic!("cannot read the JSON Patch suite's {}: {err}", path.display())
     });
     match serde_json::from_str(&text) {
         Ok(Value::Array(records)) => records,

@@ -183,6 +183,26 @@ fn secrets_win_over_properties_and_sets_apply_in_order() {
 }
 
 #[test]
+fn the_bundle_is_the_build_secrets_when_mounted() {
+    // The builder merges every set that applies into one `opschain-build-secrets` file; when it is
+    // there, opschain-exec takes it (over the properties and runner secrets) and reads no set by
+    // name, whatever the context lists.
+    let s = Scratch::new();
+    let mut context = step_context(json!({"A": "property", "B": "property"}), json!({}));
+    context["project"]["properties"]["opschain"]["config"] = json!({"build_secrets": ["p1"]});
+    s.write_json(&s.folder("step_context_env.json"), &context);
+    s.secret_set("p1", &json!({"A": "p1-by-name"}));
+    s.secret_set("opschain-build-secrets", &json!({"B": "from-bundle", "C": "from-bundle"}));
+    assert_eq!(stdout(&s.sh("echo \"$A $B $C\"")), "property from-bundle from-bundle\n");
+    // A bad bundle stops before the command, naming the file and the pointer, never a value.
+    s.secret_set("opschain-build-secrets", &json!({"bad name": "hidden-value"}));
+    let output = s.sh("echo ran");
+    assert_eq!(output.status.code(), Some(65));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("opschain-build-secrets: at /bad name") && !text.contains("hidden-value"), "{text}");
+}
+
+#[test]
 fn default_set_applies_when_nothing_is_configured_and_runner_secrets_sit_between() {
     let s = Scratch::new();
     let mut context = step_context(json!({"A": "property", "B": "property", "C": "property"}), json!({}));

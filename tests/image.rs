@@ -199,6 +199,22 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     assert!(tar(&context) == tar(&again), "repo.tar differs between two builds of one commit");
     let v1 = build::write_context(&BuildContextSpec { git_rev: "v1".into(), ..BuildContextSpec::new(&repo, dir.path().join("v1")) }).unwrap();
     assert!(tar(&context) != tar(&v1));
+    // With a cache, a commit is archived once and linked into each context: the same bytes.
+    let cache = dir.path().join("tars");
+    let cached = |out: &str| build::write_context(&BuildContextSpec { repo_tar_cache: Some(cache.clone()), ..BuildContextSpec::new(&repo, dir.path().join(out)) }).unwrap();
+    let (first, second) = (cached("cached-1"), cached("cached-2"));
+    assert!(tar(&first) == tar(&context) && tar(&second) == tar(&context));
+    let kept: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(kept, [format!("{}.tar", first.git_sha)], "one archive, no leftovers");
+    // The image key: the same inputs give the same key; a changed env property another one, but
+    // not a changed step, user or other property.
+    let key = |context: Value| build::plan(&BuildContextSpec { context: context.as_object().unwrap().clone(), ..BuildContextSpec::new(&repo, dir.path().join("unused")) }).unwrap().key;
+    let with = |greeting: &str, step: i64, other: i64| {
+        json!({"context": {"project": {"code": "p"}, "step": {"id": step}}, "project": {"properties": {"other": other, "opschain": {"env": {"GREETING": greeting}}}}})
+    };
+    assert_eq!(key(with("a", 1, 1)), key(with("a", 2, 2)));
+    assert_ne!(key(with("a", 1, 1)), key(with("b", 1, 1)));
+    assert_eq!(key(with("a", 1, 1)).len(), 40);
 
     let cli = |args: &[&str], out: &Path| runner().arg("--repo").arg(&repo).arg("build-context").arg("--out").arg(out).args(args).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap();
     let output = cli(&["--git-rev", "no-such-rev"], &dir.path().join("bad-rev"));
@@ -379,6 +395,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert!(text(&started).contains(" hello stdout| exec-token=****\n"), "{}", text(&started));
     assert!(!text(&started).contains(SECRET) && !String::from_utf8_lossy(&started.stderr).contains(SECRET));
     let result: Value = serde_json::from_slice(&std::fs::read(dir.path().join("step_result.json")).unwrap()).unwrap();
+    common::schema::assert_valid("step_result", &result, "the step image's step_result.json");
     assert_eq!(result["environment"]["properties_diff"], json!([{"op": "add", "path": "/greeted", "value": "hello-from-property"}]));
     assert_eq!(result["runner"]["exit_status"], 0);
 

@@ -91,6 +91,7 @@ fn docker_stop_cancels_the_action_reaps_everything_and_writes_the_result() {
     assert_eq!(code, "143", "exit code after docker stop; logs: {}", String::from_utf8_lossy(&logs.stderr));
     assert!(stop_took < Duration::from_secs(20), "the agent ended the action after its 2 s grace, not docker's KILL: {stop_took:?}");
     let result: Value = serde_json::from_slice(&result.expect("step_result.json written")).unwrap();
+    common::schema::assert_valid("step_result", &result, "the container's step_result.json");
     assert_eq!(result["runner"]["reason"], "cancelled");
     assert_eq!(result["runner"]["exit_status"], 143);
     assert_eq!(result["project"]["properties_diff"][0]["path"], "/stage");

@@ -13,33 +13,6 @@ use std::process::{Command, Output};
 use common::*;
 use serde_json::{json, Value};
 
-/// The sample exactly as the seed page writes it (with its `...` elisions).
-fn verbatim() -> String {
-    std::fs::read_to_string(fixture("seed_sample/step_context.sample.txt")).unwrap()
-}
-
-/// The sample made a JSON document by touching its elisions only (see the fixture's README): a
-/// `...` standing for a value becomes `null`, a `...` line standing for further members goes, and
-/// the commas JSON needs go in.
-fn filled(sample: &str) -> String {
-    let lines: Vec<&str> = sample.lines().collect();
-    let mut out: Vec<String> = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim() == "..." {
-            let previous = out.last_mut().expect("an elided member follows another");
-            assert_eq!(previous.pop(), Some(','), "the members before an elision end with a comma");
-            continue;
-        }
-        if let Some(head) = line.strip_suffix("...,").or_else(|| line.strip_suffix("...")) {
-            let next = lines[i + 1..].iter().map(|l| l.trim()).find(|l| !l.is_empty()).unwrap_or("}");
-            out.push(format!("{head}null{}", if next.starts_with('}') { "" } else { "," }));
-            continue;
-        }
-        out.push(line.to_string());
-    }
-    out.join("\n") + "\n"
-}
-
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -69,10 +42,10 @@ fn exec_sh(repo: &Path, script: &str) -> Output {
 
 #[test]
 fn the_filled_sample_differs_from_the_verbatim_one_at_its_elisions_only() {
-    let sample = verbatim();
+    let sample = seed_sample_verbatim();
     assert!(sample.contains("\"files\": {\n        \"/path/to/file.txt\""), "the fixture is the seed's sample");
     let kept: Vec<&str> = sample.lines().filter(|l| l.trim() != "...").collect();
-    let filled = filled(&sample);
+    let filled = fill_elisions(&sample);
     let filled: Vec<&str> = filled.lines().collect();
     assert_eq!(kept.len(), filled.len());
     let changed: Vec<(&str, &str)> = kept.iter().zip(&filled).filter(|(a, b)| a != b).map(|(a, b)| (*a, *b)).collect();
@@ -85,7 +58,7 @@ fn the_filled_sample_differs_from_the_verbatim_one_at_its_elisions_only() {
 
 #[test]
 fn the_agent_writes_the_samples_files_and_exports_its_env() {
-    let repo = repo_with_context(&filled(&verbatim()));
+    let repo = repo_with_context(&seed_sample_filled());
     let root = repo.path().join("root");
     let output = run_step(repo.path(), &["step", "--action", "show", "--files-root", root.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
@@ -106,7 +79,7 @@ fn the_agent_writes_the_samples_files_and_exports_its_env() {
 
 #[test]
 fn the_verbatim_sample_is_refused_where_it_is_not_json() {
-    let repo = repo_with_context(&verbatim());
+    let repo = repo_with_context(&seed_sample_verbatim());
     let output = run_step(repo.path(), &["step", "--action", "show"]);
     assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
     let line = stderr_lines(&output).join("\n");
@@ -115,7 +88,7 @@ fn the_verbatim_sample_is_refused_where_it_is_not_json() {
 
 #[test]
 fn opschain_exec_exports_the_samples_env() {
-    let repo = repo_with_context(&filled(&verbatim()));
+    let repo = repo_with_context(&seed_sample_filled());
     let output = exec_sh(repo.path(), "printf %s \"$VARIABLE_NAME\"");
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout(&output), "variable value");
@@ -142,7 +115,7 @@ fn a_build_context_of_the_sample_gives_opschain_exec_its_env() {
     git(&project, &["add", "-A"]);
     git(&project, &["commit", "-q", "-m", "one"]);
     let context = dir.path().join("step_context.json");
-    std::fs::write(&context, filled(&verbatim())).unwrap();
+    std::fs::write(&context, seed_sample_filled()).unwrap();
     let out = dir.path().join("out");
     let output = runner().arg("--repo").arg(&project).arg("build-context").arg("--out").arg(&out).arg("--context").arg(&context).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-/// The static agent's size budget (issue #6; BENCHMARKS.md).
+/// The static agent's size budget (BENCHMARKS.md).
 const BUDGET_BYTES: u64 = 1_500_000;
 
 #[test]
@@ -36,6 +36,7 @@ fn the_static_agent_fits_its_budget_without_unwind_tables_and_still_runs_a_step(
     assert!(step.status.success(), "{}", String::from_utf8_lossy(&step.stderr));
     assert_eq!(std::fs::read_to_string(repo.join("out.txt")).unwrap(), "hi\n");
     let result: serde_json::Value = serde_json::from_slice(&std::fs::read(repo.join(".opschain/step_result.json")).unwrap()).unwrap();
+    common::schema::assert_valid("step_result", &result, "the static agent's step_result.json");
     assert_eq!(result["step"]["properties"]["opschain"]["env"]["GREETING"], "hi");
 
     let exec = dir.path().join("opschain-exec");

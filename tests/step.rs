@@ -8,8 +8,11 @@ use std::path::Path;
 use common::*;
 use serde_json::{json, Value};
 
+/// The step result, which must match `schemas/step_result.schema.json`.
 fn result(repo: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(repo.join(".opschain/step_result.json")).unwrap()).unwrap()
+    let result = serde_json::from_slice(&std::fs::read(repo.join(".opschain/step_result.json")).unwrap()).unwrap();
+    schema::assert_valid("step_result", &result, "step_result.json");
+    result
 }
 
 fn write_context(repo: &Path, context: &Value) {

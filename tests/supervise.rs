@@ -1,4 +1,4 @@
-//! Supervision with real processes (issue 3): reaping, process groups, signals, timeouts, the
+//! Supervision with real processes: reaping, process groups, signals, timeouts, the
 //! staged TERM/KILL of every descendant, and the streamed, masked, bounded output.
 //!
 //! Reaping and signal handlers are process-wide, so the tests of this file run one at a time
@@ -768,15 +768,21 @@ fn run_measured(sup: &mut Supervisor, job: &Job) -> (Outcome, u64) {
     (out, status_kib("VmHWM:").saturating_sub(before))
 }
 
-/// 50 MB of output through a log reader slower than the job: the queue fills, records are dropped
-/// and counted, and memory stays within the bound (4 MiB queue, about twice that allocated, plus
+/// 50 MB of output through a log reader slower than the job, when asked to drop rather than wait
+/// (`--log-mode non-blocking`): the queue fills, records are dropped and counted, and memory stays within the bound (4 MiB queue, about twice that allocated, plus
 /// the readers' buffers) where keeping everything would take over 60 MB.
 #[test]
 fn a_flood_of_lines_keeps_memory_bounded_and_counts_what_it_drops() {
     let _serial = serial();
     let tally = Tally::with_delay(Duration::from_millis(100));
+    let policy = SupervisePolicy {
+        log_buffer: LogBuffer::DropNewest {
+            max_bytes: 4 * 1024 * 1024,
+        },
+        ..policy()
+    };
     let sup = Supervisor::new(
-        policy(),
+        policy,
         Masker::new(["secret-value"]),
         Box::new(tally.clone()),
     );
@@ -862,6 +868,146 @@ fn backpressure_loses_nothing_with_a_slow_writer() {
         capture.lines("stdout") == expected,
         "lines lost or out of order"
     );
+}
+
+/// A log reader that stalls: for `first` before its first write, and for `later` once `after`
+/// bytes have been written (once each).
+struct Stalling {
+    inner: Capture,
+    first: Option<Duration>,
+    later: Option<(usize, Duration)>,
+    written: usize,
+}
+
+impl Stalling {
+    fn new(first: Duration, later: Option<(usize, Duration)>) -> (Stalling, Capture) {
+        let inner = Capture::default();
+        let writer = Stalling {
+            inner: inner.clone(),
+            first: Some(first),
+            later,
+            written: 0,
+        };
+        (writer, inner)
+    }
+}
+
+impl Write for Stalling {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(stall) = self.first.take() {
+            std::thread::sleep(stall);
+        }
+        if let Some((after, stall)) = self.later {
+            if self.written >= after {
+                self.later = None;
+                std::thread::sleep(stall);
+            }
+        }
+        self.written += buf.len();
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The default: a million numbered lines through a reader that stalls for a second at the start
+/// and again near the end all arrive, each once, in order; the job waits for the log instead.
+#[test]
+fn by_default_a_stalling_reader_loses_none_of_a_million_lines() {
+    let _serial = serial();
+    // About 56 MB of records; the second stall comes with the last few MB still to write.
+    let (stalling, capture) = Stalling::new(
+        Duration::from_secs(1),
+        Some((50_000_000, Duration::from_secs(1))),
+    );
+    let policy = SupervisePolicy {
+        reap_wait: Duration::from_millis(500),
+        ..SupervisePolicy::default()
+    };
+    assert!(matches!(policy.log_buffer, LogBuffer::Backpressure { .. }));
+    let mut sup = Supervisor::new(policy, Masker::new(["not-in-the-output"]), Box::new(stalling))
+        .expect("supervisor");
+    let out = sup.run(&sh("seq 1 1000000")).expect("run");
+    drop(sup);
+    assert_eq!((out.exit_status, out.lines_dropped), (0, 0), "{out:?}");
+    let lines = capture.lines("stdout");
+    assert_eq!(lines.len(), 1_000_000, "every line once");
+    let first_wrong = lines
+        .iter()
+        .enumerate()
+        .find(|(i, line)| line.parse::<usize>().ok() != Some(i + 1));
+    assert_eq!(first_wrong, None, "lines in order, none lost or repeated");
+    assert!(!capture.text().contains("dropped"));
+}
+
+/// Once the job's processes are gone, its pipes are read to their end even when the log writer
+/// is stuck for longer than `reap_wait`: the output waiting in the pipe is not abandoned.
+#[test]
+fn the_pipes_are_drained_to_their_end_after_the_job_is_gone() {
+    let _serial = serial();
+    let (stalling, capture) = Stalling::new(Duration::from_secs(2), None);
+    let policy = SupervisePolicy {
+        reap_wait: Duration::from_millis(300),
+        log_buffer: LogBuffer::Backpressure {
+            max_bytes: 16 * 1024,
+        },
+        ..policy()
+    };
+    let mut sup = Supervisor::new(policy, Masker::default(), Box::new(stalling)).expect("supervisor");
+    // About 40 KB: the pipe takes it all, so `seq` is gone at once while the queue is full.
+    let out = sup.run(&sh("seq 1 9000")).expect("run");
+    drop(sup);
+    assert_eq!((out.exit_status, out.lines_dropped), (0, 0), "{out:?}");
+    let expected: Vec<String> = (1..=9000).map(|n| n.to_string()).collect();
+    assert!(capture.lines("stdout") == expected, "{}", capture.text());
+}
+
+/// A background process that keeps the pipes open after the job's main process exited is ended
+/// as the supervision rules say (SIGTERM, then SIGKILL after the grace), and every line it
+/// printed before it was stopped is logged, in order, even though the log reader stalled.
+#[test]
+fn a_background_process_holding_the_pipe_is_stopped_and_its_output_kept() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stalling, capture) = Stalling::new(Duration::from_secs(2), None);
+    let policy = SupervisePolicy {
+        log_buffer: LogBuffer::Backpressure {
+            max_bytes: 16 * 1024,
+        },
+        ..policy()
+    };
+    let mut sup = Supervisor::new(policy, Masker::default(), Box::new(stalling)).expect("supervisor");
+    // `echo` is a builtin: each line is one write(2), done (or not) before `count` is written.
+    let job = sh_in(
+        dir.path(),
+        "(i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); echo \"bg $i\"; echo $i >> count; done) & \
+         sleep 0.5; echo main done",
+    );
+    let out = sup.run(&job).expect("run");
+    drop(sup);
+    assert_eq!((out.reason, out.exit_status, out.lines_dropped), (Reason::Exited, 0, 0), "{out:?}");
+    let text = capture.text();
+    assert!(text.contains("runner| the job ended and left"), "{text}");
+    let lines = capture.lines("stdout");
+    assert!(lines.contains(&"main done".to_string()), "{text}");
+    let bg: Vec<&String> = lines.iter().filter(|l| l.starts_with("bg ")).collect();
+    let expected: Vec<String> = (1..=bg.len()).map(|n| format!("bg {n}")).collect();
+    assert!(bg.iter().copied().eq(expected.iter()), "the background lines have a gap");
+    // The last number appended to `count`: the lines printed for sure.
+    let counted: usize = std::fs::read_to_string(dir.path().join("count"))
+        .expect("count")
+        .lines()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        bg.len() == counted || bg.len() == counted + 1,
+        "printed {counted} lines (or one more), logged {}",
+        bg.len()
+    );
+    assert!(bg.len() < 1_000_000, "it was stopped, not finished");
 }
 
 struct SlowWriter {

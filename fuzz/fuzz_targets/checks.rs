@@ -6,7 +6,7 @@ use std::path::Path;
 use arbitrary::Unstructured;
 use opschain_runner::actions::Actions;
 use opschain_runner::context::StepContext;
-use opschain_runner::properties::text::PropertiesText;
+use opschain_runner::properties::text::{Declaring, PropertiesText};
 use opschain_runner::properties::declarations;
 use opschain_runner::{diff, env, files, json, properties};
 use serde_json::{Map, Value};
@@ -22,6 +22,17 @@ pub fn step_context(data: &[u8]) {
     let path = Path::new("step_context.json");
     let trees = json::parse::<StepContext>(path, data);
     let texts = json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, data);
+    // opschain-exec's one-pass reading accepts and refuses exactly as the agent's, and keeps the
+    // declaring members the agent parses.
+    let declaring = json::parse_or_explain::<StepContext<Declaring>, StepContext>(path, data);
+    match (&texts, &declaring) {
+        (Ok(texts), Ok(declaring)) => {
+            assert_eq!(declaring.project.properties.0, texts.project.properties.subset(&declarations::MEMBERS));
+            assert_eq!(declaring.environment.properties.0, texts.environment.properties.subset(&declarations::MEMBERS));
+        }
+        (Err(texts), Err(declaring)) => assert_eq!(texts.to_string(), declaring.to_string()),
+        (texts, declaring) => panic!("the agent's and opschain-exec's readings disagree: {:?}, {:?}", texts.as_ref().err(), declaring.as_ref().err()),
+    }
     let (ctx, texts) = match (trees, texts) {
         (Ok(trees), Ok(texts)) => {
             assert_eq!(texts.project.properties.to_map(), trees.project.properties.0);

@@ -18,16 +18,16 @@ use opschain_runner::build;
 use opschain_runner::build::BuildContextSpec;
 #[cfg(feature = "controller")]
 use opschain_runner::cli::BuildContextArgs;
-use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, PropertyCommand, StepArgs, ValidateArgs};
+use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, LogMode, PropertyCommand, StepArgs, ValidateArgs};
 use opschain_runner::exec::{self, ExecOptions};
-use opschain_runner::exit::{self, Sysexit};
+use opschain_runner::exit::Sysexit;
 use opschain_runner::helper::{self, HelperError, Level};
 use opschain_runner::json::SizeLimit;
 use opschain_runner::layout::Layout;
 use opschain_runner::plan::Plan;
 use opschain_runner::step::{self, StepError, StepOptions};
+use opschain_runner::supervise::{LineFormat, LogBuffer, SupervisePolicy, Supervisor};
 use opschain_runner::transport::{self, ContextSource, TransportError};
-use opschain_runner::supervise::{LineFormat, SupervisePolicy, Supervisor};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 
@@ -76,7 +76,7 @@ fn exec_failure(name: &str, message: impl std::fmt::Display, status: i32) -> i32
 fn exec_command(name: &str, options: &ExecOptions, command: &[OsString]) -> i32 {
     match exec::exec(options, command) {
         Ok(never) => match never {},
-        Err(e) => exec_failure(name, &e, exit::of_exec(&e)),
+        Err(e) => exec_failure(name, &e, e.exit_status().code()),
     }
 }
 
@@ -148,13 +148,13 @@ fn build_context(global: &Global, args: BuildContextArgs) -> i32 {
             Ok(doc) => spec.context = doc.0,
             Err(e) => {
                 let e = build::BuildError::Context(e);
-                return fail(&e, exit::of_build(&e) as i32);
+                return fail(&e, e.exit_status().code());
             }
         }
     }
     match build::write_context(&spec) {
         Ok(context) => print_or_fail(&(serde_json::to_string_pretty(&context).unwrap_or_default() + "\n")),
-        Err(e) => fail(&e, exit::of_build(&e) as i32),
+        Err(e) => fail(&e, e.exit_status().code()),
     }
 }
 
@@ -170,6 +170,10 @@ fn options(args: &StepArgs, log_format: logging::LogFormat) -> StepOptions {
                 logging::LogFormat::Text => LineFormat::Text,
                 logging::LogFormat::Json => LineFormat::Json,
             },
+            log_buffer: match args.log_mode {
+                LogMode::Blocking => LogBuffer::default(),
+                LogMode::NonBlocking => LogBuffer::DropNewest { max_bytes: LogBuffer::default().max_bytes() },
+            },
             ..SupervisePolicy::default()
         },
         secret_names: SecretNames::parse(&args.secret_patterns),
@@ -177,11 +181,11 @@ fn options(args: &StepArgs, log_format: logging::LogFormat) -> StepOptions {
 }
 
 fn step_failure(e: &StepError) -> i32 {
-    fail(e, exit::status_of(e))
+    fail(e, e.exit_status().code())
 }
 
 fn transport_failure(e: &TransportError) -> i32 {
-    fail(e, exit::of_transport(e) as i32)
+    fail(e, e.exit_status().code())
 }
 
 fn run_step(layout: &Layout, args: StepArgs, log_format: logging::LogFormat) -> i32 {
@@ -301,7 +305,7 @@ fn helper_status(result: Result<(), HelperError>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            let status = exit::of_helper(&e) as i32;
+            let status = e.exit_status().code();
             fail(e, status)
         }
     }

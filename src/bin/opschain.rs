@@ -25,9 +25,9 @@ use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{Level, StepRow, Store, StoreError};
+use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
 use opschain_runner::exec::ExecError;
-use opschain_runner::exit::Sysexit;
+use opschain_runner::exit::{ExitStatus, Sysexit};
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
 
 /// The OpsChain-compatible controller: runs changes as step trees, keeps properties and history.
@@ -319,11 +319,15 @@ enum ChangeCommand {
         #[command(flatten)]
         id: ChangeId,
     },
-    /// Print a change's step logs.
+    /// Print a change's step logs, every line of every step, in order.
     #[command(name = "show-logs", visible_alias = "logs")]
     Logs {
         #[command(flatten)]
         id: ChangeId,
+        /// Keep printing lines as they are stored, until the change has ended (as `kubectl
+        /// logs -f` does); Ctrl-C stops following.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Re-run what did not succeed in a change, from the same commit.
     Retry {
@@ -594,16 +598,17 @@ enum Failure {
 }
 
 impl Failure {
-    fn status(&self) -> Sysexit {
-        match self {
+    fn status(&self) -> ExitStatus {
+        let sysexit = match self {
             Failure::NoCode { .. } => Sysexit::Usage,
             Failure::Unknown(_) | Failure::NotARepo { .. } => Sysexit::NoInput,
             Failure::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
-            Failure::SecretFile { source: ExecError::SecretSet(e), .. } => opschain_runner::exit::of_json(e),
+            Failure::SecretFile { source: ExecError::SecretSet(e), .. } => return e.exit_status(),
             Failure::SecretFile { .. } => Sysexit::DataErr,
             Failure::Read { .. } | Failure::Write { .. } => Sysexit::IoErr,
             Failure::Exists { .. } => Sysexit::CantCreat,
-        }
+        };
+        sysexit.into()
     }
 }
 
@@ -693,30 +698,30 @@ fn exit_of(status: ChangeStatus) -> ExitCode {
 
 /// The exit status of a failure of the controller itself (never 1 or 2: those say how a change
 /// ended). The first cause in the chain that has a status of its own decides; else 70.
-fn failure_status(e: &anyhow::Error) -> Sysexit {
+fn failure_status(e: &anyhow::Error) -> ExitStatus {
     for cause in e.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.status();
         }
         if let Some(e) = cause.downcast_ref::<opschain_runner::json::JsonError>() {
-            return opschain_runner::exit::of_json(e);
+            return e.exit_status();
         }
         if cause.downcast_ref::<RcError>().is_some() {
-            return Sysexit::DataErr;
+            return Sysexit::DataErr.into();
         }
         match cause.downcast_ref::<StoreError>() {
-            Some(StoreError::NotFound(_)) => return Sysexit::NoInput,
-            Some(_) => return Sysexit::Software,
+            Some(StoreError::NotFound(_)) => return Sysexit::NoInput.into(),
+            Some(_) => return Sysexit::Software.into(),
             None => {}
         }
         // `ChangeError::Store` is transparent: the store error itself is not in the chain.
         match cause.downcast_ref::<ChangeError>() {
-            Some(ChangeError::NoSecretSet(_) | ChangeError::Store(StoreError::NotFound(_))) => return Sysexit::NoInput,
-            Some(_) => return Sysexit::Software,
+            Some(ChangeError::NoSecretSet(_) | ChangeError::Store(StoreError::NotFound(_))) => return Sysexit::NoInput.into(),
+            Some(_) => return Sysexit::Software.into(),
             None => {}
         }
     }
-    Sysexit::Software
+    Sysexit::Software.into()
 }
 
 /// The code `which`, from its flag or a default (see [`Defaults`]); says on stderr where a default came
@@ -1151,14 +1156,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_tree(&steps, None, 1);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Change(ChangeCommand::Logs { id }) => {
-            let id = id.get();
-            let mask = output::change_masker(&store, &store.change(id)?)?;
-            let mut out = std::io::stdout().lock();
-            for l in store.logs(id)? {
-                let mark = if l.stream == "stderr" { "!" } else { " " };
-                writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line))?;
-            }
+        Command::Change(ChangeCommand::Logs { id, follow }) => {
+            print_logs(&store, id.get(), follow)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Change(ChangeCommand::Retry { id, settings }) => {
@@ -1269,7 +1268,46 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("opschain: error: {e:#}");
-            ExitCode::from(failure_status(&e) as u8)
+            ExitCode::from(failure_status(&e))
         }
     }
+}
+
+/// How often `change logs --follow` looks for new lines (200 ms).
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Prints the log lines of change `id`; with `follow`, keeps printing new ones until the change
+/// has ended and its last lines are printed. A reader that goes away (a closed pipe) ends it
+/// quietly.
+fn print_logs(store: &Store, id: i64, follow: bool) -> anyhow::Result<()> {
+    let mask = output::change_masker(store, &store.change(id)?)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut failed: Option<std::io::Error> = None;
+    let mut after = 0;
+    loop {
+        // Whether the change had ended before this read: then the read has its last lines.
+        let ended = !follow || is_ended(&store.change(id)?);
+        after = store.logs_after(id, after, |l| {
+            if failed.is_none() {
+                let mark = if l.stream == "stderr" { "!" } else { " " };
+                if let Err(e) = writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line)) {
+                    failed = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failed.take().or_else(|| out.flush().err()) {
+            return if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e.into()) };
+        }
+        if ended {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+/// Whether no more lines will come to `change`: it has ended, or the controller running it is
+/// gone (killed: `change retry` runs it again, and `change logs --follow` follows that run).
+fn is_ended(change: &ChangeRow) -> bool {
+    let running = matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued | ChangeStatus::Running);
+    !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
 }

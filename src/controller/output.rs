@@ -179,6 +179,7 @@ impl<'a> ChangeOutput<'a> {
             step_id,
             prefix: format!("[{step_id} {action}]"),
             pieces: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
         }
     }
 }
@@ -190,14 +191,38 @@ pub struct StepSink<'a> {
     prefix: String,
     /// The masking state of each stream in the middle of a line sent in pieces.
     pieces: Mutex<HashMap<&'static str, MaskStream>>,
+    /// The masked lines of the current batch, prefixed, for the terminal: written at once by
+    /// [`LogSink::flush`] (a write per line would cost a system call each), and when dropped.
+    pending: Mutex<Vec<u8>>,
 }
 
 impl StepSink<'_> {
-    /// Stores and prints a masked line.
+    /// Stores a masked line and queues it for the terminal.
     fn record(&self, stream: &'static str, masked: &str) {
         self.output.store.append_log(self.step_id, stream, masked);
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(self.prefix.as_bytes());
+        pending.push(b' ');
+        pending.extend_from_slice(masked.as_bytes());
+        pending.push(b'\n');
+    }
+
+    /// Writes the queued lines to the terminal. Blocks while the terminal (or whatever reads
+    /// `change run`) is slow: the step's output then waits in the agent, never dropped.
+    fn write_pending(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            return;
+        }
         let mut out = self.output.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "{} {masked}", self.prefix);
+        let _ = out.write_all(&pending).and_then(|()| out.flush());
+        pending.clear();
+    }
+}
+
+impl Drop for StepSink<'_> {
+    fn drop(&mut self) {
+        self.write_pending();
     }
 }
 
@@ -235,6 +260,10 @@ impl LogSink for StepSink<'_> {
         }
     }
 
+    fn flush(&self) {
+        self.write_pending();
+    }
+
     fn end(&self, stream: &'static str) {
         let pending = self
             .pieces
@@ -248,6 +277,7 @@ impl LogSink for StepSink<'_> {
                 self.record(stream, &String::from_utf8_lossy(&out));
             }
         }
+        self.write_pending();
     }
 }
 

@@ -12,18 +12,23 @@
 //! change and log line. Reads use a second connection (WAL readers see the last commit and never
 //! wait for a writer's fsync).
 //!
-//! Log lines ([`Store::append_log`]) are the one write nobody waits for: they are queued and
-//! committed with the next group, which starts as soon as the previous commit ends (no timer).
-//! A step's lines are queued before its end ([`Store::finish_step`]), and a group commits its
-//! writes in queue order, so a finished step's lines are committed no later than its end state.
-//! A kill -9 of the controller loses, of a step still running, only the lines queued after the
-//! last commit began (the lines of at most one commit's fsync, a few milliseconds), as it always
-//! lost the output the agent had written but the controller not yet read.
+//! Log lines ([`Store::append_log`]) are the one write nobody waits for, and they are stored in
+//! chunks, not a row per line (a row per line cannot keep up with a step printing a million
+//! lines): a step's lines gather in memory until the writer takes them, all at once, as one
+//! `step_log_chunks` row, with the next group, which starts as soon as the previous commit ends
+//! (no timer). So a quiet step gets a chunk per line, and a flood a chunk per commit. A step's
+//! lines are queued before its end ([`Store::finish_step`]), and a group commits its writes in
+//! queue order, so a finished step's lines are committed no later than its end state. A kill -9
+//! of the controller loses, of a step still running, only the lines gathered after the last
+//! commit began (the lines of at most one commit's fsync, a few milliseconds), as it always lost
+//! the output the agent had written but the controller not yet read. At most [`LOG_BACKLOG`]
+//! bytes wait: beyond, the step's output waits for the disk; no line is ever dropped.
 //!
 //! Tables: `projects`, `environments`, `properties` (every version of every level kept: level,
 //! owner, version, json, the step that wrote it, created_at), `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
-//! started from) and `step_logs`. Timestamps are UTC ISO 8601 strings made by SQLite itself.
+//! started from) and `step_log_chunks` (a step's log lines, each `<stream>\t<line>\n`, in chunks).
+//! Timestamps are UTC ISO 8601 strings made by SQLite itself.
 //!
 //! Every step status transition is its own write (savepoint); the end of a step (its property
 //! diffs, its status and its children) is ONE write, so a diff is applied exactly once or not at all.
@@ -116,15 +121,30 @@ CREATE TABLE IF NOT EXISTS steps (
     finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS steps_by_change ON steps (change_id, parent_id, position);
-CREATE TABLE IF NOT EXISTS step_logs (
+CREATE TABLE IF NOT EXISTS step_log_chunks (
     id INTEGER PRIMARY KEY,
     step_id INTEGER NOT NULL REFERENCES steps(id),
-    stream TEXT NOT NULL,
-    line TEXT NOT NULL,
+    lines INTEGER NOT NULL,
+    data BLOB NOT NULL,
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
-CREATE INDEX IF NOT EXISTS logs_by_step ON step_logs (step_id, id);
+CREATE INDEX IF NOT EXISTS log_chunks_by_step ON step_log_chunks (step_id, id);
 "#;
+
+/// Moves the log lines of a store written by an older controller (`step_logs`, a row per line)
+/// into chunks of one line each, in their order, and drops the old table. Run once, when the
+/// store is opened; a no-op on a store without `step_logs`.
+const MIGRATE_LOG_ROWS: &str = r#"
+INSERT INTO step_log_chunks (step_id, lines, data, at)
+    SELECT step_id, 1, CAST(stream || char(9) || line || char(10) AS BLOB), at FROM step_logs ORDER BY id;
+DROP TABLE step_logs;
+"#;
+
+/// How many bytes of log lines may wait for the store's writer (16 MiB, over every step): once
+/// that many are queued, [`Store::append_log`] waits for the writer to take them, so a log that
+/// comes faster than the disk takes it slows its step down (back to the agent, which stops
+/// reading its action's output) instead of growing the controller's memory or losing lines.
+pub const LOG_BACKLOG: usize = 16 << 20;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -363,6 +383,46 @@ pub struct Store {
     writes: Option<Sender<Write>>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
+    /// Log lines waiting for the writer, per step.
+    logs: Arc<LogBacklog>,
+}
+
+/// Log lines gathered for the writer: each step's lines not yet taken, and the room left.
+#[derive(Default)]
+struct LogBacklog {
+    /// Per step, its encoded lines (`<stream>\t<line>\n` each) and how many there are. A step
+    /// is present exactly while a write that will take its lines is queued.
+    state: Mutex<Gathered>,
+    /// Wakes [`Store::append_log`] callers waiting for room.
+    room: std::sync::Condvar,
+}
+
+/// The moving state of a [`LogBacklog`].
+#[derive(Default)]
+struct Gathered {
+    /// Per step: the encoded lines and their count.
+    steps: std::collections::HashMap<i64, (Vec<u8>, i64)>,
+    /// The bytes of every step's lines. Invariant: the sum of the steps' buffer lengths.
+    bytes: usize,
+}
+
+impl LogBacklog {
+    /// The state, locked.
+    fn lock(&self) -> MutexGuard<'_, Gathered> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the lines gathered for `step_id`, making room.
+    fn take(&self, step_id: i64) -> Option<(Vec<u8>, i64)> {
+        let mut state = self.lock();
+        let taken = state.steps.remove(&step_id);
+        if let Some((data, _)) = &taken {
+            state.bytes -= data.len();
+        }
+        drop(state);
+        self.room.notify_all();
+        taken
+    }
 }
 
 /// What a write does once its group's transaction has committed (`Ok`) or failed (`Err`).
@@ -469,10 +529,7 @@ pub fn pid_alive(pid: i64) -> bool {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(false)
+    matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.is_zombie())
 }
 
 impl Store {
@@ -495,7 +552,12 @@ impl Store {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
-            conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA}"))?;
+            let old_logs: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'step_logs'", [], |r| r.get(0))?;
+            if old_logs {
+                conn.execute_batch(MIGRATE_LOG_ROWS)?;
+            }
+            conn.execute_batch("COMMIT")?;
             Ok(conn)
         })
         .map_err(open_err)?;
@@ -511,7 +573,7 @@ impl Store {
             .name("opschain-store".into())
             .spawn(move || write_groups(conn, queue))
             .map_err(|source| StoreError::Writer { source })?;
-        Ok(Store { read: Mutex::new(read), writes: Some(writes), writer: Some(writer), path })
+        Ok(Store { read: Mutex::new(read), writes: Some(writes), writer: Some(writer), path, logs: Arc::default() })
     }
 
     /// Queues `f` for the writer thread and waits until the group it joined has committed:
@@ -967,35 +1029,61 @@ impl Store {
         })
     }
 
-    /// Queues one line of a step's log and returns at once: the line is committed with the next
-    /// group (see the module documentation), before any later write of the same thread. A line
-    /// that cannot be stored is reported on stderr (nobody waits for it).
+    /// Adds one line of a step's log (from `stream`, e.g. `stdout`) and returns at once: the line
+    /// is committed, in its step's next chunk, with the next group (see the module
+    /// documentation), before any later write of the same thread. Waits only while
+    /// [`LOG_BACKLOG`] bytes of lines are already waiting for the writer. A line that cannot be
+    /// stored is reported on stderr (nobody waits for it).
     pub fn append_log(&self, step_id: i64, stream: &str, line: &str) {
-        let (stream, line) = (stream.to_string(), line.to_string());
-        let failed: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
+        let mut state = self.logs.lock();
+        while state.bytes >= LOG_BACKLOG && self.writes.is_some() {
+            state = self.logs.room.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        let size = stream.len() + line.len() + 2;
+        let first = !state.steps.contains_key(&step_id);
+        let (data, lines) = state.steps.entry(step_id).or_default();
+        data.reserve(size);
+        data.extend_from_slice(stream.as_bytes());
+        data.push(b'\t');
+        data.extend_from_slice(line.as_bytes());
+        data.push(b'\n');
+        *lines += 1;
+        state.bytes += size;
+        drop(state);
+        if first {
+            self.queue_log_chunk(step_id);
+        }
+    }
+
+    /// Queues the write that stores the lines gathered for `step_id` as one chunk.
+    fn queue_log_chunk(&self, step_id: i64) {
+        let failed: Arc<Mutex<Option<(StoreError, i64)>>> = Arc::new(Mutex::new(None));
         let noted = Arc::clone(&failed);
+        let backlog = Arc::clone(&self.logs);
         let write = Write {
             run: Box::new(move |conn| {
+                let Some((data, lines)) = backlog.take(step_id) else { return true };
                 let inserted = conn
-                    .prepare_cached("INSERT INTO step_logs (step_id, stream, line) VALUES (?1, ?2, ?3)")
-                    .and_then(|mut stmt| stmt.execute(params![step_id, stream, line]))
+                    .prepare_cached("INSERT INTO step_log_chunks (step_id, lines, data) VALUES (?1, ?2, ?3)")
+                    .and_then(|mut stmt| stmt.execute(params![step_id, lines, data]))
                     .map_err(q("append step log"));
                 let ok = inserted.is_ok();
-                *noted.lock().unwrap_or_else(|e| e.into_inner()) = inserted.err();
+                *noted.lock().unwrap_or_else(|e| e.into_inner()) = inserted.err().map(|e| (e, lines));
                 ok
             }),
             one_statement: true,
             done: Box::new(move |group| {
                 let own = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let error = own.or_else(|| group.err().map(|source| StoreError::Group { source }));
+                let error = own.map(|(e, _)| e).or_else(|| group.err().map(|source| StoreError::Group { source }));
                 if let Some(e) = error {
-                    eprintln!("opschain: warning: a log line of step {step_id} was not stored: {}", chain(&e));
+                    eprintln!("opschain: warning: log lines of step {step_id} were not stored: {}", chain(&e));
                 }
             }),
         };
-        if let Some(writes) = &self.writes {
-            if writes.send(write).is_err() {
-                eprintln!("opschain: warning: a log line of step {step_id} was not stored: {}", StoreError::WriterGone);
+        let sent = self.writes.as_ref().is_some_and(|writes| writes.send(write).is_ok());
+        if !sent {
+            if let Some((_, lines)) = self.logs.take(step_id) {
+                eprintln!("opschain: warning: {lines} log lines of step {step_id} were not stored: {}", StoreError::WriterGone);
             }
         }
     }
@@ -1014,14 +1102,48 @@ impl Store {
 
     /// Every log line of a change, in order.
     pub fn logs(&self, change_id: i64) -> Result<Vec<LogLine>, StoreError> {
+        let mut lines = Vec::new();
+        self.logs_after(change_id, 0, |line| lines.push(line.clone()))?;
+        Ok(lines)
+    }
+
+    /// Calls `each` with every log line of a change stored in a chunk after chunk `after` (0: from
+    /// the start), in order, and returns the last chunk read (`after` when there is none): pass
+    /// it back to follow the log as it grows. A chunk is read whole or not at all (each is one
+    /// committed row), so following never splits or repeats a line.
+    pub fn logs_after(&self, change_id: i64, after: i64, mut each: impl FnMut(&LogLine)) -> Result<i64, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT l.step_id, s.action, l.stream, l.at, l.line FROM step_logs l JOIN steps s ON s.id = l.step_id WHERE s.change_id = ?1 ORDER BY l.id")
+            .prepare_cached(
+                "SELECT c.id, c.step_id, s.action, c.at, c.data FROM step_log_chunks c JOIN steps s ON s.id = c.step_id
+                 WHERE s.change_id = ?1 AND c.id > ?2 ORDER BY c.id",
+            )
             .map_err(q("read logs"))?;
-        let rows = stmt
-            .query_map([change_id], |r| Ok(LogLine { step_id: r.get(0)?, action: r.get(1)?, stream: r.get(2)?, at: r.get(3)?, line: r.get(4)? }))
-            .map_err(q("read logs"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(q("read logs"))
+        let mut rows = stmt.query(params![change_id, after]).map_err(q("read logs"))?;
+        let mut last = after;
+        let mut line = LogLine { step_id: 0, action: String::new(), stream: String::new(), at: String::new(), line: String::new() };
+        while let Some(row) = rows.next().map_err(q("read logs"))? {
+            last = row.get(0).map_err(q("read logs"))?;
+            line.step_id = row.get(1).map_err(q("read logs"))?;
+            line.action = row.get(2).map_err(q("read logs"))?;
+            line.at = row.get(3).map_err(q("read logs"))?;
+            let data = row.get_ref(4).and_then(|v| v.as_blob_or_null().map_err(Into::into)).map_err(q("read logs"))?.unwrap_or_default();
+            for encoded in data.split(|&b| b == b'\n') {
+                if encoded.is_empty() {
+                    continue; // after the last line
+                }
+                let (stream, text) = match encoded.iter().position(|&b| b == b'\t') {
+                    Some(tab) => (&encoded[..tab], &encoded[tab + 1..]),
+                    None => (&b""[..], encoded),
+                };
+                line.stream.clear();
+                line.stream.push_str(&String::from_utf8_lossy(stream));
+                line.line.clear();
+                line.line.push_str(&String::from_utf8_lossy(text));
+                each(&line);
+            }
+        }
+        Ok(last)
     }
 
     /// Prepares a change for `retry`, in one transaction: every step that did not succeed goes back
@@ -1052,7 +1174,7 @@ impl Store {
                     }
                 }
                 for d in doomed.iter().rev() {
-                    tx.execute("DELETE FROM step_logs WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
+                    tx.execute("DELETE FROM step_log_chunks WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
                     tx.execute("UPDATE properties SET step_id = NULL WHERE step_id = ?1", [d]).map_err(q("detach properties"))?;
                     tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
                 }
@@ -1373,4 +1495,54 @@ mod tests {
         assert!(store.steps(c).unwrap().iter().all(|s| s.status == StepStatus::Success));
     }
 
+    #[test]
+    fn a_flood_of_lines_is_stored_in_few_chunks_each_line_once_in_order_and_followable() {
+        let (_dir, store, _p, _e, c) = setup();
+        let step = store.steps(c).unwrap()[0].id;
+        let mut seen = Vec::new();
+        let mut after = 0;
+        for batch in 0..4 {
+            for n in 0..50_000 {
+                let stream = if n % 7 == 0 { "stderr" } else { "stdout" };
+                store.append_log(step, stream, &format!("{batch} {n}\twith a tab"));
+            }
+            // A write others wait for commits every line queued before it.
+            store.mark_queued(&[]).unwrap();
+            after = store.logs_after(c, after, |l| seen.push((l.stream.clone(), l.line.clone()))).unwrap();
+            assert_eq!(seen.len(), (batch + 1) * 50_000, "a follower sees every line committed, once");
+        }
+        let expected: Vec<(String, String)> = (0..4)
+            .flat_map(|b| (0..50_000).map(move |n| ((if n % 7 == 0 { "stderr" } else { "stdout" }).to_string(), format!("{b} {n}\twith a tab"))))
+            .collect();
+        assert!(seen == expected, "lines lost, repeated or out of order");
+        let chunks: i64 = store.conn().query_row("SELECT count(*) FROM step_log_chunks", [], |r| r.get(0)).unwrap();
+        assert!(chunks < 1000, "{chunks} chunks for 200,000 lines");
+        assert_eq!(store.logs_after(c, after, |_| panic!("nothing new")).unwrap(), after);
+    }
+
+    #[test]
+    fn the_line_per_row_logs_of_an_older_store_are_kept_in_order() {
+        let (dir, store, _p, _e, c) = setup();
+        let step = store.steps(c).unwrap()[0].id;
+        drop(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE step_logs (id INTEGER PRIMARY KEY, step_id INTEGER NOT NULL REFERENCES steps(id), stream TEXT NOT NULL,
+                 line TEXT NOT NULL, at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
+        )
+        .unwrap();
+        for (stream, line) in [("stdout", "one"), ("stderr", "two"), ("stdout", ""), ("stdout", "four")] {
+            conn.execute("INSERT INTO step_logs (step_id, stream, line) VALUES (?1, ?2, ?3)", params![step, stream, line]).unwrap();
+        }
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        store.append_log(step, "stdout", "five");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let lines: Vec<(String, String)> = store.logs(c).unwrap().into_iter().map(|l| (l.stream, l.line)).collect();
+        let expected = [("stdout", "one"), ("stderr", "two"), ("stdout", ""), ("stdout", "four"), ("stdout", "five")];
+        assert_eq!(lines, expected.map(|(s, l)| (s.to_string(), l.to_string())));
+        let old: i64 = store.conn().query_row("SELECT count(*) FROM sqlite_master WHERE name = 'step_logs'", [], |r| r.get(0)).unwrap();
+        assert_eq!(old, 0);
+    }
 }

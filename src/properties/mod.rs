@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 use self::text::PropertiesText;
 
 use crate::json::{self, JsonError, SizeLimit, StrictObject};
+use crate::exit::{ExitStatus, Sysexit};
 use crate::layout::Layout;
 
 /// Why properties could not be loaded or edited.
@@ -45,6 +46,17 @@ pub enum PropertiesError {
         /// The prefix of the path that is not an object.
         at: String,
     },
+}
+
+impl PropertiesError {
+    /// The exit status of this failure: the file's own (see [`JsonError::exit_status`]) for an
+    /// unreadable file, 65 for an invalid edit.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            PropertiesError::Read(e) => e.exit_status(),
+            PropertiesError::Path { .. } | PropertiesError::NotAnObject { .. } => Sysexit::DataErr.into(),
+        }
+    }
 }
 
 /// Deep-merges `overlay` into `base`: objects key by key, anything else replaced whole. A key new

@@ -61,12 +61,6 @@ impl PropertiesText {
         self.members.iter().map(|(key, range)| (key.as_str(), &self.text[range.clone()]))
     }
 
-    /// The object holding only the member `key`, parsed, or an empty object when there is none:
-    /// what reads one member (`opschain`, for files and env vars) without parsing the rest.
-    pub fn only(&self, key: &str) -> Map<String, Value> {
-        self.get(key).map(|text| Map::from_iter([(key.to_string(), parse_valid(text))])).unwrap_or_default()
-    }
-
     /// The object holding only the members named in `keys` that the document has, parsed, in
     /// document order: what reads the declarations (`opschain`, and the seed layout's `files` and
     /// `env`: [`super::declarations::MEMBERS`]) without parsing the rest.
@@ -100,6 +94,48 @@ impl Default for PropertiesText {
 impl<'de> Deserialize<'de> for PropertiesText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PropertiesText, D::Error> {
         deserializer.deserialize_map(TopLevel)
+    }
+}
+
+/// A properties document validated exactly as [`PropertiesText`] validates one, of which only the
+/// declaring members ([`super::declarations::MEMBERS`]) are kept, parsed: what `opschain-exec`
+/// reads. One pass over the text, which is neither kept nor copied (a [`PropertiesText`] scans each
+/// member twice and copies it), so a large document costs its validation only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Declaring(pub Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Declaring {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Declaring, D::Error> {
+        deserializer.deserialize_map(DeclaringMembers)
+    }
+}
+
+/// Keeps a document's declaring members and checks the others strictly without building them.
+struct DeclaringMembers;
+
+impl<'de> Visitor<'de> for DeclaringMembers {
+    type Value = Declaring;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Declaring, A::Error> {
+        let mut kept = Map::new();
+        let mut top = Keys::default();
+        let mut nested = Keys::default();
+        while let Some(key) = map.next_key::<String>()? {
+            if !top.insert(0, Cow::Owned(key.clone())) {
+                return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            if super::declarations::MEMBERS.contains(&key.as_str()) {
+                let crate::json::StrictValue(value) = map.next_value()?;
+                kept.insert(key, value);
+            } else {
+                map.next_value_seed(Check { keys: &mut nested })?;
+            }
+        }
+        Ok(Declaring(kept))
     }
 }
 
@@ -359,7 +395,7 @@ mod tests {
         assert_eq!(doc.get("c"), Some("1.50"));
         assert_eq!(doc.get("d"), None);
         assert_eq!(doc.text(), "{\"a\":[1, 2],\"bA\":{\"x\": \"y\"},\"c\":1.50}");
-        assert_eq!(doc.only("bA"), serde_json::json!({"bA": {"x": "y"}}).as_object().unwrap().clone());
+        assert_eq!(doc.subset(&["bA"]), serde_json::json!({"bA": {"x": "y"}}).as_object().unwrap().clone());
         assert_eq!(doc.subset(&["c", "a", "d"]), serde_json::json!({"a": [1, 2], "c": 1.50}).as_object().unwrap().clone());
     }
 
@@ -388,6 +424,17 @@ mod tests {
         PropertiesText::parse(&doc).unwrap();
         let doc = format!("{{\"o\": {{{}, \"inner\": {{\"k0\": 1, \"k0\": 2}}}}}}", keys.join(","));
         assert!(PropertiesText::parse(&doc).is_err());
+    }
+
+    #[test]
+    fn declaring_keeps_the_declaring_members_and_refuses_what_the_text_reading_refuses() {
+        let doc = r#"{"app": {"x": [1, {"y": 2}]}, "env": {"A": "1"}, "opschain": {"files": {}}, "files": "data"}"#;
+        let Declaring(kept) = serde_json::from_str(doc).unwrap();
+        assert_eq!(kept, text(doc).subset(&super::super::declarations::MEMBERS));
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["env", "opschain", "files"]);
+        for bad in [r#"{"app": {"x": [{"k": 1, "k": 2}]}}"#, r#"{"a": 1, "a": 1}"#, r#"{"env": {"A": "1", "A": "2"}}"#, r#"{"a": 1e400}"#, "[]"] {
+            assert!(PropertiesText::parse(bad).is_err() && serde_json::from_str::<Declaring>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -79,24 +79,41 @@ impl LogQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues one formatted `record`, or drops it (counted) when the queue is full under
-    /// [`LogBuffer::DropNewest`]. When records were dropped before and this one fits, the notice
-    /// `notice(count, buffer)` formats is queued first, so the log shows where the gap is.
-    pub(crate) fn push(&self, record: &[u8], notice: impl FnOnce(u64, &mut Vec<u8>)) {
+    /// Queues `records` formatted records, back to back in `batch`, or drops them all (counted)
+    /// when the queue is full under [`LogBuffer::DropNewest`]. When records were dropped before
+    /// and these fit, the notice `notice(count, buffer)` formats is queued first, so the log shows
+    /// where the gap is.
+    ///
+    /// `batch` is left empty; into an empty queue it is moved rather than copied (the two buffers
+    /// trade places).
+    pub(crate) fn push(
+        &self,
+        batch: &mut Vec<u8>,
+        records: u64,
+        notice: impl FnOnce(u64, &mut Vec<u8>),
+    ) {
         let mut state = self.lock();
         if state.failed {
-            state.dropped += 1;
+            state.dropped += records;
+            batch.clear();
             return;
         }
-        let full = state.pending() > 0 && state.pending() + record.len() > self.policy.max_bytes();
+        let full = state.pending() > 0 && state.pending() + batch.len() > self.policy.max_bytes();
         if full && matches!(self.policy, LogBuffer::DropNewest { .. }) {
-            state.unreported += 1;
-            state.dropped += 1;
+            state.unreported += records;
+            state.dropped += records;
+            batch.clear();
             return;
         }
         Self::append_drop_notice(&mut state, notice);
-        Self::append(&mut state, record);
+        if state.queued.is_empty() {
+            std::mem::swap(&mut state.queued, batch);
+        } else {
+            state.queued.extend_from_slice(batch);
+        }
+        state.queued_records += records;
         drop(state);
+        batch.clear();
         self.queued.notify_one();
     }
 
@@ -171,14 +188,20 @@ impl LogQueue {
         }
     }
 
-    /// Blocks until everything queued has been written and flushed, or `timeout` passed; true when
-    /// written.
+    /// Blocks until everything queued has been written and flushed, or `timeout` passed
+    /// (`Duration::MAX`: no limit); true when written.
     pub(crate) fn wait_written(&self, timeout: Duration) -> bool {
         let state = self.lock();
-        let (state, _) = self
-            .written
-            .wait_timeout_while(state, timeout, |state| state.pending() > 0)
-            .unwrap_or_else(PoisonError::into_inner);
+        let state = if timeout == Duration::MAX {
+            self.written
+                .wait_while(state, |state| state.pending() > 0)
+                .unwrap_or_else(PoisonError::into_inner)
+        } else {
+            self.written
+                .wait_timeout_while(state, timeout, |state| state.pending() > 0)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+        };
         state.pending() == 0
     }
 
@@ -224,9 +247,16 @@ impl LogWriter {
 }
 
 impl Drop for LogWriter {
+    /// Closes the queue and waits for the writer to write it out: without limit under
+    /// [`LogBuffer::Backpressure`] (nothing is lost), at most `drain_wait` under
+    /// [`LogBuffer::DropNewest`].
     fn drop(&mut self) {
         self.queue.close();
-        if self.queue.wait_written(self.drain_wait) {
+        let wait = match self.queue.policy {
+            LogBuffer::Backpressure { .. } => Duration::MAX,
+            LogBuffer::DropNewest { .. } => self.drain_wait,
+        };
+        if self.queue.wait_written(wait) {
             if let Some(thread) = self.thread.take() {
                 // The queue is empty and closed: the thread is leaving its loop, with no I/O left.
                 let _ = thread.join();
@@ -287,13 +317,13 @@ mod tests {
     #[test]
     fn drop_newest_counts_drops_and_reports_them_before_the_next_record() {
         let queue = LogQueue::new(LogBuffer::DropNewest { max_bytes: 10 });
-        queue.push(b"12345678\n", no_notice);
-        queue.push(b"abc\n", no_notice);
-        queue.push(b"def\n", no_notice);
+        queue.push(&mut b"12345678\n".to_vec(), 1, no_notice);
+        queue.push(&mut b"abc\n".to_vec(), 1, no_notice);
+        queue.push(&mut b"def\n".to_vec(), 1, no_notice);
         assert_eq!(queue.dropped(), 2);
         // Make room as the writer would, then the next record brings the notice with it.
         queue.lock().queued.clear();
-        queue.push(b"x\n", |n, buf| {
+        queue.push(&mut b"x\n".to_vec(), 1, |n, buf| {
             buf.extend_from_slice(format!("dropped {n}\n").as_bytes())
         });
         assert_eq!(queue.lock().queued, b"dropped 2\nx\n");
@@ -303,7 +333,7 @@ mod tests {
     #[test]
     fn a_record_longer_than_the_limit_enters_an_empty_queue() {
         let queue = LogQueue::new(LogBuffer::DropNewest { max_bytes: 4 });
-        queue.push(b"0123456789\n", no_notice);
+        queue.push(&mut b"0123456789\n".to_vec(), 1, no_notice);
         assert_eq!(queue.dropped(), 0);
         assert_eq!(queue.lock().queued.len(), 11);
     }
@@ -312,8 +342,8 @@ mod tests {
     fn backpressure_never_drops_and_reports_no_room_when_full() {
         let queue = LogQueue::new(LogBuffer::Backpressure { max_bytes: 4 });
         assert!(queue.has_room());
-        queue.push(b"0123\n", no_notice);
-        queue.push(b"4567\n", no_notice);
+        queue.push(&mut b"0123\n".to_vec(), 1, no_notice);
+        queue.push(&mut b"4567\n".to_vec(), 1, no_notice);
         assert_eq!(queue.dropped(), 0);
         assert!(!queue.has_room());
     }

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,9 +22,19 @@ use super::logq::LogQueue;
 use super::LineFormat;
 use crate::mask::MaskStream;
 
-/// How much one read from a pipe takes at most: the size of a Linux pipe's default buffer, so one
-/// read usually empties it.
-pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// How much one read from a pipe takes at most: the size the supervisor asks for the job's pipes
+/// ([`PIPE_SIZE`]), so one read usually empties a pipe.
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
+
+/// The buffer size the supervisor asks for each of the job's pipes (`F_SETPIPE_SZ`; Linux's
+/// default is 64 KiB): a job printing a flood then fills it four times less often, so the two
+/// sides switch four times less. Unprivileged processes may ask up to
+/// `/proc/sys/fs/pipe-max-size` (1 MiB by default); when refused, the pipe keeps its size.
+pub(crate) const PIPE_SIZE: usize = 256 * 1024;
+
+/// How many bytes of formatted records a [`Sink`] gathers before it queues them (128 KiB): one
+/// lock of the queue for thousands of short lines, and a batch small enough to stay in cache.
+const BATCH: usize = 128 * 1024;
 
 /// Where a record comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +111,54 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// The length of an [`Rfc3339`] time: `2026-11-23T10:00:00.123456Z`.
+const STAMP_LEN: usize = 27;
+
+/// The last time formatted as [`Rfc3339`], kept to format the next one cheaply: the same instant
+/// costs nothing, the same second six digits.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    /// The second since the epoch that `text` holds; `u64::MAX` before the first.
+    secs: u64,
+    /// The microseconds that `text` holds.
+    micros: u32,
+    /// The formatted time.
+    text: [u8; STAMP_LEN],
+}
+
+impl Default for Stamp {
+    fn default() -> Stamp {
+        Stamp {
+            secs: u64::MAX,
+            micros: 0,
+            text: [b'0'; STAMP_LEN],
+        }
+    }
+}
+
+impl Stamp {
+    /// `ts` formatted as [`Rfc3339`].
+    fn format(&mut self, ts: SystemTime) -> &[u8; STAMP_LEN] {
+        let since = ts.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let (secs, micros) = (since.as_secs(), since.subsec_micros());
+        if secs != self.secs {
+            let mut cursor = io::Cursor::new(&mut self.text[..]);
+            // 27 bytes for any year up to 9999; a later one is cut (never written).
+            let _ = write!(cursor, "{}", Rfc3339(ts));
+            self.secs = secs;
+            self.micros = micros;
+        } else if micros != self.micros {
+            let mut left = micros;
+            for digit in self.text[20..26].iter_mut().rev() {
+                *digit = b'0' + (left % 10) as u8;
+                left /= 10;
+            }
+            self.micros = micros;
+        }
+        &self.text
+    }
+}
+
 /// How records are written: the [`LineFormat`] and the job's label, prepared once per job.
 #[derive(Debug)]
 pub(crate) struct RecordFormat {
@@ -149,18 +208,33 @@ impl RecordFormat {
         cont: bool,
         text: &[u8],
     ) {
+        self.write_stamped(out, &mut Stamp::default(), ts, stream, cont, text);
+    }
+
+    /// [`write`](Self::write), with the time formatted through `stamp`, which keeps the last time
+    /// it formatted: the lines of one read share theirs, and those of one second share all but
+    /// the microseconds.
+    fn write_stamped(
+        &self,
+        out: &mut Vec<u8>,
+        stamp: &mut Stamp,
+        ts: SystemTime,
+        stream: Stream,
+        cont: bool,
+        text: &[u8],
+    ) {
         // Writing into a Vec cannot fail.
         let _ = match self.format {
             LineFormat::Text => {
-                let sep = if cont { '+' } else { '|' };
-                write!(
-                    out,
-                    "{} {} {}{sep} ",
-                    Rfc3339(ts),
-                    self.label,
-                    stream.name()
-                )
-                .map(|()| out.extend_from_slice(text))
+                out.reserve(STAMP_LEN + self.label.len() + 10 + text.len());
+                out.extend_from_slice(stamp.format(ts));
+                out.push(b' ');
+                out.extend_from_slice(self.label.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(stream.name().as_bytes());
+                out.extend_from_slice(if cont { b"+ " } else { b"| " });
+                out.extend_from_slice(text);
+                Ok(())
             }
             LineFormat::Json => {
                 let line = String::from_utf8_lossy(text);
@@ -179,57 +253,145 @@ impl RecordFormat {
 }
 
 /// A producer's handle on the log: formats records and queues them. One per pump task and one for
-/// the supervisor's notices; each has its own scratch buffer.
+/// the supervisor's notices; each gathers its records in a batch of its own, queued whole (one
+/// lock of the queue for many records) when it is [`BATCH`] bytes long, at the end of each read
+/// ([`commit`](Self::commit)), and before a notice.
 #[derive(Debug)]
 pub(crate) struct Sink {
     /// Where records go.
     queue: Arc<LogQueue>,
     /// How they look.
     format: Arc<RecordFormat>,
-    /// The record being formatted; reused, so formatting allocates nothing in the steady state.
-    scratch: Vec<u8>,
+    /// The records formatted and not yet queued; reused, so formatting allocates nothing in the
+    /// steady state.
+    batch: Vec<u8>,
+    /// How many records `batch` holds.
+    records: u64,
+    /// The last time formatted.
+    stamp: Stamp,
+    /// In [`LineFormat::Text`], the start of a record (time, label, stream, separator) for the
+    /// time, stream and continuation in `prefix_of`.
+    prefix: Vec<u8>,
+    /// What `prefix` was formatted for; `None` before the first record.
+    prefix_of: Option<(SystemTime, Stream, bool)>,
 }
 
 impl Clone for Sink {
     fn clone(&self) -> Sink {
-        Sink {
-            queue: Arc::clone(&self.queue),
-            format: Arc::clone(&self.format),
-            scratch: Vec::new(),
+        Sink::shared(Arc::clone(&self.queue), Arc::clone(&self.format))
+    }
+}
+
+/// Appends `src` to `out`. A record is a handful of short copies, and the static agent's libc
+/// (musl) copies with `rep movs`, whose start-up cost dominates a copy of a few dozen bytes: up to
+/// 256 bytes are copied here, inline, 16 at a time (the last 16 overlapping the one before).
+#[inline(always)]
+fn append(out: &mut Vec<u8>, src: &[u8]) {
+    let len = src.len();
+    if !(16..=256).contains(&len) {
+        out.extend_from_slice(src);
+        return;
+    }
+    out.reserve(len);
+    let start = out.len();
+    // SAFETY: `reserve` made room for `len` more bytes after `start`; every read is within `src`
+    // (the chunks at 0, 16, ... below `len - 16`, and the one at `len - 16`) and every write is
+    // within `start..start + len` of the spare capacity, which is all written before `set_len`.
+    unsafe {
+        let dst = out.as_mut_ptr().add(start);
+        let from = src.as_ptr();
+        let mut at = 0;
+        while at + 16 < len {
+            let chunk = std::ptr::read_unaligned(from.add(at).cast::<u128>());
+            std::ptr::write_unaligned(dst.add(at).cast::<u128>(), chunk);
+            at += 16;
         }
+        let last = std::ptr::read_unaligned(from.add(len - 16).cast::<u128>());
+        std::ptr::write_unaligned(dst.add(len - 16).cast::<u128>(), last);
+        out.set_len(start + len);
     }
 }
 
 impl Sink {
     /// A sink writing records in `format` to `queue`.
     pub(crate) fn new(queue: Arc<LogQueue>, format: RecordFormat) -> Sink {
+        Sink::shared(queue, Arc::new(format))
+    }
+
+    /// A sink with nothing gathered yet.
+    fn shared(queue: Arc<LogQueue>, format: Arc<RecordFormat>) -> Sink {
         Sink {
             queue,
-            format: Arc::new(format),
-            scratch: Vec::new(),
+            format,
+            batch: Vec::new(),
+            records: 0,
+            stamp: Stamp::default(),
+            prefix: Vec::new(),
+            prefix_of: None,
         }
     }
 
-    /// Queues one line (or piece of a line) of the job's output; see [`RecordFormat::write`].
+    /// Adds one line (or piece of a line) of the job's output to the batch; see
+    /// [`RecordFormat::write`].
     pub(crate) fn line(&mut self, stream: Stream, text: &[u8], cont: bool, ts: SystemTime) {
-        self.scratch.clear();
-        self.format.write(&mut self.scratch, ts, stream, cont, text);
-        let format = &self.format;
-        self.queue
-            .push(&self.scratch, |count, buf| drop_notice(format, count, buf));
+        match self.format.format {
+            LineFormat::Text => {
+                // Every record of one read has the same prefix (time, label, stream, separator):
+                // it is formatted once, and a record costs two copies.
+                let key = (ts, stream, cont);
+                if self.prefix_of != Some(key) {
+                    self.prefix.clear();
+                    self.format.write_stamped(
+                        &mut self.prefix,
+                        &mut self.stamp,
+                        ts,
+                        stream,
+                        cont,
+                        b"",
+                    );
+                    self.prefix.pop(); // the newline
+                    self.prefix_of = Some(key);
+                }
+                append(&mut self.batch, &self.prefix);
+                append(&mut self.batch, text);
+                self.batch.push(b'\n');
+            }
+            LineFormat::Json => {
+                self.format
+                    .write_stamped(&mut self.batch, &mut self.stamp, ts, stream, cont, text);
+            }
+        }
+        self.records += 1;
+        if self.batch.len() >= BATCH {
+            self.commit();
+        }
     }
 
-    /// Queues a notice of the supervisor's own, stamped now.
+    /// Queues the batch.
+    pub(crate) fn commit(&mut self) {
+        if self.records == 0 {
+            return;
+        }
+        let format = &self.format;
+        self.queue
+            .push(&mut self.batch, self.records, |count, buf| {
+                drop_notice(format, count, buf)
+            });
+        self.records = 0;
+    }
+
+    /// Queues a notice of the supervisor's own, stamped now (after the batch, if any).
     pub(crate) fn notice(&mut self, text: &str) {
-        self.scratch.clear();
+        self.commit();
         self.format.write(
-            &mut self.scratch,
+            &mut self.batch,
             SystemTime::now(),
             Stream::Runner,
             false,
             text.as_bytes(),
         );
-        self.queue.push_notice(&self.scratch);
+        self.queue.push_notice(&self.batch);
+        self.batch.clear();
     }
 
     /// Queues the notice for records dropped and not yet reported, if any.
@@ -240,7 +402,7 @@ impl Sink {
     }
 
     /// True when the pump may read more; see [`LogQueue::has_room`].
-    fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.queue.has_room()
     }
 }
@@ -299,7 +461,7 @@ impl LineSplitter {
             let room = self.max_line - self.partial.len();
             // A newline right after `room` bytes still ends a line of exactly max_line bytes.
             let window = &bytes[..bytes.len().min(room + 1)];
-            if let Some(newline) = window.iter().position(|&b| b == b'\n') {
+            if let Some(newline) = memchr::memchr(b'\n', window) {
                 if self.partial.is_empty() {
                     emit(&bytes[..newline], self.continues, since.0);
                 } else {
@@ -397,14 +559,19 @@ pub(crate) struct PumpConfig {
 /// is flushed only when idle, never on a timer during a burst, since flushing cuts a secret that
 /// straddles two reads.
 ///
-/// Stops early, releasing what it holds, when `stop` changes: the supervisor gave up waiting for
-/// the pipe's end (a process it could not kill still holds it).
+/// When `stop` changes (the supervisor gave up waiting for the pipe's end: a process it could
+/// not kill still holds it), takes what the pipe holds at that moment without waiting for more
+/// or for room in the queue, releases everything held, and returns.
+///
+/// Every read adds its byte count to `progress`, so that the supervisor can tell a pipe still
+/// being emptied from one that is idle.
 pub(crate) async fn pump(
     mut pipe: pipe::Receiver,
     config: PumpConfig,
     mask: MaskStream,
     sink: Sink,
     mut stop: watch::Receiver<bool>,
+    progress: Arc<AtomicU64>,
 ) -> io::Result<()> {
     let idle_flush = config.idle_flush;
     let mut record = Recorder {
@@ -415,14 +582,15 @@ pub(crate) async fn pump(
         sink,
     };
     // Not zeroed: `read_buf` fills the spare capacity, so only the pages a read reaches are ever
-    // touched (a quiet job's pump costs no 64 KiB of page faults).
+    // touched (a quiet job's pump costs no page faults for the whole buffer).
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut last_read: Arrival = (SystemTime::now(), Instant::now());
-    loop {
+    let mut stopped = false;
+    'reading: loop {
         if !record.sink.has_room() {
             tokio::select! {
                 biased;
-                _ = stop.changed() => break,
+                _ = stop.changed() => { stopped = true; break 'reading; }
                 () = record.sink.queue.room() => {}
             }
         }
@@ -431,14 +599,15 @@ pub(crate) async fn pump(
         let due = masker_due.into_iter().chain(line_due).min();
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = stop.changed() => { stopped = true; break 'reading; }
             read = pipe.read_buf(&mut buf) => {
                 let n = match read {
-                    Ok(0) => break,
+                    Ok(0) => break 'reading,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 };
+                progress.fetch_add(n as u64, Ordering::Relaxed);
                 last_read = (SystemTime::now(), Instant::now());
                 record.push(&buf[..n], last_read);
                 buf.clear();
@@ -453,6 +622,22 @@ pub(crate) async fn pump(
                 if idle || line_due {
                     record.release();
                 }
+            }
+        }
+    }
+    if stopped {
+        // What the pipe holds now was written before we stopped: keep it.
+        loop {
+            match pipe.try_read_buf(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    last_read = (SystemTime::now(), Instant::now());
+                    record.push(&buf[..n], last_read);
+                    buf.clear();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -475,16 +660,18 @@ struct Recorder {
 }
 
 impl Recorder {
-    /// Bytes read at `at`: masked, then cut into records.
+    /// Bytes read at `at`: masked, then cut into records, queued.
     fn push(&mut self, bytes: &[u8], at: Arrival) {
         self.mask.push(bytes, &mut self.masked);
         self.feed_masked(at);
+        self.sink.commit();
     }
 
     /// Releases what the masker holds back, into the line splitter.
     fn flush_mask(&mut self, at: Arrival) {
         self.mask.flush(&mut self.masked);
         self.feed_masked(at);
+        self.sink.commit();
     }
 
     /// Emits the partial line held by the splitter.
@@ -492,6 +679,7 @@ impl Recorder {
         let (stream, sink) = (self.stream, &mut self.sink);
         self.split
             .release(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+        self.sink.commit();
     }
 
     /// End of the stream: everything held goes out.
@@ -500,6 +688,7 @@ impl Recorder {
         let (stream, sink) = (self.stream, &mut self.sink);
         self.split
             .finish(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+        self.sink.commit();
     }
 
     /// Cuts what the masker released into records, and empties `masked`.

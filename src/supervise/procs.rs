@@ -10,6 +10,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+use crate::procfs;
+
 /// How a child ended, as `waitpid` reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended {
@@ -115,7 +117,7 @@ fn descendants_by_children_files(root: Pid) -> Option<Vec<Descendant>> {
                 Err(_) => continue,
             };
             for pid in children.split_ascii_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let pgid = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| parse_stat(&s)).map(|(_, pgid)| pgid);
+                let pgid = procfs::stat(pid).ok().flatten().map(|stat| stat.pgrp);
                 // A child that vanished between the two reads has no group left to signal.
                 if let Some(pgid) = pgid {
                     found.push(Descendant { pid: Pid::from_raw(pid), pgid: Pid::from_raw(pgid) });
@@ -133,27 +135,10 @@ fn descendants_by_children_files(root: Pid) -> Option<Vec<Descendant>> {
 fn descendants_by_table(root: Pid) -> io::Result<Vec<Descendant>> {
     // (pid, ppid, pgid) of every process in the table.
     let mut table: Vec<(i32, i32, i32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let stat = match std::fs::read_to_string(entry.path().join("stat")) {
-            Ok(stat) => stat,
-            // Gone between read_dir and the read (ENOENT), or a zombie torn down (ESRCH).
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
-            {
-                continue
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some((ppid, pgid)) = parse_stat(&stat) {
-            table.push((pid, ppid, pgid));
+    for pid in procfs::pids()? {
+        // `None`: gone between the listing and the read.
+        if let Some(stat) = procfs::stat(pid?)? {
+            table.push((stat.pid, stat.ppid, stat.pgrp));
         }
     }
     let mut found: Vec<Descendant> = Vec::new();
@@ -170,17 +155,6 @@ fn descendants_by_table(root: Pid) -> io::Result<Vec<Descendant>> {
         }
     }
     Ok(found)
-}
-
-/// The parent and process group of one `/proc/<pid>/stat` line: `pid (comm) state ppid pgrp ...`.
-/// `comm` may hold spaces and parentheses, so the fields are counted from the last `)`.
-fn parse_stat(stat: &str) -> Option<(i32, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let _state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgid = fields.next()?.parse().ok()?;
-    Some((ppid, pgid))
 }
 
 /// Sends `signal` to the process group `pgid`. A group that no longer exists is not an error; any
@@ -204,17 +178,5 @@ pub(crate) fn signal_process(pid: Pid, signal: Signal) {
     match kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(errno) => tracing::warn!(%pid, ?signal, %errno, "cannot signal a descendant"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_stat_counts_fields_from_the_last_parenthesis() {
-        assert_eq!(parse_stat("42 (a) b) c) S 7 9 9 0"), Some((7, 9)));
-        assert_eq!(parse_stat("1 (sh) R 0 1 1"), Some((0, 1)));
-        assert_eq!(parse_stat("1 (sh R 0 1 1"), None);
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the real binaries, copies of fixtures, tree snapshots.
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -69,9 +71,21 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (char, u64, u32)> {
     out
 }
 
-/// Runs the agent's `step` on `repo` with `args`, the agent's directory first on PATH.
+/// Runs the agent's `step` on `repo` with `args`, the agent's directory first on PATH; the result
+/// it wrote, if any, must match `schemas/step_result.schema.json`.
 pub fn run_step(repo: &Path, args: &[&str]) -> Output {
-    runner().arg("--repo").arg(repo).args(args).env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display())).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap()
+    let output = runner()
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
+        .env_remove("OPSCHAIN_REPO_FOLDER")
+        .output()
+        .unwrap();
+    for folder in [".opschain", ".mintpress"] {
+        schema::check_result_file(&repo.join(folder).join("step_result.json"));
+    }
+    output
 }
 
 /// The stderr lines of an output.
@@ -114,4 +128,37 @@ pub fn tail(text: &str, max: usize) -> &str {
         start += 1;
     }
     &text[start..]
+}
+
+/// The seed's step context sample exactly as the seed page writes it, with its `...` elisions
+/// (`fixtures/seed_sample/step_context.sample.txt`).
+pub fn seed_sample_verbatim() -> String {
+    std::fs::read_to_string(fixture("seed_sample/step_context.sample.txt")).unwrap()
+}
+
+/// The seed's sample made a JSON document ([`fill_elisions`]).
+pub fn seed_sample_filled() -> String {
+    fill_elisions(&seed_sample_verbatim())
+}
+
+/// Makes a sample JSON by touching its elisions only (see `fixtures/seed_sample/README.md`): a
+/// `...` standing for a value becomes `null`, a `...` line standing for further members goes, and
+/// the commas JSON needs go in.
+pub fn fill_elisions(sample: &str) -> String {
+    let lines: Vec<&str> = sample.lines().collect();
+    let mut out: Vec<String> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() == "..." {
+            let previous = out.last_mut().expect("an elided member follows another");
+            assert_eq!(previous.pop(), Some(','), "the members before an elision end with a comma");
+            continue;
+        }
+        if let Some(head) = line.strip_suffix("...,").or_else(|| line.strip_suffix("...")) {
+            let next = lines[i + 1..].iter().map(|l| l.trim()).find(|l| !l.is_empty()).unwrap_or("}");
+            out.push(format!("{head}null{}", if next.starts_with('}') { "" } else { "," }));
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    out.join("\n") + "\n"
 }

@@ -49,7 +49,8 @@ impl DockerBackend {
     /// A backend for repositories whose OpsChain folder is `folder`; step sandboxes go under
     /// `sandbox_root`. The agent binary is the base image's.
     pub fn new(config: DockerConfig, folder: String, sandbox_root: PathBuf) -> DockerBackend {
-        let settings = ImageSettings { docker: config.docker, base_image: config.base_image, folder, grace: config.grace, registry: config.registry };
+        let repo_tar_cache = Some(sandbox_root.join("repo-tars"));
+        let settings = ImageSettings { docker: config.docker, base_image: config.base_image, folder, grace: config.grace, repo_tar_cache, registry: config.registry };
         DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
     }
 
@@ -105,6 +106,34 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
     move |source| BackendError::Sandbox { path: path.to_path_buf(), source }
 }
 
+impl DockerBackend {
+    /// The repository folder `folder` at the step's commit, exported once (`git archive`) into
+    /// `<sandbox root>/folders/<commit>/<folder>` and kept there: a commit's files never change,
+    /// and a step copies the few files of the folder faster than git and tar export them. An empty
+    /// directory when the commit has no such folder. Made in a temporary directory and renamed
+    /// into place, so that concurrent steps and controllers see it whole or not at all.
+    fn exported_folder(&self, job: &StepJob, folder: &str) -> Result<PathBuf, BackendError> {
+        let root = self.sandbox_root.join("folders");
+        let cached = root.join(&job.commit);
+        if !cached.join(folder).is_dir() {
+            let checkout = |source| BackendError::Checkout { step: job.step_id, source };
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let tmp = root.join(format!(".tmp-{}-{}-{nanos}", std::process::id(), job.step_id));
+            std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+            let _tmp = RemoveOnDrop(tmp.clone());
+            if !repo::export(&job.repo, &job.commit, Some(folder), &tmp).map_err(checkout)? {
+                std::fs::create_dir_all(tmp.join(folder)).map_err(io(&tmp))?;
+            }
+            if std::fs::rename(&tmp, &cached).is_err() && !cached.join(folder).is_dir() {
+                // Not renamed and no one else's either: a commit seen before with another folder.
+                let from = tmp.join(folder);
+                std::fs::rename(&from, cached.join(folder)).map_err(io(&from))?;
+            }
+        }
+        Ok(cached.join(folder))
+    }
+}
+
 impl Backend for DockerBackend {
     fn builds_images(&self) -> bool {
         true
@@ -134,8 +163,9 @@ impl Backend for DockerBackend {
         // world-writable so that an image with a non-root USER can write there (its parent, the
         // step's sandbox, is not).
         let folder = dir.join(folder_name);
-        let exported = repo::export(&job.repo, &job.commit, Some(folder_name), &dir).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
-        if !exported {
+        let cached = self.exported_folder(job, folder_name)?;
+        repo::copy_checkout(&cached, &folder).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
+        if !folder.is_dir() {
             std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         }
         {

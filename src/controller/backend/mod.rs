@@ -129,6 +129,10 @@ pub trait LogSink: Sync {
     /// The end of `stream`: a sink that held back the end of a piece sends it now. By default,
     /// nothing.
     fn end(&self, _stream: &'static str) {}
+
+    /// The lines given so far should be shown now: called after each batch of lines read at
+    /// once, so that a sink may buffer within a batch. Does nothing by default.
+    fn flush(&self) {}
 }
 
 /// One step to run.
@@ -236,7 +240,7 @@ impl Stream {
         loop {
             // A line may take up to `room` more bytes; its newline may come right after them.
             let room = LINE_LIMIT - self.partial.len();
-            match data.iter().take(room + 1).position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', &data[..data.len().min(room + 1)]) {
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
                     self.emit(sink, true);
@@ -277,6 +281,10 @@ impl Stream {
         self.pipe = None;
     }
 }
+
+/// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
+/// that a flood of output costs few reads and each batch of lines is large.
+pub(crate) const READ_SIZE: usize = 256 * 1024;
 
 /// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
 /// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.
@@ -352,7 +360,7 @@ pub(crate) fn run_streamed(
 /// ending its session (the process backend's agent).
 pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &AtomicBool, grace: std::time::Duration) -> Result<std::process::ExitStatus, BackendError> {
     let program = spec.program.display().to_string();
-    let mut child = spawn::spawn(spec).map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
+    let mut child = spawn::spawn(spec).map_err(|e| BackendError::Spawn { program: program.clone(), source: e.into() })?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true)
 }
@@ -388,7 +396,7 @@ pub(crate) fn stream_and_wait(
     let pid = child.id();
     let mut streams = [Stream::new(stdout, "stdout"), Stream::new(stderr, "stderr")];
     let pidfd = pidfd_open(pid);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_SIZE];
     let mut status: Option<std::process::ExitStatus> = None;
     let mut term_sent: Option<Instant> = None;
     // When the agent was seen to exit, and when the session was swept.
@@ -420,6 +428,7 @@ pub(crate) fn stream_and_wait(
                         stream.close(sink);
                     }
                     sink.line("stderr", "opschain: a process left behind by the step holds its output open: stopped reading it");
+                    sink.flush();
                     return Ok(s);
                 }
                 Some(swept) => timeout = LEFTOVER_WAIT - swept.elapsed(),
@@ -473,6 +482,7 @@ pub(crate) fn stream_and_wait(
                 stream.drain(sink, &mut buf);
             }
         }
+        sink.flush();
     }
 }
 
@@ -496,13 +506,9 @@ fn ended_unreaped(pid: u32) -> std::io::Result<Option<bool>> {
 /// this reaches the action and whatever it left behind, which would otherwise hold the log pipes
 /// open). Does nothing when no process is in that session.
 pub(crate) fn kill_session(sid: i32) {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // Fields after the command name: state, ppid, pgrp, session.
-        let session = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().nth(3)).and_then(|s| s.parse::<i32>().ok());
-        if session == Some(sid) {
+    let Ok(pids) = crate::procfs::pids() else { return };
+    for pid in pids.flatten() {
+        if matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.session == sid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
