@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The stream transport's cost over the bind mount, on the Docker backend (BENCHMARKS.md,
 # docs/transport.md). A base runner image is built FROM scratch (nothing can be pulled) with the
-# static agent and busybox; a repository has two actions:
+# static agent, busybox and the opschain-exec link; a repository has two actions:
 #   noop   a typical step: a few hundred bytes of context in, a ~1 KB result out;
 #   big    a step over 5 MB properties: its environment properties hold a 5 MB value, so 5 MB of
 #          context goes in and a 5 MB result (the merged properties) comes out.
@@ -24,12 +24,20 @@ cargo build -q --release --target x86_64-unknown-linux-musl --no-default-feature
 cargo build -q --release --bin opschain
 agent=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
 opschain=$PWD/target/release/opschain
-base=k8s-transport-bench-base:latest
+base=k8s-transport-bench-base:$$
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+before=$("$docker" images --format '{{.Repository}}:{{.Tag}}' opschain-step | sort)
+cleanup() {
+  # The step images this run built, and the base.
+  comm -13 <(printf '%s\n' "$before") <("$docker" images --format '{{.Repository}}:{{.Tag}}' opschain-step | sort) | xargs -r "$docker" rmi -f >/dev/null 2>&1 || true
+  "$docker" rmi -f "$base" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 mkdir -p "$work/base/rootfs/usr/local/bin" "$work/base/rootfs/bin"
 cp "$agent" "$work/base/rootfs/usr/local/bin/opschain-runner"
+ln -s opschain-runner "$work/base/rootfs/usr/local/bin/opschain-exec"
 cp /bin/busybox "$work/base/rootfs/bin/busybox"
 cat > "$work/base/Dockerfile" <<'DOCKERFILE'
 FROM scratch
