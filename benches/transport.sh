@@ -79,8 +79,11 @@ hyperfine --style basic --warmup 1 --runs "$runs" --export-json "$work/h.json" \
   -n big-stream "$(run state-stream big stream)" >/dev/null
 python3 - "$work/h.json" <<'PY'
 import json, statistics, sys
-med = {r["command"]: statistics.median(r["times"]) * 1e3 for r in json.load(open(sys.argv[1]))["results"]}
+results = json.load(open(sys.argv[1]))["results"]
+med = {r["command"]: statistics.median(r["times"]) * 1e3 for r in results}
+dev = {r["command"]: statistics.stdev(r["times"]) * 1e3 for r in results}
 for case, what in (("noop", "typical step (~1 KB result)"), ("big", "5 MB in, 5 MB result out")):
     b, s = med[f"{case}-bind-mount"], med[f"{case}-stream"]
-    print(f"{what:30} bind-mount {b:6.0f} ms   stream {s:6.0f} ms   stream/bind-mount {s / b:.2f}x   (+{s - b:.0f} ms)")
+    db, ds = dev[f"{case}-bind-mount"], dev[f"{case}-stream"]
+    print(f"{what:30} bind-mount {b:6.0f} ms (sd {db:4.0f})   stream {s:6.0f} ms (sd {ds:4.0f})   stream/bind-mount {s / b:.2f}x   ({s - b:+.0f} ms)")
 PY

@@ -439,7 +439,11 @@ impl KubernetesBackend {
                         if cancel.load(Ordering::SeqCst) {
                             cancelled = true;
                             sink.line("stderr", &format!("opschain: cancelling: deleting Job {name} (the pod gets SIGTERM)"));
-                            jobs.delete(&name, &DeleteParams::foreground()).await.map_err(api_err("delete the Job", &name))?;
+                            // A Job that ended meanwhile may be gone already: the log still
+                            // ends, and carries what the agent sent.
+                            if let Err(e) = jobs.delete(&name, &DeleteParams::foreground()).await {
+                                sink.line("stderr", &format!("opschain: cannot delete Job {name}: {e}"));
+                            }
                         }
                     }
                 }
