@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use opschain_runner::controller::backend::docker::{DockerBackend, DockerConfig};
 use opschain_runner::controller::backend::kubernetes::{KubernetesBackend, KubernetesConfig, CONTEXT_MOUNT};
-use opschain_runner::controller::backend::{LogSink, StepJob};
+use opschain_runner::controller::backend::{ContextDocument, LogSink, StepJob};
 
 /// One call the fake API server received.
 #[derive(Debug, Clone)]
@@ -285,9 +285,12 @@ fn job(action: &str) -> StepJob {
         repo: "/nonexistent".into(),
         git_rev: "HEAD".into(),
         commit: "0".repeat(40),
-        context: json!({"context": {"step": {"action": action}, "environment": {"code": "dev"}},
-                        "project": {"properties": {}},
-                        "environment": {"properties": {"opschain": {"env": {"GREETING": "from the secret"}}}}}),
+        context: ContextDocument {
+            context: json!({"step": {"action": action}, "environment": {"code": "dev"}}),
+            project: "{}".into(),
+            environment: r#"{"opschain": {"env": {"GREETING": "from the secret"}}}"#.into(),
+            secrets: None,
+        },
         build_secret_sets: Vec::new(),
     }
 }
@@ -337,7 +340,10 @@ fn a_step_runs_as_a_job_with_its_context_in_a_secret_and_its_result_in_the_log()
     assert_eq!(secret["metadata"]["name"], name);
     assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], "job-uid-1");
     let data = base64::engine::general_purpose::STANDARD.decode(secret["data"]["step_context.json"].as_str().unwrap()).unwrap();
-    assert_eq!(serde_json::from_slice::<Value>(&data).unwrap(), job("hello").context);
+    let mut sent = Vec::new();
+    job("hello").context.write_to(&mut sent).unwrap();
+    assert_eq!(data, sent);
+    assert_eq!(serde_json::from_slice::<Value>(&data).unwrap()["environment"]["properties"]["opschain"]["env"]["GREETING"], "from the secret");
     // The nonce reached the agent through the Job, and the result frame used it.
     let env: BTreeMap<String, String> =
         calls[0].body["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap().into(), v["value"].as_str().unwrap().into())).collect();

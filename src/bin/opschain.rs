@@ -892,10 +892,10 @@ fn edit_properties(store: &Store, project: &str, environment: Option<&str>) -> R
 
 fn properties_history(store: &Store, project: &str, environment: Option<&str>) -> Result<ExitCode> {
     let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
-    for v in store.properties_history(level, id)? {
+    store.properties_history_each(level, id, |v| {
         let by = v.step_id.map(|s| format!("step {s}")).unwrap_or_else(|| "user".into());
         println!("v{:<4} {} {:<10} {}", v.version, v.created_at, by, Value::Object(v.json));
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1255,6 +1255,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    opschain_runner::controller::bound_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print to stdout and succeed; a wrong command line is a usage

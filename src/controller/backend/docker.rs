@@ -173,7 +173,7 @@ impl Backend for DockerBackend {
             std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).map_err(io(&folder))?;
         }
         let step_context = folder.join("step_context.json");
-        std::fs::write(&step_context, serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises")).map_err(io(&step_context))?;
+        job.context.write_file(&step_context).map_err(io(&step_context))?;
         let mount = format!("type=bind,source={},target=/opt/opschain/{folder_name}", folder.display());
         let mut run = Command::new(&settings.docker);
         let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder_name}");

@@ -152,7 +152,7 @@ impl StepImages {
         spec.folder = self.settings.folder.clone();
         spec.git_rev = job.git_rev.clone();
         spec.commit = Some(job.commit.clone());
-        spec.context = job.context.as_object().cloned().unwrap_or_default();
+        spec.context = job.context.declaring_tree();
         spec.base_runner = self.settings.base_image.clone();
         spec.secrets = SecretSource::Sets(job.build_secret_sets.clone());
         spec.secrets_file = Some(work.join(SECRETS_FILE));

@@ -352,7 +352,8 @@ impl KubernetesBackend {
 
         let created = jobs.create(&PostParams::default(), &job_manifest(&self.config, step, &name, image, &nonce, deadline)).await.map_err(api_err("create the Job", &name))?;
         let uid = created.metadata.uid.unwrap_or_default();
-        let context = serde_json::to_vec(&step.context).expect("a JSON value serialises");
+        let mut context = Vec::new();
+        step.context.write_to(&mut context).expect("writing to memory cannot fail");
         let secret = secrets.create(&PostParams::default(), &secret_manifest(&self.config, step, &name, &uid, &context)).await;
         let resumed = match secret {
             Ok(_) => jobs.patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"suspend": false}}))).await.map(drop).map_err(api_err("resume the Job", &name)),
@@ -512,7 +513,7 @@ mod tests {
             repo: "/nonexistent".into(),
             git_rev: "HEAD".into(),
             commit: "0".repeat(40),
-            context: json!({"project": {"properties": {}}, "environment": {"properties": {}}}),
+            context: super::super::ContextDocument { context: json!({}), project: "{}".into(), environment: "{}".into(), secrets: None },
             build_secret_sets: Vec::new(),
         }
     }

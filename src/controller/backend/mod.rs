@@ -151,10 +151,84 @@ pub struct StepJob {
     /// The commit it resolved to (`GIT_SHA`).
     pub commit: String,
     /// The whole step_context.json.
-    pub context: Value,
+    pub context: ContextDocument,
     /// The build secret sets that apply to the step's image, in order (filled only for a backend
     /// whose [`Backend::builds_images`] is true; empty otherwise). Never the action's.
     pub build_secret_sets: Vec<crate::build::SecretSet>,
+}
+
+/// A step's `step_context.json`, kept as the parts it is spliced from: the small `context`
+/// values, and the project and environment properties as the store's shared text (one copy per
+/// version, however many steps run on it). [`ContextDocument::write_to`] writes the document
+/// without building it as a tree or a string first.
+#[derive(Debug, Clone)]
+pub struct ContextDocument {
+    /// The `context` member (project, environment, change, step, user).
+    pub context: Value,
+    /// The project properties, a JSON object's text.
+    pub project: Arc<str>,
+    /// The environment properties, a JSON object's text.
+    pub environment: Arc<str>,
+    /// The runner secrets (`secrets`), when there are any.
+    pub secrets: Option<serde_json::Map<String, Value>>,
+}
+
+impl ContextDocument {
+    /// Writes the document, compact: `{"context":..,"project":{"properties":..},
+    /// "environment":{"properties":..},"secrets":..}`.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(b"{\"context\":")?;
+        serde_json::to_writer(&mut *out, &self.context)?;
+        out.write_all(b",\"project\":{\"properties\":")?;
+        out.write_all(self.project.as_bytes())?;
+        out.write_all(b"},\"environment\":{\"properties\":")?;
+        out.write_all(self.environment.as_bytes())?;
+        out.write_all(b"}")?;
+        if let Some(secrets) = &self.secrets {
+            out.write_all(b",\"secrets\":")?;
+            serde_json::to_writer(&mut *out, secrets)?;
+        }
+        out.write_all(b"}")
+    }
+
+    /// Writes the document to a file at `path` (see [`ContextDocument::write_to`]), created with
+    /// the default mode (the Docker backend's: the container's user reads it through a bind mount).
+    pub fn write_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.write_into(std::fs::File::create(path)?)
+    }
+
+    /// Writes the document to a new file at `path`, readable by its owner only from its creation
+    /// (`O_EXCL`, mode 0600): the document holds the runner secrets.
+    pub fn write_private_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.write_into(std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?)
+    }
+
+    fn write_into(&self, file: std::fs::File) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        self.write_to(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    }
+
+    /// The document as a tree with, of each level's properties, only the declaring members
+    /// (`opschain`, and the seed layout's `env` and `files`): what the image build and the build
+    /// secret rule read. The rest of the properties is never built as a tree. Properties that
+    /// are not an object's text (the store holds only objects) give an empty level.
+    pub fn declaring_tree(&self) -> serde_json::Map<String, Value> {
+        let level = |text: &str| {
+            let kept = crate::properties::text::PropertiesText::parse(text).map(|p| p.subset(&["opschain", "env", "files"])).unwrap_or_default();
+            serde_json::json!({ "properties": kept })
+        };
+        let mut tree = serde_json::Map::new();
+        tree.insert("context".into(), self.context.clone());
+        tree.insert("project".into(), level(&self.project));
+        tree.insert("environment".into(), level(&self.environment));
+        if let Some(secrets) = &self.secrets {
+            tree.insert("secrets".into(), Value::Object(secrets.clone()));
+        }
+        tree
+    }
 }
 
 /// How the agent ended.

@@ -159,14 +159,15 @@ pub fn docker_step(
     image: &str,
     name: &str,
     folder: &str,
-    context: &serde_json::Value,
+    context: &super::ContextDocument,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
 ) -> Result<super::StepOutput, BackendError> {
     let nonce = nonce();
     let args: Vec<OsString> = ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce].iter().map(OsString::from).collect();
-    let bytes = serde_json::to_vec(context).expect("a JSON value serialises");
+    let mut bytes = Vec::new();
+    context.write_to(&mut bytes).expect("writing to memory cannot fail");
     let run = run_with_stdin(docker, &args, &[], &bytes, &nonce, sink, cancel, grace);
     // `docker run` exits 125-127 for its own failures too (the container may not have run), and a
     // cancelled run leaves its container behind: only then is the engine asked again.
