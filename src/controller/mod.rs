@@ -17,6 +17,7 @@
 //!   change's secrets.
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
+//! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
 
 pub mod backend;
 pub mod change;
@@ -24,6 +25,7 @@ pub mod output;
 pub mod patch;
 pub mod rc;
 pub mod private;
+pub mod registry;
 pub mod repo;
 pub mod scheduler;
 pub mod status;

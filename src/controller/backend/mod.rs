@@ -5,11 +5,18 @@
 //! * [`process`] (the default): a fresh copy of the change's checkout in a temporary sandbox, the
 //!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
 //! * [`docker`]: a container per step, of the step image [`image`] builds (or reuses).
+//! * `kubernetes` (cargo feature `kubernetes`): a Job per step in a cluster, the image through
+//!   the registry.
+//!
+//! [`stream`] is the transport for engines that share no disk with the controller.
 
 pub mod docker;
 pub mod image;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 pub mod spawn;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -77,6 +84,25 @@ pub enum BackendError {
         /// The cause.
         #[source]
         source: crate::build::BuildError,
+    },
+    /// A step image cannot be pulled from or pushed to the registry.
+    #[error("cannot get the step image of step {step} through the registry")]
+    Registry {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::controller::registry::RegistryError,
+    },
+    /// The Kubernetes backend could not run the step.
+    #[cfg(feature = "kubernetes")]
+    #[error("cannot run step {step} on Kubernetes")]
+    Kubernetes {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: kubernetes::KubernetesError,
     },
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
