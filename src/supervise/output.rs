@@ -22,9 +22,10 @@ use super::logq::LogQueue;
 use super::LineFormat;
 use crate::mask::MaskStream;
 
-/// How much one read from a pipe takes at most: the size the supervisor asks for the job's pipes
-/// ([`PIPE_SIZE`]), so one read usually empties a pipe.
-pub(crate) const READ_CHUNK: usize = 256 * 1024;
+/// How much one read from a pipe takes at most (128 KiB): half of [`PIPE_SIZE`], so a flood takes
+/// few reads, while the buffer stays below the size at which the allocator maps memory of its own
+/// (a map and an unmap for every pump of every job, a quiet one too).
+pub(crate) const READ_CHUNK: usize = 128 * 1024;
 
 /// The buffer size the supervisor asks for each of the job's pipes (`F_SETPIPE_SZ`; Linux's
 /// default is 64 KiB): a job printing a flood then fills it four times less often, so the two
