@@ -1,11 +1,9 @@
 //! The step agent end to end through the real binary: inputs in, action run, result out.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The step result, which must match `schemas/step_result.schema.json`.

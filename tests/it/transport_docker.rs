@@ -4,20 +4,17 @@
 //! Ignored unless asked for (`--ignored`; scripts/test asks where it finds an engine), and then
 //! each needs one.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-#[path = "support/docker_base.rs"]
-mod docker_base;
-
-use docker_base::{engine_runs, BASE, DOCKER};
+use crate::docker_base::{engine_runs, BASE, DOCKER};
 
 fn build_base_image() {
-    docker_base::build_base_image(env!("CARGO_BIN_EXE_opschain-runner"));
+    crate::docker_base::build_base_image(env!("CARGO_BIN_EXE_opschain-runner"));
 }
 
 fn opschain(state: &Path) -> Command {

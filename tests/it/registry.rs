@@ -11,12 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 
-#[path = "support/docker_base.rs"]
-mod docker_base;
-
-use docker_base::{engine_runs, BASE, DOCKER};
+use crate::docker_base::{engine_runs, BASE, DOCKER};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
@@ -79,7 +76,7 @@ impl Drop for RegistryServer {
 fn ready() {
     common::required("a Docker engine", engine_runs());
     common::required("Debian's docker-registry", if Path::new(REGISTRY_BIN).exists() { Ok(()) } else { Err(format!("{REGISTRY_BIN} is not installed (apt-get install docker-registry)")) });
-    docker_base::build_base_image(env!("CARGO_BIN_EXE_opschain-runner"));
+    crate::docker_base::build_base_image(env!("CARGO_BIN_EXE_opschain-runner"));
 }
 
 fn opschain(state: &Path) -> Command {

@@ -9,9 +9,8 @@
 //! the log, and a cancel running the agent's grace ladder. What it cannot check: a real API
 //! server's validation, scheduling, image pulls, a real kubelet (scripts/k8s-acceptance.sh does,
 //! on a cluster).
-#![cfg(feature = "kubernetes")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
