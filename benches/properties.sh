@@ -18,7 +18,8 @@
 # Usage: benches/properties.sh [CHILDREN]   (default 200)
 #   BASELINE=DIR benches/properties.sh   also runs DIR/opschain with DIR/opschain-runner (an older
 #   build: copy both binaries there) the same way, in the same run, and prints this build's
-#   figures as ratios to it.
+#   figures as ratios to it. RUNS=N sets hyperfine's runs of the agent alone (default 30);
+#   KEEP=1 keeps the work directory (repository, documents, logs, state directories).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 children=${1:-200}

@@ -186,6 +186,14 @@ pub enum BuildError {
         #[source]
         source: PointerError,
     },
+    /// An env-var property of the step context is invalid (a bad name, a value that is not a
+    /// string): `opschain-exec` would refuse it in the build's first `RUN` line.
+    #[error("the step context's env properties: {source}")]
+    EnvProperties {
+        /// Where (a pointer into the step context) and what.
+        #[source]
+        source: PointerError,
+    },
     /// A build secret set that applies does not exist (in the controller's store).
     #[error("build secret set {name:?} does not exist: create it with `opschain secrets set {name} --file FILE.json`")]
     NoSecretSet {
@@ -275,7 +283,7 @@ impl BuildError {
         use crate::exit::Sysexit;
         let sysexit = match self {
             BuildError::Context(e) => return e.exit_status(),
-            BuildError::SecretSets { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+            BuildError::SecretSets { .. } | BuildError::EnvProperties { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
             BuildError::SecretStore { .. } => Sysexit::IoErr,
             // A secret set is read, never executed: its failure is the input's.
             BuildError::SecretSet { source: exec::ExecError::Exec { .. } } => Sysexit::Software,
@@ -310,14 +318,22 @@ impl ToolFailure {
     }
 }
 
-/// One build secret set: its name and its `{"NAME": "value"}` pairs, in the set's order.
+/// One build secret set: its name and its `{"NAME": "value"}` pairs, in the set's order. Its
+/// `Debug` shows the names only, never a value.
 #[cfg(feature = "controller")]
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SecretSet {
     /// The set's name (`opschain-build-env`, or a name `opschain.config.build_secrets` lists).
     pub name: String,
     /// Its secrets.
     pub values: Vec<(String, String)>,
+}
+
+#[cfg(feature = "controller")]
+impl std::fmt::Debug for SecretSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSet").field("name", &self.name).field("names", &self.values.iter().map(|(n, _)| n).collect::<Vec<_>>()).finish()
+    }
 }
 
 #[cfg(feature = "controller")]
@@ -659,6 +675,12 @@ pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
     json.push(b'\n');
     // Validated as opschain-exec will read it, so that a bad context fails before any build.
     crate::json::parse::<StepContext>(Path::new(CONTEXT_FILE), &json).map_err(BuildError::Context)?;
+    for level in ["project", "environment"] {
+        if let Some(props) = env_doc.get(level).and_then(|l| l.get("properties")).and_then(Value::as_object) {
+            crate::env::parse(props)
+                .map_err(|e| BuildError::EnvProperties { source: PointerError { pointer: format!("/{level}/properties{}", e.pointer), message: e.message } })?;
+        }
+    }
     let form = EnvContextForm::of_folder(&spec.folder);
     let env_context = env_context_bytes(&json, form)?;
     let git_sha = match &spec.commit {
@@ -997,6 +1019,8 @@ mod tests {
         let bad = serde_json::json!({"OK": "v1", "not ok": "hidden-value"});
         let err = SecretSet::from_map("team", bad.as_object().unwrap()).unwrap_err().to_string();
         assert!(err.contains("team") && err.contains("/not ok") && !err.contains("hidden-value"), "{err}");
+        let set = SecretSet::from_map("team", serde_json::json!({"TOKEN": "hidden-value"}).as_object().unwrap()).unwrap();
+        assert!(!format!("{set:?}").contains("hidden-value") && format!("{set:?}").contains("TOKEN"));
     }
 
     #[cfg(feature = "controller")]

@@ -81,7 +81,8 @@ pub enum Command {
 /// `exec` options.
 #[derive(Debug, Clone, Args)]
 pub struct ExecArgs {
-    /// The directory of the build secret sets (one JSON file per set, named like the set).
+    /// The directory of the build secrets: the bundle opschain-build-secrets (every set that
+    /// applies, merged) when it is there, else one JSON file per set, named like the set.
     #[arg(long, env = "OPSCHAIN_BUILD_SECRETS_DIR", default_value = crate::exec::DEFAULT_BUILD_SECRETS_DIR, value_name = "DIR")]
     pub secrets_dir: PathBuf,
     /// The command and its arguments.

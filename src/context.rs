@@ -192,6 +192,30 @@ mod tests {
     }
 
     #[test]
+    fn the_usual_shape_is_read_by_the_scanner_as_serde_reads_it() {
+        let text = r#"{"context": {"project": {"code": "demo"}, "environment": {"code": "dev"}, "step": {"action": "deploy", "id": 3}, "extra": [1]},
+               "project": {"properties": {"a": 1, "o": {"k": [true, null]}}}, "environment": {"properties": {}}, "secrets": {"S": "v"}, "other": {"x": 1}}"#;
+        let fast = read_spliced(text).expect("the scanner reads the usual shape");
+        let slow: StepContext<PropertiesText> = json::parse(Path::new("step_context.json"), text.as_bytes()).unwrap();
+        assert_eq!(fast.project.properties.text(), slow.project.properties.text());
+        assert_eq!(fast.project.properties.spans(), slow.project.properties.spans());
+        assert_eq!(fast.environment.properties.text(), "{}");
+        assert_eq!((fast.action(), fast.environment_code()), (Some("deploy"), Some("dev")));
+        assert_eq!(fast.secrets, slow.secrets);
+        // Anything unusual is left to serde: a level with another member, a level that is not an
+        // object, properties that are not an object, a duplicate member.
+        for odd in [
+            r#"{"project": {"properties": {}, "x": 1}}"#,
+            r#"{"project": [{"properties": {}}]}"#,
+            r#"{"project": {"properties": []}}"#,
+            r#"{"project": {"properties": {}}, "project": {"properties": {}}}"#,
+            r#"{"secrets": {"S": 1}}"#,
+        ] {
+            assert!(read_spliced(odd).is_none(), "{odd}");
+        }
+    }
+
+    #[test]
     fn context_is_optional() {
         let ctx = parse(r#"{"project": {"properties": {}}, "environment": {"properties": {}}}"#).unwrap();
         assert!(ctx.context.is_none());

@@ -139,7 +139,7 @@ fn edit(
 ) -> Result<(), HelperError> {
     let file = path_of(level.var())?;
     let bytes = json::read_bytes(&file, SizeLimit::DEFAULT)?;
-    let spliced = std::str::from_utf8(&bytes).map_err(|_| SpliceError::Value).and_then(splice);
+    let spliced = std::str::from_utf8(&bytes).map_err(|source| SpliceError::Utf8 { source }).and_then(splice);
     match spliced {
         Ok(None) => Ok(()),
         Ok(Some(text)) => Ok(atomic::write(&file, text.as_bytes(), 0o644, Durability::Rename)?),

@@ -505,6 +505,35 @@ fn of_two_retries_at_once_only_one_runs_the_change() {
     assert_eq!(count, 2, "the action ran once for the change and once for the retry, not {count} times");
 }
 
+#[test]
+fn a_mintpress_repository_runs_on_the_process_backend_with_its_folder() {
+    // `.mintpress` holds the actions and properties; the agent reads the step context there and
+    // the action finds the folder in OPSCHAIN_REPO_FOLDER (for opschain-exec and the helpers).
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join(".mintpress");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("actions.toml"),
+        "[actions.deploy]\nrun = 'test -f .mintpress/step_context.json && echo \"folder=$OPSCHAIN_REPO_FOLDER greeting=$GREETING\"; opschain-runner property set --environment deployed yes'\n",
+    )
+    .unwrap();
+    std::fs::write(folder.join("properties.json"), r#"{"opschain": {"env": {"GREETING": "from-mintpress"}}}"#).unwrap();
+    for args in [&["init", "-q"][..], &["add", "-A"], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"]] {
+        assert!(Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap().success());
+    }
+    let state = tempfile::tempdir().unwrap();
+    let args = ["change", "run", "--repo", dir.path().to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "deploy"];
+    let out = opschain(state.path()).args(args).args(["--folder", ".mintpress"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("folder=.mintpress greeting=from-mintpress"), "{}", text(&out));
+    assert_eq!(props(state.path(), "p", Some("e")), json!({"deployed": "yes"}));
+    // Without the folder the same repository has no actions: the step fails, saying so.
+    let out = opschain(state.path()).args(args).output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = run(state.path(), &["change", "run", "--repo", ".", "--project", "p", "--environment", "e", "--action", "x", "--folder", "../x"]);
+    assert!(!out.status.success() && text(&out).contains("expected one directory name"), "{}", text(&out));
+}
+
 /// The numbers after `stdout| ` on the lines of `text` that contain `marker`, in order.
 fn numbered(text: &str, marker: &str) -> Vec<u64> {
     text.lines().filter(|l| l.contains(marker)).filter_map(|l| l.rsplit_once("stdout| ")?.1.trim().parse().ok()).collect()

@@ -371,6 +371,13 @@ fn a_build_secrets_list_replaces_the_default_set_in_order() {
     let (status, shown) = change_run(&state, &base, &mut images, &args);
     assert_eq!(status, 1, "{shown}");
     assert!(shown.contains("build secret set \"absent\" does not exist: create it with `opschain secrets set absent --file FILE.json`"), "{shown}");
+
+    // An invalid env property fails the build phase before docker runs, naming where it is.
+    ok(&state, &["properties", "set", "--project", "web", "--environment", "dev", "--json", r#"{"opschain": {"env": {"bad name": "v"}}}"#]);
+    let (status, shown) = change_run(&state, &base, &mut images, &args);
+    assert_eq!(status, 1, "{shown}");
+    assert!(shown.contains("opschain: phase build failed in ") && shown.contains("at /environment/properties/opschain/env/bad name"), "{shown}");
+    assert!(!shown.contains("opschain: building image"), "{shown}");
 }
 
 #[test]

@@ -101,8 +101,9 @@ enum Command {
     /// `edit-properties`, plus `history`).
     #[command(subcommand)]
     Properties(PropertiesCommand),
-    /// Manage secret sets (build secrets; runner secrets for the process backend). Values are
-    /// never printed: every line a change prints or stores has them masked as `****`.
+    /// Manage secret sets: runner secrets (change run --secrets) and the image builds' secret sets
+    /// (those opschain.config.build_secrets lists, else opschain-build-env, which always exists).
+    /// Values are never printed: every line a change prints or stores has them masked as `****`.
     #[command(subcommand)]
     Secrets(SecretsCommand),
     /// Tools for a project's repository.

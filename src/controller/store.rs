@@ -28,7 +28,8 @@
 //! owner, version, the step that wrote it, created_at, and what the version is: see below),
 //! `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
-//! started from) and `step_log_chunks` (a step's log lines, each `<stream>\t<line>\n`, in chunks).
+//! started from) and `step_log_chunks` (a step's log lines, each `<stream>\t<line>\n`, in chunks;
+//! deflated when that makes them smaller).
 //! Timestamps are UTC ISO 8601 strings made by SQLite itself.
 //!
 //! Every step status transition is its own write (savepoint); the end of a step (its property
@@ -156,6 +157,7 @@ CREATE TABLE IF NOT EXISTS step_log_chunks (
     step_id INTEGER NOT NULL REFERENCES steps(id),
     lines INTEGER NOT NULL,
     data BLOB NOT NULL,
+    deflated INTEGER NOT NULL DEFAULT 0,
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 CREATE INDEX IF NOT EXISTS log_chunks_by_step ON step_log_chunks (step_id, id);
@@ -224,6 +226,15 @@ pub enum StoreError {
         /// The cause.
         #[source]
         source: splice::SpliceError,
+    },
+    /// A stored log chunk cannot be inflated (the database was edited by hand or damaged).
+    #[error("stored log chunk {chunk} is damaged")]
+    LogChunk {
+        /// The chunk's id.
+        chunk: i64,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// No such project, environment, change or secret set.
     #[error("{0} not found")]
@@ -385,6 +396,32 @@ pub struct StartingProperties {
     pub project: Arc<str>,
     /// The environment's current properties (a JSON object's text).
     pub environment: Arc<str>,
+}
+
+/// Log lines gathered for [`Store::append_logs`], encoded as they are stored.
+#[derive(Debug, Default)]
+pub struct LogLines {
+    /// `<stream>\t<line>\n` each.
+    data: Vec<u8>,
+    /// How many lines `data` holds.
+    count: i64,
+}
+
+impl LogLines {
+    /// Adds one line (without its newline) from `stream`.
+    pub fn push(&mut self, stream: &str, line: &str) {
+        self.data.reserve(stream.len() + line.len() + 2);
+        self.data.extend_from_slice(stream.as_bytes());
+        self.data.push(b'\t');
+        self.data.extend_from_slice(line.as_bytes());
+        self.data.push(b'\n');
+        self.count += 1;
+    }
+
+    /// True when no line is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 /// One line of a step's log.
@@ -1138,21 +1175,34 @@ impl Store {
     /// [`LOG_BACKLOG`] bytes of lines are already waiting for the writer. A line that cannot be
     /// stored is reported on stderr (nobody waits for it).
     pub fn append_log(&self, step_id: i64, stream: &str, line: &str) {
+        let mut encoded = LogLines::default();
+        encoded.push(stream, line);
+        self.append_logs(step_id, &mut encoded);
+    }
+
+    /// [`append_log`](Self::append_log) for many lines at once (one lock for all), gathered in
+    /// `lines`, which is left empty.
+    pub fn append_logs(&self, step_id: i64, lines: &mut LogLines) {
+        if lines.count == 0 {
+            return;
+        }
         let mut state = self.logs.lock();
         while state.bytes >= LOG_BACKLOG && self.writes.is_some() {
             state = self.logs.room.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        let size = stream.len() + line.len() + 2;
+        let size = lines.data.len();
         let first = !state.steps.contains_key(&step_id);
-        let (data, lines) = state.steps.entry(step_id).or_default();
-        data.reserve(size);
-        data.extend_from_slice(stream.as_bytes());
-        data.push(b'\t');
-        data.extend_from_slice(line.as_bytes());
-        data.push(b'\n');
-        *lines += 1;
+        let (data, count) = state.steps.entry(step_id).or_default();
+        if data.is_empty() {
+            std::mem::swap(data, &mut lines.data);
+        } else {
+            data.extend_from_slice(&lines.data);
+        }
+        *count += lines.count;
         state.bytes += size;
         drop(state);
+        lines.data.clear();
+        lines.count = 0;
         if first {
             self.queue_log_chunk(step_id);
         }
@@ -1166,9 +1216,10 @@ impl Store {
         let write = Write {
             run: Box::new(move |conn| {
                 let Some((data, lines)) = backlog.take(step_id) else { return true };
+                let (data, deflated) = deflate(data);
                 let inserted = conn
-                    .prepare_cached("INSERT INTO step_log_chunks (step_id, lines, data) VALUES (?1, ?2, ?3)")
-                    .and_then(|mut stmt| stmt.execute(params![step_id, lines, data]))
+                    .prepare_cached("INSERT INTO step_log_chunks (step_id, lines, data, deflated) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut stmt| stmt.execute(params![step_id, lines, data, deflated]))
                     .map_err(q("append step log"));
                 let ok = inserted.is_ok();
                 *noted.lock().unwrap_or_else(|e| e.into_inner()) = inserted.err().map(|e| (e, lines));
@@ -1218,7 +1269,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT c.id, c.step_id, s.action, c.at, c.data FROM step_log_chunks c JOIN steps s ON s.id = c.step_id
+                "SELECT c.id, c.step_id, s.action, c.at, c.data, c.deflated FROM step_log_chunks c JOIN steps s ON s.id = c.step_id
                  WHERE s.change_id = ?1 AND c.id > ?2 ORDER BY c.id",
             )
             .map_err(q("read logs"))?;
@@ -1231,6 +1282,14 @@ impl Store {
             line.action = row.get(2).map_err(q("read logs"))?;
             line.at = row.get(3).map_err(q("read logs"))?;
             let data = row.get_ref(4).and_then(|v| v.as_blob_or_null().map_err(Into::into)).map_err(q("read logs"))?.unwrap_or_default();
+            let deflated: bool = row.get(5).map_err(q("read logs"))?;
+            let inflated;
+            let data = if deflated {
+                inflated = inflate(data).map_err(|source| StoreError::LogChunk { chunk: last, source })?;
+                &inflated[..]
+            } else {
+                data
+            };
             for encoded in data.split(|&b| b == b'\n') {
                 if encoded.is_empty() {
                     continue; // after the last line
@@ -1356,6 +1415,28 @@ impl Store {
             .map_err(q("list environments"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(q("list environments"))
     }
+}
+
+/// `data` deflated, and true, when that is smaller (a chunk of more than a few lines); else
+/// `data` as it is, and false.
+fn deflate(data: Vec<u8>) -> (Vec<u8>, bool) {
+    use std::io::Write as _;
+    if data.len() < 512 {
+        return (data, false);
+    }
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
+    match encoder.write_all(&data).and_then(|()| encoder.finish()) {
+        Ok(deflated) if deflated.len() < data.len() => (deflated, true),
+        _ => (data, false),
+    }
+}
+
+/// The lines of a chunk stored deflated.
+fn inflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut lines = Vec::with_capacity(data.len() * 4);
+    flate2::read::DeflateDecoder::new(data).read_to_end(&mut lines)?;
+    Ok(lines)
 }
 
 /// The columns [`step_row`] reads, in its order.
@@ -1537,7 +1618,7 @@ fn apply(doc: &splice::Document, patch: &json_patch::Patch) -> Result<splice::Do
     if let Some(patched) = doc.patch(patch) {
         return Ok(patched);
     }
-    let mut tree: Value = serde_json::from_str(doc.text()).expect("a stored document parses");
+    let mut tree: Value = serde_json::from_str(doc.text()).map_err(|e| format!("the current properties are not valid JSON: {e}"))?;
     json_patch::patch(&mut tree, patch).map_err(|e| e.to_string())?;
     splice::Document::parse(&tree.to_string()).map_err(|_| "the patch replaces the properties with a value that is not an object".to_string())
 }

@@ -15,10 +15,14 @@
 //!   and diffed by [`crate::diff`]. So every byte of `after` is either the same as a byte of
 //!   `before` (which is valid) or checked strictly: an invalid `after` is refused as
 //!   [`crate::json::StrictValue`] would refuse it.
-//! * [`patch`] applies an RFC 6902 patch whose operations add, replace or remove object members
-//!   (what steps' diffs are) to the text; it declines (`None`) anything else, and any operation
-//!   that would fail, so that the caller applies `json_patch::patch` to a tree instead and gets
-//!   its exact result or error.
+//! * [`diff_known`] does the same for a `before` whose top-level members are known, parsing only
+//!   the bytes between the two texts' common prefix and suffix.
+//! * [`Document::patch`] applies an RFC 6902 patch whose operations add, replace or remove object
+//!   members (what steps' diffs are) to the text of the controller's current properties; it
+//!   declines (`None`) anything else, and any operation that would fail, so that the caller
+//!   applies `json_patch::patch` to a tree instead and gets its exact result or error.
+//! * [`check_strict`] and [`check_members`] check a document as strictly as the strict parser,
+//!   in one pass and building nothing: what the agent reads its step context with.
 //!
 //! The scanner accepts what RFC 8259 accepts; it does not refuse numbers too large for an `f64`
 //! (the strict parser does) in the parts it only skips.
@@ -67,6 +71,13 @@ pub enum SpliceError {
     /// A parent of the property is missing (an RFC 6902 `add` does not create parents).
     #[error("a parent of the property is missing")]
     MissingParent,
+    /// The document is not UTF-8 text.
+    #[error("the document is not UTF-8 text")]
+    Utf8 {
+        /// The cause.
+        #[source]
+        source: std::str::Utf8Error,
+    },
     /// A value to insert is not valid JSON (a caller's bug: values are serialised by serde_json).
     #[error("the value is not valid JSON")]
     Value,

@@ -127,7 +127,12 @@ impl DockerBackend {
             if std::fs::rename(&tmp, &cached).is_err() && !cached.join(folder).is_dir() {
                 // Not renamed and no one else's either: a commit seen before with another folder.
                 let from = tmp.join(folder);
-                std::fs::rename(&from, cached.join(folder)).map_err(io(&from))?;
+                if let Err(e) = std::fs::rename(&from, cached.join(folder)) {
+                    // Another step may have put it there in the meantime: then it is whole.
+                    if !cached.join(folder).is_dir() {
+                        return Err(io(&from)(e));
+                    }
+                }
             }
         }
         Ok(cached.join(folder))

@@ -168,6 +168,21 @@ impl StepImages {
         let started = Instant::now();
         let short = &job.commit[..job.commit.len().min(12)];
         sink.line("stderr", &format!("opschain: phase build started: the step image of commit {short} ({}), FROM {}", self.settings.folder, self.settings.base_image));
+        let outcome = self.build_or_reuse(job, work, sink, cancel, started);
+        if let Err(e) = &outcome {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            sink.line("stderr", &format!("opschain: phase build failed in {:.2}s: {why}", started.elapsed().as_secs_f64()));
+        }
+        outcome
+    }
+
+    /// [`StepImages::build_step_image`] after its start line.
+    fn build_or_reuse(&self, job: &StepJob, work: &Path, sink: &dyn LogSink, cancel: &AtomicBool, started: Instant) -> Result<ImageOutcome, BackendError> {
         let spec = self.spec(job, work);
         let image_err = |source| BackendError::Image { step: job.step_id, source };
         let plan = build::plan(&spec).map_err(image_err)?;
@@ -201,7 +216,10 @@ impl StepImages {
         let outcome = written.map_err(image_err).and_then(|context| {
             let sets = if context.secret_sets.is_empty() { "none".to_string() } else { context.secret_sets.join(", ") };
             let dockerfile = if context.custom_dockerfile { format!("{}/Dockerfile", self.settings.folder) } else { "the default Dockerfile".into() };
-            sink.line("stderr", &format!("opschain: building image {tag} with {dockerfile}; build secret sets: {sets}; build context written in {:.2}s", writing.elapsed().as_secs_f64()));
+            sink.line(
+                "stderr",
+                &format!("opschain: building image {tag} with {dockerfile}; build secret sets: {sets}; build context written in {:.2}s", writing.elapsed().as_secs_f64()),
+            );
             let mut command = Command::new(&self.settings.docker);
             let mut args = context.docker_build_args(&tag);
             let dir = args.pop();

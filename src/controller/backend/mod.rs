@@ -315,6 +315,11 @@ impl Stream {
             // A line may take up to `room` more bytes; its newline may come right after them.
             let room = LINE_LIMIT - self.partial.len();
             match memchr::memchr(b'\n', &data[..data.len().min(room + 1)]) {
+                Some(at) if self.partial.is_empty() => {
+                    // The whole line is in this read: sent from where it lies.
+                    send(sink, self.name, &data[..at]);
+                    data = &data[at + 1..];
+                }
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
                     self.emit(sink, true);
@@ -334,11 +339,10 @@ impl Stream {
     /// Sends what `partial` holds and empties it: a whole line (`whole`, without its line
     /// ending), or a piece of one that goes on.
     fn emit(&mut self, sink: &dyn LogSink, whole: bool) {
-        let text = String::from_utf8_lossy(&self.partial);
         if whole {
-            sink.line(self.name, text.trim_end_matches(['\n', '\r']));
+            send(sink, self.name, &self.partial);
         } else {
-            sink.piece(self.name, &text);
+            sink.piece(self.name, &String::from_utf8_lossy(&self.partial));
         }
         self.partial.clear();
     }
@@ -359,6 +363,13 @@ impl Stream {
 /// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
 /// that a flood of output costs few reads and each batch of lines is large.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
+
+/// Sends one line of stream `name` (without its newline; a `\r` before it is dropped too) to
+/// `sink`, bytes that are not UTF-8 replaced by U+FFFD.
+fn send(sink: &dyn LogSink, name: &'static str, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    sink.line(name, line.trim_end_matches(['\n', '\r']));
+}
 
 /// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
 /// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.
