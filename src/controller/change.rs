@@ -113,6 +113,10 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     if !KNOWN_BACKENDS.split(", ").any(|known| known == new.backend) {
         return Err(ChangeError::Backend(new.backend.clone()));
     }
+    #[cfg(feature = "kubernetes")]
+    if new.backend == "kubernetes" && config.docker.registry.is_none() {
+        return Err(ChangeError::Kubernetes(super::backend::kubernetes::KubernetesError::NoRegistry));
+    }
     if let Some(set) = &new.secret_set {
         store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?;
     }
@@ -171,7 +175,15 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
         change.id, change.project, change.environment, change.action, &change.commit[..change.commit.len().min(12)], change.git_rev, change.backend
     );
-    let backend = backend(config, &change.backend)?;
+    // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
+    // error rather than leaving it running with no controller.
+    let backend = match backend(config, &change.backend) {
+        Ok(backend) => backend,
+        Err(e) => {
+            store.set_change_status(change_id, ChangeStatus::Error)?;
+            return Err(e);
+        }
+    };
     let scheduler = Scheduler::new(store, backend.as_ref(), change, secrets, config.scheduler.clone());
     Ok(scheduler.run()?)
 }

@@ -165,7 +165,8 @@ pub fn docker_step(
     grace: std::time::Duration,
 ) -> Result<super::StepOutput, BackendError> {
     let nonce = nonce();
-    let args: Vec<OsString> = ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce].iter().map(OsString::from).collect();
+    let args: Vec<OsString> =
+        ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce].iter().map(OsString::from).collect();
     let mut bytes = Vec::new();
     context.write_to(&mut bytes).expect("writing to memory cannot fail");
     let run = run_with_stdin(docker, &args, &[], &bytes, &nonce, sink, cancel, grace);
