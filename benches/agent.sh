@@ -3,10 +3,12 @@
 #   1. `opschain-runner step` with a trivial action on a typical context (50 KB of properties,
 #      10 files, 20 env vars) against running the same action directly: overhead and peak RSS;
 #   2. `opschain-exec CMD` against exec'ing CMD directly;
-#   3. the static binary's size.
+#   3. the static binary's size;
+#   4. beside them, Debian's `tini-static -s -- true` and `dumb-init true`: the step's overhead as
+#      a multiple of tini's (targets: empty context <= 2x, typical context <= 3x).
 # Beside the step it times its floor (examples/step_floor.rs): the same files created, the same
-# action spawned and the result fsynced, with nothing parsed, merged or logged; what this disk and
-# kernel cost a step whatever the agent does.
+# action spawned and the result written (temp file, rename), with nothing parsed, merged or logged;
+# what this disk and kernel cost a step whatever the agent does.
 # Usage: benches/agent.sh [RUNS]   (default 300 runs of each command)
 #   BASELINE=/path/to/an/older/opschain-runner benches/agent.sh   also times that agent's step and
 #   opschain-exec against this one's (e.g. one built from an earlier commit), in pairs run in both
@@ -16,6 +18,11 @@ cd "$(dirname "$0")/.."
 runs=${1:-300}
 
 command -v hyperfine >/dev/null || { echo "benches/agent.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
+# The peers: Debian's tini (static) and dumb-init, the init processes of many containers.
+command -v tini-static >/dev/null || { echo "benches/agent.sh: installing tini" >&2; apt-get install -y -qq tini >/dev/null; }
+command -v dumb-init >/dev/null || { echo "benches/agent.sh: installing dumb-init" >&2; apt-get install -y -qq dumb-init >/dev/null; }
+tini=$(command -v tini-static)
+dumb_init=$(command -v dumb-init)
 cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner --example step_floor
 bin=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
 floor=$PWD/target/x86_64-unknown-linux-musl/release/examples/step_floor
@@ -57,7 +64,9 @@ hyperfine -N --style basic --warmup 20 --runs "$runs" --prepare "rm -rf $repo/.o
   -n step "$bin --repo $repo step" \
   -n floor "$floor $repo 10 $true_bin" \
   -n step-empty "$bin --repo $empty step" \
-  -n exec "$work/opschain-exec $true_bin" >/dev/null
+  -n exec "$work/opschain-exec $true_bin" \
+  -n tini "$tini -s -- $true_bin" \
+  -n dumb-init "$dumb_init $true_bin" >/dev/null
 
 # An older agent (BASELINE): timed in pairs, each order once (hyperfine runs one command's runs,
 # then the next's, and this disk slows as a run ages it: the order would favour the first).
@@ -95,11 +104,15 @@ results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 med = {name: statistics.median(r["times"]) * 1e3 for name, r in results.items()}
 direct = med["direct"]
 print(f"{'command':13} {'median ms':>10} {'over direct ms':>15} {'ratio':>7}")
-for name in ["direct", "step", "floor", "step-empty", "exec"]:
+for name in ["direct", "tini", "dumb-init", "step", "floor", "step-empty", "exec"]:
     if name in med:
         print(f"{name:13} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
 print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms); with an empty context {med['step-empty'] - direct:.3f} ms")
-print(f"  of which the floor (the contract's files, fsync and the action's spawn, nothing parsed: examples/step_floor.rs) {med['floor'] - direct:.3f} ms; the agent's own {med['step'] - med['floor']:.3f} ms")
+print(f"  of which the floor (the contract's files and the action's spawn, nothing parsed: examples/step_floor.rs) {med['floor'] - direct:.3f} ms; the agent's own {med['step'] - med['floor']:.3f} ms")
+tini = med["tini"] - direct
+print(f"beside the init processes (overhead over direct): tini {tini:.3f} ms, dumb-init {med['dumb-init'] - direct:.3f} ms;"
+      f" empty-context step {(med['step-empty'] - direct) / tini:.2f}x tini's (target <= 2x),"
+      f" typical step {(med['step'] - direct) / tini:.2f}x tini's (target <= 3x)")
 print(f"opschain-exec overhead: {med['exec'] - direct:.3f} ms over direct (target <= 0.5 ms)")
 print(f"peak RSS: step {int(sys.argv[2]) / 1024:.1f} MB, direct {int(sys.argv[3]) / 1024:.1f} MB (target <= 4 MB)")
 print(f"static binary: {int(sys.argv[4]) / 1e6:.2f} MB (target <= 1.5 MB)")

@@ -154,6 +154,16 @@ pub struct StepArgs {
     /// and logs how many were dropped where, so the action never waits for the log.
     #[arg(long, env = "OPSCHAIN_LOG_MODE", value_enum, default_value_t = LogMode::Blocking, value_name = "MODE")]
     pub log_mode: LogMode,
+    /// Read the step context from FILE ('-': standard input) and write it to
+    /// <repo>/<folder>/step_context.json first: for engines that share no disk with the
+    /// controller (a mounted Kubernetes Secret, `docker run -i`). Default: the file is there.
+    #[arg(long, env = "OPSCHAIN_CONTEXT_FROM", value_name = "FILE")]
+    pub context_from: Option<PathBuf>,
+    /// After the step, print step_result.json on stdout as a frame marked NONCE (base64 lines
+    /// between a begin and an end line with its length and checksum) for a controller that reads
+    /// it from the container's log. Default: no frame (the controller reads the file).
+    #[arg(long, env = "OPSCHAIN_RESULT_FRAME", value_name = "NONCE")]
+    pub result_frame: Option<String>,
 }
 
 /// What the agent does when the action's output comes faster than the log is read (`step

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::json::{self, JsonError, SizeLimit, StrictObject};
+use crate::properties::splice;
 use crate::properties::text::PropertiesText;
 
 /// The parsed `step_context.json`.
@@ -109,8 +110,52 @@ impl StepContext<PropertiesText> {
     /// text. Accepts and refuses the same documents as [`StepContext::read`], with the same errors.
     pub fn read_text(path: &Path, limit: SizeLimit) -> Result<StepContext<PropertiesText>, JsonError> {
         let bytes = json::read_bytes(path, limit)?;
+        if let Some(context) = std::str::from_utf8(&bytes).ok().and_then(read_spliced) {
+            return Ok(context);
+        }
         json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, &bytes)
     }
+}
+
+/// Reads a step context of the usual shape with the byte scanner: one strict pass over the whole
+/// document ([`splice::check_members`]) finds the members down to each level's properties'
+/// top-level members, whose text is then spliced as it is; only `context` and `secrets`, small,
+/// go through serde. So a context of a few MB of properties is read in one pass rather than
+/// serde's and the strict check's. `None` for anything else (invalid, or of an unusual shape):
+/// serde then reads it, or explains what is wrong with it.
+fn read_spliced(text: &str) -> Option<StepContext<PropertiesText>> {
+    if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+        return None;
+    }
+    let found = splice::check_members(text, 3).ok()?;
+    let inside = |depth: usize, outer: &std::ops::Range<usize>| {
+        let outer = outer.clone();
+        found.iter().filter(move |f| f.0 == depth && f.2.start >= outer.start && f.2.end <= outer.end)
+    };
+    let mut context = StepContext::<PropertiesText>::default();
+    for (_, key, range) in found.iter().filter(|f| f.0 == 1) {
+        let value = &text[range.clone()];
+        match key.as_ref() {
+            "context" => context.context = serde_json::from_str(value).ok()?,
+            "secrets" => context.secrets = serde_json::from_str(value).ok()?,
+            "project" | "environment" => {
+                if !value.starts_with('{') {
+                    return None;
+                }
+                let mut properties = PropertiesText::default();
+                for (_, member, within) in inside(2, range) {
+                    if member != "properties" || !text[within.clone()].starts_with('{') {
+                        return None;
+                    }
+                    properties = PropertiesText::from_members(text, inside(3, within).map(|(_, k, r)| (k.clone(), r.clone())));
+                }
+                let level = if key == "project" { &mut context.project } else { &mut context.environment };
+                level.properties = properties;
+            }
+            _ => {}
+        }
+    }
+    Some(context)
 }
 
 impl<P> StepContext<P> {
@@ -144,6 +189,30 @@ mod tests {
         assert_eq!(ctx.action(), Some("deploy"));
         assert_eq!(ctx.environment_code(), Some("dev"));
         assert_eq!(ctx.project.properties.0["a"], 1);
+    }
+
+    #[test]
+    fn the_usual_shape_is_read_by_the_scanner_as_serde_reads_it() {
+        let text = r#"{"context": {"project": {"code": "demo"}, "environment": {"code": "dev"}, "step": {"action": "deploy", "id": 3}, "extra": [1]},
+               "project": {"properties": {"a": 1, "o": {"k": [true, null]}}}, "environment": {"properties": {}}, "secrets": {"S": "v"}, "other": {"x": 1}}"#;
+        let fast = read_spliced(text).expect("the scanner reads the usual shape");
+        let slow: StepContext<PropertiesText> = json::parse(Path::new("step_context.json"), text.as_bytes()).unwrap();
+        assert_eq!(fast.project.properties.text(), slow.project.properties.text());
+        assert_eq!(fast.project.properties.spans(), slow.project.properties.spans());
+        assert_eq!(fast.environment.properties.text(), "{}");
+        assert_eq!((fast.action(), fast.environment_code()), (Some("deploy"), Some("dev")));
+        assert_eq!(fast.secrets, slow.secrets);
+        // Anything unusual is left to serde: a level with another member, a level that is not an
+        // object, properties that are not an object, a duplicate member.
+        for odd in [
+            r#"{"project": {"properties": {}, "x": 1}}"#,
+            r#"{"project": [{"properties": {}}]}"#,
+            r#"{"project": {"properties": []}}"#,
+            r#"{"project": {"properties": {}}, "project": {"properties": {}}}"#,
+            r#"{"secrets": {"S": 1}}"#,
+        ] {
+            assert!(read_spliced(odd).is_none(), "{odd}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The helper commands for action scripts: read or change a property, add a child step, without
 //! hand-editing JSON. They find their files through the `OPSCHAIN_*` variables the agent exports.
 //!
-//! Each change rewrites the file atomically. Two helpers changing the same level at the same time
+//! Each change rewrites the file atomically, splicing the property into the text as it is
+//! ([`crate::properties::splice`]): a large document is neither parsed into a tree nor re-serialised. Two helpers changing the same level at the same time
 //! from one action race (last writer wins): run them one after another.
 
 use std::io::Write;
@@ -12,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::atomic::{self, AtomicError, Durability};
 use crate::exit::{ExitStatus, Sysexit};
 use crate::json::{self, JsonError, SizeLimit, StrictObject};
+use crate::properties::splice::{self, SpliceError};
 use crate::properties::{self, PropertiesError};
 
 /// Why a helper command failed.
@@ -104,25 +106,54 @@ pub fn get(path: &str) -> Result<Value, HelperError> {
 pub fn set(level: Level, path: &str, value: &str, as_json: bool) -> Result<(), HelperError> {
     let keys = properties::parse_path(path)?;
     let value = if as_json { serde_json::from_str(value).map_err(HelperError::Value)? } else { Value::String(value.to_string()) };
-    edit(level, |doc| Ok(properties::set(doc, &keys, value, path)?))
+    let text = serde_json::to_string(&value).expect("a JSON value serialises");
+    edit(level, |doc| splice::set(doc, &keys, &text).map(Some), |doc| Ok(properties::set(doc, &keys, value, path)?), path, &keys)
 }
 
 /// Removes the property at `path` of `level`; removing what is not there is no error.
 pub fn remove(level: Level, path: &str) -> Result<(), HelperError> {
     let keys = properties::parse_path(path)?;
-    edit(level, |doc| {
-        properties::remove(doc, &keys);
-        Ok(())
-    })
+    edit(
+        level,
+        |doc| splice::remove(doc, &keys),
+        |doc| {
+            properties::remove(doc, &keys);
+            Ok(())
+        },
+        path,
+        &keys,
+    )
 }
 
-fn edit(level: Level, change: impl FnOnce(&mut Map<String, Value>) -> Result<(), HelperError>) -> Result<(), HelperError> {
+/// Changes the copy of `level`: by splicing its text (`splice`: the document's grammar is checked
+/// in one pass and only the property's path is taken apart; `Ok(None)` leaves the file as it is),
+/// or, when the text is not a valid document, by the strict reader, whose error names the problem
+/// (`tree`, should the text be valid after all, edits the tree). `path` and `keys` name the
+/// property, for errors.
+fn edit(
+    level: Level,
+    splice: impl FnOnce(&str) -> Result<Option<String>, SpliceError>,
+    tree: impl FnOnce(&mut Map<String, Value>) -> Result<(), HelperError>,
+    path: &str,
+    keys: &[String],
+) -> Result<(), HelperError> {
     let file = path_of(level.var())?;
-    let mut doc = read(&file)?;
-    change(&mut doc)?;
-    // Compact, as the agent wrote the copy (see `atomic::json`).
-    atomic::write_with(&file, 0o644, Durability::Rename, |out| atomic::json(out, &doc))?;
-    Ok(())
+    let bytes = json::read_bytes(&file, SizeLimit::DEFAULT)?;
+    let spliced = std::str::from_utf8(&bytes).map_err(|source| SpliceError::Utf8 { source }).and_then(splice);
+    match spliced {
+        Ok(None) => Ok(()),
+        Ok(Some(text)) => Ok(atomic::write(&file, text.as_bytes(), 0o644, Durability::Rename)?),
+        Err(SpliceError::NotAnObjectOnPath { depth }) => {
+            Err(PropertiesError::NotAnObject { path: path.to_string(), at: keys[..=depth.min(keys.len() - 1)].join(".") }.into())
+        }
+        Err(_) => {
+            let StrictObject(mut doc) = json::parse(&file, &bytes)?;
+            tree(&mut doc)?;
+            // Compact, as the agent wrote the copy (see `atomic::json`).
+            atomic::write_with(&file, 0o644, Durability::Rename, |out| atomic::json(out, &doc))?;
+            Ok(())
+        }
+    }
 }
 
 /// Appends child steps to `$OPSCHAIN_CHILD_STEPS`.

@@ -35,6 +35,7 @@ pub mod helper;
 pub mod plan;
 pub mod exec;
 pub mod build;
+pub mod transport;
 #[cfg(feature = "controller")]
 pub mod controller;
 pub mod allocator;

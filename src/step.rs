@@ -23,6 +23,7 @@ use crate::files::{self, FileSpec, WriteError};
 use crate::json::{self, JsonError, PointerError, SizeLimit, StrictObject};
 use crate::layout::Layout;
 use crate::mask::{Masker, SecretNames};
+use crate::properties::splice;
 use crate::properties::text::PropertiesText;
 use crate::properties::{self, declarations, PropertiesError};
 use crate::result::{self, Children, JobFacts, LevelDiff, Phases, RunnerFacts, StepProperties, StepResult};
@@ -151,6 +152,10 @@ pub struct Prepared {
     pub project_json: Vec<u8>,
     /// The environment properties as given (see `project_json`).
     pub environment_json: Vec<u8>,
+    /// The top-level members' places in `project_json` (for its diff).
+    pub project_spans: Vec<splice::Span>,
+    /// The top-level members' places in `environment_json`.
+    pub environment_spans: Vec<splice::Span>,
     /// The files the merged properties declare (`opschain.files` and the seed layout's `files`),
     /// validated.
     pub files: Vec<FileSpec>,
@@ -247,8 +252,9 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     let texts: Vec<&PropertiesText> = sources.iter().map(|(_, _, t)| *t).collect();
     let merged_json = properties::text::merge(&texts);
     drop((texts, sources));
-    let project_json = text_bytes(std::mem::take(&mut context.project.properties).text());
-    let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).text());
+    let (project_spans, environment_spans) = (context.project.properties.spans(), context.environment.properties.spans());
+    let project_json = text_bytes(std::mem::take(&mut context.project.properties).into_text());
+    let environment_json = text_bytes(std::mem::take(&mut context.environment.properties).into_text());
     let merged_error = |source: PointerError| StepError::Declaration {
         file: context_path.clone(),
         source: PointerError { pointer: format!("(merged declarations) {}", source.pointer), message: source.message },
@@ -273,6 +279,8 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         merged_json,
         project_json,
         environment_json,
+        project_spans,
+        environment_spans,
         files,
         env,
     })
@@ -312,10 +320,10 @@ impl Runtime {
     }
 }
 
-/// `text` and a final newline, as the runtime copies are written.
-fn text_bytes(text: &str) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(text.len() + 1);
-    bytes.extend_from_slice(text.as_bytes());
+/// `text` and a final newline, as the runtime copies are written (in `text`'s own buffer: a
+/// document of a few MB is not copied).
+fn text_bytes(text: String) -> Vec<u8> {
+    let mut bytes = text.into_bytes();
     bytes.push(b'\n');
     bytes
 }
@@ -429,20 +437,28 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let completing = Phase::start("completing");
     let mut error = None;
     // A copy left byte for byte as written has an empty diff, without parsing it (the common
-    // case: most steps change no properties); else both versions are parsed and diffed.
-    let mut level_diff = |path: &Path, written: &[u8]| {
+    // case: most steps change no properties); else the two texts are diffed where they differ
+    // (`splice::diff_known`: only the bytes between their common prefix and suffix are parsed,
+    // so an unchanged member of any size costs a comparison of its bytes), and only when that
+    // finds the copy invalid is it parsed whole, for the error.
+    let mut level_diff = |path: &Path, written: &[u8], spans: &[splice::Span]| {
         let read = json::read_bytes(path, options.limit).and_then(|bytes| {
             if crate::diff::same_bytes(&bytes, written) {
                 return Ok(None);
             }
-            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| Some(after))
+            let before = std::str::from_utf8(written).expect("the agent's own JSON is UTF-8");
+            let mut ops = Vec::new();
+            if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
+                return Ok(Some(json_patch::Patch(ops)));
+            }
+            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| {
+                let before: Value = serde_json::from_str(before).expect("the agent's own JSON parses");
+                Some(diff(&before, &Value::Object(after)))
+            })
         });
         match read {
             Ok(None) => json_patch::Patch(Vec::new()),
-            Ok(Some(after)) => {
-                let before: Value = serde_json::from_slice(written).expect("the agent's own JSON parses");
-                diff(&before, &Value::Object(after))
-            }
+            Ok(Some(patch)) => patch,
             Err(source) => {
                 warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
                 error.get_or_insert(StepError::PropertiesCopy { source });
@@ -450,8 +466,8 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
             }
         }
     };
-    let project_diff = level_diff(&runtime.project, &prepared.project_json);
-    let environment_diff = level_diff(&runtime.environment, &prepared.environment_json);
+    let project_diff = level_diff(&runtime.project, &prepared.project_json, &prepared.project_spans);
+    let environment_diff = level_diff(&runtime.environment, &prepared.environment_json, &prepared.environment_spans);
     let mut children = std::mem::take(&mut prepared.declared_children);
     match std::fs::read_to_string(&runtime.children) {
         Ok(text) => children.extend(result::parse_child_steps(&text)),

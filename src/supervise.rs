@@ -609,8 +609,9 @@ fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Pa
 }
 
 /// A pipe for one of the job's output streams, of [`output::PIPE_SIZE`] bytes where the system
-/// allows: our read end (non-blocking, registered with the runtime) and the job's write end (blocking, as programs expect of their stdout). Both are
-/// close-on-exec, so no other process we start inherits them.
+/// allows: our read end (non-blocking, registered with the runtime) and the job's write end
+/// (blocking, as programs expect of their stdout). Both are close-on-exec, so no other process we
+/// start inherits them.
 fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
     use std::os::fd::AsRawFd as _;
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Validates JSON documents against the repository's schemas (schemas/*.schema.json) with Python's
-jsonschema (Draft 2020-12), for the tests (tests/common/schema.rs).
+jsonschema (Draft 2020-12), for the tests (tests/it/common/schema.rs).
 
 Reads one request a line on stdin, {"schema": NAME, "document": DOC}, and answers each with one
 line: the JSON string "ok", or the errors found, each as "<pointer>: <message>". NAME is a schema

@@ -1,4 +1,4 @@
-//! The properties each fuzz target checks, shared with `tests/fuzz_corpus.rs`, which replays the
+//! The properties each fuzz target checks, shared with `tests/it/fuzz_corpus.rs`, which replays the
 //! committed corpus through the same checks in the ordinary test suite.
 
 use std::path::Path;

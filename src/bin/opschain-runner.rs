@@ -27,6 +27,7 @@ use opschain_runner::layout::Layout;
 use opschain_runner::plan::Plan;
 use opschain_runner::step::{self, StepError, StepOptions};
 use opschain_runner::supervise::{LineFormat, LogBuffer, SupervisePolicy, Supervisor};
+use opschain_runner::transport::{self, ContextSource, TransportError};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 
@@ -183,10 +184,51 @@ fn step_failure(e: &StepError) -> i32 {
     fail(e, e.exit_status().code())
 }
 
+fn transport_failure(e: &TransportError) -> i32 {
+    fail(e, e.exit_status().code())
+}
+
 fn run_step(layout: &Layout, args: StepArgs, log_format: logging::LogFormat) -> i32 {
     let start = std::time::Instant::now();
     tracing::info!(phase = "start", repo = %layout.repo.display(), version = step::VERSION, "phase started");
-    let options = options(&args, log_format);
+    if let Some(Err(e)) = args.result_frame.as_deref().map(transport::check_nonce) {
+        return transport_failure(&e);
+    }
+    // The transport's settings are the agent's, not the action's: the nonce, above all, stays out
+    // of the action's environment (see `transport`). Nothing else runs in this process yet.
+    std::env::remove_var("OPSCHAIN_RESULT_FRAME");
+    std::env::remove_var("OPSCHAIN_CONTEXT_FROM");
+    if args.result_frame.is_some() {
+        // A result file that came with the image is not this step's: were the step to fail before
+        // writing its own, that one must not be sent.
+        let _ = std::fs::remove_file(layout.step_result());
+    }
+    if let Some(from) = &args.context_from {
+        if let Err(e) = transport::receive_context(&ContextSource::parse(from), layout, Some(args.max_input_bytes)) {
+            return transport_failure(&e);
+        }
+    }
+    let status = step_status(layout, &args, log_format, start);
+    match &args.result_frame {
+        Some(nonce) => {
+            let mut out = std::io::stdout().lock();
+            match transport::send_result(nonce, &layout.step_result(), &mut out) {
+                Ok(_) => status,
+                // The frame is how the result gets back: without it the step's changes are lost,
+                // so a step that succeeded fails.
+                Err(e) => {
+                    let failed = transport_failure(&e);
+                    if status == 0 { failed } else { status }
+                }
+            }
+        }
+        None => status,
+    }
+}
+
+/// Runs the step whose context is in place, and logs its end; returns its exit status.
+fn step_status(layout: &Layout, args: &StepArgs, log_format: logging::LogFormat, start: std::time::Instant) -> i32 {
+    let options = options(args, log_format);
     let prepared = match step::prepare(layout, &options) {
         Ok(p) => p,
         Err(e) => return step_failure(&e),

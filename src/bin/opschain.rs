@@ -142,6 +142,71 @@ struct RunSettings {
     /// step_context.json.zip for .mintpress). Give a retry the same folder as its change.
     #[arg(long, env = "OPSCHAIN_REPO_FOLDER", default_value = ".opschain", value_name = "NAME")]
     folder: String,
+    /// How the Docker backend passes the step context in and gets step_result.json back:
+    /// `bind-mount` (the repository folder mounted from this host) or `stream` (the context on the
+    /// container's stdin, the result framed in its output: nothing shared with the host; see
+    /// docs/transport.md). The Kubernetes backend always streams.
+    #[arg(long, env = "OPSCHAIN_TRANSPORT", default_value = "bind-mount", value_parser = ["bind-mount", "stream"], value_name = "NAME")]
+    transport: String,
+    /// A registry (HOST:PORT) to push each step image built to; steps run the registry's copy
+    /// and an image the registry has is pulled, not rebuilt. Default: none (local images only).
+    #[arg(long, env = "OPSCHAIN_REGISTRY", value_name = "HOST:PORT")]
+    registry: Option<String>,
+    /// The Kubernetes backend's settings.
+    #[cfg(feature = "kubernetes")]
+    #[command(flatten)]
+    kube: KubeSettings,
+}
+
+/// The backends this build offers to `--backend`.
+fn backends() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(change::KNOWN_BACKENDS.split(", "))
+}
+
+/// The Kubernetes backend's settings (`--backend kubernetes`).
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Args)]
+struct KubeSettings {
+    /// The namespace of the steps' Jobs and Secrets.
+    #[arg(long, env = "OPSCHAIN_KUBE_NAMESPACE", default_value = "default", value_name = "NAME")]
+    kube_namespace: String,
+    /// A Secret (of type kubernetes.io/dockerconfigjson) the pods pull the step images with.
+    #[arg(long, env = "OPSCHAIN_KUBE_IMAGE_PULL_SECRET", value_name = "NAME")]
+    kube_image_pull_secret: Option<String>,
+    /// The step container's resource requests, e.g. cpu=500m,memory=256Mi. Default: none.
+    #[arg(long, env = "OPSCHAIN_KUBE_REQUESTS", default_value = "", value_name = "K=V,...")]
+    kube_requests: String,
+    /// The step container's resource limits, e.g. memory=1Gi. Default: none.
+    #[arg(long, env = "OPSCHAIN_KUBE_LIMITS", default_value = "", value_name = "K=V,...")]
+    kube_limits: String,
+    /// The pods' node selector, e.g. pool=steps. Default: none.
+    #[arg(long, env = "OPSCHAIN_KUBE_NODE_SELECTOR", default_value = "", value_name = "K=V,...")]
+    kube_node_selector: String,
+    /// Seconds a finished Job and its Secret are kept (for kubectl logs) before the cluster
+    /// removes them.
+    #[arg(long, env = "OPSCHAIN_KUBE_TTL_SECS", default_value_t = 600, value_name = "SECS")]
+    kube_ttl_secs: i32,
+    /// Seconds a pod may take to start (scheduling, image pull) before the step fails; also
+    /// added to the action's timeouts in the Job's activeDeadlineSeconds.
+    #[arg(long, env = "OPSCHAIN_KUBE_START_SECS", default_value_t = 300, value_name = "SECS")]
+    kube_start_secs: u64,
+}
+
+#[cfg(feature = "kubernetes")]
+fn kube_config(s: &RunSettings) -> Result<opschain_runner::controller::backend::kubernetes::KubernetesConfig> {
+    use opschain_runner::controller::backend::kubernetes::{parse_map, KubernetesConfig};
+    let k = &s.kube;
+    Ok(KubernetesConfig {
+        namespace: k.kube_namespace.clone(),
+        image_pull_secret: k.kube_image_pull_secret.clone(),
+        requests: parse_map("--kube-requests", &k.kube_requests)?,
+        limits: parse_map("--kube-limits", &k.kube_limits)?,
+        node_selector: parse_map("--kube-node-selector", &k.kube_node_selector)?,
+        ttl_after_finished: k.kube_ttl_secs,
+        start_allowance: Duration::from_secs(k.kube_start_secs),
+        grace: Duration::from_secs(s.grace_secs),
+        folder: checked_folder(&s.folder)?,
+    })
 }
 
 /// `-p`: the project code, defaulting from $opschain_projectCode or `.opschainrc`.
@@ -193,9 +258,10 @@ struct RunArgs {
     /// directory, which must then hold the OpsChain folder (.opschain).
     #[arg(long, value_name = "DIR")]
     repo: Option<PathBuf>,
-    /// Where steps run: `process` (a checkout and a child process) or `docker` (an image and a
-    /// container per step).
-    #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = ["process", "docker"], value_name = "NAME")]
+    /// Where steps run: `process` (a checkout and a child process), `docker` (an image and a
+    /// container per step), or, in a build with the `kubernetes` feature, `kubernetes` (a Job per
+    /// step in the cluster of the kubeconfig; needs --registry).
+    #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = backends(), value_name = "NAME")]
     backend: String,
     /// The secret set the steps get as runner secrets (see `opschain secrets set`). Image builds
     /// get the build secret sets instead: those opschain.config.build_secrets lists, else
@@ -576,7 +642,15 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         grace: Duration::from_secs(s.grace_secs),
         keep_sandboxes: s.keep_sandboxes,
         queue_poll: Duration::from_millis(500),
-        docker: DockerConfig { docker: s.docker_bin.clone(), base_image: s.docker_base_image.clone(), grace: Duration::from_secs(s.grace_secs) },
+        docker: DockerConfig {
+            docker: s.docker_bin.clone(),
+            base_image: s.docker_base_image.clone(),
+            grace: Duration::from_secs(s.grace_secs),
+            transport: s.transport.parse().map_err(anyhow::Error::msg)?,
+            registry: s.registry.as_deref().map(str::parse).transpose()?,
+        },
+        #[cfg(feature = "kubernetes")]
+        kubernetes: kube_config(s)?,
         folder: checked_folder(&s.folder)?,
     })
 }
@@ -819,10 +893,10 @@ fn edit_properties(store: &Store, project: &str, environment: Option<&str>) -> R
 
 fn properties_history(store: &Store, project: &str, environment: Option<&str>) -> Result<ExitCode> {
     let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
-    for v in store.properties_history(level, id)? {
+    store.properties_history_each(level, id, |v| {
         let by = v.step_id.map(|s| format!("step {s}")).unwrap_or_else(|| "user".into());
         println!("v{:<4} {} {:<10} {}", v.version, v.created_at, by, Value::Object(v.json));
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1182,6 +1256,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    opschain_runner::controller::bound_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print to stdout and succeed; a wrong command line is a usage

@@ -48,9 +48,20 @@ pub enum ChangeError {
         pid: i64,
     },
     /// The backend name is not known.
-    #[error("unknown backend {0:?} (known: process, docker)")]
+    #[error("unknown backend {0:?} (known: {KNOWN_BACKENDS})")]
     Backend(String),
+    /// The Kubernetes backend cannot be set up.
+    #[cfg(feature = "kubernetes")]
+    #[error("cannot set up the Kubernetes backend")]
+    Kubernetes(#[source] super::backend::kubernetes::KubernetesError),
 }
+
+/// The backends this build has.
+#[cfg(not(feature = "kubernetes"))]
+pub const KNOWN_BACKENDS: &str = "process, docker";
+/// The backends this build has.
+#[cfg(feature = "kubernetes")]
+pub const KNOWN_BACKENDS: &str = "process, docker, kubernetes";
 
 /// What `change run` needs to create a change.
 #[derive(Debug, Clone)]
@@ -88,6 +99,9 @@ pub struct ControllerConfig {
     pub queue_poll: Duration,
     /// The Docker backend's settings.
     pub docker: DockerConfig,
+    /// The Kubernetes backend's settings.
+    #[cfg(feature = "kubernetes")]
+    pub kubernetes: super::backend::kubernetes::KubernetesConfig,
     /// The OpsChain folder of the repositories: `.opschain` (the default), or MintPress's
     /// `.mintpress`. It picks the Dockerfile (`<folder>/Dockerfile`), the env context's form and
     /// where the step context goes.
@@ -96,7 +110,7 @@ pub struct ControllerConfig {
 
 /// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
 pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
-    if !matches!(new.backend.as_str(), "process" | "docker") {
+    if !KNOWN_BACKENDS.split(", ").any(|known| known == new.backend) {
         return Err(ChangeError::Backend(new.backend.clone()));
     }
     if let Some(set) = &new.secret_set {
@@ -120,6 +134,13 @@ fn backend(config: &ControllerConfig, name: &str) -> Result<Box<dyn Backend>, Ch
             folder: config.folder.clone(),
         }))),
         "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes")))),
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => {
+            use super::backend::kubernetes::KubernetesBackend;
+            let images = DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes"));
+            let backend = KubernetesBackend::new(config.kubernetes.clone(), images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
+            Ok(Box::new(backend))
+        }
         other => Err(ChangeError::Backend(other.to_string())),
     }
 }

@@ -17,6 +17,7 @@
 //!   change's secrets.
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
+//! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
 
 pub mod backend;
 pub mod change;
@@ -24,7 +25,23 @@ pub mod output;
 pub mod patch;
 pub mod rc;
 pub mod private;
+pub mod registry;
 pub mod repo;
 pub mod scheduler;
 pub mod status;
 pub mod store;
+
+/// Makes the C allocator hand buffers of 256 KiB and more straight back to the kernel when they
+/// are freed, for the rest of the process. A step's large buffers (its result file, the
+/// properties text it patches) are allocated and freed by the scheduler's worker threads; glibc
+/// would otherwise raise its mmap threshold past their size after the first free and serve them
+/// from per-thread arenas that keep the memory, so that the controller's peak RSS grew with the
+/// worker count times the properties' size rather than with the steps in flight. Does nothing
+/// with another C library.
+pub fn bound_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tunable of the allocator; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}

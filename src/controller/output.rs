@@ -32,7 +32,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use super::backend::LogSink;
-use super::store::{ChangeRow, Level, Store, StoreError};
+use super::store::{ChangeRow, Level, LogLines, Store, StoreError};
 use crate::context::{Level as ContextLevel, StepContext};
 use crate::exec::{build_secret_sets, DEFAULT_BUILD_SECRET_SET};
 use crate::json::StrictObject;
@@ -179,7 +179,7 @@ impl<'a> ChangeOutput<'a> {
             step_id,
             prefix: format!("[{step_id} {action}]"),
             pieces: Mutex::new(HashMap::new()),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::default(),
         }
     }
 }
@@ -191,32 +191,38 @@ pub struct StepSink<'a> {
     prefix: String,
     /// The masking state of each stream in the middle of a line sent in pieces.
     pieces: Mutex<HashMap<&'static str, MaskStream>>,
-    /// The masked lines of the current batch, prefixed, for the terminal: written at once by
-    /// [`LogSink::flush`] (a write per line would cost a system call each), and when dropped.
-    pending: Mutex<Vec<u8>>,
+    /// The masked lines of the current batch: for the store, and prefixed for the terminal. Both
+    /// are handed on at once by [`LogSink::flush`], and when the sink is dropped (a lock of the
+    /// store and a write per line would cost more than the line).
+    pending: Mutex<(LogLines, Vec<u8>)>,
 }
 
 impl StepSink<'_> {
-    /// Stores a masked line and queues it for the terminal.
+    /// Queues a masked line for the store and the terminal.
     fn record(&self, stream: &'static str, masked: &str) {
-        self.output.store.append_log(self.step_id, stream, masked);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.extend_from_slice(self.prefix.as_bytes());
-        pending.push(b' ');
-        pending.extend_from_slice(masked.as_bytes());
-        pending.push(b'\n');
+        let (stored, shown) = &mut *pending;
+        stored.push(stream, masked);
+        shown.extend_from_slice(self.prefix.as_bytes());
+        shown.push(b' ');
+        shown.extend_from_slice(masked.as_bytes());
+        shown.push(b'\n');
     }
 
-    /// Writes the queued lines to the terminal. Blocks while the terminal (or whatever reads
-    /// `change run`) is slow: the step's output then waits in the agent, never dropped.
+    /// Hands the queued lines to the store, then writes them to the terminal. Blocks while the
+    /// terminal (or whatever reads `change run`) is slow: the step's output then waits in the
+    /// agent, never dropped.
     fn write_pending(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.is_empty() {
+        let (stored, shown) = &mut *pending;
+        if stored.is_empty() {
             return;
         }
+        // The store first: a line shown has been handed to the store.
+        self.output.store.append_logs(self.step_id, stored);
         let mut out = self.output.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = out.write_all(&pending).and_then(|()| out.flush());
-        pending.clear();
+        let _ = out.write_all(shown).and_then(|()| out.flush());
+        shown.clear();
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::backend::{Backend, BackendError, StepJob};
+use super::backend::{Backend, BackendError, ContextDocument, StepJob};
 use super::output::{change_secrets, ChangeOutput};
 use crate::build::{self, BuildError, SecretSet};
 use super::status::{ChangeStatus, StepStatus};
@@ -224,8 +224,7 @@ impl<'a> Scheduler<'a> {
     /// default set `opschain-build-env`. A listed set that does not exist is an error that says
     /// how to create it.
     fn build_secret_sets(&self, job: &StepJob) -> Result<Vec<SecretSet>, BuildError> {
-        let context = job.context.as_object().cloned().unwrap_or_default();
-        build::applicable_secret_sets(&context)?
+        build::applicable_secret_sets(&job.context.declaring_tree())?
             .into_iter()
             .map(|name| match self.store.secrets(&name) {
                 Ok(Some(map)) => SecretSet::from_map(&name, &map),
@@ -257,23 +256,24 @@ impl<'a> Scheduler<'a> {
             return Ok(false);
         }
         let start = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
-        self.mask_secrets(&start.project, &start.environment)?;
+        // The secret rule reads only `opschain.config.build_secrets`: only `opschain` is built.
+        let opschain = |text: &str| crate::properties::text::PropertiesText::parse(text).map(|p| p.subset(&["opschain"])).unwrap_or_default();
+        self.mask_secrets(&opschain(&start.project), &opschain(&start.environment))?;
         let began = Instant::now();
         self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
-        let mut context = json!({
-            "context": {
+        // The context is spliced around the properties' shared text, never built as a tree.
+        let context = ContextDocument {
+            context: json!({
                 "project": {"code": self.change.project},
                 "environment": {"code": self.change.environment},
                 "change": {"id": self.change.id, "action": self.change.action, "commit": self.change.commit},
                 "step": {"id": step.id, "action": step.action},
                 "user": {"name": self.config.user},
-            },
-            "project": {"properties": start.project},
-            "environment": {"properties": start.environment},
-        });
-        if !self.secrets.is_empty() {
-            context["secrets"] = Value::Object(self.secrets.clone());
-        }
+            }),
+            project: start.project,
+            environment: start.environment,
+            secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
+        };
         let mut job = StepJob {
             change_id: self.change.id,
             step_id: step.id,

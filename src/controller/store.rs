@@ -25,15 +25,34 @@
 //! bytes wait: beyond, the step's output waits for the disk; no line is ever dropped.
 //!
 //! Tables: `projects`, `environments`, `properties` (every version of every level kept: level,
-//! owner, version, json, the step that wrote it, created_at), `secret_sets`, `changes`, `steps` (a
+//! owner, version, the step that wrote it, created_at, and what the version is: see below),
+//! `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
-//! started from) and `step_log_chunks` (a step's log lines, each `<stream>\t<line>\n`, in chunks).
+//! started from) and `step_log_chunks` (a step's log lines, each `<stream>\t<line>\n`, in chunks;
+//! deflated when that makes them smaller).
 //! Timestamps are UTC ISO 8601 strings made by SQLite itself.
 //!
 //! Every step status transition is its own write (savepoint); the end of a step (its property
 //! diffs, its status and its children) is ONE write, so a diff is applied exactly once or not at all.
+//!
+//! Properties versions are stored as what changed. A version's row holds `patch`, the RFC 6902
+//! patch from the version before it (a step's diff as applied, or the diff of a user's edit), and
+//! some rows also hold `json`, the whole document: a snapshot. Version 0 is one, and a new version
+//! is one when [`SNAPSHOT_EVERY`] patches have been stored since the last, or when those patches
+//! add up to more than half the document's size ([`SNAPSHOT_FRACTION`]): so a change of 200 steps
+//! on a 1.3 MB document stores about the sum of its patches and two snapshots, not 200 copies, and
+//! reading any version is one snapshot and at most [`SNAPSHOT_EVERY`] patches away. A database
+//! from before patches (its `properties.json` NOT NULL, no `patch`) is migrated in place when
+//! opened: its rows are kept as they are, snapshots all.
+//!
+//! The current version of each level is also kept in memory, as text shared by every step that
+//! starts on it ([`splice::Document`]); a step's patch is spliced into it
+//! ([`splice::Document::patch`]) rather than applied to a parsed tree. The writer thread stages
+//! the versions it writes and publishes them once their group has committed; every use checks the
+//! cached version against the database's latest, so another process's write is never missed.
 
 use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -45,6 +64,7 @@ use serde_json::{Map, Value};
 use super::patch::{self, Conflict};
 use super::private;
 use crate::mask::Masker;
+use crate::properties::splice;
 use super::status::{ChangeStatus, StepStatus};
 
 /// The file name of the database inside the state directory.
@@ -52,6 +72,15 @@ pub const DB_FILE: &str = "opschain.db";
 
 /// How long a writer waits for another process's lock before failing (default 30 s).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A properties version is stored whole (a snapshot) when this many patches (100) have been
+/// stored since the last snapshot: reading a version applies at most this many patches.
+pub const SNAPSHOT_EVERY: usize = 100;
+
+/// A properties version is stored whole when the patches since the last snapshot, its own
+/// included, add up to more than the document's size divided by this (2): the snapshots then
+/// take at most twice the space of the patches.
+pub const SNAPSHOT_FRACTION: usize = 2;
 
 /// The most writes one group commit takes (4096): bounds how long the writer holds SQLite's write
 /// lock against other processes (a `change cancel`, another controller).
@@ -76,9 +105,11 @@ CREATE TABLE IF NOT EXISTS properties (
     level TEXT NOT NULL CHECK (level IN ('project', 'environment')),
     owner_id INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    json TEXT NOT NULL,
+    json TEXT,
+    patch TEXT,
     step_id INTEGER REFERENCES steps(id),
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    CHECK (json IS NOT NULL OR patch IS NOT NULL),
     UNIQUE (level, owner_id, version)
 );
 CREATE TABLE IF NOT EXISTS secret_sets (
@@ -126,6 +157,7 @@ CREATE TABLE IF NOT EXISTS step_log_chunks (
     step_id INTEGER NOT NULL REFERENCES steps(id),
     lines INTEGER NOT NULL,
     data BLOB NOT NULL,
+    deflated INTEGER NOT NULL DEFAULT 0,
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 CREATE INDEX IF NOT EXISTS log_chunks_by_step ON step_log_chunks (step_id, id);
@@ -176,6 +208,34 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored properties patch does not apply to the version before it (the database was
+    /// edited by hand).
+    #[error("stored patch of {what} does not apply")]
+    StoredPatch {
+        /// The version.
+        what: String,
+        /// The cause.
+        #[source]
+        source: json_patch::PatchError,
+    },
+    /// A stored properties document is not a JSON object (the database was edited by hand).
+    #[error("stored {what} is not a properties document")]
+    StoredDocument {
+        /// The version.
+        what: String,
+        /// The cause.
+        #[source]
+        source: splice::SpliceError,
+    },
+    /// A stored log chunk cannot be inflated (the database was edited by hand or damaged).
+    #[error("stored log chunk {chunk} is damaged")]
+    LogChunk {
+        /// The chunk's id.
+        chunk: i64,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// No such project, environment, change or secret set.
     #[error("{0} not found")]
     NotFound(String),
@@ -208,7 +268,7 @@ fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 }
 
 /// A writable properties level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Level {
     /// A project's properties.
     Project,
@@ -329,13 +389,39 @@ pub struct StepRow {
     pub duration_secs: Option<f64>,
 }
 
-/// The properties a step starts with.
+/// The properties a step starts with, as the store's shared text of their current versions.
 #[derive(Debug, Clone)]
 pub struct StartingProperties {
-    /// The project's current properties.
-    pub project: Map<String, Value>,
-    /// The environment's current properties.
-    pub environment: Map<String, Value>,
+    /// The project's current properties (a JSON object's text).
+    pub project: Arc<str>,
+    /// The environment's current properties (a JSON object's text).
+    pub environment: Arc<str>,
+}
+
+/// Log lines gathered for [`Store::append_logs`], encoded as they are stored.
+#[derive(Debug, Default)]
+pub struct LogLines {
+    /// `<stream>\t<line>\n` each.
+    data: Vec<u8>,
+    /// How many lines `data` holds.
+    count: i64,
+}
+
+impl LogLines {
+    /// Adds one line (without its newline) from `stream`.
+    pub fn push(&mut self, stream: &str, line: &str) {
+        self.data.reserve(stream.len() + line.len() + 2);
+        self.data.extend_from_slice(stream.as_bytes());
+        self.data.push(b'\t');
+        self.data.extend_from_slice(line.as_bytes());
+        self.data.push(b'\n');
+        self.count += 1;
+    }
+
+    /// True when no line is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 /// One line of a step's log.
@@ -380,6 +466,7 @@ pub struct StepEnd {
 /// writer thread that owns the writing connection (see the module documentation).
 pub struct Store {
     read: Mutex<Connection>,
+    cache: Arc<PropertiesCache>,
     writes: Option<Sender<Write>>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
@@ -558,6 +645,7 @@ impl Store {
                 conn.execute_batch(MIGRATE_LOG_ROWS)?;
             }
             conn.execute_batch("COMMIT")?;
+            migrate_properties(&conn)?;
             Ok(conn)
         })
         .map_err(open_err)?;
@@ -573,13 +661,23 @@ impl Store {
             .name("opschain-store".into())
             .spawn(move || write_groups(conn, queue))
             .map_err(|source| StoreError::Writer { source })?;
-        Ok(Store { read: Mutex::new(read), writes: Some(writes), writer: Some(writer), path, logs: Arc::default() })
+        Ok(Store { read: Mutex::new(read), cache: Arc::default(), writes: Some(writes), writer: Some(writer), path, logs: Arc::default() })
     }
 
     /// Queues `f` for the writer thread and waits until the group it joined has committed:
     /// returns `f`'s result once it is durable, `f`'s own error (its savepoint rolled back), or
     /// the group's error (nothing of the group was stored).
     fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        self.write_then(f, |_| ())
+    }
+
+    /// [`Store::write`], and `then`, on the writer thread once the group's fate is known and
+    /// before the next group runs: with true when `f` succeeded and its group committed.
+    fn write_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        then: impl FnOnce(bool) + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (answer, answered) = mpsc::sync_channel::<Result<T, StoreError>>(1);
         let slot: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::new(Mutex::new(None));
         let filled = Arc::clone(&slot);
@@ -593,6 +691,7 @@ impl Store {
             one_statement: false,
             done: Box::new(move |group| {
                 let own = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                then(matches!((&own, &group), (Some(Ok(_)), Ok(()))));
                 let _ = answer.send(match (own, group) {
                     (Some(Err(e)), _) => Err(e),
                     (_, Err(source)) => Err(StoreError::Group { source }),
@@ -666,42 +765,85 @@ impl Store {
 
     /// The latest version of a level's properties.
     pub fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
-        latest(&self.conn(), level, owner)
+        let conn = self.conn();
+        let current = current(&conn, &self.cache, None, level, owner)?;
+        let (step_id, created_at) = conn
+            .prepare_cached("SELECT step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 AND version = ?3")
+            .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner, current.version], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(q("read properties"))?;
+        let json = json_of(current.doc.text(), || format!("{} properties v{}", level.as_str(), current.version))?;
+        Ok(PropertiesVersion { version: current.version, json, step_id, created_at })
     }
 
-    /// Every version of a level's properties, oldest first.
-    pub fn properties_history(&self, level: Level, owner: i64) -> Result<Vec<PropertiesVersion>, StoreError> {
+    /// Calls `each` with every version of a level's properties, oldest first: each snapshot is
+    /// parsed once and the patches after it applied in turn, so listing the versions costs one
+    /// tree, not one per version.
+    pub fn properties_history_each(&self, level: Level, owner: i64, mut each: impl FnMut(PropertiesVersion)) -> Result<(), StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version")
+            .prepare("SELECT version, json, patch, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version")
             .map_err(q("list properties versions"))?;
-        let rows = stmt
-            .query_map(params![level.as_str(), owner], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?)))
-            .map_err(q("list properties versions"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (version, json, step_id, created_at) = row.map_err(q("list properties versions"))?;
-            out.push(PropertiesVersion { version, json: json_of(&json, || format!("{} properties v{version}", level.as_str()))?, step_id, created_at });
+        let mut rows = stmt.query(params![level.as_str(), owner]).map_err(q("list properties versions"))?;
+        let mut doc = Map::new();
+        while let Some(r) = rows.next().map_err(q("list properties versions"))? {
+            let (version, json, patch, step_id, created_at): (i64, Option<String>, Option<String>, Option<i64>, String) =
+                (|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))().map_err(q("list properties versions"))?;
+            let what = || format!("{} properties v{version}", level.as_str());
+            doc = match (json, patch) {
+                (Some(json), _) => json_of(&json, what)?,
+                (None, Some(patch)) => apply_stored(doc, &patch, what)?,
+                (None, None) => unreachable!("the schema's CHECK keeps a document or a patch"),
+            };
+            each(PropertiesVersion { version, json: doc.clone(), step_id, created_at });
         }
+        Ok(())
+    }
+
+    /// Every version of a level's properties, oldest first (see [`Store::properties_history_each`]).
+    pub fn properties_history(&self, level: Level, owner: i64) -> Result<Vec<PropertiesVersion>, StoreError> {
+        let mut out = Vec::new();
+        self.properties_history_each(level, owner, |v| out.push(v))?;
         Ok(out)
     }
 
     /// Stores a new version of a level's properties (a user's `set` or `edit`); returns its number.
+    /// Stored as its diff from the current version, or whole when a snapshot is due.
     pub fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError> {
-        let json = json.clone();
-        self.write(move |tx| {
-            let version = insert_version(tx, level, owner, &json, None)?;
-            Ok(version)
+        let json = Value::Object(json.clone());
+        self.write_properties(move |tx, cache, staged| {
+            let prev = current(tx, cache, Some(staged), level, owner)?;
+            let before: Value = serde_json::from_str(prev.doc.text()).map_err(|source| StoreError::Json { what: format!("{} properties", level.as_str()), source })?;
+            let patch = serde_json::to_string(&crate::diff::diff(&before, &json)).expect("a patch serialises");
+            let doc = splice::Document::parse(&json.to_string()).expect("a JSON object's text is a document");
+            insert_version(tx, cache, staged, level, owner, &prev, doc, Some(patch), None)
         })
     }
 
     /// The version `version` of a level's properties.
     pub fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError> {
-        let json: String = self
-            .conn()
-            .query_row("SELECT json FROM properties WHERE level = ?1 AND owner_id = ?2 AND version = ?3", params![level.as_str(), owner, version], |r| r.get(0))
-            .map_err(q("read properties version"))?;
-        json_of(&json, || format!("{} properties v{version}", level.as_str()))
+        let conn = self.conn();
+        let doc = load(&conn, level, owner, version)?.doc;
+        json_of(doc.text(), || format!("{} properties v{version}", level.as_str()))
+    }
+
+    /// [`Store::write`] for a write that reads or stores properties versions: it gets the cache
+    /// and a list to stage the versions it reads or writes in, published once its group commits.
+    fn write_properties<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &PropertiesCache, &mut Vec<Staged>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (cache, settle) = (Arc::clone(&self.cache), Arc::clone(&self.cache));
+        let mine: Arc<Mutex<Vec<Staged>>> = Arc::default();
+        let published = Arc::clone(&mine);
+        self.write_then(
+            move |tx| {
+                let mut staged = Vec::new();
+                let result = f(tx, &cache, &mut staged);
+                *mine.lock().unwrap_or_else(|e| e.into_inner()) = staged;
+                result
+            },
+            move |committed| settle.settle(std::mem::take(&mut *published.lock().unwrap_or_else(|e| e.into_inner())), committed),
+        )
     }
 
     /// Creates or replaces a secret set (`{"NAME": "value"}`).
@@ -927,9 +1069,9 @@ impl Store {
     /// Marks a step `running` and returns the properties it starts with (project, environment),
     /// recording their versions on the step.
     pub fn start_step(&self, step_id: i64, project_id: i64, environment_id: i64) -> Result<StartingProperties, StoreError> {
-        self.write(move |tx| {
-            let project = latest(tx, Level::Project, project_id)?;
-            let environment = latest(tx, Level::Environment, environment_id)?;
+        self.write_properties(move |tx, cache, staged| {
+            let project = current(tx, cache, Some(staged), Level::Project, project_id)?;
+            let environment = current(tx, cache, Some(staged), Level::Environment, environment_id)?;
             exec_cached(
                 tx,
                 "UPDATE steps SET status = 'running', project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
@@ -937,7 +1079,7 @@ impl Store {
                 params![step_id, project.version, environment.version],
             )
             .map_err(q("start step"))?;
-            Ok(StartingProperties { project: project.json, environment: environment.json })
+            Ok(StartingProperties { project: Arc::clone(project.doc.text()), environment: Arc::clone(environment.doc.text()) })
         })
     }
 
@@ -946,7 +1088,7 @@ impl Store {
     /// the diffs back and ends the step `error` with the conflict explained. Returns the final
     /// status and the message, if any.
     pub fn finish_step(&self, step_id: i64, project_id: i64, environment_id: i64, end: StepEnd) -> Result<(StepStatus, Option<String>), StoreError> {
-        self.write(move |tx| {
+        self.write_properties(move |tx, cache, staged| {
             let (change_id, project_version, environment_version, action): (i64, Option<i64>, Option<i64>, String) = tx
                 .query_row("SELECT change_id, project_version, environment_version, action FROM steps WHERE id = ?1", [step_id], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -962,16 +1104,13 @@ impl Store {
                 if diff.0.is_empty() {
                     continue;
                 }
-                let current = latest(tx, level, owner)?;
-                let mut doc = Value::Object(current.json.clone());
-                match json_patch::patch(&mut doc, diff) {
-                    Ok(()) => match doc {
-                        Value::Object(map) => updates.push((level, owner, map)),
-                        _ => unreachable!("a patch cannot turn the root object into another type without a root op"),
-                    },
+                let current = current(tx, cache, Some(staged), level, owner)?;
+                match apply(&current.doc, diff) {
+                    Ok(doc) => updates.push((level, owner, current, doc, diff)),
                     Err(error) => {
+                        let what = || format!("{} properties", level.as_str());
                         let original = match started {
-                            Some(v) => version_json(tx, level, owner, v)?,
+                            Some(v) => json_of(load(tx, level, owner, v)?.doc.text(), what)?,
                             None => Map::new(),
                         };
                         let (project, environment): (String, String) = tx
@@ -988,10 +1127,10 @@ impl Store {
                             step_id,
                             action: action.clone(),
                             change_id,
-                            error: error.to_string(),
+                            error,
                             original,
                             patch: diff.clone(),
-                            current: current.json,
+                            current: json_of(current.doc.text(), what)?,
                         };
                         let text = patch::explain(&conflict);
                         message = Some(match message {
@@ -1004,8 +1143,9 @@ impl Store {
                     }
                 }
             }
-            for (level, owner, map) in &updates {
-                insert_version(tx, *level, *owner, map, Some(step_id))?;
+            for (level, owner, prev, doc, diff) in updates {
+                let patch = serde_json::to_string(diff).expect("a patch serialises");
+                insert_version(tx, cache, staged, level, owner, &prev, doc, Some(patch), Some(step_id))?;
             }
             let message = message.map(|m| end.mask.mask(&m).into_owned());
             exec_cached(
@@ -1035,21 +1175,34 @@ impl Store {
     /// [`LOG_BACKLOG`] bytes of lines are already waiting for the writer. A line that cannot be
     /// stored is reported on stderr (nobody waits for it).
     pub fn append_log(&self, step_id: i64, stream: &str, line: &str) {
+        let mut encoded = LogLines::default();
+        encoded.push(stream, line);
+        self.append_logs(step_id, &mut encoded);
+    }
+
+    /// [`append_log`](Self::append_log) for many lines at once (one lock for all), gathered in
+    /// `lines`, which is left empty.
+    pub fn append_logs(&self, step_id: i64, lines: &mut LogLines) {
+        if lines.count == 0 {
+            return;
+        }
         let mut state = self.logs.lock();
         while state.bytes >= LOG_BACKLOG && self.writes.is_some() {
             state = self.logs.room.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        let size = stream.len() + line.len() + 2;
+        let size = lines.data.len();
         let first = !state.steps.contains_key(&step_id);
-        let (data, lines) = state.steps.entry(step_id).or_default();
-        data.reserve(size);
-        data.extend_from_slice(stream.as_bytes());
-        data.push(b'\t');
-        data.extend_from_slice(line.as_bytes());
-        data.push(b'\n');
-        *lines += 1;
+        let (data, count) = state.steps.entry(step_id).or_default();
+        if data.is_empty() {
+            std::mem::swap(data, &mut lines.data);
+        } else {
+            data.extend_from_slice(&lines.data);
+        }
+        *count += lines.count;
         state.bytes += size;
         drop(state);
+        lines.data.clear();
+        lines.count = 0;
         if first {
             self.queue_log_chunk(step_id);
         }
@@ -1063,9 +1216,10 @@ impl Store {
         let write = Write {
             run: Box::new(move |conn| {
                 let Some((data, lines)) = backlog.take(step_id) else { return true };
+                let (data, deflated) = deflate(data);
                 let inserted = conn
-                    .prepare_cached("INSERT INTO step_log_chunks (step_id, lines, data) VALUES (?1, ?2, ?3)")
-                    .and_then(|mut stmt| stmt.execute(params![step_id, lines, data]))
+                    .prepare_cached("INSERT INTO step_log_chunks (step_id, lines, data, deflated) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut stmt| stmt.execute(params![step_id, lines, data, deflated]))
                     .map_err(q("append step log"));
                 let ok = inserted.is_ok();
                 *noted.lock().unwrap_or_else(|e| e.into_inner()) = inserted.err().map(|e| (e, lines));
@@ -1115,7 +1269,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT c.id, c.step_id, s.action, c.at, c.data FROM step_log_chunks c JOIN steps s ON s.id = c.step_id
+                "SELECT c.id, c.step_id, s.action, c.at, c.data, c.deflated FROM step_log_chunks c JOIN steps s ON s.id = c.step_id
                  WHERE s.change_id = ?1 AND c.id > ?2 ORDER BY c.id",
             )
             .map_err(q("read logs"))?;
@@ -1128,6 +1282,14 @@ impl Store {
             line.action = row.get(2).map_err(q("read logs"))?;
             line.at = row.get(3).map_err(q("read logs"))?;
             let data = row.get_ref(4).and_then(|v| v.as_blob_or_null().map_err(Into::into)).map_err(q("read logs"))?.unwrap_or_default();
+            let deflated: bool = row.get(5).map_err(q("read logs"))?;
+            let inflated;
+            let data = if deflated {
+                inflated = inflate(data).map_err(|source| StoreError::LogChunk { chunk: last, source })?;
+                &inflated[..]
+            } else {
+                data
+            };
             for encoded in data.split(|&b| b == b'\n') {
                 if encoded.is_empty() {
                     continue; // after the last line
@@ -1255,6 +1417,28 @@ impl Store {
     }
 }
 
+/// `data` deflated, and true, when that is smaller (a chunk of more than a few lines); else
+/// `data` as it is, and false.
+fn deflate(data: Vec<u8>) -> (Vec<u8>, bool) {
+    use std::io::Write as _;
+    if data.len() < 512 {
+        return (data, false);
+    }
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
+    match encoder.write_all(&data).and_then(|()| encoder.finish()) {
+        Ok(deflated) if deflated.len() < data.len() => (deflated, true),
+        _ => (data, false),
+    }
+}
+
+/// The lines of a chunk stored deflated.
+fn inflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut lines = Vec::with_capacity(data.len() * 4);
+    flate2::read::DeflateDecoder::new(data).read_to_end(&mut lines)?;
+    Ok(lines)
+}
+
 /// The columns [`step_row`] reads, in its order.
 const STEP_COLUMNS: &str = "id, parent_id, position, action, status, child_strategy, exit_status, message, started_at, finished_at,
     (julianday(finished_at) - julianday(started_at)) * 86400.0";
@@ -1306,33 +1490,211 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn latest(conn: &Connection, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
-    let (version, json, step_id, created_at): (i64, String, Option<i64>, String) = conn
-        .prepare_cached("SELECT version, json, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version DESC LIMIT 1")
-        .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
-        .optional()
-        .map_err(q("read properties"))?
-        .ok_or_else(|| StoreError::NotFound(format!("{} {owner} properties", level.as_str())))?;
-    Ok(PropertiesVersion { version, json: json_of(&json, || format!("{} properties v{version}", level.as_str()))?, step_id, created_at })
+/// The current version of one level's properties, as held in memory: the document's text,
+/// shared with every step that starts on it, and what has been stored since the last snapshot.
+#[derive(Debug)]
+struct Current {
+    /// The version number.
+    version: i64,
+    /// The document.
+    doc: splice::Document,
+    /// How many patches were stored since the last snapshot (0 when this version is one).
+    patches: usize,
+    /// Their size in bytes.
+    patch_bytes: usize,
 }
 
-fn version_json(conn: &Connection, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError> {
-    let json: String = conn
-        .query_row("SELECT json FROM properties WHERE level = ?1 AND owner_id = ?2 AND version = ?3", params![level.as_str(), owner, version], |r| r.get(0))
+/// A version staged by a write: the level and owner, and the version.
+type Staged = ((Level, i64), Arc<Current>);
+
+/// The current properties versions in memory (see the module documentation).
+#[derive(Debug, Default)]
+struct PropertiesCache {
+    /// Committed versions, by level and owner: each the latest this process has seen.
+    committed: Mutex<HashMap<(Level, i64), Arc<Current>>>,
+    /// The versions the writer's current group has read or written, not yet committed: what a
+    /// later write of the same group builds on.
+    staged: Mutex<HashMap<(Level, i64), Arc<Current>>>,
+}
+
+impl PropertiesCache {
+    /// Ends a write's staging: the group's staged versions are dropped, and the write's own
+    /// published when it committed (a later version is never replaced by an earlier one).
+    fn settle(&self, mine: Vec<Staged>, committed: bool) {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if committed {
+            for (key, current) in mine {
+                self.publish(key, current);
+            }
+        }
+    }
+
+    /// Records a committed version, unless a later one is known.
+    fn publish(&self, key: (Level, i64), current: Arc<Current>) {
+        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if committed.get(&key).is_none_or(|known| known.version <= current.version) {
+            committed.insert(key, current);
+        }
+    }
+}
+
+/// The latest version of a level's properties: from the cache when it holds that version, else
+/// loaded from the database. `staged`: the writer's staging list, when called inside a write
+/// (the version is then staged, as it may come from the write's own transaction); a reader's
+/// connection sees only committed versions, which are published at once.
+fn current(conn: &Connection, cache: &PropertiesCache, staged: Option<&mut Vec<Staged>>, level: Level, owner: i64) -> Result<Arc<Current>, StoreError> {
+    let version: Option<i64> = conn
+        .prepare_cached("SELECT MAX(version) FROM properties WHERE level = ?1 AND owner_id = ?2")
+        .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner], |r| r.get(0)))
         .map_err(q("read properties version"))?;
-    json_of(&json, || format!("{} properties v{version}", level.as_str()))
+    let version = version.ok_or_else(|| StoreError::NotFound(format!("{} {owner} properties", level.as_str())))?;
+    let key = (level, owner);
+    if staged.is_some() {
+        if let Some(c) = cache.staged.lock().unwrap_or_else(|e| e.into_inner()).get(&key).filter(|c| c.version == version) {
+            return Ok(Arc::clone(c));
+        }
+    }
+    if let Some(c) = cache.committed.lock().unwrap_or_else(|e| e.into_inner()).get(&key).filter(|c| c.version == version) {
+        return Ok(Arc::clone(c));
+    }
+    let loaded = Arc::new(load(conn, level, owner, version)?);
+    match staged {
+        Some(staged) => stage(cache, staged, key, Arc::clone(&loaded)),
+        None => cache.publish(key, Arc::clone(&loaded)),
+    }
+    Ok(loaded)
 }
 
-fn insert_version(conn: &Connection, level: Level, owner: i64, json: &Map<String, Value>, step_id: Option<i64>) -> Result<i64, StoreError> {
-    let next: i64 = conn
-        .query_row("SELECT COALESCE(MAX(version), -1) + 1 FROM properties WHERE level = ?1 AND owner_id = ?2", params![level.as_str(), owner], |r| r.get(0))
-        .map_err(q("next properties version"))?;
-    conn.execute(
-        "INSERT INTO properties (level, owner_id, version, json, step_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![level.as_str(), owner, next, Value::Object(json.clone()).to_string(), step_id],
+/// Stages a version for the rest of the writer's group and for publication at its commit.
+fn stage(cache: &PropertiesCache, staged: &mut Vec<Staged>, key: (Level, i64), current: Arc<Current>) {
+    cache.staged.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::clone(&current));
+    staged.push((key, current));
+}
+
+/// Reads version `version` of a level's properties from the database: the last snapshot at or
+/// before it, and the patches after that applied to its tree in turn.
+fn load(conn: &Connection, level: Level, owner: i64, version: i64) -> Result<Current, StoreError> {
+    let what = || format!("{} properties v{version}", level.as_str());
+    let (base, json): (i64, String) = conn
+        .prepare_cached(
+            "SELECT version, json FROM properties WHERE level = ?1 AND owner_id = ?2 AND version <= ?3 AND json IS NOT NULL ORDER BY version DESC LIMIT 1",
+        )
+        .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner, version], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(q("read properties snapshot"))?
+        .ok_or_else(|| StoreError::NotFound(what()))?;
+    let patches: Vec<String> = conn
+        .prepare_cached("SELECT patch FROM properties WHERE level = ?1 AND owner_id = ?2 AND version > ?3 AND version <= ?4 ORDER BY version")
+        .and_then(|mut stmt| stmt.query_map(params![level.as_str(), owner, base, version], |r| r.get(0))?.collect())
+        .map_err(q("read properties patches"))?;
+    let patch_bytes = patches.iter().map(String::len).sum();
+    let text = if patches.is_empty() {
+        json
+    } else {
+        let mut doc = json_of(&json, what)?;
+        for patch in &patches {
+            doc = apply_stored(doc, patch, what)?;
+        }
+        Value::Object(doc).to_string()
+    };
+    let doc = splice::Document::parse(&text).map_err(|source| StoreError::StoredDocument { what: what(), source })?;
+    Ok(Current { version, doc, patches: patches.len(), patch_bytes })
+}
+
+/// `doc` after the stored patch `patch` (JSON text) of version `what`.
+fn apply_stored(doc: Map<String, Value>, patch: &str, what: impl Fn() -> String) -> Result<Map<String, Value>, StoreError> {
+    let patch: json_patch::Patch = serde_json::from_str(patch).map_err(|source| StoreError::Json { what: format!("the patch of {}", what()), source })?;
+    let mut doc = Value::Object(doc);
+    json_patch::patch(&mut doc, &patch).map_err(|source| StoreError::StoredPatch { what: what(), source })?;
+    match doc {
+        Value::Object(map) => Ok(map),
+        _ => Err(StoreError::StoredDocument { what: what(), source: splice::SpliceError::NotAnObject }),
+    }
+}
+
+/// `doc` after a step's `patch`: spliced into its text when the patch only adds, replaces and
+/// removes object members ([`splice::Document::patch`]), else applied to its tree by
+/// `json_patch::patch`, whose error (the patch does not apply) is returned as text.
+fn apply(doc: &splice::Document, patch: &json_patch::Patch) -> Result<splice::Document, String> {
+    if let Some(patched) = doc.patch(patch) {
+        return Ok(patched);
+    }
+    let mut tree: Value = serde_json::from_str(doc.text()).map_err(|e| format!("the current properties are not valid JSON: {e}"))?;
+    json_patch::patch(&mut tree, patch).map_err(|e| e.to_string())?;
+    splice::Document::parse(&tree.to_string()).map_err(|_| "the patch replaces the properties with a value that is not an object".to_string())
+}
+
+/// Stores the version after `prev` of a level's properties: `doc`, made from `prev` by `patch`
+/// (JSON text; `None`: store it whole). The row holds the patch, or the whole document when a
+/// snapshot is due (see the module documentation). Stages the new version; returns its number.
+#[allow(clippy::too_many_arguments)]
+fn insert_version(
+    conn: &Connection,
+    cache: &PropertiesCache,
+    staged: &mut Vec<Staged>,
+    level: Level,
+    owner: i64,
+    prev: &Current,
+    doc: splice::Document,
+    patch: Option<String>,
+    step_id: Option<i64>,
+) -> Result<i64, StoreError> {
+    let version = prev.version + 1;
+    let (patches, patch_bytes) = match &patch {
+        Some(p) => (prev.patches + 1, prev.patch_bytes + p.len()),
+        None => (0, 0),
+    };
+    let snapshot = patch.is_none() || patches >= SNAPSHOT_EVERY || patch_bytes * SNAPSHOT_FRACTION > doc.text().len();
+    let (json, patch) = if snapshot { (Some(&**doc.text()), None) } else { (None, patch) };
+    exec_cached(
+        conn,
+        "INSERT INTO properties (level, owner_id, version, json, patch, step_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![level.as_str(), owner, version, json, patch, step_id],
     )
     .map_err(q("store properties version"))?;
-    Ok(next)
+    let (patches, patch_bytes) = if snapshot { (0, 0) } else { (patches, patch_bytes) };
+    stage(cache, staged, (level, owner), Arc::new(Current { version, doc, patches, patch_bytes }));
+    Ok(version)
+}
+
+/// Brings a database made before properties patches to the current `properties` table, in place
+/// and in one transaction: `json` may now be NULL and `patch` is added; the rows are kept as they
+/// are (each a snapshot).
+fn migrate_properties(conn: &Connection) -> rusqlite::Result<()> {
+    let has_patch = |conn: &Connection| conn.prepare("SELECT 1 FROM pragma_table_info('properties') WHERE name = 'patch'")?.exists([]);
+    if has_patch(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        if has_patch(conn)? {
+            return Ok(());
+        }
+        conn.execute_batch(
+            "CREATE TABLE properties_migrated (
+                id INTEGER PRIMARY KEY,
+                level TEXT NOT NULL CHECK (level IN ('project', 'environment')),
+                owner_id INTEGER NOT NULL,
+                version INTEGER NOT NULL,
+                json TEXT,
+                patch TEXT,
+                step_id INTEGER REFERENCES steps(id),
+                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                CHECK (json IS NOT NULL OR patch IS NOT NULL),
+                UNIQUE (level, owner_id, version)
+            );
+            INSERT INTO properties_migrated (id, level, owner_id, version, json, step_id, created_at)
+                SELECT id, level, owner_id, version, json, step_id, created_at FROM properties;
+            DROP TABLE properties;
+            ALTER TABLE properties_migrated RENAME TO properties;",
+        )
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 impl Drop for Store {
@@ -1395,6 +1757,110 @@ mod tests {
         let steps = store.steps(c).unwrap();
         assert_eq!(steps.iter().filter(|s| s.parent_id == Some(root)).map(|s| s.action.as_str()).collect::<Vec<_>>(), ["x", "y"]);
         assert_eq!(steps[0].child_strategy.as_deref(), Some("parallel"));
+    }
+
+    /// The number of rows of a level's versions that hold the whole document, and the bytes of
+    /// the documents and patches stored.
+    fn stored(store: &Store, level: Level, owner: i64) -> (i64, i64, i64) {
+        store
+            .conn()
+            .query_row(
+                "SELECT COUNT(json), COALESCE(SUM(LENGTH(json)), 0), COALESCE(SUM(LENGTH(patch)), 0) FROM properties WHERE level = ?1 AND owner_id = ?2",
+                params![level.as_str(), owner],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn versions_are_stored_as_patches_with_a_few_snapshots_and_every_version_reads_back() {
+        let (_dir, store, p, e, c) = setup();
+        let servers: Map<String, Value> = (0..2000).map(|i| (format!("srv-{i:05}"), json!({"ip": format!("10.0.{}.{}", i / 256, i % 256), "roles": ["web"]}))).collect();
+        let mut expected = vec![Map::new(), obj(json!({"servers": servers, "deployed": {}}))];
+        store.set_properties(Level::Project, p, &expected[1]).unwrap();
+        let document = Value::Object(expected[1].clone()).to_string().len() as i64;
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let children: Vec<String> = (0..250).map(|i| format!("set{i}")).collect();
+        let names: Vec<&str> = children.iter().map(String::as_str).collect();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &names)).unwrap();
+        let steps = store.steps(c).unwrap();
+        for (i, step) in steps.iter().skip(1).enumerate() {
+            store.start_step(step.id, p, e).unwrap();
+            // Most add a key; some replace one, remove one, or touch the large member.
+            let diff = match i % 10 {
+                3 if i > 10 => json!([{"op": "replace", "path": format!("/deployed/k{}", i - 1), "value": {"again": i}}]),
+                7 if i > 10 => json!([{"op": "remove", "path": format!("/deployed/k{}", i - 3)}]),
+                9 => json!([{"op": "replace", "path": format!("/servers/srv-{i:05}/roles/0"), "value": "db"}]),
+                _ => json!([{"op": "add", "path": format!("/deployed/k{i}"), "value": i}]),
+            };
+            let mut next = Value::Object(expected.last().unwrap().clone());
+            json_patch::patch(&mut next, &patch(diff.clone())).unwrap();
+            expected.push(next.as_object().unwrap().clone());
+            assert_eq!(store.finish_step(step.id, p, e, end(diff, json!([]), &[])).unwrap().0, StepStatus::Success);
+        }
+        let latest = store.properties(Level::Project, p).unwrap();
+        assert_eq!(latest.version, 251);
+        assert_eq!(&latest.json, expected.last().unwrap());
+        // Every version reads back, one by one and as the history.
+        for v in [0, 1, 2, 57, 99, 100, 101, 150, 199, 200, 201, 251] {
+            assert_eq!(store.properties_version(Level::Project, p, v).unwrap(), expected[v as usize], "version {v}");
+        }
+        let history = store.properties_history(Level::Project, p).unwrap();
+        assert_eq!(history.len(), expected.len());
+        for (got, want) in history.iter().zip(&expected) {
+            assert_eq!(&got.json, want, "version {}", got.version);
+        }
+        // Stored: version 0, the user's document and a snapshot each 100 patches, the rest patches.
+        let (snapshots, snapshot_bytes, patch_bytes) = stored(&store, Level::Project, p);
+        assert!(snapshots <= 5, "{snapshots} snapshots");
+        assert!(snapshot_bytes < 5 * document, "{snapshot_bytes} bytes of snapshots for a {document}-byte document");
+        assert!(patch_bytes < 250 * 120, "{patch_bytes} bytes of patches");
+        // A store opened afresh (nothing cached) reads the same.
+        let again = Store::open(_dir.path()).unwrap();
+        assert_eq!(&again.properties(Level::Project, p).unwrap().json, expected.last().unwrap());
+    }
+
+    #[test]
+    fn a_version_written_by_another_process_is_seen_and_built_on() {
+        let (dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.set_properties(Level::Project, p, &obj(json!({"a": 1}))).unwrap();
+        let start = store.start_step(root, p, e).unwrap();
+        assert_eq!(&*start.project, r#"{"a":1}"#);
+        // Another store on the same database (another `opschain` process) writes a version.
+        let other = Store::open(dir.path()).unwrap();
+        other.set_properties(Level::Project, p, &obj(json!({"a": 1, "b": 2}))).unwrap();
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2})));
+        store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/c", "value": 3}]), json!([]), &[])).unwrap();
+        assert_eq!(other.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2, "c": 3})));
+        assert_eq!(other.properties(Level::Project, p).unwrap().version, 3);
+    }
+
+    #[test]
+    fn a_database_from_before_patches_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            let old = SCHEMA.replace("    json TEXT,\n    patch TEXT,", "    json TEXT NOT NULL,").replace("    CHECK (json IS NOT NULL OR patch IS NOT NULL),\n", "");
+            assert!(!old.contains("patch"), "the old schema has no patch column");
+            conn.execute_batch(&old).unwrap();
+            conn.execute_batch(
+                "INSERT INTO projects (code) VALUES ('p');
+                 INSERT INTO properties (level, owner_id, version, json) VALUES ('project', 1, 0, '{}'), ('project', 1, 1, '{\"a\":1}');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.ensure_project("p").unwrap();
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1})));
+        store.set_properties(Level::Project, p, &obj(json!({"a": 1, "b": 2}))).unwrap();
+        assert_eq!(store.properties_version(Level::Project, p, 1).unwrap(), obj(json!({"a": 1})));
+        assert_eq!(store.properties_history(Level::Project, p).unwrap().len(), 3);
+        drop(store);
+        // Opening it again finds it migrated.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2})));
     }
 
     #[test]

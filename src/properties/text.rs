@@ -10,7 +10,7 @@
 //! same order (a property test holds the two to it).
 //!
 //! Validation is as strict as [`crate::json::StrictValue`]: a duplicate key at any depth is
-//! refused. What this module does not do is say *where* a document is invalid: a caller that gets
+//! refused ([`super::splice::check_strict`], a byte scanner that builds nothing). What this module does not do is say *where* a document is invalid: a caller that gets
 //! an error parses the same bytes with the tree-building types for the message
 //! ([`crate::json::parse_or_explain`]).
 
@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -40,15 +40,50 @@ impl PropertiesText {
     /// Validates `text` as a properties document (an object, with no duplicate key at any depth)
     /// and finds its top-level members.
     pub fn parse(text: &str) -> Result<PropertiesText, serde_json::Error> {
+        // The byte scanner checks and splits the document in one pass; serde reads what it
+        // refuses (or what is not an object), for its error.
+        if text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+            if let Ok(found) = super::splice::check_members(text, 1) {
+                return Ok(PropertiesText::from_members(text, found.into_iter().map(|(_, key, range)| (key, range))));
+            }
+        }
         let mut de = serde_json::Deserializer::from_str(text);
         let document = PropertiesText::deserialize(&mut de)?;
         de.end()?;
         Ok(document)
     }
 
+    /// The document whose top-level members are `members` (each key and its value's range in
+    /// `text`, in order), found in `text` by [`super::splice::check_members`], which has checked
+    /// them strictly: spelled as [`PropertiesText::parse`] spells it.
+    pub fn from_members<'a>(text: &str, members: impl IntoIterator<Item = (Cow<'a, str>, Range<usize>)>) -> PropertiesText {
+        let members: Vec<(Cow<'a, str>, Range<usize>)> = members.into_iter().collect();
+        // Room for the members, the braces and the newline the runtime copy ends with.
+        let size = members.iter().map(|(key, range)| key.len() + 4 + range.len()).sum::<usize>() + 3;
+        let mut document = PropertiesText { text: String::with_capacity(size), members: Vec::with_capacity(members.len()) };
+        document.text.push('{');
+        for (key, range) in members {
+            if !document.members.is_empty() {
+                document.text.push(',');
+            }
+            document.text.push_str(&serde_json::to_string(key.as_ref()).expect("a string serialises"));
+            document.text.push(':');
+            let start = document.text.len();
+            document.text.push_str(&text[range]);
+            document.members.push((key.into_owned(), start..document.text.len()));
+        }
+        document.text.push('}');
+        document
+    }
+
     /// The document's JSON text.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The document's JSON text, moved out.
+    pub fn into_text(self) -> String {
+        self.text
     }
 
     /// The JSON text of the value of the top-level member `key`, if the document has it.
@@ -69,6 +104,19 @@ impl PropertiesText {
             .iter()
             .filter(|(key, _)| keys.contains(&key.as_str()))
             .map(|(key, range)| (key.clone(), parse_valid(&self.text[range.clone()])))
+            .collect()
+    }
+
+    /// Each top-level member's place in [`PropertiesText::text`]: its key, where the key's quote
+    /// is, and its value's range (what [`super::splice::diff_known`] takes).
+    pub fn spans(&self) -> Vec<super::splice::Span> {
+        self.members
+            .iter()
+            .map(|(key, range)| {
+                // The text spells each member `"key":value`, the key as serde_json escapes it.
+                let quoted = serde_json::to_string(key).expect("a string serialises").len();
+                (key.clone(), range.start - 1 - quoted, range.clone())
+            })
             .collect()
     }
 
@@ -123,7 +171,6 @@ impl<'de> Visitor<'de> for DeclaringMembers {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Declaring, A::Error> {
         let mut kept = Map::new();
         let mut top = Keys::default();
-        let mut nested = Keys::default();
         while let Some(key) = map.next_key::<String>()? {
             if !top.insert(0, Cow::Owned(key.clone())) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
@@ -132,7 +179,9 @@ impl<'de> Visitor<'de> for DeclaringMembers {
                 let crate::json::StrictValue(value) = map.next_value()?;
                 kept.insert(key, value);
             } else {
-                map.next_value_seed(Check { keys: &mut nested })?;
+                // Checked as `TopLevel` checks a member, by the byte scanner, never built.
+                let value: &'de RawValue = map.next_value()?;
+                super::splice::check_strict(value.get()).map_err(de::Error::custom)?;
             }
         }
         Ok(Declaring(kept))
@@ -214,15 +263,12 @@ impl<'de> Visitor<'de> for TopLevel {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PropertiesText, A::Error> {
         let mut document = PropertiesText { text: String::from("{"), members: Vec::new() };
         let mut top = Keys::default();
-        // The keys of the objects being checked, shared by every level of the walk.
-        let mut nested = Keys::default();
         while let Some(key) = map.next_key::<String>()? {
             if !top.insert(0, Cow::Owned(key.clone())) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
             let value: &'de RawValue = map.next_value()?;
-            let mut de = serde_json::Deserializer::from_str(value.get());
-            Check { keys: &mut nested }.deserialize(&mut de).and_then(|()| de.end()).map_err(de::Error::custom)?;
+            super::splice::check_strict(value.get()).map_err(de::Error::custom)?;
             if !document.members.is_empty() {
                 document.text.push(',');
             }
@@ -237,101 +283,13 @@ impl<'de> Visitor<'de> for TopLevel {
     }
 }
 
-/// Checks a JSON value strictly without building it: every object's keys must be distinct.
-struct Check<'k, 'de> {
-    /// The keys of the objects being walked (see [`Keys`]).
-    keys: &'k mut Keys<'de>,
-}
-
-impl<'de> DeserializeSeed<'de> for Check<'_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Check<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        // As `StrictValue`: a number that is not finite has no JSON form.
-        if v.is_finite() {
-            Ok(())
-        } else {
-            Err(E::custom("number out of range"))
-        }
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Check { keys: &mut *self.keys })?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let start = self.keys.open();
-        while let Some(key) = map.next_key_seed(Key)? {
-            if !self.keys.insert(start, key) {
-                return Err(de::Error::custom("duplicate key"));
-            }
-            map.next_value_seed(Check { keys: &mut *self.keys })?;
-        }
-        self.keys.close(start);
-        Ok(())
-    }
-}
-
-/// Reads an object key, borrowing it from the document when it has no escapes.
-struct Key;
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string key")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(v))
-    }
-}
-
 /// The keys seen so far of the objects open in a walk, to refuse a duplicate: one stack for the
 /// whole walk, each object's keys on top of its parents' (a nested object is done before its
 /// parent's next key), so that checking allocates nothing per object. An object's keys are
 /// searched in order while they are few (most objects have a handful, and comparing them costs
 /// less than hashing); an object with [`Keys::LINEAR`] keys moves them into a hash set of its own.
 #[derive(Default)]
-struct Keys<'de> {
+pub(super) struct Keys<'de> {
     /// The keys of the open objects, innermost last; an object's keys past the first
     /// [`Keys::LINEAR`] are in its hash set only. Invariant: every open object begins at a
     /// different height.
@@ -346,12 +304,12 @@ impl<'de> Keys<'de> {
     const LINEAR: usize = 16;
 
     /// Opens an object; returns where its keys begin, for [`Keys::insert`] and [`Keys::close`].
-    fn open(&self) -> usize {
+    pub(super) fn open(&self) -> usize {
         self.stack.len()
     }
 
     /// Adds `key` to the object opened at `start`; false when the object already has it.
-    fn insert(&mut self, start: usize, key: Cow<'de, str>) -> bool {
+    pub(super) fn insert(&mut self, start: usize, key: Cow<'de, str>) -> bool {
         if let Some((at, set)) = self.sets.last_mut() {
             if *at == start {
                 return set.insert(key);
@@ -371,7 +329,7 @@ impl<'de> Keys<'de> {
     }
 
     /// Closes the object opened at `start`, forgetting its keys.
-    fn close(&mut self, start: usize) {
+    pub(super) fn close(&mut self, start: usize) {
         if self.sets.last().is_some_and(|(at, _)| *at == start) {
             self.sets.pop();
         }
@@ -390,6 +348,9 @@ mod tests {
     #[test]
     fn finds_the_top_level_members_and_keeps_the_text_as_given() {
         let doc = text("{ \"a\" : [1, 2] ,\n \"b\\u0041\": {\"x\": \"y\"}, \"c\": 1.50 }");
+        for (key, at, value) in doc.spans() {
+            assert_eq!(&doc.text()[at..value.start], format!("{}:", serde_json::to_string(&key).unwrap()));
+        }
         let members: Vec<(&str, &str)> = doc.members().collect();
         assert_eq!(members, [("a", "[1, 2]"), ("bA", "{\"x\": \"y\"}"), ("c", "1.50")]);
         assert_eq!(doc.get("c"), Some("1.50"));

@@ -62,7 +62,7 @@ impl QueueState {
 
 impl LogQueue {
     /// An empty queue under `policy`.
-    fn new(policy: LogBuffer) -> LogQueue {
+    pub(crate) fn new(policy: LogBuffer) -> LogQueue {
         LogQueue {
             policy,
             state: Mutex::new(QueueState::default()),
@@ -155,6 +155,14 @@ impl LogQueue {
         notice(count, &mut state.queued);
         state.queued_records += 1;
         true
+    }
+
+    /// Takes what is queued, as the writer would (for tests).
+    #[cfg(test)]
+    pub(crate) fn take_queued(&self) -> Vec<u8> {
+        let mut state = self.lock();
+        state.queued_records = 0;
+        std::mem::take(&mut state.queued)
     }
 
     /// Records dropped over the queue's life.

@@ -22,9 +22,10 @@ use super::logq::LogQueue;
 use super::LineFormat;
 use crate::mask::MaskStream;
 
-/// How much one read from a pipe takes at most: the size the supervisor asks for the job's pipes
-/// ([`PIPE_SIZE`]), so one read usually empties a pipe.
-pub(crate) const READ_CHUNK: usize = 256 * 1024;
+/// How much one read from a pipe takes at most (128 KiB): half of [`PIPE_SIZE`], so a flood takes
+/// few reads, while the buffer stays below the size at which the allocator maps memory of its own
+/// (a map and an unmap for every pump of every job, a quiet one too).
+pub(crate) const READ_CHUNK: usize = 128 * 1024;
 
 /// The buffer size the supervisor asks for each of the job's pipes (`F_SETPIPE_SZ`; Linux's
 /// default is 64 KiB): a job printing a flood then fills it four times less often, so the two
@@ -719,6 +720,67 @@ mod tests {
         // 2100 is not a leap year: `date -u -d 2100-03-01 +%s` = 4107542400, one day after 02-28.
         assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
         assert_eq!(at(4_107_542_399, 0), "2100-02-28T23:59:59.000000Z");
+    }
+
+    #[test]
+    fn the_cached_stamp_formats_every_instant_as_rfc3339_does() {
+        let mut stamp = Stamp::default();
+        // Same instant, same second, next second, next day, back in time.
+        for (secs, micros) in [
+            (1_795_428_000, 123_456),
+            (1_795_428_000, 123_456),
+            (1_795_428_000, 7),
+            (1_795_428_001, 999_999),
+            (1_795_514_401, 0),
+            (951_868_799, 1),
+        ] {
+            let ts = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+            assert_eq!(
+                stamp.format(ts).as_slice(),
+                Rfc3339(ts).to_string().as_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn append_copies_every_length_exactly() {
+        let src: Vec<u8> = (0..=255u8).cycle().take(600).collect();
+        for len in 0..600 {
+            let mut out = b"head".to_vec();
+            append(&mut out, &src[..len]);
+            assert_eq!(&out[..4], b"head");
+            assert_eq!(&out[4..], &src[..len], "length {len}");
+        }
+    }
+
+    #[test]
+    fn records_of_one_read_share_a_prefix_and_come_out_as_formatted_one_by_one() {
+        let queue = Arc::new(LogQueue::new(crate::supervise::LogBuffer::default()));
+        let format = RecordFormat::new(LineFormat::Text, "act");
+        let ts = UNIX_EPOCH + Duration::from_micros(1_795_428_000_123_456);
+        let mut sink = Sink::new(
+            Arc::clone(&queue),
+            RecordFormat::new(LineFormat::Text, "act"),
+        );
+        let mut expected = Vec::new();
+        for (i, (stream, cont, text)) in [
+            (Stream::Stdout, false, "a"),
+            (Stream::Stdout, false, "a line longer than sixteen bytes"),
+            (Stream::Stderr, true, ""),
+            (Stream::Stdout, false, "b"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = ts + Duration::from_micros(i as u64 / 2);
+            sink.line(stream, text.as_bytes(), cont, at);
+            format.write(&mut expected, at, stream, cont, text.as_bytes());
+        }
+        sink.commit();
+        assert_eq!(
+            String::from_utf8_lossy(&queue.take_queued()),
+            String::from_utf8_lossy(&expected)
+        );
     }
 
     fn split_all(max_line: usize, chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {

@@ -6,6 +6,10 @@
 //! image's: `repo.tar` of the commit. The folder (`.opschain`, or `.mintpress`) is also given to
 //! the agent as `OPSCHAIN_REPO_FOLDER`.
 //!
+//! With `--transport stream` nothing is mounted: the step context goes in on the container's
+//! standard input and the result comes back in its output ([`super::stream`]). With `--registry`
+//! the step image goes through the registry ([`crate::controller::registry`]).
+//!
 //! Nothing is pulled: the base runner image (`--docker-base-image`, default
 //! `opschain-runner:latest`) must exist locally.
 
@@ -27,6 +31,10 @@ pub struct DockerConfig {
     pub base_image: String,
     /// TERM-to-KILL grace when a step is cancelled (default 10 s).
     pub grace: std::time::Duration,
+    /// How the step context goes in and the result comes out (default: a bind mount).
+    pub transport: super::stream::Transport,
+    /// The registry step images go through (default: none, the engine's local images).
+    pub registry: Option<crate::controller::registry::Registry>,
 }
 
 /// The Docker backend.
@@ -34,6 +42,7 @@ pub struct DockerConfig {
 pub struct DockerBackend {
     images: StepImages,
     sandbox_root: PathBuf,
+    transport: super::stream::Transport,
 }
 
 impl DockerBackend {
@@ -41,8 +50,29 @@ impl DockerBackend {
     /// `sandbox_root`. The agent binary is the base image's.
     pub fn new(config: DockerConfig, folder: String, sandbox_root: PathBuf) -> DockerBackend {
         let repo_tar_cache = Some(sandbox_root.join("repo-tars"));
-        let settings = ImageSettings { docker: config.docker, base_image: config.base_image, folder, grace: config.grace, repo_tar_cache };
-        DockerBackend { images: StepImages::new(settings), sandbox_root }
+        let settings = ImageSettings { docker: config.docker, base_image: config.base_image, folder, grace: config.grace, repo_tar_cache, registry: config.registry };
+        DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
+    }
+
+    /// A new private sandbox directory (mode 0700) for one run of `job`.
+    fn private_dir(&self, job: &StepJob) -> Result<PathBuf, BackendError> {
+        let dir = super::sandbox_dir(&self.sandbox_root, job.change_id, job.step_id);
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// The step image of `job` (built by the one pipeline unless an image of the same inputs
+    /// exists; through the registry when one is set), built in a private sandbox directory
+    /// (removed after). Returns the reference to run, or the step's output when the build
+    /// failed. For the Kubernetes backend, which runs the image elsewhere.
+    pub fn image_for(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<Result<String, StepOutput>, BackendError> {
+        let dir = self.private_dir(job)?;
+        let _sandbox = RemoveOnDrop(dir.clone());
+        Ok(match self.images.build_step_image(job, &dir, sink, cancel)? {
+            ImageOutcome::Ready(image) => Ok(image.tag),
+            ImageOutcome::Failed { tag, status } => Err(build_failed(&tag, status)),
+        })
     }
 
     /// Whether a Docker engine answers (`docker info`).
@@ -65,6 +95,11 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The output of a step whose image did not build.
+fn build_failed(tag: &str, status: i32) -> StepOutput {
+    StepOutput { exit_status: status, result: None, result_error: Some(format!("the build of the step image {tag} failed with status {status}")) }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
@@ -110,23 +145,21 @@ impl Backend for DockerBackend {
     }
 
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
-        let dir = super::sandbox_dir(&self.sandbox_root, job.change_id, job.step_id);
         // Private to this user: the build secret bundle is written in it, the folder inside it is
         // bind-mounted world-writable (see below), and what it holds becomes the step's result.
         // Removed however the step ends.
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io(&dir))?;
-        }
+        let dir = self.private_dir(job)?;
         let _sandbox = RemoveOnDrop(dir.clone());
         let tag = match self.images.build_step_image(job, &dir, sink, cancel)? {
             ImageOutcome::Ready(image) => image.tag,
-            ImageOutcome::Failed { tag, status } => {
-                return Ok(StepOutput { exit_status: status, result: None, result_error: Some(format!("the build of the step image {tag} failed with status {status}")) });
-            }
+            ImageOutcome::Failed { tag, status } => return Ok(build_failed(&tag, status)),
         };
         let settings = self.images.settings();
         let folder_name = settings.folder.as_str();
+        let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
+        if self.transport == super::stream::Transport::Stream {
+            return super::stream::docker_step(&settings.docker, &tag, &name, folder_name, &job.context, sink, cancel, settings.grace);
+        }
 
         // The repository folder goes into the container as a bind mount, with the step context in
         // it: the agent reads its inputs and writes its runtime files and step_result.json
@@ -145,8 +178,7 @@ impl Backend for DockerBackend {
             std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).map_err(io(&folder))?;
         }
         let step_context = folder.join("step_context.json");
-        std::fs::write(&step_context, serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises")).map_err(io(&step_context))?;
-        let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
+        job.context.write_file(&step_context).map_err(io(&step_context))?;
         let mount = format!("type=bind,source={},target=/opt/opschain/{folder_name}", folder.display());
         let mut run = Command::new(&settings.docker);
         let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder_name}");

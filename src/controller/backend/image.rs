@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::{run_streamed, status_code, BackendError, LogSink, StepJob};
 use crate::build::{self, BuildContextSpec, SecretSource};
+use crate::controller::registry;
 
 /// How step images are built.
 #[derive(Debug, Clone)]
@@ -39,6 +40,11 @@ pub struct ImageSettings {
     /// Where each commit's `repo.tar` is kept once made ([`BuildContextSpec::repo_tar_cache`]).
     /// Default: none, archived for every build.
     pub repo_tar_cache: Option<PathBuf>,
+
+    /// The registry the images go through (default: none): an image of the same key there is
+    /// pulled rather than built, and a built (or locally reused) one is pushed there; the
+    /// reference to run is then the registry's ([`crate::controller::registry`]).
+    pub registry: Option<crate::controller::registry::Registry>,
 }
 
 /// A step image ready to run.
@@ -146,7 +152,7 @@ impl StepImages {
         spec.folder = self.settings.folder.clone();
         spec.git_rev = job.git_rev.clone();
         spec.commit = Some(job.commit.clone());
-        spec.context = job.context.as_object().cloned().unwrap_or_default();
+        spec.context = job.context.declaring_tree();
         spec.base_runner = self.settings.base_image.clone();
         spec.secrets = SecretSource::Sets(job.build_secret_sets.clone());
         spec.secrets_file = Some(work.join(SECRETS_FILE));
@@ -184,8 +190,24 @@ impl StepImages {
         let lock = Arc::clone(self.keys.lock().unwrap_or_else(|e| e.into_inner()).entry(plan.key.clone()).or_default());
         let _building = lock.lock().unwrap_or_else(|e| e.into_inner());
         let finished = |what: &str| sink.line("stderr", &format!("opschain: phase build finished in {:.2}s: {what}", started.elapsed().as_secs_f64()));
+
+        let registry_err = |source| BackendError::Registry { step: job.step_id, source };
+        if let Some(registry) = &self.settings.registry {
+            let remote = registry.reference(&tag);
+            if registry::fetch(&self.settings.docker, &remote, sink).map_err(registry_err)? {
+                finished(&format!("image {remote} from the registry (same commit, Dockerfile, base image and env properties)"));
+                return Ok(ImageOutcome::Ready(ImageRef { tag: remote, key: plan.key, built: false }));
+            }
+        }
+        // With a registry, the image goes there before any step runs it: a step may run on a
+        // machine that has only the registry.
+        let publish = |tag: String| match &self.settings.registry {
+            Some(registry) => registry::publish(&self.settings.docker, &tag, registry, sink).map_err(registry_err),
+            None => Ok(tag),
+        };
         let (base_id, built_from) = self.inspect(&tag)?;
         if built_from.as_deref() == Some(base_id.as_str()) {
+            let tag = publish(tag)?;
             finished(&format!("reused image {tag} (same commit, Dockerfile, base image and env properties)"));
             return Ok(ImageOutcome::Ready(ImageRef { tag, key: plan.key, built: false }));
         }
@@ -211,6 +233,7 @@ impl StepImages {
         let _ = std::fs::remove_dir_all(work.join(CONTEXT_DIR));
         match outcome? {
             0 => {
+                let tag = publish(tag)?;
                 finished(&format!("built image {tag}"));
                 Ok(ImageOutcome::Ready(ImageRef { tag, key: plan.key, built: true }))
             }

@@ -5,11 +5,18 @@
 //! * [`process`] (the default): a fresh copy of the change's checkout in a temporary sandbox, the
 //!   agent as a child process ([`spawn`]: no fork of the controller). No Docker needed.
 //! * [`docker`]: a container per step, of the step image [`image`] builds (or reuses).
+//! * `kubernetes` (cargo feature `kubernetes`): a Job per step in a cluster, the image through
+//!   the registry.
+//!
+//! [`stream`] is the transport for engines that share no disk with the controller.
 
 pub mod docker;
 pub mod image;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 pub mod spawn;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -78,6 +85,25 @@ pub enum BackendError {
         #[source]
         source: crate::build::BuildError,
     },
+    /// A step image cannot be pulled from or pushed to the registry.
+    #[error("cannot get the step image of step {step} through the registry")]
+    Registry {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::controller::registry::RegistryError,
+    },
+    /// The Kubernetes backend could not run the step.
+    #[cfg(feature = "kubernetes")]
+    #[error("cannot run step {step} on Kubernetes")]
+    Kubernetes {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: kubernetes::KubernetesError,
+    },
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
     Docker {
@@ -125,10 +151,84 @@ pub struct StepJob {
     /// The commit it resolved to (`GIT_SHA`).
     pub commit: String,
     /// The whole step_context.json.
-    pub context: Value,
+    pub context: ContextDocument,
     /// The build secret sets that apply to the step's image, in order (filled only for a backend
     /// whose [`Backend::builds_images`] is true; empty otherwise). Never the action's.
     pub build_secret_sets: Vec<crate::build::SecretSet>,
+}
+
+/// A step's `step_context.json`, kept as the parts it is spliced from: the small `context`
+/// values, and the project and environment properties as the store's shared text (one copy per
+/// version, however many steps run on it). [`ContextDocument::write_to`] writes the document
+/// without building it as a tree or a string first.
+#[derive(Debug, Clone)]
+pub struct ContextDocument {
+    /// The `context` member (project, environment, change, step, user).
+    pub context: Value,
+    /// The project properties, a JSON object's text.
+    pub project: Arc<str>,
+    /// The environment properties, a JSON object's text.
+    pub environment: Arc<str>,
+    /// The runner secrets (`secrets`), when there are any.
+    pub secrets: Option<serde_json::Map<String, Value>>,
+}
+
+impl ContextDocument {
+    /// Writes the document, compact: `{"context":..,"project":{"properties":..},
+    /// "environment":{"properties":..},"secrets":..}`.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(b"{\"context\":")?;
+        serde_json::to_writer(&mut *out, &self.context)?;
+        out.write_all(b",\"project\":{\"properties\":")?;
+        out.write_all(self.project.as_bytes())?;
+        out.write_all(b"},\"environment\":{\"properties\":")?;
+        out.write_all(self.environment.as_bytes())?;
+        out.write_all(b"}")?;
+        if let Some(secrets) = &self.secrets {
+            out.write_all(b",\"secrets\":")?;
+            serde_json::to_writer(&mut *out, secrets)?;
+        }
+        out.write_all(b"}")
+    }
+
+    /// Writes the document to a file at `path` (see [`ContextDocument::write_to`]), created with
+    /// the default mode (the Docker backend's: the container's user reads it through a bind mount).
+    pub fn write_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.write_into(std::fs::File::create(path)?)
+    }
+
+    /// Writes the document to a new file at `path`, readable by its owner only from its creation
+    /// (`O_EXCL`, mode 0600): the document holds the runner secrets.
+    pub fn write_private_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.write_into(std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?)
+    }
+
+    fn write_into(&self, file: std::fs::File) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        self.write_to(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    }
+
+    /// The document as a tree with, of each level's properties, only the declaring members
+    /// (`opschain`, and the seed layout's `env` and `files`): what the image build and the build
+    /// secret rule read. The rest of the properties is never built as a tree. Properties that
+    /// are not an object's text (the store holds only objects) give an empty level.
+    pub fn declaring_tree(&self) -> serde_json::Map<String, Value> {
+        let level = |text: &str| {
+            let kept = crate::properties::text::PropertiesText::parse(text).map(|p| p.subset(&["opschain", "env", "files"])).unwrap_or_default();
+            serde_json::json!({ "properties": kept })
+        };
+        let mut tree = serde_json::Map::new();
+        tree.insert("context".into(), self.context.clone());
+        tree.insert("project".into(), level(&self.project));
+        tree.insert("environment".into(), level(&self.environment));
+        if let Some(secrets) = &self.secrets {
+            tree.insert("secrets".into(), Value::Object(secrets.clone()));
+        }
+        tree
+    }
 }
 
 /// How the agent ended.
@@ -215,6 +315,11 @@ impl Stream {
             // A line may take up to `room` more bytes; its newline may come right after them.
             let room = LINE_LIMIT - self.partial.len();
             match memchr::memchr(b'\n', &data[..data.len().min(room + 1)]) {
+                Some(at) if self.partial.is_empty() => {
+                    // The whole line is in this read: sent from where it lies.
+                    send(sink, self.name, &data[..at]);
+                    data = &data[at + 1..];
+                }
                 Some(at) => {
                     self.partial.extend_from_slice(&data[..at]);
                     self.emit(sink, true);
@@ -234,11 +339,10 @@ impl Stream {
     /// Sends what `partial` holds and empties it: a whole line (`whole`, without its line
     /// ending), or a piece of one that goes on.
     fn emit(&mut self, sink: &dyn LogSink, whole: bool) {
-        let text = String::from_utf8_lossy(&self.partial);
         if whole {
-            sink.line(self.name, text.trim_end_matches(['\n', '\r']));
+            send(sink, self.name, &self.partial);
         } else {
-            sink.piece(self.name, &text);
+            sink.piece(self.name, &String::from_utf8_lossy(&self.partial));
         }
         self.partial.clear();
     }
@@ -259,6 +363,13 @@ impl Stream {
 /// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
 /// that a flood of output costs few reads and each batch of lines is large.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
+
+/// Sends one line of stream `name` (without its newline; a `\r` before it is dropped too) to
+/// `sink`, bytes that are not UTF-8 replaced by U+FFFD.
+fn send(sink: &dyn LogSink, name: &'static str, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    sink.line(name, line.trim_end_matches(['\n', '\r']));
+}
 
 /// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
 /// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.

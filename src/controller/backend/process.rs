@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::spawn::Spawn;
 use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
-use crate::controller::{private, repo};
+use crate::controller::repo;
 
 /// How the process backend runs.
 #[derive(Debug, Clone)]
@@ -71,14 +71,13 @@ impl Backend for ProcessBackend {
         let folder = sandbox.join(&self.config.folder);
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let context_path = folder.join("step_context.json");
-        let bytes = serde_json::to_vec_pretty(&job.context).expect("a JSON value serialises");
         // It holds the runner secrets: 0600 from its creation, never a file the commit brought
         // (which has the commit's mode) rewritten in place.
         match std::fs::remove_file(&context_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&context_path)(e)),
             _ => {}
         }
-        private::write_private(&context_path, &bytes).map_err(io(&context_path))?;
+        job.context.write_private_file(&context_path).map_err(io(&context_path))?;
         let files_root = sandbox.join("root");
         std::fs::create_dir_all(&files_root).map_err(io(&files_root))?;
         let tmp = sandbox.join("tmp");

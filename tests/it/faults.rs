@@ -1,12 +1,10 @@
 //! Faults: the disk fills while the result is written; the agent is SIGKILLed mid-write. Either
 //! way there is never a partial step_result.json: the result is renamed into place, never truncated.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn setup(repo: &Path, actions: &str, properties: &Value) {

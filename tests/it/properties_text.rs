@@ -45,7 +45,7 @@ fn spelled(doc: &Map<String, Value>, pretty: bool) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(crate::common::proptest_config(512))]
 
     #[test]
     fn splicing_merges_as_the_tree_merge_does(docs in prop::collection::vec((document(), any::<bool>()), 0..4)) {

@@ -2,7 +2,7 @@
 //! orphan is reaped while it runs (no zombie), and step_result.json is written. Ignored unless
 //! asked for (`--ignored`; scripts/test asks where it finds an engine), and then it needs one.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

@@ -4,13 +4,11 @@
 //! both in one level, a later level winning across layouts, data that is no declaration, and a
 //! wrong shape refused with its pointer, alike in the agent and `opschain-exec`.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn stdout(output: &Output) -> String {

@@ -447,7 +447,7 @@ fn case() -> impl Strategy<Value = (Vec<String>, Vec<u8>, Vec<usize>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(crate::common::proptest_config(2000))]
 
     /// Streaming in any chunks equals one-shot masking of the whole input, and no secret (nor
     /// its base64) survives either.
@@ -479,7 +479,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(crate::common::proptest_config(1000))]
 
     /// Idle flushes at random points may reveal the start of a secret, never the whole of one:
     /// the rest of a secret split by a flush is still masked.

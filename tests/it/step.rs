@@ -1,11 +1,9 @@
 //! The step agent end to end through the real binary: inputs in, action run, result out.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The step result, which must match `schemas/step_result.schema.json`.
@@ -365,4 +363,48 @@ fn sigterm_to_the_agent_cancels_the_action_exits_143_and_writes_the_result() {
     let r = result(repo.path());
     assert_eq!(r["runner"]["reason"], "cancelled");
     assert_eq!(r["environment"]["properties_diff"], json!([{"op": "add", "path": "/phase", "value": "running"}]));
+}
+
+/// Runs the step of `repo` with its stdout read by a reader that stalls for `stall` first, with
+/// `mode` in OPSCHAIN_LOG_MODE (unset: the default); returns what the agent printed and its exit.
+fn step_through_stalling_reader(repo: &Path, mode: Option<&str>, stall: std::time::Duration) -> (String, std::process::ExitStatus) {
+    use std::io::Read;
+    let mut command = runner();
+    command.args(["--repo", repo.to_str().unwrap(), "step"]).env_remove("OPSCHAIN_LOG_MODE");
+    if let Some(mode) = mode {
+        command.env("OPSCHAIN_LOG_MODE", mode);
+    }
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(stall);
+    let mut printed = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
+    (printed, child.wait().unwrap())
+}
+
+/// The agent alone, by default: a million numbered lines through a reader of its stdout that
+/// stalls for two seconds all come out, each once, in order. `--log-mode non-blocking`
+/// (OPSCHAIN_LOG_MODE) drops instead, and says how many records it dropped where.
+#[test]
+fn a_stalling_reader_loses_no_line_unless_non_blocking_is_asked_for() {
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.flood]\nrun = 'seq 1 1000000'\n");
+    write_context(repo.path(), &json!({"context": {"step": {"action": "flood"}}}));
+    let stall = std::time::Duration::from_secs(2);
+
+    let (printed, status) = step_through_stalling_reader(repo.path(), None, stall);
+    assert!(status.success(), "{status:?}");
+    let numbers: Vec<u64> = printed.lines().filter_map(|l| l.split_once(" stdout| ")?.1.parse().ok()).collect();
+    assert_eq!(numbers.len(), 1_000_000, "every line once");
+    assert!(numbers.iter().enumerate().all(|(i, n)| *n == i as u64 + 1), "in order, none lost");
+    assert!(!printed.contains("dropped"));
+
+    let (printed, status) = step_through_stalling_reader(repo.path(), Some("non-blocking"), stall);
+    assert!(status.success(), "{status:?}");
+    let kept = printed.lines().filter(|l| l.contains(" stdout| ")).count() as u64;
+    let noticed: u64 = printed
+        .lines()
+        .filter_map(|l| l.split_once(" runner| ")?.1.strip_suffix(" records dropped here: the log writer fell behind")?.parse::<u64>().ok())
+        .sum();
+    assert!(noticed > 0, "nothing dropped with a stalled reader");
+    assert_eq!(kept + noticed, 1_000_000, "every line kept or counted as dropped");
 }

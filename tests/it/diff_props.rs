@@ -172,7 +172,7 @@ fn reorder(doc: &Value) -> Value {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(crate::common::proptest_config(512))]
 
     #[test]
     fn patch_turns_before_into_after((before, after) in any_pair()) {

@@ -1,7 +1,7 @@
 //! The static agent as it ships in runner images: within its 1.5 MB budget, without the unwind
 //! tables that scripts/no-unwind-tables.ld drops, and still a working agent and opschain-exec.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

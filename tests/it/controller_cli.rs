@@ -436,7 +436,7 @@ fn exit_statuses_tell_the_controllers_own_failures_from_a_changes_end() {
     std::fs::write(&file, "").unwrap();
     let (code, out) = status(w.cmd().args(["project", "ls"]).env("OPSCHAIN_STATE_DIR", &file).output().unwrap());
     assert_eq!(code, Some(70), "{out}");
-    // 0, 1: how the change ended (2, cancelled, is tests/controller.rs's cancel test).
+    // 0, 1: how the change ended (2, cancelled, is tests/it/controller.rs's cancel test).
     let failing = repo("[actions.fail]\nrun = \"exit 3\"\n");
     assert_eq!(status(w.run(&["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello"])).0, Some(0));
     assert_eq!(status(w.run(&["change", "create", "--repo", failing.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "fail"])).0, Some(1));

@@ -1,6 +1,6 @@
 //! End-to-end tests of the `opschain` controller: the real binaries, a state directory per test.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -6,12 +6,12 @@
 //! (runner-image/test/Dockerfile), then step images from generated build contexts, checks what
 //! opschain-exec wrote, that the build secret is in no layer, and runs a step in the image.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use opschain_runner::build::{self, BuildContextSpec, Docker, SecretSource};
 use serde_json::{json, Value};
 

@@ -10,12 +10,10 @@
 //!   accepts (the schema cannot say everything the agent refuses: duplicate keys, sizes, paths
 //!   that climb out of the repo, so the other direction is the table's).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::schema::{self, assert_valid, check};
-use common::*;
+use crate::common::schema::{self, assert_valid, check};
+use crate::common::*;
 use opschain_runner::context::StepContext;
 use opschain_runner::json::{self, SizeLimit};
 use opschain_runner::properties::declarations;

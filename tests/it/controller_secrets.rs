@@ -2,8 +2,6 @@
 //! unreadable by other local users (checked as `nobody`, through `setpriv`), and no secret value
 //! of the sets a change uses reaches the terminal or the store unmasked.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

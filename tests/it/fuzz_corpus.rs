@@ -3,9 +3,9 @@
 //! each target, which needs cargo-fuzz: ignored unless asked for (`--ignored`; scripts/test
 //! installs cargo-fuzz and asks), and then it fails without it.
 
-#[path = "../fuzz/fuzz_targets/checks.rs"]
+#[path = "../../fuzz/fuzz_targets/checks.rs"]
 mod checks;
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -10,7 +10,7 @@
 //!   the version history has no gap;
 //! * several commands opening a new state directory's store at once all succeed.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -1,11 +1,9 @@
 //! Every case of fixtures/malformed through the real agent: the expected exit status, one stderr
 //! line naming the file and where in it, and nothing written.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 #[derive(serde::Deserialize)]
 struct Expect {

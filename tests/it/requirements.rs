@@ -3,7 +3,7 @@
 //! (`--ignored`, as scripts/test does where it installed or found the tool) a missing tool fails
 //! it through `common::required`.
 
-mod common;
+use crate::common;
 
 #[test]
 #[should_panic(expected = "this test needs a Docker engine, which is missing: no engine here")]
@@ -25,7 +25,7 @@ fn every_test_that_needs_a_tool_is_ignored_by_default_and_requires_it_when_run()
         ("fuzz_corpus.rs", "fn libfuzzer_smoke_run_of_each_target()"),
     ];
     for (file, function) in tests {
-        let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(file)).unwrap();
+        let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it").join(file)).unwrap();
         let at = source.find(function).unwrap_or_else(|| panic!("{file}: no {function}"));
         let attributes = source[..at].rsplit("\n\n").next().unwrap();
         assert!(attributes.contains("#[test]") && attributes.contains("#[ignore = \"needs "), "{file}: {function} is not ignored by default:\n{attributes}");

@@ -162,3 +162,11 @@ pub fn fill_elisions(sample: &str) -> String {
     }
     out.join("\n") + "\n"
 }
+
+/// The proptest configuration of these tests: `cases` cases, and the regression seeds in
+/// `<test file>.proptest-regressions` beside the test's source file. (Proptest's default would
+/// look beside the directory holding `main.rs`, in `tests/proptest-regressions/`.)
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, FileFailurePersistence};
+    Config { failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))), ..Config::with_cases(cases) }
+}

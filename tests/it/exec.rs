@@ -2,14 +2,12 @@
 //! `opschain-runner exec --`: context sources, precedence, build secrets, errors, and that the
 //! command replaces the process (its status, its signal, its pid).
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// A scratch repo with an `opschain-exec` link to the agent and a secrets directory.

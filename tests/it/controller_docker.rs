@@ -12,7 +12,7 @@
 //! order; no secret value is in `docker history` or any layer of `docker save`; no container is
 //! left behind; and a MintPress (`.mintpress`) repository end to end.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
