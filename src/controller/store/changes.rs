@@ -6,7 +6,7 @@ use rusqlite::params;
 
 use super::steps::{step_row, STEP_COLUMNS};
 use super::{q, Store, StoreError};
-use crate::controller::status::{ChangeStatus, StepStatus};
+use crate::controller::status::{BackendKind, ChangeStatus, StepStatus};
 
 /// A change row.
 #[derive(Debug, Clone)]
@@ -29,8 +29,8 @@ pub struct ChangeRow {
     pub git_rev: String,
     /// The commit the revision resolved to.
     pub commit: String,
-    /// The backend name.
-    pub backend: String,
+    /// Where its steps run.
+    pub backend: BackendKind,
     /// The secret set the steps get, if any.
     pub secret_set: Option<String>,
     /// The change status.
@@ -84,19 +84,19 @@ impl Store {
         repo: &Path,
         git_rev: &str,
         commit: &str,
-        backend: &str,
+        backend: BackendKind,
         secret_set: Option<&str>,
     ) -> Result<i64, StoreError> {
         let (action, repo, git_rev) = (action.to_string(), repo.to_string_lossy().into_owned(), git_rev.to_string());
-        let (commit, backend, secret_set) = (commit.to_string(), backend.to_string(), secret_set.map(str::to_string));
+        let (commit, secret_set) = (commit.to_string(), secret_set.map(str::to_string));
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
-                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set],
+                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set, ChangeStatus::Pending],
             )
             .map_err(q("create change"))?;
             let id = tx.last_insert_rowid();
-            tx.execute("INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, NULL, 0, ?2, 'pending')", params![id, action])
+            tx.execute("INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, NULL, 0, ?2, ?3)", params![id, action, StepStatus::Pending])
                 .map_err(q("create root step"))?;
             Ok(id)
         })
@@ -116,10 +116,10 @@ impl Store {
                 .map_err(q("read change"))?;
             if !allow {
                 let mut stmt = tx
-                    .prepare("SELECT id, controller_pid FROM changes WHERE environment_id = ?1 AND id != ?2 AND status = 'running' AND controller_pid IS NOT NULL")
+                    .prepare("SELECT id, controller_pid FROM changes WHERE environment_id = ?1 AND id != ?2 AND status = ?3 AND controller_pid IS NOT NULL")
                     .map_err(q("find running changes"))?;
                 let running = stmt
-                    .query_map(params![env, change_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .query_map(params![env, change_id, ChangeStatus::Running], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
                     .map_err(q("find running changes"))?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(q("find running changes"))?;
@@ -129,8 +129,8 @@ impl Store {
                 }
             }
             tx.execute(
-                "UPDATE changes SET status = 'running', controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
-                params![change_id, pid],
+                "UPDATE changes SET status = ?3, controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
+                params![change_id, pid, ChangeStatus::Running],
             )
             .map_err(q("start change"))?;
             Ok(None)
@@ -142,16 +142,15 @@ impl Store {
     /// succeeded. A claimed change is `queued` under `pid` until [`Store::try_start_change`].
     pub fn claim_change(&self, change_id: i64, pid: i64) -> Result<Claim, StoreError> {
         self.write(move |tx| {
-            let (status, owner): (String, Option<i64>) =
+            let (status, owner): (ChangeStatus, Option<i64>) =
                 tx.query_row("SELECT status, controller_pid FROM changes WHERE id = ?1", [change_id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(q("read change"))?;
-            let status = ChangeStatus::parse(&status);
             if status == ChangeStatus::Success {
                 return Ok(Claim::Succeeded);
             }
             if let Some(owner) = owner.filter(|&owner| !status.is_final() && owner != pid && pid_alive(owner)) {
                 return Ok(Claim::Taken { pid: owner });
             }
-            tx.execute("UPDATE changes SET status = 'queued', controller_pid = ?2 WHERE id = ?1", params![change_id, pid]).map_err(q("claim change"))?;
+            tx.execute("UPDATE changes SET status = ?3, controller_pid = ?2 WHERE id = ?1", params![change_id, pid, ChangeStatus::Queued]).map_err(q("claim change"))?;
             Ok(Claim::Claimed)
         })
     }
@@ -162,7 +161,7 @@ impl Store {
         self.write(move |tx| {
             tx.execute(
                 "UPDATE changes SET status = ?2, finished_at = CASE WHEN ?3 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE NULL END WHERE id = ?1",
-                params![change_id, status.as_str(), finished],
+                params![change_id, status, finished],
             )
             .map_err(q("update change status"))?;
             Ok(())
@@ -212,7 +211,7 @@ impl Store {
                     commit: r.get(8)?,
                     backend: r.get(9)?,
                     secret_set: r.get(10)?,
-                    status: ChangeStatus::parse(&r.get::<_, String>(11)?),
+                    status: r.get(11)?,
                     cancel_requested: r.get(12)?,
                     controller_pid: r.get(13)?,
                     created_at: r.get(14)?,
@@ -256,12 +255,13 @@ impl Store {
                     tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
                 }
                 tx.execute(
-                    "UPDATE steps SET status = 'pending', exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
-                    [id],
+                    "UPDATE steps SET status = ?2, exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
+                    params![id, StepStatus::Pending],
                 )
                 .map_err(q("reset step"))?;
             }
-            tx.execute("UPDATE changes SET status = 'pending', cancel_requested = 0, finished_at = NULL WHERE id = ?1", [change_id]).map_err(q("reset change"))?;
+            tx.execute("UPDATE changes SET status = ?2, cancel_requested = 0, finished_at = NULL WHERE id = ?1", params![change_id, ChangeStatus::Pending])
+                .map_err(q("reset change"))?;
             Ok(reset)
         })
     }
@@ -271,11 +271,11 @@ impl Store {
     pub fn cancel_orphaned(&self, change_id: i64) -> Result<(), StoreError> {
         self.write(move |tx| {
             tx.execute(
-                "UPDATE steps SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN ('pending','queued','running')",
-                [change_id],
+                "UPDATE steps SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN (?3, ?4, ?5)",
+                params![change_id, StepStatus::Cancelled, StepStatus::Pending, StepStatus::Queued, StepStatus::Running],
             )
             .map_err(q("cancel steps"))?;
-            tx.execute("UPDATE changes SET status = 'cancelled', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", [change_id])
+            tx.execute("UPDATE changes SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", params![change_id, ChangeStatus::Cancelled])
                 .map_err(q("cancel change"))?;
             Ok(())
         })

@@ -301,7 +301,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::status::{ChangeStatus, StepStatus};
+    use crate::controller::status::{BackendKind, ChangeStatus, StepStatus};
     use crate::mask::Masker;
     use rusqlite::params;
     use serde_json::json;
@@ -319,7 +319,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let p = store.ensure_project("p").unwrap();
         let e = store.ensure_environment(p, "dev").unwrap();
-        let c = store.create_change(p, e, "root", dir.path(), "HEAD", "0000", "process", None).unwrap();
+        let c = store.create_change(p, e, "root", dir.path(), "HEAD", "0000", BackendKind::Process, None).unwrap();
         (dir, store, p, e, c)
     }
 
@@ -358,7 +358,7 @@ mod tests {
             .conn()
             .query_row(
                 "SELECT COUNT(json), COALESCE(SUM(LENGTH(json)), 0), COALESCE(SUM(LENGTH(patch)), 0) FROM properties WHERE level = ?1 AND owner_id = ?2",
-                params![level.as_str(), owner],
+                params![level, owner],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap()

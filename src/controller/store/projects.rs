@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{q, Store, StoreError};
+use super::{q, Level, Store, StoreError};
 
 /// A project, as `project list` shows it.
 #[derive(Debug, Clone)]
@@ -41,7 +41,8 @@ impl Store {
                 None => {
                     tx.execute("INSERT INTO projects (code) VALUES (?1)", [&code]).map_err(q("create project"))?;
                     let id = tx.last_insert_rowid();
-                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('project', ?1, 0, '{}')", [id]).map_err(q("create project properties"))?;
+                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, '{}')", params![id, Level::Project])
+                        .map_err(q("create project properties"))?;
                     id
                 }
             };
@@ -62,7 +63,7 @@ impl Store {
                 None => {
                     tx.execute("INSERT INTO environments (project_id, code) VALUES (?1, ?2)", params![project_id, code]).map_err(q("create environment"))?;
                     let id = tx.last_insert_rowid();
-                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES ('environment', ?1, 0, '{}')", [id])
+                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, '{}')", params![id, Level::Environment])
                         .map_err(q("create environment properties"))?;
                     id
                 }

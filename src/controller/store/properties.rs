@@ -38,6 +38,13 @@ impl Level {
     }
 }
 
+impl rusqlite::ToSql for Level {
+    /// The name stored in `properties.level`, as SQL text.
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(self.as_str().as_bytes())))
+    }
+}
+
 /// One stored version of a level's properties.
 #[derive(Debug, Clone)]
 pub struct PropertiesVersion {
@@ -58,7 +65,7 @@ impl Store {
         let current = current(&conn, &self.cache, None, level, owner)?;
         let (step_id, created_at) = conn
             .prepare_cached("SELECT step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 AND version = ?3")
-            .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner, current.version], |r| Ok((r.get(0)?, r.get(1)?))))
+            .and_then(|mut stmt| stmt.query_row(params![level, owner, current.version], |r| Ok((r.get(0)?, r.get(1)?))))
             .map_err(q("read properties"))?;
         let json = json_of(current.doc.text(), || format!("{} properties v{}", level.as_str(), current.version))?;
         Ok(PropertiesVersion { version: current.version, json, step_id, created_at })
@@ -72,7 +79,7 @@ impl Store {
         let mut stmt = conn
             .prepare("SELECT version, json, patch, step_id, created_at FROM properties WHERE level = ?1 AND owner_id = ?2 ORDER BY version")
             .map_err(q("list properties versions"))?;
-        let mut rows = stmt.query(params![level.as_str(), owner]).map_err(q("list properties versions"))?;
+        let mut rows = stmt.query(params![level, owner]).map_err(q("list properties versions"))?;
         let mut doc = Map::new();
         while let Some(r) = rows.next().map_err(q("list properties versions"))? {
             let (version, json, patch, step_id, created_at): (i64, Option<String>, Option<String>, Option<i64>, String) =
@@ -191,7 +198,7 @@ impl PropertiesCache {
 pub(super) fn current(conn: &Connection, cache: &PropertiesCache, staged: Option<&mut Vec<Staged>>, level: Level, owner: i64) -> Result<Arc<Current>, StoreError> {
     let version: Option<i64> = conn
         .prepare_cached("SELECT MAX(version) FROM properties WHERE level = ?1 AND owner_id = ?2")
-        .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner], |r| r.get(0)))
+        .and_then(|mut stmt| stmt.query_row(params![level, owner], |r| r.get(0)))
         .map_err(q("read properties version"))?;
     let version = version.ok_or_else(|| StoreError::NotFound(format!("{} {owner} properties", level.as_str())))?;
     let key = (level, owner);
@@ -223,12 +230,12 @@ pub(super) fn load(conn: &Connection, level: Level, owner: i64, version: i64) ->
     let what = || format!("{} properties v{version}", level.as_str());
     let (base, json): (i64, String) = conn
         .prepare_cached("SELECT version, json FROM properties WHERE level = ?1 AND owner_id = ?2 AND version <= ?3 AND json IS NOT NULL ORDER BY version DESC LIMIT 1")
-        .and_then(|mut stmt| stmt.query_row(params![level.as_str(), owner, version], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .and_then(|mut stmt| stmt.query_row(params![level, owner, version], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(q("read properties snapshot"))?
         .ok_or_else(|| StoreError::NotFound(what()))?;
     let patches: Vec<String> = conn
         .prepare_cached("SELECT patch FROM properties WHERE level = ?1 AND owner_id = ?2 AND version > ?3 AND version <= ?4 ORDER BY version")
-        .and_then(|mut stmt| stmt.query_map(params![level.as_str(), owner, base, version], |r| r.get(0))?.collect())
+        .and_then(|mut stmt| stmt.query_map(params![level, owner, base, version], |r| r.get(0))?.collect())
         .map_err(q("read properties patches"))?;
     let patch_bytes = patches.iter().map(String::len).sum();
     let text = if patches.is_empty() {
@@ -292,7 +299,7 @@ pub(super) fn insert_version(
     exec_cached(
         conn,
         "INSERT INTO properties (level, owner_id, version, json, patch, step_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![level.as_str(), owner, version, json, patch, step_id],
+        params![level, owner, version, json, patch, step_id],
     )
     .map_err(q("store properties version"))?;
     let (patches, patch_bytes) = if snapshot { (0, 0) } else { (patches, patch_bytes) };

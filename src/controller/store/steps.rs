@@ -104,7 +104,7 @@ impl Store {
                 tx,
                 "UPDATE steps SET status = ?2, message = COALESCE(?3, message),
                     finished_at = CASE WHEN ?4 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE finished_at END WHERE id = ?1",
-                params![step_id, status.as_str(), message, status.is_final()],
+                params![step_id, status, message, status.is_final()],
             )
             .map_err(q("update step status"))?;
             Ok(())
@@ -119,9 +119,9 @@ impl Store {
             let environment = current(tx, cache, Some(staged), Level::Environment, environment_id)?;
             exec_cached(
                 tx,
-                "UPDATE steps SET status = 'running', project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
+                "UPDATE steps SET status = ?4, project_version = ?2, environment_version = ?3, exit_status = NULL, message = NULL,
                     started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
-                params![step_id, project.version, environment.version],
+                params![step_id, project.version, environment.version, StepStatus::Running],
             )
             .map_err(q("start step"))?;
             Ok(StartingProperties { project: Arc::clone(project.doc.text()), environment: Arc::clone(environment.doc.text()) })
@@ -197,15 +197,15 @@ impl Store {
                 tx,
                 "UPDATE steps SET status = ?2, exit_status = ?3, message = ?4, child_strategy = ?5,
                     finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1",
-                params![step_id, status.as_str(), end.exit_status, message, if status == StepStatus::Success { end.child_strategy.clone() } else { None }],
+                params![step_id, status, end.exit_status, message, if status == StepStatus::Success { end.child_strategy.clone() } else { None }],
             )
             .map_err(q("finish step"))?;
             if status == StepStatus::Success {
                 for (position, child) in end.children.iter().enumerate() {
                     exec_cached(
                         tx,
-                        "INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
-                        params![change_id, step_id, position as i64, child],
+                        "INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![change_id, step_id, position as i64, child, StepStatus::Pending],
                     )
                     .map_err(q("add child step"))?;
                 }
@@ -218,9 +218,9 @@ impl Store {
     pub fn mark_queued(&self, step_ids: &[i64]) -> Result<(), StoreError> {
         let ids = step_ids.to_vec();
         self.write(move |tx| {
-            let mut stmt = tx.prepare_cached("UPDATE steps SET status = 'queued' WHERE id = ?1").map_err(q("queue steps"))?;
+            let mut stmt = tx.prepare_cached("UPDATE steps SET status = ?2 WHERE id = ?1").map_err(q("queue steps"))?;
             for id in ids {
-                stmt.execute([id]).map_err(q("queue steps"))?;
+                stmt.execute(params![id, StepStatus::Queued]).map_err(q("queue steps"))?;
             }
             Ok(())
         })
@@ -238,7 +238,7 @@ pub(super) fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         parent_id: r.get(1)?,
         position: r.get(2)?,
         action: r.get(3)?,
-        status: StepStatus::parse(&r.get::<_, String>(4)?),
+        status: r.get(4)?,
         child_strategy: r.get(5)?,
         exit_status: r.get(6)?,
         message: r.get(7)?,
