@@ -14,7 +14,7 @@ use super::backend::Backend;
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::status::{BackendKind, ChangeStatus};
-use super::store::{pid_alive, Claim, Store, StoreError};
+use super::store::{pid_alive, Claim, NewChangeRow, Store, StoreError};
 
 /// Why a change operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +114,16 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
     let project = store.ensure_project(&new.project)?;
     let environment = store.ensure_environment(project, &new.environment)?;
-    Ok(store.create_change(project, environment, &new.action, &repo_dir, &new.git_rev, &commit, new.backend, new.secret_set.as_deref())?)
+    Ok(store.create_change(&NewChangeRow {
+        project_id: project,
+        environment_id: environment,
+        action: &new.action,
+        repo: &repo_dir,
+        git_rev: &new.git_rev,
+        commit: &commit,
+        backend: new.backend,
+        secret_set: new.secret_set.as_deref(),
+    })?)
 }
 
 fn backend(config: &ControllerConfig, kind: BackendKind) -> Result<Box<dyn Backend>, ChangeError> {

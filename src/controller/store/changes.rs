@@ -73,22 +73,33 @@ fn is_zombie(pid: i32) -> bool {
     matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.is_zombie())
 }
 
+/// What [`Store::create_change`] stores of a new change.
+#[derive(Debug, Clone, Copy)]
+pub struct NewChangeRow<'a> {
+    /// The project id.
+    pub project_id: i64,
+    /// The environment id.
+    pub environment_id: i64,
+    /// The action of the root step.
+    pub action: &'a str,
+    /// The git repository the steps are checked out from.
+    pub repo: &'a Path,
+    /// The revision as given.
+    pub git_rev: &'a str,
+    /// The commit the revision resolved to.
+    pub commit: &'a str,
+    /// Where its steps run.
+    pub backend: BackendKind,
+    /// The secret set the steps get, if any.
+    pub secret_set: Option<&'a str>,
+}
+
 impl Store {
     /// Creates a change (status `pending`) with its root step; returns the change id.
-    #[allow(clippy::too_many_arguments)]
-    pub fn create_change(
-        &self,
-        project_id: i64,
-        environment_id: i64,
-        action: &str,
-        repo: &Path,
-        git_rev: &str,
-        commit: &str,
-        backend: BackendKind,
-        secret_set: Option<&str>,
-    ) -> Result<i64, StoreError> {
-        let (action, repo, git_rev) = (action.to_string(), repo.to_string_lossy().into_owned(), git_rev.to_string());
-        let (commit, secret_set) = (commit.to_string(), secret_set.map(str::to_string));
+    pub fn create_change(&self, new: &NewChangeRow<'_>) -> Result<i64, StoreError> {
+        let NewChangeRow { project_id, environment_id, backend, .. } = *new;
+        let (action, repo, git_rev) = (new.action.to_string(), new.repo.to_string_lossy().into_owned(), new.git_rev.to_string());
+        let (commit, secret_set) = (new.commit.to_string(), new.secret_set.map(str::to_string));
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

@@ -75,7 +75,7 @@ use serde_json::{Map, Value};
 use super::private;
 use crate::properties::splice;
 
-pub use changes::{pid_alive, ChangeRow, Claim};
+pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use projects::{EnvironmentRow, ProjectRow};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
@@ -319,7 +319,18 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let p = store.ensure_project("p").unwrap();
         let e = store.ensure_environment(p, "dev").unwrap();
-        let c = store.create_change(p, e, "root", dir.path(), "HEAD", "0000", BackendKind::Process, None).unwrap();
+        let c = store
+            .create_change(&NewChangeRow {
+                project_id: p,
+                environment_id: e,
+                action: "root",
+                repo: dir.path(),
+                git_rev: "HEAD",
+                commit: "0000",
+                backend: BackendKind::Process,
+                secret_set: None,
+            })
+            .unwrap();
         (dir, store, p, e, c)
     }
 
