@@ -292,3 +292,31 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{end, setup};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn retry_resets_what_did_not_succeed_and_drops_its_descendants() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &["ok", "bad"])).unwrap();
+        let steps = store.steps(c).unwrap();
+        let (ok, bad) = (steps[1].id, steps[2].id);
+        store.start_step(ok, p, e).unwrap();
+        store.finish_step(ok, p, e, end(json!([]), json!([]), &[])).unwrap();
+        store.start_step(bad, p, e).unwrap();
+        store.finish_step(bad, p, e, end(json!([]), json!([]), &["grandchild"])).unwrap();
+        store.set_step_status(bad, StepStatus::Running, None).unwrap();
+        assert_eq!(store.reset_for_retry(c).unwrap(), 1);
+        let steps = store.steps(c).unwrap();
+        assert_eq!(steps.len(), 3, "the grandchild of the reset step is gone");
+        assert_eq!(steps.iter().find(|s| s.id == ok).unwrap().status, StepStatus::Success);
+        assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
+        assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
+    }
+}

@@ -252,3 +252,61 @@ fn inflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
     flate2::read::DeflateDecoder::new(data).read_to_end(&mut lines)?;
     Ok(lines)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::setup;
+    use super::super::DB_FILE;
+    use super::*;
+    use rusqlite::Connection;
+
+    #[test]
+    fn a_flood_of_lines_is_stored_in_few_chunks_each_line_once_in_order_and_followable() {
+        let (_dir, store, _p, _e, c) = setup();
+        let step = store.steps(c).unwrap()[0].id;
+        let mut seen = Vec::new();
+        let mut after = 0;
+        for batch in 0..4 {
+            for n in 0..50_000 {
+                let stream = if n % 7 == 0 { "stderr" } else { "stdout" };
+                store.append_log(step, stream, &format!("{batch} {n}\twith a tab"));
+            }
+            // A write others wait for commits every line queued before it.
+            store.mark_queued(&[]).unwrap();
+            after = store.logs_after(c, after, |l| seen.push((l.stream.clone(), l.line.clone()))).unwrap();
+            assert_eq!(seen.len(), (batch + 1) * 50_000, "a follower sees every line committed, once");
+        }
+        let expected: Vec<(String, String)> =
+            (0..4).flat_map(|b| (0..50_000).map(move |n| ((if n % 7 == 0 { "stderr" } else { "stdout" }).to_string(), format!("{b} {n}\twith a tab")))).collect();
+        assert!(seen == expected, "lines lost, repeated or out of order");
+        let chunks: i64 = store.conn().query_row("SELECT count(*) FROM step_log_chunks", [], |r| r.get(0)).unwrap();
+        assert!(chunks < 1000, "{chunks} chunks for 200,000 lines");
+        assert_eq!(store.logs_after(c, after, |_| panic!("nothing new")).unwrap(), after);
+    }
+
+    #[test]
+    fn the_line_per_row_logs_of_an_older_store_are_kept_in_order() {
+        let (dir, store, _p, _e, c) = setup();
+        let step = store.steps(c).unwrap()[0].id;
+        drop(store);
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE step_logs (id INTEGER PRIMARY KEY, step_id INTEGER NOT NULL REFERENCES steps(id), stream TEXT NOT NULL,
+                 line TEXT NOT NULL, at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
+        )
+        .unwrap();
+        for (stream, line) in [("stdout", "one"), ("stderr", "two"), ("stdout", ""), ("stdout", "four")] {
+            conn.execute("INSERT INTO step_logs (step_id, stream, line) VALUES (?1, ?2, ?3)", params![step, stream, line]).unwrap();
+        }
+        drop(conn);
+        let store = Store::open(dir.path()).unwrap();
+        store.append_log(step, "stdout", "five");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let lines: Vec<(String, String)> = store.logs(c).unwrap().into_iter().map(|l| (l.stream, l.line)).collect();
+        let expected = [("stdout", "one"), ("stderr", "two"), ("stdout", ""), ("stdout", "four"), ("stdout", "five")];
+        assert_eq!(lines, expected.map(|(s, l)| (s.to_string(), l.to_string())));
+        let old: i64 = store.conn().query_row("SELECT count(*) FROM sqlite_master WHERE name = 'step_logs'", [], |r| r.get(0)).unwrap();
+        assert_eq!(old, 0);
+    }
+}

@@ -298,23 +298,22 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The stores and step ends the unit tests of the store's files start from.
 #[cfg(test)]
-mod tests {
+mod fixtures {
     use super::*;
-    use crate::controller::status::{BackendKind, ChangeStatus, StepStatus};
+    use crate::controller::status::{BackendKind, StepStatus};
     use crate::mask::Masker;
-    use rusqlite::params;
-    use serde_json::json;
 
-    fn patch(v: Value) -> json_patch::Patch {
+    pub(super) fn patch(v: Value) -> json_patch::Patch {
         serde_json::from_value(v).unwrap()
     }
 
-    fn obj(v: Value) -> Map<String, Value> {
+    pub(super) fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
 
-    fn setup() -> (tempfile::TempDir, Store, i64, i64, i64) {
+    pub(super) fn setup() -> (tempfile::TempDir, Store, i64, i64, i64) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let p = store.ensure_project("p").unwrap();
@@ -334,7 +333,7 @@ mod tests {
         (dir, store, p, e, c)
     }
 
-    fn end(project: Value, environment: Value, children: &[&str]) -> StepEnd {
+    pub(super) fn end(project: Value, environment: Value, children: &[&str]) -> StepEnd {
         StepEnd {
             status: StepStatus::Success,
             exit_status: Some(0),
@@ -346,165 +345,14 @@ mod tests {
             mask: Masker::default(),
         }
     }
+}
 
-    #[test]
-    fn a_step_end_applies_both_diffs_as_new_versions_and_adds_its_children() {
-        let (_dir, store, p, e, c) = setup();
-        let root = store.steps(c).unwrap()[0].id;
-        store.start_step(root, p, e).unwrap();
-        let (status, message) =
-            store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/b", "value": 2}]), &["x", "y"])).unwrap();
-        assert_eq!((status, message), (StepStatus::Success, None));
-        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1})));
-        assert_eq!(store.properties(Level::Environment, e).unwrap().version, 1);
-        let steps = store.steps(c).unwrap();
-        assert_eq!(steps.iter().filter(|s| s.parent_id == Some(root)).map(|s| s.action.as_str()).collect::<Vec<_>>(), ["x", "y"]);
-        assert_eq!(steps[0].child_strategy.as_deref(), Some("parallel"));
-    }
-
-    /// The number of rows of a level's versions that hold the whole document, and the bytes of
-    /// the documents and patches stored.
-    fn stored(store: &Store, level: Level, owner: i64) -> (i64, i64, i64) {
-        store
-            .conn()
-            .query_row(
-                "SELECT COUNT(json), COALESCE(SUM(LENGTH(json)), 0), COALESCE(SUM(LENGTH(patch)), 0) FROM properties WHERE level = ?1 AND owner_id = ?2",
-                params![level, owner],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn versions_are_stored_as_patches_with_a_few_snapshots_and_every_version_reads_back() {
-        let (_dir, store, p, e, c) = setup();
-        let servers: Map<String, Value> = (0..2000).map(|i| (format!("srv-{i:05}"), json!({"ip": format!("10.0.{}.{}", i / 256, i % 256), "roles": ["web"]}))).collect();
-        let mut expected = vec![Map::new(), obj(json!({"servers": servers, "deployed": {}}))];
-        store.set_properties(Level::Project, p, &expected[1]).unwrap();
-        let document = Value::Object(expected[1].clone()).to_string().len() as i64;
-        let root = store.steps(c).unwrap()[0].id;
-        store.start_step(root, p, e).unwrap();
-        let children: Vec<String> = (0..250).map(|i| format!("set{i}")).collect();
-        let names: Vec<&str> = children.iter().map(String::as_str).collect();
-        store.finish_step(root, p, e, end(json!([]), json!([]), &names)).unwrap();
-        let steps = store.steps(c).unwrap();
-        for (i, step) in steps.iter().skip(1).enumerate() {
-            store.start_step(step.id, p, e).unwrap();
-            // Most add a key; some replace one, remove one, or touch the large member.
-            let diff = match i % 10 {
-                3 if i > 10 => json!([{"op": "replace", "path": format!("/deployed/k{}", i - 1), "value": {"again": i}}]),
-                7 if i > 10 => json!([{"op": "remove", "path": format!("/deployed/k{}", i - 3)}]),
-                9 => json!([{"op": "replace", "path": format!("/servers/srv-{i:05}/roles/0"), "value": "db"}]),
-                _ => json!([{"op": "add", "path": format!("/deployed/k{i}"), "value": i}]),
-            };
-            let mut next = Value::Object(expected.last().unwrap().clone());
-            json_patch::patch(&mut next, &patch(diff.clone())).unwrap();
-            expected.push(next.as_object().unwrap().clone());
-            assert_eq!(store.finish_step(step.id, p, e, end(diff, json!([]), &[])).unwrap().0, StepStatus::Success);
-        }
-        let latest = store.properties(Level::Project, p).unwrap();
-        assert_eq!(latest.version, 251);
-        assert_eq!(&latest.json, expected.last().unwrap());
-        // Every version reads back, one by one and as the history.
-        for v in [0, 1, 2, 57, 99, 100, 101, 150, 199, 200, 201, 251] {
-            assert_eq!(store.properties_version(Level::Project, p, v).unwrap(), expected[v as usize], "version {v}");
-        }
-        let history = store.properties_history(Level::Project, p).unwrap();
-        assert_eq!(history.len(), expected.len());
-        for (got, want) in history.iter().zip(&expected) {
-            assert_eq!(&got.json, want, "version {}", got.version);
-        }
-        // Stored: version 0, the user's document and a snapshot each 100 patches, the rest patches.
-        let (snapshots, snapshot_bytes, patch_bytes) = stored(&store, Level::Project, p);
-        assert!(snapshots <= 5, "{snapshots} snapshots");
-        assert!(snapshot_bytes < 5 * document, "{snapshot_bytes} bytes of snapshots for a {document}-byte document");
-        assert!(patch_bytes < 250 * 120, "{patch_bytes} bytes of patches");
-        // A store opened afresh (nothing cached) reads the same.
-        let again = Store::open(_dir.path()).unwrap();
-        assert_eq!(&again.properties(Level::Project, p).unwrap().json, expected.last().unwrap());
-    }
-
-    #[test]
-    fn a_version_written_by_another_process_is_seen_and_built_on() {
-        let (dir, store, p, e, c) = setup();
-        let root = store.steps(c).unwrap()[0].id;
-        store.set_properties(Level::Project, p, &obj(json!({"a": 1}))).unwrap();
-        let start = store.start_step(root, p, e).unwrap();
-        assert_eq!(&*start.project, r#"{"a":1}"#);
-        // Another store on the same database (another `opschain` process) writes a version.
-        let other = Store::open(dir.path()).unwrap();
-        other.set_properties(Level::Project, p, &obj(json!({"a": 1, "b": 2}))).unwrap();
-        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2})));
-        store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/c", "value": 3}]), json!([]), &[])).unwrap();
-        assert_eq!(other.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2, "c": 3})));
-        assert_eq!(other.properties(Level::Project, p).unwrap().version, 3);
-    }
-
-    #[test]
-    fn a_database_from_before_patches_is_migrated_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-            let old = SCHEMA.replace("    json TEXT,\n    patch TEXT,", "    json TEXT NOT NULL,").replace("    CHECK (json IS NOT NULL OR patch IS NOT NULL),\n", "");
-            assert!(!old.contains("patch"), "the old schema has no patch column");
-            conn.execute_batch(&old).unwrap();
-            conn.execute_batch(
-                "INSERT INTO projects (code) VALUES ('p');
-                 INSERT INTO properties (level, owner_id, version, json) VALUES ('project', 1, 0, '{}'), ('project', 1, 1, '{\"a\":1}');",
-            )
-            .unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let p = store.ensure_project("p").unwrap();
-        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1})));
-        store.set_properties(Level::Project, p, &obj(json!({"a": 1, "b": 2}))).unwrap();
-        assert_eq!(store.properties_version(Level::Project, p, 1).unwrap(), obj(json!({"a": 1})));
-        assert_eq!(store.properties_history(Level::Project, p).unwrap().len(), 3);
-        drop(store);
-        // Opening it again finds it migrated.
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2})));
-    }
-
-    #[test]
-    fn a_conflict_in_the_second_level_applies_nothing_and_adds_no_children() {
-        let (_dir, store, p, e, c) = setup();
-        let root = store.steps(c).unwrap()[0].id;
-        store.set_properties(Level::Environment, e, &obj(json!({"cfg": {"a": 1}}))).unwrap();
-        store.start_step(root, p, e).unwrap();
-        // Another writer removes /cfg while the step runs.
-        store.set_properties(Level::Environment, e, &obj(json!({}))).unwrap();
-        let (status, message) =
-            store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/cfg/b", "value": 2}]), &["x"])).unwrap();
-        assert_eq!(status, StepStatus::Error);
-        let message = message.unwrap();
-        assert!(message.contains("environment properties changes of step"), "{message}");
-        assert!(message.contains("\"cfg\""), "the original is shown: {message}");
-        assert_eq!(store.properties(Level::Project, p).unwrap().version, 0, "the project diff was not half-applied");
-        assert_eq!(store.properties(Level::Environment, e).unwrap().json, Map::new());
-        assert_eq!(store.steps(c).unwrap().len(), 1, "no children of a failed step");
-    }
-
-    #[test]
-    fn retry_resets_what_did_not_succeed_and_drops_its_descendants() {
-        let (_dir, store, p, e, c) = setup();
-        let root = store.steps(c).unwrap()[0].id;
-        store.start_step(root, p, e).unwrap();
-        store.finish_step(root, p, e, end(json!([]), json!([]), &["ok", "bad"])).unwrap();
-        let steps = store.steps(c).unwrap();
-        let (ok, bad) = (steps[1].id, steps[2].id);
-        store.start_step(ok, p, e).unwrap();
-        store.finish_step(ok, p, e, end(json!([]), json!([]), &[])).unwrap();
-        store.start_step(bad, p, e).unwrap();
-        store.finish_step(bad, p, e, end(json!([]), json!([]), &["grandchild"])).unwrap();
-        store.set_step_status(bad, StepStatus::Running, None).unwrap();
-        assert_eq!(store.reset_for_retry(c).unwrap(), 1);
-        let steps = store.steps(c).unwrap();
-        assert_eq!(steps.len(), 3, "the grandchild of the reset step is gone");
-        assert_eq!(steps.iter().find(|s| s.id == ok).unwrap().status, StepStatus::Success);
-        assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
-        assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
-    }
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{end, setup};
+    use super::*;
+    use crate::controller::status::StepStatus;
+    use serde_json::json;
 
     #[test]
     fn concurrent_writers_share_commits_and_lose_nothing() {
@@ -541,55 +389,5 @@ mod tests {
             assert_eq!(mine, (0..50).map(|i| format!("line {i}")).collect::<Vec<_>>());
         }
         assert!(store.steps(c).unwrap().iter().all(|s| s.status == StepStatus::Success));
-    }
-
-    #[test]
-    fn a_flood_of_lines_is_stored_in_few_chunks_each_line_once_in_order_and_followable() {
-        let (_dir, store, _p, _e, c) = setup();
-        let step = store.steps(c).unwrap()[0].id;
-        let mut seen = Vec::new();
-        let mut after = 0;
-        for batch in 0..4 {
-            for n in 0..50_000 {
-                let stream = if n % 7 == 0 { "stderr" } else { "stdout" };
-                store.append_log(step, stream, &format!("{batch} {n}\twith a tab"));
-            }
-            // A write others wait for commits every line queued before it.
-            store.mark_queued(&[]).unwrap();
-            after = store.logs_after(c, after, |l| seen.push((l.stream.clone(), l.line.clone()))).unwrap();
-            assert_eq!(seen.len(), (batch + 1) * 50_000, "a follower sees every line committed, once");
-        }
-        let expected: Vec<(String, String)> =
-            (0..4).flat_map(|b| (0..50_000).map(move |n| ((if n % 7 == 0 { "stderr" } else { "stdout" }).to_string(), format!("{b} {n}\twith a tab")))).collect();
-        assert!(seen == expected, "lines lost, repeated or out of order");
-        let chunks: i64 = store.conn().query_row("SELECT count(*) FROM step_log_chunks", [], |r| r.get(0)).unwrap();
-        assert!(chunks < 1000, "{chunks} chunks for 200,000 lines");
-        assert_eq!(store.logs_after(c, after, |_| panic!("nothing new")).unwrap(), after);
-    }
-
-    #[test]
-    fn the_line_per_row_logs_of_an_older_store_are_kept_in_order() {
-        let (dir, store, _p, _e, c) = setup();
-        let step = store.steps(c).unwrap()[0].id;
-        drop(store);
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE step_logs (id INTEGER PRIMARY KEY, step_id INTEGER NOT NULL REFERENCES steps(id), stream TEXT NOT NULL,
-                 line TEXT NOT NULL, at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));",
-        )
-        .unwrap();
-        for (stream, line) in [("stdout", "one"), ("stderr", "two"), ("stdout", ""), ("stdout", "four")] {
-            conn.execute("INSERT INTO step_logs (step_id, stream, line) VALUES (?1, ?2, ?3)", params![step, stream, line]).unwrap();
-        }
-        drop(conn);
-        let store = Store::open(dir.path()).unwrap();
-        store.append_log(step, "stdout", "five");
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        let lines: Vec<(String, String)> = store.logs(c).unwrap().into_iter().map(|l| (l.stream, l.line)).collect();
-        let expected = [("stdout", "one"), ("stderr", "two"), ("stdout", ""), ("stdout", "four"), ("stdout", "five")];
-        assert_eq!(lines, expected.map(|(s, l)| (s.to_string(), l.to_string())));
-        let old: i64 = store.conn().query_row("SELECT count(*) FROM sqlite_master WHERE name = 'step_logs'", [], |r| r.get(0)).unwrap();
-        assert_eq!(old, 0);
     }
 }

@@ -347,3 +347,116 @@ pub(super) fn migrate_properties(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{end, obj, patch, setup};
+    use super::super::{DB_FILE, SCHEMA};
+    use super::*;
+    use crate::controller::status::StepStatus;
+    use serde_json::json;
+
+    /// The number of rows of a level's versions that hold the whole document, and the bytes of
+    /// the documents and patches stored.
+    fn stored(store: &Store, level: Level, owner: i64) -> (i64, i64, i64) {
+        store
+            .conn()
+            .query_row(
+                "SELECT COUNT(json), COALESCE(SUM(LENGTH(json)), 0), COALESCE(SUM(LENGTH(patch)), 0) FROM properties WHERE level = ?1 AND owner_id = ?2",
+                params![level, owner],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn versions_are_stored_as_patches_with_a_few_snapshots_and_every_version_reads_back() {
+        let (_dir, store, p, e, c) = setup();
+        let servers: Map<String, Value> = (0..2000).map(|i| (format!("srv-{i:05}"), json!({"ip": format!("10.0.{}.{}", i / 256, i % 256), "roles": ["web"]}))).collect();
+        let mut expected = vec![Map::new(), obj(json!({"servers": servers, "deployed": {}}))];
+        store.set_properties(Level::Project, p, &expected[1]).unwrap();
+        let document = Value::Object(expected[1].clone()).to_string().len() as i64;
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let children: Vec<String> = (0..250).map(|i| format!("set{i}")).collect();
+        let names: Vec<&str> = children.iter().map(String::as_str).collect();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &names)).unwrap();
+        let steps = store.steps(c).unwrap();
+        for (i, step) in steps.iter().skip(1).enumerate() {
+            store.start_step(step.id, p, e).unwrap();
+            // Most add a key; some replace one, remove one, or touch the large member.
+            let diff = match i % 10 {
+                3 if i > 10 => json!([{"op": "replace", "path": format!("/deployed/k{}", i - 1), "value": {"again": i}}]),
+                7 if i > 10 => json!([{"op": "remove", "path": format!("/deployed/k{}", i - 3)}]),
+                9 => json!([{"op": "replace", "path": format!("/servers/srv-{i:05}/roles/0"), "value": "db"}]),
+                _ => json!([{"op": "add", "path": format!("/deployed/k{i}"), "value": i}]),
+            };
+            let mut next = Value::Object(expected.last().unwrap().clone());
+            json_patch::patch(&mut next, &patch(diff.clone())).unwrap();
+            expected.push(next.as_object().unwrap().clone());
+            assert_eq!(store.finish_step(step.id, p, e, end(diff, json!([]), &[])).unwrap().0, StepStatus::Success);
+        }
+        let latest = store.properties(Level::Project, p).unwrap();
+        assert_eq!(latest.version, 251);
+        assert_eq!(&latest.json, expected.last().unwrap());
+        // Every version reads back, one by one and as the history.
+        for v in [0, 1, 2, 57, 99, 100, 101, 150, 199, 200, 201, 251] {
+            assert_eq!(store.properties_version(Level::Project, p, v).unwrap(), expected[v as usize], "version {v}");
+        }
+        let history = store.properties_history(Level::Project, p).unwrap();
+        assert_eq!(history.len(), expected.len());
+        for (got, want) in history.iter().zip(&expected) {
+            assert_eq!(&got.json, want, "version {}", got.version);
+        }
+        // Stored: version 0, the user's document and a snapshot each 100 patches, the rest patches.
+        let (snapshots, snapshot_bytes, patch_bytes) = stored(&store, Level::Project, p);
+        assert!(snapshots <= 5, "{snapshots} snapshots");
+        assert!(snapshot_bytes < 5 * document, "{snapshot_bytes} bytes of snapshots for a {document}-byte document");
+        assert!(patch_bytes < 250 * 120, "{patch_bytes} bytes of patches");
+        // A store opened afresh (nothing cached) reads the same.
+        let again = Store::open(_dir.path()).unwrap();
+        assert_eq!(&again.properties(Level::Project, p).unwrap().json, expected.last().unwrap());
+    }
+
+    #[test]
+    fn a_version_written_by_another_process_is_seen_and_built_on() {
+        let (dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.set_properties(Level::Project, p, &obj(json!({"a": 1}))).unwrap();
+        let start = store.start_step(root, p, e).unwrap();
+        assert_eq!(&*start.project, r#"{"a":1}"#);
+        // Another store on the same database (another `opschain` process) writes a version.
+        let other = Store::open(dir.path()).unwrap();
+        other.set_properties(Level::Project, p, &obj(json!({"a": 1, "b": 2}))).unwrap();
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2})));
+        store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/c", "value": 3}]), json!([]), &[])).unwrap();
+        assert_eq!(other.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2, "c": 3})));
+        assert_eq!(other.properties(Level::Project, p).unwrap().version, 3);
+    }
+
+    #[test]
+    fn a_database_from_before_patches_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            let old = SCHEMA.replace("    json TEXT,\n    patch TEXT,", "    json TEXT NOT NULL,").replace("    CHECK (json IS NOT NULL OR patch IS NOT NULL),\n", "");
+            assert!(!old.contains("patch"), "the old schema has no patch column");
+            conn.execute_batch(&old).unwrap();
+            conn.execute_batch(
+                "INSERT INTO projects (code) VALUES ('p');
+                 INSERT INTO properties (level, owner_id, version, json) VALUES ('project', 1, 0, '{}'), ('project', 1, 1, '{\"a\":1}');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let p = store.ensure_project("p").unwrap();
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1})));
+        store.set_properties(Level::Project, p, &obj(json!({"a": 1, "b": 2}))).unwrap();
+        assert_eq!(store.properties_version(Level::Project, p, 1).unwrap(), obj(json!({"a": 1})));
+        assert_eq!(store.properties_history(Level::Project, p).unwrap().len(), 3);
+        drop(store);
+        // Opening it again finds it migrated.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2})));
+    }
+}

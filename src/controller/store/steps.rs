@@ -247,3 +247,44 @@ pub(super) fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRow> {
         duration_secs: r.get(10)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{end, obj, setup};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_step_end_applies_both_diffs_as_new_versions_and_adds_its_children() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let (status, message) =
+            store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/b", "value": 2}]), &["x", "y"])).unwrap();
+        assert_eq!((status, message), (StepStatus::Success, None));
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1})));
+        assert_eq!(store.properties(Level::Environment, e).unwrap().version, 1);
+        let steps = store.steps(c).unwrap();
+        assert_eq!(steps.iter().filter(|s| s.parent_id == Some(root)).map(|s| s.action.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(steps[0].child_strategy.as_deref(), Some("parallel"));
+    }
+
+    #[test]
+    fn a_conflict_in_the_second_level_applies_nothing_and_adds_no_children() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.set_properties(Level::Environment, e, &obj(json!({"cfg": {"a": 1}}))).unwrap();
+        store.start_step(root, p, e).unwrap();
+        // Another writer removes /cfg while the step runs.
+        store.set_properties(Level::Environment, e, &obj(json!({}))).unwrap();
+        let (status, message) =
+            store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/a", "value": 1}]), json!([{"op": "add", "path": "/cfg/b", "value": 2}]), &["x"])).unwrap();
+        assert_eq!(status, StepStatus::Error);
+        let message = message.unwrap();
+        assert!(message.contains("environment properties changes of step"), "{message}");
+        assert!(message.contains("\"cfg\""), "the original is shown: {message}");
+        assert_eq!(store.properties(Level::Project, p).unwrap().version, 0, "the project diff was not half-applied");
+        assert_eq!(store.properties(Level::Environment, e).unwrap().json, Map::new());
+        assert_eq!(store.steps(c).unwrap().len(), 1, "no children of a failed step");
+    }
+}
