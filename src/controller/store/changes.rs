@@ -69,6 +69,7 @@ pub fn pid_alive(pid: i64) -> bool {
     }
 }
 
+/// Whether the process `pid` has exited but is not yet reaped.
 fn is_zombie(pid: i32) -> bool {
     matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.is_zombie())
 }

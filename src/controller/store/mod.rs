@@ -46,11 +46,10 @@
 //! opened: its rows are kept as they are, snapshots all.
 //!
 //! The current version of each level is also kept in memory, as text shared by every step that
-//! starts on it ([`crate::properties::splice::Document`]); a step's patch is spliced into it
-//! ([`crate::properties::splice::Document::patch`]) rather than applied to a parsed tree. The writer thread stages
+//! starts on it ([`splice::Document`]); a step's patch is spliced into it
+//! ([`splice::Document::patch`]) rather than applied to a parsed tree. The writer thread stages
 //! the versions it writes and publishes them once their group has committed; every use checks the
 //! cached version against the database's latest, so another process's write is never missed.
-
 //!
 //! One file per concept: this one holds the [`Store`] itself, [`Store::open`] and [`StoreError`];
 //! `writer` the group-commit writer thread; `schema.sql` the schema; `projects`, `changes`,
@@ -180,6 +179,7 @@ pub enum StoreError {
     WriterGone,
 }
 
+/// Maps a failed query of the operation `op` to [`StoreError::Query`].
 fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
 }
@@ -195,6 +195,7 @@ pub struct Store {
     logs: Arc<LogBacklog>,
 }
 
+/// Parses a stored JSON object; `what` names it in the error.
 fn json_of(text: &str, what: impl FnOnce() -> String) -> Result<Map<String, Value>, StoreError> {
     serde_json::from_str(text).map_err(|source| StoreError::Json { what: what(), source })
 }

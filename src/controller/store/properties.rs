@@ -219,7 +219,7 @@ pub(super) fn current(conn: &Connection, cache: &PropertiesCache, staged: Option
 }
 
 /// Stages a version for the rest of the writer's group and for publication at its commit.
-pub(super) fn stage(cache: &PropertiesCache, staged: &mut Vec<Staged>, key: (Level, i64), current: Arc<Current>) {
+fn stage(cache: &PropertiesCache, staged: &mut Vec<Staged>, key: (Level, i64), current: Arc<Current>) {
     cache.staged.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Arc::clone(&current));
     staged.push((key, current));
 }
