@@ -24,7 +24,7 @@ use opschain_runner::controller::output;
 use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
-use opschain_runner::controller::status::{ChangeStatus, StepStatus};
+use opschain_runner::controller::status::{BackendKind, ChangeStatus, StepStatus};
 use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
@@ -158,9 +158,11 @@ struct RunSettings {
     kube: KubeSettings,
 }
 
-/// The backends this build offers to `--backend`.
-fn backends() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(change::KNOWN_BACKENDS.split(", "))
+/// The backends this build offers to `--backend`, read as their [`BackendKind`].
+fn backends() -> impl clap::builder::TypedValueParser<Value = BackendKind> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(BackendKind::AVAILABLE.iter().map(|kind| kind.as_str()))
+        .map(|name| BackendKind::from_name(&name).expect("clap offers only the kinds' names"))
 }
 
 /// The Kubernetes backend's settings (`--backend kubernetes`).
@@ -262,7 +264,7 @@ struct RunArgs {
     /// container per step), or, in a build with the `kubernetes` feature, `kubernetes` (a Job per
     /// step in the cluster of the kubeconfig; needs --registry).
     #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = backends(), value_name = "NAME")]
-    backend: String,
+    backend: BackendKind,
     /// The secret set the steps get as runner secrets (see `opschain secrets set`). Image builds
     /// get the build secret sets instead: those opschain.config.build_secrets lists, else
     /// opschain-build-env.
@@ -1086,7 +1088,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 environment: "dev".into(),
                 action: "deploy".into(),
                 git_rev: "HEAD".into(),
-                backend: "process".into(),
+                backend: BackendKind::Process,
                 secret_set: Some("demo".into()),
             };
             let (id, status) = run_change(&store, &config, new)?;

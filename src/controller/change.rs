@@ -13,8 +13,8 @@ use super::backend::process::{ProcessBackend, ProcessConfig};
 use super::backend::Backend;
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
-use super::status::ChangeStatus;
-use super::store::{pid_alive, Claim, Store, StoreError};
+use super::status::{BackendKind, ChangeStatus};
+use super::store::{pid_alive, Claim, NewChangeRow, Store, StoreError};
 
 /// Why a change operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,21 +47,14 @@ pub enum ChangeError {
         /// The controller's process id.
         pid: i64,
     },
-    /// The backend name is not known.
-    #[error("unknown backend {0:?} (known: {KNOWN_BACKENDS})")]
-    Backend(String),
+    /// The backend is not one this build can run.
+    #[error("unknown backend {:?} (known: {})", .0.as_str(), BackendKind::available_names())]
+    Backend(BackendKind),
     /// The Kubernetes backend cannot be set up.
     #[cfg(feature = "kubernetes")]
     #[error("cannot set up the Kubernetes backend")]
     Kubernetes(#[source] super::backend::kubernetes::KubernetesError),
 }
-
-/// The backends this build has.
-#[cfg(not(feature = "kubernetes"))]
-pub const KNOWN_BACKENDS: &str = "process, docker";
-/// The backends this build has.
-#[cfg(feature = "kubernetes")]
-pub const KNOWN_BACKENDS: &str = "process, docker, kubernetes";
 
 /// What `change run` needs to create a change.
 #[derive(Debug, Clone)]
@@ -76,8 +69,8 @@ pub struct NewChange {
     pub action: String,
     /// The git revision (default `HEAD`).
     pub git_rev: String,
-    /// `process` or `docker`.
-    pub backend: String,
+    /// Where its steps run.
+    pub backend: BackendKind,
     /// The secret set the steps get.
     pub secret_set: Option<String>,
 }
@@ -110,11 +103,11 @@ pub struct ControllerConfig {
 
 /// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
 pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
-    if !KNOWN_BACKENDS.split(", ").any(|known| known == new.backend) {
-        return Err(ChangeError::Backend(new.backend.clone()));
+    if !new.backend.is_available() {
+        return Err(ChangeError::Backend(new.backend));
     }
     #[cfg(feature = "kubernetes")]
-    if new.backend == "kubernetes" && config.docker.registry.is_none() {
+    if new.backend == BackendKind::Kubernetes && config.docker.registry.is_none() {
         return Err(ChangeError::Kubernetes(super::backend::kubernetes::KubernetesError::NoRegistry));
     }
     if let Some(set) = &new.secret_set {
@@ -125,27 +118,37 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
     let project = store.ensure_project(&new.project)?;
     let environment = store.ensure_environment(project, &new.environment)?;
-    Ok(store.create_change(project, environment, &new.action, &repo_dir, &new.git_rev, &commit, &new.backend, new.secret_set.as_deref())?)
+    Ok(store.create_change(&NewChangeRow {
+        project_id: project,
+        environment_id: environment,
+        action: &new.action,
+        repo: &repo_dir,
+        git_rev: &new.git_rev,
+        commit: &commit,
+        backend: new.backend,
+        secret_set: new.secret_set.as_deref(),
+    })?)
 }
 
-fn backend(config: &ControllerConfig, name: &str) -> Result<Box<dyn Backend>, ChangeError> {
-    match name {
-        "process" => Ok(Box::new(ProcessBackend::new(ProcessConfig {
+fn backend(config: &ControllerConfig, kind: BackendKind) -> Result<Box<dyn Backend>, ChangeError> {
+    match kind {
+        BackendKind::Process => Ok(Box::new(ProcessBackend::new(ProcessConfig {
             agent: config.agent.clone(),
             sandbox_root: config.state_dir.join("sandboxes"),
             grace: config.grace,
             keep_sandboxes: config.keep_sandboxes,
             folder: config.folder.clone(),
         }))),
-        "docker" => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes")))),
+        BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes")))),
         #[cfg(feature = "kubernetes")]
-        "kubernetes" => {
+        BackendKind::Kubernetes => {
             use super::backend::kubernetes::KubernetesBackend;
             let images = DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes"));
             let backend = KubernetesBackend::new(config.kubernetes.clone(), images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
             Ok(Box::new(backend))
         }
-        other => Err(ChangeError::Backend(other.to_string())),
+        #[cfg(not(feature = "kubernetes"))]
+        BackendKind::Kubernetes => Err(ChangeError::Backend(kind)),
     }
 }
 
@@ -177,7 +180,7 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     );
     // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
     // error rather than leaving it running with no controller.
-    let backend = match backend(config, &change.backend) {
+    let backend = match backend(config, change.backend) {
         Ok(backend) => backend,
         Err(e) => {
             store.set_change_status(change_id, ChangeStatus::Error)?;

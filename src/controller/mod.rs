@@ -6,7 +6,7 @@
 //! One module per concept:
 //! * [`store`]: the embedded SQLite store (projects, environments, properties with every version,
 //!   changes, steps, step logs, secret sets).
-//! * [`status`]: change and step statuses.
+//! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
 //! * [`patch`]: the message of a properties diff that does not apply.

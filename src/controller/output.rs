@@ -290,6 +290,8 @@ impl LogSink for StepSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::status::BackendKind;
+    use crate::controller::store::NewChangeRow;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
@@ -348,7 +350,16 @@ mod tests {
         let p = store.ensure_project("p").unwrap();
         let e = store.ensure_environment(p, "e").unwrap();
         let c = store
-            .create_change(p, e, "a", dir.path(), "HEAD", "0", "process", None)
+            .create_change(&NewChangeRow {
+                project_id: p,
+                environment_id: e,
+                action: "a",
+                repo: dir.path(),
+                git_rev: "HEAD",
+                commit: "0",
+                backend: BackendKind::Process,
+                secret_set: None,
+            })
             .unwrap();
         let step = store.steps(c).unwrap()[0].id;
         let terminal = Terminal::default();

@@ -1,0 +1,74 @@
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY,
+    code TEXT NOT NULL UNIQUE,
+    allow_parallel_changes INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE TABLE IF NOT EXISTS environments (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    code TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    UNIQUE (project_id, code)
+);
+CREATE TABLE IF NOT EXISTS properties (
+    id INTEGER PRIMARY KEY,
+    level TEXT NOT NULL CHECK (level IN ('project', 'environment')),
+    owner_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    json TEXT,
+    patch TEXT,
+    step_id INTEGER REFERENCES steps(id),
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    CHECK (json IS NOT NULL OR patch IS NOT NULL),
+    UNIQUE (level, owner_id, version)
+);
+CREATE TABLE IF NOT EXISTS secret_sets (
+    name TEXT PRIMARY KEY,
+    json TEXT NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+-- The default build secret set exists from the start, empty, as OpsChain creates it at deployment.
+INSERT OR IGNORE INTO secret_sets (name, json) VALUES ('opschain-build-env', '{}');
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    environment_id INTEGER NOT NULL REFERENCES environments(id),
+    action TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    git_rev TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    secret_set TEXT,
+    status TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    controller_pid INTEGER,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY,
+    change_id INTEGER NOT NULL REFERENCES changes(id),
+    parent_id INTEGER REFERENCES steps(id),
+    position INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    status TEXT NOT NULL,
+    child_strategy TEXT,
+    exit_status INTEGER,
+    message TEXT,
+    project_version INTEGER,
+    environment_version INTEGER,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS steps_by_change ON steps (change_id, parent_id, position);
+CREATE TABLE IF NOT EXISTS step_log_chunks (
+    id INTEGER PRIMARY KEY,
+    step_id INTEGER NOT NULL REFERENCES steps(id),
+    lines INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    deflated INTEGER NOT NULL DEFAULT 0,
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+CREATE INDEX IF NOT EXISTS log_chunks_by_step ON step_log_chunks (step_id, id);
