@@ -19,30 +19,15 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-const DOCKER: &str = "/usr/bin/docker";
+use crate::docker_base::{build_image_as, engine_runs, DOCKER};
 
 /// A build secret value: lower case, so that the upper-cased copy a build writes differs from it.
 const SECRET: &str = "s3cr3t-default-set-4b1d9e";
-
-/// Whether the engine answers `docker info`; why not, when it does not.
-fn engine_runs() -> Result<(), String> {
-    match Command::new(DOCKER).args(["info", "--format", "{{.ServerVersion}}"]).output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("`{DOCKER} info` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
-        Err(e) => Err(format!("cannot run {DOCKER}: {e}")),
-    }
-}
 
 /// A name unique to this run of this test.
 fn unique(what: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{what}-{}-{nanos}", std::process::id())
-}
-
-/// The shared libraries the agent needs (from ldd), as absolute paths.
-fn libraries(binary: &str) -> Vec<PathBuf> {
-    let out = Command::new("ldd").arg(binary).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().filter(|w| w.starts_with('/')).map(PathBuf::from).collect()
 }
 
 /// Images removed when dropped, also when a test fails.
@@ -60,37 +45,9 @@ impl Drop for Images {
 /// `opschain-exec` link; returns its tag (unique to this test, removed with `images`).
 fn build_base_image(images: &mut Images) -> String {
     let tag = format!("opschain-test-base:{}", unique("ctl"));
-    build_base_image_as(&tag, "");
+    build_image_as(env!("CARGO_BIN_EXE_opschain-runner"), &tag, "");
     images.0.push(tag.clone());
     tag
-}
-
-/// Builds the base runner image as `tag`, with `marker` in `/etc/marker` (another marker, another
-/// image id).
-fn build_base_image_as(tag: &str, marker: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = dir.path();
-    let agent = env!("CARGO_BIN_EXE_opschain-runner");
-    std::fs::create_dir_all(ctx.join("rootfs/usr/local/bin")).unwrap();
-    std::fs::create_dir_all(ctx.join("rootfs/bin")).unwrap();
-    std::fs::copy(agent, ctx.join("rootfs/usr/local/bin/opschain-runner")).unwrap();
-    std::os::unix::fs::symlink("opschain-runner", ctx.join("rootfs/usr/local/bin/opschain-exec")).unwrap();
-    std::fs::copy("/bin/busybox", ctx.join("rootfs/bin/busybox")).unwrap();
-    std::fs::create_dir_all(ctx.join("rootfs/etc")).unwrap();
-    std::fs::write(ctx.join("rootfs/etc/marker"), marker).unwrap();
-    for lib in libraries(agent) {
-        let dest = ctx.join("rootfs").join(lib.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(&lib, &dest).unwrap();
-    }
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM scratch\nCOPY rootfs/ /\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir -p -m 1777 /tmp && mkdir -p /opt/opschain\n\
-         ENV PATH=/usr/local/bin:/bin\nWORKDIR /opt/opschain\nENTRYPOINT [\"/usr/local/bin/opschain-runner\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(DOCKER).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", tag]).arg(ctx).output().unwrap();
-    assert!(out.status.success(), "base image build failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn opschain(state: &Path) -> Command {
@@ -212,20 +169,10 @@ fn saved_image_mentions(tag: &str, needle: &[u8]) -> Vec<String> {
     found
 }
 
-/// The Dockerfile steps a plain BuildKit log (as the change printed it) reports as cached.
+/// The Dockerfile steps a plain BuildKit log (as the change printed it, each line behind its step
+/// prefix) reports as cached.
 fn cached_steps(shown: &str) -> Vec<String> {
-    let mut titles = std::collections::HashMap::new();
-    let mut cached = Vec::new();
-    for line in shown.lines() {
-        let Some((_, line)) = line.split_once("] ") else { continue };
-        let Some((id, rest)) = line.split_once(' ') else { continue };
-        if let Some(title) = rest.strip_prefix('[').and_then(|r| r.split_once("] ")).map(|(_, t)| t.to_string()) {
-            titles.insert(id.to_string(), title);
-        } else if rest == "CACHED" {
-            cached.extend(titles.get(id).cloned());
-        }
-    }
-    cached
+    crate::docker_base::cached_steps(shown.lines().filter_map(|line| line.split_once("] ").map(|(_, rest)| rest)))
 }
 
 #[test]
@@ -417,7 +364,7 @@ fn a_mintpress_repository_runs_end_to_end() {
     assert!(saved_image_mentions(&built[0], b"twelve-chars").is_empty());
 
     // A base image rebuilt under the same name rebuilds the step image (same tag, new base).
-    build_base_image_as(&base, "rebuilt");
+    build_image_as(env!("CARGO_BIN_EXE_opschain-runner"), &base, "rebuilt");
     let args = ["--repo", repo.to_str().unwrap(), "--project", "mp", "--environment", "prod", "--action", "deploy", "--folder", ".mintpress"];
     let (status, shown) = change_run(&state, &base, &mut images, &args);
     assert_eq!(status, 0, "{shown}");

@@ -299,20 +299,9 @@ fn saved_image_mentions(docker: &Docker, tag: &str, dir: &Path, needle: &[u8]) -
     found
 }
 
-/// The Dockerfile steps (`ADD repo.tar /opt/opschain/`, ...) a plain BuildKit log reports as taken
-/// from the cache.
+/// The Dockerfile steps a plain BuildKit log reports as taken from the cache.
 fn cached_steps(log: &str) -> Vec<String> {
-    let mut titles = std::collections::HashMap::new();
-    let mut cached = Vec::new();
-    for line in log.lines() {
-        let Some((id, rest)) = line.split_once(' ') else { continue };
-        if let Some(title) = rest.strip_prefix('[').and_then(|r| r.split_once("] ")).map(|(_, t)| t.to_string()) {
-            titles.insert(id.to_string(), title);
-        } else if rest == "CACHED" {
-            cached.extend(titles.get(id).cloned());
-        }
-    }
-    cached
+    crate::docker_base::cached_steps(log.lines())
 }
 
 #[test]
