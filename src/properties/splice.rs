@@ -105,6 +105,7 @@ fn syntax(at: usize, expected: &'static str) -> SpliceError {
 }
 
 /// The offset of the first byte at or after `i` that is not JSON whitespace.
+#[inline(always)]
 fn ws(b: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
         i += 1;
@@ -114,6 +115,7 @@ fn ws(b: &[u8], mut i: usize) -> usize {
 
 /// Whether the 8 bytes of `w` hold a quote, a backslash or a control character (below 0x20): exact, no
 /// false negatives (the usual "has a zero byte" test, on `w` and on `w` xor each byte sought).
+#[inline(always)]
 fn special(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -123,6 +125,7 @@ fn special(w: u64) -> bool {
 
 /// Skips the string whose opening quote is at `i`; returns the offset past its closing quote.
 /// Runs of 8 plain bytes are skipped a word at a time.
+#[inline(always)]
 fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
     i += 1;
     loop {
@@ -155,6 +158,7 @@ fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
 }
 
 /// Skips the number at `i`; returns the offset past it.
+#[inline(always)]
 fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
     let digits = |b: &[u8], mut i: usize| {
         let start = i;
@@ -193,6 +197,7 @@ fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
 }
 
 /// Skips `word` (`true`, `false`, `null`) at `i`.
+#[inline(always)]
 fn literal(b: &[u8], i: usize, word: &'static [u8]) -> Result<usize, SpliceError> {
     if b.get(i..i + word.len()) == Some(word) {
         Ok(i + word.len())
@@ -203,6 +208,7 @@ fn literal(b: &[u8], i: usize, word: &'static [u8]) -> Result<usize, SpliceError
 
 /// Skips a key (a string at `i`), the colon and the whitespace after it; returns where the value
 /// starts.
+#[inline(always)]
 fn key_colon(b: &[u8], i: usize) -> Result<usize, SpliceError> {
     if b.get(i) != Some(&b'"') {
         return Err(syntax(i, "a key"));
