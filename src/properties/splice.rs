@@ -37,6 +37,7 @@ use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
 
 use super::text::Keys;
+use crate::diff::same_bytes;
 use crate::json::StrictValue;
 
 /// Why a document could not be scanned or edited.
@@ -643,9 +644,9 @@ pub type Span = (String, usize, Range<usize>);
 /// are the same text. So adding a key to a document of any size scans a few bytes.
 pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<PatchOperation>) -> Result<(), SpliceError> {
     let (bb, ab) = (before.as_bytes(), after.as_bytes());
-    let prefix = common(bb.len().min(ab.len()), |at, len| bb[at..at + len] == ab[at..at + len]);
+    let prefix = common(bb.len().min(ab.len()), |at, len| same_bytes(&bb[at..at + len], &ab[at..at + len]));
     let room = bb.len().min(ab.len()) - prefix;
-    let suffix = common(room, |at, len| bb[bb.len() - at - len..bb.len() - at] == ab[ab.len() - at - len..ab.len() - at]);
+    let suffix = common(room, |at, len| same_bytes(&bb[bb.len() - at - len..bb.len() - at], &ab[ab.len() - at - len..ab.len() - at]));
     if prefix == bb.len() && prefix == ab.len() {
         return Ok(());
     }
@@ -729,8 +730,9 @@ pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<Pat
 }
 
 /// The length, up to `limit`, of the run of equal bytes that `same(at, len)` (whether the `len`
-/// bytes at `at` of the run are equal) finds: compared a page at a time (a `memcmp`), then byte
-/// by byte within the first page that differs.
+/// bytes at `at` of the run are equal) finds: compared a page at a time, then byte by byte within
+/// the first page that differs. The callers compare with [`same_bytes`], a word at a time: the
+/// static agent's libc (musl) compares byte by byte, seven instructions a byte.
 fn common(limit: usize, same: impl Fn(usize, usize) -> bool) -> usize {
     const PAGE: usize = 4096;
     let mut at = 0;
