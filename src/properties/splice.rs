@@ -116,22 +116,34 @@ fn ws(b: &[u8], mut i: usize) -> usize {
 
 /// Whether the 8 bytes of `w` hold a quote, a backslash or a control character (below 0x20): exact, no
 /// false negatives (the usual "has a zero byte" test, on `w` and on `w` xor each byte sought).
-#[inline(always)]
+#[cfg(test)]
 fn special(w: u64) -> bool {
+    special_mask(w) != 0
+}
+
+/// The test of [`special`] as a mask: the high bit of a byte is set for each special byte, and
+/// may be set for a byte above (later in the text than) a special one, never below: so the lowest
+/// set bit is in the first special byte (a borrow only runs upwards, from a byte that is itself
+/// flagged).
+#[inline(always)]
+fn special_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    (zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64)) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)) != 0
+    zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64)) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
 /// Skips the string whose opening quote is at `i`; returns the offset past its closing quote.
-/// Runs of 8 plain bytes are skipped a word at a time.
+/// Runs of 8 plain bytes are skipped a word at a time, and the word that holds a special byte
+/// (the closing quote, mostly) goes straight to it.
 #[inline(always)]
 fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
     i += 1;
     loop {
         while let Some(chunk) = b.get(i..i + 8) {
-            if special(u64::from_le_bytes(chunk.try_into().expect("8 bytes"))) {
+            let mask = special_mask(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+            if mask != 0 {
+                i += (mask.trailing_zeros() / 8) as usize;
                 break;
             }
             i += 8;
@@ -1017,6 +1029,9 @@ mod tests {
             bytes[(state >> 60) as usize % 8] = put;
             let naive = bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
             assert_eq!(special(u64::from_le_bytes(bytes)), naive, "{bytes:?}");
+            let first = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            let mask = special_mask(u64::from_le_bytes(bytes));
+            assert_eq!(first, (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize), "{bytes:?}");
         }
     }
 
