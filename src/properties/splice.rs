@@ -121,7 +121,7 @@ fn special(w: u64) -> bool {
     special_mask(w) != 0
 }
 
-/// The test of [`special`] as a mask: the high bit of a byte is set for each special byte, and
+/// The word test (`special`) as a mask: the high bit of a byte is set for each special byte, and
 /// may be set for a byte above (later in the text than) a special one, never below: so the lowest
 /// set bit is in the first special byte (a borrow only runs upwards, from a byte that is itself
 /// flagged).
