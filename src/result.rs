@@ -47,24 +47,45 @@ pub struct LevelDiff {
 }
 
 /// `step.properties`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct StepProperties {
-    /// The merged properties the action used, as JSON text: the agent writes the runtime copy's
-    /// text here verbatim instead of serialising the document a second time.
-    pub properties: Box<RawValue>,
+    /// The merged properties the action used, as JSON text of one value: the agent writes the
+    /// runtime copy's text here verbatim instead of serialising the document a second time, and
+    /// [`StepResult::write`] copies it into the result as it is (the agent made it from documents
+    /// it has checked). Read from a result, it is checked as JSON.
+    #[serde(deserialize_with = "raw_text")]
+    pub properties: String,
+}
+
+/// Reads a JSON value as its text, checked and kept byte for byte.
+fn raw_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let raw = Box::<RawValue>::deserialize(deserializer)?;
+    Ok(Box::<str>::from(raw).into_string())
+}
+
+/// Serialised as the text it holds, once that text is checked to be JSON (so a value built with
+/// text that is not JSON fails to serialise rather than writing it).
+impl Serialize for StepProperties {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let raw = RawValue::from_string(self.properties.clone()).map_err(serde::ser::Error::custom)?;
+        let mut out = serializer.serialize_struct("StepProperties", 1)?;
+        out.serialize_field("properties", &raw)?;
+        out.end()
+    }
 }
 
 impl StepProperties {
     /// The merged properties, parsed (empty when the text is not a JSON object).
     pub fn parsed(&self) -> Map<String, Value> {
-        serde_json::from_str(self.properties.get()).unwrap_or_default()
+        serde_json::from_str(&self.properties).unwrap_or_default()
     }
 }
 
 /// Equal when the documents are equal, whatever their formatting.
 impl PartialEq for StepProperties {
     fn eq(&self, other: &StepProperties) -> bool {
-        self.properties.get() == other.properties.get() || self.parsed() == other.parsed()
+        self.properties == other.properties || self.parsed() == other.parsed()
     }
 }
 
@@ -144,8 +165,26 @@ impl StepResult {
     /// Writes the result atomically (temp file, rename), without fsync: the controller reads it on
     /// the same host once the agent has exited, and its own store is what is durable; a step whose
     /// machine loses power before that is run again.
+    ///
+    /// Written member by member, in the order and form the derived `Serialize` gives, with
+    /// `step.properties` copied in as it is rather than checked again: for a few MB of properties
+    /// that check would be a fifth of the agent's step.
     pub fn write(&self, path: &Path) -> Result<(), AtomicError> {
-        atomic::write_with(path, RESULT_MODE, Durability::Rename, |out| atomic::json(out, self))
+        atomic::write_with(path, RESULT_MODE, Durability::Rename, |out| {
+            out.write_all(b"{\"project\":")?;
+            serde_json::to_writer(&mut *out, &self.project)?;
+            out.write_all(b",\"environment\":")?;
+            serde_json::to_writer(&mut *out, &self.environment)?;
+            out.write_all(b",\"step\":{\"properties\":")?;
+            out.write_all(self.step.properties.as_bytes())?;
+            out.write_all(b"},\"steps\":")?;
+            serde_json::to_writer(&mut *out, &self.steps)?;
+            if let Some(runner) = &self.runner {
+                out.write_all(b",\"runner\":")?;
+                serde_json::to_writer(&mut *out, runner)?;
+            }
+            out.write_all(b"}\n")
+        })
     }
 }
 
@@ -166,6 +205,30 @@ mod tests {
         let parsed: StepResult = serde_json::from_str(seed).unwrap();
         let back = serde_json::to_value(&parsed).unwrap();
         assert_eq!(back, serde_json::from_str::<Value>(seed).unwrap());
+    }
+
+    #[test]
+    fn write_gives_what_serde_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step_result.json");
+        let mut result: StepResult = serde_json::from_str(
+            r#"{"project": {"properties_diff": [{"op": "add", "path": "/a", "value": 1}]}, "environment": {"properties_diff": []},
+                "step": {"properties": {"b": [1, {"c": "d\\u0041"}]}}, "steps": {"children": [{"action": "x"}], "child_execution_strategy": "parallel"}}"#,
+        )
+        .unwrap();
+        for runner in [None, Some(RunnerFacts { version: "1".into(), action: "x".into(), exit_status: 3, ..RunnerFacts::default() })] {
+            result.runner = runner;
+            result.write(&path).unwrap();
+            let written = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(written, serde_json::to_string(&result).unwrap() + "\n");
+            assert_eq!(serde_json::from_str::<StepResult>(&written).unwrap(), result);
+        }
+    }
+
+    #[test]
+    fn properties_that_are_not_json_do_not_serialise() {
+        let properties = StepProperties { properties: "{\"a\": ".into() };
+        assert!(serde_json::to_string(&properties).is_err());
     }
 
     #[test]

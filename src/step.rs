@@ -9,7 +9,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
@@ -294,7 +293,7 @@ struct Runtime {
     children: PathBuf,
     /// The merged properties as written to `merged`, kept for the result's `step.properties`
     /// (copied in verbatim rather than serialised twice).
-    merged_json: Box<RawValue>,
+    merged_json: String,
 }
 
 impl Runtime {
@@ -315,7 +314,6 @@ impl Runtime {
         let environment = write("environment_properties.json", &prepared.environment_json, 0o644)?;
         let children = write("child_steps", b"", 0o644)?;
         merged_json.pop(); // the final newline
-        let merged_json = RawValue::from_string(merged_json).expect("merged from validated JSON");
         Ok(Runtime { merged, project, environment, children, merged_json })
     }
 }

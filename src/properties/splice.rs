@@ -37,6 +37,7 @@ use json_patch::{Patch, PatchOperation};
 use serde_json::Value;
 
 use super::text::Keys;
+use crate::diff::same_bytes;
 use crate::json::StrictValue;
 
 /// Why a document could not be scanned or edited.
@@ -105,6 +106,7 @@ fn syntax(at: usize, expected: &'static str) -> SpliceError {
 }
 
 /// The offset of the first byte at or after `i` that is not JSON whitespace.
+#[inline(always)]
 fn ws(b: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
         i += 1;
@@ -114,20 +116,34 @@ fn ws(b: &[u8], mut i: usize) -> usize {
 
 /// Whether the 8 bytes of `w` hold a quote, a backslash or a control character (below 0x20): exact, no
 /// false negatives (the usual "has a zero byte" test, on `w` and on `w` xor each byte sought).
+#[cfg(test)]
 fn special(w: u64) -> bool {
+    special_mask(w) != 0
+}
+
+/// The word test (`special`) as a mask: the high bit of a byte is set for each special byte, and
+/// may be set for a byte above (later in the text than) a special one, never below: so the lowest
+/// set bit is in the first special byte (a borrow only runs upwards, from a byte that is itself
+/// flagged).
+#[inline(always)]
+fn special_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    (zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64)) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)) != 0
+    zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64)) | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
 /// Skips the string whose opening quote is at `i`; returns the offset past its closing quote.
-/// Runs of 8 plain bytes are skipped a word at a time.
+/// Runs of 8 plain bytes are skipped a word at a time, and the word that holds a special byte
+/// (the closing quote, mostly) goes straight to it.
+#[inline(always)]
 fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
     i += 1;
     loop {
         while let Some(chunk) = b.get(i..i + 8) {
-            if special(u64::from_le_bytes(chunk.try_into().expect("8 bytes"))) {
+            let mask = special_mask(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+            if mask != 0 {
+                i += (mask.trailing_zeros() / 8) as usize;
                 break;
             }
             i += 8;
@@ -155,6 +171,7 @@ fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
 }
 
 /// Skips the number at `i`; returns the offset past it.
+#[inline(always)]
 fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
     let digits = |b: &[u8], mut i: usize| {
         let start = i;
@@ -193,6 +210,7 @@ fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
 }
 
 /// Skips `word` (`true`, `false`, `null`) at `i`.
+#[inline(always)]
 fn literal(b: &[u8], i: usize, word: &'static [u8]) -> Result<usize, SpliceError> {
     if b.get(i..i + word.len()) == Some(word) {
         Ok(i + word.len())
@@ -203,6 +221,7 @@ fn literal(b: &[u8], i: usize, word: &'static [u8]) -> Result<usize, SpliceError
 
 /// Skips a key (a string at `i`), the colon and the whitespace after it; returns where the value
 /// starts.
+#[inline(always)]
 fn key_colon(b: &[u8], i: usize) -> Result<usize, SpliceError> {
     if b.get(i) != Some(&b'"') {
         return Err(syntax(i, "a key"));
@@ -637,9 +656,9 @@ pub type Span = (String, usize, Range<usize>);
 /// are the same text. So adding a key to a document of any size scans a few bytes.
 pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<PatchOperation>) -> Result<(), SpliceError> {
     let (bb, ab) = (before.as_bytes(), after.as_bytes());
-    let prefix = common(bb.len().min(ab.len()), |at, len| bb[at..at + len] == ab[at..at + len]);
+    let prefix = common(bb.len().min(ab.len()), |at, len| same_bytes(&bb[at..at + len], &ab[at..at + len]));
     let room = bb.len().min(ab.len()) - prefix;
-    let suffix = common(room, |at, len| bb[bb.len() - at - len..bb.len() - at] == ab[ab.len() - at - len..ab.len() - at]);
+    let suffix = common(room, |at, len| same_bytes(&bb[bb.len() - at - len..bb.len() - at], &ab[ab.len() - at - len..ab.len() - at]));
     if prefix == bb.len() && prefix == ab.len() {
         return Ok(());
     }
@@ -723,8 +742,9 @@ pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<Pat
 }
 
 /// The length, up to `limit`, of the run of equal bytes that `same(at, len)` (whether the `len`
-/// bytes at `at` of the run are equal) finds: compared a page at a time (a `memcmp`), then byte
-/// by byte within the first page that differs.
+/// bytes at `at` of the run are equal) finds: compared a page at a time, then byte by byte within
+/// the first page that differs. The callers compare with [`same_bytes`], a word at a time: the
+/// static agent's libc (musl) compares byte by byte, seven instructions a byte.
 fn common(limit: usize, same: impl Fn(usize, usize) -> bool) -> usize {
     const PAGE: usize = 4096;
     let mut at = 0;
@@ -1009,6 +1029,9 @@ mod tests {
             bytes[(state >> 60) as usize % 8] = put;
             let naive = bytes.iter().any(|&b| b == b'"' || b == b'\\' || b < 0x20);
             assert_eq!(special(u64::from_le_bytes(bytes)), naive, "{bytes:?}");
+            let first = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            let mask = special_mask(u64::from_le_bytes(bytes));
+            assert_eq!(first, (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize), "{bytes:?}");
         }
     }
 
