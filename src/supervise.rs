@@ -304,9 +304,6 @@ pub enum SuperviseError {
     /// `prctl(PR_SET_CHILD_SUBREAPER)` failed, so orphans would escape us.
     #[error("cannot become a child subreaper (PR_SET_CHILD_SUBREAPER)")]
     Subreaper(#[source] Errno),
-    /// Starting the thread that writes the log failed.
-    #[error("cannot start the log writer thread")]
-    StartLogWriter(#[source] io::Error),
     /// Reading the process table in `/proc` failed (is `/proc` mounted?).
     #[error("cannot list the processes in /proc")]
     ListProcesses(#[source] io::Error),
@@ -420,8 +417,7 @@ impl Supervisor {
             let _runtime = runtime.enter();
             Inbox::install()?
         };
-        let log = LogWriter::start(policy.log_buffer, policy.drain_wait, out)
-            .map_err(SuperviseError::StartLogWriter)?;
+        let log = LogWriter::start(policy.log_buffer, policy.drain_wait, out);
         Ok(Supervisor {
             policy,
             masker,

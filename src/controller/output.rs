@@ -234,11 +234,15 @@ impl Drop for StepSink<'_> {
 
 impl LogSink for StepSink<'_> {
     fn line(&self, stream: &'static str, line: &str) {
-        let pending = self
-            .pieces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(stream);
+        let pending = {
+            let mut pieces = self.pieces.lock().unwrap_or_else(|e| e.into_inner());
+            // Most lines come whole: no stream is then in the middle of one to look up.
+            if pieces.is_empty() {
+                None
+            } else {
+                pieces.remove(stream)
+            }
+        };
         let masked = match pending {
             // The end of a line sent in pieces: masked as the rest of that one stream.
             Some(mut masking) => {
@@ -247,7 +251,14 @@ impl LogSink for StepSink<'_> {
                 masking.flush(&mut out);
                 String::from_utf8_lossy(&out).into_owned()
             }
-            None => self.output.mask(line),
+            None => {
+                // A line without secrets is recorded as it is: no copy, no clone of the masker.
+                let masker = self.output.masker.read().unwrap_or_else(|e| e.into_inner());
+                let masked = masker.mask(line);
+                drop(masker);
+                self.record(stream, &masked);
+                return;
+            }
         };
         self.record(stream, &masked);
     }

@@ -5,9 +5,11 @@
 //! owned by one writer thread, and the two meet in a [`LogQueue`]: the readers append formatted
 //! records to a byte buffer under a short lock, the writer swaps the whole buffer out and writes it
 //! with the lock released. What happens when the buffer is full is the [`LogBuffer`] policy.
+//! The writer thread starts with the first record: a job that prints nothing costs no thread.
 
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +29,32 @@ pub(crate) struct LogQueue {
     written: Condvar,
     /// Wakes async producers waiting for room ([`LogBuffer::Backpressure`]).
     room: tokio::sync::Notify,
+    /// The writer thread, or the output it is to own until the first record starts it.
+    writer: Mutex<Writer>,
+    /// True once `writer` left [`Writer::Idle`]: the check each record makes without a lock.
+    started: AtomicBool,
+    /// The queue itself, for the writer thread to hold.
+    this: Weak<LogQueue>,
+}
+
+/// The writer thread of a [`LogQueue`], by its stage.
+enum Writer {
+    /// Not started: no record yet. Holds the output the thread is to own.
+    Idle(Box<dyn Write + Send>),
+    /// Started; joined when the [`LogWriter`] is dropped.
+    Running(JoinHandle<()>),
+    /// Joined, given up on, never to start (no output), or failed to start.
+    Gone,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Writer::Idle(_) => "Idle",
+            Writer::Running(_) => "Running",
+            Writer::Gone => "Gone",
+        })
+    }
 }
 
 /// The moving state of a [`LogQueue`], under its lock.
@@ -61,15 +89,62 @@ impl QueueState {
 }
 
 impl LogQueue {
-    /// An empty queue under `policy`.
+    /// An empty queue under `policy`, without a writer (records stay queued until taken).
+    #[cfg(test)]
     pub(crate) fn new(policy: LogBuffer) -> LogQueue {
+        LogQueue::with_writer(policy, Writer::Gone, Weak::new())
+    }
+
+    /// An empty queue under `policy` whose writer thread, started by the first record, writes
+    /// to `out`.
+    fn writing_to(policy: LogBuffer, out: Box<dyn Write + Send>) -> Arc<LogQueue> {
+        Arc::new_cyclic(|this| LogQueue::with_writer(policy, Writer::Idle(out), this.clone()))
+    }
+
+    /// An empty queue under `policy` with `writer`; `this` is the queue's own `Arc`.
+    fn with_writer(policy: LogBuffer, writer: Writer, this: Weak<LogQueue>) -> LogQueue {
         LogQueue {
             policy,
             state: Mutex::new(QueueState::default()),
             queued: Condvar::new(),
             written: Condvar::new(),
             room: tokio::sync::Notify::new(),
+            started: AtomicBool::new(!matches!(writer, Writer::Idle(_))),
+            writer: Mutex::new(writer),
+            this,
         }
+    }
+
+    /// Wakes the writer thread for what was just queued, starting it first if this is the first
+    /// record. When the thread cannot be started, the log is lost as when `out` fails: what is
+    /// queued is counted as dropped, with a warning.
+    fn wake_writer(&self) {
+        if !self.started.load(Ordering::Acquire) {
+            let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if let (Writer::Idle(_), Some(queue)) = (&*writer, self.this.upgrade()) {
+                let Writer::Idle(out) = std::mem::replace(&mut *writer, Writer::Gone) else {
+                    unreachable!("matched just above")
+                };
+                let spawned = std::thread::Builder::new()
+                    .name("supervise-log".into())
+                    .spawn(move || write_loop(&queue, out));
+                match spawned {
+                    Ok(thread) => *writer = Writer::Running(thread),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot start the log writer thread; dropping the job output");
+                        let mut state = self.lock();
+                        state.failed = true;
+                        state.dropped += std::mem::take(&mut state.queued_records);
+                        state.queued.clear();
+                        drop(state);
+                        self.written.notify_all();
+                        self.room.notify_waiters();
+                    }
+                }
+            }
+            self.started.store(true, Ordering::Release);
+        }
+        self.queued.notify_one();
     }
 
     /// The state, locked.
@@ -114,7 +189,7 @@ impl LogQueue {
         state.queued_records += records;
         drop(state);
         batch.clear();
-        self.queued.notify_one();
+        self.wake_writer();
     }
 
     /// Queues the notice for records dropped and not yet reported, if any, whatever the room: the
@@ -123,7 +198,7 @@ impl LogQueue {
         let mut state = self.lock();
         if !state.failed && Self::append_drop_notice(&mut state, notice) {
             drop(state);
-            self.queued.notify_one();
+            self.wake_writer();
         }
     }
 
@@ -137,7 +212,7 @@ impl LogQueue {
         }
         Self::append(&mut state, record);
         drop(state);
-        self.queued.notify_one();
+        self.wake_writer();
     }
 
     /// Appends one record, whatever the room.
@@ -224,33 +299,19 @@ impl LogQueue {
 /// that a writer stuck on a slow reader delays nothing but the log itself.
 #[derive(Debug)]
 pub(crate) struct LogWriter {
-    /// The queue records go into.
+    /// The queue records go into; it holds the writer thread, started by the first record.
     pub(crate) queue: Arc<LogQueue>,
-    /// The thread that owns `out`; `None` once joined or given up on.
-    thread: Option<JoinHandle<()>>,
     /// How long dropping waits for the queue to be written out before leaving the thread behind.
     drain_wait: Duration,
 }
 
 impl LogWriter {
-    /// Starts the writer thread on `out`.
-    pub(crate) fn start(
-        policy: LogBuffer,
-        drain_wait: Duration,
-        out: Box<dyn Write + Send>,
-    ) -> std::io::Result<LogWriter> {
-        let queue = Arc::new(LogQueue::new(policy));
-        let thread = std::thread::Builder::new()
-            .name("supervise-log".into())
-            .spawn({
-                let queue = Arc::clone(&queue);
-                move || write_loop(&queue, out)
-            })?;
-        Ok(LogWriter {
-            queue,
-            thread: Some(thread),
+    /// A writer on `out`, its thread started by the first record.
+    pub(crate) fn start(policy: LogBuffer, drain_wait: Duration, out: Box<dyn Write + Send>) -> LogWriter {
+        LogWriter {
+            queue: LogQueue::writing_to(policy, out),
             drain_wait,
-        })
+        }
     }
 }
 
@@ -265,7 +326,8 @@ impl Drop for LogWriter {
             LogBuffer::DropNewest { .. } => self.drain_wait,
         };
         if self.queue.wait_written(wait) {
-            if let Some(thread) = self.thread.take() {
+            let mut writer = self.queue.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Writer::Running(thread) = std::mem::replace(&mut *writer, Writer::Gone) {
                 // The queue is empty and closed: the thread is leaving its loop, with no I/O left.
                 let _ = thread.join();
             }

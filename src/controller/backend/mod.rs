@@ -310,14 +310,29 @@ impl Stream {
             self.close(sink);
             return;
         }
-        let mut data = &buf[..n as usize];
+        let read = &buf[..n as usize];
+        // UTF-8 is checked once for the whole read: a line that lies wholly in its valid prefix
+        // is sent as it is, without a check of its own.
+        let valid = match std::str::from_utf8(read) {
+            Ok(_) => read.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let mut data = read;
         loop {
             // A line may take up to `room` more bytes; its newline may come right after them.
             let room = LINE_LIMIT - self.partial.len();
             match memchr::memchr(b'\n', &data[..data.len().min(room + 1)]) {
                 Some(at) if self.partial.is_empty() => {
                     // The whole line is in this read: sent from where it lies.
-                    send(sink, self.name, &data[..at]);
+                    let start = read.len() - data.len();
+                    if start + at <= valid {
+                        // SAFETY: `read[..valid]` is UTF-8 and a newline is a character
+                        // boundary, so this slice of it, from a line's start, is UTF-8 too.
+                        let line = unsafe { std::str::from_utf8_unchecked(&data[..at]) };
+                        sink.line(self.name, line.trim_end_matches('\r'));
+                    } else {
+                        send(sink, self.name, &data[..at]);
+                    }
                     data = &data[at + 1..];
                 }
                 Some(at) => {
@@ -337,14 +352,17 @@ impl Stream {
     }
 
     /// Sends what `partial` holds and empties it: a whole line (`whole`, without its line
-    /// ending), or a piece of one that goes on.
+    /// ending), or a piece of one that goes on. A piece ends at a character boundary: the first
+    /// bytes of a UTF-8 sequence cut by the limit stay in `partial` for the next piece.
     fn emit(&mut self, sink: &dyn LogSink, whole: bool) {
         if whole {
             send(sink, self.name, &self.partial);
+            self.partial.clear();
         } else {
-            sink.piece(self.name, &String::from_utf8_lossy(&self.partial));
+            let cut = self.partial.len() - unfinished_char(&self.partial);
+            sink.piece(self.name, &String::from_utf8_lossy(&self.partial[..cut]));
+            self.partial.drain(..cut);
         }
-        self.partial.clear();
     }
 
     /// Sends an unfinished last line, if any, ends the stream and closes the pipe.
@@ -363,6 +381,26 @@ impl Stream {
 /// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
 /// that a flood of output costs few reads and each batch of lines is large.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
+
+/// How many bytes at the end of `bytes` begin a UTF-8 sequence that they do not finish (0 to 3):
+/// a lead byte followed by fewer continuation bytes than it announces. Bytes that cannot begin
+/// a valid sequence count as finished (they are replaced on their own).
+fn unfinished_char(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: its lead is further back
+        }
+        let needs = match byte {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 1,
+        };
+        return if back < needs { back } else { 0 };
+    }
+    0
+}
 
 /// Sends one line of stream `name` (without its newline; a `\r` before it is dropped too) to
 /// `sink`, bytes that are not UTF-8 replaced by U+FFFD.
@@ -610,7 +648,7 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
 
-    use super::{LogSink, Stream, LINE_LIMIT};
+    use super::{unfinished_char, LogSink, Stream, LINE_LIMIT};
 
     /// The lines a stream sent.
     #[derive(Default)]
@@ -646,5 +684,42 @@ mod tests {
         let lengths: Vec<usize> = lines.iter().map(String::len).collect();
         assert_eq!(lengths, [1, LINE_LIMIT, LINE_LIMIT, LINE_LIMIT, LINE_LIMIT / 2, 1, 4]);
         assert_eq!(lines.concat(), input.replace('\n', ""), "every byte, in order");
+    }
+    #[test]
+    fn pieces_end_at_character_boundaries() {
+        // One ASCII byte, then two- and four-byte characters without a newline for 2.5 times
+        // the limit: the limit falls inside a character, which must reach the sink whole.
+        for ch in ["é", "😀"] {
+            let input = format!("a{}\nend\n", ch.repeat(LINE_LIMIT * 5 / 2 / ch.len()));
+            let (read, write) = nix::unistd::pipe().unwrap();
+            let writer = std::thread::spawn({
+                let input = input.clone();
+                move || std::fs::File::from(write).write_all(input.as_bytes()).unwrap()
+            });
+            let sink = Lines::default();
+            let mut stream = Stream::new(Some(read), "stdout");
+            let mut buf = vec![0u8; 64 * 1024];
+            while stream.pipe.is_some() {
+                stream.drain(&sink, &mut buf);
+                assert!(stream.partial.len() <= LINE_LIMIT);
+            }
+            writer.join().unwrap();
+            let lines = sink.0.into_inner().unwrap();
+            assert!(lines.len() > 2, "the long line went in pieces");
+            assert!(!lines.iter().any(|l| l.contains('\u{FFFD}')), "no character cut in two");
+            assert_eq!(lines.concat(), input.replace('\n', ""), "every character, in order");
+        }
+    }
+
+    #[test]
+    fn unfinished_char_counts_only_a_cut_sequence() {
+        assert_eq!(unfinished_char(b"abc"), 0);
+        assert_eq!(unfinished_char("aé".as_bytes()), 0);
+        assert_eq!(unfinished_char(&"aé".as_bytes()[..2]), 1);
+        assert_eq!(unfinished_char(&"😀".as_bytes()[..3]), 3);
+        assert_eq!(unfinished_char(&"😀".as_bytes()[..1]), 1);
+        assert_eq!(unfinished_char("😀".as_bytes()), 0);
+        assert_eq!(unfinished_char(b"a\xff"), 0);
+        assert_eq!(unfinished_char(b""), 0);
     }
 }
