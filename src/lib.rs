@@ -38,4 +38,6 @@ pub mod build;
 pub mod transport;
 #[cfg(feature = "controller")]
 pub mod controller;
+#[cfg(feature = "controller")]
+pub mod git;
 pub mod allocator;
