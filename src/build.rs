@@ -895,6 +895,9 @@ pub enum DockerError {
 
 /// A docker CLI that reaches the engine and builds with BuildKit (`DOCKER_BUILDKIT=1`), so that
 /// `--secret` and `RUN --mount=type=secret` work.
+///
+/// The crate's one docker client: every docker command (builds, `run`, `rm`, `image inspect`,
+/// registry `tag`/`push`/`pull`) is made by [`Docker::command`].
 #[cfg(feature = "controller")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Docker {
@@ -1040,6 +1043,16 @@ mod tests {
         assert!(err.contains("missing: No such file") && err.contains("no engine: exit status: 1: Cannot connect"), "{err}");
         assert!(err.contains("no BuildKit builds") && err.contains("buildx component is missing"), "{err}");
         assert_eq!(Docker::detect_from([missing, good.clone()]).unwrap(), Docker { program: good });
+    }
+
+    #[cfg(feature = "controller")]
+    #[test]
+    fn a_docker_command_runs_the_client_with_buildkit() {
+        let docker = Docker { program: PathBuf::from("/opt/docker") };
+        let command = docker.command();
+        assert_eq!(command.get_program(), "/opt/docker");
+        let envs: Vec<_> = command.get_envs().collect();
+        assert_eq!(envs, [(std::ffi::OsStr::new("DOCKER_BUILDKIT"), Some(std::ffi::OsStr::new("1")))]);
     }
 
     #[test]
