@@ -34,7 +34,7 @@ pub mod cli;
 pub mod helper;
 pub mod plan;
 pub mod exec;
-pub mod build;
+pub mod step_image;
 pub mod transport;
 #[cfg(feature = "controller")]
 pub mod controller;

@@ -17,7 +17,7 @@ use clap::Parser;
 use serde_json::{Map, Value};
 
 use opschain_runner::atomic::{self, Durability};
-use opschain_runner::build;
+use opschain_runner::step_image;
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
 use opschain_runner::controller::output;
@@ -484,7 +484,7 @@ fn create_dockerfile(repo: &Path, folder: &str, force: bool) -> Result<PathBuf> 
     let path = layout.dockerfile();
     let dir = layout.folder_dir();
     std::fs::create_dir_all(&dir).map_err(|source| Failure::Write { path: dir.clone(), source })?;
-    let dockerfile = build::default_dockerfile(folder);
+    let dockerfile = step_image::default_dockerfile(folder);
     let contents = dockerfile.as_bytes();
     if force {
         atomic::write(&path, contents, 0o644, Durability::Durable).map_err(|e| Failure::Write { path: path.clone(), source: e.source })?;

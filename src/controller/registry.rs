@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use super::backend::LogSink;
-use crate::build::Docker;
+use crate::step_image::Docker;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use super::image::{ImageOutcome, ImageSettings, StepImages};
 use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
-use crate::build::Docker;
+use crate::step_image::Docker;
 use crate::controller::repo;
 
 /// How the Docker backend runs.

@@ -1,7 +1,7 @@
 //! The step image pipeline of the controller's image backends (Docker; any backend that runs a
 //! step in an image can call it): [`StepImages::build_step_image`] works out a step's image with
-//! [`build::plan`], reuses an image of the same key, and otherwise writes the build context with
-//! [`build::write_planned`] (the very code `opschain-runner build-context` runs) and builds it with
+//! [`step_image::plan`], reuses an image of the same key, and otherwise writes the build context with
+//! [`step_image::write_planned`] (the very code `opschain-runner build-context` runs) and builds it with
 //! BuildKit, its output streamed into the step's log as the agent's is, between the build phase's
 //! start and finish lines.
 //!
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{run_streamed, status_code, BackendError, LogSink, StepJob};
-use crate::build::{self, BuildContextSpec, Docker, SecretSource};
+use crate::step_image::{self, BuildContextSpec, Docker, SecretSource};
 use crate::controller::registry;
 
 /// How step images are built.
@@ -52,7 +52,7 @@ pub struct ImageSettings {
 pub struct ImageRef {
     /// Its tag, `opschain-step:<key>`.
     pub tag: String,
-    /// Its key ([`build::ImagePlan::key`]).
+    /// Its key ([`step_image::ImagePlan::key`]).
     pub key: String,
     /// Whether this call built it (false: an image of the same key was reused).
     pub built: bool,
@@ -190,7 +190,7 @@ impl StepImages {
     fn build_or_reuse(&self, job: &StepJob, work: &Path, sink: &dyn LogSink, cancel: &AtomicBool, started: Instant) -> Result<ImageOutcome, BackendError> {
         let spec = self.spec(job, work);
         let image_err = |source| BackendError::Image { step: job.step_id, source };
-        let plan = build::plan(&spec).map_err(image_err)?;
+        let plan = step_image::plan(&spec).map_err(image_err)?;
         let tag = plan.tag();
         let lock = Arc::clone(self.keys.lock().unwrap_or_else(|e| e.into_inner()).entry(plan.key.clone()).or_default());
         let _building = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,7 +217,7 @@ impl StepImages {
             return Ok(ImageOutcome::Ready(ImageRef { tag, key: plan.key, built: false }));
         }
         let writing = Instant::now();
-        let written = build::write_planned(&spec, &plan);
+        let written = step_image::write_planned(&spec, &plan);
         let outcome = written.map_err(image_err).and_then(|context| {
             let sets = if context.secret_sets.is_empty() { "none".to_string() } else { context.secret_sets.join(", ") };
             let dockerfile = if context.custom_dockerfile { format!("{}/Dockerfile", self.settings.folder) } else { "the default Dockerfile".into() };

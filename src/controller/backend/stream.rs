@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use super::{status_code, stream_and_wait, BackendError, LogSink};
-use crate::build::Docker;
+use crate::step_image::Docker;
 use crate::result::StepResult;
 use crate::transport::Decoder;
 
