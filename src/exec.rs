@@ -2,7 +2,7 @@
 //! secrets, loaded; for Dockerfile `RUN` lines (`RUN opschain-exec bundle install`).
 //!
 //! The context is the first that exists of `<repo>/<folder>/step_context.json` (a step),
-//! `<repo>/<folder>/step_context_env.json` (an image build, see [`crate::build`]) and
+//! `<repo>/<folder>/step_context_env.json` (an image build, see [`crate::step_image`]) and
 //! `<repo>/<folder>/step_context.json.zip` (a MintPress image build: a zip holding
 //! `step_context.json`). The command's environment is, lowest first:
 //!

@@ -34,8 +34,10 @@ pub mod cli;
 pub mod helper;
 pub mod plan;
 pub mod exec;
-pub mod build;
+pub mod step_image;
 pub mod transport;
 #[cfg(feature = "controller")]
 pub mod controller;
+#[cfg(feature = "controller")]
+pub mod git;
 pub mod allocator;

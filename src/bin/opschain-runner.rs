@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use opschain_runner::actions::Actions;
-use opschain_runner::build;
+use opschain_runner::step_image;
 #[cfg(feature = "controller")]
-use opschain_runner::build::BuildContextSpec;
+use opschain_runner::step_image::BuildContextSpec;
 #[cfg(feature = "controller")]
 use opschain_runner::cli::BuildContextArgs;
 use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, LogMode, PropertyCommand, StepArgs, ValidateArgs};
@@ -93,7 +93,7 @@ fn run(cli: Cli) -> i32 {
     // The wrapper and the build helpers print nothing of their own but errors: no log subscriber.
     match cli.command {
         Some(Command::Exec(args)) => return exec_subcommand(&cli.global, args),
-        Some(Command::CreateDockerfile) => return print_or_fail(&build::default_dockerfile(&cli.global.folder)),
+        Some(Command::CreateDockerfile) => return print_or_fail(&step_image::default_dockerfile(&cli.global.folder)),
         #[cfg(feature = "controller")]
         Some(Command::BuildContext(args)) => return build_context(&cli.global, args),
         _ => {}
@@ -133,7 +133,7 @@ fn build_context(global: &Global, args: BuildContextArgs) -> i32 {
     spec.folder = global.folder.clone();
     spec.git_rev = args.git_rev;
     if let Some(dir) = args.secrets_dir {
-        spec.secrets = build::SecretSource::Dir(dir);
+        spec.secrets = step_image::SecretSource::Dir(dir);
     }
     spec.secrets_file = args.secrets_file;
     if let Some(version) = args.opschain_version {
@@ -147,12 +147,12 @@ fn build_context(global: &Global, args: BuildContextArgs) -> i32 {
         match opschain_runner::json::read_file::<opschain_runner::json::StrictObject>(path, SizeLimit::DEFAULT) {
             Ok(doc) => spec.context = doc.0,
             Err(e) => {
-                let e = build::BuildError::Context(e);
+                let e = step_image::BuildError::Context(e);
                 return fail(&e, e.exit_status().code());
             }
         }
     }
-    match build::write_context(&spec) {
+    match step_image::write_context(&spec) {
         Ok(context) => print_or_fail(&(serde_json::to_string_pretty(&context).unwrap_or_default() + "\n")),
         Err(e) => fail(&e, e.exit_status().code()),
     }

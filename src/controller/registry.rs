@@ -11,11 +11,11 @@
 //! on a loopback address may be plain HTTP, any other needs TLS or the engine's
 //! `insecure-registries`.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 use super::backend::LogSink;
+use crate::step_image::Docker;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +90,8 @@ impl Registry {
 }
 
 /// Runs `docker ARGS` quietly; its stderr on failure.
-fn docker(docker: &Path, args: &[&str]) -> Result<Result<(), String>, RegistryError> {
-    let out = Command::new(docker).args(args).stdin(Stdio::null()).output().map_err(|source| RegistryError::Spawn { program: docker.display().to_string(), source })?;
+fn docker(docker: &Docker, args: &[&str]) -> Result<Result<(), String>, RegistryError> {
+    let out = docker.command().args(args).stdin(Stdio::null()).output().map_err(|source| RegistryError::Spawn { program: docker.program.display().to_string(), source })?;
     Ok(if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) })
 }
 
@@ -106,7 +106,7 @@ fn is_absent(stderr: &str) -> bool {
 /// there already (pushed or pulled before) or the registry has it (pulled now, the time logged
 /// to `sink`); false when the registry has no such image. An unreachable registry is an error: a
 /// build could not be pushed there either.
-pub fn fetch(docker_bin: &Path, reference: &str, sink: &dyn LogSink) -> Result<bool, RegistryError> {
+pub fn fetch(docker_bin: &Docker, reference: &str, sink: &dyn LogSink) -> Result<bool, RegistryError> {
     if docker(docker_bin, &["image", "inspect", "--format", "{{.Id}}", reference])?.is_ok() {
         return Ok(true);
     }
@@ -123,7 +123,7 @@ pub fn fetch(docker_bin: &Path, reference: &str, sink: &dyn LogSink) -> Result<b
 
 /// Tags the local image `local` as `registry`'s reference and pushes it; returns the reference.
 /// The push's time is logged to `sink`.
-pub fn publish(docker_bin: &Path, local: &str, registry: &Registry, sink: &dyn LogSink) -> Result<String, RegistryError> {
+pub fn publish(docker_bin: &Docker, local: &str, registry: &Registry, sink: &dyn LogSink) -> Result<String, RegistryError> {
     let reference = registry.reference(local);
     docker(docker_bin, &["tag", local, &reference])?.map_err(|stderr| RegistryError::Docker { op: "tag", reference: reference.clone(), stderr })?;
     let started = Instant::now();

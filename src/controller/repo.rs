@@ -17,25 +17,27 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use super::private;
+use crate::git::GitError;
 
 /// Why a git operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    /// git could not be started.
-    #[error("cannot run git {args}")]
-    Spawn {
-        /// The git arguments.
-        args: String,
+    /// A git command failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// tar could not be started to extract a `git archive`.
+    #[error("cannot run tar -x")]
+    SpawnTar {
         /// The cause.
         #[source]
         source: std::io::Error,
     },
-    /// git failed.
-    #[error("git {args} failed: {stderr}")]
-    Git {
+    /// tar failed to extract a `git archive`.
+    #[error("git {args} | tar -x failed: {stderr}")]
+    Extract {
         /// The git arguments.
         args: String,
-        /// git's stderr.
+        /// tar's stderr.
         stderr: String,
     },
     /// A directory could not be created.
@@ -69,20 +71,16 @@ pub enum RepoError {
     },
 }
 
-/// Runs git with `args` in `dir` and returns its trimmed stdout.
+/// Runs git with `args` in `dir`, with the identity and defaults a snapshot commit needs, and
+/// returns its trimmed stdout.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String, RepoError> {
-    let shown = args.join(" ");
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=opschain", "-c", "user.email=opschain@localhost", "-c", "init.defaultBranch=main", "-c", "advice.detachedHead=false"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| RepoError::Spawn { args: shown.clone(), source })?;
-    if !out.status.success() {
-        return Err(RepoError::Git { args: shown, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
+    let config = ["-c", "user.name=opschain", "-c", "user.email=opschain@localhost", "-c", "init.defaultBranch=main", "-c", "advice.detachedHead=false"];
+    let args: Vec<&str> = config.iter().chain(args).copied().collect();
+    let out = crate::git::run(Some(dir), &args).map_err(|e| match e {
+        // Name only the caller's arguments, not the fixed configuration.
+        GitError::Spawn { source, .. } => GitError::Spawn { args: args[config.len()..].join(" "), source },
+        GitError::Failed { stderr, .. } => GitError::Failed { args: args[config.len()..].join(" "), stderr },
+    })?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -294,7 +292,7 @@ pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Res
         Ok(_) => {}
         // With -q, a missing object is an exit with nothing said; anything else (no repository,
         // a bad commit) says why, and is an error.
-        Err(RepoError::Git { stderr, .. }) if stderr.is_empty() => return Ok(false),
+        Err(RepoError::Git(GitError::Failed { stderr, .. })) if stderr.is_empty() => return Ok(false),
         Err(e) => return Err(e),
     }
     std::fs::create_dir_all(dest).map_err(|source| RepoError::CreateDir { path: dest.to_path_buf(), source })?;
@@ -303,26 +301,23 @@ pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Res
         args.extend(["--", path]);
     }
     let shown = args.join(" ");
-    let spawn = |what: &str, source| RepoError::Spawn { args: what.to_string(), source };
-    let mut archive = Command::new("git")
-        .arg("-C")
-        .arg(repo)
+    let spawn = |source| RepoError::Git(GitError::Spawn { args: shown.clone(), source });
+    let mut archive = crate::git::command(Some(repo))
         .args(&args)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| spawn(&shown, e))?;
+        .map_err(spawn)?;
     let tar_input = archive.stdout.take().map(Stdio::from).unwrap_or_else(Stdio::null);
     let tar = Command::new("tar").arg("-x").arg("-C").arg(dest).stdin(tar_input).stderr(Stdio::piped()).output();
-    let archived = archive.wait_with_output().map_err(|e| spawn(&shown, e))?;
+    let archived = archive.wait_with_output().map_err(spawn)?;
     // tar first: when it cannot run or write, git only sees its pipe close (SIGPIPE).
-    let tar = tar.map_err(|e| spawn("(tar -x)", e))?;
+    let tar = tar.map_err(|source| RepoError::SpawnTar { source })?;
     if !tar.status.success() {
-        return Err(RepoError::Git { args: format!("{shown} | tar -x"), stderr: String::from_utf8_lossy(&tar.stderr).trim().to_string() });
+        return Err(RepoError::Extract { args: shown, stderr: String::from_utf8_lossy(&tar.stderr).trim().to_string() });
     }
     if !archived.status.success() {
-        return Err(RepoError::Git { args: shown, stderr: String::from_utf8_lossy(&archived.stderr).trim().to_string() });
+        return Err(RepoError::Git(GitError::Failed { args: shown, stderr: String::from_utf8_lossy(&archived.stderr).trim().to_string() }));
     }
     Ok(true)
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use super::backend::{Backend, BackendError, ContextDocument, StepJob};
 use super::output::{change_secrets, ChangeOutput};
-use crate::build::{self, BuildError, SecretSet};
+use crate::step_image::{self, BuildError, SecretSet};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{ChangeRow, Level, StepEnd, StepRow, Store, StoreError};
 
@@ -224,7 +224,7 @@ impl<'a> Scheduler<'a> {
     /// default set `opschain-build-env`. A listed set that does not exist is an error that says
     /// how to create it.
     fn build_secret_sets(&self, job: &StepJob) -> Result<Vec<SecretSet>, BuildError> {
-        build::applicable_secret_sets(&job.context.declaring_tree())?
+        step_image::applicable_secret_sets(&job.context.declaring_tree())?
             .into_iter()
             .map(|name| match self.store.secrets(&name) {
                 Ok(Some(map)) => SecretSet::from_map(&name, &map),

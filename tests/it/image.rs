@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::common::*;
-use opschain_runner::build::{self, BuildContextSpec, Docker, SecretSource};
+use opschain_runner::step_image::{self, BuildContextSpec, Docker, SecretSource};
 use serde_json::{json, Value};
 
 /// A build secret value: lower case, so that the upper-cased copy the build writes differs from it.
@@ -181,11 +181,11 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     let repo = fixture_repo(dir.path());
     let default = runner().arg("create-dockerfile").output().unwrap();
     assert_eq!(default.status.code(), Some(0));
-    assert_eq!(String::from_utf8(default.stdout).unwrap(), build::default_dockerfile(".opschain"));
+    assert_eq!(String::from_utf8(default.stdout).unwrap(), step_image::default_dockerfile(".opschain"));
 
-    let context = build::write_context(&BuildContextSpec::new(&repo, dir.path().join("head"))).unwrap();
+    let context = step_image::write_context(&BuildContextSpec::new(&repo, dir.path().join("head"))).unwrap();
     assert!(!context.custom_dockerfile);
-    assert_eq!(std::fs::read_to_string(&context.dockerfile).unwrap(), build::default_dockerfile(".opschain"));
+    assert_eq!(std::fs::read_to_string(&context.dockerfile).unwrap(), step_image::default_dockerfile(".opschain"));
     assert_eq!(context.secrets.len(), 2, "the context and the (empty) bundle");
     assert!(context.secret_sets.is_empty());
     // Nothing configured: the default set applies, and the build-env context is empty of properties.
@@ -194,21 +194,21 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
 
     // The same commit gives the same repo.tar, byte for byte (the build cache holds across steps);
     // another commit does not.
-    let again = build::write_context(&BuildContextSpec::new(&repo, dir.path().join("head-again"))).unwrap();
-    let tar = |c: &build::BuildContext| std::fs::read(c.dir.join("repo.tar")).unwrap();
+    let again = step_image::write_context(&BuildContextSpec::new(&repo, dir.path().join("head-again"))).unwrap();
+    let tar = |c: &step_image::BuildContext| std::fs::read(c.dir.join("repo.tar")).unwrap();
     assert!(tar(&context) == tar(&again), "repo.tar differs between two builds of one commit");
-    let v1 = build::write_context(&BuildContextSpec { git_rev: "v1".into(), ..BuildContextSpec::new(&repo, dir.path().join("v1")) }).unwrap();
+    let v1 = step_image::write_context(&BuildContextSpec { git_rev: "v1".into(), ..BuildContextSpec::new(&repo, dir.path().join("v1")) }).unwrap();
     assert!(tar(&context) != tar(&v1));
     // With a cache, a commit is archived once and linked into each context: the same bytes.
     let cache = dir.path().join("tars");
-    let cached = |out: &str| build::write_context(&BuildContextSpec { repo_tar_cache: Some(cache.clone()), ..BuildContextSpec::new(&repo, dir.path().join(out)) }).unwrap();
+    let cached = |out: &str| step_image::write_context(&BuildContextSpec { repo_tar_cache: Some(cache.clone()), ..BuildContextSpec::new(&repo, dir.path().join(out)) }).unwrap();
     let (first, second) = (cached("cached-1"), cached("cached-2"));
     assert!(tar(&first) == tar(&context) && tar(&second) == tar(&context));
     let kept: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(kept, [format!("{}.tar", first.git_sha)], "one archive, no leftovers");
     // The image key: the same inputs give the same key; a changed env property another one, but
     // not a changed step, user or other property.
-    let key = |context: Value| build::plan(&BuildContextSpec { context: context.as_object().unwrap().clone(), ..BuildContextSpec::new(&repo, dir.path().join("unused")) }).unwrap().key;
+    let key = |context: Value| step_image::plan(&BuildContextSpec { context: context.as_object().unwrap().clone(), ..BuildContextSpec::new(&repo, dir.path().join("unused")) }).unwrap().key;
     let with = |greeting: &str, step: i64, other: i64| {
         json!({"context": {"project": {"code": "p"}, "step": {"id": step}}, "project": {"properties": {"other": other, "opschain": {"env": {"GREETING": greeting}}}}})
     };
@@ -336,7 +336,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     spec.base_runner = base.clone();
     spec.context = change_context().as_object().unwrap().clone();
     spec.secrets = SecretSource::Dir(secrets.clone());
-    let context = build::write_context(&spec).unwrap();
+    let context = step_image::write_context(&spec).unwrap();
     assert!(context.custom_dockerfile);
     let step = format!("opschain-test-step:{unique}");
     images.tags.push(step.clone());
@@ -371,7 +371,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
         docker.run(["cp".into(), step_context.clone().into_os_string(), format!("{container}:/opt/opschain/.opschain/step_context.json").into()])?;
         let started = docker.command().args(["start", "--attach", container.as_str()]).output().unwrap();
         docker.run(["cp".into(), format!("{container}:/opt/opschain/.opschain/step_result.json").into(), dir.path().join("step_result.json").into_os_string()])?;
-        Ok::<Output, build::DockerError>(started)
+        Ok::<Output, step_image::DockerError>(started)
     })();
     let _ = docker.run(["rm", "--force", container.as_str()]);
     let started = run.unwrap();
@@ -389,7 +389,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert_eq!(result["runner"]["exit_status"], 0);
 
     // The default Dockerfile at HEAD: the setup hook runs through opschain-exec with the default set.
-    let context = build::write_context(&BuildContextSpec { base_runner: base.clone(), secrets: SecretSource::Dir(secrets), ..BuildContextSpec::new(&repo, dir.path().join("ctx-head")) }).unwrap();
+    let context = step_image::write_context(&BuildContextSpec { base_runner: base.clone(), secrets: SecretSource::Dir(secrets), ..BuildContextSpec::new(&repo, dir.path().join("ctx-head")) }).unwrap();
     assert!(!context.custom_dockerfile);
     let default_step = format!("opschain-test-default:{unique}");
     images.tags.push(default_step.clone());
@@ -405,7 +405,7 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
         if let Some(greeting) = greeting {
             spec.context = json!({"project": {"properties": {"opschain": {"env": {"GREETING": greeting}}}}}).as_object().unwrap().clone();
         }
-        build::write_context(&spec).unwrap()
+        step_image::write_context(&spec).unwrap()
     };
     let cached = docker.build(&head_spec("ctx-head-2", None), &default_step).unwrap();
     let steps = cached_steps(&String::from_utf8_lossy(&cached.stderr));

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use opschain_runner::build::Docker;
+use opschain_runner::step_image::Docker;
 use serde_json::Value;
 
 fn ok(output: Output, what: &str) -> String {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use super::image::{ImageOutcome, ImageSettings, StepImages};
 use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
+use crate::step_image::Docker;
 use crate::controller::repo;
 
 /// How the Docker backend runs.
@@ -50,7 +51,7 @@ impl DockerBackend {
     /// `sandbox_root`. The agent binary is the base image's.
     pub fn new(config: DockerConfig, folder: String, sandbox_root: PathBuf) -> DockerBackend {
         let repo_tar_cache = Some(sandbox_root.join("repo-tars"));
-        let settings = ImageSettings { docker: config.docker, base_image: config.base_image, folder, grace: config.grace, repo_tar_cache, registry: config.registry };
+        let settings = ImageSettings { docker: Docker { program: config.docker }, base_image: config.base_image, folder, grace: config.grace, repo_tar_cache, registry: config.registry };
         DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
     }
 
@@ -83,7 +84,7 @@ impl DockerBackend {
     fn streamed(&self, mut command: Command, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
         let settings = self.images.settings();
         command.stdin(Stdio::null());
-        let status = run_streamed(command, settings.docker.display().to_string(), sink, cancel, settings.grace)?;
+        let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, settings.grace)?;
         Ok(status_code(status))
     }
 }
@@ -180,7 +181,7 @@ impl Backend for DockerBackend {
         let step_context = folder.join("step_context.json");
         job.context.write_file(&step_context).map_err(io(&step_context))?;
         let mount = format!("type=bind,source={},target=/opt/opschain/{folder_name}", folder.display());
-        let mut run = Command::new(&settings.docker);
+        let mut run = settings.docker.command();
         let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder_name}");
         run.args(["run", "--rm", "--name", &name, "--mount", &mount, "--env", &folder_env, &tag, "step"]);
         let status = self.streamed(run, sink, cancel);

@@ -1,7 +1,7 @@
 //! The step image pipeline of the controller's image backends (Docker; any backend that runs a
 //! step in an image can call it): [`StepImages::build_step_image`] works out a step's image with
-//! [`build::plan`], reuses an image of the same key, and otherwise writes the build context with
-//! [`build::write_planned`] (the very code `opschain-runner build-context` runs) and builds it with
+//! [`step_image::plan`], reuses an image of the same key, and otherwise writes the build context with
+//! [`step_image::write_planned`] (the very code `opschain-runner build-context` runs) and builds it with
 //! BuildKit, its output streamed into the step's log as the agent's is, between the build phase's
 //! start and finish lines.
 //!
@@ -17,20 +17,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{run_streamed, status_code, BackendError, LogSink, StepJob};
-use crate::build::{self, BuildContextSpec, SecretSource};
+use crate::step_image::{self, BuildContextSpec, Docker, SecretSource};
 use crate::controller::registry;
 
 /// How step images are built.
 #[derive(Debug, Clone)]
 pub struct ImageSettings {
     /// The docker CLI (a client that builds with BuildKit: Debian's `/usr/bin/docker`).
-    pub docker: PathBuf,
+    pub docker: Docker,
     /// The base runner image (`OPSCHAIN_BASE_RUNNER`); it must exist locally.
     pub base_image: String,
     /// The OpsChain folder of the repositories (`.opschain`, or `.mintpress`).
@@ -52,7 +52,7 @@ pub struct ImageSettings {
 pub struct ImageRef {
     /// Its tag, `opschain-step:<key>`.
     pub tag: String,
-    /// Its key ([`build::ImagePlan::key`]).
+    /// Its key ([`step_image::ImagePlan::key`]).
     pub key: String,
     /// Whether this call built it (false: an image of the same key was reused).
     pub built: bool,
@@ -105,12 +105,14 @@ impl StepImages {
 
     /// Runs `docker ARGS` and returns its trimmed stdout; a failure is [`BackendError::Docker`].
     pub fn docker(&self, op: &'static str, args: &[&str]) -> Result<String, BackendError> {
-        let out = Command::new(&self.settings.docker)
+        let out = self
+            .settings
+            .docker
+            .command()
             .args(args)
-            .env("DOCKER_BUILDKIT", "1")
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| BackendError::Spawn { program: self.settings.docker.display().to_string(), source })?;
+            .map_err(|source| BackendError::Spawn { program: self.settings.docker.program.display().to_string(), source })?;
         if !out.status.success() {
             return Err(BackendError::Docker { op, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
         }
@@ -130,11 +132,14 @@ impl StepImages {
         let base = self.settings.base_image.as_str();
         // `with`: an image without labels has none to index (`index` of a nil map fails the call).
         let format = format!("{{{{.Id}}}} {{{{with .Config.Labels}}}}{{{{index . \"{BASE_LABEL}\"}}}}{{{{end}}}}");
-        let out = Command::new(&self.settings.docker)
+        let out = self
+            .settings
+            .docker
+            .command()
             .args(["image", "inspect", "--format", &format, base, tag])
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| BackendError::Spawn { program: self.settings.docker.display().to_string(), source })?;
+            .map_err(|source| BackendError::Spawn { program: self.settings.docker.program.display().to_string(), source })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let mut found = stdout.lines().map(|l| l.split_once(' ').map_or((l.trim(), ""), |(id, label)| (id.trim(), label.trim())));
@@ -185,7 +190,7 @@ impl StepImages {
     fn build_or_reuse(&self, job: &StepJob, work: &Path, sink: &dyn LogSink, cancel: &AtomicBool, started: Instant) -> Result<ImageOutcome, BackendError> {
         let spec = self.spec(job, work);
         let image_err = |source| BackendError::Image { step: job.step_id, source };
-        let plan = build::plan(&spec).map_err(image_err)?;
+        let plan = step_image::plan(&spec).map_err(image_err)?;
         let tag = plan.tag();
         let lock = Arc::clone(self.keys.lock().unwrap_or_else(|e| e.into_inner()).entry(plan.key.clone()).or_default());
         let _building = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,7 +217,7 @@ impl StepImages {
             return Ok(ImageOutcome::Ready(ImageRef { tag, key: plan.key, built: false }));
         }
         let writing = Instant::now();
-        let written = build::write_planned(&spec, &plan);
+        let written = step_image::write_planned(&spec, &plan);
         let outcome = written.map_err(image_err).and_then(|context| {
             let sets = if context.secret_sets.is_empty() { "none".to_string() } else { context.secret_sets.join(", ") };
             let dockerfile = if context.custom_dockerfile { format!("{}/Dockerfile", self.settings.folder) } else { "the default Dockerfile".into() };
@@ -220,13 +225,13 @@ impl StepImages {
                 "stderr",
                 &format!("opschain: building image {tag} with {dockerfile}; build secret sets: {sets}; build context written in {:.2}s", writing.elapsed().as_secs_f64()),
             );
-            let mut command = Command::new(&self.settings.docker);
+            let mut command = self.settings.docker.command();
             let mut args = context.docker_build_args(&tag);
             let dir = args.pop();
             args.extend(["--label".into(), format!("{BASE_LABEL}={base_id}").into()]);
             args.extend(dir);
-            command.env("DOCKER_BUILDKIT", "1").stdin(Stdio::null()).args(args);
-            run_streamed(command, self.settings.docker.display().to_string(), sink, cancel, self.settings.grace).map(status_code)
+            command.stdin(Stdio::null()).args(args);
+            run_streamed(command, self.settings.docker.program.display().to_string(), sink, cancel, self.settings.grace).map(status_code)
         });
         // The secrets and the context go as soon as the build ends, however it ended.
         let _ = std::fs::remove_file(work.join(SECRETS_FILE));

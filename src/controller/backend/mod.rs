@@ -73,7 +73,7 @@ pub enum BackendError {
         step: i64,
         /// The cause.
         #[source]
-        source: crate::build::BuildError,
+        source: crate::step_image::BuildError,
     },
     /// The step image cannot be planned or its build context written (a bad env context, a
     /// Dockerfile that is a symlink, git or tar failing).
@@ -83,7 +83,7 @@ pub enum BackendError {
         step: i64,
         /// The cause.
         #[source]
-        source: crate::build::BuildError,
+        source: crate::step_image::BuildError,
     },
     /// A step image cannot be pulled from or pushed to the registry.
     #[error("cannot get the step image of step {step} through the registry")]
@@ -154,7 +154,7 @@ pub struct StepJob {
     pub context: ContextDocument,
     /// The build secret sets that apply to the step's image, in order (filled only for a backend
     /// whose [`Backend::builds_images`] is true; empty otherwise). Never the action's.
-    pub build_secret_sets: Vec<crate::build::SecretSet>,
+    pub build_secret_sets: Vec<crate::step_image::SecretSet>,
 }
 
 /// A step's `step_context.json`, kept as the parts it is spliced from: the small `context`

@@ -13,6 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use super::{status_code, stream_and_wait, BackendError, LogSink};
+use crate::step_image::Docker;
 use crate::result::StepResult;
 use crate::transport::Decoder;
 
@@ -106,27 +107,21 @@ pub struct Streamed {
     pub result_error: Option<String>,
 }
 
-/// Runs `program args` (a `docker run -i ... IMAGE step --context-from - --result-frame NONCE`
+/// Runs `command` (a `docker run -i ... IMAGE step --context-from - --result-frame NONCE`
 /// made by the caller around [`nonce`]), writes `context` to its standard input and closes it,
 /// streams its output through a [`FrameSink`] into `sink`, and waits for it (cancellable
 /// as the Docker backend's other commands: SIGTERM, SIGKILL after `grace`).
 #[allow(clippy::too_many_arguments)]
 pub fn run_with_stdin(
-    program: &Path,
-    args: &[OsString],
-    envs: &[(&str, &str)],
+    mut command: Command,
     context: &[u8],
     nonce: &str,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
 ) -> Result<Streamed, BackendError> {
-    let name = program.display().to_string();
-    let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in envs {
-        command.env(k, v);
-    }
+    let name = Path::new(command.get_program()).display().to_string();
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: name.clone(), source })?;
     let stdin = child.stdin.take();
     let (stdout, stderr) = (child.stdout.take().map(Into::into), child.stderr.take().map(Into::into));
@@ -155,7 +150,7 @@ pub fn run_with_stdin(
 /// cancelled run) is removed.
 #[allow(clippy::too_many_arguments)]
 pub fn docker_step(
-    docker: &Path,
+    docker: &Docker,
     image: &str,
     name: &str,
     folder: &str,
@@ -169,11 +164,13 @@ pub fn docker_step(
         ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce].iter().map(OsString::from).collect();
     let mut bytes = Vec::new();
     context.write_to(&mut bytes).expect("writing to memory cannot fail");
-    let run = run_with_stdin(docker, &args, &[], &bytes, &nonce, sink, cancel, grace);
+    let mut command = docker.command();
+    command.args(&args);
+    let run = run_with_stdin(command, &bytes, &nonce, sink, cancel, grace);
     // `docker run` exits 125-127 for its own failures too (the container may not have run), and a
     // cancelled run leaves its container behind: only then is the engine asked again.
     let remove = || {
-        let _ = Command::new(docker).args(["rm", "-f", name]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = docker.command().args(["rm", "-f", name]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
     };
     match run {
         Ok(out) => {
@@ -227,7 +224,9 @@ mod tests {
         let script = format!("wc -c >&2; echo a log line; cat {}; echo after; exit 3", dir.path().join("frame").display());
         let lines = Lines::default();
         let cancel = AtomicBool::new(false);
-        let out = run_with_stdin(Path::new("/bin/sh"), &["-c".into(), script.into()], &[], &context, &nonce, &lines, &cancel, std::time::Duration::from_secs(1)).unwrap();
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c").arg(script);
+        let out = run_with_stdin(sh, &context, &nonce, &lines, &cancel, std::time::Duration::from_secs(1)).unwrap();
         assert_eq!(out.exit_status, 3);
         assert!(out.result.is_some(), "{:?}", out.result_error);
         let lines = lines.0.into_inner().unwrap();

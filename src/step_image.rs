@@ -612,8 +612,8 @@ fn run_tool(command: &mut Command) -> Result<Output, BuildError> {
 #[cfg(feature = "controller")]
 fn hash_object(bytes: &[u8]) -> Result<String, BuildError> {
     use std::io::Write;
-    let spawn = |source| BuildError::Spawn { program: "git".into(), source };
-    let mut child = Command::new("git").args(["hash-object", "--stdin"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn)?;
+    let spawn = |source| BuildError::Spawn { program: crate::git::PROGRAM.into(), source };
+    let mut child = crate::git::command(None).args(["hash-object", "--stdin"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn)?;
     let written = child.stdin.take().map(|mut stdin| stdin.write_all(bytes)).unwrap_or(Ok(()));
     let output = child.wait_with_output().map_err(spawn)?;
     if !output.status.success() || written.is_err() {
@@ -625,13 +625,11 @@ fn hash_object(bytes: &[u8]) -> Result<String, BuildError> {
 /// Resolves `rev` to the full SHA of a commit of `repo` (`git rev-parse --verify REV^{commit}`).
 #[cfg(feature = "controller")]
 pub fn resolve_revision(repo: &Path, rev: &str) -> Result<String, BuildError> {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
+    let output = crate::git::command(Some(repo))
         .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
         .arg(format!("{rev}^{{commit}}"))
         .output()
-        .map_err(|source| BuildError::Spawn { program: "git".into(), source })?;
+        .map_err(|source| BuildError::Spawn { program: crate::git::PROGRAM.into(), source })?;
     if !output.status.success() {
         let mut source = ToolFailure::of(&output);
         if source.stderr.is_empty() {
@@ -688,7 +686,7 @@ pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
         None => resolve_revision(&spec.repo, &spec.git_rev)?,
     };
     let path = format!("{}/Dockerfile", spec.folder.trim_end_matches('/'));
-    let listed = run_tool(Command::new("git").arg("-C").arg(&spec.repo).args(["ls-tree", "--full-tree", &git_sha, "--", &path]))?;
+    let listed = run_tool(crate::git::command(Some(&spec.repo)).args(["ls-tree", "--full-tree", &git_sha, "--", &path]))?;
     let listed = String::from_utf8_lossy(&listed.stdout).trim().to_string();
     let dockerfile = match listed.split_once('\t').map(|(meta, _)| meta.split_whitespace().collect::<Vec<_>>()) {
         None => DockerfileSource::Default,
@@ -784,7 +782,7 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
     }
     let dockerfile_text = match &plan.dockerfile {
         DockerfileSource::Default => default_dockerfile(&spec.folder).into_bytes(),
-        DockerfileSource::Repo { blob } => run_tool(Command::new("git").arg("-C").arg(&spec.repo).args(["cat-file", "blob", blob]))?.stdout,
+        DockerfileSource::Repo { blob } => run_tool(crate::git::command(Some(&spec.repo)).args(["cat-file", "blob", blob]))?.stdout,
     };
     let dockerfile = out.join("Dockerfile");
     let write = |path: &Path, bytes: &[u8]| std::fs::write(path, bytes).map_err(|source| BuildError::Write { path: path.to_path_buf(), source });
@@ -839,8 +837,8 @@ fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar:
 
 #[cfg(feature = "controller")]
 fn archive_checkout(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(), BuildError> {
-    run_tool(Command::new("git").args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(checkout))?;
-    let git = |args: &[&str]| run_tool(Command::new("git").arg("-C").arg(checkout).args(args));
+    run_tool(crate::git::command(None).args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(checkout))?;
+    let git = |args: &[&str]| run_tool(crate::git::command(Some(checkout)).args(args));
     git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha])?;
     // Make the archive a function of the commit and the repo's refs only: an index without the
     // checkout's stat data (git refreshes it on first use), no reflogs (timestamps of this clone),
@@ -897,6 +895,9 @@ pub enum DockerError {
 
 /// A docker CLI that reaches the engine and builds with BuildKit (`DOCKER_BUILDKIT=1`), so that
 /// `--secret` and `RUN --mount=type=secret` work.
+///
+/// The crate's one docker client: every docker command (builds, `run`, `rm`, `image inspect`,
+/// registry `tag`/`push`/`pull`) is made by [`Docker::command`].
 #[cfg(feature = "controller")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Docker {
@@ -1042,6 +1043,16 @@ mod tests {
         assert!(err.contains("missing: No such file") && err.contains("no engine: exit status: 1: Cannot connect"), "{err}");
         assert!(err.contains("no BuildKit builds") && err.contains("buildx component is missing"), "{err}");
         assert_eq!(Docker::detect_from([missing, good.clone()]).unwrap(), Docker { program: good });
+    }
+
+    #[cfg(feature = "controller")]
+    #[test]
+    fn a_docker_command_runs_the_client_with_buildkit() {
+        let docker = Docker { program: PathBuf::from("/opt/docker") };
+        let command = docker.command();
+        assert_eq!(command.get_program(), "/opt/docker");
+        let envs: Vec<_> = command.get_envs().collect();
+        assert_eq!(envs, [(std::ffi::OsStr::new("DOCKER_BUILDKIT"), Some(std::ffi::OsStr::new("1")))]);
     }
 
     #[test]
