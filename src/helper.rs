@@ -69,20 +69,20 @@ impl HelperError {
     }
 }
 
-/// A writable level.
+/// A writable level whose properties copy a helper edits (`OPSCHAIN_PROJECT_PROPERTIES` or `OPSCHAIN_ENVIRONMENT_PROPERTIES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
+pub enum CopyLevel {
     /// `$OPSCHAIN_PROJECT_PROPERTIES`.
     Project,
     /// `$OPSCHAIN_ENVIRONMENT_PROPERTIES`.
     Environment,
 }
 
-impl Level {
+impl CopyLevel {
     fn var(self) -> &'static str {
         match self {
-            Level::Project => "OPSCHAIN_PROJECT_PROPERTIES",
-            Level::Environment => "OPSCHAIN_ENVIRONMENT_PROPERTIES",
+            CopyLevel::Project => "OPSCHAIN_PROJECT_PROPERTIES",
+            CopyLevel::Environment => "OPSCHAIN_ENVIRONMENT_PROPERTIES",
         }
     }
 }
@@ -103,7 +103,7 @@ pub fn get(path: &str) -> Result<Value, HelperError> {
 }
 
 /// Sets the property at `path` of `level` to `value` (a string, or JSON when `as_json`).
-pub fn set(level: Level, path: &str, value: &str, as_json: bool) -> Result<(), HelperError> {
+pub fn set(level: CopyLevel, path: &str, value: &str, as_json: bool) -> Result<(), HelperError> {
     let keys = properties::parse_path(path)?;
     let value = if as_json { serde_json::from_str(value).map_err(HelperError::Value)? } else { Value::String(value.to_string()) };
     let text = serde_json::to_string(&value).expect("a JSON value serialises");
@@ -111,7 +111,7 @@ pub fn set(level: Level, path: &str, value: &str, as_json: bool) -> Result<(), H
 }
 
 /// Removes the property at `path` of `level`; removing what is not there is no error.
-pub fn remove(level: Level, path: &str) -> Result<(), HelperError> {
+pub fn remove(level: CopyLevel, path: &str) -> Result<(), HelperError> {
     let keys = properties::parse_path(path)?;
     edit(
         level,
@@ -131,7 +131,7 @@ pub fn remove(level: Level, path: &str) -> Result<(), HelperError> {
 /// (`tree`, should the text be valid after all, edits the tree). `path` and `keys` name the
 /// property, for errors.
 fn edit(
-    level: Level,
+    level: CopyLevel,
     splice: impl FnOnce(&str) -> Result<Option<String>, SpliceError>,
     tree: impl FnOnce(&mut Map<String, Value>) -> Result<(), HelperError>,
     path: &str,

@@ -286,7 +286,7 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
 }
 
 /// The runtime files handed to the action.
-struct Runtime {
+struct RuntimeFiles {
     merged: PathBuf,
     project: PathBuf,
     environment: PathBuf,
@@ -296,10 +296,10 @@ struct Runtime {
     merged_json: String,
 }
 
-impl Runtime {
+impl RuntimeFiles {
     /// Writes the runtime files: the merged properties (read-only), the two writable level copies
     /// and an empty child steps file. Takes the merged properties' text, for the result.
-    fn write(layout: &Layout, prepared: &Prepared, mut merged_json: String) -> Result<Runtime, StepError> {
+    fn write(layout: &Layout, prepared: &Prepared, mut merged_json: String) -> Result<RuntimeFiles, StepError> {
         let dir = layout.runtime_dir();
         std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
         merged_json.push('\n');
@@ -314,7 +314,7 @@ impl Runtime {
         let environment = write("environment_properties.json", &prepared.environment_json, 0o644)?;
         let children = write("child_steps", b"", 0o644)?;
         merged_json.pop(); // the final newline
-        Ok(Runtime { merged, project, environment, children, merged_json })
+        Ok(RuntimeFiles { merged, project, environment, children, merged_json })
     }
 }
 
@@ -327,7 +327,7 @@ fn text_bytes(text: String) -> Vec<u8> {
 }
 
 /// The environment of the action's commands.
-fn action_env(prepared: &Prepared, runtime: &Runtime, options: &StepOptions) -> Vec<(OsString, OsString)> {
+fn action_env(prepared: &Prepared, runtime: &RuntimeFiles, options: &StepOptions) -> Vec<(OsString, OsString)> {
     let layout = &prepared.layout;
     let mut env = EnvBuilder::inherit();
     for (name, value) in &prepared.env {
@@ -377,7 +377,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let layout = &prepared.layout.clone();
     let initialise = Phase::start("initialise");
     let merged_json = std::mem::take(&mut prepared.merged_json);
-    let runtime = Runtime::write(layout, &prepared, merged_json)?;
+    let runtime = RuntimeFiles::write(layout, &prepared, merged_json)?;
     let mut writer = files::Writer::default();
     for spec in &prepared.files {
         writer.write(spec)?;

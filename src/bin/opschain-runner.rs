@@ -21,7 +21,7 @@ use opschain_runner::cli::BuildContextArgs;
 use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, LogMode, PropertyCommand, StepArgs, ValidateArgs};
 use opschain_runner::exec::{self, ExecOptions};
 use opschain_runner::exit::Sysexit;
-use opschain_runner::helper::{self, HelperError, Level};
+use opschain_runner::helper::{self, CopyLevel, HelperError};
 use opschain_runner::json::SizeLimit;
 use opschain_runner::layout::Layout;
 use opschain_runner::plan::Plan;
@@ -288,7 +288,7 @@ fn list_actions(layout: &Layout) -> i32 {
 }
 
 fn property(command: PropertyCommand) -> i32 {
-    let level = |l: &opschain_runner::cli::LevelArg| if l.project { Level::Project } else { Level::Environment };
+    let level = |l: &opschain_runner::cli::LevelArg| if l.project { CopyLevel::Project } else { CopyLevel::Environment };
     match command {
         PropertyCommand::Get { path } => match helper::get(&path) {
             Ok(serde_json::Value::String(s)) => print_or_fail(&format!("{s}\n")),

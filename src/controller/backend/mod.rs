@@ -275,7 +275,7 @@ pub fn sandbox_dir(root: &std::path::Path, change_id: i64, step_id: i64) -> Path
 }
 
 /// One output pipe of a running step: its fd and the bytes of its current, unfinished line.
-struct Stream {
+struct OutputPipe {
     /// The read end; `None` once closed.
     pipe: Option<std::os::fd::OwnedFd>,
     /// The stream's name in the log (`stdout`, `stderr`).
@@ -290,10 +290,10 @@ struct Stream {
 /// memory without bound. The agent's own lines are far shorter (it cuts its action's at 64 KiB).
 pub(crate) const LINE_LIMIT: usize = 1 << 20;
 
-impl Stream {
+impl OutputPipe {
     /// A stream over `pipe` (none: already closed), its lines logged under `name`.
-    fn new(pipe: Option<std::os::fd::OwnedFd>, name: &'static str) -> Stream {
-        Stream { pipe, name, partial: Vec::new() }
+    fn new(pipe: Option<std::os::fd::OwnedFd>, name: &'static str) -> OutputPipe {
+        OutputPipe { pipe, name, partial: Vec::new() }
     }
 
     /// Reads what the pipe holds (one `read`), hands every complete line to `sink`, and closes
@@ -450,15 +450,15 @@ impl Running for std::process::Child {
     }
 }
 
-impl Running for spawn::Child {
+impl Running for spawn::AgentProcess {
     fn id(&self) -> u32 {
-        spawn::Child::id(self)
+        spawn::AgentProcess::id(self)
     }
     fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        spawn::Child::try_wait(self)
+        spawn::AgentProcess::try_wait(self)
     }
     fn kill(&mut self) {
-        spawn::Child::kill(self)
+        spawn::AgentProcess::kill(self)
     }
 }
 
@@ -517,7 +517,7 @@ pub(crate) fn stream_and_wait(
     use std::time::Instant;
     let wait_err = |source| BackendError::Wait { program: program.clone(), source };
     let pid = child.id();
-    let mut streams = [Stream::new(stdout, "stdout"), Stream::new(stderr, "stderr")];
+    let mut streams = [OutputPipe::new(stdout, "stdout"), OutputPipe::new(stderr, "stderr")];
     let pidfd = pidfd_open(pid);
     let mut buf = vec![0u8; READ_SIZE];
     let mut status: Option<std::process::ExitStatus> = None;
@@ -648,7 +648,7 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
 
-    use super::{unfinished_char, LogSink, Stream, LINE_LIMIT};
+    use super::{unfinished_char, LogSink, OutputPipe, LINE_LIMIT};
 
     /// The lines a stream sent.
     #[derive(Default)]
@@ -673,7 +673,7 @@ mod tests {
             move || std::fs::File::from(write).write_all(input.as_bytes()).unwrap()
         });
         let sink = Lines::default();
-        let mut stream = Stream::new(Some(read), "stdout");
+        let mut stream = OutputPipe::new(Some(read), "stdout");
         let mut buf = vec![0u8; 64 * 1024];
         while stream.pipe.is_some() {
             stream.drain(&sink, &mut buf);
@@ -697,7 +697,7 @@ mod tests {
                 move || std::fs::File::from(write).write_all(input.as_bytes()).unwrap()
             });
             let sink = Lines::default();
-            let mut stream = Stream::new(Some(read), "stdout");
+            let mut stream = OutputPipe::new(Some(read), "stdout");
             let mut buf = vec![0u8; 64 * 1024];
             while stream.pipe.is_some() {
                 stream.drain(&sink, &mut buf);

@@ -132,7 +132,7 @@ pub struct Spawn {
 /// `/dev/null`. It leads its own session, and gets SIGTERM when the thread that started it ends
 /// (`PR_SET_PDEATHSIG`): a controller killed with -9 leaves no agent behind to race a retry.
 #[derive(Debug)]
-pub struct Child {
+pub struct AgentProcess {
     /// The child's process id (it leads a session of the same id).
     pid: libc::pid_t,
     /// How it ended, once reaped; `None` while it runs (dropping it then kills and reaps it, see
@@ -144,7 +144,7 @@ pub struct Child {
     pub stderr: Option<OwnedFd>,
 }
 
-impl Child {
+impl AgentProcess {
     /// The child's pid (also its session and process group id).
     pub fn id(&self) -> u32 {
         self.pid as u32
@@ -179,10 +179,10 @@ impl Child {
 
 /// A child still running (or ended but unreaped) when it is dropped, as on an early return of the
 /// code waiting for it, is killed with its whole session and reaped: no agent, and no action it
-/// started, outlives its `Child`, and no zombie is left. The order is the one
+/// started, outlives its `AgentProcess`, and no zombie is left. The order is the one
 /// `super::stream_and_wait` keeps: SIGKILL, the end seen without reaping (the zombie keeps the
 /// session's id from reuse while the session is swept), the sweep, then the reap.
-impl Drop for Child {
+impl Drop for AgentProcess {
     fn drop(&mut self) {
         if self.status.is_some() {
             return;
@@ -306,7 +306,7 @@ const CHILD_STACK: usize = 64 * 1024;
 
 /// Starts `spec` (see the module documentation): the child leads a new session, gets SIGTERM
 /// when the calling thread ends, reads `/dev/null` and writes into two new pipes.
-pub fn spawn(spec: &Spawn) -> Result<Child, SpawnError> {
+pub fn spawn(spec: &Spawn) -> Result<AgentProcess, SpawnError> {
     let program = std::path::absolute(&spec.program).map_err(|source| SpawnError::Absolute { path: spec.program.clone(), source })?;
     let program_c = cstring(program.as_os_str())?;
     let mut argv_c = vec![program_c.clone()];
@@ -370,7 +370,7 @@ pub fn spawn(spec: &Spawn) -> Result<Child, SpawnError> {
         let stage = unsafe { std::ptr::read_volatile(&args.stage) };
         return Err(SpawnError::Child { stage, source: io::Error::from_raw_os_error(errno) });
     }
-    Ok(Child { pid, status: None, stdout: Some(out_r), stderr: Some(err_r) })
+    Ok(AgentProcess { pid, status: None, stdout: Some(out_r), stderr: Some(err_r) })
 }
 
 #[cfg(test)]
@@ -412,7 +412,7 @@ mod tests {
         Spawn { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()], env: Vec::new(), cwd: std::env::temp_dir() }
     }
 
-    fn wait(child: &mut Child) -> ExitStatus {
+    fn wait(child: &mut AgentProcess) -> ExitStatus {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
