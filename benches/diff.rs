@@ -22,10 +22,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 33
     }
 
@@ -37,9 +34,7 @@ impl Lcg {
 /// A host entry of an environment's properties.
 fn host(rng: &mut Lcg, env: usize, i: usize) -> Value {
     let level = ["debug", "info", "warn"][rng.below(3) as usize];
-    let tags: Vec<Value> = (0..rng.below(4))
-        .map(|t| json!(format!("tag-{}", (t + rng.below(20)))))
-        .collect();
+    let tags: Vec<Value> = (0..rng.below(4)).map(|t| json!(format!("tag-{}", (t + rng.below(20))))).collect();
     json!({
         "name": format!("host-{env}-{i}"),
         "ip": format!("10.{}.{}.{}", env % 256, i / 256 % 256, i % 256),
@@ -66,18 +61,8 @@ fn properties() -> Value {
     let mut environments = Map::new();
     for env in 0..40 {
         let hosts: Vec<Value> = (0..600).map(|i| host(&mut rng, env, i)).collect();
-        let settings: Map<String, Value> = (0..50)
-            .map(|s| {
-                (
-                    format!("setting_{s}"),
-                    json!(format!("value-{}", rng.below(1_000_000))),
-                )
-            })
-            .collect();
-        environments.insert(
-            format!("env-{env}"),
-            json!({"hosts": hosts, "settings": settings, "owner": format!("team-{}", env % 7)}),
-        );
+        let settings: Map<String, Value> = (0..50).map(|s| (format!("setting_{s}"), json!(format!("value-{}", rng.below(1_000_000))))).collect();
+        environments.insert(format!("env-{env}"), json!({"hosts": hosts, "settings": settings, "owner": format!("team-{}", env % 7)}));
     }
     json!({
         "project": {"name": "bench", "repository": "https://git.example/bench.git", "version": 3},
@@ -98,15 +83,9 @@ fn bench(c: &mut Criterion) {
     // For reference: `==` stops at the first difference, so on this pair it walks only the part
     // of the document before the changed leaf; here it walks all of it.
     let copy = before.clone();
-    c.bench_function("properties_6mb_one_leaf/eq_of_equal_copies", |b| {
-        b.iter(|| black_box(&before) == black_box(&copy))
-    });
+    c.bench_function("properties_6mb_one_leaf/eq_of_equal_copies", |b| b.iter(|| black_box(&before) == black_box(&copy)));
 
-    let objects = |range: std::ops::Range<i64>| -> Value {
-        range
-            .map(|i| json!({"id": i, "name": format!("host-{i}"), "port": 8000 + i}))
-            .collect()
-    };
+    let objects = |range: std::ops::Range<i64>| -> Value { range.map(|i| json!({"id": i, "name": format!("host-{i}"), "port": 8000 + i})).collect() };
     let (array_before, array_after) = (objects(0..10_000), objects(-1..10_000));
     compare(c, "array_10k_prepend", &array_before, &array_after);
     c.bench_function("array_10k_prepend/eq_of_equal_copies", |b| {
@@ -162,10 +141,7 @@ fn python_peer(name: &str, before: &Value, after: &Value) {
             let mut fields = text.split_whitespace();
             let python: f64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(f64::NAN);
             let ops = fields.next().unwrap_or("?");
-            eprintln!(
-                "{name}: python jsonpatch.make_patch {python:.2} ms ({ops} ops), opschain_runner::diff {ours:.2} ms: {:.1}x faster",
-                python / ours
-            );
+            eprintln!("{name}: python jsonpatch.make_patch {python:.2} ms ({ops} ops), opschain_runner::diff {ours:.2} ms: {:.1}x faster", python / ours);
         }
         Ok(out) => eprintln!("{name}: python jsonpatch.make_patch not measured: {}", String::from_utf8_lossy(&out.stderr).trim()),
         Err(e) => eprintln!("{name}: python jsonpatch.make_patch not measured: cannot run python3: {e}"),
@@ -178,12 +154,8 @@ fn compare(c: &mut Criterion, name: &str, before: &Value, after: &Value) {
     let theirs = json_patch::diff(before, after).0.len();
     eprintln!("{name}: opschain_runner::diff gives {ours} ops, json_patch::diff {theirs}");
     let mut group = c.benchmark_group(name);
-    group.bench_function("opschain_runner::diff", |b| {
-        b.iter(|| opschain_runner::diff::diff(black_box(before), black_box(after)))
-    });
-    group.bench_function("json_patch::diff", |b| {
-        b.iter(|| json_patch::diff(black_box(before), black_box(after)))
-    });
+    group.bench_function("opschain_runner::diff", |b| b.iter(|| opschain_runner::diff::diff(black_box(before), black_box(after))));
+    group.bench_function("json_patch::diff", |b| b.iter(|| json_patch::diff(black_box(before), black_box(after))));
     group.bench_function("eq", |b| b.iter(|| black_box(before) == black_box(after)));
     group.finish();
 }

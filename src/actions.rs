@@ -173,12 +173,7 @@ impl Actions {
     pub fn read(path: &Path) -> Result<Actions, ActionsError> {
         let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => ActionsError::Missing { path: path.to_path_buf() },
-            std::io::ErrorKind::InvalidData => ActionsError::Invalid {
-                path: path.to_path_buf(),
-                line: 1,
-                column: 1,
-                message: "not valid UTF-8".into(),
-            },
+            std::io::ErrorKind::InvalidData => ActionsError::Invalid { path: path.to_path_buf(), line: 1, column: 1, message: "not valid UTF-8".into() },
             _ => ActionsError::Read { path: path.to_path_buf(), source },
         })?;
         Actions::parse(path, &text)
@@ -273,9 +268,7 @@ impl Actions {
 
 /// Byte offset of the `[actions.NAME]` header (quoted or bare), if it can be found.
 fn find_header(text: &str, name: &str) -> Option<usize> {
-    [format!("[actions.{name}]"), format!("[actions.\"{name}\"]"), format!("[actions.'{name}']")]
-        .iter()
-        .find_map(|h| text.find(h.as_str()))
+    [format!("[actions.{name}]"), format!("[actions.\"{name}\"]"), format!("[actions.'{name}']")].iter().find_map(|h| text.find(h.as_str()))
 }
 
 #[cfg(test)]
@@ -288,10 +281,7 @@ mod tests {
 
     #[test]
     fn plans_prerequisites_depth_first_once() {
-        let actions = parse(
-            "[actions.a]\nrequires = [\"b\", \"c\"]\nrun = \"a\"\n[actions.b]\nrequires = [\"c\"]\nrun = \"b\"\n[actions.c]\nrun = \"c\"\n",
-        )
-        .unwrap();
+        let actions = parse("[actions.a]\nrequires = [\"b\", \"c\"]\nrun = \"a\"\n[actions.b]\nrequires = [\"c\"]\nrun = \"b\"\n[actions.c]\nrun = \"c\"\n").unwrap();
         let names: Vec<_> = actions.plan("a").unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["c", "b", "a"]);
     }

@@ -85,7 +85,13 @@ mod tests {
                         let layout = Layout::from_size_align(size, align).unwrap();
                         let zeroed = i % 3 == 0;
                         // SAFETY: a non-zero size; the block is used within its layout and freed once.
-                        let ptr = unsafe { if zeroed { HEAP.alloc_zeroed(layout) } else { HEAP.alloc(layout) } };
+                        let ptr = unsafe {
+                            if zeroed {
+                                HEAP.alloc_zeroed(layout)
+                            } else {
+                                HEAP.alloc(layout)
+                            }
+                        };
                         assert!(!ptr.is_null());
                         assert_eq!(ptr as usize % align, 0, "alignment {align}");
                         if zeroed {

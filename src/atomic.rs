@@ -68,12 +68,7 @@ pub fn write(path: &Path, contents: &[u8], mode: u32, durability: Durability) ->
 /// As [`write()`], with the contents streamed by `fill` into a buffered writer over the temporary
 /// file: a large document (the step result, the runtime copies) is serialised straight to disk,
 /// never held whole in memory. An error from `fill` is reported as a failed `write`.
-pub fn write_with(
-    path: &Path,
-    mode: u32,
-    durability: Durability,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<(), AtomicError> {
+pub fn write_with(path: &Path, mode: u32, durability: Durability, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), AtomicError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| AtomicError {
         op: "write (the path names no file)",
@@ -88,11 +83,11 @@ pub fn write_with(
 pub fn open_dir(dir: &Path) -> Result<OwnedFd, AtomicError> {
     use std::os::unix::fs::OpenOptionsExt;
     // std opens close-on-exec; O_DIRECTORY refuses anything but a directory.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(dir)
-        .map_err(|source| AtomicError { op: "open directory", path: dir.to_path_buf(), source })?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(dir).map_err(|source| AtomicError {
+        op: "open directory",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     Ok(file.into())
 }
 
@@ -134,12 +129,7 @@ pub fn write_at_with(
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), AtomicError> {
     let target = dir.join(name);
-    let tmp_name = format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let tmp_name = format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let tmp = Path::new(&tmp_name);
     let err = |op: &'static str, source: std::io::Error| AtomicError { op, path: target.clone(), source };
     let mode_bits = Mode::from_bits_truncate(mode as libc::mode_t);
@@ -167,9 +157,11 @@ pub fn write_at_with(
         return Err(e);
     }
     if durability == Durability::Durable {
-        nix::unistd::fsync(dirfd.as_raw_fd())
-            .or_else(|e| if e == Errno::EINVAL { Ok(()) } else { Err(e) })
-            .map_err(|e| AtomicError { op: "fsync directory", path: dir.to_path_buf(), source: e.into() })?;
+        nix::unistd::fsync(dirfd.as_raw_fd()).or_else(|e| if e == Errno::EINVAL { Ok(()) } else { Err(e) }).map_err(|e| AtomicError {
+            op: "fsync directory",
+            path: dir.to_path_buf(),
+            source: e.into(),
+        })?;
     }
     Ok(())
 }

@@ -86,9 +86,7 @@ impl Default for Differ {
 impl Differ {
     /// A differ with the defaults: alignment up to [`DEFAULT_MAX_ALIGN_EDITS`] edits.
     pub fn new() -> Differ {
-        Differ {
-            max_align_edits: DEFAULT_MAX_ALIGN_EDITS,
-        }
+        Differ { max_align_edits: DEFAULT_MAX_ALIGN_EDITS }
     }
 
     /// Sets how many insertions plus removals the alignment of an array region may need before
@@ -114,11 +112,7 @@ impl Differ {
     /// Appends to `ops` the operations that turn `before` into `after`. Operations already in
     /// `ops` are left as they are.
     pub fn diff_into(&self, before: &Value, after: &Value, ops: &mut Vec<PatchOperation>) {
-        let mut walk = Walk {
-            max_align_edits: self.max_align_edits,
-            path: Vec::new(),
-            ops,
-        };
+        let mut walk = Walk { max_align_edits: self.max_align_edits, path: Vec::new(), ops };
         walk.value(before, after);
     }
 }
@@ -193,31 +187,18 @@ impl<'a> Walk<'a, '_> {
     /// The common prefix and suffix are trimmed; what is left between them, the middle, is split
     /// into hunks (see [`align`]), each emitted by [`Walk::hunk`] from left to right.
     fn array(&mut self, before: &'a [Value], after: &'a [Value]) {
-        let prefix = before
-            .iter()
-            .zip(after)
-            .take_while(|(old, new)| equal(old, new))
-            .count();
+        let prefix = before.iter().zip(after).take_while(|(old, new)| equal(old, new)).count();
         let (before, after) = (&before[prefix..], &after[prefix..]);
-        let suffix = before
-            .iter()
-            .rev()
-            .zip(after.iter().rev())
-            .take_while(|(old, new)| equal(old, new))
-            .count();
+        let suffix = before.iter().rev().zip(after.iter().rev()).take_while(|(old, new)| equal(old, new)).count();
         let before = &before[..before.len() - suffix];
         let after = &after[..after.len() - suffix];
         if before.is_empty() && after.is_empty() {
             return;
         }
-        let whole = Hunk {
-            before: 0..before.len(),
-            after: 0..after.len(),
-        };
+        let whole = Hunk { before: 0..before.len(), after: 0..after.len() };
         // A middle of only insertions, only removals, or one element changed in place is one
         // hunk already; anything else is worth aligning.
-        let simple =
-            before.is_empty() || after.is_empty() || (before.len() == 1 && after.len() == 1);
+        let simple = before.is_empty() || after.is_empty() || (before.len() == 1 && after.len() == 1);
         if simple {
             self.hunk(prefix, before, after, whole);
             return;
@@ -275,26 +256,19 @@ impl<'a> Walk<'a, '_> {
     /// Emits `add` of `value` at [`Walk::path`].
     fn add(&mut self, value: &Value) {
         let path = self.pointer();
-        self.ops.push(PatchOperation::Add(AddOperation {
-            path,
-            value: value.clone(),
-        }));
+        self.ops.push(PatchOperation::Add(AddOperation { path, value: value.clone() }));
     }
 
     /// Emits `remove` at [`Walk::path`].
     fn remove(&mut self) {
         let path = self.pointer();
-        self.ops
-            .push(PatchOperation::Remove(RemoveOperation { path }));
+        self.ops.push(PatchOperation::Remove(RemoveOperation { path }));
     }
 
     /// Emits `replace` with `value` at [`Walk::path`].
     fn replace(&mut self, value: &Value) {
         let path = self.pointer();
-        self.ops.push(PatchOperation::Replace(ReplaceOperation {
-            path,
-            value: value.clone(),
-        }));
+        self.ops.push(PatchOperation::Replace(ReplaceOperation { path, value: value.clone() }));
     }
 }
 
@@ -317,9 +291,7 @@ fn equal(a: &Value, b: &Value) -> bool {
             prefetch_members(b);
             equal_members(a, b)
         }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equal(x, y))
-        }
+        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equal(x, y)),
         _ => scalar_equal(a, b),
     }
 }
@@ -458,11 +430,7 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// The members of `before`, in order, each with the value of `after` under the same key, if any.
 fn members<'a>(before: &'a Map<String, Value>, after: &'a Map<String, Value>) -> Members<'a> {
-    Members {
-        before: before.iter(),
-        after,
-        next: after.iter().peekable(),
-    }
+    Members { before: before.iter(), after, next: after.iter().peekable() }
 }
 
 /// The iterator of [`members`].
@@ -529,10 +497,7 @@ fn align(before: &[Value], after: &[Value], max_edits: usize) -> Option<Vec<Hunk
                 hunk.before.end = to_x;
                 hunk.after.end = to_y;
             }
-            _ => hunks.push(Hunk {
-                before: x..to_x,
-                after: y..to_y,
-            }),
+            _ => hunks.push(Hunk { before: x..to_x, after: y..to_y }),
         }
     }
     Some(hunks)
@@ -663,11 +628,7 @@ fn shortest_edit_script(before: &[usize], after: &[usize], max_edits: usize) -> 
     'search: for d in 0..=limit {
         for k in (-d..=d).step_by(2) {
             let at = (k + offset) as usize;
-            let mut x = if k == -d || (k != d && furthest[at - 1] < furthest[at + 1]) {
-                furthest[at + 1]
-            } else {
-                furthest[at - 1] + 1
-            };
+            let mut x = if k == -d || (k != d && furthest[at - 1] < furthest[at + 1]) { furthest[at + 1] } else { furthest[at - 1] + 1 };
             let mut y = x - k;
             while x < n && y < m && before[x as usize] == after[y as usize] {
                 x += 1;
@@ -691,11 +652,7 @@ fn shortest_edit_script(before: &[usize], after: &[usize], max_edits: usize) -> 
         let from = if insert { k + 1 } else { k - 1 };
         x = round(d - 1, from);
         y = x - from;
-        steps.push(Step {
-            x: x as usize,
-            y: y as usize,
-            insert,
-        });
+        steps.push(Step { x: x as usize, y: y as usize, insert });
     }
     steps.reverse();
     Some(steps)
@@ -720,8 +677,7 @@ mod tests {
         scalar.prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::vec(("[abc]", inner), 0..4)
-                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+                prop::collection::vec(("[abc]", inner), 0..4).prop_map(|members| Value::Object(members.into_iter().collect())),
             ]
         })
     }
@@ -736,12 +692,7 @@ mod tests {
                     let len = members.len();
                     members.rotate_left(by % len);
                 }
-                Value::Object(
-                    members
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), rotated(v, by)))
-                        .collect(),
-                )
+                Value::Object(members.into_iter().map(|(k, v)| (k.clone(), rotated(v, by))).collect())
             }
             scalar => scalar.clone(),
         }
@@ -846,29 +797,20 @@ mod tests {
         let before = json!({"a": {"b": [1, 2, 3]}});
         let after = json!({"a": {"b": [1, 5, 3]}});
         let patch = diff(&before, &after);
-        assert_eq!(
-            ops_json(&patch),
-            json!([{"op": "replace", "path": "/a/b/1", "value": 5}])
-        );
+        assert_eq!(ops_json(&patch), json!([{"op": "replace", "path": "/a/b/1", "value": 5}]));
     }
 
     #[test]
     fn numbers_compare_in_exact_form() {
         let patch = diff(&json!([1]), &json!([1.0]));
-        assert_eq!(
-            ops_json(&patch),
-            json!([{"op": "replace", "path": "/0", "value": 1.0}])
-        );
+        assert_eq!(ops_json(&patch), json!([{"op": "replace", "path": "/0", "value": 1.0}]));
         assert!(diff(&json!([0.0]), &json!([-0.0])).0.is_empty());
     }
 
     #[test]
     fn root_of_another_type_is_replaced() {
         let patch = diff(&json!({"a": 1}), &json!([1]));
-        assert_eq!(
-            ops_json(&patch),
-            json!([{"op": "replace", "path": "", "value": [1]}])
-        );
+        assert_eq!(ops_json(&patch), json!([{"op": "replace", "path": "", "value": [1]}]));
     }
 
     #[test]
@@ -908,10 +850,7 @@ mod tests {
             after.insert(at, json!({"id": "new"}));
             let (before, after) = (Value::Array(before.clone()), Value::Array(after));
             let patch = diff(&before, &after);
-            assert_eq!(
-                ops_json(&patch),
-                json!([{"op": "add", "path": format!("/{at}"), "value": {"id": "new"}}])
-            );
+            assert_eq!(ops_json(&patch), json!([{"op": "add", "path": format!("/{at}"), "value": {"id": "new"}}]));
         }
     }
 
@@ -923,10 +862,7 @@ mod tests {
             after.remove(at);
             let (before, after) = (Value::Array(before.clone()), Value::Array(after));
             let patch = diff(&before, &after);
-            assert_eq!(
-                ops_json(&patch),
-                json!([{"op": "remove", "path": format!("/{at}")}])
-            );
+            assert_eq!(ops_json(&patch), json!([{"op": "remove", "path": format!("/{at}")}]));
         }
     }
 
@@ -1006,10 +942,7 @@ mod tests {
         let letters = |s: &str| s.bytes().map(usize::from).collect::<Vec<_>>();
         let steps = shortest_edit_script(&letters("ABCABBA"), &letters("CBABAC"), 100);
         assert_eq!(steps.map(|s| s.len()), Some(5));
-        assert_eq!(
-            shortest_edit_script(&letters("ABCABBA"), &letters("CBABAC"), 4),
-            None
-        );
+        assert_eq!(shortest_edit_script(&letters("ABCABBA"), &letters("CBABAC"), 4), None);
         assert_eq!(shortest_edit_script(&[], &[], 0), Some(vec![]));
     }
 
@@ -1020,10 +953,7 @@ mod tests {
         let b = json!({"y": {"q": true, "p": null}, "x": [1, -0.0, "s"]});
         assert_eq!(a, b);
         assert_eq!(fingerprint(&a, &keys), fingerprint(&b, &keys));
-        let (before, after) = intern(
-            &[json!(1), json!({"a": 1, "b": 2}), json!(1.0)],
-            &[json!({"b": 2, "a": 1}), json!(1), json!("1")],
-        );
+        let (before, after) = intern(&[json!(1), json!({"a": 1, "b": 2}), json!(1.0)], &[json!({"b": 2, "a": 1}), json!(1), json!("1")]);
         assert_eq!(before, vec![0, 1, 2]);
         assert_eq!(after, vec![1, 0, 3]);
     }

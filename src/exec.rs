@@ -187,13 +187,9 @@ impl ExecOptions {
 /// Finds the context: the first of `step_context.json`, `step_context_env.json` and
 /// `step_context.json.zip` in the OpsChain folder that exists. `None` when there is none.
 pub fn find_context(layout: &Layout) -> Option<ContextSource> {
-    [
-        ContextSource::Step(layout.step_context()),
-        ContextSource::BuildEnv(layout.step_context_env()),
-        ContextSource::Zip(layout.step_context_zip()),
-    ]
-    .into_iter()
-    .find(|source| source.path().exists())
+    [ContextSource::Step(layout.step_context()), ContextSource::BuildEnv(layout.step_context_env()), ContextSource::Zip(layout.step_context_zip())]
+        .into_iter()
+        .find(|source| source.path().exists())
 }
 
 /// Parses a context read from `path` as strictly as the agent's step reads one
@@ -265,7 +261,8 @@ pub fn build_secret_sets(context: &StepContext) -> Result<Vec<String>, PointerEr
 /// checked; `None` when it configures none. `prefix` is the level's pointer, for errors. The agent's
 /// step checks each level with it too, so that it refuses the contexts `opschain-exec` refuses.
 pub fn configured_sets(properties: &Map<String, Value>, prefix: &str) -> Result<Option<Vec<String>>, PointerError> {
-    let Some(list) = properties.get("opschain").and_then(Value::as_object).and_then(|o| o.get("config")).and_then(Value::as_object).and_then(|c| c.get("build_secrets")) else {
+    let Some(list) = properties.get("opschain").and_then(Value::as_object).and_then(|o| o.get("config")).and_then(Value::as_object).and_then(|c| c.get("build_secrets"))
+    else {
         return Ok(None);
     };
     let pointer = format!("{prefix}/opschain/config/build_secrets");
@@ -326,10 +323,8 @@ pub fn env_for(options: &ExecOptions, source: &ContextSource, context: &StepCont
     sources.push((&context_file, "/environment/properties", &context.environment.properties.0));
     // Validate each source on its own first, so that an error names the file it is in.
     for (file, prefix, props) in &sources {
-        declarations::check_env(props).map_err(|e| ExecError::Declaration {
-            file: file.to_path_buf(),
-            source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
-        })?;
+        declarations::check_env(props)
+            .map_err(|e| ExecError::Declaration { file: file.to_path_buf(), source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message } })?;
     }
     let declaration = |source| ExecError::Declaration { file: context_file.clone(), source };
     env::check_secrets(&context.secrets).map_err(declaration)?;
@@ -370,10 +365,7 @@ pub fn exec(options: &ExecOptions, command: &[OsString]) -> Result<Infallible, E
         None => Vec::new(),
     };
     let exec_error = |source| ExecError::Exec { command: program.to_string_lossy().into_owned(), source };
-    let args = command
-        .iter()
-        .map(|arg| CString::new(arg.as_bytes()).map_err(|_| exec_error(nix::Error::EINVAL)))
-        .collect::<Result<Vec<CString>, ExecError>>()?;
+    let args = command.iter().map(|arg| CString::new(arg.as_bytes()).map_err(|_| exec_error(nix::Error::EINVAL))).collect::<Result<Vec<CString>, ExecError>>()?;
     for (name, value) in &vars {
         // Single-threaded here (no runtime was started): setting the environment is sound.
         std::env::set_var(name, value);

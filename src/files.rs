@@ -173,10 +173,7 @@ fn parse_entry(declared: &str, entry: &Value, repo: &Path, files_root: Option<&P
 /// Decodes standard base64, with or without padding, ignoring line breaks (as `base64 -w76` writes).
 fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
     let compact: String = s.chars().filter(|c| !matches!(c, '\n' | '\r')).collect();
     LENIENT.decode(compact)
 }
@@ -399,10 +396,7 @@ mod tests {
         assert_eq!(resolve("a/./b", repo, None).unwrap(), beneath("a/b"));
         assert_eq!(resolve("/opt/opschain/x", repo, None).unwrap(), beneath("x"));
         assert_eq!(resolve("/etc/../tmp/x", repo, None).unwrap(), Target::Absolute("/tmp/x".into()));
-        assert_eq!(
-            resolve("/etc/x", repo, Some(Path::new("/sandbox"))).unwrap(),
-            Target::Beneath { base: "/sandbox".into(), path: "etc/x".into() }
-        );
+        assert_eq!(resolve("/etc/x", repo, Some(Path::new("/sandbox"))).unwrap(), Target::Beneath { base: "/sandbox".into(), path: "etc/x".into() });
         assert!(resolve("~/../x", repo, None).is_err());
         assert!(resolve("a/../../x", repo, None).is_err());
         assert!(resolve("~root/x", repo, None).is_err());

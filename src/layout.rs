@@ -80,5 +80,4 @@ impl Layout {
     pub fn runtime_dir(&self) -> PathBuf {
         self.folder_dir().join(RUNTIME_DIR)
     }
-
 }

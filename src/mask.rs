@@ -131,9 +131,7 @@ impl Default for MaskerBuilder {
 impl MaskerBuilder {
     /// A builder with the default policy: secrets of at least [`MIN_SECRET_LEN`] bytes are masked.
     pub fn new() -> MaskerBuilder {
-        MaskerBuilder {
-            min_secret_len: MIN_SECRET_LEN,
-        }
+        MaskerBuilder { min_secret_len: MIN_SECRET_LEN }
     }
 
     /// Sets the shortest secret, in bytes, that is masked; shorter ones are reported as
@@ -181,11 +179,7 @@ impl MaskerBuilder {
                 continue;
             }
             if value.len() < self.min_secret_len {
-                short.push(ShortSecret {
-                    name: name.into(),
-                    len: value.len(),
-                    min_len: self.min_secret_len,
-                });
+                short.push(ShortSecret { name: name.into(), len: value.len(), min_len: self.min_secret_len });
             } else {
                 values.push(value);
             }
@@ -206,9 +200,7 @@ impl Masker {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        MaskerBuilder::new()
-            .build(secrets)
-            .unwrap_or_else(|_| Masker::withholding())
+        MaskerBuilder::new().build(secrets).unwrap_or_else(|_| Masker::withholding())
     }
 
     /// Builds a masker for these `(name, value)` secrets with the default policy, and returns
@@ -221,10 +213,7 @@ impl Masker {
         S: Into<String>,
     {
         let (values, short) = MaskerBuilder::new().partition(secrets);
-        (
-            Masker::compile(values).unwrap_or_else(|_| Masker::withholding()),
-            short,
-        )
+        (Masker::compile(values).unwrap_or_else(|_| Masker::withholding()), short)
     }
 
     /// A builder, to change the policy (see [`MaskerBuilder`]).
@@ -252,10 +241,7 @@ impl Masker {
             // Patterns are UTF-8 (secrets are `String`s, their encodings ASCII), so a match in
             // UTF-8 text starts and ends on character boundaries and the result is UTF-8. The lossy
             // conversion is only there so that no input can make this panic.
-            Cow::Owned(bytes) => Cow::Owned(
-                String::from_utf8(bytes)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            ),
+            Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
         }
     }
 
@@ -276,11 +262,7 @@ impl Masker {
 
     /// A streaming masker for one output stream, sharing this masker's automata.
     pub fn stream(&self) -> MaskStream {
-        MaskStream {
-            masker: self.clone(),
-            carry: Vec::new(),
-            released: 0,
-        }
+        MaskStream { masker: self.clone(), carry: Vec::new(), released: 0 }
     }
 
     /// Compiles the secret values, already filtered by policy, into a masker.
@@ -291,16 +273,12 @@ impl Masker {
             return Ok(Masker::default());
         }
         let patterns = Patterns::build(&values)?;
-        Ok(Masker {
-            engine: Some(Arc::new(Engine::Patterns(patterns))),
-        })
+        Ok(Masker { engine: Some(Arc::new(Engine::Patterns(patterns))) })
     }
 
     /// The fail-closed masker, used when the automata cannot be built.
     fn withholding() -> Masker {
-        Masker {
-            engine: Some(Arc::new(Engine::Withhold)),
-        }
+        Masker { engine: Some(Arc::new(Engine::Withhold)) }
     }
 }
 
@@ -310,9 +288,7 @@ impl fmt::Debug for Masker {
         let mut s = f.debug_struct("Masker");
         match self.engine.as_deref() {
             None => s.field("secrets", &0),
-            Some(Engine::Patterns(p)) => s
-                .field("secrets", &p.secret_count)
-                .field("patterns", &p.pattern_count),
+            Some(Engine::Patterns(p)) => s.field("secrets", &p.secret_count).field("patterns", &p.pattern_count),
             Some(Engine::Withhold) => s.field("withholding_all_output", &true),
         };
         s.finish()
@@ -350,8 +326,7 @@ impl MaskStream {
         if self.carry.is_empty() {
             // The common case: search the input where it lies instead of copying it first.
             let cut = engine.mask_into(input, 0, Hold::Prefix, out);
-            self.carry
-                .extend_from_slice(input.get(cut.held..).unwrap_or_default());
+            self.carry.extend_from_slice(input.get(cut.held..).unwrap_or_default());
             self.released = 0;
         } else {
             self.carry.extend_from_slice(input);
@@ -391,10 +366,7 @@ impl MaskStream {
 impl fmt::Debug for MaskStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Hand-written: the carry may hold the start of a secret.
-        f.debug_struct("MaskStream")
-            .field("masker", &self.masker)
-            .field("pending", &self.pending())
-            .finish()
+        f.debug_struct("MaskStream").field("masker", &self.masker).field("pending", &self.pending()).finish()
     }
 }
 
@@ -448,10 +420,7 @@ impl Engine {
                 if buf.len() > released {
                     out.extend_from_slice(MASK.as_bytes());
                 }
-                Cut {
-                    matched_to: buf.len(),
-                    held: buf.len(),
-                }
+                Cut { matched_to: buf.len(), held: buf.len() }
             }
         }
     }
@@ -514,27 +483,11 @@ impl Patterns {
         let mut patterns: Vec<Vec<u8>> = secrets.iter().flat_map(|s| encoded_forms(s)).collect();
         patterns.sort_unstable();
         patterns.dedup();
-        let matcher = contiguous::NFA::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)?;
-        let prefixes = contiguous::NFA::builder()
-            .match_kind(MatchKind::Standard)
-            .prefilter(false)
-            .build(&patterns)?;
+        let matcher = contiguous::NFA::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns)?;
+        let prefixes = contiguous::NFA::builder().match_kind(MatchKind::Standard).prefilter(false).build(&patterns)?;
         let prefix_start = prefixes.start_state(Anchored::No)?;
-        let heads: Vec<&[u8]> = patterns
-            .iter()
-            .filter_map(|p| p.get(..HEAD_LEN).filter(|_| p.len() > HEAD_LEN))
-            .collect();
-        let heads = if heads.is_empty() {
-            None
-        } else {
-            Some(
-                contiguous::NFA::builder()
-                    .match_kind(MatchKind::LeftmostFirst)
-                    .build(heads)?,
-            )
-        };
+        let heads: Vec<&[u8]> = patterns.iter().filter_map(|p| p.get(..HEAD_LEN).filter(|_| p.len() > HEAD_LEN)).collect();
+        let heads = if heads.is_empty() { None } else { Some(contiguous::NFA::builder().match_kind(MatchKind::LeftmostFirst).build(heads)?) };
         // Reading a pattern's first k bytes leads to the state of exactly that prefix: it is its
         // own longest suffix that is a prefix of a pattern.
         let mut nodes = HashMap::new();
@@ -542,10 +495,7 @@ impl Patterns {
             let mut sid = prefix_start;
             for (i, &byte) in pattern.iter().enumerate() {
                 sid = prefixes.next_state(Anchored::No, sid, byte);
-                let node = nodes.entry(sid).or_insert(Node {
-                    depth: i + 1,
-                    open: false,
-                });
+                let node = nodes.entry(sid).or_insert(Node { depth: i + 1, open: false });
                 node.open |= i + 1 < pattern.len();
             }
         }
@@ -597,10 +547,7 @@ impl Patterns {
             held = hold_from(pos);
         }
         write_plain(buf, pos.max(released), held, out);
-        Cut {
-            matched_to: pos,
-            held,
-        }
+        Cut { matched_to: pos, held }
     }
 
     /// Where the tail of `buf` that must be held back starts: the earliest `q >= from` such that
@@ -614,9 +561,7 @@ impl Patterns {
             let Some(suffix) = buf.get(self.step_from(buf, start)..) else {
                 return len;
             };
-            let sid = suffix.iter().fold(self.prefix_start, |sid, &b| {
-                self.prefixes.next_state(Anchored::No, sid, b)
-            });
+            let sid = suffix.iter().fold(self.prefix_start, |sid, &b| self.prefixes.next_state(Anchored::No, sid, b));
             // No node: the start state, no suffix of `buf[start..]` begins a pattern.
             let Some(node) = self.nodes.get(&sid) else {
                 return len;
@@ -723,20 +668,13 @@ impl SecretNames {
     /// Reads a comma-separated list of patterns, e.g. `*_PASSWORD, API_*`. Whitespace around a
     /// pattern and empty entries are ignored, so an empty string matches no name.
     pub fn parse(spec: &str) -> SecretNames {
-        let globs = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|glob| !glob.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let globs = spec.split(',').map(str::trim).filter(|glob| !glob.is_empty()).map(str::to_owned).collect();
         SecretNames { globs }
     }
 
     /// Whether the variable `name` holds a secret.
     pub fn is_secret(&self, name: &str) -> bool {
-        self.globs
-            .iter()
-            .any(|glob| glob_matches(glob.as_bytes(), name.as_bytes()))
+        self.globs.iter().any(|glob| glob_matches(glob.as_bytes(), name.as_bytes()))
     }
 
     /// The patterns, in the order given.
@@ -778,8 +716,7 @@ fn glob_matches(glob: &[u8], name: &[u8]) -> bool {
             },
         }
     }
-    glob.get(g..)
-        .is_some_and(|rest| rest.iter().all(|&p| p == b'*'))
+    glob.get(g..).is_some_and(|rest| rest.iter().all(|&p| p == b'*'))
 }
 
 #[cfg(test)]
@@ -837,19 +774,13 @@ mod tests {
     #[test]
     fn json_escape_matches_serde_json() {
         assert_eq!(json_escaped("plain").as_deref(), Some(&b"plain"[..]));
-        assert_eq!(
-            json_escaped("q\"b\\n\n\t\u{1f}/é").as_deref(),
-            Some(&b"q\\\"b\\\\n\\n\\t\\u001f/\xc3\xa9"[..])
-        );
+        assert_eq!(json_escaped("q\"b\\n\n\t\u{1f}/é").as_deref(), Some(&b"q\\\"b\\\\n\\n\\t\\u001f/\xc3\xa9"[..]));
     }
 
     #[test]
     fn percent_encoding_keeps_only_unreserved_characters() {
         assert_eq!(percent_encoded(b"AZaz09-._~"), b"AZaz09-._~");
-        assert_eq!(
-            percent_encoded(b" !*+/:@%\xff\x00"),
-            b"%20%21%2A%2B%2F%3A%40%25%FF%00"
-        );
+        assert_eq!(percent_encoded(b" !*+/:@%\xff\x00"), b"%20%21%2A%2B%2F%3A%40%25%FF%00");
     }
 
     #[test]

@@ -59,9 +59,7 @@ impl Plan {
         let commands = prepared
             .plan
             .iter()
-            .filter_map(|(name, action)| {
-                Some(PlannedCommand { action: name.clone(), argv: action.argv()?, timeout_secs: action.timeout_secs })
-            })
+            .filter_map(|(name, action)| Some(PlannedCommand { action: name.clone(), argv: action.argv()?, timeout_secs: action.timeout_secs }))
             .collect();
         Plan {
             action: prepared.action.clone(),
@@ -72,12 +70,7 @@ impl Plan {
             files: prepared
                 .files
                 .iter()
-                .map(|f| PlannedFile {
-                    path: f.target.full_path().display().to_string(),
-                    mode: format!("{:04o}", f.mode),
-                    format: f.format,
-                    bytes: f.content.len(),
-                })
+                .map(|f| PlannedFile { path: f.target.full_path().display().to_string(), mode: format!("{:04o}", f.mode), format: f.format, bytes: f.content.len() })
                 .collect(),
             env: prepared.env.iter().map(|(n, _)| n.clone()).collect(),
             secrets: prepared.context.secrets.keys().cloned().collect(),

@@ -33,13 +33,7 @@ impl Stat {
             return None;
         };
         let mut number = || fields.next()?.parse::<i32>().ok();
-        Some(Stat {
-            pid,
-            state,
-            ppid: number()?,
-            pgrp: number()?,
-            session: number()?,
-        })
+        Some(Stat { pid, state, ppid: number()?, pgrp: number()?, session: number()? })
     }
 
     /// Whether the process has ended and waits to be reaped.
@@ -54,9 +48,7 @@ impl Stat {
 pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(line) => Ok(Stat::parse(&line)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
-            Ok(None)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -65,11 +57,7 @@ pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
 /// cannot be read is an error the caller may skip). Fails when `/proc` cannot be listed.
 pub fn pids() -> io::Result<impl Iterator<Item = io::Result<i32>>> {
     Ok(std::fs::read_dir("/proc")?.filter_map(|entry| match entry {
-        Ok(entry) => entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse().ok())
-            .map(Ok),
+        Ok(entry) => entry.file_name().to_str().and_then(|name| name.parse().ok()).map(Ok),
         Err(e) => Some(Err(e)),
     }))
 }
@@ -81,28 +69,12 @@ mod tests {
     #[test]
     fn parse_counts_fields_from_the_last_parenthesis() {
         let stat = Stat::parse("42 (a) b) c) S 7 9 11 0 -1").unwrap();
-        assert_eq!(
-            stat,
-            Stat {
-                pid: 42,
-                state: 'S',
-                ppid: 7,
-                pgrp: 9,
-                session: 11
-            }
-        );
-        assert_eq!(
-            Stat::parse("1 (sh) Z 0 1 1 0\n").map(|s| s.is_zombie()),
-            Some(true)
-        );
+        assert_eq!(stat, Stat { pid: 42, state: 'S', ppid: 7, pgrp: 9, session: 11 });
+        assert_eq!(Stat::parse("1 (sh) Z 0 1 1 0\n").map(|s| s.is_zombie()), Some(true));
         assert_eq!(Stat::parse("1 (sh R 0 1 1"), None, "no closing parenthesis");
         assert_eq!(Stat::parse("1 (sh) R 0 1"), None, "no session");
         assert_eq!(Stat::parse("x (sh) R 0 1 1"), None, "no pid");
-        assert_eq!(
-            Stat::parse("1 (sh) RS 0 1 1"),
-            None,
-            "a state is one letter"
-        );
+        assert_eq!(Stat::parse("1 (sh) RS 0 1 1"), None, "a state is one letter");
     }
 
     #[test]
@@ -121,11 +93,7 @@ mod tests {
         let pid = child.id() as i32;
         // Wait for the end without reaping, so that the zombie stays.
         let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
-        nix::sys::wait::waitid(
-            nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
-            flags,
-        )
-        .unwrap();
+        nix::sys::wait::waitid(nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).unwrap();
         assert!(stat(pid).unwrap().unwrap().is_zombie());
         assert!(pids().unwrap().any(|p| p.unwrap() == pid));
         child.wait().unwrap();

@@ -228,10 +228,8 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     sources.push((&context_path, "/environment/properties", &context.environment.properties));
     let mut declared = Map::new();
     for (file, prefix, props) in &sources {
-        let declaration = |e: PointerError| StepError::Declaration {
-            file: file.to_path_buf(),
-            source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message },
-        };
+        let declaration =
+            |e: PointerError| StepError::Declaration { file: file.to_path_buf(), source: PointerError { pointer: format!("{prefix}{}", e.pointer), message: e.message } };
         let own = props.subset(&declarations::MEMBERS);
         declarations::check_files(&own, &layout.repo, options.files_root.as_deref()).map_err(declaration)?;
         declarations::check_env(&own).map_err(declaration)?;

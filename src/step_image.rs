@@ -283,7 +283,11 @@ impl BuildError {
         use crate::exit::Sysexit;
         let sysexit = match self {
             BuildError::Context(e) => return e.exit_status(),
-            BuildError::SecretSets { .. } | BuildError::EnvProperties { .. } | BuildError::SecretValues { .. } | BuildError::NoSecretSet { .. } | BuildError::Dockerfile { .. } => Sysexit::DataErr,
+            BuildError::SecretSets { .. }
+            | BuildError::EnvProperties { .. }
+            | BuildError::SecretValues { .. }
+            | BuildError::NoSecretSet { .. }
+            | BuildError::Dockerfile { .. } => Sysexit::DataErr,
             BuildError::SecretStore { .. } => Sysexit::IoErr,
             // A secret set is read, never executed: its failure is the input's.
             BuildError::SecretSet { source: exec::ExecError::Exec { .. } } => Sysexit::Software,
@@ -575,9 +579,8 @@ pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
 /// environment's, else `opschain-build-env`). A bad list is an error at its pointer.
 #[cfg(feature = "controller")]
 pub fn applicable_secret_sets(context: &Map<String, Value>) -> Result<Vec<String>, BuildError> {
-    let level = |name: &str| Level {
-        properties: StrictObject(context.get(name).and_then(|l| l.get("properties")).and_then(Value::as_object).cloned().unwrap_or_default()),
-    };
+    let level =
+        |name: &str| Level { properties: StrictObject(context.get(name).and_then(|l| l.get("properties")).and_then(Value::as_object).cloned().unwrap_or_default()) };
     let parsed = StepContext { context: None, project: level("project"), environment: level("environment"), secrets: Default::default() };
     exec::build_secret_sets(&parsed).map_err(|source| BuildError::SecretSets { source })
 }
@@ -613,7 +616,8 @@ fn run_tool(command: &mut Command) -> Result<Output, BuildError> {
 fn hash_object(bytes: &[u8]) -> Result<String, BuildError> {
     use std::io::Write;
     let spawn = |source| BuildError::Spawn { program: crate::git::PROGRAM.into(), source };
-    let mut child = crate::git::command(None).args(["hash-object", "--stdin"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn)?;
+    let mut child =
+        crate::git::command(None).args(["hash-object", "--stdin"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn)?;
     let written = child.stdin.take().map(|mut stdin| stdin.write_all(bytes)).unwrap_or(Ok(()));
     let output = child.wait_with_output().map_err(spawn)?;
     if !output.status.success() || written.is_err() {
@@ -690,7 +694,9 @@ pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
     let listed = String::from_utf8_lossy(&listed.stdout).trim().to_string();
     let dockerfile = match listed.split_once('\t').map(|(meta, _)| meta.split_whitespace().collect::<Vec<_>>()) {
         None => DockerfileSource::Default,
-        Some(fields) if fields.len() == 3 && fields[1] == "blob" && (fields[0] == "100644" || fields[0] == "100755") => DockerfileSource::Repo { blob: fields[2].to_string() },
+        Some(fields) if fields.len() == 3 && fields[1] == "blob" && (fields[0] == "100644" || fields[0] == "100755") => {
+            DockerfileSource::Repo { blob: fields[2].to_string() }
+        }
         Some(fields) => {
             let what = if fields.first() == Some(&"120000") { "a symlink, not a regular file" } else { "not a regular file" };
             return Err(BuildError::Dockerfile { path, commit: git_sha, source: std::io::Error::new(std::io::ErrorKind::InvalidData, what) });
@@ -1059,7 +1065,15 @@ mod tests {
     fn default_dockerfile_has_the_documented_lines() {
         let text = default_dockerfile(".opschain");
         let lines: Vec<&str> = text.lines().collect();
-        for line in ["ARG OPSCHAIN_BASE_RUNNER", "FROM ${OPSCHAIN_BASE_RUNNER}", "ADD repo.tar /opt/opschain/", "ARG GIT_REV", "ARG GIT_SHA", "ARG OPSCHAIN_VERSION", "ARG OPSCHAIN_CONTEXT_DIGEST"] {
+        for line in [
+            "ARG OPSCHAIN_BASE_RUNNER",
+            "FROM ${OPSCHAIN_BASE_RUNNER}",
+            "ADD repo.tar /opt/opschain/",
+            "ARG GIT_REV",
+            "ARG GIT_SHA",
+            "ARG OPSCHAIN_VERSION",
+            "ARG OPSCHAIN_CONTEXT_DIGEST",
+        ] {
             assert!(lines.contains(&line), "{line}");
         }
         assert!(text.contains("RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_context_env.json,"));

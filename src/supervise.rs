@@ -164,18 +164,14 @@ impl LogBuffer {
     /// The byte bound of either policy.
     pub fn max_bytes(&self) -> usize {
         match *self {
-            LogBuffer::DropNewest { max_bytes } | LogBuffer::Backpressure { max_bytes } => {
-                max_bytes
-            }
+            LogBuffer::DropNewest { max_bytes } | LogBuffer::Backpressure { max_bytes } => max_bytes,
         }
     }
 }
 
 impl Default for LogBuffer {
     fn default() -> LogBuffer {
-        LogBuffer::Backpressure {
-            max_bytes: 4 * 1024 * 1024,
-        }
+        LogBuffer::Backpressure { max_bytes: 4 * 1024 * 1024 }
     }
 }
 
@@ -385,11 +381,7 @@ pub struct Supervisor {
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor")
-            .field("policy", &self.policy)
-            .field("cancelled", &self.cancelled())
-            .field("me", &self.me)
-            .finish_non_exhaustive()
+        f.debug_struct("Supervisor").field("policy", &self.policy).field("cancelled", &self.cancelled()).field("me", &self.me).finish_non_exhaustive()
     }
 }
 
@@ -398,34 +390,19 @@ impl Supervisor {
     /// subreaping (unless we are PID 1, which reaps orphans anyway), and the thread writing the
     /// log of every job to `out`. Checks that `/proc` can be read, so that a missing `/proc` stops
     /// the agent before any job runs.
-    pub fn new(
-        policy: SupervisePolicy,
-        masker: Masker,
-        out: Box<dyn std::io::Write + Send>,
-    ) -> Result<Supervisor, SuperviseError> {
+    pub fn new(policy: SupervisePolicy, masker: Masker, out: Box<dyn std::io::Write + Send>) -> Result<Supervisor, SuperviseError> {
         let me = nix::unistd::getpid();
         if me.as_raw() != 1 {
             nix::sys::prctl::set_child_subreaper(true).map_err(SuperviseError::Subreaper)?;
         }
         procs::descendants(me).map_err(SuperviseError::ListProcesses)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(SuperviseError::Runtime)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(SuperviseError::Runtime)?;
         let inbox = {
             let _runtime = runtime.enter();
             Inbox::install()?
         };
         let log = LogWriter::start(policy.log_buffer, policy.drain_wait, out);
-        Ok(Supervisor {
-            policy,
-            masker,
-            inbox,
-            runtime,
-            log,
-            me,
-        })
+        Ok(Supervisor { policy, masker, inbox, runtime, log, me })
     }
 
     /// The signal that cancelled the run (SIGTERM), if one came, during a job or between jobs.
@@ -461,50 +438,19 @@ impl Supervisor {
         // Everything fallible is set up before the job starts, so that an error never leaves it
         // running unsupervised.
         let _runtime = self.runtime.enter();
-        let (out_read, out_write) =
-            output_pipe().map_err(|source| SuperviseError::CreatePipes {
-                label: label(),
-                source,
-            })?;
-        let (err_read, err_write) =
-            output_pipe().map_err(|source| SuperviseError::CreatePipes {
-                label: label(),
-                source,
-            })?;
+        let (out_read, out_write) = output_pipe().map_err(|source| SuperviseError::CreatePipes { label: label(), source })?;
+        let (err_read, err_write) = output_pipe().map_err(|source| SuperviseError::CreatePipes { label: label(), source })?;
         // Orphans that came between jobs (normally none: each job is cleaned up).
-        let early = procs::reap(None).map_err(|source| SuperviseError::Wait {
-            label: label(),
-            source,
-        })?;
+        let early = procs::reap(None).map_err(|source| SuperviseError::Wait { label: label(), source })?;
 
-        let pid = spawn(program, args, job, out_write, err_write).map_err(|source| {
-            SuperviseError::Spawn {
-                label: label(),
-                program: program.clone(),
-                source,
-            }
-        })?;
+        let pid = spawn(program, args, job, out_write, err_write).map_err(|source| SuperviseError::Spawn { label: label(), program: program.clone(), source })?;
 
         let (stop, stopped) = watch::channel(false);
         let progress = Arc::new(AtomicU64::new(0));
         let mut pumps = JoinSet::new();
-        for (stream, read, mask) in [
-            (Stream::Stdout, out_read, self.masker.stream()),
-            (Stream::Stderr, err_read, self.masker.stream()),
-        ] {
-            let config = PumpConfig {
-                stream,
-                max_line: self.policy.max_line,
-                idle_flush: self.policy.idle_flush,
-            };
-            pumps.spawn(output::pump(
-                read,
-                config,
-                mask,
-                sink.clone(),
-                stopped.clone(),
-                Arc::clone(&progress),
-            ));
+        for (stream, read, mask) in [(Stream::Stdout, out_read, self.masker.stream()), (Stream::Stderr, err_read, self.masker.stream())] {
+            let config = PumpConfig { stream, max_line: self.policy.max_line, idle_flush: self.policy.idle_flush };
+            pumps.spawn(output::pump(read, config, mask, sink.clone(), stopped.clone(), Arc::clone(&progress)));
         }
 
         let timeout = job.timeout.or(self.policy.default_timeout);
@@ -514,9 +460,7 @@ impl Supervisor {
             me: self.me,
             job: pid,
             timeout: timeout.unwrap_or_default(),
-            phase: Phase::Running {
-                timeout_at: timeout.map(|timeout| started + timeout),
-            },
+            phase: Phase::Running { timeout_at: timeout.map(|timeout| started + timeout) },
             ended: None,
             cause: None,
             orphans_reaped: early.others,
@@ -526,9 +470,7 @@ impl Supervisor {
             progress,
             progress_seen: 0,
         };
-        let result = self
-            .runtime
-            .block_on(watch.supervise(&mut self.inbox, &mut pumps, &stop));
+        let result = self.runtime.block_on(watch.supervise(&mut self.inbox, &mut pumps, &stop));
         if result.is_err() {
             // Supervision broke down: leave nothing running that we can still reach.
             watch.signal_job(Signal::SIGKILL, &procs::descendants(self.me).unwrap_or_default());
@@ -548,13 +490,7 @@ impl Supervisor {
 /// own, its stdout and stderr on the write ends given (closed here, once the child has its copies,
 /// so that the pipes end when the job's processes are gone). Returns its pid; it is reaped by
 /// [`procs::reap`], never through std's handle.
-fn spawn(
-    program: &OsString,
-    args: &[OsString],
-    job: &Job,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-) -> io::Result<Pid> {
+fn spawn(program: &OsString, args: &[OsString], job: &Job, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Pid> {
     let mut command = std::process::Command::new(on_path(program, &job.env, &job.cwd));
     command
         .arg0(program) // argv[0] as written, as execvp would pass it (busybox applets read it)
@@ -683,21 +619,14 @@ struct Watch<'a> {
 impl Watch<'_> {
     /// The event loop of one job: until the main process is reaped, no descendant is left and both
     /// pipes are at their end, or `reap_wait` gave out.
-    async fn supervise(
-        &mut self,
-        inbox: &mut Inbox,
-        pumps: &mut JoinSet<io::Result<()>>,
-        stop: &watch::Sender<bool>,
-    ) -> Result<(), SuperviseError> {
+    async fn supervise(&mut self, inbox: &mut Inbox, pumps: &mut JoinSet<io::Result<()>>, stop: &watch::Sender<bool>) -> Result<(), SuperviseError> {
         loop {
             if self.ended.is_some() && pumps.is_empty() && self.descendants()?.is_empty() {
                 return Ok(());
             }
             let wake_at = match self.phase {
                 Phase::Running { timeout_at } => timeout_at,
-                Phase::Terminating { kill_at: until } | Phase::Draining { give_up_at: until } => {
-                    Some(until.min(Instant::now() + POLL))
-                }
+                Phase::Terminating { kill_at: until } | Phase::Draining { give_up_at: until } => Some(until.min(Instant::now() + POLL)),
             };
             tokio::select! {
                 biased;
@@ -736,16 +665,7 @@ impl Watch<'_> {
             // which need a cause; were there none, report it as killed.
             (None, None, None) => (Reason::Signalled, 128 + Signal::SIGKILL as i32),
         };
-        Outcome {
-            reason,
-            code,
-            signal,
-            exit_status,
-            duration,
-            orphans_reaped: self.orphans_reaped,
-            lines_dropped,
-            survivors: self.survivors,
-        }
+        Outcome { reason, code, signal, exit_status, duration, orphans_reaped: self.orphans_reaped, lines_dropped, survivors: self.survivors }
     }
 
     /// Signals that came: reap first (the main process may be among the ended), then cancel or
@@ -794,25 +714,16 @@ impl Watch<'_> {
     /// Reaps; when the main process is among the reaped and we had not started ending
     /// the job, end what it left behind.
     fn reap(&mut self) -> Result<(), SuperviseError> {
-        let Reaped { watched, others } =
-            procs::reap(Some(self.job)).map_err(|source| SuperviseError::Wait {
-                label: self.label.to_string(),
-                source,
-            })?;
+        let Reaped { watched, others } = procs::reap(Some(self.job)).map_err(|source| SuperviseError::Wait { label: self.label.to_string(), source })?;
         self.orphans_reaped += others;
         if let Some(ended) = watched {
             self.ended = Some(ended);
             if let Phase::Running { .. } = self.phase {
                 let left = self.descendants()?;
                 if left.is_empty() {
-                    self.phase = Phase::Draining {
-                        give_up_at: Instant::now() + self.policy.reap_wait,
-                    };
+                    self.phase = Phase::Draining { give_up_at: Instant::now() + self.policy.reap_wait };
                 } else {
-                    self.notices.notice(&format!(
-                        "the job ended and left {} processes running: SIGTERM to them",
-                        left.len()
-                    ));
+                    self.notices.notice(&format!("the job ended and left {} processes running: SIGTERM to them", left.len()));
                     self.terminate(&left);
                 }
             }
@@ -824,8 +735,7 @@ impl Watch<'_> {
     fn on_sigterm(&mut self) -> Result<(), SuperviseError> {
         if let Phase::Running { .. } = self.phase {
             self.cause = Some(Cause::Cancelled(Signal::SIGTERM));
-            self.notices
-                .notice("cancelled (SIGTERM): SIGTERM to the job");
+            self.notices.notice("cancelled (SIGTERM): SIGTERM to the job");
             let left = self.descendants()?;
             self.terminate(&left);
         } else {
@@ -842,9 +752,7 @@ impl Watch<'_> {
         for signal in [Signal::SIGTERM, Signal::SIGCONT] {
             self.signal_job(signal, left);
         }
-        self.phase = Phase::Terminating {
-            kill_at: Instant::now() + self.policy.grace,
-        };
+        self.phase = Phase::Terminating { kill_at: Instant::now() + self.policy.grace };
     }
 
     /// Sends SIGKILL to the job's group and to every descendant.
@@ -864,27 +772,17 @@ impl Watch<'_> {
     fn on_tick(&mut self) -> Result<bool, SuperviseError> {
         let now = Instant::now();
         match self.phase {
-            Phase::Running {
-                timeout_at: Some(at),
-            } if now >= at => {
+            Phase::Running { timeout_at: Some(at) } if now >= at => {
                 self.cause = Some(Cause::TimedOut);
-                self.notices.notice(&format!(
-                    "timed out after {:?}: SIGTERM to the job",
-                    self.timeout
-                ));
+                self.notices.notice(&format!("timed out after {:?}: SIGTERM to the job", self.timeout));
                 let left = self.descendants()?;
                 self.terminate(&left);
             }
             Phase::Running { .. } => {}
             Phase::Terminating { kill_at } if now >= kill_at => {
                 let killed = self.kill_all()?;
-                self.notices.notice(&format!(
-                    "grace period of {:?} over: SIGKILL to the job's group and {killed} processes",
-                    self.policy.grace
-                ));
-                self.phase = Phase::Draining {
-                    give_up_at: now + self.policy.reap_wait,
-                };
+                self.notices.notice(&format!("grace period of {:?} over: SIGKILL to the job's group and {killed} processes", self.policy.grace));
+                self.phase = Phase::Draining { give_up_at: now + self.policy.reap_wait };
             }
             Phase::Terminating { .. } => {}
             Phase::Draining { give_up_at } => {
@@ -896,16 +794,11 @@ impl Watch<'_> {
                         // The job's processes are gone and its pipes are still being emptied
                         // (or wait for the log writer): they end once read, so keep reading.
                         // Only a pipe that stays idle this long is held by something else.
-                        self.phase = Phase::Draining {
-                            give_up_at: now + self.policy.reap_wait,
-                        };
+                        self.phase = Phase::Draining { give_up_at: now + self.policy.reap_wait };
                         return Ok(false);
                     }
                     if self.survivors > 0 {
-                        self.notices.notice(&format!(
-                            "{} processes still alive {:?} after SIGKILL: leaving them",
-                            self.survivors, self.policy.reap_wait
-                        ));
+                        self.notices.notice(&format!("{} processes still alive {:?} after SIGKILL: leaving them", self.survivors, self.policy.reap_wait));
                     }
                     return Ok(true);
                 }
@@ -920,14 +813,8 @@ impl Watch<'_> {
     fn on_pump_done(&mut self, done: Result<io::Result<()>, tokio::task::JoinError>) {
         let failure = match done {
             Ok(Ok(())) => return,
-            Ok(Err(source)) => SuperviseError::ReadOutput {
-                label: self.label.to_string(),
-                source,
-            },
-            Err(source) => SuperviseError::OutputTask {
-                label: self.label.to_string(),
-                source,
-            },
+            Ok(Err(source)) => SuperviseError::ReadOutput { label: self.label.to_string(), source },
+            Err(source) => SuperviseError::OutputTask { label: self.label.to_string(), source },
         };
         self.failure.get_or_insert(failure);
     }
@@ -956,7 +843,8 @@ mod tests {
         let local = make("cwd/rel", 0o755);
         std::fs::create_dir_all(root.path().join("tool-dir/tool")).unwrap(); // a directory: skipped
         let path = |dirs: &[&str]| {
-            let dirs: Vec<String> = dirs.iter().map(|d| if d.is_empty() || !d.starts_with('/') { d.to_string() } else { format!("{}{d}", root.path().display()) }).collect();
+            let dirs: Vec<String> =
+                dirs.iter().map(|d| if d.is_empty() || !d.starts_with('/') { d.to_string() } else { format!("{}{d}", root.path().display()) }).collect();
             vec![(OsString::from("HOME"), OsString::from("/x")), (OsString::from("PATH"), OsString::from(dirs.join(":")))]
         };
         let cwd = root.path().join("cwd");

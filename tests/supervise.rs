@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::getpid;
 use opschain_runner::mask::Masker;
-use opschain_runner::supervise::{
-    Job, LineFormat, LogBuffer, Outcome, Reason, SuperviseError, SupervisePolicy, Supervisor,
-};
+use opschain_runner::supervise::{Job, LineFormat, LogBuffer, Outcome, Reason, SuperviseError, SupervisePolicy, Supervisor};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -34,10 +32,7 @@ struct Capture(Arc<(Mutex<Vec<u8>>, Condvar)>);
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (bytes, wrote) = &*self.0;
-        bytes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
+        bytes.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(buf);
         wrote.notify_all();
         Ok(buf.len())
     }
@@ -49,49 +44,32 @@ impl Write for Capture {
 
 impl Capture {
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0 .0.lock().unwrap_or_else(PoisonError::into_inner))
-            .into_owned()
+        String::from_utf8_lossy(&self.0 .0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
     }
 
     /// Waits until the log holds `needle`; true if it came within `timeout`.
     fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
         let (bytes, wrote) = &*self.0;
         let guard = bytes.lock().unwrap_or_else(PoisonError::into_inner);
-        let (guard, _) = wrote
-            .wait_timeout_while(guard, timeout, |b| {
-                !String::from_utf8_lossy(b).contains(needle)
-            })
-            .unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = wrote.wait_timeout_while(guard, timeout, |b| !String::from_utf8_lossy(b).contains(needle)).unwrap_or_else(PoisonError::into_inner);
         String::from_utf8_lossy(&guard).contains(needle)
     }
 
     /// The text of the records of `stream`, in order (Text format).
     fn lines(&self, stream: &str) -> Vec<String> {
         let marker = format!(" {stream}| ");
-        self.text()
-            .lines()
-            .filter_map(|l| l.split_once(&marker).map(|(_, t)| t.to_string()))
-            .collect()
+        self.text().lines().filter_map(|l| l.split_once(&marker).map(|(_, t)| t.to_string())).collect()
     }
 }
 
 /// A short grace and reap wait, so that the tests that reach them stay quick.
 fn policy() -> SupervisePolicy {
-    SupervisePolicy {
-        grace: Duration::from_millis(300),
-        reap_wait: Duration::from_secs(3),
-        ..SupervisePolicy::default()
-    }
+    SupervisePolicy { grace: Duration::from_millis(300), reap_wait: Duration::from_secs(3), ..SupervisePolicy::default() }
 }
 
 fn supervisor(policy: SupervisePolicy, secrets: &[&str]) -> (Supervisor, Capture) {
     let capture = Capture::default();
-    let supervisor = Supervisor::new(
-        policy,
-        Masker::new(secrets.iter().copied()),
-        Box::new(capture.clone()),
-    )
-    .expect("supervisor starts");
+    let supervisor = Supervisor::new(policy, Masker::new(secrets.iter().copied()), Box::new(capture.clone())).expect("supervisor starts");
     (supervisor, capture)
 }
 
@@ -133,11 +111,7 @@ fn descendants_of_me() -> Vec<(i32, char)> {
     let mut below = Vec::new();
     let mut parents = HashSet::from([getpid().as_raw()]);
     loop {
-        let found: Vec<_> = table
-            .iter()
-            .filter(|(pid, ppid, _)| parents.contains(ppid) && !parents.contains(pid))
-            .map(|&(pid, _, state)| (pid, state))
-            .collect();
+        let found: Vec<_> = table.iter().filter(|(pid, ppid, _)| parents.contains(ppid) && !parents.contains(pid)).map(|&(pid, _, state)| (pid, state)).collect();
         if found.is_empty() {
             return below;
         }
@@ -152,11 +126,7 @@ fn alive(pid: i32) -> bool {
 
 /// Sends `signal` to this process once `capture` shows `ready`, from another thread (the test
 /// thread is blocked in `run`).
-fn signal_me_when(
-    capture: &Capture,
-    ready: &'static str,
-    signal: Signal,
-) -> std::thread::JoinHandle<bool> {
+fn signal_me_when(capture: &Capture, ready: &'static str, signal: Signal) -> std::thread::JoinHandle<bool> {
     let capture = capture.clone();
     std::thread::spawn(move || {
         let seen = capture.wait_for(ready, Duration::from_secs(10));
@@ -171,31 +141,19 @@ fn exit_codes_and_killing_signals_become_the_exit_status() {
     let (mut sup, _log) = supervisor(policy(), &[]);
 
     let out = sup.run(&sh("exit 7")).expect("run");
-    assert_eq!(
-        (out.reason, out.code, out.signal, out.exit_status),
-        (Reason::Exited, Some(7), None, 7)
-    );
+    assert_eq!((out.reason, out.code, out.signal, out.exit_status), (Reason::Exited, Some(7), None, 7));
     assert!(!out.succeeded());
 
     let out = sup.run(&sh("kill -USR1 $$")).expect("run");
-    assert_eq!(
-        (out.reason, out.code, out.signal, out.exit_status),
-        (Reason::Signalled, None, Some(10), 138)
-    );
+    assert_eq!((out.reason, out.code, out.signal, out.exit_status), (Reason::Signalled, None, Some(10), 138));
 
     let out = sup.run(&sh("kill -KILL $$")).expect("run");
-    assert_eq!(
-        (out.reason, out.signal, out.exit_status),
-        (Reason::Signalled, Some(9), 137)
-    );
+    assert_eq!((out.reason, out.signal, out.exit_status), (Reason::Signalled, Some(9), 137));
 
     let out = sup.run(&sh("true")).expect("run");
     assert!(out.succeeded());
     assert_eq!(sup.cancelled(), None);
-    assert_eq!(
-        serde_json::to_string(&Reason::TimedOut).expect("json"),
-        "\"timed_out\""
-    );
+    assert_eq!(serde_json::to_string(&Reason::TimedOut).expect("json"), "\"timed_out\"");
 }
 
 #[test]
@@ -203,21 +161,12 @@ fn a_job_gets_exactly_its_environment_its_directory_and_no_stdin() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut sup, log) = supervisor(policy(), &[]);
-    let mut job = sh_in(
-        dir.path(),
-        r#"echo "A=$A HOME=${HOME-unset} PWD=$(pwd)"; cat; echo "stdin done""#,
-    );
+    let mut job = sh_in(dir.path(), r#"echo "A=$A HOME=${HOME-unset} PWD=$(pwd)"; cat; echo "stdin done""#);
     job.env.push(("A".into(), "1".into()));
     let out = sup.run(&job).expect("run");
     assert_eq!(out.exit_status, 0);
     let canonical = dir.path().canonicalize().expect("canonical");
-    assert_eq!(
-        log.lines("stdout"),
-        vec![
-            format!("A=1 HOME=unset PWD={}", canonical.display()),
-            "stdin done".to_string()
-        ]
-    );
+    assert_eq!(log.lines("stdout"), vec![format!("A=1 HOME=unset PWD={}", canonical.display()), "stdin done".to_string()]);
 }
 
 #[test]
@@ -227,19 +176,14 @@ fn start_failures_are_errors_that_name_the_operation() {
     let mut job = sh("true");
     job.argv = vec!["/nonexistent/program".into()];
     match sup.run(&job) {
-        Err(SuperviseError::Spawn {
-            program, source, ..
-        }) => {
+        Err(SuperviseError::Spawn { program, source, .. }) => {
             assert_eq!(program, OsString::from("/nonexistent/program"));
             assert_eq!(source.kind(), io::ErrorKind::NotFound);
         }
         other => panic!("expected a spawn error, got {other:?}"),
     }
     job.argv.clear();
-    assert!(matches!(
-        sup.run(&job),
-        Err(SuperviseError::EmptyCommand { .. })
-    ));
+    assert!(matches!(sup.run(&job), Err(SuperviseError::EmptyCommand { .. })));
     // Nothing was left behind by the failed starts.
     assert_eq!(descendants_of_me(), vec![]);
 }
@@ -261,15 +205,8 @@ fn orphans_and_zombies_are_reaped_while_the_job_runs() {
     let during = probe.join().expect("probe");
     assert_eq!(out.exit_status, 0);
     assert_eq!(out.orphans_reaped, 3, "{out:?}");
-    assert!(
-        during.iter().all(|&(_, state)| state != 'Z'),
-        "zombies during the job: {during:?}"
-    );
-    assert_eq!(
-        during.len(),
-        2,
-        "only the job's shell and its sleep should run: {during:?}"
-    );
+    assert!(during.iter().all(|&(_, state)| state != 'Z'), "zombies during the job: {during:?}");
+    assert_eq!(during.len(), 2, "only the job's shell and its sleep should run: {during:?}");
     assert_eq!(descendants_of_me(), vec![]);
 }
 
@@ -281,16 +218,8 @@ fn what_a_job_leaves_running_is_ended_and_reaped() {
     let out = sup.run(&job).expect("run");
     assert_eq!((out.reason, out.exit_status), (Reason::Exited, 0));
     assert_eq!(out.orphans_reaped, 2, "{out:?}");
-    assert!(
-        out.duration < Duration::from_secs(2),
-        "SIGTERM should have ended them at once: {out:?}"
-    );
-    assert!(
-        log.text()
-            .contains("runner| the job ended and left 2 processes running: SIGTERM"),
-        "{}",
-        log.text()
-    );
+    assert!(out.duration < Duration::from_secs(2), "SIGTERM should have ended them at once: {out:?}");
+    assert!(log.text().contains("runner| the job ended and left 2 processes running: SIGTERM"), "{}", log.text());
     assert_eq!(descendants_of_me(), vec![]);
 }
 
@@ -301,24 +230,14 @@ fn a_timeout_kills_a_tree_that_ignores_sigterm_after_the_grace_period() {
     let mut job = sh("trap '' TERM; sh -c 'sleep 30' & sleep 30; echo unreachable");
     job.timeout = Some(Duration::from_millis(200));
     let out = sup.run(&job).expect("run");
-    assert_eq!(
-        (out.reason, out.exit_status, out.signal),
-        (Reason::TimedOut, 124, Some(9)),
-        "{out:?}"
-    );
+    assert_eq!((out.reason, out.exit_status, out.signal), (Reason::TimedOut, 124, Some(9)), "{out:?}");
     // 200 ms timeout + 300 ms grace, then SIGKILL.
     assert!(out.duration >= Duration::from_millis(500), "{out:?}");
     assert!(out.duration < Duration::from_secs(3), "{out:?}");
     assert_eq!(out.survivors, 0);
     let text = log.text();
-    assert!(
-        text.contains("runner| timed out after 200ms: SIGTERM to the job"),
-        "{text}"
-    );
-    assert!(
-        text.contains("runner| grace period of 300ms over: SIGKILL"),
-        "{text}"
-    );
+    assert!(text.contains("runner| timed out after 200ms: SIGTERM to the job"), "{text}");
+    assert!(text.contains("runner| grace period of 300ms over: SIGKILL"), "{text}");
     assert!(!text.contains("unreachable"));
     assert_eq!(descendants_of_me(), vec![]);
     assert_eq!(sup.cancelled(), None, "a timeout does not cancel the run");
@@ -327,43 +246,24 @@ fn a_timeout_kills_a_tree_that_ignores_sigterm_after_the_grace_period() {
 #[test]
 fn a_stopped_job_is_continued_to_handle_its_sigterm() {
     let _serial = serial();
-    let policy = SupervisePolicy {
-        grace: Duration::from_secs(3),
-        ..policy()
-    };
+    let policy = SupervisePolicy { grace: Duration::from_secs(3), ..policy() };
     let (mut sup, log) = supervisor(policy, &[]);
     let mut job = sh("trap 'echo got TERM; exit 3' TERM; kill -STOP $$; echo resumed");
     job.timeout = Some(Duration::from_millis(200));
     let out = sup.run(&job).expect("run");
-    assert_eq!(
-        (out.reason, out.code),
-        (Reason::TimedOut, Some(3)),
-        "{out:?}"
-    );
-    assert!(
-        out.duration < Duration::from_secs(2),
-        "it waited for SIGKILL: {out:?}"
-    );
+    assert_eq!((out.reason, out.code), (Reason::TimedOut, Some(3)), "{out:?}");
+    assert!(out.duration < Duration::from_secs(2), "it waited for SIGKILL: {out:?}");
     assert_eq!(log.lines("stdout"), vec!["got TERM"]);
 }
 
 #[test]
 fn the_default_timeout_applies_to_a_job_without_one() {
     let _serial = serial();
-    let policy = SupervisePolicy {
-        default_timeout: Some(Duration::from_millis(100)),
-        ..policy()
-    };
+    let policy = SupervisePolicy { default_timeout: Some(Duration::from_millis(100)), ..policy() };
     let (mut sup, _log) = supervisor(policy, &[]);
     let out = sup.run(&sh("sleep 30")).expect("run");
-    assert_eq!(
-        (out.reason, out.exit_status, out.signal),
-        (Reason::TimedOut, 124, Some(15))
-    );
-    assert!(
-        out.duration < Duration::from_secs(2),
-        "sleep ends at SIGTERM: {out:?}"
-    );
+    assert_eq!((out.reason, out.exit_status, out.signal), (Reason::TimedOut, 124, Some(15)));
+    assert!(out.duration < Duration::from_secs(2), "sleep ends at SIGTERM: {out:?}");
 }
 
 #[test]
@@ -379,24 +279,12 @@ fn a_setsid_escapee_is_killed_and_waited_for() {
          while [ ! -s escapee.pid ]; do sleep 0.01; done; exit 0",
     );
     let out = sup.run(&job).expect("run");
-    let pid: i32 = std::fs::read_to_string(dir.path().join("escapee.pid"))
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid: i32 = std::fs::read_to_string(dir.path().join("escapee.pid")).expect("pid file").trim().parse().expect("pid");
     assert_eq!((out.reason, out.exit_status), (Reason::Exited, 0));
-    assert!(
-        out.duration >= Duration::from_millis(300),
-        "SIGKILL only after the grace: {out:?}"
-    );
+    assert!(out.duration >= Duration::from_millis(300), "SIGKILL only after the grace: {out:?}");
     assert_eq!(out.orphans_reaped, 1, "{out:?}");
     assert!(!alive(pid), "the escapee {pid} outlived the job");
-    assert!(
-        log.text()
-            .contains("SIGKILL to the job's group and 1 processes"),
-        "{}",
-        log.text()
-    );
+    assert!(log.text().contains("SIGKILL to the job's group and 1 processes"), "{}", log.text());
     assert_eq!(descendants_of_me(), vec![]);
 }
 
@@ -409,11 +297,7 @@ fn signals_to_the_agent_are_forwarded_to_the_job_group() {
     let out = sup.run(&job).expect("run");
     assert!(sender.join().expect("sender"), "the job never said ready");
     assert_eq!((out.reason, out.code), (Reason::Exited, Some(5)), "{out:?}");
-    assert!(
-        log.lines("stdout").contains(&"got USR1".to_string()),
-        "{}",
-        log.text()
-    );
+    assert!(log.lines("stdout").contains(&"got USR1".to_string()), "{}", log.text());
     assert_eq!(sup.cancelled(), None, "only SIGTERM cancels");
 }
 
@@ -444,9 +328,7 @@ fn a_signal_that_came_between_jobs_is_not_forwarded_to_the_next() {
     assert!(sup.run(&sh("true")).expect("run").succeeded());
     kill(getpid(), Signal::SIGUSR1).expect("signal this process");
     std::thread::sleep(Duration::from_millis(100)); // the handler has long run by now
-    let out = sup
-        .run(&sh("trap 'echo got USR1' USR1; sleep 0.3; echo end"))
-        .expect("run");
+    let out = sup.run(&sh("trap 'echo got USR1' USR1; sleep 0.3; echo end")).expect("run");
     assert_eq!(out.exit_status, 0);
     assert_eq!(log.lines("stdout"), vec!["end"], "{}", log.text());
 }
@@ -460,27 +342,16 @@ fn sigterm_to_the_agent_cancels_the_job_and_every_later_one() {
     let sender = signal_me_when(&log, "stdout| ready", Signal::SIGTERM);
     let out = sup.run(&job).expect("run");
     assert!(sender.join().expect("sender"), "the job never said ready");
-    assert_eq!(
-        (out.reason, out.exit_status, out.code),
-        (Reason::Cancelled, 143, Some(3)),
-        "{out:?}"
-    );
+    assert_eq!((out.reason, out.exit_status, out.code), (Reason::Cancelled, 143, Some(3)), "{out:?}");
     assert!(out.duration < Duration::from_secs(5), "{out:?}");
-    assert!(
-        log.lines("stdout").contains(&"got TERM".to_string()),
-        "the group got no SIGTERM: {}",
-        log.text()
-    );
+    assert!(log.lines("stdout").contains(&"got TERM".to_string()), "the group got no SIGTERM: {}", log.text());
     assert!(log.text().contains("runner| cancelled (SIGTERM)"));
     assert_eq!(sup.cancelled(), Some(15));
     assert_eq!(descendants_of_me(), vec![]);
 
     // The next job does not start.
     let next = sup.run(&sh_in(dir.path(), "touch started")).expect("run");
-    assert_eq!(
-        (next.reason, next.exit_status, next.code),
-        (Reason::Cancelled, 143, None)
-    );
+    assert_eq!((next.reason, next.exit_status, next.code), (Reason::Cancelled, 143, None));
     assert!(!dir.path().join("started").exists());
 }
 
@@ -495,11 +366,7 @@ fn sigterm_between_jobs_cancels_the_next_one_before_it_starts() {
     while sup.cancelled().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(
-        sup.cancelled(),
-        Some(15),
-        "cancellation is seen between jobs"
-    );
+    assert_eq!(sup.cancelled(), Some(15), "cancellation is seen between jobs");
     let out = sup.run(&sh_in(dir.path(), "touch started")).expect("run");
     assert_eq!((out.reason, out.exit_status), (Reason::Cancelled, 143));
     assert!(!dir.path().join("started").exists());
@@ -538,33 +405,18 @@ fn parse_stamp(stamp: &str) -> Option<f64> {
 fn records_are_stamped_labelled_and_in_arrival_order() {
     let _serial = serial();
     let (mut sup, log) = supervisor(policy(), &[]);
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock");
-    let out = sup
-        .run(&sh(
-            "echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three",
-        ))
-        .expect("run");
-    let after = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let out = sup.run(&sh("echo one; sleep 0.05; echo two >&2; sleep 0.05; echo three")).expect("run");
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
     assert_eq!(out.exit_status, 0);
     let text = log.text();
     let records: Vec<&str> = text.lines().collect();
     assert_eq!(records.len(), 3, "{text}");
     let mut last = 0.0;
-    for (record, expected) in records.iter().zip([
-        "test-action stdout| one",
-        "test-action stderr| two",
-        "test-action stdout| three",
-    ]) {
+    for (record, expected) in records.iter().zip(["test-action stdout| one", "test-action stderr| two", "test-action stdout| three"]) {
         let (stamp, rest) = record.split_once(' ').expect("stamp");
         let at = parse_stamp(stamp).unwrap_or_else(|| panic!("bad stamp in {record:?}"));
-        assert!(
-            at >= before.as_secs_f64() - 1e-6 && at <= after.as_secs_f64() + 1e-6,
-            "{record}"
-        );
+        assert!(at >= before.as_secs_f64() - 1e-6 && at <= after.as_secs_f64() + 1e-6, "{record}");
         assert!(at >= last, "stamps go back: {text}");
         last = at;
         assert_eq!(rest, expected);
@@ -574,99 +426,53 @@ fn records_are_stamped_labelled_and_in_arrival_order() {
 #[test]
 fn json_records_carry_the_same_facts() {
     let _serial = serial();
-    let policy = SupervisePolicy {
-        format: LineFormat::Json,
-        max_line: 4,
-        ..policy()
-    };
+    let policy = SupervisePolicy { format: LineFormat::Json, max_line: 4, ..policy() };
     let (mut sup, log) = supervisor(policy, &[]);
     let mut job = sh("echo 'a \"quoted\" line'; echo err >&2");
     job.label = "deploy app".into();
     sup.run(&job).expect("run");
-    let records: Vec<serde_json::Value> = log
-        .text()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+    let records: Vec<serde_json::Value> = log.text().lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
     let pieces: Vec<(&str, bool, &str)> = records
         .iter()
         .map(|r| {
             assert_eq!(r["action"], "deploy app");
             assert!(parse_stamp(r["ts"].as_str().expect("ts")).is_some(), "{r}");
-            (
-                r["stream"].as_str().expect("stream"),
-                r["cont"].as_bool().expect("cont"),
-                r["line"].as_str().expect("line"),
-            )
+            (r["stream"].as_str().expect("stream"), r["cont"].as_bool().expect("cont"), r["line"].as_str().expect("line"))
         })
         .collect();
-    assert_eq!(
-        pieces,
-        vec![
-            ("stdout", false, "a \"q"),
-            ("stdout", true, "uote"),
-            ("stdout", true, "d\" l"),
-            ("stdout", true, "ine"),
-            ("stderr", false, "err"),
-        ]
-    );
+    assert_eq!(pieces, vec![("stdout", false, "a \"q"), ("stdout", true, "uote"), ("stdout", true, "d\" l"), ("stdout", true, "ine"), ("stderr", false, "err"),]);
 }
 
 #[test]
 fn a_partial_line_is_released_after_idle_flush() {
     let _serial = serial();
-    let policy = SupervisePolicy {
-        idle_flush: Duration::from_millis(50),
-        ..policy()
-    };
+    let policy = SupervisePolicy { idle_flush: Duration::from_millis(50), ..policy() };
     let (mut sup, log) = supervisor(policy, &[]);
     let watcher = {
         let log = log.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
-            log.wait_for("stdout| progress", Duration::from_secs(5))
-                .then(|| start.elapsed())
+            log.wait_for("stdout| progress", Duration::from_secs(5)).then(|| start.elapsed())
         })
     };
-    let out = sup
-        .run(&sh("printf progress; sleep 1; echo ' done'"))
-        .expect("run");
-    let seen_after = watcher
-        .join()
-        .expect("watcher")
-        .expect("the partial line was never written");
-    assert!(
-        seen_after < Duration::from_millis(700),
-        "held back {seen_after:?}"
-    );
+    let out = sup.run(&sh("printf progress; sleep 1; echo ' done'")).expect("run");
+    let seen_after = watcher.join().expect("watcher").expect("the partial line was never written");
+    assert!(seen_after < Duration::from_millis(700), "held back {seen_after:?}");
     assert_eq!(out.exit_status, 0);
     let text = log.text();
-    assert!(
-        text.contains("stdout| progress\n") && text.contains("stdout+  done\n"),
-        "{text}"
-    );
+    assert!(text.contains("stdout| progress\n") && text.contains("stdout+  done\n"), "{text}");
 }
 
 #[test]
 fn a_secret_split_across_writes_is_masked() {
     let _serial = serial();
     // The pieces are 100 ms apart: the masker may hold the first one back that long.
-    let policy = SupervisePolicy {
-        idle_flush: Duration::from_millis(500),
-        ..policy()
-    };
+    let policy = SupervisePolicy { idle_flush: Duration::from_millis(500), ..policy() };
     let (mut sup, log) = supervisor(policy, &["supersecret"]);
-    let out = sup
-        .run(&sh(
-            "printf 'sup'; sleep 0.1; printf 'ersecret\\n'; echo 'in one: supersecret.' >&2",
-        ))
-        .expect("run");
+    let out = sup.run(&sh("printf 'sup'; sleep 0.1; printf 'ersecret\\n'; echo 'in one: supersecret.' >&2")).expect("run");
     assert_eq!(out.exit_status, 0);
     let text = log.text();
-    assert!(
-        !text.contains("supersecret") && !text.contains("ersecret"),
-        "a secret leaked: {text}"
-    );
+    assert!(!text.contains("supersecret") && !text.contains("ersecret"), "a secret leaked: {text}");
     assert_eq!(log.lines("stdout"), vec!["****"], "{text}");
     assert_eq!(log.lines("stderr"), vec!["in one: ****."], "{text}");
 }
@@ -692,25 +498,14 @@ impl Write for Tally {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         state.writes += 1;
         state.carry.extend_from_slice(buf);
-        let end = state
-            .carry
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
+        let end = state.carry.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let complete: Vec<u8> = state.carry.drain(..end).collect();
         for record in complete.split(|&b| b == b'\n').filter(|r| !r.is_empty()) {
             let record = String::from_utf8_lossy(record);
             let mut fields = record.splitn(4, ' ');
-            let (_stamp, _label, stream, text) = (
-                fields.next(),
-                fields.next(),
-                fields.next().unwrap_or(""),
-                fields.next().unwrap_or(""),
-            );
+            let (_stamp, _label, stream, text) = (fields.next(), fields.next(), fields.next().unwrap_or(""), fields.next().unwrap_or(""));
             if stream == "runner|" {
-                if let Some(count) =
-                    text.strip_suffix(" records dropped here: the log writer fell behind")
-                {
+                if let Some(count) = text.strip_suffix(" records dropped here: the log writer fell behind") {
                     state.dropped_noticed += count.parse::<u64>().expect("count");
                 }
             }
@@ -737,26 +532,14 @@ impl Tally {
     }
 
     fn count(&self, stream: &str) -> u64 {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .records
-            .get(stream)
-            .copied()
-            .unwrap_or(0)
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).records.get(stream).copied().unwrap_or(0)
     }
 }
 
 fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .expect("field");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("kB")
+    let line = status.lines().find(|l| l.starts_with(field)).expect("field");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("kB")
 }
 
 /// Runs `job` and returns its outcome with how far this process's peak memory (VmHWM, reset
@@ -775,40 +558,17 @@ fn run_measured(sup: &mut Supervisor, job: &Job) -> (Outcome, u64) {
 fn a_flood_of_lines_keeps_memory_bounded_and_counts_what_it_drops() {
     let _serial = serial();
     let tally = Tally::with_delay(Duration::from_millis(100));
-    let policy = SupervisePolicy {
-        log_buffer: LogBuffer::DropNewest {
-            max_bytes: 4 * 1024 * 1024,
-        },
-        ..policy()
-    };
-    let sup = Supervisor::new(
-        policy,
-        Masker::new(["secret-value"]),
-        Box::new(tally.clone()),
-    );
+    let policy = SupervisePolicy { log_buffer: LogBuffer::DropNewest { max_bytes: 4 * 1024 * 1024 }, ..policy() };
+    let sup = Supervisor::new(policy, Masker::new(["secret-value"]), Box::new(tally.clone()));
     let mut sup = sup.expect("supervisor starts");
     let line = "x".repeat(99);
     let job = sh(&format!("yes {line} | head -n 500000"));
     let (out, grew_kib) = run_measured(&mut sup, &job);
     drop(sup); // waits for the writer to finish
     assert_eq!(out.exit_status, 0);
-    assert!(
-        out.lines_dropped > 0,
-        "the slow writer should have made the queue overflow"
-    );
-    assert_eq!(
-        tally.count("stdout|") + out.lines_dropped,
-        500_000,
-        "{out:?}"
-    );
-    assert_eq!(
-        tally
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .dropped_noticed,
-        out.lines_dropped
-    );
+    assert!(out.lines_dropped > 0, "the slow writer should have made the queue overflow");
+    assert_eq!(tally.count("stdout|") + out.lines_dropped, 500_000, "{out:?}");
+    assert_eq!(tally.0.lock().unwrap_or_else(PoisonError::into_inner).dropped_noticed, out.lines_dropped);
     assert!(grew_kib < 24 * 1024, "peak memory rose by {grew_kib} KiB");
 }
 
@@ -817,29 +577,15 @@ fn a_flood_of_lines_keeps_memory_bounded_and_counts_what_it_drops() {
 fn a_huge_line_without_newline_is_cut_into_continuations() {
     let _serial = serial();
     let tally = Tally::default();
-    let policy = SupervisePolicy {
-        log_buffer: LogBuffer::Backpressure {
-            max_bytes: 1024 * 1024,
-        },
-        ..policy()
-    };
-    let mut sup = Supervisor::new(
-        policy,
-        Masker::new(["secret-value"]),
-        Box::new(tally.clone()),
-    )
-    .expect("supervisor");
+    let policy = SupervisePolicy { log_buffer: LogBuffer::Backpressure { max_bytes: 1024 * 1024 }, ..policy() };
+    let mut sup = Supervisor::new(policy, Masker::new(["secret-value"]), Box::new(tally.clone())).expect("supervisor");
     let job = sh("head -c 10485760 /dev/zero | tr '\\0' x");
     let (out, grew_kib) = run_measured(&mut sup, &job);
     drop(sup);
     assert_eq!((out.exit_status, out.lines_dropped), (0, 0));
     let state = tally.0.lock().unwrap_or_else(PoisonError::into_inner);
     assert_eq!(state.records.get("stdout|"), Some(&1));
-    assert_eq!(
-        state.records.get("stdout+"),
-        Some(&159),
-        "10 MiB in 64 KiB pieces"
-    );
+    assert_eq!(state.records.get("stdout+"), Some(&159), "10 MiB in 64 KiB pieces");
     assert_eq!(state.text_bytes, 10_485_760);
     assert_eq!(state.longest, 64 * 1024);
     assert!(grew_kib < 16 * 1024, "peak memory rose by {grew_kib} KiB");
@@ -849,25 +595,14 @@ fn a_huge_line_without_newline_is_cut_into_continuations() {
 fn backpressure_loses_nothing_with_a_slow_writer() {
     let _serial = serial();
     let capture = Capture::default();
-    let slow = SlowWriter {
-        inner: capture.clone(),
-        delay: Duration::from_millis(2),
-    };
-    let policy = SupervisePolicy {
-        log_buffer: LogBuffer::Backpressure {
-            max_bytes: 16 * 1024,
-        },
-        ..policy()
-    };
+    let slow = SlowWriter { inner: capture.clone(), delay: Duration::from_millis(2) };
+    let policy = SupervisePolicy { log_buffer: LogBuffer::Backpressure { max_bytes: 16 * 1024 }, ..policy() };
     let mut sup = Supervisor::new(policy, Masker::default(), Box::new(slow)).expect("supervisor");
     let out = sup.run(&sh("seq 1 100000")).expect("run");
     drop(sup);
     assert_eq!((out.exit_status, out.lines_dropped), (0, 0));
     let expected: Vec<String> = (1..=100_000).map(|n| n.to_string()).collect();
-    assert!(
-        capture.lines("stdout") == expected,
-        "lines lost or out of order"
-    );
+    assert!(capture.lines("stdout") == expected, "lines lost or out of order");
 }
 
 /// A log reader that stalls: for `first` before its first write, and for `later` once `after`
@@ -882,12 +617,7 @@ struct Stalling {
 impl Stalling {
     fn new(first: Duration, later: Option<(usize, Duration)>) -> (Stalling, Capture) {
         let inner = Capture::default();
-        let writer = Stalling {
-            inner: inner.clone(),
-            first: Some(first),
-            later,
-            written: 0,
-        };
+        let writer = Stalling { inner: inner.clone(), first: Some(first), later, written: 0 };
         (writer, inner)
     }
 }
@@ -918,26 +648,16 @@ impl Write for Stalling {
 fn by_default_a_stalling_reader_loses_none_of_a_million_lines() {
     let _serial = serial();
     // About 56 MB of records; the second stall comes with the last few MB still to write.
-    let (stalling, capture) = Stalling::new(
-        Duration::from_secs(1),
-        Some((50_000_000, Duration::from_secs(1))),
-    );
-    let policy = SupervisePolicy {
-        reap_wait: Duration::from_millis(500),
-        ..SupervisePolicy::default()
-    };
+    let (stalling, capture) = Stalling::new(Duration::from_secs(1), Some((50_000_000, Duration::from_secs(1))));
+    let policy = SupervisePolicy { reap_wait: Duration::from_millis(500), ..SupervisePolicy::default() };
     assert!(matches!(policy.log_buffer, LogBuffer::Backpressure { .. }));
-    let mut sup = Supervisor::new(policy, Masker::new(["not-in-the-output"]), Box::new(stalling))
-        .expect("supervisor");
+    let mut sup = Supervisor::new(policy, Masker::new(["not-in-the-output"]), Box::new(stalling)).expect("supervisor");
     let out = sup.run(&sh("seq 1 1000000")).expect("run");
     drop(sup);
     assert_eq!((out.exit_status, out.lines_dropped), (0, 0), "{out:?}");
     let lines = capture.lines("stdout");
     assert_eq!(lines.len(), 1_000_000, "every line once");
-    let first_wrong = lines
-        .iter()
-        .enumerate()
-        .find(|(i, line)| line.parse::<usize>().ok() != Some(i + 1));
+    let first_wrong = lines.iter().enumerate().find(|(i, line)| line.parse::<usize>().ok() != Some(i + 1));
     assert_eq!(first_wrong, None, "lines in order, none lost or repeated");
     assert!(!capture.text().contains("dropped"));
 }
@@ -948,13 +668,7 @@ fn by_default_a_stalling_reader_loses_none_of_a_million_lines() {
 fn the_pipes_are_drained_to_their_end_after_the_job_is_gone() {
     let _serial = serial();
     let (stalling, capture) = Stalling::new(Duration::from_secs(2), None);
-    let policy = SupervisePolicy {
-        reap_wait: Duration::from_millis(300),
-        log_buffer: LogBuffer::Backpressure {
-            max_bytes: 16 * 1024,
-        },
-        ..policy()
-    };
+    let policy = SupervisePolicy { reap_wait: Duration::from_millis(300), log_buffer: LogBuffer::Backpressure { max_bytes: 16 * 1024 }, ..policy() };
     let mut sup = Supervisor::new(policy, Masker::default(), Box::new(stalling)).expect("supervisor");
     // About 40 KB: the pipe takes it all, so `seq` is gone at once while the queue is full.
     let out = sup.run(&sh("seq 1 9000")).expect("run");
@@ -972,12 +686,7 @@ fn a_background_process_holding_the_pipe_is_stopped_and_its_output_kept() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let (stalling, capture) = Stalling::new(Duration::from_secs(2), None);
-    let policy = SupervisePolicy {
-        log_buffer: LogBuffer::Backpressure {
-            max_bytes: 16 * 1024,
-        },
-        ..policy()
-    };
+    let policy = SupervisePolicy { log_buffer: LogBuffer::Backpressure { max_bytes: 16 * 1024 }, ..policy() };
     let mut sup = Supervisor::new(policy, Masker::default(), Box::new(stalling)).expect("supervisor");
     // `echo` is a builtin: each line is one write(2), done (or not) before `count` is written.
     let job = sh_in(
@@ -996,17 +705,8 @@ fn a_background_process_holding_the_pipe_is_stopped_and_its_output_kept() {
     let expected: Vec<String> = (1..=bg.len()).map(|n| format!("bg {n}")).collect();
     assert!(bg.iter().copied().eq(expected.iter()), "the background lines have a gap");
     // The last number appended to `count`: the lines printed for sure.
-    let counted: usize = std::fs::read_to_string(dir.path().join("count"))
-        .expect("count")
-        .lines()
-        .last()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        bg.len() == counted || bg.len() == counted + 1,
-        "printed {counted} lines (or one more), logged {}",
-        bg.len()
-    );
+    let counted: usize = std::fs::read_to_string(dir.path().join("count")).expect("count").lines().last().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(bg.len() == counted || bg.len() == counted + 1, "printed {counted} lines (or one more), logged {}", bg.len());
     assert!(bg.len() < 1_000_000, "it was stopped, not finished");
 }
 
@@ -1034,11 +734,7 @@ impl Write for Gate {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (open, opened) = &*self.0;
         let guard = open.lock().unwrap_or_else(PoisonError::into_inner);
-        drop(
-            opened
-                .wait_while(guard, |open| !*open)
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        drop(opened.wait_while(guard, |open| !*open).unwrap_or_else(PoisonError::into_inner));
         self.1.write(buf)
     }
 
@@ -1051,21 +747,11 @@ impl Write for Gate {
 fn a_stuck_log_reader_never_stalls_the_job() {
     let _serial = serial();
     let gate = Gate::default();
-    let policy = SupervisePolicy {
-        log_buffer: LogBuffer::DropNewest {
-            max_bytes: 64 * 1024,
-        },
-        drain_wait: Duration::from_millis(200),
-        ..policy()
-    };
-    let mut sup =
-        Supervisor::new(policy, Masker::default(), Box::new(gate.clone())).expect("supervisor");
+    let policy = SupervisePolicy { log_buffer: LogBuffer::DropNewest { max_bytes: 64 * 1024 }, drain_wait: Duration::from_millis(200), ..policy() };
+    let mut sup = Supervisor::new(policy, Masker::default(), Box::new(gate.clone())).expect("supervisor");
     let out = sup.run(&sh("seq 1 200000; echo done >&2")).expect("run");
     assert_eq!(out.exit_status, 0);
-    assert!(
-        out.duration < Duration::from_secs(5),
-        "the job waited for the log: {out:?}"
-    );
+    assert!(out.duration < Duration::from_secs(5), "the job waited for the log: {out:?}");
     assert!(out.lines_dropped > 190_000, "{out:?}");
     // Let the reader go: what was queued comes out, with the count of what was not.
     *gate.0 .0.lock().unwrap_or_else(PoisonError::into_inner) = true;
@@ -1074,11 +760,7 @@ fn a_stuck_log_reader_never_stalls_the_job() {
     let text = gate.1.text();
     let noticed: u64 = text
         .lines()
-        .filter_map(|l| {
-            l.split_once("runner| ")?
-                .1
-                .strip_suffix(" records dropped here: the log writer fell behind")
-        })
+        .filter_map(|l| l.split_once("runner| ")?.1.strip_suffix(" records dropped here: the log writer fell behind"))
         .map(|n| n.parse::<u64>().expect("count"))
         .sum();
     assert_eq!(noticed, out.lines_dropped, "{text}");
@@ -1102,15 +784,9 @@ impl Write for Broken {
 #[test]
 fn a_broken_log_counts_every_record_as_dropped_and_the_job_still_runs() {
     let _serial = serial();
-    let mut sup =
-        Supervisor::new(policy(), Masker::default(), Box::new(Broken)).expect("supervisor");
-    let out = sup
-        .run(&sh("echo a; sleep 0.1; echo b >&2; exit 4"))
-        .expect("run");
-    assert_eq!(
-        (out.reason, out.code, out.lines_dropped),
-        (Reason::Exited, Some(4), 2)
-    );
+    let mut sup = Supervisor::new(policy(), Masker::default(), Box::new(Broken)).expect("supervisor");
+    let out = sup.run(&sh("echo a; sleep 0.1; echo b >&2; exit 4")).expect("run");
+    assert_eq!((out.reason, out.code, out.lines_dropped), (Reason::Exited, Some(4), 2));
 }
 
 /// The orphan test again, as PID 1 of a PID namespace of its own (where the supervisor does not
@@ -1119,11 +795,7 @@ fn a_broken_log_counts_every_record_as_dropped_and_the_job_still_runs() {
 #[test]
 #[ignore = "runs as PID 1 of a new PID namespace, started by as_pid_1_orphans_are_reaped_too"]
 fn pid_1_inner() {
-    assert_eq!(
-        getpid().as_raw(),
-        1,
-        "run by as_pid_1_orphans_are_reaped_too, not by itself"
-    );
+    assert_eq!(getpid().as_raw(), 1, "run by as_pid_1_orphans_are_reaped_too, not by itself");
     let (mut sup, _log) = supervisor(policy(), &[]);
     let job = sh("(sleep 0.1 &); (sh -c 'sleep 0.05 & exec sleep 0.2' &); sleep 30 & sleep 0.4");
     let out = sup.run(&job).expect("run");

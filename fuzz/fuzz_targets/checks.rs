@@ -6,8 +6,8 @@ use std::path::Path;
 use arbitrary::Unstructured;
 use opschain_runner::actions::Actions;
 use opschain_runner::context::StepContext;
-use opschain_runner::properties::text::{Declaring, PropertiesText};
 use opschain_runner::properties::declarations;
+use opschain_runner::properties::text::{Declaring, PropertiesText};
 use opschain_runner::{diff, env, files, json, properties};
 use serde_json::{Map, Value};
 

@@ -13,9 +13,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use opschain_runner::actions::Actions;
-use opschain_runner::step_image;
-#[cfg(feature = "controller")]
-use opschain_runner::step_image::BuildContextSpec;
 #[cfg(feature = "controller")]
 use opschain_runner::cli::BuildContextArgs;
 use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, LogMode, PropertyCommand, StepArgs, ValidateArgs};
@@ -24,12 +21,15 @@ use opschain_runner::exit::Sysexit;
 use opschain_runner::helper::{self, CopyLevel, HelperError};
 use opschain_runner::json::SizeLimit;
 use opschain_runner::layout::Layout;
-use opschain_runner::plan::Plan;
-use opschain_runner::step::{self, StepError, StepOptions};
-use opschain_runner::supervise::{LineFormat, LogBuffer, SupervisePolicy, Supervisor};
-use opschain_runner::transport::{self, ContextSource, TransportError};
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
+use opschain_runner::plan::Plan;
+use opschain_runner::step::{self, StepError, StepOptions};
+use opschain_runner::step_image;
+#[cfg(feature = "controller")]
+use opschain_runner::step_image::BuildContextSpec;
+use opschain_runner::supervise::{LineFormat, LogBuffer, SupervisePolicy, Supervisor};
+use opschain_runner::transport::{self, ContextSource, TransportError};
 
 /// The static (musl) build's allocator: dlmalloc, not musl's own (see `allocator` for why).
 #[cfg(target_env = "musl")]
@@ -105,9 +105,7 @@ fn run(cli: Cli) -> i32 {
         Err(status) => return status,
     };
     match cli.command.unwrap_or(Command::Step(cli.step)) {
-        Command::Step(args) if args.dry_run => {
-            validate(&layout, &ValidateArgs { action: args.action, files_root: args.files_root, json: false })
-        }
+        Command::Step(args) if args.dry_run => validate(&layout, &ValidateArgs { action: args.action, files_root: args.files_root, json: false }),
         Command::Step(args) => run_step(&layout, args, cli.global.log_format),
         Command::Validate(args) => validate(&layout, &args),
         Command::Actions => list_actions(&layout),
@@ -218,7 +216,11 @@ fn run_step(layout: &Layout, args: StepArgs, log_format: logging::LogFormat) -> 
                 // so a step that succeeded fails.
                 Err(e) => {
                     let failed = transport_failure(&e);
-                    if status == 0 { failed } else { status }
+                    if status == 0 {
+                        failed
+                    } else {
+                        status
+                    }
                 }
             }
         }

@@ -17,7 +17,10 @@ use clap::Parser;
 use serde_json::{Map, Value};
 
 use opschain_runner::atomic::{self, Durability};
-use opschain_runner::step_image;
+use opschain_runner::cli::controller::{
+    ChangeCommand, Cli, Command, DevCommand, EnvironmentCode, EnvironmentCommand, NewProperties, ProjectCode, ProjectCommand, PropertiesCommand, RunSettings,
+    SecretsCommand,
+};
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
 use opschain_runner::controller::output;
@@ -29,7 +32,7 @@ use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, S
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
-use opschain_runner::cli::controller::{Cli, Command, RunSettings, ProjectCode, EnvironmentCode, ChangeCommand, NewProperties, ProjectCommand, EnvironmentCommand, PropertiesCommand, SecretsCommand, DevCommand};
+use opschain_runner::step_image;
 
 #[cfg(feature = "kubernetes")]
 fn kube_config(s: &RunSettings) -> Result<opschain_runner::controller::backend::kubernetes::KubernetesConfig> {
@@ -263,8 +266,7 @@ fn find_project(store: &Store, code: &str) -> Result<i64> {
     match store.project_id(code) {
         Err(StoreError::NotFound(_)) => {
             let known: Vec<String> = store.projects()?.into_iter().map(|p| p.code).collect();
-            Err(Failure::Unknown(format!("project {code:?} does not exist ({}); create it with `opschain project create --code {code}`", known_list(&known)))
-                .into())
+            Err(Failure::Unknown(format!("project {code:?} does not exist ({}); create it with `opschain project create --code {code}`", known_list(&known))).into())
         }
         other => Ok(other?),
     }
@@ -739,9 +741,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Environment(EnvironmentCommand::SetProperties { project: p, environment: e, new, .. }) => {
             set_properties(&store, &project(&p)?, Some(&environment(&e)?), new)
         }
-        Command::Environment(EnvironmentCommand::EditProperties { project: p, environment: e }) => {
-            edit_properties(&store, &project(&p)?, Some(&environment(&e)?))
-        }
+        Command::Environment(EnvironmentCommand::EditProperties { project: p, environment: e }) => edit_properties(&store, &project(&p)?, Some(&environment(&e)?)),
         Command::Properties(PropertiesCommand::Show { owner, version }) => {
             show_properties(&store, &project(&owner.project)?, owner.environment.as_deref(), version.version)
         }

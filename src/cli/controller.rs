@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 use crate::controller::status::BackendKind;
 use crate::layout::DEFAULT_REPO_FOLDER;
 
-
 /// The OpsChain-compatible controller: runs changes as step trees, keeps properties and history.
 ///
 /// A change runs an action of a project's repository at one commit in one environment. Each step

@@ -176,7 +176,13 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     };
     println!(
         "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
-        change.id, change.project, change.environment, change.action, &change.commit[..change.commit.len().min(12)], change.git_rev, change.backend
+        change.id,
+        change.project,
+        change.environment,
+        change.action,
+        &change.commit[..change.commit.len().min(12)],
+        change.git_rev,
+        change.backend
     );
     // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
     // error rather than leaving it running with no controller.

@@ -50,30 +50,15 @@ pub fn change_secrets(
 ) -> Result<BTreeMap<String, String>, StoreError> {
     // Only the member the rule reads is copied, not the whole properties, for every step.
     let level = |props: &Map<String, Value>| {
-        let list = props
-            .get("opschain")
-            .and_then(Value::as_object)
-            .and_then(|o| o.get("config"))
-            .and_then(Value::as_object)
-            .and_then(|c| c.get("build_secrets"));
+        let list = props.get("opschain").and_then(Value::as_object).and_then(|o| o.get("config")).and_then(Value::as_object).and_then(|c| c.get("build_secrets"));
         let properties = match list {
-            Some(list) => Map::from_iter([(
-                "opschain".to_string(),
-                json!({"config": {"build_secrets": list}}),
-            )]),
+            Some(list) => Map::from_iter([("opschain".to_string(), json!({"config": {"build_secrets": list}}))]),
             None => Map::new(),
         };
-        ContextLevel {
-            properties: StrictObject(properties),
-        }
+        ContextLevel { properties: StrictObject(properties) }
     };
-    let context = StepContext {
-        project: level(project),
-        environment: level(environment),
-        ..StepContext::default()
-    };
-    let mut sets: Vec<String> =
-        build_secret_sets(&context).unwrap_or_else(|_| vec![DEFAULT_BUILD_SECRET_SET.to_string()]);
+    let context = StepContext { project: level(project), environment: level(environment), ..StepContext::default() };
+    let mut sets: Vec<String> = build_secret_sets(&context).unwrap_or_else(|_| vec![DEFAULT_BUILD_SECRET_SET.to_string()]);
     sets.extend(runner_set.map(str::to_string));
     let mut secrets = BTreeMap::new();
     for set in sets {
@@ -90,9 +75,7 @@ pub fn change_secrets(
 /// environment's current properties (for `change show` and `change logs`).
 pub fn change_masker(store: &Store, change: &ChangeRow) -> Result<Masker, StoreError> {
     let project = store.properties(Level::Project, change.project_id)?.json;
-    let environment = store
-        .properties(Level::Environment, change.environment_id)?
-        .json;
+    let environment = store.properties(Level::Environment, change.environment_id)?.json;
     let secrets = change_secrets(store, change.secret_set.as_deref(), &project, &environment)?;
     Ok(Masker::from_named(secrets).0)
 }
@@ -118,13 +101,7 @@ impl<'a> ChangeOutput<'a> {
 
     /// [`ChangeOutput::new`] printing to `terminal` instead of stdout.
     pub fn with_terminal(store: &'a Store, terminal: Box<dyn Write + Send>) -> ChangeOutput<'a> {
-        ChangeOutput {
-            store,
-            secrets: Mutex::new(BTreeSet::new()),
-            masker: RwLock::new(Masker::default()),
-            out: Mutex::new(terminal),
-            started: Instant::now(),
-        }
+        ChangeOutput { store, secrets: Mutex::new(BTreeSet::new()), masker: RwLock::new(Masker::default()), out: Mutex::new(terminal), started: Instant::now() }
     }
 
     /// Masks `secrets` (by `set/NAME`) from now on, besides those already masked (a value
@@ -132,27 +109,18 @@ impl<'a> ChangeOutput<'a> {
     /// masked, for a warning.
     pub fn add_secrets(&self, secrets: BTreeMap<String, String>) -> Vec<ShortSecret> {
         let mut known = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
-        let added: Vec<String> = secrets
-            .into_iter()
-            .filter_map(|(name, value)| known.insert((name.clone(), value)).then_some(name))
-            .collect();
+        let added: Vec<String> = secrets.into_iter().filter_map(|(name, value)| known.insert((name.clone(), value)).then_some(name)).collect();
         if added.is_empty() {
             return Vec::new();
         }
         let (masker, short) = Masker::from_named(known.iter().cloned());
         *self.masker.write().unwrap_or_else(|e| e.into_inner()) = masker;
-        short
-            .into_iter()
-            .filter(|s| added.contains(&s.name))
-            .collect()
+        short.into_iter().filter(|s| added.contains(&s.name)).collect()
     }
 
     /// The masker of the secrets masked now.
     pub fn masker(&self) -> Masker {
-        self.masker
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.masker.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// `text` with every secret masked.
@@ -164,23 +132,13 @@ impl<'a> ChangeOutput<'a> {
     pub fn say(&self, text: &str) {
         let text = self.mask(text);
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(
-            out,
-            "==> [{:>7}] {text}",
-            super::scheduler::secs(self.started.elapsed())
-        );
+        let _ = writeln!(out, "==> [{:>7}] {text}", super::scheduler::secs(self.started.elapsed()));
     }
 
     /// The sink of one run of step `step_id` (action `action`): its lines are masked, stored and
     /// printed prefixed `[step action]`.
     pub fn step_sink(&self, step_id: i64, action: &str) -> StepSink<'_> {
-        StepSink {
-            output: self,
-            step_id,
-            prefix: format!("[{step_id} {action}]"),
-            pieces: Mutex::new(HashMap::new()),
-            pending: Mutex::default(),
-        }
+        StepSink { output: self, step_id, prefix: format!("[{step_id} {action}]"), pieces: Mutex::new(HashMap::new()), pending: Mutex::default() }
     }
 }
 
@@ -265,9 +223,7 @@ impl LogSink for StepSink<'_> {
 
     fn piece(&self, stream: &'static str, piece: &str) {
         let mut pieces = self.pieces.lock().unwrap_or_else(|e| e.into_inner());
-        let masking = pieces
-            .entry(stream)
-            .or_insert_with(|| self.output.masker().stream());
+        let masking = pieces.entry(stream).or_insert_with(|| self.output.masker().stream());
         let mut out = Vec::with_capacity(piece.len());
         masking.push(piece.as_bytes(), &mut out);
         drop(pieces);
@@ -282,11 +238,7 @@ impl LogSink for StepSink<'_> {
     }
 
     fn end(&self, stream: &'static str) {
-        let pending = self
-            .pieces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(stream);
+        let pending = self.pieces.lock().unwrap_or_else(|e| e.into_inner()).remove(stream);
         if let Some(mut masking) = pending {
             let mut out = Vec::new();
             masking.flush(&mut out);
@@ -312,31 +264,16 @@ mod tests {
     fn a_change_masks_its_runner_set_and_the_build_sets_its_properties_name() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        for (set, value) in [
-            ("runner", "runner-value-1"),
-            ("opschain-build-env", "default-build-2"),
-            ("listed", "listed-value-3"),
-            ("other", "unused-value-4"),
-        ] {
+        for (set, value) in [("runner", "runner-value-1"), ("opschain-build-env", "default-build-2"), ("listed", "listed-value-3"), ("other", "unused-value-4")] {
             store.set_secrets(set, &obj(json!({"V": value}))).unwrap();
         }
         let none = Map::new();
         let values = |s: BTreeMap<String, String>| s.into_values().collect::<Vec<_>>();
-        assert_eq!(
-            values(change_secrets(&store, Some("runner"), &none, &none).unwrap()),
-            ["default-build-2", "runner-value-1"]
-        );
+        assert_eq!(values(change_secrets(&store, Some("runner"), &none, &none).unwrap()), ["default-build-2", "runner-value-1"]);
         let listed = obj(json!({"opschain": {"config": {"build_secrets": ["listed"]}}}));
-        assert_eq!(
-            values(change_secrets(&store, None, &none, &listed).unwrap()),
-            ["listed-value-3"]
-        );
+        assert_eq!(values(change_secrets(&store, None, &none, &listed).unwrap()), ["listed-value-3"]);
         let bad = obj(json!({"opschain": {"config": {"build_secrets": "listed"}}}));
-        assert_eq!(
-            values(change_secrets(&store, None, &bad, &none).unwrap()),
-            ["default-build-2"],
-            "an invalid list counts as the default"
-        );
+        assert_eq!(values(change_secrets(&store, None, &bad, &none).unwrap()), ["default-build-2"], "an invalid list counts as the default");
     }
 
     /// A terminal that keeps what is printed.
@@ -375,10 +312,7 @@ mod tests {
         let step = store.steps(c).unwrap()[0].id;
         let terminal = Terminal::default();
         let output = ChangeOutput::with_terminal(&store, Box::new(terminal.clone()));
-        output.add_secrets(BTreeMap::from([(
-            "s/TOKEN".to_string(),
-            "hunter2-secret".to_string(),
-        )]));
+        output.add_secrets(BTreeMap::from([("s/TOKEN".to_string(), "hunter2-secret".to_string())]));
         let sink = output.step_sink(step, "a");
         feed(&sink);
         drop(sink);
@@ -387,14 +321,8 @@ mod tests {
         store.ensure_project("p").unwrap();
         let lines: Vec<String> = store.logs(c).unwrap().into_iter().map(|l| l.line).collect();
         let printed = String::from_utf8(terminal.0.lock().unwrap().clone()).unwrap();
-        let printed: Vec<&str> = printed
-            .lines()
-            .map(|l| l.strip_prefix(&format!("[{step} a] ")).unwrap())
-            .collect();
-        assert_eq!(
-            printed, lines,
-            "the terminal and the store got the same masked lines"
-        );
+        let printed: Vec<&str> = printed.lines().map(|l| l.strip_prefix(&format!("[{step} a] ")).unwrap()).collect();
+        assert_eq!(printed, lines, "the terminal and the store got the same masked lines");
         lines
     }
 
@@ -416,33 +344,16 @@ mod tests {
         // first secret straddles the 1 MiB cut of an over-long line.
         let script = "head -c 1048571 /dev/zero | tr '\\0' a; printf 'hunter2-secret tail\\nnext hunter2-secret\\n'";
         let mut command = std::process::Command::new("/bin/sh");
-        command
-            .args(["-c", script])
-            .stdin(std::process::Stdio::null());
+        command.args(["-c", script]).stdin(std::process::Stdio::null());
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let lines = stored(|sink| {
-            let status = super::super::backend::run_streamed(
-                command,
-                "sh".into(),
-                sink,
-                &cancel,
-                std::time::Duration::from_secs(1),
-            )
-            .unwrap();
+            let status = super::super::backend::run_streamed(command, "sh".into(), sink, &cancel, std::time::Duration::from_secs(1)).unwrap();
             assert!(status.success());
         });
         let all = lines.concat();
-        assert!(
-            !all.contains("hunter2-secret") && !all.contains("r2-secret"),
-            "{}",
-            &all[all.len().saturating_sub(80)..]
-        );
+        assert!(!all.contains("hunter2-secret") && !all.contains("r2-secret"), "{}", &all[all.len().saturating_sub(80)..]);
         assert_eq!(all.matches("****").count(), 2);
-        assert!(
-            lines.len() >= 3 && lines.last().unwrap() == "next ****",
-            "{:?}",
-            lines.iter().map(String::len).collect::<Vec<_>>()
-        );
+        assert!(lines.len() >= 3 && lines.last().unwrap() == "next ****", "{:?}", lines.iter().map(String::len).collect::<Vec<_>>());
     }
 
     #[test]

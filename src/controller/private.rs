@@ -117,25 +117,14 @@ pub fn state_dir(dir: &Path, db: &Path) -> Result<Tightened, PrivateError> {
             private_dir_all(dir)?;
             return Ok(Tightened::default());
         }
-        Err(source) => {
-            return Err(PrivateError::Inspect {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(PrivateError::Inspect { path: dir.to_path_buf(), source }),
     };
     if !meta.is_dir() {
-        return Err(PrivateError::NotADirectory {
-            path: dir.to_path_buf(),
-        });
+        return Err(PrivateError::NotADirectory { path: dir.to_path_buf() });
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(PrivateError::ForeignOwner {
-            path: dir.to_path_buf(),
-            owner: meta.uid(),
-            me,
-        });
+        return Err(PrivateError::ForeignOwner { path: dir.to_path_buf(), owner: meta.uid(), me });
     }
     let mut tightened = Tightened::default();
     tighten(dir, DIR_MODE, &mut tightened)?;
@@ -148,11 +137,7 @@ pub fn state_dir(dir: &Path, db: &Path) -> Result<Tightened, PrivateError> {
         tighten(&dir.join(sub), DIR_MODE, &mut tightened)?;
     }
     if !tightened.0.is_empty() {
-        let list: Vec<String> = tightened
-            .0
-            .iter()
-            .map(|(p, m)| format!("{} ({:04o})", p.display(), m))
-            .collect();
+        let list: Vec<String> = tightened.0.iter().map(|(p, m)| format!("{} ({:04o})", p.display(), m)).collect();
         eprintln!(
             "opschain: warning: other users of this machine could read the state directory: made private (0700 directories, \
              0600 database files): {}. The secret sets stored there may have been read: rotate them (see \"Rotating a secret set\" \
@@ -169,24 +154,13 @@ fn tighten(path: &Path, mode: u32, tightened: &mut Tightened) -> Result<(), Priv
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(PrivateError::Inspect {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(PrivateError::Inspect { path: path.to_path_buf(), source }),
     };
     let current = meta.mode() & 0o7777;
     if meta.file_type().is_symlink() || current & 0o077 == 0 {
         return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        PrivateError::Tighten {
-            path: path.to_path_buf(),
-            mode,
-            source,
-        }
-    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| PrivateError::Tighten { path: path.to_path_buf(), mode, source })?;
     tightened.0.push((path.to_path_buf(), current));
     Ok(())
 }
@@ -194,14 +168,7 @@ fn tighten(path: &Path, mode: u32, tightened: &mut Tightened) -> Result<(), Priv
 /// Creates `dir` and its missing parents, each `0700` from its creation (existing ones are left
 /// as they are).
 pub fn private_dir_all(dir: &Path) -> Result<(), PrivateError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(|source| PrivateError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|source| PrivateError::CreateDir { path: dir.to_path_buf(), source })
 }
 
 /// Creates the empty file `path` `0600` when it does not exist (`O_CREAT` with that mode, so it is
@@ -214,21 +181,13 @@ pub fn private_file(path: &Path) -> Result<(), PrivateError> {
         .mode(FILE_MODE)
         .open(path)
         .map(drop)
-        .map_err(|source| PrivateError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(|source| PrivateError::Write { path: path.to_path_buf(), source })
 }
 
 /// Writes `bytes` to the new file `path` (which must not exist: `O_EXCL`, so no file planted
 /// there beforehand, nor a symlink, is written through), `0600` from its creation.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(path)?
-        .write_all(bytes)
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(path)?.write_all(bytes)
 }
 
 #[cfg(test)]
@@ -243,10 +202,7 @@ mod tests {
     fn a_new_state_directory_is_private_and_its_parents_are_made() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("a/b/state");
-        assert_eq!(
-            state_dir(&dir, &dir.join("x.db")).unwrap(),
-            Tightened::default()
-        );
+        assert_eq!(state_dir(&dir, &dir.join("x.db")).unwrap(), Tightened::default());
         assert_eq!(mode(&dir), 0o700);
     }
 
@@ -262,27 +218,11 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
         }
         std::fs::create_dir(dir.join("sandboxes")).unwrap();
-        std::fs::set_permissions(
-            dir.join("sandboxes"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+        std::fs::set_permissions(dir.join("sandboxes"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let tightened = state_dir(&dir, &db).unwrap();
         assert_eq!(tightened.0.len(), 4, "{tightened:?}");
-        assert_eq!(
-            [
-                mode(&dir),
-                mode(&db),
-                mode(&dir.join("x.db-wal")),
-                mode(&dir.join("sandboxes"))
-            ],
-            [0o700, 0o600, 0o600, 0o700]
-        );
-        assert_eq!(
-            state_dir(&dir, &db).unwrap(),
-            Tightened::default(),
-            "nothing left to tighten"
-        );
+        assert_eq!([mode(&dir), mode(&db), mode(&dir.join("x.db-wal")), mode(&dir.join("sandboxes"))], [0o700, 0o600, 0o600, 0o700]);
+        assert_eq!(state_dir(&dir, &db).unwrap(), Tightened::default(), "nothing left to tighten");
     }
 
     #[test]

@@ -207,9 +207,8 @@ impl Checkouts {
                     private_dirs(&parent)?;
                     spread_subdirectories(&parent);
                     // A checkout that fails half way is removed, not left for nobody to find.
-                    let made_one = checkout(repo, commit, &path).and_then(|()| {
-                        trim_git_dir(&path.join(".git")).map_err(|source| RepoError::TrimGit { path: path.join(".git"), source })
-                    });
+                    let made_one = checkout(repo, commit, &path)
+                        .and_then(|()| trim_git_dir(&path.join(".git")).map_err(|source| RepoError::TrimGit { path: path.join(".git"), source }));
                     if let Err(e) = made_one {
                         let _ = std::fs::remove_dir_all(&path);
                         return Err(e);
@@ -302,12 +301,7 @@ pub fn export(repo: &Path, commit: &str, path: Option<&str>, dest: &Path) -> Res
     }
     let shown = args.join(" ");
     let spawn = |source| RepoError::Git(GitError::Spawn { args: shown.clone(), source });
-    let mut archive = crate::git::command(Some(repo))
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
+    let mut archive = crate::git::command(Some(repo)).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(spawn)?;
     let tar_input = archive.stdout.take().map(Stdio::from).unwrap_or_else(Stdio::null);
     let tar = Command::new("tar").arg("-x").arg("-C").arg(dest).stdin(tar_input).stderr(Stdio::piped()).output();
     let archived = archive.wait_with_output().map_err(spawn)?;

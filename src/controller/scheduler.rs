@@ -20,9 +20,9 @@ use serde_json::{json, Map, Value};
 
 use super::backend::{Backend, BackendError, ContextDocument, StepJob};
 use super::output::{change_secrets, ChangeOutput};
-use crate::step_image::{self, BuildError, SecretSet};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{ChangeRow, Level, StepEnd, StepRow, Store, StoreError};
+use crate::step_image::{self, BuildError, SecretSet};
 
 /// How the scheduler runs a change.
 #[derive(Debug, Clone)]

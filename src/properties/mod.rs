@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 
 use self::text::PropertiesText;
 
-use crate::json::{self, JsonError, SizeLimit, StrictObject};
 use crate::exit::{ExitStatus, Sysexit};
+use crate::json::{self, JsonError, SizeLimit, StrictObject};
 use crate::layout::Layout;
 
 /// Why properties could not be loaded or edited.

@@ -412,11 +412,7 @@ fn strict_key<'a>(
     }
     let end = skip_string(b, i)?;
     let raw = &text[i + 1..end - 1];
-    let key = if raw.contains('\\') {
-        Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?)
-    } else {
-        Cow::Borrowed(raw)
-    };
+    let key = if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
     let noted = record.as_ref().map(|_| key.clone());
     if !keys.insert(start, key) {
         return Err(SpliceError::DuplicateKey { key: text[i + 1..end - 1].to_string(), at: i });
@@ -448,11 +444,8 @@ fn object(text: &str, start: usize) -> Result<Object<'_>, SpliceError> {
         }
         let key_end = skip_string(b, i)?;
         let raw = &text[i + 1..key_end - 1];
-        let key = if raw.contains('\\') {
-            Cow::Owned(serde_json::from_str::<String>(&text[i..key_end]).map_err(|_| syntax(i, "a valid key"))?)
-        } else {
-            Cow::Borrowed(raw)
-        };
+        let key =
+            if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&text[i..key_end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
         let colon = ws(b, key_end);
         if b.get(colon) != Some(&b':') {
             return Err(syntax(colon, "':'"));
@@ -698,11 +691,8 @@ pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<Pat
             }
             let key_end = skip_string(ab, i)?;
             let raw = &after[i + 1..key_end - 1];
-            let key = if raw.contains('\\') {
-                Cow::Owned(serde_json::from_str::<String>(&after[i..key_end]).map_err(|_| syntax(i, "a valid key"))?)
-            } else {
-                Cow::Borrowed(raw)
-            };
+            let key =
+                if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&after[i..key_end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
             let colon = ws(ab, key_end);
             if ab.get(colon) != Some(&b':') {
                 return Err(syntax(colon, "':'"));
@@ -1038,8 +1028,22 @@ mod tests {
     #[test]
     fn the_scanner_refuses_what_is_not_json() {
         for bad in [
-            "", "{", "{\"a\" 1}", "{\"a\": 1,}", "{\"a\": [1,,2]}", "{\"a\": 01}", "{\"a\": 1.}", "{\"a\": 1e}", "{\"a\": tru}", "{\"a\": \"\\x\"}",
-            "{\"a\": \"\u{1}\"}", "{\"a\": 1} x", "{\"a\": 1, \"a\": 2}", "{\"a\": [1}", "{\"a\": {\"b\": 1]}", "{\"a\": \"\\u12\"}",
+            "",
+            "{",
+            "{\"a\" 1}",
+            "{\"a\": 1,}",
+            "{\"a\": [1,,2]}",
+            "{\"a\": 01}",
+            "{\"a\": 1.}",
+            "{\"a\": 1e}",
+            "{\"a\": tru}",
+            "{\"a\": \"\\x\"}",
+            "{\"a\": \"\u{1}\"}",
+            "{\"a\": 1} x",
+            "{\"a\": 1, \"a\": 2}",
+            "{\"a\": [1}",
+            "{\"a\": {\"b\": 1]}",
+            "{\"a\": \"\\u12\"}",
         ] {
             assert!(set(bad, &keys("z"), "1").is_err(), "{bad:?} was accepted");
         }

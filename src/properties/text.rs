@@ -100,11 +100,7 @@ impl PropertiesText {
     /// document order: what reads the declarations (`opschain`, and the seed layout's `files` and
     /// `env`: [`super::declarations::MEMBERS`]) without parsing the rest.
     pub fn subset(&self, keys: &[&str]) -> Map<String, Value> {
-        self.members
-            .iter()
-            .filter(|(key, _)| keys.contains(&key.as_str()))
-            .map(|(key, range)| (key.clone(), parse_valid(&self.text[range.clone()])))
-            .collect()
+        self.members.iter().filter(|(key, _)| keys.contains(&key.as_str())).map(|(key, range)| (key.clone(), parse_valid(&self.text[range.clone()]))).collect()
     }
 
     /// Each top-level member's place in [`PropertiesText::text`]: its key, where the key's quote

@@ -122,12 +122,8 @@ impl LogQueue {
         if !self.started.load(Ordering::Acquire) {
             let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
             if let (Writer::Idle(_), Some(queue)) = (&*writer, self.this.upgrade()) {
-                let Writer::Idle(out) = std::mem::replace(&mut *writer, Writer::Gone) else {
-                    unreachable!("matched just above")
-                };
-                let spawned = std::thread::Builder::new()
-                    .name("supervise-log".into())
-                    .spawn(move || write_loop(&queue, out));
+                let Writer::Idle(out) = std::mem::replace(&mut *writer, Writer::Gone) else { unreachable!("matched just above") };
+                let spawned = std::thread::Builder::new().name("supervise-log".into()).spawn(move || write_loop(&queue, out));
                 match spawned {
                     Ok(thread) => *writer = Writer::Running(thread),
                     Err(error) => {
@@ -161,12 +157,7 @@ impl LogQueue {
     ///
     /// `batch` is left empty; into an empty queue it is moved rather than copied (the two buffers
     /// trade places).
-    pub(crate) fn push(
-        &self,
-        batch: &mut Vec<u8>,
-        records: u64,
-        notice: impl FnOnce(u64, &mut Vec<u8>),
-    ) {
+    pub(crate) fn push(&self, batch: &mut Vec<u8>, records: u64, notice: impl FnOnce(u64, &mut Vec<u8>)) {
         let mut state = self.lock();
         if state.failed {
             state.dropped += records;
@@ -276,14 +267,9 @@ impl LogQueue {
     pub(crate) fn wait_written(&self, timeout: Duration) -> bool {
         let state = self.lock();
         let state = if timeout == Duration::MAX {
-            self.written
-                .wait_while(state, |state| state.pending() > 0)
-                .unwrap_or_else(PoisonError::into_inner)
+            self.written.wait_while(state, |state| state.pending() > 0).unwrap_or_else(PoisonError::into_inner)
         } else {
-            self.written
-                .wait_timeout_while(state, timeout, |state| state.pending() > 0)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0
+            self.written.wait_timeout_while(state, timeout, |state| state.pending() > 0).unwrap_or_else(PoisonError::into_inner).0
         };
         state.pending() == 0
     }
@@ -308,10 +294,7 @@ pub(crate) struct LogWriter {
 impl LogWriter {
     /// A writer on `out`, its thread started by the first record.
     pub(crate) fn start(policy: LogBuffer, drain_wait: Duration, out: Box<dyn Write + Send>) -> LogWriter {
-        LogWriter {
-            queue: LogQueue::writing_to(policy, out),
-            drain_wait,
-        }
+        LogWriter { queue: LogQueue::writing_to(policy, out), drain_wait }
     }
 }
 
@@ -345,10 +328,7 @@ fn write_loop(queue: &LogQueue, mut out: Box<dyn Write + Send>) {
         let records = {
             let mut state = queue.lock();
             while state.queued.is_empty() && !state.closed {
-                state = queue
-                    .queued
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+                state = queue.queued.wait(state).unwrap_or_else(PoisonError::into_inner);
             }
             if state.queued.is_empty() {
                 return;
@@ -393,9 +373,7 @@ mod tests {
         assert_eq!(queue.dropped(), 2);
         // Make room as the writer would, then the next record brings the notice with it.
         queue.lock().queued.clear();
-        queue.push(&mut b"x\n".to_vec(), 1, |n, buf| {
-            buf.extend_from_slice(format!("dropped {n}\n").as_bytes())
-        });
+        queue.push(&mut b"x\n".to_vec(), 1, |n, buf| buf.extend_from_slice(format!("dropped {n}\n").as_bytes()));
         assert_eq!(queue.lock().queued, b"dropped 2\nx\n");
         assert_eq!(queue.lock().unreported, 0);
     }

@@ -75,14 +75,7 @@ impl fmt::Display for Rfc3339 {
         let secs = since.as_secs();
         let (year, month, day) = civil_from_days(secs / 86_400);
         let in_day = secs % 86_400;
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-            in_day / 3600,
-            in_day / 60 % 60,
-            in_day % 60,
-            since.subsec_micros()
-        )
+        write!(f, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z", in_day / 3600, in_day / 60 % 60, in_day % 60, since.subsec_micros())
     }
 }
 
@@ -98,16 +91,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468; // days since 0000-03-01
     let era = z / 146_097;
     let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
@@ -129,11 +117,7 @@ struct Stamp {
 
 impl Default for Stamp {
     fn default() -> Stamp {
-        Stamp {
-            secs: u64::MAX,
-            micros: 0,
-            text: [b'0'; STAMP_LEN],
-        }
+        Stamp { secs: u64::MAX, micros: 0, text: [b'0'; STAMP_LEN] }
     }
 }
 
@@ -190,10 +174,7 @@ impl RecordFormat {
     pub(crate) fn new(format: LineFormat, label: &str) -> RecordFormat {
         let label = match format {
             LineFormat::Text if label.is_empty() => "-".to_string(),
-            LineFormat::Text => label
-                .chars()
-                .map(|c| if c.is_whitespace() { '_' } else { c })
-                .collect(),
+            LineFormat::Text => label.chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect(),
             LineFormat::Json => label.to_string(),
         };
         RecordFormat { format, label }
@@ -201,29 +182,14 @@ impl RecordFormat {
 
     /// Appends one record to `out`: `text` (without its newline) from `stream`, whose first byte
     /// arrived at `ts`; `cont` when it continues the previous record of the same stream.
-    pub(crate) fn write(
-        &self,
-        out: &mut Vec<u8>,
-        ts: SystemTime,
-        stream: Stream,
-        cont: bool,
-        text: &[u8],
-    ) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>, ts: SystemTime, stream: Stream, cont: bool, text: &[u8]) {
         self.write_stamped(out, &mut Stamp::default(), ts, stream, cont, text);
     }
 
     /// [`write`](Self::write), with the time formatted through `stamp`, which keeps the last time
     /// it formatted: the lines of one read share theirs, and those of one second share all but
     /// the microseconds.
-    fn write_stamped(
-        &self,
-        out: &mut Vec<u8>,
-        stamp: &mut Stamp,
-        ts: SystemTime,
-        stream: Stream,
-        cont: bool,
-        text: &[u8],
-    ) {
+    fn write_stamped(&self, out: &mut Vec<u8>, stamp: &mut Stamp, ts: SystemTime, stream: Stream, cont: bool, text: &[u8]) {
         // Writing into a Vec cannot fail.
         let _ = match self.format {
             LineFormat::Text => {
@@ -239,13 +205,7 @@ impl RecordFormat {
             }
             LineFormat::Json => {
                 let line = String::from_utf8_lossy(text);
-                let record = JsonRecord {
-                    ts: Rfc3339(ts),
-                    action: &self.label,
-                    stream: stream.name(),
-                    cont,
-                    line: &line,
-                };
+                let record = JsonRecord { ts: Rfc3339(ts), action: &self.label, stream: stream.name(), cont, line: &line };
                 serde_json::to_writer(&mut *out, &record).map_err(io::Error::from)
             }
         };
@@ -321,15 +281,7 @@ impl Sink {
 
     /// A sink with nothing gathered yet.
     fn shared(queue: Arc<LogQueue>, format: Arc<RecordFormat>) -> Sink {
-        Sink {
-            queue,
-            format,
-            batch: Vec::new(),
-            records: 0,
-            stamp: Stamp::default(),
-            prefix: Vec::new(),
-            prefix_of: None,
-        }
+        Sink { queue, format, batch: Vec::new(), records: 0, stamp: Stamp::default(), prefix: Vec::new(), prefix_of: None }
     }
 
     /// Adds one line (or piece of a line) of the job's output to the batch; see
@@ -342,14 +294,7 @@ impl Sink {
                 let key = (ts, stream, cont);
                 if self.prefix_of != Some(key) {
                     self.prefix.clear();
-                    self.format.write_stamped(
-                        &mut self.prefix,
-                        &mut self.stamp,
-                        ts,
-                        stream,
-                        cont,
-                        b"",
-                    );
+                    self.format.write_stamped(&mut self.prefix, &mut self.stamp, ts, stream, cont, b"");
                     self.prefix.pop(); // the newline
                     self.prefix_of = Some(key);
                 }
@@ -358,8 +303,7 @@ impl Sink {
                 self.batch.push(b'\n');
             }
             LineFormat::Json => {
-                self.format
-                    .write_stamped(&mut self.batch, &mut self.stamp, ts, stream, cont, text);
+                self.format.write_stamped(&mut self.batch, &mut self.stamp, ts, stream, cont, text);
             }
         }
         self.records += 1;
@@ -374,23 +318,14 @@ impl Sink {
             return;
         }
         let format = &self.format;
-        self.queue
-            .push(&mut self.batch, self.records, |count, buf| {
-                drop_notice(format, count, buf)
-            });
+        self.queue.push(&mut self.batch, self.records, |count, buf| drop_notice(format, count, buf));
         self.records = 0;
     }
 
     /// Queues a notice of the supervisor's own, stamped now (after the batch, if any).
     pub(crate) fn notice(&mut self, text: &str) {
         self.commit();
-        self.format.write(
-            &mut self.batch,
-            SystemTime::now(),
-            Stream::Runner,
-            false,
-            text.as_bytes(),
-        );
+        self.format.write(&mut self.batch, SystemTime::now(), Stream::Runner, false, text.as_bytes());
         self.queue.push_notice(&self.batch);
         self.batch.clear();
     }
@@ -398,8 +333,7 @@ impl Sink {
     /// Queues the notice for records dropped and not yet reported, if any.
     pub(crate) fn report_drops(&self) {
         let format = &self.format;
-        self.queue
-            .report_drops(|count, buf| drop_notice(format, count, buf));
+        self.queue.report_drops(|count, buf| drop_notice(format, count, buf));
     }
 
     /// True when the pump may read more; see [`LogQueue::has_room`].
@@ -411,13 +345,7 @@ impl Sink {
 /// Appends the `runner` record saying that `count` records were dropped just before it.
 fn drop_notice(format: &RecordFormat, count: u64, out: &mut Vec<u8>) {
     let text = format!("{count} records dropped here: the log writer fell behind");
-    format.write(
-        out,
-        SystemTime::now(),
-        Stream::Runner,
-        false,
-        text.as_bytes(),
-    );
+    format.write(out, SystemTime::now(), Stream::Runner, false, text.as_bytes());
 }
 
 /// When something arrived: wall clock for the record, monotonic clock for the hold deadlines.
@@ -442,21 +370,11 @@ struct LineSplitter {
 impl LineSplitter {
     /// A splitter with nothing held, cutting at `max_line` (at least 1).
     fn new(max_line: usize) -> LineSplitter {
-        LineSplitter {
-            max_line: max_line.max(1),
-            partial: Vec::new(),
-            since: None,
-            continues: false,
-        }
+        LineSplitter { max_line: max_line.max(1), partial: Vec::new(), since: None, continues: false }
     }
 
     /// Feeds `bytes` that arrived at `at`; `emit(text, cont, ts)` gets every record completed.
-    fn feed(
-        &mut self,
-        mut bytes: &[u8],
-        at: Arrival,
-        emit: &mut impl FnMut(&[u8], bool, SystemTime),
-    ) {
+    fn feed(&mut self, mut bytes: &[u8], at: Arrival, emit: &mut impl FnMut(&[u8], bool, SystemTime)) {
         while !bytes.is_empty() {
             let since = *self.since.get_or_insert(at);
             let room = self.max_line - self.partial.len();
@@ -481,11 +399,7 @@ impl LineSplitter {
                 emit(&self.partial[..cut], self.continues, since.0);
                 self.partial.drain(..cut);
                 self.continues = true;
-                self.since = if self.partial.is_empty() {
-                    None
-                } else {
-                    Some(at)
-                };
+                self.since = if self.partial.is_empty() { None } else { Some(at) };
             } else {
                 self.partial.extend_from_slice(bytes);
                 bytes = &[];
@@ -531,11 +445,7 @@ fn utf8_cut(buf: &[u8]) -> usize {
             0xC0..=0xDF => 2,
             _ => 1,
         };
-        return if needed > back && back < len {
-            len - back
-        } else {
-            len
-        };
+        return if needed > back && back < len { len - back } else { len };
     }
     len
 }
@@ -575,13 +485,7 @@ pub(crate) async fn pump(
     progress: Arc<AtomicU64>,
 ) -> io::Result<()> {
     let idle_flush = config.idle_flush;
-    let mut record = Recorder {
-        stream: config.stream,
-        mask,
-        masked: Vec::new(),
-        split: LineSplitter::new(config.max_line),
-        sink,
-    };
+    let mut record = Recorder { stream: config.stream, mask, masked: Vec::new(), split: LineSplitter::new(config.max_line), sink };
     // Not zeroed: `read_buf` fills the spare capacity, so only the pages a read reaches are ever
     // touched (a quiet job's pump costs no page faults for the whole buffer).
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -678,8 +582,7 @@ impl Recorder {
     /// Emits the partial line held by the splitter.
     fn release(&mut self) {
         let (stream, sink) = (self.stream, &mut self.sink);
-        self.split
-            .release(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+        self.split.release(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
         self.sink.commit();
     }
 
@@ -687,17 +590,14 @@ impl Recorder {
     fn finish(&mut self, at: Arrival) {
         self.flush_mask(at);
         let (stream, sink) = (self.stream, &mut self.sink);
-        self.split
-            .finish(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
+        self.split.finish(&mut |text, cont, ts| sink.line(stream, text, cont, ts));
         self.sink.commit();
     }
 
     /// Cuts what the masker released into records, and empties `masked`.
     fn feed_masked(&mut self, at: Arrival) {
         let (stream, sink) = (self.stream, &mut self.sink);
-        self.split.feed(&self.masked, at, &mut |text, cont, ts| {
-            sink.line(stream, text, cont, ts)
-        });
+        self.split.feed(&self.masked, at, &mut |text, cont, ts| sink.line(stream, text, cont, ts));
         self.masked.clear();
     }
 }
@@ -708,10 +608,7 @@ mod tests {
 
     #[test]
     fn rfc3339_matches_known_instants() {
-        let at = |secs: u64, micros: u64| {
-            Rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
-                .to_string()
-        };
+        let at = |secs: u64, micros: u64| Rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)).to_string();
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         // `date -u -d 2000-02-29T23:59:59 +%s` = 951868799: a leap day in a century leap year.
         assert_eq!(at(951_868_799, 1), "2000-02-29T23:59:59.000001Z");
@@ -726,19 +623,9 @@ mod tests {
     fn the_cached_stamp_formats_every_instant_as_rfc3339_does() {
         let mut stamp = Stamp::default();
         // Same instant, same second, next second, next day, back in time.
-        for (secs, micros) in [
-            (1_795_428_000, 123_456),
-            (1_795_428_000, 123_456),
-            (1_795_428_000, 7),
-            (1_795_428_001, 999_999),
-            (1_795_514_401, 0),
-            (951_868_799, 1),
-        ] {
+        for (secs, micros) in [(1_795_428_000, 123_456), (1_795_428_000, 123_456), (1_795_428_000, 7), (1_795_428_001, 999_999), (1_795_514_401, 0), (951_868_799, 1)] {
             let ts = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
-            assert_eq!(
-                stamp.format(ts).as_slice(),
-                Rfc3339(ts).to_string().as_bytes()
-            );
+            assert_eq!(stamp.format(ts).as_slice(), Rfc3339(ts).to_string().as_bytes());
         }
     }
 
@@ -758,29 +645,19 @@ mod tests {
         let queue = Arc::new(LogQueue::new(crate::supervise::LogBuffer::default()));
         let format = RecordFormat::new(LineFormat::Text, "act");
         let ts = UNIX_EPOCH + Duration::from_micros(1_795_428_000_123_456);
-        let mut sink = Sink::new(
-            Arc::clone(&queue),
-            RecordFormat::new(LineFormat::Text, "act"),
-        );
+        let mut sink = Sink::new(Arc::clone(&queue), RecordFormat::new(LineFormat::Text, "act"));
         let mut expected = Vec::new();
-        for (i, (stream, cont, text)) in [
-            (Stream::Stdout, false, "a"),
-            (Stream::Stdout, false, "a line longer than sixteen bytes"),
-            (Stream::Stderr, true, ""),
-            (Stream::Stdout, false, "b"),
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, (stream, cont, text)) in
+            [(Stream::Stdout, false, "a"), (Stream::Stdout, false, "a line longer than sixteen bytes"), (Stream::Stderr, true, ""), (Stream::Stdout, false, "b")]
+                .into_iter()
+                .enumerate()
         {
             let at = ts + Duration::from_micros(i as u64 / 2);
             sink.line(stream, text.as_bytes(), cont, at);
             format.write(&mut expected, at, stream, cont, text.as_bytes());
         }
         sink.commit();
-        assert_eq!(
-            String::from_utf8_lossy(&queue.take_queued()),
-            String::from_utf8_lossy(&expected)
-        );
+        assert_eq!(String::from_utf8_lossy(&queue.take_queued()), String::from_utf8_lossy(&expected));
     }
 
     fn split_all(max_line: usize, chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
@@ -803,14 +680,7 @@ mod tests {
     fn lines_across_chunks_are_joined_and_long_ones_cut_with_continuations() {
         assert_eq!(
             split_all(4, &[b"ab", b"c\nabcd\nabcdefghij", b"\n\n"]),
-            vec![
-                rec("abc", false),
-                rec("abcd", false),
-                rec("abcd", false),
-                rec("efgh", true),
-                rec("ij", true),
-                rec("", false),
-            ]
+            vec![rec("abc", false), rec("abcd", false), rec("abcd", false), rec("efgh", true), rec("ij", true), rec("", false),]
         );
     }
 
@@ -832,36 +702,17 @@ mod tests {
         split.release(&mut emit);
         assert!(split.held_since().is_none());
         split.feed(b" done\nnext\n", at, &mut emit);
-        assert_eq!(
-            records,
-            vec![
-                rec("progress ...", false),
-                rec(" done", true),
-                rec("next", false)
-            ]
-        );
+        assert_eq!(records, vec![rec("progress ...", false), rec(" done", true), rec("next", false)]);
     }
 
     #[test]
     fn text_and_json_records() {
         let ts = UNIX_EPOCH + Duration::from_micros(1_795_428_000_123_456);
         let mut out = Vec::new();
-        RecordFormat::new(LineFormat::Text, "my action").write(
-            &mut out,
-            ts,
-            Stream::Stderr,
-            true,
-            b"x y",
-        );
+        RecordFormat::new(LineFormat::Text, "my action").write(&mut out, ts, Stream::Stderr, true, b"x y");
         assert_eq!(out, b"2026-11-23T10:00:00.123456Z my_action stderr+ x y\n");
         out.clear();
-        RecordFormat::new(LineFormat::Json, "my action").write(
-            &mut out,
-            ts,
-            Stream::Stdout,
-            false,
-            b"a\"\xff",
-        );
+        RecordFormat::new(LineFormat::Json, "my action").write(&mut out, ts, Stream::Stdout, false, b"a\"\xff");
         assert_eq!(
             String::from_utf8_lossy(&out),
             "{\"ts\":\"2026-11-23T10:00:00.123456Z\",\"action\":\"my action\",\"stream\":\"stdout\",\

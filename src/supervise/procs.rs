@@ -146,10 +146,7 @@ fn descendants_by_table(root: Pid) -> io::Result<Vec<Descendant>> {
     while let Some(parent) = frontier.pop() {
         for &(pid, ppid, pgid) in &table {
             if ppid == parent {
-                found.push(Descendant {
-                    pid: Pid::from_raw(pid),
-                    pgid: Pid::from_raw(pgid),
-                });
+                found.push(Descendant { pid: Pid::from_raw(pid), pgid: Pid::from_raw(pgid) });
                 frontier.push(pid);
             }
         }

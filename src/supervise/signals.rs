@@ -22,19 +22,11 @@ use super::SuperviseError;
 
 /// The signals forwarded to the job's process group, apart from SIGTERM (forwarded too, and also
 /// the cancellation signal).
-pub(crate) const FORWARDED: [Signal; 5] = [
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
+pub(crate) const FORWARDED: [Signal; 5] = [Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// Every signal we catch: the forwarded ones, SIGTERM, and SIGCHLD (a child ended).
 fn caught() -> impl Iterator<Item = Signal> {
-    FORWARDED
-        .into_iter()
-        .chain([Signal::SIGTERM, Signal::SIGCHLD])
+    FORWARDED.into_iter().chain([Signal::SIGTERM, Signal::SIGCHLD])
 }
 
 /// What the handlers write into; shared between them and the [`Inbox`].
@@ -81,19 +73,10 @@ impl Inbox {
     /// and unblocks those signals in the calling thread, in case the agent inherited them blocked.
     /// Must be called within the supervisor's runtime (the pipe registers with it).
     pub(crate) fn install() -> Result<Inbox, SuperviseError> {
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|errno| SuperviseError::SignalPipe(errno.into()))?;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(|errno| SuperviseError::SignalPipe(errno.into()))?;
         let woken = pipe::Receiver::from_owned_fd(read).map_err(SuperviseError::SignalPipe)?;
-        let shared = Arc::new(Shared {
-            pending: AtomicU64::new(0),
-            cancelled: AtomicI32::new(0),
-            wake: write,
-        });
-        let mut inbox = Inbox {
-            shared,
-            woken,
-            handlers: Vec::new(),
-        };
+        let shared = Arc::new(Shared { pending: AtomicU64::new(0), cancelled: AtomicI32::new(0), wake: write });
+        let mut inbox = Inbox { shared, woken, handlers: Vec::new() };
         let mut unblock = SigSet::empty();
         for signal in caught() {
             let shared = Arc::clone(&inbox.shared);
@@ -108,14 +91,12 @@ impl Inbox {
             // SAFETY: the action runs in signal-handler context and does only async-signal-safe
             // things: atomic operations and write(2); it neither allocates nor locks (the Arc is
             // only read, and is dropped with the registration, outside the handler).
-            let id = unsafe { signal_hook_registry::register(signal as i32, action) }
-                .map_err(|source| SuperviseError::SignalSetup { signal, source })?;
+            let id = unsafe { signal_hook_registry::register(signal as i32, action) }.map_err(|source| SuperviseError::SignalSetup { signal, source })?;
             // Dropping `inbox` on a later failure unregisters what was registered so far.
             inbox.handlers.push(id);
             unblock.add(signal);
         }
-        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&unblock), None)
-            .map_err(SuperviseError::UnblockSignals)?;
+        pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&unblock), None).map_err(SuperviseError::UnblockSignals)?;
         Ok(inbox)
     }
 

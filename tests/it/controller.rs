@@ -90,7 +90,20 @@ fn demo_change_runs_three_levels_with_files_env_secret_and_both_levels_of_proper
     assert!(out.status.success(), "{}", text(&out));
     // The worker sleeps, so the two parallel children overlap and both patch the environment.
     let out = opschain(state.path())
-        .args(["change", "run", "--repo", common::fixture("demo").to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", "deploy", "--secrets", "demo"])
+        .args([
+            "change",
+            "run",
+            "--repo",
+            common::fixture("demo").to_str().unwrap(),
+            "--project",
+            "demo",
+            "--environment",
+            "dev",
+            "--action",
+            "deploy",
+            "--secrets",
+            "demo",
+        ])
         .env("DEMO_WORKER_SLEEP", "1")
         .output()
         .unwrap();
@@ -106,10 +119,7 @@ fn demo_change_runs_three_levels_with_files_env_secret_and_both_levels_of_proper
     assert!(tree.iter().all(|s| s.2 == "success"), "{tree:?}");
 
     assert_eq!(props(state.path(), "demo", None), json!({"deploy_count": 1}));
-    assert_eq!(
-        props(state.path(), "demo", Some("dev")),
-        json!({"web": {"version": "2.4.1"}, "worker": {"version": "2.4.1"}, "last_verified": "2.4.1"})
-    );
+    assert_eq!(props(state.path(), "demo", Some("dev")), json!({"web": {"version": "2.4.1"}, "worker": {"version": "2.4.1"}, "last_verified": "2.4.1"}));
     let logs = run(state.path(), &["change", "logs", "1"]);
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.contains("demo-app is managed by opschain"), "{logs}");
@@ -268,10 +278,7 @@ fn retry_after_kill_9_mid_change_completes_with_the_properties_of_an_uninterrupt
 
 #[test]
 fn cancel_stops_the_running_step_and_the_change() {
-    let repo = project(
-        "[actions.root]\nsteps = [\"long\", \"never\"]\n[actions.long]\nrun = \"sleep 30\"\n[actions.never]\nrun = \"true\"\n",
-        json!({}),
-    );
+    let repo = project("[actions.root]\nsteps = [\"long\", \"never\"]\n[actions.long]\nrun = \"sleep 30\"\n[actions.never]\nrun = \"true\"\n", json!({}));
     let state = tempfile::tempdir().unwrap();
     let controller = opschain(state.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
@@ -385,7 +392,8 @@ fn a_change_runs_the_commit_its_git_rev_names_and_retry_keeps_that_commit() {
     let git = |args: &[&str]| assert!(Command::new("git").arg("-C").arg(repo.path()).args(args).status().unwrap().success());
     git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "second"]);
     let state = tempfile::tempdir().unwrap();
-    let out = run(state.path(), &["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "say", "--git-rev", "HEAD~1"]);
+    let out =
+        run(state.path(), &["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "say", "--git-rev", "HEAD~1"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("say stdout| first commit"), "{}", text(&out));
     let out = run(state.path(), &["change", "retry", "1"]);

@@ -140,10 +140,7 @@ fn set_and_edit_properties_of_opschain_store_what_ours_store() {
     assert_eq!(a, w.ok(&["properties", "show", "--project", "b"]));
     assert_eq!(w.ok(&["environment", "show-properties", "-p", "a", "-e", "dev"]), w.ok(&["properties", "show", "--project", "b", "--environment", "dev"]));
     let versions = |p: &str| {
-        w.ok(&["properties", "history", "--project", p, "--environment", "dev"])
-            .lines()
-            .map(|l| l.split_whitespace().next().unwrap().to_string())
-            .collect::<Vec<_>>()
+        w.ok(&["properties", "history", "--project", p, "--environment", "dev"]).lines().map(|l| l.split_whitespace().next().unwrap().to_string()).collect::<Vec<_>>()
     };
     assert_eq!(versions("a"), ["v0", "v1", "v2"]);
     assert_eq!(versions("a"), versions("b"));
@@ -229,8 +226,7 @@ fn opschainrc_and_variables_supply_the_codes_and_flags_win() {
 
     // The home directory's file, with keys of OpsChain's API client beside the codes.
     let home_rc = w.home.path().join(".opschainrc");
-    std::fs::write(&home_rc, r#"{"apiBaseUrl": "http://localhost:3000", "username": "u", "password": "p", "projectCode": "p", "environmentCode": "dev"}"#)
-        .unwrap();
+    std::fs::write(&home_rc, r#"{"apiBaseUrl": "http://localhost:3000", "username": "u", "password": "p", "projectCode": "p", "environmentCode": "dev"}"#).unwrap();
     let out = w.run(&["environment", "show-properties"]);
     assert_eq!(from(&out), "p/dev");
     let said = stderr(&out);
@@ -424,13 +420,8 @@ fn exit_statuses_tell_the_controllers_own_failures_from_a_changes_end() {
     let repo_arg = project.path().to_str().unwrap();
     assert_eq!(status(w.run(&["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello", "--secrets", "none"])).0, Some(66));
     // 70: the controller itself failed: no agent, or a state directory that is a file.
-    let (code, out) = status(
-        w.cmd()
-            .args(["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello"])
-            .env("OPSCHAIN_RUNNER_BIN", "/nonexistent")
-            .output()
-            .unwrap(),
-    );
+    let (code, out) =
+        status(w.cmd().args(["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello"]).env("OPSCHAIN_RUNNER_BIN", "/nonexistent").output().unwrap());
     assert_eq!(code, Some(70), "{out}");
     let file = w.cwd.path().join("a-file");
     std::fs::write(&file, "").unwrap();
@@ -452,9 +443,7 @@ fn help_shows_opschain_names_with_ours_as_aliases() {
         assert!(line.ends_with(alias), "{line}");
     }
     let create = help(&["change", "create"]);
-    for flag in
-        ["-p, --project-code", "[alias: --project]", "-e, --environment-code", "[alias: --environment]", "-a, --action", "-g, --git-rev", "-y, --confirm"]
-    {
+    for flag in ["-p, --project-code", "[alias: --project]", "-e, --environment-code", "[alias: --environment]", "-a, --action", "-g, --git-rev", "-y, --confirm"] {
         assert!(create.contains(flag), "no {flag} in\n{create}");
     }
     assert!(help(&["environment", "show-properties"]).contains("opschain_environmentCode"));

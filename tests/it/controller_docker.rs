@@ -96,8 +96,9 @@ fn change_run(state: &Path, base: &str, images: &mut Images, args: &[&str]) -> (
 
 /// The tags of the step images a change's output says it built and reused.
 fn image_lines(shown: &str) -> (Vec<String>, Vec<String>) {
-    let tag_after =
-        |marker: &str| shown.lines().filter_map(|l| l.split_once(marker)).map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default().to_string()).collect::<Vec<_>>();
+    let tag_after = |marker: &str| {
+        shown.lines().filter_map(|l| l.split_once(marker)).map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default().to_string()).collect::<Vec<_>>()
+    };
     (tag_after(": built image "), tag_after(": reused image "))
 }
 
@@ -184,8 +185,12 @@ fn the_demo_change_runs_on_the_docker_backend_as_on_the_process_backend() {
     let state = tempfile::tempdir().unwrap();
     secret_set(state.path(), "demo", json!({"API_TOKEN": "tok-docker"}));
     let demo = common::fixture("demo");
-    let (status, shown) =
-        change_run(state.path(), &base, &mut images, &["--repo", demo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", "deploy", "--secrets", "demo"]);
+    let (status, shown) = change_run(
+        state.path(),
+        &base,
+        &mut images,
+        &["--repo", demo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", "deploy", "--secrets", "demo"],
+    );
     assert_eq!(status, 0, "{shown}");
     assert!(shown.contains("demo-app is managed by opschain"), "{shown}");
     let show = |args: &[&str]| -> Value {
@@ -351,8 +356,12 @@ fn a_mintpress_repository_runs_end_to_end() {
     std::fs::create_dir_all(&state).unwrap();
     secret_set(&state, "opschain-build-env", json!({"BUILD_TOKEN": "twelve-chars"}));
     ok(&state, &["properties", "set", "--project", "mp", "--environment", "prod", "--json", r#"{"opschain": {"env": {"GREETING": "hello-mintpress"}}}"#]);
-    let (status, shown) =
-        change_run(&state, &base, &mut images, &["--repo", repo.to_str().unwrap(), "--project", "mp", "--environment", "prod", "--action", "deploy", "--folder", ".mintpress"]);
+    let (status, shown) = change_run(
+        &state,
+        &base,
+        &mut images,
+        &["--repo", repo.to_str().unwrap(), "--project", "mp", "--environment", "prod", "--action", "deploy", "--folder", ".mintpress"],
+    );
     assert_eq!(status, 0, "{shown}");
     assert!(shown.contains("setup greeting=hello-mintpress token-length=12 folder=.mintpress"), "{shown}");
     assert!(shown.contains("context-in-mintpress") && shown.contains(&format!("head={sha}")), "{shown}");

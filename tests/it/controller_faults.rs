@@ -289,10 +289,7 @@ done
 /// actions.toml of the hammer test: `root` with the parallel children `s0`.. (contested) and
 /// `f0`.. (free), interleaved.
 fn hammer_actions() -> String {
-    let names: Vec<String> = (0..TOKENS.max(FREE))
-        .flat_map(|i| [(i < TOKENS).then(|| format!("\"s{i}\"")), (i < FREE).then(|| format!("\"f{i}\""))])
-        .flatten()
-        .collect();
+    let names: Vec<String> = (0..TOKENS.max(FREE)).flat_map(|i| [(i < TOKENS).then(|| format!("\"s{i}\"")), (i < FREE).then(|| format!("\"f{i}\""))]).flatten().collect();
     let mut toml = format!("[actions.root]\nsteps = [{}]\nrun_as = \"parallel\"\n", names.join(", "));
     for k in 0..TOKENS {
         toml.push_str(&format!("\n[actions.s{k}]\nrun = '''{HAMMER_STEP}{}'''\n", HAMMER_TOKEN.replace("{K}", &k.to_string())));
@@ -372,7 +369,11 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
     let project_history = history(state, &["--project", "p"]);
     assert_gap_free("environment", &env_history);
     assert_gap_free("project", &project_history);
-    assert_eq!(&env_history.last().unwrap().json, &props(state, &["--project", "p", "--environment", "dev"]), "the current environment properties are not the last version");
+    assert_eq!(
+        &env_history.last().unwrap().json,
+        &props(state, &["--project", "p", "--environment", "dev"]),
+        "the current environment properties are not the last version"
+    );
     assert_eq!(&project_history.last().unwrap().json, &props(state, &["--project", "p"]), "the current project properties are not the last version");
     // v0 (made with the owner) and v1 (the test's) are a user's; every later one is a step's.
     for (what, versions) in [("environment", &env_history), ("project", &project_history)] {
@@ -607,7 +608,10 @@ fn kill_9_at_random_moments_of_a_100_step_change_then_retry_gives_the_uninterrup
         let reached = wait_for_successes(state, &mut controller, target);
         std::thread::sleep(delay);
         let exited = kill_9(&mut controller);
-        println!("kill {kill}: {} at {reached} successful steps (target {target}) + {delay:?}", if exited.is_none() { "interrupted the controller" } else { "came after the controller ended" });
+        println!(
+            "kill {kill}: {} at {reached} successful steps (target {target}) + {delay:?}",
+            if exited.is_none() { "interrupted the controller" } else { "came after the controller ended" }
+        );
         if let Some(status) = exited {
             // A controller that was not killed ran the change to its end: it must have succeeded.
             let output = std::fs::read_to_string(&log).unwrap();
@@ -638,7 +642,9 @@ fn kill_9_at_random_moments_of_a_100_step_change_then_retry_gives_the_uninterrup
     // Exactly once: as many versions as the uninterrupted run, each made by a distinct step of
     // the final tree, numbered without a gap.
     let ids: BTreeSet<i64> = steps(state, 1).iter().map(|s| s.id).collect();
-    for (what, args, expected) in [("project", &["--project", "p"][..], expected_versions.0), ("environment", &["--project", "p", "--environment", "dev"], expected_versions.1)] {
+    for (what, args, expected) in
+        [("project", &["--project", "p"][..], expected_versions.0), ("environment", &["--project", "p", "--environment", "dev"], expected_versions.1)]
+    {
         let versions = history(state, args);
         assert_gap_free(what, &versions);
         assert_eq!(versions.len(), expected, "{what}: {} versions, the uninterrupted run made {expected} (seed {seed}): {versions:?}", versions.len());
@@ -665,12 +671,7 @@ fn commands_opening_a_new_store_at_once_all_succeed() {
         let state = tempfile::tempdir().unwrap();
         let children: Vec<Child> = (0..AT_ONCE)
             .map(|i| {
-                opschain(state.path())
-                    .args(["project", "allow-parallel-changes", &format!("p{i}"), "true"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                opschain(state.path()).args(["project", "allow-parallel-changes", &format!("p{i}"), "true"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
             })
             .collect();
         for child in children {

@@ -22,9 +22,7 @@ fn suite_dir() -> PathBuf {
 /// The records of one file of the suite. Panics, saying what is missing, if it can't be read.
 fn records(file: &str) -> Vec<Value> {
     let path = suite_dir().join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
-        panic!("cannot read the JSON Patch suite's {}: {err}", path.display())
-    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read the JSON Patch suite's {}: {err}", path.display()));
     match serde_json::from_str(&text) {
         Ok(Value::Array(records)) => records,
         Ok(_) => panic!("{} is not an array of records", path.display()),
@@ -65,12 +63,7 @@ fn each_record(check: impl Fn(&Value, &Value, Outcome) -> Result<(), String>) ->
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     checked
 }
 
@@ -88,9 +81,7 @@ fn json_patch_applies_as_the_suite_says() {
             (Outcome::Expected(expected), Ok(())) => Err(format!("gave {result}, not {expected}")),
             (Outcome::Expected(_), Err(err)) => Err(format!("refused: {err}")),
             (Outcome::Error(_), Err(_)) => Ok(()),
-            (Outcome::Error(error), Ok(())) => Err(format!(
-                "applied, giving {result}, but should fail: {error}"
-            )),
+            (Outcome::Error(error), Ok(())) => Err(format!("applied, giving {result}, but should fail: {error}")),
         }
     });
     assert!(checked > 100, "only {checked} records checked");
@@ -106,8 +97,7 @@ fn diff_of_doc_and_expected_applies_back() {
         diffed.set(diffed.get() + 1);
         let patch = diff(doc, expected);
         let mut result = doc.clone();
-        json_patch::patch(&mut result, &patch)
-            .map_err(|err| format!("diff {patch:?} does not apply: {err}"))?;
+        json_patch::patch(&mut result, &patch).map_err(|err| format!("diff {patch:?} does not apply: {err}"))?;
         if result == *expected {
             Ok(())
         } else {

@@ -38,8 +38,7 @@ fn document() -> impl Strategy<Value = Value> {
     scalar().prop_recursive(4, 64, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..7).prop_map(Value::Array),
-            prop::collection::vec((key(), inner), 0..5)
-                .prop_map(|members| Value::Object(members.into_iter().collect::<Map<_, _>>())),
+            prop::collection::vec((key(), inner), 0..5).prop_map(|members| Value::Object(members.into_iter().collect::<Map<_, _>>())),
         ]
     })
 }
@@ -61,8 +60,7 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     let route = || prop::collection::vec(any::<Index>(), 0..4);
     prop_oneof![
-        (route(), any::<Index>(), key(), document())
-            .prop_map(|(r, at, k, v)| Edit::Insert(r, at, k, v)),
+        (route(), any::<Index>(), key(), document()).prop_map(|(r, at, k, v)| Edit::Insert(r, at, k, v)),
         (route(), any::<Index>()).prop_map(|(r, at)| Edit::Remove(r, at)),
         (route(), document()).prop_map(|(r, v)| Edit::Replace(r, v)),
         (route(), any::<Index>(), any::<Index>()).prop_map(|(r, from, to)| Edit::Move(r, from, to)),
@@ -82,10 +80,7 @@ fn follow<'d>(doc: &'d mut Value, route: &[Index]) -> (&'d mut Value, PointerBuf
                 &items[at]
             }
             Value::Object(members) if !members.is_empty() => {
-                let (key, member) = members
-                    .iter()
-                    .nth(step.index(members.len()))
-                    .expect("the index is within the object");
+                let (key, member) = members.iter().nth(step.index(members.len())).expect("the index is within the object");
                 pointer.push_back(key.as_str());
                 member
             }
@@ -93,9 +88,7 @@ fn follow<'d>(doc: &'d mut Value, route: &[Index]) -> (&'d mut Value, PointerBuf
         };
     }
     // serde_json resolves the pointer on its own, which checks the escaping too.
-    let node = doc
-        .pointer_mut(pointer.as_str())
-        .expect("the pointer of a node just visited resolves");
+    let node = doc.pointer_mut(pointer.as_str()).expect("the pointer of a node just visited resolves");
     (node, pointer)
 }
 
@@ -151,8 +144,7 @@ fn any_pair() -> impl Strategy<Value = (Value, Value)> {
 /// Applies `patch` to a copy of `before` with json-patch.
 fn apply(before: &Value, patch: &Patch) -> Result<Value, TestCaseError> {
     let mut doc = before.clone();
-    json_patch::patch(&mut doc, patch)
-        .map_err(|err| TestCaseError::fail(format!("{err} (patch {patch:?})")))?;
+    json_patch::patch(&mut doc, patch).map_err(|err| TestCaseError::fail(format!("{err} (patch {patch:?})")))?;
     Ok(doc)
 }
 
@@ -160,13 +152,7 @@ fn apply(before: &Value, patch: &Patch) -> Result<Value, TestCaseError> {
 fn reorder(doc: &Value) -> Value {
     match doc {
         Value::Array(items) => Value::Array(items.iter().map(reorder).collect()),
-        Value::Object(members) => Value::Object(
-            members
-                .iter()
-                .rev()
-                .map(|(k, v)| (k.clone(), reorder(v)))
-                .collect(),
-        ),
+        Value::Object(members) => Value::Object(members.iter().rev().map(|(k, v)| (k.clone(), reorder(v))).collect()),
         scalar => scalar.clone(),
     }
 }
@@ -255,11 +241,7 @@ proptest! {
 /// The example of the module documentation: prepending one object to 10,000.
 #[test]
 fn prepending_to_ten_thousand_objects_is_one_add() {
-    let objects = |range: std::ops::Range<i64>| -> Vec<Value> {
-        range
-            .map(|i| json!({"id": i, "name": format!("host-{i}"), "port": 8000 + i}))
-            .collect()
-    };
+    let objects = |range: std::ops::Range<i64>| -> Vec<Value> { range.map(|i| json!({"id": i, "name": format!("host-{i}"), "port": 8000 + i})).collect() };
     let before = json!({"arr": objects(0..10_000)});
     let after = json!({"arr": objects(-1..10_000)});
     let patch = diff(&before, &after);
@@ -283,16 +265,10 @@ results = [jsonpatch.apply_patch(case["before"], case["patch"]) for case in case
 with open(sys.argv[2], "w") as f:
     json.dump(results, f)
 "#;
-    match Command::new("python3")
-        .args(["-c", "import jsonpatch"])
-        .output()
-    {
+    match Command::new("python3").args(["-c", "import jsonpatch"]).output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
-            eprintln!(
-                "skipped: python3 cannot import jsonpatch: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            eprintln!("skipped: python3 cannot import jsonpatch: {}", String::from_utf8_lossy(&out.stderr).trim());
             return;
         }
         Err(err) => {
@@ -306,10 +282,7 @@ with open(sys.argv[2], "w") as f:
     let mut pairs = Vec::new();
     let mut cases = Vec::new();
     for _ in 0..600 {
-        let (before, after) = strategy
-            .new_tree(&mut runner)
-            .expect("the generator never rejects")
-            .current();
+        let (before, after) = strategy.new_tree(&mut runner).expect("the generator never rejects").current();
         let patch = diff(&before, &after);
         cases.push(json!({"before": before, "patch": patch}));
         pairs.push((before, after, patch));
@@ -321,30 +294,14 @@ with open(sys.argv[2], "w") as f:
     serde_json::to_writer(&mut file, &cases).expect("the cases are written");
     file.flush().expect("the cases are written");
 
-    let run = Command::new("python3")
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(&input)
-        .arg(&output)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        run.status.success(),
-        "python3 failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let results: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(&output).expect("the results file")).expect("JSON");
+    let run = Command::new("python3").arg("-c").arg(SCRIPT).arg(&input).arg(&output).output().expect("python3 runs");
+    assert!(run.status.success(), "python3 failed: {}", String::from_utf8_lossy(&run.stderr));
+    let results: Vec<Value> = serde_json::from_slice(&std::fs::read(&output).expect("the results file")).expect("JSON");
     assert_eq!(results.len(), pairs.len());
     let mut ops = 0;
     for ((before, after, patch), result) in pairs.iter().zip(&results) {
         ops += patch.0.len();
-        assert_eq!(
-            result,
-            after,
-            "jsonpatch applied {} to {before}",
-            serde_json::to_string(patch).unwrap_or_default()
-        );
+        assert_eq!(result, after, "jsonpatch applied {} to {before}", serde_json::to_string(patch).unwrap_or_default());
     }
     // The batch must exercise something: most pairs differ.
     assert!(ops > pairs.len(), "only {ops} ops in {} pairs", pairs.len());

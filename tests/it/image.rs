@@ -139,10 +139,7 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
         json!([["GIT_REV", "v1"], ["GIT_SHA", sha], ["OPSCHAIN_BASE_RUNNER", "base:1"], ["OPSCHAIN_VERSION", "9.9.9"], ["OPSCHAIN_CONTEXT_DIGEST", digest]])
     );
     let bundle = dir.path().join("ctx.build-secrets.json");
-    assert_eq!(
-        printed["secrets"],
-        json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "opschain-build-secrets", "src": bundle}])
-    );
+    assert_eq!(printed["secrets"], json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "opschain-build-secrets", "src": bundle}]));
     // The bundle: the sets that apply and exist, merged (absent-set is skipped), readable by
     // this user only, outside the build context.
     assert_eq!(printed["secret_sets"], json!(["team-secrets"]));
@@ -201,22 +198,25 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     assert!(tar(&context) != tar(&v1));
     // With a cache, a commit is archived once and linked into each context: the same bytes.
     let cache = dir.path().join("tars");
-    let cached = |out: &str| step_image::write_context(&BuildContextSpec { repo_tar_cache: Some(cache.clone()), ..BuildContextSpec::new(&repo, dir.path().join(out)) }).unwrap();
+    let cached =
+        |out: &str| step_image::write_context(&BuildContextSpec { repo_tar_cache: Some(cache.clone()), ..BuildContextSpec::new(&repo, dir.path().join(out)) }).unwrap();
     let (first, second) = (cached("cached-1"), cached("cached-2"));
     assert!(tar(&first) == tar(&context) && tar(&second) == tar(&context));
     let kept: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(kept, [format!("{}.tar", first.git_sha)], "one archive, no leftovers");
     // The image key: the same inputs give the same key; a changed env property another one, but
     // not a changed step, user or other property.
-    let key = |context: Value| step_image::plan(&BuildContextSpec { context: context.as_object().unwrap().clone(), ..BuildContextSpec::new(&repo, dir.path().join("unused")) }).unwrap().key;
-    let with = |greeting: &str, step: i64, other: i64| {
-        json!({"context": {"project": {"code": "p"}, "step": {"id": step}}, "project": {"properties": {"other": other, "opschain": {"env": {"GREETING": greeting}}}}})
+    let key = |context: Value| {
+        step_image::plan(&BuildContextSpec { context: context.as_object().unwrap().clone(), ..BuildContextSpec::new(&repo, dir.path().join("unused")) }).unwrap().key
     };
+    let with = |greeting: &str, step: i64, other: i64| json!({"context": {"project": {"code": "p"}, "step": {"id": step}}, "project": {"properties": {"other": other, "opschain": {"env": {"GREETING": greeting}}}}});
     assert_eq!(key(with("a", 1, 1)), key(with("a", 2, 2)));
     assert_ne!(key(with("a", 1, 1)), key(with("b", 1, 1)));
     assert_eq!(key(with("a", 1, 1)).len(), 40);
 
-    let cli = |args: &[&str], out: &Path| runner().arg("--repo").arg(&repo).arg("build-context").arg("--out").arg(out).args(args).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap();
+    let cli = |args: &[&str], out: &Path| {
+        runner().arg("--repo").arg(&repo).arg("build-context").arg("--out").arg(out).args(args).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap()
+    };
     let output = cli(&["--git-rev", "no-such-rev"], &dir.path().join("bad-rev"));
     assert_eq!(output.status.code(), Some(66), "{:?}", stderr_lines(&output));
     assert!(stderr_lines(&output)[0].contains("no-such-rev"));
@@ -358,7 +358,15 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert!(saved_image_mentions(&docker, &step, &scan, SECRET.as_bytes()).is_empty(), "the build secret is in the image");
     let upper = saved_image_mentions(&docker, &step, &dir.path().join("scan-upper"), SECRET.to_uppercase().as_bytes());
     assert!(upper.iter().any(|p| p.ends_with("layer.tar")), "the scan finds what the build wrote: {upper:?}");
-    let leftover = docker.run(["run", "--rm", "--entrypoint", "/bin/sh", step.as_str(), "-c", "test ! -s /opt/opschain/.opschain/step_context_env.json && test ! -s /run/secrets/opschain-build-secrets"]);
+    let leftover = docker.run([
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/sh",
+        step.as_str(),
+        "-c",
+        "test ! -s /opt/opschain/.opschain/step_context_env.json && test ! -s /run/secrets/opschain-build-secrets",
+    ]);
     assert!(leftover.is_ok(), "a mounted secret left content in the image: {leftover:?}");
 
     // Run a step: the agent is the ENTRYPOINT; the context goes in and the result comes out by
@@ -389,7 +397,12 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     assert_eq!(result["runner"]["exit_status"], 0);
 
     // The default Dockerfile at HEAD: the setup hook runs through opschain-exec with the default set.
-    let context = step_image::write_context(&BuildContextSpec { base_runner: base.clone(), secrets: SecretSource::Dir(secrets), ..BuildContextSpec::new(&repo, dir.path().join("ctx-head")) }).unwrap();
+    let context = step_image::write_context(&BuildContextSpec {
+        base_runner: base.clone(),
+        secrets: SecretSource::Dir(secrets),
+        ..BuildContextSpec::new(&repo, dir.path().join("ctx-head"))
+    })
+    .unwrap();
     assert!(!context.custom_dockerfile);
     let default_step = format!("opschain-test-default:{unique}");
     images.tags.push(default_step.clone());
@@ -401,7 +414,8 @@ fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step() {
     // Another step of the same commit and properties: every layer from the cache. Changed env
     // properties: the RUN line runs again (the context digest build arg), the repo layer stays.
     let head_spec = |out: &str, greeting: Option<&str>| {
-        let mut spec = BuildContextSpec { base_runner: base.clone(), secrets: SecretSource::Dir(dir.path().join("secrets")), ..BuildContextSpec::new(&repo, dir.path().join(out)) };
+        let mut spec =
+            BuildContextSpec { base_runner: base.clone(), secrets: SecretSource::Dir(dir.path().join("secrets")), ..BuildContextSpec::new(&repo, dir.path().join(out)) };
         if let Some(greeting) = greeting {
             spec.context = json!({"project": {"properties": {"opschain": {"env": {"GREETING": greeting}}}}}).as_object().unwrap().clone();
         }

@@ -201,7 +201,11 @@ fn stream_log(out: &mut TcpStream, state: &Mutex<Cluster>, root: &Path) {
     let args: Vec<String> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().replace(CONTEXT_MOUNT, volume.to_str().unwrap())).collect();
     let (read, write) = nix::unistd::pipe().unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_opschain-runner"));
-    agent.args(&args).env("OPSCHAIN_REPO_DIR", root.join("repo")).env("OPSCHAIN_FILES_ROOT", root.join("files")).env("PATH", format!("{}:/usr/bin:/bin", common::bin_dir().display()));
+    agent
+        .args(&args)
+        .env("OPSCHAIN_REPO_DIR", root.join("repo"))
+        .env("OPSCHAIN_FILES_ROOT", root.join("files"))
+        .env("PATH", format!("{}:/usr/bin:/bin", common::bin_dir().display()));
     for var in container["env"].as_array().unwrap() {
         agent.env(var["name"].as_str().unwrap(), var["value"].as_str().unwrap());
     }
@@ -245,7 +249,8 @@ fn backend(api: &FakeApi) -> KubernetesBackend {
     };
     let config = KubernetesConfig { namespace: "steps".into(), grace: Duration::from_secs(2), start_allowance: Duration::from_secs(20), ..KubernetesConfig::default() };
     // The image is given to `run_image`: the Docker side is not used.
-    let docker = DockerConfig { docker: "/usr/bin/docker".into(), base_image: "unused".into(), grace: Duration::from_secs(2), transport: Default::default(), registry: None };
+    let docker =
+        DockerConfig { docker: "/usr/bin/docker".into(), base_image: "unused".into(), grace: Duration::from_secs(2), transport: Default::default(), registry: None };
     KubernetesBackend::with_client(config, DockerBackend::new(docker, ".opschain".into(), api.repo.join("sandboxes")), client, runtime)
 }
 
@@ -344,8 +349,12 @@ fn a_step_runs_as_a_job_with_its_context_in_a_secret_and_its_result_in_the_log()
     assert_eq!(data, sent);
     assert_eq!(serde_json::from_slice::<Value>(&data).unwrap()["environment"]["properties"]["opschain"]["env"]["GREETING"], "from the secret");
     // The nonce reached the agent through the Job, and the result frame used it.
-    let env: BTreeMap<String, String> =
-        calls[0].body["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap().into(), v["value"].as_str().unwrap().into())).collect();
+    let env: BTreeMap<String, String> = calls[0].body["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().into(), v["value"].as_str().unwrap().into()))
+        .collect();
     assert_eq!(env["OPSCHAIN_RESULT_FRAME"].len(), 24);
     assert!(name.ends_with(&env["OPSCHAIN_RESULT_FRAME"][..10]));
 }

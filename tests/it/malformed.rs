@@ -66,7 +66,8 @@ fn a_context_over_the_size_limit_is_refused_before_parsing() {
     copy_tree(&fixture("malformed/mode_invalid"), repo.path());
     // 100 MB of file content: over the default 64 MiB limit.
     let big = "x".repeat(100 << 20);
-    let context = format!(r#"{{"context": {{"step": {{"action": "deploy"}}}}, "project": {{"properties": {{"opschain": {{"files": {{"big": {{"content": "{big}"}}}}}}}}}}}}"#);
+    let context =
+        format!(r#"{{"context": {{"step": {{"action": "deploy"}}}}, "project": {{"properties": {{"opschain": {{"files": {{"big": {{"content": "{big}"}}}}}}}}}}}}"#);
     std::fs::write(repo.path().join(".opschain/step_context.json"), context).unwrap();
     let before = snapshot(repo.path());
     let output = run_step(repo.path(), &["step"]);

@@ -3,9 +3,7 @@
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use opschain_runner::mask::{
-    MaskStream, Masker, SecretNames, ShortSecret, DEFAULT_SECRET_PATTERNS, MASK, MIN_SECRET_LEN,
-};
+use opschain_runner::mask::{MaskStream, Masker, SecretNames, ShortSecret, DEFAULT_SECRET_PATTERNS, MASK, MIN_SECRET_LEN};
 use proptest::prelude::*;
 
 /// Feeds `chunks` to a fresh stream of `masker`, flushes at the end, and returns all output.
@@ -27,14 +25,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn one_shot_masks_every_occurrence_and_borrows_when_clean() {
     let masker = Masker::new(["hunter22", "s3cret-token"]);
-    assert_eq!(
-        masker.mask("pw=hunter22, t=s3cret-token, again hunter22"),
-        "pw=****, t=****, again ****"
-    );
-    assert!(matches!(
-        masker.mask("nothing here"),
-        std::borrow::Cow::Borrowed(_)
-    ));
+    assert_eq!(masker.mask("pw=hunter22, t=s3cret-token, again hunter22"), "pw=****, t=****, again ****");
+    assert!(matches!(masker.mask("nothing here"), std::borrow::Cow::Borrowed(_)));
     assert_eq!(masker.secret_count(), 2);
     assert_eq!(masker.mask("hunter22"), MASK);
 }
@@ -70,10 +62,7 @@ fn long_secret_split_anywhere_after_a_lookalike_start() {
     let input = input.as_bytes();
     for i in 0..=input.len() {
         let out = stream_chunks(&masker, &[&input[..i], &input[i..]]);
-        assert_eq!(
-            out, b"-----BEGIN KEY-----MIIEvQ oops\n****\n",
-            "split at {i}"
-        );
+        assert_eq!(out, b"-----BEGIN KEY-----MIIEvQ oops\n****\n", "split at {i}");
     }
     let mut stream = masker.stream();
     let mut out = Vec::new();
@@ -99,20 +88,13 @@ fn longest_overlapping_secret_wins_without_leaking_its_tail() {
     assert_eq!(masker.mask("abcd"), "****");
     let input = b"abcdefgh";
     for i in 0..=input.len() {
-        assert_eq!(
-            stream_chunks(&masker, &[&input[..i], &input[i..]]),
-            b"****",
-            "split at {i}"
-        );
+        assert_eq!(stream_chunks(&masker, &[&input[..i], &input[i..]]), b"****", "split at {i}");
     }
 }
 
 #[test]
 fn three_byte_secrets_overlap_like_longer_ones_when_allowed() {
-    let masker = Masker::builder()
-        .min_secret_len(3)
-        .build(["abc", "abcdef"])
-        .expect("builds");
+    let masker = Masker::builder().min_secret_len(3).build(["abc", "abcdef"]).expect("builds");
     assert_eq!(masker.mask("abcdef"), "****");
     assert_eq!(stream_chunks(&masker, &[b"abc", b"def"]), b"****");
     assert_eq!(stream_chunks(&masker, &[b"abc", b"de"]), b"****de");
@@ -141,11 +123,7 @@ fn base64_forms_are_masked_padded_and_unpadded() {
     let secret = "pa>>ss?";
     let masker = Masker::new([secret]);
     for form in ["cGE+PnNzPw==", "cGE+PnNzPw", "cGE-PnNzPw==", "cGE-PnNzPw"] {
-        assert_eq!(
-            masker.mask(&format!("auth {form} end")),
-            "auth **** end",
-            "{form}"
-        );
+        assert_eq!(masker.mask(&format!("auth {form} end")), "auth **** end", "{form}");
     }
     // The padded form is the longer match: no `==` left behind.
     assert_eq!(STANDARD.encode(secret), "cGE+PnNzPw==");
@@ -162,10 +140,7 @@ fn json_escaped_form_is_masked() {
 #[test]
 fn percent_encoded_form_is_masked() {
     let masker = Masker::new(["p@ss w/rd~é"]);
-    assert_eq!(
-        masker.mask("https://u:p%40ss%20w%2Frd~%C3%A9@host/"),
-        "https://u:****@host/"
-    );
+    assert_eq!(masker.mask("https://u:p%40ss%20w%2Frd~%C3%A9@host/"), "https://u:****@host/");
 }
 
 #[test]
@@ -175,11 +150,7 @@ fn non_utf8_bytes_around_secrets_pass_through() {
     let expected: &[u8] = b"\xff\xfe ****\xc3 \x80****";
     assert_eq!(masker.mask_bytes(input).as_ref(), expected);
     for i in 0..=input.len() {
-        assert_eq!(
-            stream_chunks(&masker, &[&input[..i], &input[i..]]),
-            expected,
-            "split at {i}"
-        );
+        assert_eq!(stream_chunks(&masker, &[&input[..i], &input[i..]]), expected, "split at {i}");
     }
 }
 
@@ -190,24 +161,15 @@ fn bytes_that_cannot_start_a_secret_are_released_at_once() {
     let mut out = Vec::new();
 
     stream.push(b"plain output\n", &mut out);
-    assert_eq!(
-        (out.as_slice(), stream.pending()),
-        (&b"plain output\n"[..], 0)
-    );
+    assert_eq!((out.as_slice(), stream.pending()), (&b"plain output\n"[..], 0));
 
     // "hun" may be the start of the secret: held back, everything before it released.
     stream.push(b"say hun", &mut out);
-    assert_eq!(
-        (out.as_slice(), stream.pending()),
-        (&b"plain output\nsay "[..], 3)
-    );
+    assert_eq!((out.as_slice(), stream.pending()), (&b"plain output\nsay "[..], 3));
 
     // "hunt" then "x" cannot be a secret any more: all of it goes out.
     stream.push(b"tx", &mut out);
-    assert_eq!(
-        (out.as_slice(), stream.pending()),
-        (&b"plain output\nsay huntx"[..], 0)
-    );
+    assert_eq!((out.as_slice(), stream.pending()), (&b"plain output\nsay huntx"[..], 0));
 
     // A whole secret at the end of a push is masked at once, not held.
     out.clear();
@@ -237,10 +199,7 @@ fn idle_flush_releases_the_carry_and_still_masks_the_rest_of_a_split_secret() {
     stream.push(b"Password: hunt", &mut out);
     assert_eq!(stream.pending(), 4);
     stream.flush(&mut out);
-    assert_eq!(
-        (out.as_slice(), stream.pending()),
-        (&b"Password: hunt"[..], 0)
-    );
+    assert_eq!((out.as_slice(), stream.pending()), (&b"Password: hunt"[..], 0));
     stream.push(b"er22 ok\n", &mut out);
     assert_eq!(out, b"Password: hunt**** ok\n");
 }
@@ -273,60 +232,29 @@ fn idle_flush_does_not_mask_text_that_merely_resembles_a_secret() {
 
 #[test]
 fn empty_masker_copies_and_holds_nothing() {
-    for masker in [
-        Masker::new(Vec::<String>::new()),
-        Masker::new([""]),
-        Masker::default(),
-    ] {
+    for masker in [Masker::new(Vec::<String>::new()), Masker::new([""]), Masker::default()] {
         assert!(masker.is_empty());
         let mut stream = masker.stream();
         let mut out = Vec::new();
         stream.push(b"any\xffthing", &mut out);
-        assert_eq!(
-            (out.as_slice(), stream.pending()),
-            (&b"any\xffthing"[..], 0)
-        );
+        assert_eq!((out.as_slice(), stream.pending()), (&b"any\xffthing"[..], 0));
     }
 }
 
 #[test]
 fn short_secrets_are_reported_by_name_and_not_masked() {
-    let (masker, short) = Masker::from_named([
-        ("PIN", "123"),
-        ("DB_PASSWORD", "hunter22"),
-        ("UNSET_TOKEN", ""),
-    ]);
-    assert_eq!(
-        short,
-        vec![ShortSecret {
-            name: "PIN".into(),
-            len: 3,
-            min_len: MIN_SECRET_LEN
-        }]
-    );
+    let (masker, short) = Masker::from_named([("PIN", "123"), ("DB_PASSWORD", "hunter22"), ("UNSET_TOKEN", "")]);
+    assert_eq!(short, vec![ShortSecret { name: "PIN".into(), len: 3, min_len: MIN_SECRET_LEN }]);
     assert_eq!(masker.secret_count(), 1);
     assert_eq!(masker.mask("123 hunter22"), "123 ****");
     let warning = short[0].to_string();
-    assert!(
-        warning.contains("PIN") && !warning.contains("123"),
-        "{warning}"
-    );
+    assert!(warning.contains("PIN") && !warning.contains("123"), "{warning}");
 }
 
 #[test]
 fn builder_changes_the_minimum_length() {
-    let (masker, short) = Masker::builder()
-        .min_secret_len(2)
-        .build_named([("PIN", "123"), ("X", "9")])
-        .expect("builds");
-    assert_eq!(
-        short,
-        vec![ShortSecret {
-            name: "X".into(),
-            len: 1,
-            min_len: 2
-        }]
-    );
+    let (masker, short) = Masker::builder().min_secret_len(2).build_named([("PIN", "123"), ("X", "9")]).expect("builds");
+    assert_eq!(short, vec![ShortSecret { name: "X".into(), len: 1, min_len: 2 }]);
     assert_eq!(masker.mask("pin 123 x 9"), "pin **** x 9");
 }
 
@@ -336,10 +264,7 @@ fn debug_output_shows_no_secret() {
     let mut stream = masker.stream();
     stream.push(b"hunter2", &mut Vec::new());
     let debug = format!("{masker:?} {stream:?}");
-    assert!(
-        !debug.contains("hunter2") && !debug.contains(&STANDARD.encode("hunter22")),
-        "{debug}"
-    );
+    assert!(!debug.contains("hunter2") && !debug.contains(&STANDARD.encode("hunter22")), "{debug}");
 }
 
 #[test]
@@ -354,28 +279,10 @@ fn masker_is_shareable_across_threads() {
 fn default_secret_names() {
     let names = SecretNames::default();
     assert_eq!(names, SecretNames::parse(DEFAULT_SECRET_PATTERNS));
-    for name in [
-        "DB_PASSWORD",
-        "db_password",
-        "Api_Key",
-        "GITHUB_TOKEN",
-        "AWS_SECRET",
-        "PASSWORD",
-        "token",
-        "Secret",
-        "_KEY",
-    ] {
+    for name in ["DB_PASSWORD", "db_password", "Api_Key", "GITHUB_TOKEN", "AWS_SECRET", "PASSWORD", "token", "Secret", "_KEY"] {
         assert!(names.is_secret(name), "{name}");
     }
-    for name in [
-        "MONKEY",
-        "PASSWORD_FILE",
-        "KEYS",
-        "TOKENIZER",
-        "MY_SECRETS",
-        "HOME",
-        "",
-    ] {
+    for name in ["MONKEY", "PASSWORD_FILE", "KEYS", "TOKENIZER", "MY_SECRETS", "HOME", ""] {
         assert!(!names.is_secret(name), "{name}");
     }
 }
@@ -383,17 +290,8 @@ fn default_secret_names() {
 #[test]
 fn secret_names_parse_a_comma_separated_list() {
     let names = SecretNames::parse(" API_* , *_CRED,, *aws*key* ");
-    assert_eq!(
-        names.patterns().collect::<Vec<_>>(),
-        ["API_*", "*_CRED", "*aws*key*"]
-    );
-    for name in [
-        "api_url",
-        "API_",
-        "x_cred",
-        "MY_AWS_ACCESS_KEY_ID",
-        "awskey",
-    ] {
+    assert_eq!(names.patterns().collect::<Vec<_>>(), ["API_*", "*_CRED", "*aws*key*"]);
+    for name in ["api_url", "API_", "x_cred", "MY_AWS_ACCESS_KEY_ID", "awskey"] {
         assert!(names.is_secret(name), "{name}");
     }
     for name in ["DB_PASSWORD", "XAPI_URL", "CRED", "AWS_REGION", "KEY_AWS"] {
@@ -427,22 +325,14 @@ fn piece(secrets: Vec<String>) -> impl Strategy<Value = Vec<u8>> {
     let n = secrets.len();
     prop_oneof![
         (0..n, 0..5usize).prop_map(move |(i, f)| forms(&secrets[i])[f].clone()),
-        proptest::collection::vec(
-            prop_oneof![Just(b'a'), Just(b'b'), Just(b'c'), any::<u8>()],
-            0..6
-        ),
+        proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'c'), any::<u8>()], 0..6),
     ]
 }
 
 fn case() -> impl Strategy<Value = (Vec<String>, Vec<u8>, Vec<usize>)> {
     proptest::collection::vec(secret(), 1..4).prop_flat_map(|secrets| {
-        let input =
-            proptest::collection::vec(piece(secrets.clone()), 0..12).prop_map(|p| p.concat());
-        (
-            Just(secrets),
-            input,
-            proptest::collection::vec(0..40usize, 0..8),
-        )
+        let input = proptest::collection::vec(piece(secrets.clone()), 0..12).prop_map(|p| p.concat());
+        (Just(secrets), input, proptest::collection::vec(0..40usize, 0..8))
     })
 }
 

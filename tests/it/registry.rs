@@ -75,7 +75,10 @@ impl Drop for RegistryServer {
 /// scripts/test found or installed them) and builds the base image.
 fn ready() {
     common::required("a Docker engine", engine_runs());
-    common::required("Debian's docker-registry", if Path::new(REGISTRY_BIN).exists() { Ok(()) } else { Err(format!("{REGISTRY_BIN} is not installed (apt-get install docker-registry)")) });
+    common::required(
+        "Debian's docker-registry",
+        if Path::new(REGISTRY_BIN).exists() { Ok(()) } else { Err(format!("{REGISTRY_BIN} is not installed (apt-get install docker-registry)")) },
+    );
     crate::docker_base::build_base_image(env!("CARGO_BIN_EXE_opschain-runner"));
 }
 
@@ -92,7 +95,11 @@ fn fixed_repo(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(repo.join(".opschain")).unwrap();
     // A unique file keeps this run's commit, and so its image, apart from other runs'.
     std::fs::write(repo.join("RUN_ID"), format!("{}-{:?}", std::process::id(), Instant::now())).unwrap();
-    std::fs::write(repo.join(".opschain/actions.toml"), "[actions.hello]\nrun = '''\necho hello from the registry image\nopschain-runner property set --environment greeted yes\n'''\n").unwrap();
+    std::fs::write(
+        repo.join(".opschain/actions.toml"),
+        "[actions.hello]\nrun = '''\necho hello from the registry image\nopschain-runner property set --environment greeted yes\n'''\n",
+    )
+    .unwrap();
     let git = |args: &[&str]| {
         let out = Command::new("git")
             .current_dir(&repo)

@@ -222,7 +222,21 @@ fn every_result_of_a_change_run_by_the_controller_matches_the_schema() {
     assert!(opschain().args(["secrets", "set", "demo", "--file", secrets.to_str().unwrap()]).output().unwrap().status.success());
     let demo = fixture("demo");
     let output = opschain()
-        .args(["change", "run", "--keep-sandboxes", "--repo", demo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", "deploy", "--secrets", "demo"])
+        .args([
+            "change",
+            "run",
+            "--keep-sandboxes",
+            "--repo",
+            demo.to_str().unwrap(),
+            "--project",
+            "demo",
+            "--environment",
+            "dev",
+            "--action",
+            "deploy",
+            "--secrets",
+            "demo",
+        ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));

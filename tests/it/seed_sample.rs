@@ -115,7 +115,17 @@ fn a_build_context_of_the_sample_gives_opschain_exec_its_env() {
     let context = dir.path().join("step_context.json");
     std::fs::write(&context, seed_sample_filled()).unwrap();
     let out = dir.path().join("out");
-    let output = runner().arg("--repo").arg(&project).arg("build-context").arg("--out").arg(&out).arg("--context").arg(&context).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap();
+    let output = runner()
+        .arg("--repo")
+        .arg(&project)
+        .arg("build-context")
+        .arg("--out")
+        .arg(&out)
+        .arg("--context")
+        .arg(&context)
+        .env_remove("OPSCHAIN_REPO_FOLDER")
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
     let env_context: Value = serde_json::from_slice(&std::fs::read(out.join("step_context_env.json")).unwrap()).unwrap();
     for level in ["project", "environment"] {

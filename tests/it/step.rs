@@ -148,10 +148,7 @@ fn action_flag_overrides_the_context_and_children_only_actions_run_nothing() {
 #[test]
 fn invalid_json_left_by_the_action_fails_the_step_but_keeps_the_other_level() {
     let repo = tempfile::tempdir().unwrap();
-    write_actions(
-        repo.path(),
-        "[actions.a]\nrun = 'opschain-runner property set --environment x 1 && echo \"{broken\" > \"$OPSCHAIN_PROJECT_PROPERTIES\"'\n",
-    );
+    write_actions(repo.path(), "[actions.a]\nrun = 'opschain-runner property set --environment x 1 && echo \"{broken\" > \"$OPSCHAIN_PROJECT_PROPERTIES\"'\n");
     write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}, "project": {"properties": {"keep": 1}}}));
     let output = run_step(repo.path(), &[]);
     assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
@@ -215,7 +212,9 @@ fn validate_prints_the_plan_and_writes_nothing() {
     let output = runner().arg("--repo").arg(repo.path()).arg("validate").output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
     let text = stdout(&output);
-    for expected in ["action: deploy", "prerequisites: configure", "children (parallel): release:web, release:worker", "0600", ".ssh/deploy_key", "env: APP_NAME", "secrets: API_TOKEN"] {
+    for expected in
+        ["action: deploy", "prerequisites: configure", "children (parallel): release:web, release:worker", "0600", ".ssh/deploy_key", "env: APP_NAME", "secrets: API_TOKEN"]
+    {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
     assert!(!text.contains("s3cr3t"), "a secret value was printed");
@@ -264,12 +263,7 @@ fn property_helper_edits_and_reports_errors() {
 #[test]
 fn json_logs_on_request() {
     let repo = fixture_copy("hello");
-    let output = runner()
-        .arg("--repo")
-        .arg(repo.path())
-        .args(["--log-format", "json", "step", "--action", "release:web"])
-        .output()
-        .unwrap();
+    let output = runner().arg("--repo").arg(repo.path()).args(["--log-format", "json", "step", "--action", "release:web"]).output().unwrap();
     assert_eq!(output.status.code(), Some(0));
     let phases: Vec<Value> = stderr_lines(&output).iter().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect();
     let finished: Vec<&str> = phases.iter().filter(|v| v["message"] == "phase finished").filter_map(|v| v["phase"].as_str()).collect();
@@ -401,10 +395,8 @@ fn a_stalling_reader_loses_no_line_unless_non_blocking_is_asked_for() {
     let (printed, status) = step_through_stalling_reader(repo.path(), Some("non-blocking"), stall);
     assert!(status.success(), "{status:?}");
     let kept = printed.lines().filter(|l| l.contains(" stdout| ")).count() as u64;
-    let noticed: u64 = printed
-        .lines()
-        .filter_map(|l| l.split_once(" runner| ")?.1.strip_suffix(" records dropped here: the log writer fell behind")?.parse::<u64>().ok())
-        .sum();
+    let noticed: u64 =
+        printed.lines().filter_map(|l| l.split_once(" runner| ")?.1.strip_suffix(" records dropped here: the log writer fell behind")?.parse::<u64>().ok()).sum();
     assert!(noticed > 0, "nothing dropped with a stalled reader");
     assert_eq!(kept + noticed, 1_000_000, "every line kept or counted as dropped");
 }

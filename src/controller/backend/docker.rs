@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use super::image::{ImageOutcome, ImageSettings, StepImages};
 use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
-use crate::step_image::Docker;
 use crate::controller::repo;
+use crate::step_image::Docker;
 
 /// How the Docker backend runs.
 #[derive(Debug, Clone)]
@@ -51,7 +51,14 @@ impl DockerBackend {
     /// `sandbox_root`. The agent binary is the base image's.
     pub fn new(config: DockerConfig, folder: String, sandbox_root: PathBuf) -> DockerBackend {
         let repo_tar_cache = Some(sandbox_root.join("repo-tars"));
-        let settings = ImageSettings { docker: Docker { program: config.docker }, base_image: config.base_image, folder, grace: config.grace, repo_tar_cache, registry: config.registry };
+        let settings = ImageSettings {
+            docker: Docker { program: config.docker },
+            base_image: config.base_image,
+            folder,
+            grace: config.grace,
+            repo_tar_cache,
+            registry: config.registry,
+        };
         DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
     }
 

@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{run_streamed, status_code, BackendError, LogSink, StepJob};
-use crate::step_image::{self, BuildContextSpec, Docker, SecretSource};
 use crate::controller::registry;
+use crate::step_image::{self, BuildContextSpec, Docker, SecretSource};
 
 /// How step images are built.
 #[derive(Debug, Clone)]
@@ -270,8 +270,8 @@ fn engine_inspect(socket: &Path, base: &str, tag: &str) -> std::io::Result<Optio
     let Some(base) = engine_image(socket, base)? else { return Ok(None) };
     let id = |image: &serde_json::Value| image.get("Id").and_then(serde_json::Value::as_str).map(str::to_string);
     let base_id = id(&base).ok_or_else(|| std::io::Error::other("the engine gave an image without an Id"))?;
-    let built_from =
-        engine_image(socket, tag)?.map(|image| image.pointer("/Config/Labels").and_then(|l| l.get(BASE_LABEL)).and_then(serde_json::Value::as_str).unwrap_or_default().to_string());
+    let built_from = engine_image(socket, tag)?
+        .map(|image| image.pointer("/Config/Labels").and_then(|l| l.get(BASE_LABEL)).and_then(serde_json::Value::as_str).unwrap_or_default().to_string());
     Ok(Some((base_id, built_from)))
 }
 

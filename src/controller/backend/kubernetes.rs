@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, KeyToPath, LocalObjectReference, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, EnvVar, KeyToPath, LocalObjectReference, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -164,7 +164,11 @@ pub fn job_name(change_id: i64, step_id: i64, nonce: &str) -> String {
 
 /// The labels of a step's objects.
 fn labels(job: &StepJob) -> BTreeMap<String, String> {
-    BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()), ("opschain.io/change".to_string(), job.change_id.to_string()), ("opschain.io/step".to_string(), job.step_id.to_string())])
+    BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        ("opschain.io/change".to_string(), job.change_id.to_string()),
+        ("opschain.io/step".to_string(), job.step_id.to_string()),
+    ])
 }
 
 /// The Job's `activeDeadlineSeconds`: the pod's start allowance plus, for every command the step
@@ -350,13 +354,18 @@ impl KubernetesBackend {
             .and_then(|actions| actions.plan(&step.action).ok())
             .and_then(|plan| active_deadline(&plan, self.config.grace, self.config.start_allowance));
 
-        let created = jobs.create(&PostParams::default(), &job_manifest(&self.config, step, &name, image, &nonce, deadline)).await.map_err(api_err("create the Job", &name))?;
+        let created =
+            jobs.create(&PostParams::default(), &job_manifest(&self.config, step, &name, image, &nonce, deadline)).await.map_err(api_err("create the Job", &name))?;
         let uid = created.metadata.uid.unwrap_or_default();
         let mut context = Vec::new();
         step.context.write_to(&mut context).expect("writing to memory cannot fail");
         let secret = secrets.create(&PostParams::default(), &secret_manifest(&self.config, step, &name, &uid, &context)).await;
         let resumed = match secret {
-            Ok(_) => jobs.patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"suspend": false}}))).await.map(drop).map_err(api_err("resume the Job", &name)),
+            Ok(_) => jobs
+                .patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})))
+                .await
+                .map(drop)
+                .map_err(api_err("resume the Job", &name)),
             Err(e) => Err(api_err("create the Secret", &name)(e)),
         };
         if let Err(e) = resumed {
@@ -380,7 +389,8 @@ impl KubernetesBackend {
             let mut waiting: Option<(String, String)> = None;
             let mut ready = None;
             for pod in &list.items {
-                let state = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.iter().find(|c| c.name == CONTAINER)).and_then(|c| c.state.clone());
+                let state =
+                    pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.iter().find(|c| c.name == CONTAINER)).and_then(|c| c.state.clone());
                 match state {
                     Some(s) if s.running.is_some() || s.terminated.is_some() => ready = pod.metadata.name.clone(),
                     Some(s) => {
@@ -614,7 +624,10 @@ mod tests {
         assert_eq!(v["type"], "Opaque");
         assert_eq!(v["immutable"], true);
         assert_eq!(v["metadata"]["namespace"], "steps");
-        assert_eq!(v["metadata"]["ownerReferences"], json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "opschain-c7-s42-x", "uid": "uid-123", "controller": true, "blockOwnerDeletion": true}]));
+        assert_eq!(
+            v["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "opschain-c7-s42-x", "uid": "uid-123", "controller": true, "blockOwnerDeletion": true}])
+        );
         use base64::Engine as _;
         let data = base64::engine::general_purpose::STANDARD.decode(v["data"]["step_context.json"].as_str().unwrap()).unwrap();
         assert_eq!(data, context);

@@ -582,7 +582,8 @@ pub(crate) fn stream_and_wait(
                 Some(_) => {}
             }
         }
-        let mut fds: Vec<libc::pollfd> = streams.iter().filter_map(|s| s.pipe.as_ref()).map(|p| libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        let mut fds: Vec<libc::pollfd> =
+            streams.iter().filter_map(|s| s.pipe.as_ref()).map(|p| libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         let waiting_for_exit = status.is_none() && pidfd.is_some();
         if let (true, Some(p)) = (waiting_for_exit, &pidfd) {
             fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });

@@ -65,7 +65,9 @@ impl SpawnError {
     pub fn errno(&self) -> Option<i32> {
         match self {
             SpawnError::Nul { .. } => None,
-            SpawnError::Absolute { source, .. } | SpawnError::DevNull(source) | SpawnError::Pipe(source) | SpawnError::Clone(source) | SpawnError::Child { source, .. } => source.raw_os_error(),
+            SpawnError::Absolute { source, .. } | SpawnError::DevNull(source) | SpawnError::Pipe(source) | SpawnError::Clone(source) | SpawnError::Child { source, .. } => {
+                source.raw_os_error()
+            }
         }
     }
 }
@@ -76,7 +78,9 @@ impl From<SpawnError> for io::Error {
     fn from(e: SpawnError) -> io::Error {
         let kind = match &e {
             SpawnError::Nul { .. } => io::ErrorKind::InvalidInput,
-            SpawnError::Absolute { source, .. } | SpawnError::DevNull(source) | SpawnError::Pipe(source) | SpawnError::Clone(source) | SpawnError::Child { source, .. } => source.kind(),
+            SpawnError::Absolute { source, .. } | SpawnError::DevNull(source) | SpawnError::Pipe(source) | SpawnError::Clone(source) | SpawnError::Child { source, .. } => {
+                source.kind()
+            }
         };
         io::Error::new(kind, e)
     }
@@ -385,12 +389,7 @@ mod tests {
 
     #[test]
     fn dropping_a_running_child_kills_its_session_and_reaps_it() {
-        let spec = Spawn {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "sleep 300 & echo $!; exec sleep 300".into()],
-            env: Vec::new(),
-            cwd: std::env::temp_dir(),
-        };
+        let spec = Spawn { program: "/bin/sh".into(), args: vec!["-c".into(), "sleep 300 & echo $!; exec sleep 300".into()], env: Vec::new(), cwd: std::env::temp_dir() };
         let mut child = spawn(&spec).unwrap();
         let mut line = String::new();
         BufReader::new(std::fs::File::from(child.stdout.take().unwrap())).read_line(&mut line).unwrap();

@@ -13,8 +13,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use super::{status_code, stream_and_wait, BackendError, LogSink};
-use crate::step_image::Docker;
 use crate::result::StepResult;
+use crate::step_image::Docker;
 use crate::transport::Decoder;
 
 /// How a container backend passes the step context in and gets `step_result.json` back.
@@ -161,7 +161,10 @@ pub fn docker_step(
 ) -> Result<super::StepOutput, BackendError> {
     let nonce = nonce();
     let args: Vec<OsString> =
-        ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce].iter().map(OsString::from).collect();
+        ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce]
+            .iter()
+            .map(OsString::from)
+            .collect();
     let mut bytes = Vec::new();
     context.write_to(&mut bytes).expect("writing to memory cannot fail");
     let mut command = docker.command();

@@ -74,14 +74,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (char, u64, u32)> {
 /// Runs the agent's `step` on `repo` with `args`, the agent's directory first on PATH; the result
 /// it wrote, if any, must match `schemas/step_result.schema.json`.
 pub fn run_step(repo: &Path, args: &[&str]) -> Output {
-    let output = runner()
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display()))
-        .env_remove("OPSCHAIN_REPO_FOLDER")
-        .output()
-        .unwrap();
+    let output =
+        runner().arg("--repo").arg(repo).args(args).env("PATH", format!("{}:/usr/bin:/bin", bin_dir().display())).env_remove("OPSCHAIN_REPO_FOLDER").output().unwrap();
     for folder in [".opschain", ".mintpress"] {
         schema::check_result_file(&repo.join(folder).join("step_result.json"));
     }
@@ -110,7 +104,6 @@ pub fn static_agent() -> &'static Result<PathBuf, String> {
         Ok(target.join("x86_64-unknown-linux-musl/release/opschain-runner"))
     })
 }
-
 
 /// What a test that needs a tool the machine may lack (a Docker engine, cargo-fuzz) gets, or the
 /// failure that says it is missing. Such a test is `#[ignore]`d, so a plain `cargo test` reports
