@@ -407,12 +407,7 @@ fn strict_key<'a>(
     record: Option<(usize, &mut Vec<(usize, Cow<'a, str>, usize)>)>,
 ) -> Result<usize, SpliceError> {
     let b = text.as_bytes();
-    if b.get(i) != Some(&b'"') {
-        return Err(syntax(i, "a key"));
-    }
-    let end = skip_string(b, i)?;
-    let raw = &text[i + 1..end - 1];
-    let key = if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
+    let (key, end) = key_at(text, i)?;
     let noted = record.as_ref().map(|_| key.clone());
     if !keys.insert(start, key) {
         return Err(SpliceError::DuplicateKey { key: text[i + 1..end - 1].to_string(), at: i });
@@ -428,6 +423,35 @@ fn strict_key<'a>(
     Ok(value)
 }
 
+/// The key whose opening quote is at `i` in `text`, unescaped (borrowed when it has no escape),
+/// and where it ends (after its closing quote). Always inlined: it is on the strict check's path for
+/// every key, and the agent is built for size.
+#[inline(always)]
+fn key_at(text: &str, i: usize) -> Result<(Cow<'_, str>, usize), SpliceError> {
+    let b = text.as_bytes();
+    if b.get(i) != Some(&b'"') {
+        return Err(syntax(i, "a key"));
+    }
+    let end = skip_string(b, i)?;
+    let raw = &text[i + 1..end - 1];
+    let key = if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
+    Ok((key, end))
+}
+
+/// The member whose key's opening quote is at `i` in `text`: its key, the `:` and its value, each
+/// part's grammar checked.
+fn member_at(text: &str, i: usize) -> Result<Member<'_>, SpliceError> {
+    let b = text.as_bytes();
+    let (key, key_end) = key_at(text, i)?;
+    let colon = ws(b, key_end);
+    if b.get(colon) != Some(&b':') {
+        return Err(syntax(colon, "':'"));
+    }
+    let value_start = ws(b, colon + 1);
+    let value_end = skip_value(b, value_start)?;
+    Ok(Member { key, key_start: i, value: value_start..value_end })
+}
+
 /// The members of the object whose `{` is at `start`, each value's grammar checked, and no key
 /// twice.
 fn object(text: &str, start: usize) -> Result<Object<'_>, SpliceError> {
@@ -439,21 +463,9 @@ fn object(text: &str, start: usize) -> Result<Object<'_>, SpliceError> {
         return Ok(Object { members, end: i + 1 });
     }
     loop {
-        if b.get(i) != Some(&b'"') {
-            return Err(syntax(i, "a key"));
-        }
-        let key_end = skip_string(b, i)?;
-        let raw = &text[i + 1..key_end - 1];
-        let key =
-            if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&text[i..key_end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
-        let colon = ws(b, key_end);
-        if b.get(colon) != Some(&b':') {
-            return Err(syntax(colon, "':'"));
-        }
-        let value_start = ws(b, colon + 1);
-        let value_end = skip_value(b, value_start)?;
-        members.push(Member { key, key_start: i, value: value_start..value_end });
-        let next = ws(b, value_end);
+        let member = member_at(text, i)?;
+        let next = ws(b, member.value.end);
+        members.push(member);
         match b.get(next) {
             Some(b',') => i = ws(b, next + 1),
             Some(b'}') => {
@@ -686,21 +698,9 @@ pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<Pat
                     break;
                 }
             }
-            if ab.get(i) != Some(&b'"') {
-                return Err(syntax(i, "a key"));
-            }
-            let key_end = skip_string(ab, i)?;
-            let raw = &after[i + 1..key_end - 1];
-            let key =
-                if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&after[i..key_end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
-            let colon = ws(ab, key_end);
-            if ab.get(colon) != Some(&b':') {
-                return Err(syntax(colon, "':'"));
-            }
-            let value_start = ws(ab, colon + 1);
-            let value_end = skip_value(ab, value_start)?;
-            changed.push(Member { key, key_start: i, value: value_start..value_end });
-            i = value_end;
+            let member = member_at(after, i)?;
+            i = member.value.end;
+            changed.push(member);
             expect_key = false;
         } else {
             i = ws(ab, i);
