@@ -13,6 +13,7 @@
 //! left behind; and a MintPress (`.mintpress`) repository end to end.
 
 use crate::common;
+use crate::common::git;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,18 +101,6 @@ fn image_lines(shown: &str) -> (Vec<String>, Vec<String>) {
         shown.lines().filter_map(|l| l.split_once(marker)).map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default().to_string()).collect::<Vec<_>>()
     };
     (tag_after(": built image "), tag_after(": reused image "))
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// A git repository with the given files (path, content, executable) committed on `main`.

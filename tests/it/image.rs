@@ -7,6 +7,7 @@
 //! opschain-exec wrote, that the build secret is in no layer, and runs a step in the image.
 
 use crate::common;
+use crate::common::git;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -29,18 +30,6 @@ RUN --mount=type=secret,id=step_context_env,target=/opt/opschain/.opschain/step_
 "#;
 
 const SETUP_HOOK: &str = "#!/bin/sh\necho \"setup greeting=$GREETING default-secret-length=${#DEFAULT_SECRET}\" > /opt/opschain/setup.txt\n";
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
 
 /// A fixture repo: commit 1 (tag `v1`) has a custom Dockerfile, commit 2 (HEAD) replaces it with a
 /// setup hook for the default Dockerfile.
