@@ -256,9 +256,9 @@ impl<'a> Scheduler<'a> {
             return Ok(false);
         }
         let start = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
-        // The secret rule reads only `opschain.config.build_secrets`: only `opschain` is built.
-        let opschain = |text: &str| crate::properties::text::PropertiesText::parse(text).map(|p| p.subset(&["opschain"])).unwrap_or_default();
-        self.mask_secrets(&opschain(&start.project), &opschain(&start.environment))?;
+        // The secret rule reads only `opschain.config.build_secrets`: the declaring members the
+        // store found without parsing the rest of the properties.
+        self.mask_secrets(&start.project_declaring, &start.environment_declaring)?;
         let began = Instant::now();
         self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         // The context is spliced around the properties' shared text, never built as a tree.
@@ -272,6 +272,8 @@ impl<'a> Scheduler<'a> {
             }),
             project: start.project,
             environment: start.environment,
+            project_declaring: start.project_declaring,
+            environment_declaring: start.environment_declaring,
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
         };
         let mut job = StepJob {

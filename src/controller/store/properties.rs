@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::{exec_cached, json_of, q, Store, StoreError};
-use crate::properties::splice;
+use crate::properties::{declarations, splice};
 
 /// A properties version is stored whole (a snapshot) when this many patches (100) have been
 /// stored since the last snapshot: reading a version applies at most this many patches.
@@ -251,6 +251,18 @@ pub(super) fn load(conn: &Connection, level: Level, owner: i64, version: i64) ->
     Ok(Current { version, doc, patches: patches.len(), patch_bytes })
 }
 
+/// The members of `doc` that can hold declarations ([`declarations::MEMBERS`]), parsed, in
+/// document order, as [`crate::properties::text::PropertiesText::subset`] gives them: found in
+/// the document's index of its top-level members, so only these members' text is parsed.
+pub(super) fn declaring(doc: &splice::Document) -> Map<String, Value> {
+    doc.members()
+        .iter()
+        .filter(|(key, _, _)| declarations::MEMBERS.contains(&key.as_str()))
+        // The document was checked when it was made: its members' values are JSON.
+        .filter_map(|(key, _, range)| serde_json::from_str(&doc.text()[range.clone()]).ok().map(|value| (key.clone(), value)))
+        .collect()
+}
+
 /// `doc` after the stored patch `patch` (JSON text) of version `what`.
 fn apply_stored(doc: Map<String, Value>, patch: &str, what: impl Fn() -> String) -> Result<Map<String, Value>, StoreError> {
     let patch: json_patch::Patch = serde_json::from_str(patch).map_err(|source| StoreError::Json { what: format!("the patch of {}", what()), source })?;
@@ -432,6 +444,34 @@ mod tests {
         store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/c", "value": 3}]), json!([]), &[])).unwrap();
         assert_eq!(other.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2, "c": 3})));
         assert_eq!(other.properties(Level::Project, p).unwrap().version, 3);
+    }
+
+    #[test]
+    fn a_step_starts_with_the_declaring_members_of_the_properties_it_is_given() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        let project = obj(json!({
+            "servers": {"s1": {"ip": "10.0.0.1"}},
+            "env": {"A": "1"},
+            "opschain": {"config": {"build_secrets": ["set1"]}, "env": {"B": "2"}},
+            "deployed": {"opschain": "not a declaration"},
+            "files": {"~/f": {"content": "x"}},
+        }));
+        store.set_properties(Level::Project, p, &project).unwrap();
+        let start = store.start_step(root, p, e).unwrap();
+        // The members of PropertiesText::subset, in document order, nothing else.
+        let expected = crate::properties::text::PropertiesText::parse(&start.project).unwrap().subset(&declarations::MEMBERS);
+        assert_eq!(start.project_declaring, expected);
+        assert_eq!(start.project_declaring.keys().collect::<Vec<_>>(), ["env", "opschain", "files"]);
+        assert!(start.environment_declaring.is_empty());
+        // A step's diff that changes a declaration is seen by the next step to start, as is a
+        // user's edit of the environment.
+        store.finish_step(root, p, e, end(json!([{"op": "replace", "path": "/opschain/config/build_secrets/0", "value": "set2"}]), json!([]), &["next"])).unwrap();
+        store.set_properties(Level::Environment, e, &obj(json!({"opschain": {"env": {"C": "3"}}, "other": 1}))).unwrap();
+        let next = store.steps(c).unwrap()[1].id;
+        let start = store.start_step(next, p, e).unwrap();
+        assert_eq!(start.project_declaring["opschain"], json!({"config": {"build_secrets": ["set2"]}, "env": {"B": "2"}}));
+        assert_eq!(start.environment_declaring, obj(json!({"opschain": {"env": {"C": "3"}}})));
     }
 
     #[test]
