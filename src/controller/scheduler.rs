@@ -109,8 +109,9 @@ impl<'a> Scheduler<'a> {
 
     /// Runs the change's steps to the end and records the change's final status.
     pub fn run(&self) -> Result<ChangeStatus, StoreError> {
-        let project = self.store.properties(Level::Project, self.change.project_id)?.json;
-        let environment = self.store.properties(Level::Environment, self.change.environment_id)?.json;
+        // The secret rule reads only `opschain`: the rest of the properties is not parsed.
+        let project = self.store.declaring_properties(Level::Project, self.change.project_id)?;
+        let environment = self.store.declaring_properties(Level::Environment, self.change.environment_id)?;
         self.mask_secrets(&project, &environment)?;
         // The cancel watcher sleeps on `done` so that the end of the tree wakes it at once (a plain
         // sleep would hold the change's end back by up to a whole poll interval).

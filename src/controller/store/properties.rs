@@ -71,6 +71,14 @@ impl Store {
         Ok(PropertiesVersion { version: current.version, json, step_id, created_at })
     }
 
+    /// Of the latest version of a level's properties, only the members that can hold
+    /// declarations ([`declarations::MEMBERS`]), parsed: what the secret rule reads, without
+    /// parsing the rest of the document.
+    pub fn declaring_properties(&self, level: Level, owner: i64) -> Result<Map<String, Value>, StoreError> {
+        let conn = self.conn();
+        Ok(declaring(&current(&conn, &self.cache, None, level, owner)?.doc))
+    }
+
     /// Calls `each` with every version of a level's properties, oldest first: each snapshot is
     /// parsed once and the patches after it applied in turn, so listing the versions costs one
     /// tree, not one per version.
@@ -458,6 +466,7 @@ mod tests {
             "files": {"~/f": {"content": "x"}},
         }));
         store.set_properties(Level::Project, p, &project).unwrap();
+        assert_eq!(store.declaring_properties(Level::Project, p).unwrap().keys().collect::<Vec<_>>(), ["env", "opschain", "files"]);
         let start = store.start_step(root, p, e).unwrap();
         // The members of PropertiesText::subset, in document order, nothing else.
         let expected = crate::properties::text::PropertiesText::parse(&start.project).unwrap().subset(&declarations::MEMBERS);
@@ -472,6 +481,7 @@ mod tests {
         let start = store.start_step(next, p, e).unwrap();
         assert_eq!(start.project_declaring["opschain"], json!({"config": {"build_secrets": ["set2"]}, "env": {"B": "2"}}));
         assert_eq!(start.environment_declaring, obj(json!({"opschain": {"env": {"C": "3"}}})));
+        assert_eq!(store.declaring_properties(Level::Environment, e).unwrap(), start.environment_declaring);
     }
 
     #[test]
