@@ -301,39 +301,15 @@ impl StepReport {
     }
 }
 
-/// How many buffers [`read_result`] keeps for the next results (2: about as many as steps end at
-/// once on the 2-CPU machines this was measured on). A result is as large as the properties
-/// (megabytes): a fresh buffer for each costs its pages' faults and zeroing, then their unmapping
-/// (the controller's allocator hands large buffers back to the kernel: [`crate::controller::bound_allocator`]).
-pub const RESULT_BUFFERS_KEPT: usize = 2;
-
-/// The largest buffer [`read_result`] keeps (8 MiB): the buffers kept take at most
-/// [`RESULT_BUFFERS_KEPT`] times this.
-pub const RESULT_BUFFER_KEPT_MAX: usize = 8 << 20;
-
-/// The buffers kept for reading results (see [`RESULT_BUFFERS_KEPT`]).
-static RESULT_BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-
 /// Reads `step_result.json` at `path` into the output's result fields.
 pub fn read_result(path: &std::path::Path) -> (Option<StepReport>, Option<String>) {
-    use std::io::Read;
-    let mut bytes = RESULT_BUFFERS.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
-    bytes.clear();
-    let read = std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut bytes));
-    let out = match read {
-        Ok(_) => match StepReport::from_slice(&bytes) {
+    match std::fs::read(path) {
+        Ok(bytes) => match StepReport::from_slice(&bytes) {
             Ok(r) => (Some(r), None),
             Err(e) => (None, Some(format!("{}: invalid step result: {e}", path.display()))),
         },
         Err(e) => (None, Some(format!("{}: no step result: {e}", path.display()))),
-    };
-    if bytes.capacity() <= RESULT_BUFFER_KEPT_MAX {
-        let mut kept = RESULT_BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < RESULT_BUFFERS_KEPT {
-            kept.push(bytes);
-        }
     }
-    out
 }
 
 /// A new sandbox directory for one run of a step, `<root>/change-<id>/step-<id>-<pid>-<time>`
