@@ -109,8 +109,9 @@ impl<'a> Scheduler<'a> {
 
     /// Runs the change's steps to the end and records the change's final status.
     pub fn run(&self) -> Result<ChangeStatus, StoreError> {
-        let project = self.store.properties(Level::Project, self.change.project_id)?.json;
-        let environment = self.store.properties(Level::Environment, self.change.environment_id)?.json;
+        // The secret rule reads only `opschain`: the rest of the properties is not parsed.
+        let project = self.store.declaring_properties(Level::Project, self.change.project_id)?;
+        let environment = self.store.declaring_properties(Level::Environment, self.change.environment_id)?;
         self.mask_secrets(&project, &environment)?;
         // The cancel watcher sleeps on `done` so that the end of the tree wakes it at once (a plain
         // sleep would hold the change's end back by up to a whole poll interval).
@@ -256,9 +257,9 @@ impl<'a> Scheduler<'a> {
             return Ok(false);
         }
         let start = self.store.start_step(step.id, self.change.project_id, self.change.environment_id)?;
-        // The secret rule reads only `opschain.config.build_secrets`: only `opschain` is built.
-        let opschain = |text: &str| crate::properties::text::PropertiesText::parse(text).map(|p| p.subset(&["opschain"])).unwrap_or_default();
-        self.mask_secrets(&opschain(&start.project), &opschain(&start.environment))?;
+        // The secret rule reads only `opschain.config.build_secrets`: the declaring members the
+        // store found without parsing the rest of the properties.
+        self.mask_secrets(&start.project_declaring, &start.environment_declaring)?;
         let began = Instant::now();
         self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         // The context is spliced around the properties' shared text, never built as a tree.
@@ -272,6 +273,8 @@ impl<'a> Scheduler<'a> {
             }),
             project: start.project,
             environment: start.environment,
+            project_declaring: start.project_declaring,
+            environment_declaring: start.environment_declaring,
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
         };
         let mut job = StepJob {

@@ -289,12 +289,12 @@ fn job(action: &str) -> StepJob {
         repo: "/nonexistent".into(),
         git_rev: "HEAD".into(),
         commit: "0".repeat(40),
-        context: ContextDocument {
-            context: json!({"step": {"action": action}, "environment": {"code": "dev"}}),
-            project: "{}".into(),
-            environment: r#"{"opschain": {"env": {"GREETING": "from the secret"}}}"#.into(),
-            secrets: None,
-        },
+        context: ContextDocument::from_texts(
+            json!({"step": {"action": action}, "environment": {"code": "dev"}}),
+            "{}".into(),
+            r#"{"opschain": {"env": {"GREETING": "from the secret"}}}"#.into(),
+            None,
+        ),
         build_secret_sets: Vec::new(),
     }
 }

@@ -523,7 +523,7 @@ mod tests {
             repo: "/nonexistent".into(),
             git_rev: "HEAD".into(),
             commit: "0".repeat(40),
-            context: super::super::ContextDocument { context: json!({}), project: "{}".into(), environment: "{}".into(), secrets: None },
+            context: super::super::ContextDocument::from_texts(json!({}), "{}".into(), "{}".into(), None),
             build_secret_sets: Vec::new(),
         }
     }

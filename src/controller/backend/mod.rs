@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::result::StepResult;
+use crate::result::{Children, LevelDiff, RunnerFacts};
 
 /// Why a backend could not run a step (the step's own failure is a [`StepOutput`] instead).
 #[derive(Debug, thiserror::Error)]
@@ -169,11 +169,27 @@ pub struct ContextDocument {
     pub project: Arc<str>,
     /// The environment properties, a JSON object's text.
     pub environment: Arc<str>,
+    /// Of the project properties, only their members that can hold declarations
+    /// ([`crate::properties::declarations::MEMBERS`]), parsed (the store's
+    /// [`super::store::StartingProperties::project_declaring`]): what
+    /// [`ContextDocument::declaring_tree`] gives, without parsing `project`. Invariant: these
+    /// members of `project`, as [`ContextDocument::from_texts`] finds them.
+    pub project_declaring: serde_json::Map<String, Value>,
+    /// The same of the environment properties.
+    pub environment_declaring: serde_json::Map<String, Value>,
     /// The runner secrets (`secrets`), when there are any.
     pub secrets: Option<serde_json::Map<String, Value>>,
 }
 
 impl ContextDocument {
+    /// The document of these parts, the declaring members found by parsing the properties'
+    /// texts (the scheduler has them from the store instead). A properties text that is not a
+    /// JSON object has no declaring members.
+    pub fn from_texts(context: Value, project: Arc<str>, environment: Arc<str>, secrets: Option<serde_json::Map<String, Value>>) -> ContextDocument {
+        let declaring = |text: &str| crate::properties::text::PropertiesText::parse(text).map(|p| p.subset(&crate::properties::declarations::MEMBERS)).unwrap_or_default();
+        ContextDocument { project_declaring: declaring(&project), environment_declaring: declaring(&environment), context, project, environment, secrets }
+    }
+
     /// Writes the document, compact: `{"context":..,"project":{"properties":..},
     /// "environment":{"properties":..},"secrets":..}`.
     pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
@@ -213,17 +229,13 @@ impl ContextDocument {
 
     /// The document as a tree with, of each level's properties, only the declaring members
     /// (`opschain`, and the seed layout's `env` and `files`): what the image build and the build
-    /// secret rule read. The rest of the properties is never built as a tree. Properties that
-    /// are not an object's text (the store holds only objects) give an empty level.
+    /// secret rule read. The rest of the properties is never built as a tree.
     pub fn declaring_tree(&self) -> serde_json::Map<String, Value> {
-        let level = |text: &str| {
-            let kept = crate::properties::text::PropertiesText::parse(text).map(|p| p.subset(&["opschain", "env", "files"])).unwrap_or_default();
-            serde_json::json!({ "properties": kept })
-        };
+        let level = |kept: &serde_json::Map<String, Value>| serde_json::json!({ "properties": kept });
         let mut tree = serde_json::Map::new();
         tree.insert("context".into(), self.context.clone());
-        tree.insert("project".into(), level(&self.project));
-        tree.insert("environment".into(), level(&self.environment));
+        tree.insert("project".into(), level(&self.project_declaring));
+        tree.insert("environment".into(), level(&self.environment_declaring));
         if let Some(secrets) = &self.secrets {
             tree.insert("secrets".into(), Value::Object(secrets.clone()));
         }
@@ -236,8 +248,8 @@ impl ContextDocument {
 pub struct StepOutput {
     /// The agent's exit status (128+N for a signal).
     pub exit_status: i32,
-    /// The parsed step_result.json, when the agent wrote one.
-    pub result: Option<StepResult>,
+    /// What the controller reads of the step_result.json, when the agent wrote one.
+    pub result: Option<StepReport>,
     /// Why the result is missing or unreadable, when it is.
     pub result_error: Option<String>,
 }
@@ -254,10 +266,45 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// What the controller reads of a `step_result.json` ([`crate::result::StepResult`]'s shape):
+/// the diffs, the children and the agent's facts. `step.properties`, the merged properties the
+/// action used (as large as the properties: megabytes), is required and checked as JSON as a
+/// `StepResult` checks it, but skipped as it is read, never copied or built: the controller has
+/// no use for it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct StepReport {
+    /// The project level's diff.
+    pub project: LevelDiff,
+    /// The environment level's diff.
+    pub environment: LevelDiff,
+    /// `step`, skipped.
+    #[serde(rename = "step")]
+    _step: SkippedStep,
+    /// The child steps and how they run.
+    pub steps: Children,
+    /// What the agent adds; absent in results written by other runners.
+    #[serde(default)]
+    pub runner: Option<RunnerFacts>,
+}
+
+/// `step` of a result, read for its shape only: `properties` must be there and be JSON.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct SkippedStep {
+    #[serde(rename = "properties")]
+    _properties: serde::de::IgnoredAny,
+}
+
+impl StepReport {
+    /// Reads a result's bytes (see [`StepReport`]).
+    pub fn from_slice(bytes: &[u8]) -> serde_json::Result<StepReport> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 /// Reads `step_result.json` at `path` into the output's result fields.
-pub fn read_result(path: &std::path::Path) -> (Option<StepResult>, Option<String>) {
+pub fn read_result(path: &std::path::Path) -> (Option<StepReport>, Option<String>) {
     match std::fs::read(path) {
-        Ok(bytes) => match serde_json::from_slice::<StepResult>(&bytes) {
+        Ok(bytes) => match StepReport::from_slice(&bytes) {
             Ok(r) => (Some(r), None),
             Err(e) => (None, Some(format!("{}: invalid step result: {e}", path.display()))),
         },
@@ -649,7 +696,9 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
 
-    use super::{unfinished_char, LogSink, OutputPipe, LINE_LIMIT};
+    use super::{read_result, unfinished_char, LogSink, OutputPipe, StepReport, LINE_LIMIT};
+    use crate::actions::RunAs;
+    use crate::result::{Children, LevelDiff, RunnerFacts, StepProperties, StepResult};
 
     /// The lines a stream sent.
     #[derive(Default)]
@@ -710,6 +759,48 @@ mod tests {
             assert!(!lines.iter().any(|l| l.contains('\u{FFFD}')), "no character cut in two");
             assert_eq!(lines.concat(), input.replace('\n', ""), "every character, in order");
         }
+    }
+
+    #[test]
+    fn a_result_is_read_without_its_step_properties_and_checked_as_a_step_result_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step_result.json");
+        let diff: json_patch::Patch = serde_json::from_value(serde_json::json!([{"op": "add", "path": "/a", "value": 1}])).unwrap();
+        let written = StepResult {
+            project: LevelDiff { properties_diff: diff.clone() },
+            environment: LevelDiff::default(),
+            step: StepProperties { properties: r#"{"servers": {"s1": {"ip": "10.0.0.1", "tags": ["x", "y\"z"]}}, "n": [1.5e3, null, true]}"#.into() },
+            steps: Children::new(vec!["one".into(), "two".into()], RunAs::Parallel),
+            runner: Some(RunnerFacts { version: "1".into(), action: "act".into(), error: Some("bad copy".into()), ..RunnerFacts::default() }),
+        };
+        written.write(&path).unwrap();
+        // What the agent wrote, read as the controller reads it: every field it uses.
+        let (report, error) = read_result(&path);
+        let report = report.unwrap_or_else(|| panic!("{error:?}"));
+        assert_eq!(report.project.properties_diff, diff);
+        assert!(report.environment.properties_diff.0.is_empty());
+        assert_eq!(report.steps, written.steps);
+        assert_eq!(report.runner, written.runner);
+        // As a StepResult reads it: `step.properties` must be there and be JSON.
+        for (bad, why) in [
+            (
+                r#"{"project":{"properties_diff":[]},"environment":{"properties_diff":[]},"step":{"properties":{"a":[1,}},"steps":{"children":[],"child_execution_strategy":null}}"#,
+                "invalid JSON",
+            ),
+            (
+                r#"{"project":{"properties_diff":[]},"environment":{"properties_diff":[]},"step":{},"steps":{"children":[],"child_execution_strategy":null}}"#,
+                "no properties",
+            ),
+            (r#"{"project":{"properties_diff":[]},"environment":{"properties_diff":[]},"steps":{"children":[],"child_execution_strategy":null}}"#, "no step"),
+        ] {
+            assert!(serde_json::from_str::<StepResult>(bad).is_err(), "{why}: a StepResult refuses it");
+            assert!(StepReport::from_slice(bad.as_bytes()).is_err(), "{why}: refused");
+            std::fs::write(&path, bad).unwrap();
+            let (report, error) = read_result(&path);
+            assert!(report.is_none() && error.unwrap().contains("invalid step result"), "{why}");
+        }
+        let good = r#"{"project":{"properties_diff":[]},"environment":{"properties_diff":[]},"step":{"properties":{"big":[{"x":"}"}]}},"steps":{"children":[],"child_execution_strategy":null}}"#;
+        assert!(StepReport::from_slice(good.as_bytes()).unwrap().runner.is_none(), "a result without `runner` (another runner's) is read");
     }
 
     #[test]

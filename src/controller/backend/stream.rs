@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use super::{status_code, stream_and_wait, BackendError, LogSink};
-use crate::result::StepResult;
+use super::{status_code, stream_and_wait, BackendError, LogSink, StepReport};
 use crate::step_image::Docker;
 use crate::transport::Decoder;
 
@@ -75,10 +74,10 @@ impl<'a> FrameSink<'a> {
     }
 
     /// The step's result, or why there is none (as [`super::read_result`] gives them).
-    pub fn finish(self) -> (Option<StepResult>, Option<String>) {
+    pub fn finish(self) -> (Option<StepReport>, Option<String>) {
         let decoder = self.decoder.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         match decoder.finish() {
-            Ok(bytes) => match serde_json::from_slice::<StepResult>(&bytes) {
+            Ok(bytes) => match StepReport::from_slice(&bytes) {
                 Ok(result) => (Some(result), None),
                 Err(e) => (None, Some(format!("the step's result frame: invalid step result: {e}"))),
             },
@@ -102,7 +101,7 @@ pub struct Streamed {
     /// The exit status of the command (the container's, for `docker run`).
     pub exit_status: i32,
     /// The result, when a whole frame came.
-    pub result: Option<StepResult>,
+    pub result: Option<StepReport>,
     /// Why the result is missing, when it is.
     pub result_error: Option<String>,
 }

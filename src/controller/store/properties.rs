@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::{exec_cached, json_of, q, Store, StoreError};
-use crate::properties::splice;
+use crate::properties::{declarations, splice};
 
 /// A properties version is stored whole (a snapshot) when this many patches (100) have been
 /// stored since the last snapshot: reading a version applies at most this many patches.
@@ -69,6 +69,14 @@ impl Store {
             .map_err(q("read properties"))?;
         let json = json_of(current.doc.text(), || format!("{} properties v{}", level.as_str(), current.version))?;
         Ok(PropertiesVersion { version: current.version, json, step_id, created_at })
+    }
+
+    /// Of the latest version of a level's properties, only the members that can hold
+    /// declarations ([`declarations::MEMBERS`]), parsed: what the secret rule reads, without
+    /// parsing the rest of the document.
+    pub fn declaring_properties(&self, level: Level, owner: i64) -> Result<Map<String, Value>, StoreError> {
+        let conn = self.conn();
+        Ok(declaring(&current(&conn, &self.cache, None, level, owner)?.doc))
     }
 
     /// Calls `each` with every version of a level's properties, oldest first: each snapshot is
@@ -225,7 +233,10 @@ fn stage(cache: &PropertiesCache, staged: &mut Vec<Staged>, key: (Level, i64), c
 }
 
 /// Reads version `version` of a level's properties from the database: the last snapshot at or
-/// before it, and the patches after that applied to its tree in turn.
+/// before it, and the patches after that applied in turn: spliced into its text
+/// ([`splice::Document::patch`], as a step's diff is applied) while they can be, so that a
+/// megabyte document is not parsed into a tree, patched and written out again each time a
+/// controller first uses it; from the first patch that cannot be spliced on, applied to its tree.
 pub(super) fn load(conn: &Connection, level: Level, owner: i64, version: i64) -> Result<Current, StoreError> {
     let what = || format!("{} properties v{version}", level.as_str());
     let (base, json): (i64, String) = conn
@@ -238,17 +249,36 @@ pub(super) fn load(conn: &Connection, level: Level, owner: i64, version: i64) ->
         .and_then(|mut stmt| stmt.query_map(params![level, owner, base, version], |r| r.get(0))?.collect())
         .map_err(q("read properties patches"))?;
     let patch_bytes = patches.iter().map(String::len).sum();
-    let text = if patches.is_empty() {
-        json
-    } else {
-        let mut doc = json_of(&json, what)?;
-        for patch in &patches {
-            doc = apply_stored(doc, patch, what)?;
+    let parse = |text: &str| splice::Document::parse(text).map_err(|source| StoreError::StoredDocument { what: what(), source });
+    let mut doc = parse(&json)?;
+    drop(json);
+    for (i, patch) in patches.iter().enumerate() {
+        let parsed: json_patch::Patch = serde_json::from_str(patch).map_err(|source| StoreError::Json { what: format!("the patch of {}", what()), source })?;
+        match doc.patch(&parsed) {
+            Some(patched) => doc = patched,
+            None => {
+                let mut tree = json_of(doc.text(), what)?;
+                for patch in &patches[i..] {
+                    tree = apply_stored(tree, patch, what)?;
+                }
+                doc = parse(&Value::Object(tree).to_string())?;
+                break;
+            }
         }
-        Value::Object(doc).to_string()
-    };
-    let doc = splice::Document::parse(&text).map_err(|source| StoreError::StoredDocument { what: what(), source })?;
+    }
     Ok(Current { version, doc, patches: patches.len(), patch_bytes })
+}
+
+/// The members of `doc` that can hold declarations ([`declarations::MEMBERS`]), parsed, in
+/// document order, as [`crate::properties::text::PropertiesText::subset`] gives them: found in
+/// the document's index of its top-level members, so only these members' text is parsed.
+pub(super) fn declaring(doc: &splice::Document) -> Map<String, Value> {
+    doc.members()
+        .iter()
+        .filter(|(key, _, _)| declarations::MEMBERS.contains(&key.as_str()))
+        // The document was checked when it was made: its members' values are JSON.
+        .filter_map(|(key, _, range)| serde_json::from_str(&doc.text()[range.clone()]).ok().map(|value| (key.clone(), value)))
+        .collect()
 }
 
 /// `doc` after the stored patch `patch` (JSON text) of version `what`.
@@ -413,9 +443,49 @@ mod tests {
         assert!(snapshots <= 5, "{snapshots} snapshots");
         assert!(snapshot_bytes < 5 * document, "{snapshot_bytes} bytes of snapshots for a {document}-byte document");
         assert!(patch_bytes < 250 * 120, "{patch_bytes} bytes of patches");
-        // A store opened afresh (nothing cached) reads the same.
+        // A store opened afresh (nothing cached) reads the same, to the byte: the stored patches
+        // since the last snapshot (array edits among them, which are not spliced) are applied
+        // as the steps' diffs were.
         let again = Store::open(_dir.path()).unwrap();
         assert_eq!(&again.properties(Level::Project, p).unwrap().json, expected.last().unwrap());
+        for v in [199, 200, 251] {
+            let loaded = load(&again.conn(), Level::Project, p, v).unwrap();
+            assert_eq!(json_of(loaded.doc.text(), String::new).unwrap(), expected[v as usize], "version {v}");
+        }
+    }
+
+    #[test]
+    fn a_version_read_afresh_is_the_text_the_steps_left() {
+        let (dir, store, p, e, c) = setup();
+        let members: Map<String, Value> = (0..50).map(|i| (format!("m{i:02}"), json!({"v": i, "list": [i, "x"]}))).collect();
+        store.set_properties(Level::Project, p, &obj(json!({"deployed": members, "other": {"a": 1}}))).unwrap();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &names)).unwrap();
+        // Object members added, replaced and removed (not the last one: a tree would move the
+        // last member into its place), at the top and below.
+        let diffs = [
+            json!([{"op": "remove", "path": "/deployed/m03"}]),
+            json!([{"op": "add", "path": "/deployed/new1", "value": {"n": 1}}]),
+            json!([{"op": "replace", "path": "/deployed/m10/v", "value": "ten"}]),
+            json!([{"op": "remove", "path": "/deployed/m20"}, {"op": "add", "path": "/top", "value": [1, 2]}]),
+            json!([{"op": "remove", "path": "/other"}]),
+            json!([{"op": "add", "path": "/deployed/m05/extra", "value": null}]),
+        ];
+        for (step, diff) in store.steps(c).unwrap().iter().skip(1).zip(diffs) {
+            store.start_step(step.id, p, e).unwrap();
+            assert_eq!(store.finish_step(step.id, p, e, end(diff, json!([]), &[])).unwrap().0, StepStatus::Success);
+        }
+        let running = current(&store.conn(), &store.cache, None, Level::Project, p).unwrap();
+        assert_eq!(running.patches, 6, "the versions are stored as patches since the user's snapshot");
+        // Another process reads the same text, member order included, as `properties show` there
+        // prints it.
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(load(&again.conn(), Level::Project, p, running.version).unwrap().doc.text(), running.doc.text());
+        let order: Vec<String> = again.properties(Level::Project, p).unwrap().json["deployed"].as_object().unwrap().keys().take(5).cloned().collect();
+        assert_eq!(order, ["m00", "m01", "m02", "m04", "m05"]);
     }
 
     #[test]
@@ -432,6 +502,36 @@ mod tests {
         store.finish_step(root, p, e, end(json!([{"op": "add", "path": "/c", "value": 3}]), json!([]), &[])).unwrap();
         assert_eq!(other.properties(Level::Project, p).unwrap().json, obj(json!({"a": 1, "b": 2, "c": 3})));
         assert_eq!(other.properties(Level::Project, p).unwrap().version, 3);
+    }
+
+    #[test]
+    fn a_step_starts_with_the_declaring_members_of_the_properties_it_is_given() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        let project = obj(json!({
+            "servers": {"s1": {"ip": "10.0.0.1"}},
+            "env": {"A": "1"},
+            "opschain": {"config": {"build_secrets": ["set1"]}, "env": {"B": "2"}},
+            "deployed": {"opschain": "not a declaration"},
+            "files": {"~/f": {"content": "x"}},
+        }));
+        store.set_properties(Level::Project, p, &project).unwrap();
+        assert_eq!(store.declaring_properties(Level::Project, p).unwrap().keys().collect::<Vec<_>>(), ["env", "opschain", "files"]);
+        let start = store.start_step(root, p, e).unwrap();
+        // The members of PropertiesText::subset, in document order, nothing else.
+        let expected = crate::properties::text::PropertiesText::parse(&start.project).unwrap().subset(&declarations::MEMBERS);
+        assert_eq!(start.project_declaring, expected);
+        assert_eq!(start.project_declaring.keys().collect::<Vec<_>>(), ["env", "opschain", "files"]);
+        assert!(start.environment_declaring.is_empty());
+        // A step's diff that changes a declaration is seen by the next step to start, as is a
+        // user's edit of the environment.
+        store.finish_step(root, p, e, end(json!([{"op": "replace", "path": "/opschain/config/build_secrets/0", "value": "set2"}]), json!([]), &["next"])).unwrap();
+        store.set_properties(Level::Environment, e, &obj(json!({"opschain": {"env": {"C": "3"}}, "other": 1}))).unwrap();
+        let next = store.steps(c).unwrap()[1].id;
+        let start = store.start_step(next, p, e).unwrap();
+        assert_eq!(start.project_declaring["opschain"], json!({"config": {"build_secrets": ["set2"]}, "env": {"B": "2"}}));
+        assert_eq!(start.environment_declaring, obj(json!({"opschain": {"env": {"C": "3"}}})));
+        assert_eq!(store.declaring_properties(Level::Environment, e).unwrap(), start.environment_declaring);
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
-use serde_json::Map;
+use serde_json::{Map, Value};
 
-use super::properties::{apply, current, insert_version, load, Level};
+use super::properties::{apply, current, declaring, insert_version, load, Level};
 use super::{exec_cached, json_of, q, Store, StoreError};
 use crate::controller::patch::{self, Conflict};
 use crate::controller::status::StepStatus;
@@ -46,6 +46,13 @@ pub struct StartingProperties {
     pub project: Arc<str>,
     /// The environment's current properties (a JSON object's text).
     pub environment: Arc<str>,
+    /// Of the project's properties, only the members that can hold declarations
+    /// ([`crate::properties::declarations::MEMBERS`]), parsed: what the build-secret rule and
+    /// the image build read. Found from the store's index of the document's members, so the rest
+    /// of the document (which may be megabytes) is never parsed for them.
+    pub project_declaring: Map<String, Value>,
+    /// The same of the environment's properties.
+    pub environment_declaring: Map<String, Value>,
 }
 
 /// What a step's end records, in one transaction.
@@ -124,7 +131,12 @@ impl Store {
                 params![step_id, project.version, environment.version, StepStatus::Running],
             )
             .map_err(q("start step"))?;
-            Ok(StartingProperties { project: Arc::clone(project.doc.text()), environment: Arc::clone(environment.doc.text()) })
+            Ok(StartingProperties {
+                project: Arc::clone(project.doc.text()),
+                environment: Arc::clone(environment.doc.text()),
+                project_declaring: declaring(&project.doc),
+                environment_declaring: declaring(&environment.doc),
+            })
         })
     }
 
