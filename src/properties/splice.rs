@@ -134,10 +134,18 @@ fn special_mask(w: u64) -> u64 {
 }
 
 /// Skips the string whose opening quote is at `i`; returns the offset past its closing quote.
-/// Runs of 8 plain bytes are skipped a word at a time, and the word that holds a special byte
-/// (the closing quote, mostly) goes straight to it.
 #[inline(always)]
-fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
+fn skip_string(b: &[u8], i: usize) -> Result<usize, SpliceError> {
+    string_end(b, i).map(|(end, _)| end)
+}
+
+/// Skips the string whose opening quote is at `i`; returns the offset past its closing quote and
+/// whether the string holds an escape (so that a key without one is borrowed as it is, without a
+/// second pass over it). Runs of 8 plain bytes are skipped a word at a time, and the word that
+/// holds a special byte (the closing quote, mostly) goes straight to it.
+#[inline(always)]
+fn string_end(b: &[u8], mut i: usize) -> Result<(usize, bool), SpliceError> {
+    let mut escaped = false;
     i += 1;
     loop {
         while let Some(chunk) = b.get(i..i + 8) {
@@ -149,8 +157,9 @@ fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
             i += 8;
         }
         match b.get(i) {
-            Some(b'"') => return Ok(i + 1),
+            Some(b'"') => return Ok((i + 1, escaped)),
             Some(b'\\') => {
+                escaped = true;
                 match b.get(i + 1) {
                     Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
                     Some(b'u') => {
@@ -172,7 +181,15 @@ fn skip_string(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
 
 /// Skips the number at `i`; returns the offset past it.
 #[inline(always)]
-fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
+fn skip_number(b: &[u8], i: usize) -> Result<usize, SpliceError> {
+    number_end(b, i).map(|(end, _)| end)
+}
+
+/// Skips the number at `i`; returns the offset past it and whether it is an integer (no fraction
+/// and no exponent), so that the strict check knows without a second pass over it.
+#[inline(always)]
+fn number_end(b: &[u8], mut i: usize) -> Result<(usize, bool), SpliceError> {
+    let mut integer = true;
     let digits = |b: &[u8], mut i: usize| {
         let start = i;
         while b.get(i).is_some_and(u8::is_ascii_digit) {
@@ -189,6 +206,7 @@ fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
         _ => return Err(syntax(i, "a digit")),
     }
     if b.get(i) == Some(&b'.') {
+        integer = false;
         let (end, any) = digits(b, i + 1);
         if !any {
             return Err(syntax(end, "a digit after the decimal point"));
@@ -196,6 +214,7 @@ fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
         i = end;
     }
     if let Some(b'e' | b'E') = b.get(i) {
+        integer = false;
         i += 1;
         if let Some(b'+' | b'-') = b.get(i) {
             i += 1;
@@ -206,7 +225,7 @@ fn skip_number(b: &[u8], mut i: usize) -> Result<usize, SpliceError> {
         }
         i = end;
     }
-    Ok(i)
+    Ok((i, integer))
 }
 
 /// Skips `word` (`true`, `false`, `null`) at `i`.
@@ -352,11 +371,10 @@ fn check(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
             Some(b'f') => literal(b, i, b"false")?,
             Some(b'n') => literal(b, i, b"null")?,
             Some(b'-' | b'0'..=b'9') => {
-                let end = skip_number(b, i)?;
-                let number = &text[i..end];
+                let (end, integer) = number_end(b, i)?;
                 // Up to 15 digits without a fraction or exponent is an integer that fits; the rest
                 // is read as serde_json reads it, and refused when it is not finite.
-                if (number.len() > 15 || number.contains(['.', 'e', 'E'])) && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                if (end - i > 15 || !integer) && !text[i..end].parse::<f64>().is_ok_and(f64::is_finite) {
                     return Err(syntax(i, "a number in range"));
                 }
                 end
@@ -432,9 +450,9 @@ fn key_at(text: &str, i: usize) -> Result<(Cow<'_, str>, usize), SpliceError> {
     if b.get(i) != Some(&b'"') {
         return Err(syntax(i, "a key"));
     }
-    let end = skip_string(b, i)?;
+    let (end, escaped) = string_end(b, i)?;
     let raw = &text[i + 1..end - 1];
-    let key = if raw.contains('\\') { Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
+    let key = if escaped { Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
     Ok((key, end))
 }
 

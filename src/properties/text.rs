@@ -292,7 +292,7 @@ pub(super) struct Keys<'de> {
     stack: Vec<Cow<'de, str>>,
     /// The hash sets of the open objects that outgrew the stack, each with the stack height at
     /// which its object's keys begin; innermost last.
-    sets: Vec<(usize, HashSet<Cow<'de, str>>)>,
+    sets: Vec<(usize, HashSet<Cow<'de, str>, foldhash::fast::RandomState>)>,
 }
 
 impl<'de> Keys<'de> {
@@ -318,7 +318,8 @@ impl<'de> Keys<'de> {
         if self.stack.len() - start >= Keys::LINEAR {
             // The keys stay on the stack too, so that an object opened inside this one begins
             // above them, at a height no open object shares.
-            let set = self.stack[start..].iter().cloned().collect();
+            let mut set = HashSet::with_capacity_and_hasher(4 * Keys::LINEAR, foldhash::fast::RandomState::default());
+            set.extend(self.stack[start..].iter().cloned());
             self.sets.push((start, set));
         }
         true
