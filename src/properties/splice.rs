@@ -485,8 +485,9 @@ fn check(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
     let mut pending: Vec<(usize, Cow<'_, str>, usize)> = Vec::new();
     let b = text.as_bytes();
     let mut keys = Keys::default();
-    // The open containers: each closer, and for an object where its keys begin on `keys`.
-    let mut open: Vec<(u8, usize)> = Vec::new();
+    // The open containers: each closer, for an object where its keys begin on `keys`, and where
+    // it opened.
+    let mut open: Vec<(u8, usize, usize)> = Vec::new();
     let mut i = ws(b, 0);
     loop {
         // A value starts at `i`.
@@ -495,12 +496,13 @@ fn check(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
         }
         i = match b.get(i) {
             Some(b'{') => {
+                let brace = i;
                 i = ws(b, i + 1);
                 if b.get(i) == Some(&b'}') {
                     i + 1
                 } else {
                     let start = keys.open();
-                    open.push((b'}', start));
+                    open.push((b'}', start, brace));
                     i = strict_key(text, i, &mut keys, start, (open.len() <= depth).then_some((open.len(), &mut pending)))?;
                     continue;
                 }
@@ -510,7 +512,7 @@ fn check(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
                 if b.get(i) == Some(&b']') {
                     i + 1
                 } else {
-                    open.push((b']', 0));
+                    open.push((b']', 0, i));
                     continue;
                 }
             }
@@ -535,7 +537,7 @@ fn check(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
                 let (d, key, value) = pending.pop().expect("checked");
                 found.push((d, key, value..i));
             }
-            let Some(&(closer, start)) = open.last() else {
+            let Some(&(closer, start, opened)) = open.last() else {
                 let end = ws(b, i);
                 return if end == b.len() { Ok(found) } else { Err(syntax(end, "the end of the value")) };
             };
@@ -550,7 +552,8 @@ fn check(text: &str, depth: usize) -> Result<Vec<Found<'_>>, SpliceError> {
                 }
                 Some(&c) if c == closer => {
                     if closer == b'}' {
-                        keys.close(start);
+                        // An object's first keys were checked as they came; a large one's are now.
+                        keys.close(start).map_err(|key| SpliceError::DuplicateKey { key, at: opened })?;
                     }
                     open.pop();
                     i += 1;
@@ -1332,6 +1335,37 @@ mod tests {
         ] {
             assert!(diff_known(before, &spans, &bad, &mut Vec::new()).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn the_strict_check_finds_a_duplicate_key_in_an_object_of_any_size() {
+        // Up to 16 keys an object's keys are checked as they come; past that, all at once when it
+        // closes: either way a duplicate anywhere is refused, naming the key and where its object
+        // opened, and objects nested in a large one (before and after it grew past 16) keep their
+        // own keys.
+        for size in [2, 15, 16, 17, 40, 5000] {
+            let members: Vec<String> = (0..size).map(|n| format!("\"k{n}\": {{\"k{n}\": [{{\"k0\": 1, \"k1\": 2}}]}}")).collect();
+            let doc = format!("{{\"o\": {{{}}}}}", members.join(", "));
+            assert_eq!(check_strict(&doc), Ok(()), "{size}");
+            for (first, second) in [(0, size - 1), (size / 2, size - 1), (0, 1), (size - 2, size - 1)] {
+                if first == second {
+                    continue;
+                }
+                let mut members = members.clone();
+                members[second] = members[first].clone();
+                let doc = format!("{{\"o\": {{{}}}}}", members.join(", "));
+                match check_strict(&doc) {
+                    Err(SpliceError::DuplicateKey { key, at }) => {
+                        assert_eq!(key, format!("k{first}"), "{size}");
+                        assert!(at == 6 || second < 16, "{size}: the object at byte 6, not {at}");
+                    }
+                    other => panic!("{size} {first} {second}: {other:?}"),
+                }
+            }
+        }
+        // Escaped and plain spellings of one key are the same key, in a large object too.
+        let members: Vec<String> = (0..30).map(|n| format!("\"k{n}\": {n}")).collect();
+        assert!(matches!(check_strict(&format!("{{{}, \"k\\u0031\": 0}}", members.join(","))), Err(SpliceError::DuplicateKey { .. })));
     }
 
     #[test]
