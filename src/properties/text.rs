@@ -81,6 +81,11 @@ impl PropertiesText {
         &self.text
     }
 
+    /// Whether the document has no member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
     /// The document's JSON text, moved out.
     pub fn into_text(self) -> String {
         self.text
@@ -442,5 +447,11 @@ mod tests {
         let order: Vec<&String> = merged.as_object().unwrap().keys().collect();
         assert_eq!(order, expected.keys().collect::<Vec<_>>());
         assert_eq!(merge(&[]), "{}");
+        // A lone source with members merges to its own text, byte for byte (the agent writes the
+        // project copy's text as the merged properties when the project is the only source).
+        let empty = text("{}");
+        for lone in [&repo, &project, &text("{ \"k\\u0041\" : [1, 2.50] ,\n \"b\": {} }")] {
+            assert_eq!(merge(&[&empty, lone, &empty]), lone.text());
+        }
     }
 }

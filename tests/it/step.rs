@@ -189,6 +189,27 @@ fn a_copy_corrupted_where_the_helper_only_skims_is_refused_when_the_action_ends(
 }
 
 #[test]
+fn project_properties_alone_are_the_merged_properties_as_written() {
+    // With no other source of properties, the merged view is the project copy's text: written
+    // read-only as the merged properties, and recorded as the result's `step.properties` (the
+    // properties as the action found them, not as it left them).
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.a]\nrun = 'cp \"$OPSCHAIN_PROPERTIES\" seen.json && opschain-runner property set --project step done'\n");
+    let props = json!({"servers": {"a": {"ip": "10.0.0.1", "roles": ["web"]}}, "n": 1.5});
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}, "project": {"properties": props}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let seen = std::fs::read_to_string(repo.path().join("seen.json")).unwrap();
+    assert_eq!(seen, format!("{}\n", serde_json::to_string(&props).unwrap()));
+    let merged = repo.path().join(".opschain/step/properties.json");
+    assert_eq!(std::fs::metadata(&merged).unwrap().permissions().mode() & 0o777, 0o444);
+    let r = result(repo.path());
+    assert_eq!(r["step"]["properties"], props);
+    assert_eq!(r["project"]["properties_diff"], json!([{"op": "add", "path": "/step", "value": "done"}]));
+    assert_eq!(std::fs::read_to_string(&merged).unwrap(), seen, "the merged file is left as written");
+}
+
+#[test]
 fn a_copy_rewritten_with_the_same_properties_has_an_empty_diff_and_a_changed_one_its_own() {
     // The agent compares each level copy with the bytes it wrote before parsing it again: a copy
     // that differs only in formatting must still parse to an empty diff, and a changed one diff.
