@@ -109,11 +109,17 @@ impl StepContext<PropertiesText> {
     /// Reads and validates the step context at `path`, keeping each level's properties as JSON
     /// text. Accepts and refuses the same documents as [`StepContext::read`], with the same errors.
     pub fn read_text(path: &Path, limit: SizeLimit) -> Result<StepContext<PropertiesText>, JsonError> {
-        let bytes = json::read_bytes(path, limit)?;
-        if let Some(context) = std::str::from_utf8(&bytes).ok().and_then(read_spliced) {
+        StepContext::read_text_with(path, limit, &mut Vec::new())
+    }
+
+    /// [`StepContext::read_text`], reading the file into `bytes` (see [`json::read_bytes_into`]),
+    /// which holds the file's bytes afterwards: a buffer the caller may reuse.
+    pub fn read_text_with(path: &Path, limit: SizeLimit, bytes: &mut Vec<u8>) -> Result<StepContext<PropertiesText>, JsonError> {
+        json::read_bytes_into(path, limit, bytes)?;
+        if let Some(context) = std::str::from_utf8(bytes).ok().and_then(read_spliced) {
             return Ok(context);
         }
-        json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, &bytes)
+        json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, bytes)
     }
 }
 

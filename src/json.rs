@@ -108,6 +108,14 @@ pub fn read_file<T: DeserializeOwned>(path: &Path, limit: SizeLimit) -> Result<T
 /// from the file's metadata: growing it by doubling takes a dozen reads for a 50 KB document and
 /// touches twice the memory, and page faults are most of what reading costs here.
 pub fn read_bytes(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, JsonError> {
+    let mut bytes = Vec::new();
+    read_bytes_into(path, limit, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`read_bytes`] into `bytes` (cleared first): a caller that reads several large files one after
+/// the other reuses one buffer, whose pages are already faulted in, rather than a new one each.
+pub fn read_bytes_into(path: &Path, limit: SizeLimit, bytes: &mut Vec<u8>) -> Result<(), JsonError> {
     let read_err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
             JsonError::Missing { path: path.to_path_buf() }
@@ -123,12 +131,13 @@ pub fn read_bytes(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, JsonError> {
     // The metadata is a hint only (a pipe or /proc file has none that is true): one byte past the
     // limit is read so that "exactly at the limit" and "over it" are told apart by what was read.
     let size = file.metadata().map_err(read_err)?.len();
-    let mut bytes = Vec::with_capacity(usize::try_from(size.min(max).saturating_add(1)).unwrap_or(0));
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(read_err)?;
+    bytes.clear();
+    bytes.reserve(usize::try_from(size.min(max).saturating_add(1)).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(bytes).map_err(read_err)?;
     if bytes.len() as u64 > max {
         return Err(JsonError::TooLarge { path: path.to_path_buf(), limit: max });
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Parses `bytes` (read from `path`, named in errors) into `T`, strictly.

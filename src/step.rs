@@ -168,6 +168,10 @@ pub struct Prepared {
     pub declared_children: Vec<String>,
     /// How the children run.
     pub run_as: RunAs,
+    /// A buffer to read the level copies back into when the action ends: the one the step
+    /// context was read into, whose pages are already faulted in (on a document of a few MB,
+    /// faulting a new buffer's pages in costs about as much as reading into it).
+    pub buffer: Vec<u8>,
 }
 
 /// What a finished step reports to the binary.
@@ -207,7 +211,8 @@ fn millis(d: Duration) -> f64 {
 /// Reads and validates every input of the step. Writes nothing.
 pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepError> {
     let context_path = layout.step_context();
-    let mut context = StepContext::read_text(&context_path, options.limit).map_err(StepError::Context)?;
+    let mut buffer = Vec::new();
+    let mut context = StepContext::read_text_with(&context_path, options.limit, &mut buffer).map_err(StepError::Context)?;
     let actions_path = layout.actions();
     let (action, from_flag) = match (&options.action, context.action()) {
         (Some(a), _) => (a.clone(), true),
@@ -286,6 +291,7 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         environment_spans,
         files,
         env,
+        buffer,
     })
 }
 
@@ -457,17 +463,18 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     // (`splice::diff_known`: only the bytes between their common prefix and suffix are parsed,
     // so an unchanged member of any size costs a comparison of its bytes), and only when that
     // finds the copy invalid is it parsed whole, for the error.
-    let mut level_diff = |path: &Path, written: &[u8], spans: &[splice::Span]| {
-        let read = json::read_bytes(path, options.limit).and_then(|bytes| {
-            if crate::diff::same_bytes(&bytes, written) {
+    let mut buffer = std::mem::take(&mut prepared.buffer);
+    let mut level_diff = |path: &Path, before: &str, spans: &[splice::Span]| {
+        let read = json::read_bytes_into(path, options.limit, &mut buffer).and_then(|()| {
+            let bytes = &buffer[..];
+            if crate::diff::same_bytes(bytes, before.as_bytes()) {
                 return Ok(None);
             }
-            let before = std::str::from_utf8(written).expect("the agent's own JSON is UTF-8");
             let mut ops = Vec::new();
-            if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
+            if std::str::from_utf8(bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
                 return Ok(Some(json_patch::Patch(ops)));
             }
-            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| {
+            json::parse::<StrictObject>(path, bytes).map(|StrictObject(after)| {
                 let before: Value = serde_json::from_str(before).expect("the agent's own JSON parses");
                 Some(diff(&before, &Value::Object(after)))
             })
@@ -482,8 +489,8 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
             }
         }
     };
-    let project_diff = level_diff(&runtime.project, prepared.project_json.as_bytes(), &prepared.project_spans);
-    let environment_diff = level_diff(&runtime.environment, prepared.environment_json.as_bytes(), &prepared.environment_spans);
+    let project_diff = level_diff(&runtime.project, &prepared.project_json, &prepared.project_spans);
+    let environment_diff = level_diff(&runtime.environment, &prepared.environment_json, &prepared.environment_spans);
     let mut children = std::mem::take(&mut prepared.declared_children);
     match std::fs::read_to_string(&runtime.children) {
         Ok(text) => children.extend(result::parse_child_steps(&text)),
