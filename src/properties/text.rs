@@ -302,9 +302,6 @@ pub(super) struct Keys<'de> {
     hashes: Vec<u64>,
     /// The table of that object's keys: each slot empty or a key's place in its object; reused.
     slots: Vec<u32>,
-    /// Seeds the hashes, once per walk: per process, so that no document can be made to collide
-    /// its keys on purpose.
-    seed: foldhash::fast::RandomState,
 }
 
 impl<'de> Keys<'de> {
@@ -348,8 +345,11 @@ impl<'de> Keys<'de> {
         let keys = &self.stack[start..];
         let size = (keys.len() + keys.len() / 2 + 1).next_power_of_two();
         let mask = size - 1;
+        // Seeded per process (and per object), so that no document can be made to collide its
+        // keys on purpose; made here, so that a walk without a large object does not pay for it.
+        let seed = foldhash::fast::RandomState::default();
         self.hashes.clear();
-        self.hashes.extend(keys.iter().map(|k| self.seed.hash_one(k.as_ref())));
+        self.hashes.extend(keys.iter().map(|k| seed.hash_one(k.as_ref())));
         self.slots.clear();
         self.slots.resize(size, EMPTY);
         for (n, (key, &hash)) in keys.iter().zip(&self.hashes).enumerate() {
