@@ -168,10 +168,6 @@ pub struct Prepared {
     pub declared_children: Vec<String>,
     /// How the children run.
     pub run_as: RunAs,
-    /// A buffer to read the level copies back into when the action ends: the one the step
-    /// context was read into, whose pages are already faulted in (on a document of a few MB,
-    /// faulting a new buffer's pages in costs about as much as reading into it).
-    pub buffer: Vec<u8>,
 }
 
 /// What a finished step reports to the binary.
@@ -211,8 +207,7 @@ fn millis(d: Duration) -> f64 {
 /// Reads and validates every input of the step. Writes nothing.
 pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepError> {
     let context_path = layout.step_context();
-    let mut buffer = Vec::new();
-    let mut context = StepContext::read_text_with(&context_path, options.limit, &mut buffer).map_err(StepError::Context)?;
+    let mut context = StepContext::read_text(&context_path, options.limit).map_err(StepError::Context)?;
     let actions_path = layout.actions();
     let (action, from_flag) = match (&options.action, context.action()) {
         (Some(a), _) => (a.clone(), true),
@@ -291,7 +286,6 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
         environment_spans,
         files,
         env,
-        buffer,
     })
 }
 
@@ -460,21 +454,24 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let mut error = None;
     // A copy left byte for byte as written has an empty diff, without parsing it (the common
     // case: most steps change no properties); else the two texts are diffed where they differ
-    // (`splice::diff_known`: only the bytes between their common prefix and suffix are parsed,
-    // so an unchanged member of any size costs a comparison of its bytes), and only when that
-    // finds the copy invalid is it parsed whole, for the error.
-    let mut buffer = std::mem::take(&mut prepared.buffer);
+    // (`splice::diff_known_rest`: the copy is compared with what was written as it is read, and
+    // only what follows the first difference is kept; of that, only the bytes before the common
+    // suffix are parsed, so an unchanged member of any size costs a comparison of its bytes).
+    // When that declines (a difference at the root's brace) or finds the copy invalid, the copy
+    // is read whole: diffed as text, or parsed whole, for the error.
     let mut level_diff = |path: &Path, before: &str, spans: &[splice::Span]| {
-        let read = json::read_bytes_into(path, options.limit, &mut buffer).and_then(|()| {
-            let bytes = &buffer[..];
-            if crate::diff::same_bytes(bytes, before.as_bytes()) {
-                return Ok(None);
-            }
+        let read = json::read_differing(path, options.limit, before.as_bytes()).and_then(|differing| {
+            let json::Differing::From { at, rest } = differing else { return Ok(None) };
             let mut ops = Vec::new();
-            if std::str::from_utf8(bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
+            if std::str::from_utf8(&rest).ok().is_some_and(|rest| splice::diff_known_rest(before, spans, at, rest, &mut ops) == Ok(true)) {
                 return Ok(Some(json_patch::Patch(ops)));
             }
-            json::parse::<StrictObject>(path, bytes).map(|StrictObject(after)| {
+            let bytes = json::read_bytes(path, options.limit)?;
+            ops.clear();
+            if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
+                return Ok(Some(json_patch::Patch(ops)));
+            }
+            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| {
                 let before: Value = serde_json::from_str(before).expect("the agent's own JSON parses");
                 Some(diff(&before, &Value::Object(after)))
             })

@@ -878,24 +878,79 @@ pub type Span = (String, usize, Range<usize>);
 pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<PatchOperation>) -> Result<(), SpliceError> {
     let (bb, ab) = (before.as_bytes(), after.as_bytes());
     let prefix = common(bb.len().min(ab.len()), |at, len| same_bytes(&bb[at..at + len], &ab[at..at + len]));
-    let room = bb.len().min(ab.len()) - prefix;
-    let suffix = common(room, |at, len| same_bytes(&bb[bb.len() - at - len..bb.len() - at], &ab[ab.len() - at - len..ab.len() - at]));
     if prefix == bb.len() && prefix == ab.len() {
         return Ok(());
     }
-    let tail = ab.len() - suffix;
-    let delta = ab.len() as isize - bb.len() as isize;
-    // The first member the difference may touch.
-    let first = members.iter().position(|m| m.2.end > prefix).unwrap_or(members.len());
+    let Some(from) = known_window(before, members, prefix) else { return diff(before, after, ops) };
+    let suffix = common_suffix(bb, prefix, ab, prefix);
+    diff_window(before, members, Window { text: after, at: 0, len: ab.len(), prefix, suffix }, from, ops)
+}
+
+/// [`diff_known`] for an `after` known only from where it first differs from `before`: its first
+/// `prefix` bytes are `before`'s, and `rest` is what follows them (a copy read back in pieces and
+/// compared with what was written, so that only the part that differs is held: see the agent's
+/// end of step). `prefix` must be on a character boundary of `before`. `Ok(false)`: the
+/// difference starts too early for the known members to help (at the root's brace), and the
+/// caller diffs the whole texts instead.
+pub fn diff_known_rest(before: &str, members: &[Span], prefix: usize, rest: &str, ops: &mut Vec<PatchOperation>) -> Result<bool, SpliceError> {
+    let Some(from) = known_window(before, members, prefix) else { return Ok(false) };
+    let suffix = common_suffix(before.as_bytes(), prefix, rest.as_bytes(), 0);
+    // `after` from `from` on: the part of the common prefix after the last unchanged member, then
+    // the rest (in the usual case, a member added or changed near the end: a few bytes).
+    let mut text = String::with_capacity(prefix - from + rest.len());
+    text.push_str(&before[from..prefix]);
+    text.push_str(rest);
+    diff_window(before, members, Window { text: &text, at: from, len: prefix + rest.len(), prefix, suffix }, from, ops)?;
+    Ok(true)
+}
+
+/// Where [`diff_known`] starts parsing `after` when the two texts first differ at `prefix`: the
+/// end of the last member of `before` wholly in the common prefix, or just inside the root's
+/// brace; `None` when the difference starts at or before that brace.
+fn known_window(before: &str, members: &[Span], prefix: usize) -> Option<usize> {
+    let bb = before.as_bytes();
     let open = ws(bb, 0);
     if bb.get(open) != Some(&b'{') || prefix <= open {
-        return diff(before, after, ops);
+        return None;
     }
-    // Parse `after` from the end of member `first - 1` (or just inside the root's brace).
-    let (mut i, mut expect_key) = match first.checked_sub(1) {
-        Some(last) => (members[last].2.end, false),
-        None => (open + 1, true),
-    };
+    let first = members.iter().position(|m| m.2.end > prefix).unwrap_or(members.len());
+    Some(match first.checked_sub(1) {
+        Some(last) => members[last].2.end,
+        None => open + 1,
+    })
+}
+
+/// The length of the common suffix of `a[a_from..]` and `b[b_from..]`.
+fn common_suffix(a: &[u8], a_from: usize, b: &[u8], b_from: usize) -> usize {
+    let room = (a.len() - a_from).min(b.len() - b_from);
+    common(room, |at, len| same_bytes(&a[a.len() - at - len..a.len() - at], &b[b.len() - at - len..b.len() - at]))
+}
+
+/// The part of `after` that [`diff_window`] reads: `text` is `after[at..]`; `after` is `len`
+/// bytes long, and has `prefix` bytes in common with `before` at its start and `suffix` at its
+/// end (not overlapping the prefix).
+struct Window<'a> {
+    text: &'a str,
+    at: usize,
+    len: usize,
+    prefix: usize,
+    suffix: usize,
+}
+
+/// [`diff_known`] on `after` as `window` holds it, parsed from `from` (an offset in `after`, given
+/// by [`known_window`]; at or after `window.at`). Offsets into `after` are `window.at` more than
+/// the same offsets into `window.text`.
+fn diff_window(before: &str, members: &[Span], window: Window<'_>, from: usize, ops: &mut Vec<PatchOperation>) -> Result<(), SpliceError> {
+    let (bb, ab) = (before.as_bytes(), window.text.as_bytes());
+    let (after, base) = (window.text, window.at);
+    let prefix = window.prefix;
+    let tail = window.len - window.suffix;
+    let delta = window.len as isize - bb.len() as isize;
+    // The first member the difference may touch.
+    let first = members.iter().position(|m| m.2.end > prefix).unwrap_or(members.len());
+    // Parse `after` from the end of member `first - 1` (or just inside the root's brace); `i` is
+    // an offset into the window.
+    let (mut i, mut expect_key) = (from - base, first == 0);
     let mut changed: Vec<Member<'_>> = Vec::new();
     let mut resync = members.len();
     loop {
@@ -906,8 +961,8 @@ pub fn diff_known(before: &str, members: &[Span], after: &str, ops: &mut Vec<Pat
                 break;
             }
             // In the common suffix, at the start of a member of `before`: the rest is the same.
-            if i >= tail {
-                let at = (i as isize - delta) as usize;
+            if i + base >= tail {
+                let at = ((i + base) as isize - delta) as usize;
                 if let Some(k) = members[first..].iter().position(|m| m.1 == at) {
                     resync = first + k;
                     i = usize::MAX;
@@ -1323,6 +1378,16 @@ mod tests {
             json_patch::patch(&mut a, &known).unwrap();
             assert_eq!(a, serde_json::from_str::<Value>(&after).unwrap(), "{after}: {known:?}");
             assert_eq!(known.len(), plain.len(), "{after}: {known:?} vs {plain:?}");
+            // Known only from where it differs: the same patch, or "diff it whole".
+            let prefix = before.bytes().zip(after.bytes()).take_while(|(b, a)| b == a).count();
+            if prefix < after.len() || prefix < before.len() {
+                let mut rest = Vec::new();
+                if diff_known_rest(before, &spans, prefix, &after[prefix..], &mut rest).unwrap() {
+                    assert_eq!(rest, known, "{after}");
+                } else {
+                    assert!(prefix <= ws(before.as_bytes(), 0), "{after}: declined at {prefix}");
+                }
+            }
         }
         for bad in [
             before.replace("}\n", ",\"x\":2}\n"),
@@ -1334,6 +1399,8 @@ mod tests {
             before.replace("\"x\":1,", "\"x\":1,,"),
         ] {
             assert!(diff_known(before, &spans, &bad, &mut Vec::new()).is_err(), "{bad} was accepted");
+            let prefix = before.bytes().zip(bad.bytes()).take_while(|(b, a)| b == a).count();
+            assert!(diff_known_rest(before, &spans, prefix, &bad[prefix..], &mut Vec::new()).is_err(), "{bad} was accepted");
         }
     }
 

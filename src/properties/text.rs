@@ -81,6 +81,51 @@ impl PropertiesText {
         &self.text
     }
 
+    /// [`PropertiesText::from_members`], spelled in `buffer` over the text the members were found
+    /// in (`buffer` holds that text, and `members` are ranges of it, in order): each member moves
+    /// towards the start, never over bytes not yet moved, because its spelling here is never
+    /// longer than it was (serde_json escapes a key no longer than JSON lets it be written, and
+    /// no whitespace is kept). So a document of a few MB is neither copied nor given new pages
+    /// (the agent's project properties, in the buffer its step context was read into). The same
+    /// document as `from_members` makes; `Err` with `buffer` untouched should a member not fit.
+    pub fn from_members_in(mut buffer: Vec<u8>, members: Vec<(String, Range<usize>)>) -> Result<PropertiesText, Vec<u8>> {
+        let keys: Vec<String> = members.iter().map(|(key, _)| serde_json::to_string(key).expect("a string serialises")).collect();
+        // Where each value goes: it must not start after where it is (a copy of it moves it left).
+        let mut at = 1;
+        for (n, ((_, range), key)) in members.iter().zip(&keys).enumerate() {
+            at += usize::from(n > 0) + key.len() + 1;
+            if at > range.start {
+                return Err(buffer);
+            }
+            at += range.len();
+        }
+        if at + 1 > buffer.len() {
+            return Err(buffer);
+        }
+        let mut spans = Vec::with_capacity(members.len());
+        let mut at = 0;
+        let put = |buffer: &mut Vec<u8>, at: &mut usize, bytes: &[u8]| {
+            buffer[*at..*at + bytes.len()].copy_from_slice(bytes);
+            *at += bytes.len();
+        };
+        put(&mut buffer, &mut at, b"{");
+        for (n, ((key, range), quoted)) in members.into_iter().zip(&keys).enumerate() {
+            if n > 0 {
+                put(&mut buffer, &mut at, b",");
+            }
+            put(&mut buffer, &mut at, quoted.as_bytes());
+            put(&mut buffer, &mut at, b":");
+            let start = at;
+            buffer.copy_within(range.clone(), start);
+            at += range.len();
+            spans.push((key, start..at));
+        }
+        put(&mut buffer, &mut at, b"}");
+        buffer.truncate(at);
+        let text = String::from_utf8(buffer).expect("whole values of UTF-8 text and serde_json's keys");
+        Ok(PropertiesText { text, members: spans })
+    }
+
     /// Whether the document has no member.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
@@ -391,6 +436,26 @@ mod tests {
         assert_eq!(doc.text(), "{\"a\":[1, 2],\"bA\":{\"x\": \"y\"},\"c\":1.50}");
         assert_eq!(doc.subset(&["bA"]), serde_json::json!({"bA": {"x": "y"}}).as_object().unwrap().clone());
         assert_eq!(doc.subset(&["c", "a", "d"]), serde_json::json!({"a": [1, 2], "c": 1.50}).as_object().unwrap().clone());
+    }
+
+    #[test]
+    fn spelled_in_place_as_from_members_spells_it() {
+        for doc in [
+            r#"{"project": {"properties": { "a" : [1, 2] ,
+                "b\u0041": {"x": "y"}, "\u00e9\n": 1.50, "q\/": "é" } }}"#,
+            r#"{"project": {"properties": {}}}"#,
+            r#"{"project":{"properties":{"a":1}}}"#,
+        ] {
+            let found = super::super::splice::check_members(doc, 3).unwrap();
+            let members: Vec<(String, Range<usize>)> = found.iter().filter(|f| f.0 == 3).map(|(_, k, r)| (k.to_string(), r.clone())).collect();
+            let copied = PropertiesText::from_members(doc, members.iter().map(|(k, r)| (Cow::Borrowed(k.as_str()), r.clone())));
+            let in_place = PropertiesText::from_members_in(doc.as_bytes().to_vec(), members).unwrap();
+            assert_eq!(in_place.text, copied.text);
+            assert_eq!(in_place.members, copied.members);
+        }
+        // A member that would have to move right is refused, the buffer untouched.
+        let buffer = b"{\"a\":1}".to_vec();
+        assert_eq!(PropertiesText::from_members_in(buffer.clone(), vec![("long key".into(), 5..6)]).unwrap_err(), buffer);
     }
 
     #[test]

@@ -90,3 +90,33 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(crate::common::proptest_config(512))]
+
+    /// The agent diffs a copy it reads back in pieces (`splice::diff_known_rest`: only the part
+    /// after the first differing byte held) as it diffs the whole text (`splice::diff_known`).
+    #[test]
+    fn diffing_from_the_first_difference_agrees_with_diffing_the_whole(before in document(), after in document(), pretty in any::<bool>()) {
+        use opschain_runner::properties::splice;
+        let before = PropertiesText::parse(&spelled(&before, false)).unwrap();
+        let (spans, before) = (before.spans(), format!("{}\n", before.text()));
+        let after = format!("{}\n", spelled(&after, pretty));
+        let mut prefix = before.bytes().zip(after.bytes()).take_while(|(b, a)| b == a).count();
+        while !before.is_char_boundary(prefix) {
+            prefix -= 1;
+        }
+        let mut whole = Vec::new();
+        splice::diff_known(&before, &spans, &after, &mut whole).unwrap();
+        if prefix < before.len() || prefix < after.len() {
+            let mut rest = Vec::new();
+            if splice::diff_known_rest(&before, &spans, prefix, &after[prefix..], &mut rest).unwrap() {
+                prop_assert_eq!(rest, whole);
+            } else {
+                prop_assert_eq!(prefix, 0);
+            }
+        } else {
+            prop_assert!(whole.is_empty());
+        }
+    }
+}

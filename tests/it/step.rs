@@ -210,6 +210,25 @@ fn project_properties_alone_are_the_merged_properties_as_written() {
 }
 
 #[test]
+fn a_copy_changed_from_its_first_byte_or_cut_short_is_diffed_whole() {
+    // The agent reads a copy back comparing it with what it wrote, and keeps what follows the
+    // first difference: a copy that differs from its first byte, or that is a prefix of what was
+    // written, is diffed (or refused) as a whole copy is.
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(
+        repo.path(),
+        "[actions.a]\nrun = 'printf \" {\\\"keep\\\": 2}\" > \"$OPSCHAIN_PROJECT_PROPERTIES\" && head -c 5 \"$OPSCHAIN_ENVIRONMENT_PROPERTIES\" > e && cat e > \"$OPSCHAIN_ENVIRONMENT_PROPERTIES\"'\n",
+    );
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}, "project": {"properties": {"keep": 1}}, "environment": {"properties": {"n": 1}}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    let r = result(repo.path());
+    assert_eq!(r["project"]["properties_diff"], json!([{"op": "replace", "path": "/keep", "value": 2}]));
+    assert_eq!(r["environment"]["properties_diff"], json!([]));
+    assert!(r["runner"]["error"].as_str().unwrap().contains("environment_properties.json"), "{r}");
+}
+
+#[test]
 fn a_copy_rewritten_with_the_same_properties_has_an_empty_diff_and_a_changed_one_its_own() {
     // The agent compares each level copy with the bytes it wrote before parsing it again: a copy
     // that differs only in formatting must still parse to an empty diff, and a changed one diff.
