@@ -177,7 +177,8 @@ pub fn read_differing(path: &Path, limit: SizeLimit, known: &[u8]) -> Result<Dif
         SizeLimit::Unlimited => u64::MAX,
     };
     let mut file = fs::File::open(path).map_err(read_err)?;
-    let mut piece = vec![0; PIECE];
+    // No larger than needed to tell a file of `known`'s size from a longer one.
+    let mut piece = vec![0; PIECE.min(known.len() + 1)];
     let mut at = 0;
     loop {
         let n = match file.read(&mut piece) {
@@ -487,6 +488,13 @@ mod tests {
         std::fs::write(&path, with(k.len(), 0, b"xx")).unwrap();
         assert!(matches!(read_differing(&path, limit, k), Err(JsonError::TooLarge { .. })));
         assert!(matches!(read_differing(&dir.path().join("none"), limit, b""), Err(JsonError::Missing { .. })));
+        // A small copy is read in a piece of its size and one byte: a longer file is told apart.
+        for (file, expected) in
+            [(&b"{}\n"[..], Differing::Same), (b"{}\n  ", Differing::From { at: 3, rest: b"  ".to_vec() }), (b"{}", Differing::From { at: 2, rest: vec![] })]
+        {
+            std::fs::write(&path, file).unwrap();
+            assert_eq!(read_differing(&path, unlimited, b"{}\n").unwrap(), expected);
+        }
     }
 
     #[test]
