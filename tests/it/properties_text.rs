@@ -120,3 +120,23 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(crate::common::proptest_config(512))]
+
+    /// The agent spells its project properties over the step context's own text
+    /// (`PropertiesText::from_members_in`); the document is the one `from_members` makes in a copy.
+    #[test]
+    fn spelling_in_place_makes_the_document_a_copy_makes(doc in document(), pretty in any::<bool>(), pad in 0..3usize) {
+        use opschain_runner::properties::splice;
+        use std::borrow::Cow;
+        let context = format!("{{\"project\": {{{}\"properties\":{}{}}}}}", " ".repeat(pad), " ".repeat(pad), spelled(&doc, pretty));
+        let found = splice::check_members(&context, 3).unwrap();
+        let members: Vec<(String, std::ops::Range<usize>)> = found.iter().filter(|f| f.0 == 3).map(|(_, k, r)| (k.to_string(), r.clone())).collect();
+        let copied = PropertiesText::from_members(&context, members.iter().map(|(k, r)| (Cow::Borrowed(k.as_str()), r.clone())));
+        let in_place = PropertiesText::from_members_in(context.clone().into_bytes(), members).unwrap();
+        prop_assert_eq!(in_place.text(), copied.text());
+        prop_assert_eq!(in_place.spans(), copied.spans());
+        prop_assert_eq!(in_place.to_map(), doc);
+    }
+}
