@@ -11,7 +11,9 @@
 //! adds context values over time). `secrets` is this runner's extension: runner secrets exported to
 //! the action over any `opschain.env` property of the same name, and masked in all output.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -109,11 +111,30 @@ impl StepContext<PropertiesText> {
     /// Reads and validates the step context at `path`, keeping each level's properties as JSON
     /// text. Accepts and refuses the same documents as [`StepContext::read`], with the same errors.
     pub fn read_text(path: &Path, limit: SizeLimit) -> Result<StepContext<PropertiesText>, JsonError> {
-        let bytes = json::read_bytes(path, limit)?;
-        if let Some(context) = std::str::from_utf8(&bytes).ok().and_then(read_spliced) {
+        StepContext::read_text_with(path, limit, &mut Vec::new())
+    }
+
+    /// [`StepContext::read_text`], reading the file into `bytes` (see [`json::read_bytes_into`]).
+    /// The project properties are spelled over the file's text in that buffer
+    /// ([`PropertiesText::from_members_in`]) and take it: a context of a few MB of project
+    /// properties is not copied. `bytes` is left empty then, else holding the file's bytes.
+    pub fn read_text_with(path: &Path, limit: SizeLimit, bytes: &mut Vec<u8>) -> Result<StepContext<PropertiesText>, JsonError> {
+        json::read_bytes_into(path, limit, bytes)?;
+        if let Some((mut context, project)) = std::str::from_utf8(bytes).ok().and_then(read_spliced) {
+            if let Some(members) = project {
+                // The members again (a few keys), should they not fit in place after all.
+                let again: Vec<(Cow<'_, str>, Range<usize>)> = members.iter().map(|(k, r)| (Cow::Owned(k.clone()), r.clone())).collect();
+                context.project.properties = match PropertiesText::from_members_in(std::mem::take(bytes), members) {
+                    Ok(properties) => properties,
+                    Err(kept) => {
+                        *bytes = kept;
+                        PropertiesText::from_members(std::str::from_utf8(bytes).expect("checked above"), again)
+                    }
+                };
+            }
             return Ok(context);
         }
-        json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, &bytes)
+        json::parse_or_explain::<StepContext<PropertiesText>, StepContext>(path, bytes)
     }
 }
 
@@ -122,8 +143,11 @@ impl StepContext<PropertiesText> {
 /// top-level members, whose text is then spliced as it is; only `context` and `secrets`, small,
 /// go through serde. So a context of a few MB of properties is read in one pass rather than
 /// serde's and the strict check's. `None` for anything else (invalid, or of an unusual shape):
-/// serde then reads it, or explains what is wrong with it.
-fn read_spliced(text: &str) -> Option<StepContext<PropertiesText>> {
+/// serde then reads it, or explains what is wrong with it. The project properties are left empty
+/// and their top-level members returned instead (each key and its value's range in `text`), for
+/// the caller to spell in `text`'s own buffer; `None` when the context has none.
+#[allow(clippy::type_complexity)]
+fn read_spliced(text: &str) -> Option<(StepContext<PropertiesText>, Option<Vec<(String, Range<usize>)>>)> {
     if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
         return None;
     }
@@ -133,6 +157,7 @@ fn read_spliced(text: &str) -> Option<StepContext<PropertiesText>> {
         found.iter().filter(move |f| f.0 == depth && f.2.start >= outer.start && f.2.end <= outer.end)
     };
     let mut context = StepContext::<PropertiesText>::default();
+    let mut project = None;
     for (_, key, range) in found.iter().filter(|f| f.0 == 1) {
         let value = &text[range.clone()];
         match key.as_ref() {
@@ -142,20 +167,22 @@ fn read_spliced(text: &str) -> Option<StepContext<PropertiesText>> {
                 if !value.starts_with('{') {
                     return None;
                 }
-                let mut properties = PropertiesText::default();
                 for (_, member, within) in inside(2, range) {
                     if member != "properties" || !text[within.clone()].starts_with('{') {
                         return None;
                     }
-                    properties = PropertiesText::from_members(text, inside(3, within).map(|(_, k, r)| (k.clone(), r.clone())));
+                    let members = inside(3, within).map(|(_, k, r)| (k.clone(), r.clone()));
+                    if key == "project" {
+                        project = Some(members.map(|(k, r)| (k.into_owned(), r)).collect());
+                    } else {
+                        context.environment.properties = PropertiesText::from_members(text, members);
+                    }
                 }
-                let level = if key == "project" { &mut context.project } else { &mut context.environment };
-                level.properties = properties;
             }
             _ => {}
         }
     }
-    Some(context)
+    Some((context, project))
 }
 
 impl<P> StepContext<P> {
@@ -195,11 +222,19 @@ mod tests {
     fn the_usual_shape_is_read_by_the_scanner_as_serde_reads_it() {
         let text = r#"{"context": {"project": {"code": "demo"}, "environment": {"code": "dev"}, "step": {"action": "deploy", "id": 3}, "extra": [1]},
                "project": {"properties": {"a": 1, "o": {"k": [true, null]}}}, "environment": {"properties": {}}, "secrets": {"S": "v"}, "other": {"x": 1}}"#;
-        let fast = read_spliced(text).expect("the scanner reads the usual shape");
+        assert!(read_spliced(text).expect("the scanner reads the usual shape").1.is_some());
+        // Read from a file, the project properties spelled in the file's buffer.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step_context.json");
+        std::fs::write(&path, text).unwrap();
+        let mut bytes = Vec::new();
+        let fast = StepContext::read_text_with(&path, SizeLimit::DEFAULT, &mut bytes).unwrap();
+        assert!(bytes.is_empty(), "the buffer went to the project properties");
         let slow: StepContext<PropertiesText> = json::parse(Path::new("step_context.json"), text.as_bytes()).unwrap();
         assert_eq!(fast.project.properties.text(), slow.project.properties.text());
         assert_eq!(fast.project.properties.spans(), slow.project.properties.spans());
         assert_eq!(fast.environment.properties.text(), "{}");
+        assert_eq!(fast.project.properties.text(), r#"{"a":1,"o":{"k": [true, null]}}"#);
         assert_eq!((fast.action(), fast.environment_code()), (Some("deploy"), Some("dev")));
         assert_eq!(fast.secrets, slow.secrets);
         // Anything unusual is left to serde: a level with another member, a level that is not an

@@ -107,7 +107,7 @@ pub fn set(level: CopyLevel, path: &str, value: &str, as_json: bool) -> Result<(
     let keys = properties::parse_path(path)?;
     let value = if as_json { serde_json::from_str(value).map_err(HelperError::Value)? } else { Value::String(value.to_string()) };
     let text = serde_json::to_string(&value).expect("a JSON value serialises");
-    edit(level, |doc| splice::set(doc, &keys, &text).map(Some), |doc| Ok(properties::set(doc, &keys, value, path)?), path, &keys)
+    edit(level, |doc| splice::set_splice(doc, &keys, &text).map(Some), |doc| Ok(properties::set(doc, &keys, value, path)?), path, &keys)
 }
 
 /// Removes the property at `path` of `level`; removing what is not there is no error.
@@ -115,7 +115,7 @@ pub fn remove(level: CopyLevel, path: &str) -> Result<(), HelperError> {
     let keys = properties::parse_path(path)?;
     edit(
         level,
-        |doc| splice::remove(doc, &keys),
+        |doc| splice::remove_splice(doc, &keys),
         |doc| {
             properties::remove(doc, &keys);
             Ok(())
@@ -125,14 +125,20 @@ pub fn remove(level: CopyLevel, path: &str) -> Result<(), HelperError> {
     )
 }
 
-/// Changes the copy of `level`: by splicing its text (`splice`: the document's grammar is checked
-/// in one pass and only the property's path is taken apart; `Ok(None)` leaves the file as it is),
-/// or, when the text is not a valid document, by the strict reader, whose error names the problem
-/// (`tree`, should the text be valid after all, edits the tree). `path` and `keys` name the
-/// property, for errors.
+/// Changes the copy of `level`: by splicing its text (`splice` finds the edit to make: only the
+/// objects on the property's path are taken apart, the rest of the document is skimmed, not
+/// checked; `Ok(None)` leaves the file as it is), or, when the text is not a document the splice
+/// can read, by the strict reader, whose error names the problem (`tree`, should the text be
+/// valid after all, edits the tree). `path` and `keys` name the property, for errors.
+///
+/// A copy the action made invalid where the splice does not look is written back with the edit,
+/// invalid: the agent refuses it when the action ends (every byte of a copy that differs from what
+/// the agent wrote is checked strictly there), as it refuses a copy the action left invalid
+/// without the helper. The edited text is written from the bytes read, around the edit: the
+/// document is not copied in memory.
 fn edit(
     level: CopyLevel,
-    splice: impl FnOnce(&str) -> Result<Option<String>, SpliceError>,
+    splice: impl FnOnce(&str) -> Result<Option<splice::Splice>, SpliceError>,
     tree: impl FnOnce(&mut Map<String, Value>) -> Result<(), HelperError>,
     path: &str,
     keys: &[String],
@@ -142,7 +148,11 @@ fn edit(
     let spliced = std::str::from_utf8(&bytes).map_err(|source| SpliceError::Utf8 { source }).and_then(splice);
     match spliced {
         Ok(None) => Ok(()),
-        Ok(Some(text)) => Ok(atomic::write(&file, text.as_bytes(), 0o644, Durability::Rename)?),
+        Ok(Some(edit)) => Ok(atomic::write_with(&file, 0o644, Durability::Rename, |out| {
+            out.write_all(&bytes[..edit.range.start])?;
+            out.write_all(edit.with.as_bytes())?;
+            out.write_all(&bytes[edit.range.end..])
+        })?),
         Err(SpliceError::NotAnObjectOnPath { depth }) => {
             Err(PropertiesError::NotAnObject { path: path.to_string(), at: keys[..=depth.min(keys.len() - 1)].join(".") }.into())
         }

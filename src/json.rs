@@ -108,6 +108,14 @@ pub fn read_file<T: DeserializeOwned>(path: &Path, limit: SizeLimit) -> Result<T
 /// from the file's metadata: growing it by doubling takes a dozen reads for a 50 KB document and
 /// touches twice the memory, and page faults are most of what reading costs here.
 pub fn read_bytes(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, JsonError> {
+    let mut bytes = Vec::new();
+    read_bytes_into(path, limit, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`read_bytes`] into `bytes` (cleared first): a caller that reads several large files one after
+/// the other reuses one buffer, whose pages are already faulted in, rather than a new one each.
+pub fn read_bytes_into(path: &Path, limit: SizeLimit, bytes: &mut Vec<u8>) -> Result<(), JsonError> {
     let read_err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
             JsonError::Missing { path: path.to_path_buf() }
@@ -123,12 +131,87 @@ pub fn read_bytes(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, JsonError> {
     // The metadata is a hint only (a pipe or /proc file has none that is true): one byte past the
     // limit is read so that "exactly at the limit" and "over it" are told apart by what was read.
     let size = file.metadata().map_err(read_err)?.len();
-    let mut bytes = Vec::with_capacity(usize::try_from(size.min(max).saturating_add(1)).unwrap_or(0));
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(read_err)?;
+    bytes.clear();
+    bytes.reserve(usize::try_from(size.min(max).saturating_add(1)).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(bytes).map_err(read_err)?;
     if bytes.len() as u64 > max {
         return Err(JsonError::TooLarge { path: path.to_path_buf(), limit: max });
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// How a file compares with bytes the caller has, as [`read_differing`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Differing {
+    /// The file holds exactly those bytes.
+    Same,
+    /// The file's first `at` bytes are the first `at` of those bytes; `rest` is what follows in
+    /// the file. `at` is on a character boundary of the bytes the caller has, when they are text
+    /// (not a UTF-8 continuation byte), so that `rest` is text when the file is.
+    From {
+        /// How many bytes the two have in common from their start, or a few less.
+        at: usize,
+        /// The rest of the file.
+        rest: Vec<u8>,
+    },
+}
+
+/// The size of the pieces [`read_differing`] reads and compares (64 KiB).
+const PIECE: usize = 64 * 1024;
+
+/// Reads the file at `path` (refused, as [`read_bytes`] refuses it, when larger than `limit`),
+/// comparing it with `known` as it goes, a piece of [`PIECE`] bytes at a time: only what follows
+/// the first difference is kept. The agent reads back the properties copies it wrote this way:
+/// a copy of a few MB that an action changed near its end (a property added) costs no buffer of
+/// its size, whose pages the kernel would fault in one by one.
+pub fn read_differing(path: &Path, limit: SizeLimit, known: &[u8]) -> Result<Differing, JsonError> {
+    let read_err = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            JsonError::Missing { path: path.to_path_buf() }
+        } else {
+            JsonError::Read { path: path.to_path_buf(), source }
+        }
+    };
+    let max = match limit {
+        SizeLimit::Error(max) => max,
+        SizeLimit::Unlimited => u64::MAX,
+    };
+    let mut file = fs::File::open(path).map_err(read_err)?;
+    // No larger than needed to tell a file of `known`'s size from a longer one.
+    let mut piece = vec![0; PIECE.min(known.len() + 1)];
+    let mut at = 0;
+    loop {
+        let n = match file.read(&mut piece) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        let got = &piece[..n];
+        let mine = &known[at.min(known.len())..(at + n).min(known.len())];
+        if n == 0 && at == known.len() {
+            return Ok(Differing::Same);
+        }
+        if n > 0 && crate::diff::same_bytes(mine, got) {
+            at += n;
+            continue;
+        }
+        // The first difference (or the end of one of the two) is in this piece.
+        let same = mine.iter().zip(got).take_while(|(a, b)| a == b).count();
+        let mut from = at + same;
+        // Back to a character boundary: the bytes stepped over are the same in both.
+        while from > 0 && known.get(from).is_some_and(|b| b & 0xC0 == 0x80) {
+            from -= 1;
+        }
+        let mut rest = Vec::with_capacity(at + n - from);
+        rest.extend_from_slice(&known[from..at + same]);
+        rest.extend_from_slice(&got[same..]);
+        let read = (at + n) as u64;
+        (&mut file).take((max.saturating_add(1)).saturating_sub(read)).read_to_end(&mut rest).map_err(read_err)?;
+        if (from + rest.len()) as u64 > max {
+            return Err(JsonError::TooLarge { path: path.to_path_buf(), limit: max });
+        }
+        return Ok(Differing::From { at: from, rest });
+    }
 }
 
 /// Parses `bytes` (read from `path`, named in errors) into `T`, strictly.
@@ -366,6 +449,52 @@ mod tests {
 
     fn parse_str<T: DeserializeOwned>(s: &str) -> Result<T, JsonError> {
         parse(Path::new("t.json"), s.as_bytes())
+    }
+
+    #[test]
+    fn read_differing_keeps_only_what_follows_the_first_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy.json");
+        // Three pieces and a bit, with two-byte characters all along.
+        let known: String = (0..2 * PIECE + 1000).map(|i| if i % 97 == 5 { 'é' } else { 'a' }).collect();
+        let k = known.as_bytes();
+        let read = |file: &[u8], limit| {
+            std::fs::write(&path, file).unwrap();
+            read_differing(&path, limit, k).unwrap()
+        };
+        let unlimited = SizeLimit::Unlimited;
+        assert_eq!(read(k, unlimited), Differing::Same);
+        let with = |at: usize, len: usize, by: &[u8]| [&k[..at], by, &k[at + len..]].concat();
+        for file in [
+            with(k.len(), 0, b"x"),
+            with(k.len() - 1, 1, b""),
+            with(0, 1, b"b"),
+            with(PIECE, 1, b"b"),
+            with(PIECE - 1, 0, b"bc"),
+            with(2 * PIECE + 7, 3, b""),
+            known.replacen('\u{e9}', "\u{e8}", 1).into_bytes(),
+            known.replace("\u{e9}a", "\u{e8}a").into_bytes(),
+            Vec::new(),
+        ] {
+            let Differing::From { at, rest } = read(&file, unlimited) else { panic!("the same") };
+            let common = file.iter().zip(k).take_while(|(a, b)| a == b).count();
+            assert!(known.is_char_boundary(at) && at <= common && at + 1 >= common, "{at} for {common}");
+            assert_eq!(&file[..at], &k[..at]);
+            assert_eq!(rest, &file[at..]);
+        }
+        // The size limit holds for what is kept and what is compared alike.
+        let limit = SizeLimit::Error(k.len() as u64);
+        assert_eq!(read(k, limit), Differing::Same);
+        std::fs::write(&path, with(k.len(), 0, b"xx")).unwrap();
+        assert!(matches!(read_differing(&path, limit, k), Err(JsonError::TooLarge { .. })));
+        assert!(matches!(read_differing(&dir.path().join("none"), limit, b""), Err(JsonError::Missing { .. })));
+        // A small copy is read in a piece of its size and one byte: a longer file is told apart.
+        for (file, expected) in
+            [(&b"{}\n"[..], Differing::Same), (b"{}\n  ", Differing::From { at: 3, rest: b"  ".to_vec() }), (b"{}", Differing::From { at: 2, rest: vec![] })]
+        {
+            std::fs::write(&path, file).unwrap();
+            assert_eq!(read_differing(&path, unlimited, b"{}\n").unwrap(), expected);
+        }
     }
 
     #[test]

@@ -144,13 +144,16 @@ pub struct Prepared {
     /// The commands to run: the prerequisites, depth first, then the action itself.
     pub plan: Vec<(String, Action)>,
     /// The merged properties as JSON text, spliced from the sources' top-level members (see
-    /// [`properties::text`]), without a final newline.
-    pub merged_json: String,
+    /// [`properties::text`]), without a final newline; `None` when the project's properties are
+    /// the only properties (no other source has a member): the merged text is then
+    /// `project_json`'s, byte for byte, and is not made a second time (on a document of a few MB,
+    /// a copy costs a millisecond, most of it the kernel's faulting in its pages).
+    pub merged_json: Option<String>,
     /// The project properties' text (each top-level member's value as the context gives it) and a
     /// final newline: the project copy the action is handed, and the base of the project diff.
-    pub project_json: Vec<u8>,
+    pub project_json: String,
     /// The environment properties as given (see `project_json`).
-    pub environment_json: Vec<u8>,
+    pub environment_json: String,
     /// The top-level members' places in `project_json` (for its diff).
     pub project_spans: Vec<splice::Span>,
     /// The top-level members' places in `environment_json`.
@@ -247,7 +250,10 @@ pub fn prepare(layout: &Layout, options: &StepOptions) -> Result<Prepared, StepE
     // The merged view and the level copies as the action will find them (the copies are also the
     // base of their diffs), all as text: see `properties::text`.
     let texts: Vec<&PropertiesText> = sources.iter().map(|(_, _, t)| *t).collect();
-    let merged_json = properties::text::merge(&texts);
+    // The project level is the one before last; when it is the only source with members, its text
+    // is the merge's (`properties::text::merge` spells a lone source's members as it does).
+    let project_only = texts.iter().enumerate().all(|(n, t)| n + 2 == texts.len() || t.is_empty());
+    let merged_json = (!project_only).then(|| properties::text::merge(&texts));
     drop((texts, sources));
     let (project_spans, environment_spans) = (context.project.properties.spans(), context.environment.properties.spans());
     let project_json = text_bytes(std::mem::take(&mut context.project.properties).into_text());
@@ -290,38 +296,52 @@ struct RuntimeFiles {
     environment: PathBuf,
     children: PathBuf,
     /// The merged properties as written to `merged`, kept for the result's `step.properties`
-    /// (copied in verbatim rather than serialised twice).
-    merged_json: String,
+    /// (copied in verbatim rather than serialised twice); `None` when they are the project copy's
+    /// text (see [`Prepared::merged_json`]).
+    merged_json: Option<String>,
 }
 
 impl RuntimeFiles {
     /// Writes the runtime files: the merged properties (read-only), the two writable level copies
     /// and an empty child steps file. Takes the merged properties' text, for the result.
-    fn write(layout: &Layout, prepared: &Prepared, mut merged_json: String) -> Result<RuntimeFiles, StepError> {
+    fn write(layout: &Layout, prepared: &Prepared, mut merged_json: Option<String>) -> Result<RuntimeFiles, StepError> {
         let dir = layout.runtime_dir();
         std::fs::create_dir_all(&dir).map_err(|source| StepError::RuntimeDir { path: dir.clone(), source })?;
-        merged_json.push('\n');
+        if let Some(text) = merged_json.as_mut() {
+            text.push('\n');
+        }
         // One descriptor of the directory for the four files.
         let dirfd = atomic::open_dir(&dir).map_err(StepError::Runtime)?;
         let write = |name: &str, bytes: &[u8], mode| {
             atomic::write_at(&dirfd, &dir, Path::new(name), bytes, mode, Durability::Rename).map_err(StepError::Runtime)?;
             Ok::<PathBuf, StepError>(dir.join(name))
         };
-        let merged = write("properties.json", merged_json.as_bytes(), 0o444)?;
-        let project = write("project_properties.json", &prepared.project_json, 0o644)?;
-        let environment = write("environment_properties.json", &prepared.environment_json, 0o644)?;
+        let merged = write("properties.json", merged_json.as_ref().unwrap_or(&prepared.project_json).as_bytes(), 0o444)?;
+        let project = write("project_properties.json", prepared.project_json.as_bytes(), 0o644)?;
+        let environment = write("environment_properties.json", prepared.environment_json.as_bytes(), 0o644)?;
         let children = write("child_steps", b"", 0o644)?;
-        merged_json.pop(); // the final newline
+        if let Some(text) = merged_json.as_mut() {
+            text.pop(); // the final newline
+        }
         Ok(RuntimeFiles { merged, project, environment, children, merged_json })
     }
 }
 
 /// `text` and a final newline, as the runtime copies are written (in `text`'s own buffer: a
 /// document of a few MB is not copied).
-fn text_bytes(text: String) -> Vec<u8> {
-    let mut bytes = text.into_bytes();
-    bytes.push(b'\n');
-    bytes
+fn text_bytes(mut text: String) -> String {
+    text.push('\n');
+    text
+}
+
+/// The merged properties' text for the result: `merged`, or when it is `None` the project copy's
+/// text as written (`project_json`, taken: its diff is done), without its final newline.
+fn merged_properties(merged: Option<String>, project_json: &mut String) -> String {
+    merged.unwrap_or_else(|| {
+        let mut text = std::mem::take(project_json);
+        text.pop();
+        text
+    })
 }
 
 /// The environment of the action's commands.
@@ -434,16 +454,20 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let mut error = None;
     // A copy left byte for byte as written has an empty diff, without parsing it (the common
     // case: most steps change no properties); else the two texts are diffed where they differ
-    // (`splice::diff_known`: only the bytes between their common prefix and suffix are parsed,
-    // so an unchanged member of any size costs a comparison of its bytes), and only when that
-    // finds the copy invalid is it parsed whole, for the error.
-    let mut level_diff = |path: &Path, written: &[u8], spans: &[splice::Span]| {
-        let read = json::read_bytes(path, options.limit).and_then(|bytes| {
-            if crate::diff::same_bytes(&bytes, written) {
-                return Ok(None);
-            }
-            let before = std::str::from_utf8(written).expect("the agent's own JSON is UTF-8");
+    // (`splice::diff_known_rest`: the copy is compared with what was written as it is read, and
+    // only what follows the first difference is kept; of that, only the bytes before the common
+    // suffix are parsed, so an unchanged member of any size costs a comparison of its bytes).
+    // When that declines (a difference at the root's brace) or finds the copy invalid, the copy
+    // is read whole: diffed as text, or parsed whole, for the error.
+    let mut level_diff = |path: &Path, before: &str, spans: &[splice::Span]| {
+        let read = json::read_differing(path, options.limit, before.as_bytes()).and_then(|differing| {
+            let json::Differing::From { at, rest } = differing else { return Ok(None) };
             let mut ops = Vec::new();
+            if std::str::from_utf8(&rest).ok().is_some_and(|rest| splice::diff_known_rest(before, spans, at, rest, &mut ops) == Ok(true)) {
+                return Ok(Some(json_patch::Patch(ops)));
+            }
+            let bytes = json::read_bytes(path, options.limit)?;
+            ops.clear();
             if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
                 return Ok(Some(json_patch::Patch(ops)));
             }
@@ -478,7 +502,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     let mut result = StepResult {
         project: LevelDiff { properties_diff: project_diff },
         environment: LevelDiff { properties_diff: environment_diff },
-        step: StepProperties { properties: runtime.merged_json },
+        step: StepProperties { properties: merged_properties(runtime.merged_json, &mut prepared.project_json) },
         steps: Children::new(children, prepared.run_as),
         runner: Some(RunnerFacts {
             version: VERSION.to_string(),

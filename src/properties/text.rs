@@ -15,7 +15,7 @@
 //! ([`crate::json::parse_or_explain`]).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 
@@ -79,6 +79,56 @@ impl PropertiesText {
     /// The document's JSON text.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// [`PropertiesText::from_members`], spelled in `buffer` over the text the members were found
+    /// in (`buffer` holds that text, and `members` are ranges of it, in order): each member moves
+    /// towards the start, never over bytes not yet moved, because its spelling here is never
+    /// longer than it was (serde_json escapes a key no longer than JSON lets it be written, and
+    /// no whitespace is kept). So a document of a few MB is neither copied nor given new pages
+    /// (the agent's project properties, in the buffer its step context was read into). The same
+    /// document as `from_members` makes; `Err` with `buffer` untouched should a member not fit.
+    pub fn from_members_in(mut buffer: Vec<u8>, members: Vec<(String, Range<usize>)>) -> Result<PropertiesText, Vec<u8>> {
+        let keys: Vec<String> = members.iter().map(|(key, _)| serde_json::to_string(key).expect("a string serialises")).collect();
+        // Where each value goes: it must not start after where it is (a copy of it moves it left).
+        let mut at = 1;
+        for (n, ((_, range), key)) in members.iter().zip(&keys).enumerate() {
+            at += usize::from(n > 0) + key.len() + 1;
+            if at > range.start {
+                return Err(buffer);
+            }
+            at += range.len();
+        }
+        if at + 1 > buffer.len() {
+            return Err(buffer);
+        }
+        let mut spans = Vec::with_capacity(members.len());
+        let mut at = 0;
+        let put = |buffer: &mut Vec<u8>, at: &mut usize, bytes: &[u8]| {
+            buffer[*at..*at + bytes.len()].copy_from_slice(bytes);
+            *at += bytes.len();
+        };
+        put(&mut buffer, &mut at, b"{");
+        for (n, ((key, range), quoted)) in members.into_iter().zip(&keys).enumerate() {
+            if n > 0 {
+                put(&mut buffer, &mut at, b",");
+            }
+            put(&mut buffer, &mut at, quoted.as_bytes());
+            put(&mut buffer, &mut at, b":");
+            let start = at;
+            buffer.copy_within(range.clone(), start);
+            at += range.len();
+            spans.push((key, start..at));
+        }
+        put(&mut buffer, &mut at, b"}");
+        buffer.truncate(at);
+        let text = String::from_utf8(buffer).expect("whole values of UTF-8 text and serde_json's keys");
+        Ok(PropertiesText { text, members: spans })
+    }
+
+    /// Whether the document has no member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
     }
 
     /// The document's JSON text, moved out.
@@ -180,6 +230,7 @@ impl<'de> Visitor<'de> for DeclaringMembers {
                 super::splice::check_strict(value.get()).map_err(de::Error::custom)?;
             }
         }
+        top.close(0).map_err(|key| de::Error::custom(format_args!("duplicate key {key:?}")))?;
         Ok(Declaring(kept))
     }
 }
@@ -274,6 +325,7 @@ impl<'de> Visitor<'de> for TopLevel {
             document.text.push_str(value.get());
             document.members.push((key, start..document.text.len()));
         }
+        top.close(0).map_err(|key| de::Error::custom(format_args!("duplicate key {key:?}")))?;
         document.text.push('}');
         Ok(document)
     }
@@ -281,22 +333,24 @@ impl<'de> Visitor<'de> for TopLevel {
 
 /// The keys seen so far of the objects open in a walk, to refuse a duplicate: one stack for the
 /// whole walk, each object's keys on top of its parents' (a nested object is done before its
-/// parent's next key), so that checking allocates nothing per object. An object's keys are
-/// searched in order while they are few (most objects have a handful, and comparing them costs
-/// less than hashing); an object with [`Keys::LINEAR`] keys moves them into a hash set of its own.
+/// parent's next key), so that checking allocates nothing per object. An object's first
+/// [`Keys::LINEAR`] keys are checked as they come, each against the ones before it (most objects
+/// have a handful, and comparing them costs less than hashing); the keys of an object that has
+/// more are checked all at once when it closes ([`Keys::close`]), in a table sized for them.
 #[derive(Default)]
 pub(super) struct Keys<'de> {
-    /// The keys of the open objects, innermost last; an object's keys past the first
-    /// [`Keys::LINEAR`] are in its hash set only. Invariant: every open object begins at a
-    /// different height.
+    /// The keys of the open objects, innermost last. Invariant: every open object's keys are
+    /// contiguous, from the height [`Keys::open`] gave it.
     stack: Vec<Cow<'de, str>>,
-    /// The hash sets of the open objects that outgrew the stack, each with the stack height at
-    /// which its object's keys begin; innermost last.
-    sets: Vec<(usize, HashSet<Cow<'de, str>>)>,
+    /// The hash of each key of the large object being checked, in order; reused from one object
+    /// to the next.
+    hashes: Vec<u64>,
+    /// The table of that object's keys: each slot empty or a key's place in its object; reused.
+    slots: Vec<u32>,
 }
 
 impl<'de> Keys<'de> {
-    /// The number of keys at which an object's keys move into a hash set.
+    /// Up to this many keys (16), an object's keys are checked as they come.
     const LINEAR: usize = 16;
 
     /// Opens an object; returns where its keys begin, for [`Keys::insert`] and [`Keys::close`].
@@ -304,32 +358,60 @@ impl<'de> Keys<'de> {
         self.stack.len()
     }
 
-    /// Adds `key` to the object opened at `start`; false when the object already has it.
+    /// Adds `key` to the object opened at `start`; false when the object already has it among its
+    /// first [`Keys::LINEAR`] keys (a later duplicate is found by [`Keys::close`]).
+    #[inline(always)]
     pub(super) fn insert(&mut self, start: usize, key: Cow<'de, str>) -> bool {
-        if let Some((at, set)) = self.sets.last_mut() {
-            if *at == start {
-                return set.insert(key);
-            }
-        }
-        if self.stack[start..].contains(&key) {
+        let keys = &self.stack[start..];
+        if keys.len() < Keys::LINEAR && keys.iter().any(|k| k.len() == key.len() && k.as_bytes() == key.as_bytes()) {
             return false;
         }
         self.stack.push(key);
-        if self.stack.len() - start >= Keys::LINEAR {
-            // The keys stay on the stack too, so that an object opened inside this one begins
-            // above them, at a height no open object shares.
-            let set = self.stack[start..].iter().cloned().collect();
-            self.sets.push((start, set));
-        }
         true
     }
 
-    /// Closes the object opened at `start`, forgetting its keys.
-    pub(super) fn close(&mut self, start: usize) {
-        if self.sets.last().is_some_and(|(at, _)| *at == start) {
-            self.sets.pop();
-        }
+    /// Closes the object opened at `start`, forgetting its keys; `Err` with a key the object has
+    /// twice, when it has more than [`Keys::LINEAR`] keys (a smaller object's were checked as they came).
+    pub(super) fn close(&mut self, start: usize) -> Result<(), String> {
+        let result = if self.stack.len() - start > Keys::LINEAR { self.duplicate(start) } else { Ok(()) };
         self.stack.truncate(start);
+        result
+    }
+
+    /// A key the object opened at `start` has twice, if any: its keys are put in an open-addressing
+    /// table sized for them (at most two thirds full, probed linearly), and only keys of equal hash
+    /// are compared. Written here rather than with std's `HashSet`: the table is built once, at a
+    /// size known in advance, from keys whose hashes are kept, and needs no growth, no removal
+    /// and no entry API; the agent is built for size, and the set's generic insert cost three
+    /// times as much (callgrind, an object of 10,000 keys; a sort of the hashes, eight times).
+    fn duplicate(&mut self, start: usize) -> Result<(), String> {
+        use std::hash::BuildHasher;
+        const EMPTY: u32 = u32::MAX;
+        let keys = &self.stack[start..];
+        let size = (keys.len() + keys.len() / 2 + 1).next_power_of_two();
+        let mask = size - 1;
+        // Seeded per process (and per object), so that no document can be made to collide its
+        // keys on purpose; made here, so that a walk without a large object does not pay for it.
+        let seed = foldhash::fast::RandomState::default();
+        self.hashes.clear();
+        self.hashes.extend(keys.iter().map(|k| seed.hash_one(k.as_ref())));
+        self.slots.clear();
+        self.slots.resize(size, EMPTY);
+        for (n, (key, &hash)) in keys.iter().zip(&self.hashes).enumerate() {
+            let mut at = hash as usize & mask;
+            loop {
+                let slot = self.slots[at];
+                if slot == EMPTY {
+                    self.slots[at] = n as u32;
+                    break;
+                }
+                if self.hashes[slot as usize] == hash && keys[slot as usize] == *key {
+                    return Err(key.to_string());
+                }
+                at = (at + 1) & mask;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -354,6 +436,26 @@ mod tests {
         assert_eq!(doc.text(), "{\"a\":[1, 2],\"bA\":{\"x\": \"y\"},\"c\":1.50}");
         assert_eq!(doc.subset(&["bA"]), serde_json::json!({"bA": {"x": "y"}}).as_object().unwrap().clone());
         assert_eq!(doc.subset(&["c", "a", "d"]), serde_json::json!({"a": [1, 2], "c": 1.50}).as_object().unwrap().clone());
+    }
+
+    #[test]
+    fn spelled_in_place_as_from_members_spells_it() {
+        for doc in [
+            r#"{"project": {"properties": { "a" : [1, 2] ,
+                "b\u0041": {"x": "y"}, "\u00e9\n": 1.50, "q\/": "é" } }}"#,
+            r#"{"project": {"properties": {}}}"#,
+            r#"{"project":{"properties":{"a":1}}}"#,
+        ] {
+            let found = super::super::splice::check_members(doc, 3).unwrap();
+            let members: Vec<(String, Range<usize>)> = found.iter().filter(|f| f.0 == 3).map(|(_, k, r)| (k.to_string(), r.clone())).collect();
+            let copied = PropertiesText::from_members(doc, members.iter().map(|(k, r)| (Cow::Borrowed(k.as_str()), r.clone())));
+            let in_place = PropertiesText::from_members_in(doc.as_bytes().to_vec(), members).unwrap();
+            assert_eq!(in_place.text, copied.text);
+            assert_eq!(in_place.members, copied.members);
+        }
+        // A member that would have to move right is refused, the buffer untouched.
+        let buffer = b"{\"a\":1}".to_vec();
+        assert_eq!(PropertiesText::from_members_in(buffer.clone(), vec![("long key".into(), 5..6)]).unwrap_err(), buffer);
     }
 
     #[test]
@@ -410,5 +512,11 @@ mod tests {
         let order: Vec<&String> = merged.as_object().unwrap().keys().collect();
         assert_eq!(order, expected.keys().collect::<Vec<_>>());
         assert_eq!(merge(&[]), "{}");
+        // A lone source with members merges to its own text, byte for byte (the agent writes the
+        // project copy's text as the merged properties when the project is the only source).
+        let empty = text("{}");
+        for lone in [&repo, &project, &text("{ \"k\\u0041\" : [1, 2.50] ,\n \"b\": {} }")] {
+            assert_eq!(merge(&[&empty, lone, &empty]), lone.text());
+        }
     }
 }

@@ -90,3 +90,53 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(crate::common::proptest_config(512))]
+
+    /// The agent diffs a copy it reads back in pieces (`splice::diff_known_rest`: only the part
+    /// after the first differing byte held) as it diffs the whole text (`splice::diff_known`).
+    #[test]
+    fn diffing_from_the_first_difference_agrees_with_diffing_the_whole(before in document(), after in document(), pretty in any::<bool>()) {
+        use opschain_runner::properties::splice;
+        let before = PropertiesText::parse(&spelled(&before, false)).unwrap();
+        let (spans, before) = (before.spans(), format!("{}\n", before.text()));
+        let after = format!("{}\n", spelled(&after, pretty));
+        let mut prefix = before.bytes().zip(after.bytes()).take_while(|(b, a)| b == a).count();
+        while !before.is_char_boundary(prefix) {
+            prefix -= 1;
+        }
+        let mut whole = Vec::new();
+        splice::diff_known(&before, &spans, &after, &mut whole).unwrap();
+        if prefix < before.len() || prefix < after.len() {
+            let mut rest = Vec::new();
+            if splice::diff_known_rest(&before, &spans, prefix, &after[prefix..], &mut rest).unwrap() {
+                prop_assert_eq!(rest, whole);
+            } else {
+                prop_assert_eq!(prefix, 0);
+            }
+        } else {
+            prop_assert!(whole.is_empty());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(crate::common::proptest_config(512))]
+
+    /// The agent spells its project properties over the step context's own text
+    /// (`PropertiesText::from_members_in`); the document is the one `from_members` makes in a copy.
+    #[test]
+    fn spelling_in_place_makes_the_document_a_copy_makes(doc in document(), pretty in any::<bool>(), pad in 0..3usize) {
+        use opschain_runner::properties::splice;
+        use std::borrow::Cow;
+        let context = format!("{{\"project\": {{{}\"properties\":{}{}}}}}", " ".repeat(pad), " ".repeat(pad), spelled(&doc, pretty));
+        let found = splice::check_members(&context, 3).unwrap();
+        let members: Vec<(String, std::ops::Range<usize>)> = found.iter().filter(|f| f.0 == 3).map(|(_, k, r)| (k.to_string(), r.clone())).collect();
+        let copied = PropertiesText::from_members(&context, members.iter().map(|(k, r)| (Cow::Borrowed(k.as_str()), r.clone())));
+        let in_place = PropertiesText::from_members_in(context.clone().into_bytes(), members).unwrap();
+        prop_assert_eq!(in_place.text(), copied.text());
+        prop_assert_eq!(in_place.spans(), copied.spans());
+        prop_assert_eq!(in_place.to_map(), doc);
+    }
+}

@@ -161,6 +161,74 @@ fn invalid_json_left_by_the_action_fails_the_step_but_keeps_the_other_level() {
 }
 
 #[test]
+fn a_copy_corrupted_where_the_helper_only_skims_is_refused_when_the_action_ends() {
+    // `property set` splits only the objects on its path and skims the rest of the copy: a copy
+    // the action corrupted deep inside is edited and written back as it is, and the agent, which
+    // checks strictly every byte of a copy that differs from what it wrote, refuses it at the end
+    // of the step with the file's name and the problem; the other level's changes are kept.
+    for (corrupt, problem) in [(r#"{"servers": {"a": {"n": tru}}, "keep": 1}"#, "expected"), (r#"{"servers": {"a": {"n": 1, "n": 2}}, "keep": 1}"#, "duplicate")] {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join(".opschain")).unwrap();
+        std::fs::write(repo.path().join("corrupt.json"), corrupt).unwrap();
+        write_actions(
+            repo.path(),
+            "[actions.a]\nrun = 'cat corrupt.json > \"$OPSCHAIN_PROJECT_PROPERTIES\" && opschain-runner property set --project step done && opschain-runner property set --environment x 1'\n",
+        );
+        write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}, "project": {"properties": {"servers": {"a": {"n": 1}}, "keep": 1}}}));
+        let output = run_step(repo.path(), &[]);
+        assert_eq!(output.status.code(), Some(65), "{corrupt}: {:?}", stderr_lines(&output));
+        let lines = stderr_lines(&output);
+        assert!(lines.iter().any(|l| l.starts_with("opschain-runner:") && l.contains("project_properties.json") && l.contains(problem)), "{corrupt}: {lines:?}");
+        let copy = std::fs::read_to_string(repo.path().join(".opschain/step/project_properties.json")).unwrap();
+        assert!(copy.contains("\"step\":\"done\""), "the helper edited the copy: {copy}");
+        let r = result(repo.path());
+        assert_eq!(r["project"]["properties_diff"], json!([]));
+        assert_eq!(r["environment"]["properties_diff"], json!([{"op": "add", "path": "/x", "value": "1"}]));
+        assert!(r["runner"]["error"].as_str().unwrap().contains("project_properties.json"));
+    }
+}
+
+#[test]
+fn project_properties_alone_are_the_merged_properties_as_written() {
+    // With no other source of properties, the merged view is the project copy's text: written
+    // read-only as the merged properties, and recorded as the result's `step.properties` (the
+    // properties as the action found them, not as it left them).
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(repo.path(), "[actions.a]\nrun = 'cp \"$OPSCHAIN_PROPERTIES\" seen.json && opschain-runner property set --project step done'\n");
+    let props = json!({"servers": {"a": {"ip": "10.0.0.1", "roles": ["web"]}}, "n": 1.5});
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}, "project": {"properties": props}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", stderr_lines(&output));
+    let seen = std::fs::read_to_string(repo.path().join("seen.json")).unwrap();
+    assert_eq!(seen, format!("{}\n", serde_json::to_string(&props).unwrap()));
+    let merged = repo.path().join(".opschain/step/properties.json");
+    assert_eq!(std::fs::metadata(&merged).unwrap().permissions().mode() & 0o777, 0o444);
+    let r = result(repo.path());
+    assert_eq!(r["step"]["properties"], props);
+    assert_eq!(r["project"]["properties_diff"], json!([{"op": "add", "path": "/step", "value": "done"}]));
+    assert_eq!(std::fs::read_to_string(&merged).unwrap(), seen, "the merged file is left as written");
+}
+
+#[test]
+fn a_copy_changed_from_its_first_byte_or_cut_short_is_diffed_whole() {
+    // The agent reads a copy back comparing it with what it wrote, and keeps what follows the
+    // first difference: a copy that differs from its first byte, or that is a prefix of what was
+    // written, is diffed (or refused) as a whole copy is.
+    let repo = tempfile::tempdir().unwrap();
+    write_actions(
+        repo.path(),
+        "[actions.a]\nrun = 'printf \" {\\\"keep\\\": 2}\" > \"$OPSCHAIN_PROJECT_PROPERTIES\" && head -c 5 \"$OPSCHAIN_ENVIRONMENT_PROPERTIES\" > e && cat e > \"$OPSCHAIN_ENVIRONMENT_PROPERTIES\"'\n",
+    );
+    write_context(repo.path(), &json!({"context": {"step": {"action": "a"}}, "project": {"properties": {"keep": 1}}, "environment": {"properties": {"n": 1}}}));
+    let output = run_step(repo.path(), &[]);
+    assert_eq!(output.status.code(), Some(65), "{:?}", stderr_lines(&output));
+    let r = result(repo.path());
+    assert_eq!(r["project"]["properties_diff"], json!([{"op": "replace", "path": "/keep", "value": 2}]));
+    assert_eq!(r["environment"]["properties_diff"], json!([]));
+    assert!(r["runner"]["error"].as_str().unwrap().contains("environment_properties.json"), "{r}");
+}
+
+#[test]
 fn a_copy_rewritten_with_the_same_properties_has_an_empty_diff_and_a_changed_one_its_own() {
     // The agent compares each level copy with the bytes it wrote before parsing it again: a copy
     // that differs only in formatting must still parse to an empty diff, and a changed one diff.
@@ -258,6 +326,13 @@ fn property_helper_edits_and_reports_errors() {
     assert!(stderr_lines(&out)[0].contains("OPSCHAIN_ENVIRONMENT_PROPERTIES"));
     assert_eq!(helper(&["property", "set", "--project", "a.b.c", "x", "--json"]).status.code(), Some(64));
     assert_eq!(helper(&["property", "set", "a", "1"]).status.code(), Some(64), "a level is required");
+    // A copy whose top level (where the helper looks) is not JSON is refused with the problem's
+    // place, and left as it is.
+    std::fs::write(&project, r#"{"a": {"b": 1},}"#).unwrap();
+    let out = helper(&["property", "set", "--project", "c", "1"]);
+    assert_eq!(out.status.code(), Some(65), "{:?}", stderr_lines(&out));
+    assert!(stderr_lines(&out)[0].contains("p.json"), "{:?}", stderr_lines(&out));
+    assert_eq!(std::fs::read_to_string(&project).unwrap(), r#"{"a": {"b": 1},}"#);
 }
 
 #[test]
