@@ -395,7 +395,7 @@ impl Supervisor {
         if me.as_raw() != 1 {
             nix::sys::prctl::set_child_subreaper(true).map_err(SuperviseError::Subreaper)?;
         }
-        procs::descendants(me).map_err(SuperviseError::ListProcesses)?;
+        procs::check_readable(me).map_err(SuperviseError::ListProcesses)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(SuperviseError::Runtime)?;
         let inbox = {
             let _runtime = runtime.enter();
@@ -464,6 +464,7 @@ impl Supervisor {
             ended: None,
             cause: None,
             orphans_reaped: early.others,
+            childless: false,
             survivors: 0,
             notices: sink,
             failure: None,
@@ -604,6 +605,10 @@ struct Watch<'a> {
     cause: Option<Cause>,
     /// Processes reaped other than the main one.
     orphans_reaped: u64,
+    /// The last reaping found no child left (see [`Reaped::childless`]): nothing is below us,
+    /// nor can anything come before the next job starts, so [`descendants`](Self::descendants)
+    /// need not walk `/proc`. The common end of a job costs no walk at all.
+    childless: bool,
     /// Descendants alive when we gave up waiting.
     survivors: u64,
     /// For the supervisor's notices in the log.
@@ -708,14 +713,18 @@ impl Watch<'_> {
 
     /// Every process below us, now.
     fn descendants(&self) -> Result<Vec<Descendant>, SuperviseError> {
+        if self.childless {
+            return Ok(Vec::new());
+        }
         procs::descendants(self.me).map_err(SuperviseError::ListProcesses)
     }
 
     /// Reaps; when the main process is among the reaped and we had not started ending
     /// the job, end what it left behind.
     fn reap(&mut self) -> Result<(), SuperviseError> {
-        let Reaped { watched, others } = procs::reap(Some(self.job)).map_err(|source| SuperviseError::Wait { label: self.label.to_string(), source })?;
+        let Reaped { watched, others, childless } = procs::reap(Some(self.job)).map_err(|source| SuperviseError::Wait { label: self.label.to_string(), source })?;
         self.orphans_reaped += others;
+        self.childless = childless;
         if let Some(ended) = watched {
             self.ended = Some(ended);
             if let Phase::Running { .. } = self.phase {
