@@ -120,15 +120,18 @@ pub fn parse(properties: &Map<String, Value>, repo: &Path, files_root: Option<&P
 /// Parses and validates a files declaration (an object of `path: entry`) found at `base`, the
 /// JSON pointer errors are reported under. Entries come out in declaration order.
 pub fn parse_object(files: &Value, base: &str, repo: &Path, files_root: Option<&Path>) -> Result<Vec<FileSpec>, PointerError> {
-    let base = base.to_string();
-    let files = files.as_object().ok_or_else(|| PointerError { pointer: base.clone(), message: "expected an object of path: entry".into() })?;
+    let files = files.as_object().ok_or_else(|| PointerError { pointer: base.to_string(), message: "expected an object of path: entry".into() })?;
     files
         .iter()
         .map(|(declared, entry)| {
-            let mut pointer = base.clone();
-            pointer.push('/');
-            push_escaped(&mut pointer, declared);
-            parse_entry(declared, entry, repo, files_root).map_err(|(suffix, message)| PointerError { pointer: pointer + suffix, message })
+            // The entry's pointer is built only for an error: escaping every key of a valid
+            // declaration cost more than parsing it.
+            parse_entry(declared, entry, repo, files_root).map_err(|(suffix, message)| {
+                let mut pointer = base.to_string();
+                pointer.push('/');
+                push_escaped(&mut pointer, declared);
+                PointerError { pointer: pointer + suffix, message }
+            })
         })
         .collect()
 }
