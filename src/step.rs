@@ -381,6 +381,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
         writer.write(spec)?;
         info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
     }
+    writer.finish()?;
     let env = action_env(&prepared, &runtime, options);
     let initialise_ms = initialise.finish();
 
