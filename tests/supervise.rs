@@ -169,6 +169,35 @@ fn a_job_gets_exactly_its_environment_its_directory_and_no_stdin() {
     assert_eq!(log.lines("stdout"), vec![format!("A=1 HOME=unset PWD={}", canonical.display()), "stdin done".to_string()]);
 }
 
+/// The state the job starts in, as its shell sees it in `/proc/$$`: a process group of its own,
+/// SIGPIPE not ignored (the agent ignores it) and no signal blocked; of a name given twice, the
+/// last value.
+#[test]
+fn a_job_starts_in_its_own_group_with_default_signals_and_the_last_value_of_a_variable() {
+    let _serial = serial();
+    let (mut sup, log) = supervisor(policy(), &[]);
+    // The masks are read first, with builtins only: a shell waiting for a child it forked (as
+    // for `$(...)`) blocks signals meanwhile.
+    let script = r#"while read -r name value; do case $name in SigIgn:|SigBlk:) echo "$name $value";; esac; done < /proc/$$/status
+        set -- $(sed 's/.*) //' /proc/$$/stat); echo "pid=$$ pgid=$3"; echo "TWICE=$TWICE""#;
+    let mut job = sh(script);
+    job.env.push(("TWICE".into(), "first".into()));
+    job.env.push(("OTHER".into(), "x".into()));
+    job.env.push(("TWICE".into(), "second".into()));
+    let out = sup.run(&job).expect("run");
+    assert_eq!(out.exit_status, 0, "{}", log.text());
+    let lines = log.lines("stdout");
+    let ids: Vec<&str> = lines[2].split(' ').map(|field| field.split_once('=').expect("name=value").1).collect();
+    assert_eq!(ids[0], ids[1], "the job leads a process group of its own: {lines:?}");
+    let mask = |name: &str| {
+        let line = lines.iter().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {lines:?}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).expect("a mask"), 16).expect("hex")
+    };
+    assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE is back to its default: {lines:?}");
+    assert_eq!(mask("SigBlk:"), 0, "no signal is blocked: {lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("TWICE=second"));
+}
+
 #[test]
 fn start_failures_are_errors_that_name_the_operation() {
     let _serial = serial();
@@ -182,6 +211,17 @@ fn start_failures_are_errors_that_name_the_operation() {
         }
         other => panic!("expected a spawn error, got {other:?}"),
     }
+    // A directory that cannot be entered, a file that cannot be executed, a NUL in an argument.
+    let mut bad_dir = sh("true");
+    bad_dir.cwd = "/nonexistent/directory".into();
+    assert!(matches!(sup.run(&bad_dir), Err(SuperviseError::Spawn { source, .. }) if source.kind() == io::ErrorKind::NotFound));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "#!/bin/sh\n").expect("write");
+    job.argv = vec![plain.into()];
+    assert!(matches!(sup.run(&job), Err(SuperviseError::Spawn { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied));
+    job.argv = vec!["/bin/sh".into(), "-c".into(), "true\0".into()];
+    assert!(matches!(sup.run(&job), Err(SuperviseError::Spawn { source, .. }) if source.kind() == io::ErrorKind::InvalidInput));
     job.argv.clear();
     assert!(matches!(sup.run(&job), Err(SuperviseError::EmptyCommand { .. })));
     // Nothing was left behind by the failed starts.

@@ -313,6 +313,20 @@ mod fast {
         }
     }
 
+    /// `env`, each variable looked up once: the step options are read twice when `step` is given
+    /// (the top level's and the command's), and each lookup scans the whole environment.
+    fn memo(env: &dyn Fn(&str) -> Option<OsString>) -> impl Fn(&str) -> Option<OsString> + '_ {
+        let seen: std::cell::RefCell<Vec<(String, Option<OsString>)>> = std::cell::RefCell::new(Vec::new());
+        move |name| {
+            if let Some((_, value)) = seen.borrow().iter().find(|(n, _)| n == name) {
+                return value.clone();
+            }
+            let value = env(name);
+            seen.borrow_mut().push((name.to_string(), value.clone()));
+            value
+        }
+    }
+
     /// The step options from what was given and the environment.
     fn step_args(given: &Given<'_>, env: &dyn Fn(&str) -> Option<OsString>) -> Option<StepArgs> {
         let log_mode = match value(given.log_mode, "OPSCHAIN_LOG_MODE", env)?.as_deref() {
@@ -340,6 +354,8 @@ mod fast {
 
     /// See the module documentation. `args` includes the program name; `env` reads a variable.
     pub(super) fn parse(args: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Option<Cli> {
+        let memo = memo(env);
+        let env: &dyn Fn(&str) -> Option<OsString> = &memo;
         let mut given = Given::default();
         let mut subcommand = false;
         let mut rest = args.iter().skip(1).map(|arg| arg.to_str());
