@@ -71,6 +71,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use self::logq::LogWriter;
+pub(crate) use self::output::Stamp;
 use self::output::{PumpConfig, RecordFormat, Sink, Stream};
 use self::procs::{Descendant, Ended, Reaped};
 use self::signals::{Inbox, Taken, FORWARDED};
@@ -521,34 +522,28 @@ fn spawn(program: &OsString, args: &[OsString], job: &Job, stdout: OwnedFd, stde
 /// own, no blocked signal, SIGPIPE back to its default), called directly because `Command` copies
 /// the environment three times on the way (a sorted map of clones, then C strings, then drops
 /// them all): a tenth of an empty step's instructions for the ~60 variables of an action. Here
-/// each variable is copied once, into its C string; a name given twice keeps its last value, as
-/// with `Command::envs`.
+/// each variable is copied once, into one buffer of C strings; a name given twice keeps its last
+/// value, as with `Command::envs`.
 fn posix_spawn(path: &std::ffi::OsStr, argv0: &std::ffi::OsStr, args: &[OsString], job: &Job, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<Pid> {
-    use std::ffi::{CString, OsStr};
+    use std::ffi::CString;
     use std::os::fd::AsRawFd as _;
     use std::os::unix::ffi::OsStrExt as _;
-    let c_string = |bytes: &[u8]| CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data"));
+    let c_string = |bytes: &[u8]| CString::new(bytes).map_err(|_| nul_error());
     let path = c_string(path.as_bytes())?;
     let cwd = c_string(job.cwd.as_os_str().as_bytes())?;
-    let argv: Vec<CString> = std::iter::once(argv0).chain(args.iter().map(OsString::as_os_str)).map(|arg| c_string(arg.as_bytes())).collect::<io::Result<_>>()?;
-    // The last value of each name, in the order those last values were given.
-    let mut order: Vec<usize> = (0..job.env.len()).collect();
-    order.sort_by(|&a, &b| job.env[a].0.cmp(&job.env[b].0).then(b.cmp(&a)));
-    order.dedup_by(|later, kept| job.env[*later].0 == job.env[*kept].0);
-    order.sort_unstable();
-    let envp: Vec<CString> = order
-        .into_iter()
-        .map(|i| {
-            let (name, value): (&OsStr, &OsStr) = (&job.env[i].0, &job.env[i].1);
-            let mut entry = Vec::with_capacity(name.len() + value.len() + 2);
-            entry.extend_from_slice(name.as_bytes());
-            entry.push(b'=');
-            entry.extend_from_slice(value.as_bytes());
-            c_string(&entry)
-        })
-        .collect::<io::Result<_>>()?;
-    let pointers = |strings: &[CString]| strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect::<Vec<*const libc::c_char>>();
-    let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
+    let mut argv = CStrings::default();
+    for arg in std::iter::once(argv0).chain(args.iter().map(OsString::as_os_str)) {
+        argv.push(&[arg.as_bytes()])?;
+    }
+    // The last value of each name: the earlier ones are left out.
+    let mut seen = std::collections::HashSet::with_capacity(job.env.len());
+    let mut last: Vec<bool> = job.env.iter().rev().map(|(name, _)| seen.insert(name.as_os_str())).collect();
+    last.reverse();
+    let mut envp = CStrings::default();
+    for ((name, value), _) in job.env.iter().zip(last).filter(|(_, last)| *last) {
+        envp.push(&[name.as_bytes(), b"=", value.as_bytes()])?;
+    }
+    let (argv_ptrs, envp_ptrs) = (argv.pointers(), envp.pointers());
     let null = std::fs::File::open("/dev/null")?;
 
     /// Calls a posix_spawn set-up function, its error number (0 for success) as an error.
@@ -608,6 +603,41 @@ fn posix_spawn(path: &std::ffi::OsStr, argv0: &std::ffi::OsStr, args: &[OsString
     }
 }
 
+/// The error of a string that holds a NUL byte, which exec cannot pass (std's words for it).
+fn nul_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data")
+}
+
+/// C strings back to back in one buffer (one allocation for a whole argv or envp rather than one
+/// a string), and the NULL-terminated array of pointers to them that exec takes.
+#[derive(Default)]
+struct CStrings {
+    /// The strings, each NUL-terminated.
+    buf: Vec<u8>,
+    /// Where each string starts in `buf`.
+    starts: Vec<usize>,
+}
+
+impl CStrings {
+    /// Appends the string made of `parts` one after the other; fails when one holds a NUL.
+    fn push(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        if parts.iter().any(|part| memchr::memchr(0, part).is_some()) {
+            return Err(nul_error());
+        }
+        self.starts.push(self.buf.len());
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self.buf.push(0);
+        Ok(())
+    }
+
+    /// The pointers to each string, then NULL; valid while `self` is neither changed nor dropped.
+    fn pointers(&self) -> Vec<*const libc::c_char> {
+        self.starts.iter().map(|&start| self.buf[start..].as_ptr().cast()).chain(std::iter::once(std::ptr::null())).collect()
+    }
+}
+
 /// `program` as `execvp` would find it on the job's `PATH` (the default search path when the job
 /// has none): the first regular file in those directories that we may execute, a relative
 /// directory (or an empty entry: the current one) taken from the job's `cwd`; `program` itself when
@@ -626,8 +656,14 @@ fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Pa
     }
     // musl's and glibc's default search path.
     let path = env.iter().rev().find(|(name, _)| name == "PATH").map_or(OsStr::new("/usr/local/bin:/bin:/usr/bin"), |(_, value)| value.as_os_str());
+    // One buffer for every candidate: joining two paths anew for each directory of a long PATH
+    // allocated twice a directory.
+    let mut candidate = std::path::PathBuf::new();
     for dir in std::env::split_paths(path) {
-        let candidate = cwd.join(dir).join(program);
+        candidate.clear();
+        candidate.push(cwd);
+        candidate.push(dir);
+        candidate.push(program);
         if candidate.is_relative() {
             // A relative directory under a relative `cwd`: the child resolves it only after
             // changing directory; leave the whole search to it (execvp), as before.
