@@ -544,7 +544,10 @@ fn posix_spawn(path: &std::ffi::OsStr, argv0: &std::ffi::OsStr, args: &[OsString
         envp.push(&[name.as_bytes(), b"=", value.as_bytes()])?;
     }
     let (argv_ptrs, envp_ptrs) = (argv.pointers(), envp.pointers());
-    let null = std::fs::File::open("/dev/null")?;
+    // openat, not open: musl's open(2) wrapper follows every O_CLOEXEC open with an fcntl.
+    let null = nix::fcntl::openat(None, "/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    let null = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(null) };
 
     /// Calls a posix_spawn set-up function, its error number (0 for success) as an error.
     fn check(code: libc::c_int) -> io::Result<()> {
@@ -687,7 +690,10 @@ fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
     // A larger buffer where allowed; the default one otherwise (see `PIPE_SIZE`).
     // SAFETY: F_SETPIPE_SZ on a pipe we own takes an int and changes nothing else.
     unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, output::PIPE_SIZE as libc::c_int) };
-    Ok((pipe::Receiver::from_owned_fd(read)?, write))
+    // Our end only is non-blocking (the flag is the open file's, and the job's end is another).
+    // Set here, so that tokio need not check what we just made (a pipe, open for reading).
+    nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((pipe::Receiver::from_owned_fd_unchecked(read)?, write))
 }
 
 /// Why we ended a job.

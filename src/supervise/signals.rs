@@ -126,7 +126,8 @@ impl Inbox {
     pub(crate) fn install() -> Result<Inbox, SuperviseError> {
         let woken = install_handlers()?;
         let read = woken.as_fd().try_clone_to_owned().map_err(SuperviseError::SignalPipe)?;
-        let mut inbox = Inbox { woken: pipe::Receiver::from_owned_fd(read).map_err(SuperviseError::SignalPipe)? };
+        // Unchecked: the duplicate of a pipe we made non-blocking and for reading.
+        let mut inbox = Inbox { woken: pipe::Receiver::from_owned_fd_unchecked(read).map_err(SuperviseError::SignalPipe)? };
         inbox.drain_wake_ups().map_err(SuperviseError::SignalPipe)?;
         PENDING.store(0, Ordering::SeqCst);
         CANCELLED.store(0, Ordering::SeqCst);
