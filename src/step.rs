@@ -382,7 +382,7 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
         info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
     }
     writer.finish()?;
-    let env = action_env(&prepared, &runtime, options);
+    let env: std::sync::Arc<[(OsString, OsString)]> = action_env(&prepared, &runtime, options).into();
     let initialise_ms = initialise.finish();
 
     let action_phase = Phase::start("action");

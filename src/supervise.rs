@@ -211,8 +211,10 @@ pub struct Job {
     pub argv: Vec<OsString>,
     /// The working directory.
     pub cwd: PathBuf,
-    /// The complete environment: the job sees these variables and no others.
-    pub env: Vec<(OsString, OsString)>,
+    /// The complete environment: the job sees these variables and no others (of a name given
+    /// twice, the last value). Shared, not owned: an action's jobs all run with the same one,
+    /// and copying its ~60 variables for each cost more than starting the job.
+    pub env: Arc<[(OsString, OsString)]>,
     /// How long the job may run; `None` takes [`SupervisePolicy::default_timeout`].
     pub timeout: Option<Duration>,
 }

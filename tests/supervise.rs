@@ -79,7 +79,7 @@ fn sh_in(cwd: &Path, script: &str) -> Job {
         label: "test-action".into(),
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         cwd: cwd.to_path_buf(),
-        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())].into(),
         timeout: None,
     }
 }
@@ -162,7 +162,7 @@ fn a_job_gets_exactly_its_environment_its_directory_and_no_stdin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut sup, log) = supervisor(policy(), &[]);
     let mut job = sh_in(dir.path(), r#"echo "A=$A HOME=${HOME-unset} PWD=$(pwd)"; cat; echo "stdin done""#);
-    job.env.push(("A".into(), "1".into()));
+    job.env = [&job.env[..], &[("A".into(), "1".into())]].concat().into();
     let out = sup.run(&job).expect("run");
     assert_eq!(out.exit_status, 0);
     let canonical = dir.path().canonicalize().expect("canonical");
@@ -181,9 +181,8 @@ fn a_job_starts_in_its_own_group_with_default_signals_and_the_last_value_of_a_va
     let script = r#"while read -r name value; do case $name in SigIgn:|SigBlk:) echo "$name $value";; esac; done < /proc/$$/status
         set -- $(sed 's/.*) //' /proc/$$/stat); echo "pid=$$ pgid=$3"; echo "TWICE=$TWICE""#;
     let mut job = sh(script);
-    job.env.push(("TWICE".into(), "first".into()));
-    job.env.push(("OTHER".into(), "x".into()));
-    job.env.push(("TWICE".into(), "second".into()));
+    let twice = [("TWICE".into(), "first".into()), ("OTHER".into(), "x".into()), ("TWICE".into(), "second".into())];
+    job.env = [&job.env[..], &twice].concat().into();
     let out = sup.run(&job).expect("run");
     assert_eq!(out.exit_status, 0, "{}", log.text());
     let lines = log.lines("stdout");
