@@ -348,9 +348,16 @@ fn after_the_main_process_ends_signals_reach_what_it_left_by_pid() {
     let _serial = serial();
     let policy = SupervisePolicy { grace: Duration::from_secs(5), ..policy() };
     let (mut sup, log) = supervisor(policy, &[]);
-    // The main process exits at once; its child (same group) ignores the SIGTERM that follows,
-    // and answers SIGUSR1, sent once the supervisor has reaped the main process and said so.
-    let job = sh("(trap '' TERM; trap 'echo got USR1; exit 0' USR1; while :; do sleep 0.05; done) & exit 0");
+    // The main process exits as soon as its child (same group) has set its traps (before, a
+    // loaded machine could deliver the SIGTERM that follows first, and end the child); the child
+    // ignores that SIGTERM and answers SIGUSR1, sent once the supervisor has reaped the main
+    // process and said so.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = sh_in(
+        dir.path(),
+        "(trap '' TERM; trap 'echo got USR1; exit 0' USR1; : > armed; while :; do sleep 0.05; done) & \
+         while [ ! -e armed ]; do sleep 0.01; done; exit 0",
+    );
     let sender = signal_me_when(&log, "the job ended and left", Signal::SIGUSR1);
     let out = sup.run(&job).expect("run");
     assert!(sender.join().expect("sender"), "the supervisor never reported the child: {}", log.text());
