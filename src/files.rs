@@ -352,6 +352,10 @@ struct Staged {
 /// Distinguishes the temporary names of the directories one process stages.
 static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// How many temporary names a process tries in all before a staged directory's creation fails:
+/// enough to pass the leftovers of a few killed runs with the same pid.
+const STAGED_TRIES: u64 = 64;
+
 impl Writer {
     /// Writes `spec` (see [`Writer`]); it is in place once [`finish`](Self::finish) returns.
     pub fn write(&mut self, spec: &FileSpec) -> Result<(), WriteError> {
@@ -528,8 +532,16 @@ fn descend(mut fd: OwnedFd, mut at: PathBuf, rel: &Path, declared: &str, fresh: 
         fd = match atomic::open_at(&fd, name, flags, Mode::empty()) {
             Ok(next) => next,
             Err(Errno::ENOENT) => {
-                let tmp = format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed));
-                mkdirat(Some(fd.as_raw_fd()), tmp.as_str(), dir_mode).map_err(|e| WriteError::CreateDir { at: at.clone(), source: e.into() })?;
+                // A name left by an earlier run of the same pid (a restarted container's agent is
+                // PID 1 again) is skipped for the next one.
+                let tmp = loop {
+                    let tmp = format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), STAGED.fetch_add(1, Ordering::Relaxed));
+                    match mkdirat(Some(fd.as_raw_fd()), tmp.as_str(), dir_mode) {
+                        Ok(()) => break tmp,
+                        Err(Errno::EEXIST) if STAGED.load(Ordering::Relaxed) < STAGED_TRIES => continue,
+                        Err(e) => return Err(WriteError::CreateDir { at, source: e.into() }),
+                    }
+                };
                 let inside = atomic::open_at(&fd, tmp.as_str(), flags, Mode::empty()).map_err(|e| WriteError::CreateDir { at: at.clone(), source: e.into() })?;
                 let keep = inside.try_clone().map_err(|source| WriteError::CreateDir { at: at.clone(), source })?;
                 staged = Some(Staged { base: PathBuf::new(), rel: PathBuf::new(), parent: fd, tmp: tmp.into(), name: name.to_os_string(), fd: keep, path: at.clone() });
@@ -608,6 +620,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(repo.path().join("d/new")).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(std::fs::read_dir(repo.path()).unwrap().count(), 1, "no staged directory left behind");
+    }
+
+    #[test]
+    fn a_staging_name_left_by_an_earlier_run_is_passed_over() {
+        let repo = tempfile::tempdir().unwrap();
+        // What a run with this pid killed mid-batch would have left, at the next names in line.
+        let next = STAGED.load(Ordering::Relaxed);
+        for n in next..next + 3 {
+            std::fs::create_dir(repo.path().join(format!(".left.tmp-{}-{n}", std::process::id()))).unwrap();
+        }
+        let declared = json!({"opschain": {"files": {"~/left/x": {"content": "x"}}}});
+        let specs = parse(declared.as_object().unwrap(), repo.path(), None).unwrap();
+        let mut writer = Writer::default();
+        writer.write(&specs[0]).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(repo.path().join("left/x")).unwrap(), "x");
     }
 
     #[test]
