@@ -47,7 +47,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// This process's umask, read once from `/proc/self/status` (Linux 4.7 and later); `None` where it
 /// cannot be read, and then every file's mode is set explicitly. Read rather than set and restored
 /// with umask(2): that would change it for a moment under every other thread.
-fn umask() -> Option<u32> {
+pub(crate) fn umask() -> Option<u32> {
     static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     *UMASK.get_or_init(|| {
         // The `Umask:` line is the second; the first 512 bytes hold it in one read (growing a

@@ -55,10 +55,14 @@ pub fn parse_object(env: &Value, base: &str) -> Result<Vec<(String, String)>, Po
     let env = env.as_object().ok_or_else(|| PointerError { pointer: base.into(), message: "expected an object of NAME: value".into() })?;
     env.iter()
         .map(|(name, value)| {
-            let mut pointer = base.to_string();
-            pointer.push('/');
-            push_escaped(&mut pointer, name);
-            let fail = |message: String| PointerError { pointer: pointer.clone(), message };
+            // The pointer is built only for an error: escaping every name of a valid declaration
+            // cost more than checking it.
+            let fail = |message: String| {
+                let mut pointer = base.to_string();
+                pointer.push('/');
+                push_escaped(&mut pointer, name);
+                PointerError { pointer, message }
+            };
             check_name(name).map_err(|m| fail(m.to_string()))?;
             let value = value.as_str().ok_or_else(|| fail(format!("value of {name} must be a string, not {}", kind(value))))?;
             check_value(value).map_err(|m| fail(m.to_string()))?;
@@ -70,9 +74,11 @@ pub fn parse_object(env: &Value, base: &str) -> Result<Vec<(String, String)>, Po
 /// Validates the runner secrets' names and values (they come from the step context's `secrets`).
 pub fn check_secrets<'a>(secrets: impl IntoIterator<Item = (&'a String, &'a String)>) -> Result<(), PointerError> {
     for (name, value) in secrets {
-        let mut pointer = "/secrets/".to_string();
-        push_escaped(&mut pointer, name);
-        check_name(name).and_then(|()| check_value(value)).map_err(|m| PointerError { pointer, message: m.to_string() })?;
+        check_name(name).and_then(|()| check_value(value)).map_err(|m| {
+            let mut pointer = "/secrets/".to_string();
+            push_escaped(&mut pointer, name);
+            PointerError { pointer, message: m.to_string() }
+        })?;
     }
     Ok(())
 }

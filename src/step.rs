@@ -401,7 +401,8 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
         writer.write(spec)?;
         info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
     }
-    let env = action_env(&prepared, &runtime, options);
+    writer.finish()?;
+    let env: std::sync::Arc<[(OsString, OsString)]> = action_env(&prepared, &runtime, options).into();
     let initialise_ms = initialise.finish();
 
     let action_phase = Phase::start("action");

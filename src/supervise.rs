@@ -71,6 +71,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use self::logq::LogWriter;
+pub(crate) use self::output::Stamp;
 use self::output::{PumpConfig, RecordFormat, Sink, Stream};
 use self::procs::{Descendant, Ended, Reaped};
 use self::signals::{Inbox, Taken, FORWARDED};
@@ -210,8 +211,10 @@ pub struct Job {
     pub argv: Vec<OsString>,
     /// The working directory.
     pub cwd: PathBuf,
-    /// The complete environment: the job sees these variables and no others.
-    pub env: Vec<(OsString, OsString)>,
+    /// The complete environment: the job sees these variables and no others (of a name given
+    /// twice, the last value). Shared, not owned: an action's jobs all run with the same one,
+    /// and copying its ~60 variables for each cost more than starting the job.
+    pub env: Arc<[(OsString, OsString)]>,
     /// How long the job may run; `None` takes [`SupervisePolicy::default_timeout`].
     pub timeout: Option<Duration>,
 }
@@ -395,7 +398,7 @@ impl Supervisor {
         if me.as_raw() != 1 {
             nix::sys::prctl::set_child_subreaper(true).map_err(SuperviseError::Subreaper)?;
         }
-        procs::descendants(me).map_err(SuperviseError::ListProcesses)?;
+        procs::check_readable(me).map_err(SuperviseError::ListProcesses)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(SuperviseError::Runtime)?;
         let inbox = {
             let _runtime = runtime.enter();
@@ -464,6 +467,7 @@ impl Supervisor {
             ended: None,
             cause: None,
             orphans_reaped: early.others,
+            childless: false,
             survivors: 0,
             notices: sink,
             failure: None,
@@ -491,7 +495,14 @@ impl Supervisor {
 /// so that the pipes end when the job's processes are gone). Returns its pid; it is reaped by
 /// [`procs::reap`], never through std's handle.
 fn spawn(program: &OsString, args: &[OsString], job: &Job, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Pid> {
-    let mut command = std::process::Command::new(on_path(program, &job.env, &job.cwd));
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = on_path(program, &job.env, &job.cwd);
+    if path.as_bytes().contains(&b'/') {
+        return posix_spawn(&path, program, args, job, &stdout, &stderr);
+    }
+    // A program left to the child's own `PATH` search (see `on_path`): std's `Command` searches
+    // it as `execvp` does.
+    let mut command = std::process::Command::new(path);
     command
         .arg0(program) // argv[0] as written, as execvp would pass it (busybox applets read it)
         .args(args)
@@ -505,6 +516,139 @@ fn spawn(program: &OsString, args: &[OsString], job: &Job, stdout: OwnedFd, stde
     #[allow(clippy::zombie_processes)] // reaped by `procs::reap`
     let child = command.spawn()?;
     Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// Starts the program at `path` (it has a `/`) as [`spawn`] says, with `posix_spawn(3)`: what
+/// std's `Command` calls for such a program, with the same set-up (standard input on
+/// `/dev/null`, the two pipes as stdout and stderr, the job's directory, a process group of its
+/// own, no blocked signal, SIGPIPE back to its default), called directly because `Command` copies
+/// the environment three times on the way (a sorted map of clones, then C strings, then drops
+/// them all): a tenth of an empty step's instructions for the ~60 variables of an action. Here
+/// each variable is copied once, into one buffer of C strings; a name given twice keeps its last
+/// value, as with `Command::envs`.
+fn posix_spawn(path: &std::ffi::OsStr, argv0: &std::ffi::OsStr, args: &[OsString], job: &Job, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<Pid> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_string = |bytes: &[u8]| CString::new(bytes).map_err(|_| nul_error());
+    let path = c_string(path.as_bytes())?;
+    let cwd = c_string(job.cwd.as_os_str().as_bytes())?;
+    let mut argv = CStrings::default();
+    for arg in std::iter::once(argv0).chain(args.iter().map(OsString::as_os_str)) {
+        argv.push(&[arg.as_bytes()])?;
+    }
+    // The last value of each name: an entry whose name comes again later is left out. Compared
+    // pairwise, lengths first: for the few dozen short names of an action, cheaper than hashing
+    // each (a set cost 30 K instructions).
+    let env = &job.env[..];
+    let mut envp = CStrings::with_capacity(env.iter().map(|(name, value)| name.len() + value.len() + 2).sum());
+    for (at, (name, value)) in env.iter().enumerate() {
+        let again = env[at + 1..].iter().any(|(later, _)| later.len() == name.len() && later == name);
+        if !again {
+            envp.push(&[name.as_bytes(), b"=", value.as_bytes()])?;
+        }
+    }
+    let (argv_ptrs, envp_ptrs) = (argv.pointers(), envp.pointers());
+    // openat, not open: musl's open(2) wrapper follows every O_CLOEXEC open with an fcntl.
+    let null = nix::fcntl::openat(None, "/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+    // SAFETY: openat just returned this descriptor and nothing else owns it.
+    let null = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(null) };
+
+    /// Calls a posix_spawn set-up function, its error number (0 for success) as an error.
+    fn check(code: libc::c_int) -> io::Result<()> {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(code))
+        }
+    }
+    // SAFETY: the attribute and file-action objects are initialised before use and destroyed
+    // once (by the guards below) after the last use; every pointer handed over (paths, argv,
+    // envp and their NUL-terminated arrays) points into values that outlive the call, and the
+    // descriptors are open for its whole length.
+    unsafe {
+        let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
+        struct Actions(*mut libc::posix_spawn_file_actions_t);
+        impl Drop for Actions {
+            fn drop(&mut self) {
+                // SAFETY: initialised above, destroyed only here.
+                unsafe { libc::posix_spawn_file_actions_destroy(self.0) };
+            }
+        }
+        let actions = Actions(actions.as_mut_ptr());
+        let mut attrs = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        check(libc::posix_spawnattr_init(attrs.as_mut_ptr()))?;
+        struct Attrs(*mut libc::posix_spawnattr_t);
+        impl Drop for Attrs {
+            fn drop(&mut self) {
+                // SAFETY: initialised above, destroyed only here.
+                unsafe { libc::posix_spawnattr_destroy(self.0) };
+            }
+        }
+        let attrs = Attrs(attrs.as_mut_ptr());
+
+        check(libc::posix_spawn_file_actions_adddup2(actions.0, null.as_raw_fd(), libc::STDIN_FILENO))?;
+        check(libc::posix_spawn_file_actions_adddup2(actions.0, stdout.as_raw_fd(), libc::STDOUT_FILENO))?;
+        check(libc::posix_spawn_file_actions_adddup2(actions.0, stderr.as_raw_fd(), libc::STDERR_FILENO))?;
+        check(libc::posix_spawn_file_actions_addchdir_np(actions.0, cwd.as_ptr()))?;
+
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        check(libc::posix_spawnattr_setsigmask(attrs.0, &none))?;
+        // The agent ignores SIGPIPE (Rust's runtime does); the job gets it back, as from std.
+        let mut default: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut default);
+        libc::sigaddset(&mut default, libc::SIGPIPE);
+        check(libc::posix_spawnattr_setsigdefault(attrs.0, &default))?;
+        check(libc::posix_spawnattr_setpgroup(attrs.0, 0))?;
+        let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETPGROUP;
+        check(libc::posix_spawnattr_setflags(attrs.0, flags as libc::c_short))?;
+
+        let mut pid: libc::pid_t = 0;
+        check(libc::posix_spawn(&mut pid, path.as_ptr(), actions.0, attrs.0, argv_ptrs.as_ptr().cast(), envp_ptrs.as_ptr().cast()))?;
+        Ok(Pid::from_raw(pid))
+    }
+}
+
+/// The error of a string that holds a NUL byte, which exec cannot pass (std's words for it).
+fn nul_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data")
+}
+
+/// C strings back to back in one buffer (one allocation for a whole argv or envp rather than one
+/// a string), and the NULL-terminated array of pointers to them that exec takes.
+#[derive(Default)]
+struct CStrings {
+    /// The strings, each NUL-terminated.
+    buf: Vec<u8>,
+    /// Where each string starts in `buf`.
+    starts: Vec<usize>,
+}
+
+impl CStrings {
+    /// Empty, with room for `bytes` of strings (NULs included).
+    fn with_capacity(bytes: usize) -> CStrings {
+        CStrings { buf: Vec::with_capacity(bytes), starts: Vec::new() }
+    }
+
+    /// Appends the string made of `parts` one after the other; fails when one holds a NUL.
+    fn push(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        if parts.iter().any(|part| memchr::memchr(0, part).is_some()) {
+            return Err(nul_error());
+        }
+        self.starts.push(self.buf.len());
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
+        self.buf.push(0);
+        Ok(())
+    }
+
+    /// The pointers to each string, then NULL; valid while `self` is neither changed nor dropped.
+    fn pointers(&self) -> Vec<*const libc::c_char> {
+        self.starts.iter().map(|&start| self.buf[start..].as_ptr().cast()).chain(std::iter::once(std::ptr::null())).collect()
+    }
 }
 
 /// `program` as `execvp` would find it on the job's `PATH` (the default search path when the job
@@ -525,8 +669,14 @@ fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Pa
     }
     // musl's and glibc's default search path.
     let path = env.iter().rev().find(|(name, _)| name == "PATH").map_or(OsStr::new("/usr/local/bin:/bin:/usr/bin"), |(_, value)| value.as_os_str());
+    // One buffer for every candidate: joining two paths anew for each directory of a long PATH
+    // allocated twice a directory.
+    let mut candidate = std::path::PathBuf::new();
     for dir in std::env::split_paths(path) {
-        let candidate = cwd.join(dir).join(program);
+        candidate.clear();
+        candidate.push(cwd);
+        candidate.push(dir);
+        candidate.push(program);
         if candidate.is_relative() {
             // A relative directory under a relative `cwd`: the child resolves it only after
             // changing directory; leave the whole search to it (execvp), as before.
@@ -550,7 +700,10 @@ fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
     // A larger buffer where allowed; the default one otherwise (see `PIPE_SIZE`).
     // SAFETY: F_SETPIPE_SZ on a pipe we own takes an int and changes nothing else.
     unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, output::PIPE_SIZE as libc::c_int) };
-    Ok((pipe::Receiver::from_owned_fd(read)?, write))
+    // Our end only is non-blocking (the flag is the open file's, and the job's end is another).
+    // Set here, so that tokio need not check what we just made (a pipe, open for reading).
+    nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((pipe::Receiver::from_owned_fd_unchecked(read)?, write))
 }
 
 /// Why we ended a job.
@@ -604,6 +757,10 @@ struct Watch<'a> {
     cause: Option<Cause>,
     /// Processes reaped other than the main one.
     orphans_reaped: u64,
+    /// The last reaping found no child left (see [`Reaped::childless`]): nothing is below us,
+    /// nor can anything come before the next job starts, so [`descendants`](Self::descendants)
+    /// need not walk `/proc`. The common end of a job costs no walk at all.
+    childless: bool,
     /// Descendants alive when we gave up waiting.
     survivors: u64,
     /// For the supervisor's notices in the log.
@@ -708,14 +865,18 @@ impl Watch<'_> {
 
     /// Every process below us, now.
     fn descendants(&self) -> Result<Vec<Descendant>, SuperviseError> {
+        if self.childless {
+            return Ok(Vec::new());
+        }
         procs::descendants(self.me).map_err(SuperviseError::ListProcesses)
     }
 
     /// Reaps; when the main process is among the reaped and we had not started ending
     /// the job, end what it left behind.
     fn reap(&mut self) -> Result<(), SuperviseError> {
-        let Reaped { watched, others } = procs::reap(Some(self.job)).map_err(|source| SuperviseError::Wait { label: self.label.to_string(), source })?;
+        let Reaped { watched, others, childless } = procs::reap(Some(self.job)).map_err(|source| SuperviseError::Wait { label: self.label.to_string(), source })?;
         self.orphans_reaped += others;
+        self.childless = childless;
         if let Some(ended) = watched {
             self.ended = Some(ended);
             if let Phase::Running { .. } = self.phase {

@@ -79,7 +79,7 @@ fn sh_in(cwd: &Path, script: &str) -> Job {
         label: "test-action".into(),
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         cwd: cwd.to_path_buf(),
-        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())].into(),
         timeout: None,
     }
 }
@@ -162,11 +162,39 @@ fn a_job_gets_exactly_its_environment_its_directory_and_no_stdin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut sup, log) = supervisor(policy(), &[]);
     let mut job = sh_in(dir.path(), r#"echo "A=$A HOME=${HOME-unset} PWD=$(pwd)"; cat; echo "stdin done""#);
-    job.env.push(("A".into(), "1".into()));
+    job.env = [&job.env[..], &[("A".into(), "1".into())]].concat().into();
     let out = sup.run(&job).expect("run");
     assert_eq!(out.exit_status, 0);
     let canonical = dir.path().canonicalize().expect("canonical");
     assert_eq!(log.lines("stdout"), vec![format!("A=1 HOME=unset PWD={}", canonical.display()), "stdin done".to_string()]);
+}
+
+/// The state the job starts in, as its shell sees it in `/proc/$$`: a process group of its own,
+/// SIGPIPE not ignored (the agent ignores it) and no signal blocked; of a name given twice, the
+/// last value.
+#[test]
+fn a_job_starts_in_its_own_group_with_default_signals_and_the_last_value_of_a_variable() {
+    let _serial = serial();
+    let (mut sup, log) = supervisor(policy(), &[]);
+    // The masks are read first, with builtins only: a shell waiting for a child it forked (as
+    // for `$(...)`) blocks signals meanwhile.
+    let script = r#"while read -r name value; do case $name in SigIgn:|SigBlk:) echo "$name $value";; esac; done < /proc/$$/status
+        set -- $(sed 's/.*) //' /proc/$$/stat); echo "pid=$$ pgid=$3"; echo "TWICE=$TWICE""#;
+    let mut job = sh(script);
+    let twice = [("TWICE".into(), "first".into()), ("OTHER".into(), "x".into()), ("TWICE".into(), "second".into())];
+    job.env = [&job.env[..], &twice].concat().into();
+    let out = sup.run(&job).expect("run");
+    assert_eq!(out.exit_status, 0, "{}", log.text());
+    let lines = log.lines("stdout");
+    let ids: Vec<&str> = lines[2].split(' ').map(|field| field.split_once('=').expect("name=value").1).collect();
+    assert_eq!(ids[0], ids[1], "the job leads a process group of its own: {lines:?}");
+    let mask = |name: &str| {
+        let line = lines.iter().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {lines:?}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).expect("a mask"), 16).expect("hex")
+    };
+    assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE is back to its default: {lines:?}");
+    assert_eq!(mask("SigBlk:"), 0, "no signal is blocked: {lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("TWICE=second"));
 }
 
 #[test]
@@ -182,6 +210,17 @@ fn start_failures_are_errors_that_name_the_operation() {
         }
         other => panic!("expected a spawn error, got {other:?}"),
     }
+    // A directory that cannot be entered, a file that cannot be executed, a NUL in an argument.
+    let mut bad_dir = sh("true");
+    bad_dir.cwd = "/nonexistent/directory".into();
+    assert!(matches!(sup.run(&bad_dir), Err(SuperviseError::Spawn { source, .. }) if source.kind() == io::ErrorKind::NotFound));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "#!/bin/sh\n").expect("write");
+    job.argv = vec![plain.into()];
+    assert!(matches!(sup.run(&job), Err(SuperviseError::Spawn { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied));
+    job.argv = vec!["/bin/sh".into(), "-c".into(), "true\0".into()];
+    assert!(matches!(sup.run(&job), Err(SuperviseError::Spawn { source, .. }) if source.kind() == io::ErrorKind::InvalidInput));
     job.argv.clear();
     assert!(matches!(sup.run(&job), Err(SuperviseError::EmptyCommand { .. })));
     // Nothing was left behind by the failed starts.
@@ -309,9 +348,16 @@ fn after_the_main_process_ends_signals_reach_what_it_left_by_pid() {
     let _serial = serial();
     let policy = SupervisePolicy { grace: Duration::from_secs(5), ..policy() };
     let (mut sup, log) = supervisor(policy, &[]);
-    // The main process exits at once; its child (same group) ignores the SIGTERM that follows,
-    // and answers SIGUSR1, sent once the supervisor has reaped the main process and said so.
-    let job = sh("(trap '' TERM; trap 'echo got USR1; exit 0' USR1; while :; do sleep 0.05; done) & exit 0");
+    // The main process exits as soon as its child (same group) has set its traps (before, a
+    // loaded machine could deliver the SIGTERM that follows first, and end the child); the child
+    // ignores that SIGTERM and answers SIGUSR1, sent once the supervisor has reaped the main
+    // process and said so.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = sh_in(
+        dir.path(),
+        "(trap '' TERM; trap 'echo got USR1; exit 0' USR1; : > armed; while :; do sleep 0.05; done) & \
+         while [ ! -e armed ]; do sleep 0.01; done; exit 0",
+    );
     let sender = signal_me_when(&log, "the job ended and left", Signal::SIGUSR1);
     let out = sup.run(&job).expect("run");
     assert!(sender.join().expect("sender"), "the supervisor never reported the child: {}", log.text());

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use opschain_runner::actions::Actions;
 #[cfg(feature = "controller")]
 use opschain_runner::cli::BuildContextArgs;
@@ -52,7 +51,7 @@ fn main() -> ExitCode {
         };
         return exit_code(status);
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -248,3 +248,194 @@ pub enum ChildCommand {
         actions: Vec<String>,
     },
 }
+
+/// The `step` command line, parsed by hand: the agent's hot path, which clap makes cost a third of
+/// an empty step's instructions (building the whole command tree, with every help text, to parse
+/// two words). [`Cli::parse_step_fast`] recognises only what a `step` invocation is made of: the
+/// global options, the word `step`, and the step options, each once, as `--name VALUE` or
+/// `--name=VALUE`, and their environment variables. Anything else (another command, `--help`,
+/// `--version`, a short or unknown option, a value it does not read exactly as clap would, an
+/// option given twice, a step option not after `step`) gives `None`, and clap parses the whole line
+/// as before, with its own errors. So it is never the one that refuses a command line, and what
+/// it accepts it reads as clap does (`tests/cli_fast.rs` compares the two).
+mod fast {
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    use super::{Cli, Command, Global, LogMode, StepArgs};
+    use crate::layout::{DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
+    use crate::logging::LogFormat;
+
+    /// The options of the command line, by name, as given (`None`: not given).
+    #[derive(Default)]
+    struct Given<'a> {
+        repo: Option<&'a str>,
+        folder: Option<&'a str>,
+        log_format: Option<&'a str>,
+        action: Option<&'a str>,
+        dry_run: bool,
+        files_root: Option<&'a str>,
+        grace_secs: Option<&'a str>,
+        timeout_secs: Option<&'a str>,
+        secret_patterns: Option<&'a str>,
+        max_input_bytes: Option<&'a str>,
+        log_mode: Option<&'a str>,
+        context_from: Option<&'a str>,
+        result_frame: Option<&'a str>,
+    }
+
+    /// A value as clap takes it without question: not empty, and not what clap could read as
+    /// an option (a lone `-` is a value).
+    fn plain(value: &str) -> bool {
+        !value.is_empty() && (value == "-" || !value.starts_with('-'))
+    }
+
+    /// A count of seconds or bytes: decimal digits only, as clap's `u64` parser reads them.
+    fn number(value: &str) -> Option<u64> {
+        if value.is_empty() || value.len() > 19 || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        value.parse().ok()
+    }
+
+    /// The value of an option: given on the line, else its environment variable (`None` when set
+    /// but empty or not UTF-8: left to clap), else absent (`Some(None)`).
+    fn value(given: Option<&str>, var: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Option<Option<String>> {
+        match given {
+            Some(value) => Some(Some(value.to_string())),
+            None => match env(var) {
+                None => Some(None),
+                Some(value) => {
+                    let value = value.into_string().ok()?;
+                    (!value.is_empty()).then_some(Some(value))
+                }
+            },
+        }
+    }
+
+    /// `env`, each variable looked up once: the step options are read twice when `step` is given
+    /// (the top level's and the command's), and each lookup scans the whole environment.
+    fn memo(env: &dyn Fn(&str) -> Option<OsString>) -> impl Fn(&str) -> Option<OsString> + '_ {
+        let seen: std::cell::RefCell<Vec<(String, Option<OsString>)>> = std::cell::RefCell::new(Vec::new());
+        move |name| {
+            if let Some((_, value)) = seen.borrow().iter().find(|(n, _)| n == name) {
+                return value.clone();
+            }
+            let value = env(name);
+            seen.borrow_mut().push((name.to_string(), value.clone()));
+            value
+        }
+    }
+
+    /// The step options from what was given and the environment.
+    fn step_args(given: &Given<'_>, env: &dyn Fn(&str) -> Option<OsString>) -> Option<StepArgs> {
+        let log_mode = match value(given.log_mode, "OPSCHAIN_LOG_MODE", env)?.as_deref() {
+            None | Some("blocking") => LogMode::Blocking,
+            Some("non-blocking") => LogMode::NonBlocking,
+            Some(_) => return None,
+        };
+        let timeout_secs = match value(given.timeout_secs, "OPSCHAIN_TIMEOUT_SECS", env)? {
+            None => None,
+            Some(secs) => Some(number(&secs)?),
+        };
+        Some(StepArgs {
+            action: given.action.map(str::to_string),
+            dry_run: given.dry_run,
+            files_root: value(given.files_root, "OPSCHAIN_FILES_ROOT", env)?.map(PathBuf::from),
+            grace_secs: value(given.grace_secs, "OPSCHAIN_GRACE_SECS", env)?.map_or(Some(10), |s| number(&s))?,
+            timeout_secs,
+            secret_patterns: value(given.secret_patterns, "OPSCHAIN_SECRET_PATTERNS", env)?.unwrap_or_else(|| crate::mask::DEFAULT_SECRET_PATTERNS.to_string()),
+            max_input_bytes: value(given.max_input_bytes, "OPSCHAIN_MAX_INPUT_BYTES", env)?.map_or(Some(64 << 20), |s| number(&s))?,
+            log_mode,
+            context_from: value(given.context_from, "OPSCHAIN_CONTEXT_FROM", env)?.map(PathBuf::from),
+            result_frame: value(given.result_frame, "OPSCHAIN_RESULT_FRAME", env)?,
+        })
+    }
+
+    /// See the module documentation. `args` includes the program name; `env` reads a variable.
+    pub(super) fn parse(args: &[OsString], env: &dyn Fn(&str) -> Option<OsString>) -> Option<Cli> {
+        let memo = memo(env);
+        let env: &dyn Fn(&str) -> Option<OsString> = &memo;
+        let mut given = Given::default();
+        let mut subcommand = false;
+        let mut rest = args.iter().skip(1).map(|arg| arg.to_str());
+        while let Some(arg) = rest.next() {
+            let arg = arg?;
+            if arg == "step" && !subcommand {
+                subcommand = true;
+                continue;
+            }
+            let (name, inline) = match arg.strip_prefix("--")?.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (arg.strip_prefix("--")?, None),
+            };
+            if name == "dry-run" {
+                if inline.is_some() || given.dry_run || !subcommand {
+                    return None;
+                }
+                given.dry_run = true;
+                continue;
+            }
+            let (slot, global) = match name {
+                "repo" => (&mut given.repo, true),
+                "folder" => (&mut given.folder, true),
+                "log-format" => (&mut given.log_format, true),
+                "action" => (&mut given.action, false),
+                "files-root" => (&mut given.files_root, false),
+                "grace-secs" => (&mut given.grace_secs, false),
+                "timeout-secs" => (&mut given.timeout_secs, false),
+                "secret-patterns" => (&mut given.secret_patterns, false),
+                "max-input-bytes" => (&mut given.max_input_bytes, false),
+                "log-mode" => (&mut given.log_mode, false),
+                "context-from" => (&mut given.context_from, false),
+                "result-frame" => (&mut given.result_frame, false),
+                _ => return None,
+            };
+            // A step option before `step` is the top level's, which `step` then ignores: clap's.
+            if slot.is_some() || !(global || subcommand) {
+                return None;
+            }
+            let value = match inline {
+                Some(value) => value,
+                None => rest.next()??,
+            };
+            if !plain(value) {
+                return None;
+            }
+            *slot = Some(value);
+        }
+        let log_format = match value(given.log_format, "OPSCHAIN_LOG_FORMAT", env)?.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => return None,
+        };
+        let global = Global {
+            repo: PathBuf::from(value(given.repo, "OPSCHAIN_REPO_DIR", env)?.unwrap_or_else(|| DEFAULT_REPO_DIR.to_string())),
+            folder: value(given.folder, "OPSCHAIN_REPO_FOLDER", env)?.unwrap_or_else(|| DEFAULT_REPO_FOLDER.to_string()),
+            log_format,
+        };
+        // Without `step` the step options are the top level's; with it, the top level's are
+        // still filled from the environment, as clap fills them.
+        let step = step_args(&given, env)?;
+        let (top, command) = if subcommand { (step_args(&Given::default(), env)?, Some(Command::Step(step))) } else { (step, None) };
+        Some(Cli { global, step: top, command })
+    }
+}
+
+impl Cli {
+    /// The command line of this process: a `step` invocation read by hand (see [`fast`]'s
+    /// documentation: the agent's hot path), anything else by clap.
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        match fast::parse(&args, &|name| std::env::var_os(name)) {
+            Some(cli) => Ok(cli),
+            None => Cli::try_parse_from(args),
+        }
+    }
+
+    /// `args` (the program name first) as [`parse_args`](Self::parse_args) reads them, with `env`
+    /// for the environment: `None` where clap must parse them. For the tests that compare the two.
+    pub fn parse_step_fast(args: &[std::ffi::OsString], env: &dyn Fn(&str) -> Option<std::ffi::OsString>) -> Option<Cli> {
+        fast::parse(args, env)
+    }
+}

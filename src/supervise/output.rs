@@ -106,7 +106,7 @@ const STAMP_LEN: usize = 27;
 /// The last time formatted as [`Rfc3339`], kept to format the next one cheaply: the same instant
 /// costs nothing, the same second six digits.
 #[derive(Debug, Clone, Copy)]
-struct Stamp {
+pub(crate) struct Stamp {
     /// The second since the epoch that `text` holds; `u64::MAX` before the first.
     secs: u64,
     /// The microseconds that `text` holds.
@@ -123,7 +123,7 @@ impl Default for Stamp {
 
 impl Stamp {
     /// `ts` formatted as [`Rfc3339`].
-    fn format(&mut self, ts: SystemTime) -> &[u8; STAMP_LEN] {
+    pub(crate) fn format(&mut self, ts: SystemTime) -> &[u8; STAMP_LEN] {
         let since = ts.duration_since(UNIX_EPOCH).unwrap_or_default();
         let (secs, micros) = (since.as_secs(), since.subsec_micros());
         if secs != self.secs {

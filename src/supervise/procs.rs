@@ -28,6 +28,11 @@ pub(crate) struct Reaped {
     pub(crate) watched: Option<Ended>,
     /// How many other processes (orphans re-parented to us, and their zombies) were reaped.
     pub(crate) others: u64,
+    /// `waitpid` said this process has no child left at all (ECHILD). Then no process is below it
+    /// either (every descendant has a child of ours as an ancestor, and one whose ancestors end is
+    /// re-parented to us before they can be reaped), and none can come until we start one: the
+    /// caller needs no `/proc` walk to know that nothing is left.
+    pub(crate) childless: bool,
 }
 
 /// Reaps every child of this process that has ended, without blocking, and tells apart `watched`
@@ -51,7 +56,10 @@ pub(crate) fn reap(watched: Option<Pid>) -> Result<Reaped, Errno> {
         }
         if pid < 0 {
             match Errno::last() {
-                Errno::ECHILD => return Ok(reaped),
+                Errno::ECHILD => {
+                    reaped.childless = true;
+                    return Ok(reaped);
+                }
                 Errno::EINTR => continue,
                 errno => return Err(errno),
             }
@@ -79,6 +87,13 @@ pub(crate) struct Descendant {
     pub(crate) pid: Pid,
     /// Its process group id: a process that called `setsid` or `setpgid` has left the job's group.
     pub(crate) pgid: Pid,
+}
+
+/// Checks that the process table can be read: that `/proc` is mounted and shows `root`. One
+/// `stat`, where a walk ([`descendants`]) costs a dozen calls and a directory buffer; a `/proc`
+/// that shows this much is one [`descendants`] can walk.
+pub(crate) fn check_readable(root: Pid) -> io::Result<()> {
+    std::fs::metadata(format!("/proc/{root}/stat")).map(drop)
 }
 
 /// Every process whose chain of parents leads to `root`, zombies included, found by reading the

@@ -232,8 +232,11 @@ fn kill_9_at_any_moment_then_retry_gives_the_uninterrupted_result() {
                 continue; // killed before the change was recorded
             }
             let retried = opschain(state.path()).args(["change", "retry", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+            // A kill after the change was recorded as succeeded (while the controller was still
+            // on its way out) leaves nothing to retry: what the store holds is checked below.
+            let finished_before_the_kill = String::from_utf8_lossy(&retried.stderr).contains("change 1 succeeded: nothing to retry");
             assert!(
-                retried.status.success(),
+                retried.status.success() || finished_before_the_kill,
                 "retry after a kill at {delay_ms} ms failed:\n{}\n{}",
                 String::from_utf8_lossy(&retried.stdout),
                 String::from_utf8_lossy(&retried.stderr)
