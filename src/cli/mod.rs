@@ -15,6 +15,14 @@ use clap::{Args, Parser, Subcommand};
 use crate::layout::{DEFAULT_REPO_DIR, DEFAULT_REPO_FOLDER};
 use crate::logging::LogFormat;
 
+/// Seconds between TERM and KILL when an action is cancelled or times out (`--grace-secs`'s
+/// default; clap's and the `step` fast path's).
+pub const DEFAULT_GRACE_SECS: u64 = 10;
+
+/// The largest step context or properties file read, in bytes (`--max-input-bytes`'s default,
+/// 64 MiB; clap's and the `step` fast path's).
+pub const DEFAULT_MAX_INPUT_BYTES: u64 = 64 << 20;
+
 /// OpsChain step runner: the agent that runs one step of a change inside its runner container.
 ///
 /// With no command it runs the step (`opschain-runner step`): it reads
@@ -139,7 +147,7 @@ pub struct StepArgs {
     #[arg(long, env = "OPSCHAIN_FILES_ROOT", value_name = "DIR")]
     pub files_root: Option<PathBuf>,
     /// Seconds between TERM and KILL when the action is cancelled or times out.
-    #[arg(long, env = "OPSCHAIN_GRACE_SECS", default_value_t = 10, value_name = "SECS")]
+    #[arg(long, env = "OPSCHAIN_GRACE_SECS", default_value_t = DEFAULT_GRACE_SECS, value_name = "SECS")]
     pub grace_secs: u64,
     /// Time limit of each command whose action sets no timeout_secs (default: none).
     #[arg(long, env = "OPSCHAIN_TIMEOUT_SECS", value_name = "SECS")]
@@ -149,7 +157,7 @@ pub struct StepArgs {
     #[arg(long, env = "OPSCHAIN_SECRET_PATTERNS", default_value = crate::mask::DEFAULT_SECRET_PATTERNS, value_name = "GLOBS")]
     pub secret_patterns: String,
     /// Largest step context or properties file read, in bytes.
-    #[arg(long, env = "OPSCHAIN_MAX_INPUT_BYTES", default_value_t = 64 << 20, value_name = "BYTES")]
+    #[arg(long, env = "OPSCHAIN_MAX_INPUT_BYTES", default_value_t = DEFAULT_MAX_INPUT_BYTES, value_name = "BYTES")]
     pub max_input_bytes: u64,
     /// What happens when the action prints faster than the log is read: `blocking` (the
     /// default) stops reading the action's output until the log catches up, so the action waits
@@ -342,10 +350,10 @@ mod fast {
             action: given.action.map(str::to_string),
             dry_run: given.dry_run,
             files_root: value(given.files_root, "OPSCHAIN_FILES_ROOT", env)?.map(PathBuf::from),
-            grace_secs: value(given.grace_secs, "OPSCHAIN_GRACE_SECS", env)?.map_or(Some(10), |s| number(&s))?,
+            grace_secs: value(given.grace_secs, "OPSCHAIN_GRACE_SECS", env)?.map_or(Some(super::DEFAULT_GRACE_SECS), |s| number(&s))?,
             timeout_secs,
             secret_patterns: value(given.secret_patterns, "OPSCHAIN_SECRET_PATTERNS", env)?.unwrap_or_else(|| crate::mask::DEFAULT_SECRET_PATTERNS.to_string()),
-            max_input_bytes: value(given.max_input_bytes, "OPSCHAIN_MAX_INPUT_BYTES", env)?.map_or(Some(64 << 20), |s| number(&s))?,
+            max_input_bytes: value(given.max_input_bytes, "OPSCHAIN_MAX_INPUT_BYTES", env)?.map_or(Some(super::DEFAULT_MAX_INPUT_BYTES), |s| number(&s))?,
             log_mode,
             context_from: value(given.context_from, "OPSCHAIN_CONTEXT_FROM", env)?.map(PathBuf::from),
             result_frame: value(given.result_frame, "OPSCHAIN_RESULT_FRAME", env)?,
