@@ -160,7 +160,7 @@ pub enum Differing {
 const PIECE: usize = 64 * 1024;
 
 /// Reads the file at `path` (refused, as [`read_bytes`] refuses it, when larger than `limit`),
-/// comparing it with `known` as it goes, a piece of [`PIECE`] bytes at a time: only what follows
+/// comparing it with `known` as it goes, a piece of `PIECE` (64 KiB) at a time: only what follows
 /// the first difference is kept. The agent reads back the properties copies it wrote this way:
 /// a copy of a few MB that an action changed near its end (a property added) costs no buffer of
 /// its size, whose pages the kernel would fault in one by one.

@@ -431,7 +431,7 @@ mod fast {
 }
 
 impl Cli {
-    /// The command line of this process: a `step` invocation read by hand (see [`fast`]'s
+    /// The command line of this process: a `step` invocation read by hand (see the `fast` module's
     /// documentation: the agent's hot path), anything else by clap.
     pub fn parse_args() -> Result<Cli, clap::Error> {
         let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

@@ -753,7 +753,7 @@ pub fn set(text: &str, keys: &[String], value: &str) -> Result<String, SpliceErr
 }
 
 /// [`set`], as the edit to make. Only the objects on the property's path are split into members
-/// (their keys checked, no key twice); the other values are skimmed ([`Scan::Skim`]), not
+/// (their keys checked, no key twice); the other values are skimmed (`Scan::Skim`), not
 /// checked: the document is the action's copy, and the agent checks strictly every byte of it
 /// that differs from what it wrote when the action ends ([`diff_known`]).
 pub fn set_splice(text: &str, keys: &[String], value: &str) -> Result<Splice, SpliceError> {
