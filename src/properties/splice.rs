@@ -456,6 +456,45 @@ fn prefix_xor(mut x: u64) -> u64 {
     x
 }
 
+/// Where the value of the member `key` of the object `b` holds is, found by skimming: `b` is an
+/// object (whitespace around it allowed) whose members before that one are walked with their keys'
+/// strings checked and their values skimmed (`skim_value`: a container's brackets outside strings
+/// counted, its contents not checked); the walk stops at the first member whose key is spelled
+/// `key` with no escape, and nothing after it is read. `Ok(None)` when the object ends without
+/// one. What the controller finds a result's `step.properties` with, to leave it out of what it
+/// parses (the text around it is then parsed strictly, which also refuses a key given twice).
+pub fn skim_member(b: &[u8], key: &str) -> Result<Option<Range<usize>>, SpliceError> {
+    let start = ws(b, 0);
+    if b.get(start) != Some(&b'{') {
+        return Err(syntax(start, "an object"));
+    }
+    let mut i = ws(b, start + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(None);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return Err(syntax(i, "a key"));
+        }
+        let (key_end, escaped) = string_end(b, i)?;
+        let colon = ws(b, key_end);
+        if b.get(colon) != Some(&b':') {
+            return Err(syntax(colon, "':'"));
+        }
+        let value_start = ws(b, colon + 1);
+        let value_end = skim_value(b, value_start)?;
+        if !escaped && &b[i + 1..key_end - 1] == key.as_bytes() {
+            return Ok(Some(value_start..value_end));
+        }
+        let next = ws(b, value_end);
+        match b.get(next) {
+            Some(b',') => i = ws(b, next + 1),
+            Some(b'}') => return Ok(None),
+            _ => return Err(syntax(next, "',' or '}'")),
+        }
+    }
+}
+
 /// Checks that `text` is one JSON value, as strictly as [`crate::json::StrictValue`] reads one:
 /// no object has a key twice (at any depth), and every number is a finite `f64`. Builds nothing:
 /// the keys of the objects being walked are kept on one stack (`Keys`, shared with `properties::text`), borrowed from the text.
