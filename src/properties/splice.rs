@@ -1176,7 +1176,9 @@ impl Document {
     /// operation is of another kind or would fail (the caller then applies the patch to a tree,
     /// for its result or its error).
     pub fn patch(&self, patch: &Patch) -> Option<Document> {
-        let mut text = String::from(&*self.text);
+        // Each operation's text is made once, at its size, from the text before it (no copy of
+        // the document to edit in place, no growth, no copy into the `Arc` after).
+        let mut text = self.text.clone();
         let mut members = self.members.clone();
         for op in &patch.0 {
             let (path, value, edit) = match op {
@@ -1227,11 +1229,11 @@ impl Document {
                         }
                         Edit::Remove => remove_at(sub, object, rest, Scan::Skim).ok()??,
                     };
-                    let new = splice.apply(sub);
-                    (range, new)
+                    // The edit, placed in the document: the member's text is not copied whole.
+                    (range.start + splice.range.start..range.start + splice.range.end, splice.with)
                 }
             };
-            text.replace_range(span.clone(), &with);
+            text = spliced(&text, span.clone(), &with);
             let delta = with.len() as isize - span.len() as isize;
             let shift = |n: usize| (n as isize + delta) as usize;
             match (at, rest.is_empty(), edit) {
@@ -1261,8 +1263,30 @@ impl Document {
                 }
             }
         }
-        Some(Document { text: Arc::from(text), members })
+        Some(Document { text, members })
     }
+}
+
+/// `text` with `range` replaced by `with`, made in its `Arc` at its size: the document is copied
+/// once (`Arc::from` a `String` would copy it a second time, into the `Arc`'s allocation).
+fn spliced(text: &str, range: Range<usize>, with: &str) -> Arc<str> {
+    let pieces = [&text[..range.start], with, &text[range.end..]];
+    let len = pieces.iter().map(|p| p.len()).sum();
+    let mut bytes = Arc::<[u8]>::new_uninit_slice(len);
+    let out = Arc::get_mut(&mut bytes).expect("a new Arc is not shared");
+    let mut at = 0;
+    for piece in pieces {
+        let dst = out[at..at + piece.len()].as_mut_ptr().cast::<u8>();
+        // SAFETY: `dst` is `piece.len()` writable bytes of the new allocation, apart from `piece`.
+        unsafe { std::ptr::copy_nonoverlapping(piece.as_ptr(), dst, piece.len()) };
+        at += piece.len();
+    }
+    debug_assert_eq!(at, len);
+    // SAFETY: every byte was written just above (the pieces' lengths sum to `len`).
+    let bytes = unsafe { bytes.assume_init() };
+    // SAFETY: the bytes are three `str`s end to end, cut on character boundaries (slicing `text`
+    // checks that), so UTF-8; `str` has the layout of `[u8]`.
+    unsafe { Arc::from_raw(Arc::into_raw(bytes) as *const str) }
 }
 
 /// The keys of a pointer with at least one token.
