@@ -641,8 +641,14 @@ fn key_at(text: &str, i: usize) -> Result<(Cow<'_, str>, usize), SpliceError> {
         return Err(syntax(i, "a key"));
     }
     let (end, escaped) = string_end(b, i)?;
-    let raw = &text[i + 1..end - 1];
-    let key = if escaped { Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?) } else { Cow::Borrowed(raw) };
+    let key = if escaped {
+        Cow::Owned(serde_json::from_str::<String>(&text[i..end]).map_err(|_| syntax(i, "a valid key"))?)
+    } else {
+        // SAFETY: bytes `i` and `end - 1` are the key's quotes (ASCII), so `i + 1` and `end - 1`
+        // are character boundaries of `text`, within it. Unchecked: the boundary checks of a
+        // `str` slice were a tenth of the strict check's cost per key (callgrind).
+        Cow::Borrowed(unsafe { text.get_unchecked(i + 1..end - 1) })
+    };
     Ok((key, end))
 }
 
