@@ -134,8 +134,9 @@ pub fn remove(level: CopyLevel, path: &str) -> Result<(), HelperError> {
 /// A copy the action made invalid where the splice does not look is written back with the edit,
 /// invalid: the agent refuses it when the action ends (every byte of a copy that differs from what
 /// the agent wrote is checked strictly there), as it refuses a copy the action left invalid
-/// without the helper. The edited text is written from the bytes read, around the edit: the
-/// document is not copied in memory.
+/// without the helper. The copy is mapped, not read ([`json::read_mapped`]: the agent and the
+/// helpers only ever replace it by renaming), and the edited text is written from its pages,
+/// around the edit: the document is not copied in memory.
 fn edit(
     level: CopyLevel,
     splice: impl FnOnce(&str) -> Result<Option<splice::Splice>, SpliceError>,
@@ -144,7 +145,8 @@ fn edit(
     keys: &[String],
 ) -> Result<(), HelperError> {
     let file = path_of(level.var())?;
-    let bytes = json::read_bytes(&file, SizeLimit::DEFAULT)?;
+    // Mapped, not read: the copy is megabytes, read once, and replaced by renaming only.
+    let bytes = json::read_mapped(&file, SizeLimit::DEFAULT)?;
     let spliced = std::str::from_utf8(&bytes).map_err(|source| SpliceError::Utf8 { source }).and_then(splice);
     match spliced {
         Ok(None) => Ok(()),

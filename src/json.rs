@@ -113,6 +113,76 @@ pub fn read_bytes(path: &Path, limit: SizeLimit) -> Result<Vec<u8>, JsonError> {
     Ok(bytes)
 }
 
+/// The bytes of a file as [`read_mapped`] gives them: the file's pages mapped, or read into a
+/// buffer.
+#[derive(Debug)]
+pub enum FileBytes {
+    /// The file's pages, mapped read-only and private. Invariant: `len` bytes from `ptr`, mapped
+    /// until this is dropped.
+    Mapped {
+        /// The mapping's start.
+        ptr: std::ptr::NonNull<libc::c_void>,
+        /// Its length (the file's size when mapped; never 0).
+        len: std::num::NonZeroUsize,
+    },
+    /// The file read whole (empty, not a regular file, or not mappable).
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            // SAFETY: the invariant of `Mapped`: `len` readable bytes until `self` is dropped.
+            FileBytes::Mapped { ptr, len } => unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<u8>(), len.get()) },
+            FileBytes::Read(bytes) => bytes,
+        }
+    }
+}
+
+impl Drop for FileBytes {
+    fn drop(&mut self) {
+        if let FileBytes::Mapped { ptr, len } = self {
+            // SAFETY: the mapping `read_mapped` made, unmapped once; nothing borrows it any more.
+            let _ = unsafe { nix::sys::mman::munmap(*ptr, len.get()) };
+        }
+    }
+}
+
+/// [`read_bytes`], with a regular file's pages mapped (read-only, private) rather than copied:
+/// for a helper that reads a properties copy of megabytes once, reading it cost a fresh buffer's
+/// pages, each faulted in and zeroed, and a copy (twice the time the helper spends on the text);
+/// mapping it shares the page cache's pages, many a fault. The size limit is checked on the
+/// file's size. For files replaced by renaming only (the runtime copies: the agent and the
+/// helpers write them so): a file truncated while mapped would end the process with SIGBUS.
+pub fn read_mapped(path: &Path, limit: SizeLimit) -> Result<FileBytes, JsonError> {
+    use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+    let read_err = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            JsonError::Missing { path: path.to_path_buf() }
+        } else {
+            JsonError::Read { path: path.to_path_buf(), source }
+        }
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let metadata = file.metadata().map_err(read_err)?;
+    let max = match limit {
+        SizeLimit::Error(max) => max,
+        SizeLimit::Unlimited => u64::MAX,
+    };
+    if metadata.is_file() && metadata.len() <= max {
+        if let Some(len) = usize::try_from(metadata.len()).ok().and_then(std::num::NonZeroUsize::new) {
+            // SAFETY: a new read-only private mapping of a file we opened, at no fixed address;
+            // its bytes are read through `FileBytes` only while it is mapped (see the caveat on
+            // truncation above).
+            if let Ok(ptr) = unsafe { mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE, &file, 0) } {
+                return Ok(FileBytes::Mapped { ptr, len });
+            }
+        }
+    }
+    read_bytes(path, limit).map(FileBytes::Read)
+}
+
 /// [`read_bytes`] into `bytes` (cleared first): a caller that reads several large files one after
 /// the other reuses one buffer, whose pages are already faulted in, rather than a new one each.
 pub fn read_bytes_into(path: &Path, limit: SizeLimit, bytes: &mut Vec<u8>) -> Result<(), JsonError> {
@@ -449,6 +519,32 @@ mod tests {
 
     fn parse_str<T: DeserializeOwned>(s: &str) -> Result<T, JsonError> {
         parse(Path::new("t.json"), s.as_bytes())
+    }
+
+    #[test]
+    fn read_mapped_gives_what_read_bytes_gives_and_refuses_what_it_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy.json");
+        let text: String = (0..300_000).map(|i| if i % 89 == 3 { 'é' } else { 'a' }).collect();
+        std::fs::write(&path, &text).unwrap();
+        let mapped = read_mapped(&path, SizeLimit::DEFAULT).unwrap();
+        assert!(matches!(mapped, FileBytes::Mapped { .. }), "a regular file is mapped");
+        assert_eq!(&*mapped, text.as_bytes());
+        // Replaced by renaming while mapped: the mapping keeps the old file's bytes.
+        let next = dir.path().join("next.json");
+        std::fs::write(&next, "{}").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(&*mapped, text.as_bytes());
+        drop(mapped);
+        assert_eq!(&*read_mapped(&path, SizeLimit::DEFAULT).unwrap(), b"{}");
+        // At the limit and over it, as read_bytes.
+        assert_eq!(&*read_mapped(&path, SizeLimit::Error(2)).unwrap(), b"{}");
+        assert!(matches!(read_mapped(&path, SizeLimit::Error(1)), Err(JsonError::TooLarge { limit: 1, .. })));
+        // Empty, missing, not a regular file: read, with read_bytes' answers.
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(read_mapped(&path, SizeLimit::DEFAULT).unwrap(), FileBytes::Read(ref b) if b.is_empty()));
+        assert!(matches!(read_mapped(&dir.path().join("none"), SizeLimit::DEFAULT), Err(JsonError::Missing { .. })));
+        assert!(matches!(read_mapped(dir.path(), SizeLimit::DEFAULT), Err(JsonError::Read { .. })));
     }
 
     #[test]
