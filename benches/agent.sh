@@ -5,7 +5,11 @@
 #   2. `opschain-exec CMD` against exec'ing CMD directly;
 #   3. the static binary's size;
 #   4. beside them, Debian's `tini-static -s -- true` and `dumb-init true`: the step's overhead as
-#      a multiple of tini's (targets: empty context <= 2x, typical context <= 3x).
+#      a multiple of tini's (targets: empty context <= 2x, typical context <= 3x);
+#   5. the same commands interleaved round by round (INTERLEAVED_ROUNDS, default 300), so that
+#      each meets the disk in the same state (see below).
+# On a disk, file creation sets much of the step's cost: `TMPDIR=/dev/shm benches/agent.sh` runs
+# it all on tmpfs, which separates the agent's own cost from the disk's.
 # Beside the step it times its floor (examples/step_floor.rs): the same files created, the same
 # action spawned and the result written (temp file, rename), with nothing parsed, merged or logged;
 # what this disk and kernel cost a step whatever the agent does.
@@ -16,6 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-300}
+# Rounds of the interleaved timing (each runs every command once).
+INTERLEAVED_ROUNDS=${INTERLEAVED_ROUNDS:-300}
 
 command -v hyperfine >/dev/null || { echo "benches/agent.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
 # The peers: Debian's tini (static) and dumb-init, the init processes of many containers.
@@ -94,11 +100,41 @@ for what, r in ratios.items():
 PY
 fi
 
+# The same commands interleaved: hyperfine runs each command's runs in one block, so the step's
+# block creates and removes its 17 inodes 300 times in a row while tini's creates none, and on an
+# ext4 disk each block of creations finds the inode allocator slower than the last (it skips
+# inodes freed in the last minutes). Interleaved, every command meets the disk as it is at that
+# moment, as steps in a stream of containers do. Each round runs every command once (the order
+# rotating), each after the same preparation; timed from Python (its fork and wait are in every
+# command's time, `direct` included, so they cancel out of the overheads).
+python3 - "$work/interleaved.json" "$INTERLEAVED_ROUNDS" <<PY
+import json, os, subprocess, sys, time
+rounds = int(sys.argv[2])
+prep = "rm -rf $repo/.opschain/step $repo/.opschain/step_result.json $repo/config $empty/.opschain/step $empty/.opschain/step_result.json"
+commands = {
+    "direct": ["$true_bin"],
+    "tini": ["$tini", "-s", "--", "$true_bin"],
+    "dumb-init": ["$dumb_init", "$true_bin"],
+    "step": ["$bin", "--repo", "$repo", "step"],
+    "floor": ["$floor", "$repo", "10", "$true_bin"],
+    "step-empty": ["$bin", "--repo", "$empty", "step"],
+}
+names = list(commands)
+times = {name: [] for name in names}
+null = open(os.devnull, "w")
+for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+        subprocess.run(prep, shell=True, check=True)
+        start = time.perf_counter()
+        subprocess.run(commands[name], stdout=null, stderr=null, check=True)
+        times[name].append(time.perf_counter() - start)
+json.dump(times, open(sys.argv[1], "w"))
+PY
 /usr/bin/time -o "$work/rss_step" -f %M "$bin" --repo "$repo" step >/dev/null 2>&1
 /usr/bin/time -o "$work/rss_direct" -f %M "$true_bin"
 rss_step=$(tail -1 "$work/rss_step")
 rss_direct=$(tail -1 "$work/rss_direct")
-python3 - "$work/h.json" "$rss_step" "$rss_direct" "$(stat -c %s "$bin")" <<'PY'
+python3 - "$work/h.json" "$rss_step" "$rss_direct" "$(stat -c %s "$bin")" "$work/interleaved.json" <<'PY'
 import json, statistics, sys
 results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 med = {name: statistics.median(r["times"]) * 1e3 for name, r in results.items()}
@@ -116,4 +152,11 @@ print(f"beside the init processes (overhead over direct): tini {tini:.3f} ms, du
 print(f"opschain-exec overhead: {med['exec'] - direct:.3f} ms over direct (target <= 0.5 ms)")
 print(f"peak RSS: step {int(sys.argv[2]) / 1024:.1f} MB, direct {int(sys.argv[3]) / 1024:.1f} MB (target <= 4 MB)")
 print(f"static binary: {int(sys.argv[4]) / 1e6:.2f} MB (target <= 1.5 MB)")
+inter = json.load(open(sys.argv[5]))
+rounds = len(inter["direct"])
+inter = {name: statistics.median(t) * 1e3 for name, t in inter.items()}
+d, t = inter["direct"], inter["tini"] - inter["direct"]
+print(f"interleaved ({rounds} rounds, medians over direct): tini {t:.3f} ms, dumb-init {inter['dumb-init'] - d:.3f} ms,"
+      f" floor {inter['floor'] - d:.3f} ms, empty-context step {inter['step-empty'] - d:.3f} ms ({(inter['step-empty'] - d) / t:.2f}x tini's),"
+      f" typical step {inter['step'] - d:.3f} ms ({(inter['step'] - d) / t:.2f}x tini's)")
 PY
