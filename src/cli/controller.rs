@@ -120,7 +120,8 @@ pub struct RunSettings {
     pub docker_base_image: String,
     /// The OpsChain folder of the repository: .opschain, or .mintpress for MintPress (its
     /// <folder>/Dockerfile, actions.toml and properties; the step image's env context is
-    /// step_context.json.zip for .mintpress). Give a retry the same folder as its change.
+    /// step_context.json.zip for .mintpress). A change keeps the folder it was created with:
+    /// its retry runs with that one, whatever this says.
     #[arg(long, env = "OPSCHAIN_REPO_FOLDER", default_value = ".opschain", value_name = "NAME")]
     pub folder: String,
     /// How the Docker backend passes the step context in and gets step_result.json back:

@@ -127,24 +127,27 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
         commit: &commit,
         backend: new.backend,
         secret_set: new.secret_set.as_deref(),
+        folder: &config.folder,
     })?)
 }
 
-fn backend(config: &ControllerConfig, kind: BackendKind) -> Result<Box<dyn Backend>, ChangeError> {
+/// The backend of `kind`, reading the repository's OpsChain folder `folder`.
+fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result<Box<dyn Backend>, ChangeError> {
     match kind {
         BackendKind::Process => Ok(Box::new(ProcessBackend::new(ProcessConfig {
             agent: config.agent.clone(),
             sandbox_root: config.state_dir.join("sandboxes"),
             grace: config.grace,
             keep_sandboxes: config.keep_sandboxes,
-            folder: config.folder.clone(),
+            folder: folder.to_string(),
         }))),
-        BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes")))),
+        BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")))),
         #[cfg(feature = "kubernetes")]
         BackendKind::Kubernetes => {
             use super::backend::kubernetes::KubernetesBackend;
-            let images = DockerBackend::new(config.docker.clone(), config.folder.clone(), config.state_dir.join("sandboxes"));
-            let backend = KubernetesBackend::new(config.kubernetes.clone(), images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
+            let images = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
+            let kubernetes = super::backend::kubernetes::KubernetesConfig { folder: folder.to_string(), ..config.kubernetes.clone() };
+            let backend = KubernetesBackend::new(kubernetes, images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
             Ok(Box::new(backend))
         }
         #[cfg(not(feature = "kubernetes"))]
@@ -186,7 +189,10 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     );
     // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
     // error rather than leaving it running with no controller.
-    let backend = match backend(config, change.backend) {
+    // The folder the change was created with (a retry runs with it); a change from before the
+    // folder was stored takes the command line's.
+    let folder = change.folder.as_deref().unwrap_or(&config.folder);
+    let backend = match backend(config, change.backend, folder) {
         Ok(backend) => backend,
         Err(e) => {
             store.set_change_status(change_id, ChangeStatus::Error)?;

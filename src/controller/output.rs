@@ -307,6 +307,7 @@ mod tests {
                 commit: "0",
                 backend: BackendKind::Process,
                 secret_set: None,
+                folder: ".opschain",
             })
             .unwrap();
         let step = store.steps(c).unwrap()[0].id;

@@ -542,6 +542,29 @@ fn a_mintpress_repository_runs_on_the_process_backend_with_its_folder() {
     assert!(!out.status.success() && text(&out).contains("expected one directory name"), "{}", text(&out));
 }
 
+#[test]
+fn a_retry_runs_with_the_folder_its_change_was_created_with() {
+    // A MintPress change fails its first run (no marker file yet); its retry, given no --folder,
+    // still reads `.mintpress` (the folder is stored with the change) and succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let folder = dir.path().join("repo/.mintpress");
+    std::fs::create_dir_all(&folder).unwrap();
+    let action = format!("[actions.deploy]\nrun = 'test -f {0} || {{ touch {0}; exit 3; }}; echo folder=$OPSCHAIN_REPO_FOLDER'\n", marker.display());
+    std::fs::write(folder.join("actions.toml"), action).unwrap();
+    let repo = dir.path().join("repo");
+    for args in [&["init", "-q"][..], &["add", "-A"], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"]] {
+        assert!(Command::new("git").arg("-C").arg(&repo).args(args).status().unwrap().success());
+    }
+    let state = tempfile::tempdir().unwrap();
+    let out =
+        run(state.path(), &["change", "run", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "deploy", "--folder", ".mintpress"]);
+    assert!(!out.status.success() && marker.exists(), "the first run fails after making the marker: {}", text(&out));
+    let out = run(state.path(), &["change", "retry", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("folder=.mintpress"), "{}", text(&out));
+}
+
 /// The numbers after `stdout| ` on the lines of `text` that contain `marker`, in order.
 fn numbered(text: &str, marker: &str) -> Vec<u64> {
     text.lines().filter(|l| l.contains(marker)).filter_map(|l| l.rsplit_once("stdout| ")?.1.trim().parse().ok()).collect()

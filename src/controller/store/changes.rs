@@ -33,6 +33,9 @@ pub struct ChangeRow {
     pub backend: BackendKind,
     /// The secret set the steps get, if any.
     pub secret_set: Option<String>,
+    /// The OpsChain folder of the repository the change was created with (`.opschain`,
+    /// `.mintpress`); `None` for a change created before the folder was stored.
+    pub folder: Option<String>,
     /// The change status.
     pub status: ChangeStatus,
     /// Whether `change cancel` was asked for.
@@ -93,6 +96,19 @@ pub struct NewChangeRow<'a> {
     pub backend: BackendKind,
     /// The secret set the steps get, if any.
     pub secret_set: Option<&'a str>,
+    /// The OpsChain folder of the repository (`.opschain`, `.mintpress`): a retry runs with it.
+    pub folder: &'a str,
+}
+
+/// Adds the `folder` column to the `changes` of a database from before the folder was stored
+/// (its changes keep `NULL`: their retry takes the command line's folder, as it did). Run when the
+/// store opens, in its set-up transaction; does nothing to a database that has the column.
+pub(super) fn migrate_changes(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has_folder: bool = conn.query_row("SELECT count(*) FROM pragma_table_info('changes') WHERE name = 'folder'", [], |r| r.get(0))?;
+    if !has_folder {
+        conn.execute_batch("ALTER TABLE changes ADD COLUMN folder TEXT")?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -100,11 +116,11 @@ impl Store {
     pub fn create_change(&self, new: &NewChangeRow<'_>) -> Result<i64, StoreError> {
         let NewChangeRow { project_id, environment_id, backend, .. } = *new;
         let (action, repo, git_rev) = (new.action.to_string(), new.repo.to_string_lossy().into_owned(), new.git_rev.to_string());
-        let (commit, secret_set) = (new.commit.to_string(), new.secret_set.map(str::to_string));
+        let (commit, secret_set, folder) = (new.commit.to_string(), new.secret_set.map(str::to_string), new.folder.to_string());
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set, ChangeStatus::Pending],
+                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status, folder) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set, ChangeStatus::Pending, folder],
             )
             .map_err(q("create change"))?;
             let id = tx.last_insert_rowid();
@@ -204,7 +220,7 @@ impl Store {
         let mut stmt = conn
             .prepare(
                 "SELECT c.id, p.code, p.id, e.code, e.id, c.action, c.repo, c.git_rev, c.commit_sha, c.backend, c.secret_set, c.status,
-                        c.cancel_requested, c.controller_pid, c.created_at, c.finished_at
+                        c.cancel_requested, c.controller_pid, c.created_at, c.finished_at, c.folder
                  FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id
                  WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.id",
             )
@@ -228,6 +244,7 @@ impl Store {
                     controller_pid: r.get(13)?,
                     created_at: r.get(14)?,
                     finished_at: r.get(15)?,
+                    folder: r.get(16)?,
                 })
             })
             .map_err(q("list changes"))?;

@@ -43,7 +43,8 @@
 //! on a 1.3 MB document stores about the sum of its patches and two snapshots, not 200 copies, and
 //! reading any version is one snapshot and at most [`SNAPSHOT_EVERY`] patches away. A database
 //! from before patches (its `properties.json` NOT NULL, no `patch`) is migrated in place when
-//! opened: its rows are kept as they are, snapshots all.
+//! opened: its rows are kept as they are, snapshots all. A database from before the repository's folder was
+//! stored with each change gains the `changes.folder` column, `NULL` in its old changes.
 //!
 //! The current version of each level is also kept in memory, as text shared by every step that
 //! starts on it ([`splice::Document`]); a step's patch is spliced into it
@@ -81,6 +82,7 @@ pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION
 pub use steps::{StartingProperties, StepEnd, StepRow};
 pub use writer::MAX_GROUP;
 
+use changes::migrate_changes;
 use logs::{LogBacklog, MIGRATE_LOG_ROWS};
 use properties::{migrate_properties, PropertiesCache};
 use writer::Writer;
@@ -225,6 +227,7 @@ impl Store {
             if old_logs {
                 conn.execute_batch(MIGRATE_LOG_ROWS)?;
             }
+            migrate_changes(&conn)?;
             conn.execute_batch("COMMIT")?;
             migrate_properties(&conn)?;
             Ok(conn)
@@ -329,6 +332,7 @@ mod fixtures {
                 commit: "0000",
                 backend: BackendKind::Process,
                 secret_set: None,
+                folder: ".opschain",
             })
             .unwrap();
         (dir, store, p, e, c)
@@ -354,6 +358,34 @@ mod tests {
     use super::*;
     use crate::controller::status::StepStatus;
     use serde_json::json;
+
+    #[test]
+    fn a_database_from_before_the_folder_was_stored_gains_it_and_keeps_its_changes() {
+        let (dir, store, p, e, old) = setup();
+        assert_eq!(store.change(old).unwrap().folder.as_deref(), Some(".opschain"));
+        drop(store);
+        // The `changes` table as it was before the folder was stored.
+        rusqlite::Connection::open(dir.path().join("opschain.db")).unwrap().execute_batch("ALTER TABLE changes DROP COLUMN folder").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let row = store.change(old).unwrap();
+        assert_eq!((row.action.as_str(), row.folder), ("root", None), "the old change is kept, its folder unknown");
+        let new = NewChangeRow {
+            project_id: p,
+            environment_id: e,
+            action: "mp",
+            repo: dir.path(),
+            git_rev: "HEAD",
+            commit: "0000",
+            backend: crate::controller::status::BackendKind::Process,
+            secret_set: None,
+            folder: ".mintpress",
+        };
+        let id = store.create_change(&new).unwrap();
+        assert_eq!(store.change(id).unwrap().folder.as_deref(), Some(".mintpress"));
+        drop(store);
+        // Opened again: nothing more to migrate.
+        assert_eq!(Store::open(dir.path()).unwrap().change(id).unwrap().folder.as_deref(), Some(".mintpress"));
+    }
 
     #[test]
     fn concurrent_writers_share_commits_and_lose_nothing() {

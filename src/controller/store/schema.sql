@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS changes (
     commit_sha TEXT NOT NULL,
     backend TEXT NOT NULL,
     secret_set TEXT,
+    -- The OpsChain folder of the repository (.opschain, .mintpress); NULL in a change from before
+    -- it was stored (its retry takes the command line's).
+    folder TEXT,
     status TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     controller_pid INTEGER,
