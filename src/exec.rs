@@ -219,10 +219,7 @@ pub fn read_context(source: &ContextSource, limit: SizeLimit) -> Result<StepCont
                 Err(e) => return Err(zip_error(e)),
             };
             let inner = source.document();
-            let max = match limit {
-                SizeLimit::Error(max) => max,
-                SizeLimit::Unlimited => u64::MAX,
-            };
+            let max = limit.max_bytes();
             let mut bytes = Vec::new();
             (&mut entry).take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| zip_error(e.into()))?;
             if bytes.len() as u64 > max {

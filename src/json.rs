@@ -28,6 +28,14 @@ impl SizeLimit {
     /// Default limit of a step context or properties document: 64 MiB. Properties are configuration;
     /// a larger document is a mistake (or an attack), and refusing it bounds the agent's memory.
     pub const DEFAULT: SizeLimit = SizeLimit::Error(64 << 20);
+
+    /// The largest size allowed, in bytes (`u64::MAX` when unlimited).
+    pub fn max_bytes(self) -> u64 {
+        match self {
+            SizeLimit::Error(max) => max,
+            SizeLimit::Unlimited => u64::MAX,
+        }
+    }
 }
 
 impl Default for SizeLimit {
@@ -104,6 +112,18 @@ pub fn read_file<T: DeserializeOwned>(path: &Path, limit: SizeLimit) -> Result<T
     parse(path, &bytes)
 }
 
+/// The error of reading the file at `path`: [`JsonError::Missing`] when it is not there, else
+/// [`JsonError::Read`] with the cause.
+fn read_error(path: &Path) -> impl Fn(std::io::Error) -> JsonError + Copy + '_ {
+    move |source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            JsonError::Missing { path: path.to_path_buf() }
+        } else {
+            JsonError::Read { path: path.to_path_buf(), source }
+        }
+    }
+}
+
 /// Reads the file at `path` whole, refusing it when it is larger than `limit`. The buffer is sized
 /// from the file's metadata: growing it by doubling takes a dozen reads for a 50 KB document and
 /// touches twice the memory, and page faults are most of what reading costs here.
@@ -157,19 +177,10 @@ impl Drop for FileBytes {
 /// helpers write them so): a file truncated while mapped would end the process with SIGBUS.
 pub fn read_mapped(path: &Path, limit: SizeLimit) -> Result<FileBytes, JsonError> {
     use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-    let read_err = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            JsonError::Missing { path: path.to_path_buf() }
-        } else {
-            JsonError::Read { path: path.to_path_buf(), source }
-        }
-    };
+    let read_err = read_error(path);
     let file = fs::File::open(path).map_err(read_err)?;
     let metadata = file.metadata().map_err(read_err)?;
-    let max = match limit {
-        SizeLimit::Error(max) => max,
-        SizeLimit::Unlimited => u64::MAX,
-    };
+    let max = limit.max_bytes();
     if metadata.is_file() && metadata.len() <= max {
         if let Some(len) = usize::try_from(metadata.len()).ok().and_then(std::num::NonZeroUsize::new) {
             // SAFETY: a new read-only private mapping of a file we opened, at no fixed address;
@@ -186,18 +197,9 @@ pub fn read_mapped(path: &Path, limit: SizeLimit) -> Result<FileBytes, JsonError
 /// [`read_bytes`] into `bytes` (cleared first): a caller that reads several large files one after
 /// the other reuses one buffer, whose pages are already faulted in, rather than a new one each.
 pub fn read_bytes_into(path: &Path, limit: SizeLimit, bytes: &mut Vec<u8>) -> Result<(), JsonError> {
-    let read_err = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            JsonError::Missing { path: path.to_path_buf() }
-        } else {
-            JsonError::Read { path: path.to_path_buf(), source }
-        }
-    };
+    let read_err = read_error(path);
     let file = fs::File::open(path).map_err(read_err)?;
-    let max = match limit {
-        SizeLimit::Error(max) => max,
-        SizeLimit::Unlimited => u64::MAX,
-    };
+    let max = limit.max_bytes();
     // The metadata is a hint only (a pipe or /proc file has none that is true): one byte past the
     // limit is read so that "exactly at the limit" and "over it" are told apart by what was read.
     let size = file.metadata().map_err(read_err)?.len();
@@ -235,17 +237,8 @@ const PIECE: usize = 64 * 1024;
 /// a copy of a few MB that an action changed near its end (a property added) costs no buffer of
 /// its size, whose pages the kernel would fault in one by one.
 pub fn read_differing(path: &Path, limit: SizeLimit, known: &[u8]) -> Result<Differing, JsonError> {
-    let read_err = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            JsonError::Missing { path: path.to_path_buf() }
-        } else {
-            JsonError::Read { path: path.to_path_buf(), source }
-        }
-    };
-    let max = match limit {
-        SizeLimit::Error(max) => max,
-        SizeLimit::Unlimited => u64::MAX,
-    };
+    let read_err = read_error(path);
+    let max = limit.max_bytes();
     let mut file = fs::File::open(path).map_err(read_err)?;
     // No larger than needed to tell a file of `known`'s size from a longer one.
     let mut piece = vec![0; PIECE.min(known.len() + 1)];
