@@ -122,13 +122,13 @@ impl StepContext<PropertiesText> {
         json::read_bytes_into(path, limit, bytes)?;
         if let Some((mut context, project)) = std::str::from_utf8(bytes).ok().and_then(read_spliced) {
             if let Some(members) = project {
-                // The members again (a few keys), should they not fit in place after all.
-                let again: Vec<(Cow<'_, str>, Range<usize>)> = members.iter().map(|(k, r)| (Cow::Owned(k.clone()), r.clone())).collect();
                 context.project.properties = match PropertiesText::from_members_in(std::mem::take(bytes), members) {
                     Ok(properties) => properties,
-                    Err(kept) => {
+                    // Should a member not fit in place after all: spelled in a copy.
+                    Err((kept, members)) => {
                         *bytes = kept;
-                        PropertiesText::from_members(std::str::from_utf8(bytes).expect("checked above"), again)
+                        let members = members.into_iter().map(|(k, r)| (Cow::Owned(k), r));
+                        PropertiesText::from_members(std::str::from_utf8(bytes).expect("checked above"), members)
                     }
                 };
             }

@@ -87,20 +87,22 @@ impl PropertiesText {
     /// longer than it was (serde_json escapes a key no longer than JSON lets it be written, and
     /// no whitespace is kept). So a document of a few MB is neither copied nor given new pages
     /// (the agent's project properties, in the buffer its step context was read into). The same
-    /// document as `from_members` makes; `Err` with `buffer` untouched should a member not fit.
-    pub fn from_members_in(mut buffer: Vec<u8>, members: Vec<(String, Range<usize>)>) -> Result<PropertiesText, Vec<u8>> {
+    /// document as `from_members` makes; `Err` with `buffer` and `members` given back untouched
+    /// should a member not fit.
+    #[allow(clippy::type_complexity)]
+    pub fn from_members_in(mut buffer: Vec<u8>, members: Vec<(String, Range<usize>)>) -> Result<PropertiesText, (Vec<u8>, Vec<(String, Range<usize>)>)> {
         let keys: Vec<String> = members.iter().map(|(key, _)| serde_json::to_string(key).expect("a string serialises")).collect();
         // Where each value goes: it must not start after where it is (a copy of it moves it left).
         let mut at = 1;
         for (n, ((_, range), key)) in members.iter().zip(&keys).enumerate() {
             at += usize::from(n > 0) + key.len() + 1;
             if at > range.start {
-                return Err(buffer);
+                return Err((buffer, members));
             }
             at += range.len();
         }
         if at + 1 > buffer.len() {
-            return Err(buffer);
+            return Err((buffer, members));
         }
         let mut spans = Vec::with_capacity(members.len());
         let mut at = 0;
@@ -460,7 +462,7 @@ mod tests {
         }
         // A member that would have to move right is refused, the buffer untouched.
         let buffer = b"{\"a\":1}".to_vec();
-        assert_eq!(PropertiesText::from_members_in(buffer.clone(), vec![("long key".into(), 5..6)]).unwrap_err(), buffer);
+        assert_eq!(PropertiesText::from_members_in(buffer.clone(), vec![("long key".into(), 5..6)]).unwrap_err().0, buffer);
     }
 
     #[test]
