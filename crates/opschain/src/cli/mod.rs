@@ -253,7 +253,7 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// The demo project directory.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo"), value_name = "DIR")]
+    #[arg(long, default_value = concat!(env!("OPSCHAIN_WORKSPACE_DIR"), "/fixtures/demo"), value_name = "DIR")]
     pub repo: PathBuf,
     /// How the steps run: backend, workers, limits.
     #[command(flatten)]

@@ -183,7 +183,7 @@ fn checked_folder(folder: &str) -> Result<String> {
 /// directory and the agent is missing beside it, build the agent with the same profile (so that
 /// `cargo run --release --bin opschain -- demo` works from a fresh clone).
 fn build_agent(agent: &Path) -> Result<()> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let manifest = Path::new(env!("OPSCHAIN_WORKSPACE_DIR")).join("Cargo.toml");
     let profile_dir = agent.parent().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or_default();
     if !manifest.is_file() || !matches!(profile_dir, "debug" | "release") {
         return Ok(());

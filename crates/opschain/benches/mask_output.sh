@@ -6,16 +6,16 @@
 #           never sees (build secrets do not reach the action), so only the controller masks
 #           them: every line is searched for both values and their encodings, and a tenth of
 #           the lines hold one.
-# Usage: benches/mask_output.sh [LINES] [RUNS]   (default 20000 lines, 10 runs of each; the agent
+# Usage: crates/opschain/benches/mask_output.sh [LINES] [RUNS]   (default 20000 lines, 10 runs of each; the agent
 # drops records of an action that prints faster than its log writer drains, so far more lines would
 # time runs of different lengths)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 lines=${1:-20000}
 runs=${2:-10}
-command -v hyperfine >/dev/null || { echo "benches/mask_output.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
+command -v hyperfine >/dev/null || { echo "crates/opschain/benches/mask_output.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
 cargo build -q --release --bin opschain
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner
 export OPSCHAIN_RUNNER_BIN=${OPSCHAIN_RUNNER_BIN:-$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -9,18 +9,18 @@
 # side by side in one run, `opschain change run --backend docker` of each action with
 # `--transport bind-mount` and `--transport stream` (the step image reused: no build).
 # Prints the medians and stream/bind-mount ratios. Skips, saying why, where no engine runs.
-# Usage: benches/transport.sh [RUNS]   (default 10)
+# Usage: crates/opschain/benches/transport.sh [RUNS]   (default 10)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 runs=${1:-10}
 docker=/usr/bin/docker
 if ! "$docker" info --format '{{.ServerVersion}}' >/dev/null 2>&1; then
-  echo "benches/transport.sh: skipped: no Docker engine answers \`$docker info\`"
+  echo "crates/opschain/benches/transport.sh: skipped: no Docker engine answers \`$docker info\`"
   exit 0
 fi
-command -v hyperfine >/dev/null || { echo "benches/transport.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
-[ -x /bin/busybox ] || { echo "benches/transport.sh: installing busybox-static" >&2; apt-get install -y -qq busybox-static >/dev/null; }
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+command -v hyperfine >/dev/null || { echo "crates/opschain/benches/transport.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
+[ -x /bin/busybox ] || { echo "crates/opschain/benches/transport.sh: installing busybox-static" >&2; apt-get install -y -qq busybox-static >/dev/null; }
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner
 cargo build -q --release --bin opschain
 agent=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
 opschain=$PWD/target/release/opschain

@@ -3,16 +3,16 @@
 # on the process backend (BENCHMARKS.md). Prints steps per second over the change's wall time.
 # Also prints the CPU time the run took (controller and agents), per step: on the 2-core benchmark
 # machine the run is CPU-bound with the default worker count, so that is what bounds steps/s.
-# Usage: benches/controller.sh [CHILDREN]   (default 1000); extra `opschain change run` flags
+# Usage: crates/opschain/benches/controller.sh [CHILDREN]   (default 1000); extra `opschain change run` flags
 # (e.g. --workers 32) may follow.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 children=${1:-1000}
 shift || true
 cargo build -q --release --bin opschain
 # The agent as it ships: the static build (OPSCHAIN_RUNNER_BIN=... overrides it, e.g. with
 # target/release/opschain-runner to compare the dynamically linked one).
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner
 export OPSCHAIN_RUNNER_BIN=${OPSCHAIN_RUNNER_BIN:-$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -15,19 +15,19 @@
 # (controller and agents), controller peak RSS (/usr/bin/time -v) and database growth over the
 # change.
 #
-# Usage: benches/properties.sh [CHILDREN]   (default 200)
-#   BASELINE=DIR benches/properties.sh   also runs DIR/opschain with DIR/opschain-runner (an older
+# Usage: crates/opschain/benches/properties.sh [CHILDREN]   (default 200)
+#   BASELINE=DIR crates/opschain/benches/properties.sh   also runs DIR/opschain with DIR/opschain-runner (an older
 #   build: copy both binaries there) the same way, in the same run, and prints this build's
 #   figures as ratios to it. RUNS=N sets hyperfine's runs of the agent alone (default 30);
 #   KEEP=1 keeps the work directory (repository, documents, logs, state directories).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 children=${1:-200}
 runs=${RUNS:-30}
 
-command -v hyperfine >/dev/null || { echo "benches/properties.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
+command -v hyperfine >/dev/null || { echo "crates/opschain/benches/properties.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
 cargo build -q --release --bin opschain
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner
 work=$(mktemp -d)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 mkdir -p "$work/this"

@@ -5,12 +5,12 @@
 #   2. a 1,000,000-line step (16 MB) through the agent and the controller into the store,
 #      `opschain change run` to /dev/null, against the same change with a step printing nothing:
 #      end-to-end MB/s, every line checked in the store (target: >= 50 MB/s).
-# Usage: benches/logs.sh [MB]   (default 200 MB of 90-byte lines for part 1)
+# Usage: crates/opschain/benches/logs.sh [MB]   (default 200 MB of 90-byte lines for part 1)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 mb=${1:-200}
-command -v hyperfine >/dev/null || { echo "benches/logs.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+command -v hyperfine >/dev/null || { echo "crates/opschain/benches/logs.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner
 cargo build -q --release --bin opschain
 bin=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
 work=$(mktemp -d)

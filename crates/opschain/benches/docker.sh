@@ -14,18 +14,18 @@
 #               build's floor, the client, the context and the one RUN line that must rerun.
 # Prints the medians and the ratios: step / container (target <= 1.2) and
 # env-change / (container + run-line) (target <= 1.0). Skips, saying why, where no engine runs.
-# Usage: benches/docker.sh [RUNS]   (default 10)
+# Usage: crates/opschain/benches/docker.sh [RUNS]   (default 10)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 runs=${1:-10}
 docker=/usr/bin/docker   # Debian's client: builds with BuildKit (see README)
 if ! "$docker" info --format '{{.ServerVersion}}' >/dev/null 2>&1; then
-  echo "benches/docker.sh: skipped: no Docker engine answers \`$docker info\`"
+  echo "crates/opschain/benches/docker.sh: skipped: no Docker engine answers \`$docker info\`"
   exit 0
 fi
-command -v hyperfine >/dev/null || { echo "benches/docker.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
-[ -x /bin/busybox ] || { echo "benches/docker.sh: installing busybox-static" >&2; apt-get install -y -qq busybox-static >/dev/null; }
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+command -v hyperfine >/dev/null || { echo "crates/opschain/benches/docker.sh: installing hyperfine" >&2; apt-get install -y -qq hyperfine >/dev/null; }
+[ -x /bin/busybox ] || { echo "crates/opschain/benches/docker.sh: installing busybox-static" >&2; apt-get install -y -qq busybox-static >/dev/null; }
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner
 cargo build -q --release --bin opschain --bin opschain-runner
 agent=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
 opschain=$PWD/target/release/opschain
