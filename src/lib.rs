@@ -18,6 +18,7 @@
 pub mod diff;
 pub mod mask;
 pub mod supervise;
+pub mod lines;
 pub mod procfs;
 pub mod actions;
 pub mod atomic;
