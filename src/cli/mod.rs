@@ -1,5 +1,5 @@
 //! The command line of `opschain-runner` (and of `opschain-exec`, the same binary by another name).
-//! The binary parses it and calls the library: `step`, `exec`, `helper` and `plan` do the work; nothing here does any work.
+//! The binary parses it and calls the library: `step`, `exec`, `script_commands` and `plan` do the work; nothing here does any work.
 
 // The doc comments of the command-line types are the `--help` texts, where `<repo>` and the like
 // are placeholders the user reads, not HTML.
