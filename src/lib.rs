@@ -77,3 +77,6 @@ pub mod cli;
 pub mod exit;
 /// The static agent's global allocator.
 pub mod allocator;
+
+#[cfg(test)]
+mod testutil;

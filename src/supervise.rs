@@ -1,4 +1,4 @@
-//! Process supervision (issue 3): runs an action's commands one after another, each as a [`Job`],
+//! Process supervision: runs an action's commands one after another, each as a [`Job`],
 //! and sees each one through to the end of its last descendant.
 //!
 //! The agent is often PID 1 of a container that `docker stop`, Kubernetes or a controller's cancel

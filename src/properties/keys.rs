@@ -37,7 +37,7 @@ impl<'de> Keys<'de> {
     pub(crate) fn insert(&mut self, start: usize, key: Cow<'de, str>) -> bool {
         let keys = &self.stack[start..];
         if keys.len() < Keys::LINEAR {
-            // A loop, not `Iterator::any`: built for size, `any` was a call per key (callgrind).
+            // A loop, not `Iterator::any`: built for size, `any` becomes a call per key.
             for k in keys {
                 if k.len() == key.len() && k.as_bytes() == key.as_bytes() {
                     return false;
@@ -60,8 +60,8 @@ impl<'de> Keys<'de> {
     /// table sized for them (at most two thirds full, probed linearly), and only keys of equal hash
     /// are compared. Written here rather than with std's `HashSet`: the table is built once, at a
     /// size known in advance, from keys whose hashes are kept, and needs no growth, no removal
-    /// and no entry API; the agent is built for size, and the set's generic insert cost three
-    /// times as much (callgrind, an object of 10,000 keys; a sort of the hashes, eight times).
+    /// and no entry API; the agent is built for size, and the set's generic insert (or a sort of
+    /// the hashes) costs more (BENCHMARKS.md, "design figures").
     fn duplicate(&mut self, start: usize) -> Result<(), String> {
         use std::hash::BuildHasher;
         const EMPTY: u32 = u32::MAX;

@@ -2,8 +2,8 @@
 //! their top-level members, and merged by splicing those members' text.
 //!
 //! The agent hands the action the merged properties and a copy of each writable level as JSON
-//! files. Parsing a 45 KB context into `serde_json::Value` trees, merging the trees, serialising
-//! them twice and freeing them was four fifths of a step's instructions (callgrind). Most top-level
+//! files. Parsing a context into `serde_json::Value` trees, merging the trees, serialising them
+//! twice and freeing them would be most of a step's cost (BENCHMARKS.md, "design figures"). Most top-level
 //! members come from one source only, and their text can be copied as it is: only a member that
 //! several sources hold as objects is parsed, deep-merged by [`super::merge_objects`] and written
 //! again. The result is the same document [`super::merge`] gives, member for member and in the

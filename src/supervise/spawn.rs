@@ -47,7 +47,7 @@ pub(super) fn spawn(program: &OsString, args: &[OsString], job: &Job, stdout: Ow
 /// `/dev/null`, the two pipes as stdout and stderr, the job's directory, a process group of its
 /// own, no blocked signal, SIGPIPE back to its default), called directly because `Command` copies
 /// the environment three times on the way (a sorted map of clones, then C strings, then drops
-/// them all): a tenth of an empty step's instructions for the ~60 variables of an action. Here
+/// them all), a cost that grows with the action's variables (BENCHMARKS.md). Here
 /// each variable is copied once, into one buffer of C strings; a name given twice keeps its last
 /// value, as with `Command::envs`.
 fn posix_spawn(path: &std::ffi::OsStr, argv0: &std::ffi::OsStr, args: &[OsString], job: &Job, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<Pid> {
@@ -63,7 +63,7 @@ fn posix_spawn(path: &std::ffi::OsStr, argv0: &std::ffi::OsStr, args: &[OsString
     }
     // The last value of each name: an entry whose name comes again later is left out. Compared
     // pairwise, lengths first: for the few dozen short names of an action, cheaper than hashing
-    // each (a set cost 30 K instructions).
+    // each.
     let env = &job.env[..];
     let mut envp = CStrings::with_capacity(env.iter().map(|(name, value)| name.len() + value.len() + 2).sum());
     for (at, (name, value)) in env.iter().enumerate() {
@@ -178,10 +178,11 @@ impl CStrings {
 /// `program` as `execvp` would find it on the job's `PATH` (the default search path when the job
 /// has none): the first regular file in those directories that we may execute, a relative
 /// directory (or an empty entry: the current one) taken from the job's `cwd`; `program` itself when
-/// it names a path (has a `/`) or no directory holds it, and then starting it fails as before.
+/// it names a path (has a `/`) or no directory holds it, and then starting it fails as
+/// exec's own search would.
 ///
 /// Found here rather than by the child because std starts a child with `posix_spawn` (a vfork:
-/// no copy of the agent's page tables, no error pipe to wait on, 0.2 ms less a step) only when
+/// no copy of the agent's page tables, no error pipe to wait on) only when
 /// the program is a path or the child searches the agent's own `PATH`. No crate is needed for a
 /// search this small, and it must use the child's environment, not ours.
 fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Path) -> OsString {
@@ -203,7 +204,7 @@ fn on_path(program: &OsString, env: &[(OsString, OsString)], cwd: &std::path::Pa
         candidate.push(program);
         if candidate.is_relative() {
             // A relative directory under a relative `cwd`: the child resolves it only after
-            // changing directory; leave the whole search to it (execvp), as before.
+            // changing directory; leave the whole search to it (execvp).
             return program.clone();
         }
         let executable = std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);

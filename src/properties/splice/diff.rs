@@ -162,7 +162,7 @@ fn diff_window(before: &str, members: &[Span], window: Window<'_>, from: usize, 
 /// The length, up to `limit`, of the run of equal bytes that `same(at, len)` (whether the `len`
 /// bytes at `at` of the run are equal) finds: compared a page at a time, then byte by byte within
 /// the first page that differs. The callers compare with [`same_bytes`], a word at a time: the
-/// static agent's libc (musl) compares byte by byte, seven instructions a byte.
+/// static agent's libc (musl) compares byte by byte.
 fn common(limit: usize, same: impl Fn(usize, usize) -> bool) -> usize {
     const PAGE: usize = 4096;
     let mut at = 0;

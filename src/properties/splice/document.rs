@@ -171,6 +171,7 @@ impl Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::Xorshift;
     use serde_json::{json, Value};
 
     #[test]
@@ -178,13 +179,8 @@ mod tests {
         // A seeded xorshift: random documents and patches of adds, replaces and removes at
         // random paths, valid or not; a patch the splice takes must give json_patch's result,
         // and one json_patch refuses must be declined.
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rng = Xorshift::new(0x9E37_79B9_7F4A_7C15u64);
+        let mut next = move |n: u64| rng.below(n);
         let names = ["a", "b", "c~1", "d/e", "é"];
         for _ in 0..2000 {
             let mut doc = json!({});
