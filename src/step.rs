@@ -391,8 +391,8 @@ pub fn masker_for(prepared: &Prepared, options: &StepOptions) -> Masker {
 /// written whatever happened, so that no recorded change is lost.
 ///
 /// Takes the prepared step whole: its properties move into the diff and the result rather than
-/// being copied. Three phases, each timed and logged: [`initialise`], [`run_plan`], then the
-/// completion ([`level_diff`] of each writable level, [`children`], [`exit_status`], the result).
+/// being copied. Three phases, each timed and logged: `initialise`, `run_plan`, then the
+/// completion (`level_diff` of each writable level, `children`, `exit_status`, the result).
 pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Supervisor) -> Result<StepReport, StepError> {
     let phase = Phase::start("initialise");
     let (runtime, env) = initialise(&mut prepared, options)?;

@@ -29,7 +29,7 @@
 //!
 //! One concept a file: `scan` (the byte scanner), `strict` (the strict checker), `edit` (set and
 //! remove, on one key-path walk), `diff` (two texts compared) and `document` ([`Document::patch`]).
-//! The key stack that refuses duplicate keys is [`super::keys`], shared with [`super::text`].
+//! The key stack that refuses duplicate keys is `properties::keys`, shared with [`super::text`].
 
 mod diff;
 mod document;

@@ -10,7 +10,7 @@ use crate::properties::keys::Keys;
 
 /// Checks that `text` is one JSON value, as strictly as [`crate::json::StrictValue`] reads one:
 /// no object has a key twice (at any depth), and every number is a finite `f64`. Builds nothing:
-/// the keys of the objects being walked are kept on one stack ([`Keys`]), borrowed from the text.
+/// the keys of the objects being walked are kept on one stack (`properties::keys::Keys`), borrowed from the text.
 pub fn check_strict(text: &str) -> Result<(), SpliceError> {
     check(text, 0).map(drop)
 }
