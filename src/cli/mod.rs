@@ -5,9 +5,6 @@
 // are placeholders the user reads, not HTML.
 #![allow(rustdoc::invalid_html_tags)]
 
-#[cfg(feature = "controller")]
-pub mod controller;
-
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

@@ -6,6 +6,10 @@
 //! One module per concept:
 //! * [`store`]: the embedded SQLite store (projects, environments, properties with every version,
 //!   changes, steps, step logs, secret sets).
+//! * [`catalog`]: projects and environments by code (an unknown code lists the known ones).
+//! * [`report`]: what the command line prints about stored changes (step trees, logs).
+//! * [`edit`]: editing a document in the user's editor.
+//! * [`dev`]: tools for a project's repository (the default Dockerfile).
 //! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
@@ -20,13 +24,17 @@
 //! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
 
 pub mod backend;
+pub mod catalog;
 pub mod change;
+pub mod dev;
+pub mod edit;
 pub mod output;
 pub mod patch;
 pub mod rc;
 pub mod private;
 pub mod registry;
 pub mod repo;
+pub mod report;
 pub mod scheduler;
 pub mod status;
 pub mod store;

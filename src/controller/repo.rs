@@ -58,6 +58,46 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// `--git-remote-name` given for a directory that is not the top of a git work tree.
+    #[error("{} is not the top of a git work tree: it has no git remote {remote:?}", dir.display())]
+    NotAWorkTree {
+        /// The directory.
+        dir: PathBuf,
+        /// The remote named.
+        remote: String,
+    },
+    /// The work tree has no git remote of that name.
+    #[error("git remote {remote:?} of {} does not exist ({known})", dir.display())]
+    NoRemote {
+        /// The work tree.
+        dir: PathBuf,
+        /// The remote named.
+        remote: String,
+        /// The remotes it has.
+        known: super::catalog::Known,
+    },
+    /// Fetching the remote failed.
+    #[error("cannot fetch the git remote {remote:?} of {}", dir.display())]
+    Fetch {
+        /// The work tree.
+        dir: PathBuf,
+        /// The remote.
+        remote: String,
+        /// The cause.
+        #[source]
+        source: GitError,
+    },
+    /// No `--repo`, and the working directory holds no OpsChain folder.
+    #[error("the working directory {} has no {folder} folder: run from the project's repository or give --repo DIR", dir.display())]
+    NotARepo {
+        /// The working directory.
+        dir: PathBuf,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
+    /// The working directory cannot be found.
+    #[error("cannot find the working directory")]
+    WorkingDirectory(#[source] std::io::Error),
     /// Copying a directory for a snapshot failed.
     #[error("cannot copy {} to {}", from.display(), to.display())]
     Copy {
@@ -108,6 +148,42 @@ pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     git(&dest, &["add", "-A"])?;
     git(&dest, &["commit", "-q", "-m", "opschain snapshot"])?;
     Ok(dest)
+}
+
+/// The repository of `change create`: `repo` when given, else the working directory when it
+/// holds the OpsChain folder `folder` (a directory run from by mistake, such as a home
+/// directory, would otherwise be snapshotted whole).
+pub fn repo_or_working_directory(repo: Option<PathBuf>, folder: &str) -> Result<PathBuf, RepoError> {
+    if let Some(repo) = repo {
+        return Ok(repo);
+    }
+    let cwd = std::env::current_dir().map_err(RepoError::WorkingDirectory)?;
+    if !cwd.join(folder).is_dir() {
+        return Err(RepoError::NotARepo { dir: cwd, folder: folder.to_string() });
+    }
+    Ok(cwd)
+}
+
+/// `rev` read against the git remote `remote` of the work tree `repo`, as OpsChain reads
+/// `--git-rev` with `--git-remote-name`: the remote is fetched, then a branch of it is
+/// `<remote>/<rev>`; any other revision (a tag, a commit) is `rev` itself.
+pub fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String, RepoError> {
+    if !is_repo_top(repo) {
+        return Err(RepoError::NotAWorkTree { dir: repo.to_path_buf(), remote: remote.to_string() });
+    }
+    if git(repo, &["remote", "get-url", remote]).is_err() {
+        let known: Vec<String> = git(repo, &["remote"]).unwrap_or_default().lines().map(String::from).collect();
+        return Err(RepoError::NoRemote { dir: repo.to_path_buf(), remote: remote.to_string(), known: super::catalog::Known::new(remote, known) });
+    }
+    git(repo, &["fetch", "--quiet", "--tags", remote]).map_err(|e| match e {
+        RepoError::Git(source) => RepoError::Fetch { dir: repo.to_path_buf(), remote: remote.to_string(), source },
+        other => other,
+    })?;
+    let tracking = format!("{remote}/{rev}");
+    match git(repo, &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{tracking}^{{commit}}")]) {
+        Ok(_) => Ok(tracking),
+        Err(_) => Ok(rev.to_string()),
+    }
 }
 
 /// The commit `rev` names in `repo`.

@@ -1,0 +1,47 @@
+//! Arguments several commands share: the project and environment codes, the change id, the
+//! confirmation flag.
+
+use clap::Args;
+
+/// `-p`: the project code, defaulting from $opschain_projectCode or `.opschainrc`.
+#[derive(Debug, Args)]
+pub struct ProjectCode {
+    /// The project code. Default: $opschain_projectCode, else projectCode of .opschainrc.
+    #[arg(short = 'p', long = "project-code", visible_alias = "project", value_name = "CODE")]
+    pub project_code: Option<String>,
+}
+
+/// `-e`: the environment code, defaulting from $opschain_environmentCode or `.opschainrc`.
+#[derive(Debug, Args)]
+pub struct EnvironmentCode {
+    /// The environment code. Default: $opschain_environmentCode, else environmentCode of
+    /// .opschainrc.
+    #[arg(short = 'e', long = "environment-code", visible_alias = "environment", value_name = "CODE")]
+    pub environment_code: Option<String>,
+}
+
+/// `-y`: OpsChain's CLI asks before it writes unless given `--confirm`; this one never asks.
+#[derive(Debug, Args)]
+pub struct Confirm {
+    /// Accepted as OpsChain's CLI takes it; this controller never asks for confirmation.
+    #[arg(short = 'y', long = "confirm")]
+    pub confirm: bool,
+}
+
+/// Which change: `ID`, or `-c ID` as OpsChain's CLI takes it.
+#[derive(Debug, Args)]
+pub struct ChangeId {
+    /// The change id.
+    #[arg(value_name = "ID", required_unless_present = "change_id", conflicts_with = "change_id")]
+    pub id: Option<i64>,
+    /// The change id (the same as ID).
+    #[arg(short = 'c', long = "change-id", value_name = "ID")]
+    pub change_id: Option<i64>,
+}
+
+impl ChangeId {
+    /// The change id, given as ID or with `--change-id`.
+    pub fn get(&self) -> i64 {
+        self.id.or(self.change_id).expect("clap requires ID or --change-id")
+    }
+}

@@ -1,0 +1,244 @@
+//! `opschain change`: create (and run), list, show, print the logs of, retry and cancel changes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use opschain_runner::controller::catalog;
+use opschain_runner::controller::change::{self, ControllerConfig, NewChange};
+use opschain_runner::controller::output;
+use opschain_runner::controller::rc::{Code, Source, Which};
+use opschain_runner::controller::repo;
+use opschain_runner::controller::report::{self, LogOptions};
+use opschain_runner::controller::status::{BackendKind, ChangeStatus};
+use opschain_runner::controller::store::{Store, StoreError};
+
+use super::args::{ChangeId, Confirm, EnvironmentCode, ProjectCode};
+use super::settings::{backends, checked_folder, config, RunSettings};
+use super::{exit_of, no_code, Ctx};
+
+/// The `opschain change` commands.
+#[derive(Debug, Subcommand)]
+pub enum ChangeCommand {
+    /// Create a change at a commit and run it; streams step logs and phase messages, exits 0 when
+    /// the change succeeds, 1 when it errors, 2 when it is cancelled. The project and environment
+    /// are created when new.
+    #[command(visible_alias = "run")]
+    Create(RunArgs),
+    /// List the changes (of a project, and of an environment, when codes are given or default).
+    #[command(visible_alias = "ls")]
+    List {
+        /// The project code.
+        #[command(flatten)]
+        project: ProjectCode,
+        /// The environment code.
+        #[command(flatten)]
+        environment: EnvironmentCode,
+    },
+    /// Show a change and its step tree with statuses.
+    Show {
+        /// The change.
+        #[command(flatten)]
+        id: ChangeId,
+    },
+    /// Print a change's step logs, every line of every step, in order.
+    #[command(name = "show-logs", visible_alias = "logs")]
+    Logs {
+        /// The change.
+        #[command(flatten)]
+        id: ChangeId,
+        /// Keep printing lines as they are stored, until the change has ended (as `kubectl
+        /// logs -f` does); Ctrl-C stops following.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Re-run what did not succeed in a change, from the same commit.
+    Retry {
+        /// The change.
+        #[command(flatten)]
+        id: ChangeId,
+        /// How the steps run: backend, workers, limits.
+        #[command(flatten)]
+        settings: RunSettings,
+    },
+    /// Cancel a change: pending, queued and running steps become cancelled.
+    Cancel {
+        /// The change.
+        #[command(flatten)]
+        id: ChangeId,
+    },
+}
+
+/// What `change create` (and `run`) runs: the action, the repository and commit, the project and environment, how.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The project code.
+    #[command(flatten)]
+    pub project: ProjectCode,
+    /// The environment code.
+    #[command(flatten)]
+    pub environment: EnvironmentCode,
+    /// The action of the change's root step (an empty name means `default`, as in OpsChain).
+    #[arg(short = 'a', long, value_name = "NAME")]
+    pub action: String,
+    /// The git revision to run (resolved to a commit when the change is created).
+    #[arg(short = 'g', long, default_value = "HEAD", value_name = "REV")]
+    pub git_rev: String,
+    /// Read --git-rev against this git remote of the repository, as OpsChain does: the remote is
+    /// fetched first, and a branch of it is taken as `<remote>/<rev>` (a tag or a commit as is).
+    #[arg(short = 'G', long, value_name = "NAME")]
+    pub git_remote_name: Option<String>,
+    /// Accepted as OpsChain's CLI takes it: `change create` always streams the step logs.
+    #[arg(long)]
+    pub follow_logs: bool,
+    /// The project's repository: a git work tree, or a plain directory (snapshotted into a git
+    /// repository under the state directory, then run from that commit). Default: the working
+    /// directory, which must then hold the OpsChain folder (.opschain).
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Where steps run: `process` (a checkout and a child process), `docker` (an image and a
+    /// container per step), or, in a build with the `kubernetes` feature, `kubernetes` (a Job per
+    /// step in the cluster of the kubeconfig; needs --registry).
+    #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = backends(), value_name = "NAME")]
+    pub backend: BackendKind,
+    /// The secret set the steps get as runner secrets (see `opschain secrets set`). Image builds
+    /// get the build secret sets instead: those opschain.config.build_secrets lists, else
+    /// opschain-build-env.
+    #[arg(long, value_name = "NAME")]
+    pub secrets: Option<String>,
+    /// The confirmation a destructive command needs.
+    #[command(flatten)]
+    pub confirm: Confirm,
+    /// How the steps run: backend, workers, limits.
+    #[command(flatten)]
+    pub settings: RunSettings,
+}
+
+/// Runs an `opschain change` command.
+pub fn exec(command: ChangeCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
+    match command {
+        ChangeCommand::Create(args) => create(args, ctx, out),
+        ChangeCommand::List { project, environment } => list(&project, &environment, ctx, out),
+        ChangeCommand::Show { id } => show(id.get(), ctx, out),
+        ChangeCommand::Logs { id, follow } => {
+            report::write_logs(ctx.store()?, id.get(), LogOptions { follow }, out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ChangeCommand::Retry { id, settings } => {
+            let store = ctx.store()?;
+            // An unknown id is "not found", before anything else is looked at.
+            let id = store.change(id.get())?.id;
+            let config = config(&ctx.state_dir, &settings)?;
+            Ok(exit_of(change::retry(store, &config, id)?))
+        }
+        ChangeCommand::Cancel { id } => {
+            let id = id.get();
+            match change::cancel(ctx.store()?, id)? {
+                ChangeStatus::Running => writeln!(out, "change {id}: cancel requested; its controller stops it")?,
+                status => writeln!(out, "change {id} {}", status.as_str())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
+    let folder = checked_folder(&args.settings.folder)?;
+    let repo = repo::repo_or_working_directory(args.repo, &folder)?;
+    let git_rev = match &args.git_remote_name {
+        Some(remote) => repo::remote_rev(&repo, remote, &args.git_rev)?,
+        None => args.git_rev,
+    };
+    let new = NewChange {
+        project: ctx.project(&args.project)?,
+        environment: ctx.environment(&args.environment)?,
+        repo,
+        action: if args.action.is_empty() { "default".into() } else { args.action },
+        git_rev,
+        backend: args.backend,
+        secret_set: args.secrets,
+    };
+    let config = config(&ctx.state_dir, &args.settings)?;
+    let (_, status) = run_change(ctx.store()?, &config, new, out)?;
+    Ok(exit_of(status))
+}
+
+/// Creates and runs a change; `change create` and `demo`.
+pub fn run_change(store: &Store, config: &ControllerConfig, new: NewChange, out: &mut dyn Write) -> Result<(i64, ChangeStatus)> {
+    let project_is_new = matches!(store.project_id(&new.project), Err(StoreError::NotFound(_)));
+    let environment_is_new =
+        project_is_new || matches!(store.project_id(&new.project).and_then(|p| store.environment_id(p, &new.environment)), Err(StoreError::NotFound(_)));
+    let id = change::create(store, config, &new)?;
+    if project_is_new {
+        eprintln!("opschain: project {:?} created", new.project);
+    }
+    if environment_is_new {
+        eprintln!("opschain: environment {:?} created", new.environment);
+    }
+    // The change runs whatever happens to the output: a reader that went away does not stop it.
+    let _ = writeln!(out, "==> change {id} created (state: {})", store.path().display());
+    Ok((id, change::execute(store, config, id)?))
+}
+
+fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
+    let store = ctx.store()?;
+    // Filters: the codes given or defaulting; an unknown one is an error, not an empty list.
+    let project_code = ctx.defaults.resolve(Which::Project, p.project_code.as_deref())?;
+    let environment_code = ctx.defaults.resolve(Which::Environment, e.environment_code.as_deref())?;
+    for (which, code) in [(Which::Project, &project_code), (Which::Environment, &environment_code)] {
+        if let Some(Code { value, source: source @ (Source::Variable(_) | Source::File(_)) }) = code {
+            eprintln!("opschain: {} code {value:?} from {source}", which.noun());
+        }
+    }
+    let project_code = project_code.map(|c| c.value);
+    let environment_code = environment_code.map(|c| c.value);
+    match (&project_code, &environment_code) {
+        (Some(p), Some(e)) => {
+            let id = catalog::find_project(store, p)?;
+            catalog::find_environment(store, p, id, e)?;
+        }
+        (Some(p), None) => {
+            catalog::find_project(store, p)?;
+        }
+        (None, Some(_)) => return Err(no_code(Which::Project)),
+        (None, None) => {}
+    }
+    writeln!(out, "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} created", "id", "status", "project", "environment", "action", "commit", "backend")?;
+    let changes =
+        store.changes(None)?.into_iter().filter(|c| project_code.as_ref().is_none_or(|p| &c.project == p) && environment_code.as_ref().is_none_or(|e| &c.environment == e));
+    for c in changes {
+        writeln!(
+            out,
+            "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {}",
+            c.id,
+            c.status.as_str(),
+            c.project,
+            c.environment,
+            c.action,
+            &c.commit[..c.commit.len().min(12)],
+            c.backend,
+            c.created_at
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(id: i64, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
+    let store = ctx.store()?;
+    let c = store.change(id)?;
+    writeln!(out, "change {} {}", c.id, c.status.as_str())?;
+    writeln!(out, "  project {}, environment {}, action {}", c.project, c.environment, c.action)?;
+    writeln!(out, "  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display())?;
+    writeln!(out, "  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"))?;
+    writeln!(out, "steps:")?;
+    let mask = output::change_masker(store, &c)?;
+    let mut steps = store.steps(c.id)?;
+    for s in &mut steps {
+        s.message = s.message.as_deref().map(|m| mask.mask(m).into_owned());
+    }
+    report::write_step_tree(out, &steps, None, 1)?;
+    Ok(ExitCode::SUCCESS)
+}

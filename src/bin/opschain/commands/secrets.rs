@@ -1,0 +1,44 @@
+//! `opschain secrets`: create, replace and list secret sets (values are never printed).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use opschain_runner::controller::change;
+
+use super::{Ctx, Failure};
+
+/// The `opschain secrets` commands.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Create or replace (rotate) secret set NAME from a JSON file `{"NAME": "value"}`.
+    Set {
+        /// The set's name.
+        name: String,
+        /// The JSON file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the secret sets (names only).
+    List,
+}
+
+/// Runs an `opschain secrets` command.
+pub fn exec(command: SecretsCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
+    match command {
+        SecretsCommand::Set { name, file } => {
+            let set = change::read_secret_file(&file).map_err(|source| Failure::SecretFile { path: file.clone(), source })?;
+            ctx.store()?.set_secrets(&name, &set)?;
+            writeln!(out, "secret set {name} saved ({} secrets: {})", set.len(), set.keys().cloned().collect::<Vec<_>>().join(", "))?;
+        }
+        SecretsCommand::List => {
+            for name in ctx.store()?.secret_set_names()? {
+                writeln!(out, "{name}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
