@@ -74,7 +74,7 @@ pub enum RepoError {
         /// The remote named.
         remote: String,
         /// The remotes it has.
-        known: super::catalog::Known,
+        known: Box<super::catalog::Known>,
     },
     /// Fetching the remote failed.
     #[error("cannot fetch the git remote {remote:?} of {}", dir.display())]
@@ -85,7 +85,7 @@ pub enum RepoError {
         remote: String,
         /// The cause.
         #[source]
-        source: GitError,
+        source: Box<GitError>,
     },
     /// No `--repo`, and the working directory holds no OpsChain folder.
     #[error("the working directory {} has no {folder} folder: run from the project's repository or give --repo DIR", dir.display())]
@@ -173,10 +173,10 @@ pub fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String, RepoEr
     }
     if git(repo, &["remote", "get-url", remote]).is_err() {
         let known: Vec<String> = git(repo, &["remote"]).unwrap_or_default().lines().map(String::from).collect();
-        return Err(RepoError::NoRemote { dir: repo.to_path_buf(), remote: remote.to_string(), known: super::catalog::Known::new(remote, known) });
+        return Err(RepoError::NoRemote { dir: repo.to_path_buf(), remote: remote.to_string(), known: Box::new(super::catalog::Known::new(remote, known)) });
     }
     git(repo, &["fetch", "--quiet", "--tags", remote]).map_err(|e| match e {
-        RepoError::Git(source) => RepoError::Fetch { dir: repo.to_path_buf(), remote: remote.to_string(), source },
+        RepoError::Git(source) => RepoError::Fetch { dir: repo.to_path_buf(), remote: remote.to_string(), source: Box::new(source) },
         other => other,
     })?;
     let tracking = format!("{remote}/{rev}");
