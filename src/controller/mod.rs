@@ -7,6 +7,7 @@
 //! * [`store`]: the embedded SQLite store (projects, environments, properties with every version,
 //!   changes, steps, step logs, secret sets).
 //! * [`catalog`]: projects and environments by code (an unknown code lists the known ones).
+//! * [`logline`]: a stored log line read back (action output, phase record, the agent's error).
 //! * [`report`]: what the command line prints about stored changes (step trees, logs).
 //! * [`edit`]: editing a document in the user's editor.
 //! * [`dev`]: tools for a project's repository (the default Dockerfile).
@@ -28,6 +29,7 @@ pub mod catalog;
 pub mod change;
 pub mod dev;
 pub mod edit;
+pub mod logline;
 pub mod output;
 pub mod patch;
 pub mod rc;

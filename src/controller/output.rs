@@ -32,6 +32,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use super::backend::LogSink;
+use super::logline;
 use super::store::{ChangeRow, Level, LogLines, Store, StoreError};
 use crate::context::{Level as ContextLevel, StepContext};
 use crate::exec::{build_secret_sets, DEFAULT_BUILD_SECRET_SET};
@@ -138,7 +139,7 @@ impl<'a> ChangeOutput<'a> {
     /// The sink of one run of step `step_id` (action `action`): its lines are masked, stored and
     /// printed prefixed `[step action]`.
     pub fn step_sink(&self, step_id: i64, action: &str) -> StepSink<'_> {
-        StepSink { output: self, step_id, prefix: format!("[{step_id} {action}]"), pieces: Mutex::new(HashMap::new()), pending: Mutex::default() }
+        StepSink { output: self, step_id, prefix: format!("[{step_id} {action}]"), pieces: Mutex::new(HashMap::new()), pending: Mutex::default(), cause: Mutex::default() }
     }
 }
 
@@ -153,11 +154,36 @@ pub struct StepSink<'a> {
     /// are handed on at once by [`LogSink::flush`], and when the sink is dropped (a lock of the
     /// store and a write per line would cost more than the line).
     pending: Mutex<(LogLines, Vec<u8>)>,
+    /// What the step's lines said of why it failed: the agent's own error, the action's last
+    /// stderr line.
+    cause: Mutex<Cause>,
+}
+
+/// What a step's log said of why it failed (see [`StepSink::cause`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cause {
+    /// The agent's own error (its last `opschain-runner: ...` line), the sandbox's path taken
+    /// off the paths in it.
+    pub agent_error: Option<String>,
+    /// The last line the action wrote to its stderr.
+    pub last_stderr: Option<String>,
 }
 
 impl StepSink<'_> {
+    /// What the step's lines have said so far of why it failed.
+    pub fn cause(&self) -> Cause {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Queues a masked line for the store and the terminal.
     fn record(&self, stream: &'static str, masked: &str) {
+        match logline::classify(masked) {
+            logline::Kind::AgentError(e) => self.cause.lock().unwrap_or_else(|e| e.into_inner()).agent_error = Some(logline::without_sandbox(e)),
+            logline::Kind::Action { stream: "stderr", text, .. } if !text.trim().is_empty() => {
+                self.cause.lock().unwrap_or_else(|e| e.into_inner()).last_stderr = Some(text.to_string())
+            }
+            _ => {}
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (stored, shown) = &mut *pending;
         stored.push(stream, masked);

@@ -45,6 +45,15 @@ pub fn write_step_tree(out: &mut dyn Write, steps: &[StepRow], parent: Option<i6
     Ok(())
 }
 
+/// Why a change failed, in one line: the first failed step (`step 7 [helo]`) and the first line
+/// of its message (the agent's own error, see [`crate::controller::scheduler::failure_message`]).
+/// `None` when no step failed with a message.
+pub fn failure_summary(steps: &[StepRow]) -> Option<String> {
+    let step = steps.iter().filter(|s| s.status == StepStatus::Error && s.message.is_some()).min_by_key(|s| s.id)?;
+    let first = step.message.as_deref()?.lines().next().unwrap_or_default();
+    Some(format!("step {} [{}]: {first}", step.id, step.action))
+}
+
 /// How `change show-logs` prints.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogOptions {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::backend::{Backend, BackendError, ContextDocument, StepJob};
-use super::output::{change_secrets, ChangeOutput};
+use super::output::{change_secrets, Cause, ChangeOutput};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{ChangeRow, Level, StepEnd, StepRow, Store, StoreError};
 use crate::step_image::{self, BuildError, SecretSet};
@@ -78,6 +78,30 @@ pub struct Scheduler<'a> {
     /// Where every line about the change goes, masked with its secrets.
     output: ChangeOutput<'a>,
     started: Instant,
+}
+
+/// Why a step failed, its first line the cause in the user's terms (what `change show` and
+/// `change ls` summarise it with): the agent's own error when it gave one, else what the step
+/// result says went wrong, else the action's last line on stderr; then how the agent exited, and
+/// what the controller found of its result.
+pub fn failure_message(cause: &Cause, exit_status: i32, result_error: Option<&str>, runner_error: Option<&str>) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(e) = &cause.agent_error {
+        lines.push(e.clone());
+        lines.push(format!("the agent exited with status {exit_status}"));
+    } else if let Some(e) = runner_error {
+        lines.push(e.to_string());
+        lines.push(format!("the agent exited with status {exit_status}"));
+    } else if let Some(last) = cause.last_stderr.as_deref().filter(|_| exit_status != 0) {
+        lines.push(format!("the action exited with status {exit_status}; its last line on stderr: {last}"));
+    } else {
+        lines.push(format!("the agent exited with status {exit_status}"));
+    }
+    // No step result is the consequence of an error the agent already named.
+    if let Some(e) = result_error.filter(|_| cause.agent_error.is_none()) {
+        lines.push(e.to_string());
+    }
+    lines.join("\n")
 }
 
 /// Formats a duration as seconds with two decimals.
@@ -144,7 +168,11 @@ impl<'a> Scheduler<'a> {
             ChangeStatus::Error
         };
         self.store.set_change_status(self.change.id, status)?;
-        self.say(&format!("change {} {} in {}", self.change.id, status.as_str(), secs(self.started.elapsed())));
+        let why = match status {
+            ChangeStatus::Error => super::report::failure_summary(&self.store.steps(self.change.id)?).map(|w| format!(": {w}")).unwrap_or_default(),
+            _ => String::new(),
+        };
+        self.say(&format!("change {} {} in {}{why}", self.change.id, status.as_str(), secs(self.started.elapsed())));
         Ok(status)
     }
 
@@ -302,14 +330,8 @@ impl<'a> Scheduler<'a> {
                 let succeeded = output.exit_status == 0 && output.result.is_some();
                 let mut message = None;
                 if !succeeded {
-                    let mut m = format!("the agent exited with status {}", output.exit_status);
-                    if let Some(e) = &output.result_error {
-                        m.push_str(&format!("; {e}"));
-                    }
-                    if let Some(e) = output.result.as_ref().and_then(|r| r.runner.as_ref()).and_then(|r| r.error.as_ref()) {
-                        m.push_str(&format!("; {e}"));
-                    }
-                    message = Some(m);
+                    let runner_error = output.result.as_ref().and_then(|r| r.runner.as_ref()).and_then(|r| r.error.as_deref());
+                    message = Some(failure_message(&sink.cause(), output.exit_status, output.result_error.as_deref(), runner_error));
                 }
                 let (project_diff, environment_diff, children, strategy) = match output.result {
                     Some(r) => (

@@ -18,6 +18,7 @@ mod diff_props;
 mod docker_base;
 mod exec;
 mod faults;
+mod first_hour;
 mod fuzz_corpus;
 mod image;
 #[cfg(feature = "kubernetes")]

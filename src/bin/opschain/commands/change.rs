@@ -206,13 +206,18 @@ fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) ->
         (None, Some(_)) => return Err(no_code(Which::Project)),
         (None, None) => {}
     }
-    writeln!(out, "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} created", "id", "status", "project", "environment", "action", "commit", "backend")?;
+    writeln!(out, "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {:<24} why", "id", "status", "project", "environment", "action", "commit", "backend", "created")?;
     let changes =
         store.changes(None)?.into_iter().filter(|c| project_code.as_ref().is_none_or(|p| &c.project == p) && environment_code.as_ref().is_none_or(|e| &c.environment == e));
     for c in changes {
-        writeln!(
-            out,
-            "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {}",
+        let why = match c.status {
+            ChangeStatus::Error => {
+                report::failure_summary(&store.steps(c.id)?).map(|w| output::change_masker(store, &c).map(|m| m.mask(&w).into_owned())).transpose()?.unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        let line = format!(
+            "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {:<24} {why}",
             c.id,
             c.status.as_str(),
             c.project,
@@ -221,7 +226,8 @@ fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) ->
             &c.commit[..c.commit.len().min(12)],
             c.backend,
             c.created_at
-        )?;
+        );
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -229,16 +235,17 @@ fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) ->
 fn show(id: i64, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     let store = ctx.store()?;
     let c = store.change(id)?;
-    writeln!(out, "change {} {}", c.id, c.status.as_str())?;
-    writeln!(out, "  project {}, environment {}, action {}", c.project, c.environment, c.action)?;
-    writeln!(out, "  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display())?;
-    writeln!(out, "  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"))?;
-    writeln!(out, "steps:")?;
     let mask = output::change_masker(store, &c)?;
     let mut steps = store.steps(c.id)?;
     for s in &mut steps {
         s.message = s.message.as_deref().map(|m| mask.mask(m).into_owned());
     }
+    let why = report::failure_summary(&steps).map(|w| format!(": {w}")).unwrap_or_default();
+    writeln!(out, "change {} {}{why}", c.id, c.status.as_str())?;
+    writeln!(out, "  project {}, environment {}, action {}", c.project, c.environment, c.action)?;
+    writeln!(out, "  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display())?;
+    writeln!(out, "  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"))?;
+    writeln!(out, "steps:")?;
     report::write_step_tree(out, &steps, None, 1)?;
     Ok(ExitCode::SUCCESS)
 }

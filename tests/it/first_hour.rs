@@ -1,0 +1,150 @@
+//! A new user's first hour with `opschain`, through the real binary: a failure names its cause,
+//! a typo creates nothing, a closed pipe is no crash, user errors exit 64/65/66 and leave
+//! nothing behind, the output is quiet, uncommitted edits are named, OpsChain's CLI parts
+//! (`--metadata-path`, `-o json`, `show-properties --change-id`, `.opschainrc` in INI) work, and
+//! the Docker backend's missing base image says how to build it.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A state directory, a working directory and a home directory of one test, and `opschain`
+/// run with them and none of the machine's own defaults.
+struct World {
+    state: tempfile::TempDir,
+    cwd: tempfile::TempDir,
+    home: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        World { state: tempfile::tempdir().unwrap(), cwd: tempfile::tempdir().unwrap(), home: tempfile::tempdir().unwrap() }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
+        c.current_dir(self.cwd.path())
+            .env("HOME", self.home.path())
+            .env("OPSCHAIN_STATE_DIR", self.state.path())
+            .env("OPSCHAIN_RUNNER_BIN", env!("CARGO_BIN_EXE_opschain-runner"))
+            .env("OPSCHAIN_GRACE_SECS", "2")
+            .env_remove("opschain_projectCode")
+            .env_remove("opschain_environmentCode")
+            .env_remove("OPSCHAIN_REPO_FOLDER")
+            .env_remove("OPSCHAIN_BACKEND")
+            .env_remove("OPSCHAIN_DOCKER_BASE_IMAGE")
+            .env_remove("VISUAL")
+            .env_remove("EDITOR");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Runs `args`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Project `p` with environment `dev`.
+    fn project(&self) {
+        self.ok(&["project", "create", "--code", "p"]);
+        self.ok(&["environment", "create", "-p", "p", "--code", "dev"]);
+    }
+
+    /// Whether the state directory holds a file or directory whose path contains `part`.
+    fn state_has(&self, part: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.state.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.to_string_lossy().contains(part) {
+                    found.push(path.display().to_string());
+                }
+                if entry.file_type().is_ok_and(|t| t.is_dir()) && !path.ends_with(".git") {
+                    dirs.push(path);
+                }
+            }
+        }
+        found
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git").arg("-C").arg(dir).args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).status().unwrap().success();
+    assert!(ok, "git {args:?}");
+}
+
+/// A git repository with `.opschain/actions.toml` = `actions` (and the other files given),
+/// committed.
+fn repo(actions: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".opschain")).unwrap();
+    std::fs::write(dir.path().join(".opschain/actions.toml"), actions).unwrap();
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    git(dir.path(), &["init", "-q"]);
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-q", "-m", "init"]);
+    dir
+}
+
+const ACTIONS: &str = r#"
+[actions.hello]
+run = "echo hello from the action"
+
+[actions.fail]
+run = "echo working; echo the disk is full >&2; exit 3"
+"#;
+
+#[test]
+fn a_failure_names_its_cause_at_the_end_in_change_show_and_in_change_ls() {
+    let w = World::new();
+    w.project();
+    let r = repo(ACTIONS, &[]);
+    let dir = r.path().to_str().unwrap();
+    let typo = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "helo", "--repo", dir]);
+    assert_eq!(typo.status.code(), Some(1), "{}", text(&typo));
+    let cause = r#"no action named "helo" (defined: hello, fail)"#;
+    let last = stdout(&typo).lines().last().unwrap_or_default().to_string();
+    assert!(last.contains("error") && last.contains(cause), "the last line names the cause: {}", text(&typo));
+    assert!(!last.contains("no step result"), "{last}");
+
+    let failed = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "fail", "--repo", dir]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert!(stdout(&failed).lines().last().unwrap().contains("the disk is full"), "{}", text(&failed));
+
+    let show = w.ok(&["change", "show", "1"]);
+    assert!(show.lines().next().unwrap().contains(cause), "change show's first line: {show}");
+    assert!(w.ok(&["change", "show", "2"]).lines().next().unwrap().contains("the disk is full"));
+    let ls = w.ok(&["change", "ls"]);
+    let row = |id: &str| ls.lines().find(|l| l.split_whitespace().next() == Some(id)).unwrap_or_default().to_string();
+    assert!(row("1").contains(cause), "{ls}");
+    assert!(row("2").contains("the disk is full"), "{ls}");
+
+    // A property the agent refuses is named the same way.
+    let props = repo(ACTIONS, &[(".opschain/properties.json", r#"{"opschain": {"env": {"PORT": 8080}}}"#)]);
+    let refused = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", props.path().to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(w.ok(&["change", "show", "3"]).lines().next().unwrap().contains("value of PORT must be a string, not a number"));
+}
