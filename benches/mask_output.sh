@@ -30,6 +30,7 @@ git -C "$repo" init -q && git -C "$repo" add -A && git -C "$repo" -c user.email=
 echo '{"FIRST": "build-secret-value-one", "SECOND": "another-build-secret-two"}' > "$work/build.json"
 opschain=$PWD/target/release/opschain
 "$opschain" --state-dir "$work/masked" secrets set opschain-build-env --file "$work/build.json" >/dev/null
+for s in plain masked; do "$opschain" --state-dir "$work/$s" project create --code bench >/dev/null && "$opschain" --state-dir "$work/$s" environment create -p bench --code dev >/dev/null; done
 run="change run --repo $repo --project bench --environment dev --action print"
 hyperfine -N --runs "$runs" --warmup 1 \
   -n plain "$opschain --state-dir $work/plain $run" \

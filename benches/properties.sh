@@ -73,6 +73,7 @@ measure() {
   local build=$1 doc=$2 bin=$work/$1 state=$work/state-$1-$2 out=$work/fig-$1-$2
   export OPSCHAIN_RUNNER_BIN=$bin/opschain-runner
   "$bin/opschain" --state-dir "$state" properties set --project bench "$work/$doc.json" >/dev/null
+  "$bin/opschain" --state-dir "$state" environment create -p bench --code dev >/dev/null
   "$bin/opschain" --state-dir "$state" change run --repo "$repo" --project bench --environment dev --action set_1 >/dev/null 2>&1
   local before; before=$(db_size "$state")
   local start end

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::store::{Level, Store, StoreError};
+use super::store::{Level, Removal, Store, StoreError};
 
 /// Why a project or environment could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,29 @@ pub enum CatalogError {
         code: String,
         /// The project's environment codes.
         known: Known,
+    },
+    /// A change names an archived project or environment.
+    #[error("{what} is archived: it takes no new change (restore it with `opschain {noun} unarchive {args}`)")]
+    Archived {
+        /// `project "web"`, `environment "dev" of project "web"`.
+        what: String,
+        /// "project" or "environment".
+        noun: &'static str,
+        /// The arguments that name it.
+        args: String,
+    },
+    /// A project or environment that had changes cannot be deleted (the changes' history would
+    /// lose its owner).
+    #[error("{what} had {changes} change(s): it cannot be deleted, only archived (`opschain {noun} archive {args}`)")]
+    HasChanges {
+        /// `project "web"`, `environment "dev" of project "web"`.
+        what: String,
+        /// "project" or "environment".
+        noun: &'static str,
+        /// The arguments that name it.
+        args: String,
+        /// How many changes it had.
+        changes: i64,
     },
     /// The store failed.
     #[error(transparent)]
@@ -186,6 +209,61 @@ pub fn owner(store: &Store, project: &str, environment: Option<&str>, lookup: Lo
         Lookup::CreateWhenNew => ensure_environment(store, p.id, env)?,
     };
     Ok(Owner { level: Level::Environment, id: e.id, created_project: p.created, created_environment: e.created })
+}
+
+/// The project and environment a new change runs in, by id: both exist and neither is
+/// archived.
+pub fn change_target(store: &Store, project: &str, environment: &str) -> Result<(i64, i64), CatalogError> {
+    let project_id = find_project(store, project)?;
+    if store.project_archived(project_id)? {
+        return Err(CatalogError::Archived { what: format!("project {project:?}"), noun: "project", args: format!("--code {project}") });
+    }
+    let environment_id = find_environment(store, project, project_id, environment)?;
+    if store.environment_archived(environment_id)? {
+        return Err(CatalogError::Archived {
+            what: format!("environment {environment:?} of project {project:?}"),
+            noun: "environment",
+            args: format!("-p {project} --code {environment}"),
+        });
+    }
+    Ok((project_id, environment_id))
+}
+
+/// Archives (`archived`) or restores project `code`.
+pub fn archive_project(store: &Store, code: &str, archived: bool) -> Result<(), CatalogError> {
+    let id = find_project(store, code)?;
+    Ok(store.set_project_archived(id, archived)?)
+}
+
+/// Archives (`archived`) or restores environment `code` of `project`.
+pub fn archive_environment(store: &Store, project: &str, code: &str, archived: bool) -> Result<(), CatalogError> {
+    let project_id = find_project(store, project)?;
+    let id = find_environment(store, project, project_id, code)?;
+    Ok(store.set_environment_archived(id, archived)?)
+}
+
+/// Deletes project `code`, its environments and their properties; refused when it had changes.
+pub fn delete_project(store: &Store, code: &str) -> Result<(), CatalogError> {
+    let id = find_project(store, code)?;
+    match store.delete_project(id)? {
+        Removal::Removed => Ok(()),
+        Removal::HasChanges(changes) => Err(CatalogError::HasChanges { what: format!("project {code:?}"), noun: "project", args: format!("--code {code}"), changes }),
+    }
+}
+
+/// Deletes environment `code` of `project` and its properties; refused when it had changes.
+pub fn delete_environment(store: &Store, project: &str, code: &str) -> Result<(), CatalogError> {
+    let project_id = find_project(store, project)?;
+    let id = find_environment(store, project, project_id, code)?;
+    match store.delete_environment(id)? {
+        Removal::Removed => Ok(()),
+        Removal::HasChanges(changes) => Err(CatalogError::HasChanges {
+            what: format!("environment {code:?} of project {project:?}"),
+            noun: "environment",
+            args: format!("-p {project} --code {code}"),
+            changes,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::json::{JsonError, SizeLimit};
 use super::backend::docker::{DockerBackend, DockerConfig};
 use super::backend::process::{ProcessBackend, ProcessConfig};
 use super::backend::Backend;
+use super::catalog::{self, CatalogError};
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::status::{BackendKind, ChangeStatus};
@@ -22,6 +23,9 @@ pub enum ChangeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The project or environment named does not exist or is archived.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     /// Preparing the repository or resolving the revision failed.
     #[error("cannot use {} at {rev}", repo.display())]
     Repo {
@@ -101,7 +105,8 @@ pub struct ControllerConfig {
     pub folder: String,
 }
 
-/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
+/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id. Its project
+/// and environment must exist and not be archived (a typo creates nothing).
 pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
     if !new.backend.is_available() {
         return Err(ChangeError::Backend(new.backend));
@@ -110,14 +115,14 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     if new.backend == BackendKind::Kubernetes && config.docker.registry.is_none() {
         return Err(ChangeError::Kubernetes(super::backend::kubernetes::KubernetesError::NoRegistry));
     }
+    // What the user named is checked before anything is made for it.
+    let (project, environment) = catalog::change_target(store, &new.project, &new.environment)?;
     if let Some(set) = &new.secret_set {
         store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?;
     }
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
     let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
-    let project = store.ensure_project(&new.project)?;
-    let environment = store.ensure_environment(project, &new.environment)?;
     Ok(store.create_change(&NewChangeRow {
         project_id: project,
         environment_id: environment,

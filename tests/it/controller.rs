@@ -20,6 +20,7 @@ fn opschain(state: &Path) -> Command {
 }
 
 fn run(state: &Path, args: &[&str]) -> Output {
+    common::make_target_of(state, args);
     opschain(state).args(args).output().unwrap()
 }
 
@@ -89,6 +90,7 @@ fn demo_change_runs_three_levels_with_files_env_secret_and_both_levels_of_proper
     let out = run(state.path(), &["secrets", "set", "demo", "--file", secrets.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     // The worker sleeps, so the two parallel children overlap and both patch the environment.
+    common::make_target(state.path(), "demo", "dev");
     let out = opschain(state.path())
         .args([
             "change",
@@ -241,6 +243,7 @@ fn retry_after_kill_9_mid_change_completes_with_the_properties_of_an_uninterrupt
     assert!(out.status.success(), "{}", text(&out));
 
     let state = tempfile::tempdir().unwrap();
+    common::make_target(state.path(), "p", "dev");
     let mut controller = opschain(state.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
         .stdout(Stdio::null())
@@ -280,6 +283,7 @@ fn retry_after_kill_9_mid_change_completes_with_the_properties_of_an_uninterrupt
 fn cancel_stops_the_running_step_and_the_change() {
     let repo = project("[actions.root]\nsteps = [\"long\", \"never\"]\n[actions.long]\nrun = \"sleep 30\"\n[actions.never]\nrun = \"true\"\n", json!({}));
     let state = tempfile::tempdir().unwrap();
+    common::make_target(state.path(), "p", "dev");
     let controller = opschain(state.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
         .stdout(Stdio::null())
@@ -329,6 +333,7 @@ fn one_change_at_a_time_per_environment_unless_the_project_allows_parallel_chang
     let repo = project("[actions.long]\nrun = \"sleep 2\"\n", json!({}));
     let state = tempfile::tempdir().unwrap();
     let start = |project: &str| {
+        common::make_target(state.path(), project, "dev");
         opschain(state.path())
             .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", project, "--environment", "dev", "--action", "long"])
             .stdout(Stdio::piped())
@@ -373,6 +378,7 @@ fn parallel_children_are_bounded_by_the_worker_count() {
     );
     let marks = |workers: &str| -> Vec<String> {
         let state = tempfile::tempdir().unwrap();
+        common::make_target(state.path(), "p", "dev");
         let out = opschain(state.path())
             .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root", "--workers", workers])
             .output()
@@ -536,6 +542,7 @@ fn a_mintpress_repository_runs_on_the_process_backend_with_its_folder() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("folder=.mintpress greeting=from-mintpress"), "{}", text(&out));
     assert_eq!(props(state.path(), "p", Some("e")), json!({"deployed": "yes"}));
     // Without the folder the same repository has no actions: the step fails, saying so.
+    common::make_target(state.path(), "p", "e");
     let out = opschain(state.path()).args(args).output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     let out = run(state.path(), &["change", "run", "--repo", ".", "--project", "p", "--environment", "e", "--action", "x", "--folder", "../x"]);
@@ -587,6 +594,7 @@ fn a_million_lines_through_a_stalling_reader_are_all_kept_in_order() {
     use std::io::Read;
     let repo = project("[actions.flood]\nrun = 'seq 1 1000000'\n", json!({}));
     let state = tempfile::tempdir().unwrap();
+    common::make_target(state.path(), "p", "dev");
     let mut run_child = opschain(state.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "flood"])
         .stdout(Stdio::piped())

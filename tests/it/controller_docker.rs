@@ -73,6 +73,7 @@ fn secret_set(state: &Path, name: &str, set: Value) {
 /// One `opschain change run --backend docker`: its exit status, what it printed, and the step
 /// images it built (added to `images`). Checks that it left no container behind.
 fn change_run(state: &Path, base: &str, images: &mut Images, args: &[&str]) -> (i32, String) {
+    common::make_target_of(state, &[&["change", "run"][..], args].concat());
     let controller = opschain(state)
         .args(["change", "run", "--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", base])
         .args(args)

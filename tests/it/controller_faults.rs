@@ -35,6 +35,7 @@ fn opschain(state: &Path) -> Command {
 
 /// Runs `opschain args` to its end and returns its output.
 fn run(state: &Path, args: &[&str]) -> Output {
+    common::make_target_of(state, args);
     opschain(state).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
 }
 
@@ -216,6 +217,7 @@ fn kill_9_at_any_moment_then_retry_gives_the_uninterrupted_result() {
         let secrets = state.path().join("s.json");
         std::fs::write(&secrets, r#"{"API_TOKEN": "t"}"#).unwrap();
         assert!(opschain(state.path()).args(["secrets", "set", "demo", "--file", secrets.to_str().unwrap()]).status().unwrap().success());
+        common::make_target(state.path(), "demo", "dev");
         let mut controller = opschain(state.path())
             .args(["change", "run", "--repo", demo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", "deploy", "--secrets", "demo"])
             .spawn()
@@ -348,6 +350,7 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
         .map(|i| {
             let out = state.join(format!("controller-{i}.out"));
             let file = std::fs::File::create(&out).unwrap();
+            common::make_target(state, "p", "dev");
             let child = opschain(state)
                 .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
                 .args(["--workers", &(TOKENS + FREE).to_string()])
@@ -546,6 +549,7 @@ fn tree_shape(state: &Path) -> Vec<(usize, String, String)> {
 
 /// Starts `opschain args` with its stdout and stderr appended to the file `log`.
 fn spawn_logged(state: &Path, args: &[&str], log: &Path) -> Child {
+    common::make_target_of(state, args);
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     opschain(state).args(args).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap()
 }
@@ -577,6 +581,7 @@ fn kill_9_at_random_moments_of_a_100_step_change_then_retry_gives_the_uninterrup
     let repo = project(&hundred_step_actions());
 
     let whole = tempfile::tempdir().unwrap();
+    common::make_target(whole.path(), "p", "dev");
     let out = opschain(whole.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
         .stdout(Stdio::piped())

@@ -148,3 +148,51 @@ fn a_failure_names_its_cause_at_the_end_in_change_show_and_in_change_ls() {
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(w.ok(&["change", "show", "3"]).lines().next().unwrap().contains("value of PORT must be a string, not a number"));
 }
+
+#[test]
+fn a_typo_in_a_code_creates_nothing_and_suggests_the_code_meant() {
+    let w = World::new();
+    w.ok(&["project", "create", "--code", "mine"]);
+    w.ok(&["environment", "create", "-p", "mine", "--code", "dev"]);
+    let r = repo(ACTIONS, &[]);
+    let dir = r.path().to_str().unwrap();
+
+    let out = w.run(&["change", "create", "-p", "mnie", "-e", "dev", "-a", "hello", "--repo", dir, "-y"]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
+    let err = stderr(&out);
+    for part in [r#"project "mnie" does not exist"#, "known: mine", "did you mean mine?", "opschain project create --code mnie"] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    let out = w.run(&["change", "create", "-p", "mine", "-e", "dve", "-a", "hello", "--repo", dir]);
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
+    assert!(stderr(&out).contains("did you mean dev?"), "{}", text(&out));
+    assert!(stderr(&out).contains("opschain environment create -p mine --code dve"), "{}", text(&out));
+    let projects = w.ok(&["project", "ls"]);
+    assert!(!projects.contains("mnie"), "{projects}");
+    assert!(w.ok(&["change", "ls"]).lines().count() == 1, "no change was made");
+    assert!(w.state_has("repos/").is_empty(), "nothing was snapshotted: {:?}", w.state_has("repos/"));
+
+    // An archived project or environment takes no change; restored, it does.
+    w.ok(&["environment", "archive", "-p", "mine", "--code", "dev"]);
+    let out = w.run(&["change", "create", "-p", "mine", "-e", "dev", "-a", "hello", "--repo", dir]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(stderr(&out).contains("opschain environment unarchive -p mine --code dev"), "{}", text(&out));
+    w.ok(&["environment", "unarchive", "-p", "mine", "--code", "dev"]);
+    w.ok(&["project", "archive", "--code", "mine"]);
+    assert_eq!(w.run(&["change", "create", "-p", "mine", "-e", "dev", "-a", "hello", "--repo", dir]).status.code(), Some(65));
+    assert!(w.ok(&["project", "ls"]).lines().any(|l| l.starts_with("mine") && l.contains("yes")));
+    w.ok(&["project", "unarchive", "--code", "mine"]);
+    w.ok(&["change", "create", "-p", "mine", "-e", "dev", "-a", "hello", "--repo", dir]);
+
+    // What had changes can only be archived; what had none is deleted, properties and all.
+    let out = w.run(&["environment", "delete", "-p", "mine", "--code", "dev"]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    assert!(stderr(&out).contains("archive"), "{}", text(&out));
+    w.ok(&["environment", "set-properties", "-p", "mine", "-e", "staging", "--json", r#"{"a": 1}"#]);
+    w.ok(&["environment", "delete", "-p", "mine", "--code", "staging"]);
+    assert_eq!(w.run(&["environment", "show-properties", "-p", "mine", "-e", "staging"]).status.code(), Some(66));
+    w.ok(&["project", "set-properties", "-p", "spare", "--json", "{}"]);
+    w.ok(&["project", "delete", "--code", "spare"]);
+    assert!(!w.ok(&["project", "ls"]).contains("spare"));
+    assert_eq!(w.run(&["project", "delete", "--code", "mine"]).status.code(), Some(65));
+}

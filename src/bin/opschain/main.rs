@@ -97,10 +97,11 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         if cause.downcast_ref::<RcError>().is_some() {
             return Sysexit::DataErr.into();
         }
-        match cause.downcast_ref::<CatalogError>() {
-            Some(CatalogError::UnknownProject { .. } | CatalogError::UnknownEnvironment { .. }) => return Sysexit::NoInput.into(),
-            Some(CatalogError::Store(_)) => return Sysexit::Software.into(),
-            None => {}
+        if let Some(e) = cause.downcast_ref::<CatalogError>().or(match cause.downcast_ref::<ChangeError>() {
+            Some(ChangeError::Catalog(e)) => Some(e),
+            _ => None,
+        }) {
+            return catalog_status(e);
         }
         match cause.downcast_ref::<RepoError>() {
             Some(RepoError::NotARepo { .. } | RepoError::NotAWorkTree { .. } | RepoError::NoRemote { .. }) => return Sysexit::NoInput.into(),
@@ -126,6 +127,16 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         }
     }
     Sysexit::Software.into()
+}
+
+/// The exit status of a project or environment that cannot be used.
+fn catalog_status(e: &CatalogError) -> ExitStatus {
+    match e {
+        CatalogError::UnknownProject { .. } | CatalogError::UnknownEnvironment { .. } => Sysexit::NoInput.into(),
+        CatalogError::Archived { .. } | CatalogError::HasChanges { .. } => Sysexit::DataErr.into(),
+        CatalogError::Store(StoreError::NotFound(_)) => Sysexit::NoInput.into(),
+        CatalogError::Store(_) => Sysexit::Software.into(),
+    }
 }
 
 /// Whether `e` is a write to a reader that went away (`opschain change ls | head -1`).

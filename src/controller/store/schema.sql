@@ -2,12 +2,16 @@ CREATE TABLE IF NOT EXISTS projects (
     id INTEGER PRIMARY KEY,
     code TEXT NOT NULL UNIQUE,
     allow_parallel_changes INTEGER NOT NULL DEFAULT 0,
+    -- An archived project takes no new change; its history stays.
+    archived INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 CREATE TABLE IF NOT EXISTS environments (
     id INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL REFERENCES projects(id),
     code TEXT NOT NULL,
+    -- An archived environment takes no new change; its history stays.
+    archived INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
     UNIQUE (project_id, code)
 );

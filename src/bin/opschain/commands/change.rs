@@ -14,7 +14,7 @@ use opschain_runner::controller::rc::{Code, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::report::{self, LogOptions};
 use opschain_runner::controller::status::{BackendKind, ChangeStatus};
-use opschain_runner::controller::store::{Store, StoreError};
+use opschain_runner::controller::store::Store;
 
 use super::args::{ChangeId, Confirm, EnvironmentCode, ProjectCode};
 use super::settings::{backends, checked_folder, config, RunSettings};
@@ -25,7 +25,8 @@ use super::{exit_of, no_code, Ctx};
 pub enum ChangeCommand {
     /// Create a change at a commit and run it; streams step logs and phase messages, exits 0 when
     /// the change succeeds, 1 when it errors, 2 when it is cancelled. The project and environment
-    /// are created when new.
+    /// must exist (`project create`, `environment create`) and not be archived: an unknown code
+    /// exits 66 and lists the known ones.
     #[command(visible_alias = "run")]
     Create(RunArgs),
     /// List the changes (of a project, and of an environment, when codes are given or default).
@@ -168,16 +169,7 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
 
 /// Creates and runs a change; `change create` and `demo`.
 pub fn run_change(store: &Store, config: &ControllerConfig, new: NewChange, out: &mut dyn Write) -> Result<(i64, ChangeStatus)> {
-    let project_is_new = matches!(store.project_id(&new.project), Err(StoreError::NotFound(_)));
-    let environment_is_new =
-        project_is_new || matches!(store.project_id(&new.project).and_then(|p| store.environment_id(p, &new.environment)), Err(StoreError::NotFound(_)));
     let id = change::create(store, config, &new)?;
-    if project_is_new {
-        eprintln!("opschain: project {:?} created", new.project);
-    }
-    if environment_is_new {
-        eprintln!("opschain: environment {:?} created", new.environment);
-    }
     // The change runs whatever happens to the output: a reader that went away does not stop it.
     let _ = writeln!(out, "==> change {id} created (state: {})", store.path().display());
     Ok((id, change::execute(store, config, id)?))

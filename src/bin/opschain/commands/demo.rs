@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::{Map, Value};
 
+use opschain_runner::controller::catalog;
 use opschain_runner::controller::change::NewChange;
 use opschain_runner::controller::report;
 use opschain_runner::controller::status::BackendKind;
@@ -38,6 +39,9 @@ pub fn exec(args: DemoArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> 
         store.set_secrets("demo", &set)?;
         writeln!(out, "==> secret set demo created (API_TOKEN)")?;
     }
+    // The demo's project and environment are made for it, as a user makes theirs first.
+    let project = catalog::ensure_project(store, "demo")?;
+    catalog::ensure_environment(store, project.id, "dev")?;
     let new = NewChange {
         repo: args.repo,
         project: "demo".into(),

@@ -23,13 +23,48 @@ pub enum EnvironmentCommand {
         #[command(flatten)]
         project: ProjectCode,
     },
-    /// Create an environment of a project (`change create` and `set-properties` also create the
-    /// environment they name).
+    /// Create an environment of a project (`set-properties` also creates the environment it
+    /// names; `change create` needs one that exists).
     Create {
         /// The project code.
         #[command(flatten)]
         project: ProjectCode,
         /// The new environment's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        /// The confirmation a destructive command needs.
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Archive an environment: it takes no new change (`change create` exits 65); its changes
+    /// and properties stay. `unarchive` restores it.
+    Archive {
+        /// The project code.
+        #[command(flatten)]
+        project: ProjectCode,
+        /// The environment's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        /// The confirmation a destructive command needs.
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Restore an archived environment: it takes new changes again.
+    Unarchive {
+        /// The project code.
+        #[command(flatten)]
+        project: ProjectCode,
+        /// The environment's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+    },
+    /// Delete an environment that never had a change, with every version of its properties. One
+    /// that had changes cannot be deleted (exit 65): archive it.
+    Delete {
+        /// The project code.
+        #[command(flatten)]
+        project: ProjectCode,
+        /// The environment's code.
         #[arg(long, value_name = "CODE")]
         code: String,
         /// The confirmation a destructive command needs.
@@ -82,9 +117,9 @@ pub fn exec(command: EnvironmentCommand, ctx: &Ctx, out: &mut dyn Write) -> Resu
         EnvironmentCommand::List { project } => {
             let store = ctx.store()?;
             let id = catalog::find_project(store, &ctx.project(&project)?)?;
-            writeln!(out, "{:<20} {:>8} created", "code", "changes")?;
+            writeln!(out, "{:<20} {:>8} {:<9} created", "code", "changes", "archived")?;
             for e in store.environments(id)? {
-                writeln!(out, "{:<20} {:>8} {}", e.code, e.changes, e.created_at)?;
+                writeln!(out, "{:<20} {:>8} {:<9} {}", e.code, e.changes, if e.archived { "yes" } else { "no" }, e.created_at)?;
             }
         }
         EnvironmentCommand::Create { project, code, .. } => {
@@ -93,6 +128,21 @@ pub fn exec(command: EnvironmentCommand, ctx: &Ctx, out: &mut dyn Write) -> Resu
             let id = catalog::find_project(store, &project)?;
             let found = catalog::ensure_environment(store, id, &code)?;
             writeln!(out, "environment {code} of project {project} {}", if found.created { "created" } else { "exists" })?;
+        }
+        EnvironmentCommand::Archive { project, code, .. } => {
+            let project = ctx.project(&project)?;
+            catalog::archive_environment(ctx.store()?, &project, &code, true)?;
+            writeln!(out, "environment {code} of project {project} archived")?;
+        }
+        EnvironmentCommand::Unarchive { project, code } => {
+            let project = ctx.project(&project)?;
+            catalog::archive_environment(ctx.store()?, &project, &code, false)?;
+            writeln!(out, "environment {code} of project {project} restored")?;
+        }
+        EnvironmentCommand::Delete { project, code, .. } => {
+            let project = ctx.project(&project)?;
+            catalog::delete_environment(ctx.store()?, &project, &code)?;
+            writeln!(out, "environment {code} of project {project} deleted")?;
         }
         EnvironmentCommand::ShowProperties { project, environment, version } => {
             return properties::show(ctx, &ctx.project(&project)?, Some(&ctx.environment(&environment)?), version.version, out)

@@ -19,7 +19,8 @@ pub enum ProjectCommand {
     /// List the projects.
     #[command(visible_alias = "ls")]
     List,
-    /// Create a project (`change create` and `set-properties` also create the project they name).
+    /// Create a project (`set-properties` also creates the project it names; `change create`
+    /// needs one that exists).
     Create {
         /// The new project's code.
         #[arg(long, value_name = "CODE")]
@@ -56,6 +57,32 @@ pub enum ProjectCommand {
         #[command(flatten)]
         project: ProjectCode,
     },
+    /// Archive a project: it takes no new change (`change create` exits 65), its changes,
+    /// properties and environments stay and are still shown. `unarchive` restores it.
+    Archive {
+        /// The project's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        /// The confirmation a destructive command needs.
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Restore an archived project: it takes new changes again.
+    Unarchive {
+        /// The project's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+    },
+    /// Delete a project that never had a change, with its environments and every version of
+    /// their properties. One that had changes cannot be deleted (exit 65): archive it.
+    Delete {
+        /// The project's code.
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        /// The confirmation a destructive command needs.
+        #[command(flatten)]
+        confirm: Confirm,
+    },
     /// Let (or stop letting) several changes of a project run at once in one environment.
     /// Default: one change at a time per environment; the others wait, `queued`.
     AllowParallelChanges {
@@ -71,9 +98,10 @@ pub enum ProjectCommand {
 pub fn exec(command: ProjectCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
         ProjectCommand::List => {
-            writeln!(out, "{:<20} {:>12} {:>8} {:<9} created", "code", "environments", "changes", "parallel")?;
+            writeln!(out, "{:<20} {:>12} {:>8} {:<9} {:<9} created", "code", "environments", "changes", "parallel", "archived")?;
             for p in ctx.store()?.projects()? {
-                writeln!(out, "{:<20} {:>12} {:>8} {:<9} {}", p.code, p.environments, p.changes, if p.allow_parallel_changes { "yes" } else { "no" }, p.created_at)?;
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                writeln!(out, "{:<20} {:>12} {:>8} {:<9} {:<9} {}", p.code, p.environments, p.changes, yes(p.allow_parallel_changes), yes(p.archived), p.created_at)?;
             }
         }
         ProjectCommand::Create { code, .. } => {
@@ -83,13 +111,22 @@ pub fn exec(command: ProjectCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<E
         ProjectCommand::ShowProperties { project, version } => return properties::show(ctx, &ctx.project(&project)?, None, version.version, out),
         ProjectCommand::SetProperties { project, new, .. } => return properties::set(ctx, &ctx.project(&project)?, None, new, out),
         ProjectCommand::EditProperties { project } => return properties::edit(ctx, &ctx.project(&project)?, None, out),
+        ProjectCommand::Archive { code, .. } => {
+            catalog::archive_project(ctx.store()?, &code, true)?;
+            writeln!(out, "project {code} archived")?;
+        }
+        ProjectCommand::Unarchive { code } => {
+            catalog::archive_project(ctx.store()?, &code, false)?;
+            writeln!(out, "project {code} restored")?;
+        }
+        ProjectCommand::Delete { code, .. } => {
+            catalog::delete_project(ctx.store()?, &code)?;
+            writeln!(out, "project {code} deleted")?;
+        }
         ProjectCommand::AllowParallelChanges { project, allow } => {
             let store = ctx.store()?;
-            let found = catalog::ensure_project(store, &project)?;
-            if found.created {
-                eprintln!("opschain: project {project:?} created");
-            }
-            store.set_allow_parallel_changes(found.id, allow)?;
+            let id = catalog::find_project(store, &project)?;
+            store.set_allow_parallel_changes(id, allow)?;
             writeln!(out, "project {project}: parallel changes {}", if allow { "allowed" } else { "not allowed" })?;
         }
     }
