@@ -167,7 +167,7 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     let mut said = false;
     while let Some(blocking) = store.try_start_change(change_id, pid)? {
         if !said {
-            println!("==> change {change_id} queued: change {blocking} is running in the same environment");
+            say(format_args!("==> change {change_id} queued: change {blocking} is running in the same environment"));
             store.set_change_status(change_id, ChangeStatus::Queued)?;
             said = true;
         }
@@ -182,7 +182,7 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,
         None => Map::new(),
     };
-    println!(
+    say(format_args!(
         "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
         change.id,
         change.project,
@@ -191,7 +191,7 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         &change.commit[..change.commit.len().min(12)],
         change.git_rev,
         change.backend
-    );
+    ));
     // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
     // error rather than leaving it running with no controller.
     // The folder the change was created with (a retry runs with it); a change from before the
@@ -208,6 +208,13 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     Ok(scheduler.run()?)
 }
 
+/// Prints one of the change's own lines on stdout. A reader that went away (a closed pipe) does
+/// not stop the change: the line is dropped, as the steps' lines are ([`super::output`]).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// Re-runs what did not succeed in a change, from the same commit.
 pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
     // Claimed atomically before anything is reset or removed: of two retries at once, the second
@@ -220,7 +227,7 @@ pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result
     let stale = config.state_dir.join("sandboxes").join(format!("change-{change_id}"));
     let _ = std::fs::remove_dir_all(&stale);
     let reset = store.reset_for_retry(change_id)?;
-    println!("==> change {change_id}: retrying {reset} step(s) that did not succeed");
+    say(format_args!("==> change {change_id}: retrying {reset} step(s) that did not succeed"));
     execute(store, config, change_id)
 }
 

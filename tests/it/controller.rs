@@ -360,6 +360,7 @@ fn one_change_at_a_time_per_environment_unless_the_project_allows_parallel_chang
     assert!(first.status.success() && second.status.success(), "{}\n{}", text(&first), text(&second));
     assert!(String::from_utf8_lossy(&second.stdout).contains("change 2 queued: change 1 is running in the same environment"), "{}", text(&second));
 
+    common::make_target(state.path(), "q", "dev");
     let out = run(state.path(), &["project", "allow-parallel-changes", "q", "true"]);
     assert!(out.status.success(), "{}", text(&out));
     let third = start("q");
@@ -537,12 +538,12 @@ fn a_mintpress_repository_runs_on_the_process_backend_with_its_folder() {
     }
     let state = tempfile::tempdir().unwrap();
     let args = ["change", "run", "--repo", dir.path().to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "deploy"];
+    common::make_target(state.path(), "p", "e");
     let out = opschain(state.path()).args(args).args(["--folder", ".mintpress"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("folder=.mintpress greeting=from-mintpress"), "{}", text(&out));
     assert_eq!(props(state.path(), "p", Some("e")), json!({"deployed": "yes"}));
     // Without the folder the same repository has no actions: the step fails, saying so.
-    common::make_target(state.path(), "p", "e");
     let out = opschain(state.path()).args(args).output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     let out = run(state.path(), &["change", "run", "--repo", ".", "--project", "p", "--environment", "e", "--action", "x", "--folder", "../x"]);

@@ -196,3 +196,79 @@ fn a_typo_in_a_code_creates_nothing_and_suggests_the_code_meant() {
     assert!(!w.ok(&["project", "ls"]).contains("spare"));
     assert_eq!(w.run(&["project", "delete", "--code", "mine"]).status.code(), Some(65));
 }
+
+/// Runs `opschain args` with its stdout a pipe whose reading end is already closed (as after
+/// `| head -1` has read its line); returns how it ended.
+fn closed_pipe(w: &World, args: &[&str]) -> Output {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    w.cmd().args(args).env("EDITOR", "true").stdout(Stdio::from(write)).stderr(Stdio::piped()).output().unwrap()
+}
+
+#[test]
+fn no_command_panics_on_a_closed_pipe() {
+    let w = World::new();
+    w.project();
+    let r = repo(ACTIONS, &[]);
+    let dir = r.path().to_str().unwrap();
+    // Enough history that every list has more lines than one write.
+    for i in 0..3 {
+        w.ok(&["project", "set-properties", "-p", "p", "--json", &format!(r#"{{"v": {i}}}"#)]);
+        w.ok(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", dir]);
+    }
+    w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "fail", "--repo", dir]);
+    let secrets = w.cwd.path().join("s.json");
+    std::fs::write(&secrets, r#"{"TOKEN": "a-long-enough-secret"}"#).unwrap();
+    let secrets = secrets.to_str().unwrap();
+    let fixture = common_fixture_demo();
+    // Every subcommand, and the exit status it has when its output is read.
+    let commands: &[(&[&str], i32)] = &[
+        (&["--help"], 0),
+        (&["--version"], 0),
+        (&["change", "--help"], 0),
+        (&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", dir], 0),
+        (&["change", "ls"], 0),
+        (&["change", "show", "1"], 0),
+        (&["change", "show-logs", "1"], 0),
+        (&["change", "show-logs", "1", "--follow"], 0),
+        (&["change", "retry", "4"], 1),
+        (&["change", "cancel", "1"], 0),
+        (&["project", "ls"], 0),
+        (&["project", "create", "--code", "q"], 0),
+        (&["project", "show-properties", "-p", "p"], 0),
+        (&["project", "set-properties", "-p", "p", "--json", "{}"], 0),
+        (&["project", "edit-properties", "-p", "p"], 0),
+        (&["project", "allow-parallel-changes", "p", "true"], 0),
+        (&["project", "archive", "--code", "q"], 0),
+        (&["project", "unarchive", "--code", "q"], 0),
+        (&["environment", "ls", "-p", "p"], 0),
+        (&["environment", "create", "-p", "q", "--code", "dev"], 0),
+        (&["environment", "show-properties", "-p", "p", "-e", "dev"], 0),
+        (&["environment", "set-properties", "-p", "p", "-e", "dev", "--json", "{}"], 0),
+        (&["environment", "edit-properties", "-p", "p", "-e", "dev"], 0),
+        (&["environment", "archive", "-p", "q", "--code", "dev"], 0),
+        (&["environment", "unarchive", "-p", "q", "--code", "dev"], 0),
+        (&["environment", "delete", "-p", "q", "--code", "dev"], 0),
+        (&["project", "delete", "--code", "q"], 0),
+        (&["properties", "show", "-p", "p"], 0),
+        (&["properties", "set", "-p", "p", "--json", "{}"], 0),
+        (&["properties", "edit", "-p", "p"], 0),
+        (&["properties", "history", "-p", "p"], 0),
+        (&["secrets", "set", "s", "--file", secrets], 0),
+        (&["secrets", "list"], 0),
+        (&["dev", "create-dockerfile", "--repo", dir], 0),
+        (&["demo", "--repo", &fixture], 0),
+    ];
+    for (args, code) in commands {
+        let out = closed_pipe(&w, args);
+        assert_eq!(out.status.code(), Some(*code), "opschain {args:?} through a closed pipe: {}", text(&out));
+        assert!(!stderr(&out).contains("panicked") && !stderr(&out).contains("Broken pipe"), "opschain {args:?}: {}", text(&out));
+    }
+    // The change created through the closed pipe ran to its end all the same.
+    assert!(w.ok(&["change", "show", "5"]).starts_with("change 5 success"));
+}
+
+/// The demo project's directory.
+fn common_fixture_demo() -> String {
+    crate::common::fixture("demo").to_str().unwrap().to_string()
+}
