@@ -121,8 +121,19 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
         store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?;
     }
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
+    repo::check_repo(&new.repo, &config.folder).map_err(repo_err)?;
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
-    let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
+    let commit = repo::resolve(&repo_dir, &new.git_rev).and_then(|commit| repo::check_folder_at(&repo_dir, &commit, &config.folder).map(|()| commit));
+    let commit = match commit {
+        Ok(commit) => commit,
+        Err(e) => {
+            // A snapshot made for a change that is not created is removed with it.
+            if repo_dir != new.repo.canonicalize().unwrap_or_default() {
+                let _ = std::fs::remove_dir_all(&repo_dir);
+            }
+            return Err(repo_err(e));
+        }
+    };
     Ok(store.create_change(&NewChangeRow {
         project_id: project,
         environment_id: environment,

@@ -87,6 +87,32 @@ pub enum RepoError {
         #[source]
         source: Box<GitError>,
     },
+    /// The repository directory does not exist.
+    #[error("the repository {} does not exist", dir.display())]
+    NoRepo {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The repository (or the commit that runs) has no OpsChain folder.
+    #[error(
+        "{where_} has no {folder} folder: it is not an OpsChain project (`opschain dev create-dockerfile --repo DIR` starts one; its actions go in {folder}/actions.toml)"
+    )]
+    NoFolder {
+        /// The directory, or `commit C of DIR`.
+        where_: String,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
+    /// The revision names no commit of the repository.
+    #[error("the git revision {rev:?} does not exist ({known})")]
+    UnknownRevision {
+        /// The repository.
+        repo: PathBuf,
+        /// The revision given.
+        rev: String,
+        /// Its branches and tags.
+        known: Box<super::catalog::Known>,
+    },
     /// No `--repo`, and the working directory holds no OpsChain folder.
     #[error("the working directory {} has no {folder} folder: run from the project's repository or give --repo DIR", dir.display())]
     NotARepo {
@@ -143,11 +169,51 @@ pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     let repos = state_dir.join("repos");
     private_dirs(&repos)?;
     let dest = repos.join(format!("{name}-{nanos}"));
-    copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
-    git(&dest, &["init", "-q"])?;
-    git(&dest, &["add", "-A"])?;
-    git(&dest, &["commit", "-q", "-m", "opschain snapshot"])?;
+    let snapshot = || {
+        copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
+        git(&dest, &["init", "-q"])?;
+        git(&dest, &["add", "-A"])?;
+        git(&dest, &["commit", "-q", "-m", "opschain snapshot"])
+    };
+    // A snapshot that failed half-way is no snapshot: nothing of it is left behind.
+    if let Err(e) = snapshot() {
+        let _ = std::fs::remove_dir_all(&dest);
+        return Err(e);
+    }
     Ok(dest)
+}
+
+/// Checks, before anything is made for it, that `dir` can be a change's repository with the
+/// OpsChain folder `folder`: it exists, and when it is no git work tree (it will be
+/// snapshotted) holds the folder. A work tree's folder is checked in the commit that runs
+/// ([`check_folder_at`]).
+pub fn check_repo(dir: &Path, folder: &str) -> Result<(), RepoError> {
+    if !dir.is_dir() {
+        return Err(RepoError::NoRepo { dir: dir.to_path_buf() });
+    }
+    if !is_repo_top(dir) && !dir.join(folder).is_dir() {
+        return Err(RepoError::NoFolder { where_: dir.display().to_string(), folder: folder.to_string() });
+    }
+    Ok(())
+}
+
+/// Checks that `commit` of `repo` has the OpsChain folder `folder`.
+pub fn check_folder_at(repo: &Path, commit: &str, folder: &str) -> Result<(), RepoError> {
+    match git(repo, &["cat-file", "-e", &format!("{commit}:{folder}")]) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(RepoError::NoFolder { where_: format!("commit {} of {}", &commit[..commit.len().min(12)], repo.display()), folder: folder.to_string() }),
+    }
+}
+
+/// The files under the OpsChain folder `folder` of the work tree `repo` that differ from its
+/// `HEAD` commit or are not tracked (`git status`): a change runs a commit, so these edits are
+/// not in it. Empty for a directory that is not a work tree's top (it is snapshotted whole).
+pub fn uncommitted(repo: &Path, folder: &str) -> Result<Vec<String>, RepoError> {
+    if !is_repo_top(repo) {
+        return Ok(Vec::new());
+    }
+    let status = git(repo, &["status", "--porcelain", "--untracked-files=all", "--", folder])?;
+    Ok(status.lines().filter_map(|l| l.get(3..)).map(str::to_string).collect())
 }
 
 /// The repository of `change create`: `repo` when given, else the working directory when it
@@ -186,9 +252,17 @@ pub fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String, RepoEr
     }
 }
 
-/// The commit `rev` names in `repo`.
+/// The commit `rev` names in `repo`; a revision that names none is
+/// [`RepoError::UnknownRevision`], with the branches and tags it could have meant.
 pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
-    git(repo, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
+    match git(repo, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]) {
+        Err(RepoError::Git(GitError::Failed { .. })) => {
+            let refs = git(repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads", "refs/tags", "refs/remotes"]).unwrap_or_default();
+            let known = refs.lines().map(str::to_string).collect();
+            Err(RepoError::UnknownRevision { repo: repo.to_path_buf(), rev: rev.to_string(), known: Box::new(super::catalog::Known::new(rev, known)) })
+        }
+        other => other,
+    }
 }
 
 /// A fresh checkout of `commit` at `dest` (a shared clone: objects are borrowed, nothing is

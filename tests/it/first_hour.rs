@@ -272,3 +272,49 @@ fn no_command_panics_on_a_closed_pipe() {
 fn common_fixture_demo() -> String {
     crate::common::fixture("demo").to_str().unwrap().to_string()
 }
+
+#[test]
+fn user_errors_exit_64_65_66_saying_what_was_wrong_and_leave_nothing_behind() {
+    let w = World::new();
+    w.project();
+    let create = |repo: &Path, extra: &[&str]| {
+        let mut args = vec!["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", repo.to_str().unwrap()];
+        args.extend(extra);
+        w.run(&args)
+    };
+    let expect = |out: Output, code: i32, says: &[&str]| {
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        for part in says {
+            assert!(stderr(&out).contains(part), "{part:?} in {}", text(&out));
+        }
+        assert!(!stderr(&out).contains("failed: \n") && !stderr(&out).trim_end().ends_with("failed:"), "an empty cause: {}", text(&out));
+    };
+    // A plain directory without the OpsChain folder, and one that does not exist.
+    let plain = tempfile::tempdir().unwrap();
+    std::fs::write(plain.path().join("README"), "not a project").unwrap();
+    expect(create(plain.path(), &[]), 66, &["has no .opschain folder"]);
+    expect(create(&plain.path().join("missing"), &[]), 66, &["does not exist"]);
+    // A plain project directory at a revision its snapshot does not have.
+    std::fs::create_dir(plain.path().join(".opschain")).unwrap();
+    std::fs::write(plain.path().join(".opschain/actions.toml"), ACTIONS).unwrap();
+    expect(create(plain.path(), &["--git-rev", "v9"]), 66, &[r#"the git revision "v9" does not exist"#]);
+    // A work tree: a revision that does not exist, with the branch it may have meant; a commit
+    // without the folder.
+    let r = repo(ACTIONS, &[]);
+    git(r.path(), &["branch", "-q", "-m", "main"]);
+    expect(create(r.path(), &["--git-rev", "mian"]), 66, &[r#"the git revision "mian" does not exist"#, "did you mean main?"]);
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::write(bare.path().join("README"), "x").unwrap();
+    git(bare.path(), &["init", "-q"]);
+    git(bare.path(), &["add", "-A"]);
+    git(bare.path(), &["commit", "-q", "-m", "no folder"]);
+    std::fs::create_dir(bare.path().join(".opschain")).unwrap();
+    expect(create(bare.path(), &[]), 66, &["has no .opschain folder"]);
+    // None of them made a change or left a snapshot.
+    assert_eq!(w.ok(&["change", "ls"]).lines().count(), 1, "{}", w.ok(&["change", "ls"]));
+    assert!(w.state_has("repos/").is_empty(), "left behind: {:?}", w.state_has("repos/"));
+
+    // A change that succeeded has nothing to retry: the user's error, not the controller's.
+    w.ok(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", r.path().to_str().unwrap()]);
+    expect(w.run(&["change", "retry", "1"]), 65, &["change 1 succeeded: nothing to retry"]);
+}

@@ -78,11 +78,15 @@ Exit status:
    1  the change ended in error
    2  the change was cancelled
   64  the command line is wrong (unknown command or flag, no project or environment code)
-  65  invalid input: a properties or secret set file that is not the right JSON, a bad .opschainrc
-  66  not found: the project, environment, change, secret set or input file named does not exist
-  70  the controller itself failed (store, git, docker, the agent missing) or refused the command
+  65  invalid input: a properties or secret set file that is not the right JSON, a bad .opschainrc;
+      a change on an archived project or environment; deleting one that had changes; retrying a
+      change that succeeded
+  66  not found: the project, environment, change, secret set, input file, repository, its
+      OpsChain folder (in the commit that runs), git revision or git remote named does not exist
+  70  the controller itself failed (store, git, docker, the agent missing)
   73  cannot create: `dev create-dockerfile` found a Dockerfile there already
-  74  an input file or the Dockerfile cannot be read or written";
+  74  an input file or the Dockerfile cannot be read or written
+  75  another controller runs the change (retry later, or cancel it)";
 
 /// The exit status of a failure of the controller itself (never 1 or 2: those say how a change
 /// ended). The first cause in the chain that has a status of its own decides; else 70.
@@ -103,10 +107,8 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         }) {
             return catalog_status(e);
         }
-        match cause.downcast_ref::<RepoError>() {
-            Some(RepoError::NotARepo { .. } | RepoError::NotAWorkTree { .. } | RepoError::NoRemote { .. }) => return Sysexit::NoInput.into(),
-            Some(_) => return Sysexit::Software.into(),
-            None => {}
+        if let Some(e) = cause.downcast_ref::<RepoError>() {
+            return repo_status(e);
         }
         match cause.downcast_ref::<DevError>() {
             Some(DevError::Exists { .. }) => return Sysexit::CantCreat.into(),
@@ -122,11 +124,28 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         // `ChangeError::Store` is transparent: the store error itself is not in the chain.
         match cause.downcast_ref::<ChangeError>() {
             Some(ChangeError::NoSecretSet(_) | ChangeError::Store(StoreError::NotFound(_))) => return Sysexit::NoInput.into(),
+            Some(ChangeError::Repo { source, .. }) => return repo_status(source),
+            Some(ChangeError::NothingToRetry(_)) => return Sysexit::DataErr.into(),
+            Some(ChangeError::Running { .. }) => return Sysexit::TempFail.into(),
             Some(_) => return Sysexit::Software.into(),
             None => {}
         }
     }
     Sysexit::Software.into()
+}
+
+/// The exit status of a repository or revision that cannot be used: 66 for what the user named
+/// and is not there, else 70.
+fn repo_status(e: &RepoError) -> ExitStatus {
+    match e {
+        RepoError::NotARepo { .. }
+        | RepoError::NotAWorkTree { .. }
+        | RepoError::NoRemote { .. }
+        | RepoError::NoRepo { .. }
+        | RepoError::NoFolder { .. }
+        | RepoError::UnknownRevision { .. } => Sysexit::NoInput.into(),
+        _ => Sysexit::Software.into(),
+    }
 }
 
 /// The exit status of a project or environment that cannot be used.
