@@ -178,7 +178,7 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     let mut said = false;
     while let Some(blocking) = store.try_start_change(change_id, pid)? {
         if !said {
-            say(format_args!("==> change {change_id} queued: change {blocking} is running in the same environment"));
+            say(config.scheduler.view, format_args!("==> change {change_id} queued: change {blocking} is running in the same environment"));
             store.set_change_status(change_id, ChangeStatus::Queued)?;
             said = true;
         }
@@ -193,16 +193,19 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,
         None => Map::new(),
     };
-    say(format_args!(
-        "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
-        change.id,
-        change.project,
-        change.environment,
-        change.action,
-        &change.commit[..change.commit.len().min(12)],
-        change.git_rev,
-        change.backend
-    ));
+    say(
+        config.scheduler.view,
+        format_args!(
+            "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
+            change.id,
+            change.project,
+            change.environment,
+            change.action,
+            &change.commit[..change.commit.len().min(12)],
+            change.git_rev,
+            change.backend
+        ),
+    );
     // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
     // error rather than leaving it running with no controller.
     // The folder the change was created with (a retry runs with it); a change from before the
@@ -221,9 +224,10 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
 
 /// Prints one of the change's own lines on stdout. A reader that went away (a closed pipe) does
 /// not stop the change: the line is dropped, as the steps' lines are ([`super::output`]).
-fn say(line: std::fmt::Arguments<'_>) {
+fn say(view: super::output::View, line: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    let _ = writeln!(std::io::stdout(), "{line}");
+    let time = if view.timestamps { super::output::now() + " " } else { String::new() };
+    let _ = writeln!(std::io::stdout(), "{time}{line}");
 }
 
 /// Re-runs what did not succeed in a change, from the same commit.
@@ -238,7 +242,7 @@ pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result
     let stale = config.state_dir.join("sandboxes").join(format!("change-{change_id}"));
     let _ = std::fs::remove_dir_all(&stale);
     let reset = store.reset_for_retry(change_id)?;
-    say(format_args!("==> change {change_id}: retrying {reset} step(s) that did not succeed"));
+    say(config.scheduler.view, format_args!("==> change {change_id}: retrying {reset} step(s) that did not succeed"));
     execute(store, config, change_id)
 }
 

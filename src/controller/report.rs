@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::output::change_masker;
+use super::output::{change_masker, View};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{pid_alive, ChangeRow, StepRow, Store, StoreError};
 
@@ -59,6 +59,8 @@ pub fn failure_summary(steps: &[StepRow]) -> Option<String> {
 pub struct LogOptions {
     /// Keep printing lines as they are stored until the change has ended.
     pub follow: bool,
+    /// Which lines, and whether with their time (as a running change prints them).
+    pub view: View,
 }
 
 /// Writes the log lines of change `id`, masked with its secrets; with `options.follow`, keeps
@@ -72,9 +74,11 @@ pub fn write_logs(store: &Store, id: i64, options: LogOptions, out: &mut dyn Wri
         let ended = !options.follow || is_ended(&store.change(id)?);
         after = store.logs_after(id, after, |l| {
             if failed.is_none() {
-                let mark = if l.stream == "stderr" { "!" } else { " " };
-                if let Err(e) = writeln!(out, "{} [{} {}]{mark} {}", l.at, l.step_id, l.action, mask.mask(&l.line)) {
-                    failed = Some(e);
+                let prefix = format!("[{} {}]", l.step_id, l.action);
+                if let Some(line) = options.view.show(&prefix, &mask.mask(&l.line), Some(&l.at)) {
+                    if let Err(e) = writeln!(out, "{line}") {
+                        failed = Some(e);
+                    }
                 }
             }
         })?;

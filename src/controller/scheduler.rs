@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::backend::{Backend, BackendError, ContextDocument, StepJob};
-use super::output::{change_secrets, Cause, ChangeOutput};
+use super::output::{change_secrets, Cause, ChangeOutput, View};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{ChangeRow, Level, StepEnd, StepRow, Store, StoreError};
 use crate::step_image::{self, BuildError, SecretSet};
@@ -33,6 +33,9 @@ pub struct SchedulerConfig {
     pub cancel_poll: Duration,
     /// The user named in the step context (default `$USER`).
     pub user: String,
+    /// What the change prints on the terminal (default: the action's lines and a status line
+    /// per step).
+    pub view: View,
 }
 
 /// How many steps run at once unless told otherwise: 8 per CPU (16 on a 2-CPU machine). A step's
@@ -113,12 +116,17 @@ impl<'a> Scheduler<'a> {
     /// A scheduler for `change`, whose steps get `secrets` (runner secrets in their context).
     pub fn new(store: &'a Store, backend: &'a dyn Backend, change: ChangeRow, secrets: Map<String, Value>, config: SchedulerConfig) -> Scheduler<'a> {
         let workers = Workers { free: Mutex::new(config.workers.max(1)), freed: Condvar::new() };
-        let output = ChangeOutput::new(store);
+        let output = ChangeOutput::new(store).with_view(config.view);
         Scheduler { store, backend, change, secrets, config, workers, cancel: Arc::new(AtomicBool::new(false)), output, started: Instant::now() }
     }
 
     fn say(&self, text: &str) {
         self.output.say(text);
+    }
+
+    /// A progress message, shown only in the verbose view.
+    fn detail(&self, text: &str) {
+        self.output.detail(text);
     }
 
     /// Masks, from now on, the secrets of the sets the change uses with these properties (its
@@ -198,7 +206,7 @@ impl<'a> Scheduler<'a> {
             return Ok(true);
         }
         if strategy.as_deref() == Some("parallel") {
-            self.say(&format!("step {} [{}]: {} children in parallel", step.id, step.action, children.len()));
+            self.detail(&format!("step {} [{}]: {} children in parallel", step.id, step.action, children.len()));
             // Every child that will run waits for a worker from now on: `queued`, in one write.
             let waiting: Vec<i64> = children.iter().filter(|c| c.status != StepStatus::Success).map(|c| c.id).collect();
             if !self.cancel.load(Ordering::SeqCst) {
@@ -233,7 +241,7 @@ impl<'a> Scheduler<'a> {
             }
             Ok(ok)
         } else {
-            self.say(&format!("step {} [{}]: {} children in sequence", step.id, step.action, children.len()));
+            self.detail(&format!("step {} [{}]: {} children in sequence", step.id, step.action, children.len()));
             let mut ok = true;
             for child in children {
                 if ok {
@@ -289,7 +297,7 @@ impl<'a> Scheduler<'a> {
         // store found without parsing the rest of the properties.
         self.mask_secrets(&start.project_declaring, &start.environment_declaring)?;
         let began = Instant::now();
-        self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
+        self.detail(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         // The context is spliced around the properties' shared text, never built as a tree.
         let context = ContextDocument {
             context: json!({
@@ -379,7 +387,8 @@ impl<'a> Scheduler<'a> {
             }
         };
         let (status, message) = self.store.finish_step(step.id, self.change.project_id, self.change.environment_id, end)?;
-        self.say(&format!("step {} [{}] {} in {}", step.id, step.action, status.as_str(), secs(began.elapsed())));
+        let (from, to) = (began.duration_since(self.started), self.started.elapsed());
+        self.say(&format!("step {} [{}] {} in {} ({} to {})", step.id, step.action, status.as_str(), secs(to - from), secs(from), secs(to)));
         if let Some(m) = message {
             for line in m.lines() {
                 self.say(&format!("step {} [{}]: {line}", step.id, step.action));

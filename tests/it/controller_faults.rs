@@ -324,7 +324,7 @@ fn starting_properties(state: &Path, change: i64) -> BTreeMap<i64, Value> {
     let mut starts = BTreeMap::new();
     for line in logs.lines() {
         let Some((_, json)) = line.split_once("START ") else { continue };
-        let (_, step) = line.split_once(" [").unwrap_or_else(|| panic!("unexpected log line {line:?}"));
+        let (_, step) = line.split_once('[').unwrap_or_else(|| panic!("unexpected log line {line:?}"));
         let id: i64 = step.split_whitespace().next().unwrap().parse().unwrap();
         let json: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("step {id} logged bad starting properties ({e}): {line:?}"));
         assert!(starts.insert(id, json).is_none(), "step {id} logged its starting properties twice");

@@ -318,3 +318,51 @@ fn user_errors_exit_64_65_66_saying_what_was_wrong_and_leave_nothing_behind() {
     w.ok(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", r.path().to_str().unwrap()]);
     expect(w.run(&["change", "retry", "1"]), 65, &["change 1 succeeded: nothing to retry"]);
 }
+
+/// How many RFC 3339 times `line` holds.
+fn times(line: &str) -> usize {
+    line.as_bytes().windows(11).filter(|w| w[..4].iter().all(u8::is_ascii_digit) && w[4] == b'-' && w[7] == b'-' && w[10] == b'T').count()
+}
+
+#[test]
+fn a_change_prints_its_actions_lines_and_a_status_line_per_step_and_more_when_asked() {
+    let w = World::new();
+    w.project();
+    let r = repo(ACTIONS, &[]);
+    let dir = r.path().to_str().unwrap();
+    let quiet = w.ok(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", dir]);
+    let lines: Vec<&str> = quiet.lines().collect();
+    assert!(lines.len() <= 4, "a one-line echo: {quiet}");
+    assert!(lines.contains(&"[1 hello]  hello from the action"), "{quiet}");
+    let status = lines.iter().find(|l| l.starts_with("==> step 1 [hello] success in ")).unwrap_or_else(|| panic!("a status line: {quiet}"));
+    assert!(status.contains(" to "), "start and end: {status}");
+    assert!(lines.last().unwrap().starts_with("==> change 1 success in "), "{quiet}");
+    assert!(!quiet.contains("INFO") && lines.iter().all(|l| times(l) == 0), "{quiet}");
+
+    // --timestamps: one time on every line; -v: the agent's records, durations rounded.
+    let stamped = w.ok(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", dir, "--timestamps"]);
+    assert!(stamped.lines().all(|l| times(l) == 1 && times(&l[..11]) == 1), "{stamped}");
+    let verbose = w.ok(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", dir, "-v"]);
+    assert!(verbose.contains("INFO phase started") && verbose.contains("[3 hello]  hello from the action"), "{verbose}");
+    for ms in verbose.split("duration_ms=").skip(1) {
+        let number = ms.split_whitespace().next().unwrap();
+        assert!(number.split_once('.').is_none_or(|(_, d)| d.len() <= 1), "rounded: {number} in {verbose}");
+    }
+    assert!(verbose.lines().all(|l| times(l) == 0), "{verbose}");
+
+    // show-logs: the same view of the stored lines.
+    let logs = w.ok(&["change", "show-logs", "1"]);
+    assert_eq!(logs, "[1 hello]  hello from the action\n");
+    let logs = w.ok(&["change", "show-logs", "1", "--timestamps"]);
+    assert!(logs.lines().all(|l| times(l) == 1) && logs.ends_with(" [1 hello]  hello from the action\n"), "{logs}");
+    let logs = w.ok(&["change", "show-logs", "1", "-v"]);
+    assert!(logs.contains("INFO phase finished") && logs.lines().all(|l| times(l) == 0), "{logs}");
+    let failed = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "fail", "--repo", dir]);
+    assert!(stdout(&failed).contains("[4 fail]! the disk is full"), "stderr marked: {}", text(&failed));
+
+    // Every marker is explained in --help.
+    let help = w.ok(&["change", "create", "--help"]);
+    for marker in ["[4 deploy]  text", "[4 deploy]! text", "==> step 4 [deploy] success in", "--verbose", "--timestamps"] {
+        assert!(help.contains(marker), "{marker:?} in {help}");
+    }
+}

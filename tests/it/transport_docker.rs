@@ -28,7 +28,7 @@ fn opschain(state: &Path) -> Command {
 fn run_change(state: &Path, repo: &Path, action: &str, extra: &[&str]) -> (bool, String) {
     common::make_target(state, "demo", "dev");
     let out = opschain(state)
-        .args(["change", "run", "--repo", repo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", action])
+        .args(["change", "run", "--verbose", "--repo", repo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", action])
         .args(["--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", BASE, "--transport", "stream"])
         .args(extra)
         .stdout(Stdio::piped())

@@ -3,6 +3,8 @@
 
 use clap::Args;
 
+use opschain_runner::controller::output::View;
+
 /// `-p`: the project code, defaulting from $opschain_projectCode or `.opschainrc`.
 #[derive(Debug, Args)]
 pub struct ProjectCode {
@@ -43,5 +45,27 @@ impl ChangeId {
     /// The change id, given as ID or with `--change-id`.
     pub fn get(&self) -> i64 {
         self.id.or(self.change_id).expect("clap requires ID or --change-id")
+    }
+}
+
+/// How a change's lines are printed (`change create`, `retry`, `show-logs`, `demo`).
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// Also print the agent's phase records (`INFO phase started ...`, durations in
+    /// milliseconds), its own error line, the backend's lines (`checked out ...`, an image
+    /// build's output) and the controller's progress (a step started, how its children run).
+    /// The log keeps every line either way.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Start each line with its time (RFC 3339, UTC): when the agent read the action's line,
+    /// else when the controller wrote or stored it. Default: no time.
+    #[arg(long)]
+    pub timestamps: bool,
+}
+
+impl ViewArgs {
+    /// The library's view of these flags.
+    pub fn view(&self) -> View {
+        View { verbose: self.verbose, timestamps: self.timestamps }
     }
 }

@@ -16,18 +16,37 @@ use opschain_runner::controller::report::{self, LogOptions};
 use opschain_runner::controller::status::{BackendKind, ChangeStatus};
 use opschain_runner::controller::store::Store;
 
-use super::args::{ChangeId, Confirm, EnvironmentCode, ProjectCode};
+use super::args::{ChangeId, Confirm, EnvironmentCode, ProjectCode, ViewArgs};
 use super::settings::{backends, checked_folder, config, RunSettings};
 use super::{exit_of, no_code, Ctx};
 
 /// The `opschain change` commands.
 #[derive(Debug, Subcommand)]
 pub enum ChangeCommand {
-    /// Create a change at a commit and run it; streams step logs and phase messages, exits 0 when
-    /// the change succeeds, 1 when it errors, 2 when it is cancelled. The project and environment
-    /// must exist (`project create`, `environment create`) and not be archived: an unknown code
-    /// exits 66 and lists the known ones.
-    #[command(visible_alias = "run")]
+    /// Create a change at a commit and run it; exits 0 when the change succeeds, 1 when it
+    /// errors, 2 when it is cancelled. The project and environment must exist (`project create`,
+    /// `environment create`) and not be archived: an unknown code exits 66 and lists the known
+    /// ones.
+    ///
+    /// What it prints, line by line:
+    ///
+    ///   ==> change 3 running: ..., commit 753ca6d47fef (HEAD), ...   the change and the commit that runs
+    ///
+    ///   [4 deploy]  text        a line step 4 (action deploy) printed on stdout
+    ///
+    ///   [4 deploy]! text        ... on stderr
+    ///
+    ///   ==> step 4 [deploy] success in 0.04s (0.01s to 0.05s)
+    ///                           a step's status line: its result, how long it ran, and when it
+    ///                           started and ended (seconds since the change started)
+    ///
+    ///   ==> step 4 [deploy]: why     under a failed step, why (the agent's own error first)
+    ///
+    ///   ==> change 3 error in 0.20s: step 4 [deploy]: why    how the change ended, and why
+    ///
+    /// -v adds the agent's phase records and the controller's progress; --timestamps puts the time
+    /// first on every line.
+    #[command(visible_alias = "run", verbatim_doc_comment)]
     Create(RunArgs),
     /// List the changes (of a project, and of an environment, when codes are given or default).
     #[command(visible_alias = "ls")]
@@ -45,12 +64,17 @@ pub enum ChangeCommand {
         #[command(flatten)]
         id: ChangeId,
     },
-    /// Print a change's step logs, every line of every step, in order.
+    /// Print a change's step logs, in order: `[ID ACTION]  line` for a line step ID's action
+    /// printed on stdout, `[ID ACTION]! line` on stderr; with -v, the agent's phase records and
+    /// the backend's lines too.
     #[command(name = "show-logs", visible_alias = "logs")]
     Logs {
         /// The change.
         #[command(flatten)]
         id: ChangeId,
+        /// Which lines, and their times.
+        #[command(flatten)]
+        view: ViewArgs,
         /// Keep printing lines as they are stored, until the change has ended (as `kubectl
         /// logs -f` does); Ctrl-C stops following.
         #[arg(short, long)]
@@ -61,6 +85,9 @@ pub enum ChangeCommand {
         /// The change.
         #[command(flatten)]
         id: ChangeId,
+        /// What the run prints.
+        #[command(flatten)]
+        view: ViewArgs,
         /// How the steps run: backend, workers, limits.
         #[command(flatten)]
         settings: RunSettings,
@@ -113,6 +140,9 @@ pub struct RunArgs {
     /// The confirmation a destructive command needs.
     #[command(flatten)]
     pub confirm: Confirm,
+    /// What the run prints.
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// How the steps run: backend, workers, limits.
     #[command(flatten)]
     pub settings: RunSettings,
@@ -124,15 +154,15 @@ pub fn exec(command: ChangeCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<Ex
         ChangeCommand::Create(args) => create(args, ctx, out),
         ChangeCommand::List { project, environment } => list(&project, &environment, ctx, out),
         ChangeCommand::Show { id } => show(id.get(), ctx, out),
-        ChangeCommand::Logs { id, follow } => {
-            report::write_logs(ctx.store()?, id.get(), LogOptions { follow }, out)?;
+        ChangeCommand::Logs { id, view, follow } => {
+            report::write_logs(ctx.store()?, id.get(), LogOptions { follow, view: view.view() }, out)?;
             Ok(ExitCode::SUCCESS)
         }
-        ChangeCommand::Retry { id, settings } => {
+        ChangeCommand::Retry { id, view, settings } => {
             let store = ctx.store()?;
             // An unknown id is "not found", before anything else is looked at.
             let id = store.change(id.get())?.id;
-            let config = config(&ctx.state_dir, &settings)?;
+            let config = config(&ctx.state_dir, &settings, view.view())?;
             Ok(exit_of(change::retry(store, &config, id)?))
         }
         ChangeCommand::Cancel { id } => {
@@ -162,7 +192,7 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
         backend: args.backend,
         secret_set: args.secrets,
     };
-    let config = config(&ctx.state_dir, &args.settings)?;
+    let config = config(&ctx.state_dir, &args.settings, args.view.view())?;
     let (_, status) = run_change(ctx.store()?, &config, new, out)?;
     Ok(exit_of(status))
 }
@@ -171,7 +201,9 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
 pub fn run_change(store: &Store, config: &ControllerConfig, new: NewChange, out: &mut dyn Write) -> Result<(i64, ChangeStatus)> {
     let id = change::create(store, config, &new)?;
     // The change runs whatever happens to the output: a reader that went away does not stop it.
-    let _ = writeln!(out, "==> change {id} created (state: {})", store.path().display());
+    if config.scheduler.view.verbose {
+        let _ = writeln!(out, "==> change {id} created (state: {})", store.path().display());
+    }
     Ok((id, change::execute(store, config, id)?))
 }
 

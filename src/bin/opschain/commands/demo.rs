@@ -14,6 +14,7 @@ use opschain_runner::controller::report;
 use opschain_runner::controller::status::BackendKind;
 use opschain_runner::controller::store::Level;
 
+use super::args::ViewArgs;
 use super::change::run_change;
 use super::settings::{config, RunSettings};
 use super::{exit_of, Ctx};
@@ -24,6 +25,9 @@ pub struct DemoArgs {
     /// The demo project directory.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo"), value_name = "DIR")]
     pub repo: PathBuf,
+    /// What the run prints.
+    #[command(flatten)]
+    pub view: ViewArgs,
     /// How the steps run: backend, workers, limits.
     #[command(flatten)]
     pub settings: RunSettings,
@@ -31,7 +35,7 @@ pub struct DemoArgs {
 
 /// Runs the demo change, then prints its step tree and the properties it left.
 pub fn exec(args: DemoArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
-    let config = config(&ctx.state_dir, &args.settings)?;
+    let config = config(&ctx.state_dir, &args.settings, args.view.view())?;
     let store = ctx.store()?;
     if store.secrets("demo")?.is_none() {
         let mut set = Map::new();

@@ -9,6 +9,7 @@ use clap::Args;
 
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::ControllerConfig;
+use opschain_runner::controller::output::View;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::BackendKind;
 
@@ -114,7 +115,7 @@ fn kube_config(s: &RunSettings) -> Result<opschain_runner::controller::backend::
 
 /// The library's configuration of a run with settings `s`, its state in `state_dir`. The agent
 /// is built first when this binary runs from its cargo target directory without one beside it.
-pub fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
+pub fn config(state_dir: &Path, s: &RunSettings, view: View) -> Result<ControllerConfig> {
     let agent = match &s.runner_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("cannot find this binary's path")?.with_file_name("opschain-runner"),
@@ -129,7 +130,7 @@ pub fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
     Ok(ControllerConfig {
         state_dir: state_dir.to_path_buf(),
         agent,
-        scheduler: SchedulerConfig { workers, cancel_poll: Duration::from_millis(250), user: std::env::var("USER").unwrap_or_else(|_| "opschain".into()) },
+        scheduler: SchedulerConfig { workers, cancel_poll: Duration::from_millis(250), user: std::env::var("USER").unwrap_or_else(|_| "opschain".into()), view },
         grace: Duration::from_secs(s.grace_secs),
         keep_sandboxes: s.keep_sandboxes,
         queue_poll: Duration::from_millis(500),
