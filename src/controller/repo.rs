@@ -206,14 +206,17 @@ pub fn check_folder_at(repo: &Path, commit: &str, folder: &str) -> Result<(), Re
 }
 
 /// The files under the OpsChain folder `folder` of the work tree `repo` that differ from its
-/// `HEAD` commit or are not tracked (`git status`): a change runs a commit, so these edits are
-/// not in it. Empty for a directory that is not a work tree's top (it is snapshotted whole).
+/// `HEAD` commit or are not tracked (and not ignored): a change runs a commit, so these edits
+/// are not in it. Empty for a directory that is not a work tree's top (it is snapshotted whole).
 pub fn uncommitted(repo: &Path, folder: &str) -> Result<Vec<String>, RepoError> {
     if !is_repo_top(repo) {
         return Ok(Vec::new());
     }
-    let status = git(repo, &["status", "--porcelain", "--untracked-files=all", "--", folder])?;
-    Ok(status.lines().filter_map(|l| l.get(3..)).map(str::to_string).collect())
+    let changed = git(repo, &["diff", "--name-only", "HEAD", "--", folder])?;
+    let untracked = git(repo, &["ls-files", "--others", "--exclude-standard", "--", folder])?;
+    let mut files: Vec<String> = changed.lines().chain(untracked.lines()).map(str::to_string).collect();
+    files.sort();
+    Ok(files)
 }
 
 /// The repository of `change create`: `repo` when given, else the working directory when it

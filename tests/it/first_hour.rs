@@ -366,3 +366,26 @@ fn a_change_prints_its_actions_lines_and_a_status_line_per_step_and_more_when_as
         assert!(help.contains(marker), "{marker:?} in {help}");
     }
 }
+
+#[test]
+fn uncommitted_files_under_the_opschain_folder_are_named_with_the_commit_that_runs() {
+    let w = World::new();
+    w.project();
+    let r = repo(ACTIONS, &[("README.md", "readme")]);
+    let dir = r.path().to_str().unwrap();
+    let head = String::from_utf8(Command::new("git").arg("-C").arg(r.path()).args(["rev-parse", "HEAD"]).output().unwrap().stdout).unwrap();
+    std::fs::write(r.path().join(".opschain/actions.toml"), format!("{ACTIONS}\n[actions.new]\nrun = 'echo new'\n")).unwrap();
+    std::fs::write(r.path().join(".opschain/extra.sh"), "echo extra").unwrap();
+    std::fs::write(r.path().join("README.md"), "edited outside the folder").unwrap();
+    let out = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "new", "--repo", dir]);
+    assert_eq!(out.status.code(), Some(1), "the commit has no action `new`: {}", text(&out));
+    let warning = stderr(&out).lines().find(|l| l.contains("warning")).unwrap_or_default().to_string();
+    for part in [".opschain/actions.toml", ".opschain/extra.sh", &format!("commit that runs (HEAD = {})", &head[..12]), "Commit them"] {
+        assert!(warning.contains(part), "{part:?} in {}", text(&out));
+    }
+    assert!(!warning.contains("README.md"), "{warning}");
+    git(r.path(), &["add", "-A"]);
+    git(r.path(), &["commit", "-q", "-m", "new action"]);
+    let out = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "new", "--repo", dir]);
+    assert!(out.status.success() && !stderr(&out).contains("warning"), "{}", text(&out));
+}

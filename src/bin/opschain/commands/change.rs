@@ -193,18 +193,36 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
         secret_set: args.secrets,
     };
     let config = config(&ctx.state_dir, &args.settings, args.view.view())?;
-    let (_, status) = run_change(ctx.store()?, &config, new, out)?;
-    Ok(exit_of(status))
+    // A change runs a commit: edits not committed are not in it.
+    let uncommitted = repo::uncommitted(&new.repo, &folder).unwrap_or_default();
+    let store = ctx.store()?;
+    let id = change::create(store, &config, &new)?;
+    if !uncommitted.is_empty() {
+        let c = store.change(id)?;
+        eprintln!(
+            "opschain: warning: {} file(s) under {folder} differ from the commit that runs ({} = {}): {}. Commit them to run them.",
+            uncommitted.len(),
+            c.git_rev,
+            &c.commit[..c.commit.len().min(12)],
+            uncommitted.join(", ")
+        );
+    }
+    Ok(exit_of(execute(store, &config, id, out)?))
 }
 
-/// Creates and runs a change; `change create` and `demo`.
+/// Creates and runs a change; `demo`.
 pub fn run_change(store: &Store, config: &ControllerConfig, new: NewChange, out: &mut dyn Write) -> Result<(i64, ChangeStatus)> {
     let id = change::create(store, config, &new)?;
+    Ok((id, execute(store, config, id, out)?))
+}
+
+/// Runs created change `id` to its end.
+fn execute(store: &Store, config: &ControllerConfig, id: i64, out: &mut dyn Write) -> Result<ChangeStatus> {
     // The change runs whatever happens to the output: a reader that went away does not stop it.
     if config.scheduler.view.verbose {
         let _ = writeln!(out, "==> change {id} created (state: {})", store.path().display());
     }
-    Ok((id, change::execute(store, config, id)?))
+    Ok(change::execute(store, config, id)?)
 }
 
 fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
