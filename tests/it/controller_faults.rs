@@ -338,6 +338,7 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
     let state = state.path();
     let repo = project(&hammer_actions());
     let barrier = tempfile::tempdir().unwrap();
+    common::make_target(state, "p", "dev");
     run_ok(state, &["project", "allow-parallel-changes", "p", "true"]);
     run_ok(state, &["properties", "set", "--project", "p", "--json", r#"{"own": {}}"#]);
     let tokens: Map<String, Value> = (0..TOKENS).map(|k| (format!("t{k}"), json!(true))).collect();
@@ -679,7 +680,7 @@ fn commands_opening_a_new_store_at_once_all_succeed() {
         let state = tempfile::tempdir().unwrap();
         let children: Vec<Child> = (0..AT_ONCE)
             .map(|i| {
-                opschain(state.path()).args(["project", "allow-parallel-changes", &format!("p{i}"), "true"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+                opschain(state.path()).args(["project", "create", "--code", &format!("p{i}")]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
             })
             .collect();
         for child in children {

@@ -69,9 +69,14 @@ pub struct Cli {
 const AFTER_HELP: &str = "\
 Project and environment codes: a command that needs one and is not given its flag takes it from
 $opschain_projectCode / $opschain_environmentCode, else from the projectCode / environmentCode keys
-of the .opschainrc JSON file of the working directory, else of the home directory (it says so on
+of the .opschainrc file of the working directory, else of the home directory (it says so on
 stderr). `properties ...` takes only the project code that way: there, no --environment-code means
 the project's own properties.
+
+.opschainrc is OpsChain's CLI configuration, JSON or INI (`key = value`), `;` starting a comment
+line. Read: projectCode, environmentCode, editor (of edit-properties, after $VISUAL and $EDITOR).
+Accepted and reported as not used yet: apiBaseUrl, username, password, passwordCommand,
+requestTimeout, stepEmoji (this controller keeps its state locally; it has no API client).
 
 Exit status:
    0  success (for a change: it succeeded)

@@ -23,10 +23,11 @@ use super::{exit_of, no_code, Ctx};
 /// The `opschain change` commands.
 #[derive(Debug, Subcommand)]
 pub enum ChangeCommand {
-    /// Create a change at a commit and run it; exits 0 when the change succeeds, 1 when it
-    /// errors, 2 when it is cancelled. The project and environment must exist (`project create`,
-    /// `environment create`) and not be archived: an unknown code exits 66 and lists the known
-    /// ones.
+    /// Create a change at a commit and run it.
+    ///
+    /// Exits 0 when the change succeeds, 1 when it errors, 2 when it is cancelled. The project
+    /// and environment must exist (`project create`, `environment create`) and not be archived:
+    /// an unknown code exits 66 and lists the known ones.
     ///
     /// What it prints, line by line:
     ///
@@ -233,6 +234,9 @@ fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) ->
     for (which, code) in [(Which::Project, &project_code), (Which::Environment, &environment_code)] {
         if let Some(Code { value, source: source @ (Source::Variable(_) | Source::File(_)) }) = code {
             eprintln!("opschain: {} code {value:?} from {source}", which.noun());
+            if matches!(source, Source::File(_)) {
+                ctx.rc_notes();
+            }
         }
     }
     let project_code = project_code.map(|c| c.value);

@@ -79,6 +79,7 @@ pub struct Ctx {
     /// The state directory (absolute).
     pub state_dir: PathBuf,
     store: std::cell::OnceCell<Store>,
+    rc_noted: std::cell::Cell<bool>,
 }
 
 impl Ctx {
@@ -87,7 +88,7 @@ impl Ctx {
         // Absolute, because steps run with their sandbox (under it) as working directory.
         let state_dir = state_dir.unwrap_or_else(default_state_dir);
         let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
-        Ok(Ctx { defaults: Defaults::from_process(), state_dir, store: std::cell::OnceCell::new() })
+        Ok(Ctx { defaults: Defaults::from_process(), state_dir, store: std::cell::OnceCell::new(), rc_noted: std::cell::Cell::new(false) })
     }
 
     /// The store, opened (and created) on first use.
@@ -106,10 +107,33 @@ impl Ctx {
             Some(Code { value, source: Source::Flag }) => Ok(value),
             Some(Code { value, source }) => {
                 eprintln!("opschain: {} code {value:?} from {source}", which.noun());
+                if matches!(source, Source::File(_)) {
+                    self.rc_notes();
+                }
                 Ok(value)
             }
             None => Err(no_code(which)),
         }
+    }
+
+    /// Tells, once, what of `.opschainrc` is not used (OpsChain's API client settings, unknown
+    /// keys).
+    pub fn rc_notes(&self) {
+        if self.rc_noted.replace(true) {
+            return;
+        }
+        for note in self.defaults.notes().unwrap_or_default() {
+            eprintln!("opschain: note: {note}");
+        }
+    }
+
+    /// The editor of `edit-properties`: $VISUAL, $EDITOR, `editor` of `.opschainrc`, else vi.
+    pub fn editor(&self) -> Result<String> {
+        let from_rc = self.defaults.editor()?;
+        if from_rc.is_some() {
+            self.rc_notes();
+        }
+        Ok(opschain_runner::controller::edit::editor(from_rc.as_deref()))
     }
 
     /// The project code of `-p`, or its default.

@@ -154,7 +154,7 @@ pub fn edit(ctx: &Ctx, project: &str, environment: Option<&str>, out: &mut dyn W
     let owner = catalog::owner(store, project, environment, Lookup::Existing)?;
     let current = store.properties(owner.level, owner.id)?;
     let before = serde_json::to_string_pretty(&Value::Object(current.json.clone()))? + "\n";
-    let after = edit::edit(&before, "properties.json", &edit::editor(None))?;
+    let after = edit::edit(&before, "properties.json", &ctx.editor()?)?;
     let map = parse_object(&after, "the edited properties")?;
     if map == current.json {
         writeln!(out, "{} properties unchanged (version {})", owner.level.as_str(), current.version)?;
