@@ -77,6 +77,9 @@ pub struct NewChange {
     pub backend: BackendKind,
     /// The secret set the steps get.
     pub secret_set: Option<String>,
+    /// The change's metadata (`--metadata-path`): stored with it, given to every step in its
+    /// change context (`context.change.metadata`), shown by `change show`. Default: none.
+    pub metadata: Option<Map<String, Value>>,
 }
 
 /// How changes run (configuration, not state).
@@ -134,6 +137,7 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
             return Err(repo_err(e));
         }
     };
+    let metadata = new.metadata.as_ref().map(|m| Value::Object(m.clone()).to_string());
     Ok(store.create_change(&NewChangeRow {
         project_id: project,
         environment_id: environment,
@@ -144,6 +148,7 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
         backend: new.backend,
         secret_set: new.secret_set.as_deref(),
         folder: &config.folder,
+        metadata: metadata.as_deref(),
     })?)
 }
 

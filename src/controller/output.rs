@@ -416,6 +416,7 @@ mod tests {
                 backend: BackendKind::Process,
                 secret_set: None,
                 folder: ".opschain",
+                metadata: None,
             })
             .unwrap();
         let step = store.steps(c).unwrap()[0].id;

@@ -205,7 +205,9 @@ impl Defaults {
         let Some(rc) = self.rc()? else {
             return Ok(Vec::new());
         };
-        let (later, unknown): (Vec<&String>, Vec<&String>) = rc.doc.other.keys().partition(|k| NOT_YET_USED.contains(&k.as_str()));
+        let mut keys: Vec<&String> = rc.doc.other.keys().collect();
+        keys.sort();
+        let (later, unknown): (Vec<&String>, Vec<&String>) = keys.into_iter().partition(|k| NOT_YET_USED.contains(&k.as_str()));
         let mut notes = Vec::new();
         let list = |keys: Vec<&String>| keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
         if !later.is_empty() {
@@ -332,7 +334,10 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("apiBaseUrl, password, requestTimeout, username not used yet"), "{notes:?}");
 
-        write(cwd.path(), "; comments\n{\n  ; the server\n  \"apiBaseUrl\": \"http://localhost:3000\",\n  \"requestTimeout\": 30000,\n  \"environmentCode\": \"dev\", \"colour\": 1\n}\n");
+        write(
+            cwd.path(),
+            "; comments\n{\n  ; the server\n  \"apiBaseUrl\": \"http://localhost:3000\",\n  \"requestTimeout\": 30000,\n  \"environmentCode\": \"dev\", \"colour\": 1\n}\n",
+        );
         let defaults = Defaults::new(Some(cwd.path().into()), None, None, None);
         assert_eq!(defaults.resolve(Which::Environment, None).unwrap().unwrap().value, "dev");
         assert!(defaults.notes().unwrap()[1].contains("unknown key(s) colour"), "{:?}", defaults.notes());

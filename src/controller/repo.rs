@@ -205,6 +205,15 @@ pub fn check_folder_at(repo: &Path, commit: &str, folder: &str) -> Result<(), Re
     }
 }
 
+/// The names of the actions `<folder>/actions.toml` defines at revision `rev` of `repo` (a work
+/// tree's commit; a plain directory's file as it is), in file order. Empty when there is no such
+/// file or it does not parse (the step then says why).
+pub fn action_names(repo: &Path, rev: &str, folder: &str) -> Vec<String> {
+    let path = format!("{folder}/actions.toml");
+    let text = if is_repo_top(repo) { git(repo, &["show", &format!("{rev}:{path}")]).ok() } else { std::fs::read_to_string(repo.join(&path)).ok() };
+    text.and_then(|t| crate::actions::Actions::parse(Path::new(&path), &t).ok()).map(|a| a.actions.into_iter().map(|(name, _)| name).collect()).unwrap_or_default()
+}
+
 /// The files under the OpsChain folder `folder` of the work tree `repo` that differ from its
 /// `HEAD` commit or are not tracked (and not ignored): a change runs a commit, so these edits
 /// are not in it. Empty for a directory that is not a work tree's top (it is snapshotted whole).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::output::{change_masker, View};
 use super::status::{ChangeStatus, StepStatus};
-use super::store::{pid_alive, ChangeRow, StepRow, Store, StoreError};
+use super::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,24 @@ pub enum ReportError {
     /// The output cannot be written (a closed pipe, a full disk).
     #[error("cannot write the output")]
     Write(#[from] std::io::Error),
+    /// A change that never started has no point-in-time properties.
+    #[error("change {0} has not started: it has no properties of its own yet")]
+    NotStarted(i64),
+}
+
+/// The point-in-time copy of the properties change `id` ran with: the project's and the
+/// environment's versions current when it first started (its own steps' changes are not in it),
+/// as `{"project": {"version": N, "properties": {...}}, "environment": {...}}`.
+pub fn change_properties(store: &Store, id: i64) -> Result<serde_json::Value, ReportError> {
+    let change = store.change(id)?;
+    let (project, environment) = change.starting_versions.ok_or(ReportError::NotStarted(id))?;
+    let level = |level, owner, version| -> Result<serde_json::Value, StoreError> {
+        Ok(serde_json::json!({"version": version, "properties": store.properties_version(level, owner, version)?}))
+    };
+    Ok(serde_json::json!({
+        "project": level(Level::Project, change.project_id, project)?,
+        "environment": level(Level::Environment, change.environment_id, environment)?,
+    }))
 }
 
 /// How often a followed log looks for new lines (200 ms).
@@ -61,6 +79,8 @@ pub struct LogOptions {
     pub follow: bool,
     /// Which lines, and whether with their time (as a running change prints them).
     pub view: View,
+    /// Every stored line as a JSON object, one a line ([`json::Log`]), instead of the view.
+    pub json: bool,
 }
 
 /// Writes the log lines of change `id`, masked with its secrets; with `options.follow`, keeps
@@ -74,8 +94,13 @@ pub fn write_logs(store: &Store, id: i64, options: LogOptions, out: &mut dyn Wri
         let ended = !options.follow || is_ended(&store.change(id)?);
         after = store.logs_after(id, after, |l| {
             if failed.is_none() {
-                let prefix = format!("[{} {}]", l.step_id, l.action);
-                if let Some(line) = options.view.show(&prefix, &mask.mask(&l.line), Some(&l.at)) {
+                let masked = mask.mask(&l.line);
+                let line = if options.json {
+                    serde_json::to_string(&json::Log::new(l, &masked)).ok()
+                } else {
+                    options.view.show(&format!("[{} {}]", l.step_id, l.action), &masked, Some(&l.at))
+                };
+                if let Some(line) = line {
                     if let Err(e) = writeln!(out, "{line}") {
                         failed = Some(e);
                     }
@@ -98,4 +123,205 @@ pub fn write_logs(store: &Store, id: i64, options: LogOptions, out: &mut dyn Wri
 pub fn is_ended(change: &ChangeRow) -> bool {
     let running = matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued | ChangeStatus::Running);
     !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
+}
+
+/// The JSON forms of what `-o json` prints: stable field names (documented in
+/// `docs/cli-json.md`); a field is added, never renamed or removed.
+pub mod json {
+    use serde::Serialize;
+    use serde_json::{Map, Value};
+
+    use crate::controller::store::{ChangeRow, EnvironmentRow, LogLine, ProjectRow, PropertiesVersion, StepRow};
+
+    /// A change (`change ls`, and `change show` with its `steps`).
+    #[derive(Debug, Serialize)]
+    pub struct Change {
+        /// The change id.
+        pub id: i64,
+        /// pending, queued, running, success, error or cancelled.
+        pub status: &'static str,
+        /// The project code.
+        pub project: String,
+        /// The environment code.
+        pub environment: String,
+        /// The root step's action.
+        pub action: String,
+        /// The git revision as given.
+        pub git_rev: String,
+        /// The commit it resolved to.
+        pub commit: String,
+        /// The repository the steps are checked out from.
+        pub repo: String,
+        /// process, docker or kubernetes.
+        pub backend: &'static str,
+        /// Its metadata (`--metadata-path`), or null.
+        pub metadata: Option<Value>,
+        /// When it was created (RFC 3339, UTC).
+        pub created_at: String,
+        /// When it ended, or null.
+        pub finished_at: Option<String>,
+        /// Why it failed (the first failed step and its cause), or null.
+        pub failure: Option<String>,
+        /// Its steps (`change show` only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub steps: Option<Vec<Step>>,
+    }
+
+    impl Change {
+        /// The JSON form of `c`, whose failure summary is `failure`; with its `steps` when given.
+        pub fn new(c: &ChangeRow, failure: Option<String>, steps: Option<&[StepRow]>) -> Change {
+            Change {
+                id: c.id,
+                status: c.status.as_str(),
+                project: c.project.clone(),
+                environment: c.environment.clone(),
+                action: c.action.clone(),
+                git_rev: c.git_rev.clone(),
+                commit: c.commit.clone(),
+                repo: c.repo.display().to_string(),
+                backend: c.backend.as_str(),
+                metadata: c.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+                created_at: c.created_at.clone(),
+                finished_at: c.finished_at.clone(),
+                failure,
+                steps: steps.map(|steps| steps.iter().map(Step::new).collect()),
+            }
+        }
+    }
+
+    /// A step of a change.
+    #[derive(Debug, Serialize)]
+    pub struct Step {
+        /// The step id.
+        pub id: i64,
+        /// Its parent step's id; null for the root.
+        pub parent_id: Option<i64>,
+        /// Its position among its siblings (from 0).
+        pub position: i64,
+        /// Its action.
+        pub action: String,
+        /// pending, queued, running, success, error, aborted or cancelled.
+        pub status: &'static str,
+        /// How its children run (sequential, parallel), or null.
+        pub child_strategy: Option<String>,
+        /// The agent's exit status, or null.
+        pub exit_status: Option<i64>,
+        /// Why it failed (first line: the cause), or null.
+        pub message: Option<String>,
+        /// When it started, or null.
+        pub started_at: Option<String>,
+        /// When it ended, or null.
+        pub finished_at: Option<String>,
+        /// How long it ran, in seconds (rounded to milliseconds), or null.
+        pub duration_secs: Option<f64>,
+    }
+
+    impl Step {
+        /// The JSON form of `s`.
+        pub fn new(s: &StepRow) -> Step {
+            Step {
+                id: s.id,
+                parent_id: s.parent_id,
+                position: s.position,
+                action: s.action.clone(),
+                status: s.status.as_str(),
+                child_strategy: s.child_strategy.clone(),
+                exit_status: s.exit_status,
+                message: s.message.clone(),
+                started_at: s.started_at.clone(),
+                finished_at: s.finished_at.clone(),
+                duration_secs: s.duration_secs.map(|d| (d * 1000.0).round() / 1000.0),
+            }
+        }
+    }
+
+    /// A project (`project ls`).
+    #[derive(Debug, Serialize)]
+    pub struct Project {
+        /// The project code.
+        pub code: String,
+        /// How many environments it has.
+        pub environments: i64,
+        /// How many changes it has had.
+        pub changes: i64,
+        /// Whether several of its changes may run at once in one environment.
+        pub allow_parallel_changes: bool,
+        /// Whether it is archived.
+        pub archived: bool,
+        /// When it was created.
+        pub created_at: String,
+    }
+
+    impl From<&ProjectRow> for Project {
+        fn from(p: &ProjectRow) -> Project {
+            Project {
+                code: p.code.clone(),
+                environments: p.environments,
+                changes: p.changes,
+                allow_parallel_changes: p.allow_parallel_changes,
+                archived: p.archived,
+                created_at: p.created_at.clone(),
+            }
+        }
+    }
+
+    /// An environment (`environment ls`).
+    #[derive(Debug, Serialize)]
+    pub struct Environment {
+        /// The environment code.
+        pub code: String,
+        /// How many changes it has had.
+        pub changes: i64,
+        /// Whether it is archived.
+        pub archived: bool,
+        /// When it was created.
+        pub created_at: String,
+    }
+
+    impl From<&EnvironmentRow> for Environment {
+        fn from(e: &EnvironmentRow) -> Environment {
+            Environment { code: e.code.clone(), changes: e.changes, archived: e.archived, created_at: e.created_at.clone() }
+        }
+    }
+
+    /// A stored version of properties (`properties history`).
+    #[derive(Debug, Serialize)]
+    pub struct PropertiesVersionJson {
+        /// The version number (0: the empty first one).
+        pub version: i64,
+        /// When it was stored.
+        pub created_at: String,
+        /// The step that wrote it; null when a user did.
+        pub step_id: Option<i64>,
+        /// The properties.
+        pub properties: Map<String, Value>,
+    }
+
+    impl From<PropertiesVersion> for PropertiesVersionJson {
+        fn from(v: PropertiesVersion) -> PropertiesVersionJson {
+            PropertiesVersionJson { version: v.version, created_at: v.created_at, step_id: v.step_id, properties: v.json }
+        }
+    }
+
+    /// A stored log line (`change show-logs -o json`, one object a line).
+    #[derive(Debug, Serialize)]
+    pub struct Log<'a> {
+        /// The step.
+        pub step_id: i64,
+        /// The step's action.
+        pub action: &'a str,
+        /// The agent's stream: stdout or stderr.
+        pub stream: &'a str,
+        /// When the controller stored it.
+        pub at: &'a str,
+        /// The line as stored (masked), in the agent's format.
+        pub line: &'a str,
+    }
+
+    impl<'a> Log<'a> {
+        /// The JSON form of `l`, its text `masked`.
+        pub fn new(l: &'a LogLine, masked: &'a str) -> Log<'a> {
+            Log { step_id: l.step_id, action: &l.action, stream: &l.stream, at: &l.at, line: masked }
+        }
+    }
 }

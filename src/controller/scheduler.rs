@@ -299,11 +299,15 @@ impl<'a> Scheduler<'a> {
         let began = Instant::now();
         self.detail(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         // The context is spliced around the properties' shared text, never built as a tree.
+        let mut change = json!({"id": self.change.id, "action": self.change.action, "commit": self.change.commit});
+        if let Some(metadata) = self.change.metadata.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()) {
+            change["metadata"] = metadata;
+        }
         let context = ContextDocument {
             context: json!({
                 "project": {"code": self.change.project},
                 "environment": {"code": self.change.environment},
-                "change": {"id": self.change.id, "action": self.change.action, "commit": self.change.commit},
+                "change": change,
                 "step": {"id": step.id, "action": step.action},
                 "user": {"name": self.config.user},
             }),

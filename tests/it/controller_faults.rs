@@ -679,9 +679,7 @@ fn commands_opening_a_new_store_at_once_all_succeed() {
     for round in 0..ROUNDS {
         let state = tempfile::tempdir().unwrap();
         let children: Vec<Child> = (0..AT_ONCE)
-            .map(|i| {
-                opschain(state.path()).args(["project", "create", "--code", &format!("p{i}")]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-            })
+            .map(|i| opschain(state.path()).args(["project", "create", "--code", &format!("p{i}")]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
             .collect();
         for child in children {
             let out = child.wait_with_output().unwrap();

@@ -389,3 +389,76 @@ fn uncommitted_files_under_the_opschain_folder_are_named_with_the_commit_that_ru
     let out = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "new", "--repo", dir]);
     assert!(out.status.success() && !stderr(&out).contains("warning"), "{}", text(&out));
 }
+
+#[test]
+fn opschains_cli_parts_metadata_json_output_change_properties_default_action_and_opschainrc() {
+    let w = World::new();
+    w.project();
+    let actions = r#"
+[actions.default]
+run = "grep -o 'OPS-[0-9]*' .opschain/step_context.json; opschain-runner property set --project --json a 2"
+
+[actions.other]
+run = "true"
+"#;
+    let r = repo(actions, &[]);
+    let dir = r.path().to_str().unwrap();
+    w.ok(&["project", "set-properties", "-p", "p", "--json", r#"{"a": 1}"#]);
+
+    // --metadata-path: stored, in the step context, shown; no --action: the `default` one.
+    let metadata = w.cwd.path().join("meta.json");
+    std::fs::write(&metadata, r#"{"ticket": "OPS-42"}"#).unwrap();
+    let out = w.ok(&["change", "create", "-p", "p", "-e", "dev", "--repo", dir, "-m", metadata.to_str().unwrap(), "--follow-logs"]);
+    assert!(out.contains("[1 default]  OPS-42"), "the step saw its metadata: {out}");
+    assert!(w.ok(&["change", "show", "1"]).contains(r#"metadata {"ticket":"OPS-42"}"#));
+    std::fs::write(&metadata, "[1]").unwrap();
+    assert_eq!(w.run(&["change", "create", "-p", "p", "-e", "dev", "--repo", dir, "-m", metadata.to_str().unwrap()]).status.code(), Some(65));
+    assert_eq!(w.run(&["change", "create", "-p", "p", "-e", "dev", "--repo", dir, "-m", "/nonexistent.json"]).status.code(), Some(66));
+
+    // show-properties --change-id: what the change started with, not what it left.
+    let at_start: Value = serde_json::from_str(&w.ok(&["change", "show-properties", "--change-id", "1"])).unwrap();
+    assert_eq!(at_start["project"]["properties"], serde_json::json!({"a": 1}), "{at_start}");
+    assert_eq!(at_start["environment"]["properties"], serde_json::json!({}), "{at_start}");
+    let now: Value = serde_json::from_str(&w.ok(&["project", "show-properties", "-p", "p"])).unwrap();
+    assert_eq!(now, serde_json::json!({"a": 2}));
+
+    // -o json on every list and show command, with the documented fields.
+    let json = |args: &[&str]| -> Value {
+        let out = w.ok(&[args, &["-o", "json"]].concat());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("opschain {args:?} -o json: {e}: {out}"))
+    };
+    let changes = json(&["change", "ls"]);
+    assert_eq!(changes[0]["id"], 1);
+    assert_eq!(changes[0]["metadata"]["ticket"], "OPS-42");
+    for field in ["status", "project", "environment", "action", "git_rev", "commit", "repo", "backend", "created_at", "finished_at", "failure"] {
+        assert!(changes[0].get(field).is_some(), "{field} in {changes}");
+    }
+    let change = json(&["change", "show", "1"]);
+    assert_eq!((change["status"].as_str(), change["steps"][0]["action"].as_str()), (Some("success"), Some("default")), "{change}");
+    assert_eq!(json(&["project", "ls"])[0]["code"], "p");
+    assert_eq!(json(&["environment", "ls", "-p", "p"])[0]["archived"], false);
+    assert_eq!(json(&["properties", "history", "-p", "p"])[1]["properties"], serde_json::json!({"a": 1}));
+    assert_eq!(json(&["secrets", "list"])[0]["name"], "opschain-build-env");
+    let logs = w.ok(&["change", "show-logs", "1", "-o", "json"]);
+    let first: Value = serde_json::from_str(logs.lines().next().unwrap()).unwrap();
+    assert_eq!((first["step_id"].as_i64(), first["action"].as_str()), (Some(1), Some("default")), "{first}");
+
+    // No --action and no `default` action, with no terminal to ask on: a usage error listing them.
+    let r2 = repo(ACTIONS, &[]);
+    let out = w.cmd().args(["change", "create", "-p", "p", "-e", "dev", "--repo", r2.path().to_str().unwrap()]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(stderr(&out).contains("its actions: hello, fail"), "{}", text(&out));
+
+    // OpsChain's .opschainrc, INI with comments: codes and the editor read, the rest reported.
+    std::fs::write(
+        w.cwd.path().join(".opschainrc"),
+        "; OpsChain CLI configuration\napiBaseUrl = http://localhost:3000\nusername = opschain\npassword = secret\nrequestTimeout = 30000\neditor = sed -i s/2/3/\nprojectCode = p\n",
+    )
+    .unwrap();
+    let out = w.run(&["project", "edit-properties"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stderr(&out).contains("apiBaseUrl, password, requestTimeout, username not used yet"), "{}", text(&out));
+    assert_eq!(serde_json::from_str::<Value>(&w.ok(&["project", "show-properties"])).unwrap(), serde_json::json!({"a": 3}));
+    std::fs::write(w.cwd.path().join(".opschainrc"), "; JSON too\n{\n  ; with comments\n  \"projectCode\": \"p\", \"apiBaseUrl\": \"http://x\"\n}\n").unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&w.ok(&["project", "show-properties"])).unwrap(), serde_json::json!({"a": 3}));
+}

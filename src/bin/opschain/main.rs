@@ -23,6 +23,7 @@ use opschain_runner::controller::change::ChangeError;
 use opschain_runner::controller::dev::DevError;
 use opschain_runner::controller::rc::RcError;
 use opschain_runner::controller::repo::RepoError;
+use opschain_runner::controller::report::ReportError;
 use opschain_runner::controller::store::StoreError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 
@@ -111,6 +112,12 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
             _ => None,
         }) {
             return catalog_status(e);
+        }
+        match cause.downcast_ref::<ReportError>() {
+            Some(ReportError::Store(StoreError::NotFound(_)) | ReportError::NotStarted(_)) => return Sysexit::NoInput.into(),
+            Some(ReportError::Store(_)) => return Sysexit::Software.into(),
+            Some(ReportError::Write(_)) => return Sysexit::IoErr.into(),
+            None => {}
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {
             return repo_status(e);

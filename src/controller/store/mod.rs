@@ -334,6 +334,7 @@ mod fixtures {
                 backend: BackendKind::Process,
                 secret_set: None,
                 folder: ".opschain",
+                metadata: None,
             })
             .unwrap();
         (dir, store, p, e, c)
@@ -380,6 +381,7 @@ mod tests {
             backend: crate::controller::status::BackendKind::Process,
             secret_set: None,
             folder: ".mintpress",
+            metadata: None,
         };
         let id = store.create_change(&new).unwrap();
         assert_eq!(store.change(id).unwrap().folder.as_deref(), Some(".mintpress"));

@@ -1,7 +1,7 @@
 //! Arguments several commands share: the project and environment codes, the change id, the
 //! confirmation flag.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use opschain_runner::controller::output::View;
 
@@ -68,4 +68,38 @@ impl ViewArgs {
     pub fn view(&self) -> View {
         View { verbose: self.verbose, timestamps: self.timestamps }
     }
+}
+
+/// `-o`: how a list or show command prints.
+#[derive(Debug, Args)]
+pub struct OutputArg {
+    /// `text` (for people: columns, a tree) or `json` (for programs: the fields documented in
+    /// docs/cli-json.md, stable; a list is an array).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
+    pub output: Format,
+}
+
+impl OutputArg {
+    /// Whether JSON was asked for.
+    pub fn json(&self) -> bool {
+        self.output == Format::Json
+    }
+}
+
+/// The formats of `-o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Columns and trees, for people.
+    Text,
+    /// JSON, for programs.
+    Json,
+}
+
+/// Prints `value` as pretty JSON, one document.
+pub fn print_json(out: &mut dyn std::io::Write, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    // Whole, then written: a closed pipe is then the writer's io::Error, which ends the command
+    // quietly.
+    let text = serde_json::to_string_pretty(value)?;
+    writeln!(out, "{text}")?;
+    Ok(())
 }

@@ -16,9 +16,9 @@ use opschain_runner::controller::report::{self, LogOptions};
 use opschain_runner::controller::status::{BackendKind, ChangeStatus};
 use opschain_runner::controller::store::Store;
 
-use super::args::{ChangeId, Confirm, EnvironmentCode, ProjectCode, ViewArgs};
+use super::args::{print_json, ChangeId, Confirm, EnvironmentCode, OutputArg, ProjectCode, ViewArgs};
 use super::settings::{backends, checked_folder, config, RunSettings};
-use super::{exit_of, no_code, Ctx};
+use super::{exit_of, no_code, read_input, Ctx, Failure};
 
 /// The `opschain change` commands.
 #[derive(Debug, Subcommand)]
@@ -58,12 +58,19 @@ pub enum ChangeCommand {
         /// The environment code.
         #[command(flatten)]
         environment: EnvironmentCode,
+        /// Text or JSON.
+        #[command(flatten)]
+        output: OutputArg,
     },
-    /// Show a change and its step tree with statuses.
+    /// Show a change and its step tree with statuses: `ID [ACTION] STATUS DURATION exit N`, a
+    /// failed step's reason under it marked `|`.
     Show {
         /// The change.
         #[command(flatten)]
         id: ChangeId,
+        /// Text or JSON.
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Print a change's step logs, in order: `[ID ACTION]  line` for a line step ID's action
     /// printed on stdout, `[ID ACTION]! line` on stderr; with -v, the agent's phase records and
@@ -76,10 +83,21 @@ pub enum ChangeCommand {
         /// Which lines, and their times.
         #[command(flatten)]
         view: ViewArgs,
+        /// Text, or JSON: every stored line as an object, one a line.
+        #[command(flatten)]
+        output: OutputArg,
         /// Keep printing lines as they are stored, until the change has ended (as `kubectl
         /// logs -f` does); Ctrl-C stops following.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Print, as JSON, the point-in-time copy of the properties a change ran with: the project's
+    /// and the environment's versions current when it first started (`{"project": {"version":
+    /// N, "properties": {...}}, "environment": {...}}`); what its own steps changed is not in it.
+    ShowProperties {
+        /// The change.
+        #[command(flatten)]
+        id: ChangeId,
     },
     /// Re-run what did not succeed in a change, from the same commit.
     Retry {
@@ -111,8 +129,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub environment: EnvironmentCode,
     /// The action of the change's root step (an empty name means `default`, as in OpsChain).
+    /// Without it: the repository's `default` action when it has one, else, on a terminal, the
+    /// action asked for from the list; else a usage error (64) listing the actions.
     #[arg(short = 'a', long, value_name = "NAME")]
-    pub action: String,
+    pub action: Option<String>,
     /// The git revision to run (resolved to a commit when the change is created).
     #[arg(short = 'g', long, default_value = "HEAD", value_name = "REV")]
     pub git_rev: String,
@@ -133,6 +153,10 @@ pub struct RunArgs {
     /// step in the cluster of the kubeconfig; needs --registry).
     #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_parser = backends(), value_name = "NAME")]
     pub backend: BackendKind,
+    /// A JSON object file of the change's metadata: stored with the change, given to every
+    /// step as context.change.metadata of its step context, shown by `change show`.
+    #[arg(short = 'm', long, value_name = "FILE")]
+    pub metadata_path: Option<PathBuf>,
     /// The secret set the steps get as runner secrets (see `opschain secrets set`). Image builds
     /// get the build secret sets instead: those opschain.config.build_secrets lists, else
     /// opschain-build-env.
@@ -153,10 +177,14 @@ pub struct RunArgs {
 pub fn exec(command: ChangeCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
         ChangeCommand::Create(args) => create(args, ctx, out),
-        ChangeCommand::List { project, environment } => list(&project, &environment, ctx, out),
-        ChangeCommand::Show { id } => show(id.get(), ctx, out),
-        ChangeCommand::Logs { id, view, follow } => {
-            report::write_logs(ctx.store()?, id.get(), LogOptions { follow, view: view.view() }, out)?;
+        ChangeCommand::List { project, environment, output } => list(&project, &environment, output.json(), ctx, out),
+        ChangeCommand::Show { id, output } => show(id.get(), output.json(), ctx, out),
+        ChangeCommand::Logs { id, view, output, follow } => {
+            report::write_logs(ctx.store()?, id.get(), LogOptions { follow, view: view.view(), json: output.json() }, out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ChangeCommand::ShowProperties { id } => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&report::change_properties(ctx.store()?, id.get())?)?)?;
             Ok(ExitCode::SUCCESS)
         }
         ChangeCommand::Retry { id, view, settings } => {
@@ -184,14 +212,21 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
         Some(remote) => repo::remote_rev(&repo, remote, &args.git_rev)?,
         None => args.git_rev,
     };
+    let action = match args.action {
+        // An empty name is OpsChain's `default`.
+        Some(action) if action.is_empty() => "default".to_string(),
+        Some(action) => action,
+        None => default_action(&repo, &git_rev, &folder)?,
+    };
     let new = NewChange {
         project: ctx.project(&args.project)?,
         environment: ctx.environment(&args.environment)?,
         repo,
-        action: if args.action.is_empty() { "default".into() } else { args.action },
+        action,
         git_rev,
         backend: args.backend,
         secret_set: args.secrets,
+        metadata: args.metadata_path.as_deref().map(read_metadata).transpose()?,
     };
     let config = config(&ctx.state_dir, &args.settings, args.view.view())?;
     // A change runs a commit: edits not committed are not in it.
@@ -211,6 +246,37 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     Ok(exit_of(execute(store, &config, id, out)?))
 }
 
+/// The action of a change created without `--action`: `default` when the repository has it at
+/// `rev`, else the one the user picks on a terminal; else a usage error listing the actions.
+fn default_action(repo: &std::path::Path, rev: &str, folder: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let names = repo::action_names(repo, rev, folder);
+    if names.is_empty() || names.iter().any(|n| n == "default") {
+        // No list to choose from: `default`, which the step explains when it is missing.
+        return Ok("default".into());
+    }
+    let list = names.join(", ");
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(Failure::Usage(format!("no --action, and the repository has no `default` action: give -a NAME (its actions: {list})")).into());
+    }
+    for (n, name) in names.iter().enumerate() {
+        eprintln!("  {}) {name}", n + 1);
+    }
+    eprint!("opschain: which action (number or name)? ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).map_err(|source| Failure::Read { path: "stdin".into(), source })?;
+    let answer = answer.trim();
+    let picked = answer.parse::<usize>().ok().and_then(|n| names.get(n.wrapping_sub(1))).or_else(|| names.iter().find(|n| *n == answer));
+    picked.cloned().ok_or_else(|| Failure::Usage(format!("{answer:?} is none of the actions ({list})")).into())
+}
+
+/// The JSON object of a metadata file, read strictly (as every input is).
+fn read_metadata(path: &std::path::Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let what = if path == std::path::Path::new("-") { PathBuf::from("stdin") } else { path.to_path_buf() };
+    let opschain_runner::json::StrictObject(map) = opschain_runner::json::parse(&what, read_input(path)?.as_bytes())?;
+    Ok(map)
+}
+
 /// Creates and runs a change; `demo`.
 pub fn run_change(store: &Store, config: &ControllerConfig, new: NewChange, out: &mut dyn Write) -> Result<(i64, ChangeStatus)> {
     let id = change::create(store, config, &new)?;
@@ -226,7 +292,7 @@ fn execute(store: &Store, config: &ControllerConfig, id: i64, out: &mut dyn Writ
     Ok(change::execute(store, config, id)?)
 }
 
-fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
+fn list(p: &ProjectCode, e: &EnvironmentCode, json: bool, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     let store = ctx.store()?;
     // Filters: the codes given or defaulting; an unknown one is an error, not an empty list.
     let project_code = ctx.defaults.resolve(Which::Project, p.project_code.as_deref())?;
@@ -252,16 +318,22 @@ fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) ->
         (None, Some(_)) => return Err(no_code(Which::Project)),
         (None, None) => {}
     }
-    writeln!(out, "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {:<24} why", "id", "status", "project", "environment", "action", "commit", "backend", "created")?;
     let changes =
         store.changes(None)?.into_iter().filter(|c| project_code.as_ref().is_none_or(|p| &c.project == p) && environment_code.as_ref().is_none_or(|e| &c.environment == e));
+    let failure = |c: &opschain_runner::controller::store::ChangeRow| -> Result<Option<String>> {
+        Ok(match c.status {
+            ChangeStatus::Error => report::failure_summary(&store.steps(c.id)?).map(|w| output::change_masker(store, c).map(|m| m.mask(&w).into_owned())).transpose()?,
+            _ => None,
+        })
+    };
+    if json {
+        let all = changes.map(|c| Ok(report::json::Change::new(&c, failure(&c)?, None))).collect::<Result<Vec<_>>>()?;
+        print_json(out, &all)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {:<24} why", "id", "status", "project", "environment", "action", "commit", "backend", "created")?;
     for c in changes {
-        let why = match c.status {
-            ChangeStatus::Error => {
-                report::failure_summary(&store.steps(c.id)?).map(|w| output::change_masker(store, &c).map(|m| m.mask(&w).into_owned())).transpose()?.unwrap_or_default()
-            }
-            _ => String::new(),
-        };
+        let why = failure(&c)?.unwrap_or_default();
         let line = format!(
             "{:>4}  {:<10} {:<12} {:<12} {:<20} {:<12} {:<8} {:<24} {why}",
             c.id,
@@ -278,7 +350,7 @@ fn list(p: &ProjectCode, e: &EnvironmentCode, ctx: &Ctx, out: &mut dyn Write) ->
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(id: i64, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
+fn show(id: i64, json: bool, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     let store = ctx.store()?;
     let c = store.change(id)?;
     let mask = output::change_masker(store, &c)?;
@@ -286,11 +358,21 @@ fn show(id: i64, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     for s in &mut steps {
         s.message = s.message.as_deref().map(|m| mask.mask(m).into_owned());
     }
+    if json {
+        let failure = report::failure_summary(&steps);
+        let mut c = c.clone();
+        c.metadata = c.metadata.as_deref().map(|m| mask.mask(m).into_owned());
+        print_json(out, &report::json::Change::new(&c, failure, Some(&steps)))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let why = report::failure_summary(&steps).map(|w| format!(": {w}")).unwrap_or_default();
     writeln!(out, "change {} {}{why}", c.id, c.status.as_str())?;
     writeln!(out, "  project {}, environment {}, action {}", c.project, c.environment, c.action)?;
     writeln!(out, "  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display())?;
     writeln!(out, "  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"))?;
+    if let Some(metadata) = &c.metadata {
+        writeln!(out, "  metadata {}", mask.mask(metadata))?;
+    }
     writeln!(out, "steps:")?;
     report::write_step_tree(out, &steps, None, 1)?;
     Ok(ExitCode::SUCCESS)

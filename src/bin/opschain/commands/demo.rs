@@ -54,6 +54,7 @@ pub fn exec(args: DemoArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> 
         git_rev: "HEAD".into(),
         backend: BackendKind::Process,
         secret_set: Some("demo".into()),
+        metadata: None,
     };
     let (id, status) = run_change(store, &config, new, out)?;
     // What follows is a summary: a reader that went away does not change how the change ended.

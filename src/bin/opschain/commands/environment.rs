@@ -8,8 +8,9 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use opschain_runner::controller::catalog;
+use opschain_runner::controller::report;
 
-use super::args::{Confirm, EnvironmentCode, ProjectCode};
+use super::args::{print_json, Confirm, EnvironmentCode, OutputArg, ProjectCode};
 use super::properties::{self, NewProperties, PropertiesVersion};
 use super::Ctx;
 
@@ -22,6 +23,9 @@ pub enum EnvironmentCommand {
         /// The project code.
         #[command(flatten)]
         project: ProjectCode,
+        /// Text or JSON.
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Create an environment of a project (`set-properties` also creates the environment it
     /// names; `change create` needs one that exists).
@@ -114,9 +118,14 @@ pub enum EnvironmentCommand {
 /// Runs an `opschain environment` command.
 pub fn exec(command: EnvironmentCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
-        EnvironmentCommand::List { project } => {
+        EnvironmentCommand::List { project, output } => {
             let store = ctx.store()?;
             let id = catalog::find_project(store, &ctx.project(&project)?)?;
+            if output.json() {
+                let all: Vec<report::json::Environment> = store.environments(id)?.iter().map(Into::into).collect();
+                print_json(out, &all)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             writeln!(out, "{:<20} {:>8} {:<9} created", "code", "changes", "archived")?;
             for e in store.environments(id)? {
                 writeln!(out, "{:<20} {:>8} {:<9} {}", e.code, e.changes, if e.archived { "yes" } else { "no" }, e.created_at)?;

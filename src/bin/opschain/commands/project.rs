@@ -8,8 +8,9 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use opschain_runner::controller::catalog;
+use opschain_runner::controller::report;
 
-use super::args::{Confirm, ProjectCode};
+use super::args::{print_json, Confirm, OutputArg, ProjectCode};
 use super::properties::{self, NewProperties, PropertiesVersion};
 use super::Ctx;
 
@@ -18,7 +19,11 @@ use super::Ctx;
 pub enum ProjectCommand {
     /// List the projects.
     #[command(visible_alias = "ls")]
-    List,
+    List {
+        /// Text or JSON.
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Create a project (`set-properties` also creates the project it names; `change create`
     /// needs one that exists).
     Create {
@@ -97,7 +102,11 @@ pub enum ProjectCommand {
 /// Runs an `opschain project` command.
 pub fn exec(command: ProjectCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
-        ProjectCommand::List => {
+        ProjectCommand::List { output } if output.json() => {
+            let all: Vec<report::json::Project> = ctx.store()?.projects()?.iter().map(Into::into).collect();
+            print_json(out, &all)?;
+        }
+        ProjectCommand::List { .. } => {
             writeln!(out, "{:<20} {:>12} {:>8} {:<9} {:<9} created", "code", "environments", "changes", "parallel", "archived")?;
             for p in ctx.store()?.projects()? {
                 let yes = |b: bool| if b { "yes" } else { "no" };

@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 
 use opschain_runner::controller::catalog::{self, Lookup};
 use opschain_runner::controller::edit;
+use opschain_runner::controller::report;
 
-use super::args::{Confirm, ProjectCode};
+use super::args::{print_json, Confirm, OutputArg, ProjectCode};
 use super::{read_input, Ctx};
 
 /// The new properties of `set-properties`: a JSON object from a file, stdin or the command line.
@@ -83,11 +84,15 @@ pub enum PropertiesCommand {
         #[command(flatten)]
         owner: Owner,
     },
-    /// List every stored version: number, time, and the step that wrote it.
+    /// List every stored version: `vN TIME BY PROPERTIES` (BY: `step ID` that wrote it, or
+    /// `user`).
     History {
         /// Whose properties: a project, or an environment of one.
         #[command(flatten)]
         owner: Owner,
+        /// Text or JSON.
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -97,7 +102,7 @@ pub fn exec(command: PropertiesCommand, ctx: &Ctx, out: &mut dyn Write) -> Resul
         PropertiesCommand::Show { owner, version } => show(ctx, &ctx.project(&owner.project)?, owner.environment.as_deref(), version.version, out),
         PropertiesCommand::Set { owner, new, .. } => set(ctx, &ctx.project(&owner.project)?, owner.environment.as_deref(), new, out),
         PropertiesCommand::Edit { owner } => edit(ctx, &ctx.project(&owner.project)?, owner.environment.as_deref(), out),
-        PropertiesCommand::History { owner } => history(ctx, &ctx.project(&owner.project)?, owner.environment.as_deref(), out),
+        PropertiesCommand::History { owner, output } => history(ctx, &ctx.project(&owner.project)?, owner.environment.as_deref(), output.json(), out),
     }
 }
 
@@ -166,9 +171,14 @@ pub fn edit(ctx: &Ctx, project: &str, environment: Option<&str>, out: &mut dyn W
 }
 
 /// Lists every stored version of the properties of a project or an environment.
-pub fn history(ctx: &Ctx, project: &str, environment: Option<&str>, out: &mut dyn Write) -> Result<ExitCode> {
+pub fn history(ctx: &Ctx, project: &str, environment: Option<&str>, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
     let store = ctx.store()?;
     let owner = catalog::owner(store, project, environment, Lookup::Existing)?;
+    if json {
+        let all: Vec<report::json::PropertiesVersionJson> = store.properties_history(owner.level, owner.id)?.into_iter().map(Into::into).collect();
+        print_json(out, &all)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut failed = None;
     store.properties_history_each(owner.level, owner.id, |v| {
         if failed.is_none() {

@@ -9,6 +9,7 @@ use clap::Subcommand;
 
 use opschain_runner::controller::change;
 
+use super::args::{print_json, OutputArg};
 use super::{Ctx, Failure};
 
 /// The `opschain secrets` commands.
@@ -23,7 +24,11 @@ pub enum SecretsCommand {
         file: PathBuf,
     },
     /// List the secret sets (names only).
-    List,
+    List {
+        /// Text or JSON (`[{"name": ...}]`).
+        #[command(flatten)]
+        output: OutputArg,
+    },
 }
 
 /// Runs an `opschain secrets` command.
@@ -34,9 +39,15 @@ pub fn exec(command: SecretsCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<E
             ctx.store()?.set_secrets(&name, &set)?;
             writeln!(out, "secret set {name} saved ({} secrets: {})", set.len(), set.keys().cloned().collect::<Vec<_>>().join(", "))?;
         }
-        SecretsCommand::List => {
-            for name in ctx.store()?.secret_set_names()? {
-                writeln!(out, "{name}")?;
+        SecretsCommand::List { output } => {
+            let names = ctx.store()?.secret_set_names()?;
+            if output.json() {
+                let all: Vec<serde_json::Value> = names.iter().map(|name| serde_json::json!({"name": name})).collect();
+                print_json(out, &all)?;
+            } else {
+                for name in names {
+                    writeln!(out, "{name}")?;
+                }
             }
         }
     }
