@@ -462,3 +462,40 @@ run = "true"
     std::fs::write(w.cwd.path().join(".opschainrc"), "; JSON too\n{\n  ; with comments\n  \"projectCode\": \"p\", \"apiBaseUrl\": \"http://x\"\n}\n").unwrap();
     assert_eq!(serde_json::from_str::<Value>(&w.ok(&["project", "show-properties"])).unwrap(), serde_json::json!({"a": 3}));
 }
+
+#[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
+fn a_missing_base_image_says_how_to_build_or_choose_one() {
+    let w = World::new();
+    w.project();
+    let r = repo(ACTIONS, &[]);
+    let out = w.run(&[
+        "change",
+        "create",
+        "-p",
+        "p",
+        "-e",
+        "dev",
+        "-a",
+        "hello",
+        "--repo",
+        r.path().to_str().unwrap(),
+        "--backend",
+        "docker",
+        "--docker-bin",
+        crate::docker_base::DOCKER,
+        "--docker-base-image",
+        "firsthour-no-such-base:none",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let show = w.ok(&["change", "show", "1"]);
+    let first = show.lines().next().unwrap();
+    for part in ["the base runner image firsthour-no-such-base:none does not exist", "runner-image/README.md", "--docker-base-image"] {
+        assert!(first.contains(part), "{part:?} in {show}");
+    }
+    // One name: the default is the tag runner-image/README.md builds.
+    let help = w.ok(&["change", "create", "--help"]);
+    assert!(help.contains("[default: opschain-runner:latest]"), "{help}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/runner-image/README.md")).unwrap();
+    assert!(readme.contains("-t opschain-runner:latest runner-image"), "runner-image/README.md builds the default");
+}

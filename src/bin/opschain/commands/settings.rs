@@ -34,9 +34,9 @@ pub struct RunSettings {
     /// The docker CLI of the Docker backend (Debian's client builds with BuildKit).
     #[arg(long, env = "OPSCHAIN_DOCKER_BIN", default_value = "/usr/bin/docker", value_name = "PATH")]
     pub docker_bin: PathBuf,
-    /// The base runner image of the Docker backend (the OPSCHAIN_BASE_RUNNER build arg; must
-    /// exist locally).
-    #[arg(long, env = "OPSCHAIN_DOCKER_BASE_IMAGE", default_value = "opschain-runner:latest", value_name = "IMAGE")]
+    /// The base runner image of the Docker backend (the OPSCHAIN_BASE_RUNNER build arg). It must
+    /// exist on the Docker engine: build it from runner-image/ (see runner-image/README.md).
+    #[arg(long, env = "OPSCHAIN_DOCKER_BASE_IMAGE", default_value = opschain_runner::step_image::DEFAULT_BASE_RUNNER, value_name = "IMAGE")]
     pub docker_base_image: String,
     /// The OpsChain folder of the repository: .opschain, or .mintpress for MintPress (its
     /// <folder>/Dockerfile, actions.toml and properties; the step image's env context is
