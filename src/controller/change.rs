@@ -231,6 +231,9 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
 /// not stop the change: the line is dropped, as the steps' lines are ([`super::output`]).
 fn say(view: super::output::View, line: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    if view.silent {
+        return;
+    }
     let time = if view.timestamps { super::output::now() + " " } else { String::new() };
     let _ = writeln!(std::io::stdout(), "{time}{line}");
 }

@@ -91,6 +91,9 @@ pub struct View {
     /// Each line starts with its time (RFC 3339, UTC): when the agent read it, or when the
     /// controller wrote it. Default: no time.
     pub timestamps: bool,
+    /// Nothing of the run goes to the terminal: another view owns it (the live step tree of
+    /// [`crate::controller::report::live_tree`]). Default: off.
+    pub silent: bool,
 }
 
 impl View {
@@ -188,6 +191,9 @@ impl<'a> ChangeOutput<'a> {
     /// Prints one of the controller's own messages, masked: `==> text` (with
     /// [`View::timestamps`], after the time).
     pub fn say(&self, text: &str) {
+        if self.view.silent {
+            return;
+        }
         let text = self.mask(text);
         let time = if self.view.timestamps { now() + " " } else { String::new() };
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
@@ -252,7 +258,7 @@ impl StepSink<'_> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (stored, shown) = &mut *pending;
         stored.push(stream, masked);
-        if let Some(line) = self.output.view.show(&self.prefix, masked, None) {
+        if let Some(line) = self.output.view.show(&self.prefix, masked, None).filter(|_| !self.output.view.silent) {
             shown.extend_from_slice(line.as_bytes());
             shown.push(b'\n');
         }
@@ -354,7 +360,7 @@ mod tests {
         assert_eq!(quiet.show("[1 deploy]", "2026-12-08T00:02:23.679314Z deploy stderr| oops", None).as_deref(), Some("[1 deploy]! oops"));
         assert_eq!(quiet.show("[1 deploy]", record, None), None);
         assert_eq!(quiet.show("[1 deploy]", "opschain: checked out 753ca6d47fef in 0.014s", None), None);
-        let verbose = View { verbose: true, timestamps: true };
+        let verbose = View { verbose: true, timestamps: true, silent: false };
         assert_eq!(verbose.show("[1 deploy]", action, None).as_deref(), Some("2026-12-08T00:02:23.679314Z [1 deploy]  deploying demo-app"));
         assert_eq!(
             verbose.show("[1 deploy]", record, None).as_deref(),
@@ -422,7 +428,7 @@ mod tests {
         let step = store.steps(c).unwrap()[0].id;
         let terminal = Terminal::default();
         // Verbose: every line is shown, the backend's own ones too.
-        let output = ChangeOutput::with_terminal(&store, Box::new(terminal.clone())).with_view(View { verbose: true, timestamps: false });
+        let output = ChangeOutput::with_terminal(&store, Box::new(terminal.clone())).with_view(View { verbose: true, ..View::default() });
         output.add_secrets(BTreeMap::from([("s/TOKEN".to_string(), "hunter2-secret".to_string())]));
         let sink = output.step_sink(step, "a");
         feed(&sink);

@@ -125,6 +125,86 @@ pub fn is_ended(change: &ChangeRow) -> bool {
     !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
 }
 
+/// How often the live step tree is redrawn (200 ms).
+pub const TREE_REDRAW: Duration = Duration::from_millis(200);
+
+/// Draws change `id`'s step tree on the terminal `out` and redraws it in place (ANSI cursor
+/// movement) every [`TREE_REDRAW`] until `done` is set, then once more: OpsChain's
+/// `--show-steps` view. Each step is a line, `ID [ACTION] STATUS TIME` (the time a step has run
+/// so far, or how long it ran), its children indented under it; a failed step's reason follows it,
+/// marked `|`. Lines are cut to the terminal's width (`width`), so that a wrapped line never
+/// throws the redraw off. Returns when the last drawing is written.
+pub fn live_tree(store: &Store, id: i64, width: usize, done: &std::sync::atomic::AtomicBool, out: &mut dyn Write) -> Result<(), ReportError> {
+    let mut drawn = 0;
+    let mut seen_running: std::collections::HashMap<i64, std::time::Instant> = std::collections::HashMap::new();
+    loop {
+        let last = done.load(std::sync::atomic::Ordering::SeqCst);
+        let change = store.change(id)?;
+        let mask = change_masker(store, &change)?;
+        let steps = store.steps(id)?;
+        let now = std::time::Instant::now();
+        for s in &steps {
+            if s.status == StepStatus::Running {
+                seen_running.entry(s.id).or_insert(now);
+            }
+        }
+        let mut lines = vec![format!(
+            "change {} {}: project {}, environment {}, action {}, commit {}",
+            change.id,
+            change.status.as_str(),
+            change.project,
+            change.environment,
+            change.action,
+            &change.commit[..change.commit.len().min(12)]
+        )];
+        tree_lines(
+            &steps,
+            None,
+            1,
+            &|s: &StepRow| match (s.status, s.duration_secs, seen_running.get(&s.id)) {
+                (StepStatus::Running, _, Some(since)) => format!(" {:.1}s", since.elapsed().as_secs_f64()),
+                (_, Some(d), _) => format!(" {d:.2}s"),
+                _ => String::new(),
+            },
+            &mut lines,
+        );
+        let mut frame = String::new();
+        if drawn > 0 {
+            // Back to the first line drawn, and clear everything below it.
+            frame.push_str(&format!("\x1b[{drawn}F\x1b[J"));
+        }
+        for line in &lines {
+            let line = mask.mask(line);
+            let cut: String = line.chars().take(width.max(20) - 1).collect();
+            frame.push_str(&cut);
+            frame.push('\n');
+        }
+        out.write_all(frame.as_bytes())?;
+        out.flush()?;
+        drawn = lines.len();
+        if last {
+            return Ok(());
+        }
+        std::thread::sleep(TREE_REDRAW);
+    }
+}
+
+/// The lines of the subtree under `parent`, as [`write_step_tree`] draws it, each step's time
+/// from `time`.
+fn tree_lines(steps: &[StepRow], parent: Option<i64>, depth: usize, time: &dyn Fn(&StepRow) -> String, lines: &mut Vec<String>) {
+    let mut children: Vec<&StepRow> = steps.iter().filter(|s| s.parent_id == parent).collect();
+    children.sort_by_key(|s| s.position);
+    for s in children {
+        lines.push(format!("{}{} [{}] {}{}", "  ".repeat(depth), s.id, s.action, s.status.as_str(), time(s)));
+        if s.status == StepStatus::Error {
+            for line in s.message.as_deref().unwrap_or_default().lines() {
+                lines.push(format!("{}  | {line}", "  ".repeat(depth)));
+            }
+        }
+        tree_lines(steps, Some(s.id), depth + 1, time, lines);
+    }
+}
+
 /// The JSON forms of what `-o json` prints: stable field names (documented in
 /// `docs/cli-json.md`); a field is added, never renamed or removed.
 pub mod json {

@@ -499,3 +499,37 @@ fn a_missing_base_image_says_how_to_build_or_choose_one() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/runner-image/README.md")).unwrap();
     assert!(readme.contains("-t opschain-runner:latest runner-image"), "runner-image/README.md builds the default");
 }
+
+/// Runs `opschain args` on a terminal (a pty, through util-linux's `script`); what it printed.
+fn on_a_terminal(w: &World, args: &[&str]) -> String {
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_opschain")).chain(args.iter().copied()).map(|a| format!("'{a}'")).collect();
+    let mut script = Command::new("script");
+    script.args(["-qec", &quoted.join(" "), "/dev/null"]).current_dir(w.cwd.path());
+    for (k, v) in w.cmd().get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    let out = script.stdin(Stdio::null()).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
+#[test]
+fn on_a_terminal_change_create_draws_a_live_step_tree_and_follow_logs_streams_instead() {
+    let w = World::new();
+    w.project();
+    let r = repo(&format!("{ACTIONS}\n[actions.both]\nsteps = [\"hello\", \"hello\"]\n"), &[]);
+    let dir = r.path().to_str().unwrap();
+    let tree = on_a_terminal(&w, &["change", "create", "-p", "p", "-e", "dev", "-a", "both", "--repo", dir]);
+    assert!(tree.contains("\x1b[") && tree.contains("F\x1b[J"), "redrawn in place: {tree:?}");
+    let last_frame = tree.rsplit("\x1b[J").next().unwrap();
+    for line in
+        ["change 1 success: project p, environment dev, action both", "  1 [both] success", "    2 [hello] success", "    3 [hello] success", "==> change 1 success"]
+    {
+        assert!(last_frame.contains(line), "{line:?} in the last drawing: {last_frame}");
+    }
+    assert!(!tree.contains("hello from the action"), "no logs in the tree view: {tree}");
+    let logs = on_a_terminal(&w, &["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", dir, "--follow-logs"]);
+    assert!(logs.contains("[4 hello]  hello from the action") && !logs.contains("\x1b["), "{logs:?}");
+}

@@ -66,7 +66,7 @@ pub struct ViewArgs {
 impl ViewArgs {
     /// The library's view of these flags.
     pub fn view(&self) -> View {
-        View { verbose: self.verbose, timestamps: self.timestamps }
+        View { verbose: self.verbose, timestamps: self.timestamps, silent: false }
     }
 }
 

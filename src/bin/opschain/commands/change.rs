@@ -47,6 +47,10 @@ pub enum ChangeCommand {
     ///
     /// -v adds the agent's phase records and the controller's progress; --timestamps puts the time
     /// first on every line.
+    ///
+    /// On a terminal, unless --follow-logs, -v or --timestamps, it draws the step tree instead and
+    /// redraws it in place as the steps run (`ID [ACTION] STATUS TIME`, children indented, a
+    /// failed step's reason under it marked `|`), then prints how the change ended.
     #[command(visible_alias = "run", verbatim_doc_comment)]
     Create(RunArgs),
     /// List the changes (of a project, and of an environment, when codes are given or default).
@@ -140,7 +144,9 @@ pub struct RunArgs {
     /// fetched first, and a branch of it is taken as `<remote>/<rev>` (a tag or a commit as is).
     #[arg(short = 'G', long, value_name = "NAME")]
     pub git_remote_name: Option<String>,
-    /// Accepted as OpsChain's CLI takes it: `change create` always streams the step logs.
+    /// Stream the step logs and status lines (the line view below) even on a terminal, where the
+    /// default is the live step tree (each step's status and time, redrawn in place). Off a
+    /// terminal, and with -v or --timestamps, the line view is the only one.
     #[arg(long)]
     pub follow_logs: bool,
     /// The project's repository: a git work tree, or a plain directory (snapshotted into a git
@@ -228,7 +234,11 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
         secret_set: args.secrets,
         metadata: args.metadata_path.as_deref().map(read_metadata).transpose()?,
     };
-    let config = config(&ctx.state_dir, &args.settings, args.view.view())?;
+    // The live tree owns the terminal: nothing else of the run is printed on it.
+    let tree = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !args.follow_logs && !args.view.verbose && !args.view.timestamps;
+    let mut view = args.view.view();
+    view.silent = tree;
+    let config = config(&ctx.state_dir, &args.settings, view)?;
     // A change runs a commit: edits not committed are not in it.
     let uncommitted = repo::uncommitted(&new.repo, &folder).unwrap_or_default();
     let store = ctx.store()?;
@@ -243,7 +253,42 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
             uncommitted.join(", ")
         );
     }
+    if tree {
+        return Ok(exit_of(execute_with_tree(store, &config, id, out)?));
+    }
     Ok(exit_of(execute(store, &config, id, out)?))
+}
+
+/// Runs created change `id` to its end while the live step tree is drawn on the terminal, then
+/// prints how it ended.
+fn execute_with_tree(store: &Store, config: &ControllerConfig, id: i64, out: &mut dyn Write) -> Result<ChangeStatus> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (status, drawn) = std::thread::scope(|scope| {
+        let drawer = scope.spawn(|| report::live_tree(store, id, terminal_width(), &done, &mut std::io::stdout()));
+        let status = change::execute(store, config, id);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (status, drawer.join())
+    });
+    let status = status?;
+    // A tree that could not be drawn (the terminal went away) does not change how the change ended.
+    if let Ok(Ok(())) = drawn {
+        let steps = store.steps(id)?;
+        let why = report::failure_summary(&steps).map(|w| format!(": {w}")).unwrap_or_default();
+        let mask = output::change_masker(store, &store.change(id)?)?;
+        let _ = writeln!(out, "==> change {id} {}{}", status.as_str(), mask.mask(&why));
+    }
+    Ok(status)
+}
+
+/// The terminal's width in columns (stdout's), else `$COLUMNS`, else 80.
+fn terminal_width() -> usize {
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ only writes the winsize it is given, which lives across the call.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        return usize::from(size.ws_col);
+    }
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(80)
 }
 
 /// The action of a change created without `--action`: `default` when the repository has it at
