@@ -2,7 +2,7 @@
 //!
 //! A step's log holds what its agent printed, line by line:
 //! * the action's output, one record per line: `<time> <action> <stream>| <text>` (`+` for `|`
-//!   when the record continues a line too long for one; see [`crate::supervise`]);
+//!   when the record continues a line too long for one; see [`opschain_runner::supervise`]);
 //! * the agent's phase records (tracing's text format): `<time>  INFO <message> key=value ...`,
 //!   with `WARN`, `ERROR`, `DEBUG` or `TRACE` for `INFO`;
 //! * the agent's own failure, the last thing it prints before it exits: `opschain-runner:

@@ -479,7 +479,10 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
         }
         let shown = run_ok(state, &["change", "show", &change.to_string()]);
         let expected = if failed { "error" } else { "success" };
-        assert_eq!(shown.lines().next(), Some(format!("change {change} {expected}").as_str()), "change {change}'s status");
+        // The first line is the status, and for a failed change why (`: step N [action]: ...`).
+        let first = shown.lines().next().unwrap_or_default();
+        let status = first.split_once(": ").map_or(first, |(status, _)| status);
+        assert_eq!(status, format!("change {change} {expected}"), "change {change}'s status: {first}");
     }
     assert_eq!(children_seen.len(), CHANGES * (TOKENS + FREE), "not every change ran every child");
     // The controllers' exit statuses are in spawn order, not change order: compare the counts.
