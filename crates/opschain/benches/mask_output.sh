@@ -36,6 +36,6 @@ hyperfine -N --runs "$runs" --warmup 1 \
   -n plain "$opschain --state-dir $work/plain $run" \
   -n masked "$opschain --state-dir $work/masked $run"
 # The last masked run stored every line, a tenth of them masked, and no secret.
-logs=$("$opschain" --state-dir "$work/masked" change logs "$((runs + 1))")
+logs=$("$opschain" --state-dir "$work/masked" change logs "$((runs + 1))" -o json)
 echo "last masked run: $(grep -c 'print stdout|' <<<"$logs") lines stored, $(grep -c '\*\*\*\*' <<<"$logs") masked (expected $lines and $((lines / 10)))"
 ! grep -q 'build-secret-value-one' <<<"$logs" || { echo "a secret was stored unmasked" >&2; exit 1; }
