@@ -160,10 +160,10 @@ fn saved_image_mentions(tag: &str, needle: &[u8]) -> Vec<String> {
     found
 }
 
-/// The Dockerfile steps a plain BuildKit log (as the change printed it, each line behind its step
-/// prefix) reports as cached.
+/// The Dockerfile steps a plain BuildKit log (as the change printed it with -v, each line behind
+/// its step prefix and two spaces) reports as cached.
 fn cached_steps(shown: &str) -> Vec<String> {
-    crate::docker_base::cached_steps(shown.lines().filter_map(|line| line.split_once("] ").map(|(_, rest)| rest)))
+    crate::docker_base::cached_steps(shown.lines().filter_map(|line| line.split_once("]  ").map(|(_, rest)| rest)))
 }
 
 #[test]
