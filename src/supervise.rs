@@ -69,7 +69,7 @@ use tokio::time::Instant;
 
 use self::event_loop::{Started, Watch};
 use self::logq::LogWriter;
-pub(crate) use self::output::Stamp;
+pub use self::output::Stamp;
 use self::output::{PumpConfig, RecordFormat, Sink, Stream};
 use self::signals::Inbox;
 use crate::mask::Masker;
