@@ -155,6 +155,7 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
         scheduler: SchedulerConfig { workers, cancel_poll: Duration::from_millis(250), user: std::env::var("USER").unwrap_or_else(|_| "opschain".into()) },
         grace: Duration::from_secs(s.grace_secs),
         keep_sandboxes: s.keep_sandboxes,
+        max_result_bytes: s.max_result_bytes,
         queue_poll: Duration::from_millis(500),
         docker: DockerConfig {
             docker: s.docker_bin.clone(),
@@ -162,6 +163,7 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
             grace: Duration::from_secs(s.grace_secs),
             transport: s.transport.parse().map_err(anyhow::Error::msg)?,
             registry: s.registry.as_deref().map(str::parse).transpose()?,
+            max_result_bytes: s.max_result_bytes,
         },
         #[cfg(feature = "kubernetes")]
         kubernetes: kube_config(s)?,

@@ -108,6 +108,10 @@ pub struct RunSettings {
     /// Seconds between SIGTERM and SIGKILL when a step is cancelled.
     #[arg(long, env = "OPSCHAIN_GRACE_SECS", default_value_t = 10, value_name = "SECS")]
     pub grace_secs: u64,
+    /// The largest step_result.json (or result frame) read from a step, in bytes: a larger one
+    /// fails the step. Default: 64 MiB, the agent's own input limit.
+    #[arg(long, env = "OPSCHAIN_MAX_RESULT_BYTES", default_value_t = crate::controller::backend::sandbox::DEFAULT_MAX_RESULT_BYTES, value_name = "BYTES")]
+    pub max_result_bytes: u64,
     /// Keep each step's sandbox (under <state dir>/sandboxes) for debugging.
     #[arg(long, env = "OPSCHAIN_KEEP_SANDBOXES")]
     pub keep_sandboxes: bool,

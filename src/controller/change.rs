@@ -88,6 +88,9 @@ pub struct ControllerConfig {
     pub grace: Duration,
     /// Keep step sandboxes after the steps.
     pub keep_sandboxes: bool,
+    /// The largest step result read from a step on the process backend (the Docker backend's
+    /// is [`DockerConfig::max_result_bytes`]).
+    pub max_result_bytes: u64,
     /// How often a queued change looks whether its environment is free (default 500 ms).
     pub queue_poll: Duration,
     /// The Docker backend's settings.
@@ -140,6 +143,7 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
             grace: config.grace,
             keep_sandboxes: config.keep_sandboxes,
             folder: folder.to_string(),
+            max_result_bytes: config.max_result_bytes,
         }))),
         BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")))),
         #[cfg(feature = "kubernetes")]

@@ -249,8 +249,14 @@ fn backend(api: &FakeApi) -> KubernetesBackend {
     };
     let config = KubernetesConfig { namespace: "steps".into(), grace: Duration::from_secs(2), start_allowance: Duration::from_secs(20), ..KubernetesConfig::default() };
     // The image is given to `run_image`: the Docker side is not used.
-    let docker =
-        DockerConfig { docker: "/usr/bin/docker".into(), base_image: "unused".into(), grace: Duration::from_secs(2), transport: Default::default(), registry: None };
+    let docker = DockerConfig {
+        docker: "/usr/bin/docker".into(),
+        base_image: "unused".into(),
+        grace: Duration::from_secs(2),
+        transport: Default::default(),
+        registry: None,
+        max_result_bytes: 1 << 26,
+    };
     KubernetesBackend::with_client(config, DockerBackend::new(docker, ".opschain".into(), api.repo.join("sandboxes")), client, runtime)
 }
 

@@ -28,6 +28,7 @@ mod pid1;
 mod properties_text;
 mod registry;
 mod requirements;
+mod sandbox_files;
 mod schemas;
 mod seed_sample;
 mod static_agent;

@@ -19,7 +19,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::image::{ImageOutcome, ImageSettings, StepImages};
-use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::sandbox::{SandboxDir, SandboxFileError};
+use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, RemoveOnDrop, StepJob, StepOutput, CONTEXT_FILE};
 use crate::controller::repo;
 use crate::step_image::Docker;
 
@@ -36,6 +37,9 @@ pub struct DockerConfig {
     pub transport: super::stream::Transport,
     /// The registry step images go through (default: none, the engine's local images).
     pub registry: Option<crate::controller::registry::Registry>,
+    /// The largest step result read, from the bind-mounted folder or a result frame (default
+    /// [`super::sandbox::DEFAULT_MAX_RESULT_BYTES`]): a larger one fails the step.
+    pub max_result_bytes: u64,
 }
 
 /// The Docker backend.
@@ -44,6 +48,7 @@ pub struct DockerBackend {
     images: StepImages,
     sandbox_root: PathBuf,
     transport: super::stream::Transport,
+    max_result_bytes: u64,
 }
 
 impl DockerBackend {
@@ -59,7 +64,7 @@ impl DockerBackend {
             repo_tar_cache,
             registry: config.registry,
         };
-        DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
+        DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport, max_result_bytes: config.max_result_bytes }
     }
 
     /// A new private sandbox directory (mode 0700) for one run of `job`.
@@ -83,6 +88,11 @@ impl DockerBackend {
         })
     }
 
+    /// The largest step result read.
+    pub fn max_result_bytes(&self) -> u64 {
+        self.max_result_bytes
+    }
+
     /// Whether a Docker engine answers (`docker info`).
     pub fn engine_runs(&self) -> bool {
         self.images.docker("info", &["info", "--format", "{{.ServerVersion}}"]).is_ok()
@@ -93,15 +103,6 @@ impl DockerBackend {
         command.stdin(Stdio::null());
         let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, settings.grace)?;
         Ok(status_code(status))
-    }
-}
-
-/// Removes a step's sandbox directory when the step ends, on every path out of it.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -123,7 +124,10 @@ impl DockerBackend {
     fn exported_folder(&self, job: &StepJob, folder: &str) -> Result<PathBuf, BackendError> {
         let root = self.sandbox_root.join("folders");
         let cached = root.join(&job.commit);
-        if !cached.join(folder).is_dir() {
+        // Never through a link: a commit whose folder is a link (`.opschain -> /etc`) would
+        // have the host directory it names copied into the container.
+        let is_dir = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        if !is_dir(&cached.join(folder)) && !std::fs::symlink_metadata(cached.join(folder)).is_ok_and(|m| m.file_type().is_symlink()) {
             let checkout = |source| BackendError::Checkout { step: job.step_id, source };
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
             let tmp = root.join(format!(".tmp-{}-{}-{nanos}", std::process::id(), job.step_id));
@@ -132,16 +136,22 @@ impl DockerBackend {
             if !repo::export(&job.repo, &job.commit, Some(folder), &tmp).map_err(checkout)? {
                 std::fs::create_dir_all(tmp.join(folder)).map_err(io(&tmp))?;
             }
-            if std::fs::rename(&tmp, &cached).is_err() && !cached.join(folder).is_dir() {
+            if std::fs::rename(&tmp, &cached).is_err() && !is_dir(&cached.join(folder)) {
                 // Not renamed and no one else's either: a commit seen before with another folder.
                 let from = tmp.join(folder);
                 if let Err(e) = std::fs::rename(&from, cached.join(folder)) {
                     // Another step may have put it there in the meantime: then it is whole.
-                    if !cached.join(folder).is_dir() {
+                    if !is_dir(&cached.join(folder)) {
                         return Err(io(&from)(e));
                     }
                 }
             }
+        }
+        if !is_dir(&cached.join(folder)) {
+            return Err(BackendError::SandboxFile {
+                step: job.step_id,
+                source: SandboxFileError::NotADirectory { path: PathBuf::from(format!("{}:{folder}", &job.commit[..12.min(job.commit.len())])) },
+            });
         }
         Ok(cached.join(folder))
     }
@@ -166,7 +176,7 @@ impl Backend for DockerBackend {
         let folder_name = settings.folder.as_str();
         let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
         if self.transport == super::stream::Transport::Stream {
-            return super::stream::docker_step(&settings.docker, &tag, &name, folder_name, &job.context, sink, cancel, settings.grace);
+            return super::stream::docker_step(&settings.docker, &tag, &name, folder_name, &job.context, self.max_result_bytes, sink, cancel, settings.grace);
         }
 
         // The repository folder goes into the container as a bind mount, with the step context in
@@ -178,15 +188,12 @@ impl Backend for DockerBackend {
         let folder = dir.join(folder_name);
         let cached = self.exported_folder(job, folder_name)?;
         repo::copy_checkout(&cached, &folder).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
-        if !folder.is_dir() {
-            std::fs::create_dir_all(&folder).map_err(io(&folder))?;
-        }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).map_err(io(&folder))?;
-        }
-        let step_context = folder.join("step_context.json");
-        job.context.write_file(&step_context).map_err(io(&step_context))?;
+        // The folder is this side of the container: what the commit brought (a link in the
+        // context file's place) and what the container makes in it are followed nowhere.
+        let refused = |source| BackendError::SandboxFile { step: job.step_id, source };
+        let mounted = SandboxDir::open(&dir, folder_name, Some(0o777)).map_err(refused)?;
+        mounted.set_mode(0o777).map_err(refused)?;
+        mounted.write_new(CONTEXT_FILE, 0o644, |out| job.context.write_to(out)).map_err(refused)?;
         let mount = format!("type=bind,source={},target=/opt/opschain/{folder_name}", folder.display());
         let mut run = settings.docker.command();
         let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder_name}");
@@ -205,7 +212,7 @@ impl Backend for DockerBackend {
                 return Err(e);
             }
         };
-        let (result, result_error) = read_result(&folder.join("step_result.json"));
+        let (result, result_error) = read_result(&dir, folder_name, self.max_result_bytes);
         Ok(StepOutput { exit_status, result, result_error })
     }
 }

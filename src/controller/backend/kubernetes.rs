@@ -429,7 +429,7 @@ impl KubernetesBackend {
 
         // Follow the log to its end, the frame taken out of it; a cancel deletes the Job and
         // keeps reading (the agent's last lines and its result come after the SIGTERM).
-        let frames = FrameSink::new(&nonce, sink);
+        let frames = FrameSink::new(&nonce, self.images.max_result_bytes(), sink);
         let params = LogParams { container: Some(CONTAINER.into()), follow: true, ..LogParams::default() };
         let mut cancelled = false;
         {

@@ -15,6 +15,7 @@ pub mod image;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod process;
+pub mod sandbox;
 pub mod spawn;
 pub mod stream;
 
@@ -103,6 +104,16 @@ pub enum BackendError {
         /// The cause.
         #[source]
         source: kubernetes::KubernetesError,
+    },
+    /// A file of the step's sandbox cannot be written or read as the controller must: a link or
+    /// another kind of file where the step context goes, a linked repository folder.
+    #[error("refused the sandbox of step {step}")]
+    SandboxFile {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: sandbox::SandboxFileError,
     },
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
@@ -324,16 +335,34 @@ fn step_properties(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
     Some(step.start + properties.start..step.start + properties.end)
 }
 
-/// Reads `step_result.json` at `path` into the output's result fields.
-pub fn read_result(path: &std::path::Path) -> (Option<StepReport>, Option<String>) {
-    match std::fs::read(path) {
+/// Reads `<top>/<folder>/step_result.json` into the output's result fields, through
+/// [`sandbox::SandboxDir`]: no link followed on the way, a regular file only, at most `max` bytes
+/// (a result written by a step is as untrusted as anything else in its sandbox).
+pub fn read_result(top: &std::path::Path, folder: &str, max: u64) -> (Option<StepReport>, Option<String>) {
+    let bytes = sandbox::SandboxDir::open(top, folder, None).and_then(|dir| dir.read_regular(RESULT_FILE, max));
+    match bytes {
         Ok(bytes) => match StepReport::from_slice(&bytes) {
             Ok(r) => (Some(r), None),
-            Err(e) => (None, Some(format!("{}: invalid step result: {e}", path.display()))),
+            Err(e) => (None, Some(format!("{}: invalid step result: {e}", top.join(folder).join(RESULT_FILE).display()))),
         },
-        Err(e) => (None, Some(format!("{}: no step result: {e}", path.display()))),
+        Err(e) => (None, Some(format!("no step result: {e}{}", std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default()))),
     }
 }
+
+/// Removes a step's sandbox directory when dropped: on every path out of the step.
+pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The name of the step context file in the repository folder.
+pub const CONTEXT_FILE: &str = "step_context.json";
+
+/// The name of the step result file in the repository folder.
+pub const RESULT_FILE: &str = "step_result.json";
 
 /// A new sandbox directory for one run of a step, `<root>/change-<id>/step-<id>-<pid>-<time>`
 /// (not created). Each run gets its own, named after this controller's pid and the time: an agent
@@ -798,7 +827,7 @@ mod tests {
         };
         written.write(&path).unwrap();
         // What the agent wrote, read as the controller reads it: every field it uses.
-        let (report, error) = read_result(&path);
+        let (report, error) = read_result(dir.path(), "", u64::MAX);
         let report = report.unwrap_or_else(|| panic!("{error:?}"));
         assert_eq!(report.project.properties_diff, diff);
         assert!(report.environment.properties_diff.0.is_empty());
@@ -827,7 +856,7 @@ mod tests {
                 assert_eq!((refused.line(), refused.column()), at, "{why}: {refused}");
             }
             std::fs::write(&path, &bad).unwrap();
-            let (report, error) = read_result(&path);
+            let (report, error) = read_result(dir.path(), "", u64::MAX);
             assert!(report.is_none() && error.unwrap().contains("invalid step result"), "{why}");
         }
         // The inside of a balanced `step.properties` is skimmed, not checked: the agent wrote it

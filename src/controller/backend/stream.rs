@@ -68,9 +68,10 @@ pub struct FrameSink<'a> {
 }
 
 impl<'a> FrameSink<'a> {
-    /// A sink for the frame marked `nonce`, the log lines going to `inner`.
-    pub fn new(nonce: &str, inner: &'a dyn LogSink) -> FrameSink<'a> {
-        FrameSink { inner, decoder: Mutex::new(Decoder::new(nonce)) }
+    /// A sink for the frame marked `nonce`, of at most `max` bytes, the log lines going to
+    /// `inner`.
+    pub fn new(nonce: &str, max: u64, inner: &'a dyn LogSink) -> FrameSink<'a> {
+        FrameSink { inner, decoder: Mutex::new(Decoder::with_limit(nonce, max)) }
     }
 
     /// The step's result, or why there is none (as [`super::read_result`] gives them).
@@ -115,6 +116,7 @@ pub fn run_with_stdin(
     mut command: Command,
     context: &[u8],
     nonce: &str,
+    max_result_bytes: u64,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
@@ -124,7 +126,7 @@ pub fn run_with_stdin(
     let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: name.clone(), source })?;
     let stdin = child.stdin.take();
     let (stdout, stderr) = (child.stdout.take().map(Into::into), child.stderr.take().map(Into::into));
-    let frames = FrameSink::new(nonce, sink);
+    let frames = FrameSink::new(nonce, max_result_bytes, sink);
     let status = std::thread::scope(|scope| {
         // The context is written from its own thread while the output is read here: a context
         // larger than the pipe would otherwise block against a container already writing.
@@ -154,6 +156,7 @@ pub fn docker_step(
     name: &str,
     folder: &str,
     context: &super::ContextDocument,
+    max_result_bytes: u64,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
@@ -168,7 +171,7 @@ pub fn docker_step(
     context.write_to(&mut bytes).expect("writing to memory cannot fail");
     let mut command = docker.command();
     command.args(&args);
-    let run = run_with_stdin(command, &bytes, &nonce, sink, cancel, grace);
+    let run = run_with_stdin(command, &bytes, &nonce, max_result_bytes, sink, cancel, grace);
     // `docker run` exits 125-127 for its own failures too (the container may not have run), and a
     // cancelled run leaves its container behind: only then is the engine asked again.
     let remove = || {
@@ -228,7 +231,7 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let mut sh = Command::new("/bin/sh");
         sh.arg("-c").arg(script);
-        let out = run_with_stdin(sh, &context, &nonce, &lines, &cancel, std::time::Duration::from_secs(1)).unwrap();
+        let out = run_with_stdin(sh, &context, &nonce, u64::MAX, &lines, &cancel, std::time::Duration::from_secs(1)).unwrap();
         assert_eq!(out.exit_status, 3);
         assert!(out.result.is_some(), "{:?}", out.result_error);
         let lines = lines.0.into_inner().unwrap();
