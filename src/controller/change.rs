@@ -119,6 +119,7 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
     let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
+    repo::keep(&config.state_dir, &repo_dir, &commit, true).map_err(repo_err)?;
     let project = store.ensure_project(&new.project)?;
     let environment = store.ensure_environment(project, &new.environment)?;
     Ok(store.create_change(&NewChangeRow {
@@ -176,7 +177,16 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         }
         std::thread::sleep(config.queue_poll);
     }
-    let change = store.change(change_id)?;
+    let mut change = store.change(change_id)?;
+    // Steps and retries read the commit from the change's own copy of it, not from the user's
+    // repository, whose history may have moved on and been pruned since.
+    match repo::keep(&config.state_dir, &change.repo, &change.commit, false) {
+        Ok(kept) => change.repo = kept,
+        Err(source) => {
+            store.set_change_status(change_id, ChangeStatus::Error)?;
+            return Err(ChangeError::Repo { repo: change.repo.clone(), rev: change.git_rev.clone(), source });
+        }
+    }
     let secrets = match &change.secret_set {
         Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,
         None => Map::new(),
