@@ -418,6 +418,28 @@ mod tests {
 
     #[cfg(feature = "controller")]
     #[test]
+    fn a_frame_past_the_limit_is_refused_without_keeping_its_bytes() {
+        let bytes = vec![7u8; 3 * CHUNK_BYTES];
+        let text = frame("n0nce-abc", &bytes);
+        for max in [0, 100, 3 * CHUNK_BYTES as u64 - 1] {
+            let mut decoder = Decoder::with_limit("n0nce-abc", max);
+            for line in text.lines() {
+                assert!(decoder.feed(line));
+                assert!(decoder.open.as_ref().is_none_or(|f| f.bytes.len() as u64 <= max.max(CHUNK_BYTES as u64)), "no more kept than the limit and one line");
+            }
+            assert!(matches!(decoder.finish(), Err(FrameError::TooLarge { max: m }) if m == max), "limit {max}");
+        }
+        // A begin line announcing more than the limit is refused at once: no data is kept.
+        let mut decoder = Decoder::with_limit("n0nce-abc", 10);
+        assert!(decoder.feed(text.lines().next().unwrap()));
+        assert!(decoder.open.as_ref().is_some_and(|f| f.bytes.capacity() == 0 && f.error.is_some()));
+        let mut exact = Decoder::with_limit("n0nce-abc", bytes.len() as u64);
+        text.lines().for_each(|l| assert!(exact.feed(l)));
+        assert_eq!(exact.finish().unwrap(), bytes);
+    }
+
+    #[cfg(feature = "controller")]
+    #[test]
     fn every_size_round_trips_through_lines_interleaved_with_log_lines() {
         for size in [0, 1, 2, 3, CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1, 5 << 20] {
             let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();

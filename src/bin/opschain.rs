@@ -22,6 +22,7 @@ use opschain_runner::cli::controller::{
     SecretsCommand,
 };
 use opschain_runner::controller::backend::docker::DockerConfig;
+use opschain_runner::controller::backend::engine::EngineTimeouts;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
 use opschain_runner::controller::output;
 use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
@@ -164,6 +165,12 @@ fn config(state_dir: &Path, s: &RunSettings) -> Result<ControllerConfig> {
             transport: s.transport.parse().map_err(anyhow::Error::msg)?,
             registry: s.registry.as_deref().map(str::parse).transpose()?,
             max_result_bytes: s.max_result_bytes,
+            timeouts: EngineTimeouts {
+                call: Duration::from_secs(s.docker_timeout_secs),
+                start: Duration::from_secs(s.docker_start_secs),
+                transfer: Duration::from_secs(s.docker_transfer_timeout_secs),
+                build: Duration::from_secs(s.docker_build_timeout_secs),
+            },
         },
         #[cfg(feature = "kubernetes")]
         kubernetes: kube_config(s)?,

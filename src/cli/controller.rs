@@ -122,6 +122,20 @@ pub struct RunSettings {
     /// exist locally).
     #[arg(long, env = "OPSCHAIN_DOCKER_BASE_IMAGE", default_value = "opschain-runner:latest", value_name = "IMAGE")]
     pub docker_base_image: String,
+    /// Seconds a quick call to the Docker engine (image inspect, tag, rm -f, info) may take
+    /// before the step fails saying which call did not answer.
+    #[arg(long, env = "OPSCHAIN_DOCKER_TIMEOUT_SECS", default_value_t = 30, value_name = "SECS")]
+    pub docker_timeout_secs: u64,
+    /// Seconds `docker run` may take to start a step's container (until its first line of
+    /// output). A started container is bounded by its action's time limits and by cancel.
+    #[arg(long, env = "OPSCHAIN_DOCKER_START_SECS", default_value_t = 300, value_name = "SECS")]
+    pub docker_start_secs: u64,
+    /// Seconds a push or pull of a step image (--registry) may take.
+    #[arg(long, env = "OPSCHAIN_DOCKER_TRANSFER_TIMEOUT_SECS", default_value_t = 1800, value_name = "SECS")]
+    pub docker_transfer_timeout_secs: u64,
+    /// Seconds a step image's build may take.
+    #[arg(long, env = "OPSCHAIN_DOCKER_BUILD_TIMEOUT_SECS", default_value_t = 3600, value_name = "SECS")]
+    pub docker_build_timeout_secs: u64,
     /// The OpsChain folder of the repository: .opschain, or .mintpress for MintPress (its
     /// <folder>/Dockerfile, actions.toml and properties; the step image's env context is
     /// step_context.json.zip for .mintpress). A change keeps the folder it was created with:

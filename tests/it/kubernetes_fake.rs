@@ -256,6 +256,7 @@ fn backend(api: &FakeApi) -> KubernetesBackend {
         transport: Default::default(),
         registry: None,
         max_result_bytes: 1 << 26,
+        timeouts: Default::default(),
     };
     KubernetesBackend::with_client(config, DockerBackend::new(docker, ".opschain".into(), api.repo.join("sandboxes")), client, runtime)
 }

@@ -19,6 +19,7 @@ mod docker_base;
 mod exec;
 mod faults;
 mod fuzz_corpus;
+mod engine_timeouts;
 mod image;
 mod kept_commits;
 #[cfg(feature = "kubernetes")]

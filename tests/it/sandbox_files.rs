@@ -212,8 +212,7 @@ fn docker_backend_follows_no_link_reads_no_fifo_and_caps_the_result() {
     build_image_as(env!("CARGO_BIN_EXE_opschain-runner"), &base, "sandbox-files");
     every_case_is_a_clear_step_error(&["--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", &base]);
     // The step images built from this base (their tags name it by key): removed with it.
-    let out =
-        Command::new(DOCKER).args(["images", "--filter", &format!("label=org.opschain.base-image-id"), "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]).output().unwrap();
+    let out = Command::new(DOCKER).args(["images", "--filter", "label=org.opschain.base-image-id", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]).output().unwrap();
     let base_id = String::from_utf8_lossy(&Command::new(DOCKER).args(["image", "inspect", "--format", "{{.Id}}", &base]).output().unwrap().stdout).trim().to_string();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let tag = line.split_whitespace().next().unwrap_or_default();

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use super::engine::EngineTimeouts;
 use super::image::{ImageOutcome, ImageSettings, StepImages};
 use super::sandbox::{SandboxDir, SandboxFileError};
 use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, RemoveOnDrop, StepJob, StepOutput, CONTEXT_FILE};
@@ -40,6 +41,8 @@ pub struct DockerConfig {
     /// The largest step result read, from the bind-mounted folder or a result frame (default
     /// [`super::sandbox::DEFAULT_MAX_RESULT_BYTES`]): a larger one fails the step.
     pub max_result_bytes: u64,
+    /// The time limits of the calls to the engine (default [`EngineTimeouts::DEFAULT`]).
+    pub timeouts: EngineTimeouts,
 }
 
 /// The Docker backend.
@@ -63,6 +66,7 @@ impl DockerBackend {
             grace: config.grace,
             repo_tar_cache,
             registry: config.registry,
+            timeouts: config.timeouts,
         };
         DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport, max_result_bytes: config.max_result_bytes }
     }
@@ -93,16 +97,25 @@ impl DockerBackend {
         self.max_result_bytes
     }
 
-    /// Whether a Docker engine answers (`docker info`).
+    /// Whether a Docker engine answers (`docker info`, within the quick calls' limit).
     pub fn engine_runs(&self) -> bool {
-        self.images.docker("info", &["info", "--format", "{{.ServerVersion}}"]).is_ok()
+        self.images.docker("info", &["info", "--format", "{{.ServerVersion}}"], &AtomicBool::new(false)).is_ok()
     }
 
-    fn streamed(&self, mut command: Command, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
+    /// Runs `docker run` (`command`), its output streamed to `sink`, stopped by `cancel`, and
+    /// failed when the container prints nothing within the start limit (`what` names it).
+    fn streamed(&self, mut command: Command, what: String, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
         let settings = self.images.settings();
         command.stdin(Stdio::null());
-        let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, settings.grace)?;
+        let bound = settings.timeouts.start_bound(what);
+        let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, settings.grace, Some(&bound))?;
         Ok(status_code(status))
+    }
+
+    /// Removes the container `name` (`docker rm -f`), within the quick calls' limit. Not stopped
+    /// by a cancel: it is what a cancel leaves to do.
+    pub(crate) fn remove_container(&self, name: &str) {
+        let _ = self.images.docker("rm", &["rm", "-f", name], &AtomicBool::new(false));
     }
 }
 
@@ -163,6 +176,30 @@ impl Backend for DockerBackend {
     }
 
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
+        cancelled_as_output(self.run_step(job, sink, cancel), cancel)
+    }
+}
+
+/// A step's outcome, with a failure that a cancel caused (an engine call it stopped) given as a
+/// cancelled step's output rather than as a backend failure.
+pub(crate) fn cancelled_as_output(outcome: Result<StepOutput, BackendError>, cancel: &AtomicBool) -> Result<StepOutput, BackendError> {
+    match outcome {
+        Err(e) if cancel.load(std::sync::atomic::Ordering::SeqCst) => {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            Ok(StepOutput { exit_status: 128 + libc::SIGTERM, result: None, result_error: Some(format!("cancelled: {why}")) })
+        }
+        other => other,
+    }
+}
+
+impl DockerBackend {
+    /// [`Backend::run`] of this backend.
+    fn run_step(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         // Private to this user: the build secret bundle is written in it, the folder inside it is
         // bind-mounted world-writable (see below), and what it holds becomes the step's result.
         // Removed however the step ends.
@@ -176,7 +213,8 @@ impl Backend for DockerBackend {
         let folder_name = settings.folder.as_str();
         let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
         if self.transport == super::stream::Transport::Stream {
-            return super::stream::docker_step(&settings.docker, &tag, &name, folder_name, &job.context, self.max_result_bytes, sink, cancel, settings.grace);
+            let limits = super::stream::StreamLimits { max_result_bytes: self.max_result_bytes, timeouts: settings.timeouts, grace: settings.grace };
+            return super::stream::docker_step(&settings.docker, &tag, &name, folder_name, &job.context, &limits, sink, cancel);
         }
 
         // The repository folder goes into the container as a bind mount, with the step context in
@@ -198,17 +236,17 @@ impl Backend for DockerBackend {
         let mut run = settings.docker.command();
         let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder_name}");
         run.args(["run", "--rm", "--name", &name, "--mount", &mount, "--env", &folder_env, &tag, "step"]);
-        let status = self.streamed(run, sink, cancel);
+        let status = self.streamed(run, format!("docker run {tag} (container {name})"), sink, cancel);
         // `docker run` exits 125-127 for its own failures too (the container may not have run), and
         // a cancelled run leaves its container behind: only then is the engine asked again.
         let exit_status = match status {
             Ok(code @ 125..=127) | Ok(code @ 128..) => {
-                let _ = self.images.docker("rm", &["rm", "-f", &name]);
+                self.remove_container(&name);
                 code
             }
             Ok(code) => code,
             Err(e) => {
-                let _ = self.images.docker("rm", &["rm", "-f", &name]);
+                self.remove_container(&name);
                 return Err(e);
             }
         };

@@ -502,11 +502,12 @@ impl Backend for KubernetesBackend {
     }
 
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
-        let image = match self.images.image_for(job, sink, cancel)? {
-            Ok(image) => image,
-            Err(failed) => return Ok(failed),
+        let image = match self.images.image_for(job, sink, cancel) {
+            Ok(Ok(image)) => image,
+            Ok(Err(failed)) => return Ok(failed),
+            Err(e) => return super::docker::cancelled_as_output(Err(e), cancel),
         };
-        self.run_image(job, &image, sink, cancel).map_err(|source| BackendError::Kubernetes { step: job.step_id, source })
+        self.run_image(job, &image, sink, cancel).map_err(|source| BackendError::Kubernetes { step: job.step_id, source: Box::new(source) })
     }
 }
 
