@@ -104,7 +104,7 @@ impl Default for KubernetesConfig {
 pub enum KubernetesError {
     /// No cluster configuration was found (kubeconfig, in-cluster environment) or it is invalid.
     #[error("cannot configure the Kubernetes client (KUBECONFIG, ~/.kube/config or the in-cluster service account)")]
-    Config(#[source] kube::Error),
+    Config(#[source] Box<kube::Error>),
     /// The async runtime of the client cannot be started.
     #[error("cannot start the Kubernetes client's runtime")]
     Runtime(#[source] std::io::Error),
@@ -119,7 +119,7 @@ pub enum KubernetesError {
         namespace: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The step's pod did not start.
     #[error("the pod of Job {job} did not start: {reason}")]
@@ -323,7 +323,7 @@ impl KubernetesBackend {
             return Err(KubernetesError::NoRegistry);
         }
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("opschain-kube").enable_all().build().map_err(KubernetesError::Runtime)?;
-        let client = runtime.block_on(kube::Client::try_default()).map_err(KubernetesError::Config)?;
+        let client = runtime.block_on(kube::Client::try_default()).map_err(|e| KubernetesError::Config(Box::new(e)))?;
         Ok(KubernetesBackend { config, images, client, runtime })
     }
 
@@ -346,7 +346,7 @@ impl KubernetesBackend {
         let name = job_name(step.change_id, step.step_id, &nonce);
         let api_err = |op: &'static str, name: &str| {
             let name = name.to_string();
-            move |source| KubernetesError::Api { op, name, namespace: ns.to_string(), source }
+            move |source| KubernetesError::Api { op, name, namespace: ns.to_string(), source: Box::new(source) }
         };
         let actions_path = format!("{}/actions.toml", self.config.folder);
         let deadline = crate::controller::repo::git(&step.repo, &["show", &format!("{}:{actions_path}", step.commit)])
@@ -531,7 +531,7 @@ impl KubernetesBackend {
                 Err(e) => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.config.start_allowance {
-                        return Err(KubernetesError::Api { op: "read the pod", name: pod_name.to_string(), namespace: ns.to_string(), source: e });
+                        return Err(KubernetesError::Api { op: "read the pod", name: pod_name.to_string(), namespace: ns.to_string(), source: Box::new(e) });
                     }
                     (true, None)
                 }
