@@ -13,9 +13,12 @@ mod controller_schemas;
 mod controller_secrets;
 mod docker_base;
 mod first_hour;
+mod engine_timeouts;
 mod image;
+mod kept_commits;
 #[cfg(feature = "kubernetes")]
 mod kubernetes_fake;
 mod pid1;
 mod registry;
+mod sandbox_files;
 mod transport_docker;
