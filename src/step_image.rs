@@ -407,11 +407,17 @@ pub struct BuildContextSpec {
     pub secrets_file: Option<PathBuf>,
     /// The build context directory to write; created, and must be empty if it exists.
     pub out: PathBuf,
-    /// A directory where `repo.tar` of each commit is kept (`<commit>.tar`) and hard-linked from
-    /// (copied across file systems), so that a commit is archived once, not for every build of it.
-    /// Its `.git` then holds the repo's refs as they were when the commit was first archived (HEAD
-    /// is the commit either way). Default: none, archived anew for every build.
+    /// A directory where `repo.tar` of each project, repository and commit is kept
+    /// ([`BuildContextSpec::repo_tar_name`]) and hard-linked from (copied across file systems), so
+    /// that a commit is archived once per project, not for every build of it. Its `.git` then holds
+    /// that project's repository's refs as they were when the commit was first archived there (HEAD
+    /// is the commit either way); another project with the same commit (a fork) gets an archive of
+    /// its own. Default: none, archived anew for every build.
     pub repo_tar_cache: Option<PathBuf>,
+    /// The project the image is built for (its code): with [`BuildContextSpec::repo_tar_cache`],
+    /// part of the archive's key, so that two projects sharing a commit never share a `repo.tar`
+    /// (its `.git` holds the project's refs and remote). Default: none (the repository alone).
+    pub project: Option<String>,
 }
 
 #[cfg(feature = "controller")]
@@ -432,7 +438,24 @@ impl BuildContextSpec {
             secrets_file: None,
             out: out.into(),
             repo_tar_cache: None,
+            project: None,
         }
+    }
+
+    /// The file name of `commit`'s archive in [`BuildContextSpec::repo_tar_cache`]:
+    /// `<commit>-<scope>.tar`, the scope the first 16 hex digits of the SHA-256 of the project
+    /// code and the repository's canonical path. The commit alone would hand one project's refs
+    /// (and the path of its repository) to every project that shares the commit.
+    pub fn repo_tar_name(&self, commit: &str) -> String {
+        use sha2::Digest;
+        let repo = std::fs::canonicalize(&self.repo).unwrap_or_else(|_| self.repo.clone());
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"opschain-repo-tar 1\0project\0");
+        hasher.update(self.project.as_deref().unwrap_or_default().as_bytes());
+        hasher.update(b"\0repo\0");
+        hasher.update(repo.as_os_str().as_encoded_bytes());
+        let scope: String = hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{commit}-{scope}.tar")
     }
 
     /// Where the build secret bundle goes: [`BuildContextSpec::secrets_file`], else
@@ -769,7 +792,7 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
     match &spec.repo_tar_cache {
         None => archive_commit(spec, &plan.git_sha, &out.join(".checkout"), &repo_tar)?,
         Some(cache) => {
-            let cached = cache.join(format!("{}.tar", plan.git_sha));
+            let cached = cache.join(spec.repo_tar_name(&plan.git_sha));
             if !cached.is_file() {
                 // Made under a name of its own and renamed into place: concurrent builds of one
                 // commit each see the whole archive or none.

@@ -192,7 +192,7 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     let (first, second) = (cached("cached-1"), cached("cached-2"));
     assert!(tar(&first) == tar(&context) && tar(&second) == tar(&context));
     let kept: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(kept, [format!("{}.tar", first.git_sha)], "one archive, no leftovers");
+    assert_eq!(kept, [BuildContextSpec::new(&repo, "unused").repo_tar_name(&first.git_sha)], "one archive, no leftovers");
     // The image key: the same inputs give the same key; a changed env property another one, but
     // not a changed step, user or other property.
     let key = |context: Value| {

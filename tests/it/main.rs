@@ -20,6 +20,7 @@ mod exec;
 mod faults;
 mod fuzz_corpus;
 mod image;
+mod image_inputs;
 #[cfg(feature = "kubernetes")]
 mod kubernetes_fake;
 mod malformed;

@@ -37,7 +37,8 @@ pub struct ImageSettings {
     pub folder: String,
     /// TERM-to-KILL grace of a cancelled build.
     pub grace: Duration,
-    /// Where each commit's `repo.tar` is kept once made ([`BuildContextSpec::repo_tar_cache`]).
+    /// Where each project's `repo.tar` of a commit is kept once made
+    /// ([`BuildContextSpec::repo_tar_cache`]).
     /// Default: none, archived for every build.
     pub repo_tar_cache: Option<PathBuf>,
 
@@ -162,6 +163,7 @@ impl StepImages {
         spec.secrets = SecretSource::Sets(job.build_secret_sets.clone());
         spec.secrets_file = Some(work.join(SECRETS_FILE));
         spec.repo_tar_cache = self.settings.repo_tar_cache.clone();
+        spec.project = job.context.context.pointer("/project/code").and_then(serde_json::Value::as_str).map(str::to_string);
         spec
     }
 
