@@ -47,6 +47,9 @@ pub enum ChangeError {
         /// The controller's process id.
         pid: i64,
     },
+    /// The key of the build secrets digest in the state directory cannot be made or read.
+    #[error("cannot use the build secrets digest key")]
+    SecretsKey(#[from] super::private::KeyError),
     /// The backend is not one this build can run.
     #[error("unknown backend {:?} (known: {})", .0.as_str(), BackendKind::available_names())]
     Backend(BackendKind),
@@ -141,11 +144,11 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
             keep_sandboxes: config.keep_sandboxes,
             folder: folder.to_string(),
         }))),
-        BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")))),
+        BackendKind::Docker => Ok(Box::new(images_backend(config, folder)?)),
         #[cfg(feature = "kubernetes")]
         BackendKind::Kubernetes => {
             use super::backend::kubernetes::KubernetesBackend;
-            let images = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
+            let images = images_backend(config, folder)?;
             let kubernetes = super::backend::kubernetes::KubernetesConfig { folder: folder.to_string(), ..config.kubernetes.clone() };
             let backend = KubernetesBackend::new(kubernetes, images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
             Ok(Box::new(backend))
@@ -153,6 +156,13 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
         #[cfg(not(feature = "kubernetes"))]
         BackendKind::Kubernetes => Err(ChangeError::Backend(kind)),
     }
+}
+
+/// The Docker backend of `config`, which also builds the images of the backends that run them
+/// elsewhere, with the state directory's build secrets digest key.
+fn images_backend(config: &ControllerConfig, folder: &str) -> Result<DockerBackend, ChangeError> {
+    let key = super::private::secrets_key(&config.state_dir)?;
+    Ok(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")).with_secrets_key(key))
 }
 
 /// Runs a created (or reset) change to its end: waits (`queued`) while another change runs in its

@@ -123,9 +123,19 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
     let out = std::fs::canonicalize(&out).unwrap();
     let digest = Command::new("git").arg("hash-object").arg(out.join("step_context_env.json")).output().unwrap();
     let digest = String::from_utf8_lossy(&digest.stdout).trim().to_string();
+    // The build secrets digest: without the controller's key, of the sets' names only.
+    let sets_digest = step_image::secrets_digest(&[step_image::SecretSet { name: "team-secrets".into(), values: Vec::new() }], None);
+    assert!(sets_digest.starts_with("names-sha256:"));
     assert_eq!(
         printed["build_args"],
-        json!([["GIT_REV", "v1"], ["GIT_SHA", sha], ["OPSCHAIN_BASE_RUNNER", "base:1"], ["OPSCHAIN_VERSION", "9.9.9"], ["OPSCHAIN_CONTEXT_DIGEST", digest]])
+        json!([
+            ["GIT_REV", "v1"],
+            ["GIT_SHA", sha],
+            ["OPSCHAIN_BASE_RUNNER", "base:1"],
+            ["OPSCHAIN_VERSION", "9.9.9"],
+            ["OPSCHAIN_CONTEXT_DIGEST", digest],
+            ["OPSCHAIN_BUILD_SECRETS_DIGEST", sets_digest]
+        ])
     );
     let bundle = dir.path().join("ctx.build-secrets.json");
     assert_eq!(printed["secrets"], json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "opschain-build-secrets", "src": bundle}]));

@@ -56,3 +56,64 @@ fn two_projects_sharing_a_commit_each_get_their_own_refs_in_repo_tar() {
     assert!(!second.contains("alpha-upstream-branch"), "the upstream's refs leaked into the fork's image: {second}");
     assert!(!second.contains(upstream.to_str().unwrap()), "the upstream's path leaked into the fork's image: {second}");
 }
+
+#[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
+fn a_changed_build_secrets_list_or_a_rotated_value_rebuilds_and_no_value_reaches_the_image() {
+    common::required("a Docker engine", engine_runs());
+    let mut images = Images(Vec::new());
+    let base = build_base_image(&mut images);
+    let dir = tempfile::tempdir().unwrap();
+    // The default Dockerfile's setup hook writes what the build saw, upper-cased: the lower-case
+    // originals must be in no layer and no history entry.
+    let setup = "#!/bin/sh\necho \"TOKEN=$TOKEN\" | tr a-z A-Z > /opt/opschain/token.txt\n";
+    let actions = "[actions.show]\nrun = 'cat /opt/opschain/token.txt'\n";
+    let repo = repo_with(dir.path(), &[(".opschain/setup", setup, true), (".opschain/actions.toml", actions, false)]);
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let values = ["first-value-7c1a", "second-value-9d2b", "rotated-value-4e8c"];
+    secret_set(&state, "first", json!({"TOKEN": values[0]}));
+    secret_set(&state, "second", json!({"TOKEN": values[1]}));
+    let list = |sets: &str| ok(&state, &["properties", "set", "--project", "web", "--json", &format!(r#"{{"opschain": {{"config": {{"build_secrets": {sets}}}}}}}"#)]);
+    let args = ["--repo", repo.to_str().unwrap(), "--project", "web", "--environment", "dev", "--action", "show"];
+    let run = |images: &mut Images| {
+        let (status, shown) = change_run(&state, &base, images, &args);
+        assert_eq!(status, 0, "{shown}");
+        shown
+    };
+
+    list(r#"["first"]"#);
+    let shown = run(&mut images);
+    assert!(shown.contains("TOKEN=FIRST-VALUE-7C1A"), "{shown}");
+    assert_eq!(image_lines(&shown).0.len(), 1, "built: {shown}");
+
+    // Another list, all else equal: a new image whose build saw the new set.
+    list(r#"["second"]"#);
+    let shown = run(&mut images);
+    assert!(shown.contains("TOKEN=SECOND-VALUE-9D2B"), "the build saw the old list's secrets: {shown}");
+    let (built, reused) = image_lines(&shown);
+    assert!(built.len() == 1 && reused.is_empty(), "{shown}");
+    let cached = cached_steps(&shown);
+    assert!(cached.iter().any(|s| s.starts_with("ADD repo.tar")) && !cached.iter().any(|s| s.starts_with("RUN")), "{cached:?}");
+
+    // The same set with a rotated value: rebuilt, the RUN line rerun with the new value.
+    secret_set(&state, "second", json!({"TOKEN": values[2]}));
+    let shown = run(&mut images);
+    assert!(shown.contains("TOKEN=ROTATED-VALUE-4E8C"), "the build reused the old value: {shown}");
+    let (built, _) = image_lines(&shown);
+    assert_eq!(built.len(), 1, "{shown}");
+    // Nothing changed: reused.
+    let shown = run(&mut images);
+    let (built, reused) = image_lines(&shown);
+    assert!(built.is_empty() && reused.len() == 1, "{shown}");
+
+    for tag in images.0.iter().filter(|t| t.starts_with("opschain-step:")) {
+        let history = std::process::Command::new(DOCKER).args(["history", "--no-trunc", tag]).output().unwrap();
+        let history = String::from_utf8_lossy(&history.stdout).to_string();
+        assert!(history.contains("OPSCHAIN_BUILD_SECRETS_DIGEST=hmac-sha256:"), "{history}");
+        for value in values {
+            assert!(!history.contains(value), "{value} in {history}");
+            assert!(saved_image_mentions(tag, value.as_bytes()).is_empty(), "{value} is in {tag}");
+        }
+    }
+}

@@ -58,8 +58,17 @@ impl DockerBackend {
             grace: config.grace,
             repo_tar_cache,
             registry: config.registry,
+            secrets_key: None,
         };
         DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
+    }
+
+    /// This backend with `key` as the key of the build secrets digest
+    /// ([`ImageSettings::secrets_key`]).
+    pub fn with_secrets_key(self, key: crate::step_image::SecretsKey) -> DockerBackend {
+        let mut settings = self.images.settings().clone();
+        settings.secrets_key = Some(key);
+        DockerBackend { images: StepImages::new(settings), ..self }
     }
 
     /// A new private sandbox directory (mode 0700) for one run of `job`.

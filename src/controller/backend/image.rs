@@ -12,8 +12,10 @@
 //! base image rebuilt under the same name rebuilds the step image. Two steps of a change, or two
 //! changes with the same env properties, share one image; a changed env property gives a new key,
 //! and the build reruns only the layers from the first line that reads the context (the
-//! `OPSCHAIN_CONTEXT_DIGEST` build arg). Build secrets are not in the key: a rotated secret reaches
-//! a build only when something else reruns its `RUN` lines (the README says how to force it).
+//! `OPSCHAIN_CONTEXT_DIGEST` build arg). The build secret sets are in the key too, as a digest
+//! of their names and values keyed by the controller's own key (the
+//! `OPSCHAIN_BUILD_SECRETS_DIGEST` build arg): a changed `build_secrets` list or a rotated value
+//! rebuilds the image and reruns its `RUN` lines, and no value reaches the image.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,11 @@ pub struct ImageSettings {
     /// pulled rather than built, and a built (or locally reused) one is pushed there; the
     /// reference to run is then the registry's ([`crate::controller::registry`]).
     pub registry: Option<crate::controller::registry::Registry>,
+
+    /// The key of the build secrets digest ([`step_image::BuildContextSpec::secrets_key`]): with
+    /// it, a rotated build secret value rebuilds the image. Default: none (the controller gives
+    /// its state directory's, [`crate::controller::private::secrets_key`]).
+    pub secrets_key: Option<step_image::SecretsKey>,
 }
 
 /// A step image ready to run.
@@ -161,6 +168,7 @@ impl StepImages {
         spec.context = job.context.declaring_tree();
         spec.base_runner = self.settings.base_image.clone();
         spec.secrets = SecretSource::Sets(job.build_secret_sets.clone());
+        spec.secrets_key = self.settings.secrets_key.clone();
         spec.secrets_file = Some(work.join(SECRETS_FILE));
         spec.repo_tar_cache = self.settings.repo_tar_cache.clone();
         spec.project = job.context.context.pointer("/project/code").and_then(serde_json::Value::as_str).map(str::to_string);
@@ -227,6 +235,15 @@ impl StepImages {
                 "stderr",
                 &format!("opschain: building image {tag} with {dockerfile}; build secret sets: {sets}; build context written in {:.2}s", writing.elapsed().as_secs_f64()),
             );
+            if !context.secrets_digest_declared {
+                sink.line(
+                    "stderr",
+                    &format!(
+                        "opschain: {dockerfile} does not declare ARG {}: building without the layer cache, so that no RUN line reuses a layer built with other build secrets (declare it before the RUN lines to keep the cache)",
+                        step_image::SECRETS_DIGEST_ARG
+                    ),
+                );
+            }
             let mut command = self.settings.docker.command();
             let mut args = context.docker_build_args(&tag);
             let dir = args.pop();
