@@ -159,11 +159,16 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
 }
 
 /// The Docker backend of `config`, which also builds the images of the backends that run them
-/// elsewhere, with the state directory's build secrets digest key.
+/// elsewhere, with the state directory's build secrets digest key and its records of the images
+/// pushed to a registry (`<state dir>/registry`).
 fn images_backend(config: &ControllerConfig, folder: &str) -> Result<DockerBackend, ChangeError> {
     let key = super::private::secrets_key(&config.state_dir)?;
-    Ok(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")).with_secrets_key(key))
+    let backend = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
+    Ok(backend.with_state(key, config.state_dir.join(REGISTRY_RECORDS)))
 }
+
+/// The directory of the state directory where the digests of pushed step images are recorded.
+pub const REGISTRY_RECORDS: &str = "registry";
 
 /// Runs a created (or reset) change to its end: waits (`queued`) while another change runs in its
 /// environment (unless its project allows parallel changes), then runs its step tree.

@@ -58,16 +58,19 @@ impl DockerBackend {
             grace: config.grace,
             repo_tar_cache,
             registry: config.registry,
+            registry_records: None,
             secrets_key: None,
         };
         DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
     }
 
-    /// This backend with `key` as the key of the build secrets digest
-    /// ([`ImageSettings::secrets_key`]).
-    pub fn with_secrets_key(self, key: crate::step_image::SecretsKey) -> DockerBackend {
+    /// This backend with the controller's state: `key` as the key of the build secrets digest
+    /// ([`ImageSettings::secrets_key`]) and `registry_records` as where the digests of the images
+    /// it pushes are recorded ([`ImageSettings::registry_records`]).
+    pub fn with_state(self, key: crate::step_image::SecretsKey, registry_records: PathBuf) -> DockerBackend {
         let mut settings = self.images.settings().clone();
         settings.secrets_key = Some(key);
+        settings.registry_records = Some(registry_records);
         DockerBackend { images: StepImages::new(settings), ..self }
     }
 

@@ -16,6 +16,10 @@
 //! of their names and values keyed by the controller's own key (the
 //! `OPSCHAIN_BUILD_SECRETS_DIGEST` build arg): a changed `build_secrets` list or a rotated value
 //! rebuilds the image and reruns its `RUN` lines, and no value reaches the image.
+//!
+//! With a registry, an image is taken from it only by the digest this controller recorded when it
+//! pushed it, and only when the record's base image id is the current one
+//! ([`crate::controller::registry`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,11 @@ pub struct ImageSettings {
     /// pulled rather than built, and a built (or locally reused) one is pushed there; the
     /// reference to run is then the registry's ([`crate::controller::registry`]).
     pub registry: Option<crate::controller::registry::Registry>,
+
+    /// Where the digests of the images pushed to the registry are recorded
+    /// ([`registry::Pushed`]): without a record of its own, the controller never pulls a step
+    /// image. Default: none (every image is built or reused locally and pushed again).
+    pub registry_records: Option<PathBuf>,
 
     /// The key of the build secrets digest ([`step_image::BuildContextSpec::secrets_key`]): with
     /// it, a rotated build secret value rebuilds the image. Default: none (the controller gives
@@ -159,6 +168,31 @@ impl StepImages {
         }
     }
 
+    /// The image of `key` that this controller pushed to `registry`, by its digest, when its
+    /// record says it was built from the base image `base_id` and the engine has it (locally, or
+    /// pulled now by the digest) with that base image's label; `None` otherwise (the caller builds
+    /// or reuses a local image and pushes). What was passed over, and why, goes to `sink`.
+    fn pushed_image(&self, registry: &registry::Registry, key: &str, tag: &str, base_id: &str, sink: &dyn LogSink) -> Result<Option<String>, registry::RegistryError> {
+        let Some(records) = &self.settings.registry_records else { return Ok(None) };
+        let Some(pushed) = registry::Pushed::read(records, registry, key)? else { return Ok(None) };
+        let reference = registry.digest_reference(tag, &pushed.digest);
+        if pushed.base_image_id != base_id {
+            sink.line("stderr", &format!("opschain: the registry's {reference} was built from another base image than {}: rebuilding", self.settings.base_image));
+            return Ok(None);
+        }
+        if !registry::fetch(&self.settings.docker, &reference, sink)? {
+            sink.line("stderr", &format!("opschain: the registry no longer has {reference}: rebuilding"));
+            return Ok(None);
+        }
+        match self.inspect(&reference) {
+            Ok((_, Some(label))) if label == base_id => Ok(Some(reference)),
+            _ => {
+                sink.line("stderr", &format!("opschain: {reference} does not carry the base image's id: rebuilding"));
+                Ok(None)
+            }
+        }
+    }
+
     /// The build spec of `job`'s image, its context written under `work`.
     fn spec(&self, job: &StepJob, work: &Path) -> BuildContextSpec {
         let mut spec = BuildContextSpec::new(&job.repo, work.join(CONTEXT_DIR));
@@ -207,23 +241,30 @@ impl StepImages {
         let finished = |what: &str| sink.line("stderr", &format!("opschain: phase build finished in {:.2}s: {what}", started.elapsed().as_secs_f64()));
 
         let registry_err = |source| BackendError::Registry { step: job.step_id, source };
+        let (base_id, built_from) = self.inspect(&tag)?;
         if let Some(registry) = &self.settings.registry {
-            let remote = registry.reference(&tag);
-            if registry::fetch(&self.settings.docker, &remote, sink).map_err(registry_err)? {
-                finished(&format!("image {remote} from the registry (same commit, Dockerfile, base image and env properties)"));
-                return Ok(ImageOutcome::Ready(ImageRef { tag: remote, key: plan.key, built: false }));
+            if let Some(reference) = self.pushed_image(registry, &plan.key, &tag, &base_id, sink).map_err(registry_err)? {
+                finished(&format!(
+                    "image {reference} from the registry, as this controller pushed it (same commit, Dockerfile, base image, env properties and build secrets)"
+                ));
+                return Ok(ImageOutcome::Ready(ImageRef { tag: reference, key: plan.key, built: false }));
             }
         }
         // With a registry, the image goes there before any step runs it: a step may run on a
-        // machine that has only the registry.
+        // machine that has only the registry. It runs by the digest the push gave, never by tag.
         let publish = |tag: String| match &self.settings.registry {
-            Some(registry) => registry::publish(&self.settings.docker, &tag, registry, sink).map_err(registry_err),
+            Some(registry) => {
+                let digest = registry::publish(&self.settings.docker, &tag, registry, sink).map_err(registry_err)?;
+                if let Some(records) = &self.settings.registry_records {
+                    registry::Pushed { digest: digest.clone(), base_image_id: base_id.clone() }.write(records, registry, &plan.key).map_err(registry_err)?;
+                }
+                Ok(registry.digest_reference(&tag, &digest))
+            }
             None => Ok(tag),
         };
-        let (base_id, built_from) = self.inspect(&tag)?;
         if built_from.as_deref() == Some(base_id.as_str()) {
             let tag = publish(tag)?;
-            finished(&format!("reused image {tag} (same commit, Dockerfile, base image and env properties)"));
+            finished(&format!("reused image {tag} (same commit, Dockerfile, base image, env properties and build secrets)"));
             return Ok(ImageOutcome::Ready(ImageRef { tag, key: plan.key, built: false }));
         }
         let writing = Instant::now();
