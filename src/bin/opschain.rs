@@ -23,6 +23,7 @@ use opschain_runner::cli::controller::{
 };
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
+use opschain_runner::controller::gc::{self, Retention};
 use opschain_runner::controller::output;
 use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
@@ -536,6 +537,21 @@ fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String> {
 }
 
 /// Creates and runs a change; `change create` and `demo`.
+/// `bytes` for a person: `B`, `KiB`, `MiB` or `GiB`, one decimal above bytes.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 fn run_change(store: &Store, config: &ControllerConfig, new: NewChange) -> Result<(i64, ChangeStatus)> {
     let project_is_new = matches!(store.project_id(&new.project), Err(StoreError::NotFound(_)));
     let environment_is_new =
@@ -584,6 +600,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = config(&state_dir, &args.settings)?;
             let (_, status) = run_change(&store, &config, new)?;
             Ok(exit_of(status))
+        }
+        Command::Gc(args) => {
+            let retention = Retention { keep_changes: args.keep_changes, keep_days: args.keep_days };
+            let removed = gc::collect(&store, &state_dir, retention, args.dry_run)?;
+            let verb = if args.dry_run { "would remove" } else { "removed" };
+            for removal in &removed {
+                println!("{verb} {} ({}): {}", removal.path.display(), human_bytes(removal.bytes), removal.why);
+            }
+            let total: u64 = removed.iter().map(|r| r.bytes).sum();
+            println!(
+                "==> gc: {verb} {} item(s), {}; kept what running changes use and what a retry needs of the last {} changes and of changes younger than {} days",
+                removed.len(),
+                human_bytes(total),
+                retention.keep_changes,
+                retention.keep_days
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
             let config = config(&state_dir, &args.settings)?;

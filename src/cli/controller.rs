@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::controller::gc::Retention;
 use crate::controller::status::BackendKind;
 use crate::layout::DEFAULT_REPO_FOLDER;
 
@@ -93,6 +94,38 @@ pub enum Command {
     /// Run the demo change (fixtures/demo: project demo, environment dev, action deploy) on the
     /// process backend, with its secret set `demo` created when missing.
     Demo(DemoArgs),
+    /// Remove what changes left in the state directory and no longer need.
+    ///
+    /// Removed: the sandboxes (<state dir>/sandboxes/change-ID: step checkouts and step contexts,
+    /// runner secrets included) of every change no controller runs, including those a killed
+    /// controller left and those --keep-sandboxes kept; the repository snapshots of plain
+    /// directories (<state dir>/repos) that no change still needs for a retry; the Docker
+    /// backend's caches (<state dir>/sandboxes/repo-tars, sandboxes/folders) of commits no
+    /// retained change has; and the temporary remains of killed controllers.
+    ///
+    /// Kept: everything a change whose controller is alive uses, and the snapshot of every change
+    /// `change retry` can run (error, cancelled, or left running by a killed controller) that is
+    /// one of the last --keep-changes changes or younger than --keep-days days. A retry of an
+    /// older change fails once its snapshot is gone. The store (changes, logs, properties) is
+    /// not touched.
+    ///
+    /// Each change runs the cheap part as it ends: its own sandboxes, those of changes whose
+    /// controller was killed, and its snapshot when it succeeded and no retryable change uses it.
+    Gc(GcArgs),
+}
+
+/// What `opschain gc` removes and keeps.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Print what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep what a retry needs of the last N changes.
+    #[arg(long, value_name = "N", default_value_t = Retention::DEFAULT_KEEP_CHANGES)]
+    pub keep_changes: usize,
+    /// Keep what a retry needs of the changes younger than D days.
+    #[arg(long, value_name = "D", default_value_t = Retention::DEFAULT_KEEP_DAYS)]
+    pub keep_days: u64,
 }
 
 /// How steps run: shared by `change create`, `change retry` and `demo`.

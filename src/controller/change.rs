@@ -47,6 +47,9 @@ pub enum ChangeError {
         /// The controller's process id.
         pid: i64,
     },
+    /// The lock of the state directory's snapshots cannot be taken.
+    #[error(transparent)]
+    Gc(#[from] super::gc::GcError),
     /// The key of the build secrets digest in the state directory cannot be made or read.
     #[error("cannot use the build secrets digest key")]
     SecretsKey(#[from] super::private::KeyError),
@@ -117,6 +120,9 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
         store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?;
     }
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
+    // Held until the change is in the store: a collection meanwhile would take its snapshot for
+    // one no change uses.
+    let _snapshots = super::gc::SnapshotLock::take(&config.state_dir)?;
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
     let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
     let project = store.ensure_project(&new.project)?;
@@ -215,7 +221,19 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         }
     };
     let scheduler = Scheduler::new(store, backend.as_ref(), change, secrets, config.scheduler.clone());
-    Ok(scheduler.run()?)
+    let status = scheduler.run()?;
+    drop(backend);
+    // What the change no longer needs goes now; a failure to remove it fails nothing.
+    if let Err(e) = super::gc::after_change(store, &config.state_dir, change_id, config.keep_sandboxes) {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        eprintln!("opschain: warning: change {change_id} ended, but what it left could not be removed: {why} (`opschain gc` tries again)");
+    }
+    Ok(status)
 }
 
 /// Re-runs what did not succeed in a change, from the same commit.

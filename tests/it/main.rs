@@ -11,6 +11,7 @@ mod controller;
 mod controller_cli;
 mod controller_docker;
 mod controller_faults;
+mod controller_gc;
 mod controller_input;
 mod controller_secrets;
 mod diff_conformance;
