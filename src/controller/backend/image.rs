@@ -177,17 +177,17 @@ impl StepImages {
         let Some(pushed) = registry::Pushed::read(records, registry, key)? else { return Ok(None) };
         let reference = registry.digest_reference(tag, &pushed.digest);
         if pushed.base_image_id != base_id {
-            sink.line("stderr", &format!("opschain: the registry's {reference} was built from another base image than {}: rebuilding", self.settings.base_image));
+            sink.line("stderr", &format!("opschain: the registry's {reference} was built from another base image than {}: not using it", self.settings.base_image));
             return Ok(None);
         }
         if !registry::fetch(&self.settings.docker, &reference, sink)? {
-            sink.line("stderr", &format!("opschain: the registry no longer has {reference}: rebuilding"));
+            sink.line("stderr", &format!("opschain: the registry no longer has {reference}: not using it"));
             return Ok(None);
         }
         match self.inspect(&reference) {
             Ok((_, Some(label))) if label == base_id => Ok(Some(reference)),
             _ => {
-                sink.line("stderr", &format!("opschain: {reference} does not carry the base image's id: rebuilding"));
+                sink.line("stderr", &format!("opschain: {reference} does not carry the base image's id: not using it"));
                 Ok(None)
             }
         }
