@@ -134,8 +134,20 @@ impl SnapshotLock {
 }
 
 /// Whether a controller runs `change` now: its status is not final and its controller is alive.
-fn is_live(change: &ChangeRow) -> bool {
-    !change.status.is_final() && change.controller_pid.is_some_and(pid_alive)
+/// The one place gc asks about liveness.
+fn is_live(_store: &Store, change: &ChangeRow) -> Result<bool, GcError> {
+    Ok(!change.status.is_final() && change.controller_pid.is_some_and(pid_alive))
+}
+
+/// The changes of `changes` a controller runs now ([`is_live`]).
+fn live_changes(store: &Store, changes: &[ChangeRow]) -> Result<HashSet<i64>, GcError> {
+    let mut live = HashSet::new();
+    for change in changes {
+        if is_live(store, change)? {
+            live.insert(change.id);
+        }
+    }
+    Ok(live)
 }
 
 /// Whether `change retry` can run `change` again (it did not succeed).
@@ -154,9 +166,10 @@ struct Kept {
 }
 
 impl Kept {
-    /// What `changes` keep under `retention` at `now`; `None` as the retention keeps what a retry
-    /// may need of every change (the cheap collection, which applies no retention).
-    fn of(changes: &[ChangeRow], repos: &Path, retention: Option<Retention>, now: SystemTime) -> Kept {
+    /// What `changes` keep under `retention` at `now`, those of `live` run by a controller now;
+    /// `None` as the retention keeps what a retry may need of every change (the cheap
+    /// collection, which applies no retention).
+    fn of(changes: &[ChangeRow], live: &HashSet<i64>, repos: &Path, retention: Option<Retention>, now: SystemTime) -> Kept {
         let mut ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         let recent: HashSet<i64> = match retention {
@@ -172,7 +185,7 @@ impl Kept {
         };
         let mut kept = Kept { live: HashSet::new(), snapshots: HashSet::new(), commits: HashSet::new() };
         for change in changes {
-            let live = is_live(change);
+            let live = live.contains(&change.id);
             let retained = recent.contains(&change.id) || young(change);
             if live {
                 kept.live.insert(change.id);
@@ -335,7 +348,7 @@ pub fn collect(store: &Store, state_dir: &Path, retention: Retention, dry_run: b
     let repos = state_dir.join(SNAPSHOTS);
     let sandboxes = state_dir.join(SANDBOXES);
     let now = SystemTime::now();
-    let kept = Kept::of(&changes, &repos, Some(retention), now);
+    let kept = Kept::of(&changes, &live_changes(store, &changes)?, &repos, Some(retention), now);
     let mut collection = Collection { dry_run, removed: &mut removed };
     collection.sandboxes(&sandboxes, &changes, &kept, true)?;
     collection.caches(&sandboxes, &kept, now)?;
@@ -353,7 +366,7 @@ pub fn after_change(store: &Store, state_dir: &Path, change_id: i64, keep_sandbo
     let sandboxes = state_dir.join(SANDBOXES);
     let repos = state_dir.join(SNAPSHOTS);
     let now = SystemTime::now();
-    let kept = Kept::of(&changes, &repos, None, now);
+    let kept = Kept::of(&changes, &live_changes(store, &changes)?, &repos, None, now);
     let mut collection = Collection { dry_run: false, removed: &mut removed };
     let Some(change) = changes.iter().find(|c| c.id == change_id) else { return Ok(removed) };
     if !keep_sandboxes && !kept.live.contains(&change_id) {
@@ -365,7 +378,7 @@ pub fn after_change(store: &Store, state_dir: &Path, change_id: i64, keep_sandbo
             let _lock = SnapshotLock::take(state_dir)?;
             // Read again under the lock: a change created meanwhile from the same snapshot keeps it.
             let changes = store.changes(None)?;
-            if !Kept::of(&changes, &repos, None, now).snapshots.contains(&name) {
+            if !Kept::of(&changes, &live_changes(store, &changes)?, &repos, None, now).snapshots.contains(&name) {
                 collection.remove(repos.join(&name), format!("repository snapshot of change {change_id}, which succeeded"))?;
             }
         }
@@ -416,13 +429,16 @@ mod tests {
             // Left running by a controller that is gone: a retry can run it.
             row(5, ChangeStatus::Running, "2026-01-01T00:00:00Z", "killed"),
         ];
-        let kept = Kept::of(&changes, repos, Some(Retention { keep_changes: 2, keep_days: 7 }), now);
+        let none = HashSet::new();
+        let kept = Kept::of(&changes, &none, repos, Some(Retention { keep_changes: 2, keep_days: 7 }), now);
         let mut snapshots: Vec<_> = kept.snapshots.iter().cloned().collect();
         snapshots.sort();
         assert_eq!(snapshots, ["killed", "last-cancelled", "young-failed"]);
         assert!(kept.commits.contains("c3") && !kept.commits.contains("c1"));
         assert!(kept.live.is_empty());
-        let all = Kept::of(&changes, repos, None, now);
+        let all = Kept::of(&changes, &none, repos, None, now);
+        let running = Kept::of(&changes, &HashSet::from([3]), repos, Some(Retention { keep_changes: 0, keep_days: 0 }), now);
+        assert_eq!(running.snapshots.iter().collect::<Vec<_>>(), ["succeeded"], "a live change keeps its snapshot whatever the retention");
         assert_eq!(all.snapshots.len(), 4, "without a retention, every retryable change's");
     }
 }
