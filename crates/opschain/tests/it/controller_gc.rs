@@ -2,7 +2,8 @@
 //! directory keep the state directory bounded (one snapshot per content, removed when the change
 //! succeeds; sandboxes removed as changes end); `opschain gc` removes the sandboxes a killed
 //! controller left (never those of a change whose controller is alive), says in `--dry-run` what
-//! it would remove without removing it, and keeps the snapshot a retry needs within its retention.
+//! it would remove without removing it, and keeps the snapshot a retry needs within its retention;
+//! the next change to end removes such sandboxes by itself.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -102,14 +103,20 @@ fn gc_removes_the_sandboxes_of_dead_changes_and_keeps_what_a_retry_needs() {
     let snapshots = names(&state.join("repos"));
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
 
+    // Starts a change of `env` that waits, and returns its controller once its step runs.
+    let waiting = |env: &str, id: i64| {
+        let controller = change(env, "wait").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let sandbox = state.join(format!("sandboxes/change-{id}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !names(&sandbox).iter().any(|n| n.starts_with("step-")) {
+            assert!(Instant::now() < deadline, "the step never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (controller, sandbox)
+    };
+
     // Change 2 runs: while its controller is alive, gc leaves its sandbox alone.
-    let mut controller = change("two", "wait").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let sandbox = state.join("sandboxes/change-2");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !names(&sandbox).iter().any(|n| n.starts_with("step-")) {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut controller, sandbox) = waiting("two", 2);
     let out = opschain(&state).arg("gc").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(sandbox.is_dir() && !text(&out).contains("change-2"), "{}", text(&out));
@@ -128,12 +135,20 @@ fn gc_removes_the_sandboxes_of_dead_changes_and_keeps_what_a_retry_needs() {
     assert!(!sandbox.exists());
     assert_eq!(names(&state.join("repos")), snapshots, "the snapshot a retry needs is kept");
 
+    // Change 3's controller is killed too; the next change to end removes its sandbox itself.
+    let (mut controller, sandbox) = waiting("three", 3);
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    assert!(sandbox.is_dir());
+
     // The retry of change 1 runs from the kept snapshot.
     std::fs::write(&flag, "").unwrap();
     let out = opschain(&state).args(["change", "retry", "1"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    assert!(!sandbox.exists(), "the sandbox a killed controller left is removed as the next change ends");
 
-    // Change 2 can still be retried (it shares the snapshot): kept until it leaves the retention.
+    // Changes 2 and 3 can still be retried (they share the snapshot): kept until they leave the
+    // retention.
     assert_eq!(names(&state.join("repos")), snapshots);
     let out = opschain(&state).args(["gc", "--keep-changes", "0", "--keep-days", "0"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
