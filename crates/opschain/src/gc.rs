@@ -419,6 +419,8 @@ mod tests {
             controller_pid: None,
             created_at: created.into(),
             finished_at: None,
+            metadata: None,
+            starting_versions: None,
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(created_secs("2026-12-08T00:00:00Z").unwrap());
         let changes = [

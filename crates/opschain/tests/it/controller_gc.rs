@@ -91,6 +91,9 @@ fn gc_removes_the_sandboxes_of_dead_changes_and_keeps_what_a_retry_needs() {
     let flag = dir.path().join("flag");
     let repo = plain_repo(dir.path(), &flag);
     let state = dir.path().join("state");
+    for env in ["one", "two", "three"] {
+        common::make_target(&state, "p", env);
+    }
     let change = |env: &str, action: &str| {
         let mut c = opschain(&state);
         c.args(["change", "run", "--project", "p", "--environment", env, "--action", action, "--repo"]).arg(&repo);

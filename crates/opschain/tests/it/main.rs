@@ -13,6 +13,7 @@ mod controller_input;
 mod controller_schemas;
 mod controller_secrets;
 mod docker_base;
+mod first_hour;
 mod image;
 mod image_inputs;
 #[cfg(feature = "kubernetes")]

@@ -126,8 +126,9 @@ fn run_change(state: &Path, repo: &Path, registry: &str, transport: &str) -> (bo
 
 /// [`run_change`] with the base runner image `base`.
 fn run_change_on(state: &Path, repo: &Path, registry: &str, transport: &str, base: &str) -> (bool, String) {
+    common::make_target(state, "p", "e");
     let out = opschain(state)
-        .args(["change", "run", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "hello"])
+        .args(["change", "run", "--verbose", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "hello"])
         .args(["--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", base, "--registry", registry, "--transport", transport])
         .output()
         .unwrap();
