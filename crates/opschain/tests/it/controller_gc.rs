@@ -105,6 +105,11 @@ fn gc_removes_the_sandboxes_of_dead_changes_and_keeps_what_a_retry_needs() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let snapshots = names(&state.join("repos"));
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    // A change that cannot be created (a revision that names no commit) leaves the snapshot it
+    // shares with change 1 alone.
+    let out = change("one", "flaky").args(["--git-rev", "no-such-revision"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
+    assert_eq!(names(&state.join("repos")), snapshots, "the shared snapshot was removed");
 
     // Starts a change of `env` that waits, and returns its controller once its step runs.
     let waiting = |env: &str, id: i64| {
