@@ -56,7 +56,7 @@ pub enum ChangeError {
     Gc(#[from] super::gc::GcError),
     /// The key of the build secrets digest in the state directory cannot be made or read.
     #[error("cannot use the build secrets digest key")]
-    SecretsKey(#[from] super::private::KeyError),
+    SecretsKey(#[from] super::permissions::KeyError),
     /// The backend is not one this build can run.
     #[error("unknown backend {:?} (known: {})", .0.as_str(), BackendKind::available_names())]
     Backend(BackendKind),
@@ -197,7 +197,7 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
 /// elsewhere, with the state directory's build secrets digest key and its records of the images
 /// pushed to a registry (`<state dir>/registry`).
 fn images_backend(config: &ControllerConfig, folder: &str) -> Result<DockerBackend, ChangeError> {
-    let key = super::private::secrets_key(&config.state_dir)?;
+    let key = super::permissions::secrets_key(&config.state_dir)?;
     let backend = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
     Ok(backend.with_state(key, config.state_dir.join(REGISTRY_RECORDS)))
 }

@@ -128,8 +128,8 @@ impl SnapshotLock {
         let dir = state_dir.join("locks");
         let path = dir.join("snapshots.lock");
         let fail = |source| GcError::Lock { path: path.clone(), source };
-        std::fs::DirBuilder::new().recursive(true).mode(super::private::DIR_MODE).create(&dir).map_err(fail)?;
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(super::private::FILE_MODE).open(&path).map_err(fail)?;
+        std::fs::DirBuilder::new().recursive(true).mode(super::permissions::DIR_MODE).create(&dir).map_err(fail)?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(super::permissions::FILE_MODE).open(&path).map_err(fail)?;
         let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| fail(errno.into()))?;
         Ok(SnapshotLock { _lock: lock })
     }

@@ -14,16 +14,16 @@
 //! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
-//! * [`patch`]: the message of a properties diff that does not apply.
+//! * [`conflict`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
 //! * [`gc`]: what changes leave in the state directory, and when it goes (`opschain gc`).
-//! * [`private`]: the state directory, snapshots, sandboxes and secret files private to their
+//! * [`permissions`]: the state directory, snapshots, sandboxes and secret files private to their
 //!   owner.
 //! * [`output`]: everything the controller prints or stores about a change, masked with the
 //!   change's secrets.
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`image`]: the step image pipeline: the docker client, builds and reuse, the registry.
-//! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
+//! * [`rcfile`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
 //!
 //! The `opschain` binary's command line is `src/bin/opschain/commands/`: a file per subcommand,
 //! each its clap definition and a thin `exec` over these modules.
@@ -33,15 +33,15 @@
 pub mod backend;
 pub mod catalog;
 pub mod change;
+pub mod conflict;
 pub mod dev;
 pub mod edit;
 pub mod gc;
 pub mod image;
 pub mod logline;
 pub mod output;
-pub mod patch;
-pub mod private;
-pub mod rc;
+pub mod permissions;
+pub mod rcfile;
 pub mod repo;
 pub mod report;
 pub mod scheduler;

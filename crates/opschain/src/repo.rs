@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use super::private;
+use super::permissions;
 use opschain_runner::git::GitError;
 
 /// Why a git operation failed.
@@ -188,7 +188,7 @@ pub fn snapshot(dir: &Path, repos: &Path) -> Result<PathBuf, RepoError> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     private_dirs(repos)?;
     let tmp = repos.join(format!(".{name}-{}-{nanos}", std::process::id()));
-    let committed = copy_dir(dir, &tmp, &[".git", "target"], private::DIR_MODE).and_then(|()| commit_snapshot(&tmp));
+    let committed = copy_dir(dir, &tmp, &[".git", "target"], permissions::DIR_MODE).and_then(|()| commit_snapshot(&tmp));
     let commit = match committed {
         Ok(commit) => commit,
         Err(e) => {
@@ -413,14 +413,14 @@ pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError>
 /// file of its repo in place (or `chmod` it, which a hard link would share), and no step may
 /// change a file another step, or the source, sees.
 pub fn copy_checkout(from: &Path, to: &Path) -> Result<(), RepoError> {
-    copy_dir(from, to, &[], private::DIR_MODE)
+    copy_dir(from, to, &[], permissions::DIR_MODE)
 }
 
-/// Creates `dir` and its missing parents `0700` (see [`private`]): snapshots, sandboxes and the
+/// Creates `dir` and its missing parents `0700` (see [`permissions`]): snapshots, sandboxes and the
 /// directories above them are their owner's only.
 fn private_dirs(dir: &Path) -> Result<(), RepoError> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(private::DIR_MODE).create(dir).map_err(|source| RepoError::CreateDir { path: dir.to_path_buf(), source })
+    std::fs::DirBuilder::new().recursive(true).mode(permissions::DIR_MODE).create(dir).map_err(|source| RepoError::CreateDir { path: dir.to_path_buf(), source })
 }
 
 /// Copies the directory `from` to `to` (which must not exist; its parent must), leaving out every

@@ -9,7 +9,7 @@
 //! ([`super::spawn`]), leads its own session and dies with the thread that started it. The
 //! sandbox is removed when the step ends. It is its owner's only: the sandbox and the directories
 //! above it are `0700` and the step context (the runner secrets) `0600`, from their creation
-//! (see [`crate::private`]).
+//! (see [`crate::permissions`]).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -64,7 +64,7 @@ pub struct ImageSettings {
 
     /// The key of the build secrets digest ([`step_image::BuildContextSpec::secrets_key`]): with
     /// it, a rotated build secret value rebuilds the image. Default: none (the controller gives
-    /// its state directory's, [`crate::private::secrets_key`]).
+    /// its state directory's, [`crate::permissions::secrets_key`]).
     pub secrets_key: Option<step_image::SecretsKey>,
 }
 

@@ -156,11 +156,11 @@ impl Pushed {
             let path = path.to_path_buf();
             move |source| RegistryError::Record { path, source }
         };
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), crate::private::DIR_MODE).create(&dir).map_err(fail(&dir))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), crate::permissions::DIR_MODE).create(&dir).map_err(fail(&dir))?;
         let path = dir.join(key);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let tmp = dir.join(format!(".{key}.{}-{nanos}", std::process::id()));
-        crate::private::write_private(&tmp, format!("{} {}\n", self.digest, self.base_image_id).as_bytes()).map_err(fail(&tmp))?;
+        crate::permissions::write_private(&tmp, format!("{} {}\n", self.digest, self.base_image_id).as_bytes()).map_err(fail(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(fail(&path)).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })

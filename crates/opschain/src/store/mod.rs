@@ -72,7 +72,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
-use super::private;
+use super::permissions;
 use opschain_runner::properties::splice;
 
 pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
@@ -168,7 +168,7 @@ pub enum StoreError {
     },
     /// The state directory or the database cannot be made private to this user.
     #[error(transparent)]
-    Private(#[from] private::PrivateError),
+    Private(#[from] permissions::PrivateError),
     /// The writer thread cannot be started.
     #[error("cannot start the store's writer thread")]
     Writer {
@@ -208,8 +208,8 @@ impl Store {
         let path = state_dir.join(DB_FILE);
         // Private from the moment they exist: the directory 0700, the database 0600 before SQLite
         // opens it (its -wal and -shm files take the database's mode).
-        private::state_dir(state_dir, &path)?;
-        private::private_file(&path)?;
+        permissions::state_dir(state_dir, &path)?;
+        permissions::private_file(&path)?;
         let open_err = |source| StoreError::Open { path: path.clone(), source };
         // The writing connection sets the database up. Another process may be doing the same
         // (a `change show` polling a change that is being created): switching a new database to

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::properties::{apply, current, declaring, insert_version, load, Level};
 use super::{exec_cached, json_of, q, Store, StoreError};
-use crate::patch::{self, Conflict};
+use crate::conflict::{self, Conflict};
 use crate::status::StepStatus;
 use opschain_runner::mask::Masker;
 
@@ -189,7 +189,7 @@ impl Store {
                             patch: diff.clone(),
                             current: json_of(current.doc.text(), what)?,
                         };
-                        let text = patch::explain(&conflict);
+                        let text = conflict::explain(&conflict);
                         message = Some(match message {
                             Some(m) => format!("{m}\n{text}"),
                             None => text,

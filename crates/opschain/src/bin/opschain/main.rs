@@ -21,7 +21,7 @@ use clap::Parser;
 use opschain::catalog::CatalogError;
 use opschain::change::ChangeError;
 use opschain::dev::DevError;
-use opschain::rc::RcError;
+use opschain::rcfile::RcError;
 use opschain::repo::RepoError;
 use opschain::report::ReportError;
 use opschain::store::StoreError;

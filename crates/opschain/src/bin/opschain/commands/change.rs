@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use opschain::catalog;
 use opschain::change::{self, ControllerConfig, NewChange};
 use opschain::output;
-use opschain::rc::{Code, Source, Which};
+use opschain::rcfile::{Code, Source, Which};
 use opschain::repo;
 use opschain::report::{self, LogOptions};
 use opschain::status::{BackendKind, ChangeStatus};

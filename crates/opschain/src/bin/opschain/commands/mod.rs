@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use opschain::rc::{Code, Defaults, Source, Which};
+use opschain::rcfile::{Code, Defaults, Source, Which};
 use opschain::status::ChangeStatus;
 use opschain::store::Store;
 use opschain_runner::exec::ExecError;
