@@ -21,6 +21,8 @@
 //!   owner.
 //! * [`output`]: everything the controller prints or stores about a change, masked with the
 //!   change's secrets.
+//! * [`child`]: a child process (the agent, a `docker` command) started, its output streamed
+//!   line by line, waited for: cancellable, bounded in time.
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`image`]: the step image pipeline: the docker client, builds and reuse, the registry.
 //! * [`rcfile`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
@@ -33,6 +35,7 @@
 pub mod backend;
 pub mod catalog;
 pub mod change;
+pub mod child;
 pub mod conflict;
 pub mod dev;
 pub mod edit;

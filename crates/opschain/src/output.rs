@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use super::backend::LogSink;
+use super::child::LogSink;
 use super::logline;
 use super::store::{ChangeRow, Level, LogLines, Store, StoreError};
 use opschain_runner::context::{Level as ContextLevel, StepContext};
@@ -464,7 +464,7 @@ mod tests {
         command.args(["-c", script]).stdin(std::process::Stdio::null());
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let lines = stored(|sink| {
-            let status = super::super::backend::run_streamed(command, "sh".into(), sink, &cancel, std::time::Duration::from_secs(1), None).unwrap();
+            let status = crate::child::run_streamed(command, "sh".into(), sink, &cancel, std::time::Duration::from_secs(1), None).unwrap();
             assert!(status.success());
         });
         let all = lines.concat();

@@ -18,11 +18,12 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::engine::EngineTimeouts;
 use super::sandbox::{SandboxDir, SandboxFileError};
-use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, RemoveOnDrop, StepJob, StepOutput, CONTEXT_FILE};
+use super::{read_result, Backend, BackendError, RemoveOnDrop, StepJob, StepOutput, CONTEXT_FILE};
+use crate::child::{run_streamed, status_code, LogSink};
 use crate::image::build::{ImageOutcome, ImageSettings, StepImages};
 use crate::image::docker::Docker;
+use crate::image::engine::EngineTimeouts;
 use crate::repo;
 
 /// How the Docker backend runs.

@@ -39,7 +39,8 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, Po
 
 use super::docker::DockerBackend;
 use super::stream::{nonce, FrameSink};
-use super::{Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::{Backend, BackendError, StepJob, StepOutput};
+use crate::child::LogSink;
 use opschain_runner::actions::Action;
 
 /// The uid and gid the step's container runs as: the runner user of the runner images.

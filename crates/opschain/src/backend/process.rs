@@ -6,7 +6,7 @@
 //! under `SANDBOX/root`; the action finds that directory in `OPSCHAIN_FILES_ROOT`). The agent's
 //! directory is first on the action's PATH (for `opschain-runner property set` and co.), and
 //! `TMPDIR` is `SANDBOX/tmp`. The agent is started without forking the controller
-//! ([`super::spawn`]), leads its own session and dies with the thread that started it. The
+//! ([`crate::child::spawn`]), leads its own session and dies with the thread that started it. The
 //! sandbox is removed when the step ends. It is its owner's only: the sandbox and the directories
 //! above it are `0700` and the step context (the runner secrets) `0600`, from their creation
 //! (see [`crate::permissions`]).
@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::sandbox::SandboxDir;
-use super::spawn::Spawn;
-use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput, CONTEXT_FILE};
+use super::{read_result, Backend, BackendError, StepJob, StepOutput, CONTEXT_FILE};
+use crate::child::spawn::Spawn;
+use crate::child::{run_spawned, status_code, LogSink};
 use crate::repo;
 
 /// How the process backend runs.

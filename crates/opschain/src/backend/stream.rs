@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use super::{status_code, stream_and_wait, BackendError, LogSink, StepReport};
+use super::{BackendError, StepReport};
+use crate::child::{status_code, stream_and_wait, ChildError, LogSink};
 use crate::image::docker::Docker;
 use opschain_runner::transport::Decoder;
 
@@ -102,7 +103,7 @@ pub struct StreamLimits {
     /// The largest result frame taken.
     pub max_result_bytes: u64,
     /// The time limits of the engine calls (the container's start, `rm -f`).
-    pub timeouts: super::engine::EngineTimeouts,
+    pub timeouts: crate::image::engine::EngineTimeouts,
     /// TERM-to-KILL grace of a cancelled run.
     pub grace: std::time::Duration,
 }
@@ -131,11 +132,11 @@ pub fn run_with_stdin(
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
-    bound: Option<&super::Bound>,
+    bound: Option<&crate::child::Bound>,
 ) -> Result<Streamed, BackendError> {
     let name = Path::new(command.get_program()).display().to_string();
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: name.clone(), source })?;
+    let mut child = command.spawn().map_err(|source| ChildError::Spawn { program: name.clone(), source })?;
     let stdin = child.stdin.take();
     let (stdout, stderr) = (child.stdout.take().map(Into::into), child.stderr.take().map(Into::into));
     let frames = FrameSink::new(nonce, max_result_bytes, sink);
@@ -189,7 +190,7 @@ pub fn docker_step(
     // Not stopped by a cancel: it is what a cancel leaves to do.
     let remove = || {
         let bound = limits.timeouts.call_bound(format!("docker rm -f {name}"));
-        let _ = super::engine::call(docker, &["rm", "-f", name], &bound, &AtomicBool::new(false));
+        let _ = crate::image::engine::call(docker, &["rm", "-f", name], &bound, &AtomicBool::new(false));
     };
     match run {
         Ok(out) => {

@@ -28,9 +28,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backend::engine::{self, EngineError, EngineTimeouts};
-use crate::backend::{run_streamed, status_code, BackendError, LogSink, StepJob};
+use crate::backend::{BackendError, StepJob};
+use crate::child::{run_streamed, status_code, LogSink};
 use crate::image::docker::Docker;
+use crate::image::engine::{self, EngineError, EngineTimeouts};
 use crate::image::registry;
 use opschain_runner::step_image::{self, BuildContextSpec, SecretSource};
 
@@ -303,7 +304,7 @@ impl StepImages {
             args.extend(dir);
             command.stdin(Stdio::null()).args(args);
             let bound = self.settings.timeouts.build_bound(format!("docker build of {tag}"));
-            run_streamed(command, self.settings.docker.program.display().to_string(), sink, cancel, self.settings.grace, Some(&bound)).map(status_code)
+            run_streamed(command, self.settings.docker.program.display().to_string(), sink, cancel, self.settings.grace, Some(&bound)).map(status_code).map_err(BackendError::from)
         });
         // The secrets and the context go as soon as the build ends, however it ended.
         let _ = std::fs::remove_file(work.join(SECRETS_FILE));
@@ -381,7 +382,7 @@ fn engine_image(socket: &Path, name: &str, started: Instant, limit: &Limit) -> s
         }
         let left = limit.within.checked_sub(started.elapsed()).filter(|d| !d.is_zero()).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
         // Woken at least every CANCEL_CHECK to look at the cancel flag.
-        stream.set_read_timeout(Some(left.min(crate::backend::CANCEL_CHECK)))?;
+        stream.set_read_timeout(Some(left.min(crate::child::CANCEL_CHECK)))?;
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => answer.extend_from_slice(&buf[..n]),

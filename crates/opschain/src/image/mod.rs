@@ -3,10 +3,12 @@
 //! build-context` runs), then built, reused or fetched here.
 //!
 //! * [`docker`]: the one docker client, able to build with BuildKit.
+//! * [`engine`]: calls to the Docker engine, each bounded in time and cancel-aware.
 //! * [`build`]: a step's image: built from the change's commit, or reused when one of the same key
 //!   exists.
 //! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
 
 pub mod build;
 pub mod docker;
+pub mod engine;
 pub mod registry;

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::backend::engine::{self, EngineError, EngineTimeouts};
-use crate::backend::{Bound, LogSink};
+use crate::child::{Bound, LogSink};
 use crate::image::docker::Docker;
+use crate::image::engine::{self, EngineError, EngineTimeouts};
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -27,7 +27,8 @@ use serde_json::{json, Value};
 
 use opschain::backend::docker::{DockerBackend, DockerConfig};
 use opschain::backend::kubernetes::{KubernetesBackend, KubernetesConfig, CONTEXT_MOUNT};
-use opschain::backend::{ContextDocument, LogSink, StepJob};
+use opschain::backend::{ContextDocument, StepJob};
+use opschain::child::LogSink;
 
 /// One call the fake API server received.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use opschain::backend::docker::DockerConfig;
-use opschain::backend::engine::EngineTimeouts;
 use opschain::change::ControllerConfig;
+use opschain::image::engine::EngineTimeouts;
 use opschain::output::View;
 use opschain::scheduler::{default_workers, SchedulerConfig};
 use opschain::status::BackendKind;

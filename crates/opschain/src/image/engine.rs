@@ -12,8 +12,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{run_streamed, Bound, LogSink};
-use crate::image::docker::Docker;
+use super::docker::Docker;
+use crate::child::{run_streamed, Bound, ChildError, LogSink};
 
 /// How long each kind of engine call may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,9 +139,8 @@ pub fn call<S: AsRef<OsStr>>(docker: &Docker, args: &[S], bound: &Bound, cancel:
     let status = run_streamed(command, docker.program.display().to_string(), &collect, cancel, Duration::ZERO, Some(bound));
     let status = match status {
         Ok(status) => status,
-        Err(super::BackendError::Engine(e)) => return Err(e),
-        Err(super::BackendError::Spawn { source, .. } | super::BackendError::Wait { source, .. }) => return Err(EngineError::Run { what: bound.what.clone(), source }),
-        Err(other) => return Err(EngineError::Run { what: bound.what.clone(), source: std::io::Error::other(other.to_string()) }),
+        Err(ChildError::NoAnswer { what, within, setting }) => return Err(EngineError::NoAnswer { what, within, setting }),
+        Err(ChildError::Spawn { source, .. } | ChildError::Wait { source, .. }) => return Err(EngineError::Run { what: bound.what.clone(), source }),
     };
     if !status.success() && cancel.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(EngineError::Cancelled { what: bound.what.clone() });
