@@ -19,6 +19,8 @@ pub enum Sysexit {
     CantCreat = 73,
     /// 74: an I/O error.
     IoErr = 74,
+    /// 78: a configuration error (the controller's key file is not the database's key).
+    Config = 78,
 }
 
 /// The exit status of a failure, as a process reports it to its parent (0-255). Every error type

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use opschain_runner::atomic::{self, Durability};
 use opschain_runner::cli::controller::{
     ChangeCommand, Cli, Command, DevCommand, EnvironmentCode, EnvironmentCommand, NewProperties, ProjectCode, ProjectCommand, PropertiesCommand, RunSettings,
-    SecretsCommand,
+    SecretsCommand, StoreCommand,
 };
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
@@ -28,7 +28,7 @@ use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{BackendKind, ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
+use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, SealError, StepRow, Store, StoreError, StoreOptions};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
@@ -226,6 +226,8 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         }
         match cause.downcast_ref::<StoreError>() {
             Some(StoreError::NotFound(_)) => return Sysexit::NoInput.into(),
+            Some(StoreError::Seal(SealError::Damaged { .. })) => return Sysexit::DataErr.into(),
+            Some(StoreError::Seal(_)) => return Sysexit::Config.into(),
             Some(_) => return Sysexit::Software.into(),
             None => {}
         }
@@ -564,7 +566,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     // Absolute, because steps run with their sandbox (under it) as working directory.
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
-    let store = Store::open(&state_dir)?;
+    let store = Store::open_with(&state_dir, &StoreOptions { key_file: cli.key_file.clone() })?;
     match cli.command {
         Command::Change(ChangeCommand::Create(args)) => {
             let repo = repo_or_working_directory(args.repo)?;
@@ -758,6 +760,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for name in store.secret_set_names()? {
                 println!("{name}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(StoreCommand::RotateKey { new_key_file }) => {
+            let key_file = cli.key_file.clone().unwrap_or_else(|| state_dir.join(opschain_runner::controller::store::KEY_FILE));
+            let count = store.rotate_key(&new_key_file)?;
+            println!("{count} values re-encrypted; the key of {} is now in {}", new_key_file.display(), key_file.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(DevCommand::CreateDockerfile { .. }) => {

@@ -41,6 +41,13 @@ pub struct Cli {
     /// Default: $XDG_STATE_HOME/opschain, else ~/.local/state/opschain, else ./.opschain-state.
     #[arg(long, global = true, env = "OPSCHAIN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The key file properties and secret sets are encrypted with in the database
+    /// (XChaCha20-Poly1305; 32 bytes in base64). Made 0600 with a new random key when missing and
+    /// the database has never been encrypted; a database from before encryption is encrypted
+    /// when opened. Every process of one database must be given the same file; keep a copy: the
+    /// database cannot be read without it. Default: opschain.key in the state directory.
+    #[arg(long, global = true, env = "OPSCHAIN_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -63,7 +70,8 @@ Exit status:
   66  not found: the project, environment, change, secret set or input file named does not exist
   70  the controller itself failed (store, git, docker, the agent missing) or refused the command
   73  cannot create: `dev create-dockerfile` found a Dockerfile there already
-  74  an input file or the Dockerfile cannot be read or written";
+  74  an input file or the Dockerfile cannot be read or written
+  78  the key file is missing, holds no key, or is not the key the database is encrypted with";
 
 /// The commands of `opschain`.
 #[derive(Debug, Subcommand)]
@@ -90,6 +98,9 @@ pub enum Command {
     /// Tools for a project's repository.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Maintain the store itself (its encryption key).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run the demo change (fixtures/demo: project demo, environment dev, action deploy) on the
     /// process backend, with its secret set `demo` created when missing.
     Demo(DemoArgs),
@@ -532,6 +543,21 @@ pub enum SecretsCommand {
     },
     /// List the secret sets (names only).
     List,
+}
+
+/// The `opschain store` commands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Re-encrypt every property version and secret set under a new key, in one transaction,
+    /// then write that key into the key file (--key-file, else the state directory's
+    /// opschain.key; replaced atomically). NEW is made 0600 with a new random key when missing,
+    /// and left in place as a copy. Stop every other opschain process of this database first:
+    /// one still running would go on writing with the old key.
+    RotateKey {
+        /// The file of the new key (made when missing).
+        #[arg(long, value_name = "NEW")]
+        new_key_file: PathBuf,
+    },
 }
 
 /// The `opschain dev` commands.

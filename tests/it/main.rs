@@ -32,4 +32,5 @@ mod schemas;
 mod seed_sample;
 mod static_agent;
 mod step;
+mod store_encryption;
 mod transport_docker;

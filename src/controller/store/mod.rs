@@ -64,6 +64,8 @@ mod steps;
 mod properties;
 mod logs;
 mod secrets;
+mod seal;
+mod keys;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,10 +81,12 @@ pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use projects::{EnvironmentRow, ProjectRow};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
+pub use seal::{Seal, SealError, KEY_FILE};
 pub use steps::{StartingProperties, StepEnd, StepRow};
 pub use writer::MAX_GROUP;
 
 use changes::migrate_changes;
+use keys::seal_database;
 use logs::{LogBacklog, MIGRATE_LOG_ROWS};
 use properties::{migrate_properties, PropertiesCache};
 use writer::Writer;
@@ -179,6 +183,10 @@ pub enum StoreError {
     /// The writer thread is gone (it panicked): nothing can be written.
     #[error("the store's writer thread is gone")]
     WriterGone,
+    /// The key file cannot be read or made, is not the database's key, or a stored value does
+    /// not decrypt.
+    #[error(transparent)]
+    Seal(#[from] SealError),
 }
 
 /// Maps a failed query of the operation `op` to [`StoreError::Query`].
@@ -190,6 +198,8 @@ fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 /// writer thread that owns the writing connection (see the module documentation).
 pub struct Store {
     read: Mutex<Connection>,
+    /// The key every sealed value is sealed with.
+    seal: Arc<Seal>,
     cache: Arc<PropertiesCache>,
     writer: Writer,
     path: PathBuf,
@@ -202,9 +212,25 @@ fn json_of(text: &str, what: impl FnOnce() -> String) -> Result<Map<String, Valu
     serde_json::from_str(text).map_err(|source| StoreError::Json { what: what(), source })
 }
 
+/// How a store is opened, apart from where: its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// The key file properties and secret sets are encrypted with (see `seal`). Default:
+    /// [`KEY_FILE`] beside the database in the state directory.
+    pub key_file: Option<PathBuf>,
+}
+
 impl Store {
-    /// Opens (creating when needed) `<state_dir>/opschain.db`.
+    /// Opens (creating when needed) `<state_dir>/opschain.db`, with the default options (the key
+    /// file beside it).
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(state_dir, &StoreOptions::default())
+    }
+
+    /// Opens (creating when needed) `<state_dir>/opschain.db` with `options`: its schema made or
+    /// brought up to date, then its key checked (or, for a database never encrypted, made and
+    /// every value encrypted with it).
+    pub fn open_with(state_dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
         // Private from the moment they exist: the directory 0700, the database 0600 before SQLite
         // opens it (its -wal and -shm files take the database's mode).
@@ -233,6 +259,8 @@ impl Store {
             Ok(conn)
         })
         .map_err(open_err)?;
+        let key_file = options.key_file.clone().unwrap_or_else(|| state_dir.join(KEY_FILE));
+        let seal = Arc::new(seal_database(&conn, &key_file)?);
         // The reading connection finds the database set up (WAL is a property of the file).
         let read = retry_busy(|| {
             let read = Connection::open(&path)?;
@@ -241,7 +269,8 @@ impl Store {
         })
         .map_err(open_err)?;
         let writer = Writer::start(conn).map_err(|source| StoreError::Writer { source })?;
-        Ok(Store { read: Mutex::new(read), cache: Arc::default(), writer, path, logs: Arc::default() })
+        let cache = Arc::new(PropertiesCache::new(Arc::clone(&seal)));
+        Ok(Store { read: Mutex::new(read), seal, cache, writer, path, logs: Arc::default() })
     }
 
     /// Queues `f` for the writer thread and waits until the group it joined has committed:
