@@ -66,6 +66,11 @@ mod logs;
 mod secrets;
 mod seal;
 mod keys;
+mod postgres;
+/// The test PostgreSQL server, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../../tests/it/common/postgres.rs"]
+pub(crate) mod pg_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,6 +84,7 @@ use crate::properties::splice;
 
 pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
+pub use postgres::{PgStore, PostgresError, MIGRATIONS, POOL_SIZE};
 pub use projects::{EnvironmentRow, ProjectRow};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
 pub use seal::{Seal, SealError, KEY_FILE};
@@ -187,6 +193,93 @@ pub enum StoreError {
     /// not decrypt.
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// The PostgreSQL store failed (see [`PostgresError`]).
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+}
+
+/// The store's catalogue: what users read and edit (projects, environments, properties with every
+/// version, secret sets), with the same behaviour in every store: the embedded SQLite [`Store`]
+/// and the shared PostgreSQL [`PgStore`]. The methods are [`Store`]'s own, documented there.
+pub trait Catalog {
+    /// See [`Store::ensure_project`].
+    fn ensure_project(&self, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::ensure_environment`].
+    fn ensure_environment(&self, project_id: i64, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::set_allow_parallel_changes`].
+    fn set_allow_parallel_changes(&self, project_id: i64, allow: bool) -> Result<(), StoreError>;
+    /// See [`Store::project_id`].
+    fn project_id(&self, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::environment_id`].
+    fn environment_id(&self, project_id: i64, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::projects`].
+    fn projects(&self) -> Result<Vec<ProjectRow>, StoreError>;
+    /// See [`Store::environments`].
+    fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError>;
+    /// See [`Store::properties`].
+    fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError>;
+    /// See [`Store::declaring_properties`].
+    fn declaring_properties(&self, level: Level, owner: i64) -> Result<Map<String, Value>, StoreError>;
+    /// See [`Store::properties_version`].
+    fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError>;
+    /// See [`Store::properties_history_each`].
+    fn properties_history_each(&self, level: Level, owner: i64, each: &mut dyn FnMut(PropertiesVersion)) -> Result<(), StoreError>;
+    /// See [`Store::set_properties`].
+    fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError>;
+    /// See [`Store::set_secrets`].
+    fn set_secrets(&self, name: &str, secrets: &Map<String, Value>) -> Result<(), StoreError>;
+    /// See [`Store::secrets`].
+    fn secrets(&self, name: &str) -> Result<Option<Map<String, Value>>, StoreError>;
+    /// See [`Store::secret_set_names`].
+    fn secret_set_names(&self) -> Result<Vec<String>, StoreError>;
+}
+
+impl Catalog for Store {
+    fn ensure_project(&self, code: &str) -> Result<i64, StoreError> {
+        Store::ensure_project(self, code)
+    }
+    fn ensure_environment(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
+        Store::ensure_environment(self, project_id, code)
+    }
+    fn set_allow_parallel_changes(&self, project_id: i64, allow: bool) -> Result<(), StoreError> {
+        Store::set_allow_parallel_changes(self, project_id, allow)
+    }
+    fn project_id(&self, code: &str) -> Result<i64, StoreError> {
+        Store::project_id(self, code)
+    }
+    fn environment_id(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
+        Store::environment_id(self, project_id, code)
+    }
+    fn projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
+        Store::projects(self)
+    }
+    fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError> {
+        Store::environments(self, project_id)
+    }
+    fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
+        Store::properties(self, level, owner)
+    }
+    fn declaring_properties(&self, level: Level, owner: i64) -> Result<Map<String, Value>, StoreError> {
+        Store::declaring_properties(self, level, owner)
+    }
+    fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError> {
+        Store::properties_version(self, level, owner, version)
+    }
+    fn properties_history_each(&self, level: Level, owner: i64, each: &mut dyn FnMut(PropertiesVersion)) -> Result<(), StoreError> {
+        Store::properties_history_each(self, level, owner, each)
+    }
+    fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError> {
+        Store::set_properties(self, level, owner, json)
+    }
+    fn set_secrets(&self, name: &str, secrets: &Map<String, Value>) -> Result<(), StoreError> {
+        Store::set_secrets(self, name, secrets)
+    }
+    fn secrets(&self, name: &str) -> Result<Option<Map<String, Value>>, StoreError> {
+        Store::secrets(self, name)
+    }
+    fn secret_set_names(&self) -> Result<Vec<String>, StoreError> {
+        Store::secret_set_names(self)
+    }
 }
 
 /// Maps a failed query of the operation `op` to [`StoreError::Query`].

@@ -259,6 +259,18 @@ pub(super) fn load(conn: &Connection, seal: &Seal, level: Level, owner: i64, ver
         .and_then(|mut stmt| stmt.query_map(params![level, owner, base, version], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(q("read properties patches"))?;
     let patches = sealed.into_iter().map(|(v, patch)| seal.open_text(&properties_aad(level.as_str(), owner, v, "patch"), &patch)).collect::<Result<Vec<String>, _>>()?;
+    assemble(level, version, base, json, &patches)
+}
+
+/// Version `version` of a level's properties from the text of the last snapshot at or before it
+/// (`json`, version `base`) and of the patches after that (each RFC 6902 JSON), whichever
+/// database they came from: spliced in turn while they can be, then applied to its tree (see
+/// [`load`]). A version after the latest is not found (versions are numbered without gaps).
+pub(super) fn assemble(level: Level, version: i64, base: i64, json: String, patches: &[String]) -> Result<Current, StoreError> {
+    let what = || format!("{} properties v{version}", level.as_str());
+    if base + patches.len() as i64 != version {
+        return Err(StoreError::NotFound(what()));
+    }
     let patch_bytes = patches.iter().map(String::len).sum();
     let parse = |text: &str| splice::Document::parse(text).map_err(|source| StoreError::StoredDocument { what: what(), source });
     let mut doc = parse(&json)?;
@@ -293,7 +305,7 @@ pub(super) fn declaring(doc: &splice::Document) -> Map<String, Value> {
 }
 
 /// `doc` after the stored patch `patch` (JSON text) of version `what`.
-fn apply_stored(doc: Map<String, Value>, patch: &str, what: impl Fn() -> String) -> Result<Map<String, Value>, StoreError> {
+pub(super) fn apply_stored(doc: Map<String, Value>, patch: &str, what: impl Fn() -> String) -> Result<Map<String, Value>, StoreError> {
     let patch: json_patch::Patch = serde_json::from_str(patch).map_err(|source| StoreError::Json { what: format!("the patch of {}", what()), source })?;
     let mut doc = Value::Object(doc);
     json_patch::patch(&mut doc, &patch).map_err(|source| StoreError::StoredPatch { what: what(), source })?;
@@ -331,11 +343,7 @@ pub(super) fn insert_version(
     step_id: Option<i64>,
 ) -> Result<i64, StoreError> {
     let version = prev.version + 1;
-    let (patches, patch_bytes) = match &patch {
-        Some(p) => (prev.patches + 1, prev.patch_bytes + p.len()),
-        None => (0, 0),
-    };
-    let snapshot = patch.is_none() || patches >= SNAPSHOT_EVERY || patch_bytes * SNAPSHOT_FRACTION > doc.text().len();
+    let (snapshot, next) = stored_form(prev, &doc, patch.as_deref());
     let (json, patch) = if snapshot { (Some(&**doc.text()), None) } else { (None, patch) };
     let json = json.map(|j| cache.seal.seal(&properties_aad(level.as_str(), owner, version, "json"), j.as_bytes()));
     let patch = patch.map(|p| cache.seal.seal(&properties_aad(level.as_str(), owner, version, "patch"), p.as_bytes()));
@@ -345,9 +353,22 @@ pub(super) fn insert_version(
         params![level, owner, version, json, patch, step_id],
     )
     .map_err(q("store properties version"))?;
-    let (patches, patch_bytes) = if snapshot { (0, 0) } else { (patches, patch_bytes) };
-    stage(cache, staged, (level, owner), Arc::new(Current { version, doc, patches, patch_bytes }));
+    stage(cache, staged, (level, owner), Arc::new(next(doc)));
     Ok(version)
+}
+
+/// How the version after `prev`, `doc` made by `patch` (`None`: a document stored whole), is
+/// stored: whether as a snapshot (see the module documentation), and the version as the cache
+/// holds it once stored.
+pub(super) fn stored_form(prev: &Current, doc: &splice::Document, patch: Option<&str>) -> (bool, impl FnOnce(splice::Document) -> Current) {
+    let (patches, patch_bytes) = match patch {
+        Some(p) => (prev.patches + 1, prev.patch_bytes + p.len()),
+        None => (0, 0),
+    };
+    let snapshot = patch.is_none() || patches >= SNAPSHOT_EVERY || patch_bytes * SNAPSHOT_FRACTION > doc.text().len();
+    let (patches, patch_bytes) = if snapshot { (0, 0) } else { (patches, patch_bytes) };
+    let version = prev.version + 1;
+    (snapshot, move |doc| Current { version, doc, patches, patch_bytes })
 }
 
 /// Brings a database made before properties patches to the current `properties` table, in place
