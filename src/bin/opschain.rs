@@ -28,7 +28,7 @@ use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{BackendKind, ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, SealError, StepRow, Store, StoreError, StoreOptions};
+use opschain_runner::controller::store::{pid_alive, Catalog, ChangeRow, Level, PgStore, SealError, StepRow, Store, StoreError, StoreOptions, KEY_FILE};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
@@ -69,6 +69,13 @@ enum Failure {
     /// A project or environment that does not exist.
     #[error("{0}")]
     Unknown(String),
+    /// A command that runs changes was given a PostgreSQL store, which holds only the catalogue
+    /// so far.
+    #[error(
+        "`{0}` runs changes, which the PostgreSQL store (--database-url) does not hold yet: it holds projects, environments, \
+         properties and secret sets; run changes with the embedded store (no --database-url)"
+    )]
+    ChangesNeedEmbeddedStore(&'static str),
     /// An input file that cannot be read.
     #[error("cannot read {}", path.display())]
     Read {
@@ -115,7 +122,7 @@ enum Failure {
 impl Failure {
     fn status(&self) -> ExitStatus {
         let sysexit = match self {
-            Failure::NoCode { .. } => Sysexit::Usage,
+            Failure::NoCode { .. } | Failure::ChangesNeedEmbeddedStore(_) => Sysexit::Usage,
             Failure::Unknown(_) | Failure::NotARepo { .. } => Sysexit::NoInput,
             Failure::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Sysexit::NoInput,
             Failure::SecretFile { source: ExecError::SecretSet(e), .. } => return e.exit_status(),
@@ -264,7 +271,7 @@ fn no_code(which: Which) -> anyhow::Error {
 }
 
 /// The id of an existing project; an unknown code is an error that lists the known ones.
-fn find_project(store: &Store, code: &str) -> Result<i64> {
+fn find_project(store: &dyn Catalog, code: &str) -> Result<i64> {
     match store.project_id(code) {
         Err(StoreError::NotFound(_)) => {
             let known: Vec<String> = store.projects()?.into_iter().map(|p| p.code).collect();
@@ -276,7 +283,7 @@ fn find_project(store: &Store, code: &str) -> Result<i64> {
 
 /// The id of an existing environment of a project; an unknown code is an error that lists the
 /// project's environments.
-fn find_environment(store: &Store, project: &str, project_id: i64, code: &str) -> Result<i64> {
+fn find_environment(store: &dyn Catalog, project: &str, project_id: i64, code: &str) -> Result<i64> {
     match store.environment_id(project_id, code) {
         Err(StoreError::NotFound(_)) => {
             let known: Vec<String> = store.environments(project_id)?.into_iter().map(|e| e.code).collect();
@@ -299,7 +306,7 @@ fn known_list(known: &[String]) -> String {
 }
 
 /// The id of project `code`, creating it (and saying so on stderr) when new.
-fn ensure_project(store: &Store, code: &str) -> Result<i64> {
+fn ensure_project(store: &dyn Catalog, code: &str) -> Result<i64> {
     match store.project_id(code) {
         Err(StoreError::NotFound(_)) => {
             let id = store.ensure_project(code)?;
@@ -311,7 +318,7 @@ fn ensure_project(store: &Store, code: &str) -> Result<i64> {
 }
 
 /// The id of environment `code` of a project, creating it (and saying so on stderr) when new.
-fn ensure_environment(store: &Store, project_id: i64, code: &str) -> Result<i64> {
+fn ensure_environment(store: &dyn Catalog, project_id: i64, code: &str) -> Result<i64> {
     match store.environment_id(project_id, code) {
         Err(StoreError::NotFound(_)) => {
             let id = store.ensure_environment(project_id, code)?;
@@ -332,7 +339,7 @@ enum Lookup {
 }
 
 /// The properties level and owner id of a project (`environment` None) or an environment.
-fn owner_id(store: &Store, project: &str, environment: Option<&str>, lookup: Lookup) -> Result<(Level, i64)> {
+fn owner_id(store: &dyn Catalog, project: &str, environment: Option<&str>, lookup: Lookup) -> Result<(Level, i64)> {
     let project_id = match lookup {
         Lookup::Existing => find_project(store, project)?,
         Lookup::CreateWhenNew => ensure_project(store, project)?,
@@ -373,7 +380,7 @@ fn read_new_properties(new: NewProperties) -> Result<Map<String, Value>> {
     }
 }
 
-fn show_properties(store: &Store, project: &str, environment: Option<&str>, version: Option<i64>) -> Result<ExitCode> {
+fn show_properties(store: &dyn Catalog, project: &str, environment: Option<&str>, version: Option<i64>) -> Result<ExitCode> {
     let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
     let json = match version {
         Some(v) => store.properties_version(level, id, v)?,
@@ -383,7 +390,7 @@ fn show_properties(store: &Store, project: &str, environment: Option<&str>, vers
     Ok(ExitCode::SUCCESS)
 }
 
-fn set_properties(store: &Store, project: &str, environment: Option<&str>, new: NewProperties) -> Result<ExitCode> {
+fn set_properties(store: &dyn Catalog, project: &str, environment: Option<&str>, new: NewProperties) -> Result<ExitCode> {
     let map = read_new_properties(new)?;
     let (level, id) = owner_id(store, project, environment, Lookup::CreateWhenNew)?;
     let version = store.set_properties(level, id, &map)?;
@@ -391,7 +398,7 @@ fn set_properties(store: &Store, project: &str, environment: Option<&str>, new: 
     Ok(ExitCode::SUCCESS)
 }
 
-fn edit_properties(store: &Store, project: &str, environment: Option<&str>) -> Result<ExitCode> {
+fn edit_properties(store: &dyn Catalog, project: &str, environment: Option<&str>) -> Result<ExitCode> {
     let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
     let current = store.properties(level, id)?;
     let before = serde_json::to_string_pretty(&Value::Object(current.json.clone()))? + "\n";
@@ -406,9 +413,9 @@ fn edit_properties(store: &Store, project: &str, environment: Option<&str>) -> R
     Ok(ExitCode::SUCCESS)
 }
 
-fn properties_history(store: &Store, project: &str, environment: Option<&str>) -> Result<ExitCode> {
+fn properties_history(store: &dyn Catalog, project: &str, environment: Option<&str>) -> Result<ExitCode> {
     let (level, id) = owner_id(store, project, environment, Lookup::Existing)?;
-    store.properties_history_each(level, id, |v| {
+    store.properties_history_each(level, id, &mut |v| {
         let by = v.step_id.map(|s| format!("step {s}")).unwrap_or_else(|| "user".into());
         println!("v{:<4} {} {:<10} {}", v.version, v.created_at, by, Value::Object(v.json));
     })?;
@@ -566,7 +573,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     // Absolute, because steps run with their sandbox (under it) as working directory.
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
-    let store = Store::open_with(&state_dir, &StoreOptions { key_file: cli.key_file.clone() })?;
+    let options = StoreOptions { key_file: cli.key_file.clone() };
+    if let Some(url) = cli.database_url.as_deref() {
+        let store = PgStore::connect(url, &state_dir, &options)?;
+        return match cli.command {
+            Command::Store(StoreCommand::RotateKey { new_key_file }) => {
+                let count = store.rotate_key(&new_key_file)?;
+                rotated(count, &new_key_file, &cli.key_file.clone().unwrap_or_else(|| state_dir.join(KEY_FILE)))
+            }
+            Command::Change(_) => Err(Failure::ChangesNeedEmbeddedStore("change").into()),
+            Command::Demo(_) => Err(Failure::ChangesNeedEmbeddedStore("demo").into()),
+            command => run_catalog(&store, command, &defaults),
+        };
+    }
+    let store = Store::open_with(&state_dir, &options)?;
     match cli.command {
         Command::Change(ChangeCommand::Create(args)) => {
             let repo = repo_or_working_directory(args.repo)?;
@@ -692,6 +712,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Store(StoreCommand::RotateKey { new_key_file }) => {
+            let count = store.rotate_key(&new_key_file)?;
+            rotated(count, &new_key_file, &cli.key_file.clone().unwrap_or_else(|| state_dir.join(KEY_FILE)))
+        }
+        command => run_catalog(&store, command, &defaults),
+    }
+}
+
+/// Says what `store rotate-key` did.
+fn rotated(count: usize, new_key_file: &Path, key_file: &Path) -> Result<ExitCode> {
+    println!("{count} values re-encrypted; the key of {} is now in {}", new_key_file.display(), key_file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The commands on the store's catalogue (projects, environments, properties, secret sets), the
+/// same on either store.
+fn run_catalog(store: &dyn Catalog, command: Command, defaults: &Defaults) -> Result<ExitCode> {
+    let project = |flag: &ProjectCode| code(defaults, Which::Project, flag.project_code.as_deref());
+    let environment = |flag: &EnvironmentCode| code(defaults, Which::Environment, flag.environment_code.as_deref());
+    match command {
         Command::Project(ProjectCommand::List) => {
             println!("{:<20} {:>12} {:>8} {:<9} created", "code", "environments", "changes", "parallel");
             for p in store.projects()? {
@@ -708,18 +748,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Project(ProjectCommand::ShowProperties { project: p, version }) => show_properties(&store, &project(&p)?, None, version.version),
-        Command::Project(ProjectCommand::SetProperties { project: p, new, .. }) => set_properties(&store, &project(&p)?, None, new),
-        Command::Project(ProjectCommand::EditProperties { project: p }) => edit_properties(&store, &project(&p)?, None),
+        Command::Project(ProjectCommand::ShowProperties { project: p, version }) => show_properties(store, &project(&p)?, None, version.version),
+        Command::Project(ProjectCommand::SetProperties { project: p, new, .. }) => set_properties(store, &project(&p)?, None, new),
+        Command::Project(ProjectCommand::EditProperties { project: p }) => edit_properties(store, &project(&p)?, None),
         Command::Project(ProjectCommand::AllowParallelChanges { project, allow }) => {
-            let id = ensure_project(&store, &project)?;
+            let id = ensure_project(store, &project)?;
             store.set_allow_parallel_changes(id, allow)?;
             println!("project {project}: parallel changes {}", if allow { "allowed" } else { "not allowed" });
             Ok(ExitCode::SUCCESS)
         }
         Command::Environment(EnvironmentCommand::List { project: p }) => {
             let code = project(&p)?;
-            let id = find_project(&store, &code)?;
+            let id = find_project(store, &code)?;
             println!("{:<20} {:>8} created", "code", "changes");
             for e in store.environments(id)? {
                 println!("{:<20} {:>8} {}", e.code, e.changes, e.created_at);
@@ -728,7 +768,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Environment(EnvironmentCommand::Create { project: p, code, .. }) => {
             let project = project(&p)?;
-            let id = find_project(&store, &project)?;
+            let id = find_project(store, &project)?;
             if store.environment_id(id, &code).is_ok() {
                 println!("environment {code} of project {project} exists");
             } else {
@@ -738,18 +778,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Environment(EnvironmentCommand::ShowProperties { project: p, environment: e, version }) => {
-            show_properties(&store, &project(&p)?, Some(&environment(&e)?), version.version)
+            show_properties(store, &project(&p)?, Some(&environment(&e)?), version.version)
         }
         Command::Environment(EnvironmentCommand::SetProperties { project: p, environment: e, new, .. }) => {
-            set_properties(&store, &project(&p)?, Some(&environment(&e)?), new)
+            set_properties(store, &project(&p)?, Some(&environment(&e)?), new)
         }
-        Command::Environment(EnvironmentCommand::EditProperties { project: p, environment: e }) => edit_properties(&store, &project(&p)?, Some(&environment(&e)?)),
-        Command::Properties(PropertiesCommand::Show { owner, version }) => {
-            show_properties(&store, &project(&owner.project)?, owner.environment.as_deref(), version.version)
-        }
-        Command::Properties(PropertiesCommand::Set { owner, new, .. }) => set_properties(&store, &project(&owner.project)?, owner.environment.as_deref(), new),
-        Command::Properties(PropertiesCommand::Edit { owner }) => edit_properties(&store, &project(&owner.project)?, owner.environment.as_deref()),
-        Command::Properties(PropertiesCommand::History { owner }) => properties_history(&store, &project(&owner.project)?, owner.environment.as_deref()),
+        Command::Environment(EnvironmentCommand::EditProperties { project: p, environment: e }) => edit_properties(store, &project(&p)?, Some(&environment(&e)?)),
+        Command::Properties(PropertiesCommand::Show { owner, version }) => show_properties(store, &project(&owner.project)?, owner.environment.as_deref(), version.version),
+        Command::Properties(PropertiesCommand::Set { owner, new, .. }) => set_properties(store, &project(&owner.project)?, owner.environment.as_deref(), new),
+        Command::Properties(PropertiesCommand::Edit { owner }) => edit_properties(store, &project(&owner.project)?, owner.environment.as_deref()),
+        Command::Properties(PropertiesCommand::History { owner }) => properties_history(store, &project(&owner.project)?, owner.environment.as_deref()),
         Command::Secrets(SecretsCommand::Set { name, file }) => {
             let set = change::read_secret_file(&file).map_err(|source| Failure::SecretFile { path: file.clone(), source })?;
             store.set_secrets(&name, &set)?;
@@ -762,12 +800,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Store(StoreCommand::RotateKey { new_key_file }) => {
-            let key_file = cli.key_file.clone().unwrap_or_else(|| state_dir.join(opschain_runner::controller::store::KEY_FILE));
-            let count = store.rotate_key(&new_key_file)?;
-            println!("{count} values re-encrypted; the key of {} is now in {}", new_key_file.display(), key_file.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Change(_) | Command::Demo(_) | Command::Store(_) => unreachable!("run by `run` itself"),
         Command::Dev(DevCommand::CreateDockerfile { .. }) => {
             unreachable!("handled before the store is opened")
         }

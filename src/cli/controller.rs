@@ -48,6 +48,14 @@ pub struct Cli {
     /// database cannot be read without it. Default: opschain.key in the state directory.
     #[arg(long, global = true, env = "OPSCHAIN_KEY_FILE", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// A PostgreSQL database to keep the store in, shared by every controller given it
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or `host=/socket/dir port=5432 user=U
+    /// dbname=DB`); its schema is made or brought up to date on connect. It holds the catalogue
+    /// (projects, environments, properties, secret sets) encrypted as the embedded store does;
+    /// changes run on the embedded store only. Default: the embedded SQLite store of the state
+    /// directory.
+    #[arg(long, global = true, env = "OPSCHAIN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -65,7 +73,8 @@ Exit status:
    0  success (for a change: it succeeded)
    1  the change ended in error
    2  the change was cancelled
-  64  the command line is wrong (unknown command or flag, no project or environment code)
+  64  the command line is wrong (unknown command or flag, no project or environment code, a change
+      command given --database-url)
   65  invalid input: a properties or secret set file that is not the right JSON, a bad .opschainrc
   66  not found: the project, environment, change, secret set or input file named does not exist
   70  the controller itself failed (store, git, docker, the agent missing) or refused the command

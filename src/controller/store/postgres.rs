@@ -100,7 +100,14 @@ impl PgStore {
                 .build()
                 .map_err(|e| StoreError::Postgres(PostgresError::Pool(Box::new(e))))?
         };
-        let key_file = options.key_file.clone().unwrap_or_else(|| state_dir.join(KEY_FILE));
+        let key_file = match &options.key_file {
+            Some(file) => file.clone(),
+            None => {
+                // The default key file is made in the state directory, private as it always is.
+                super::private::private_dir_all(state_dir)?;
+                state_dir.join(KEY_FILE)
+            }
+        };
         let setup = {
             let pool = pool.clone();
             let key_file = key_file.clone();

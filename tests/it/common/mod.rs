@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the real binaries, copies of fixtures, tree snapshots.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod schema;
 
 use std::collections::BTreeMap;
