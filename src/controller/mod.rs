@@ -5,7 +5,8 @@
 //!
 //! One module per concept:
 //! * [`store`]: the embedded SQLite store (projects, environments, properties with every version,
-//!   changes, steps, step logs, secret sets).
+//!   changes, steps, step logs, secret sets), properties and secret sets encrypted at rest; the
+//!   PostgreSQL store of the catalogue (`--database-url`).
 //! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.

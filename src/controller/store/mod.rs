@@ -24,7 +24,7 @@
 //! the output the agent had written but the controller not yet read. At most [`LOG_BACKLOG`]
 //! bytes wait: beyond, the step's output waits for the disk; no line is ever dropped.
 //!
-//! Tables: `projects`, `environments`, `properties` (every version of every level kept: level,
+//! Tables: `store_meta` (the key check), `projects`, `environments`, `properties` (every version of every level kept: level,
 //! owner, version, the step that wrote it, created_at, and what the version is: see below),
 //! `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
@@ -52,10 +52,20 @@
 //! the versions it writes and publishes them once their group has committed; every use checks the
 //! cached version against the database's latest, so another process's write is never missed.
 //!
+//! Encrypted at rest (`seal`, `keys`): every properties version's `json` and `patch` and every
+//! secret set's `json` is sealed with XChaCha20-Poly1305 under a key file kept outside the database
+//! ([`StoreOptions::key_file`]), bound to its row; `store_meta.key_check` makes a wrong key fail
+//! on open. The in-memory cache holds the plaintext, so only writes and cold reads pay.
+//!
+//! Two stores implement the [`Catalog`] (projects, environments, properties, secret sets): this
+//! embedded one, and [`PgStore`] (`postgres`), a PostgreSQL database shared by several
+//! controllers. Changes, steps and logs are in the embedded store only.
+//!
 //! One file per concept: this one holds the [`Store`] itself, [`Store::open`] and [`StoreError`];
 //! `writer` the group-commit writer thread; `schema.sql` the schema; `projects`, `changes`,
 //! `steps`, `properties` (versions, patches, snapshots and the in-memory cache), `logs` (chunks)
-//! and `secrets` what the store keeps of each.
+//! and `secrets` what the store keeps of each; `seal` the cipher and key file, `keys` the
+//! database's key (check, first encryption, rotation); `postgres` the PostgreSQL store.
 
 mod writer;
 mod projects;
