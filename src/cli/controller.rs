@@ -49,8 +49,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "OPSCHAIN_KEY_FILE", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// A PostgreSQL database to keep the store in, shared by every controller given it
-    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DB, or `host=/socket/dir port=5432 user=U
-    /// dbname=DB`); its schema is made or brought up to date on connect. It holds the catalogue
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB, the password and port optional, or
+    /// `host=/socket/dir port=5432 user=U dbname=DB`); its schema is made or brought up to date on connect. It holds the catalogue
     /// (projects, environments, properties, secret sets) encrypted as the embedded store does;
     /// changes run on the embedded store only. Default: the embedded SQLite store of the state
     /// directory.

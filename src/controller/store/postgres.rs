@@ -23,7 +23,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::{Map, Value};
 use tokio_postgres::NoTls;
 
-use super::properties::{apply_stored, assemble, declaring, stored_form, Current};
+use super::properties::{apply_stored, assemble, declaring, stored_form, Current, StoredVersion};
 use super::seal::{properties_aad, secret_set_aad, Seal, SealError};
 use super::{json_of, Catalog, EnvironmentRow, Level, ProjectRow, PropertiesVersion, StoreError, StoreOptions, KEY_FILE};
 
@@ -390,7 +390,7 @@ impl Catalog for PgStore {
                 .query("SELECT version, json, patch, step_id, created_at FROM properties WHERE level = $1 AND owner_id = $2 ORDER BY version", &[&level.as_str(), &owner])
                 .await
                 .map_err(pq("list properties versions"))?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect::<Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>, String)>>())
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect::<Vec<StoredVersion>>())
         })?;
         let mut doc = Map::new();
         for (version, json, patch, step_id, created_at) in rows {

@@ -46,6 +46,10 @@ impl rusqlite::ToSql for Level {
     }
 }
 
+/// A properties version's row as stored: its number, its sealed snapshot or patch, the step that
+/// wrote it, when.
+pub(super) type StoredVersion = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>, String);
+
 /// One stored version of a level's properties.
 #[derive(Debug, Clone)]
 pub struct PropertiesVersion {
@@ -91,7 +95,7 @@ impl Store {
         let mut rows = stmt.query(params![level, owner]).map_err(q("list properties versions"))?;
         let mut doc = Map::new();
         while let Some(r) = rows.next().map_err(q("list properties versions"))? {
-            let (version, json, patch, step_id, created_at): (i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>, String) =
+            let (version, json, patch, step_id, created_at): StoredVersion =
                 (|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))().map_err(q("list properties versions"))?;
             let what = || format!("{} properties v{version}", level.as_str());
             doc = match (json, patch) {

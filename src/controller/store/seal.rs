@@ -3,7 +3,7 @@
 //! (the key file), so that a copy of the database (a backup, a dump, a stolen disk) shows no
 //! property or secret value.
 //!
-//! A sealed value is [`FORMAT`] (one byte), a random 24-byte nonce, then the ciphertext and its
+//! A sealed value is `FORMAT` (one byte), a random 24-byte nonce, then the ciphertext and its
 //! 16-byte tag. Each value is bound to the row it belongs to (its *associated data*, e.g.
 //! `properties/project/3/17/patch`): a sealed value copied into another row, or another version,
 //! does not open. Random nonces are safe with XChaCha20's 192 bits without any counter to keep
@@ -12,7 +12,7 @@
 //! The key file holds the 32-byte key in base64 (one line). It is created `0600`, from the
 //! operating system's random source, when a database that has never been sealed is opened and the
 //! file does not exist; every process of one database must be given the same file. The database
-//! records a value sealed under the key ([`KEY_CHECK_AAD`]), so a wrong key is refused when the
+//! records a value sealed under the key (`KEY_CHECK_AAD`), so a wrong key is refused when the
 //! store is opened, not when a value is first read.
 
 use std::io::Write;
@@ -173,7 +173,7 @@ impl Seal {
         String::from_utf8(self.open(aad, sealed)?).map_err(|_| SealError::Damaged { what: aad.to_string() })
     }
 
-    /// Whether `check` (the database's [`KEY_CHECK`] value) was sealed under this key.
+    /// Whether `check` (the database's `KEY_CHECK` value) was sealed under this key.
     pub fn verify(&self, check: &[u8]) -> Result<(), SealError> {
         match self.open(KEY_CHECK_AAD, check) {
             Ok(plain) if plain == KEY_CHECK => Ok(()),
@@ -181,7 +181,7 @@ impl Seal {
         }
     }
 
-    /// A new [`KEY_CHECK`] value sealed under this key, for the database to keep.
+    /// A new `KEY_CHECK` value sealed under this key, for the database to keep.
     pub fn key_check(&self) -> Vec<u8> {
         self.seal(KEY_CHECK_AAD, KEY_CHECK)
     }
