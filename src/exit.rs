@@ -19,6 +19,9 @@ pub enum Sysexit {
     CantCreat = 73,
     /// 74: an I/O error.
     IoErr = 74,
+    /// 75: a temporary failure, worth trying again later (the controller: another controller
+    /// runs the change).
+    TempFail = 75,
     /// 78: a configuration error (the controller's key file is not the database's key).
     Config = 78,
 }

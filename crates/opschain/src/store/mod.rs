@@ -95,7 +95,7 @@ use opschain_runner::properties::splice;
 pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use postgres::{PgStore, PostgresError, MIGRATIONS, POOL_SIZE};
-pub use projects::{EnvironmentRow, ProjectRow};
+pub use projects::{EnvironmentRow, ProjectRow, Removal};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
 pub use seal::{Seal, SealError, KEY_FILE};
 pub use steps::{StartingProperties, StepEnd, StepRow};
@@ -357,6 +357,7 @@ impl Store {
                 conn.execute_batch(MIGRATE_LOG_ROWS)?;
             }
             migrate_changes(&conn)?;
+            projects::migrate_projects(&conn)?;
             conn.execute_batch("COMMIT")?;
             migrate_properties(&conn)?;
             Ok(conn)
@@ -465,6 +466,7 @@ mod fixtures {
                 backend: BackendKind::Process,
                 secret_set: None,
                 folder: ".opschain",
+                metadata: None,
             })
             .unwrap();
         (dir, store, p, e, c)
@@ -511,6 +513,7 @@ mod tests {
             backend: crate::status::BackendKind::Process,
             secret_set: None,
             folder: ".mintpress",
+            metadata: None,
         };
         let id = store.create_change(&new).unwrap();
         assert_eq!(store.change(id).unwrap().folder.as_deref(), Some(".mintpress"));

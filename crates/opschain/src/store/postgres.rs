@@ -346,7 +346,7 @@ impl Catalog for PgStore {
             let rows = client
                 .query(
                     "SELECT p.code, (SELECT COUNT(*) FROM environments e WHERE e.project_id = p.id),
-                            (SELECT COUNT(*) FROM changes c WHERE c.project_id = p.id), p.allow_parallel_changes, p.created_at
+                            (SELECT COUNT(*) FROM changes c WHERE c.project_id = p.id), p.allow_parallel_changes, p.created_at, p.archived
                      FROM projects p ORDER BY p.code",
                     &[],
                 )
@@ -354,7 +354,14 @@ impl Catalog for PgStore {
                 .map_err(pq("list projects"))?;
             Ok(rows
                 .iter()
-                .map(|r| ProjectRow { code: r.get(0), environments: r.get(1), changes: r.get(2), allow_parallel_changes: r.get(3), created_at: r.get(4) })
+                .map(|r| ProjectRow {
+                    code: r.get(0),
+                    environments: r.get(1),
+                    changes: r.get(2),
+                    allow_parallel_changes: r.get(3),
+                    created_at: r.get(4),
+                    archived: r.get(5),
+                })
                 .collect())
         })
     }
@@ -362,10 +369,10 @@ impl Catalog for PgStore {
     fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError> {
         self.with(move |client, _| async move {
             let rows = client
-                .query("SELECT e.code, (SELECT COUNT(*) FROM changes c WHERE c.environment_id = e.id), e.created_at FROM environments e WHERE e.project_id = $1 ORDER BY e.code", &[&project_id])
+                .query("SELECT e.code, (SELECT COUNT(*) FROM changes c WHERE c.environment_id = e.id), e.created_at, e.archived FROM environments e WHERE e.project_id = $1 ORDER BY e.code", &[&project_id])
                 .await
                 .map_err(pq("list environments"))?;
-            Ok(rows.iter().map(|r| EnvironmentRow { code: r.get(0), changes: r.get(1), created_at: r.get(2) }).collect())
+            Ok(rows.iter().map(|r| EnvironmentRow { code: r.get(0), changes: r.get(1), created_at: r.get(2), archived: r.get(3) }).collect())
         })
     }
 
