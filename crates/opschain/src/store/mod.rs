@@ -226,6 +226,18 @@ pub trait Catalog {
     fn projects(&self) -> Result<Vec<ProjectRow>, StoreError>;
     /// See [`Store::environments`].
     fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError>;
+    /// See [`Store::project_archived`].
+    fn project_archived(&self, project_id: i64) -> Result<bool, StoreError>;
+    /// See [`Store::environment_archived`].
+    fn environment_archived(&self, environment_id: i64) -> Result<bool, StoreError>;
+    /// See [`Store::set_project_archived`].
+    fn set_project_archived(&self, project_id: i64, archived: bool) -> Result<(), StoreError>;
+    /// See [`Store::set_environment_archived`].
+    fn set_environment_archived(&self, environment_id: i64, archived: bool) -> Result<(), StoreError>;
+    /// See [`Store::delete_project`].
+    fn delete_project(&self, project_id: i64) -> Result<Removal, StoreError>;
+    /// See [`Store::delete_environment`].
+    fn delete_environment(&self, environment_id: i64) -> Result<Removal, StoreError>;
     /// See [`Store::properties`].
     fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError>;
     /// See [`Store::declaring_properties`].
@@ -234,6 +246,12 @@ pub trait Catalog {
     fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError>;
     /// See [`Store::properties_history_each`].
     fn properties_history_each(&self, level: Level, owner: i64, each: &mut dyn FnMut(PropertiesVersion)) -> Result<(), StoreError>;
+    /// Every version of a level's properties, oldest first (see [`Catalog::properties_history_each`]).
+    fn properties_history(&self, level: Level, owner: i64) -> Result<Vec<PropertiesVersion>, StoreError> {
+        let mut out = Vec::new();
+        self.properties_history_each(level, owner, &mut |v| out.push(v))?;
+        Ok(out)
+    }
     /// See [`Store::set_properties`].
     fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError>;
     /// See [`Store::set_secrets`].
@@ -265,6 +283,24 @@ impl Catalog for Store {
     }
     fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError> {
         Store::environments(self, project_id)
+    }
+    fn project_archived(&self, project_id: i64) -> Result<bool, StoreError> {
+        Store::project_archived(self, project_id)
+    }
+    fn environment_archived(&self, environment_id: i64) -> Result<bool, StoreError> {
+        Store::environment_archived(self, environment_id)
+    }
+    fn set_project_archived(&self, project_id: i64, archived: bool) -> Result<(), StoreError> {
+        Store::set_project_archived(self, project_id, archived)
+    }
+    fn set_environment_archived(&self, environment_id: i64, archived: bool) -> Result<(), StoreError> {
+        Store::set_environment_archived(self, environment_id, archived)
+    }
+    fn delete_project(&self, project_id: i64) -> Result<Removal, StoreError> {
+        Store::delete_project(self, project_id)
+    }
+    fn delete_environment(&self, environment_id: i64) -> Result<Removal, StoreError> {
+        Store::delete_environment(self, environment_id)
     }
     fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
         Store::properties(self, level, owner)

@@ -25,7 +25,7 @@ use tokio_postgres::NoTls;
 
 use super::properties::{apply_stored, assemble, declaring, stored_form, Current, StoredVersion};
 use super::seal::{properties_aad, secret_set_aad, Seal, SealError};
-use super::{json_of, Catalog, EnvironmentRow, Level, ProjectRow, PropertiesVersion, StoreError, StoreOptions, KEY_FILE};
+use super::{json_of, Catalog, EnvironmentRow, Level, ProjectRow, PropertiesVersion, Removal, StoreError, StoreOptions, KEY_FILE};
 
 /// The schema migrations, in order: (version, SQL). A store connecting to a database runs those
 /// it has not run yet.
@@ -376,6 +376,72 @@ impl Catalog for PgStore {
         })
     }
 
+    fn project_archived(&self, project_id: i64) -> Result<bool, StoreError> {
+        self.with(move |client, _| async move {
+            let row = client.query_opt("SELECT archived FROM projects WHERE id = $1", &[&project_id]).await.map_err(pq("find project"))?;
+            row.map(|r| r.get(0)).ok_or_else(|| StoreError::NotFound(format!("project {project_id}")))
+        })
+    }
+
+    fn environment_archived(&self, environment_id: i64) -> Result<bool, StoreError> {
+        self.with(move |client, _| async move {
+            let row = client.query_opt("SELECT archived FROM environments WHERE id = $1", &[&environment_id]).await.map_err(pq("find environment"))?;
+            row.map(|r| r.get(0)).ok_or_else(|| StoreError::NotFound(format!("environment {environment_id}")))
+        })
+    }
+
+    fn set_project_archived(&self, project_id: i64, archived: bool) -> Result<(), StoreError> {
+        self.with(move |client, _| async move {
+            client.execute("UPDATE projects SET archived = $2 WHERE id = $1", &[&project_id, &archived]).await.map_err(pq("archive project"))?;
+            Ok(())
+        })
+    }
+
+    fn set_environment_archived(&self, environment_id: i64, archived: bool) -> Result<(), StoreError> {
+        self.with(move |client, _| async move {
+            client.execute("UPDATE environments SET archived = $2 WHERE id = $1", &[&environment_id, &archived]).await.map_err(pq("archive environment"))?;
+            Ok(())
+        })
+    }
+
+    fn delete_project(&self, project_id: i64) -> Result<Removal, StoreError> {
+        self.with(move |mut client, _| async move {
+            let tx = client.transaction().await.map_err(pq("begin delete project"))?;
+            // The project's row locked first: a change being created in it waits, then fails.
+            tx.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", &[&project_id]).await.map_err(pq("delete project"))?;
+            let changes: i64 = tx.query_one("SELECT count(*) FROM changes WHERE project_id = $1", &[&project_id]).await.map_err(pq("delete project"))?.get(0);
+            if changes > 0 {
+                return Ok(Removal::HasChanges(changes));
+            }
+            let env = Level::Environment.as_str();
+            tx.execute("DELETE FROM properties WHERE level = $2 AND owner_id IN (SELECT id FROM environments WHERE project_id = $1)", &[&project_id, &env])
+                .await
+                .map_err(pq("delete project"))?;
+            tx.execute("DELETE FROM environments WHERE project_id = $1", &[&project_id]).await.map_err(pq("delete project"))?;
+            tx.execute("DELETE FROM properties WHERE level = $2 AND owner_id = $1", &[&project_id, &Level::Project.as_str()]).await.map_err(pq("delete project"))?;
+            tx.execute("DELETE FROM projects WHERE id = $1", &[&project_id]).await.map_err(pq("delete project"))?;
+            tx.commit().await.map_err(pq("commit delete project"))?;
+            Ok(Removal::Removed)
+        })
+    }
+
+    fn delete_environment(&self, environment_id: i64) -> Result<Removal, StoreError> {
+        self.with(move |mut client, _| async move {
+            let tx = client.transaction().await.map_err(pq("begin delete environment"))?;
+            tx.execute("SELECT 1 FROM environments WHERE id = $1 FOR UPDATE", &[&environment_id]).await.map_err(pq("delete environment"))?;
+            let changes: i64 = tx.query_one("SELECT count(*) FROM changes WHERE environment_id = $1", &[&environment_id]).await.map_err(pq("delete environment"))?.get(0);
+            if changes > 0 {
+                return Ok(Removal::HasChanges(changes));
+            }
+            tx.execute("DELETE FROM properties WHERE level = $2 AND owner_id = $1", &[&environment_id, &Level::Environment.as_str()])
+                .await
+                .map_err(pq("delete environment"))?;
+            tx.execute("DELETE FROM environments WHERE id = $1", &[&environment_id]).await.map_err(pq("delete environment"))?;
+            tx.commit().await.map_err(pq("commit delete environment"))?;
+            Ok(Removal::Removed)
+        })
+    }
+
     fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
         let (current, step_id, created_at) = self.current(level, owner)?;
         let json = json_of(current.doc.text(), || format!("{} properties v{}", level.as_str(), current.version))?;
@@ -538,6 +604,19 @@ mod tests {
         assert_eq!(history, expected);
         assert_eq!(store.declaring_properties(Level::Environment, dev).unwrap(), obj(json!({"opschain": {"env": {"X": "1"}}})));
         assert!(matches!(store.properties_version(Level::Project, p, 121), Err(StoreError::NotFound(_))));
+
+        // Archive and restore; delete what had no change, with its properties.
+        store.set_environment_archived(dev, true).unwrap();
+        assert!(store.environment_archived(dev).unwrap() && !store.project_archived(p).unwrap());
+        store.set_project_archived(p, true).unwrap();
+        assert!(store.projects().unwrap().iter().any(|r| r.code == "web" && r.archived));
+        store.set_project_archived(p, false).unwrap();
+        assert!(!store.project_archived(p).unwrap());
+        assert!(matches!(store.delete_environment(api_dev).unwrap(), Removal::Removed));
+        assert!(matches!(store.environment_id(q, "dev"), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.delete_project(q).unwrap(), Removal::Removed));
+        assert!(matches!(store.project_id("api"), Err(StoreError::NotFound(_))));
+        assert_eq!(store.projects().unwrap().len(), 1);
 
         // Secret sets: the default build set exists, empty; a set is replaced whole.
         assert_eq!(store.secrets(opschain_runner::exec::DEFAULT_BUILD_SECRET_SET).unwrap(), Some(Map::new()));

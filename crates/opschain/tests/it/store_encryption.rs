@@ -1,7 +1,8 @@
 //! Encryption at rest, through the real `opschain` binary: after a change has written
 //! properties and a secret set has been stored, no file of the state directory (the database, its
 //! WAL) holds a property or secret value in clear; a wrong or missing key file is refused with
-//! exit status 78 naming the file; `store rotate-key` re-encrypts under a new key.
+//! exit status 78 naming the file; `store rotate-key` re-encrypts under a new key. The same
+//! catalogue commands against a real PostgreSQL (`--database-url`), two controllers sharing it.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -112,4 +113,57 @@ fn no_property_or_secret_value_is_in_the_state_directory_in_clear_and_the_key_is
     for value in ["tok-7c1d0e9b44", "prop-a93f51e2", "step-5be2c07d"] {
         assert_eq!(files_holding(&state, value), Vec::<String>::new(), "{value} in clear after rotation");
     }
+}
+
+#[test]
+fn the_catalogue_commands_run_on_postgresql_encrypted_and_change_commands_are_refused_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let url = crate::common::postgres::database();
+    let pg = |args: &[&str]| {
+        let out = opschain(&state).env("OPSCHAIN_DATABASE_URL", &url).args(args).output().unwrap();
+        assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let secrets = tmp.path().join("set.json");
+    std::fs::write(&secrets, json!({"API_TOKEN": "pgcli-tok-51aa"}).to_string()).unwrap();
+    pg(&["secrets", "set", "s1", "--file", secrets.to_str().unwrap()]);
+    pg(&["project", "create", "--code", "web"]);
+    pg(&["environment", "create", "-p", "web", "--code", "dev"]);
+    pg(&["properties", "set", "--project", "web", "--json", r#"{"db": {"password": "pgcli-prop-e3"}}"#]);
+    pg(&["properties", "set", "--project", "web", "--environment", "dev", "--json", r#"{"replicas": 3}"#]);
+    pg(&["properties", "set", "--project", "web", "--json", r#"{"db": {"password": "pgcli-prop-e3", "user": "pgcli-user-7f"}}"#]);
+    // A second controller (another state directory, the same key file) sees what the first wrote.
+    let other_state = tmp.path().join("other");
+    let key = state.join("opschain.key");
+    let second = |args: &[&str]| {
+        let out = opschain(&other_state).env("OPSCHAIN_DATABASE_URL", &url).env("OPSCHAIN_KEY_FILE", &key).args(args).output().unwrap();
+        assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown: Value = serde_json::from_str(&second(&["project", "show-properties", "-p", "web"])).unwrap();
+    assert_eq!(shown, json!({"db": {"password": "pgcli-prop-e3", "user": "pgcli-user-7f"}}));
+    assert_eq!(second(&["properties", "history", "--project", "web"]).lines().count(), 3);
+    assert!(second(&["project", "list"]).contains("web"));
+    assert_eq!(second(&["secrets", "list"]), "opschain-build-env\ns1\n");
+    // Nothing in clear in a dump of the database.
+    let dump = crate::common::postgres::dump(&url);
+    for value in ["pgcli-tok-51aa", "pgcli-prop-e3", "pgcli-user-7f", "replicas"] {
+        assert!(!dump.windows(value.len()).any(|w| w == value.as_bytes()), "{value} in clear in pg_dump");
+    }
+    // Another key is refused by name.
+    let wrong = tmp.path().join("wrong.key");
+    std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+    let out = opschain(&state).env("OPSCHAIN_DATABASE_URL", &url).args(["--key-file", wrong.to_str().unwrap(), "secrets", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains(&wrong.display().to_string()), "{}", text(&out));
+    // Rotation there too.
+    let new = tmp.path().join("new.key");
+    assert!(pg(&["store", "rotate-key", "--new-key-file", new.to_str().unwrap()]).contains("7 values re-encrypted"), "web v0-v2, dev v0-v1, two secret sets");
+    let env: Value = serde_json::from_str(&pg(&["properties", "show", "--project", "web", "--environment", "dev"])).unwrap();
+    assert_eq!(env, json!({"replicas": 3}));
+    // Changes run on the embedded store only, so far: refused as a usage error.
+    let out = opschain(&state).env("OPSCHAIN_DATABASE_URL", &url).args(["change", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(text(&out).contains("PostgreSQL store (--database-url) does not hold yet"), "{}", text(&out));
 }

@@ -68,6 +68,14 @@ pub struct Cli {
     /// database cannot be read without it. Default: opschain.key in the state directory.
     #[arg(long, global = true, env = "OPSCHAIN_KEY_FILE", value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// A PostgreSQL database to keep the store's catalogue in (projects, environments,
+    /// properties, secret sets), shared by every controller given it and encrypted as the
+    /// embedded store is: postgres://USER:PASSWORD@HOST:PORT/DB (the password and port
+    /// optional), or `host=/socket/dir port=5432 user=U dbname=DB`. Its schema is made or brought
+    /// up to date on connect. Changes run on the embedded store only: a command that runs or reads
+    /// changes is refused with it (64). Default: the embedded SQLite store.
+    #[arg(long, global = true, env = "OPSCHAIN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -90,7 +98,8 @@ Exit status:
    0  success (for a change: it succeeded)
    1  the change ended in error
    2  the change was cancelled
-  64  the command line is wrong (unknown command or flag, no project or environment code)
+  64  the command line is wrong (unknown command or flag, no project or environment code, a
+      change command given --database-url)
   65  invalid input: a properties or secret set file that is not the right JSON, a bad .opschainrc;
       a change on an archived project or environment; deleting one that had changes; retrying a
       change that succeeded
@@ -197,7 +206,7 @@ fn main() -> ExitCode {
         }
     };
     let mut out = std::io::stdout();
-    match Ctx::new(cli.state_dir, cli.key_file).and_then(|ctx| cli.command.exec(&ctx, &mut out)) {
+    match Ctx::new(cli.state_dir, cli.key_file, cli.database_url).and_then(|ctx| cli.command.exec(&ctx, &mut out)) {
         Ok(code) => code,
         // The reader has what it wanted (`| head -1`): nothing is wrong, and nothing is said.
         Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,

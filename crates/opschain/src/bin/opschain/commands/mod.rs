@@ -23,7 +23,7 @@ use clap::Subcommand;
 
 use opschain::rc::{Code, Defaults, Source, Which};
 use opschain::status::ChangeStatus;
-use opschain::store::{Store, StoreOptions, KEY_FILE};
+use opschain::store::{Catalog, PgStore, Store, StoreOptions, KEY_FILE};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 
@@ -85,14 +85,17 @@ pub struct Ctx {
     pub state_dir: PathBuf,
     /// How the store is opened (its key file).
     pub store_options: StoreOptions,
+    /// The PostgreSQL database of the catalogue (`--database-url`), if any.
+    pub database_url: Option<String>,
     store: std::cell::OnceCell<Store>,
+    postgres: std::cell::OnceCell<PgStore>,
     rc_noted: std::cell::Cell<bool>,
 }
 
 impl Ctx {
     /// The context of a command run with `--state-dir state_dir` (default: [`default_state_dir`])
     /// and `--key-file key_file` (default: [`KEY_FILE`] in the state directory).
-    pub fn new(state_dir: Option<PathBuf>, key_file: Option<PathBuf>) -> Result<Ctx> {
+    pub fn new(state_dir: Option<PathBuf>, key_file: Option<PathBuf>, database_url: Option<String>) -> Result<Ctx> {
         // Absolute, because steps run with their sandbox (under it) as working directory.
         let state_dir = state_dir.unwrap_or_else(default_state_dir);
         let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
@@ -100,18 +103,40 @@ impl Ctx {
             defaults: Defaults::from_process(),
             state_dir,
             store_options: StoreOptions { key_file },
+            database_url,
             store: std::cell::OnceCell::new(),
+            postgres: std::cell::OnceCell::new(),
             rc_noted: std::cell::Cell::new(false),
         })
     }
 
-    /// The store, opened (and created) on first use.
+    /// The embedded store, opened (and created) on first use: what runs changes. With
+    /// `--database-url`, a usage error (the PostgreSQL store holds no change yet).
     pub fn store(&self) -> Result<&Store> {
+        if self.database_url.is_some() {
+            return Err(Failure::Usage(
+                "this command needs changes, which the PostgreSQL store (--database-url) does not hold yet: it holds projects, \
+                 environments, properties and secret sets; run changes with the embedded store (no --database-url)"
+                    .into(),
+            )
+            .into());
+        }
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
         let store = Store::open_with(&self.state_dir, &self.store_options)?;
         Ok(self.store.get_or_init(|| store))
+    }
+
+    /// The store's catalogue (projects, environments, properties, secret sets): the PostgreSQL
+    /// store's with `--database-url`, else the embedded store's. Opened on first use.
+    pub fn catalog(&self) -> Result<&dyn Catalog> {
+        let Some(url) = &self.database_url else { return Ok(self.store()?) };
+        if let Some(store) = self.postgres.get() {
+            return Ok(store);
+        }
+        let store = PgStore::connect(url, &self.state_dir, &self.store_options)?;
+        Ok(self.postgres.get_or_init(|| store))
     }
 
     /// The key file the store is opened with.

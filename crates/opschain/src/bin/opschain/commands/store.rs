@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 
-use opschain::store::Store;
+use opschain::store::{PgStore, Store};
 
 use super::Ctx;
 
@@ -31,7 +31,10 @@ pub fn exec(command: StoreCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<Exi
     match command {
         StoreCommand::RotateKey { new_key_file } => {
             // A store of its own: rotation closes it (its key is no longer the database's).
-            let count = Store::open_with(&ctx.state_dir, &ctx.store_options)?.rotate_key(&new_key_file)?;
+            let count = match &ctx.database_url {
+                Some(url) => PgStore::connect(url, &ctx.state_dir, &ctx.store_options)?.rotate_key(&new_key_file)?,
+                None => Store::open_with(&ctx.state_dir, &ctx.store_options)?.rotate_key(&new_key_file)?,
+            };
             writeln!(out, "{count} values re-encrypted; the key of {} is now in {}", new_key_file.display(), ctx.key_file().display())?;
         }
     }
