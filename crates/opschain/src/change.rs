@@ -95,6 +95,9 @@ pub struct ControllerConfig {
     pub grace: Duration,
     /// Keep step sandboxes after the steps.
     pub keep_sandboxes: bool,
+    /// The largest step result read from a step on the process backend (the Docker backend's
+    /// is [`DockerConfig::max_result_bytes`]).
+    pub max_result_bytes: u64,
     /// How often a queued change looks whether its environment is free (default 500 ms).
     pub queue_poll: Duration,
     /// The Docker backend's settings.
@@ -126,7 +129,9 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
     repo::check_repo(&new.repo, &config.folder).map_err(repo_err)?;
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
-    let commit = repo::resolve(&repo_dir, &new.git_rev).and_then(|commit| repo::check_folder_at(&repo_dir, &commit, &config.folder).map(|()| commit));
+    let commit = repo::resolve(&repo_dir, &new.git_rev)
+        .and_then(|commit| repo::check_folder_at(&repo_dir, &commit, &config.folder).map(|()| commit))
+        .and_then(|commit| repo::keep(&config.state_dir, &repo_dir, &commit, true).map(|_| commit));
     let commit = match commit {
         Ok(commit) => commit,
         Err(e) => {
@@ -161,6 +166,7 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
             grace: config.grace,
             keep_sandboxes: config.keep_sandboxes,
             folder: folder.to_string(),
+            max_result_bytes: config.max_result_bytes,
         }))),
         BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")))),
         #[cfg(feature = "kubernetes")]
@@ -193,7 +199,16 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         }
         std::thread::sleep(config.queue_poll);
     }
-    let change = store.change(change_id)?;
+    let mut change = store.change(change_id)?;
+    // Steps and retries read the commit from the change's own copy of it, not from the user's
+    // repository, whose history may have moved on and been pruned since.
+    match repo::keep(&config.state_dir, &change.repo, &change.commit, false) {
+        Ok(kept) => change.repo = kept,
+        Err(source) => {
+            store.set_change_status(change_id, ChangeStatus::Error)?;
+            return Err(ChangeError::Repo { repo: change.repo.clone(), rev: change.git_rev.clone(), source });
+        }
+    }
     let secrets = match &change.secret_set {
         Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,
         None => Map::new(),

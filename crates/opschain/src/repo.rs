@@ -266,6 +266,77 @@ pub fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String, RepoEr
     }
 }
 
+/// The directory of the repositories the changes keep their commits in: `<state_dir>/mirrors`.
+pub fn mirrors_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("mirrors")
+}
+
+/// The ref a mirror keeps a change's commit under: `refs/opschain/kept/<commit>`. Outside
+/// `refs/heads` and `refs/tags`, so a clone of the mirror (a step's checkout, `repo.tar`) does
+/// not carry it; removing the last change of a commit may remove it.
+pub fn kept_ref(commit: &str) -> String {
+    format!("refs/opschain/kept/{commit}")
+}
+
+/// The bare repository that keeps, for the changes made from `repo`, the objects they need:
+/// `<state_dir>/mirrors/<name>-<hash of repo's path>.git`. `None` for a snapshot of a plain
+/// directory (under `<state_dir>/repos`), which is the change's own already.
+pub fn mirror_of(state_dir: &Path, repo: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if repo.starts_with(state_dir.join("repos")) || state_dir.canonicalize().is_ok_and(|s| repo.starts_with(s.join("repos"))) {
+        return None;
+    }
+    let name = repo.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "repo".into());
+    let hash = opschain_runner::transport::fnv1a64(repo.as_os_str().as_bytes());
+    Some(mirrors_dir(state_dir).join(format!("{name}-{hash:016x}.git")))
+}
+
+/// Keeps the objects a change needs of `repo` (its `commit` and everything it reaches) in the
+/// state directory, and returns the repository its steps and retries read from instead of `repo`:
+/// the mirror ([`mirror_of`]), so that a `git gc --prune=now` in the user's repository after the
+/// commit left its history breaks neither a running step nor a retry. The mirror is made once per
+/// repository by a local bare clone (objects hard-linked where the filesystem allows, copied
+/// otherwise); afterwards, with `refresh` (a new change), its branches and tags are fetched from
+/// `repo` (only the objects it lacks), and the commit is fetched unless the mirror has it; the
+/// commit is held by [`kept_ref`]. Without `refresh` (a change run again), `repo` is read only
+/// when the mirror lacks the commit (a change made before mirrors). Concurrent controllers take
+/// turns on a lock file beside the mirror. A snapshot (`None` from [`mirror_of`]) is returned as
+/// it is.
+pub fn keep(state_dir: &Path, repo: &Path, commit: &str, refresh: bool) -> Result<PathBuf, RepoError> {
+    let Some(mirror) = mirror_of(state_dir, repo) else { return Ok(repo.to_path_buf()) };
+    let has_commit = |dir: &Path| git(dir, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok();
+    if !refresh && has_commit(&mirror) {
+        return Ok(mirror);
+    }
+    let parent = mirrors_dir(state_dir);
+    private_dirs(&parent)?;
+    let lock_path = mirror.with_extension("lock");
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|source| RepoError::CreateDir { path: lock_path.clone(), source })?;
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| RepoError::CreateDir { path: lock_path.clone(), source: errno.into() })
+        .and_then(|_locked| {
+            let source = repo.to_string_lossy();
+            if !mirror.join("HEAD").is_file() {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let tmp = parent.join(format!(".tmp-{}-{nanos}", std::process::id()));
+                let cloned = git(&parent, &["clone", "-q", "--bare", "--template=", &source, &tmp.to_string_lossy()])
+                    .and_then(|_| std::fs::rename(&tmp, &mirror).map_err(|e| RepoError::Copy { from: tmp.clone(), to: mirror.clone(), source: e }));
+                if let Err(e) = cloned {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(e);
+                }
+            } else if refresh {
+                git(&mirror, &["fetch", "-q", "--prune", &source, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])?;
+            }
+            if !has_commit(&mirror) {
+                git(&mirror, &["fetch", "-q", &source, &format!("+{commit}:{}", kept_ref(commit))])?;
+            }
+            git(&mirror, &["update-ref", &kept_ref(commit), commit])?;
+            Ok(mirror)
+        })
+}
+
 /// The commit `rev` names in `repo`; a revision that names none is
 /// [`RepoError::UnknownRevision`], with the branches and tags it could have meant.
 pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
@@ -280,7 +351,7 @@ pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
 }
 
 /// A fresh checkout of `commit` at `dest` (a shared clone: objects are borrowed, nothing is
-/// written to `repo`). The clone takes no git template (`--template=`): no sample hooks, no
+/// written to `repo`; a change's `repo` is its mirror, see [`keep`]). The clone takes no git template (`--template=`): no sample hooks, no
 /// `description`, no `info/exclude`, none of which a step uses, and each would be one more file to
 /// copy for every step.
 pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError> {

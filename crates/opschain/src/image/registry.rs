@@ -11,10 +11,11 @@
 //! on a loopback address may be plain HTTP, any other needs TLS or the engine's
 //! `insecure-registries`.
 
-use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::backend::LogSink;
+use crate::backend::engine::{self, EngineError, EngineTimeouts};
+use crate::backend::{Bound, LogSink};
 use crate::image::docker::Docker;
 
 /// Why a registry operation failed.
@@ -23,15 +24,10 @@ pub enum RegistryError {
     /// The `--registry` value is not `HOST[:PORT]`.
     #[error("invalid registry {0:?}: give HOST:PORT (no scheme, no path), e.g. 127.0.0.1:5000")]
     Invalid(String),
-    /// The docker CLI cannot be run.
-    #[error("cannot run {program}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The engine did not answer in time, the call was stopped by a cancel, or the docker CLI
+    /// cannot be run.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// `docker tag`, `push` or `pull` failed for another reason than the image being absent.
     #[error("docker {op} {reference} failed: {stderr}")]
     Docker {
@@ -89,10 +85,10 @@ impl Registry {
     }
 }
 
-/// Runs `docker ARGS` quietly; its stderr on failure.
-fn docker(docker: &Docker, args: &[&str]) -> Result<Result<(), String>, RegistryError> {
-    let out = docker.command().args(args).stdin(Stdio::null()).output().map_err(|source| RegistryError::Spawn { program: docker.program.display().to_string(), source })?;
-    Ok(if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) })
+/// Runs `docker ARGS` quietly within `bound`, stopped by `cancel`; its stderr on failure.
+fn docker(docker: &Docker, args: &[&str], bound: &Bound, cancel: &AtomicBool) -> Result<Result<(), String>, RegistryError> {
+    let answer = engine::call(docker, args, bound, cancel)?;
+    Ok(if answer.success { Ok(()) } else { Err(answer.stderr.trim().to_string()) })
 }
 
 /// Whether the engine's answer to a pull says the registry is reachable but has no such image
@@ -105,13 +101,15 @@ fn is_absent(stderr: &str) -> bool {
 /// Makes the image `reference` available to the engine without building it: true when it is
 /// there already (pushed or pulled before) or the registry has it (pulled now, the time logged
 /// to `sink`); false when the registry has no such image. An unreachable registry is an error: a
-/// build could not be pushed there either.
-pub fn fetch(docker_bin: &Docker, reference: &str, sink: &dyn LogSink) -> Result<bool, RegistryError> {
-    if docker(docker_bin, &["image", "inspect", "--format", "{{.Id}}", reference])?.is_ok() {
+/// build could not be pushed there either. Each engine call is bounded by `timeouts` and stopped
+/// by `cancel`.
+pub fn fetch(docker_bin: &Docker, reference: &str, sink: &dyn LogSink, timeouts: &EngineTimeouts, cancel: &AtomicBool) -> Result<bool, RegistryError> {
+    let inspect = ["image", "inspect", "--format", "{{.Id}}", reference];
+    if docker(docker_bin, &inspect, &timeouts.call_bound(format!("docker image inspect {reference}")), cancel)?.is_ok() {
         return Ok(true);
     }
     let started = Instant::now();
-    match docker(docker_bin, &["pull", "--quiet", reference])? {
+    match docker(docker_bin, &["pull", "--quiet", reference], &timeouts.transfer_bound(format!("docker pull {reference}")), cancel)? {
         Ok(()) => {
             sink.line("stderr", &format!("opschain: pulled the step image {reference} in {:.3}s", started.elapsed().as_secs_f64()));
             Ok(true)
@@ -122,12 +120,15 @@ pub fn fetch(docker_bin: &Docker, reference: &str, sink: &dyn LogSink) -> Result
 }
 
 /// Tags the local image `local` as `registry`'s reference and pushes it; returns the reference.
-/// The push's time is logged to `sink`.
-pub fn publish(docker_bin: &Docker, local: &str, registry: &Registry, sink: &dyn LogSink) -> Result<String, RegistryError> {
+/// The push's time is logged to `sink`. Each engine call is bounded by `timeouts` and stopped by
+/// `cancel`.
+pub fn publish(docker_bin: &Docker, local: &str, registry: &Registry, sink: &dyn LogSink, timeouts: &EngineTimeouts, cancel: &AtomicBool) -> Result<String, RegistryError> {
     let reference = registry.reference(local);
-    docker(docker_bin, &["tag", local, &reference])?.map_err(|stderr| RegistryError::Docker { op: "tag", reference: reference.clone(), stderr })?;
+    let tag = timeouts.call_bound(format!("docker tag {local} {reference}"));
+    docker(docker_bin, &["tag", local, &reference], &tag, cancel)?.map_err(|stderr| RegistryError::Docker { op: "tag", reference: reference.clone(), stderr })?;
     let started = Instant::now();
-    docker(docker_bin, &["push", "--quiet", &reference])?.map_err(|stderr| RegistryError::Docker { op: "push", reference: reference.clone(), stderr })?;
+    let push = timeouts.transfer_bound(format!("docker push {reference}"));
+    docker(docker_bin, &["push", "--quiet", &reference], &push, cancel)?.map_err(|stderr| RegistryError::Docker { op: "push", reference: reference.clone(), stderr })?;
     sink.line("stderr", &format!("opschain: pushed the step image {reference} in {:.3}s", started.elapsed().as_secs_f64()));
     Ok(reference)
 }

@@ -13,10 +13,13 @@ mod controller_schemas;
 mod controller_secrets;
 mod docker_base;
 mod first_hour;
+mod engine_timeouts;
 mod image;
+mod kept_commits;
 #[cfg(feature = "kubernetes")]
 mod kubernetes_fake;
 mod pid1;
 mod registry;
+mod sandbox_files;
 mod store_encryption;
 mod transport_docker;
