@@ -51,6 +51,12 @@ pub enum ChangeError {
         /// The controller's process id.
         pid: i64,
     },
+    /// The lock of the state directory's snapshots cannot be taken.
+    #[error(transparent)]
+    Gc(#[from] super::gc::GcError),
+    /// The key of the build secrets digest in the state directory cannot be made or read.
+    #[error("cannot use the build secrets digest key")]
+    SecretsKey(#[from] super::private::KeyError),
     /// The backend is not one this build can run.
     #[error("unknown backend {:?} (known: {})", .0.as_str(), BackendKind::available_names())]
     Backend(BackendKind),
@@ -128,6 +134,9 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     }
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
     repo::check_repo(&new.repo, &config.folder).map_err(repo_err)?;
+    // Held until the change is in the store: a collection meanwhile would take its snapshot for
+    // one no change uses.
+    let _snapshots = super::gc::SnapshotLock::take(&config.state_dir)?;
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
     let commit = repo::resolve(&repo_dir, &new.git_rev)
         .and_then(|commit| repo::check_folder_at(&repo_dir, &commit, &config.folder).map(|()| commit))
@@ -135,8 +144,10 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     let commit = match commit {
         Ok(commit) => commit,
         Err(e) => {
-            // A snapshot made for a change that is not created is removed with it.
-            if repo_dir != new.repo.canonicalize().unwrap_or_default() {
+            // A snapshot made for a change that is not created is removed with it, unless it is
+            // one an earlier change of the same content uses (snapshots are shared).
+            let snapshot = repo_dir != new.repo.canonicalize().unwrap_or_default();
+            if snapshot && !store.changes(None)?.iter().any(|c| c.repo == repo_dir) {
                 let _ = std::fs::remove_dir_all(&repo_dir);
             }
             return Err(repo_err(e));
@@ -168,11 +179,11 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
             folder: folder.to_string(),
             max_result_bytes: config.max_result_bytes,
         }))),
-        BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")))),
+        BackendKind::Docker => Ok(Box::new(images_backend(config, folder)?)),
         #[cfg(feature = "kubernetes")]
         BackendKind::Kubernetes => {
             use super::backend::kubernetes::KubernetesBackend;
-            let images = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
+            let images = images_backend(config, folder)?;
             let kubernetes = super::backend::kubernetes::KubernetesConfig { folder: folder.to_string(), ..config.kubernetes.clone() };
             let backend = KubernetesBackend::new(kubernetes, images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
             Ok(Box::new(backend))
@@ -181,6 +192,18 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
         BackendKind::Kubernetes => Err(ChangeError::Backend(kind)),
     }
 }
+
+/// The Docker backend of `config`, which also builds the images of the backends that run them
+/// elsewhere, with the state directory's build secrets digest key and its records of the images
+/// pushed to a registry (`<state dir>/registry`).
+fn images_backend(config: &ControllerConfig, folder: &str) -> Result<DockerBackend, ChangeError> {
+    let key = super::private::secrets_key(&config.state_dir)?;
+    let backend = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
+    Ok(backend.with_state(key, config.state_dir.join(REGISTRY_RECORDS)))
+}
+
+/// The directory of the state directory where the digests of pushed step images are recorded.
+pub const REGISTRY_RECORDS: &str = "registry";
 
 /// Runs a created (or reset) change to its end: waits (`queued`) while another change runs in its
 /// environment (unless its project allows parallel changes), then runs its step tree.
@@ -239,7 +262,19 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         }
     };
     let scheduler = Scheduler::new(store, backend.as_ref(), change, secrets, config.scheduler.clone());
-    Ok(scheduler.run()?)
+    let status = scheduler.run()?;
+    drop(backend);
+    // What the change no longer needs goes now; a failure to remove it fails nothing.
+    if let Err(e) = super::gc::after_change(store, &config.state_dir, change_id, config.keep_sandboxes) {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        eprintln!("opschain: warning: change {change_id} ended, but what it left could not be removed: {why} (`opschain gc` tries again)");
+    }
+    Ok(status)
 }
 
 /// Prints one of the change's own lines on stdout. A reader that went away (a closed pipe) does

@@ -3,8 +3,10 @@
 //!
 //! A `--repo` directory that is not the top of a git work tree (e.g. `fixtures/demo`, inside this
 //! project's own repository) is snapshotted: copied (without `.git` and `target`) under
-//! `<state dir>/repos/<name>-<time>`, `git init`ed and committed there, and the change runs from
-//! that commit. A retry uses the same snapshot, so it runs the same commit.
+//! `<state dir>/repos/<name>-<commit>`, `git init`ed and committed there, and the change runs from
+//! that commit. The commit is a function of the content, so an unchanged directory is one
+//! snapshot however many changes run it. A retry uses the same snapshot, so it runs the same
+//! commit; [`crate::gc`] says how long a snapshot is kept.
 //!
 //! Steps do not check out the commit themselves: a change's [`Checkouts`] checks it out once (a
 //! shared clone, so its `.git` is complete but small) and gives every step a private copy of that
@@ -159,28 +161,70 @@ pub fn is_repo_top(dir: &Path) -> bool {
 }
 
 /// The repository a change uses for `dir`: `dir` itself when it is a git work tree's top,
-/// otherwise a committed snapshot under `<state_dir>/repos`.
+/// otherwise a committed snapshot under `<state_dir>/repos` ([`snapshot`]).
 pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     if is_repo_top(dir) {
         return dir.canonicalize().map_err(|source| RepoError::Copy { from: dir.to_path_buf(), to: dir.to_path_buf(), source });
     }
+    snapshot(dir, &state_dir.join(SNAPSHOTS))
+}
+
+/// The directory of the state directory that holds the snapshots of plain directories.
+pub const SNAPSHOTS: &str = "repos";
+
+/// The fixed date of every snapshot commit: with the fixed identity and message, the same
+/// content gives the same commit, so that snapshots of an unchanged directory are one.
+const SNAPSHOT_DATE: &str = "2000-01-01T00:00:00Z";
+
+/// Snapshots the plain directory `dir` into `repos`: copied (without `.git` and `target`) aside,
+/// `git init`ed and committed there with a fixed identity, date and message, then renamed to
+/// `<name>-<first 16 digits of the commit>`. The same content gives the same commit and so the
+/// same snapshot: when it exists already (an earlier change of the same content, e.g. every
+/// `opschain demo`), the copy is dropped and the existing one used. The caller holds
+/// [`crate::gc::SnapshotLock`], so that no collection removes a snapshot between
+/// here and the change that records it.
+pub fn snapshot(dir: &Path, repos: &Path) -> Result<PathBuf, RepoError> {
     let name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "repo".into());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let repos = state_dir.join("repos");
-    private_dirs(&repos)?;
-    let dest = repos.join(format!("{name}-{nanos}"));
-    let snapshot = || {
-        copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
-        git(&dest, &["init", "-q"])?;
-        git(&dest, &["add", "-A"])?;
-        git(&dest, &["commit", "-q", "-m", "opschain snapshot"])
+    private_dirs(repos)?;
+    let tmp = repos.join(format!(".{name}-{}-{nanos}", std::process::id()));
+    let committed = copy_dir(dir, &tmp, &[".git", "target"], private::DIR_MODE).and_then(|()| commit_snapshot(&tmp));
+    let commit = match committed {
+        Ok(commit) => commit,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
     };
-    // A snapshot that failed half-way is no snapshot: nothing of it is left behind.
-    if let Err(e) = snapshot() {
-        let _ = std::fs::remove_dir_all(&dest);
-        return Err(e);
+    let dest = repos.join(format!("{name}-{}", &commit[..commit.len().min(16)]));
+    if dest.join(".git").is_dir() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(dest);
     }
+    std::fs::rename(&tmp, &dest).map_err(|source| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        RepoError::Copy { from: tmp.clone(), to: dest.clone(), source }
+    })?;
     Ok(dest)
+}
+
+/// `git init`, `add -A` and `commit` in `dir` with the fixed date [`SNAPSHOT_DATE`]; returns the
+/// commit.
+fn commit_snapshot(dir: &Path) -> Result<String, RepoError> {
+    git(dir, &["init", "-q"])?;
+    git(dir, &["add", "-A"])?;
+    let args =
+        ["-c", "user.name=opschain", "-c", "user.email=opschain@localhost", "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", "opschain snapshot"];
+    let out = opschain_runner::git::command(Some(dir))
+        .env("GIT_AUTHOR_DATE", SNAPSHOT_DATE)
+        .env("GIT_COMMITTER_DATE", SNAPSHOT_DATE)
+        .args(args)
+        .output()
+        .map_err(|source| GitError::Spawn { args: "commit".into(), source })?;
+    if !out.status.success() {
+        return Err(GitError::Failed { args: "commit -m 'opschain snapshot'".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() }.into());
+    }
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 /// Checks, before anything is made for it, that `dir` can be a change's repository with the

@@ -67,8 +67,20 @@ impl DockerBackend {
             repo_tar_cache,
             registry: config.registry,
             timeouts: config.timeouts,
+            registry_records: None,
+            secrets_key: None,
         };
         DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport, max_result_bytes: config.max_result_bytes }
+    }
+
+    /// This backend with the controller's state: `key` as the key of the build secrets digest
+    /// ([`ImageSettings::secrets_key`]) and `registry_records` as where the digests of the images
+    /// it pushes are recorded ([`ImageSettings::registry_records`]).
+    pub fn with_state(self, key: opschain_runner::step_image::SecretsKey, registry_records: PathBuf) -> DockerBackend {
+        let mut settings = self.images.settings().clone();
+        settings.secrets_key = Some(key);
+        settings.registry_records = Some(registry_records);
+        DockerBackend { images: StepImages::new(settings), ..self }
     }
 
     /// A new private sandbox directory (mode 0700) for one run of `job`.

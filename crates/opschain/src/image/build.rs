@@ -12,8 +12,14 @@
 //! base image rebuilt under the same name rebuilds the step image. Two steps of a change, or two
 //! changes with the same env properties, share one image; a changed env property gives a new key,
 //! and the build reruns only the layers from the first line that reads the context (the
-//! `OPSCHAIN_CONTEXT_DIGEST` build arg). Build secrets are not in the key: a rotated secret reaches
-//! a build only when something else reruns its `RUN` lines (the README says how to force it).
+//! `OPSCHAIN_CONTEXT_DIGEST` build arg). The build secret sets are in the key too, as a digest
+//! of their names and values keyed by the controller's own key (the
+//! `OPSCHAIN_BUILD_SECRETS_DIGEST` build arg): a changed `build_secrets` list or a rotated value
+//! rebuilds the image and reruns its `RUN` lines, and no value reaches the image.
+//!
+//! With a registry, an image is taken from it only by the digest this controller recorded when it
+//! pushed it, and only when the record's base image id is the current one
+//! ([`crate::image::registry`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +45,8 @@ pub struct ImageSettings {
     pub folder: String,
     /// TERM-to-KILL grace of a cancelled build.
     pub grace: Duration,
-    /// Where each commit's `repo.tar` is kept once made ([`BuildContextSpec::repo_tar_cache`]).
+    /// Where each project's `repo.tar` of a commit is kept once made
+    /// ([`BuildContextSpec::repo_tar_cache`]).
     /// Default: none, archived for every build.
     pub repo_tar_cache: Option<PathBuf>,
 
@@ -49,6 +56,16 @@ pub struct ImageSettings {
     pub registry: Option<crate::image::registry::Registry>,
     /// The time limits of the calls to the engine.
     pub timeouts: EngineTimeouts,
+
+    /// Where the digests of the images pushed to the registry are recorded
+    /// ([`registry::Pushed`]): without a record of its own, the controller never pulls a step
+    /// image. Default: none (every image is built or reused locally and pushed again).
+    pub registry_records: Option<PathBuf>,
+
+    /// The key of the build secrets digest ([`step_image::BuildContextSpec::secrets_key`]): with
+    /// it, a rotated build secret value rebuilds the image. Default: none (the controller gives
+    /// its state directory's, [`crate::private::secrets_key`]).
+    pub secrets_key: Option<step_image::SecretsKey>,
 }
 
 /// A step image ready to run.
@@ -154,6 +171,39 @@ impl StepImages {
         }
     }
 
+    /// The image of `key` that this controller pushed to `registry`, by its digest, when its
+    /// record says it was built from the base image `base_id` and the engine has it (locally, or
+    /// pulled now by the digest) with that base image's label; `None` otherwise (the caller builds
+    /// or reuses a local image and pushes). What was passed over, and why, goes to `sink`.
+    fn pushed_image(
+        &self,
+        registry: &registry::Registry,
+        key: &str,
+        tag: &str,
+        base_id: &str,
+        sink: &dyn LogSink,
+        cancel: &AtomicBool,
+    ) -> Result<Option<String>, registry::RegistryError> {
+        let Some(records) = &self.settings.registry_records else { return Ok(None) };
+        let Some(pushed) = registry::Pushed::read(records, registry, key)? else { return Ok(None) };
+        let reference = registry.digest_reference(tag, &pushed.digest);
+        if pushed.base_image_id != base_id {
+            sink.line("stderr", &format!("opschain: the registry's {reference} was built from another base image than {}: not using it", self.settings.base_image));
+            return Ok(None);
+        }
+        if !registry::fetch(&self.settings.docker, &reference, sink, &self.settings.timeouts, cancel)? {
+            sink.line("stderr", &format!("opschain: the registry no longer has {reference}: not using it"));
+            return Ok(None);
+        }
+        match self.inspect(&reference, cancel) {
+            Ok((_, Some(label))) if label == base_id => Ok(Some(reference)),
+            _ => {
+                sink.line("stderr", &format!("opschain: {reference} does not carry the base image's id: not using it"));
+                Ok(None)
+            }
+        }
+    }
+
     /// The build spec of `job`'s image, its context written under `work`.
     fn spec(&self, job: &StepJob, work: &Path) -> BuildContextSpec {
         let mut spec = BuildContextSpec::new(&job.repo, work.join(CONTEXT_DIR));
@@ -163,8 +213,10 @@ impl StepImages {
         spec.context = job.context.declaring_tree();
         spec.base_runner = self.settings.base_image.clone();
         spec.secrets = SecretSource::Sets(job.build_secret_sets.clone());
+        spec.secrets_key = self.settings.secrets_key.clone();
         spec.secrets_file = Some(work.join(SECRETS_FILE));
         spec.repo_tar_cache = self.settings.repo_tar_cache.clone();
+        spec.project = job.context.context.pointer("/project/code").and_then(serde_json::Value::as_str).map(str::to_string);
         spec
     }
 
@@ -200,23 +252,30 @@ impl StepImages {
         let finished = |what: &str| sink.line("stderr", &format!("opschain: phase build finished in {:.2}s: {what}", started.elapsed().as_secs_f64()));
 
         let registry_err = |source| BackendError::Registry { step: job.step_id, source };
+        let (base_id, built_from) = self.inspect(&tag, cancel)?;
         if let Some(registry) = &self.settings.registry {
-            let remote = registry.reference(&tag);
-            if registry::fetch(&self.settings.docker, &remote, sink, &self.settings.timeouts, cancel).map_err(registry_err)? {
-                finished(&format!("image {remote} from the registry (same commit, Dockerfile, base image and env properties)"));
-                return Ok(ImageOutcome::Ready(ImageRef { tag: remote, key: plan.key, built: false }));
+            if let Some(reference) = self.pushed_image(registry, &plan.key, &tag, &base_id, sink, cancel).map_err(registry_err)? {
+                finished(&format!(
+                    "image {reference} from the registry, as this controller pushed it (same commit, Dockerfile, base image, env properties and build secrets)"
+                ));
+                return Ok(ImageOutcome::Ready(ImageRef { tag: reference, key: plan.key, built: false }));
             }
         }
         // With a registry, the image goes there before any step runs it: a step may run on a
-        // machine that has only the registry.
+        // machine that has only the registry. It runs by the digest the push gave, never by tag.
         let publish = |tag: String| match &self.settings.registry {
-            Some(registry) => registry::publish(&self.settings.docker, &tag, registry, sink, &self.settings.timeouts, cancel).map_err(registry_err),
+            Some(registry) => {
+                let digest = registry::publish(&self.settings.docker, &tag, registry, sink, &self.settings.timeouts, cancel).map_err(registry_err)?;
+                if let Some(records) = &self.settings.registry_records {
+                    registry::Pushed { digest: digest.clone(), base_image_id: base_id.clone() }.write(records, registry, &plan.key).map_err(registry_err)?;
+                }
+                Ok::<_, BackendError>(registry.digest_reference(&tag, &digest))
+            }
             None => Ok(tag),
         };
-        let (base_id, built_from) = self.inspect(&tag, cancel)?;
         if built_from.as_deref() == Some(base_id.as_str()) {
             let tag = publish(tag)?;
-            finished(&format!("reused image {tag} (same commit, Dockerfile, base image and env properties)"));
+            finished(&format!("reused image {tag} (same commit, Dockerfile, base image, env properties and build secrets)"));
             return Ok(ImageOutcome::Ready(ImageRef { tag, key: plan.key, built: false }));
         }
         let writing = Instant::now();
@@ -228,6 +287,15 @@ impl StepImages {
                 "stderr",
                 &format!("opschain: building image {tag} with {dockerfile}; build secret sets: {sets}; build context written in {:.2}s", writing.elapsed().as_secs_f64()),
             );
+            if !context.secrets_digest_declared {
+                sink.line(
+                    "stderr",
+                    &format!(
+                        "opschain: {dockerfile} does not declare ARG {}: building without the layer cache, so that no RUN line reuses a layer built with other build secrets (declare it before the RUN lines to keep the cache)",
+                        step_image::SECRETS_DIGEST_ARG
+                    ),
+                );
+            }
             let mut command = self.settings.docker.command();
             let mut args = context.docker_build_args(&tag);
             let dir = args.pop();

@@ -8,6 +8,7 @@ mod controller;
 mod controller_cli;
 mod controller_docker;
 mod controller_faults;
+mod controller_gc;
 mod controller_input;
 mod controller_schemas;
 mod controller_secrets;
@@ -16,6 +17,7 @@ mod first_hour;
 mod engine_timeouts;
 mod image;
 mod kept_commits;
+mod image_inputs;
 #[cfg(feature = "kubernetes")]
 mod kubernetes_fake;
 mod pid1;

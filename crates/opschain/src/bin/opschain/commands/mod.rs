@@ -8,6 +8,7 @@ pub mod change;
 pub mod demo;
 pub mod dev;
 pub mod environment;
+pub mod gc;
 pub mod project;
 pub mod properties;
 pub mod secrets;
@@ -58,6 +59,24 @@ pub enum Command {
     /// Run the demo change (fixtures/demo: project demo, environment dev, action deploy) on the
     /// process backend, with its secret set `demo` created when missing.
     Demo(demo::DemoArgs),
+    /// Remove what changes left in the state directory and no longer need.
+    ///
+    /// Removed: the sandboxes (<state dir>/sandboxes/change-ID: step checkouts and step contexts,
+    /// runner secrets included) of every change no controller runs, including those a killed
+    /// controller left and those --keep-sandboxes kept; the repository snapshots of plain
+    /// directories (<state dir>/repos) that no change still needs for a retry; the Docker
+    /// backend's caches (<state dir>/sandboxes/repo-tars, sandboxes/folders) of commits no
+    /// retained change has; and the temporary remains of killed controllers.
+    ///
+    /// Kept: everything a change whose controller is alive uses, and the snapshot of every change
+    /// `change retry` can run (error, cancelled, or left running by a killed controller) that is
+    /// one of the last --keep-changes changes or younger than --keep-days days. A retry of an
+    /// older change fails once its snapshot is gone. The store (changes, logs, properties) is
+    /// not touched.
+    ///
+    /// Each change runs the cheap part as it ends: its own sandboxes, those of changes whose
+    /// controller was killed, and its snapshot when it succeeded and no retryable change uses it.
+    Gc(gc::GcArgs),
 }
 
 impl Command {
@@ -72,6 +91,7 @@ impl Command {
             Command::Dev(c) => dev::exec(c, out),
             Command::Store(c) => store::exec(c, ctx, out),
             Command::Demo(a) => demo::exec(a, ctx, out),
+            Command::Gc(a) => gc::exec(a, ctx, out),
         }
     }
 }
