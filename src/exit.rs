@@ -22,6 +22,8 @@ pub enum Sysexit {
     /// 75: a temporary failure, worth trying again later (the controller: another controller
     /// runs the change).
     TempFail = 75,
+    /// 78: a configuration error (the controller's key file is not the database's key).
+    Config = 78,
 }
 
 /// The exit status of a failure, as a process reports it to its parent (0-255). Every error type

@@ -23,4 +23,5 @@ mod kubernetes_fake;
 mod pid1;
 mod registry;
 mod sandbox_files;
+mod store_encryption;
 mod transport_docker;
