@@ -104,7 +104,7 @@ impl PgStore {
             Some(file) => file.clone(),
             None => {
                 // The default key file is made in the state directory, private as it always is.
-                super::private::private_dir_all(state_dir)?;
+                super::permissions::private_dir_all(state_dir)?;
                 state_dir.join(KEY_FILE)
             }
         };

@@ -23,7 +23,7 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::private::FILE_MODE;
+use crate::permissions::FILE_MODE;
 
 /// The first byte of every sealed value: the format (1, XChaCha20-Poly1305 with a 24-byte nonce).
 pub const FORMAT: u8 = 1;
