@@ -99,7 +99,7 @@ impl DockerBackend {
     pub fn image_for(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<Result<String, StepOutput>, BackendError> {
         let dir = self.private_dir(job)?;
         let _sandbox = RemoveOnDrop(dir.clone());
-        Ok(match self.images.build_step_image(job, &dir, sink, cancel)? {
+        Ok(match self.images.build_step_image(&job.image_request(), &dir, sink, cancel)? {
             ImageOutcome::Ready(image) => Ok(image.tag),
             ImageOutcome::Failed { tag, status } => Err(build_failed(&tag, status)),
         })
@@ -218,7 +218,7 @@ impl DockerBackend {
         // Removed however the step ends.
         let dir = self.private_dir(job)?;
         let _sandbox = RemoveOnDrop(dir.clone());
-        let tag = match self.images.build_step_image(job, &dir, sink, cancel)? {
+        let tag = match self.images.build_step_image(&job.image_request(), &dir, sink, cancel)? {
             ImageOutcome::Ready(image) => image.tag,
             ImageOutcome::Failed { tag, status } => return Ok(build_failed(&tag, status)),
         };

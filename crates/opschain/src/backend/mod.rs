@@ -28,6 +28,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::child::LogSink;
+use crate::image::build::ImageRequest;
 use opschain_runner::result::{Children, LevelDiff, RunnerFacts};
 
 /// Why a backend could not run a step (the step's own failure is a [`StepOutput`] instead).
@@ -64,25 +65,9 @@ pub enum BackendError {
         #[source]
         source: opschain_runner::step_image::BuildError,
     },
-    /// The step image cannot be planned or its build context written (a bad env context, a
-    /// Dockerfile that is a symlink, git or tar failing).
-    #[error("cannot prepare the step image of step {step}")]
-    Image {
-        /// The step.
-        step: i64,
-        /// The cause.
-        #[source]
-        source: opschain_runner::step_image::BuildError,
-    },
-    /// A step image cannot be pulled from or pushed to the registry.
-    #[error("cannot get the step image of step {step} through the registry")]
-    Registry {
-        /// The step.
-        step: i64,
-        /// The cause.
-        #[source]
-        source: crate::image::registry::RegistryError,
-    },
+    /// The step's image cannot be built, reused or fetched.
+    #[error(transparent)]
+    StepImage(#[from] crate::image::build::ImageError),
     /// The Kubernetes backend could not run the step.
     #[cfg(feature = "kubernetes")]
     #[error("cannot run step {step} on Kubernetes")]
@@ -104,27 +89,9 @@ pub enum BackendError {
         #[source]
         source: sandbox::SandboxFileError,
     },
-    /// The base runner image is not on the Docker engine.
-    #[error(
-        "the base runner image {image} does not exist on this Docker engine: build it from runner-image/ (runner-image/README.md: \
-         `docker build -t {image} runner-image` with the static agent in it), or choose another with --docker-base-image \
-         (OPSCHAIN_DOCKER_BASE_IMAGE)"
-    )]
-    NoBaseImage {
-        /// The image.
-        image: String,
-    },
     /// A call to the Docker engine gave no answer in time, or was stopped by a cancel.
     #[error(transparent)]
     Engine(#[from] crate::image::engine::EngineError),
-    /// A docker command failed.
-    #[error("docker {op} failed: {stderr}")]
-    Docker {
-        /// The docker operation.
-        op: &'static str,
-        /// Its stderr.
-        stderr: String,
-    },
 }
 
 /// One step to run.
@@ -147,6 +114,21 @@ pub struct StepJob {
     /// The build secret sets that apply to the step's image, in order (filled only for a backend
     /// whose [`Backend::builds_images`] is true; empty otherwise). Never the action's.
     pub build_secret_sets: Vec<opschain_runner::step_image::SecretSet>,
+}
+
+impl StepJob {
+    /// What the step's image is made of, for [`crate::image::build::StepImages`].
+    pub fn image_request(&self) -> ImageRequest<'_> {
+        ImageRequest {
+            step_id: self.step_id,
+            repo: &self.repo,
+            git_rev: &self.git_rev,
+            commit: &self.commit,
+            env_context: self.context.declaring_tree(),
+            project: self.context.context.pointer("/project/code").and_then(Value::as_str).map(str::to_string),
+            build_secret_sets: &self.build_secret_sets,
+        }
+    }
 }
 
 /// A step's `step_context.json`, kept as the parts it is spliced from: the small `context`

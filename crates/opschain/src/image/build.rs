@@ -28,12 +28,81 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendError, StepJob};
-use crate::child::{run_streamed, status_code, LogSink};
+use crate::child::{run_streamed, status_code, ChildError, LogSink};
 use crate::image::docker::Docker;
 use crate::image::engine::{self, EngineError, EngineTimeouts};
 use crate::image::registry;
 use opschain_runner::step_image::{self, BuildContextSpec, SecretSource};
+
+/// Why a step's image could not be built, reused or fetched (a build that ran and failed is an
+/// [`ImageOutcome::Failed`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The step image cannot be planned or its build context written (a bad env context, a
+    /// Dockerfile that is a symlink, git or tar failing).
+    #[error("cannot prepare the step image of step {step}")]
+    Plan {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: opschain_runner::step_image::BuildError,
+    },
+    /// A step image cannot be pulled from or pushed to the registry.
+    #[error("cannot get the step image of step {step} through the registry")]
+    Registry {
+        /// The step.
+        step: i64,
+        /// The cause.
+        #[source]
+        source: crate::image::registry::RegistryError,
+    },
+    /// The base runner image is not on the Docker engine.
+    #[error(
+        "the base runner image {image} does not exist on this Docker engine: build it from runner-image/ (runner-image/README.md: \
+         `docker build -t {image} runner-image` with the static agent in it), or choose another with --docker-base-image \
+         (OPSCHAIN_DOCKER_BASE_IMAGE)"
+    )]
+    NoBaseImage {
+        /// The image.
+        image: String,
+    },
+    /// A docker command failed.
+    #[error("docker {op} failed: {stderr}")]
+    Docker {
+        /// The docker operation.
+        op: &'static str,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// A call to the Docker engine gave no answer in time, or was stopped by a cancel.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// `docker build` cannot be started or waited for, or went past its time limit.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+}
+
+/// What a step's image is made of: the parts of a step to run
+/// ([`crate::backend::StepJob::image_request`]) that the image depends on.
+#[derive(Debug, Clone)]
+pub struct ImageRequest<'a> {
+    /// The step (named in errors).
+    pub step_id: i64,
+    /// The git repository.
+    pub repo: &'a Path,
+    /// The revision the change was created with.
+    pub git_rev: &'a str,
+    /// The commit it resolved to.
+    pub commit: &'a str,
+    /// The step context's values and declared properties the image is built with
+    /// ([`BuildContextSpec::context`]).
+    pub env_context: serde_json::Map<String, serde_json::Value>,
+    /// The project's code, when the context names it.
+    pub project: Option<String>,
+    /// The build secret sets that apply to the image, in order.
+    pub build_secret_sets: &'a [step_image::SecretSet],
+}
 
 /// How step images are built.
 #[derive(Debug, Clone)]
@@ -126,11 +195,11 @@ impl StepImages {
     }
 
     /// Runs `docker ARGS` within the quick calls' limit (stopped when `cancel` turns true) and
-    /// returns its trimmed stdout; a failure is [`BackendError::Docker`].
-    pub fn docker(&self, op: &'static str, args: &[&str], cancel: &AtomicBool) -> Result<String, BackendError> {
+    /// returns its trimmed stdout; a failure is [`ImageError::Docker`].
+    pub fn docker(&self, op: &'static str, args: &[&str], cancel: &AtomicBool) -> Result<String, ImageError> {
         let answer = engine::call(&self.settings.docker, args, &self.settings.timeouts.call_bound(engine::shown(args)), cancel)?;
         if !answer.success {
-            return Err(BackendError::Docker { op, stderr: answer.stderr.trim().to_string() });
+            return Err(ImageError::Docker { op, stderr: answer.stderr.trim().to_string() });
         }
         Ok(answer.stdout.trim().to_string())
     }
@@ -141,12 +210,12 @@ impl StepImages {
     /// `docker image inspect` of both (tens of milliseconds: this is on every step's path). Both
     /// within the quick calls' limit, stopped by `cancel`: an engine that accepts the connection
     /// but does not answer is not asked again through the CLI.
-    fn inspect(&self, tag: &str, cancel: &AtomicBool) -> Result<(String, Option<String>), BackendError> {
+    fn inspect(&self, tag: &str, cancel: &AtomicBool) -> Result<(String, Option<String>), ImageError> {
         let base = self.settings.base_image.as_str();
         if let Some(socket) = engine_socket() {
             let limit = Limit { within: self.settings.timeouts.call, cancel };
             match engine_inspect(&socket, base, tag, &limit) {
-                Ok(found) => return found.ok_or_else(|| BackendError::NoBaseImage { image: self.settings.base_image.clone() }),
+                Ok(found) => return found.ok_or_else(|| ImageError::NoBaseImage { image: self.settings.base_image.clone() }),
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     let what = format!("docker image inspect {base} {tag} (GET /images/.../json on {})", socket.display());
                     return Err(EngineError::NoAnswer { what, within: limit.within, setting: "--docker-timeout-secs" }.into());
@@ -167,8 +236,8 @@ impl StepImages {
         match (answer.success, found.next(), found.next()) {
             (true, Some((base_id, _)), Some((_, label))) => Ok((base_id.to_string(), Some(label.to_string()))),
             (false, Some((base_id, _)), None) if !base_missing => Ok((base_id.to_string(), None)),
-            _ if base_missing => Err(BackendError::NoBaseImage { image: base.to_string() }),
-            _ => Err(BackendError::Docker { op: "inspect the base image", stderr: answer.stderr.trim().to_string() }),
+            _ if base_missing => Err(ImageError::NoBaseImage { image: base.to_string() }),
+            _ => Err(ImageError::Docker { op: "inspect the base image", stderr: answer.stderr.trim().to_string() }),
         }
     }
 
@@ -206,18 +275,18 @@ impl StepImages {
     }
 
     /// The build spec of `job`'s image, its context written under `work`.
-    fn spec(&self, job: &StepJob, work: &Path) -> BuildContextSpec {
-        let mut spec = BuildContextSpec::new(&job.repo, work.join(CONTEXT_DIR));
+    fn spec(&self, job: &ImageRequest, work: &Path) -> BuildContextSpec {
+        let mut spec = BuildContextSpec::new(job.repo, work.join(CONTEXT_DIR));
         spec.folder = self.settings.folder.clone();
-        spec.git_rev = job.git_rev.clone();
-        spec.commit = Some(job.commit.clone());
-        spec.context = job.context.declaring_tree();
+        spec.git_rev = job.git_rev.to_string();
+        spec.commit = Some(job.commit.to_string());
+        spec.context = job.env_context.clone();
         spec.base_runner = self.settings.base_image.clone();
-        spec.secrets = SecretSource::Sets(job.build_secret_sets.clone());
+        spec.secrets = SecretSource::Sets(job.build_secret_sets.to_vec());
         spec.secrets_key = self.settings.secrets_key.clone();
         spec.secrets_file = Some(work.join(SECRETS_FILE));
         spec.repo_tar_cache = self.settings.repo_tar_cache.clone();
-        spec.project = job.context.context.pointer("/project/code").and_then(serde_json::Value::as_str).map(str::to_string);
+        spec.project = job.project.clone();
         spec
     }
 
@@ -225,7 +294,7 @@ impl StepImages {
     /// build context written under `work` (a private directory of the step; the context and the
     /// secret bundle are removed once the build ends). Logs the build phase's start and finish,
     /// with its duration, and streams `docker build`'s output to `sink`; `cancel` stops the build.
-    pub fn build_step_image(&self, job: &StepJob, work: &Path, sink: &dyn LogSink, cancel: &AtomicBool) -> Result<ImageOutcome, BackendError> {
+    pub fn build_step_image(&self, job: &ImageRequest, work: &Path, sink: &dyn LogSink, cancel: &AtomicBool) -> Result<ImageOutcome, ImageError> {
         let started = Instant::now();
         let short = &job.commit[..job.commit.len().min(12)];
         sink.line("stderr", &format!("opschain: phase build started: the step image of commit {short} ({}), FROM {}", self.settings.folder, self.settings.base_image));
@@ -243,16 +312,16 @@ impl StepImages {
     }
 
     /// [`StepImages::build_step_image`] after its start line.
-    fn build_or_reuse(&self, job: &StepJob, work: &Path, sink: &dyn LogSink, cancel: &AtomicBool, started: Instant) -> Result<ImageOutcome, BackendError> {
+    fn build_or_reuse(&self, job: &ImageRequest, work: &Path, sink: &dyn LogSink, cancel: &AtomicBool, started: Instant) -> Result<ImageOutcome, ImageError> {
         let spec = self.spec(job, work);
-        let image_err = |source| BackendError::Image { step: job.step_id, source };
+        let image_err = |source| ImageError::Plan { step: job.step_id, source };
         let plan = step_image::plan(&spec).map_err(image_err)?;
         let tag = plan.tag();
         let lock = Arc::clone(self.keys.lock().unwrap_or_else(|e| e.into_inner()).entry(plan.key.clone()).or_default());
         let _building = lock.lock().unwrap_or_else(|e| e.into_inner());
         let finished = |what: &str| sink.line("stderr", &format!("opschain: phase build finished in {:.2}s: {what}", started.elapsed().as_secs_f64()));
 
-        let registry_err = |source| BackendError::Registry { step: job.step_id, source };
+        let registry_err = |source| ImageError::Registry { step: job.step_id, source };
         let (base_id, built_from) = self.inspect(&tag, cancel)?;
         if let Some(registry) = &self.settings.registry {
             if let Some(reference) = self.pushed_image(registry, &plan.key, &tag, &base_id, sink, cancel).map_err(registry_err)? {
@@ -270,7 +339,7 @@ impl StepImages {
                 if let Some(records) = &self.settings.registry_records {
                     registry::Pushed { digest: digest.clone(), base_image_id: base_id.clone() }.write(records, registry, &plan.key).map_err(registry_err)?;
                 }
-                Ok::<_, BackendError>(registry.digest_reference(&tag, &digest))
+                Ok::<_, ImageError>(registry.digest_reference(&tag, &digest))
             }
             None => Ok(tag),
         };
@@ -304,7 +373,7 @@ impl StepImages {
             args.extend(dir);
             command.stdin(Stdio::null()).args(args);
             let bound = self.settings.timeouts.build_bound(format!("docker build of {tag}"));
-            run_streamed(command, self.settings.docker.program.display().to_string(), sink, cancel, self.settings.grace, Some(&bound)).map(status_code).map_err(BackendError::from)
+            run_streamed(command, self.settings.docker.program.display().to_string(), sink, cancel, self.settings.grace, Some(&bound)).map(status_code).map_err(ImageError::from)
         });
         // The secrets and the context go as soon as the build ends, however it ended.
         let _ = std::fs::remove_file(work.join(SECRETS_FILE));
