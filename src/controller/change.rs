@@ -14,7 +14,7 @@ use super::backend::Backend;
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::status::{BackendKind, ChangeStatus};
-use super::store::{pid_alive, Claim, NewChangeRow, Store, StoreError};
+use super::store::{pid_alive, Claim, NewChangeRow, Start, Store, StoreError};
 
 /// Why a change operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -160,17 +160,26 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
 pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
     let pid = i64::from(std::process::id());
     let mut said = false;
-    while let Some(blocking) = store.try_start_change(change_id, pid)? {
-        if !said {
-            println!("==> change {change_id} queued: change {blocking} is running in the same environment");
-            store.set_change_status(change_id, ChangeStatus::Queued)?;
-            said = true;
+    loop {
+        match store.try_start_change(change_id, pid)? {
+            Start::Started => break,
+            Start::Cancelled => {
+                println!("==> change {change_id} cancelled before it started");
+                return Ok(ChangeStatus::Cancelled);
+            }
+            Start::Blocked(blocking) => {
+                if !said {
+                    println!("==> change {change_id} queued: change {blocking} is running in the same environment");
+                    store.set_change_status(change_id, ChangeStatus::Queued)?;
+                    said = true;
+                }
+                if store.cancel_requested(change_id)? {
+                    store.cancel_orphaned(change_id)?;
+                    return Ok(ChangeStatus::Cancelled);
+                }
+                std::thread::sleep(config.queue_poll);
+            }
         }
-        if store.cancel_requested(change_id)? {
-            store.cancel_orphaned(change_id)?;
-            return Ok(ChangeStatus::Cancelled);
-        }
-        std::thread::sleep(config.queue_poll);
     }
     let change = store.change(change_id)?;
     let secrets = match &change.secret_set {

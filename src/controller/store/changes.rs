@@ -77,6 +77,18 @@ fn is_zombie(pid: i32) -> bool {
     matches!(crate::procfs::stat(pid), Ok(Some(stat)) if stat.is_zombie())
 }
 
+/// What [`Store::try_start_change`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The change is now `running` under this controller.
+    Started,
+    /// Another change runs in the same environment (its id); nothing was changed.
+    Blocked(i64),
+    /// A cancel was asked for before the change started: it is recorded `cancelled`, its steps
+    /// too, and must not run.
+    Cancelled,
+}
+
 /// What [`Store::create_change`] stores of a new change.
 #[derive(Debug, Clone, Copy)]
 pub struct NewChangeRow<'a> {
@@ -132,16 +144,23 @@ impl Store {
 
     /// Makes this process the change's controller and marks it `running`, unless another live
     /// controller runs a change in the same environment and the project does not allow parallel
-    /// changes: then returns the blocking change's id and changes nothing.
-    pub fn try_start_change(&self, change_id: i64, pid: i64) -> Result<Option<i64>, StoreError> {
+    /// changes (then returns the blocking change's id and changes nothing), or a cancel was asked
+    /// for since the change was created or reset for a retry (then the change and its waiting steps
+    /// are recorded `cancelled`). Starting never clears the cancel flag: a `change cancel` that
+    /// lands between create and start is kept, not undone.
+    pub fn try_start_change(&self, change_id: i64, pid: i64) -> Result<Start, StoreError> {
         self.write(move |tx| {
-            let (env, allow): (i64, bool) = tx
+            let (env, allow, cancel): (i64, bool, bool) = tx
                 .query_row(
-                    "SELECT c.environment_id, p.allow_parallel_changes FROM changes c JOIN projects p ON p.id = c.project_id WHERE c.id = ?1",
-                    [change_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    "SELECT c.environment_id, p.allow_parallel_changes, c.cancel_requested OR c.status = ?2 FROM changes c JOIN projects p ON p.id = c.project_id WHERE c.id = ?1",
+                    params![change_id, ChangeStatus::Cancelled],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .map_err(q("read change"))?;
+            if cancel {
+                cancel_steps_and_change(tx, change_id)?;
+                return Ok(Start::Cancelled);
+            }
             if !allow {
                 let mut stmt = tx
                     .prepare("SELECT id, controller_pid FROM changes WHERE environment_id = ?1 AND id != ?2 AND status = ?3 AND controller_pid IS NOT NULL")
@@ -153,15 +172,15 @@ impl Store {
                     .map_err(q("find running changes"))?;
                 drop(stmt);
                 if let Some((blocking, _)) = running.into_iter().find(|&(_, pid)| pid_alive(pid)) {
-                    return Ok(Some(blocking));
+                    return Ok(Start::Blocked(blocking));
                 }
             }
             tx.execute(
-                "UPDATE changes SET status = ?3, controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
+                "UPDATE changes SET status = ?3, controller_pid = ?2, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
                 params![change_id, pid, ChangeStatus::Running],
             )
             .map_err(q("start change"))?;
-            Ok(None)
+            Ok(Start::Started)
         })
     }
 
@@ -298,17 +317,20 @@ impl Store {
     /// Ends a change whose controller is gone: pending, queued and running steps become
     /// `cancelled`, and so does the change.
     pub fn cancel_orphaned(&self, change_id: i64) -> Result<(), StoreError> {
-        self.write(move |tx| {
-            tx.execute(
-                "UPDATE steps SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN (?3, ?4, ?5)",
-                params![change_id, StepStatus::Cancelled, StepStatus::Pending, StepStatus::Queued, StepStatus::Running],
-            )
-            .map_err(q("cancel steps"))?;
-            tx.execute("UPDATE changes SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", params![change_id, ChangeStatus::Cancelled])
-                .map_err(q("cancel change"))?;
-            Ok(())
-        })
+        self.write(move |tx| cancel_steps_and_change(tx, change_id))
     }
+}
+
+/// Turns a change's pending, queued and running steps `cancelled`, and the change.
+fn cancel_steps_and_change(tx: &rusqlite::Connection, change_id: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE steps SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN (?3, ?4, ?5)",
+        params![change_id, StepStatus::Cancelled, StepStatus::Pending, StepStatus::Queued, StepStatus::Running],
+    )
+    .map_err(q("cancel steps"))?;
+    tx.execute("UPDATE changes SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", params![change_id, ChangeStatus::Cancelled])
+        .map_err(q("cancel change"))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -336,5 +358,21 @@ mod tests {
         assert_eq!(steps.iter().find(|s| s.id == ok).unwrap().status, StepStatus::Success);
         assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
         assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
+    }
+
+    #[test]
+    fn a_cancel_between_create_and_start_is_kept_and_the_change_does_not_start() {
+        let (_dir, store, _p, _e, c) = setup();
+        store.request_cancel(c).unwrap();
+        assert_eq!(store.try_start_change(c, 4242).unwrap(), Start::Cancelled);
+        let change = store.change(c).unwrap();
+        assert!(change.cancel_requested, "the cancel flag survives the start");
+        assert_eq!(change.status, ChangeStatus::Cancelled);
+        assert!(store.steps(c).unwrap().iter().all(|s| s.status == StepStatus::Cancelled));
+        // A change already recorded cancelled (no controller was there to ask) does not start either.
+        let (_dir, store, _p, _e, c) = setup();
+        store.cancel_orphaned(c).unwrap();
+        assert_eq!(store.try_start_change(c, 4242).unwrap(), Start::Cancelled);
+        assert_eq!(store.change(c).unwrap().status, ChangeStatus::Cancelled);
     }
 }

@@ -75,7 +75,7 @@ use serde_json::{Map, Value};
 use super::private;
 use crate::properties::splice;
 
-pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
+pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow, Start};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use projects::{EnvironmentRow, ProjectRow};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
