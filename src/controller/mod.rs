@@ -9,6 +9,7 @@
 //! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
+//! * [`merge`]: the three-way merge of a step's properties edit with the edits made since it started.
 //! * [`patch`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
 //! * [`private`]: the state directory, snapshots, sandboxes and secret files private to their
@@ -21,6 +22,7 @@
 
 pub mod backend;
 pub mod change;
+pub mod merge;
 pub mod output;
 pub mod patch;
 pub mod rc;

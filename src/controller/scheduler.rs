@@ -263,6 +263,9 @@ impl<'a> Scheduler<'a> {
         let began = Instant::now();
         self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         // The context is spliced around the properties' shared text, never built as a tree.
+        // The versions the step starts from: its diffs are merged against them if the properties
+        // change while it runs.
+        let bases = (start.project_base.clone(), start.environment_base.clone());
         let context = ContextDocument {
             context: json!({
                 "project": {"code": self.change.project},
@@ -335,6 +338,8 @@ impl<'a> Scheduler<'a> {
                     children,
                     child_strategy: strategy,
                     mask: self.output.masker(),
+                    project_base: Some(bases.0.clone()),
+                    environment_base: Some(bases.1.clone()),
                 }
             }
             Err(e) => {
@@ -353,6 +358,8 @@ impl<'a> Scheduler<'a> {
                     children: vec![],
                     child_strategy: None,
                     mask: self.output.masker(),
+                    project_base: None,
+                    environment_base: None,
                 }
             }
         };

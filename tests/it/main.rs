@@ -12,6 +12,7 @@ mod controller_cli;
 mod controller_docker;
 mod controller_faults;
 mod controller_input;
+mod controller_merge;
 mod controller_secrets;
 mod diff_conformance;
 mod diff_props;

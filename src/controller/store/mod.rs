@@ -78,7 +78,7 @@ use crate::properties::splice;
 pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow, Start};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use projects::{EnvironmentRow, ProjectRow};
-pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
+pub use properties::{Level, PropertiesBase, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
 pub use steps::{StartingProperties, StepEnd, StepRow};
 pub use writer::MAX_GROUP;
 
@@ -348,6 +348,8 @@ mod fixtures {
             children: children.iter().map(|c| c.to_string()).collect(),
             child_strategy: Some("parallel".into()),
             mask: Masker::default(),
+            project_base: None,
+            environment_base: None,
         }
     }
 }
