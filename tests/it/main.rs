@@ -14,6 +14,7 @@ mod controller_faults;
 mod controller_input;
 mod controller_merge;
 mod controller_secrets;
+mod controller_stop;
 mod diff_conformance;
 mod diff_props;
 mod docker_base;

@@ -144,9 +144,10 @@ pub fn run_with_stdin(
 }
 
 /// Runs one step in a container of `image` with the stream transport: `docker run -i --rm --name
-/// NAME --env OPSCHAIN_REPO_FOLDER=FOLDER IMAGE step --context-from - --result-frame NONCE`, the
-/// context on standard input, the result out of the output. A container left behind (a failed or
-/// cancelled run) is removed.
+/// NAME --env OPSCHAIN_REPO_FOLDER=FOLDER IMAGE step --context-from - --result-frame NONCE
+/// --grace-secs GRACE`, the context on standard input, the result out of the output. A cancel
+/// kills the run [`super::KILL_AFTER_GRACE`] after the agent's `grace`. A container left behind
+/// (a failed or cancelled run) is removed.
 #[allow(clippy::too_many_arguments)]
 pub fn docker_step(
     docker: &Docker,
@@ -159,8 +160,10 @@ pub fn docker_step(
     grace: std::time::Duration,
 ) -> Result<super::StepOutput, BackendError> {
     let nonce = nonce();
+    let grace_secs = super::agent_grace_secs(grace).to_string();
+    let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder}");
     let args: Vec<OsString> =
-        ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce]
+        ["run", "-i", "--rm", "--name", name, "--env", &folder_env, image, "step", "--context-from", "-", "--result-frame", &nonce, "--grace-secs", &grace_secs]
             .iter()
             .map(OsString::from)
             .collect();
@@ -168,7 +171,9 @@ pub fn docker_step(
     context.write_to(&mut bytes).expect("writing to memory cannot fail");
     let mut command = docker.command();
     command.args(&args);
-    let run = run_with_stdin(command, &bytes, &nonce, sink, cancel, grace);
+    // `docker run` passes the SIGTERM on to the agent; it is killed only once the agent's own
+    // grace ladder has had its time.
+    let run = run_with_stdin(command, &bytes, &nonce, sink, cancel, super::agent_kill_after(grace));
     // `docker run` exits 125-127 for its own failures too (the container may not have run), and a
     // cancelled run leaves its container behind: only then is the engine asked again.
     let remove = || {
