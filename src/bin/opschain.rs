@@ -23,12 +23,12 @@ use opschain_runner::cli::controller::{
 };
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
-use opschain_runner::controller::output;
 use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
 use opschain_runner::controller::status::{BackendKind, ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
+use opschain_runner::controller::store::{ChangeRow, Level, StepRow, Store, StoreError};
+use opschain_runner::controller::{interrupt, output};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
@@ -540,7 +540,7 @@ fn run_change(store: &Store, config: &ControllerConfig, new: NewChange) -> Resul
     let project_is_new = matches!(store.project_id(&new.project), Err(StoreError::NotFound(_)));
     let environment_is_new =
         project_is_new || matches!(store.project_id(&new.project).and_then(|p| store.environment_id(p, &new.environment)), Err(StoreError::NotFound(_)));
-    let id = change::create(store, config, &new)?;
+    let (id, lock) = change::create(store, config, &new)?;
     if project_is_new {
         eprintln!("opschain: project {:?} created", new.project);
     }
@@ -548,7 +548,33 @@ fn run_change(store: &Store, config: &ControllerConfig, new: NewChange) -> Resul
         eprintln!("opschain: environment {:?} created", new.environment);
     }
     println!("==> change {id} created (state: {})", store.path().display());
-    Ok((id, change::execute(store, config, id)?))
+    let status = in_foreground(store, id, || change::execute(store, config, lock))?;
+    Ok((id, status))
+}
+
+/// Runs change `id` in the foreground with `run`: SIGINT, SIGTERM or SIGHUP cancels it as `change
+/// cancel` does (see [`interrupt`]), and one line then says so and how to run it again.
+fn in_foreground(store: &Store, id: i64, run: impl FnOnce() -> Result<ChangeStatus, ChangeError>) -> Result<ChangeStatus> {
+    let (status, signal) = interrupt::cancel_on_signal(store, id, run);
+    let status = status?;
+    if let (Some(signal), ChangeStatus::Cancelled) = (signal, status) {
+        eprintln!("opschain: change {id} cancelled on {signal}: its steps were stopped; run it again with `opschain change retry {id}`");
+    }
+    Ok(status)
+}
+
+/// Records the end of every change whose controller is gone ([`change::recognise_lost`]), with a
+/// line on stderr for each: the commands that look at changes run it first.
+fn recognise_lost(store: &Store, state_dir: &Path) -> Result<()> {
+    for lost in change::recognise_lost(store, state_dir)? {
+        eprintln!(
+            "opschain: change {} was left unfinished by a controller that is gone (killed, or its machine stopped): recorded {}, its sandboxes removed; `opschain change retry {}` runs it again",
+            lost.id,
+            lost.status.as_str(),
+            lost.id
+        );
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -565,6 +591,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
     let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
     let store = Store::open(&state_dir)?;
+    // The commands that run a change cancel it on SIGINT, SIGTERM and SIGHUP; the handlers are in
+    // place before the change exists, so a signal during its creation cancels it too.
+    if matches!(cli.command, Command::Demo(_) | Command::Change(ChangeCommand::Create(_) | ChangeCommand::Retry { .. })) {
+        interrupt::install()?;
+    }
+    // The commands that look at changes record those whose controller is gone.
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Change(ChangeCommand::Create(_) | ChangeCommand::Retry { .. } | ChangeCommand::List { .. } | ChangeCommand::Show { .. })
+    ) {
+        recognise_lost(&store, &state_dir)?;
+    }
     match cli.command {
         Command::Change(ChangeCommand::Create(args)) => {
             let repo = repo_or_working_directory(args.repo)?;
@@ -661,6 +699,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("  project {}, environment {}, action {}", c.project, c.environment, c.action);
             println!("  commit {} ({}) from {}", c.commit, c.git_rev, c.repo.display());
             println!("  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"));
+            if let Some(reason) = &c.reason {
+                println!("  reason: {reason}");
+            }
             println!("steps:");
             let mask = output::change_masker(&store, &c)?;
             let mut steps = store.steps(c.id)?;
@@ -678,11 +719,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // An unknown id is "not found", before anything else is looked at.
             let id = store.change(id.get())?.id;
             let config = config(&state_dir, &settings)?;
-            Ok(exit_of(change::retry(&store, &config, id)?))
+            Ok(exit_of(in_foreground(&store, id, || change::retry(&store, &config, id))?))
         }
         Command::Change(ChangeCommand::Cancel { id }) => {
             let id = id.get();
-            match change::cancel(&store, id)? {
+            let status = change::cancel(&store, &state_dir, id)?;
+            recognise_lost(&store, &state_dir)?;
+            match status {
                 ChangeStatus::Running => {
                     println!("change {id}: cancel requested; its controller stops it")
                 }
@@ -799,7 +842,7 @@ fn print_logs(store: &Store, id: i64, follow: bool) -> anyhow::Result<()> {
     let mut after = 0;
     loop {
         // Whether the change had ended before this read: then the read has its last lines.
-        let ended = !follow || is_ended(&store.change(id)?);
+        let ended = !follow || is_ended(store, &store.change(id)?)?;
         after = store.logs_after(id, after, |l| {
             if failed.is_none() {
                 let mark = if l.stream == "stderr" { "!" } else { " " };
@@ -820,7 +863,7 @@ fn print_logs(store: &Store, id: i64, follow: bool) -> anyhow::Result<()> {
 
 /// Whether no more lines will come to `change`: it has ended, or the controller running it is
 /// gone (killed: `change retry` runs it again, and `change logs --follow` follows that run).
-fn is_ended(change: &ChangeRow) -> bool {
+fn is_ended(store: &Store, change: &ChangeRow) -> Result<bool, StoreError> {
     let running = matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued | ChangeStatus::Running);
-    !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
+    Ok(!running || !store.controller_alive(change.id)?)
 }

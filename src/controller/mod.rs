@@ -9,6 +9,8 @@
 //! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
+//! * [`interrupt`]: SIGINT, SIGTERM and SIGHUP of a foreground change cancel it.
+//! * [`liveness`]: whether a change's controller still runs (a lock it holds).
 //! * [`merge`]: the three-way merge of a step's properties edit with the edits made since it started.
 //! * [`patch`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
@@ -22,6 +24,8 @@
 
 pub mod backend;
 pub mod change;
+pub mod interrupt;
+pub mod liveness;
 pub mod merge;
 pub mod output;
 pub mod patch;

@@ -309,7 +309,8 @@ mod tests {
                 secret_set: None,
                 folder: ".opschain",
             })
-            .unwrap();
+            .unwrap()
+            .0;
         let step = store.steps(c).unwrap()[0].id;
         let terminal = Terminal::default();
         let output = ChangeOutput::with_terminal(&store, Box::new(terminal.clone()));

@@ -111,3 +111,134 @@ fn a_cancelled_step_that_ignores_sigterm_keeps_the_properties_it_recorded() {
     assert_eq!(props["kept"], json!("yes"), "{}", text(&out));
     assert_eq!(props["servers"].as_object().map(|s| s.len()), Some(40_000));
 }
+
+const SLOW: &str = r#"
+[actions.slow]
+run = "echo slow-step-began; sleep ${SLOW_SECS:-0}"
+
+[actions.quick]
+run = "true"
+"#;
+
+/// The process id of the only child of `pid` (what `unshare --fork` runs).
+fn only_child(pid: u32) -> u32 {
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // The parent's id is the second field after the command's closing parenthesis.
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect();
+    assert_eq!(children.len(), 1, "the children of unshare: {children:?}");
+    children[0]
+}
+
+/// Whether this user can make a PID namespace (root can).
+fn pid_namespaces_work() -> bool {
+    Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_change_whose_controller_was_killed_is_recorded_by_the_next_command_and_frees_its_environment() {
+    let state = tempfile::tempdir().unwrap();
+    let repo = project(SLOW);
+    // As PID 1 of its own PID namespace where this user can make one (as in every `docker run`
+    // of the controller): its process id then names a live process in any other namespace.
+    let as_pid_1 = pid_namespaces_work();
+    let program = env!("CARGO_BIN_EXE_opschain");
+    let mut command = if as_pid_1 {
+        let mut c = opschain(state.path());
+        let mut unshare = Command::new("unshare");
+        unshare.args(["--pid", "--fork", "--mount-proc", program]).envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))));
+        c = unshare;
+        c
+    } else {
+        opschain(state.path())
+    };
+    let mut controller = command
+        .env("SLOW_SECS", "30")
+        .args(["change", "create", "--repo", repo.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_log(state.path(), 1, "slow-step-began");
+    let pid = if as_pid_1 { only_child(controller.id()) } else { controller.id() };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    controller.wait().unwrap();
+
+    // The next command that looks records it, once, and says so.
+    let out = run(state.path(), &["change", "ls"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("change 1 was left unfinished by a controller that is gone"), "as PID 1: {as_pid_1}\n{}", text(&out));
+    assert!(stderr.contains("`opschain change retry 1`"), "{}", text(&out));
+    assert_eq!(listed_status(state.path(), 1), "error");
+    let out = run(state.path(), &["change", "ls"]);
+    assert!(out.stderr.is_empty(), "recorded once: {}", text(&out));
+    let show = run(state.path(), &["change", "show", "1"]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("reason: the controller running it was lost"), "{show}");
+    assert!(show.contains("[slow] error"), "{show}");
+    assert!(show.contains("its controller was lost while it ran"), "{show}");
+    // Its sandboxes (step contexts, secrets) are gone.
+    assert!(!state.path().join("sandboxes/change-1").exists());
+
+    // A new change of the environment runs at once, not queued behind the dead one.
+    let mut next = opschain(state.path())
+        .args(["change", "create", "--repo", repo.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "quick"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            next.kill().unwrap();
+            panic!("the new change of the environment never ended: {}", text(&next.wait_with_output().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = next.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("queued"), "{}", text(&out));
+
+    // And the lost change can be retried to its end.
+    let out = run(state.path(), &["change", "retry", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(listed_status(state.path(), 1), "success");
+}
+
+#[test]
+fn sigint_sigterm_and_sighup_of_a_foreground_change_cancel_it_with_one_line_saying_how_to_retry() {
+    for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGHUP] {
+        let state = tempfile::tempdir().unwrap();
+        let repo = project(SLOW);
+        let controller = opschain(state.path())
+            .env("SLOW_SECS", "30")
+            .args(["change", "create", "--repo", repo.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "slow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_log(state.path(), 1, "slow-step-began");
+        let started = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(controller.id() as i32), signal).unwrap();
+        let out = controller.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{signal}: {}", text(&out));
+        assert!(started.elapsed() < Duration::from_secs(20), "{signal}: the cancel took {:?}", started.elapsed());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("cancelled")).collect();
+        assert_eq!(lines.len(), 1, "{signal}: {}", text(&out));
+        assert!(lines[0].contains(&format!("change 1 cancelled on {signal}")), "{}", lines[0]);
+        assert!(lines[0].contains("`opschain change retry 1`"), "{}", lines[0]);
+        assert_eq!(listed_status(state.path(), 1), "cancelled", "{signal}");
+        let show = String::from_utf8_lossy(&run(state.path(), &["change", "show", "1"]).stdout).to_string();
+        assert!(show.contains("[slow] cancelled"), "{signal}: {show}");
+        // A retry runs it to its end.
+        let out = run(state.path(), &["change", "retry", "1"]);
+        assert!(out.status.success(), "{signal}: {}", text(&out));
+    }
+}

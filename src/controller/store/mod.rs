@@ -75,7 +75,7 @@ use serde_json::{Map, Value};
 use super::private;
 use crate::properties::splice;
 
-pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow, Start};
+pub use changes::{ChangeRow, Claim, Lost, NewChangeRow, Start, LOST_REASON, LOST_STEP};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use projects::{EnvironmentRow, ProjectRow};
 pub use properties::{Level, PropertiesBase, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
@@ -179,6 +179,13 @@ pub enum StoreError {
     /// The writer thread is gone (it panicked): nothing can be written.
     #[error("the store's writer thread is gone")]
     WriterGone,
+    /// A change's lock (its controller's liveness) cannot be used.
+    #[error(transparent)]
+    Liveness(#[from] crate::controller::liveness::LivenessError),
+    /// A new change's lock is held by another process (a state directory whose database was
+    /// replaced while a controller of the old one runs).
+    #[error("the lock of the new change {0} is held by another process")]
+    Locked(i64),
 }
 
 /// Maps a failed query of the operation `op` to [`StoreError::Query`].
@@ -195,6 +202,8 @@ pub struct Store {
     path: PathBuf,
     /// Log lines waiting for the writer, per step.
     logs: Arc<LogBacklog>,
+    /// The directory of the changes' locks (`<state dir>/locks`, see [`crate::controller::liveness`]).
+    locks: PathBuf,
 }
 
 /// Parses a stored JSON object; `what` names it in the error.
@@ -241,7 +250,7 @@ impl Store {
         })
         .map_err(open_err)?;
         let writer = Writer::start(conn).map_err(|source| StoreError::Writer { source })?;
-        Ok(Store { read: Mutex::new(read), cache: Arc::default(), writer, path, logs: Arc::default() })
+        Ok(Store { read: Mutex::new(read), cache: Arc::default(), writer, path, logs: Arc::default(), locks: state_dir.join("locks") })
     }
 
     /// Queues `f` for the writer thread and waits until the group it joined has committed:
@@ -334,7 +343,8 @@ mod fixtures {
                 secret_set: None,
                 folder: ".opschain",
             })
-            .unwrap();
+            .unwrap()
+            .0;
         (dir, store, p, e, c)
     }
 
@@ -382,7 +392,7 @@ mod tests {
             secret_set: None,
             folder: ".mintpress",
         };
-        let id = store.create_change(&new).unwrap();
+        let id = store.create_change(&new).unwrap().0;
         assert_eq!(store.change(id).unwrap().folder.as_deref(), Some(".mintpress"));
         drop(store);
         // Opened again: nothing more to migrate.
