@@ -155,9 +155,10 @@ impl Store {
     /// Ends a step in ONE transaction: applies its diffs to the current properties (new versions),
     /// records its status, and adds its children as `pending`. A diff is applied as the step meant
     /// it: as it is when the properties are still the version the step started from, else merged
-    /// three ways with what changed since ([`crate::controller::merge`], only the top-level members the diff touches). A diff that does not apply, or
-    /// conflicts with a change made since, rolls the diffs back and ends the step `error` with the
-    /// conflict explained. Returns the final status and the message, if any.
+    /// three ways with what changed since ([`crate::controller::merge`], of the top-level members
+    /// the diff touches). A diff that does not apply, or conflicts with a change made since, rolls
+    /// the diffs back and ends the step `error` with the conflict explained. Returns the final
+    /// status and the message, if any.
     pub fn finish_step(&self, step_id: i64, project_id: i64, environment_id: i64, end: StepEnd) -> Result<(StepStatus, Option<String>), StoreError> {
         self.write_properties(move |tx, cache, staged| {
             let (change_id, project_version, environment_version, action): (i64, Option<i64>, Option<i64>, String) = tx
