@@ -1,7 +1,8 @@
 //! How a change stops, through the real `opschain` binary on the process backend: a cancelled
 //! step that ignores SIGTERM keeps the property changes it recorded; a controller killed with -9
 //! is recognised as lost by the next command that looks; SIGINT, SIGTERM and SIGHUP of a
-//! foreground `change create` cancel its change.
+//! foreground `change create` cancel its change; the same on the Docker backend (ignored unless
+//! asked for: it needs an engine).
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -240,5 +241,120 @@ fn sigint_sigterm_and_sighup_of_a_foreground_change_cancel_it_with_one_line_sayi
         // A retry runs it to its end.
         let out = run(state.path(), &["change", "retry", "1"]);
         assert!(out.status.success(), "{signal}: {}", text(&out));
+    }
+}
+
+/// The Docker backend's actions: the same as on the process backend, their time fixed (a
+/// container does not get the controller's environment).
+const IN_CONTAINERS: &str = r#"
+[actions.stubborn]
+run = "trap '' TERM; opschain-runner property set --environment kept yes; echo recorded; sleep 30"
+
+[actions.slow]
+run = "echo slow-step-began; sleep 30"
+"#;
+
+/// An image removed when dropped, also when a test fails.
+struct Image(String);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new(crate::docker_base::DOCKER).args(["rmi", "--force", &self.0]).output();
+    }
+}
+
+/// Images removed when dropped, also when a test fails.
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for tag in &self.0 {
+            let _ = Command::new(crate::docker_base::DOCKER).args(["rmi", "--force", tag]).output();
+        }
+    }
+}
+
+/// `change create --backend docker` of `action` with the base image `base` and `transport`.
+fn spawn_docker_change(state: &Path, repo: &Path, base: &str, transport: &str, action: &str) -> Child {
+    opschain(state)
+        .args(["change", "create", "--backend", "docker", "--docker-bin", crate::docker_base::DOCKER, "--docker-base-image", base, "--transport", transport])
+        .args(["--repo", repo.to_str().unwrap(), "-p", "p", "-e", "dev", "-a", action])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the step has run for a while: its log line `marker` is stored (the bind-mount
+/// transport streams the log as it comes), or, with the stream transport (whose log reaches the
+/// store only once the step's output ends), its container has run for 5 s.
+fn wait_for_step(state: &Path, transport: &str, controller: u32, marker: &str) {
+    if transport != "stream" {
+        return wait_for_log(state, 1, marker);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ps = Command::new(crate::docker_base::DOCKER).args(["ps", "--format", "{{.Names}}"]).output().unwrap();
+        if String::from_utf8_lossy(&ps.stdout).lines().any(|n| n.starts_with("opschain-step-1-") && n.ends_with(&format!("-{controller}"))) {
+            std::thread::sleep(Duration::from_secs(5));
+            return;
+        }
+        assert!(Instant::now() < deadline, "the step's container never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The step images a change's output says it built.
+fn built_images(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(": built image "))
+        .map(|(_, tag)| tag.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
+fn on_the_docker_backend_a_cancelled_step_keeps_its_properties_and_sigint_cancels_the_change() {
+    crate::common::required("a Docker engine", crate::docker_base::engine_runs());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let base = Image(format!("fix-props-stop-base:{}-{nanos}", std::process::id()));
+    crate::docker_base::build_image_as(env!("CARGO_BIN_EXE_opschain-runner"), &base.0, "");
+    let repo = project(IN_CONTAINERS);
+    let mut step_images = Images(Vec::new());
+    for transport in ["bind-mount", "stream"] {
+        // A step that ignores SIGTERM, cancelled: its recorded change is applied (large
+        // properties, so that the agent's result takes a while after its grace).
+        let state = tempfile::tempdir().unwrap();
+        let servers: serde_json::Map<String, Value> = (0..40_000).map(|i| (format!("srv-{i:05}"), json!({"ip": format!("10.0.{}.{}", i / 256, i % 256)}))).collect();
+        let file = state.path().join("props.json");
+        std::fs::write(&file, json!({"servers": servers}).to_string()).unwrap();
+        let out = run(state.path(), &["properties", "set", "-p", "p", "-e", "dev", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let controller = spawn_docker_change(state.path(), repo.path(), &base.0, transport, "stubborn");
+        wait_for_step(state.path(), transport, controller.id(), "recorded");
+        let cancel = run(state.path(), &["change", "cancel", "1"]);
+        assert!(cancel.status.success(), "{}", text(&cancel));
+        let out = controller.wait_with_output().unwrap();
+        step_images.0.extend(built_images(&out));
+        assert_eq!(out.status.code(), Some(2), "{transport}: {}\n{}", text(&out), text(&cancel));
+        assert_eq!(env_props(state.path())["kept"], json!("yes"), "{transport}: {}", text(&out));
+
+        // SIGINT of the foreground change: cancelled, one line, no container left.
+        let state = tempfile::tempdir().unwrap();
+        let controller = spawn_docker_change(state.path(), repo.path(), &base.0, transport, "slow");
+        let pid = controller.id();
+        wait_for_step(state.path(), transport, pid, "slow-step-began");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+        let out = controller.wait_with_output().unwrap();
+        step_images.0.extend(built_images(&out));
+        assert_eq!(out.status.code(), Some(2), "{transport}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().filter(|l| l.contains("change 1 cancelled on SIGINT") && l.contains("`opschain change retry 1`")).count(), 1, "{}", text(&out));
+        assert_eq!(listed_status(state.path(), 1), "cancelled");
+        let ps = Command::new(crate::docker_base::DOCKER).args(["ps", "-a", "--format", "{{.Names}}"]).output().unwrap();
+        let left: Vec<String> =
+            String::from_utf8_lossy(&ps.stdout).lines().filter(|n| n.starts_with("opschain-step-1-") && n.ends_with(&format!("-{pid}"))).map(str::to_string).collect();
+        assert!(left.is_empty(), "{transport}: containers left behind: {left:?}");
     }
 }
