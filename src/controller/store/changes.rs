@@ -413,6 +413,38 @@ mod tests {
     }
 
     #[test]
+    fn a_change_is_alive_while_its_lock_is_held_and_a_lost_one_is_recorded_once() {
+        let (dir, store, p, e, _) = setup();
+        let new = NewChangeRow {
+            project_id: p,
+            environment_id: e,
+            action: "root",
+            repo: dir.path(),
+            git_rev: "HEAD",
+            commit: "0000",
+            backend: BackendKind::Process,
+            secret_set: None,
+            folder: ".opschain",
+        };
+        let (id, lock) = store.create_change(&new).unwrap();
+        assert!(store.controller_alive(id).unwrap(), "the creator holds the new change's lock");
+        assert!(store.lock_change(id).unwrap().is_none());
+        assert_eq!(store.try_start_change(id, 1).unwrap(), Start::Started);
+        let root = store.steps(id).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        drop(lock);
+        // Its controller is gone (PID 1 is alive, but liveness never looks at the process id).
+        assert!(!store.controller_alive(id).unwrap());
+        let lock = store.lock_change(id).unwrap().unwrap();
+        assert_eq!(store.record_lost(&lock).unwrap(), Lost::Recorded(ChangeStatus::Error));
+        assert_eq!(store.record_lost(&lock).unwrap(), Lost::Ended);
+        let change = store.change(id).unwrap();
+        assert_eq!((change.status, change.reason.as_deref()), (ChangeStatus::Error, Some(LOST_REASON)));
+        let step = &store.steps(id).unwrap()[0];
+        assert_eq!((step.status, step.message.as_deref()), (StepStatus::Error, Some(LOST_STEP)));
+    }
+
+    #[test]
     fn a_cancel_between_create_and_start_is_kept_and_the_change_does_not_start() {
         let (_dir, store, _p, _e, c) = setup();
         store.request_cancel(c).unwrap();
