@@ -38,7 +38,7 @@ fn cause(c: &Conflict) -> String {
         format!("{error}.\nThe {level} properties were changed by another step or a user while this step ran.", error = c.error, level = c.level)
     } else {
         format!(
-            "{error}.\nThis step's changes were merged with those made while it ran; these paths were changed by both, differently: {paths}.",
+            "{error}.\nThe step's changes were merged with those another step or a user made while it ran; these paths were changed by both, differently: {paths}. None of the step's changes is applied.",
             error = c.error,
             paths = c.paths.join(", ")
         )

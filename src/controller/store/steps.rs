@@ -205,7 +205,7 @@ impl Store {
                             .map_err(q("read change codes"))?;
                         let (error, paths) = match unapplied {
                             Unapplied::Invalid(error) => (error, Vec::new()),
-                            Unapplied::Conflict(conflict) => (conflict.to_string(), conflict.paths),
+                            Unapplied::Conflict(conflict) => ("they conflict with changes made while it ran".to_string(), conflict.paths),
                         };
                         let conflict = Conflict {
                             project,
