@@ -55,8 +55,9 @@ pub fn received() -> Option<Signal> {
 }
 
 /// Runs `run` (which runs change `change_id`) while a watcher asks for the change's cancel in
-/// `store` as soon as one of [`SIGNALS`] is received (at once if one came before). Returns what
-/// `run` returned, and the signal, if one came. A cancel that cannot be asked for (the store
+/// `store` as soon as one of [`SIGNALS`] is received (at once if one came before), and again
+/// whenever the flag reads unset until `run` returns (a retry resets it when it starts). Returns
+/// what `run` returned, and the signal, if one came. A cancel that cannot be asked for (the store
 /// failed) is said on stderr; the change then runs on.
 pub fn cancel_on_signal<T>(store: &Store, change_id: i64, run: impl FnOnce() -> T) -> (T, Option<Signal>) {
     let done = AtomicBool::new(false);
@@ -64,10 +65,11 @@ pub fn cancel_on_signal<T>(store: &Store, change_id: i64, run: impl FnOnce() -> 
         scope.spawn(|| {
             while !done.load(Ordering::SeqCst) {
                 if let Some(signal) = received() {
-                    if let Err(e) = store.request_cancel(change_id) {
+                    let requested = store.cancel_requested(change_id).and_then(|asked| if asked { Ok(()) } else { store.request_cancel(change_id) });
+                    if let Err(e) = requested {
                         eprintln!("opschain: error: {signal} received, but change {change_id} cannot be cancelled: {}", chain(&e));
+                        return;
                     }
-                    return;
                 }
                 std::thread::sleep(WATCH);
             }
