@@ -19,6 +19,9 @@ pub enum Sysexit {
     CantCreat = 73,
     /// 74: an I/O error.
     IoErr = 74,
+    /// 75: a temporary failure, worth trying again later (the controller: another controller
+    /// runs the change).
+    TempFail = 75,
 }
 
 /// The exit status of a failure, as a process reports it to its parent (0-255). Every error type

@@ -77,7 +77,7 @@ use opschain_runner::properties::splice;
 
 pub use changes::{ChangeRow, Claim, Lost, NewChangeRow, Start, LOST_REASON, LOST_STEP};
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
-pub use projects::{EnvironmentRow, ProjectRow};
+pub use projects::{EnvironmentRow, ProjectRow, Removal};
 pub use properties::{Level, PropertiesBase, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
 pub use steps::{StartingProperties, StepEnd, StepRow};
 pub use writer::MAX_GROUP;
@@ -237,6 +237,7 @@ impl Store {
                 conn.execute_batch(MIGRATE_LOG_ROWS)?;
             }
             migrate_changes(&conn)?;
+            projects::migrate_projects(&conn)?;
             conn.execute_batch("COMMIT")?;
             migrate_properties(&conn)?;
             Ok(conn)
@@ -342,6 +343,7 @@ mod fixtures {
                 backend: BackendKind::Process,
                 secret_set: None,
                 folder: ".opschain",
+                metadata: None,
             })
             .unwrap()
             .0;
@@ -391,6 +393,7 @@ mod tests {
             backend: crate::status::BackendKind::Process,
             secret_set: None,
             folder: ".mintpress",
+            metadata: None,
         };
         let id = store.create_change(&new).unwrap().0;
         assert_eq!(store.change(id).unwrap().folder.as_deref(), Some(".mintpress"));
