@@ -39,8 +39,17 @@ fn project(actions: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Makes project `p` and its environment `dev` (a change names ones that exist).
+fn make_environment(state: &Path) {
+    for args in [&["project", "create", "--code", "p"][..], &["environment", "create", "-p", "p", "--code", "dev"]] {
+        let out = run(state, args);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
 /// `change create` of `action` in environment `dev` of project `p`, in the background.
 fn spawn_change(state: &Path, repo: &Path, action: &str) -> Child {
+    make_environment(state);
     opschain(state)
         .args(["change", "create", "--repo", repo.to_str().unwrap(), "-p", "p", "-e", "dev", "-a", action])
         .stdout(Stdio::piped())
@@ -145,6 +154,7 @@ fn pid_namespaces_work() -> bool {
 fn a_change_whose_controller_was_killed_is_recorded_by_the_next_command_and_frees_its_environment() {
     let state = tempfile::tempdir().unwrap();
     let repo = project(SLOW);
+    make_environment(state.path());
     // As PID 1 of its own PID namespace where this user can make one (as in every `docker run`
     // of the controller): its process id then names a live process in any other namespace.
     let as_pid_1 = pid_namespaces_work();
@@ -217,6 +227,7 @@ fn sigint_sigterm_and_sighup_of_a_foreground_change_cancel_it_with_one_line_sayi
     for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGHUP] {
         let state = tempfile::tempdir().unwrap();
         let repo = project(SLOW);
+        make_environment(state.path());
         let controller = opschain(state.path())
             .env("SLOW_SECS", "30")
             .args(["change", "create", "--repo", repo.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "slow"])
@@ -276,6 +287,7 @@ impl Drop for Images {
 
 /// `change create --backend docker` of `action` with the base image `base` and `transport`.
 fn spawn_docker_change(state: &Path, repo: &Path, base: &str, transport: &str, action: &str) -> Child {
+    make_environment(state);
     opschain(state)
         .args(["change", "create", "--backend", "docker", "--docker-bin", crate::docker_base::DOCKER, "--docker-base-image", base, "--transport", transport])
         .args(["--repo", repo.to_str().unwrap(), "-p", "p", "-e", "dev", "-a", action])
