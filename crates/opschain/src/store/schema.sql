@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS changes (
     status TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     controller_pid INTEGER,
+    -- Why the change ended as it did, when the steps do not say it (its controller was lost).
+    reason TEXT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
     started_at TEXT,
     finished_at TEXT
