@@ -39,7 +39,7 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, Po
 
 use super::docker::DockerBackend;
 use super::stream::{nonce, FrameSink};
-use super::{Backend, BackendError, StepJob, StepOutput};
+use super::{Backend, BackendError, StepJob, StepOutput, StepReport};
 use crate::child::LogSink;
 use opschain_runner::actions::Action;
 
@@ -338,79 +338,97 @@ impl KubernetesBackend {
         self.runtime.block_on(self.run_job(job, image, sink, cancel))
     }
 
+    /// Runs one step as a Job of `image`: the Job created suspended and its context Secret, then
+    /// the Job resumed ([`KubernetesBackend::start_job`]); its pod waited for
+    /// ([`KubernetesBackend::wait_for_pod`]); its log followed to the end, the result frame taken
+    /// out of it ([`KubernetesBackend::follow_log`]); the container's exit code read
+    /// ([`KubernetesBackend::exit_code`]).
     async fn run_job(&self, step: &StepJob, image: &str, sink: &dyn LogSink, cancel: &AtomicBool) -> Result<StepOutput, KubernetesError> {
         let ns = self.config.namespace.as_str();
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let nonce = nonce();
         let name = job_name(step.change_id, step.step_id, &nonce);
-        let api_err = |op: &'static str, name: &str| {
-            let name = name.to_string();
-            move |source| KubernetesError::Api { op, name, namespace: ns.to_string(), source: Box::new(source) }
-        };
-        let actions_path = format!("{}/actions.toml", self.config.folder);
-        let deadline = crate::repo::git(&step.repo, &["show", &format!("{}:{actions_path}", step.commit)])
-            .ok()
-            .and_then(|text| opschain_runner::actions::Actions::parse(std::path::Path::new(&actions_path), &text).ok())
-            .and_then(|actions| actions.plan(&step.action).ok())
-            .and_then(|plan| active_deadline(&plan, self.config.grace, self.config.start_allowance));
-
-        let created =
-            jobs.create(&PostParams::default(), &job_manifest(&self.config, step, &name, image, &nonce, deadline)).await.map_err(api_err("create the Job", &name))?;
-        let uid = created.metadata.uid.unwrap_or_default();
-        let mut context = Vec::new();
-        step.context.write_to(&mut context).expect("writing to memory cannot fail");
-        let secret = secrets.create(&PostParams::default(), &secret_manifest(&self.config, step, &name, &uid, &context)).await;
-        let resumed = match secret {
-            Ok(_) => jobs
-                .patch(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})))
-                .await
-                .map(drop)
-                .map_err(api_err("resume the Job", &name)),
-            Err(e) => Err(api_err("create the Secret", &name)(e)),
-        };
-        if let Err(e) = resumed {
-            let _ = jobs.delete(&name, &DeleteParams::background()).await;
-            return Err(e);
-        }
+        let deadline = self.action_deadline(step);
+        self.start_job(&jobs, step, &name, image, &nonce, deadline).await?;
         let deadline_text = deadline.map_or("none".to_string(), |d| format!("{d}s"));
         sink.line("stderr", &format!("opschain: Job {ns}/{name} created (image {image}, deadline {deadline_text})"));
 
-        // Wait for the container to start (or end).
+        let Some(pod_name) = self.wait_for_pod(&pods, &jobs, &name, sink, cancel).await? else {
+            return Ok(StepOutput { exit_status: 128 + libc::SIGTERM, result: None, result_error: Some("cancelled before the pod started".into()) });
+        };
+
+        // Follow the log to its end, the frame taken out of it; a cancel deletes the Job and
+        // keeps reading (the agent's last lines and its result come after the SIGTERM). A log
+        // stream that breaks while the container runs is followed again from its last line.
+        let frames = FrameSink::new(&nonce, self.images.max_result_bytes(), sink);
+        let (cancelled, pod) = self.follow_log(&pods, &jobs, &pod_name, &name, &frames, cancel).await?;
+        let (result, result_error) = frames.finish();
+        let exit_status = self.exit_code(&pods, &pod_name, pod, result.as_ref()).await?;
+        if !cancelled {
+            say_if_failed(&jobs, &name, sink).await;
+        }
+        Ok(StepOutput { exit_status, result, result_error })
+    }
+
+    /// The Job's active deadline: the time limits of the step's action, as the change's commit
+    /// declares them in `actions.toml` ([`active_deadline`]); `None` when it declares none or
+    /// cannot be read (the agent then enforces what it finds).
+    fn action_deadline(&self, step: &StepJob) -> Option<i64> {
+        let actions_path = format!("{}/actions.toml", self.config.folder);
+        crate::repo::git(&step.repo, &["show", &format!("{}:{actions_path}", step.commit)])
+            .ok()
+            .and_then(|text| opschain_runner::actions::Actions::parse(std::path::Path::new(&actions_path), &text).ok())
+            .and_then(|actions| actions.plan(&step.action).ok())
+            .and_then(|plan| active_deadline(&plan, self.config.grace, self.config.start_allowance))
+    }
+
+    /// Creates the Job `name` suspended, then the Secret holding the step context (owned by the
+    /// Job, so that it goes with it), then resumes the Job. Postcondition on error: no Job is
+    /// left (it is deleted when the Secret or the resume fails).
+    async fn start_job(&self, jobs: &Api<Job>, step: &StepJob, name: &str, image: &str, nonce: &str, deadline: Option<i64>) -> Result<(), KubernetesError> {
+        let ns = self.config.namespace.as_str();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let created =
+            jobs.create(&PostParams::default(), &job_manifest(&self.config, step, name, image, nonce, deadline)).await.map_err(api_err("create the Job", name, ns))?;
+        let uid = created.metadata.uid.unwrap_or_default();
+        let mut context = Vec::new();
+        step.context.write_to(&mut context).expect("writing to memory cannot fail");
+        let secret = secrets.create(&PostParams::default(), &secret_manifest(&self.config, step, name, &uid, &context)).await;
+        let resumed = match secret {
+            Ok(_) => jobs.patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"suspend": false}}))).await.map(drop).map_err(api_err(
+                "resume the Job",
+                name,
+                ns,
+            )),
+            Err(e) => Err(api_err("create the Secret", name, ns)(e)),
+        };
+        if resumed.is_err() {
+            let _ = jobs.delete(name, &DeleteParams::background()).await;
+        }
+        resumed
+    }
+
+    /// Waits until the step's container of Job `name` runs (or has ended) and gives its pod's
+    /// name; `None` when `cancel` turned true first (the Job is then deleted). What the container
+    /// waits for is said to `sink` each time it changes. Fails, deleting the Job, on a waiting
+    /// reason that does not resolve by itself ([`FATAL_WAITING`]), a failed pod, or no running
+    /// pod within the start allowance.
+    async fn wait_for_pod(&self, pods: &Api<Pod>, jobs: &Api<Job>, name: &str, sink: &dyn LogSink, cancel: &AtomicBool) -> Result<Option<String>, KubernetesError> {
+        let ns = self.config.namespace.as_str();
         let started = Instant::now();
         let selector = ListParams::default().labels(&format!("job-name={name}"));
         let mut said = String::new();
-        let pod_name = loop {
+        loop {
             if cancel.load(Ordering::SeqCst) {
-                let _ = jobs.delete(&name, &DeleteParams::foreground()).await;
+                let _ = jobs.delete(name, &DeleteParams::foreground()).await;
                 sink.line("stderr", &format!("opschain: cancelled before the pod started: Job {name} deleted"));
-                return Ok(StepOutput { exit_status: 128 + libc::SIGTERM, result: None, result_error: Some("cancelled before the pod started".into()) });
+                return Ok(None);
             }
-            let list = pods.list(&selector).await.map_err(api_err("list the pods of Job", &name))?;
-            let mut waiting: Option<(String, String)> = None;
-            let mut ready = None;
-            for pod in &list.items {
-                let state =
-                    pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.iter().find(|c| c.name == CONTAINER)).and_then(|c| c.state.clone());
-                match state {
-                    Some(s) if s.running.is_some() || s.terminated.is_some() => ready = pod.metadata.name.clone(),
-                    Some(s) => {
-                        if let Some(w) = s.waiting {
-                            waiting = Some((w.reason.unwrap_or_default(), w.message.unwrap_or_default()));
-                        }
-                    }
-                    None => {
-                        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-                        if phase == "Failed" {
-                            let reason = pod.status.as_ref().and_then(|s| s.reason.clone().or(s.message.clone())).unwrap_or_else(|| "failed".into());
-                            waiting = Some((reason, String::new()));
-                        }
-                    }
-                }
-            }
+            let list = pods.list(&selector).await.map_err(api_err("list the pods of Job", name, ns))?;
+            let (ready, waiting) = pod_progress(&list.items);
             if let Some(pod) = ready {
-                break pod;
+                return Ok(Some(pod));
             }
             if let Some((reason, message)) = waiting {
                 let text = format!("{reason} {message}");
@@ -419,48 +437,77 @@ impl KubernetesBackend {
                     said = text;
                 }
                 if FATAL_WAITING.contains(&reason.as_str()) || started.elapsed() > self.config.start_allowance {
-                    let _ = jobs.delete(&name, &DeleteParams::background()).await;
-                    return Err(KubernetesError::PodStart { job: name, reason: format!("{reason}: {message}") });
+                    let _ = jobs.delete(name, &DeleteParams::background()).await;
+                    return Err(KubernetesError::PodStart { job: name.to_string(), reason: format!("{reason}: {message}") });
                 }
             } else if started.elapsed() > self.config.start_allowance {
-                let _ = jobs.delete(&name, &DeleteParams::background()).await;
-                return Err(KubernetesError::PodStart { job: name, reason: format!("no pod running after {}s", self.config.start_allowance.as_secs()) });
+                let _ = jobs.delete(name, &DeleteParams::background()).await;
+                return Err(KubernetesError::PodStart { job: name.to_string(), reason: format!("no pod running after {}s", self.config.start_allowance.as_secs()) });
             }
             tokio::time::sleep(POLL).await;
-        };
+        }
+    }
 
-        // Follow the log to its end, the frame taken out of it; a cancel deletes the Job and
-        // keeps reading (the agent's last lines and its result come after the SIGTERM). A log
-        // stream that breaks while the container runs is followed again from its last line.
-        let frames = FrameSink::new(&nonce, self.images.max_result_bytes(), sink);
-        let (cancelled, mut pod) = self.follow_log(&pods, &jobs, &pod_name, &name, &frames, cancel).await?;
-        let (result, result_error) = frames.finish();
-
-        // The exit code from the pod's status, which may lag the log's end.
+    /// The step container's exit code from the pod's status, which may lag the log's end: read
+    /// again until it shows, for up to [`STATUS_WAIT`]. When the pod is gone (a cancel, the
+    /// deadline) or its status never came: the agent's own account in `result`, else a
+    /// SIGTERM's status.
+    async fn exit_code(&self, pods: &Api<Pod>, pod_name: &str, mut pod: Option<Pod>, result: Option<&StepReport>) -> Result<i32, KubernetesError> {
         let waited = Instant::now();
-        let exit_status = loop {
+        loop {
             match pod.as_ref().and_then(container_state).and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code) {
-                Some(code) => break code,
-                // The pod is gone (a cancel, the deadline) or its status never came: the agent's
-                // own account, else a SIGTERM's status.
+                Some(code) => return Ok(code),
                 _ if pod.is_none() || waited.elapsed() > STATUS_WAIT => {
-                    break result.as_ref().and_then(|r| r.runner.as_ref()).map_or(128 + libc::SIGTERM, |r| r.exit_status);
+                    return Ok(result.and_then(|r| r.runner.as_ref()).map_or(128 + libc::SIGTERM, |r| r.exit_status));
                 }
                 _ => {
                     tokio::time::sleep(POLL).await;
-                    pod = pods.get_opt(&pod_name).await.map_err(api_err("read the pod", &pod_name))?;
-                }
-            }
-        };
-        if !cancelled {
-            if let Ok(job) = jobs.get(&name).await {
-                let failed = job.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Failed" && c.status == "True");
-                if let Some(c) = failed {
-                    sink.line("stderr", &format!("opschain: Job {name} failed: {} {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
+                    pod = pods.get_opt(pod_name).await.map_err(api_err("read the pod", pod_name, &self.config.namespace))?;
                 }
             }
         }
-        Ok(StepOutput { exit_status, result, result_error })
+    }
+}
+
+/// The error of Kubernetes API call `op` on object `name` in `namespace`.
+fn api_err(op: &'static str, name: &str, namespace: &str) -> impl FnOnce(kube::Error) -> KubernetesError {
+    let (name, namespace) = (name.to_string(), namespace.to_string());
+    move |source| KubernetesError::Api { op, name, namespace, source: Box::new(source) }
+}
+
+/// How far the step's container in `pods` (a Job's pods) has come: the name of a pod where it
+/// runs or has ended, else what it waits for (reason and message; a failed pod's reason).
+fn pod_progress(pods: &[Pod]) -> (Option<String>, Option<(String, String)>) {
+    let mut waiting: Option<(String, String)> = None;
+    let mut ready = None;
+    for pod in pods {
+        match container_state(pod).cloned() {
+            Some(s) if s.running.is_some() || s.terminated.is_some() => ready = pod.metadata.name.clone(),
+            Some(s) => {
+                if let Some(w) = s.waiting {
+                    waiting = Some((w.reason.unwrap_or_default(), w.message.unwrap_or_default()));
+                }
+            }
+            None => {
+                let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+                if phase == "Failed" {
+                    let reason = pod.status.as_ref().and_then(|s| s.reason.clone().or(s.message.clone())).unwrap_or_else(|| "failed".into());
+                    waiting = Some((reason, String::new()));
+                }
+            }
+        }
+    }
+    (ready, waiting)
+}
+
+/// Says to `sink` why Job `name` failed, when its status has a `Failed` condition (its reason
+/// and message: a deadline, a backoff limit). Says nothing when the Job cannot be read.
+async fn say_if_failed(jobs: &Api<Job>, name: &str, sink: &dyn LogSink) {
+    if let Ok(job) = jobs.get(name).await {
+        let failed = job.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Failed" && c.status == "True");
+        if let Some(c) = failed {
+            sink.line("stderr", &format!("opschain: Job {name} failed: {} {}", c.reason.unwrap_or_default(), c.message.unwrap_or_default()));
+        }
     }
 }
 
