@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::backend::{Backend, BackendError, ContextDocument, StepJob};
-use super::output::{change_secrets, Cause, ChangeOutput, View};
+use super::backend::{Backend, BackendError, ContextDocument, StepJob, StepOutput};
+use super::output::{change_secrets, Cause, ChangeOutput, StepSink, View};
 use super::status::{ChangeStatus, StepStatus};
-use super::store::{ChangeRow, Level, StepEnd, StepRow, Store, StoreError};
+use super::store::{ChangeRow, Level, PropertiesBase, StartingProperties, StepEnd, StepRow, Store, StoreError};
 use opschain_runner::step_image::{self, BuildError, SecretSet};
 
 /// How the scheduler runs a change.
@@ -289,6 +289,10 @@ impl<'a> Scheduler<'a> {
         result
     }
 
+    /// Runs `step` while holding a worker: its properties taken from the store, its job made
+    /// ([`Scheduler::step_job`]) and run ([`Scheduler::run_job`]), its end worked out
+    /// ([`Scheduler::ended`], [`Scheduler::not_run`]) and recorded, then said
+    /// ([`Scheduler::report_end`]). Whether it succeeded.
     fn execute_with_worker(&self, step: &StepRow, depth: usize) -> Result<bool, StoreError> {
         if self.cancel.load(Ordering::SeqCst) {
             self.store.set_step_status(step.id, StepStatus::Cancelled, None)?;
@@ -300,10 +304,23 @@ impl<'a> Scheduler<'a> {
         self.mask_secrets(&start.project_declaring, &start.environment_declaring)?;
         let began = Instant::now();
         self.detail(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
-        // The context is spliced around the properties' shared text, never built as a tree.
         // The versions the step starts from: its diffs are merged against them if the properties
         // change while it runs.
         let bases = (start.project_base.clone(), start.environment_base.clone());
+        let mut job = self.step_job(step, start);
+        let sink = self.output.step_sink(step.id, &step.action);
+        let end = match self.run_job(&mut job, &sink) {
+            Ok(output) => self.ended(output, &sink.cause(), bases),
+            Err(e) => self.not_run(&e),
+        };
+        let (status, message) = self.store.finish_step(step.id, self.change.project_id, self.change.environment_id, end)?;
+        self.report_end(step, began, status, message);
+        Ok(status == StepStatus::Success)
+    }
+
+    /// The job of `step`, its context spliced around the properties' shared text `start` holds
+    /// (never built as a tree); no build secret sets yet ([`Scheduler::run_job`] adds them).
+    fn step_job(&self, step: &StepRow, start: StartingProperties) -> StepJob {
         let mut change = json!({"id": self.change.id, "action": self.change.action, "commit": self.change.commit});
         if let Some(metadata) = self.change.metadata.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()) {
             change["metadata"] = metadata;
@@ -322,7 +339,7 @@ impl<'a> Scheduler<'a> {
             environment_declaring: start.environment_declaring,
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
         };
-        let mut job = StepJob {
+        StepJob {
             change_id: self.change.id,
             step_id: step.id,
             action: step.action.clone(),
@@ -331,75 +348,83 @@ impl<'a> Scheduler<'a> {
             commit: self.change.commit.clone(),
             context,
             build_secret_sets: Vec::new(),
+        }
+    }
+
+    /// Runs `job` on the backend, its output to `sink`; a backend that builds images gets the
+    /// step's build secret sets first.
+    fn run_job(&self, job: &mut StepJob, sink: &StepSink<'_>) -> Result<StepOutput, BackendError> {
+        if self.backend.builds_images() {
+            job.build_secret_sets = self.build_secret_sets(job).map_err(|source| BackendError::BuildSecrets { step: job.step_id, source })?;
+        }
+        self.backend.run(job, sink, &self.cancel)
+    }
+
+    /// How a step the backend ran ended: cancelled (a cancel and a failing status), succeeded (a
+    /// zero status and a result), or failed ([`failure_message`] from `cause`); its diffs, to be
+    /// merged against `bases`, and its children from the result.
+    fn ended(&self, output: StepOutput, cause: &Cause, bases: (PropertiesBase, PropertiesBase)) -> StepEnd {
+        let cancelled = self.cancel.load(Ordering::SeqCst) && output.exit_status != 0;
+        let succeeded = output.exit_status == 0 && output.result.is_some();
+        let mut message = None;
+        if !succeeded {
+            let runner_error = output.result.as_ref().and_then(|r| r.runner.as_ref()).and_then(|r| r.error.as_deref());
+            message = Some(failure_message(cause, output.exit_status, output.result_error.as_deref(), runner_error));
+        }
+        let (project_diff, environment_diff, children, strategy) = match output.result {
+            Some(r) => (
+                r.project.properties_diff,
+                r.environment.properties_diff,
+                r.steps.children.into_iter().map(|c| c.action).collect(),
+                r.steps.child_execution_strategy.and_then(|s| serde_json::to_value(s).ok()).and_then(|v| v.as_str().map(str::to_string)),
+            ),
+            None => (json_patch::Patch(vec![]), json_patch::Patch(vec![]), vec![], None),
         };
-        let sink = self.output.step_sink(step.id, &step.action);
-        let ran = if self.backend.builds_images() {
-            self.build_secret_sets(&job).map_err(|source| BackendError::BuildSecrets { step: step.id, source }).and_then(|sets| {
-                job.build_secret_sets = sets;
-                self.backend.run(&job, &sink, &self.cancel)
-            })
-        } else {
-            self.backend.run(&job, &sink, &self.cancel)
-        };
-        let end = match ran {
-            Ok(output) => {
-                let cancelled = self.cancel.load(Ordering::SeqCst) && output.exit_status != 0;
-                let succeeded = output.exit_status == 0 && output.result.is_some();
-                let mut message = None;
-                if !succeeded {
-                    let runner_error = output.result.as_ref().and_then(|r| r.runner.as_ref()).and_then(|r| r.error.as_deref());
-                    message = Some(failure_message(&sink.cause(), output.exit_status, output.result_error.as_deref(), runner_error));
-                }
-                let (project_diff, environment_diff, children, strategy) = match output.result {
-                    Some(r) => (
-                        r.project.properties_diff,
-                        r.environment.properties_diff,
-                        r.steps.children.into_iter().map(|c| c.action).collect(),
-                        r.steps.child_execution_strategy.and_then(|s| serde_json::to_value(s).ok()).and_then(|v| v.as_str().map(str::to_string)),
-                    ),
-                    None => (json_patch::Patch(vec![]), json_patch::Patch(vec![]), vec![], None),
-                };
-                StepEnd {
-                    status: if cancelled {
-                        StepStatus::Cancelled
-                    } else if succeeded {
-                        StepStatus::Success
-                    } else {
-                        StepStatus::Error
-                    },
-                    exit_status: Some(output.exit_status),
-                    message,
-                    project_diff,
-                    environment_diff,
-                    children,
-                    child_strategy: strategy,
-                    mask: self.output.masker(),
-                    project_base: Some(bases.0.clone()),
-                    environment_base: Some(bases.1.clone()),
-                }
-            }
-            Err(e) => {
-                let mut m = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    m.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                StepEnd {
-                    status: StepStatus::Error,
-                    exit_status: None,
-                    message: Some(m),
-                    project_diff: json_patch::Patch(vec![]),
-                    environment_diff: json_patch::Patch(vec![]),
-                    children: vec![],
-                    child_strategy: None,
-                    mask: self.output.masker(),
-                    project_base: None,
-                    environment_base: None,
-                }
-            }
-        };
-        let (status, message) = self.store.finish_step(step.id, self.change.project_id, self.change.environment_id, end)?;
+        StepEnd {
+            status: if cancelled {
+                StepStatus::Cancelled
+            } else if succeeded {
+                StepStatus::Success
+            } else {
+                StepStatus::Error
+            },
+            exit_status: Some(output.exit_status),
+            message,
+            project_diff,
+            environment_diff,
+            children,
+            child_strategy: strategy,
+            mask: self.output.masker(),
+            project_base: Some(bases.0),
+            environment_base: Some(bases.1),
+        }
+    }
+
+    /// The end of a step the backend could not run: an error, its message the chain of causes.
+    fn not_run(&self, e: &BackendError) -> StepEnd {
+        let mut m = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            m.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        StepEnd {
+            status: StepStatus::Error,
+            exit_status: None,
+            message: Some(m),
+            project_diff: json_patch::Patch(vec![]),
+            environment_diff: json_patch::Patch(vec![]),
+            children: vec![],
+            child_strategy: None,
+            mask: self.output.masker(),
+            project_base: None,
+            environment_base: None,
+        }
+    }
+
+    /// Says how `step` ended, when (relative to the change's start), and the store's message
+    /// line by line.
+    fn report_end(&self, step: &StepRow, began: Instant, status: StepStatus, message: Option<String>) {
         let (from, to) = (began.duration_since(self.started), self.started.elapsed());
         self.say(&format!("step {} [{}] {} in {} ({} to {})", step.id, step.action, status.as_str(), secs(to - from), secs(from), secs(to)));
         if let Some(m) = message {
@@ -407,6 +432,5 @@ impl<'a> Scheduler<'a> {
                 self.say(&format!("step {} [{}]: {line}", step.id, step.action));
             }
         }
-        Ok(status == StepStatus::Success)
     }
 }
