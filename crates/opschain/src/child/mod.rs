@@ -1,7 +1,7 @@
 //! A child process's output and its end: the controller starts the agent (the process backend)
 //! and `docker` commands, streams their stdout and stderr line by line to a [`LogSink`], and waits
 //! for them, cancellable and, for a call to the Docker engine, bounded in time ([`Bound`]). One
-//! `poll(2)` loop on the calling thread ([`stream_and_wait`]); [`pipe`] cuts the output into lines.
+//! `poll(2)` loop on the calling thread (`stream_and_wait`); the `pipe` module cuts the output into lines.
 //!
 //! Below both the backends and the image pipeline: it knows nothing of steps or images.
 
