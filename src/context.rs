@@ -35,10 +35,10 @@ pub struct StepContext<P = StrictObject> {
     pub context: Option<ContextValues>,
     /// The project level, whose properties an action may change.
     #[serde(default, deserialize_with = "json::object")]
-    pub project: Level<P>,
+    pub project: LevelProperties<P>,
     /// The environment level, whose properties an action may change.
     #[serde(default, deserialize_with = "json::object")]
-    pub environment: Level<P>,
+    pub environment: LevelProperties<P>,
     /// Runner secrets (extension): exported to the action and masked. Empty by default.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
@@ -47,7 +47,7 @@ pub struct StepContext<P = StrictObject> {
 /// One writable level of properties (project or environment).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "P: Deserialize<'de> + Default"))]
-pub struct Level<P = StrictObject> {
+pub struct LevelProperties<P = StrictObject> {
     /// The level's properties: a JSON object, `{}` when absent.
     #[serde(default)]
     pub properties: P,

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::context::{Level, StepContext};
+use crate::context::{LevelProperties, StepContext};
 use crate::env;
 use crate::exit::{ExitStatus, Sysexit};
 use crate::json::{self, push_escaped, JsonError, PointerError, SizeLimit, StrictObject};
@@ -199,7 +199,7 @@ pub fn find_context(layout: &Layout) -> Option<ContextSource> {
 /// ([`declarations::MEMBERS`]) are built ([`Declaring`]): a large context costs one validating pass.
 fn parse_context(path: &Path, bytes: &[u8]) -> Result<StepContext, ExecError> {
     let context = json::parse_or_explain::<StepContext<Declaring>, StepContext>(path, bytes).map_err(ExecError::Context)?;
-    let level = |level: Level<Declaring>| Level { properties: StrictObject(level.properties.0) };
+    let level = |level: LevelProperties<Declaring>| LevelProperties { properties: StrictObject(level.properties.0) };
     Ok(StepContext { context: context.context, project: level(context.project), environment: level(context.environment), secrets: context.secrets })
 }
 

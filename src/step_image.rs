@@ -27,7 +27,7 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 
 use serde_json::{Map, Value};
 
-use crate::context::{Level, StepContext};
+use crate::context::{LevelProperties, StepContext};
 use crate::exec;
 use crate::json::{JsonError, PointerError, StrictObject};
 use crate::layout::DEFAULT_REPO_FOLDER;
@@ -630,8 +630,9 @@ pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
 /// ([`crate::exec::build_secret_sets`]: the project's `opschain.config.build_secrets`, then the
 /// environment's, else `opschain-build-env`). A bad list is an error at its pointer.
 pub fn applicable_secret_sets(context: &Map<String, Value>) -> Result<Vec<String>, BuildError> {
-    let level =
-        |name: &str| Level { properties: StrictObject(context.get(name).and_then(|l| l.get("properties")).and_then(Value::as_object).cloned().unwrap_or_default()) };
+    let level = |name: &str| LevelProperties {
+        properties: StrictObject(context.get(name).and_then(|l| l.get("properties")).and_then(Value::as_object).cloned().unwrap_or_default()),
+    };
     let parsed = StepContext { context: None, project: level("project"), environment: level("environment"), secrets: Default::default() };
     exec::build_secret_sets(&parsed).map_err(|source| BuildError::SecretSets { source })
 }
@@ -869,7 +870,7 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
     write(&context_path, &plan.env_context)?;
 
     let secrets_path = spec.secrets_path();
-    write_private(&secrets_path, &secret_bundle(sets))?;
+    replace_private(&secrets_path, &secret_bundle(sets))?;
     Ok(BuildContext {
         dir: out,
         dockerfile,
@@ -892,7 +893,7 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
 
 /// Writes `bytes` to `path` readable by this user only (mode 0600 from creation; an existing file
 /// is replaced).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |source| BuildError::Write { path: path.to_path_buf(), source };

@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 use super::child::LogSink;
 use super::logline;
 use super::store::{ChangeRow, Level, LogLines, Store, StoreError};
-use opschain_runner::context::{Level as ContextLevel, StepContext};
+use opschain_runner::context::{LevelProperties, StepContext};
 use opschain_runner::exec::{build_secret_sets, DEFAULT_BUILD_SECRET_SET};
 use opschain_runner::json::StrictObject;
 use opschain_runner::mask::{MaskStream, Masker, ShortSecret};
@@ -56,7 +56,7 @@ pub fn change_secrets(
             Some(list) => Map::from_iter([("opschain".to_string(), json!({"config": {"build_secrets": list}}))]),
             None => Map::new(),
         };
-        ContextLevel { properties: StrictObject(properties) }
+        LevelProperties { properties: StrictObject(properties) }
     };
     let context = StepContext { project: level(project), environment: level(environment), ..StepContext::default() };
     let mut sets: Vec<String> = build_secret_sets(&context).unwrap_or_else(|_| vec![DEFAULT_BUILD_SECRET_SET.to_string()]);

@@ -39,7 +39,7 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, Po
 
 use super::docker::DockerBackend;
 use super::stream::{nonce, FrameSink};
-use super::{Backend, BackendError, StepJob, StepOutput, StepReport};
+use super::{Backend, BackendError, StepJob, StepOutput, StepResultFields};
 use crate::child::LogSink;
 use opschain_runner::actions::Action;
 
@@ -452,7 +452,7 @@ impl KubernetesBackend {
     /// again until it shows, for up to [`STATUS_WAIT`]. When the pod is gone (a cancel, the
     /// deadline) or its status never came: the agent's own account in `result`, else a
     /// SIGTERM's status.
-    async fn exit_code(&self, pods: &Api<Pod>, pod_name: &str, mut pod: Option<Pod>, result: Option<&StepReport>) -> Result<i32, KubernetesError> {
+    async fn exit_code(&self, pods: &Api<Pod>, pod_name: &str, mut pod: Option<Pod>, result: Option<&StepResultFields>) -> Result<i32, KubernetesError> {
         let waited = Instant::now();
         loop {
             match pod.as_ref().and_then(container_state).and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code) {

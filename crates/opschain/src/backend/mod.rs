@@ -12,7 +12,7 @@
 //! [`stream`] is the transport for engines that share no disk with the controller. Starting,
 //! streaming and waiting for the agent or a `docker` command is [`crate::child`]'s; this module
 //! holds the [`Backend`] trait and what it passes: the [`StepJob`] in, the [`StepOutput`] and
-//! [`StepReport`] out.
+//! [`StepResultFields`] out.
 
 pub mod docker;
 #[cfg(feature = "kubernetes")]
@@ -225,7 +225,7 @@ pub struct StepOutput {
     /// The agent's exit status (128+N for a signal).
     pub exit_status: i32,
     /// What the controller reads of the step_result.json, when the agent wrote one.
-    pub result: Option<StepReport>,
+    pub result: Option<StepResultFields>,
     /// Why the result is missing or unreadable, when it is.
     pub result_error: Option<String>,
 }
@@ -245,10 +245,10 @@ pub trait Backend: Send + Sync {
 /// What the controller reads of a `step_result.json` ([`opschain_runner::result::StepResult`]'s shape):
 /// the diffs, the children and the agent's facts, each checked strictly as it is read.
 /// `step.properties`, the merged properties the action used (as large as the properties:
-/// megabytes), is required but only skimmed ([`StepReport::from_slice`]): the controller has no
+/// megabytes), is required but only skimmed ([`StepResultFields::from_slice`]): the controller has no
 /// use for it, and the agent wrote it from text it had checked strictly.
 #[derive(Debug, Clone, serde::Deserialize)]
-pub struct StepReport {
+pub struct StepResultFields {
     /// The project level's diff.
     pub project: LevelDiff,
     /// The environment level's diff.
@@ -270,7 +270,7 @@ struct SkippedStep {
     _properties: serde::de::IgnoredAny,
 }
 
-impl StepReport {
+impl StepResultFields {
     /// Reads a result's bytes. `step.properties` is found by skimming
     /// ([`opschain_runner::properties::splice::skim_member`]: the members before it walked, values' brackets
     /// outside strings counted, not checked) and left out: the rest of the text, with `0` in its
@@ -279,7 +279,7 @@ impl StepReport {
     /// a balanced `step.properties` is not checked: validating megabytes the controller never uses
     /// cost it a third of its time a step on large properties. A result laid out otherwise (no
     /// `step` object found by skimming) is parsed whole, `step.properties` checked as JSON.
-    pub fn from_slice(bytes: &[u8]) -> serde_json::Result<StepReport> {
+    pub fn from_slice(bytes: &[u8]) -> serde_json::Result<StepResultFields> {
         let Some(skipped) = step_properties(bytes) else { return serde_json::from_slice(bytes) };
         let mut rest = Vec::with_capacity(bytes.len() - skipped.len() + 1);
         rest.extend_from_slice(&bytes[..skipped.start]);
@@ -287,12 +287,12 @@ impl StepReport {
         rest.extend_from_slice(&bytes[skipped.end..]);
         // An error is reported as reading the whole text reports it: its line and column are
         // the file's, not those of the text with `step.properties` left out.
-        serde_json::from_slice(&rest).or_else(|e| serde_json::from_slice::<StepReport>(bytes).and(Err(e)))
+        serde_json::from_slice(&rest).or_else(|e| serde_json::from_slice::<StepResultFields>(bytes).and(Err(e)))
     }
 }
 
 /// Where the value of `step.properties` is in a result's text, found by skimming (see
-/// [`StepReport::from_slice`]); `None` when no `step` object holding `properties` is found so.
+/// [`StepResultFields::from_slice`]); `None` when no `step` object holding `properties` is found so.
 fn step_properties(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
     use opschain_runner::properties::splice::skim_member;
     let step = skim_member(bytes, "step").ok()??;
@@ -303,10 +303,10 @@ fn step_properties(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
 /// Reads `<top>/<folder>/step_result.json` into the output's result fields, through
 /// [`sandbox::SandboxDir`]: no link followed on the way, a regular file only, at most `max` bytes
 /// (a result written by a step is as untrusted as anything else in its sandbox).
-pub fn read_result(top: &std::path::Path, folder: &str, max: u64) -> (Option<StepReport>, Option<String>) {
+pub fn read_result(top: &std::path::Path, folder: &str, max: u64) -> (Option<StepResultFields>, Option<String>) {
     let bytes = sandbox::SandboxDir::open(top, folder, None).and_then(|dir| dir.read_regular(RESULT_FILE, max));
     match bytes {
-        Ok(bytes) => match StepReport::from_slice(&bytes) {
+        Ok(bytes) => match StepResultFields::from_slice(&bytes) {
             Ok(r) => (Some(r), None),
             Err(e) => (None, Some(format!("{}: invalid step result: {e}", top.join(folder).join(RESULT_FILE).display()))),
         },
@@ -371,7 +371,7 @@ pub fn agent_kill_after(grace: std::time::Duration) -> std::time::Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::{read_result, StepReport};
+    use super::{read_result, StepResultFields};
     use opschain_runner::actions::RunAs;
     use opschain_runner::result::{Children, LevelDiff, RunnerFacts, StepProperties, StepResult};
 
@@ -411,7 +411,7 @@ mod tests {
             (result(r#","step":{"properties":{"a":"]"}}"#, r#"{"children":[],"child_execution_strategy":null,}"#), "a trailing comma after the properties"),
         ] {
             assert!(serde_json::from_str::<StepResult>(&bad).is_err(), "{why}: a StepResult refuses it");
-            let refused = StepReport::from_slice(bad.as_bytes()).expect_err(why);
+            let refused = StepResultFields::from_slice(bad.as_bytes()).expect_err(why);
             // Reported where reading the whole text reports it.
             let whole = serde_json::from_slice::<serde_json::Value>(bad.as_bytes()).err().map(|e| (e.line(), e.column()));
             if let Some(at) = whole {
@@ -425,7 +425,7 @@ mod tests {
         // from text it had checked strictly, and the controller does not use it.
         let unchecked = result(r#","step":{"properties":{"a":[1,]}}"#, no_children);
         assert!(serde_json::from_str::<StepResult>(&unchecked).is_err(), "a StepResult checks it");
-        assert!(StepReport::from_slice(unchecked.as_bytes()).is_ok(), "the controller skims it");
+        assert!(StepResultFields::from_slice(unchecked.as_bytes()).is_ok(), "the controller skims it");
         // Laid out otherwise: another member before `properties`, whitespace, escaped keys (not
         // found by skimming: parsed whole).
         for good in [
@@ -434,9 +434,9 @@ mod tests {
             result(r#","\u0073tep":{"properties":{"x":1}}"#, no_children),
             result(r#","step":{"propertie\u0073":{"x":1}}"#, no_children),
         ] {
-            assert!(StepReport::from_slice(good.as_bytes()).unwrap().runner.is_none(), "a result without `runner` (another runner's) is read: {good}");
+            assert!(StepResultFields::from_slice(good.as_bytes()).unwrap().runner.is_none(), "a result without `runner` (another runner's) is read: {good}");
         }
         let escaped_bad = result(r#","\u0073tep":{"properties":{"x":[1,]}}"#, no_children);
-        assert!(StepReport::from_slice(escaped_bad.as_bytes()).is_err(), "parsed whole when `step` is not found by skimming");
+        assert!(StepResultFields::from_slice(escaped_bad.as_bytes()).is_err(), "parsed whole when `step` is not found by skimming");
     }
 }

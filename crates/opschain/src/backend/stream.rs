@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use super::{BackendError, StepReport};
+use super::{BackendError, StepResultFields};
 use crate::child::{status_code, stream_and_wait, ChildError, LogSink};
 use crate::image::docker::Docker;
 use opschain_runner::transport::Decoder;
@@ -76,10 +76,10 @@ impl<'a> FrameSink<'a> {
     }
 
     /// The step's result, or why there is none (as [`super::read_result`] gives them).
-    pub fn finish(self) -> (Option<StepReport>, Option<String>) {
+    pub fn finish(self) -> (Option<StepResultFields>, Option<String>) {
         let decoder = self.decoder.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         match decoder.finish() {
-            Ok(bytes) => match StepReport::from_slice(&bytes) {
+            Ok(bytes) => match StepResultFields::from_slice(&bytes) {
                 Ok(result) => (Some(result), None),
                 Err(e) => (None, Some(format!("the step's result frame: invalid step result: {e}"))),
             },
@@ -115,7 +115,7 @@ pub struct Streamed {
     /// The exit status of the command (the container's, for `docker run`).
     pub exit_status: i32,
     /// The result, when a whole frame came.
-    pub result: Option<StepReport>,
+    pub result: Option<StepResultFields>,
     /// Why the result is missing, when it is.
     pub result_error: Option<String>,
 }
