@@ -13,6 +13,10 @@ pub enum Sysexit {
     DataErr = 65,
     /// 66: an input file is missing.
     NoInput = 66,
+    /// 67: no such user (`opschain user`).
+    NoUser = 67,
+    /// 69: a service is unavailable (an address the server cannot listen on).
+    Unavailable = 69,
     /// 70: an internal error of the agent.
     Software = 70,
     /// 73: a file or the result cannot be created.

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use opschain_runner::atomic::{self, Durability};
 use opschain_runner::cli::controller::{
     ChangeCommand, Cli, Command, DevCommand, EnvironmentCode, EnvironmentCommand, NewProperties, ProjectCode, ProjectCommand, PropertiesCommand, RunSettings,
-    SecretsCommand,
+    SecretsCommand, ServerArgs, UserCommand,
 };
 use opschain_runner::controller::backend::docker::DockerConfig;
 use opschain_runner::controller::change::{self, ChangeError, ControllerConfig, NewChange};
@@ -27,8 +27,10 @@ use opschain_runner::controller::output;
 use opschain_runner::controller::rc::{Code, Defaults, RcError, Source, Which};
 use opschain_runner::controller::repo;
 use opschain_runner::controller::scheduler::{default_workers, SchedulerConfig};
+use opschain_runner::controller::server::accounts::{self, AccountError};
+use opschain_runner::controller::server::{ServerError, ServerSettings};
 use opschain_runner::controller::status::{BackendKind, ChangeStatus, StepStatus};
-use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
+use opschain_runner::controller::store::{pid_alive, ChangeRow, Level, Role, StepRow, Store, StoreError};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 use opschain_runner::layout::{Layout, DEFAULT_REPO_FOLDER};
@@ -223,6 +225,12 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         }
         if cause.downcast_ref::<RcError>().is_some() {
             return Sysexit::DataErr.into();
+        }
+        if let Some(e) = cause.downcast_ref::<AccountError>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<ServerError>() {
+            return e.exit_status();
         }
         match cause.downcast_ref::<StoreError>() {
             Some(StoreError::NotFound(_)) => return Sysexit::NoInput.into(),
@@ -760,6 +768,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Server(args) => serve(&state_dir, args),
+        Command::User(command) => user(&store, command),
         Command::Dev(DevCommand::CreateDockerfile { .. }) => {
             unreachable!("handled before the store is opened")
         }
@@ -823,4 +833,51 @@ fn print_logs(store: &Store, id: i64, follow: bool) -> anyhow::Result<()> {
 fn is_ended(change: &ChangeRow) -> bool {
     let running = matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued | ChangeStatus::Running);
     !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
+}
+
+/// `opschain server`: serves until SIGTERM or SIGINT.
+fn serve(state_dir: &Path, args: ServerArgs) -> Result<ExitCode> {
+    let controller = config(state_dir, &args.settings)?;
+    let backend = BackendKind::from_name(&args.backend).filter(|b| b.is_available());
+    let Some(backend) = backend else { bail!("--backend {:?}: expected one of {}", args.backend, BackendKind::available_names()) };
+    let settings = ServerSettings {
+        tls: args.tls_cert.zip(args.tls_key),
+        max_running_changes: args.max_running_changes,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        failed_login_delay: Duration::from_millis(args.failed_login_delay_ms),
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        body_limit: args.body_limit,
+        backend,
+        ..ServerSettings::new(args.listen)
+    };
+    opschain_runner::controller::server::run(settings, controller)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `opschain user`.
+fn user(store: &Store, command: UserCommand) -> Result<ExitCode> {
+    let role = |name: &str| Role::from_name(name).expect("clap allows only role names");
+    match command {
+        UserCommand::Add { name, role: r, .. } => {
+            let password = accounts::read_password(&mut std::io::stdin().lock())?;
+            accounts::add(store, &name, role(&r), &password)?;
+            println!("user {name} added ({r})");
+        }
+        UserCommand::List => {
+            println!("{:<24} {:<9} {:<24} UPDATED", "NAME", "ROLE", "CREATED");
+            for u in accounts::list(store)? {
+                println!("{:<24} {:<9} {:<24} {}", u.name, u.role, u.created_at, u.updated_at);
+            }
+        }
+        UserCommand::Remove { name } => {
+            accounts::remove(store, &name)?;
+            println!("user {name} removed");
+        }
+        UserCommand::Passwd { name, role: r, .. } => {
+            let password = accounts::read_password(&mut std::io::stdin().lock())?;
+            accounts::set_password(store, &name, &password, r.as_deref().map(role))?;
+            println!("password of user {name} set");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -93,6 +93,12 @@ pub enum Command {
     /// Run the demo change (fixtures/demo: project demo, environment dev, action deploy) on the
     /// process backend, with its secret set `demo` created when missing.
     Demo(DemoArgs),
+    /// Serve OpsChain's JSON:API over HTTP (or HTTPS): the controller as a team's shared
+    /// service, its changes run by the server's workers. Stops on SIGTERM or SIGINT.
+    Server(ServerArgs),
+    /// Manage the server's users (HTTP Basic and session logins).
+    #[command(subcommand)]
+    User(UserCommand),
 }
 
 /// How steps run: shared by `change create`, `change retry` and `demo`.
@@ -549,5 +555,77 @@ pub enum DevCommand {
         /// Replace an existing Dockerfile.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// What `opschain server` serves with.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The address to listen on (a non-loopback one without TLS prints a warning).
+    #[arg(long, env = "OPSCHAIN_LISTEN", default_value = "127.0.0.1:3000", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// The TLS certificate chain (PEM): the server speaks HTTPS (needs --tls-key).
+    #[arg(long, env = "OPSCHAIN_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "OPSCHAIN_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// How many changes run at once (each in its own environment).
+    #[arg(long, env = "OPSCHAIN_MAX_RUNNING_CHANGES", default_value_t = 4, value_name = "N")]
+    pub max_running_changes: usize,
+    /// Seconds a stopping server lets running changes go on before cancelling them.
+    #[arg(long, env = "OPSCHAIN_SHUTDOWN_GRACE_SECS", default_value_t = 30, value_name = "SECS")]
+    pub shutdown_grace_secs: u64,
+    /// Milliseconds a failed login waits before its answer (doubling with each failure in a row
+    /// for the same name, up to 8 times).
+    #[arg(long, env = "OPSCHAIN_FAILED_LOGIN_DELAY_MS", default_value_t = 1000, value_name = "MS")]
+    pub failed_login_delay_ms: u64,
+    /// Seconds a request may take to be answered.
+    #[arg(long, env = "OPSCHAIN_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_name = "SECS")]
+    pub request_timeout_secs: u64,
+    /// The largest request body in bytes (properties documents may be as large as the agent's
+    /// input limit, 64 MiB).
+    #[arg(long, env = "OPSCHAIN_BODY_LIMIT", default_value_t = 4 << 20, value_name = "BYTES")]
+    pub body_limit: usize,
+    /// Where the steps of the changes created through the API run.
+    #[arg(long, env = "OPSCHAIN_BACKEND", default_value = "process", value_name = "NAME")]
+    pub backend: String,
+    /// How steps run: workers, agent, Docker settings.
+    #[command(flatten)]
+    pub settings: RunSettings,
+}
+
+/// The `opschain user` commands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input (its first line).
+    Add {
+        /// The login name.
+        name: String,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// What the user may do: viewer (reads), operator (also creates and runs changes, edits
+        /// properties), admin.
+        #[arg(long, default_value = "viewer", value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+    },
+    /// List the users and their roles.
+    List,
+    /// Remove a user (their sessions end).
+    Remove {
+        /// The login name.
+        name: String,
+    },
+    /// Set a user's password from standard input (their sessions end); --role changes the role.
+    Passwd {
+        /// The login name.
+        name: String,
+        /// Read the password from standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// A new role.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: Option<String>,
     },
 }

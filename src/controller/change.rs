@@ -172,6 +172,12 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
         }
         std::thread::sleep(config.queue_poll);
     }
+    run_started(store, config, change_id)
+}
+
+/// Runs the step tree of a change this process has started ([`Store::try_start_change`]) to its
+/// end. What [`execute`] does once the environment is free, and what the server's workers do.
+pub fn run_started(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
     let change = store.change(change_id)?;
     let secrets = match &change.secret_set {
         Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,

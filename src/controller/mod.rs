@@ -18,6 +18,7 @@
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
 //! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
+//! * [`server`]: `opschain server`, the controller as a shared service behind OpsChain's JSON:API.
 
 pub mod backend;
 pub mod change;
@@ -28,6 +29,7 @@ pub mod private;
 pub mod registry;
 pub mod repo;
 pub mod scheduler;
+pub mod server;
 pub mod status;
 pub mod store;
 

@@ -29,7 +29,9 @@
 //! `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
 //! started from) and `step_log_chunks` (a step's log lines, each `<stream>\t<line>\n`, in chunks;
-//! deflated when that makes them smaller).
+//! deflated when that makes them smaller; each line has an id in its change: `line_ids`). The
+//! server adds `users`, `sessions`, `events` (the audit trail) and `git_remotes`, and a few
+//! columns to the older tables (`service_schema`).
 //! Timestamps are UTC ISO 8601 strings made by SQLite itself.
 //!
 //! Every step status transition is its own write (savepoint); the end of a step (its property
@@ -64,6 +66,13 @@ mod steps;
 mod properties;
 mod logs;
 mod secrets;
+mod users;
+mod events;
+mod remotes;
+mod service_schema;
+mod line_ids;
+mod change_pages;
+mod property_edits;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,11 +84,17 @@ use serde_json::{Map, Value};
 use super::private;
 use crate::properties::splice;
 
+pub use change_pages::{ChangeAuthor, ChangeFilter, ChangeSort, ChangeSummary};
 pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
+pub use events::{EventFilter, EventRow, NewEvent};
+pub use line_ids::NumberedLine;
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use projects::{EnvironmentRow, ProjectRow};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
+pub use property_edits::{PropertiesEdit, VersionRow};
+pub use remotes::{GitRemoteRow, NamedRow};
 pub use steps::{StartingProperties, StepEnd, StepRow};
+pub use users::{Role, UserRow};
 pub use writer::MAX_GROUP;
 
 use changes::migrate_changes;
@@ -157,6 +172,17 @@ pub enum StoreError {
     /// No such project, environment, change or secret set.
     #[error("{0} not found")]
     NotFound(String),
+    /// A user, project, environment or git remote of that name exists already.
+    #[error("{0} exists already")]
+    Exists(String),
+    /// A properties edit was made on a version that is no longer the current one.
+    #[error("the properties were edited since version {expected}: the current version is {current}")]
+    VersionConflict {
+        /// The version the edit was made on.
+        expected: i64,
+        /// The current version.
+        current: i64,
+    },
     /// The group of writes this write was committed with could not be begun or committed (or a
     /// failure of another write of the group rolled the whole transaction back): nothing of the
     /// group was stored.
@@ -228,6 +254,7 @@ impl Store {
                 conn.execute_batch(MIGRATE_LOG_ROWS)?;
             }
             migrate_changes(&conn)?;
+            service_schema::migrate_service(&conn)?;
             conn.execute_batch("COMMIT")?;
             migrate_properties(&conn)?;
             Ok(conn)
@@ -259,6 +286,12 @@ impl Store {
         then: impl FnOnce(bool) + Send + 'static,
     ) -> Result<T, StoreError> {
         self.writer.write_then(f, then)
+    }
+
+    /// A receiver that wakes after each commit of this store's writer (log lines, status
+    /// changes): what the server's log streams wait on rather than polling the database.
+    pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writer.subscribe()
     }
 
     /// The database file.
