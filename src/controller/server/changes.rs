@@ -78,7 +78,6 @@ fn step_resource(change_id: i64, s: &StepRow) -> Value {
     );
     let parent = s.parent_id.map(|p| json!({"type": "steps", "id": p.to_string()}));
     r["relationships"] = json!({"parent": {"data": parent}, "change": {"data": {"type": "changes", "id": change_id.to_string()}}});
-    r["links"] = json!({"log_lines": format!("/api/changes/{change_id}/log_lines?filter[step_id_eq]={}", s.id)});
     r
 }
 

@@ -105,7 +105,6 @@ async fn serve(settings: ServerSettings, controller: ControllerConfig) -> Result
     let state_dir = controller.state_dir.clone();
     let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&state_dir)).await.map_err(|e| ServerError::Runtime(std::io::Error::other(e)))??);
     let controller = Arc::new(controller);
-    let workers = workers::Workers::start(Arc::clone(&store), Arc::clone(&controller), settings.max_running_changes)?;
     let passwords = passwords::Passwords::new(settings.failed_login_delay)?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.map_err(|source| ServerError::Listen { addr: settings.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: settings.listen, source })?;
@@ -114,6 +113,9 @@ async fn serve(settings: ServerSettings, controller: ControllerConfig) -> Result
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("opschain server: listening on {scheme}://{addr} (state {})", controller.state_dir.display());
+    // Started once the address is ours: a second server on the same address fails above
+    // without touching the changes of the first.
+    let workers = workers::Workers::start(Arc::clone(&store), Arc::clone(&controller), settings.max_running_changes)?;
     let settings = Arc::new(settings);
     let state = AppState {
         store,
