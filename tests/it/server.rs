@@ -288,6 +288,20 @@ fn every_endpoint_answers_json_api_and_refuses_what_it_must() {
     assert_eq!(server.post("ops", &format!("/api/changes/{id}/retry"), json!(null)).0, 409, "a change that succeeded");
     assert_eq!(server.post("view", &format!("/api/changes/{id}/retry"), json!(null)).0, 403);
 
+    // Secret sets are written, never read back.
+    let set = |body: Value| server.send("PUT", Some("ops"), "/api/secret_sets/deploy", &body.to_string());
+    let (code, doc) = set(json!({"data": {"type": "secret_sets", "attributes": {"data": {"TOKEN": "s3cr3t-value"}}}}));
+    assert_eq!((code, &doc["data"]["attributes"]), (200, &json!({"name": "deploy", "secret_names": ["TOKEN"]})));
+    let (code, doc) = set(json!({"data": {"type": "secret_sets", "attributes": {"data": {"BAD NAME": "s3cr3t-value"}}}}));
+    assert_eq!((code, error_of(&doc).1.as_deref()), (422, Some("/data/attributes/data/BAD NAME")));
+    let (code, doc) = set(json!({"data": {"type": "secret_sets", "attributes": {"data": {"N": 5}}}}));
+    assert_eq!((code, error_of(&doc).1.as_deref()), (422, Some("/data/attributes/data/N")));
+    let (code, doc) = server.get(Some("view"), "/api/secret_sets");
+    assert_eq!(code, 200);
+    assert!(doc["data"].as_array().unwrap().iter().any(|s| s["id"] == "deploy"), "{doc}");
+    let everything = format!("{doc}{}", server.get(Some("view"), "/api/events?page[size]=1000").1);
+    assert!(!everything.contains("s3cr3t-value"), "a secret value left the server: {everything}");
+
     // Query parameters are checked.
     assert_eq!(server.get(Some("view"), "/api/changes?filter[status]=success").0, 400, "an unknown filter");
     assert_eq!(server.get(Some("view"), "/api/changes?filter[status_eq]=great").0, 400);

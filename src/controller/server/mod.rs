@@ -12,7 +12,8 @@
 //! * [`accounts`]: what `opschain user` does;
 //! * [`jsonapi`]: documents, errors, reading a request's document;
 //! * [`paging`]: query parameters and pages;
-//! * [`projects`], [`properties`], [`changes`], [`logs`], [`events`]: the endpoints;
+//! * [`projects`], [`properties`], [`changes`], [`logs`], [`events`], [`secrets`]: the
+//!   endpoints;
 //! * [`clones`]: the server's clones of git remotes;
 //! * [`log_feed`]: live log lines fanned out to followers;
 //! * [`workers`]: the change workers, restart recovery and graceful stop;
@@ -32,6 +33,7 @@ pub mod passwords;
 pub mod projects;
 pub mod properties;
 pub mod router;
+pub mod secrets;
 pub mod state;
 pub mod workers;
 
