@@ -404,7 +404,7 @@ fn changes_run_in_the_workers_one_at_a_time_per_environment_and_are_listed_cance
     assert_eq!(ids(&list("?filter[environment_code_eq]=prod&filter[project_code_eq]=p&sort=created_at")), [3, 6]);
     assert_eq!(ids(&list("?page[size]=2&page[number]=2&sort=created_at")), [3, 4]);
     let page = list("?page[size]=4");
-    assert_eq!((ids(&page), &page["meta"]["total"]), (vec![6, 5, 4, 3], &json!(6)));
+    assert_eq!(ids(&page), [6, 5, 4, 3]);
     let next = page["links"]["next"].as_str().unwrap().to_string();
     assert_eq!(ids(&server.get(Some("view"), &next).1), [2, 1], "the cursor of {next}");
     let events = server.get(Some("view"), "/api/events?page[size]=1000").1.to_string();

@@ -44,8 +44,13 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
-                 WHERE change_id = ?1 AND first_line + lines > ?2 ORDER BY first_line",
+                // The chunk that holds line `after` (its lines after it are taken), then the
+                // chunks after it: both ranges of the (change_id, first_line) index.
+                "SELECT * FROM (SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+                     WHERE change_id = ?1 AND first_line <= ?2 ORDER BY first_line DESC LIMIT 1)
+                 UNION ALL
+                 SELECT * FROM (SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+                     WHERE change_id = ?1 AND first_line > ?2 ORDER BY first_line)",
             )
             .map_err(q("read log lines"))?;
         let mut rows = stmt.query(params![change_id, after]).map_err(q("read log lines"))?;
