@@ -56,9 +56,7 @@ fn populate(dir: &Path, changes: usize, lines: usize) -> Vec<i64> {
             )
             .unwrap();
         let mut step = tx.prepare("INSERT INTO steps (change_id, position, action, status, started_at, finished_at) VALUES (?1, 0, 'deploy', ?2, ?3, ?3)").unwrap();
-        let mut chunk = tx
-            .prepare("INSERT INTO step_log_chunks (step_id, lines, data, deflated, at, change_id, first_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-            .unwrap();
+        let mut chunk = tx.prepare("INSERT INTO step_log_chunks (step_id, lines, data, deflated, at, change_id, first_line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").unwrap();
         for i in 0..changes {
             let id = i as i64 + 1;
             let has_log = i % every == 0 && with_logs.len() < logged;
@@ -168,7 +166,15 @@ fn bin(name: &str) -> PathBuf {
 
 /// Starts the server on `dir`; the process and its address.
 fn start_server(dir: &Path) -> (Child, String) {
-    let mut add = Command::new(bin("opschain")).args(["--state-dir"]).arg(dir).args(["user", "add", "bench", "--password-stdin", "--role", "operator"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut add = Command::new(bin("opschain"))
+        .args(["--state-dir"])
+        .arg(dir)
+        .args(["user", "add", "bench", "--password-stdin", "--role", "operator"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     add.stdin.take().unwrap().write_all(b"bench-password\n").unwrap();
     add.wait().unwrap();
     let mut child = Command::new(bin("opschain"))
@@ -240,7 +246,12 @@ fn main() {
     let started = Instant::now();
     let logged = populate(&dir, changes, lines);
     let db_mb = std::fs::metadata(dir.join("opschain.db")).unwrap().len() as f64 / 1e6;
-    println!("store: {changes} changes, {} log lines ({} changes of {LINES_PER_CHANGE}), {db_mb:.0} MB, written in {:.1} s", logged.len() * LINES_PER_CHANGE, logged.len(), started.elapsed().as_secs_f64());
+    println!(
+        "store: {changes} changes, {} log lines ({} changes of {LINES_PER_CHANGE}), {db_mb:.0} MB, written in {:.1} s",
+        logged.len() * LINES_PER_CHANGE,
+        logged.len(),
+        started.elapsed().as_secs_f64()
+    );
     let middle = logged[logged.len() / 2];
     let after = (LINES_PER_CHANGE / 2) as i64;
 
