@@ -85,7 +85,7 @@ async fn pump_lines(store: Arc<Store>, change_id: i64, sender: &broadcast::Sende
         commits.borrow_and_update();
         let reader = Arc::clone(&store);
         let read = tokio::task::spawn_blocking(move || -> Result<_, crate::controller::store::StoreError> {
-            let ended = reader.change(change_id)?.status.is_final();
+            let ended = reader.change_summary(change_id)?.status.is_final();
             Ok((reader.log_lines_after(change_id, after, READ_LINES)?, ended))
         })
         .await;

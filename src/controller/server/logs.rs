@@ -81,7 +81,7 @@ impl Follower {
                 let read = self
                     .state
                     .db(move |s| {
-                        let status = s.change(change_id)?.status;
+                        let status = s.change_summary(change_id)?.status;
                         Ok((s.log_lines_after(change_id, after, READ_LINES)?, status))
                     })
                     .await;
