@@ -164,9 +164,17 @@ fn repository(actions: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A directory private to its owner, as a state directory is.
+fn private_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
 /// A state directory with users `ops` (operator) and `view` (viewer).
 fn state_with_users() -> tempfile::TempDir {
-    let state = tempfile::tempdir().unwrap();
+    let state = private_dir();
     add_user(state.path(), "ops", "operator");
     add_user(state.path(), "view", "viewer");
     state
@@ -606,7 +614,7 @@ fn tls_serves_https_with_secure_cookies_and_plain_http_off_loopback_warns() {
 
 #[test]
 fn user_commands_add_list_change_and_remove_users_with_their_exit_statuses() {
-    let state = tempfile::tempdir().unwrap();
+    let state = private_dir();
     let user = |args: &[&str], stdin: &str| {
         let mut child = opschain(state.path()).arg("user").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         use std::io::Write;

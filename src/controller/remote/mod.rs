@@ -176,7 +176,8 @@ impl Client {
 fn document(mut response: ureq::http::Response<ureq::Body>, what: &str) -> Result<Value, RemoteError> {
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().map_err(|e| RemoteError::Answer { what: what.to_string(), reason: e.to_string() })?;
-    let doc: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).map_err(|e| RemoteError::Answer { what: what.to_string(), reason: e.to_string() })? };
+    let doc: Value =
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).map_err(|e| RemoteError::Answer { what: what.to_string(), reason: e.to_string() })? };
     if status >= 400 {
         let detail = doc["errors"][0]["detail"].as_str().map(str::to_string).unwrap_or_else(|| format!("the server answered {status}"));
         return Err(RemoteError::Refused { status, detail });
