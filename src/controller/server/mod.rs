@@ -4,7 +4,7 @@
 //!
 //! One file per concept:
 //! * [`state`]: [`AppState`] (what handlers share) and [`ServerSettings`] (with defaults);
-//! * [`router`]: the routes ([`router::api`]) and the layers ([`router::finish`]), composed by
+//! * [`mod@router`]: the routes ([`router::api`]) and the layers ([`router::finish`]), composed by
 //!   [`router::router`];
 //! * [`auth`]: HTTP Basic and session cookies, the [`auth::CurrentUser`] and [`auth::Operator`]
 //!   extractors, [`auth::login`];
