@@ -44,6 +44,12 @@ pub struct Cli {
     /// Default: $XDG_STATE_HOME/opschain, else ~/.local/state/opschain, else ./.opschain-state.
     #[arg(long, global = true, env = "OPSCHAIN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Work through this OpsChain server (its API's base URL, e.g. http://localhost:3000) rather
+    /// than on the local store. Default: $opschain_apiBaseUrl, else apiBaseUrl of .opschainrc,
+    /// else none: the local store. The user: $opschain_username or username; the password:
+    /// $opschain_password, password or passwordCommand of .opschainrc.
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_url: Option<String>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,

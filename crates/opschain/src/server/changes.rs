@@ -53,6 +53,7 @@ pub fn change_resource(c: &ChangeSummary) -> Value {
             "created_at": c.created_at,
             "started_at": c.started_at,
             "finished_at": c.finished_at,
+            "backend": c.backend.as_str(),
         }),
     );
     r["links"] = json!({"self": format!("/api/changes/{}", c.id), "log_lines": format!("/api/changes/{}/log_lines", c.id)});
@@ -74,6 +75,7 @@ fn step_resource(change_id: i64, s: &StepRow) -> Value {
             "message": s.message,
             "started_at": s.started_at,
             "finished_at": s.finished_at,
+            "duration_secs": s.duration_secs,
         }),
     );
     let parent = s.parent_id.map(|p| json!({"type": "steps", "id": p.to_string()}));

@@ -638,3 +638,94 @@ fn user_commands_add_list_change_and_remove_users_with_their_exit_statuses() {
     assert_eq!(user(&["remove", "ann"], "").0, Some(0));
     assert_eq!(user(&["remove", "ann"], "").0, Some(67));
 }
+
+/// `text` with what differs between two runs of the same change made equal: times, durations,
+/// commit ids, and where the repository came from.
+fn normalised(text: &str) -> String {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                let digits = w.chars().filter(char::is_ascii_digit).count();
+                if w.contains('T') && w.trim_end_matches(',').ends_with('Z') && digits >= 8 {
+                    "TIME".to_string()
+                } else if w.len() >= 12 && w.chars().all(|c| c.is_ascii_hexdigit()) {
+                    "COMMIT".to_string()
+                } else if w.ends_with('s') && w[..w.len() - 1].parse::<f64>().is_ok() {
+                    "SECS".to_string()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        let line = words.join(" ");
+        out.push(match line.split_once(" from ") {
+            Some((head, _)) if head.trim_start().starts_with("commit") => head.to_string(),
+            _ => line,
+        });
+    }
+    out.join("\n")
+}
+
+#[test]
+fn the_cli_through_the_server_prints_what_the_local_mode_prints_and_exits_alike() {
+    let state = state_with_users();
+    let server = Server::start(state.path(), &[]);
+    let repo = repository("[actions.hello]\nrun = \"echo hello\"\n[actions.fail]\nrun = \"echo failing; exit 3\"\n");
+    set_up_project(&server, repo.path());
+    let local_state = private_dir();
+    // The remote CLI: the URL from --api-url, the user from the variables.
+    let remote = |args: &[&str]| {
+        let mut c = opschain(local_state.path());
+        c.args(["--api-url", &server.url]).args(args).env("opschain_username", "ops").env("opschain_password", "ops-password");
+        c.output().unwrap()
+    };
+    let local = |args: &[&str]| opschain(local_state.path()).args(args).output().unwrap();
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let repo_arg = repo.path().to_str().unwrap();
+
+    for (action, code) in [("hello", 0), ("fail", 1)] {
+        let l = local(&["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "--action", action, "--git-rev", "main"]);
+        let r = remote(&["change", "create", "-p", "p", "-e", "dev", "--action", action, "--git-rev", "main"]);
+        assert_eq!((l.status.code(), r.status.code()), (Some(code), Some(code)), "{}\n{}", out(&l), String::from_utf8_lossy(&r.stderr));
+        assert!(out(&r).contains(&format!("{action} stdout|")) || out(&r).contains(&format!("{action} ")), "the step's log is streamed: {}", out(&r));
+    }
+    for args in [&["change", "ls"][..], &["change", "show", "1"], &["change", "show", "2"], &["change", "logs", "1"]] {
+        let (l, r) = (local(args), remote(args));
+        assert_eq!((l.status.code(), r.status.code()), (Some(0), Some(0)), "{args:?}");
+        let (l, r) = (normalised(&out(&l)), normalised(&out(&r)));
+        if args[1] == "logs" {
+            // The same lines of the step; the local change's snapshot and sandbox paths differ.
+            let keep = |t: &str| t.lines().filter(|l| l.contains("stdout|")).map(str::to_string).collect::<Vec<_>>();
+            assert_eq!(keep(&l), keep(&r), "{args:?}\n--- local\n{l}\n--- remote\n{r}");
+        } else {
+            assert_eq!(l, r, "{args:?}");
+        }
+    }
+    // Not found, and refused users, exit as the local mode's statuses say.
+    assert_eq!((local(&["change", "show", "99"]).status.code(), remote(&["change", "show", "99"]).status.code()), (Some(66), Some(66)));
+    let wrong =
+        opschain(local_state.path()).args(["--api-url", &server.url, "change", "ls"]).env("opschain_username", "ops").env("opschain_password", "wrong").output().unwrap();
+    assert_eq!(wrong.status.code(), Some(77), "{}", String::from_utf8_lossy(&wrong.stderr));
+    let nobody = opschain(local_state.path()).args(["--api-url", "http://127.0.0.1:9", "change", "ls"]).output().unwrap();
+    assert_eq!(nobody.status.code(), Some(69), "{}", String::from_utf8_lossy(&nobody.stderr));
+
+    // The URL, user and password command from .opschainrc.
+    let dir = private_dir();
+    let rc = json!({"apiBaseUrl": server.url, "username": "view", "passwordCommand": "echo view-password", "projectCode": "p"});
+    std::fs::write(dir.path().join(".opschainrc"), rc.to_string()).unwrap();
+    let listed = opschain(local_state.path()).args(["environment", "ls"]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(listed.status.code(), Some(0), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(out(&listed).lines().any(|l| l.starts_with("dev ")), "{}", out(&listed));
+    let refused = opschain(local_state.path()).args(["change", "cancel", "1"]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(refused.status.code(), Some(77), "a viewer: {}", String::from_utf8_lossy(&refused.stderr));
+    // Properties and secrets through the server.
+    assert_eq!(remote(&["properties", "set", "-p", "p", "--json", "{\"a\": 1}"]).status.code(), Some(0));
+    let shown = remote(&["properties", "show", "-p", "p"]);
+    assert_eq!(serde_json::from_slice::<Value>(&shown.stdout).unwrap(), json!({"a": 1}));
+    let secrets = dir.path().join("set.json");
+    std::fs::write(&secrets, r#"{"TOKEN": "hidden-value"}"#).unwrap();
+    assert_eq!(remote(&["secrets", "set", "deploy", "--file", secrets.to_str().unwrap()]).status.code(), Some(0));
+    assert_eq!(out(&remote(&["secrets", "list"])).lines().filter(|l| *l == "deploy").count(), 1);
+}

@@ -7,6 +7,8 @@
 // are placeholders the user reads, not HTML.
 #![allow(rustdoc::invalid_html_tags)]
 
+mod remote;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,6 +26,7 @@ use opschain::cli::{
 };
 use opschain::output;
 use opschain::rc::{Code, Defaults, RcError, Source, Which};
+use opschain::remote::{ApiConfig, RemoteError};
 use opschain::repo;
 use opschain::scheduler::{default_workers, SchedulerConfig};
 use opschain::server::accounts::{self, AccountError};
@@ -225,6 +228,9 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         }
         if cause.downcast_ref::<RcError>().is_some() {
             return Sysexit::DataErr.into();
+        }
+        if let Some(e) = cause.downcast_ref::<RemoteError>() {
+            return e.exit_status();
         }
         if let Some(e) = cause.downcast_ref::<AccountError>() {
             return e.exit_status();
@@ -568,6 +574,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         let path = create_dockerfile(repo, folder, *force)?;
         println!("{} written: the default step runner Dockerfile, to customise and commit", path.display());
         return Ok(ExitCode::SUCCESS);
+    }
+    // Through a server when one is named; `server` and `user` always work on the local store.
+    if !matches!(cli.command, Command::Server(_) | Command::User(_)) {
+        if let Some(api) = ApiConfig::resolve(cli.api_url.as_deref(), defaults.rc_path())? {
+            return remote::run(cli.command, &api, &defaults);
+        }
     }
     // Absolute, because steps run with their sandbox (under it) as working directory.
     let state_dir = cli.state_dir.clone().unwrap_or_else(default_state_dir);
