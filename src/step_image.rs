@@ -32,6 +32,10 @@ use crate::exec;
 use crate::json::{JsonError, PointerError, StrictObject};
 use crate::layout::DEFAULT_REPO_FOLDER;
 
+/// The base runner image's one name (`OPSCHAIN_BASE_RUNNER`'s default): `opschain-runner:latest`,
+/// the tag `runner-image/README.md` builds.
+pub const DEFAULT_BASE_RUNNER: &str = "opschain-runner:latest";
+
 /// MintPress's OpsChain folder: its image builds get the env context as `step_context.json.zip`.
 pub const MINTPRESS_FOLDER: &str = ".mintpress";
 
@@ -373,7 +377,7 @@ pub struct BuildContextSpec {
     /// environment context values and env-var properties reach the build ([`env_context`]), and
     /// its `opschain.config.build_secrets` picks the secret sets. Default: `{}`.
     pub context: Map<String, Value>,
-    /// The base runner image (`OPSCHAIN_BASE_RUNNER`). Default: `opschain-runner:<version>`.
+    /// The base runner image (`OPSCHAIN_BASE_RUNNER`). Default: [`DEFAULT_BASE_RUNNER`].
     pub base_runner: String,
     /// The base runner image's id, when known: part of the image key ([`ImagePlan::key`]), so
     /// that a rebuilt base image gives a new step image. Default: none (the name stands for it).
@@ -404,7 +408,7 @@ impl BuildContextSpec {
             git_rev: "HEAD".into(),
             commit: None,
             context: Map::new(),
-            base_runner: format!("opschain-runner:{version}"),
+            base_runner: DEFAULT_BASE_RUNNER.to_string(),
             base_runner_id: None,
             opschain_version: version,
             secrets: SecretSource::None,

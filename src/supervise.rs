@@ -71,7 +71,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use self::logq::LogWriter;
-pub(crate) use self::output::Stamp;
+pub use self::output::Stamp;
 use self::output::{PumpConfig, RecordFormat, Sink, Stream};
 use self::procs::{Descendant, Ended, Reaped};
 use self::signals::{Inbox, Taken, FORWARDED};

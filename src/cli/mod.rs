@@ -107,7 +107,8 @@ pub struct BuildContextArgs {
     /// The revision to build (GIT_REV): a branch, tag or SHA.
     #[arg(long, default_value = "HEAD", value_name = "REV")]
     pub git_rev: String,
-    /// The base runner image (OPSCHAIN_BASE_RUNNER). Default: opschain-runner:VERSION.
+    /// The base runner image (OPSCHAIN_BASE_RUNNER). Default: opschain-runner:latest (built from
+    /// runner-image/, see its README).
     #[arg(long, env = "OPSCHAIN_BASE_RUNNER", value_name = "IMAGE")]
     pub base_runner: Option<String>,
     /// The OpsChain version (OPSCHAIN_VERSION). Default: this runner's version.

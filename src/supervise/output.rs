@@ -103,10 +103,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// The length of an [`Rfc3339`] time: `2026-11-23T10:00:00.123456Z`.
 const STAMP_LEN: usize = 27;
 
-/// The last time formatted as [`Rfc3339`], kept to format the next one cheaply: the same instant
+/// The last time formatted as RFC 3339 (UTC, microseconds: the agent's and the controller's line
+/// times), kept to format the next one cheaply: the same instant
 /// costs nothing, the same second six digits.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stamp {
+pub struct Stamp {
     /// The second since the epoch that `text` holds; `u64::MAX` before the first.
     secs: u64,
     /// The microseconds that `text` holds.
@@ -122,8 +123,8 @@ impl Default for Stamp {
 }
 
 impl Stamp {
-    /// `ts` formatted as [`Rfc3339`].
-    pub(crate) fn format(&mut self, ts: SystemTime) -> &[u8; STAMP_LEN] {
+    /// `ts` formatted as RFC 3339 (`2026-11-23T10:00:00.123456Z`).
+    pub fn format(&mut self, ts: SystemTime) -> &[u8; STAMP_LEN] {
         let since = ts.duration_since(UNIX_EPOCH).unwrap_or_default();
         let (secs, micros) = (since.as_secs(), since.subsec_micros());
         if secs != self.secs {

@@ -11,6 +11,7 @@ use opschain_runner::json::{JsonError, SizeLimit};
 use super::backend::docker::{DockerBackend, DockerConfig};
 use super::backend::process::{ProcessBackend, ProcessConfig};
 use super::backend::Backend;
+use super::catalog::{self, CatalogError};
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::status::{BackendKind, ChangeStatus};
@@ -22,6 +23,9 @@ pub enum ChangeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The project or environment named does not exist or is archived.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     /// Preparing the repository or resolving the revision failed.
     #[error("cannot use {} at {rev}", repo.display())]
     Repo {
@@ -73,6 +77,9 @@ pub struct NewChange {
     pub backend: BackendKind,
     /// The secret set the steps get.
     pub secret_set: Option<String>,
+    /// The change's metadata (`--metadata-path`): stored with it, given to every step in its
+    /// change context (`context.change.metadata`), shown by `change show`. Default: none.
+    pub metadata: Option<Map<String, Value>>,
 }
 
 /// How changes run (configuration, not state).
@@ -101,7 +108,8 @@ pub struct ControllerConfig {
     pub folder: String,
 }
 
-/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
+/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id. Its project
+/// and environment must exist and not be archived (a typo creates nothing).
 pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
     if !new.backend.is_available() {
         return Err(ChangeError::Backend(new.backend));
@@ -110,14 +118,26 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     if new.backend == BackendKind::Kubernetes && config.docker.registry.is_none() {
         return Err(ChangeError::Kubernetes(super::backend::kubernetes::KubernetesError::NoRegistry));
     }
+    // What the user named is checked before anything is made for it.
+    let (project, environment) = catalog::change_target(store, &new.project, &new.environment)?;
     if let Some(set) = &new.secret_set {
         store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?;
     }
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
+    repo::check_repo(&new.repo, &config.folder).map_err(repo_err)?;
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
-    let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
-    let project = store.ensure_project(&new.project)?;
-    let environment = store.ensure_environment(project, &new.environment)?;
+    let commit = repo::resolve(&repo_dir, &new.git_rev).and_then(|commit| repo::check_folder_at(&repo_dir, &commit, &config.folder).map(|()| commit));
+    let commit = match commit {
+        Ok(commit) => commit,
+        Err(e) => {
+            // A snapshot made for a change that is not created is removed with it.
+            if repo_dir != new.repo.canonicalize().unwrap_or_default() {
+                let _ = std::fs::remove_dir_all(&repo_dir);
+            }
+            return Err(repo_err(e));
+        }
+    };
+    let metadata = new.metadata.as_ref().map(|m| Value::Object(m.clone()).to_string());
     Ok(store.create_change(&NewChangeRow {
         project_id: project,
         environment_id: environment,
@@ -128,6 +148,7 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
         backend: new.backend,
         secret_set: new.secret_set.as_deref(),
         folder: &config.folder,
+        metadata: metadata.as_deref(),
     })?)
 }
 
@@ -162,7 +183,7 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     let mut said = false;
     while let Some(blocking) = store.try_start_change(change_id, pid)? {
         if !said {
-            println!("==> change {change_id} queued: change {blocking} is running in the same environment");
+            say(config.scheduler.view, format_args!("==> change {change_id} queued: change {blocking} is running in the same environment"));
             store.set_change_status(change_id, ChangeStatus::Queued)?;
             said = true;
         }
@@ -183,15 +204,18 @@ pub fn run_started(store: &Store, config: &ControllerConfig, change_id: i64) -> 
         Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,
         None => Map::new(),
     };
-    println!(
-        "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
-        change.id,
-        change.project,
-        change.environment,
-        change.action,
-        &change.commit[..change.commit.len().min(12)],
-        change.git_rev,
-        change.backend
+    say(
+        config.scheduler.view,
+        format_args!(
+            "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
+            change.id,
+            change.project,
+            change.environment,
+            change.action,
+            &change.commit[..change.commit.len().min(12)],
+            change.git_rev,
+            change.backend
+        ),
     );
     // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
     // error rather than leaving it running with no controller.
@@ -209,6 +233,17 @@ pub fn run_started(store: &Store, config: &ControllerConfig, change_id: i64) -> 
     Ok(scheduler.run()?)
 }
 
+/// Prints one of the change's own lines on stdout. A reader that went away (a closed pipe) does
+/// not stop the change: the line is dropped, as the steps' lines are ([`super::output`]).
+fn say(view: super::output::View, line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if view.silent {
+        return;
+    }
+    let time = if view.timestamps { super::output::now() + " " } else { String::new() };
+    let _ = writeln!(std::io::stdout(), "{time}{line}");
+}
+
 /// Re-runs what did not succeed in a change, from the same commit.
 pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
     // Claimed atomically before anything is reset or removed: of two retries at once, the second
@@ -221,7 +256,7 @@ pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result
     let stale = config.state_dir.join("sandboxes").join(format!("change-{change_id}"));
     let _ = std::fs::remove_dir_all(&stale);
     let reset = store.reset_for_retry(change_id)?;
-    println!("==> change {change_id}: retrying {reset} step(s) that did not succeed");
+    say(config.scheduler.view, format_args!("==> change {change_id}: retrying {reset} step(s) that did not succeed"));
     execute(store, config, change_id)
 }
 

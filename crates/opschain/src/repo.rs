@@ -58,6 +58,72 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// `--git-remote-name` given for a directory that is not the top of a git work tree.
+    #[error("{} is not the top of a git work tree: it has no git remote {remote:?}", dir.display())]
+    NotAWorkTree {
+        /// The directory.
+        dir: PathBuf,
+        /// The remote named.
+        remote: String,
+    },
+    /// The work tree has no git remote of that name.
+    #[error("git remote {remote:?} of {} does not exist ({known})", dir.display())]
+    NoRemote {
+        /// The work tree.
+        dir: PathBuf,
+        /// The remote named.
+        remote: String,
+        /// The remotes it has.
+        known: Box<super::catalog::Known>,
+    },
+    /// Fetching the remote failed.
+    #[error("cannot fetch the git remote {remote:?} of {}", dir.display())]
+    Fetch {
+        /// The work tree.
+        dir: PathBuf,
+        /// The remote.
+        remote: String,
+        /// The cause.
+        #[source]
+        source: Box<GitError>,
+    },
+    /// The repository directory does not exist.
+    #[error("the repository {} does not exist", dir.display())]
+    NoRepo {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The repository (or the commit that runs) has no OpsChain folder.
+    #[error(
+        "{where_} has no {folder} folder: it is not an OpsChain project (`opschain dev create-dockerfile --repo DIR` starts one; its actions go in {folder}/actions.toml)"
+    )]
+    NoFolder {
+        /// The directory, or `commit C of DIR`.
+        where_: String,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
+    /// The revision names no commit of the repository.
+    #[error("the git revision {rev:?} does not exist ({known})")]
+    UnknownRevision {
+        /// The repository.
+        repo: PathBuf,
+        /// The revision given.
+        rev: String,
+        /// Its branches and tags.
+        known: Box<super::catalog::Known>,
+    },
+    /// No `--repo`, and the working directory holds no OpsChain folder.
+    #[error("the working directory {} has no {folder} folder: run from the project's repository or give --repo DIR", dir.display())]
+    NotARepo {
+        /// The working directory.
+        dir: PathBuf,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
+    /// The working directory cannot be found.
+    #[error("cannot find the working directory")]
+    WorkingDirectory(#[source] std::io::Error),
     /// Copying a directory for a snapshot failed.
     #[error("cannot copy {} to {}", from.display(), to.display())]
     Copy {
@@ -103,16 +169,114 @@ pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     let repos = state_dir.join("repos");
     private_dirs(&repos)?;
     let dest = repos.join(format!("{name}-{nanos}"));
-    copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
-    git(&dest, &["init", "-q"])?;
-    git(&dest, &["add", "-A"])?;
-    git(&dest, &["commit", "-q", "-m", "opschain snapshot"])?;
+    let snapshot = || {
+        copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
+        git(&dest, &["init", "-q"])?;
+        git(&dest, &["add", "-A"])?;
+        git(&dest, &["commit", "-q", "-m", "opschain snapshot"])
+    };
+    // A snapshot that failed half-way is no snapshot: nothing of it is left behind.
+    if let Err(e) = snapshot() {
+        let _ = std::fs::remove_dir_all(&dest);
+        return Err(e);
+    }
     Ok(dest)
 }
 
-/// The commit `rev` names in `repo`.
+/// Checks, before anything is made for it, that `dir` can be a change's repository with the
+/// OpsChain folder `folder`: it exists, and when it is no git work tree (it will be
+/// snapshotted) holds the folder. A work tree's folder is checked in the commit that runs
+/// ([`check_folder_at`]).
+pub fn check_repo(dir: &Path, folder: &str) -> Result<(), RepoError> {
+    if !dir.is_dir() {
+        return Err(RepoError::NoRepo { dir: dir.to_path_buf() });
+    }
+    if !is_repo_top(dir) && !dir.join(folder).is_dir() {
+        return Err(RepoError::NoFolder { where_: dir.display().to_string(), folder: folder.to_string() });
+    }
+    Ok(())
+}
+
+/// Checks that `commit` of `repo` has the OpsChain folder `folder`.
+pub fn check_folder_at(repo: &Path, commit: &str, folder: &str) -> Result<(), RepoError> {
+    match git(repo, &["cat-file", "-e", &format!("{commit}:{folder}")]) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(RepoError::NoFolder { where_: format!("commit {} of {}", &commit[..commit.len().min(12)], repo.display()), folder: folder.to_string() }),
+    }
+}
+
+/// The names of the actions `<folder>/actions.toml` defines at revision `rev` of `repo` (a work
+/// tree's commit; a plain directory's file as it is), in file order. Empty when there is no such
+/// file or it does not parse (the step then says why).
+pub fn action_names(repo: &Path, rev: &str, folder: &str) -> Vec<String> {
+    let path = format!("{folder}/actions.toml");
+    let text = if is_repo_top(repo) { git(repo, &["show", &format!("{rev}:{path}")]).ok() } else { std::fs::read_to_string(repo.join(&path)).ok() };
+    text.and_then(|t| opschain_runner::actions::Actions::parse(Path::new(&path), &t).ok())
+        .map(|a| a.actions.into_iter().map(|(name, _)| name).collect())
+        .unwrap_or_default()
+}
+
+/// The files under the OpsChain folder `folder` of the work tree `repo` that differ from its
+/// `HEAD` commit or are not tracked (and not ignored): a change runs a commit, so these edits
+/// are not in it. Empty for a directory that is not a work tree's top (it is snapshotted whole).
+pub fn uncommitted(repo: &Path, folder: &str) -> Result<Vec<String>, RepoError> {
+    if !is_repo_top(repo) {
+        return Ok(Vec::new());
+    }
+    let changed = git(repo, &["diff", "--name-only", "HEAD", "--", folder])?;
+    let untracked = git(repo, &["ls-files", "--others", "--exclude-standard", "--", folder])?;
+    let mut files: Vec<String> = changed.lines().chain(untracked.lines()).map(str::to_string).collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The repository of `change create`: `repo` when given, else the working directory when it
+/// holds the OpsChain folder `folder` (a directory run from by mistake, such as a home
+/// directory, would otherwise be snapshotted whole).
+pub fn repo_or_working_directory(repo: Option<PathBuf>, folder: &str) -> Result<PathBuf, RepoError> {
+    if let Some(repo) = repo {
+        return Ok(repo);
+    }
+    let cwd = std::env::current_dir().map_err(RepoError::WorkingDirectory)?;
+    if !cwd.join(folder).is_dir() {
+        return Err(RepoError::NotARepo { dir: cwd, folder: folder.to_string() });
+    }
+    Ok(cwd)
+}
+
+/// `rev` read against the git remote `remote` of the work tree `repo`, as OpsChain reads
+/// `--git-rev` with `--git-remote-name`: the remote is fetched, then a branch of it is
+/// `<remote>/<rev>`; any other revision (a tag, a commit) is `rev` itself.
+pub fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String, RepoError> {
+    if !is_repo_top(repo) {
+        return Err(RepoError::NotAWorkTree { dir: repo.to_path_buf(), remote: remote.to_string() });
+    }
+    if git(repo, &["remote", "get-url", remote]).is_err() {
+        let known: Vec<String> = git(repo, &["remote"]).unwrap_or_default().lines().map(String::from).collect();
+        return Err(RepoError::NoRemote { dir: repo.to_path_buf(), remote: remote.to_string(), known: Box::new(super::catalog::Known::new(remote, known)) });
+    }
+    git(repo, &["fetch", "--quiet", "--tags", remote]).map_err(|e| match e {
+        RepoError::Git(source) => RepoError::Fetch { dir: repo.to_path_buf(), remote: remote.to_string(), source: Box::new(source) },
+        other => other,
+    })?;
+    let tracking = format!("{remote}/{rev}");
+    match git(repo, &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{tracking}^{{commit}}")]) {
+        Ok(_) => Ok(tracking),
+        Err(_) => Ok(rev.to_string()),
+    }
+}
+
+/// The commit `rev` names in `repo`; a revision that names none is
+/// [`RepoError::UnknownRevision`], with the branches and tags it could have meant.
 pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
-    git(repo, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
+    match git(repo, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]) {
+        Err(RepoError::Git(GitError::Failed { .. })) => {
+            let refs = git(repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads", "refs/tags", "refs/remotes"]).unwrap_or_default();
+            let known = refs.lines().map(str::to_string).collect();
+            Err(RepoError::UnknownRevision { repo: repo.to_path_buf(), rev: rev.to_string(), known: Box::new(super::catalog::Known::new(rev, known)) })
+        }
+        other => other,
+    }
 }
 
 /// A fresh checkout of `commit` at `dest` (a shared clone: objects are borrowed, nothing is

@@ -103,6 +103,16 @@ pub enum BackendError {
         #[source]
         source: kubernetes::KubernetesError,
     },
+    /// The base runner image is not on the Docker engine.
+    #[error(
+        "the base runner image {image} does not exist on this Docker engine: build it from runner-image/ (runner-image/README.md: \
+         `docker build -t {image} runner-image` with the static agent in it), or choose another with --docker-base-image \
+         (OPSCHAIN_DOCKER_BASE_IMAGE)"
+    )]
+    NoBaseImage {
+        /// The image.
+        image: String,
+    },
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
     Docker {

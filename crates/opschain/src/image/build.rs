@@ -127,7 +127,7 @@ impl StepImages {
     fn inspect(&self, tag: &str) -> Result<(String, Option<String>), BackendError> {
         if let Some(socket) = engine_socket() {
             if let Ok(found) = engine_inspect(&socket, &self.settings.base_image, tag) {
-                return found.ok_or_else(|| BackendError::Docker { op: "inspect the base image", stderr: format!("No such image: {}", self.settings.base_image) });
+                return found.ok_or_else(|| BackendError::NoBaseImage { image: self.settings.base_image.clone() });
             }
         }
         let base = self.settings.base_image.as_str();
@@ -148,6 +148,7 @@ impl StepImages {
         match (out.status.success(), found.next(), found.next()) {
             (true, Some((base_id, _)), Some((_, label))) => Ok((base_id.to_string(), Some(label.to_string()))),
             (false, Some((base_id, _)), None) if !base_missing => Ok((base_id.to_string(), None)),
+            _ if base_missing => Err(BackendError::NoBaseImage { image: base.to_string() }),
             _ => Err(BackendError::Docker { op: "inspect the base image", stderr: stderr.trim().to_string() }),
         }
     }

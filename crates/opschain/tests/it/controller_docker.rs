@@ -73,8 +73,9 @@ fn secret_set(state: &Path, name: &str, set: Value) {
 /// One `opschain change run --backend docker`: its exit status, what it printed, and the step
 /// images it built (added to `images`). Checks that it left no container behind.
 fn change_run(state: &Path, base: &str, images: &mut Images, args: &[&str]) -> (i32, String) {
+    common::make_target_of(state, &[&["change", "run"][..], args].concat());
     let controller = opschain(state)
-        .args(["change", "run", "--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", base])
+        .args(["change", "run", "--verbose", "--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", base])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -159,10 +160,10 @@ fn saved_image_mentions(tag: &str, needle: &[u8]) -> Vec<String> {
     found
 }
 
-/// The Dockerfile steps a plain BuildKit log (as the change printed it, each line behind its step
-/// prefix) reports as cached.
+/// The Dockerfile steps a plain BuildKit log (as the change printed it with -v, each line behind
+/// its step prefix and two spaces) reports as cached.
 fn cached_steps(shown: &str) -> Vec<String> {
-    crate::docker_base::cached_steps(shown.lines().filter_map(|line| line.split_once("] ").map(|(_, rest)| rest)))
+    crate::docker_base::cached_steps(shown.lines().filter_map(|line| line.split_once("]  ").map(|(_, rest)| rest)))
 }
 
 #[test]
@@ -238,7 +239,7 @@ fn a_seed_style_dockerfile_gets_git_the_build_args_env_properties_and_the_defaul
     assert!(shown.contains("opschain: phase build started") && shown.contains("opschain: phase build finished in "), "{shown}");
     assert!(shown.contains("build secret sets: opschain-build-env"), "{shown}");
     // The build's own output is in the change log, as the step's is.
-    let logs = opschain(&state).args(["change", "logs", "1"]).output().unwrap();
+    let logs = opschain(&state).args(["change", "logs", "1", "--verbose"]).output().unwrap();
     let logs = String::from_utf8_lossy(&logs.stdout).to_string();
     assert!(logs.contains("opschain-exec /bin/sh -c") && logs.contains("phase build finished in ") && logs.contains(&expected), "{logs}");
     let (built, reused) = image_lines(&shown);
@@ -400,7 +401,7 @@ fn a_build_secret_a_run_line_prints_reaches_neither_the_terminal_nor_the_store()
     .unwrap();
     let (status, terminal) = change_run(&state, &base, &mut images, &["--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "noop"]);
     assert_eq!(status, 0, "{terminal}");
-    let logs = opschain(&state).args(["change", "logs", "1"]).output().unwrap();
+    let logs = opschain(&state).args(["change", "logs", "1", "--verbose"]).output().unwrap();
     let logs = String::from_utf8_lossy(&logs.stdout).to_string();
     for (what, shown) in [("terminal", &terminal), ("store", &logs)] {
         assert!(shown.contains(&format!("nonce-{nonce}")), "the RUN line ran, its output in the {what}:\n{shown}");

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common;
+
 /// `opschain` with its state in `state` and the test-built agent.
 fn opschain(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
@@ -31,6 +33,7 @@ fn opschain_umask0(state: &Path) -> Command {
 }
 
 fn run(state: &Path, args: &[&str]) -> Output {
+    common::make_target_of(state, args);
     opschain(state).args(args).output().unwrap()
 }
 
@@ -85,6 +88,7 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
     let saved = opschain_umask0(&state).args(["secrets", "set", "s", "--file"]).arg(&set).output().unwrap();
     assert!(saved.status.success(), "{}", text(&saved));
 
+    common::make_target(&state, "p", "e");
     let mut controller = opschain_umask0(&state)
         .args(["change", "run", "--project", "p", "--environment", "e", "--action", "wait", "--secrets", "s", "--repo"])
         .arg(&repo)

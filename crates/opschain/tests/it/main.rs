@@ -12,6 +12,7 @@ mod controller_input;
 mod controller_schemas;
 mod controller_secrets;
 mod docker_base;
+mod first_hour;
 mod image;
 #[cfg(feature = "kubernetes")]
 mod kubernetes_fake;

@@ -121,8 +121,9 @@ fn fixed_repo(dir: &Path) -> PathBuf {
 }
 
 fn run_change(state: &Path, repo: &Path, registry: &str, transport: &str) -> (bool, String) {
+    common::make_target(state, "p", "e");
     let out = opschain(state)
-        .args(["change", "run", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "hello"])
+        .args(["change", "run", "--verbose", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "hello"])
         .args(["--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", BASE, "--registry", registry, "--transport", transport])
         .output()
         .unwrap();
