@@ -25,7 +25,6 @@
 //! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
 //! * [`remote`]: the CLI's side of the server: its URL and user (`apiBaseUrl`), a JSON:API client.
 //! * [`server`]: `opschain server`, the controller as a shared service behind OpsChain's JSON:API.
-//! * [`cli`]: the command line of the `opschain` binary.
 //!
 //! The `opschain` binary's command line is `src/bin/opschain/commands/`: a file per subcommand,
 //! each its clap definition and a thin `exec` over these modules.

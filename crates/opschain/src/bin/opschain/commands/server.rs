@@ -53,7 +53,6 @@ pub struct ServerArgs {
     pub settings: RunSettings,
 }
 
-
 /// Runs `opschain server`.
 pub fn exec(args: ServerArgs, ctx: &Ctx, _out: &mut dyn Write) -> Result<ExitCode> {
     let controller = config(&ctx.state_dir, &args.settings, View::default())?;
