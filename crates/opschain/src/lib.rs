@@ -16,6 +16,7 @@
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
 //! * [`patch`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
+//! * [`gc`]: what changes leave in the state directory, and when it goes (`opschain gc`).
 //! * [`private`]: the state directory, snapshots, sandboxes and secret files private to their
 //!   owner.
 //! * [`output`]: everything the controller prints or stores about a change, masked with the
@@ -36,6 +37,7 @@ pub mod catalog;
 pub mod change;
 pub mod dev;
 pub mod edit;
+pub mod gc;
 pub mod image;
 pub mod logline;
 pub mod output;

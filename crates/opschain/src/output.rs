@@ -464,7 +464,7 @@ mod tests {
         command.args(["-c", script]).stdin(std::process::Stdio::null());
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let lines = stored(|sink| {
-            let status = super::super::backend::run_streamed(command, "sh".into(), sink, &cancel, std::time::Duration::from_secs(1)).unwrap();
+            let status = super::super::backend::run_streamed(command, "sh".into(), sink, &cancel, std::time::Duration::from_secs(1), None).unwrap();
             assert!(status.success());
         });
         let all = lines.concat();

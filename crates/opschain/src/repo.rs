@@ -3,8 +3,10 @@
 //!
 //! A `--repo` directory that is not the top of a git work tree (e.g. `fixtures/demo`, inside this
 //! project's own repository) is snapshotted: copied (without `.git` and `target`) under
-//! `<state dir>/repos/<name>-<time>`, `git init`ed and committed there, and the change runs from
-//! that commit. A retry uses the same snapshot, so it runs the same commit.
+//! `<state dir>/repos/<name>-<commit>`, `git init`ed and committed there, and the change runs from
+//! that commit. The commit is a function of the content, so an unchanged directory is one
+//! snapshot however many changes run it. A retry uses the same snapshot, so it runs the same
+//! commit; [`crate::gc`] says how long a snapshot is kept.
 //!
 //! Steps do not check out the commit themselves: a change's [`Checkouts`] checks it out once (a
 //! shared clone, so its `.git` is complete but small) and gives every step a private copy of that
@@ -159,28 +161,70 @@ pub fn is_repo_top(dir: &Path) -> bool {
 }
 
 /// The repository a change uses for `dir`: `dir` itself when it is a git work tree's top,
-/// otherwise a committed snapshot under `<state_dir>/repos`.
+/// otherwise a committed snapshot under `<state_dir>/repos` ([`snapshot`]).
 pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     if is_repo_top(dir) {
         return dir.canonicalize().map_err(|source| RepoError::Copy { from: dir.to_path_buf(), to: dir.to_path_buf(), source });
     }
+    snapshot(dir, &state_dir.join(SNAPSHOTS))
+}
+
+/// The directory of the state directory that holds the snapshots of plain directories.
+pub const SNAPSHOTS: &str = "repos";
+
+/// The fixed date of every snapshot commit: with the fixed identity and message, the same
+/// content gives the same commit, so that snapshots of an unchanged directory are one.
+const SNAPSHOT_DATE: &str = "2000-01-01T00:00:00Z";
+
+/// Snapshots the plain directory `dir` into `repos`: copied (without `.git` and `target`) aside,
+/// `git init`ed and committed there with a fixed identity, date and message, then renamed to
+/// `<name>-<first 16 digits of the commit>`. The same content gives the same commit and so the
+/// same snapshot: when it exists already (an earlier change of the same content, e.g. every
+/// `opschain demo`), the copy is dropped and the existing one used. The caller holds
+/// [`crate::gc::SnapshotLock`], so that no collection removes a snapshot between
+/// here and the change that records it.
+pub fn snapshot(dir: &Path, repos: &Path) -> Result<PathBuf, RepoError> {
     let name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "repo".into());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let repos = state_dir.join("repos");
-    private_dirs(&repos)?;
-    let dest = repos.join(format!("{name}-{nanos}"));
-    let snapshot = || {
-        copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
-        git(&dest, &["init", "-q"])?;
-        git(&dest, &["add", "-A"])?;
-        git(&dest, &["commit", "-q", "-m", "opschain snapshot"])
+    private_dirs(repos)?;
+    let tmp = repos.join(format!(".{name}-{}-{nanos}", std::process::id()));
+    let committed = copy_dir(dir, &tmp, &[".git", "target"], private::DIR_MODE).and_then(|()| commit_snapshot(&tmp));
+    let commit = match committed {
+        Ok(commit) => commit,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
     };
-    // A snapshot that failed half-way is no snapshot: nothing of it is left behind.
-    if let Err(e) = snapshot() {
-        let _ = std::fs::remove_dir_all(&dest);
-        return Err(e);
+    let dest = repos.join(format!("{name}-{}", &commit[..commit.len().min(16)]));
+    if dest.join(".git").is_dir() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(dest);
     }
+    std::fs::rename(&tmp, &dest).map_err(|source| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        RepoError::Copy { from: tmp.clone(), to: dest.clone(), source }
+    })?;
     Ok(dest)
+}
+
+/// `git init`, `add -A` and `commit` in `dir` with the fixed date [`SNAPSHOT_DATE`]; returns the
+/// commit.
+fn commit_snapshot(dir: &Path) -> Result<String, RepoError> {
+    git(dir, &["init", "-q"])?;
+    git(dir, &["add", "-A"])?;
+    let args =
+        ["-c", "user.name=opschain", "-c", "user.email=opschain@localhost", "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", "opschain snapshot"];
+    let out = opschain_runner::git::command(Some(dir))
+        .env("GIT_AUTHOR_DATE", SNAPSHOT_DATE)
+        .env("GIT_COMMITTER_DATE", SNAPSHOT_DATE)
+        .args(args)
+        .output()
+        .map_err(|source| GitError::Spawn { args: "commit".into(), source })?;
+    if !out.status.success() {
+        return Err(GitError::Failed { args: "commit -m 'opschain snapshot'".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() }.into());
+    }
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 /// Checks, before anything is made for it, that `dir` can be a change's repository with the
@@ -266,6 +310,77 @@ pub fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String, RepoEr
     }
 }
 
+/// The directory of the repositories the changes keep their commits in: `<state_dir>/mirrors`.
+pub fn mirrors_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("mirrors")
+}
+
+/// The ref a mirror keeps a change's commit under: `refs/opschain/kept/<commit>`. Outside
+/// `refs/heads` and `refs/tags`, so a clone of the mirror (a step's checkout, `repo.tar`) does
+/// not carry it; removing the last change of a commit may remove it.
+pub fn kept_ref(commit: &str) -> String {
+    format!("refs/opschain/kept/{commit}")
+}
+
+/// The bare repository that keeps, for the changes made from `repo`, the objects they need:
+/// `<state_dir>/mirrors/<name>-<hash of repo's path>.git`. `None` for a snapshot of a plain
+/// directory (under `<state_dir>/repos`), which is the change's own already.
+pub fn mirror_of(state_dir: &Path, repo: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if repo.starts_with(state_dir.join("repos")) || state_dir.canonicalize().is_ok_and(|s| repo.starts_with(s.join("repos"))) {
+        return None;
+    }
+    let name = repo.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "repo".into());
+    let hash = opschain_runner::transport::fnv1a64(repo.as_os_str().as_bytes());
+    Some(mirrors_dir(state_dir).join(format!("{name}-{hash:016x}.git")))
+}
+
+/// Keeps the objects a change needs of `repo` (its `commit` and everything it reaches) in the
+/// state directory, and returns the repository its steps and retries read from instead of `repo`:
+/// the mirror ([`mirror_of`]), so that a `git gc --prune=now` in the user's repository after the
+/// commit left its history breaks neither a running step nor a retry. The mirror is made once per
+/// repository by a local bare clone (objects hard-linked where the filesystem allows, copied
+/// otherwise); afterwards, with `refresh` (a new change), its branches and tags are fetched from
+/// `repo` (only the objects it lacks), and the commit is fetched unless the mirror has it; the
+/// commit is held by [`kept_ref`]. Without `refresh` (a change run again), `repo` is read only
+/// when the mirror lacks the commit (a change made before mirrors). Concurrent controllers take
+/// turns on a lock file beside the mirror. A snapshot (`None` from [`mirror_of`]) is returned as
+/// it is.
+pub fn keep(state_dir: &Path, repo: &Path, commit: &str, refresh: bool) -> Result<PathBuf, RepoError> {
+    let Some(mirror) = mirror_of(state_dir, repo) else { return Ok(repo.to_path_buf()) };
+    let has_commit = |dir: &Path| git(dir, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok();
+    if !refresh && has_commit(&mirror) {
+        return Ok(mirror);
+    }
+    let parent = mirrors_dir(state_dir);
+    private_dirs(&parent)?;
+    let lock_path = mirror.with_extension("lock");
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|source| RepoError::CreateDir { path: lock_path.clone(), source })?;
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| RepoError::CreateDir { path: lock_path.clone(), source: errno.into() })
+        .and_then(|_locked| {
+            let source = repo.to_string_lossy();
+            if !mirror.join("HEAD").is_file() {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let tmp = parent.join(format!(".tmp-{}-{nanos}", std::process::id()));
+                let cloned = git(&parent, &["clone", "-q", "--bare", "--template=", &source, &tmp.to_string_lossy()])
+                    .and_then(|_| std::fs::rename(&tmp, &mirror).map_err(|e| RepoError::Copy { from: tmp.clone(), to: mirror.clone(), source: e }));
+                if let Err(e) = cloned {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(e);
+                }
+            } else if refresh {
+                git(&mirror, &["fetch", "-q", "--prune", &source, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])?;
+            }
+            if !has_commit(&mirror) {
+                git(&mirror, &["fetch", "-q", &source, &format!("+{commit}:{}", kept_ref(commit))])?;
+            }
+            git(&mirror, &["update-ref", &kept_ref(commit), commit])?;
+            Ok(mirror)
+        })
+}
+
 /// The commit `rev` names in `repo`; a revision that names none is
 /// [`RepoError::UnknownRevision`], with the branches and tags it could have meant.
 pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
@@ -280,7 +395,7 @@ pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
 }
 
 /// A fresh checkout of `commit` at `dest` (a shared clone: objects are borrowed, nothing is
-/// written to `repo`). The clone takes no git template (`--template=`): no sample hooks, no
+/// written to `repo`; a change's `repo` is its mirror, see [`keep`]). The clone takes no git template (`--template=`): no sample hooks, no
 /// `description`, no `info/exclude`, none of which a step uses, and each would be one more file to
 /// copy for every step.
 pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError> {

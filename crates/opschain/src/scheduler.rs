@@ -100,8 +100,10 @@ pub fn failure_message(cause: &Cause, exit_status: i32, result_error: Option<&st
     } else {
         lines.push(format!("the agent exited with status {exit_status}"));
     }
-    // No step result is the consequence of an error the agent already named.
-    if let Some(e) = result_error.filter(|_| cause.agent_error.is_none()) {
+    // A missing step result is the consequence of an error the agent already named; a refused
+    // one is not.
+    let consequence = |e: &&str| cause.agent_error.is_some() && !e.starts_with(crate::backend::REFUSED_RESULT);
+    if let Some(e) = result_error.filter(|e| !consequence(e)) {
         lines.push(e.to_string());
     }
     lines.join("\n")

@@ -8,6 +8,7 @@ pub mod change;
 pub mod demo;
 pub mod dev;
 pub mod environment;
+pub mod gc;
 pub mod project;
 pub mod properties;
 pub mod secrets;
@@ -62,6 +63,24 @@ pub enum Command {
     /// Manage the server's users (HTTP Basic and session logins).
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Remove what changes left in the state directory and no longer need.
+    ///
+    /// Removed: the sandboxes (<state dir>/sandboxes/change-ID: step checkouts and step contexts,
+    /// runner secrets included) of every change no controller runs, including those a killed
+    /// controller left and those --keep-sandboxes kept; the repository snapshots of plain
+    /// directories (<state dir>/repos) that no change still needs for a retry; the Docker
+    /// backend's caches (<state dir>/sandboxes/repo-tars, sandboxes/folders) of commits no
+    /// retained change has; and the temporary remains of killed controllers.
+    ///
+    /// Kept: everything a change whose controller is alive uses, and the snapshot of every change
+    /// `change retry` can run (error, cancelled, or left running by a killed controller) that is
+    /// one of the last --keep-changes changes or younger than --keep-days days. A retry of an
+    /// older change fails once its snapshot is gone. The store (changes, logs, properties) is
+    /// not touched.
+    ///
+    /// Each change runs the cheap part as it ends: its own sandboxes, those of changes whose
+    /// controller was killed, and its snapshot when it succeeded and no retryable change uses it.
+    Gc(gc::GcArgs),
 }
 
 impl Command {
@@ -77,6 +96,7 @@ impl Command {
             Command::Demo(a) => demo::exec(a, ctx, out),
             Command::Server(a) => server::exec(a, ctx, out),
             Command::User(c) => user::exec(c, ctx, out),
+            Command::Gc(a) => gc::exec(a, ctx, out),
         }
     }
 }

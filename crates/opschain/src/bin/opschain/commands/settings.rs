@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use opschain::backend::docker::DockerConfig;
+use opschain::backend::engine::EngineTimeouts;
 use opschain::change::ControllerConfig;
 use opschain::output::View;
 use opschain::scheduler::{default_workers, SchedulerConfig};
@@ -28,6 +29,10 @@ pub struct RunSettings {
     /// Seconds between SIGTERM and SIGKILL when a step is cancelled.
     #[arg(long, env = "OPSCHAIN_GRACE_SECS", default_value_t = 10, value_name = "SECS")]
     pub grace_secs: u64,
+    /// The largest step_result.json (or result frame) read from a step, in bytes: a larger one
+    /// fails the step. Default: 64 MiB, the agent's own input limit.
+    #[arg(long, env = "OPSCHAIN_MAX_RESULT_BYTES", default_value_t = opschain::backend::sandbox::DEFAULT_MAX_RESULT_BYTES, value_name = "BYTES")]
+    pub max_result_bytes: u64,
     /// Keep each step's sandbox (under <state dir>/sandboxes) for debugging.
     #[arg(long, env = "OPSCHAIN_KEEP_SANDBOXES")]
     pub keep_sandboxes: bool,
@@ -38,6 +43,20 @@ pub struct RunSettings {
     /// exist on the Docker engine: build it from runner-image/ (see runner-image/README.md).
     #[arg(long, env = "OPSCHAIN_DOCKER_BASE_IMAGE", default_value = opschain_runner::step_image::DEFAULT_BASE_RUNNER, value_name = "IMAGE")]
     pub docker_base_image: String,
+    /// Seconds a quick call to the Docker engine (image inspect, tag, rm -f, info) may take
+    /// before the step fails saying which call did not answer.
+    #[arg(long, env = "OPSCHAIN_DOCKER_TIMEOUT_SECS", default_value_t = 30, value_name = "SECS")]
+    pub docker_timeout_secs: u64,
+    /// Seconds `docker run` may take to start a step's container (until its first line of
+    /// output). A started container is bounded by its action's time limits and by cancel.
+    #[arg(long, env = "OPSCHAIN_DOCKER_START_SECS", default_value_t = 300, value_name = "SECS")]
+    pub docker_start_secs: u64,
+    /// Seconds a push or pull of a step image (--registry) may take.
+    #[arg(long, env = "OPSCHAIN_DOCKER_TRANSFER_TIMEOUT_SECS", default_value_t = 1800, value_name = "SECS")]
+    pub docker_transfer_timeout_secs: u64,
+    /// Seconds a step image's build may take.
+    #[arg(long, env = "OPSCHAIN_DOCKER_BUILD_TIMEOUT_SECS", default_value_t = 3600, value_name = "SECS")]
+    pub docker_build_timeout_secs: u64,
     /// The OpsChain folder of the repository: .opschain, or .mintpress for MintPress (its
     /// <folder>/Dockerfile, actions.toml and properties; the step image's env context is
     /// step_context.json.zip for .mintpress). A change keeps the folder it was created with:
@@ -133,6 +152,7 @@ pub fn config(state_dir: &Path, s: &RunSettings, view: View) -> Result<Controlle
         scheduler: SchedulerConfig { workers, cancel_poll: Duration::from_millis(250), user: std::env::var("USER").unwrap_or_else(|_| "opschain".into()), view },
         grace: Duration::from_secs(s.grace_secs),
         keep_sandboxes: s.keep_sandboxes,
+        max_result_bytes: s.max_result_bytes,
         queue_poll: Duration::from_millis(500),
         docker: DockerConfig {
             docker: s.docker_bin.clone(),
@@ -140,6 +160,13 @@ pub fn config(state_dir: &Path, s: &RunSettings, view: View) -> Result<Controlle
             grace: Duration::from_secs(s.grace_secs),
             transport: s.transport.parse().map_err(anyhow::Error::msg)?,
             registry: s.registry.as_deref().map(str::parse).transpose()?,
+            max_result_bytes: s.max_result_bytes,
+            timeouts: EngineTimeouts {
+                call: Duration::from_secs(s.docker_timeout_secs),
+                start: Duration::from_secs(s.docker_start_secs),
+                transfer: Duration::from_secs(s.docker_transfer_timeout_secs),
+                build: Duration::from_secs(s.docker_build_timeout_secs),
+            },
         },
         #[cfg(feature = "kubernetes")]
         kubernetes: kube_config(s)?,
