@@ -490,7 +490,7 @@ impl OutputPipe {
             send(sink, self.name, &self.partial);
             self.partial.clear();
         } else {
-            let cut = self.partial.len() - unfinished_char(&self.partial);
+            let cut = opschain_runner::lines::utf8_cut(&self.partial);
             sink.piece(self.name, &String::from_utf8_lossy(&self.partial[..cut]));
             self.partial.drain(..cut);
         }
@@ -512,26 +512,6 @@ impl OutputPipe {
 /// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
 /// that a flood of output costs few reads and each batch of lines is large.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
-
-/// How many bytes at the end of `bytes` begin a UTF-8 sequence that they do not finish (0 to 3):
-/// a lead byte followed by fewer continuation bytes than it announces. Bytes that cannot begin
-/// a valid sequence count as finished (they are replaced on their own).
-fn unfinished_char(bytes: &[u8]) -> usize {
-    for back in 1..=bytes.len().min(3) {
-        let byte = bytes[bytes.len() - back];
-        if byte & 0xC0 == 0x80 {
-            continue; // a continuation byte: its lead is further back
-        }
-        let needs = match byte {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => 1,
-        };
-        return if back < needs { back } else { 0 };
-    }
-    0
-}
 
 /// Sends one line of stream `name` (without its newline; a `\r` before it is dropped too) to
 /// `sink`, bytes that are not UTF-8 replaced by U+FFFD.
@@ -813,7 +793,7 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
 
-    use super::{read_result, unfinished_char, LogSink, OutputPipe, StepReport, LINE_LIMIT};
+    use super::{read_result, LogSink, OutputPipe, StepReport, LINE_LIMIT};
     use opschain_runner::actions::RunAs;
     use opschain_runner::result::{Children, LevelDiff, RunnerFacts, StepProperties, StepResult};
 
@@ -941,17 +921,5 @@ mod tests {
         }
         let escaped_bad = result(r#","\u0073tep":{"properties":{"x":[1,]}}"#, no_children);
         assert!(StepReport::from_slice(escaped_bad.as_bytes()).is_err(), "parsed whole when `step` is not found by skimming");
-    }
-
-    #[test]
-    fn unfinished_char_counts_only_a_cut_sequence() {
-        assert_eq!(unfinished_char(b"abc"), 0);
-        assert_eq!(unfinished_char("aé".as_bytes()), 0);
-        assert_eq!(unfinished_char(&"aé".as_bytes()[..2]), 1);
-        assert_eq!(unfinished_char(&"😀".as_bytes()[..3]), 3);
-        assert_eq!(unfinished_char(&"😀".as_bytes()[..1]), 1);
-        assert_eq!(unfinished_char("😀".as_bytes()), 0);
-        assert_eq!(unfinished_char(b"a\xff"), 0);
-        assert_eq!(unfinished_char(b""), 0);
     }
 }
