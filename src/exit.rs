@@ -13,6 +13,10 @@ pub enum Sysexit {
     DataErr = 65,
     /// 66: an input file is missing.
     NoInput = 66,
+    /// 67: no such user (`opschain user`).
+    NoUser = 67,
+    /// 69: a service is unavailable (an address the server cannot listen on).
+    Unavailable = 69,
     /// 70: an internal error of the agent.
     Software = 70,
     /// 73: a file or the result cannot be created.
@@ -22,6 +26,8 @@ pub enum Sysexit {
     /// 75: a temporary failure, worth trying again later (the controller: another controller
     /// runs the change).
     TempFail = 75,
+    /// 77: permission denied (the server refused the user).
+    NoPerm = 77,
     /// 78: a configuration error (the controller's key file is not the database's key).
     Config = 78,
 }

@@ -235,6 +235,12 @@ pub fn execute(store: &Store, config: &ControllerConfig, lock: ChangeLock) -> Re
             }
         }
     }
+    run_started(store, config, change_id)
+}
+
+/// Runs the step tree of a change this process has started ([`Store::try_start_change`]) to its
+/// end. What [`execute`] does once the environment is free, and what the server's workers do.
+pub fn run_started(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
     let mut change = store.change(change_id)?;
     // Steps and retries read the commit from the change's own copy of it, not from the user's
     // repository, whose history may have moved on and been pruned since.

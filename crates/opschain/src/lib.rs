@@ -30,6 +30,8 @@
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`image`]: the step image pipeline: the docker client, builds and reuse, the registry.
 //! * [`rcfile`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
+//! * [`remote`]: the CLI's side of the server: its URL and user (`apiBaseUrl`), a JSON:API client.
+//! * [`server`]: `opschain server`, the controller as a shared service behind OpsChain's JSON:API.
 //!
 //! The `opschain` binary's command line is `src/bin/opschain/commands/`: a file per subcommand,
 //! each its clap definition and a thin `exec` over these modules.
@@ -52,9 +54,11 @@ pub mod logline;
 pub mod output;
 pub mod permissions;
 pub mod rcfile;
+pub mod remote;
 pub mod repo;
 pub mod report;
 pub mod scheduler;
+pub mod server;
 pub mod status;
 pub mod store;
 

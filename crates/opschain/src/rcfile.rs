@@ -199,6 +199,12 @@ impl Defaults {
         Ok(self.rc()?.and_then(|rc| rc.doc.editor.clone()))
     }
 
+    /// The string value of `key` (one of OpsChain's API client keys, e.g. `apiBaseUrl`) in the
+    /// `.opschainrc` in use, when it is set and not empty: what [`crate::remote::config`] reads.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, RcError> {
+        Ok(self.rc()?.and_then(|rc| rc.doc.other.get(key)).and_then(|v| v.as_str()).filter(|v| !v.is_empty()).map(str::to_string))
+    }
+
     /// What to tell the user about the `.opschainrc` in use: its keys this controller does not
     /// use yet ([`NOT_YET_USED`]) and those it does not know. Empty without a file.
     pub fn notes(&self) -> Result<Vec<String>, RcError> {

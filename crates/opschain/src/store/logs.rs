@@ -151,10 +151,7 @@ impl Store {
             run: Box::new(move |conn| {
                 let Some((data, lines)) = backlog.take(step_id) else { return true };
                 let (data, deflated) = deflate(data);
-                let inserted = conn
-                    .prepare_cached("INSERT INTO step_log_chunks (step_id, lines, data, deflated) VALUES (?1, ?2, ?3, ?4)")
-                    .and_then(|mut stmt| stmt.execute(params![step_id, lines, data, deflated]))
-                    .map_err(q("append step log"));
+                let inserted = super::line_ids::insert_chunk(conn, step_id, lines, &data, deflated);
                 let ok = inserted.is_ok();
                 *noted.lock().unwrap_or_else(|e| e.into_inner()) = inserted.err().map(|e| (e, lines));
                 ok
@@ -205,30 +202,39 @@ impl Store {
             line.at = row.get(3).map_err(q("read logs"))?;
             let data = row.get_ref(4).and_then(|v| v.as_blob_or_null().map_err(Into::into)).map_err(q("read logs"))?.unwrap_or_default();
             let deflated: bool = row.get(5).map_err(q("read logs"))?;
-            let inflated;
-            let data = if deflated {
-                inflated = inflate(data).map_err(|source| StoreError::LogChunk { chunk: last, source })?;
-                &inflated[..]
-            } else {
-                data
-            };
-            for encoded in data.split(|&b| b == b'\n') {
-                if encoded.is_empty() {
-                    continue; // after the last line
-                }
-                let (stream, text) = match encoded.iter().position(|&b| b == b'\t') {
-                    Some(tab) => (&encoded[..tab], &encoded[tab + 1..]),
-                    None => (&b""[..], encoded),
-                };
+            each_line(last, data, deflated, &mut |stream, text| {
                 line.stream.clear();
-                line.stream.push_str(&String::from_utf8_lossy(stream));
+                line.stream.push_str(stream);
                 line.line.clear();
-                line.line.push_str(&String::from_utf8_lossy(text));
+                line.line.push_str(text);
                 each(&line);
-            }
+            })?;
         }
         Ok(last)
     }
+}
+
+/// Calls `each` with the stream and text of every line of the stored chunk `chunk` (its `data`,
+/// `deflated` or not), in order.
+pub(super) fn each_line(chunk: i64, data: &[u8], deflated: bool, each: &mut dyn FnMut(&str, &str)) -> Result<(), StoreError> {
+    let inflated;
+    let data = if deflated {
+        inflated = inflate(data).map_err(|source| StoreError::LogChunk { chunk, source })?;
+        &inflated[..]
+    } else {
+        data
+    };
+    for encoded in data.split(|&b| b == b'\n') {
+        if encoded.is_empty() {
+            continue; // after the last line
+        }
+        let (stream, text) = match encoded.iter().position(|&b| b == b'\t') {
+            Some(tab) => (&encoded[..tab], &encoded[tab + 1..]),
+            None => (&b""[..], encoded),
+        };
+        each(&String::from_utf8_lossy(stream), &String::from_utf8_lossy(text));
+    }
+    Ok(())
 }
 
 /// `data` deflated, and true, when that is smaller (a chunk of more than a few lines); else

@@ -29,7 +29,9 @@
 //! `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
 //! started from) and `step_log_chunks` (a step's log lines, each `<stream>\t<line>\n`, in chunks;
-//! deflated when that makes them smaller).
+//! deflated when that makes them smaller; each line has an id in its change: `line_ids`). The
+//! server adds `users`, `sessions`, `events` (the audit trail) and `git_remotes`, and a few
+//! columns to the older tables (`service_schema`).
 //! Timestamps are UTC ISO 8601 strings made by SQLite itself.
 //!
 //! Every step status transition is its own write (savepoint); the end of a step (its property
@@ -81,6 +83,13 @@ mod postgres;
 #[cfg(test)]
 #[path = "../../tests/it/common/postgres.rs"]
 pub(crate) mod pg_server;
+mod users;
+mod events;
+mod remotes;
+mod service_schema;
+mod line_ids;
+mod change_pages;
+mod property_edits;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -92,13 +101,19 @@ use serde_json::{Map, Value};
 use super::permissions;
 use opschain_runner::properties::splice;
 
+pub use change_pages::{ChangeAuthor, ChangeFilter, ChangeSort, ChangeSummary};
 pub use changes::{ChangeRow, Claim, Lost, NewChangeRow, Start, LOST_REASON, LOST_STEP};
+pub use events::{EventFilter, EventRow, NewEvent};
+pub use line_ids::NumberedLine;
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use postgres::{PgStore, PostgresError, MIGRATIONS, POOL_SIZE};
 pub use projects::{EnvironmentRow, ProjectRow, Removal};
 pub use properties::{Level, PropertiesBase, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
+pub use property_edits::{PropertiesEdit, VersionRow};
+pub use remotes::{GitRemoteRow, NamedRow};
 pub use seal::{Seal, SealError, KEY_FILE};
 pub use steps::{StartingProperties, StepEnd, StepRow};
+pub use users::{Role, UserRow};
 pub use writer::MAX_GROUP;
 
 use changes::migrate_changes;
@@ -177,6 +192,17 @@ pub enum StoreError {
     /// No such project, environment, change or secret set.
     #[error("{0} not found")]
     NotFound(String),
+    /// A user, project, environment or git remote of that name exists already.
+    #[error("{0} exists already")]
+    Exists(String),
+    /// A properties edit was made on a version that is no longer the current one.
+    #[error("the properties were edited since version {expected}: the current version is {current}")]
+    VersionConflict {
+        /// The version the edit was made on.
+        expected: i64,
+        /// The current version.
+        current: i64,
+    },
     /// The group of writes this write was committed with could not be begun or committed (or a
     /// failure of another write of the group rolled the whole transaction back): nothing of the
     /// group was stored.
@@ -402,6 +428,7 @@ impl Store {
                 conn.execute_batch(MIGRATE_LOG_ROWS)?;
             }
             migrate_changes(&conn)?;
+            service_schema::migrate_service(&conn)?;
             projects::migrate_projects(&conn)?;
             conn.execute_batch("COMMIT")?;
             migrate_properties(&conn)?;
@@ -437,6 +464,12 @@ impl Store {
         then: impl FnOnce(bool) + Send + 'static,
     ) -> Result<T, StoreError> {
         self.writer.write_then(f, then)
+    }
+
+    /// A receiver that wakes after each commit of this store's writer (log lines, status
+    /// changes): what the server's log streams wait on rather than polling the database.
+    pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writer.subscribe()
     }
 
     /// The database file.

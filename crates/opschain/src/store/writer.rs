@@ -15,6 +15,9 @@ use super::StoreError;
 pub(super) struct Writer {
     /// The queue; `None` once closed.
     queue: Option<Sender<Write>>,
+    /// Counts the groups committed, for those who follow the store as it grows (the server's log
+    /// streams): a receiver wakes after each commit.
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
     /// The thread; `None` once joined.
     thread: Option<JoinHandle<()>>,
 }
@@ -23,11 +26,18 @@ impl Writer {
     /// Starts the writer thread (`opschain-store`) on the writing connection `conn`.
     pub(super) fn start(conn: Connection) -> std::io::Result<Writer> {
         let (queue, writes) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("opschain-store".into()).spawn(move || write_groups(conn, writes))?;
-        Ok(Writer { queue: Some(queue), thread: Some(thread) })
+        let commits = Arc::new(tokio::sync::watch::Sender::new(0));
+        let counted = Arc::clone(&commits);
+        let thread = std::thread::Builder::new().name("opschain-store".into()).spawn(move || write_groups(conn, writes, &counted))?;
+        Ok(Writer { queue: Some(queue), commits, thread: Some(thread) })
     }
 
     /// Queues `write`; fails when the thread is gone.
+    /// A receiver that wakes after each committed group.
+    pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
     pub(super) fn send(&self, write: Write) -> Result<(), StoreError> {
         self.queue.as_ref().ok_or(StoreError::WriterGone)?.send(write).map_err(|_| StoreError::WriterGone)
     }
@@ -103,7 +113,7 @@ pub(super) struct Write {
 type Run = (Box<dyn FnOnce(&Connection) -> bool + Send>, bool);
 
 /// The writer thread: group commits until the queue closes (the store is dropped).
-fn write_groups(conn: Connection, queue: Receiver<Write>) {
+fn write_groups(conn: Connection, queue: Receiver<Write>, commits: &tokio::sync::watch::Sender<u64>) {
     while let Ok(first) = queue.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -117,6 +127,7 @@ fn write_groups(conn: Connection, queue: Receiver<Write>) {
         for done in dones {
             done(outcome.clone());
         }
+        commits.send_modify(|n| *n += 1);
     }
 }
 

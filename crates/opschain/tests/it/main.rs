@@ -24,6 +24,7 @@ mod image_inputs;
 mod kubernetes_fake;
 mod pid1;
 mod registry;
+mod server;
 mod sandbox_files;
 mod store_encryption;
 mod transport_docker;

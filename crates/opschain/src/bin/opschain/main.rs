@@ -24,6 +24,8 @@ use opschain::dev::DevError;
 use opschain::rcfile::RcError;
 use opschain::repo::RepoError;
 use opschain::report::ReportError;
+use opschain::server::accounts::AccountError;
+use opschain::server::ServerError;
 use opschain::store::{SealError, StoreError};
 use opschain_runner::exit::{ExitStatus, Sysexit};
 
@@ -105,6 +107,8 @@ Exit status:
       change that succeeded
   66  not found: the project, environment, change, secret set, input file, repository, its
       OpsChain folder (in the commit that runs), git revision or git remote named does not exist
+  67  `user`: no such user
+  69  `server`: the address cannot be listened on
   70  the controller itself failed (store, git, docker, the agent missing)
   73  cannot create: `dev create-dockerfile` found a Dockerfile there already
   74  an input file or the Dockerfile cannot be read or written
@@ -144,6 +148,12 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
             Some(DevError::Write { .. }) => return Sysexit::IoErr.into(),
             Some(DevError::Resolve { .. }) => return Sysexit::Software.into(),
             None => {}
+        }
+        if let Some(e) = cause.downcast_ref::<AccountError>() {
+            return e.exit_status();
+        }
+        if let Some(e) = cause.downcast_ref::<ServerError>() {
+            return e.exit_status();
         }
         match cause.downcast_ref::<StoreError>() {
             Some(StoreError::NotFound(_)) => return Sysexit::NoInput.into(),

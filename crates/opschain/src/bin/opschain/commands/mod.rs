@@ -12,8 +12,10 @@ pub mod gc;
 pub mod project;
 pub mod properties;
 pub mod secrets;
+pub mod server;
 pub mod settings;
 pub mod store;
+pub mod user;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,12 @@ pub enum Command {
     /// Run the demo change (fixtures/demo: project demo, environment dev, action deploy) on the
     /// process backend, with its secret set `demo` created when missing.
     Demo(demo::DemoArgs),
+    /// Serve OpsChain's JSON:API over HTTP (or HTTPS): the controller as a team's shared
+    /// service, its changes run by the server's workers. Stops on SIGTERM or SIGINT.
+    Server(server::ServerArgs),
+    /// Manage the server's users (HTTP Basic and session logins).
+    #[command(subcommand)]
+    User(user::UserCommand),
     /// Remove what changes left in the state directory and no longer need.
     ///
     /// Removed: the sandboxes (<state dir>/sandboxes/change-ID: step checkouts and step contexts,
@@ -91,6 +99,8 @@ impl Command {
             Command::Dev(c) => dev::exec(c, out),
             Command::Store(c) => store::exec(c, ctx, out),
             Command::Demo(a) => demo::exec(a, ctx, out),
+            Command::Server(a) => server::exec(a, ctx, out),
+            Command::User(c) => user::exec(c, ctx, out),
             Command::Gc(a) => gc::exec(a, ctx, out),
         }
     }
