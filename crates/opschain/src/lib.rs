@@ -67,24 +67,22 @@ pub mod store;
 /// to, the allocator's heap, whose pages stay mapped and are reused. A step's large buffers (the
 /// properties text its patch is spliced into, the new version's text, its result's bytes) are as
 /// large as the properties (megabytes): given a fresh `mmap` each, every one cost its pages'
-/// faults and zeroing, then their unmapping, which was a fifth of the controller's CPU for a
-/// step on 1.5 MB of properties (perf). A document larger than this still gets fresh mappings.
+/// faults and zeroing, then their unmapping (what that cost is in BENCHMARKS.md's design figures).
+/// A document larger than this still gets fresh mappings.
 pub const MMAP_THRESHOLD: usize = 32 << 20;
 
 /// How much free memory the C allocator keeps at the top of its heap rather than handing it back
 /// to the kernel (32 MiB, as [`MMAP_THRESHOLD`]). A step's buffers are freed in a burst at its end,
 /// mostly from the top of the heap; with glibc's default (128 KiB) they were handed back each time
-/// and faulted in again by the next step: 0.6 ms of controller CPU a step on 1.5 MB of properties
-/// (5 alternated runs, 6.9 against 6.2 ms). The controller's peak RSS is unchanged (what it uses
-/// at once); after a burst it may stay up to this much above what it uses.
+/// and faulted in again by the next step. The controller's peak RSS is unchanged (what it uses at
+/// once); after a burst it may stay up to this much above what it uses.
 pub const TRIM_THRESHOLD: usize = 32 << 20;
 
 /// How many heaps ("arenas") the C allocator keeps (1): every thread allocates from the one heap,
 /// so that memory freed by any thread is reused by all. With glibc's default (8 per CPU), each
 /// scheduler worker thread that ever held a large buffer would keep its own heap of them, and the
-/// controller's peak RSS would grow with the worker count times the properties' size. Measured
-/// on 2 CPUs (1.5 MB of properties, 200 and 1,000 parallel steps): peak RSS 50 and 67 MB, against
-/// 54 and 61 MB when every buffer above 256 KiB was mapped afresh; no lock contention showed.
+/// controller's peak RSS would grow with the worker count times the properties' size; one heap
+/// showed no lock contention.
 pub const ARENAS: usize = 1;
 
 /// Sets the C allocator's policy for the rest of the process ([`MMAP_THRESHOLD`],

@@ -506,8 +506,8 @@ impl Checkouts {
 /// tags), `objects/info/alternates` (the borrowed objects) and the `refs` directory. Gone are
 /// the reflogs (`logs/`), the local branch the clone made and left (HEAD is detached), the
 /// `origin/HEAD` symref and empty directories, which git recreates when it needs them. `git
-/// status`, `log`, `describe`, `diff`, `branch -a` and commits on a new branch work as before;
-/// each step copies 9 entries of `.git` instead of 24 (see [`spread_subdirectories`] for why
+/// status`, `log`, `describe`, `diff`, `branch -a` and commits on a new branch work as in a
+/// full clone; each step copies 9 entries of `.git` instead of 24 (see [`spread_subdirectories`] for why
 /// every file a step creates counts).
 fn trim_git_dir(git_dir: &Path) -> std::io::Result<()> {
     let gone = |r: std::io::Result<()>| match r {

@@ -40,10 +40,9 @@ pub struct SchedulerConfig {
 
 /// How many steps run at once unless told otherwise: 8 per CPU (16 on a 2-CPU machine). A step's
 /// agent spends most of its time waiting, not computing: for its fsyncs (the result, the
-/// runtime copies), for the store's commits of its start and end, for its action's own I/O.
-/// Measured on 2 CPUs with 1,000 trivial parallel steps: 2 workers (one per CPU) ran ~90
-/// steps/s with both CPUs mostly idle, 8 ran ~260/s, 16 ran ~350/s with the CPUs ~90% busy, and
-/// 32 no more than 16. Steps that compute (or Docker builds) want fewer: `--workers`.
+/// runtime copies), for the store's commits of its start and end, for its action's own I/O: one
+/// worker per CPU leaves the CPUs mostly idle (BENCHMARKS.md's design figures). Steps that
+/// compute (or Docker builds) want fewer: `--workers`.
 pub fn default_workers() -> usize {
     8 * std::thread::available_parallelism().map(usize::from).unwrap_or(2)
 }

@@ -236,7 +236,7 @@ impl DockerBackend {
         // The repository folder goes into the container as a bind mount, with the step context in
         // it: the agent reads its inputs and writes its runtime files and step_result.json
         // straight to this side, so one `docker run --rm` is the whole run (no `create`, `cp` or
-        // `rm` calls, each ~30 ms of client start-up and more of engine work). The folder is
+        // `rm` calls, each a docker client's start-up and more of engine work). The folder is
         // world-writable so that an image with a non-root USER can write there (its parent, the
         // step's sandbox, is not).
         let folder = dir.join(folder_name);

@@ -275,9 +275,9 @@ impl StepResultFields {
     /// ([`opschain_runner::properties::splice::skim_member`]: the members before it walked, values' brackets
     /// outside strings counted, not checked) and left out: the rest of the text, with `0` in its
     /// place, is parsed strictly, as it was written. So a result whose `step.properties` is
-    /// missing, or is not one value whose brackets balance, is refused as before, but the inside of
-    /// a balanced `step.properties` is not checked: validating megabytes the controller never uses
-    /// cost it a third of its time a step on large properties. A result laid out otherwise (no
+    /// missing, or is not one value whose brackets balance, is refused, but the inside of a
+    /// balanced `step.properties` is not checked: validating megabytes the controller never uses
+    /// would be most of its time a step on large properties. A result laid out otherwise (no
     /// `step` object found by skimming) is parsed whole, `step.properties` checked as JSON.
     pub fn from_slice(bytes: &[u8]) -> serde_json::Result<StepResultFields> {
         let Some(skipped) = step_properties(bytes) else { return serde_json::from_slice(bytes) };
