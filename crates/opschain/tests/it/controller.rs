@@ -8,24 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// `opschain` with its state in `state` and the test-built agent.
-fn opschain(state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
-    c.env("OPSCHAIN_STATE_DIR", state)
-        .env("OPSCHAIN_RUNNER_BIN", crate::common::runner_bin())
-        .env("OPSCHAIN_GRACE_SECS", "2")
-        .env_remove("OPSCHAIN_REPO_FOLDER")
-        .env_remove("OPSCHAIN_BACKEND");
-    c
-}
-
 fn run(state: &Path, args: &[&str]) -> Output {
     common::make_target_of(state, args);
-    opschain(state).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    common::opschain(state).args(args).output().unwrap()
 }
 
 /// A git repository whose `.opschain/actions.toml` is `actions` (and properties.json `props`).
@@ -51,14 +36,14 @@ fn props(state: &Path, project: &str, env: Option<&str>) -> Value {
         args.extend(["--environment", env]);
     }
     let out = run(state, &args);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// (depth, action, status) of every step of `change show`, in tree order.
 fn steps(state: &Path, id: u32) -> Vec<(usize, String, String)> {
     let out = run(state, &["change", "show", &id.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     try_steps(state, id)
 }
 
@@ -88,10 +73,10 @@ fn demo_change_runs_three_levels_with_files_env_secret_and_both_levels_of_proper
     let secrets = state.path().join("secrets.json");
     std::fs::write(&secrets, r#"{"API_TOKEN": "tok-123"}"#).unwrap();
     let out = run(state.path(), &["secrets", "set", "demo", "--file", secrets.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     // The worker sleeps, so the two parallel children overlap and both patch the environment.
     common::make_target(state.path(), "demo", "dev");
-    let out = opschain(state.path())
+    let out = common::opschain(state.path())
         .args([
             "change",
             "run",
@@ -109,11 +94,11 @@ fn demo_change_runs_three_levels_with_files_env_secret_and_both_levels_of_proper
         .env("DEMO_WORKER_SLEEP", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("change 1 success"), "{}", text(&out));
-    assert!(stdout.contains("prepare]  log level debug; API token ****"), "the secret is masked: {}", text(&out));
-    assert!(!stdout.contains("tok-123"), "{}", text(&out));
+    assert!(stdout.contains("change 1 success"), "{}", common::streams(&out));
+    assert!(stdout.contains("prepare]  log level debug; API token ****"), "the secret is masked: {}", common::streams(&out));
+    assert!(!stdout.contains("tok-123"), "{}", common::streams(&out));
 
     let tree = steps(state.path(), 1);
     let shape: Vec<(usize, &str)> = tree.iter().map(|(d, a, _)| (*d, a.as_str())).collect();
@@ -151,7 +136,7 @@ fn parallel_children_whose_patches_conflict_fail_with_the_explained_conflict_and
     let state = tempfile::tempdir().unwrap();
     let repo = project(CONFLICT, json!({}));
     let out = change_run(state.path(), repo.path(), "dev", "root");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::streams(&out));
     let tree = steps(state.path(), 1);
     assert_eq!(status_of(&tree, "drop"), "success");
     assert_eq!(status_of(&tree, "add"), "error");
@@ -202,7 +187,7 @@ fn a_failed_sequential_child_aborts_the_rest_and_a_failed_parallel_child_lets_si
     let repo = project(FAILURES, json!({}));
 
     let out = change_run(state.path(), repo.path(), "seq-env", "seq");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::streams(&out));
     let tree = steps(state.path(), 1);
     assert_eq!(status_of(&tree, "ok"), "success");
     assert_eq!(status_of(&tree, "fail"), "error");
@@ -210,7 +195,7 @@ fn a_failed_sequential_child_aborts_the_rest_and_a_failed_parallel_child_lets_si
     assert_eq!(props(state.path(), "p", Some("seq-env")), json!({"ok": true}));
 
     let out = change_run(state.path(), repo.path(), "par-env", "par");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::streams(&out));
     let tree = steps(state.path(), 2);
     assert_eq!(status_of(&tree, "fail"), "error");
     assert_eq!(status_of(&tree, "slow"), "success");
@@ -239,11 +224,11 @@ fn retry_after_kill_9_mid_change_completes_with_the_properties_of_an_uninterrupt
 
     let whole = tempfile::tempdir().unwrap();
     let out = change_run(whole.path(), repo.path(), "dev", "root");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
 
     let state = tempfile::tempdir().unwrap();
     common::make_target(state.path(), "p", "dev");
-    let mut controller = opschain(state.path())
+    let mut controller = common::opschain(state.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -267,7 +252,7 @@ fn retry_after_kill_9_mid_change_completes_with_the_properties_of_an_uninterrupt
     assert_eq!(status_of(&tree, "slow"), "error");
 
     let out = run(state.path(), &["change", "retry", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     assert!(steps(state.path(), 1).iter().all(|s| s.2 == "success"));
     assert_eq!(props(state.path(), "p", Some("dev")), props(whole.path(), "p", Some("dev")));
     assert_eq!(props(state.path(), "p", None), props(whole.path(), "p", None));
@@ -276,7 +261,7 @@ fn retry_after_kill_9_mid_change_completes_with_the_properties_of_an_uninterrupt
     // A change that succeeded has nothing to retry.
     let out = run(state.path(), &["change", "retry", "1"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("nothing to retry"), "{}", text(&out));
+    assert!(common::streams(&out).contains("nothing to retry"), "{}", common::streams(&out));
 }
 
 #[test]
@@ -284,7 +269,7 @@ fn cancel_stops_the_running_step_and_the_change() {
     let repo = project("[actions.root]\nsteps = [\"long\", \"never\"]\n[actions.long]\nrun = \"sleep 30\"\n[actions.never]\nrun = \"true\"\n", json!({}));
     let state = tempfile::tempdir().unwrap();
     common::make_target(state.path(), "p", "dev");
-    let controller = opschain(state.path())
+    let controller = common::opschain(state.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -297,7 +282,7 @@ fn cancel_stops_the_running_step_and_the_change() {
     }
     let started = Instant::now();
     let out = run(state.path(), &["change", "cancel", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let out = controller.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(started.elapsed() < Duration::from_secs(20), "cancel took {:?}", started.elapsed());
@@ -310,13 +295,13 @@ fn cancel_stops_the_running_step_and_the_change() {
 fn properties_keep_every_version_and_set_edit_show_them() {
     let state = tempfile::tempdir().unwrap();
     let out = run(state.path(), &["properties", "set", "--project", "p", "--json", r#"{"a": 1}"#]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let file: PathBuf = state.path().join("p.json");
     std::fs::write(&file, r#"{"a": 2, "b": [1]}"#).unwrap();
     let out = run(state.path(), &["properties", "set", "--project", "p", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = opschain(state.path()).args(["properties", "edit", "--project", "p"]).env("EDITOR", "sed -i s/2/3/").output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
+    let out = common::opschain(state.path()).args(["properties", "edit", "--project", "p"]).env("EDITOR", "sed -i s/2/3/").output().unwrap();
+    assert!(out.status.success(), "{}", common::streams(&out));
     assert_eq!(props(state.path(), "p", None), json!({"a": 3, "b": [1]}));
     let out = run(state.path(), &["properties", "show", "--project", "p", "--version", "1"]);
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"a": 1}));
@@ -325,7 +310,7 @@ fn properties_keep_every_version_and_set_edit_show_them() {
     assert_eq!(versions, ["v0", "v1", "v2", "v3"]);
     let out = run(state.path(), &["properties", "set", "--project", "p", "--json", "[1]"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("expected a JSON object"), "{}", text(&out));
+    assert!(common::streams(&out).contains("expected a JSON object"), "{}", common::streams(&out));
 }
 
 #[test]
@@ -334,7 +319,7 @@ fn one_change_at_a_time_per_environment_unless_the_project_allows_parallel_chang
     let state = tempfile::tempdir().unwrap();
     let start = |project: &str| {
         common::make_target(state.path(), project, "dev");
-        opschain(state.path())
+        common::opschain(state.path())
             .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", project, "--environment", "dev", "--action", "long"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -357,18 +342,18 @@ fn one_change_at_a_time_per_environment_unless_the_project_allows_parallel_chang
     wait_running(1);
     let second = start("p");
     let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
-    assert!(first.status.success() && second.status.success(), "{}\n{}", text(&first), text(&second));
-    assert!(String::from_utf8_lossy(&second.stdout).contains("change 2 queued: change 1 is running in the same environment"), "{}", text(&second));
+    assert!(first.status.success() && second.status.success(), "{}\n{}", common::streams(&first), common::streams(&second));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("change 2 queued: change 1 is running in the same environment"), "{}", common::streams(&second));
 
     common::make_target(state.path(), "q", "dev");
     let out = run(state.path(), &["project", "allow-parallel-changes", "q", "true"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let third = start("q");
     wait_running(3);
     let fourth = start("q");
     let (third, fourth) = (third.wait_with_output().unwrap(), fourth.wait_with_output().unwrap());
     assert!(third.status.success() && fourth.status.success());
-    assert!(!String::from_utf8_lossy(&fourth.stdout).contains("queued"), "{}", text(&fourth));
+    assert!(!String::from_utf8_lossy(&fourth.stdout).contains("queued"), "{}", common::streams(&fourth));
 }
 
 #[test]
@@ -380,11 +365,11 @@ fn parallel_children_are_bounded_by_the_worker_count() {
     let marks = |workers: &str| -> Vec<String> {
         let state = tempfile::tempdir().unwrap();
         common::make_target(state.path(), "p", "dev");
-        let out = opschain(state.path())
+        let out = common::opschain(state.path())
             .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root", "--workers", workers])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", common::streams(&out));
         let logs = String::from_utf8_lossy(&run(state.path(), &["change", "logs", "1"]).stdout).to_string();
         logs.lines().filter_map(|l| l.rsplit_once("]  ").map(|(_, m)| m.trim().to_string())).filter(|m| m == "start" || m == "end").collect()
     };
@@ -401,14 +386,14 @@ fn a_change_runs_the_commit_its_git_rev_names_and_retry_keeps_that_commit() {
     let state = tempfile::tempdir().unwrap();
     let out =
         run(state.path(), &["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "say", "--git-rev", "HEAD~1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("say]  first commit"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::streams(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("say]  first commit"), "{}", common::streams(&out));
     let out = run(state.path(), &["change", "retry", "1"]);
-    assert_eq!(out.status.code(), Some(1), "the retry runs the same (failing) commit: {}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("say]  first commit"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "the retry runs the same (failing) commit: {}", common::streams(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("say]  first commit"), "{}", common::streams(&out));
     let out = change_run(state.path(), repo.path(), "dev", "say");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("second commit"), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("second commit"), "{}", common::streams(&out));
 }
 
 #[test]
@@ -459,8 +444,8 @@ echo checked
 
     let state = tempfile::tempdir().unwrap();
     let out = change_run(state.path(), repo.path(), "dev", "root");
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("check]  checked").count(), 4, "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("check]  checked").count(), 4, "{}", common::streams(&out));
     // The source repository was not written to, and nothing is left of the sandboxes or the
     // change's checkout.
     assert_eq!(std::fs::read_to_string(repo.path().join("data.txt")).unwrap(), "original\n");
@@ -477,9 +462,9 @@ fn every_log_line_of_a_finished_step_is_in_the_store_in_order() {
     );
     let state = tempfile::tempdir().unwrap();
     let out = change_run(state.path(), repo.path(), "dev", "root");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let logs = run(state.path(), &["change", "logs", "1"]);
-    assert!(logs.status.success(), "{}", text(&logs));
+    assert!(logs.status.success(), "{}", common::streams(&logs));
     let logs = String::from_utf8_lossy(&logs.stdout);
     for step in 2..=4 {
         for stream in ["out", "err"] {
@@ -504,16 +489,16 @@ fn of_two_retries_at_once_only_one_runs_the_change() {
     let actions = format!("[actions.slow]\nrun = 'echo run >> {}; sleep 1; test -f {}'\n", runs.display(), ok.display());
     let repo = project(&actions, json!({}));
     let out = change_run(state.path(), repo.path(), "dev", "slow");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::streams(&out));
     std::fs::write(&ok, "").unwrap();
 
-    let retry = || opschain(state.path()).args(["change", "retry", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let retry = || common::opschain(state.path()).args(["change", "retry", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let (a, b) = (retry(), retry());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let ran: Vec<&Output> = [&a, &b].into_iter().filter(|o| o.status.success()).collect();
-    assert_eq!(ran.len(), 1, "exactly one retry runs the change:\n{}\n{}", text(&a), text(&b));
+    assert_eq!(ran.len(), 1, "exactly one retry runs the change:\n{}\n{}", common::streams(&a), common::streams(&b));
     let other = if a.status.success() { &b } else { &a };
-    let said = text(other);
+    let said = common::streams(other);
     assert!(said.contains("is being run by another live controller") || said.contains("nothing to retry"), "{said}");
     let count = std::fs::read_to_string(&runs).unwrap().lines().count();
     assert_eq!(count, 2, "the action ran once for the change and once for the retry, not {count} times");
@@ -538,15 +523,15 @@ fn a_mintpress_repository_runs_on_the_process_backend_with_its_folder() {
     let state = tempfile::tempdir().unwrap();
     let args = ["change", "run", "--repo", dir.path().to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "deploy"];
     common::make_target(state.path(), "p", "e");
-    let out = opschain(state.path()).args(args).args(["--folder", ".mintpress"]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("folder=.mintpress greeting=from-mintpress"), "{}", text(&out));
+    let out = common::opschain(state.path()).args(args).args(["--folder", ".mintpress"]).output().unwrap();
+    assert!(out.status.success(), "{}", common::streams(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("folder=.mintpress greeting=from-mintpress"), "{}", common::streams(&out));
     assert_eq!(props(state.path(), "p", Some("e")), json!({"deployed": "yes"}));
     // Without the folder the same repository has no actions: the step fails, saying so.
-    let out = opschain(state.path()).args(args).output().unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    let out = common::opschain(state.path()).args(args).output().unwrap();
+    assert!(!out.status.success(), "{}", common::streams(&out));
     let out = run(state.path(), &["change", "run", "--repo", ".", "--project", "p", "--environment", "e", "--action", "x", "--folder", "../x"]);
-    assert!(!out.status.success() && text(&out).contains("expected one directory name"), "{}", text(&out));
+    assert!(!out.status.success() && common::streams(&out).contains("expected one directory name"), "{}", common::streams(&out));
 }
 
 #[test]
@@ -566,10 +551,10 @@ fn a_retry_runs_with_the_folder_its_change_was_created_with() {
     let state = tempfile::tempdir().unwrap();
     let out =
         run(state.path(), &["change", "run", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "deploy", "--folder", ".mintpress"]);
-    assert!(!out.status.success() && marker.exists(), "the first run fails after making the marker: {}", text(&out));
+    assert!(!out.status.success() && marker.exists(), "the first run fails after making the marker: {}", common::streams(&out));
     let out = run(state.path(), &["change", "retry", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("folder=.mintpress"), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
+    assert!(common::streams(&out).contains("folder=.mintpress"), "{}", common::streams(&out));
 }
 
 /// The numbers after `]  ` (a line on stdout) on the lines of `text` that contain `marker`, in order.
@@ -595,7 +580,7 @@ fn a_million_lines_through_a_stalling_reader_are_all_kept_in_order() {
     let repo = project("[actions.flood]\nrun = 'seq 1 1000000'\n", json!({}));
     let state = tempfile::tempdir().unwrap();
     common::make_target(state.path(), "p", "dev");
-    let mut run_child = opschain(state.path())
+    let mut run_child = common::opschain(state.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "flood"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -607,7 +592,7 @@ fn a_million_lines_through_a_stalling_reader_are_all_kept_in_order() {
         assert!(Instant::now() < deadline, "the change was never created");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let follow = opschain(state.path()).args(["change", "logs", "1", "--follow"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let follow = common::opschain(state.path()).args(["change", "logs", "1", "--follow"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let follower = std::thread::spawn(move || follow.wait_with_output().unwrap());
     // The stalling reader: nothing read for two seconds, then everything.
     std::thread::sleep(Duration::from_secs(2));
@@ -619,10 +604,10 @@ fn a_million_lines_through_a_stalling_reader_are_all_kept_in_order() {
     assert_eq!(first_gap(&numbered(&printed, "[1 flood]"), 1_000_000), None, "change run's output");
 
     let followed = follower.join().unwrap();
-    assert!(followed.status.success(), "{}", text(&followed));
+    assert!(followed.status.success(), "{}", common::streams(&followed));
     assert_eq!(first_gap(&numbered(&String::from_utf8_lossy(&followed.stdout), "[1 flood]"), 1_000_000), None, "change logs --follow");
 
     let stored = run(state.path(), &["change", "logs", "1"]);
-    assert!(stored.status.success(), "{}", text(&stored));
+    assert!(stored.status.success(), "{}", common::streams(&stored));
     assert_eq!(first_gap(&numbered(&String::from_utf8_lossy(&stored.stdout), "[1 flood]"), 1_000_000), None, "change logs");
 }

@@ -52,13 +52,9 @@ impl World {
     /// Runs `args`, which must succeed; its stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+        assert!(out.status.success(), "opschain {args:?}: {}", common::status_and_streams(&out));
         String::from_utf8(out.stdout).unwrap()
     }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn stderr(o: &Output) -> String {
@@ -131,7 +127,7 @@ fn set_and_edit_properties_of_opschain_store_what_ours_store() {
     w.ok(&["properties", "set", "--project", "b", "--environment", "dev", file]);
     let edit = |args: &[&str]| {
         let out = w.cmd().args(args).env("EDITOR", "sed -i s/some/edited/").output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", common::status_and_streams(&out));
     };
     edit(&["project", "edit-properties", "-p", "a"]);
     edit(&["properties", "edit", "--project", "b"]);
@@ -167,12 +163,12 @@ fn change_create_runs_what_change_run_runs_and_the_change_commands_take_both_spe
     // Ours: --repo, --project, --environment. OpsChain's: the working directory, -p, -e, -a,
     // --git-rev, --confirm.
     let run = w.run(&["change", "run", "--repo", project.path().to_str().unwrap(), "--project", "p", "--environment", "ours", "--action", "hello"]);
-    assert!(run.status.success(), "{}", text(&run));
+    assert!(run.status.success(), "{}", common::status_and_streams(&run));
     let create = opschain_in(w.state.path(), project.path(), w.home.path())
         .args(["change", "create", "--project-code", "p", "--environment-code", "theirs", "--action", "hello", "--git-rev", "HEAD", "--confirm"])
         .output()
         .unwrap();
-    assert!(create.status.success(), "{}", text(&create));
+    assert!(create.status.success(), "{}", common::status_and_streams(&create));
     // The same lines; the agent's stdout and stderr are two pipes, so their lines may interleave
     // differently from one run to the next.
     let lines = |out: &[u8]| {
@@ -214,12 +210,12 @@ fn change_create_runs_what_change_run_runs_and_the_change_commands_take_both_spe
 
     // Without --repo, the working directory must be a project's repository.
     let out = w.run(&["change", "create", "-p", "p", "-e", "ours", "-a", "hello"]);
-    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
-    assert!(stderr(&out).contains("has no .opschain folder"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(66), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("has no .opschain folder"), "{}", common::status_and_streams(&out));
 
     // `-a ''` is OpsChain's `default` action.
     let out = w.run(&["change", "create", "--repo", project.path().to_str().unwrap(), "-p", "p", "-e", "ours", "-a", ""]);
-    assert_eq!(out.status.code(), Some(1), "no action `default` here: the change errors\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "no action `default` here: the change errors\n{}", common::status_and_streams(&out));
     assert!(w.ok(&["change", "show", "3"]).contains("[default] error"));
 }
 
@@ -232,7 +228,7 @@ fn opschainrc_and_variables_supply_the_codes_and_flags_win() {
     w.ok(&["properties", "set", "--project", "q", "--environment", "dev", "--json", r#"{"from": "q/dev"}"#]);
     w.ok(&["properties", "set", "--project", "q", "--environment", "prod", "--json", r#"{"from": "q/prod"}"#]);
     let from = |o: &Output| {
-        assert!(o.status.success(), "{}", text(o));
+        assert!(o.status.success(), "{}", common::status_and_streams(o));
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["from"].as_str().unwrap().to_string()
     };
 
@@ -251,10 +247,10 @@ fn opschainrc_and_variables_supply_the_codes_and_flags_win() {
     std::fs::write(&cwd_rc, r#"{"projectCode": "q"}"#).unwrap();
     let out = w.run(&["project", "show-properties"]);
     assert_eq!(from(&out), "q");
-    assert!(stderr(&out).contains(&format!("project code \"q\" from {}", cwd_rc.display())), "{}", text(&out));
+    assert!(stderr(&out).contains(&format!("project code \"q\" from {}", cwd_rc.display())), "{}", common::status_and_streams(&out));
     let out = w.run(&["environment", "show-properties"]);
-    assert_eq!(out.status.code(), Some(64), "the working directory's file has no environmentCode: {}", text(&out));
-    assert!(stderr(&out).contains("no environment code") && stderr(&out).contains("opschain_environmentCode"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(64), "the working directory's file has no environmentCode: {}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("no environment code") && stderr(&out).contains("opschain_environmentCode"), "{}", common::status_and_streams(&out));
     let out = w.run(&["environment", "ls"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().skip(1).map(|l| l.split_whitespace().next().unwrap()).collect::<Vec<_>>(), ["dev", "prod"]);
 
@@ -263,11 +259,11 @@ fn opschainrc_and_variables_supply_the_codes_and_flags_win() {
     std::fs::write(&cwd_rc, r#"{"projectCode": "p", "environmentCode": "dev"}"#).unwrap();
     let out = with_vars(&["environment", "show-properties"]);
     assert_eq!(from(&out), "q/prod");
-    assert!(stderr(&out).contains("project code \"q\" from $opschain_projectCode"), "{}", text(&out));
+    assert!(stderr(&out).contains("project code \"q\" from $opschain_projectCode"), "{}", common::status_and_streams(&out));
     assert_eq!(from(&with_vars(&["environment", "show-properties", "-e", "dev"])), "q/dev");
     let out = with_vars(&["environment", "show-properties", "--project-code", "p", "--environment-code", "dev"]);
     assert_eq!(from(&out), "p/dev");
-    assert!(stderr(&out).is_empty(), "no default was used: {}", text(&out));
+    assert!(stderr(&out).is_empty(), "no default was used: {}", common::status_and_streams(&out));
 
     // `properties` takes the project code by default but never the environment's: its absence
     // selects the project's own properties.
@@ -276,8 +272,8 @@ fn opschainrc_and_variables_supply_the_codes_and_flags_win() {
     // A bad file is refused, naming the file and the key, only when a code is needed from it.
     std::fs::write(&cwd_rc, r#"{"projectCode": 7}"#).unwrap();
     let out = w.run(&["project", "show-properties"]);
-    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
-    assert!(stderr(&out).contains(".opschainrc") && stderr(&out).contains("/projectCode"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(65), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains(".opschainrc") && stderr(&out).contains("/projectCode"), "{}", common::status_and_streams(&out));
     assert_eq!(from(&w.run(&["project", "show-properties", "-p", "q"])), "q");
 }
 
@@ -296,8 +292,8 @@ fn reads_never_create_a_project_or_environment_and_unknown_codes_are_errors() {
         &["change", "ls", "-p", "typo"],
     ] {
         let out = w.cmd().args(args).env("EDITOR", format!("touch {}", no_editor.display())).output().unwrap();
-        assert_eq!(out.status.code(), Some(66), "{args:?}: {}", text(&out));
-        assert!(stderr(&out).contains("project \"typo\" does not exist"), "{args:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(66), "{args:?}: {}", common::status_and_streams(&out));
+        assert!(stderr(&out).contains("project \"typo\" does not exist"), "{args:?}: {}", common::status_and_streams(&out));
     }
     assert!(!no_editor.exists(), "the editor ran for a project that does not exist");
     assert_eq!(w.ok(&["project", "ls"]).lines().count(), 1, "a read created a project");
@@ -311,8 +307,8 @@ fn reads_never_create_a_project_or_environment_and_unknown_codes_are_errors() {
         &["change", "ls", "-p", "p", "-e", "typo"],
     ] {
         let out = w.cmd().args(args).env("EDITOR", format!("touch {}", no_editor.display())).output().unwrap();
-        assert_eq!(out.status.code(), Some(66), "{args:?}: {}", text(&out));
-        assert!(stderr(&out).contains("environment \"typo\" of project \"p\" does not exist"), "{args:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(66), "{args:?}: {}", common::status_and_streams(&out));
+        assert!(stderr(&out).contains("environment \"typo\" of project \"p\" does not exist"), "{args:?}: {}", common::status_and_streams(&out));
     }
     assert!(!no_editor.exists());
     assert_eq!(w.ok(&["environment", "ls", "-p", "p"]).lines().count(), 1, "a read created an environment");
@@ -320,7 +316,7 @@ fn reads_never_create_a_project_or_environment_and_unknown_codes_are_errors() {
 
     // Writes create what they name, and say so.
     let out = w.run(&["environment", "set-properties", "-p", "p", "-e", "dev", "--json", "{}"]);
-    assert!(out.status.success() && stderr(&out).contains("environment \"dev\" created"), "{}", text(&out));
+    assert!(out.status.success() && stderr(&out).contains("environment \"dev\" created"), "{}", common::status_and_streams(&out));
     w.ok(&["environment", "create", "-p", "p", "--code", "prod"]);
     let envs: Vec<String> = w.ok(&["environment", "ls", "-p", "p"]).lines().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
     assert_eq!(envs, ["dev", "prod"]);
@@ -347,7 +343,7 @@ fn edit_properties_works_in_a_private_temporary_directory() {
 
     for _ in 0..2 {
         let out = w.cmd().args(["properties", "edit", "--project", "p"]).env("EDITOR", &editor).env("TMPDIR", tmp.path()).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", common::status_and_streams(&out));
     }
     let seen = std::fs::read_to_string(&seen).unwrap();
     let lines: Vec<&str> = seen.lines().collect();
@@ -372,17 +368,17 @@ fn dev_create_dockerfile_writes_the_default_dockerfile_and_keeps_an_existing_one
     let create = |args: &[&str]| opschain_in(w.state.path(), project.path(), w.home.path()).args(["dev", "create-dockerfile"]).args(args).output().unwrap();
 
     let out = create(&[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::status_and_streams(&out));
     assert_eq!(std::fs::read(&dockerfile).unwrap(), default.stdout, "the Dockerfile is the default one opschain-runner prints");
     assert!(!w.state.path().join("opschain.db").exists(), "dev create-dockerfile touches no state");
 
     std::fs::write(&dockerfile, "FROM custom\n").unwrap();
     let out = create(&[]);
-    assert_eq!(out.status.code(), Some(73), "{}", text(&out));
-    assert!(stderr(&out).contains("--force"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(73), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("--force"), "{}", common::status_and_streams(&out));
     assert_eq!(std::fs::read_to_string(&dockerfile).unwrap(), "FROM custom\n");
     let out = create(&["--force"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::status_and_streams(&out));
     assert_eq!(std::fs::read(&dockerfile).unwrap(), default.stdout);
 
     // A symlink in its place is never written through.
@@ -401,7 +397,7 @@ fn dev_create_dockerfile_writes_the_default_dockerfile_and_keeps_an_existing_one
         .env("OPSCHAIN_REPO_FOLDER", ".mintpress")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::status_and_streams(&out));
     let mintpress = Command::new(crate::common::runner_bin()).args(["--folder", ".mintpress", "create-dockerfile"]).output().unwrap();
     assert!(mintpress.status.success());
     assert_eq!(std::fs::read(project.path().join(".mintpress/Dockerfile")).unwrap(), mintpress.stdout, "the MintPress form of the default Dockerfile");
@@ -410,7 +406,7 @@ fn dev_create_dockerfile_writes_the_default_dockerfile_and_keeps_an_existing_one
 #[test]
 fn exit_statuses_tell_the_controllers_own_failures_from_a_changes_end() {
     let w = World::new();
-    let status = |o: Output| (o.status.code(), text(&o));
+    let status = |o: Output| (o.status.code(), common::status_and_streams(&o));
     // 64: the command line.
     assert_eq!(status(w.run(&["change", "frobnicate"])).0, Some(64));
     assert_eq!(status(w.run(&["project", "show-properties"])).0, Some(64));
@@ -476,7 +472,7 @@ fn git_remote_name_runs_the_remote_branch_as_fetched_not_the_stale_local_one() {
     let upstream = repo(HELLO);
     let git = |dir: &Path, args: &[&str]| {
         let out = Command::new("git").arg("-C").arg(dir).args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).output().unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+        assert!(out.status.success(), "git {args:?}: {}", common::status_and_streams(&out));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let branch = git(upstream.path(), &["rev-parse", "--abbrev-ref", "HEAD"]);
@@ -497,7 +493,7 @@ fn git_remote_name_runs_the_remote_branch_as_fetched_not_the_stale_local_one() {
         .args(["--action", "hello", "--follow-logs", "--confirm"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::status_and_streams(&out));
     let show = w.ok(&["change", "show", "1"]);
     assert!(show.contains(&format!("commit {new} (origin/{branch})")), "the fetched commit {new} runs:\n{show}");
     assert_eq!(serde_json::from_str::<Value>(&w.ok(&["environment", "show-properties", "-p", "p", "-e", "dev"])).unwrap(), json!({"greeted_again": true}));
@@ -507,9 +503,9 @@ fn git_remote_name_runs_the_remote_branch_as_fetched_not_the_stale_local_one() {
 
     // A commit is taken as it is; an unknown remote is an error naming the known ones.
     let out = w.run(&["change", "create", "--repo", local.to_str().unwrap(), "-p", "p", "-e", "dev", "-G", "origin", "-g", &old, "-a", "hello"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::status_and_streams(&out));
     assert!(w.ok(&["change", "show", "3"]).contains(&format!("commit {old} ({old})")));
     let out = w.run(&["change", "create", "--repo", local.to_str().unwrap(), "-p", "p", "-e", "dev", "-G", "upstream", "-a", "hello"]);
-    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
-    assert!(stderr(&out).contains("git remote \"upstream\"") && stderr(&out).contains("known: origin"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(66), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("git remote \"upstream\"") && stderr(&out).contains("known: origin"), "{}", common::status_and_streams(&out));
 }

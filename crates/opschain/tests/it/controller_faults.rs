@@ -39,15 +39,10 @@ fn run(state: &Path, args: &[&str]) -> Output {
     opschain(state).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
 }
 
-/// The stdout and stderr of an output, for assertion messages.
-fn text(o: &Output) -> String {
-    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 /// Runs `opschain args`, asserts that it succeeded, and returns its stdout.
 fn run_ok(state: &Path, args: &[&str]) -> String {
     let out = run(state, args);
-    assert!(out.status.success(), "opschain {args:?} failed:\n{}", text(&out));
+    assert!(out.status.success(), "opschain {args:?} failed:\n{}", common::streams(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -607,7 +602,7 @@ fn kill_9_at_random_moments_of_a_100_step_change_then_retry_gives_the_uninterrup
         .stderr(Stdio::piped())
         .output()
         .unwrap();
-    assert!(out.status.success(), "the uninterrupted run failed:\n{}", text(&out));
+    assert!(out.status.success(), "the uninterrupted run failed:\n{}", common::streams(&out));
     let expected_tree = tree_shape(whole.path());
     assert_eq!(expected_tree.len(), 1 + GROUPS + GROUPS * LEAVES, "the change has not 100 steps: {expected_tree:?}");
     assert!(expected_tree.iter().all(|s| s.2 == "success"), "the uninterrupted run: {expected_tree:?}");

@@ -2,6 +2,7 @@
 //! process backend: each step's diff is applied as the step meant it (merged three ways with
 //! what changed while it ran), or the step fails with a conflict that names the paths.
 
+use crate::common;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -18,31 +19,16 @@ fn opschain(state: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A git repository whose `.opschain/actions.toml` is `actions`.
-fn project(actions: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join(".opschain")).unwrap();
-    std::fs::write(dir.path().join(".opschain/actions.toml"), actions).unwrap();
-    for args in [&["init", "-q"][..], &["add", "-A"], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"]] {
-        assert!(Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap().success());
-    }
-    dir
-}
-
 /// Runs `action` of `repo` in environment `dev` of project `p`, whose properties are `props`.
 fn run_with(state: &Path, repo: &Path, props: Value, action: &str) -> Output {
     let out = opschain(state, &["properties", "set", "-p", "p", "-e", "dev", "--json", &props.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     opschain(state, &["change", "create", "--repo", repo.to_str().unwrap(), "-p", "p", "-e", "dev", "-a", action])
 }
 
 fn env_props(state: &Path) -> Value {
     let out = opschain(state, &["properties", "show", "-p", "p", "-e", "dev"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -67,10 +53,10 @@ run = '''sleep 1; opschain-runner property set --environment --json servers '{se
 #[test]
 fn independent_edits_of_one_array_by_parallel_children_are_both_kept() {
     let state = tempfile::tempdir().unwrap();
-    let repo = project(&two_children(r#"["b", "c"]"#, r#"["a", "c"]"#));
+    let repo = common::action_repo(&two_children(r#"["b", "c"]"#, r#"["a", "c"]"#));
     let out = run_with(state.path(), repo.path(), json!({"servers": ["a", "b", "c"], "other": 1}), "root");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("change 1 success"), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("change 1 success"), "{}", common::streams(&out));
     // Applied by index, the second diff (`remove /servers/1`) would have left ["b"].
     assert_eq!(env_props(state.path()), json!({"servers": ["c"], "other": 1}));
 }
@@ -78,9 +64,9 @@ fn independent_edits_of_one_array_by_parallel_children_are_both_kept() {
 #[test]
 fn overlapping_edits_by_parallel_children_fail_the_later_step_naming_the_path() {
     let state = tempfile::tempdir().unwrap();
-    let repo = project(&two_children(r#"["a", "x", "c"]"#, r#"["a", "y", "c"]"#));
+    let repo = common::action_repo(&two_children(r#"["a", "x", "c"]"#, r#"["a", "y", "c"]"#));
     let out = run_with(state.path(), repo.path(), json!({"servers": ["a", "b", "c"]}), "root");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::streams(&out));
     let show = opschain(state.path(), &["change", "show", "1"]);
     let show = String::from_utf8_lossy(&show.stdout);
     for needle in [

@@ -11,17 +11,6 @@ use serde_json::{json, Value};
 
 use crate::common;
 
-/// `opschain` with its state in `state` and the test-built agent.
-fn opschain(state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
-    c.env("OPSCHAIN_STATE_DIR", state)
-        .env("OPSCHAIN_RUNNER_BIN", crate::common::runner_bin())
-        .env("OPSCHAIN_GRACE_SECS", "2")
-        .env_remove("OPSCHAIN_REPO_FOLDER")
-        .env_remove("OPSCHAIN_BACKEND");
-    c
-}
-
 /// `opschain` run with umask 000: every mode it ends up with is its own choice.
 fn opschain_umask0(state: &Path) -> Command {
     let mut c = Command::new("/bin/sh");
@@ -34,11 +23,7 @@ fn opschain_umask0(state: &Path) -> Command {
 
 fn run(state: &Path, args: &[&str]) -> Output {
     common::make_target_of(state, args);
-    opschain(state).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    common::opschain(state).args(args).output().unwrap()
 }
 
 /// `args` run as the unprivileged user `nobody`.
@@ -77,7 +62,7 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
     std::fs::write(&probe, "readable").unwrap();
     std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644)).unwrap();
     let control = as_nobody(&["cat".as_ref(), probe.as_os_str()]);
-    assert!(control.status.success(), "nobody reads an open file (else this test proves nothing): {}", text(&control));
+    assert!(control.status.success(), "nobody reads an open file (else this test proves nothing): {}", common::all_output(&control));
 
     // A plain directory (snapshotted under the state directory) whose one step waits.
     let repo = tmp.path().join("repo");
@@ -86,7 +71,7 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
     let state = tmp.path().join("state");
     let set = set_file(tmp.path(), "s", json!({"API_TOKEN": "private-token-31337"}));
     let saved = opschain_umask0(&state).args(["secrets", "set", "s", "--file"]).arg(&set).output().unwrap();
-    assert!(saved.status.success(), "{}", text(&saved));
+    assert!(saved.status.success(), "{}", common::all_output(&saved));
 
     common::make_target(&state, "p", "e");
     let mut controller = opschain_umask0(&state)
@@ -130,13 +115,13 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
     assert!(std::fs::read_to_string(&context).unwrap().contains("private-token-31337"), "the context holds the runner secret");
     for path in [&db, &context, &snapshot.join(".opschain/actions.toml")] {
         let read = as_nobody(&["cat".as_ref(), path.as_os_str()]);
-        assert!(!read.status.success(), "nobody read {}: {}", path.display(), text(&read));
+        assert!(!read.status.success(), "nobody read {}: {}", path.display(), common::all_output(&read));
     }
     let listed = as_nobody(&["ls".as_ref(), sandbox.as_os_str()]);
-    assert!(!listed.status.success(), "nobody listed the sandbox: {}", text(&listed));
+    assert!(!listed.status.success(), "nobody listed the sandbox: {}", common::all_output(&listed));
 
     let cancelled = run(&state, &["change", "cancel", "1"]);
-    assert!(cancelled.status.success(), "{}", text(&cancelled));
+    assert!(cancelled.status.success(), "{}", common::all_output(&cancelled));
     assert_eq!(controller.wait().unwrap().code(), Some(2));
 }
 
@@ -153,19 +138,19 @@ fn a_loose_state_directory_is_tightened_with_a_warning_and_another_users_is_refu
     assert!(as_nobody(&["cat".as_ref(), db.as_os_str()]).status.success(), "loose: nobody can read it");
 
     let out = run(&state, &["secrets", "list"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::all_output(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("made private") && stderr.contains("rotate them"), "{stderr}");
     assert!(stderr.contains(&format!("{} (0755)", state.display())) && stderr.contains(&format!("{} (0644)", db.display())), "{stderr}");
     assert_eq!((mode(&state), mode(&db)), (0o700, 0o600));
     assert!(!as_nobody(&["cat".as_ref(), db.as_os_str()]).status.success());
     let again = run(&state, &["secrets", "list"]);
-    assert!(again.stderr.is_empty(), "nothing left to tighten: {}", text(&again));
+    assert!(again.stderr.is_empty(), "nothing left to tighten: {}", common::all_output(&again));
 
     // A state directory of another user is not taken over.
     std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
     let refused = run(&state, &["secrets", "list"]);
-    assert_eq!(refused.status.code(), Some(70), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(70), "{}", common::all_output(&refused));
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("belongs to uid 65534") && said.contains("--state-dir"), "{said}");
 }
@@ -232,11 +217,11 @@ fn secrets_in_a_conflict_message_and_in_step_lines_reach_neither_the_terminal_no
     }
 
     let out = run(&state, &["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root", "--secrets", "db"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let terminal = text(&out);
-    let show = text(&run(&state, &["change", "show", "1"]));
-    let logs = text(&run(&state, &["change", "logs", "1"]));
-    let list = text(&run(&state, &["secrets", "list"]));
+    assert_eq!(out.status.code(), Some(1), "{}", common::all_output(&out));
+    let terminal = common::all_output(&out);
+    let show = common::all_output(&run(&state, &["change", "show", "1"]));
+    let logs = common::all_output(&run(&state, &["change", "logs", "1"]));
+    let list = common::all_output(&run(&state, &["secrets", "list"]));
     // The conflict was explained, with the documents in it, and the build secret's line logged.
     for (what, shown) in [("terminal", &terminal), ("change show", &show)] {
         assert!(shown.contains("Original environment properties") && shown.contains("\"DB_PASSWORD\": \"****\""), "{what}:\n{shown}");

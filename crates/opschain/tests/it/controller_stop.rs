@@ -4,53 +4,29 @@
 //! foreground `change create` cancel its change; the same on the Docker backend (ignored unless
 //! asked for: it needs an engine).
 
+use crate::common;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn opschain(state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
-    c.env("OPSCHAIN_STATE_DIR", state)
-        .env("OPSCHAIN_RUNNER_BIN", crate::common::runner_bin())
-        .env("OPSCHAIN_GRACE_SECS", "2")
-        .env_remove("OPSCHAIN_REPO_FOLDER")
-        .env_remove("OPSCHAIN_BACKEND");
-    c
-}
-
 fn run(state: &Path, args: &[&str]) -> Output {
-    opschain(state).args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// A git repository whose `.opschain/actions.toml` is `actions`.
-fn project(actions: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join(".opschain")).unwrap();
-    std::fs::write(dir.path().join(".opschain/actions.toml"), actions).unwrap();
-    for args in [&["init", "-q"][..], &["add", "-A"], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"]] {
-        assert!(Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap().success());
-    }
-    dir
+    common::opschain(state).args(args).output().unwrap()
 }
 
 /// Makes project `p` and its environment `dev` (a change names ones that exist).
 fn make_environment(state: &Path) {
     for args in [&["project", "create", "--code", "p"][..], &["environment", "create", "-p", "p", "--code", "dev"]] {
         let out = run(state, args);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", common::streams(&out));
     }
 }
 
 /// `change create` of `action` in environment `dev` of project `p`, in the background.
 fn spawn_change(state: &Path, repo: &Path, action: &str) -> Child {
     make_environment(state);
-    opschain(state)
+    common::opschain(state)
         .args(["change", "create", "--repo", repo.to_str().unwrap(), "-p", "p", "-e", "dev", "-a", action])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -75,14 +51,14 @@ fn wait_for_log(state: &Path, id: u32, marker: &str) {
 
 fn env_props(state: &Path) -> Value {
     let out = run(state, &["properties", "show", "-p", "p", "-e", "dev"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The status column of `change ls` for change `id`.
 fn listed_status(state: &Path, id: u32) -> String {
     let out = run(state, &["change", "ls"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| {
@@ -100,7 +76,7 @@ run = "trap '' TERM; opschain-runner property set --environment kept yes; echo r
 #[test]
 fn a_cancelled_step_that_ignores_sigterm_keeps_the_properties_it_recorded() {
     let state = tempfile::tempdir().unwrap();
-    let repo = project(STUBBORN);
+    let repo = common::action_repo(STUBBORN);
     // Properties of a few MB: writing the result after the grace takes the agent a while, so a
     // controller that killed it at the end of the same grace would cut it short every time.
     let servers: serde_json::Map<String, Value> =
@@ -108,17 +84,17 @@ fn a_cancelled_step_that_ignores_sigterm_keeps_the_properties_it_recorded() {
     let file = state.path().join("props.json");
     std::fs::write(&file, json!({"servers": servers}).to_string()).unwrap();
     let out = run(state.path(), &["properties", "set", "-p", "p", "-e", "dev", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let controller = spawn_change(state.path(), repo.path(), "stubborn");
     wait_for_log(state.path(), 1, "recorded");
     let out = run(state.path(), &["change", "cancel", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let out = controller.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", common::streams(&out));
     // The agent killed the action after its grace and wrote its result before the controller's
     // kill: the step's recorded change is applied.
     let props = env_props(state.path());
-    assert_eq!(props["kept"], json!("yes"), "{}", text(&out));
+    assert_eq!(props["kept"], json!("yes"), "{}", common::streams(&out));
     assert_eq!(props["servers"].as_object().map(|s| s.len()), Some(40_000));
 }
 
@@ -153,20 +129,20 @@ fn pid_namespaces_work() -> bool {
 #[test]
 fn a_change_whose_controller_was_killed_is_recorded_by_the_next_command_and_frees_its_environment() {
     let state = tempfile::tempdir().unwrap();
-    let repo = project(SLOW);
+    let repo = common::action_repo(SLOW);
     make_environment(state.path());
     // As PID 1 of its own PID namespace where this user can make one (as in every `docker run`
     // of the controller): its process id then names a live process in any other namespace.
     let as_pid_1 = pid_namespaces_work();
     let program = env!("CARGO_BIN_EXE_opschain");
     let mut command = if as_pid_1 {
-        let mut c = opschain(state.path());
+        let mut c = common::opschain(state.path());
         let mut unshare = Command::new("unshare");
         unshare.args(["--pid", "--fork", "--mount-proc", program]).envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))));
         c = unshare;
         c
     } else {
-        opschain(state.path())
+        common::opschain(state.path())
     };
     let mut controller = command
         .env("SLOW_SECS", "30")
@@ -182,13 +158,13 @@ fn a_change_whose_controller_was_killed_is_recorded_by_the_next_command_and_free
 
     // The next command that looks records it, once, and says so.
     let out = run(state.path(), &["change", "ls"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("change 1 was left unfinished by a controller that is gone"), "as PID 1: {as_pid_1}\n{}", text(&out));
-    assert!(stderr.contains("`opschain change retry 1`"), "{}", text(&out));
+    assert!(stderr.contains("change 1 was left unfinished by a controller that is gone"), "as PID 1: {as_pid_1}\n{}", common::streams(&out));
+    assert!(stderr.contains("`opschain change retry 1`"), "{}", common::streams(&out));
     assert_eq!(listed_status(state.path(), 1), "error");
     let out = run(state.path(), &["change", "ls"]);
-    assert!(out.stderr.is_empty(), "recorded once: {}", text(&out));
+    assert!(out.stderr.is_empty(), "recorded once: {}", common::streams(&out));
     let show = run(state.path(), &["change", "show", "1"]);
     let show = String::from_utf8_lossy(&show.stdout);
     assert!(show.contains("reason: the controller running it was lost"), "{show}");
@@ -198,7 +174,7 @@ fn a_change_whose_controller_was_killed_is_recorded_by_the_next_command_and_free
     assert!(!state.path().join("sandboxes/change-1").exists());
 
     // A new change of the environment runs at once, not queued behind the dead one.
-    let mut next = opschain(state.path())
+    let mut next = common::opschain(state.path())
         .args(["change", "create", "--repo", repo.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "quick"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -208,17 +184,17 @@ fn a_change_whose_controller_was_killed_is_recorded_by_the_next_command_and_free
     while next.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             next.kill().unwrap();
-            panic!("the new change of the environment never ended: {}", text(&next.wait_with_output().unwrap()));
+            panic!("the new change of the environment never ended: {}", common::streams(&next.wait_with_output().unwrap()));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = next.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("queued"), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("queued"), "{}", common::streams(&out));
 
     // And the lost change can be retried to its end.
     let out = run(state.path(), &["change", "retry", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::streams(&out));
     assert_eq!(listed_status(state.path(), 1), "success");
 }
 
@@ -226,9 +202,9 @@ fn a_change_whose_controller_was_killed_is_recorded_by_the_next_command_and_free
 fn sigint_sigterm_and_sighup_of_a_foreground_change_cancel_it_with_one_line_saying_how_to_retry() {
     for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGHUP] {
         let state = tempfile::tempdir().unwrap();
-        let repo = project(SLOW);
+        let repo = common::action_repo(SLOW);
         make_environment(state.path());
-        let controller = opschain(state.path())
+        let controller = common::opschain(state.path())
             .env("SLOW_SECS", "30")
             .args(["change", "create", "--repo", repo.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "slow"])
             .stdout(Stdio::piped())
@@ -239,11 +215,11 @@ fn sigint_sigterm_and_sighup_of_a_foreground_change_cancel_it_with_one_line_sayi
         let started = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(controller.id() as i32), signal).unwrap();
         let out = controller.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{signal}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{signal}: {}", common::streams(&out));
         assert!(started.elapsed() < Duration::from_secs(20), "{signal}: the cancel took {:?}", started.elapsed());
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("cancelled")).collect();
-        assert_eq!(lines.len(), 1, "{signal}: {}", text(&out));
+        assert_eq!(lines.len(), 1, "{signal}: {}", common::streams(&out));
         assert!(lines[0].contains(&format!("change 1 cancelled on {signal}")), "{}", lines[0]);
         assert!(lines[0].contains("`opschain change retry 1`"), "{}", lines[0]);
         assert_eq!(listed_status(state.path(), 1), "cancelled", "{signal}");
@@ -251,7 +227,7 @@ fn sigint_sigterm_and_sighup_of_a_foreground_change_cancel_it_with_one_line_sayi
         assert!(show.contains("[slow] cancelled"), "{signal}: {show}");
         // A retry runs it to its end.
         let out = run(state.path(), &["change", "retry", "1"]);
-        assert!(out.status.success(), "{signal}: {}", text(&out));
+        assert!(out.status.success(), "{signal}: {}", common::streams(&out));
     }
 }
 
@@ -288,7 +264,7 @@ impl Drop for Images {
 /// `change create --backend docker` of `action` with the base image `base` and `transport`.
 fn spawn_docker_change(state: &Path, repo: &Path, base: &str, transport: &str, action: &str) -> Child {
     make_environment(state);
-    opschain(state)
+    common::opschain(state)
         .args(["change", "create", "--backend", "docker", "--docker-bin", crate::docker_base::DOCKER, "--docker-base-image", base, "--transport", transport])
         .args(["--repo", repo.to_str().unwrap(), "-p", "p", "-e", "dev", "-a", action])
         .stdout(Stdio::piped())
@@ -332,7 +308,7 @@ fn on_the_docker_backend_a_cancelled_step_keeps_its_properties_and_sigint_cancel
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let base = Image(format!("fix-props-stop-base:{}-{nanos}", std::process::id()));
     crate::docker_base::build_image_as(crate::common::runner_bin(), &base.0, "");
-    let repo = project(IN_CONTAINERS);
+    let repo = common::action_repo(IN_CONTAINERS);
     let mut step_images = Images(Vec::new());
     for transport in ["bind-mount", "stream"] {
         // A step that ignores SIGTERM, cancelled: its recorded change is applied (large
@@ -342,15 +318,15 @@ fn on_the_docker_backend_a_cancelled_step_keeps_its_properties_and_sigint_cancel
         let file = state.path().join("props.json");
         std::fs::write(&file, json!({"servers": servers}).to_string()).unwrap();
         let out = run(state.path(), &["properties", "set", "-p", "p", "-e", "dev", file.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", common::streams(&out));
         let controller = spawn_docker_change(state.path(), repo.path(), &base.0, transport, "stubborn");
         wait_for_step(state.path(), transport, controller.id(), "recorded");
         let cancel = run(state.path(), &["change", "cancel", "1"]);
-        assert!(cancel.status.success(), "{}", text(&cancel));
+        assert!(cancel.status.success(), "{}", common::streams(&cancel));
         let out = controller.wait_with_output().unwrap();
         step_images.0.extend(built_images(&out));
-        assert_eq!(out.status.code(), Some(2), "{transport}: {}\n{}", text(&out), text(&cancel));
-        assert_eq!(env_props(state.path())["kept"], json!("yes"), "{transport}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{transport}: {}\n{}", common::streams(&out), common::streams(&cancel));
+        assert_eq!(env_props(state.path())["kept"], json!("yes"), "{transport}: {}", common::streams(&out));
 
         // SIGINT of the foreground change: cancelled, one line, no container left.
         let state = tempfile::tempdir().unwrap();
@@ -360,9 +336,14 @@ fn on_the_docker_backend_a_cancelled_step_keeps_its_properties_and_sigint_cancel
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
         let out = controller.wait_with_output().unwrap();
         step_images.0.extend(built_images(&out));
-        assert_eq!(out.status.code(), Some(2), "{transport}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(2), "{transport}: {}", common::streams(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.lines().filter(|l| l.contains("change 1 cancelled on SIGINT") && l.contains("`opschain change retry 1`")).count(), 1, "{}", text(&out));
+        assert_eq!(
+            stderr.lines().filter(|l| l.contains("change 1 cancelled on SIGINT") && l.contains("`opschain change retry 1`")).count(),
+            1,
+            "{}",
+            common::streams(&out)
+        );
         assert_eq!(listed_status(state.path(), 1), "cancelled");
         let ps = Command::new(crate::docker_base::DOCKER).args(["ps", "-a", "--format", "{{.Names}}"]).output().unwrap();
         let left: Vec<String> =

@@ -48,7 +48,7 @@ impl World {
     /// Runs `args`, which must succeed; its stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+        assert!(out.status.success(), "opschain {args:?}: {}", common::status_and_streams(&out));
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -75,10 +75,6 @@ impl World {
         }
         found
     }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn stdout(o: &Output) -> String {
@@ -126,15 +122,15 @@ fn a_failure_names_its_cause_at_the_end_in_change_show_and_in_change_ls() {
     let r = repo(ACTIONS, &[]);
     let dir = r.path().to_str().unwrap();
     let typo = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "helo", "--repo", dir]);
-    assert_eq!(typo.status.code(), Some(1), "{}", text(&typo));
+    assert_eq!(typo.status.code(), Some(1), "{}", common::status_and_streams(&typo));
     let cause = r#"no action named "helo" (defined: hello, fail)"#;
     let last = stdout(&typo).lines().last().unwrap_or_default().to_string();
-    assert!(last.contains("error") && last.contains(cause), "the last line names the cause: {}", text(&typo));
+    assert!(last.contains("error") && last.contains(cause), "the last line names the cause: {}", common::status_and_streams(&typo));
     assert!(!last.contains("no step result"), "{last}");
 
     let failed = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "fail", "--repo", dir]);
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
-    assert!(stdout(&failed).lines().last().unwrap().contains("the disk is full"), "{}", text(&failed));
+    assert_eq!(failed.status.code(), Some(1), "{}", common::status_and_streams(&failed));
+    assert!(stdout(&failed).lines().last().unwrap().contains("the disk is full"), "{}", common::status_and_streams(&failed));
 
     let show = w.ok(&["change", "show", "1"]);
     assert!(show.lines().next().unwrap().contains(cause), "change show's first line: {show}");
@@ -147,7 +143,7 @@ fn a_failure_names_its_cause_at_the_end_in_change_show_and_in_change_ls() {
     // A property the agent refuses is named the same way.
     let props = repo(ACTIONS, &[(".opschain/properties.json", r#"{"opschain": {"env": {"PORT": 8080}}}"#)]);
     let refused = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "hello", "--repo", props.path().to_str().unwrap()]);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(1), "{}", common::status_and_streams(&refused));
     assert!(w.ok(&["change", "show", "3"]).lines().next().unwrap().contains("value of PORT must be a string, not a number"));
 }
 
@@ -160,15 +156,15 @@ fn a_typo_in_a_code_creates_nothing_and_suggests_the_code_meant() {
     let dir = r.path().to_str().unwrap();
 
     let out = w.run(&["change", "create", "-p", "mnie", "-e", "dev", "-a", "hello", "--repo", dir, "-y"]);
-    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(66), "{}", common::status_and_streams(&out));
     let err = stderr(&out);
     for part in [r#"project "mnie" does not exist"#, "known: mine", "did you mean mine?", "opschain project create --code mnie"] {
         assert!(err.contains(part), "{part:?} in {err}");
     }
     let out = w.run(&["change", "create", "-p", "mine", "-e", "dve", "-a", "hello", "--repo", dir]);
-    assert_eq!(out.status.code(), Some(66), "{}", text(&out));
-    assert!(stderr(&out).contains("did you mean dev?"), "{}", text(&out));
-    assert!(stderr(&out).contains("opschain environment create -p mine --code dve"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(66), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("did you mean dev?"), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("opschain environment create -p mine --code dve"), "{}", common::status_and_streams(&out));
     let projects = w.ok(&["project", "ls"]);
     assert!(!projects.contains("mnie"), "{projects}");
     assert!(w.ok(&["change", "ls"]).lines().count() == 1, "no change was made");
@@ -177,8 +173,8 @@ fn a_typo_in_a_code_creates_nothing_and_suggests_the_code_meant() {
     // An archived project or environment takes no change; restored, it does.
     w.ok(&["environment", "archive", "-p", "mine", "--code", "dev"]);
     let out = w.run(&["change", "create", "-p", "mine", "-e", "dev", "-a", "hello", "--repo", dir]);
-    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
-    assert!(stderr(&out).contains("opschain environment unarchive -p mine --code dev"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(65), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("opschain environment unarchive -p mine --code dev"), "{}", common::status_and_streams(&out));
     w.ok(&["environment", "unarchive", "-p", "mine", "--code", "dev"]);
     w.ok(&["project", "archive", "--code", "mine"]);
     assert_eq!(w.run(&["change", "create", "-p", "mine", "-e", "dev", "-a", "hello", "--repo", dir]).status.code(), Some(65));
@@ -188,8 +184,8 @@ fn a_typo_in_a_code_creates_nothing_and_suggests_the_code_meant() {
 
     // What had changes can only be archived; what had none is deleted, properties and all.
     let out = w.run(&["environment", "delete", "-p", "mine", "--code", "dev"]);
-    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
-    assert!(stderr(&out).contains("archive"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(65), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("archive"), "{}", common::status_and_streams(&out));
     w.ok(&["environment", "set-properties", "-p", "mine", "-e", "staging", "--json", r#"{"a": 1}"#]);
     w.ok(&["environment", "delete", "-p", "mine", "--code", "staging"]);
     assert_eq!(w.run(&["environment", "show-properties", "-p", "mine", "-e", "staging"]).status.code(), Some(66));
@@ -271,8 +267,8 @@ fn no_command_panics_on_a_closed_pipe() {
     ];
     for (args, code) in commands {
         let out = closed_pipe(&w, args);
-        assert_eq!(out.status.code(), Some(*code), "opschain {args:?} through a closed pipe: {}", text(&out));
-        assert!(!stderr(&out).contains("panicked") && !stderr(&out).contains("Broken pipe"), "opschain {args:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(*code), "opschain {args:?} through a closed pipe: {}", common::status_and_streams(&out));
+        assert!(!stderr(&out).contains("panicked") && !stderr(&out).contains("Broken pipe"), "opschain {args:?}: {}", common::status_and_streams(&out));
     }
     // The change created through the closed pipe ran to its end all the same.
     assert!(w.ok(&["change", "show", "5"]).starts_with("change 5 success"));
@@ -293,11 +289,11 @@ fn user_errors_exit_64_65_66_saying_what_was_wrong_and_leave_nothing_behind() {
         w.run(&args)
     };
     let expect = |out: Output, code: i32, says: &[&str]| {
-        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(code), "{}", common::status_and_streams(&out));
         for part in says {
-            assert!(stderr(&out).contains(part), "{part:?} in {}", text(&out));
+            assert!(stderr(&out).contains(part), "{part:?} in {}", common::status_and_streams(&out));
         }
-        assert!(!stderr(&out).contains("failed: \n") && !stderr(&out).trim_end().ends_with("failed:"), "an empty cause: {}", text(&out));
+        assert!(!stderr(&out).contains("failed: \n") && !stderr(&out).trim_end().ends_with("failed:"), "an empty cause: {}", common::status_and_streams(&out));
     };
     // A plain directory without the OpsChain folder, and one that does not exist.
     let plain = tempfile::tempdir().unwrap();
@@ -368,7 +364,7 @@ fn a_change_prints_its_actions_lines_and_a_status_line_per_step_and_more_when_as
     let logs = w.ok(&["change", "show-logs", "1", "-v"]);
     assert!(logs.contains("INFO phase finished") && logs.lines().all(|l| times(l) == 0), "{logs}");
     let failed = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "fail", "--repo", dir]);
-    assert!(stdout(&failed).contains("[4 fail]! the disk is full"), "stderr marked: {}", text(&failed));
+    assert!(stdout(&failed).contains("[4 fail]! the disk is full"), "stderr marked: {}", common::status_and_streams(&failed));
 
     // Every marker is explained in --help.
     let help = w.ok(&["change", "create", "--help"]);
@@ -388,16 +384,16 @@ fn uncommitted_files_under_the_opschain_folder_are_named_with_the_commit_that_ru
     std::fs::write(r.path().join(".opschain/extra.sh"), "echo extra").unwrap();
     std::fs::write(r.path().join("README.md"), "edited outside the folder").unwrap();
     let out = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "new", "--repo", dir]);
-    assert_eq!(out.status.code(), Some(1), "the commit has no action `new`: {}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "the commit has no action `new`: {}", common::status_and_streams(&out));
     let warning = stderr(&out).lines().find(|l| l.contains("warning")).unwrap_or_default().to_string();
     for part in [".opschain/actions.toml", ".opschain/extra.sh", &format!("commit that runs (HEAD = {})", &head[..12]), "Commit them"] {
-        assert!(warning.contains(part), "{part:?} in {}", text(&out));
+        assert!(warning.contains(part), "{part:?} in {}", common::status_and_streams(&out));
     }
     assert!(!warning.contains("README.md"), "{warning}");
     git(r.path(), &["add", "-A"]);
     git(r.path(), &["commit", "-q", "-m", "new action"]);
     let out = w.run(&["change", "create", "-p", "p", "-e", "dev", "-a", "new", "--repo", dir]);
-    assert!(out.status.success() && !stderr(&out).contains("warning"), "{}", text(&out));
+    assert!(out.status.success() && !stderr(&out).contains("warning"), "{}", common::status_and_streams(&out));
 }
 
 #[test]
@@ -456,8 +452,8 @@ run = "true"
     // No --action and no `default` action, with no terminal to ask on: a usage error listing them.
     let r2 = repo(ACTIONS, &[]);
     let out = w.cmd().args(["change", "create", "-p", "p", "-e", "dev", "--repo", r2.path().to_str().unwrap()]).stdin(Stdio::null()).output().unwrap();
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
-    assert!(stderr(&out).contains("its actions: hello, fail"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(64), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("its actions: hello, fail"), "{}", common::status_and_streams(&out));
 
     // OpsChain's .opschainrc, INI with comments: codes and the editor read, the rest reported.
     std::fs::write(
@@ -466,8 +462,8 @@ run = "true"
     )
     .unwrap();
     let out = w.run(&["project", "edit-properties"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(stderr(&out).contains("apiBaseUrl, password, requestTimeout, username not used yet"), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::status_and_streams(&out));
+    assert!(stderr(&out).contains("apiBaseUrl, password, requestTimeout, username not used yet"), "{}", common::status_and_streams(&out));
     assert_eq!(serde_json::from_str::<Value>(&w.ok(&["project", "show-properties"])).unwrap(), serde_json::json!({"a": 3}));
     std::fs::write(w.cwd.path().join(".opschainrc"), "; JSON too\n{\n  ; with comments\n  \"projectCode\": \"p\", \"apiBaseUrl\": \"http://x\"\n}\n").unwrap();
     assert_eq!(serde_json::from_str::<Value>(&w.ok(&["project", "show-properties"])).unwrap(), serde_json::json!({"a": 3}));
@@ -497,7 +493,7 @@ fn a_missing_base_image_says_how_to_build_or_choose_one() {
         "--docker-base-image",
         "firsthour-no-such-base:none",
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", common::status_and_streams(&out));
     let show = w.ok(&["change", "show", "1"]);
     let first = show.lines().next().unwrap();
     for part in ["the base runner image firsthour-no-such-base:none does not exist", "runner-image/README.md", "--docker-base-image"] {

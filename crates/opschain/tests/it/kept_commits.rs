@@ -2,21 +2,11 @@
 //! pruned (`git gc --prune=now`) while a step runs breaks neither that step's git history nor
 //! the change's retry (process backend; the real binaries).
 
+use crate::common;
 use crate::common::git;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn opschain(state: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
-    c.env("OPSCHAIN_STATE_DIR", state)
-        .env("OPSCHAIN_RUNNER_BIN", crate::common::runner_bin())
-        .env("OPSCHAIN_GRACE_SECS", "2")
-        .env_remove("OPSCHAIN_REPO_FOLDER")
-        .env_remove("OPSCHAIN_BACKEND");
-    c
-}
 
 /// Waits until `done` holds, failing after 60 s with `what`.
 fn wait_for(what: &str, done: impl Fn() -> bool) {
@@ -58,7 +48,7 @@ test -e {marks_dir}/go
     let commit = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
 
     crate::common::make_target(&state, "p", "e");
-    let controller = opschain(&state)
+    let controller = common::opschain(&state)
         .args(["change", "create", "-p", "p", "-e", "e", "-a", "deploy", "--repo"])
         .arg(&repo)
         .stdout(Stdio::piped())
@@ -84,7 +74,7 @@ test -e {marks_dir}/go
     // The retry runs the same commit, from what the change kept.
     std::fs::remove_file(marks.join("started")).unwrap();
     std::fs::write(marks.join("go"), "").unwrap();
-    let out = opschain(&state).args(["change", "retry", "1"]).output().unwrap();
+    let out = common::opschain(&state).args(["change", "retry", "1"]).output().unwrap();
     let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "the retry succeeds: {shown}");
     assert!(shown.contains("history readable"), "{shown}");

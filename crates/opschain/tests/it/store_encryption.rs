@@ -4,8 +4,9 @@
 //! exit status 78 naming the file; `store rotate-key` re-encrypts under a new key. The same
 //! catalogue commands against a real PostgreSQL (`--database-url`), two controllers sharing it.
 
+use crate::common;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -20,13 +21,9 @@ fn opschain(state: &Path) -> Command {
     c
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 fn ok(state: &Path, args: &[&str]) -> String {
     let out = opschain(state).args(args).output().unwrap();
-    assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+    assert!(out.status.success(), "opschain {args:?}: {}", common::all_output(&out));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -84,13 +81,17 @@ fn no_property_or_secret_value_is_in_the_state_directory_in_clear_and_the_key_is
     let wrong = tmp.path().join("wrong.key");
     std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
     let out = opschain(&state).args(["--key-file", wrong.to_str().unwrap(), "properties", "show", "--project", "p"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(text(&out).contains(&format!("the key file {} is not the key this database was encrypted with", wrong.display())), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", common::all_output(&out));
+    assert!(
+        common::all_output(&out).contains(&format!("the key file {} is not the key this database was encrypted with", wrong.display())),
+        "{}",
+        common::all_output(&out)
+    );
     // A missing key file is refused too, and not made.
     let missing = tmp.path().join("missing.key");
     let out = opschain(&state).env("OPSCHAIN_KEY_FILE", &missing).args(["secrets", "list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(text(&out).contains(&missing.display().to_string()) && !missing.exists(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", common::all_output(&out));
+    assert!(common::all_output(&out).contains(&missing.display().to_string()) && !missing.exists(), "{}", common::all_output(&out));
 
     // Rotation: every value re-encrypted under the new key, installed in the key file.
     let old = std::fs::read_to_string(&key).unwrap();
@@ -107,7 +108,7 @@ fn no_property_or_secret_value_is_in_the_state_directory_in_clear_and_the_key_is
     let old_copy = tmp.path().join("old.key");
     std::fs::write(&old_copy, &old).unwrap();
     let out = opschain(&state).args(["--key-file", old_copy.to_str().unwrap(), "secrets", "list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", common::all_output(&out));
     // The secret set is still the change's: a change using it runs and masks its value.
     ok(&state, &["change", "run", "--repo", project.path().to_str().unwrap(), "--project", "p", "--environment", "prod", "--action", "put", "--secrets", "s1"]);
     for value in ["tok-7c1d0e9b44", "prop-a93f51e2", "step-5be2c07d"] {
@@ -122,7 +123,7 @@ fn the_catalogue_commands_run_on_postgresql_encrypted_and_change_commands_are_re
     let url = crate::common::postgres::database();
     let pg = |args: &[&str]| {
         let out = opschain(&state).env("OPSCHAIN_DATABASE_URL", &url).args(args).output().unwrap();
-        assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+        assert!(out.status.success(), "opschain {args:?}: {}", common::all_output(&out));
         String::from_utf8(out.stdout).unwrap()
     };
     let secrets = tmp.path().join("set.json");
@@ -138,7 +139,7 @@ fn the_catalogue_commands_run_on_postgresql_encrypted_and_change_commands_are_re
     let key = state.join("opschain.key");
     let second = |args: &[&str]| {
         let out = opschain(&other_state).env("OPSCHAIN_DATABASE_URL", &url).env("OPSCHAIN_KEY_FILE", &key).args(args).output().unwrap();
-        assert!(out.status.success(), "opschain {args:?}: {}", text(&out));
+        assert!(out.status.success(), "opschain {args:?}: {}", common::all_output(&out));
         String::from_utf8(out.stdout).unwrap()
     };
     let shown: Value = serde_json::from_str(&second(&["project", "show-properties", "-p", "web"])).unwrap();
@@ -155,8 +156,8 @@ fn the_catalogue_commands_run_on_postgresql_encrypted_and_change_commands_are_re
     let wrong = tmp.path().join("wrong.key");
     std::fs::write(&wrong, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
     let out = opschain(&state).env("OPSCHAIN_DATABASE_URL", &url).args(["--key-file", wrong.to_str().unwrap(), "secrets", "list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(text(&out).contains(&wrong.display().to_string()), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", common::all_output(&out));
+    assert!(common::all_output(&out).contains(&wrong.display().to_string()), "{}", common::all_output(&out));
     // Rotation there too.
     let new = tmp.path().join("new.key");
     assert!(pg(&["store", "rotate-key", "--new-key-file", new.to_str().unwrap()]).contains("7 values re-encrypted"), "web v0-v2, dev v0-v1, two secret sets");
@@ -164,6 +165,6 @@ fn the_catalogue_commands_run_on_postgresql_encrypted_and_change_commands_are_re
     assert_eq!(env, json!({"replicas": 3}));
     // Changes run on the embedded store only, so far: refused as a usage error.
     let out = opschain(&state).env("OPSCHAIN_DATABASE_URL", &url).args(["change", "list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
-    assert!(text(&out).contains("PostgreSQL store (--database-url) does not hold yet"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(64), "{}", common::all_output(&out));
+    assert!(common::all_output(&out).contains("PostgreSQL store (--database-url) does not hold yet"), "{}", common::all_output(&out));
 }

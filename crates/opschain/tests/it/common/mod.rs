@@ -226,3 +226,41 @@ pub fn make_target_of(state: &Path, args: &[&str]) {
         make_target(state, p, e);
     }
 }
+
+/// `opschain` with its state in `state`, the test-built agent, a 2 s grace, and no folder or
+/// backend from the environment.
+pub fn opschain(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
+    c.env("OPSCHAIN_STATE_DIR", state)
+        .env("OPSCHAIN_RUNNER_BIN", runner_bin())
+        .env("OPSCHAIN_GRACE_SECS", "2")
+        .env_remove("OPSCHAIN_REPO_FOLDER")
+        .env_remove("OPSCHAIN_BACKEND");
+    c
+}
+
+/// An `opschain` run's output for an assertion's message: its stdout, then its stderr.
+pub fn streams(o: &Output) -> String {
+    format!("--- stdout\n{}\n--- stderr\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// An `opschain` run's exit status, stdout and stderr, for an assertion's message.
+pub fn status_and_streams(o: &Output) -> String {
+    format!("{}\n--- stdout\n{}\n--- stderr\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// An `opschain` run's stdout and stderr as one text.
+pub fn all_output(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A git repository of one commit whose `.opschain/actions.toml` is `actions`.
+pub fn action_repo(actions: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".opschain")).unwrap();
+    std::fs::write(dir.path().join(".opschain/actions.toml"), actions).unwrap();
+    for args in [&["init", "-q"][..], &["add", "-A"], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"]] {
+        assert!(Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap().success());
+    }
+    dir
+}
