@@ -19,10 +19,12 @@
 //! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
 //! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
 //! * [`server`]: `opschain server`, the controller as a shared service behind OpsChain's JSON:API.
+//! * [`page`]: the server's HTML page: changes, step trees, live logs and properties in a browser.
 
 pub mod backend;
 pub mod change;
 pub mod output;
+pub mod page;
 pub mod patch;
 pub mod rc;
 pub mod private;

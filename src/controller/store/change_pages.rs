@@ -67,6 +67,9 @@ pub struct ChangeFilter {
     pub environment_code: Option<String>,
     /// Only changes after this id in the sort order (the cursor of the next page).
     pub cursor: Option<i64>,
+    /// Only changes whose id, action, creator, revision, commit, metadata, project or
+    /// environment contains this text, in any case (`None`: every change).
+    pub text: Option<String>,
 }
 
 /// What a user's change records beyond [`NewChangeRow`].
@@ -152,21 +155,23 @@ impl Store {
             ChangeSort::Oldest => (">", "ASC"),
             ChangeSort::Newest => ("<", "DESC"),
         };
-        let condition = "(?1 IS NULL OR c.status = ?1) AND (?2 IS NULL OR p.code = ?2) AND (?3 IS NULL OR e.code = ?3)";
+        let condition = "(?1 IS NULL OR c.status = ?1) AND (?2 IS NULL OR p.code = ?2) AND (?3 IS NULL OR e.code = ?3)
+            AND (?4 IS NULL OR instr(lower(c.id || ' ' || c.action || ' ' || ifnull(c.created_by, '') || ' ' || c.git_rev || ' ' || c.commit_sha || ' '
+                || ifnull(c.metadata, '') || ' ' || p.code || ' ' || e.code), lower(?4)) > 0)";
         let from = "FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id";
         let status = filter.status.map(ChangeStatus::as_str);
         let mut stmt = conn
-            .prepare_cached(&format!("SELECT {SUMMARY_COLUMNS} {from} WHERE {condition} AND (?4 IS NULL OR c.id {cursor_op} ?4) ORDER BY c.id {order} LIMIT ?5 OFFSET ?6"))
+            .prepare_cached(&format!("SELECT {SUMMARY_COLUMNS} {from} WHERE {condition} AND (?5 IS NULL OR c.id {cursor_op} ?5) ORDER BY c.id {order} LIMIT ?6 OFFSET ?7"))
             .map_err(q("list changes"))?;
         let rows = stmt
-            .query_map(params![status, filter.project_code, filter.environment_code, filter.cursor, limit as i64, offset as i64], summary_row)
+            .query_map(params![status, filter.project_code, filter.environment_code, filter.text, filter.cursor, limit as i64, offset as i64], summary_row)
             .map_err(q("list changes"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(q("list changes"))?;
         drop(stmt);
         let total = conn
             .prepare_cached(&format!("SELECT count(*) {from} WHERE {condition}"))
-            .and_then(|mut s| s.query_row(params![status, filter.project_code, filter.environment_code], |r| r.get(0)))
+            .and_then(|mut s| s.query_row(params![status, filter.project_code, filter.environment_code, filter.text], |r| r.get(0)))
             .map_err(q("count changes"))?;
         Ok((rows, total))
     }

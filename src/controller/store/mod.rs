@@ -73,6 +73,8 @@ mod service_schema;
 mod line_ids;
 mod change_pages;
 mod property_edits;
+mod log_pages;
+mod page_reads;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,6 +90,8 @@ pub use change_pages::{ChangeAuthor, ChangeFilter, ChangeSort, ChangeSummary};
 pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use line_ids::NumberedLine;
+pub use log_pages::LogQuery;
+pub use page_reads::StepOrigin;
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use projects::{EnvironmentRow, ProjectRow};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};

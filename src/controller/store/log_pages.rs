@@ -1,0 +1,192 @@
+//! Pages of a change's log for a reader who moves through it, as a log viewer does: between two
+//! line ids, forwards or backwards (the last screen of a long log without reading the rest),
+//! only some steps' lines, and only the lines that contain a text (a search).
+//!
+//! Only the chunks that can hold the page are read (the `(change_id, first_line)` index); a
+//! chunk of a step that is not asked for is skipped unread, and a chunk whose text does not
+//! contain the searched text is skipped after one scan of its bytes, without splitting it into
+//! lines. So a search through a million lines costs their inflating and one scan.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder};
+use rusqlite::params;
+
+use super::line_ids::NumberedLine;
+use super::{q, Store, StoreError};
+
+/// Which lines of a change a [`Store::log_lines_page`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// Only lines whose id is above this (0: from the first).
+    pub after: i64,
+    /// Only lines whose id is below this (`None`: up to the last).
+    pub before: Option<i64>,
+    /// Newest first (the page ends at `before` rather than starting at `after`).
+    pub descending: bool,
+    /// Only the lines of these steps (`None`: every step's).
+    pub steps: Option<Vec<i64>>,
+    /// Only the lines whose message contains this text, ASCII letters in either case (`None` or
+    /// empty: every line).
+    pub contains: Option<String>,
+}
+
+/// The lines of one stored chunk, read for a page.
+struct Chunk<'a> {
+    chunk: i64,
+    step_id: i64,
+    first: i64,
+    at: &'a str,
+    data: &'a [u8],
+    deflated: bool,
+}
+
+impl Store {
+    /// Up to `limit` lines of change `change_id` matching `query`, in id order (newest first
+    /// when `query.descending`).
+    pub fn log_lines_page(&self, change_id: i64, query: &LogQuery, limit: usize) -> Result<Vec<NumberedLine>, StoreError> {
+        let matcher = match query.contains.as_deref().filter(|t| !t.is_empty()) {
+            Some(text) => Some(AhoCorasickBuilder::new().ascii_case_insensitive(true).build([text]).map_err(|e| StoreError::Query {
+                op: "search log lines",
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?),
+            None => None,
+        };
+        let before = query.before.unwrap_or(i64::MAX);
+        let sql = if query.descending {
+            "SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+             WHERE change_id = ?1 AND first_line + lines > ?2 AND first_line < ?3 ORDER BY first_line DESC"
+        } else {
+            "SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+             WHERE change_id = ?1 AND first_line + lines > ?2 AND first_line < ?3 ORDER BY first_line"
+        };
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql).map_err(q("read log lines"))?;
+        let mut rows = stmt.query(params![change_id, query.after, before]).map_err(q("read log lines"))?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        while out.len() < limit {
+            let Some(row) = rows.next().map_err(q("read log lines"))? else { break };
+            let step_id: i64 = row.get(1).map_err(q("read log lines"))?;
+            if query.steps.as_ref().is_some_and(|steps| !steps.contains(&step_id)) {
+                continue;
+            }
+            let at = row.get_ref(3).and_then(|v| v.as_str().map_err(Into::into)).map_err(q("read log lines"))?;
+            let data = row.get_ref(4).and_then(|v| v.as_blob_or_null().map_err(Into::into)).map_err(q("read log lines"))?.unwrap_or_default();
+            let chunk = Chunk {
+                chunk: row.get(0).map_err(q("read log lines"))?,
+                step_id,
+                first: row.get(2).map_err(q("read log lines"))?,
+                at,
+                data,
+                deflated: row.get(5).map_err(q("read log lines"))?,
+            };
+            read_chunk(&chunk, query.after, before, query.descending, matcher.as_ref(), limit, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Adds the lines of `chunk` whose id is between `after` and `before` (and that `matcher`
+/// finds, if given) to `out`, in the page's order, until it holds `limit`.
+fn read_chunk(chunk: &Chunk<'_>, after: i64, before: i64, descending: bool, matcher: Option<&AhoCorasick>, limit: usize, out: &mut Vec<NumberedLine>) -> Result<(), StoreError> {
+    let inflated;
+    let bytes = if chunk.deflated {
+        inflated = super::logs::inflate(chunk.data).map_err(|source| StoreError::LogChunk { chunk: chunk.chunk, source })?;
+        &inflated[..]
+    } else {
+        chunk.data
+    };
+    if matcher.is_some_and(|m| !m.is_match(bytes)) {
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    let mut id = chunk.first;
+    for encoded in bytes.split(|&b| b == b'\n') {
+        if encoded.is_empty() {
+            continue; // after the last line
+        }
+        let this = id;
+        id += 1;
+        if this <= after || this >= before {
+            continue;
+        }
+        let (stream, text) = match memchr::memchr(b'\t', encoded) {
+            Some(tab) => (&encoded[..tab], &encoded[tab + 1..]),
+            None => (&b""[..], encoded),
+        };
+        if matcher.is_some_and(|m| !m.is_match(text)) {
+            continue;
+        }
+        lines.push((this, stream, text));
+    }
+    let line = |(id, stream, text): (i64, &[u8], &[u8])| NumberedLine {
+        id,
+        step_id: chunk.step_id,
+        stream: String::from_utf8_lossy(stream).into_owned(),
+        created_at: chunk.at.to_string(),
+        message: String::from_utf8_lossy(text).into_owned(),
+    };
+    let room = limit.saturating_sub(out.len());
+    if descending {
+        out.extend(lines.into_iter().rev().take(room).map(line));
+    } else {
+        out.extend(lines.into_iter().take(room).map(line));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{end, setup};
+    use super::*;
+
+    /// A change of two steps whose 3,000 lines alternate between them, stored in many chunks.
+    fn two_step_log() -> (tempfile::TempDir, Store, i64, i64, i64) {
+        let (dir, store, p, e, c) = setup();
+        let first = store.steps(c).unwrap()[0].id;
+        store.finish_step(first, p, e, end(serde_json::json!([]), serde_json::json!([]), &["child"])).unwrap();
+        let second = store.steps(c).unwrap()[1].id;
+        for n in 1..=3000 {
+            let step = if n % 2 == 0 { second } else { first };
+            store.append_log(step, "stdout", &format!("line {n} {}", if n == 2999 { "NEEDLE" } else { "hay" }));
+            if n % 250 == 0 {
+                store.mark_queued(&[]).unwrap();
+            }
+        }
+        store.mark_queued(&[]).unwrap();
+        (dir, store, c, first, second)
+    }
+
+    fn ids(lines: &[NumberedLine]) -> Vec<i64> {
+        lines.iter().map(|l| l.id).collect()
+    }
+
+    #[test]
+    fn pages_run_forwards_or_backwards_between_bounds_and_keep_ids() {
+        let (_dir, store, c, ..) = two_step_log();
+        let all = store.log_lines_page(c, &LogQuery::default(), 10_000).unwrap();
+        assert_eq!(ids(&all), (1..=3000).collect::<Vec<_>>());
+        assert!(all.iter().all(|l| l.message.starts_with(&format!("line {} ", l.id))));
+        let tail = store.log_lines_page(c, &LogQuery { descending: true, ..LogQuery::default() }, 3).unwrap();
+        assert_eq!(ids(&tail), [3000, 2999, 2998]);
+        let before = store.log_lines_page(c, &LogQuery { descending: true, before: Some(1002), ..LogQuery::default() }, 4).unwrap();
+        assert_eq!(ids(&before), [1001, 1000, 999, 998]);
+        let between = store.log_lines_page(c, &LogQuery { after: 248, before: Some(253), ..LogQuery::default() }, 100).unwrap();
+        assert_eq!(ids(&between), [249, 250, 251, 252], "a page across two chunks");
+    }
+
+    #[test]
+    fn a_step_filter_and_a_search_find_only_their_lines() {
+        let (_dir, store, c, first, second) = two_step_log();
+        let evens = store.log_lines_page(c, &LogQuery { steps: Some(vec![second]), ..LogQuery::default() }, 5).unwrap();
+        assert_eq!(ids(&evens), [2, 4, 6, 8, 10]);
+        assert!(evens.iter().all(|l| l.step_id == second));
+        let both = store.log_lines_page(c, &LogQuery { steps: Some(vec![first, second]), ..LogQuery::default() }, 3).unwrap();
+        assert_eq!(ids(&both), [1, 2, 3]);
+        let search = |text: &str, steps: Option<Vec<i64>>| ids(&store.log_lines_page(c, &LogQuery { contains: Some(text.into()), steps, ..LogQuery::default() }, 100).unwrap());
+        assert_eq!(search("needle", None), [2999], "ASCII case does not matter");
+        assert_eq!(search("NEEDLE", Some(vec![second])), Vec::<i64>::new(), "line 2999 is the first step's");
+        assert_eq!(search("stdout", None), Vec::<i64>::new(), "the stream is not part of the message");
+        assert_eq!(search("line 10", None), [10, 100, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009]);
+        let previous = store.log_lines_page(c, &LogQuery { contains: Some("line 10".into()), before: Some(1003), descending: true, ..LogQuery::default() }, 2).unwrap();
+        assert_eq!(ids(&previous), [1002, 1001]);
+    }
+}
