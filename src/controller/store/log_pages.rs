@@ -138,14 +138,15 @@ mod tests {
     use super::super::fixtures::{end, setup};
     use super::*;
 
-    /// A change of two steps whose 3,000 lines alternate between them, stored in many chunks.
+    /// A change of two steps whose 3,000 lines alternate between them 250 at a time, a chunk
+    /// each (line `n` has id `n`; step 2's are 251-500, 751-1000, ...).
     fn two_step_log() -> (tempfile::TempDir, Store, i64, i64, i64) {
         let (dir, store, p, e, c) = setup();
         let first = store.steps(c).unwrap()[0].id;
         store.finish_step(first, p, e, end(serde_json::json!([]), serde_json::json!([]), &["child"])).unwrap();
         let second = store.steps(c).unwrap()[1].id;
         for n in 1..=3000 {
-            let step = if n % 2 == 0 { second } else { first };
+            let step = if ((n - 1) / 250) % 2 == 1 { second } else { first };
             store.append_log(step, "stdout", &format!("line {n} {}", if n == 2999 { "NEEDLE" } else { "hay" }));
             if n % 250 == 0 {
                 store.mark_queued(&[]).unwrap();
@@ -176,17 +177,19 @@ mod tests {
     #[test]
     fn a_step_filter_and_a_search_find_only_their_lines() {
         let (_dir, store, c, first, second) = two_step_log();
-        let evens = store.log_lines_page(c, &LogQuery { steps: Some(vec![second]), ..LogQuery::default() }, 5).unwrap();
-        assert_eq!(ids(&evens), [2, 4, 6, 8, 10]);
-        assert!(evens.iter().all(|l| l.step_id == second));
+        let second_only = store.log_lines_page(c, &LogQuery { steps: Some(vec![second]), ..LogQuery::default() }, 5).unwrap();
+        assert_eq!(ids(&second_only), [251, 252, 253, 254, 255]);
+        assert!(second_only.iter().all(|l| l.step_id == second));
         let both = store.log_lines_page(c, &LogQuery { steps: Some(vec![first, second]), ..LogQuery::default() }, 3).unwrap();
         assert_eq!(ids(&both), [1, 2, 3]);
-        let search = |text: &str, steps: Option<Vec<i64>>| ids(&store.log_lines_page(c, &LogQuery { contains: Some(text.into()), steps, ..LogQuery::default() }, 100).unwrap());
+        let search = |text: &str, steps: Option<Vec<i64>>| ids(&store.log_lines_page(c, &LogQuery { contains: Some(text.into()), steps, ..LogQuery::default() }, 1000).unwrap());
         assert_eq!(search("needle", None), [2999], "ASCII case does not matter");
-        assert_eq!(search("NEEDLE", Some(vec![second])), Vec::<i64>::new(), "line 2999 is the first step's");
+        assert_eq!(search("NEEDLE", Some(vec![first])), Vec::<i64>::new(), "line 2999 is the second step's");
+        assert_eq!(search("NEEDLE", Some(vec![second])), [2999]);
         assert_eq!(search("stdout", None), Vec::<i64>::new(), "the stream is not part of the message");
-        assert_eq!(search("line 10", None), [10, 100, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009]);
-        let previous = store.log_lines_page(c, &LogQuery { contains: Some("line 10".into()), before: Some(1003), descending: true, ..LogQuery::default() }, 2).unwrap();
-        assert_eq!(ids(&previous), [1002, 1001]);
+        let expected: Vec<i64> = [29].into_iter().chain(290..300).chain(2900..3000).collect();
+        assert_eq!(search("line 29", None), expected);
+        let previous = store.log_lines_page(c, &LogQuery { contains: Some("line 29".into()), before: Some(2905), descending: true, ..LogQuery::default() }, 2).unwrap();
+        assert_eq!(ids(&previous), [2904, 2903]);
     }
 }
