@@ -211,18 +211,24 @@ class PageTest(unittest.TestCase):
         self.driver.find_element(By.ID, "search-prev").click()
         wait_for("back to the first", lambda: self.driver.find_element(By.ID, "search-count").text.startswith("1 of "))
         # A link to a line.
-        self.visit(f"/changes/{self.many}/logs#L2345")
-        target = wait_for("the linked line", lambda: self.driver.find_elements(By.CSS_SELECTOR, "#L2345.target"))[0]
+        found = self.server.api("GET", f"/api/changes/{self.many}/log_lines?filter%5Bmessage_cont%5D=row%202345%20of")["data"]
+        self.assertEqual(len(found), 1)
+        line = found[0]["id"]
+        self.visit(f"/changes/{self.many}/logs#L{line}")
+        target = wait_for("the linked line", lambda: self.driver.find_elements(By.CSS_SELECTOR, f"#L{line}.target"))[0]
         self.assertIn("row 2345 of", target.text)
         self.assertTrue(self.in_view(target), "the linked line is scrolled into view")
         # Scrolling up loads earlier lines.
         self.driver.execute_script("document.getElementById('log').scrollTop = 0")
-        wait_for("earlier lines", lambda: self.driver.find_elements(By.ID, "L1900"), timeout=10)
+        wait_for("earlier lines", lambda: self.driver.find_elements(By.ID, f"L{int(line) - 400}"), timeout=10)
         # The raw text, whole.
         status, text = self.raw(f"/changes/{self.many}/logs.txt")
         self.assertEqual(status, 200)
-        self.assertEqual(text.splitlines()[-1], "row 5000 of the long log")
-        self.assertEqual(len(text.splitlines()), 5000)
+        rows = [line for line in text.splitlines() if line.endswith(" of the long log")]
+        self.assertEqual(len(rows), 5000)
+        self.assertTrue(rows[-1].endswith("| row 5000 of the long log"), rows[-1])
+        total = self.server.api("GET", f"/api/changes/{self.many}/log_lines?page%5Bsize%5D=1")["meta"]["last_id"]
+        self.assertEqual(len(text.splitlines()), total, "every line of the log, once")
 
     def raw(self, path):
         cookie = self.driver.get_cookie("opschain_session")["value"]

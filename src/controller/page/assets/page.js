@@ -346,7 +346,14 @@
 
     const stepParam = () => (steps ? `&filter%5Bstep_id_in%5D=${[...steps].join(',')}` : '');
     const page = (params, size = PAGE) => api(`${base}?page%5Bsize%5D=${size}${stepParam()}${params}`);
-    const lineOf = (resource) => ({ id: Number(resource.id), ...resource.attributes });
+    // The agent stamps each line of a step's output with its time, action and stream
+    // (`2026-12-08T00:12:33.123456Z deploy stdout| text`): shown in their own columns.
+    const STAMP = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) \S+ (?:stdout|stderr)\| /;
+    const normalize = (line) => {
+      const m = STAMP.exec(line.message);
+      return m ? { ...line, time: m[1], message: line.message.slice(m[0].length) } : { ...line, time: line.created_at };
+    };
+    const lineOf = (resource) => normalize({ id: Number(resource.id), ...resource.attributes });
     const firstId = () => Number(box.firstElementChild?.dataset.id ?? 0);
     const lastId = () => Number(box.lastElementChild?.dataset.id ?? 0);
 
@@ -371,7 +378,8 @@
       no.textContent = line.id;
       const ts = document.createElement('span');
       ts.className = 'ts';
-      ts.textContent = (line.created_at || '').slice(11, 23);
+      ts.textContent = (line.time || '').slice(11, 23);
+      ts.title = line.time || '';
       div.append(no, ts);
       if (showTag) {
         const tag = document.createElement('span');
@@ -542,7 +550,7 @@
     function followLive(after) {
       if (ended) return;
       live = new EventSource(`${base}/stream?filter%5Bid_gt%5D=${after}`);
-      live.onmessage = (event) => accept({ id: Number(event.lastEventId), ...JSON.parse(event.data) });
+      live.onmessage = (event) => accept(normalize({ id: Number(event.lastEventId), ...JSON.parse(event.data) }));
       live.addEventListener('end', async () => {
         live.close();
         ended = true;
