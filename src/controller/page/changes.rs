@@ -132,13 +132,8 @@ pub async fn list(State(state): State<AppState>, user: PageUser, Query(query): Q
         s => Some(ChangeStatus::parse(s)).filter(|parsed| parsed.as_str() == s),
     };
     let nonempty = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
-    let filter = ChangeFilter {
-        status,
-        project_code: nonempty(&query.project),
-        environment_code: nonempty(&query.environment),
-        cursor: query.before,
-        text: nonempty(&query.q),
-    };
+    let filter =
+        ChangeFilter { status, project_code: nonempty(&query.project), environment_code: nonempty(&query.environment), cursor: query.before, text: nonempty(&query.q) };
     let (rows, projects) = state
         .db(move |s| {
             let page = s.change_page(&filter, ChangeSort::Newest, PAGE_SIZE, 0)?;
@@ -157,8 +152,10 @@ pub async fn list(State(state): State<AppState>, user: PageUser, Query(query): Q
         format!("/?{}", pairs.join("&"))
     });
     let live = if query.before.is_none() {
-        let api_names = [("project", "filter[project_code_eq]"), ("environment", "filter[environment_code_eq]"), ("status", "filter[status_eq]"), ("q", "filter[text_cont]")];
-        let mut pairs: Vec<String> = filters.iter().map(|(k, v)| format!("{}={}", encode(api_names.iter().find(|(n, _)| n == k).map(|(_, a)| *a).unwrap_or(k)), encode(v))).collect();
+        let api_names =
+            [("project", "filter[project_code_eq]"), ("environment", "filter[environment_code_eq]"), ("status", "filter[status_eq]"), ("q", "filter[text_cont]")];
+        let mut pairs: Vec<String> =
+            filters.iter().map(|(k, v)| format!("{}={}", encode(api_names.iter().find(|(n, _)| n == k).map(|(_, a)| *a).unwrap_or(k)), encode(v))).collect();
         pairs.push(format!("page%5Bsize%5D={PAGE_SIZE}"));
         format!("/api/changes?{}", pairs.join("&"))
     } else {
@@ -206,7 +203,7 @@ pub enum TreeItem {
 }
 
 /// Flattens the tree under `parent` (`None`: the roots) into `out`.
-fn flatten(steps: &[StepRow], children: &HashMap<Option<i64>, Vec<&StepRow>>, parent: Option<i64>, out: &mut Vec<TreeItem>) {
+fn flatten(children: &HashMap<Option<i64>, Vec<&StepRow>>, parent: Option<i64>, out: &mut Vec<TreeItem>) {
     for step in children.get(&parent).map(Vec::as_slice).unwrap_or_default() {
         let kids = children.get(&Some(step.id)).map(Vec::len).unwrap_or(0);
         out.push(TreeItem::Open(StepView {
@@ -223,7 +220,7 @@ fn flatten(steps: &[StepRow], children: &HashMap<Option<i64>, Vec<&StepRow>>, pa
         if kids > 0 {
             let parallel = step.child_strategy.as_deref() == Some("parallel");
             out.push(TreeItem::Children(parallel));
-            flatten(steps, children, Some(step.id), out);
+            flatten(children, Some(step.id), out);
             out.push(TreeItem::EndChildren(parallel));
         }
         out.push(TreeItem::Close);
@@ -240,7 +237,7 @@ pub fn tree(steps: &[StepRow]) -> Vec<TreeItem> {
         siblings.sort_by_key(|s| (s.position, s.id));
     }
     let mut out = Vec::with_capacity(steps.len() * 2);
-    flatten(steps, &children, None, &mut out);
+    flatten(&children, None, &mut out);
     out
 }
 

@@ -73,7 +73,12 @@ pub async fn project(State(state): State<AppState>, user: PageUser, Path(code): 
 }
 
 /// `GET /projects/{code}/environments/{env}/properties`.
-pub async fn environment(State(state): State<AppState>, user: PageUser, Path((code, env)): Path<(String, String)>, Query(query): Query<DiffQuery>) -> Result<Response, PageError> {
+pub async fn environment(
+    State(state): State<AppState>,
+    user: PageUser,
+    Path((code, env)): Path<(String, String)>,
+    Query(query): Query<DiffQuery>,
+) -> Result<Response, PageError> {
     page(state, user, code, Some(env), query).await
 }
 

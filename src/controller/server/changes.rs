@@ -131,8 +131,10 @@ pub async fn create(State(state): State<AppState>, Operator(user): Operator, bod
 /// first); `page[size]` (default 10, at most 1,000) with `page[number]` (from 1) or the cursor
 /// `page[after]` (the last id of the page before; `links.next` carries it).
 pub async fn list(State(state): State<AppState>, _user: CurrentUser, Query(params): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
-    let params =
-        Params::new(params, &["filter[status_eq]", "filter[project_code_eq]", "filter[environment_code_eq]", "filter[text_cont]", "sort", "page[size]", "page[number]", "page[after]"])?;
+    let params = Params::new(
+        params,
+        &["filter[status_eq]", "filter[project_code_eq]", "filter[environment_code_eq]", "filter[text_cont]", "sort", "page[size]", "page[number]", "page[after]"],
+    )?;
     let status = match params.get("filter[status_eq]") {
         Some(s) => {
             let status = ChangeStatus::parse(s);

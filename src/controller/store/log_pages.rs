@@ -44,10 +44,12 @@ impl Store {
     /// when `query.descending`).
     pub fn log_lines_page(&self, change_id: i64, query: &LogQuery, limit: usize) -> Result<Vec<NumberedLine>, StoreError> {
         let matcher = match query.contains.as_deref().filter(|t| !t.is_empty()) {
-            Some(text) => Some(AhoCorasickBuilder::new().ascii_case_insensitive(true).build([text]).map_err(|e| StoreError::Query {
-                op: "search log lines",
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-            })?),
+            Some(text) => Some(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .build([text])
+                    .map_err(|e| StoreError::Query { op: "search log lines", source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)) })?,
+            ),
             None => None,
         };
         let before = query.before.unwrap_or(i64::MAX);
@@ -86,7 +88,15 @@ impl Store {
 
 /// Adds the lines of `chunk` whose id is between `after` and `before` (and that `matcher`
 /// finds, if given) to `out`, in the page's order, until it holds `limit`.
-fn read_chunk(chunk: &Chunk<'_>, after: i64, before: i64, descending: bool, matcher: Option<&AhoCorasick>, limit: usize, out: &mut Vec<NumberedLine>) -> Result<(), StoreError> {
+fn read_chunk(
+    chunk: &Chunk<'_>,
+    after: i64,
+    before: i64,
+    descending: bool,
+    matcher: Option<&AhoCorasick>,
+    limit: usize,
+    out: &mut Vec<NumberedLine>,
+) -> Result<(), StoreError> {
     let inflated;
     let bytes = if chunk.deflated {
         inflated = super::logs::inflate(chunk.data).map_err(|source| StoreError::LogChunk { chunk: chunk.chunk, source })?;
@@ -182,7 +192,8 @@ mod tests {
         assert!(second_only.iter().all(|l| l.step_id == second));
         let both = store.log_lines_page(c, &LogQuery { steps: Some(vec![first, second]), ..LogQuery::default() }, 3).unwrap();
         assert_eq!(ids(&both), [1, 2, 3]);
-        let search = |text: &str, steps: Option<Vec<i64>>| ids(&store.log_lines_page(c, &LogQuery { contains: Some(text.into()), steps, ..LogQuery::default() }, 1000).unwrap());
+        let search =
+            |text: &str, steps: Option<Vec<i64>>| ids(&store.log_lines_page(c, &LogQuery { contains: Some(text.into()), steps, ..LogQuery::default() }, 1000).unwrap());
         assert_eq!(search("needle", None), [2999], "ASCII case does not matter");
         assert_eq!(search("NEEDLE", Some(vec![first])), Vec::<i64>::new(), "line 2999 is the second step's");
         assert_eq!(search("NEEDLE", Some(vec![second])), [2999]);

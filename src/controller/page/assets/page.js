@@ -349,8 +349,10 @@
     // The agent stamps each line of a step's output with its time, action and stream
     // (`2026-12-08T00:12:33.123456Z deploy stdout| text`): shown in their own columns.
     const STAMP = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) \S+ (?:stdout|stderr)\| /;
+    // The agent's own records (`2026-12-08T00:12:33.123456Z  INFO phase started ...`) too.
+    const RECORD = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) {2}(?=(?:TRACE|DEBUG|INFO|WARN|ERROR) )/;
     const normalize = (line) => {
-      const m = STAMP.exec(line.message);
+      const m = STAMP.exec(line.message) || RECORD.exec(line.message);
       return m ? { ...line, time: m[1], message: line.message.slice(m[0].length) } : { ...line, time: line.created_at };
     };
     const lineOf = (resource) => normalize({ id: Number(resource.id), ...resource.attributes });
