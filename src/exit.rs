@@ -23,6 +23,8 @@ pub enum Sysexit {
     CantCreat = 73,
     /// 74: an I/O error.
     IoErr = 74,
+    /// 77: permission denied (the server refused the user).
+    NoPerm = 77,
 }
 
 /// The exit status of a failure, as a process reports it to its parent (0-255). Every error type

@@ -18,6 +18,7 @@
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
 //! * [`registry`]: step images pushed to and pulled from a registry (`--registry`).
+//! * [`remote`]: the CLI as a client of the server (`--api-url`, `apiBaseUrl`).
 //! * [`server`]: `opschain server`, the controller as a shared service behind OpsChain's JSON:API.
 //! * [`page`]: the server's HTML page: changes, step trees, live logs and properties in a browser.
 
@@ -29,6 +30,7 @@ pub mod patch;
 pub mod rc;
 pub mod private;
 pub mod registry;
+pub mod remote;
 pub mod repo;
 pub mod scheduler;
 pub mod server;

@@ -30,6 +30,7 @@ mod registry;
 mod requirements;
 mod schemas;
 mod seed_sample;
+mod server;
 mod static_agent;
 mod step;
 mod transport_docker;

@@ -106,7 +106,6 @@ struct ListPage {
     projects: Vec<String>,
     statuses: &'static [&'static str],
     changes: Vec<ChangeView>,
-    total: i64,
     older: Option<String>,
     /// The API query the script polls (the same filters), when this is the first page.
     live: String,
@@ -140,7 +139,6 @@ pub async fn list(State(state): State<AppState>, user: PageUser, Query(query): Q
             Ok((page, s.named_projects()?))
         })
         .await?;
-    let (rows, total) = rows;
     let filters: Vec<(&str, &str)> =
         [("project", query.project.as_str()), ("environment", query.environment.as_str()), ("status", query.status.as_str()), ("q", query.q.as_str())]
             .into_iter()
@@ -167,7 +165,6 @@ pub async fn list(State(state): State<AppState>, user: PageUser, Query(query): Q
         projects: projects.into_iter().map(|p| p.code).collect(),
         statuses: &STATUSES,
         changes: rows.iter().map(ChangeView::new).collect(),
-        total,
         older,
         live,
     };

@@ -78,7 +78,6 @@ fn step_resource(change_id: i64, s: &StepRow) -> Value {
     );
     let parent = s.parent_id.map(|p| json!({"type": "steps", "id": p.to_string()}));
     r["relationships"] = json!({"parent": {"data": parent}, "change": {"data": {"type": "changes", "id": change_id.to_string()}}});
-    r["links"] = json!({"log_lines": format!("/api/changes/{change_id}/log_lines?filter[step_id_eq]={}", s.id)});
     r
 }
 
@@ -165,8 +164,8 @@ pub async fn list(State(state): State<AppState>, _user: CurrentUser, Query(param
     };
     let offset = if cursor.is_some() { 0 } else { (number as usize - 1) * size };
     let query_filter = filter.clone();
-    let (rows, total) = state.db(move |s| s.change_page(&query_filter, sort, size, offset)).await?;
-    let mut document = json!({"data": rows.iter().map(change_resource).collect::<Vec<_>>(), "meta": {"total": total}});
+    let rows = state.db(move |s| s.change_page(&query_filter, sort, size, offset)).await?;
+    let mut document = json!({"data": rows.iter().map(change_resource).collect::<Vec<_>>()});
     if rows.len() == size {
         let last = rows.last().map(|c| c.id).unwrap_or_default();
         document["links"] = json!({"next": params.link("/api/changes", &[("page[after]", last.to_string())], &["page[number]", "page[after]"])});

@@ -22,8 +22,26 @@ pub const FEED_CAPACITY: usize = 256;
 /// How many lines one read of the store takes at most (1,000).
 pub const READ_LINES: usize = 1000;
 
+/// A line as a follower sends it: its id, and its event's data, serialised once for every
+/// follower.
+#[derive(Debug, Clone)]
+pub struct FeedLine {
+    /// The line's id.
+    pub id: i64,
+    /// `{"message", "step_id", "stream", "created_at"}`.
+    pub data: Arc<str>,
+}
+
+impl FeedLine {
+    /// The feed's form of `line`.
+    pub fn of(line: &NumberedLine) -> FeedLine {
+        let data = serde_json::json!({"message": line.message, "step_id": line.step_id, "stream": line.stream, "created_at": line.created_at});
+        FeedLine { id: line.id, data: data.to_string().into() }
+    }
+}
+
 /// A batch of lines, shared by every follower; an empty one says the change ended.
-pub type Batch = Arc<[NumberedLine]>;
+pub type Batch = Arc<[FeedLine]>;
 
 /// One change's feed.
 pub struct Feed {
@@ -85,7 +103,7 @@ async fn pump_lines(store: Arc<Store>, change_id: i64, sender: &broadcast::Sende
         commits.borrow_and_update();
         let reader = Arc::clone(&store);
         let read = tokio::task::spawn_blocking(move || -> Result<_, crate::controller::store::StoreError> {
-            let ended = reader.change(change_id)?.status.is_final();
+            let ended = reader.change_summary(change_id)?.status.is_final();
             Ok((reader.log_lines_after(change_id, after, READ_LINES)?, ended))
         })
         .await;
@@ -93,7 +111,7 @@ async fn pump_lines(store: Arc<Store>, change_id: i64, sender: &broadcast::Sende
         if let Some(last) = lines.last() {
             after = last.id;
             let full = lines.len() == READ_LINES;
-            let _ = sender.send(lines.into());
+            let _ = sender.send(lines.iter().map(FeedLine::of).collect());
             if full {
                 continue;
             }

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 use super::auth::CurrentUser;
 use super::jsonapi::{self, resource, ApiError};
-use super::log_feed::{Batch, Feed, READ_LINES};
+use super::log_feed::{Batch, Feed, FeedLine, READ_LINES};
 use super::paging::{page_size, Params};
 use super::state::AppState;
 use crate::controller::store::{LogQuery, NumberedLine};
@@ -89,7 +89,7 @@ struct Follower {
     _feed: Arc<Feed>,
     feed: broadcast::Receiver<Batch>,
     /// Lines to send.
-    pending: VecDeque<NumberedLine>,
+    pending: VecDeque<FeedLine>,
     /// Whether the store has been read up to the feed (the broadcast then brings the rest).
     caught_up: bool,
     /// Set once the end event was sent.
@@ -102,8 +102,7 @@ impl Follower {
         loop {
             if let Some(line) = self.pending.pop_front() {
                 self.after = line.id;
-                let data = json!({"message": line.message, "step_id": line.step_id, "stream": line.stream, "created_at": line.created_at});
-                return Some(Event::default().id(line.id.to_string()).data(data.to_string()));
+                return Some(Event::default().id(line.id.to_string()).data(&*line.data));
             }
             if self.ended {
                 return None;
@@ -113,7 +112,7 @@ impl Follower {
                 let read = self
                     .state
                     .db(move |s| {
-                        let status = s.change(change_id)?.status;
+                        let status = s.change_summary(change_id)?.status;
                         Ok((s.log_lines_after(change_id, after, READ_LINES)?, status))
                     })
                     .await;
@@ -125,7 +124,7 @@ impl Follower {
                     }
                     self.caught_up = true;
                 }
-                self.pending.extend(lines);
+                self.pending.extend(lines.iter().map(FeedLine::of));
                 continue;
             }
             // Behind the broadcast, at the change's end, or a second without news (a feed that

@@ -4,7 +4,7 @@
 //!
 //! One file per concept:
 //! * [`state`]: [`AppState`] (what handlers share) and [`ServerSettings`] (with defaults);
-//! * [`router`]: the routes ([`router::api`]) and the layers ([`router::finish`]), composed by
+//! * [`mod@router`]: the routes ([`router::api`]) and the layers ([`router::finish`]), composed by
 //!   [`router::router`];
 //! * [`auth`]: HTTP Basic and session cookies, the [`auth::CurrentUser`] and [`auth::Operator`]
 //!   extractors, [`auth::login`];
@@ -12,7 +12,8 @@
 //! * [`accounts`]: what `opschain user` does;
 //! * [`jsonapi`]: documents, errors, reading a request's document;
 //! * [`paging`]: query parameters and pages;
-//! * [`projects`], [`properties`], [`changes`], [`logs`], [`events`]: the endpoints;
+//! * [`projects`], [`properties`], [`changes`], [`logs`], [`events`], [`secrets`]: the
+//!   endpoints;
 //! * [`clones`]: the server's clones of git remotes;
 //! * [`log_feed`]: live log lines fanned out to followers;
 //! * [`workers`]: the change workers, restart recovery and graceful stop;
@@ -32,6 +33,7 @@ pub mod passwords;
 pub mod projects;
 pub mod properties;
 pub mod router;
+pub mod secrets;
 pub mod state;
 pub mod workers;
 
@@ -105,7 +107,6 @@ async fn serve(settings: ServerSettings, controller: ControllerConfig) -> Result
     let state_dir = controller.state_dir.clone();
     let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(&state_dir)).await.map_err(|e| ServerError::Runtime(std::io::Error::other(e)))??);
     let controller = Arc::new(controller);
-    let workers = workers::Workers::start(Arc::clone(&store), Arc::clone(&controller), settings.max_running_changes)?;
     let passwords = passwords::Passwords::new(settings.failed_login_delay)?;
     let listener = tokio::net::TcpListener::bind(settings.listen).await.map_err(|source| ServerError::Listen { addr: settings.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: settings.listen, source })?;
@@ -114,6 +115,9 @@ async fn serve(settings: ServerSettings, controller: ControllerConfig) -> Result
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("opschain server: listening on {scheme}://{addr} (state {})", controller.state_dir.display());
+    // Started once the address is ours: a second server on the same address fails above
+    // without touching the changes of the first.
+    let workers = workers::Workers::start(Arc::clone(&store), Arc::clone(&controller), settings.max_running_changes)?;
     let settings = Arc::new(settings);
     let state = AppState {
         store,

@@ -69,6 +69,9 @@ pub struct Passwords {
     key: [u8; 32],
     /// Per user name, the digest of the password last verified (with its hash and role).
     verified: Mutex<HashMap<String, Digest>>,
+    /// Per user name, a lock held while a password of theirs is hashed: requests that arrive
+    /// together with the same credentials (a client's first burst) cost one hash, not one each.
+    checking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per user name, the failures in a row.
     failures: Mutex<HashMap<String, u32>>,
     /// Bounds the hashes running at once.
@@ -87,7 +90,15 @@ impl Passwords {
         let mut decoy = [0; 16];
         OsRng.fill_bytes(&mut decoy);
         let decoy = hash_password(&String::from_utf8_lossy(&decoy))?;
-        Ok(Passwords { key, verified: Mutex::default(), failures: Mutex::default(), hashing: tokio::sync::Semaphore::new(CONCURRENT_HASHES), decoy, failure_delay })
+        Ok(Passwords {
+            key,
+            verified: Mutex::default(),
+            checking: Mutex::default(),
+            failures: Mutex::default(),
+            hashing: tokio::sync::Semaphore::new(CONCURRENT_HASHES),
+            decoy,
+            failure_delay,
+        })
     }
 
     /// The delay after a first failure (doubling with each failure in a row, up to 8 times it).
@@ -106,18 +117,34 @@ impl Passwords {
         mac.finalize().into_bytes().into()
     }
 
+    /// `user`, when `password` was verified as theirs before.
+    fn remembered(&self, user: Option<&UserRow>, password: &str) -> Option<UserRow> {
+        let user = user?;
+        let digest = self.digest(user, password);
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified.get(&user.name).is_some_and(|d| bool::from(d.ct_eq(&digest))).then(|| user.clone())
+    }
+
     /// Whether `password` is user `name`'s: [`Checked::Refused`] (after the failure delay) when
     /// the user does not exist or the password is wrong.
     pub async fn check(&self, store: &Arc<Store>, name: &str, password: &str) -> Result<Checked, PasswordError> {
         let lookup = Arc::clone(store);
         let owned = name.to_string();
         let user = tokio::task::spawn_blocking(move || lookup.user(&owned)).await.map_err(|_| PasswordError::Task)??;
-        if let Some(user) = &user {
-            let digest = self.digest(user, password);
-            let remembered = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(name).is_some_and(|d| bool::from(d.ct_eq(&digest)));
-            if remembered {
-                return Ok(Checked::Remembered(user.clone()));
+        if let Some(user) = self.remembered(user.as_ref(), password) {
+            return Ok(Checked::Remembered(user));
+        }
+        let lock = {
+            let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+            if checking.len() > 10_000 {
+                checking.retain(|_, l| Arc::strong_count(l) > 1);
             }
+            Arc::clone(checking.entry(name.to_string()).or_default())
+        };
+        let _checking = lock.lock().await;
+        // Verified by the request this one waited for.
+        if let Some(user) = self.remembered(user.as_ref(), password) {
+            return Ok(Checked::Remembered(user));
         }
         let hash = user.as_ref().map_or_else(|| self.decoy.clone(), |u| u.password_hash.clone());
         let given = password.to_string();

@@ -8,12 +8,12 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use super::jsonapi::{ApiError, MEDIA_TYPE};
 use super::state::AppState;
-use super::{auth, changes, events, logs, projects, properties};
+use super::{auth, changes, events, logs, projects, properties, secrets};
 
 /// Every `/api` route.
 pub fn api() -> Router<AppState> {
@@ -35,6 +35,8 @@ pub fn api() -> Router<AppState> {
         .route("/api/changes/{id}/log_lines", get(logs::list))
         .route("/api/changes/{id}/log_lines/stream", get(logs::stream))
         .route("/api/events", get(events::list))
+        .route("/api/secret_sets", get(secrets::list))
+        .route("/api/secret_sets/{name}", put(secrets::put))
 }
 
 /// `routes` with the layers every route gets, and the state.

@@ -44,8 +44,13 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
-                 WHERE change_id = ?1 AND first_line + lines > ?2 ORDER BY first_line",
+                // The chunk that holds line `after` (its lines after it are taken), then the
+                // chunks after it: both ranges of the (change_id, first_line) index.
+                "SELECT * FROM (SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+                     WHERE change_id = ?1 AND first_line <= ?2 ORDER BY first_line DESC LIMIT 1)
+                 UNION ALL
+                 SELECT * FROM (SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+                     WHERE change_id = ?1 AND first_line > ?2 ORDER BY first_line)",
             )
             .map_err(q("read log lines"))?;
         let mut rows = stmt.query(params![change_id, after]).map_err(q("read log lines"))?;
@@ -78,7 +83,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::setup;
-    use super::*;
 
     #[test]
     fn line_ids_count_from_one_are_never_reused_and_pages_split_chunks() {
@@ -103,5 +107,33 @@ mod tests {
         store.mark_queued(&[]).unwrap();
         let after = store.log_lines_after(c, 10, 100).unwrap();
         assert_eq!((after[0].id, after[0].stream.as_str(), after[0].message.as_str()), (11, "stderr", "again"));
+    }
+
+    #[test]
+    fn the_lines_of_a_store_from_before_line_ids_are_numbered_in_their_order() {
+        let (dir, store, _p, _e, c) = setup();
+        let step = store.steps(c).unwrap()[0].id;
+        for n in 1..=5 {
+            store.append_log(step, "stdout", &format!("line {n}"));
+            store.mark_queued(&[]).unwrap();
+        }
+        drop(store);
+        // The store as it was before line ids.
+        let conn = rusqlite::Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP INDEX log_chunks_by_line; ALTER TABLE step_log_chunks DROP COLUMN first_line; ALTER TABLE step_log_chunks DROP COLUMN change_id;
+             ALTER TABLE changes DROP COLUMN log_lines;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = super::super::Store::open(dir.path()).unwrap();
+        let lines = store.log_lines_after(c, 0, 100).unwrap();
+        assert_eq!(
+            lines.iter().map(|l| (l.id, l.message.as_str())).collect::<Vec<_>>(),
+            (1..=5).map(|n| (n, format!("line {n}"))).collect::<Vec<_>>().iter().map(|(n, m)| (*n, m.as_str())).collect::<Vec<_>>()
+        );
+        store.append_log(step, "stdout", "six");
+        store.mark_queued(&[]).unwrap();
+        assert_eq!(store.log_lines_after(c, 5, 10).unwrap()[0].id, 6, "new lines follow on");
     }
 }

@@ -55,10 +55,15 @@ impl Store {
         let before = query.before.unwrap_or(i64::MAX);
         let sql = if query.descending {
             "SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
-             WHERE change_id = ?1 AND first_line + lines > ?2 AND first_line < ?3 ORDER BY first_line DESC"
+             WHERE change_id = ?1 AND first_line < ?3 AND first_line + lines > ?2 ORDER BY first_line DESC"
         } else {
-            "SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
-             WHERE change_id = ?1 AND first_line + lines > ?2 AND first_line < ?3 ORDER BY first_line"
+            // The chunk that holds line `after` (chunks never overlap), then the chunks after it:
+            // both ranges of the (change_id, first_line) index.
+            "SELECT * FROM (SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+                 WHERE change_id = ?1 AND first_line <= ?2 ORDER BY first_line DESC LIMIT 1)
+             UNION ALL
+             SELECT * FROM (SELECT id, step_id, first_line, at, data, deflated FROM step_log_chunks
+                 WHERE change_id = ?1 AND first_line > ?2 AND first_line < ?3 ORDER BY first_line)"
         };
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(sql).map_err(q("read log lines"))?;

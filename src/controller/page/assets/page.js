@@ -162,7 +162,7 @@
             }
             table.tBodies[0].replaceWith(body);
             const total = $('#total');
-            if (total && doc.meta) total.textContent = doc.meta.total;
+            if (total) total.textContent = doc.data.length;
             const empty = $('#empty');
             if (empty) empty.hidden = doc.data.length > 0;
             tick();
