@@ -29,14 +29,29 @@ pub struct LogQuery {
     pub contains: Option<String>,
 }
 
-/// The lines of one stored chunk, read for a page.
-struct Chunk<'a> {
+/// How many chunks a search reads from the store at once, to scan them on several threads
+/// (32).
+pub const SEARCH_BATCH: usize = 32;
+
+/// At most how many threads scan a search's chunks at once (4; fewer on fewer CPUs): inflating
+/// the chunks is nearly all of a search's cost, and each chunk inflates on its own.
+pub const SEARCH_THREADS: usize = 4;
+
+/// One stored chunk, read for a page.
+struct Chunk {
     chunk: i64,
     step_id: i64,
     first: i64,
-    at: &'a str,
-    data: &'a [u8],
+    at: String,
+    data: Vec<u8>,
     deflated: bool,
+}
+
+impl Chunk {
+    /// The chunk of a row of the page's query.
+    fn of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Chunk> {
+        Ok(Chunk { chunk: row.get(0)?, step_id: row.get(1)?, first: row.get(2)?, at: row.get(3)?, data: row.get(4)?, deflated: row.get(5)? })
+    }
 }
 
 impl Store {
@@ -69,32 +84,76 @@ impl Store {
         let mut stmt = conn.prepare_cached(sql).map_err(q("read log lines"))?;
         let mut rows = stmt.query(params![change_id, query.after, before]).map_err(q("read log lines"))?;
         let mut out = Vec::with_capacity(limit.min(4096));
-        while out.len() < limit {
-            let Some(row) = rows.next().map_err(q("read log lines"))? else { break };
-            let step_id: i64 = row.get(1).map_err(q("read log lines"))?;
-            if query.steps.as_ref().is_some_and(|steps| !steps.contains(&step_id)) {
-                continue;
+        let wanted = |step_id: i64| query.steps.as_ref().is_none_or(|steps| steps.contains(&step_id));
+        let Some(matcher) = matcher else {
+            while out.len() < limit {
+                let Some(row) = rows.next().map_err(q("read log lines"))? else { break };
+                let chunk = Chunk::of(row).map_err(q("read log lines"))?;
+                if wanted(chunk.step_id) {
+                    read_chunk(&chunk, query.after, before, query.descending, None, limit, &mut out)?;
+                }
             }
-            let at = row.get_ref(3).and_then(|v| v.as_str().map_err(Into::into)).map_err(q("read log lines"))?;
-            let data = row.get_ref(4).and_then(|v| v.as_blob_or_null().map_err(Into::into)).map_err(q("read log lines"))?.unwrap_or_default();
-            let chunk = Chunk {
-                chunk: row.get(0).map_err(q("read log lines"))?,
-                step_id,
-                first: row.get(2).map_err(q("read log lines"))?,
-                at,
-                data,
-                deflated: row.get(5).map_err(q("read log lines"))?,
-            };
-            read_chunk(&chunk, query.after, before, query.descending, matcher.as_ref(), limit, &mut out)?;
+            return Ok(out);
+        };
+        let mut batch = Vec::with_capacity(SEARCH_BATCH);
+        while out.len() < limit {
+            batch.clear();
+            while batch.len() < SEARCH_BATCH {
+                let Some(row) = rows.next().map_err(q("read log lines"))? else { break };
+                let chunk = Chunk::of(row).map_err(q("read log lines"))?;
+                if wanted(chunk.step_id) {
+                    batch.push(chunk);
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for found in search_batch(&batch, query, before, &matcher, limit) {
+                let room = limit.saturating_sub(out.len());
+                out.extend(found?.into_iter().take(room));
+            }
         }
         Ok(out)
     }
 }
 
+/// The matches of `matcher` in each chunk of `batch` (at most `limit` each), in the batch's
+/// order, the chunks inflated and scanned on up to [`SEARCH_THREADS`] threads.
+fn search_batch(batch: &[Chunk], query: &LogQuery, before: i64, matcher: &AhoCorasick, limit: usize) -> Vec<Result<Vec<NumberedLine>, StoreError>> {
+    let scan = |chunk: &Chunk| {
+        let mut found = Vec::new();
+        read_chunk(chunk, query.after, before, query.descending, Some(matcher), limit, &mut found).map(|()| found)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(SEARCH_THREADS).min(batch.len());
+    if threads <= 1 {
+        return batch.iter().map(scan).collect();
+    }
+    let mut results: Vec<Option<Result<Vec<NumberedLine>, StoreError>>> = (0..batch.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let scan = &scan;
+                scope.spawn(move || batch.iter().enumerate().skip(t).step_by(threads).map(|(i, chunk)| (i, scan(chunk))).collect::<Vec<_>>())
+            })
+            .collect();
+        for worker in workers {
+            // A scan that panicked is a bug; its chunks are answered as unreadable.
+            for (i, found) in worker.join().unwrap_or_default() {
+                results[i] = Some(found);
+            }
+        }
+    });
+    results
+        .into_iter()
+        .zip(batch)
+        .map(|(found, chunk)| found.unwrap_or_else(|| Err(StoreError::LogChunk { chunk: chunk.chunk, source: std::io::Error::other("its search failed") })))
+        .collect()
+}
+
 /// Adds the lines of `chunk` whose id is between `after` and `before` (and that `matcher`
 /// finds, if given) to `out`, in the page's order, until it holds `limit`.
 fn read_chunk(
-    chunk: &Chunk<'_>,
+    chunk: &Chunk,
     after: i64,
     before: i64,
     descending: bool,
@@ -104,10 +163,10 @@ fn read_chunk(
 ) -> Result<(), StoreError> {
     let inflated;
     let bytes = if chunk.deflated {
-        inflated = super::logs::inflate(chunk.data).map_err(|source| StoreError::LogChunk { chunk: chunk.chunk, source })?;
+        inflated = super::logs::inflate(&chunk.data).map_err(|source| StoreError::LogChunk { chunk: chunk.chunk, source })?;
         &inflated[..]
     } else {
-        chunk.data
+        &chunk.data[..]
     };
     if matcher.is_some_and(|m| !m.is_match(bytes)) {
         return Ok(());
