@@ -29,7 +29,7 @@ command -v tini-static >/dev/null || { echo "benches/agent.sh: installing tini" 
 command -v dumb-init >/dev/null || { echo "benches/agent.sh: installing dumb-init" >&2; apt-get install -y -qq dumb-init >/dev/null; }
 tini=$(command -v tini-static)
 dumb_init=$(command -v dumb-init)
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner --example step_floor
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner --example step_floor
 bin=$PWD/target/x86_64-unknown-linux-musl/release/opschain-runner
 floor=$PWD/target/x86_64-unknown-linux-musl/release/examples/step_floor
 work=$(mktemp -d)

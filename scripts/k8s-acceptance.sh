@@ -42,8 +42,8 @@ done
 pass "cluster reachable, rights in namespace $namespace"
 
 echo "==> building the controller with the kubernetes feature and the static agent"
-cargo build -q --release --features kubernetes --bin opschain
-cargo build -q --release --target x86_64-unknown-linux-musl --no-default-features --bin opschain-runner
+cargo build -q --release -p opschain --features kubernetes --bin opschain
+cargo build -q --release --target x86_64-unknown-linux-musl -p opschain-runner --no-default-features --bin opschain-runner
 opschain=$PWD/target/release/opschain
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

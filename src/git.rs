@@ -1,7 +1,8 @@
 //! The one way the crate runs git: [`command`] names the program and the repository, [`run`]
 //! runs it and turns a failure into a [`GitError`] naming the arguments and git's stderr.
 //!
-//! Host-only (behind the `controller` feature): the in-container agent never runs git.
+//! Host-side only (the step image's build context, the controller): the in-container agent never
+//! runs git.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -8,7 +8,8 @@
 //!   declared env vars, runs the action under supervision and writes `step_result.json`.
 //! * `opschain-exec` — the same binary called by that name: runs a command with the step's env vars
 //!   (and the build secrets) loaded, for Dockerfile `RUN` lines.
-//! * `opschain` — the host-side companion controller (feature `controller`).
+//! * `opschain` — the host-side companion controller, a package of its own (`crates/opschain`)
+//!   over this library.
 //!
 //! Each module holds one concept of the domain; a reader should find any behaviour by file name.
 
@@ -36,8 +37,5 @@ pub mod plan;
 pub mod exec;
 pub mod step_image;
 pub mod transport;
-#[cfg(feature = "controller")]
-pub mod controller;
-#[cfg(feature = "controller")]
 pub mod git;
 pub mod allocator;

@@ -1,7 +1,6 @@
-//! Step images: the default step Dockerfile, the build context of a step image, and the Docker
-//! client that builds it. One pipeline for every builder: `opschain-runner build-context` and the
-//! controller's image backends call the same [`plan`] and [`write_planned`] (or [`write_context`],
-//! both at once).
+//! Step images: the default step Dockerfile and the build context of a step image. One pipeline for
+//! every builder: `opschain-runner build-context` and the controller's image backends call the same
+//! [`plan`] and [`write_planned`] (or [`write_context`], both at once).
 //!
 //! A step image is built `FROM ${OPSCHAIN_BASE_RUNNER}` out of a build context directory holding:
 //!
@@ -18,27 +17,18 @@
 //! ([`crate::exec::build_secret_sets`]), merged in order into one JSON object, so that one mount
 //! gives `opschain-exec` all of them whatever the project lists.
 //!
-//! Everything but the default Dockerfile and the names is host-only (git, tar, the docker CLI) and
-//! compiled with the `controller` feature alone: the static agent has none of it.
-//!
-//! `RUN --mount=type=secret` needs BuildKit. [`Docker::detect`] is the one place that picks a docker
-//! client able to drive it; it shells out to the docker CLI with `std::process` only.
+//! Everything but the default Dockerfile and the names runs on the host (git and tar, through
+//! `std::process`): the static agent's binary never calls it, so its link leaves it out. The
+//! docker client that builds the image is the controller's (`opschain::image::docker`).
 
-#[cfg(feature = "controller")]
 use std::ffi::OsString;
-#[cfg(feature = "controller")]
 use std::path::{Path, PathBuf};
-#[cfg(feature = "controller")]
 use std::process::{Command, ExitStatus, Output, Stdio};
 
-#[cfg(feature = "controller")]
 use serde_json::{Map, Value};
 
-#[cfg(feature = "controller")]
 use crate::context::{Level, StepContext};
-#[cfg(feature = "controller")]
 use crate::exec;
-#[cfg(feature = "controller")]
 use crate::json::{JsonError, PointerError, StrictObject};
 use crate::layout::DEFAULT_REPO_FOLDER;
 
@@ -155,7 +145,6 @@ RUN --mount=type=secret,id={id},target=/opt/opschain/{folder}/{file},uid=10001,g
 
 /// Why a build context could not be written or an image built. [`BuildError::exit_status`] maps
 /// each to an exit status.
-#[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The step context given for the build is unreadable or invalid.
@@ -268,12 +257,8 @@ pub enum BuildError {
         #[source]
         source: ToolFailure,
     },
-    /// The docker client failed.
-    #[error(transparent)]
-    Docker(#[from] DockerError),
 }
 
-#[cfg(feature = "controller")]
 impl BuildError {
     /// The exit status of this failure: 65 invalid input (the step context, a build secret list or
     /// set, the repo's Dockerfile), 74 an unreadable secret set, 66 a revision that names no
@@ -294,14 +279,13 @@ impl BuildError {
             BuildError::SecretSet { source } => return source.exit_status(),
             BuildError::Revision { .. } => Sysexit::NoInput,
             BuildError::OutDir { .. } | BuildError::Write { .. } => Sysexit::CantCreat,
-            BuildError::Spawn { .. } | BuildError::Tool { .. } | BuildError::Docker(_) => Sysexit::Software,
+            BuildError::Spawn { .. } | BuildError::Tool { .. } => Sysexit::Software,
         };
         sysexit.into()
     }
 }
 
 /// A command that ran and failed: its status and the end of its stderr.
-#[cfg(feature = "controller")]
 #[derive(Debug, thiserror::Error)]
 #[error("{status}: {stderr}")]
 pub struct ToolFailure {
@@ -311,9 +295,10 @@ pub struct ToolFailure {
     pub stderr: String,
 }
 
-#[cfg(feature = "controller")]
 impl ToolFailure {
-    fn of(output: &Output) -> ToolFailure {
+    /// The failure of a command that ended with `output`: its status and its stderr's last 2000
+    /// bytes, cut at a character boundary.
+    pub fn of(output: &Output) -> ToolFailure {
         let text = String::from_utf8_lossy(&output.stderr);
         let text = text.trim();
         let start = text.len().saturating_sub(2000);
@@ -324,7 +309,6 @@ impl ToolFailure {
 
 /// One build secret set: its name and its `{"NAME": "value"}` pairs, in the set's order. Its
 /// `Debug` shows the names only, never a value.
-#[cfg(feature = "controller")]
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretSet {
     /// The set's name (`opschain-build-env`, or a name `opschain.config.build_secrets` lists).
@@ -333,14 +317,12 @@ pub struct SecretSet {
     pub values: Vec<(String, String)>,
 }
 
-#[cfg(feature = "controller")]
 impl std::fmt::Debug for SecretSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretSet").field("name", &self.name).field("names", &self.values.iter().map(|(n, _)| n).collect::<Vec<_>>()).finish()
     }
 }
 
-#[cfg(feature = "controller")]
 impl SecretSet {
     /// A set from a JSON object of strings (the controller's stored form), every name checked to
     /// be POSIX-portable and every value a string without NUL; errors name the set and the
@@ -363,7 +345,6 @@ impl SecretSet {
 }
 
 /// Where a build's secret sets come from.
-#[cfg(feature = "controller")]
 #[derive(Debug, Clone, Default)]
 pub enum SecretSource {
     /// None: the bundle is empty. The default.
@@ -378,7 +359,6 @@ pub enum SecretSource {
 
 /// What to build a step image of.
 #[derive(Debug, Clone)]
-#[cfg(feature = "controller")]
 pub struct BuildContextSpec {
     /// The project's Git repository on this host (a work tree or a bare repo).
     pub repo: PathBuf,
@@ -414,7 +394,6 @@ pub struct BuildContextSpec {
     pub repo_tar_cache: Option<PathBuf>,
 }
 
-#[cfg(feature = "controller")]
 impl BuildContextSpec {
     /// A spec with the defaults for `repo`, written to `out`.
     pub fn new(repo: impl Into<PathBuf>, out: impl Into<PathBuf>) -> BuildContextSpec {
@@ -447,7 +426,6 @@ impl BuildContextSpec {
 }
 
 /// A build secret to pass to the build: `--secret id=<id>,src=<src>`.
-#[cfg(feature = "controller")]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BuildSecret {
     /// The secret id a `RUN --mount=type=secret,id=<id>` names.
@@ -457,7 +435,6 @@ pub struct BuildSecret {
 }
 
 /// The Dockerfile of a build: the repo's own or the default one.
-#[cfg(feature = "controller")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DockerfileSource {
     /// The repo has no `<folder>/Dockerfile` at the commit: [`default_dockerfile`].
@@ -471,7 +448,6 @@ pub enum DockerfileSource {
 
 /// What a step image is built from, known without writing anything: the commit, the Dockerfile,
 /// the env context and its digest, and the key that names the image ([`plan`]).
-#[cfg(feature = "controller")]
 #[derive(Debug, Clone)]
 pub struct ImagePlan {
     /// The commit (`GIT_SHA`).
@@ -492,7 +468,6 @@ pub struct ImagePlan {
     pub key: String,
 }
 
-#[cfg(feature = "controller")]
 impl ImagePlan {
     /// The step image's tag: `opschain-step:<key>`.
     pub fn tag(&self) -> String {
@@ -501,7 +476,6 @@ impl ImagePlan {
 }
 
 /// A written build context: what to hand to the builder.
-#[cfg(feature = "controller")]
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuildContext {
     /// The build context directory.
@@ -525,7 +499,6 @@ pub struct BuildContext {
     pub secret_sets: Vec<String>,
 }
 
-#[cfg(feature = "controller")]
 impl BuildContext {
     /// The arguments of `docker build` for this context, tagging the image `tag`: `--progress=plain`
     /// (a log a person can read), `--file`, `--build-arg` each, `--secret` each, `--tag`, and the
@@ -553,7 +526,6 @@ impl BuildContext {
 /// object: see `properties::declarations`). Nothing else: step, change and user values, other
 /// properties and runner secrets would change it on every step (and the `RUN` lines' cache with
 /// it) or leak into the build.
-#[cfg(feature = "controller")]
 pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
     let mut out = Map::new();
     if let Some(values) = context.get("context").and_then(Value::as_object) {
@@ -577,7 +549,6 @@ pub fn env_context(context: &Map<String, Value>) -> Map<String, Value> {
 /// The names of the build secret sets that apply to a step context, in order
 /// ([`crate::exec::build_secret_sets`]: the project's `opschain.config.build_secrets`, then the
 /// environment's, else `opschain-build-env`). A bad list is an error at its pointer.
-#[cfg(feature = "controller")]
 pub fn applicable_secret_sets(context: &Map<String, Value>) -> Result<Vec<String>, BuildError> {
     let level =
         |name: &str| Level { properties: StrictObject(context.get(name).and_then(|l| l.get("properties")).and_then(Value::as_object).cloned().unwrap_or_default()) };
@@ -586,7 +557,6 @@ pub fn applicable_secret_sets(context: &Map<String, Value>) -> Result<Vec<String
 }
 
 /// The build secret bundle of `sets`: one JSON object, each set's secrets over the ones before it.
-#[cfg(feature = "controller")]
 pub fn secret_bundle(sets: &[SecretSet]) -> Vec<u8> {
     let mut merged = Map::new();
     for set in sets {
@@ -599,7 +569,6 @@ pub fn secret_bundle(sets: &[SecretSet]) -> Vec<u8> {
     bytes
 }
 
-#[cfg(feature = "controller")]
 fn run_tool(command: &mut Command) -> Result<Output, BuildError> {
     let program = command.get_program().to_string_lossy().into_owned();
     let output = command.output().map_err(|source| BuildError::Spawn { program, source })?;
@@ -612,7 +581,6 @@ fn run_tool(command: &mut Command) -> Result<Output, BuildError> {
 }
 
 /// The git object id `git hash-object --stdin` gives `bytes` (a blob's id).
-#[cfg(feature = "controller")]
 fn hash_object(bytes: &[u8]) -> Result<String, BuildError> {
     use std::io::Write;
     let spawn = |source| BuildError::Spawn { program: crate::git::PROGRAM.into(), source };
@@ -627,7 +595,6 @@ fn hash_object(bytes: &[u8]) -> Result<String, BuildError> {
 }
 
 /// Resolves `rev` to the full SHA of a commit of `repo` (`git rev-parse --verify REV^{commit}`).
-#[cfg(feature = "controller")]
 pub fn resolve_revision(repo: &Path, rev: &str) -> Result<String, BuildError> {
     let output = crate::git::command(Some(repo))
         .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
@@ -646,7 +613,6 @@ pub fn resolve_revision(repo: &Path, rev: &str) -> Result<String, BuildError> {
 
 /// The env context file of `context` in `form`: pretty JSON, or a zip holding it as
 /// `step_context.json` (stored with a fixed time, so the same JSON gives the same bytes).
-#[cfg(feature = "controller")]
 fn env_context_bytes(json: &[u8], form: EnvContextForm) -> Result<Vec<u8>, BuildError> {
     match form {
         EnvContextForm::Json => Ok(json.to_vec()),
@@ -670,7 +636,6 @@ fn env_context_bytes(json: &[u8], form: EnvContextForm) -> Result<Vec<u8>, Build
 /// (`git ls-tree`: a regular file is used, a symlink or a submodule refused, none means the
 /// default), makes the env context and computes the image key. Cheap enough to run before every
 /// step: the controller reuses an image of the same key without building.
-#[cfg(feature = "controller")]
 pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
     let env_doc = env_context(&spec.context);
     let mut json = serde_json::to_vec_pretty(&env_doc).unwrap_or_default();
@@ -721,7 +686,6 @@ pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
 
 /// Writes the build context of `spec` (see the module docs) and says how to build it:
 /// [`plan`], then [`write_planned`].
-#[cfg(feature = "controller")]
 pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError> {
     let plan = plan(spec)?;
     write_planned(spec, &plan)
@@ -737,7 +701,6 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
 /// The archive is byte for byte the same for the same commit while the repo's refs are unchanged
 /// (index without stat data, no reflogs, every mtime the commit's), so the image build cache holds
 /// from one step to the next.
-#[cfg(feature = "controller")]
 pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildContext, BuildError> {
     // The secret sets first: a bad one stops before any copying.
     let names = applicable_secret_sets(&spec.context)?;
@@ -818,7 +781,6 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
 
 /// Writes `bytes` to `path` readable by this user only (mode 0600 from creation; an existing file
 /// is replaced).
-#[cfg(feature = "controller")]
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -833,7 +795,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
 
 /// Clones the repo into `checkout` at `sha` and archives it to `repo_tar` (see [`write_planned`]);
 /// the checkout is removed however that went.
-#[cfg(feature = "controller")]
 fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(), BuildError> {
     let archived = archive_checkout(spec, sha, checkout, repo_tar);
     let removed = std::fs::remove_dir_all(checkout);
@@ -841,7 +802,6 @@ fn archive_commit(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar:
     removed.map_err(|source| BuildError::Write { path: checkout.to_path_buf(), source })
 }
 
-#[cfg(feature = "controller")]
 fn archive_checkout(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_tar: &Path) -> Result<(), BuildError> {
     run_tool(crate::git::command(None).args(["clone", "--quiet", "--no-checkout"]).arg(&spec.repo).arg(checkout))?;
     let git = |args: &[&str]| run_tool(crate::git::command(Some(checkout)).args(args));
@@ -869,124 +829,10 @@ fn archive_checkout(spec: &BuildContextSpec, sha: &str, checkout: &Path, repo_ta
     Ok(())
 }
 
-/// Why the docker client could not be used.
-#[cfg(feature = "controller")]
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    /// No candidate client reaches an engine and builds with BuildKit.
-    #[error("no docker client able to build with BuildKit (needed for RUN --mount=type=secret): {}", reasons.join("; "))]
-    NoBuilder {
-        /// Each candidate tried and why it was passed over.
-        reasons: Vec<String>,
-    },
-    /// The client could not be started.
-    #[error("cannot run {}: {source}", program.display())]
-    Spawn {
-        /// The client.
-        program: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A docker command failed.
-    #[error("docker {command} failed: {source}")]
-    Failed {
-        /// The docker subcommand and its first arguments.
-        command: String,
-        /// Its status and what it said.
-        #[source]
-        source: ToolFailure,
-    },
-}
-
-/// A docker CLI that reaches the engine and builds with BuildKit (`DOCKER_BUILDKIT=1`), so that
-/// `--secret` and `RUN --mount=type=secret` work.
-///
-/// The crate's one docker client: every docker command (builds, `run`, `rm`, `image inspect`,
-/// registry `tag`/`push`/`pull`) is made by [`Docker::command`].
-#[cfg(feature = "controller")]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Docker {
-    /// The client program.
-    pub program: PathBuf,
-}
-
-#[cfg(feature = "controller")]
-impl Docker {
-    /// The clients tried, in order, after `OPSCHAIN_DOCKER` when that is set: Debian's
-    /// `/usr/bin/docker` (the engine's own package; its classic CLI drives BuildKit itself), then
-    /// `docker` on `PATH` (a newer CLI drives BuildKit only through the buildx plugin).
-    pub const CANDIDATES: [&'static str; 2] = ["/usr/bin/docker", "docker"];
-
-    /// Picks the first client that reaches the engine (`docker version`) and whose `build` takes
-    /// `--secret` with `DOCKER_BUILDKIT=1`, of `$OPSCHAIN_DOCKER` (when set) and
-    /// [`Docker::CANDIDATES`]. The error lists every candidate and why it failed.
-    pub fn detect() -> Result<Docker, DockerError> {
-        let mut candidates: Vec<PathBuf> = std::env::var_os("OPSCHAIN_DOCKER").filter(|v| !v.is_empty()).map(PathBuf::from).into_iter().collect();
-        candidates.extend(Docker::CANDIDATES.iter().map(PathBuf::from));
-        Docker::detect_from(candidates)
-    }
-
-    /// [`Docker::detect`] over the given candidate programs, in order.
-    pub fn detect_from(candidates: impl IntoIterator<Item = PathBuf>) -> Result<Docker, DockerError> {
-        let mut reasons = Vec::new();
-        for program in candidates {
-            let docker = Docker { program };
-            match docker.check() {
-                Ok(()) => return Ok(docker),
-                Err(reason) => reasons.push(format!("{}: {reason}", docker.program.display())),
-            }
-        }
-        Err(DockerError::NoBuilder { reasons })
-    }
-
-    fn check(&self) -> Result<(), String> {
-        let version = self.command().args(["version", "--format", "{{.Server.APIVersion}}"]).output().map_err(|e| e.to_string())?;
-        if !version.status.success() {
-            return Err(format!("no engine: {}", ToolFailure::of(&version)));
-        }
-        let help = self.command().args(["build", "--help"]).output().map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&help.stdout);
-        if !help.status.success() || !text.contains("--secret") {
-            return Err(format!("no BuildKit builds (`build --secret` unsupported): {}", ToolFailure::of(&help)));
-        }
-        Ok(())
-    }
-
-    /// A command of this client, with `DOCKER_BUILDKIT=1`.
-    pub fn command(&self) -> Command {
-        let mut command = Command::new(&self.program);
-        command.env("DOCKER_BUILDKIT", "1");
-        command
-    }
-
-    /// Runs `docker ARGS...` and returns its output; a failure is an error with its stderr.
-    pub fn run<I, S>(&self, args: I) -> Result<Output, DockerError>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<OsString>,
-    {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let output = self.command().args(&args).output().map_err(|source| DockerError::Spawn { program: self.program.clone(), source })?;
-        if output.status.success() {
-            Ok(output)
-        } else {
-            let command = args.iter().take(3).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
-            Err(DockerError::Failed { command, source: ToolFailure::of(&output) })
-        }
-    }
-
-    /// Builds the step image of `context`, tagged `tag`, with its build args and secrets.
-    pub fn build(&self, context: &BuildContext, tag: &str) -> Result<Output, DockerError> {
-        self.run(context.docker_build_args(tag))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[cfg(feature = "controller")]
     #[test]
     fn env_context_keeps_only_env_properties_and_the_project_and_environment_values() {
         use serde_json::json;
@@ -1017,7 +863,6 @@ mod tests {
         assert_eq!(out, json!({"project": {"properties": {"env": {"A": "1"}}}, "environment": {"properties": {}}}));
     }
 
-    #[cfg(feature = "controller")]
     #[test]
     fn the_bundle_merges_the_sets_in_order_and_bad_values_name_no_value() {
         let set = |name: &str, pairs: &[(&str, &str)]| SecretSet { name: name.into(), values: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
@@ -1028,37 +873,6 @@ mod tests {
         assert!(err.contains("team") && err.contains("/not ok") && !err.contains("hidden-value"), "{err}");
         let set = SecretSet::from_map("team", serde_json::json!({"TOKEN": "hidden-value"}).as_object().unwrap()).unwrap();
         assert!(!format!("{set:?}").contains("hidden-value") && format!("{set:?}").contains("TOKEN"));
-    }
-
-    #[cfg(feature = "controller")]
-    #[test]
-    fn detect_says_why_each_candidate_was_passed_over() {
-        let dir = tempfile::tempdir().unwrap();
-        // A "docker" that reaches no engine, and one whose build has no --secret (a CLI without buildx).
-        let script = |name: &str, body: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-            path
-        };
-        let no_engine = script("no-engine", "echo 'Cannot connect to the Docker daemon' >&2; exit 1");
-        let no_buildkit = script("no-buildkit", "[ \"$1\" = version ] && exit 0; echo 'ERROR: BuildKit is enabled but the buildx component is missing' >&2; exit 1");
-        let good = script("good", "[ \"$1\" = version ] && exit 0; echo '      --secret stringArray   Secret file to expose to the build'");
-        let missing = dir.path().join("missing");
-        let err = Docker::detect_from([missing.clone(), no_engine, no_buildkit]).unwrap_err().to_string();
-        assert!(err.contains("missing: No such file") && err.contains("no engine: exit status: 1: Cannot connect"), "{err}");
-        assert!(err.contains("no BuildKit builds") && err.contains("buildx component is missing"), "{err}");
-        assert_eq!(Docker::detect_from([missing, good.clone()]).unwrap(), Docker { program: good });
-    }
-
-    #[cfg(feature = "controller")]
-    #[test]
-    fn a_docker_command_runs_the_client_with_buildkit() {
-        let docker = Docker { program: PathBuf::from("/opt/docker") };
-        let command = docker.command();
-        assert_eq!(command.get_program(), "/opt/docker");
-        let envs: Vec<_> = command.get_envs().collect();
-        assert_eq!(envs, [(std::ffi::OsStr::new("DOCKER_BUILDKIT"), Some(std::ffi::OsStr::new("1")))]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! back in the step's own output, framed so that the controller can take it out of the log lines.
 //!
 //! The agent's side ([`receive_context`], [`send_result`]) is in the static agent; the
-//! controller's side ([`Decoder`]) is host code (feature `controller`). `docs/transport.md` shows the
+//! controller's side ([`Decoder`]) is here beside it, one format in one file, and the static
+//! agent's link leaves it out as it never calls it. `docs/transport.md` shows the
 //! manifests and the sequence of calls.
 //!
 //! # The frame
@@ -215,7 +216,6 @@ pub fn write_frame(nonce: &str, bytes: &[u8], out: &mut dyn Write) -> std::io::R
 }
 
 /// Why no result could be taken out of a step's output.
-#[cfg(feature = "controller")]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// No frame line of this step's nonce came.
@@ -255,7 +255,6 @@ pub enum FrameError {
 /// line ([`Decoder::feed`] says whether the line was a frame line, consumed, or a log line to pass
 /// on), then [`Decoder::finish`]. Holds the decoded bytes only, never the base64 text; the last
 /// complete frame wins (see the module's doc).
-#[cfg(feature = "controller")]
 #[derive(Debug)]
 pub struct Decoder {
     /// `opschain-result NONCE ` (with the trailing space).
@@ -267,7 +266,6 @@ pub struct Decoder {
 }
 
 /// A frame whose `begin` line came and whose `end` line has not.
-#[cfg(feature = "controller")]
 #[derive(Debug)]
 struct OpenFrame {
     /// Bytes announced.
@@ -280,7 +278,6 @@ struct OpenFrame {
     error: Option<FrameError>,
 }
 
-#[cfg(feature = "controller")]
 impl Decoder {
     /// A decoder of the frame marked `nonce`.
     pub fn new(nonce: &str) -> Decoder {
@@ -390,14 +387,12 @@ mod tests {
         assert!(lines.last().unwrap().starts_with("opschain-result nonce-1234 end 20000 "));
     }
 
-    #[cfg(feature = "controller")]
     fn decode(nonce: &str, text: &str) -> (Result<Vec<u8>, FrameError>, Vec<String>) {
         let mut decoder = Decoder::new(nonce);
         let passed = text.lines().filter(|l| !decoder.feed(l)).map(str::to_string).collect();
         (decoder.finish(), passed)
     }
 
-    #[cfg(feature = "controller")]
     #[test]
     fn every_size_round_trips_through_lines_interleaved_with_log_lines() {
         for size in [0, 1, 2, 3, CHUNK_BYTES - 1, CHUNK_BYTES, CHUNK_BYTES + 1, 5 << 20] {
@@ -418,7 +413,6 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "controller")]
     #[test]
     fn the_last_complete_frame_wins() {
         let text = frame("n0nce-abc", b"{\"forged\":1}") + &frame("n0nce-abc", b"{\"real\":1}");
@@ -429,7 +423,6 @@ mod tests {
         assert_eq!(decode("n0nce-abc", &(cut + &frame("n0nce-abc", b"ok"))).0.unwrap(), b"ok");
     }
 
-    #[cfg(feature = "controller")]
     #[test]
     fn a_missing_cut_or_altered_frame_is_refused() {
         assert_eq!(decode("n0nce-abc", "just a log\n").0, Err(FrameError::Missing));

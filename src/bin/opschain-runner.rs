@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use opschain_runner::actions::Actions;
-#[cfg(feature = "controller")]
+#[cfg(feature = "build-context")]
 use opschain_runner::cli::BuildContextArgs;
 use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, LogMode, PropertyCommand, StepArgs, ValidateArgs};
 use opschain_runner::exec::{self, ExecOptions};
@@ -25,7 +25,7 @@ use opschain_runner::mask::SecretNames;
 use opschain_runner::plan::Plan;
 use opschain_runner::step::{self, StepError, StepOptions};
 use opschain_runner::step_image;
-#[cfg(feature = "controller")]
+#[cfg(feature = "build-context")]
 use opschain_runner::step_image::BuildContextSpec;
 use opschain_runner::supervise::{LineFormat, LogBuffer, SupervisePolicy, Supervisor};
 use opschain_runner::transport::{self, ContextSource, TransportError};
@@ -93,7 +93,7 @@ fn run(cli: Cli) -> i32 {
     match cli.command {
         Some(Command::Exec(args)) => return exec_subcommand(&cli.global, args),
         Some(Command::CreateDockerfile) => return print_or_fail(&step_image::default_dockerfile(&cli.global.folder)),
-        #[cfg(feature = "controller")]
+        #[cfg(feature = "build-context")]
         Some(Command::BuildContext(args)) => return build_context(&cli.global, args),
         _ => {}
     }
@@ -111,7 +111,7 @@ fn run(cli: Cli) -> i32 {
         Command::Property(command) => property(command),
         Command::Child(ChildCommand::Add { actions }) => helper_status(helper::add_children(&actions)),
         Command::Exec(_) | Command::CreateDockerfile => unreachable!("handled before logging starts"),
-        #[cfg(feature = "controller")]
+        #[cfg(feature = "build-context")]
         Command::BuildContext(_) => unreachable!("handled before logging starts"),
     }
 }
@@ -124,7 +124,7 @@ fn exec_subcommand(global: &Global, args: ExecArgs) -> i32 {
     }
 }
 
-#[cfg(feature = "controller")]
+#[cfg(feature = "build-context")]
 fn build_context(global: &Global, args: BuildContextArgs) -> i32 {
     let mut spec = BuildContextSpec::new(&global.repo, &args.out);
     spec.folder = global.folder.clone();

@@ -5,9 +5,6 @@
 // are placeholders the user reads, not HTML.
 #![allow(rustdoc::invalid_html_tags)]
 
-#[cfg(feature = "controller")]
-pub mod controller;
-
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -85,7 +82,7 @@ pub enum Command {
     CreateDockerfile,
     /// Write the build context of a step image (repo.tar, the env context, the Dockerfile) and
     /// the build secret bundle, and print, as JSON, the build args and secrets to build it with.
-    #[cfg(feature = "controller")]
+    #[cfg(feature = "build-context")]
     BuildContext(BuildContextArgs),
 }
 

@@ -19,13 +19,13 @@ fn a_found_tool_is_handed_over() {
 #[test]
 fn every_test_that_needs_a_tool_is_ignored_by_default_and_requires_it_when_run() {
     let tests = [
-        ("pid1.rs", "fn docker_stop_cancels_the_action_reaps_everything_and_writes_the_result()"),
-        ("image.rs", "fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step()"),
-        ("controller_docker.rs", "fn the_demo_change_runs_on_the_docker_backend_as_on_the_process_backend()"),
-        ("fuzz_corpus.rs", "fn libfuzzer_smoke_run_of_each_target()"),
+        ("crates/opschain/tests/it/pid1.rs", "fn docker_stop_cancels_the_action_reaps_everything_and_writes_the_result()"),
+        ("crates/opschain/tests/it/image.rs", "fn step_images_build_with_secrets_that_reach_no_layer_and_run_a_step()"),
+        ("crates/opschain/tests/it/controller_docker.rs", "fn the_demo_change_runs_on_the_docker_backend_as_on_the_process_backend()"),
+        ("tests/it/fuzz_corpus.rs", "fn libfuzzer_smoke_run_of_each_target()"),
     ];
     for (file, function) in tests {
-        let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it").join(file)).unwrap();
+        let source = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
         let at = source.find(function).unwrap_or_else(|| panic!("{file}: no {function}"));
         let attributes = source[..at].rsplit("\n\n").next().unwrap();
         assert!(attributes.contains("#[test]") && attributes.contains("#[ignore = \"needs "), "{file}: {function} is not ignored by default:\n{attributes}");

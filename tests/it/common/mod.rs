@@ -94,7 +94,7 @@ pub fn static_agent() -> &'static Result<PathBuf, String> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let output = Command::new(env!("CARGO"))
             .current_dir(root)
-            .args(["build", "--release", "--target", "x86_64-unknown-linux-musl", "--no-default-features", "--bin", "opschain-runner"])
+            .args(["build", "--release", "--target", "x86_64-unknown-linux-musl", "-p", "opschain-runner", "--no-default-features", "--bin", "opschain-runner"])
             .output()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !output.status.success() {

@@ -1,0 +1,340 @@
+//! Changes: their rows, creating, starting, claiming, cancelling and resetting them for a retry.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::params;
+
+use super::steps::{step_row, STEP_COLUMNS};
+use super::{q, Store, StoreError};
+use crate::status::{BackendKind, ChangeStatus, StepStatus};
+
+/// A change row.
+#[derive(Debug, Clone)]
+pub struct ChangeRow {
+    /// The change id.
+    pub id: i64,
+    /// The project code.
+    pub project: String,
+    /// The project id.
+    pub project_id: i64,
+    /// The environment code.
+    pub environment: String,
+    /// The environment id.
+    pub environment_id: i64,
+    /// The action of the root step.
+    pub action: String,
+    /// The git repository the steps are checked out from.
+    pub repo: PathBuf,
+    /// The revision as given.
+    pub git_rev: String,
+    /// The commit the revision resolved to.
+    pub commit: String,
+    /// Where its steps run.
+    pub backend: BackendKind,
+    /// The secret set the steps get, if any.
+    pub secret_set: Option<String>,
+    /// The OpsChain folder of the repository the change was created with (`.opschain`,
+    /// `.mintpress`); `None` for a change created before the folder was stored.
+    pub folder: Option<String>,
+    /// The change status.
+    pub status: ChangeStatus,
+    /// Whether `change cancel` was asked for.
+    pub cancel_requested: bool,
+    /// The process id of the controller running it.
+    pub controller_pid: Option<i64>,
+    /// When it was created.
+    pub created_at: String,
+    /// When it finished.
+    pub finished_at: Option<String>,
+}
+
+/// What [`Store::claim_change`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The change is now this controller's.
+    Claimed,
+    /// Another live controller runs it.
+    Taken {
+        /// That controller's process id.
+        pid: i64,
+    },
+    /// It succeeded: nothing to retry.
+    Succeeded,
+}
+
+/// Whether a process with this id runs (a controller that died leaves its id behind).
+pub fn pid_alive(pid: i64) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => !is_zombie(pid),
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// Whether the process `pid` has exited but is not yet reaped.
+fn is_zombie(pid: i32) -> bool {
+    matches!(opschain_runner::procfs::stat(pid), Ok(Some(stat)) if stat.is_zombie())
+}
+
+/// What [`Store::create_change`] stores of a new change.
+#[derive(Debug, Clone, Copy)]
+pub struct NewChangeRow<'a> {
+    /// The project id.
+    pub project_id: i64,
+    /// The environment id.
+    pub environment_id: i64,
+    /// The action of the root step.
+    pub action: &'a str,
+    /// The git repository the steps are checked out from.
+    pub repo: &'a Path,
+    /// The revision as given.
+    pub git_rev: &'a str,
+    /// The commit the revision resolved to.
+    pub commit: &'a str,
+    /// Where its steps run.
+    pub backend: BackendKind,
+    /// The secret set the steps get, if any.
+    pub secret_set: Option<&'a str>,
+    /// The OpsChain folder of the repository (`.opschain`, `.mintpress`): a retry runs with it.
+    pub folder: &'a str,
+}
+
+/// Adds the `folder` column to the `changes` of a database from before the folder was stored
+/// (its changes keep `NULL`: their retry takes the command line's folder, as it did). Run when the
+/// store opens, in its set-up transaction; does nothing to a database that has the column.
+pub(super) fn migrate_changes(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has_folder: bool = conn.query_row("SELECT count(*) FROM pragma_table_info('changes') WHERE name = 'folder'", [], |r| r.get(0))?;
+    if !has_folder {
+        conn.execute_batch("ALTER TABLE changes ADD COLUMN folder TEXT")?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates a change (status `pending`) with its root step; returns the change id.
+    pub fn create_change(&self, new: &NewChangeRow<'_>) -> Result<i64, StoreError> {
+        let NewChangeRow { project_id, environment_id, backend, .. } = *new;
+        let (action, repo, git_rev) = (new.action.to_string(), new.repo.to_string_lossy().into_owned(), new.git_rev.to_string());
+        let (commit, secret_set, folder) = (new.commit.to_string(), new.secret_set.map(str::to_string), new.folder.to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status, folder) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set, ChangeStatus::Pending, folder],
+            )
+            .map_err(q("create change"))?;
+            let id = tx.last_insert_rowid();
+            tx.execute("INSERT INTO steps (change_id, parent_id, position, action, status) VALUES (?1, NULL, 0, ?2, ?3)", params![id, action, StepStatus::Pending])
+                .map_err(q("create root step"))?;
+            Ok(id)
+        })
+    }
+
+    /// Makes this process the change's controller and marks it `running`, unless another live
+    /// controller runs a change in the same environment and the project does not allow parallel
+    /// changes: then returns the blocking change's id and changes nothing.
+    pub fn try_start_change(&self, change_id: i64, pid: i64) -> Result<Option<i64>, StoreError> {
+        self.write(move |tx| {
+            let (env, allow): (i64, bool) = tx
+                .query_row(
+                    "SELECT c.environment_id, p.allow_parallel_changes FROM changes c JOIN projects p ON p.id = c.project_id WHERE c.id = ?1",
+                    [change_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(q("read change"))?;
+            if !allow {
+                let mut stmt = tx
+                    .prepare("SELECT id, controller_pid FROM changes WHERE environment_id = ?1 AND id != ?2 AND status = ?3 AND controller_pid IS NOT NULL")
+                    .map_err(q("find running changes"))?;
+                let running = stmt
+                    .query_map(params![env, change_id, ChangeStatus::Running], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(q("find running changes"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(q("find running changes"))?;
+                drop(stmt);
+                if let Some((blocking, _)) = running.into_iter().find(|&(_, pid)| pid_alive(pid)) {
+                    return Ok(Some(blocking));
+                }
+            }
+            tx.execute(
+                "UPDATE changes SET status = ?3, controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
+                params![change_id, pid, ChangeStatus::Running],
+            )
+            .map_err(q("start change"))?;
+            Ok(None)
+        })
+    }
+
+    /// Claims a change for a retry by the controller `pid`, in one write: refused when another live
+    /// controller runs it (two `change retry` at once: only one may reset and run it) or when it
+    /// succeeded. A claimed change is `queued` under `pid` until [`Store::try_start_change`].
+    pub fn claim_change(&self, change_id: i64, pid: i64) -> Result<Claim, StoreError> {
+        self.write(move |tx| {
+            let (status, owner): (ChangeStatus, Option<i64>) =
+                tx.query_row("SELECT status, controller_pid FROM changes WHERE id = ?1", [change_id], |r| Ok((r.get(0)?, r.get(1)?))).map_err(q("read change"))?;
+            if status == ChangeStatus::Success {
+                return Ok(Claim::Succeeded);
+            }
+            if let Some(owner) = owner.filter(|&owner| !status.is_final() && owner != pid && pid_alive(owner)) {
+                return Ok(Claim::Taken { pid: owner });
+            }
+            tx.execute("UPDATE changes SET status = ?3, controller_pid = ?2 WHERE id = ?1", params![change_id, pid, ChangeStatus::Queued]).map_err(q("claim change"))?;
+            Ok(Claim::Claimed)
+        })
+    }
+
+    /// Marks a change `queued` (waiting for its environment).
+    pub fn set_change_status(&self, change_id: i64, status: ChangeStatus) -> Result<(), StoreError> {
+        let finished = status.is_final();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE changes SET status = ?2, finished_at = CASE WHEN ?3 THEN strftime('%Y-%m-%dT%H:%M:%fZ','now') ELSE NULL END WHERE id = ?1",
+                params![change_id, status, finished],
+            )
+            .map_err(q("update change status"))?;
+            Ok(())
+        })
+    }
+
+    /// Asks for a change's cancellation (its controller sees the flag).
+    pub fn request_cancel(&self, change_id: i64) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute("UPDATE changes SET cancel_requested = 1 WHERE id = ?1", [change_id]).map_err(q("request cancel"))?;
+            Ok(())
+        })
+    }
+
+    /// Whether cancellation of the change was asked for.
+    pub fn cancel_requested(&self, change_id: i64) -> Result<bool, StoreError> {
+        self.conn().query_row("SELECT cancel_requested FROM changes WHERE id = ?1", [change_id], |r| r.get(0)).map_err(q("read cancel flag"))
+    }
+
+    /// A change by id.
+    pub fn change(&self, change_id: i64) -> Result<ChangeRow, StoreError> {
+        self.changes(Some(change_id))?.pop().ok_or_else(|| StoreError::NotFound(format!("change {change_id}")))
+    }
+
+    /// Every change (or one), newest last.
+    pub fn changes(&self, only: Option<i64>) -> Result<Vec<ChangeRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT c.id, p.code, p.id, e.code, e.id, c.action, c.repo, c.git_rev, c.commit_sha, c.backend, c.secret_set, c.status,
+                        c.cancel_requested, c.controller_pid, c.created_at, c.finished_at, c.folder
+                 FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id
+                 WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.id",
+            )
+            .map_err(q("list changes"))?;
+        let rows = stmt
+            .query_map([only], |r| {
+                Ok(ChangeRow {
+                    id: r.get(0)?,
+                    project: r.get(1)?,
+                    project_id: r.get(2)?,
+                    environment: r.get(3)?,
+                    environment_id: r.get(4)?,
+                    action: r.get(5)?,
+                    repo: PathBuf::from(r.get::<_, String>(6)?),
+                    git_rev: r.get(7)?,
+                    commit: r.get(8)?,
+                    backend: r.get(9)?,
+                    secret_set: r.get(10)?,
+                    status: r.get(11)?,
+                    cancel_requested: r.get(12)?,
+                    controller_pid: r.get(13)?,
+                    created_at: r.get(14)?,
+                    finished_at: r.get(15)?,
+                    folder: r.get(16)?,
+                })
+            })
+            .map_err(q("list changes"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(q("list changes"))
+    }
+
+    /// Prepares a change for `retry`, in one transaction: every step that did not succeed goes back
+    /// to `pending` and loses its descendants (it reports its children again when it runs); the
+    /// successful steps and their successful subtrees are kept. Returns how many steps will re-run.
+    pub fn reset_for_retry(&self, change_id: i64) -> Result<usize, StoreError> {
+        self.write(move |tx| {
+            let steps = {
+                let mut stmt = tx.prepare_cached(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE change_id = ?1 ORDER BY id")).map_err(q("list steps"))?;
+                let rows = stmt.query_map([change_id], step_row).map_err(q("list steps"))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(q("list steps"))?
+            };
+            let mut reset = 0;
+            let mut stack: Vec<i64> = steps.iter().filter(|s| s.parent_id.is_none()).map(|s| s.id).collect();
+            while let Some(id) = stack.pop() {
+                let step = steps.iter().find(|s| s.id == id).expect("listed");
+                if step.status == StepStatus::Success {
+                    stack.extend(steps.iter().filter(|s| s.parent_id == Some(id)).map(|s| s.id));
+                    continue;
+                }
+                reset += 1;
+                let mut doomed: Vec<i64> = Vec::new();
+                let mut frontier = vec![id];
+                while let Some(p) = frontier.pop() {
+                    for c in steps.iter().filter(|s| s.parent_id == Some(p)) {
+                        doomed.push(c.id);
+                        frontier.push(c.id);
+                    }
+                }
+                for d in doomed.iter().rev() {
+                    tx.execute("DELETE FROM step_log_chunks WHERE step_id = ?1", [d]).map_err(q("drop step logs"))?;
+                    tx.execute("UPDATE properties SET step_id = NULL WHERE step_id = ?1", [d]).map_err(q("detach properties"))?;
+                    tx.execute("DELETE FROM steps WHERE id = ?1", [d]).map_err(q("drop step"))?;
+                }
+                tx.execute(
+                    "UPDATE steps SET status = ?2, exit_status = NULL, message = NULL, child_strategy = NULL, started_at = NULL, finished_at = NULL WHERE id = ?1",
+                    params![id, StepStatus::Pending],
+                )
+                .map_err(q("reset step"))?;
+            }
+            tx.execute("UPDATE changes SET status = ?2, cancel_requested = 0, finished_at = NULL WHERE id = ?1", params![change_id, ChangeStatus::Pending])
+                .map_err(q("reset change"))?;
+            Ok(reset)
+        })
+    }
+
+    /// Ends a change whose controller is gone: pending, queued and running steps become
+    /// `cancelled`, and so does the change.
+    pub fn cancel_orphaned(&self, change_id: i64) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE steps SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE change_id = ?1 AND status IN (?3, ?4, ?5)",
+                params![change_id, StepStatus::Cancelled, StepStatus::Pending, StepStatus::Queued, StepStatus::Running],
+            )
+            .map_err(q("cancel steps"))?;
+            tx.execute("UPDATE changes SET status = ?2, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE id = ?1", params![change_id, ChangeStatus::Cancelled])
+                .map_err(q("cancel change"))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{end, setup};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn retry_resets_what_did_not_succeed_and_drops_its_descendants() {
+        let (_dir, store, p, e, c) = setup();
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &["ok", "bad"])).unwrap();
+        let steps = store.steps(c).unwrap();
+        let (ok, bad) = (steps[1].id, steps[2].id);
+        store.start_step(ok, p, e).unwrap();
+        store.finish_step(ok, p, e, end(json!([]), json!([]), &[])).unwrap();
+        store.start_step(bad, p, e).unwrap();
+        store.finish_step(bad, p, e, end(json!([]), json!([]), &["grandchild"])).unwrap();
+        store.set_step_status(bad, StepStatus::Running, None).unwrap();
+        assert_eq!(store.reset_for_retry(c).unwrap(), 1);
+        let steps = store.steps(c).unwrap();
+        assert_eq!(steps.len(), 3, "the grandchild of the reset step is gone");
+        assert_eq!(steps.iter().find(|s| s.id == ok).unwrap().status, StepStatus::Success);
+        assert_eq!(steps.iter().find(|s| s.id == bad).unwrap().status, StepStatus::Pending);
+        assert_eq!(store.change(c).unwrap().status, ChangeStatus::Pending);
+    }
+}

@@ -1,0 +1,21 @@
+//! The controller's integration tests, as one test binary: one link instead of one per file, and one
+//! `cargo test -p opschain --test it` for all of them. Each module is one concern (its own `//!` says
+//! which); pick one with a filter, e.g. `cargo test -p opschain --test it controller_docker:: -- --ignored`.
+
+mod common;
+
+mod controller;
+mod controller_cli;
+mod controller_docker;
+mod controller_faults;
+mod controller_input;
+mod controller_schemas;
+mod controller_secrets;
+mod docker_base;
+mod image;
+#[cfg(feature = "kubernetes")]
+mod kubernetes_fake;
+mod pid1;
+mod registry;
+mod server;
+mod transport_docker;
