@@ -47,6 +47,9 @@ run = 'echo "verified" >&2'
 description = "Prints a line, waits for the test's signal, prints another"
 run = '''
 echo "live step started"
+for i in 1 2 3 4 5; do printf "\\033[36m[%d/5]\\033[0m fetching artefact %d\\n" $i $i; done
+printf "\\033[33mwarning:\\033[0m cache is cold, the next step may be slow\\n" >&2
+printf "\\033[1;32mok\\033[0m artefacts verified\\n"
 while [ ! -e GO_FILE ]; do sleep 0.1; done
 printf "\\033[31mLIVE-LINE\\033[0m printed while the page was open\\n"
 while [ ! -e END_FILE ]; do sleep 0.1; done

@@ -348,12 +348,13 @@
     const page = (params, size = PAGE) => api(`${base}?page%5Bsize%5D=${size}${stepParam()}${params}`);
     // The agent stamps each line of a step's output with its time, action and stream
     // (`2026-12-08T00:12:33.123456Z deploy stdout| text`): shown in their own columns.
-    const STAMP = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) \S+ (?:stdout|stderr)\| /;
+    const STAMP = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) \S+ (stdout|stderr)\| /;
     // The agent's own records (`2026-12-08T00:12:33.123456Z  INFO phase started ...`) too.
     const RECORD = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) {2}(?=(?:TRACE|DEBUG|INFO|WARN|ERROR) )/;
     const normalize = (line) => {
       const m = STAMP.exec(line.message) || RECORD.exec(line.message);
-      return m ? { ...line, time: m[1], message: line.message.slice(m[0].length) } : { ...line, time: line.created_at };
+      if (!m) return { ...line, time: line.created_at };
+      return { ...line, time: m[1], stream: m[2] || line.stream, message: line.message.slice(m[0].length) };
     };
     const lineOf = (resource) => normalize({ id: Number(resource.id), ...resource.attributes });
     const firstId = () => Number(box.firstElementChild?.dataset.id ?? 0);
