@@ -115,7 +115,8 @@ class PageTest(unittest.TestCase):
         self.driver.find_element(By.NAME, "username").send_keys("admin")
         self.driver.find_element(By.NAME, "password").send_keys("wrong")
         self.driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-        self.assertIn("wrong password", self.driver.find_element(By.CSS_SELECTOR, ".error").text)
+        error = wait_for("the refusal", lambda: self.driver.find_elements(By.CSS_SELECTOR, ".error"))[0]
+        self.assertIn("wrong password", error.text)
         self.driver.get_log("browser")  # the 401 of the refused form is expected
         self.driver.find_element(By.NAME, "password").send_keys(Server.PASSWORDS["admin"], Keys.ENTER)
         wait_for("the change page after the login", lambda: self.driver.current_url == f"{self.server.url}/changes/{self.deploy}")
