@@ -8,7 +8,7 @@
 //!    keep-alive HTTP/1.1 connection to the release server): median and p99 of each;
 //! 3. FOLLOWERS (default 100) clients following a change's log stream while its step prints
 //!    RATE lines a second (default 1,000) for SECONDS (default 10), each line carrying the time
-//!    it was printed: the delay until each follower has it (p50, p99, max), lines lost or
+//!    it was printed (the step waits 3 s first, so that every follower is connected): the delay until each follower has it (p50, p99, max), lines lost or
 //!    repeated, and the server's peak RSS.
 //!
 //! A raw HTTP/1.1 client (a few lines here) keeps the client's own cost out of the figures.
@@ -292,7 +292,7 @@ fn main() {
     std::fs::create_dir_all(repo.join(".opschain")).unwrap();
     let total = rate * seconds;
     let script = format!(
-        "import time\nstart = time.time()\nfor i in range({total}):\n    due = start + i / {rate}\n    pause = due - time.time()\n    if pause > 0:\n        time.sleep(pause)\n    print('line', i, 'PRINTED', time.time_ns(), flush=True)\n"
+        "import time\ntime.sleep(3)\nstart = time.time()\nfor i in range({total}):\n    due = start + i / {rate}\n    pause = due - time.time()\n    if pause > 0:\n        time.sleep(pause)\n    print('line', i, 'PRINTED', time.time_ns(), flush=True)\n"
     );
     std::fs::write(repo.join("print.py"), script).unwrap();
     std::fs::write(repo.join(".opschain/actions.toml"), "[actions.print]\nrun = \"python3 -u print.py\"\n").unwrap();
@@ -325,8 +325,6 @@ fn main() {
         }
         delays.extend(got.iter().map(|(_, d)| *d));
     }
-    // A follower that connected after the first lines has them from the store, not live: its
-    // delays are not the broadcast's.
     let (p50, p99, max) = summary(&mut delays);
     println!(
         "\nlive logs: {followers} followers, {rate} lines/s for {seconds} s: {complete}/{followers} got all {total} lines once, in order; delay print -> follower p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"

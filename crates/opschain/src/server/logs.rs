@@ -16,16 +16,11 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use super::auth::CurrentUser;
-use super::jsonapi::{self, resource, ApiError};
+use super::jsonapi::{self, ApiError};
 use super::log_feed::{Batch, Feed, FeedLine, READ_LINES};
 use super::paging::{page_size, Params};
 use super::state::AppState;
 use crate::store::{LogQuery, NumberedLine};
-
-/// A log line resource.
-fn line_resource(line: &NumberedLine) -> serde_json::Value {
-    resource("log_lines", line.id, json!({"message": line.message, "step_id": line.step_id, "stream": line.stream, "created_at": line.created_at}))
-}
 
 /// `GET /api/changes/{id}/log_lines`: `filter[id_gt]` (default 0) and `filter[id_lt]`;
 /// `filter[step_id_eq]` or `filter[step_id_in]` (ids separated by commas): only those steps'
@@ -38,18 +33,66 @@ pub async fn list(State(state): State<AppState>, _user: CurrentUser, Path(id): P
     let size = page_size(&params, READ_LINES)?;
     let query = log_query(&params)?;
     let descending = query.descending;
-    let (lines, last_id) = state
-        .db(move |s| {
-            let last_id = s.change_summary(id).and_then(|_| s.log_line_count(id))?;
-            Ok((s.log_lines_page(id, &query, size)?, last_id))
-        })
-        .await?;
-    let mut document = json!({"data": lines.iter().map(line_resource).collect::<Vec<_>>(), "meta": {"last_id": last_id}});
-    if let Some(last) = lines.last().filter(|_| lines.len() == size) {
+    let (lines, last_id) = state.db(move |s| Ok((s.log_line_count(id)?, s.log_lines_page(id, &query, size)?))).await.map(|(count, lines)| (lines, count))?;
+    // Written straight from the lines (a page is up to 1,000 of them): no document tree built.
+    let next = lines.last().filter(|_| lines.len() == size).map(|last| {
         let next = if descending { ("filter[id_lt]", last.id.to_string()) } else { ("filter[id_gt]", last.id.to_string()) };
-        document["links"] = json!({"next": params.link(&format!("/api/changes/{id}/log_lines"), &[next], &[])});
+        params.link(&format!("/api/changes/{id}/log_lines"), &[next], &[])
+    });
+    let page = Page { data: lines.iter().map(LineResource::of).collect(), meta: Meta { last_id }, links: next.map(|next| Links { next }) };
+    let body = serde_json::to_string(&page).map_err(|e| ApiError::internal(&e))?;
+    let mut response = (axum::http::StatusCode::OK, body).into_response();
+    response.headers_mut().insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(jsonapi::MEDIA_TYPE));
+    Ok(response)
+}
+
+/// A page of log lines, as `GET .../log_lines` answers it.
+#[derive(serde::Serialize)]
+struct Page<'a> {
+    data: Vec<LineResource<'a>>,
+    meta: Meta,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    links: Option<Links>,
+}
+
+/// A log line resource.
+#[derive(serde::Serialize)]
+struct LineResource<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: String,
+    attributes: LineAttributes<'a>,
+}
+
+/// A log line's attributes.
+#[derive(serde::Serialize)]
+struct LineAttributes<'a> {
+    message: &'a str,
+    step_id: i64,
+    stream: &'a str,
+    created_at: &'a str,
+}
+
+impl<'a> LineResource<'a> {
+    fn of(line: &'a NumberedLine) -> LineResource<'a> {
+        LineResource {
+            kind: "log_lines",
+            id: line.id.to_string(),
+            attributes: LineAttributes { message: &line.message, step_id: line.step_id, stream: &line.stream, created_at: &line.created_at },
+        }
     }
-    Ok(jsonapi::document_response(axum::http::StatusCode::OK, &document))
+}
+
+/// A page's `meta`.
+#[derive(serde::Serialize)]
+struct Meta {
+    last_id: i64,
+}
+
+/// A page's `links`.
+#[derive(serde::Serialize)]
+struct Links {
+    next: String,
 }
 
 /// The longest text `filter[message_cont]` takes (1,024 bytes).

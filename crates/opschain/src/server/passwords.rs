@@ -4,14 +4,15 @@
 //!   server's memory (19 MiB each) or every CPU from the workers;
 //! * a password verified once is remembered for the user by a keyed digest (BLAKE2b, keyed by a
 //!   random key of this process; never the password itself), so a client sending HTTP Basic with
-//!   every request costs one hash, not one per request; a new password or role forgets it;
+//!   every request costs one hash, not one per request; a new password or role forgets it (the
+//!   user's row is read again when it is older than [`USER_ROW_TTL`]);
 //! * a failed check answers only after a delay that doubles with each failure in a row for that
 //!   name (from [`Passwords::failure_delay`], up to 8 times it), and an unknown user costs the
 //!   same hash as a known one, so neither guessing nor timing tells which names exist.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -23,6 +24,11 @@ use crate::store::{Store, StoreError, UserRow};
 
 /// How many password hashes run at once (2).
 pub const CONCURRENT_HASHES: usize = 2;
+
+/// How long a verified user's row is trusted without reading it again (2 s): a removed user, a
+/// new password or role takes effect within it, and a client sending HTTP Basic with every
+/// request costs no read of the store for each.
+pub const USER_ROW_TTL: Duration = Duration::from_secs(2);
 
 /// Why a password could not be hashed or checked.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +73,9 @@ type Digest = [u8; 32];
 pub struct Passwords {
     /// The key of the remembered digests, random for this process.
     key: [u8; 32],
-    /// Per user name, the digest of the password last verified (with its hash and role).
-    verified: Mutex<HashMap<String, Digest>>,
+    /// Per user name, the digest of the password last verified (with its hash and role), the
+    /// user's row as it was then, and when the row was last read.
+    verified: Mutex<HashMap<String, (Digest, UserRow, Instant)>>,
     /// Per user name, a lock held while a password of theirs is hashed: requests that arrive
     /// together with the same credentials (a client's first burst) cost one hash, not one each.
     checking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -117,17 +124,32 @@ impl Passwords {
         mac.finalize().into_bytes().into()
     }
 
-    /// `user`, when `password` was verified as theirs before.
+    /// `user`, when `password` was verified as theirs before (their row read afresh: the row is
+    /// trusted again for [`USER_ROW_TTL`]).
     fn remembered(&self, user: Option<&UserRow>, password: &str) -> Option<UserRow> {
         let user = user?;
         let digest = self.digest(user, password);
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = verified.get_mut(&user.name).filter(|(d, ..)| bool::from(d.ct_eq(&digest)))?;
+        *entry = (digest, user.clone(), Instant::now());
+        Some(user.clone())
+    }
+
+    /// The user `name`, when `password` was verified as theirs and their row was read less than
+    /// [`USER_ROW_TTL`] ago.
+    fn fresh(&self, name: &str, password: &str) -> Option<UserRow> {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified.get(&user.name).is_some_and(|d| bool::from(d.ct_eq(&digest))).then(|| user.clone())
+        let (digest, user, read) = verified.get(name)?;
+        let matches = bool::from(digest.ct_eq(&self.digest(user, password)));
+        (matches && read.elapsed() < USER_ROW_TTL).then(|| user.clone())
     }
 
     /// Whether `password` is user `name`'s: [`Checked::Refused`] (after the failure delay) when
     /// the user does not exist or the password is wrong.
     pub async fn check(&self, store: &Arc<Store>, name: &str, password: &str) -> Result<Checked, PasswordError> {
+        if let Some(user) = self.fresh(name, password) {
+            return Ok(Checked::Remembered(user));
+        }
         let lookup = Arc::clone(store);
         let owned = name.to_string();
         let user = tokio::task::spawn_blocking(move || lookup.user(&owned)).await.map_err(|_| PasswordError::Task)??;
@@ -155,7 +177,7 @@ impl Passwords {
         match user {
             Some(user) if matched => {
                 self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-                self.verified.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), self.digest(&user, password));
+                self.verified.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), (self.digest(&user, password), user.clone(), Instant::now()));
                 Ok(Checked::Verified(user))
             }
             _ => {

@@ -74,9 +74,13 @@ impl Store {
         Ok(out)
     }
 
-    /// How many log lines the change has had numbered (the id of its last line; 0 when none).
+    /// How many log lines the change has had numbered (the id of its last line; 0 when none);
+    /// [`StoreError::NotFound`] when there is no such change.
     pub fn log_line_count(&self, change_id: i64) -> Result<i64, StoreError> {
-        self.conn().query_row("SELECT log_lines FROM changes WHERE id = ?1", [change_id], |r| r.get(0)).map_err(q("count log lines"))
+        match self.conn().query_row("SELECT log_lines FROM changes WHERE id = ?1", [change_id], |r| r.get(0)) {
+            Err(rusqlite::Error::QueryReturnedNoRows) => Err(StoreError::NotFound(format!("change {change_id}"))),
+            other => other.map_err(q("count log lines")),
+        }
     }
 }
 
