@@ -10,7 +10,7 @@
 #      each meets the disk in the same state (see below).
 # On a disk, file creation sets much of the step's cost: `TMPDIR=/dev/shm benches/agent.sh` runs
 # it all on tmpfs, which separates the agent's own cost from the disk's.
-# Beside the step it times its floor (examples/step_floor.rs): the same files created, the same
+# Beside the step it times its floor (benches/step_floor.rs): the same files created, the same
 # action spawned and the result written (temp file, rename), with nothing parsed, merged or logged;
 # what this disk and kernel cost a step whatever the agent does.
 # Usage: benches/agent.sh [RUNS]   (default 300 runs of each command)
@@ -144,7 +144,7 @@ for name in ["direct", "tini", "dumb-init", "step", "floor", "step-empty", "exec
     if name in med:
         print(f"{name:13} {med[name]:10.3f} {med[name] - direct:15.3f} {med[name] / direct:7.2f}")
 print(f"agent overhead: {med['step'] - direct:.3f} ms over direct (target <= 1 ms); with an empty context {med['step-empty'] - direct:.3f} ms")
-print(f"  of which the floor (the contract's files and the action's spawn, nothing parsed: examples/step_floor.rs) {med['floor'] - direct:.3f} ms; the agent's own {med['step'] - med['floor']:.3f} ms")
+print(f"  of which the floor (the contract's files and the action's spawn, nothing parsed: benches/step_floor.rs) {med['floor'] - direct:.3f} ms; the agent's own {med['step'] - med['floor']:.3f} ms")
 tini = med["tini"] - direct
 print(f"beside the init processes (overhead over direct): tini {tini:.3f} ms, dumb-init {med['dumb-init'] - direct:.3f} ms;"
       f" empty-context step {(med['step-empty'] - direct) / tini:.2f}x tini's (target <= 2x),"

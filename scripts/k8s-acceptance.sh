@@ -69,6 +69,7 @@ DOCKERFILE
   DOCKER_BUILDKIT=1 "$docker" build -q -t "$base" "$work/base" >/dev/null
 fi
 state=$work/state
+"$opschain" --state-dir "$state" project create --code demo >/dev/null && "$opschain" --state-dir "$state" environment create -p demo --code dev >/dev/null
 run() { "$opschain" --state-dir "$state" change run --backend kubernetes --registry "$registry" --kube-namespace "$namespace" \
   --docker-bin "$docker" --docker-base-image "$base" --grace-secs 5 "$@"; }
 
@@ -108,6 +109,7 @@ trap 'echo got TERM; opschain-runner property set --environment stopped yes; exi
 echo started; while true; do sleep 1; done
 '''
 TOML
+"$opschain" --state-dir "$state" project create --code slow >/dev/null && "$opschain" --state-dir "$state" environment create -p slow --code dev >/dev/null
 run --repo "$work/slow" --project slow --environment dev --action slow > "$work/slow.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do grep -q started "$work/slow.log" && break; sleep 1; done

@@ -3,7 +3,7 @@
 //! musl's own allocator (mallocng) maps and unmaps memory for every mid-sized allocation, so a
 //! step spends much of its time in mmap/munmap with it. dlmalloc (the allocator Rust's own wasm
 //! targets use) keeps its memory. Its bundled `GlobalDlmalloc` guards the heap with a pthread mutex,
-//! whose lock and unlock through musl take dozens of instructions a call once the process has a
+//! whose lock and unlock through musl are costly calls once the process has a
 //! second thread (the agent's log writer). std's `Mutex` on Linux is a futex word, one atomic
 //! instruction each way when uncontended, which it almost always is (the log writer allocates
 //! rarely). BENCHMARKS.md has the figures of each.

@@ -154,11 +154,12 @@ fn read_spliced(text: &str) -> Option<(StepContext<PropertiesText>, Option<Vec<(
     let found = splice::check_members(text, 3).ok()?;
     let inside = |depth: usize, outer: &std::ops::Range<usize>| {
         let outer = outer.clone();
-        found.iter().filter(move |f| f.0 == depth && f.2.start >= outer.start && f.2.end <= outer.end)
+        found.iter().filter(move |f| f.depth == depth && f.value.start >= outer.start && f.value.end <= outer.end)
     };
     let mut context = StepContext::<PropertiesText>::default();
     let mut project = None;
-    for (_, key, range) in found.iter().filter(|f| f.0 == 1) {
+    for member in found.iter().filter(|f| f.depth == 1) {
+        let (key, range) = (&member.key, &member.value);
         let value = &text[range.clone()];
         match key.as_ref() {
             "context" => context.context = serde_json::from_str(value).ok()?,
@@ -167,11 +168,12 @@ fn read_spliced(text: &str) -> Option<(StepContext<PropertiesText>, Option<Vec<(
                 if !value.starts_with('{') {
                     return None;
                 }
-                for (_, member, within) in inside(2, range) {
-                    if member != "properties" || !text[within.clone()].starts_with('{') {
+                for properties in inside(2, range) {
+                    let within = &properties.value;
+                    if properties.key != "properties" || !text[within.clone()].starts_with('{') {
                         return None;
                     }
-                    let members = inside(3, within).map(|(_, k, r)| (k.clone(), r.clone()));
+                    let members = inside(3, within).map(|f| (f.key.clone(), f.value.clone()));
                     if key == "project" {
                         project = Some(members.map(|(k, r)| (k.into_owned(), r)).collect());
                     } else {

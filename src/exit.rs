@@ -23,6 +23,9 @@ pub enum Sysexit {
     CantCreat = 73,
     /// 74: an I/O error.
     IoErr = 74,
+    /// 75: a temporary failure, worth trying again later (the controller: another controller
+    /// runs the change).
+    TempFail = 75,
     /// 77: permission denied (the server refused the user).
     NoPerm = 77,
 }

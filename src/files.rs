@@ -305,7 +305,7 @@ pub fn write(spec: &FileSpec) -> Result<(), WriteError> {
 ///   each: a rename is a directory update as costly as a creation on ext4), and renamed into
 ///   place whole by `finish`. A reader sees no directory, then the directory with every file
 ///   complete: the atomicity of a file's own temporary and rename, for all of them at once.
-///   Files that go into directories that already exist are written atomically each, as before.
+///   Files that go into directories that already exist are written atomically each.
 #[derive(Default)]
 pub struct Writer {
     /// The last directory walked to. Default: none.

@@ -30,7 +30,7 @@ impl SizeLimit {
     pub const DEFAULT: SizeLimit = SizeLimit::Error(64 << 20);
 
     /// The largest size allowed, in bytes (`u64::MAX` when unlimited).
-    pub fn max_bytes(self) -> u64 {
+    pub const fn max_bytes(self) -> u64 {
         match self {
             SizeLimit::Error(max) => max,
             SizeLimit::Unlimited => u64::MAX,

@@ -26,7 +26,7 @@ impl FromStr for LogFormat {
 /// The time of each line: what tracing-subscriber's own `SystemTime` timer writes (RFC 3339, UTC,
 /// microseconds: `2026-11-23T10:00:00.123456Z`), formatted through the supervisor's cached
 /// [`Stamp`](crate::supervise::Stamp): the lines of one second share all but their microseconds,
-/// where the stock timer formatted every field of every line (a fifth of a line's cost).
+/// where the stock timer formats every field of every line (BENCHMARKS.md, "design figures").
 #[derive(Debug, Default)]
 struct Clock(std::sync::Mutex<crate::supervise::Stamp>);
 

@@ -168,7 +168,7 @@ impl StepResult {
     ///
     /// Written member by member, in the order and form the derived `Serialize` gives, with
     /// `step.properties` copied in as it is rather than checked again: for a few MB of properties
-    /// that check would be a fifth of the agent's step.
+    /// that check would be a large share of the agent's step.
     pub fn write(&self, path: &Path) -> Result<(), AtomicError> {
         atomic::write_with(path, RESULT_MODE, Durability::Rename, |out| {
             out.write_all(b"{\"project\":")?;

@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -390,116 +391,23 @@ pub fn masker_for(prepared: &Prepared, options: &StepOptions) -> Masker {
 /// written whatever happened, so that no recorded change is lost.
 ///
 /// Takes the prepared step whole: its properties move into the diff and the result rather than
-/// being copied.
+/// being copied. Three phases, each timed and logged: `initialise`, `run_plan`, then the
+/// completion (`level_diff` of each writable level, `children`, `exit_status`, the result).
 pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Supervisor) -> Result<StepReport, StepError> {
-    let layout = &prepared.layout.clone();
-    let initialise = Phase::start("initialise");
-    let merged_json = std::mem::take(&mut prepared.merged_json);
-    let runtime = RuntimeFiles::write(layout, &prepared, merged_json)?;
-    let mut writer = files::Writer::default();
-    for spec in &prepared.files {
-        writer.write(spec)?;
-        info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
-    }
-    writer.finish()?;
-    let env: std::sync::Arc<[(OsString, OsString)]> = action_env(&prepared, &runtime, options).into();
-    let initialise_ms = initialise.finish();
+    let phase = Phase::start("initialise");
+    let (runtime, env) = initialise(&mut prepared, options)?;
+    let initialise_ms = phase.finish();
 
-    let action_phase = Phase::start("action");
-    let mut jobs = Vec::new();
-    let mut last: Option<Outcome> = None;
-    for (name, action) in &prepared.plan {
-        let Some(argv) = action.argv() else { continue };
-        if supervisor.cancelled().is_some() {
-            break;
-        }
-        let job = Job {
-            label: name.clone(),
-            argv: argv.into_iter().map(OsString::from).collect(),
-            cwd: layout.repo.clone(),
-            env: env.clone(),
-            timeout: action.timeout().or(options.supervise.default_timeout),
-        };
-        info!(action = %name, "running");
-        let outcome = match supervisor.run(&job) {
-            Ok(outcome) => outcome,
-            // A command that cannot be started is the action's failure, as in a shell: 127 when
-            // it is not found, 126 when it cannot be executed. The result is still written.
-            Err(SuperviseError::Spawn { source, program, .. }) => {
-                let status = if source.kind() == std::io::ErrorKind::NotFound { crate::exit::NOT_FOUND } else { crate::exit::CANNOT_EXECUTE }.code();
-                warn!(action = %name, program = %program.to_string_lossy(), error = %source, "cannot start the command");
-                Outcome {
-                    reason: crate::supervise::Reason::Exited,
-                    code: Some(status),
-                    signal: None,
-                    exit_status: status,
-                    duration: Duration::ZERO,
-                    orphans_reaped: 0,
-                    lines_dropped: 0,
-                    survivors: 0,
-                }
-            }
-            Err(e) => return Err(e.into()),
-        };
-        info!(action = %name, reason = ?outcome.reason, exit_status = outcome.exit_status, duration_ms = millis(outcome.duration), "ended");
-        jobs.push(JobFacts { action: name.clone(), reason: outcome.reason, exit_status: outcome.exit_status, duration_ms: millis(outcome.duration) });
-        let failed = outcome.exit_status != 0;
-        last = Some(outcome);
-        if failed {
-            break;
-        }
-    }
-    let action_ms = action_phase.finish();
+    let phase = Phase::start("action");
+    let Ran { jobs, last } = run_plan(&prepared, &env, options, supervisor)?;
+    let action_ms = phase.finish();
 
     let completing = Phase::start("completing");
     let mut error = None;
-    // A copy left byte for byte as written has an empty diff, without parsing it (the common
-    // case: most steps change no properties); else the two texts are diffed where they differ
-    // (`splice::diff_known_rest`: the copy is compared with what was written as it is read, and
-    // only what follows the first difference is kept; of that, only the bytes before the common
-    // suffix are parsed, so an unchanged member of any size costs a comparison of its bytes).
-    // When that declines (a difference at the root's brace) or finds the copy invalid, the copy
-    // is read whole: diffed as text, or parsed whole, for the error.
-    let mut level_diff = |path: &Path, before: &str, spans: &[splice::Span]| {
-        let read = json::read_differing(path, options.limit, before.as_bytes()).and_then(|differing| {
-            let json::Differing::From { at, rest } = differing else { return Ok(None) };
-            let mut ops = Vec::new();
-            if std::str::from_utf8(&rest).ok().is_some_and(|rest| splice::diff_known_rest(before, spans, at, rest, &mut ops) == Ok(true)) {
-                return Ok(Some(json_patch::Patch(ops)));
-            }
-            let bytes = json::read_bytes(path, options.limit)?;
-            ops.clear();
-            if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
-                return Ok(Some(json_patch::Patch(ops)));
-            }
-            json::parse::<StrictObject>(path, &bytes).map(|StrictObject(after)| {
-                let before: Value = serde_json::from_str(before).expect("the agent's own JSON parses");
-                Some(diff(&before, &Value::Object(after)))
-            })
-        });
-        match read {
-            Ok(None) => json_patch::Patch(Vec::new()),
-            Ok(Some(patch)) => patch,
-            Err(source) => {
-                warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
-                error.get_or_insert(StepError::PropertiesCopy { source });
-                json_patch::Patch(Vec::new())
-            }
-        }
-    };
-    let project_diff = level_diff(&runtime.project, &prepared.project_json, &prepared.project_spans);
-    let environment_diff = level_diff(&runtime.environment, &prepared.environment_json, &prepared.environment_spans);
-    let mut children = std::mem::take(&mut prepared.declared_children);
-    match std::fs::read_to_string(&runtime.children) {
-        Ok(text) => children.extend(result::parse_child_steps(&text)),
-        Err(e) => warn!(file = %runtime.children.display(), error = %e, "cannot read the child steps file"),
-    }
-
-    let action_status = last.as_ref().map_or(0, |o| o.exit_status);
-    let exit_status = match (&error, action_status) {
-        (Some(e), 0) => e.exit_status().code(),
-        _ => action_status,
-    };
+    let project_diff = recorded(level_diff(&runtime.project, &prepared.project_json, &prepared.project_spans, options.limit), &mut error);
+    let environment_diff = recorded(level_diff(&runtime.environment, &prepared.environment_json, &prepared.environment_spans, options.limit), &mut error);
+    let children = children(std::mem::take(&mut prepared.declared_children), &runtime.children);
+    let exit_status = exit_status(error.as_ref(), last.as_ref());
     let mut result = StepResult {
         project: LevelDiff { properties_diff: project_diff },
         environment: LevelDiff { properties_diff: environment_diff },
@@ -521,7 +429,149 @@ pub fn run(mut prepared: Prepared, options: &StepOptions, supervisor: &mut Super
     if let Some(runner) = result.runner.as_mut() {
         runner.phases.completing_ms = completing_ms;
     }
-    result.write(&layout.step_result()).map_err(StepError::Result)?;
+    result.write(&prepared.layout.step_result()).map_err(StepError::Result)?;
     completing.finish();
     Ok(StepReport { result, exit_status, error })
+}
+
+/// The step's first phase. Leaves behind: the runtime files written ([`RuntimeFiles::write`]:
+/// the merged properties read-only, the two writable level copies, an empty child steps file),
+/// with `prepared.merged_json` moved into the returned [`RuntimeFiles`]; every file of
+/// `prepared.files` written, with its mode; and the environment the action's commands get.
+fn initialise(prepared: &mut Prepared, options: &StepOptions) -> Result<(RuntimeFiles, ActionEnv), StepError> {
+    let merged_json = std::mem::take(&mut prepared.merged_json);
+    let runtime = RuntimeFiles::write(&prepared.layout, prepared, merged_json)?;
+    let mut writer = files::Writer::default();
+    for spec in &prepared.files {
+        writer.write(spec)?;
+        info!(file = %spec.target.full_path().display(), mode = format_args!("{:04o}", spec.mode), "file written");
+    }
+    writer.finish()?;
+    let env = action_env(prepared, &runtime, options).into();
+    Ok((runtime, env))
+}
+
+/// The environment of the action's commands, shared by their jobs.
+type ActionEnv = Arc<[(OsString, OsString)]>;
+
+/// What running the plan left: a fact per command run, in order, and the last one's outcome
+/// (`None` when none ran).
+struct Ran {
+    /// One per command run.
+    jobs: Vec<JobFacts>,
+    /// How the last command run ended.
+    last: Option<Outcome>,
+}
+
+/// The step's second phase: runs the plan's commands in order, each as a job of `supervisor`
+/// in the repository with `env`, until one fails or the run is cancelled. Leaves behind: no
+/// process of any job ([`Supervisor::run`] returns once its job's last descendant is gone) and
+/// their output logged; a command that cannot be started counts as one that failed
+/// ([`unstartable`]). An error means supervision itself broke down.
+fn run_plan(prepared: &Prepared, env: &ActionEnv, options: &StepOptions, supervisor: &mut Supervisor) -> Result<Ran, StepError> {
+    let mut ran = Ran { jobs: Vec::new(), last: None };
+    for (name, action) in &prepared.plan {
+        let Some(argv) = action.argv() else { continue };
+        if supervisor.cancelled().is_some() {
+            break;
+        }
+        let job = Job {
+            label: name.clone(),
+            argv: argv.into_iter().map(OsString::from).collect(),
+            cwd: prepared.layout.repo.clone(),
+            env: env.clone(),
+            timeout: action.timeout().or(options.supervise.default_timeout),
+        };
+        info!(action = %name, "running");
+        let outcome = match supervisor.run(&job) {
+            Ok(outcome) => outcome,
+            Err(SuperviseError::Spawn { source, program, .. }) => unstartable(name, &program, &source),
+            Err(e) => return Err(e.into()),
+        };
+        info!(action = %name, reason = ?outcome.reason, exit_status = outcome.exit_status, duration_ms = millis(outcome.duration), "ended");
+        ran.jobs.push(JobFacts { action: name.clone(), reason: outcome.reason, exit_status: outcome.exit_status, duration_ms: millis(outcome.duration) });
+        let failed = outcome.exit_status != 0;
+        ran.last = Some(outcome);
+        if failed {
+            break;
+        }
+    }
+    Ok(ran)
+}
+
+/// The outcome of the action `name`'s command `program` that could not be started: the action's
+/// failure, as in a shell (127 when it is not found, 126 when it cannot be executed), so that
+/// the result is still written.
+fn unstartable(name: &str, program: &std::ffi::OsStr, source: &std::io::Error) -> Outcome {
+    let status = if source.kind() == std::io::ErrorKind::NotFound { crate::exit::NOT_FOUND } else { crate::exit::CANNOT_EXECUTE }.code();
+    warn!(action = %name, program = %program.to_string_lossy(), error = %source, "cannot start the command");
+    Outcome {
+        reason: crate::supervise::Reason::Exited,
+        code: Some(status),
+        signal: None,
+        exit_status: status,
+        duration: Duration::ZERO,
+        orphans_reaped: 0,
+        lines_dropped: 0,
+        survivors: 0,
+    }
+}
+
+/// The RFC 6902 patch from `before` (the text the agent wrote to the writable level copy at
+/// `path`; `spans`, its top-level members) to what the copy holds now; `None` when the copy is
+/// byte for byte as written (most steps change no properties), found without parsing it.
+///
+/// Else the two texts are diffed where they differ ([`splice::diff_known_rest`]: the copy is
+/// compared with what was written as it is read, and only what follows the first difference is
+/// kept; of that, only the bytes before the common suffix are parsed, so an unchanged member of
+/// any size costs a comparison of its bytes). When that declines (a difference at the root's
+/// brace) or finds the copy invalid, the copy is read whole: diffed as text, or parsed whole,
+/// for the error.
+fn level_diff(path: &Path, before: &str, spans: &[splice::Span], limit: SizeLimit) -> Result<Option<json_patch::Patch>, JsonError> {
+    let json::Differing::From { at, rest } = json::read_differing(path, limit, before.as_bytes())? else { return Ok(None) };
+    let mut ops = Vec::new();
+    if std::str::from_utf8(&rest).ok().is_some_and(|rest| splice::diff_known_rest(before, spans, at, rest, &mut ops) == Ok(true)) {
+        return Ok(Some(json_patch::Patch(ops)));
+    }
+    let bytes = json::read_bytes(path, limit)?;
+    ops.clear();
+    if std::str::from_utf8(&bytes).ok().is_some_and(|after| splice::diff_known(before, spans, after, &mut ops).is_ok()) {
+        return Ok(Some(json_patch::Patch(ops)));
+    }
+    let StrictObject(after) = json::parse::<StrictObject>(path, &bytes)?;
+    let before: Value = serde_json::from_str(before).expect("the agent's own JSON parses");
+    Ok(Some(diff(&before, &Value::Object(after))))
+}
+
+/// The patch of a level's diff as the result records it: empty when the copy is unchanged, and
+/// when it cannot be read or is invalid, in which case the failure is kept in `error` (the first
+/// one found stays) and the step's other changes are still recorded.
+fn recorded(diff: Result<Option<json_patch::Patch>, JsonError>, error: &mut Option<StepError>) -> json_patch::Patch {
+    match diff {
+        Ok(patch) => patch.unwrap_or(json_patch::Patch(Vec::new())),
+        Err(source) => {
+            warn!(error = %source, "the action left invalid properties; that level's changes are not recorded");
+            error.get_or_insert(StepError::PropertiesCopy { source });
+            json_patch::Patch(Vec::new())
+        }
+    }
+}
+
+/// The step's children: `declared` (by actions.toml), then those the action added to the child
+/// steps file `file`; a file that cannot be read adds none, with a warning.
+fn children(mut declared: Vec<String>, file: &Path) -> Vec<String> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => declared.extend(result::parse_child_steps(&text)),
+        Err(e) => warn!(file = %file.display(), error = %e, "cannot read the child steps file"),
+    }
+    declared
+}
+
+/// The agent's exit status: the last command's (0 when none ran), unless that is 0 and an
+/// `error` was found after it, whose status it then is.
+fn exit_status(error: Option<&StepError>, last: Option<&Outcome>) -> i32 {
+    match (error, last.map_or(0, |o| o.exit_status)) {
+        (Some(e), 0) => e.exit_status().code(),
+        (_, status) => status,
+    }
 }

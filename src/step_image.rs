@@ -12,7 +12,7 @@
 //! * `Dockerfile` — the repo's `<folder>/Dockerfile` at that commit, else [`default_dockerfile`];
 //!
 //! with the build args `GIT_REV`, `GIT_SHA`, `OPSCHAIN_BASE_RUNNER`, `OPSCHAIN_VERSION` (and this
-//! runner's `OPSCHAIN_CONTEXT_DIGEST`), and two secrets: the env context, and the build secret
+//! runner's `OPSCHAIN_CONTEXT_DIGEST` and `OPSCHAIN_BUILD_SECRETS_DIGEST`), and two secrets: the env context, and the build secret
 //! bundle [`BUILD_SECRETS_ID`] — every build secret set that applies
 //! ([`crate::exec::build_secret_sets`]), merged in order into one JSON object, so that one mount
 //! gives `opschain-exec` all of them whatever the project lists.
@@ -31,6 +31,10 @@ use crate::context::{Level, StepContext};
 use crate::exec;
 use crate::json::{JsonError, PointerError, StrictObject};
 use crate::layout::DEFAULT_REPO_FOLDER;
+
+/// The base runner image's one name (`OPSCHAIN_BASE_RUNNER`'s default): `opschain-runner:latest`,
+/// the tag `runner-image/README.md` builds.
+pub const DEFAULT_BASE_RUNNER: &str = "opschain-runner:latest";
 
 /// MintPress's OpsChain folder: its image builds get the env context as `step_context.json.zip`.
 pub const MINTPRESS_FOLDER: &str = ".mintpress";
@@ -57,6 +61,20 @@ pub const CONTEXT_ZIP_SECRET_ID: &str = "step_context_zip";
 /// --mount=type=secret,id=opschain-build-secrets` puts it at `/run/secrets/opschain-build-secrets`,
 /// where `opschain-exec` reads it ([`crate::exec::env_for`]).
 pub const BUILD_SECRETS_ID: &str = crate::exec::BUILD_SECRETS_BUNDLE;
+
+/// The build arg of the build secrets digest ([`ImagePlan`]'s `secrets_digest`): a Dockerfile
+/// declares it before the `RUN` lines that mount the build secrets, so that their cache follows
+/// the secrets.
+pub const SECRETS_DIGEST_ARG: &str = "OPSCHAIN_BUILD_SECRETS_DIGEST";
+
+/// Whether `dockerfile` has an `ARG name` (or `ARG name=default`) instruction, in any case, with
+/// any indentation.
+pub fn declares_arg(dockerfile: &str, name: &str) -> bool {
+    dockerfile.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next().is_some_and(|w| w.eq_ignore_ascii_case("ARG")) && words.next().is_some_and(|w| w.split('=').next() == Some(name))
+    })
+}
 
 /// The owner (uid and gid) of every file in `repo.tar`: the runner user of the runner image, so
 /// that the agent can write `step_result.json` under `/opt/opschain` once `ADD` unpacked it.
@@ -118,7 +136,8 @@ pub fn default_dockerfile(folder: &str) -> String {
 # Copy it to {folder}/Dockerfile in your repository to customise the step image.
 # Build context: repo.tar (the repository at the commit, .git included) and {file}
 # (the env properties and context values; mounted as a secret below, never copied into a layer).
-# Build args: OPSCHAIN_BASE_RUNNER, OPSCHAIN_VERSION, GIT_REV, GIT_SHA, OPSCHAIN_CONTEXT_DIGEST.
+# Build args: OPSCHAIN_BASE_RUNNER, OPSCHAIN_VERSION, GIT_REV, GIT_SHA, OPSCHAIN_CONTEXT_DIGEST,
+# OPSCHAIN_BUILD_SECRETS_DIGEST.
 ARG OPSCHAIN_BASE_RUNNER
 FROM ${{OPSCHAIN_BASE_RUNNER}}
 {folder_env}
@@ -131,6 +150,10 @@ ARG GIT_SHA
 # The digest of {file}: declared before the RUN lines that read it, so that a change of the env
 # properties reruns them (a secret mount is not part of the build cache key). Keep it.
 ARG OPSCHAIN_CONTEXT_DIGEST
+# A keyed digest of the build secret sets that apply (their names and values; the key is the
+# controller's, so the digest tells nothing of a value): a changed list or a rotated value reruns
+# the RUN lines. Keep it.
+ARG OPSCHAIN_BUILD_SECRETS_DIGEST
 
 # Commands run through opschain-exec see the project's and environment's env properties and the
 # build secrets: every set that applies (opschain.config.build_secrets of the project, then of the
@@ -357,6 +380,17 @@ pub enum SecretSource {
     Sets(Vec<SecretSet>),
 }
 
+/// The key of the build secrets' keyed digest (HMAC-SHA256): 32 random bytes the controller keeps
+/// in its private state directory. Its `Debug` shows no byte of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretsKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SecretsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretsKey(..)")
+    }
+}
+
 /// What to build a step image of.
 #[derive(Debug, Clone)]
 pub struct BuildContextSpec {
@@ -373,7 +407,7 @@ pub struct BuildContextSpec {
     /// environment context values and env-var properties reach the build ([`env_context`]), and
     /// its `opschain.config.build_secrets` picks the secret sets. Default: `{}`.
     pub context: Map<String, Value>,
-    /// The base runner image (`OPSCHAIN_BASE_RUNNER`). Default: `opschain-runner:<version>`.
+    /// The base runner image (`OPSCHAIN_BASE_RUNNER`). Default: [`DEFAULT_BASE_RUNNER`].
     pub base_runner: String,
     /// The base runner image's id, when known: part of the image key ([`ImagePlan::key`]), so
     /// that a rebuilt base image gives a new step image. Default: none (the name stands for it).
@@ -382,16 +416,27 @@ pub struct BuildContextSpec {
     pub opschain_version: String,
     /// Where the build secret sets come from. Default: [`SecretSource::None`].
     pub secrets: SecretSource,
+    /// The key of the build secrets' keyed digest ([`ImagePlan::secrets_digest`]): with one, the
+    /// digest covers the sets' values too, so that a rotated value rebuilds the image. Default:
+    /// none, the digest covers the sets' names only (a digest of the values without a key would
+    /// let anyone who sees the image guess a weak value offline).
+    pub secrets_key: Option<SecretsKey>,
     /// Where to write the build secret bundle (mode 0600): outside the build context directory,
     /// so that no `COPY .` can take it. Default: none, `<out>.build-secrets.json` beside `out`.
     pub secrets_file: Option<PathBuf>,
     /// The build context directory to write; created, and must be empty if it exists.
     pub out: PathBuf,
-    /// A directory where `repo.tar` of each commit is kept (`<commit>.tar`) and hard-linked from
-    /// (copied across file systems), so that a commit is archived once, not for every build of it.
-    /// Its `.git` then holds the repo's refs as they were when the commit was first archived (HEAD
-    /// is the commit either way). Default: none, archived anew for every build.
+    /// A directory where `repo.tar` of each project, repository and commit is kept
+    /// ([`BuildContextSpec::repo_tar_name`]) and hard-linked from (copied across file systems), so
+    /// that a commit is archived once per project, not for every build of it. Its `.git` then holds
+    /// that project's repository's refs as they were when the commit was first archived there (HEAD
+    /// is the commit either way); another project with the same commit (a fork) gets an archive of
+    /// its own. Default: none, archived anew for every build.
     pub repo_tar_cache: Option<PathBuf>,
+    /// The project the image is built for (its code): with [`BuildContextSpec::repo_tar_cache`],
+    /// part of the archive's key, so that two projects sharing a commit never share a `repo.tar`
+    /// (its `.git` holds the project's refs and remote). Default: none (the repository alone).
+    pub project: Option<String>,
 }
 
 impl BuildContextSpec {
@@ -404,14 +449,32 @@ impl BuildContextSpec {
             git_rev: "HEAD".into(),
             commit: None,
             context: Map::new(),
-            base_runner: format!("opschain-runner:{version}"),
+            base_runner: DEFAULT_BASE_RUNNER.to_string(),
             base_runner_id: None,
             opschain_version: version,
             secrets: SecretSource::None,
+            secrets_key: None,
             secrets_file: None,
             out: out.into(),
             repo_tar_cache: None,
+            project: None,
         }
+    }
+
+    /// The file name of `commit`'s archive in [`BuildContextSpec::repo_tar_cache`]:
+    /// `<commit>-<scope>.tar`, the scope the first 16 hex digits of the SHA-256 of the project
+    /// code and the repository's canonical path. The commit alone would hand one project's refs
+    /// (and the path of its repository) to every project that shares the commit.
+    pub fn repo_tar_name(&self, commit: &str) -> String {
+        use sha2::Digest;
+        let repo = std::fs::canonicalize(&self.repo).unwrap_or_else(|_| self.repo.clone());
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"opschain-repo-tar 1\0project\0");
+        hasher.update(self.project.as_deref().unwrap_or_default().as_bytes());
+        hasher.update(b"\0repo\0");
+        hasher.update(repo.as_os_str().as_encoded_bytes());
+        let scope: String = hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{commit}-{scope}.tar")
     }
 
     /// Where the build secret bundle goes: [`BuildContextSpec::secrets_file`], else
@@ -460,11 +523,17 @@ pub struct ImagePlan {
     pub env_context: Vec<u8>,
     /// The git blob id of the env context's JSON (`OPSCHAIN_CONTEXT_DIGEST`).
     pub context_digest: String,
+    /// The build secret sets that apply, resolved, in order (merged into the bundle).
+    pub secret_sets: Vec<SecretSet>,
+    /// The digest of the build secret sets (`OPSCHAIN_BUILD_SECRETS_DIGEST`):
+    /// `hmac-sha256:<hex>` of their names and merged bundle, keyed by
+    /// [`BuildContextSpec::secrets_key`], else `names-sha256:<hex>` of their names alone. A
+    /// changed list of sets, or (with a key) a rotated value, changes it; the value never shows.
+    pub secrets_digest: String,
     /// The image key: the git object id of a manifest of every input that can change what the
     /// build gives — this runner's version, the folder, the commit, the Dockerfile (blob id, or
-    /// the default's version and folder), the base runner image (id when known, else name) and
-    /// the env context digest. Equal keys build equal images (build secrets aside: see the
-    /// README's "rotating a build secret").
+    /// the default's version and folder), the base runner image (id when known, else name), the
+    /// env context digest and the build secrets digest. Equal keys build equal images.
     pub key: String,
 }
 
@@ -489,10 +558,16 @@ pub struct BuildContext {
     /// The image key ([`ImagePlan::key`]); the controller tags the image `opschain-step:<key>`.
     pub key: String,
     /// The build args, in order: `GIT_REV`, `GIT_SHA`, `OPSCHAIN_BASE_RUNNER`, `OPSCHAIN_VERSION`,
-    /// and `OPSCHAIN_CONTEXT_DIGEST` (the git blob id of the env context JSON: declared before a
-    /// `RUN` line, it makes a change of the env properties rerun it; secret mounts are not part of
-    /// BuildKit's cache key).
+    /// `OPSCHAIN_CONTEXT_DIGEST` (the git blob id of the env context JSON: declared before a `RUN`
+    /// line, it makes a change of the env properties rerun it; secret mounts are not part of
+    /// BuildKit's cache key) and `OPSCHAIN_BUILD_SECRETS_DIGEST` ([`ImagePlan::secrets_digest`]:
+    /// the same for the build secret sets).
     pub build_args: Vec<(String, String)>,
+    /// Whether the Dockerfile declares `ARG OPSCHAIN_BUILD_SECRETS_DIGEST` (the default one does).
+    /// When it does not, nothing ties its `RUN` lines' cache to the build secrets, and
+    /// [`BuildContext::docker_build_args`] builds without the cache rather than reuse a layer
+    /// built with other secrets.
+    pub secrets_digest_declared: bool,
     /// The secrets: the env context, then the build secret bundle ([`BUILD_SECRETS_ID`]).
     pub secrets: Vec<BuildSecret>,
     /// The build secret sets merged into the bundle, in order (names only).
@@ -501,10 +576,15 @@ pub struct BuildContext {
 
 impl BuildContext {
     /// The arguments of `docker build` for this context, tagging the image `tag`: `--progress=plain`
-    /// (a log a person can read), `--file`, `--build-arg` each, `--secret` each, `--tag`, and the
-    /// directory last.
+    /// (a log a person can read), `--no-cache` when the Dockerfile does not declare the build
+    /// secrets digest ([`BuildContext::secrets_digest_declared`]), `--file`, `--build-arg` each,
+    /// `--secret` each, `--tag`, and the directory last.
     pub fn docker_build_args(&self, tag: &str) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec!["build".into(), "--progress=plain".into(), "--file".into(), self.dockerfile.clone().into()];
+        let mut args: Vec<OsString> = vec!["build".into(), "--progress=plain".into()];
+        if !self.secrets_digest_declared {
+            args.push("--no-cache".into());
+        }
+        args.extend(["--file".into(), self.dockerfile.clone().into()]);
         for (name, value) in &self.build_args {
             args.push("--build-arg".into());
             args.push(format!("{name}={value}").into());
@@ -567,6 +647,50 @@ pub fn secret_bundle(sets: &[SecretSet]) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(&Value::Object(merged)).unwrap_or_default();
     bytes.push(b'\n');
     bytes
+}
+
+/// The build secret sets of `spec` that apply, in order: the caller's, or those of the sets
+/// directory that exist (each checked, so that a bad set fails before the build rather than in a
+/// `RUN` line).
+fn resolve_secret_sets(spec: &BuildContextSpec) -> Result<Vec<SecretSet>, BuildError> {
+    let names = applicable_secret_sets(&spec.context)?;
+    match &spec.secrets {
+        SecretSource::None => Ok(Vec::new()),
+        SecretSource::Sets(sets) => Ok(sets.clone()),
+        SecretSource::Dir(dir) => {
+            let mut sets = Vec::new();
+            for name in &names {
+                let read = exec::read_secret_set(&dir.join(name), crate::json::SizeLimit::DEFAULT).map_err(|source| BuildError::SecretSet { source })?;
+                if let Some(values) = read {
+                    sets.push(SecretSet { name: name.clone(), values });
+                }
+            }
+            Ok(sets)
+        }
+    }
+}
+
+/// [`ImagePlan::secrets_digest`] of `sets`: their names, one a line, then (with a key only) the
+/// merged bundle, under HMAC-SHA256 with `key`, else SHA-256 of the names alone.
+pub fn secrets_digest(sets: &[SecretSet], key: Option<&SecretsKey>) -> String {
+    use hmac::Mac;
+    use sha2::Digest;
+    let mut names = b"opschain-build-secrets 1\n".to_vec();
+    for set in sets {
+        names.extend_from_slice(set.name.as_bytes());
+        names.push(b'\n');
+    }
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match key {
+        Some(SecretsKey(key)) => {
+            let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+            mac.update(&names);
+            mac.update(b"\n");
+            mac.update(&secret_bundle(sets));
+            format!("hmac-sha256:{}", hex(&mac.finalize().into_bytes()))
+        }
+        None => format!("names-sha256:{}", hex(&sha2::Sha256::digest(&names))),
+    }
 }
 
 fn run_tool(command: &mut Command) -> Result<Output, BuildError> {
@@ -667,13 +791,15 @@ pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
             return Err(BuildError::Dockerfile { path, commit: git_sha, source: std::io::Error::new(std::io::ErrorKind::InvalidData, what) });
         }
     };
+    let secret_sets = resolve_secret_sets(spec)?;
+    let secrets_digest = secrets_digest(&secret_sets, spec.secrets_key.as_ref());
     let context_digest = hash_object(&json)?;
     let dockerfile_line = match &dockerfile {
         DockerfileSource::Default => format!("default {} {}", env!("CARGO_PKG_VERSION"), spec.folder),
         DockerfileSource::Repo { blob } => format!("repo {blob}"),
     };
     let manifest = format!(
-        "opschain-step-image 1\nrunner {}\nopschain-version {}\nfolder {}\ncommit {git_sha}\ngit-rev {}\ndockerfile {dockerfile_line}\nbase {}\nenv-context {context_digest}\n",
+        "opschain-step-image 1\nrunner {}\nopschain-version {}\nfolder {}\ncommit {git_sha}\ngit-rev {}\ndockerfile {dockerfile_line}\nbase {}\nenv-context {context_digest}\nbuild-secrets {secrets_digest}\n",
         env!("CARGO_PKG_VERSION"),
         spec.opschain_version,
         spec.folder,
@@ -681,7 +807,7 @@ pub fn plan(spec: &BuildContextSpec) -> Result<ImagePlan, BuildError> {
         spec.base_runner_id.as_deref().unwrap_or(&spec.base_runner),
     );
     let key = hash_object(manifest.as_bytes())?;
-    Ok(ImagePlan { git_sha, dockerfile, form, env_context, context_digest, key })
+    Ok(ImagePlan { git_sha, dockerfile, form, env_context, context_digest, secret_sets, secrets_digest, key })
 }
 
 /// Writes the build context of `spec` (see the module docs) and says how to build it:
@@ -702,24 +828,7 @@ pub fn write_context(spec: &BuildContextSpec) -> Result<BuildContext, BuildError
 /// (index without stat data, no reflogs, every mtime the commit's), so the image build cache holds
 /// from one step to the next.
 pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildContext, BuildError> {
-    // The secret sets first: a bad one stops before any copying.
-    let names = applicable_secret_sets(&spec.context)?;
-    let sets = match &spec.secrets {
-        SecretSource::None => Vec::new(),
-        SecretSource::Sets(sets) => sets.clone(),
-        SecretSource::Dir(dir) => {
-            let mut sets = Vec::new();
-            for name in &names {
-                // Checked here, so that a bad set fails before the build rather than in a RUN line.
-                let read = exec::read_secret_set(&dir.join(name), crate::json::SizeLimit::DEFAULT).map_err(|source| BuildError::SecretSet { source })?;
-                if let Some(values) = read {
-                    sets.push(SecretSet { name: name.clone(), values });
-                }
-            }
-            sets
-        }
-    };
-
+    let sets = &plan.secret_sets;
     let out = &spec.out;
     let out_dir = |source| BuildError::OutDir { path: out.clone(), source };
     std::fs::create_dir_all(out).map_err(out_dir)?;
@@ -732,7 +841,7 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
     match &spec.repo_tar_cache {
         None => archive_commit(spec, &plan.git_sha, &out.join(".checkout"), &repo_tar)?,
         Some(cache) => {
-            let cached = cache.join(format!("{}.tar", plan.git_sha));
+            let cached = cache.join(spec.repo_tar_name(&plan.git_sha));
             if !cached.is_file() {
                 // Made under a name of its own and renamed into place: concurrent builds of one
                 // commit each see the whole archive or none.
@@ -760,11 +869,12 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
     write(&context_path, &plan.env_context)?;
 
     let secrets_path = spec.secrets_path();
-    write_private(&secrets_path, &secret_bundle(&sets))?;
+    write_private(&secrets_path, &secret_bundle(sets))?;
     Ok(BuildContext {
         dir: out,
         dockerfile,
         custom_dockerfile: plan.dockerfile != DockerfileSource::Default,
+        secrets_digest_declared: declares_arg(&String::from_utf8_lossy(&dockerfile_text), SECRETS_DIGEST_ARG),
         key: plan.key.clone(),
         build_args: vec![
             ("GIT_REV".into(), spec.git_rev.clone()),
@@ -772,10 +882,11 @@ pub fn write_planned(spec: &BuildContextSpec, plan: &ImagePlan) -> Result<BuildC
             ("OPSCHAIN_BASE_RUNNER".into(), spec.base_runner.clone()),
             ("OPSCHAIN_VERSION".into(), spec.opschain_version.clone()),
             ("OPSCHAIN_CONTEXT_DIGEST".into(), plan.context_digest.clone()),
+            (SECRETS_DIGEST_ARG.into(), plan.secrets_digest.clone()),
         ],
         git_sha: plan.git_sha.clone(),
         secrets: vec![BuildSecret { id: plan.form.secret_id().into(), src: context_path }, BuildSecret { id: BUILD_SECRETS_ID.into(), src: secrets_path }],
-        secret_sets: sets.into_iter().map(|s| s.name).collect(),
+        secret_sets: sets.iter().map(|s| s.name.clone()).collect(),
     })
 }
 
@@ -887,6 +998,7 @@ mod tests {
             "ARG GIT_SHA",
             "ARG OPSCHAIN_VERSION",
             "ARG OPSCHAIN_CONTEXT_DIGEST",
+            "ARG OPSCHAIN_BUILD_SECRETS_DIGEST",
         ] {
             assert!(lines.contains(&line), "{line}");
         }
@@ -897,5 +1009,42 @@ mod tests {
         assert!(mintpress.contains("ENV OPSCHAIN_REPO_FOLDER=.mintpress\n"));
         assert!(mintpress.contains("--mount=type=secret,id=step_context_zip,target=/opt/opschain/.mintpress/step_context.json.zip,"));
         assert!(mintpress.contains("[ -x .mintpress/setup ]"));
+        assert!(declares_arg(&text, SECRETS_DIGEST_ARG) && declares_arg("  arg OPSCHAIN_BUILD_SECRETS_DIGEST=x\n", SECRETS_DIGEST_ARG));
+        assert!(!declares_arg("ARG OPSCHAIN_BUILD_SECRETS_DIGESTS\n# ARG OPSCHAIN_BUILD_SECRETS_DIGEST\n", SECRETS_DIGEST_ARG));
+    }
+
+    #[test]
+    fn the_secrets_digest_follows_the_list_and_with_a_key_the_values_without_showing_them() {
+        let set = |name: &str, value: &str| SecretSet { name: name.into(), values: vec![("TOKEN".into(), value.into())] };
+        let key = SecretsKey([7; 32]);
+        let digest = |sets: &[SecretSet], key: Option<&SecretsKey>| secrets_digest(sets, key);
+        let base = digest(&[set("a", "one")], Some(&key));
+        assert!(base.starts_with("hmac-sha256:") && base.len() == "hmac-sha256:".len() + 64, "{base}");
+        assert_eq!(base, digest(&[set("a", "one")], Some(&key)));
+        assert_ne!(base, digest(&[set("b", "one")], Some(&key)), "another list");
+        assert_ne!(base, digest(&[set("a", "two")], Some(&key)), "a rotated value");
+        assert_ne!(base, digest(&[set("a", "one")], Some(&SecretsKey([8; 32]))), "another controller's key");
+        // Without a key, the values are not digested at all.
+        assert_eq!(digest(&[set("a", "one")], None), digest(&[set("a", "two")], None));
+        assert_ne!(digest(&[set("a", "one")], None), digest(&[set("b", "one")], None));
+        assert_eq!(format!("{key:?}"), "SecretsKey(..)");
+    }
+
+    #[test]
+    fn a_dockerfile_without_the_secrets_digest_builds_without_the_cache() {
+        let mut context = BuildContext {
+            dir: "/ctx".into(),
+            dockerfile: "/ctx/Dockerfile".into(),
+            custom_dockerfile: true,
+            git_sha: "0".repeat(40),
+            key: "k".into(),
+            build_args: vec![(SECRETS_DIGEST_ARG.into(), "hmac-sha256:00".into())],
+            secrets_digest_declared: true,
+            secrets: Vec::new(),
+            secret_sets: Vec::new(),
+        };
+        assert!(!context.docker_build_args("t").contains(&"--no-cache".into()));
+        context.secrets_digest_declared = false;
+        assert_eq!(context.docker_build_args("t")[..3], ["build".into(), "--progress=plain".into(), OsString::from("--no-cache")]);
     }
 }

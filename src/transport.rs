@@ -237,6 +237,12 @@ pub enum FrameError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The frame holds, or announces, more bytes than the reader takes.
+    #[error("the result frame is larger than {max} bytes (the largest step result the controller reads: --max-result-bytes)")]
+    TooLarge {
+        /// The limit.
+        max: u64,
+    },
     /// The bytes received are not what the `end` line announces.
     #[error("the result frame is damaged: {received} bytes with checksum {got:016x} came, the end line announces {length} with {expected:016x}")]
     Damaged {
@@ -263,6 +269,8 @@ pub struct Decoder {
     open: Option<OpenFrame>,
     /// The outcome of the last frame that ended, if any.
     last: Option<Result<Vec<u8>, FrameError>>,
+    /// The most bytes a frame may hold: past it, its data is no longer kept.
+    max: u64,
 }
 
 /// A frame whose `begin` line came and whose `end` line has not.
@@ -279,9 +287,15 @@ struct OpenFrame {
 }
 
 impl Decoder {
-    /// A decoder of the frame marked `nonce`.
+    /// A decoder of the frame marked `nonce`, of any size.
     pub fn new(nonce: &str) -> Decoder {
-        Decoder { prefix: format!("{FRAME_PREFIX} {nonce} "), open: None, last: None }
+        Decoder::with_limit(nonce, u64::MAX)
+    }
+
+    /// A decoder of the frame marked `nonce` that refuses a frame of more than `max` bytes,
+    /// keeping no more than that in memory, whatever a step prints.
+    pub fn with_limit(nonce: &str, max: u64) -> Decoder {
+        Decoder { prefix: format!("{FRAME_PREFIX} {nonce} "), open: None, last: None, max }
     }
 
     /// Reads one output line (without its line end). Returns true when it is a line of this
@@ -296,9 +310,11 @@ impl Decoder {
                 let length = arg.parse::<usize>();
                 let error = length.is_err().then(|| FrameError::Malformed { line: 1, reason: format!("bad length {arg:?}") });
                 let length = length.unwrap_or(0);
+                let error = error.or_else(|| (length as u64 > self.max).then_some(FrameError::TooLarge { max: self.max }));
                 // The announced length is a capacity hint only, bounded so that a bad line
                 // cannot reserve memory up front.
-                self.open = Some(OpenFrame { length, bytes: Vec::with_capacity(length.min(64 << 20)), lines: 1, error });
+                let capacity = if error.is_some() { 0 } else { length.min(64 << 20) };
+                self.open = Some(OpenFrame { length, bytes: Vec::with_capacity(capacity), lines: 1, error });
             }
             "data" => match &mut self.open {
                 Some(frame) => {
@@ -306,6 +322,9 @@ impl Decoder {
                     if frame.error.is_none() {
                         if let Err(e) = base64::engine::general_purpose::STANDARD.decode_vec(arg, &mut frame.bytes) {
                             frame.error = Some(FrameError::Malformed { line: frame.lines, reason: format!("bad base64: {e}") });
+                        } else if frame.bytes.len() as u64 > self.max {
+                            frame.error = Some(FrameError::TooLarge { max: self.max });
+                            frame.bytes = Vec::new();
                         }
                     }
                 }
@@ -391,6 +410,27 @@ mod tests {
         let mut decoder = Decoder::new(nonce);
         let passed = text.lines().filter(|l| !decoder.feed(l)).map(str::to_string).collect();
         (decoder.finish(), passed)
+    }
+
+    #[test]
+    fn a_frame_past_the_limit_is_refused_without_keeping_its_bytes() {
+        let bytes = vec![7u8; 3 * CHUNK_BYTES];
+        let text = frame("n0nce-abc", &bytes);
+        for max in [0, 100, 3 * CHUNK_BYTES as u64 - 1] {
+            let mut decoder = Decoder::with_limit("n0nce-abc", max);
+            for line in text.lines() {
+                assert!(decoder.feed(line));
+                assert!(decoder.open.as_ref().is_none_or(|f| f.bytes.len() as u64 <= max.max(CHUNK_BYTES as u64)), "no more kept than the limit and one line");
+            }
+            assert!(matches!(decoder.finish(), Err(FrameError::TooLarge { max: m }) if m == max), "limit {max}");
+        }
+        // A begin line announcing more than the limit is refused at once: no data is kept.
+        let mut decoder = Decoder::with_limit("n0nce-abc", 10);
+        assert!(decoder.feed(text.lines().next().unwrap()));
+        assert!(decoder.open.as_ref().is_some_and(|f| f.bytes.capacity() == 0 && f.error.is_some()));
+        let mut exact = Decoder::with_limit("n0nce-abc", bytes.len() as u64);
+        text.lines().for_each(|l| assert!(exact.feed(l)));
+        assert_eq!(exact.finish().unwrap(), bytes);
     }
 
     #[test]

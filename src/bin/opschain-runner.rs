@@ -17,12 +17,12 @@ use opschain_runner::cli::BuildContextArgs;
 use opschain_runner::cli::{ChildCommand, Cli, Command, ExecArgs, Global, LogMode, PropertyCommand, StepArgs, ValidateArgs};
 use opschain_runner::exec::{self, ExecOptions};
 use opschain_runner::exit::Sysexit;
-use opschain_runner::helper::{self, CopyLevel, HelperError};
 use opschain_runner::json::SizeLimit;
 use opschain_runner::layout::Layout;
 use opschain_runner::logging;
 use opschain_runner::mask::SecretNames;
 use opschain_runner::plan::Plan;
+use opschain_runner::script_commands::{self, CopyLevel, ScriptCommandError};
 use opschain_runner::step::{self, StepError, StepOptions};
 use opschain_runner::step_image;
 #[cfg(feature = "build-context")]
@@ -109,7 +109,7 @@ fn run(cli: Cli) -> i32 {
         Command::Validate(args) => validate(&layout, &args),
         Command::Actions => list_actions(&layout),
         Command::Property(command) => property(command),
-        Command::Child(ChildCommand::Add { actions }) => helper_status(helper::add_children(&actions)),
+        Command::Child(ChildCommand::Add { actions }) => script_command_status(script_commands::add_children(&actions)),
         Command::Exec(_) | Command::CreateDockerfile => unreachable!("handled before logging starts"),
         #[cfg(feature = "build-context")]
         Command::BuildContext(_) => unreachable!("handled before logging starts"),
@@ -291,18 +291,18 @@ fn list_actions(layout: &Layout) -> i32 {
 fn property(command: PropertyCommand) -> i32 {
     let level = |l: &opschain_runner::cli::LevelArg| if l.project { CopyLevel::Project } else { CopyLevel::Environment };
     match command {
-        PropertyCommand::Get { path } => match helper::get(&path) {
+        PropertyCommand::Get { path } => match script_commands::get(&path) {
             Ok(serde_json::Value::String(s)) => print_or_fail(&format!("{s}\n")),
             Ok(v) => print_or_fail(&format!("{v}\n")),
-            Err(HelperError::NotSet(p)) => fail(format_args!("property {p:?} is not set"), 1),
-            Err(e) => helper_status(Err(e)),
+            Err(ScriptCommandError::NotSet(p)) => fail(format_args!("property {p:?} is not set"), 1),
+            Err(e) => script_command_status(Err(e)),
         },
-        PropertyCommand::Set { level: l, path, value, json } => helper_status(helper::set(level(&l), &path, &value, json)),
-        PropertyCommand::Remove { level: l, path } => helper_status(helper::remove(level(&l), &path)),
+        PropertyCommand::Set { level: l, path, value, json } => script_command_status(script_commands::set(level(&l), &path, &value, json)),
+        PropertyCommand::Remove { level: l, path } => script_command_status(script_commands::remove(level(&l), &path)),
     }
 }
 
-fn helper_status(result: Result<(), HelperError>) -> i32 {
+fn script_command_status(result: Result<(), ScriptCommandError>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {

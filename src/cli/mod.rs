@@ -1,5 +1,5 @@
 //! The command line of `opschain-runner` (and of `opschain-exec`, the same binary by another name).
-//! The binary parses it and calls the library: `step`, `exec`, `helper` and `plan` do the work; nothing here does any work.
+//! The binary parses it and calls the library: `step`, `exec`, `script_commands` and `plan` do the work; nothing here does any work.
 
 // The doc comments of the command-line types are the `--help` texts, where `<repo>` and the like
 // are placeholders the user reads, not HTML.
@@ -107,7 +107,8 @@ pub struct BuildContextArgs {
     /// The revision to build (GIT_REV): a branch, tag or SHA.
     #[arg(long, default_value = "HEAD", value_name = "REV")]
     pub git_rev: String,
-    /// The base runner image (OPSCHAIN_BASE_RUNNER). Default: opschain-runner:VERSION.
+    /// The base runner image (OPSCHAIN_BASE_RUNNER). Default: opschain-runner:latest (built from
+    /// runner-image/, see its README).
     #[arg(long, env = "OPSCHAIN_BASE_RUNNER", value_name = "IMAGE")]
     pub base_runner: Option<String>,
     /// The OpsChain version (OPSCHAIN_VERSION). Default: this runner's version.
@@ -254,14 +255,14 @@ pub enum ChildCommand {
     },
 }
 
-/// The `step` command line, parsed by hand: the agent's hot path, which clap makes cost a third of
-/// an empty step's instructions (building the whole command tree, with every help text, to parse
-/// two words). [`Cli::parse_step_fast`] recognises only what a `step` invocation is made of: the
+/// The `step` command line, parsed by hand: the agent's hot path, which clap makes costly (it builds
+/// the whole command tree, with every help text, to parse two words; BENCHMARKS.md has the
+/// share). [`Cli::parse_step_fast`] recognises only what a `step` invocation is made of: the
 /// global options, the word `step`, and the step options, each once, as `--name VALUE` or
 /// `--name=VALUE`, and their environment variables. Anything else (another command, `--help`,
 /// `--version`, a short or unknown option, a value it does not read exactly as clap would, an
-/// option given twice, a step option not after `step`) gives `None`, and clap parses the whole line
-/// as before, with its own errors. So it is never the one that refuses a command line, and what
+/// option given twice, a step option not after `step`) gives `None`, and clap parses the whole line,
+/// with its own errors. So it is never the one that refuses a command line, and what
 /// it accepts it reads as clap does (`tests/cli_fast.rs` compares the two).
 mod fast {
     use std::ffi::OsString;

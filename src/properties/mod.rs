@@ -11,6 +11,7 @@
 //! either of their two layouts, are read by [`declarations`].
 
 pub mod declarations;
+mod keys;
 pub mod splice;
 pub mod text;
 

@@ -2,8 +2,8 @@
 //! their top-level members, and merged by splicing those members' text.
 //!
 //! The agent hands the action the merged properties and a copy of each writable level as JSON
-//! files. Parsing a 45 KB context into `serde_json::Value` trees, merging the trees, serialising
-//! them twice and freeing them was four fifths of a step's instructions (callgrind). Most top-level
+//! files. Parsing a context into `serde_json::Value` trees, merging the trees, serialising them
+//! twice and freeing them would be most of a step's cost (BENCHMARKS.md, "design figures"). Most top-level
 //! members come from one source only, and their text can be copied as it is: only a member that
 //! several sources hold as objects is parsed, deep-merged by [`super::merge_objects`] and written
 //! again. The result is the same document [`super::merge`] gives, member for member and in the
@@ -23,6 +23,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use super::keys::Keys;
 
 /// A properties document (a JSON object) as JSON text, validated, with its top-level members found.
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ impl PropertiesText {
         // refuses (or what is not an object), for its error.
         if text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
             if let Ok(found) = super::splice::check_members(text, 1) {
-                return Ok(PropertiesText::from_members(text, found.into_iter().map(|(_, key, range)| (key, range))));
+                return Ok(PropertiesText::from_members(text, found.into_iter().map(|f| (f.key, f.value))));
             }
         }
         let mut de = serde_json::Deserializer::from_str(text);
@@ -163,7 +165,7 @@ impl PropertiesText {
             .map(|(key, range)| {
                 // The text spells each member `"key":value`, the key as serde_json escapes it.
                 let quoted = serde_json::to_string(key).expect("a string serialises").len();
-                (key.clone(), range.start - 1 - quoted, range.clone())
+                super::splice::Span { key: key.clone(), key_start: range.start - 1 - quoted, value: range.clone() }
             })
             .collect()
     }
@@ -333,95 +335,6 @@ impl<'de> Visitor<'de> for TopLevel {
     }
 }
 
-/// The keys seen so far of the objects open in a walk, to refuse a duplicate: one stack for the
-/// whole walk, each object's keys on top of its parents' (a nested object is done before its
-/// parent's next key), so that checking allocates nothing per object. An object's first
-/// [`Keys::LINEAR`] keys are checked as they come, each against the ones before it (most objects
-/// have a handful, and comparing them costs less than hashing); the keys of an object that has
-/// more are checked all at once when it closes ([`Keys::close`]), in a table sized for them.
-#[derive(Default)]
-pub(super) struct Keys<'de> {
-    /// The keys of the open objects, innermost last. Invariant: every open object's keys are
-    /// contiguous, from the height [`Keys::open`] gave it.
-    stack: Vec<Cow<'de, str>>,
-    /// The hash of each key of the large object being checked, in order; reused from one object
-    /// to the next.
-    hashes: Vec<u64>,
-    /// The table of that object's keys: each slot empty or a key's place in its object; reused.
-    slots: Vec<u32>,
-}
-
-impl<'de> Keys<'de> {
-    /// Up to this many keys (16), an object's keys are checked as they come.
-    const LINEAR: usize = 16;
-
-    /// Opens an object; returns where its keys begin, for [`Keys::insert`] and [`Keys::close`].
-    pub(super) fn open(&self) -> usize {
-        self.stack.len()
-    }
-
-    /// Adds `key` to the object opened at `start`; false when the object already has it among its
-    /// first [`Keys::LINEAR`] keys (a later duplicate is found by [`Keys::close`]).
-    #[inline(always)]
-    pub(super) fn insert(&mut self, start: usize, key: Cow<'de, str>) -> bool {
-        let keys = &self.stack[start..];
-        if keys.len() < Keys::LINEAR {
-            // A loop, not `Iterator::any`: built for size, `any` was a call per key (callgrind).
-            for k in keys {
-                if k.len() == key.len() && k.as_bytes() == key.as_bytes() {
-                    return false;
-                }
-            }
-        }
-        self.stack.push(key);
-        true
-    }
-
-    /// Closes the object opened at `start`, forgetting its keys; `Err` with a key the object has
-    /// twice, when it has more than [`Keys::LINEAR`] keys (a smaller object's were checked as they came).
-    pub(super) fn close(&mut self, start: usize) -> Result<(), String> {
-        let result = if self.stack.len() - start > Keys::LINEAR { self.duplicate(start) } else { Ok(()) };
-        self.stack.truncate(start);
-        result
-    }
-
-    /// A key the object opened at `start` has twice, if any: its keys are put in an open-addressing
-    /// table sized for them (at most two thirds full, probed linearly), and only keys of equal hash
-    /// are compared. Written here rather than with std's `HashSet`: the table is built once, at a
-    /// size known in advance, from keys whose hashes are kept, and needs no growth, no removal
-    /// and no entry API; the agent is built for size, and the set's generic insert cost three
-    /// times as much (callgrind, an object of 10,000 keys; a sort of the hashes, eight times).
-    fn duplicate(&mut self, start: usize) -> Result<(), String> {
-        use std::hash::BuildHasher;
-        const EMPTY: u32 = u32::MAX;
-        let keys = &self.stack[start..];
-        let size = (keys.len() + keys.len() / 2 + 1).next_power_of_two();
-        let mask = size - 1;
-        // Seeded per process (and per object), so that no document can be made to collide its
-        // keys on purpose; made here, so that a walk without a large object does not pay for it.
-        let seed = foldhash::fast::RandomState::default();
-        self.hashes.clear();
-        self.hashes.extend(keys.iter().map(|k| seed.hash_one(k.as_ref())));
-        self.slots.clear();
-        self.slots.resize(size, EMPTY);
-        for (n, (key, &hash)) in keys.iter().zip(&self.hashes).enumerate() {
-            let mut at = hash as usize & mask;
-            loop {
-                let slot = self.slots[at];
-                if slot == EMPTY {
-                    self.slots[at] = n as u32;
-                    break;
-                }
-                if self.hashes[slot as usize] == hash && keys[slot as usize] == *key {
-                    return Err(key.to_string());
-                }
-                at = (at + 1) & mask;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,8 +346,8 @@ mod tests {
     #[test]
     fn finds_the_top_level_members_and_keeps_the_text_as_given() {
         let doc = text("{ \"a\" : [1, 2] ,\n \"b\\u0041\": {\"x\": \"y\"}, \"c\": 1.50 }");
-        for (key, at, value) in doc.spans() {
-            assert_eq!(&doc.text()[at..value.start], format!("{}:", serde_json::to_string(&key).unwrap()));
+        for span in doc.spans() {
+            assert_eq!(&doc.text()[span.key_start..span.value.start], format!("{}:", serde_json::to_string(&span.key).unwrap()));
         }
         let members: Vec<(&str, &str)> = doc.members().collect();
         assert_eq!(members, [("a", "[1, 2]"), ("bA", "{\"x\": \"y\"}"), ("c", "1.50")]);
@@ -454,7 +367,7 @@ mod tests {
             r#"{"project":{"properties":{"a":1}}}"#,
         ] {
             let found = super::super::splice::check_members(doc, 3).unwrap();
-            let members: Vec<(String, Range<usize>)> = found.iter().filter(|f| f.0 == 3).map(|(_, k, r)| (k.to_string(), r.clone())).collect();
+            let members: Vec<(String, Range<usize>)> = found.iter().filter(|f| f.depth == 3).map(|f| (f.key.to_string(), f.value.clone())).collect();
             let copied = PropertiesText::from_members(doc, members.iter().map(|(k, r)| (Cow::Borrowed(k.as_str()), r.clone())));
             let in_place = PropertiesText::from_members_in(doc.as_bytes().to_vec(), members).unwrap();
             assert_eq!(in_place.text, copied.text);

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::logq::LogQueue;
 use super::LineFormat;
+use crate::lines::{Arrival, LineSplitter};
 use crate::mask::MaskStream;
 
 /// How much one read from a pipe takes at most (128 KiB): half of [`PIPE_SIZE`], so a flood takes
@@ -103,10 +104,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 /// The length of an [`Rfc3339`] time: `2026-11-23T10:00:00.123456Z`.
 const STAMP_LEN: usize = 27;
 
-/// The last time formatted as [`Rfc3339`], kept to format the next one cheaply: the same instant
+/// The last time formatted as RFC 3339 (UTC, microseconds: the agent's and the controller's line
+/// times), kept to format the next one cheaply: the same instant
 /// costs nothing, the same second six digits.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stamp {
+pub struct Stamp {
     /// The second since the epoch that `text` holds; `u64::MAX` before the first.
     secs: u64,
     /// The microseconds that `text` holds.
@@ -122,8 +124,8 @@ impl Default for Stamp {
 }
 
 impl Stamp {
-    /// `ts` formatted as [`Rfc3339`].
-    pub(crate) fn format(&mut self, ts: SystemTime) -> &[u8; STAMP_LEN] {
+    /// `ts` formatted as RFC 3339 (`2026-11-23T10:00:00.123456Z`).
+    pub fn format(&mut self, ts: SystemTime) -> &[u8; STAMP_LEN] {
         let since = ts.duration_since(UNIX_EPOCH).unwrap_or_default();
         let (secs, micros) = (since.as_secs(), since.subsec_micros());
         if secs != self.secs {
@@ -348,108 +350,6 @@ fn drop_notice(format: &RecordFormat, count: u64, out: &mut Vec<u8>) {
     format.write(out, SystemTime::now(), Stream::Runner, false, text.as_bytes());
 }
 
-/// When something arrived: wall clock for the record, monotonic clock for the hold deadlines.
-type Arrival = (SystemTime, Instant);
-
-/// Cuts one stream of (masked) bytes into records of at most `max_line` bytes.
-#[derive(Debug)]
-struct LineSplitter {
-    /// The longest record, in bytes of text. Invariant: >= 1.
-    max_line: usize,
-    /// The current line's bytes not yet emitted. Invariant after each call: shorter than
-    /// `max_line`, and holds no `\n`.
-    partial: Vec<u8>,
-    /// When the first byte of `partial` arrived. Invariant: `Some` exactly when `partial` is not
-    /// empty.
-    since: Option<Arrival>,
-    /// The next record continues a line of which a piece was already emitted (cut at `max_line`,
-    /// or released because it was held too long).
-    continues: bool,
-}
-
-impl LineSplitter {
-    /// A splitter with nothing held, cutting at `max_line` (at least 1).
-    fn new(max_line: usize) -> LineSplitter {
-        LineSplitter { max_line: max_line.max(1), partial: Vec::new(), since: None, continues: false }
-    }
-
-    /// Feeds `bytes` that arrived at `at`; `emit(text, cont, ts)` gets every record completed.
-    fn feed(&mut self, mut bytes: &[u8], at: Arrival, emit: &mut impl FnMut(&[u8], bool, SystemTime)) {
-        while !bytes.is_empty() {
-            let since = *self.since.get_or_insert(at);
-            let room = self.max_line - self.partial.len();
-            // A newline right after `room` bytes still ends a line of exactly max_line bytes.
-            let window = &bytes[..bytes.len().min(room + 1)];
-            if let Some(newline) = memchr::memchr(b'\n', window) {
-                if self.partial.is_empty() {
-                    emit(&bytes[..newline], self.continues, since.0);
-                } else {
-                    self.partial.extend_from_slice(&bytes[..newline]);
-                    emit(&self.partial, self.continues, since.0);
-                    self.partial.clear();
-                }
-                self.since = None;
-                self.continues = false;
-                bytes = &bytes[newline + 1..];
-            } else if bytes.len() > room {
-                self.partial.extend_from_slice(&bytes[..room]);
-                bytes = &bytes[room..];
-                // Cut before a UTF-8 sequence the limit would split; keep its first bytes.
-                let cut = utf8_cut(&self.partial);
-                emit(&self.partial[..cut], self.continues, since.0);
-                self.partial.drain(..cut);
-                self.continues = true;
-                self.since = if self.partial.is_empty() { None } else { Some(at) };
-            } else {
-                self.partial.extend_from_slice(bytes);
-                bytes = &[];
-            }
-        }
-    }
-
-    /// Since when the oldest byte not yet emitted has been held.
-    fn held_since(&self) -> Option<Instant> {
-        self.since.map(|(_, instant)| instant)
-    }
-
-    /// Emits the partial line now (it was held long enough); the rest of the line, when it comes,
-    /// is a continuation.
-    fn release(&mut self, emit: &mut impl FnMut(&[u8], bool, SystemTime)) {
-        if let Some((wall, _)) = self.since.take() {
-            emit(&self.partial, self.continues, wall);
-            self.partial.clear();
-            self.continues = true;
-        }
-    }
-
-    /// End of stream: emits what is left as a last line.
-    fn finish(&mut self, emit: &mut impl FnMut(&[u8], bool, SystemTime)) {
-        self.release(emit);
-        self.continues = false;
-    }
-}
-
-/// Where to cut `buf` (full to the line limit) so that no UTF-8 sequence is split: before a lead
-/// byte whose sequence is not complete in `buf`; `buf.len()` when nothing is split or when cutting
-/// would leave nothing (then the bytes are not UTF-8 worth keeping together).
-fn utf8_cut(buf: &[u8]) -> usize {
-    let len = buf.len();
-    for back in 1..=len.min(4) {
-        let byte = buf[len - back];
-        if byte & 0xC0 == 0x80 {
-            continue; // a continuation byte: look further back for its lead byte
-        }
-        let needed = match byte {
-            0xF0..=0xF7 => 4,
-            0xE0..=0xEF => 3,
-            0xC0..=0xDF => 2,
-            _ => 1,
-        };
-        return if needed > back && back < len { len - back } else { len };
-    }
-    len
-}
-
 /// What a pump needs besides its pipe.
 #[derive(Debug)]
 pub(crate) struct PumpConfig {
@@ -658,51 +558,6 @@ mod tests {
         }
         sink.commit();
         assert_eq!(String::from_utf8_lossy(&queue.take_queued()), String::from_utf8_lossy(&expected));
-    }
-
-    fn split_all(max_line: usize, chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
-        let mut split = LineSplitter::new(max_line);
-        let mut records = Vec::new();
-        let at = (SystemTime::now(), Instant::now());
-        let mut emit = |t: &[u8], c: bool, _: SystemTime| records.push((t.to_vec(), c));
-        for chunk in chunks {
-            split.feed(chunk, at, &mut emit);
-        }
-        split.finish(&mut emit);
-        records
-    }
-
-    fn rec(text: &str, cont: bool) -> (Vec<u8>, bool) {
-        (text.as_bytes().to_vec(), cont)
-    }
-
-    #[test]
-    fn lines_across_chunks_are_joined_and_long_ones_cut_with_continuations() {
-        assert_eq!(
-            split_all(4, &[b"ab", b"c\nabcd\nabcdefghij", b"\n\n"]),
-            vec![rec("abc", false), rec("abcd", false), rec("abcd", false), rec("efgh", true), rec("ij", true), rec("", false),]
-        );
-    }
-
-    #[test]
-    fn a_cut_never_splits_a_utf8_sequence() {
-        // "aé€" is 61 C3A9 E282AC: a cut after 4 bytes would split the euro sign.
-        let records = split_all(4, &["aé€\n".as_bytes()]);
-        assert_eq!(records, vec![rec("aé", false), rec("€", true)]);
-    }
-
-    #[test]
-    fn release_emits_the_partial_line_and_marks_the_rest_as_continuation() {
-        let mut split = LineSplitter::new(100);
-        let mut records = Vec::new();
-        let at = (SystemTime::now(), Instant::now());
-        let mut emit = |t: &[u8], c: bool, _: SystemTime| records.push((t.to_vec(), c));
-        split.feed(b"progress ...", at, &mut emit);
-        assert!(split.held_since().is_some());
-        split.release(&mut emit);
-        assert!(split.held_since().is_none());
-        split.feed(b" done\nnext\n", at, &mut emit);
-        assert_eq!(records, vec![rec("progress ...", false), rec(" done", true), rec("next", false)]);
     }
 
     #[test]

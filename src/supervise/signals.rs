@@ -9,8 +9,8 @@
 //! a stray SIGHUP is not forwarded to a job that never saw its cause.
 //!
 //! The handler is installed with `sigaction` by hand rather than through `signal-hook-registry`:
-//! the registry copies its whole table on every registration and removal, which was a sixth of an
-//! empty step's instructions, to offer chaining with other handlers of the same signals, and the
+//! the registry copies its whole table on every registration and removal (a large share of an
+//! empty step's cost: BENCHMARKS.md, "design figures"), to offer chaining with other handlers of the same signals, and the
 //! agent has none. Its state is therefore the process's, in statics: one [`Inbox`] at a time (as
 //! one [`Supervisor`](super::Supervisor) at a time reaps this process's children), each new one
 //! starting from a clean slate. The wake-up pipe is created once and never closed, so a handler

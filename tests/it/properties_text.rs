@@ -132,7 +132,7 @@ proptest! {
         use std::borrow::Cow;
         let context = format!("{{\"project\": {{{}\"properties\":{}{}}}}}", " ".repeat(pad), " ".repeat(pad), spelled(&doc, pretty));
         let found = splice::check_members(&context, 3).unwrap();
-        let members: Vec<(String, std::ops::Range<usize>)> = found.iter().filter(|f| f.0 == 3).map(|(_, k, r)| (k.to_string(), r.clone())).collect();
+        let members: Vec<(String, std::ops::Range<usize>)> = found.iter().filter(|f| f.depth == 3).map(|f| (f.key.to_string(), f.value.clone())).collect();
         let copied = PropertiesText::from_members(&context, members.iter().map(|(k, r)| (Cow::Borrowed(k.as_str()), r.clone())));
         let in_place = PropertiesText::from_members_in(context.clone().into_bytes(), members).unwrap();
         prop_assert_eq!(in_place.text(), copied.text());

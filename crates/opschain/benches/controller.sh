@@ -28,6 +28,8 @@ run_as = "parallel"
 command = ["true"]
 TOML
 git -C "$repo" init -q && git -C "$repo" add -A && git -C "$repo" -c user.email=b@b -c user.name=bench commit -qm bench
+# A change names a project and environment that exist.
+./target/release/opschain --state-dir "$work/state" project create --code bench >/dev/null && ./target/release/opschain --state-dir "$work/state" environment create -p bench --code dev >/dev/null
 start=$(date +%s.%N)
 /usr/bin/time -o "$work/cpu" -f "%U %S" ./target/release/opschain change run --state-dir "$work/state" --repo "$repo" \
   --project bench --environment dev --action fanout "$@" >"$work/log" 2>&1 || { tail -20 "$work/log"; exit 1; }

@@ -61,6 +61,7 @@ mkdir -p "$repo/.opschain"
 printf '[actions.noop]\ncommand = ["true"]\n' > "$repo/.opschain/actions.toml"
 git -C "$repo" init -q && git -C "$repo" add -A && git -C "$repo" -c user.email=b@b -c user.name=bench commit -qm bench
 state=$work/state
+"$opschain" --state-dir "$state" project create --code bench >/dev/null && "$opschain" --state-dir "$state" environment create -p bench --code dev >/dev/null
 env_props() { "$opschain" --state-dir "$state" properties set --project bench --json "{\"opschain\": {\"env\": {\"N\": \"$1\"}}}" >/dev/null; }
 env_props fixed
 step="$opschain change run --state-dir $state --repo $repo --project bench --environment dev --action noop --backend docker --docker-bin $docker --docker-base-image $base"

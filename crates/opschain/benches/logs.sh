@@ -56,6 +56,7 @@ flood_bytes=$(stat -c %s "$work/lines.txt")
 n=0
 change() { # $1: action; runs a change in a fresh state directory
   n=$((n + 1))
+  ./target/release/opschain --state-dir "$work/state-$1-$n" project create --code bench >/dev/null && ./target/release/opschain --state-dir "$work/state-$1-$n" environment create -p bench --code dev >/dev/null
   ./target/release/opschain change run --state-dir "$work/state-$1-$n" --repo "$e2e" --project bench --environment dev --action "$1" >/dev/null
 }
 export -f change
@@ -63,9 +64,10 @@ export work e2e n
 hyperfine -N --style basic --warmup 1 --runs "${RUNS:-5}" --export-json "$work/e2e.json" \
   -n quiet "bash -c 'change quiet'" \
   -n flood "bash -c 'change flood'" >/dev/null
+./target/release/opschain --state-dir "$work/state-cpu" project create --code bench >/dev/null && ./target/release/opschain --state-dir "$work/state-cpu" environment create -p bench --code dev >/dev/null
 /usr/bin/time -o "$work/cpu" -f "%U %S" ./target/release/opschain change run --state-dir "$work/state-cpu" --repo "$e2e" --project bench --environment dev --action flood >/dev/null
 state=$(ls -d "$work"/state-flood-* | head -1)
-stored=$(./target/release/opschain change logs 1 --state-dir "$state" | grep -c ' stdout| line ')
+stored=$(./target/release/opschain change logs 1 -o json --state-dir "$state" | grep -c ' stdout| line ')
 [ "$stored" = 1000000 ] || { echo "the store holds $stored lines, not 1000000"; exit 1; }
 
 python3 - "$work/pass.json" "$work/e2e.json" "$size" "$flood_bytes" $(cat "$work/cpu") <<'PY'

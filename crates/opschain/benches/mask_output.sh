@@ -30,11 +30,12 @@ git -C "$repo" init -q && git -C "$repo" add -A && git -C "$repo" -c user.email=
 echo '{"FIRST": "build-secret-value-one", "SECOND": "another-build-secret-two"}' > "$work/build.json"
 opschain=$PWD/target/release/opschain
 "$opschain" --state-dir "$work/masked" secrets set opschain-build-env --file "$work/build.json" >/dev/null
+for s in plain masked; do "$opschain" --state-dir "$work/$s" project create --code bench >/dev/null && "$opschain" --state-dir "$work/$s" environment create -p bench --code dev >/dev/null; done
 run="change run --repo $repo --project bench --environment dev --action print"
 hyperfine -N --runs "$runs" --warmup 1 \
   -n plain "$opschain --state-dir $work/plain $run" \
   -n masked "$opschain --state-dir $work/masked $run"
 # The last masked run stored every line, a tenth of them masked, and no secret.
-logs=$("$opschain" --state-dir "$work/masked" change logs "$((runs + 1))")
+logs=$("$opschain" --state-dir "$work/masked" change logs "$((runs + 1))" -o json)
 echo "last masked run: $(grep -c 'print stdout|' <<<"$logs") lines stored, $(grep -c '\*\*\*\*' <<<"$logs") masked (expected $lines and $((lines / 10)))"
 ! grep -q 'build-secret-value-one' <<<"$logs" || { echo "a secret was stored unmasked" >&2; exit 1; }

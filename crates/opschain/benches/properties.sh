@@ -73,6 +73,7 @@ measure() {
   local build=$1 doc=$2 bin=$work/$1 state=$work/state-$1-$2 out=$work/fig-$1-$2
   export OPSCHAIN_RUNNER_BIN=$bin/opschain-runner
   "$bin/opschain" --state-dir "$state" properties set --project bench "$work/$doc.json" >/dev/null
+  "$bin/opschain" --state-dir "$state" environment create -p bench --code dev >/dev/null
   "$bin/opschain" --state-dir "$state" change run --repo "$repo" --project bench --environment dev --action set_1 >/dev/null 2>&1
   local before; before=$(db_size "$state")
   local start end
@@ -84,7 +85,7 @@ measure() {
   local rss; rss=$(awk -F': ' '/Maximum resident/ {print $2}' "$work/time-$1-$2")
   local cpu; cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$work/time-$1-$2")
   local id; id=$("$bin/opschain" --state-dir "$state" change list | awk 'NR > 0 && /fanout/ {print $1}' | tail -1 | tr -dc 0-9)
-  "$bin/opschain" --state-dir "$state" change logs "$id" > "$work/steplog-$1-$2" 2>/dev/null || true
+  "$bin/opschain" --state-dir "$state" change logs "$id" -o json > "$work/steplog-$1-$2" 2>/dev/null || true
   # The single step, three times; the median wall time.
   local singles=()
   for _ in 1 2 3; do
@@ -100,7 +101,7 @@ out, start, end, rss, before, after, log, children, cpu = sys.argv[1:10]
 singles = [float(s) for s in sys.argv[10:]]
 phases = {}
 for line in open(log, errors="replace"):
-    m = re.search(r'phase="?(initialise|action|completing)"?.*duration_ms=([0-9.]+)', line)
+    m = re.search(r'phase=\\?"?(initialise|action|completing)\\?"?.*duration_ms=([0-9.]+)', line)
     if m:
         phases.setdefault(m.group(1), []).append(float(m.group(2)))
 steps = int(children) + 1

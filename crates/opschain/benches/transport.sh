@@ -67,6 +67,7 @@ git -C "$repo" init -q && git -C "$repo" add -A && git -C "$repo" -c user.email=
 run() { # STATE ACTION TRANSPORT
   echo "$opschain change run --state-dir $work/$1 --repo $repo --project bench --environment dev --action $2 --backend docker --docker-bin $docker --docker-base-image $base --transport $3"
 }
+for t in bind-mount stream; do "$opschain" --state-dir "$work/state-$t" project create --code bench >/dev/null && "$opschain" --state-dir "$work/state-$t" environment create -p bench --code dev >/dev/null; done
 for t in bind-mount stream; do
   for a in noop big; do
     $(run "state-$t" "$a" "$t") >"$work/cold-$t-$a.log" 2>&1 || { tail -20 "$work/cold-$t-$a.log"; exit 1; }

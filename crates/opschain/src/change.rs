@@ -11,6 +11,7 @@ use opschain_runner::json::{JsonError, SizeLimit};
 use super::backend::docker::{DockerBackend, DockerConfig};
 use super::backend::process::{ProcessBackend, ProcessConfig};
 use super::backend::Backend;
+use super::catalog::{self, CatalogError};
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::status::{BackendKind, ChangeStatus};
@@ -22,6 +23,9 @@ pub enum ChangeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The project or environment named does not exist or is archived.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     /// Preparing the repository or resolving the revision failed.
     #[error("cannot use {} at {rev}", repo.display())]
     Repo {
@@ -47,6 +51,12 @@ pub enum ChangeError {
         /// The controller's process id.
         pid: i64,
     },
+    /// The lock of the state directory's snapshots cannot be taken.
+    #[error(transparent)]
+    Gc(#[from] super::gc::GcError),
+    /// The key of the build secrets digest in the state directory cannot be made or read.
+    #[error("cannot use the build secrets digest key")]
+    SecretsKey(#[from] super::private::KeyError),
     /// The backend is not one this build can run.
     #[error("unknown backend {:?} (known: {})", .0.as_str(), BackendKind::available_names())]
     Backend(BackendKind),
@@ -73,6 +83,9 @@ pub struct NewChange {
     pub backend: BackendKind,
     /// The secret set the steps get.
     pub secret_set: Option<String>,
+    /// The change's metadata (`--metadata-path`): stored with it, given to every step in its
+    /// change context (`context.change.metadata`), shown by `change show`. Default: none.
+    pub metadata: Option<Map<String, Value>>,
 }
 
 /// How changes run (configuration, not state).
@@ -88,6 +101,9 @@ pub struct ControllerConfig {
     pub grace: Duration,
     /// Keep step sandboxes after the steps.
     pub keep_sandboxes: bool,
+    /// The largest step result read from a step on the process backend (the Docker backend's
+    /// is [`DockerConfig::max_result_bytes`]).
+    pub max_result_bytes: u64,
     /// How often a queued change looks whether its environment is free (default 500 ms).
     pub queue_poll: Duration,
     /// The Docker backend's settings.
@@ -101,7 +117,8 @@ pub struct ControllerConfig {
     pub folder: String,
 }
 
-/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id.
+/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id. Its project
+/// and environment must exist and not be archived (a typo creates nothing).
 pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
     if !new.backend.is_available() {
         return Err(ChangeError::Backend(new.backend));
@@ -110,14 +127,33 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
     if new.backend == BackendKind::Kubernetes && config.docker.registry.is_none() {
         return Err(ChangeError::Kubernetes(super::backend::kubernetes::KubernetesError::NoRegistry));
     }
+    // What the user named is checked before anything is made for it.
+    let (project, environment) = catalog::change_target(store, &new.project, &new.environment)?;
     if let Some(set) = &new.secret_set {
         store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?;
     }
     let repo_err = |source| ChangeError::Repo { repo: new.repo.clone(), rev: new.git_rev.clone(), source };
+    repo::check_repo(&new.repo, &config.folder).map_err(repo_err)?;
+    // Held until the change is in the store: a collection meanwhile would take its snapshot for
+    // one no change uses.
+    let _snapshots = super::gc::SnapshotLock::take(&config.state_dir)?;
     let repo_dir = repo::prepare(&new.repo, &config.state_dir).map_err(repo_err)?;
-    let commit = repo::resolve(&repo_dir, &new.git_rev).map_err(repo_err)?;
-    let project = store.ensure_project(&new.project)?;
-    let environment = store.ensure_environment(project, &new.environment)?;
+    let commit = repo::resolve(&repo_dir, &new.git_rev)
+        .and_then(|commit| repo::check_folder_at(&repo_dir, &commit, &config.folder).map(|()| commit))
+        .and_then(|commit| repo::keep(&config.state_dir, &repo_dir, &commit, true).map(|_| commit));
+    let commit = match commit {
+        Ok(commit) => commit,
+        Err(e) => {
+            // A snapshot made for a change that is not created is removed with it, unless it is
+            // one an earlier change of the same content uses (snapshots are shared).
+            let snapshot = repo_dir != new.repo.canonicalize().unwrap_or_default();
+            if snapshot && !store.changes(None)?.iter().any(|c| c.repo == repo_dir) {
+                let _ = std::fs::remove_dir_all(&repo_dir);
+            }
+            return Err(repo_err(e));
+        }
+    };
+    let metadata = new.metadata.as_ref().map(|m| Value::Object(m.clone()).to_string());
     Ok(store.create_change(&NewChangeRow {
         project_id: project,
         environment_id: environment,
@@ -128,6 +164,7 @@ pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Resu
         backend: new.backend,
         secret_set: new.secret_set.as_deref(),
         folder: &config.folder,
+        metadata: metadata.as_deref(),
     })?)
 }
 
@@ -140,12 +177,13 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
             grace: config.grace,
             keep_sandboxes: config.keep_sandboxes,
             folder: folder.to_string(),
+            max_result_bytes: config.max_result_bytes,
         }))),
-        BackendKind::Docker => Ok(Box::new(DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes")))),
+        BackendKind::Docker => Ok(Box::new(images_backend(config, folder)?)),
         #[cfg(feature = "kubernetes")]
         BackendKind::Kubernetes => {
             use super::backend::kubernetes::KubernetesBackend;
-            let images = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
+            let images = images_backend(config, folder)?;
             let kubernetes = super::backend::kubernetes::KubernetesConfig { folder: folder.to_string(), ..config.kubernetes.clone() };
             let backend = KubernetesBackend::new(kubernetes, images, config.docker.registry.is_some()).map_err(ChangeError::Kubernetes)?;
             Ok(Box::new(backend))
@@ -155,6 +193,18 @@ fn backend(config: &ControllerConfig, kind: BackendKind, folder: &str) -> Result
     }
 }
 
+/// The Docker backend of `config`, which also builds the images of the backends that run them
+/// elsewhere, with the state directory's build secrets digest key and its records of the images
+/// pushed to a registry (`<state dir>/registry`).
+fn images_backend(config: &ControllerConfig, folder: &str) -> Result<DockerBackend, ChangeError> {
+    let key = super::private::secrets_key(&config.state_dir)?;
+    let backend = DockerBackend::new(config.docker.clone(), folder.to_string(), config.state_dir.join("sandboxes"));
+    Ok(backend.with_state(key, config.state_dir.join(REGISTRY_RECORDS)))
+}
+
+/// The directory of the state directory where the digests of pushed step images are recorded.
+pub const REGISTRY_RECORDS: &str = "registry";
+
 /// Runs a created (or reset) change to its end: waits (`queued`) while another change runs in its
 /// environment (unless its project allows parallel changes), then runs its step tree.
 pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
@@ -162,7 +212,7 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
     let mut said = false;
     while let Some(blocking) = store.try_start_change(change_id, pid)? {
         if !said {
-            println!("==> change {change_id} queued: change {blocking} is running in the same environment");
+            say(config.scheduler.view, format_args!("==> change {change_id} queued: change {blocking} is running in the same environment"));
             store.set_change_status(change_id, ChangeStatus::Queued)?;
             said = true;
         }
@@ -178,20 +228,32 @@ pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Resu
 /// Runs the step tree of a change this process has started ([`Store::try_start_change`]) to its
 /// end. What [`execute`] does once the environment is free, and what the server's workers do.
 pub fn run_started(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
-    let change = store.change(change_id)?;
+    let mut change = store.change(change_id)?;
+    // Steps and retries read the commit from the change's own copy of it, not from the user's
+    // repository, whose history may have moved on and been pruned since.
+    match repo::keep(&config.state_dir, &change.repo, &change.commit, false) {
+        Ok(kept) => change.repo = kept,
+        Err(source) => {
+            store.set_change_status(change_id, ChangeStatus::Error)?;
+            return Err(ChangeError::Repo { repo: change.repo.clone(), rev: change.git_rev.clone(), source });
+        }
+    }
     let secrets = match &change.secret_set {
         Some(set) => store.secrets(set)?.ok_or_else(|| ChangeError::NoSecretSet(set.clone()))?,
         None => Map::new(),
     };
-    println!(
-        "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
-        change.id,
-        change.project,
-        change.environment,
-        change.action,
-        &change.commit[..change.commit.len().min(12)],
-        change.git_rev,
-        change.backend
+    say(
+        config.scheduler.view,
+        format_args!(
+            "==> change {} running: project {}, environment {}, action {}, commit {} ({}), backend {}",
+            change.id,
+            change.project,
+            change.environment,
+            change.action,
+            &change.commit[..change.commit.len().min(12)],
+            change.git_rev,
+            change.backend
+        ),
     );
     // A backend that cannot be set up (a cluster that cannot be reached, say) ends the change in
     // error rather than leaving it running with no controller.
@@ -206,7 +268,30 @@ pub fn run_started(store: &Store, config: &ControllerConfig, change_id: i64) -> 
         }
     };
     let scheduler = Scheduler::new(store, backend.as_ref(), change, secrets, config.scheduler.clone());
-    Ok(scheduler.run()?)
+    let status = scheduler.run()?;
+    drop(backend);
+    // What the change no longer needs goes now; a failure to remove it fails nothing.
+    if let Err(e) = super::gc::after_change(store, &config.state_dir, change_id, config.keep_sandboxes) {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        eprintln!("opschain: warning: change {change_id} ended, but what it left could not be removed: {why} (`opschain gc` tries again)");
+    }
+    Ok(status)
+}
+
+/// Prints one of the change's own lines on stdout. A reader that went away (a closed pipe) does
+/// not stop the change: the line is dropped, as the steps' lines are ([`super::output`]).
+fn say(view: super::output::View, line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if view.silent {
+        return;
+    }
+    let time = if view.timestamps { super::output::now() + " " } else { String::new() };
+    let _ = writeln!(std::io::stdout(), "{time}{line}");
 }
 
 /// Re-runs what did not succeed in a change, from the same commit.
@@ -221,7 +306,7 @@ pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result
     let stale = config.state_dir.join("sandboxes").join(format!("change-{change_id}"));
     let _ = std::fs::remove_dir_all(&stale);
     let reset = store.reset_for_retry(change_id)?;
-    println!("==> change {change_id}: retrying {reset} step(s) that did not succeed");
+    say(config.scheduler.view, format_args!("==> change {change_id}: retrying {reset} step(s) that did not succeed"));
     execute(store, config, change_id)
 }
 

@@ -6,11 +6,17 @@
 //! One module per concept:
 //! * [`store`]: the embedded SQLite store (projects, environments, properties with every version,
 //!   changes, steps, step logs, secret sets).
+//! * [`catalog`]: projects and environments by code (an unknown code lists the known ones).
+//! * [`logline`]: a stored log line read back (action output, phase record, the agent's error).
+//! * [`report`]: what the command line prints about stored changes (step trees, logs).
+//! * [`edit`]: editing a document in the user's editor.
+//! * [`dev`]: tools for a project's repository (the default Dockerfile).
 //! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
 //! * [`patch`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
+//! * [`gc`]: what changes leave in the state directory, and when it goes (`opschain gc`).
 //! * [`private`]: the state directory, snapshots, sandboxes and secret files private to their
 //!   owner.
 //! * [`output`]: everything the controller prints or stores about a change, masked with the
@@ -18,17 +24,23 @@
 //! * [`backend`]: where a step runs: [`backend::process`] (default) or [`backend::docker`].
 //! * [`image`]: the step image pipeline: the docker client, builds and reuse, the registry.
 //! * [`rc`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
-//! * [`remote`]: the CLI as a client of the server (`--api-url`, `apiBaseUrl`).
+//! * [`remote`]: the CLI's side of the server: its URL and user (`apiBaseUrl`), a JSON:API client.
 //! * [`server`]: `opschain server`, the controller as a shared service behind OpsChain's JSON:API.
 //! * [`page`]: the server's HTML page: changes, step trees, live logs and properties in a browser.
-//! * [`cli`]: the command line of the `opschain` binary.
+//!
+//! The `opschain` binary's command line is `src/bin/opschain/commands/`: a file per subcommand,
+//! each its clap definition and a thin `exec` over these modules.
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod catalog;
 pub mod change;
-pub mod cli;
+pub mod dev;
+pub mod edit;
+pub mod gc;
 pub mod image;
+pub mod logline;
 pub mod output;
 pub mod page;
 pub mod patch;
@@ -36,6 +48,7 @@ pub mod private;
 pub mod rc;
 pub mod remote;
 pub mod repo;
+pub mod report;
 pub mod scheduler;
 pub mod server;
 pub mod status;

@@ -32,6 +32,7 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use super::backend::LogSink;
+use super::logline;
 use super::store::{ChangeRow, Level, LogLines, Store, StoreError};
 use opschain_runner::context::{Level as ContextLevel, StepContext};
 use opschain_runner::exec::{build_secret_sets, DEFAULT_BUILD_SECRET_SET};
@@ -80,6 +81,47 @@ pub fn change_masker(store: &Store, change: &ChangeRow) -> Result<Masker, StoreE
     Ok(Masker::from_named(secrets).0)
 }
 
+/// What a running change prints on the terminal (the store keeps every line whatever it is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct View {
+    /// Also the agent's phase records, its own error line and the backend's lines (`checked
+    /// out ...`, an image build's output), and the controller's progress (a step started, its
+    /// children). Default: the action's lines and one status line per step.
+    pub verbose: bool,
+    /// Each line starts with its time (RFC 3339, UTC): when the agent read it, or when the
+    /// controller wrote it. Default: no time.
+    pub timestamps: bool,
+    /// Nothing of the run goes to the terminal: another view owns it (the live step tree of
+    /// [`crate::report::live_tree`]). Default: off.
+    pub silent: bool,
+}
+
+impl View {
+    /// How `line`, a masked line of step `step` (prefix `[step action]`), is shown: `None` when
+    /// it is not (the agent's phase records unless verbose). A line without a time of its own is
+    /// given `recorded` (when the store got it), else the time now.
+    pub fn show(&self, prefix: &str, line: &str, recorded: Option<&str>) -> Option<String> {
+        let (at, text) = match logline::classify(line) {
+            logline::Kind::Action { at, text, stream, .. } => (Some(at), if stream == "stderr" { format!("! {text}") } else { format!("  {text}") }),
+            _ if !self.verbose => return None,
+            logline::Kind::Record { at, level, text } => (Some(at), format!("  {level} {}", logline::round_durations(text))),
+            logline::Kind::AgentError(e) => (None, format!("  opschain-runner: {e}")),
+            logline::Kind::Other(text) => (None, format!("  {text}")),
+        };
+        Some(match (self.timestamps, at) {
+            (true, Some(at)) => format!("{at} {prefix}{text}"),
+            (true, None) => format!("{} {prefix}{text}", recorded.map_or_else(now, str::to_string)),
+            (false, _) => format!("{prefix}{text}"),
+        })
+    }
+}
+
+/// The time now as the agent stamps its lines (RFC 3339, UTC, microseconds).
+pub fn now() -> String {
+    let mut stamp = opschain_runner::supervise::Stamp::default();
+    String::from_utf8_lossy(stamp.format(std::time::SystemTime::now())).into_owned()
+}
+
 /// The terminal and store output of one change's run (see the module documentation).
 pub struct ChangeOutput<'a> {
     store: &'a Store,
@@ -90,6 +132,7 @@ pub struct ChangeOutput<'a> {
     /// The terminal (stdout, unless [`ChangeOutput::with_terminal`] says otherwise).
     out: Mutex<Box<dyn Write + Send>>,
     started: Instant,
+    view: View,
 }
 
 impl<'a> ChangeOutput<'a> {
@@ -101,7 +144,24 @@ impl<'a> ChangeOutput<'a> {
 
     /// [`ChangeOutput::new`] printing to `terminal` instead of stdout.
     pub fn with_terminal(store: &'a Store, terminal: Box<dyn Write + Send>) -> ChangeOutput<'a> {
-        ChangeOutput { store, secrets: Mutex::new(BTreeSet::new()), masker: RwLock::new(Masker::default()), out: Mutex::new(terminal), started: Instant::now() }
+        ChangeOutput {
+            store,
+            secrets: Mutex::new(BTreeSet::new()),
+            masker: RwLock::new(Masker::default()),
+            out: Mutex::new(terminal),
+            started: Instant::now(),
+            view: View::default(),
+        }
+    }
+
+    /// The same output, printing as `view` says.
+    pub fn with_view(self, view: View) -> ChangeOutput<'a> {
+        ChangeOutput { view, ..self }
+    }
+
+    /// How long the change has run.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Masks `secrets` (by `set/NAME`) from now on, besides those already masked (a value
@@ -128,17 +188,29 @@ impl<'a> ChangeOutput<'a> {
         self.masker().mask(text).into_owned()
     }
 
-    /// Prints one of the controller's own messages, masked: `==> [elapsed] text`.
+    /// Prints one of the controller's own messages, masked: `==> text` (with
+    /// [`View::timestamps`], after the time).
     pub fn say(&self, text: &str) {
+        if self.view.silent {
+            return;
+        }
         let text = self.mask(text);
+        let time = if self.view.timestamps { now() + " " } else { String::new() };
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(out, "==> [{:>7}] {text}", super::scheduler::secs(self.started.elapsed()));
+        let _ = writeln!(out, "{time}==> {text}");
+    }
+
+    /// [`ChangeOutput::say`] of a progress message, printed only when [`View::verbose`].
+    pub fn detail(&self, text: &str) {
+        if self.view.verbose {
+            self.say(text);
+        }
     }
 
     /// The sink of one run of step `step_id` (action `action`): its lines are masked, stored and
     /// printed prefixed `[step action]`.
     pub fn step_sink(&self, step_id: i64, action: &str) -> StepSink<'_> {
-        StepSink { output: self, step_id, prefix: format!("[{step_id} {action}]"), pieces: Mutex::new(HashMap::new()), pending: Mutex::default() }
+        StepSink { output: self, step_id, prefix: format!("[{step_id} {action}]"), pieces: Mutex::new(HashMap::new()), pending: Mutex::default(), cause: Mutex::default() }
     }
 }
 
@@ -153,18 +225,43 @@ pub struct StepSink<'a> {
     /// are handed on at once by [`LogSink::flush`], and when the sink is dropped (a lock of the
     /// store and a write per line would cost more than the line).
     pending: Mutex<(LogLines, Vec<u8>)>,
+    /// What the step's lines said of why it failed: the agent's own error, the action's last
+    /// stderr line.
+    cause: Mutex<Cause>,
+}
+
+/// What a step's log said of why it failed (see [`StepSink::cause`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cause {
+    /// The agent's own error (its last `opschain-runner: ...` line), the sandbox's path taken
+    /// off the paths in it.
+    pub agent_error: Option<String>,
+    /// The last line the action wrote to its stderr.
+    pub last_stderr: Option<String>,
 }
 
 impl StepSink<'_> {
+    /// What the step's lines have said so far of why it failed.
+    pub fn cause(&self) -> Cause {
+        self.cause.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Queues a masked line for the store and the terminal.
     fn record(&self, stream: &'static str, masked: &str) {
+        match logline::classify(masked) {
+            logline::Kind::AgentError(e) => self.cause.lock().unwrap_or_else(|e| e.into_inner()).agent_error = Some(logline::without_sandbox(e)),
+            logline::Kind::Action { stream: "stderr", text, .. } if !text.trim().is_empty() => {
+                self.cause.lock().unwrap_or_else(|e| e.into_inner()).last_stderr = Some(text.to_string())
+            }
+            _ => {}
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (stored, shown) = &mut *pending;
         stored.push(stream, masked);
-        shown.extend_from_slice(self.prefix.as_bytes());
-        shown.push(b' ');
-        shown.extend_from_slice(masked.as_bytes());
-        shown.push(b'\n');
+        if let Some(line) = self.output.view.show(&self.prefix, masked, None).filter(|_| !self.output.view.silent) {
+            shown.extend_from_slice(line.as_bytes());
+            shown.push(b'\n');
+        }
     }
 
     /// Hands the queued lines to the store, then writes them to the terminal. Blocks while the
@@ -256,6 +353,23 @@ mod tests {
     use crate::status::BackendKind;
     use crate::store::NewChangeRow;
 
+    #[test]
+    fn the_default_view_shows_the_actions_lines_without_their_time_and_hides_the_agents_records() {
+        let quiet = View::default();
+        let action = "2026-12-08T00:02:23.679314Z deploy stdout| deploying demo-app";
+        let record = "2026-12-08T00:02:23.685680Z  INFO phase finished phase=\"action\" duration_ms=11.869000000001";
+        assert_eq!(quiet.show("[1 deploy]", action, None).as_deref(), Some("[1 deploy]  deploying demo-app"));
+        assert_eq!(quiet.show("[1 deploy]", "2026-12-08T00:02:23.679314Z deploy stderr| oops", None).as_deref(), Some("[1 deploy]! oops"));
+        assert_eq!(quiet.show("[1 deploy]", record, None), None);
+        assert_eq!(quiet.show("[1 deploy]", "opschain: checked out 753ca6d47fef in 0.014s", None), None);
+        let verbose = View { verbose: true, timestamps: true, silent: false };
+        assert_eq!(verbose.show("[1 deploy]", action, None).as_deref(), Some("2026-12-08T00:02:23.679314Z [1 deploy]  deploying demo-app"));
+        assert_eq!(
+            verbose.show("[1 deploy]", record, None).as_deref(),
+            Some("2026-12-08T00:02:23.685680Z [1 deploy]  INFO phase finished phase=\"action\" duration_ms=11.9")
+        );
+    }
+
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
@@ -308,11 +422,13 @@ mod tests {
                 backend: BackendKind::Process,
                 secret_set: None,
                 folder: ".opschain",
+                metadata: None,
             })
             .unwrap();
         let step = store.steps(c).unwrap()[0].id;
         let terminal = Terminal::default();
-        let output = ChangeOutput::with_terminal(&store, Box::new(terminal.clone()));
+        // Verbose: every line is shown, the backend's own ones too.
+        let output = ChangeOutput::with_terminal(&store, Box::new(terminal.clone())).with_view(View { verbose: true, ..View::default() });
         output.add_secrets(BTreeMap::from([("s/TOKEN".to_string(), "hunter2-secret".to_string())]));
         let sink = output.step_sink(step, "a");
         feed(&sink);
@@ -322,7 +438,7 @@ mod tests {
         store.ensure_project("p").unwrap();
         let lines: Vec<String> = store.logs(c).unwrap().into_iter().map(|l| l.line).collect();
         let printed = String::from_utf8(terminal.0.lock().unwrap().clone()).unwrap();
-        let printed: Vec<&str> = printed.lines().map(|l| l.strip_prefix(&format!("[{step} a] ")).unwrap()).collect();
+        let printed: Vec<&str> = printed.lines().map(|l| l.strip_prefix(&format!("[{step} a]  ")).unwrap()).collect();
         assert_eq!(printed, lines, "the terminal and the store got the same masked lines");
         lines
     }
@@ -348,7 +464,7 @@ mod tests {
         command.args(["-c", script]).stdin(std::process::Stdio::null());
         let cancel = std::sync::atomic::AtomicBool::new(false);
         let lines = stored(|sink| {
-            let status = super::super::backend::run_streamed(command, "sh".into(), sink, &cancel, std::time::Duration::from_secs(1)).unwrap();
+            let status = super::super::backend::run_streamed(command, "sh".into(), sink, &cancel, std::time::Duration::from_secs(1), None).unwrap();
             assert!(status.success());
         });
         let all = lines.concat();

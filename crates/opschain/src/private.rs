@@ -20,7 +20,7 @@
 //! remove bits. The umask itself is left alone: it is process-wide, and changing it around one
 //! `open` would race with every other thread creating files.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -97,6 +97,97 @@ pub enum PrivateError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The file in the state directory holding the key of the build secrets digest
+/// ([`secrets_key`]).
+pub const SECRETS_KEY_FILE: &str = "build-secrets.key";
+
+/// Why the build secrets digest key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The kernel's random source failed.
+    #[error("cannot draw a random key")]
+    Random(#[source] std::io::Error),
+    /// The key file cannot be made or read.
+    #[error("cannot use the key file {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is not a private regular file of 32 bytes owned by this user.
+    #[error("the key file {} is not this user's private 32-byte file ({why}): remove it, and a new key is made (every step image is then rebuilt once)", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// The key of the build secrets digest (see [`opschain_runner::step_image::SecretsKey`]): 32 random bytes
+/// from the kernel (`getrandom(2)`) kept in `<state_dir>/build-secrets.key`, `0600`, made on first
+/// use. Concurrent first uses agree on one key: each writes its own file and links it into place
+/// (`link(2)` fails when the name exists), then every one reads what is there. The file is
+/// refused unless it is a regular file (not followed as a symlink) of this user, private, 32
+/// bytes long.
+pub fn secrets_key(state_dir: &Path) -> Result<opschain_runner::step_image::SecretsKey, KeyError> {
+    let path = state_dir.join(SECRETS_KEY_FILE);
+    let io = |source| KeyError::Io { path: path.clone(), source };
+    if std::fs::symlink_metadata(&path).is_err() {
+        let mut key = [0u8; 32];
+        random_bytes(&mut key).map_err(KeyError::Random)?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let tmp = state_dir.join(format!(".{SECRETS_KEY_FILE}.{}-{nanos}", std::process::id()));
+        write_private(&tmp, &key).map_err(io)?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(e)),
+            _ => {}
+        }
+    }
+    let invalid = |why: String| KeyError::Invalid { path: path.clone(), why };
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => invalid("a symlink".into()),
+        _ => io(e),
+    })?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(invalid(format!("owner uid {}, mode {:04o}", meta.uid(), meta.mode() & 0o7777)));
+    }
+    let mut key = [0u8; 32];
+    let mut bytes = Vec::with_capacity(33);
+    std::io::Read::by_ref(&mut file).take(33).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() != key.len() {
+        return Err(invalid(format!("{} bytes", bytes.len())));
+    }
+    key.copy_from_slice(&bytes);
+    Ok(opschain_runner::step_image::SecretsKey(key))
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking until it is seeded).
+fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: writing at most the rest of a buffer we own.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`state_dir`] had to tighten: each path and the mode it had (empty when everything was
@@ -196,6 +287,29 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_secrets_key_is_made_once_private_and_refused_when_tampered_with() {
+        let root = tempfile::tempdir().unwrap();
+        let key = secrets_key(root.path()).unwrap();
+        let path = root.path().join(SECRETS_KEY_FILE);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(secrets_key(root.path()).unwrap(), key, "kept");
+        assert_ne!(key.0, [0; 32]);
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1, "no temporary file left");
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(secrets_key(other.path()).unwrap(), key, "random per state directory");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(secrets_key(root.path()), Err(KeyError::Invalid { .. })));
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(other.path().join(SECRETS_KEY_FILE), &path).unwrap();
+        let err = secrets_key(root.path()).unwrap_err();
+        assert!(err.to_string().contains("a symlink"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        write_private(&path, b"short").unwrap();
+        assert!(secrets_key(root.path()).unwrap_err().to_string().contains("5 bytes"));
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! 1. its flag (`--project-code` / `-p`, `--environment-code` / `-e`);
 //! 2. the environment variable [`PROJECT_VAR`] (`opschain_projectCode`) or [`ENVIRONMENT_VAR`]
 //!    (`opschain_environmentCode`), when set and not empty;
-//! 3. the `projectCode` / `environmentCode` key of the `.opschainrc` JSON file of the working
+//! 3. the `projectCode` / `environmentCode` key of the `.opschainrc` file of the working
 //!    directory or, when the working directory has none, of the home directory (one file is read,
-//!    never both, as OpsChain reads them). The file's other keys (`apiBaseUrl`, `username`, ...)
-//!    belong to OpsChain's API client and are ignored.
+//!    never both, as OpsChain reads them). The file is JSON or INI, with `;` comments, as
+//!    OpsChain's example is. Its `editor` is the editor of `edit-properties`; the keys of
+//!    OpsChain's API client ([`NOT_YET_USED`]: `apiBaseUrl`, `username`, ...) are accepted and
+//!    reported as not used yet.
 //!
 //! [`Defaults`] reads the file only when a code is not given otherwise, and once.
 
@@ -110,14 +112,24 @@ pub struct Code {
     pub source: Source,
 }
 
-/// The keys of `.opschainrc` this controller reads.
+/// The keys of `.opschainrc`: those this controller reads, and the rest as they are.
 #[derive(Debug, Deserialize)]
 struct RcDoc {
     #[serde(rename = "projectCode", default, deserialize_with = "non_empty")]
     project_code: Option<String>,
     #[serde(rename = "environmentCode", default, deserialize_with = "non_empty")]
     environment_code: Option<String>,
+    /// The editor of `edit-properties` (after $VISUAL and $EDITOR).
+    #[serde(default)]
+    editor: Option<String>,
+    /// Every other key.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The keys of OpsChain's CLI configuration that belong to its API client (the server's address,
+/// the credentials, the request timeout) or to its step display: accepted, not used yet.
+pub const NOT_YET_USED: [&str; 6] = ["apiBaseUrl", "username", "password", "passwordCommand", "requestTimeout", "stepEmoji"];
 
 fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let value = Option::<String>::deserialize(d)?;
@@ -182,6 +194,37 @@ impl Defaults {
         Ok(value.as_ref().map(|value| Code { value: value.clone(), source: Source::File(rc.path.clone()) }))
     }
 
+    /// The editor `.opschainrc` names (`editor`), if it is read and names one.
+    pub fn editor(&self) -> Result<Option<String>, RcError> {
+        Ok(self.rc()?.and_then(|rc| rc.doc.editor.clone()))
+    }
+
+    /// The string value of `key` (one of OpsChain's API client keys, e.g. `apiBaseUrl`) in the
+    /// `.opschainrc` in use, when it is set and not empty: what [`crate::remote::config`] reads.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, RcError> {
+        Ok(self.rc()?.and_then(|rc| rc.doc.other.get(key)).and_then(|v| v.as_str()).filter(|v| !v.is_empty()).map(str::to_string))
+    }
+
+    /// What to tell the user about the `.opschainrc` in use: its keys this controller does not
+    /// use yet ([`NOT_YET_USED`]) and those it does not know. Empty without a file.
+    pub fn notes(&self) -> Result<Vec<String>, RcError> {
+        let Some(rc) = self.rc()? else {
+            return Ok(Vec::new());
+        };
+        let mut keys: Vec<&String> = rc.doc.other.keys().collect();
+        keys.sort();
+        let (later, unknown): (Vec<&String>, Vec<&String>) = keys.into_iter().partition(|k| NOT_YET_USED.contains(&k.as_str()));
+        let mut notes = Vec::new();
+        let list = |keys: Vec<&String>| keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+        if !later.is_empty() {
+            notes.push(format!("{}: {} not used yet (OpsChain's API client settings: this controller keeps its state locally)", rc.path.display(), list(later)));
+        }
+        if !unknown.is_empty() {
+            notes.push(format!("{}: unknown key(s) {} ignored", rc.path.display(), list(unknown)));
+        }
+        Ok(notes)
+    }
+
     /// The `.opschainrc` in use, if any: the working directory's, else the home directory's.
     pub fn rc_path(&self) -> Option<PathBuf> {
         [&self.cwd, &self.home].into_iter().flatten().map(|dir| dir.join(RC_FILE)).find(|path| path.exists())
@@ -200,8 +243,38 @@ impl Defaults {
 }
 
 fn read(path: &Path) -> Result<RcFile, RcError> {
-    let doc = json::read_file::<RcDoc>(path, RC_LIMIT).map_err(|source| RcError::File { source })?;
+    let bytes = json::read_bytes(path, RC_LIMIT).map_err(|source| RcError::File { source })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let doc = parse(path, &text).map_err(|source| RcError::File { source })?;
     Ok(RcFile { path: path.to_path_buf(), doc })
+}
+
+/// Reads `.opschainrc` as OpsChain's CLI does: JSON, or INI (`key = value` lines, `[section]`
+/// headers ignored); in either, a line whose first character (after blanks) is `;` or `#` is a
+/// comment. JSON is told by its first character, `{`.
+fn parse(path: &Path, text: &str) -> Result<RcDoc, JsonError> {
+    let is_comment = |line: &str| matches!(line.trim_start().chars().next(), Some(';' | '#'));
+    // Comment lines become empty lines, so that an error's line number is the file's.
+    let uncommented: String = text.lines().map(|l| if is_comment(l) { "" } else { l }).collect::<Vec<_>>().join("\n");
+    if uncommented.trim_start().starts_with('{') {
+        return json::parse(path, uncommented.as_bytes());
+    }
+    let mut map = serde_json::Map::new();
+    for (n, line) in uncommented.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || (line.starts_with('[') && line.ends_with(']')) {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            let message = format!("{line:?} is neither JSON, `key = value`, a `[section]` nor a `;` comment");
+            return Err(JsonError::Invalid { path: path.to_path_buf(), pointer: String::new(), message, line: n + 1, column: 1 });
+        };
+        let value = value.trim();
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        map.insert(key.trim().to_string(), serde_json::Value::String(value.to_string()));
+    }
+    let bytes = serde_json::to_vec(&map).unwrap_or_default();
+    json::parse(path, &bytes)
 }
 
 #[cfg(test)]
@@ -253,6 +326,27 @@ mod tests {
         write(cwd.path(), "not json");
         let defaults = Defaults::new(Some(cwd.path().into()), None, None, None);
         assert!(defaults.resolve(Which::Environment, None).is_err());
+    }
+
+    #[test]
+    fn opschains_example_file_in_ini_and_json_with_comments_is_read() {
+        let cwd = tempfile::tempdir().unwrap();
+        let ini = "; OpsChain CLI configuration\n[opschain]\napiBaseUrl = http://localhost:3000\nusername = opschain\npassword = \"secret\"\n# passwordCommand = pass show opschain\nrequestTimeout = 30000\neditor = nano\nprojectCode = web\n";
+        write(cwd.path(), ini);
+        let defaults = Defaults::new(Some(cwd.path().into()), None, None, None);
+        assert_eq!(defaults.resolve(Which::Project, None).unwrap().unwrap().value, "web");
+        assert_eq!(defaults.editor().unwrap().as_deref(), Some("nano"));
+        let notes = defaults.notes().unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("apiBaseUrl, password, requestTimeout, username not used yet"), "{notes:?}");
+
+        write(
+            cwd.path(),
+            "; comments\n{\n  ; the server\n  \"apiBaseUrl\": \"http://localhost:3000\",\n  \"requestTimeout\": 30000,\n  \"environmentCode\": \"dev\", \"colour\": 1\n}\n",
+        );
+        let defaults = Defaults::new(Some(cwd.path().into()), None, None, None);
+        assert_eq!(defaults.resolve(Which::Environment, None).unwrap().unwrap().value, "dev");
+        assert!(defaults.notes().unwrap()[1].contains("unknown key(s) colour"), "{:?}", defaults.notes());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! A `--repo` directory that is not the top of a git work tree (e.g. `fixtures/demo`, inside this
 //! project's own repository) is snapshotted: copied (without `.git` and `target`) under
-//! `<state dir>/repos/<name>-<time>`, `git init`ed and committed there, and the change runs from
-//! that commit. A retry uses the same snapshot, so it runs the same commit.
+//! `<state dir>/repos/<name>-<commit>`, `git init`ed and committed there, and the change runs from
+//! that commit. The commit is a function of the content, so an unchanged directory is one
+//! snapshot however many changes run it. A retry uses the same snapshot, so it runs the same
+//! commit; [`crate::gc`] says how long a snapshot is kept.
 //!
 //! Steps do not check out the commit themselves: a change's [`Checkouts`] checks it out once (a
 //! shared clone, so its `.git` is complete but small) and gives every step a private copy of that
@@ -58,6 +60,72 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// `--git-remote-name` given for a directory that is not the top of a git work tree.
+    #[error("{} is not the top of a git work tree: it has no git remote {remote:?}", dir.display())]
+    NotAWorkTree {
+        /// The directory.
+        dir: PathBuf,
+        /// The remote named.
+        remote: String,
+    },
+    /// The work tree has no git remote of that name.
+    #[error("git remote {remote:?} of {} does not exist ({known})", dir.display())]
+    NoRemote {
+        /// The work tree.
+        dir: PathBuf,
+        /// The remote named.
+        remote: String,
+        /// The remotes it has.
+        known: Box<super::catalog::Known>,
+    },
+    /// Fetching the remote failed.
+    #[error("cannot fetch the git remote {remote:?} of {}", dir.display())]
+    Fetch {
+        /// The work tree.
+        dir: PathBuf,
+        /// The remote.
+        remote: String,
+        /// The cause.
+        #[source]
+        source: Box<GitError>,
+    },
+    /// The repository directory does not exist.
+    #[error("the repository {} does not exist", dir.display())]
+    NoRepo {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The repository (or the commit that runs) has no OpsChain folder.
+    #[error(
+        "{where_} has no {folder} folder: it is not an OpsChain project (`opschain dev create-dockerfile --repo DIR` starts one; its actions go in {folder}/actions.toml)"
+    )]
+    NoFolder {
+        /// The directory, or `commit C of DIR`.
+        where_: String,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
+    /// The revision names no commit of the repository.
+    #[error("the git revision {rev:?} does not exist ({known})")]
+    UnknownRevision {
+        /// The repository.
+        repo: PathBuf,
+        /// The revision given.
+        rev: String,
+        /// Its branches and tags.
+        known: Box<super::catalog::Known>,
+    },
+    /// No `--repo`, and the working directory holds no OpsChain folder.
+    #[error("the working directory {} has no {folder} folder: run from the project's repository or give --repo DIR", dir.display())]
+    NotARepo {
+        /// The working directory.
+        dir: PathBuf,
+        /// The OpsChain folder looked for.
+        folder: String,
+    },
+    /// The working directory cannot be found.
+    #[error("cannot find the working directory")]
+    WorkingDirectory(#[source] std::io::Error),
     /// Copying a directory for a snapshot failed.
     #[error("cannot copy {} to {}", from.display(), to.display())]
     Copy {
@@ -93,30 +161,241 @@ pub fn is_repo_top(dir: &Path) -> bool {
 }
 
 /// The repository a change uses for `dir`: `dir` itself when it is a git work tree's top,
-/// otherwise a committed snapshot under `<state_dir>/repos`.
+/// otherwise a committed snapshot under `<state_dir>/repos` ([`snapshot`]).
 pub fn prepare(dir: &Path, state_dir: &Path) -> Result<PathBuf, RepoError> {
     if is_repo_top(dir) {
         return dir.canonicalize().map_err(|source| RepoError::Copy { from: dir.to_path_buf(), to: dir.to_path_buf(), source });
     }
+    snapshot(dir, &state_dir.join(SNAPSHOTS))
+}
+
+/// The directory of the state directory that holds the snapshots of plain directories.
+pub const SNAPSHOTS: &str = "repos";
+
+/// The fixed date of every snapshot commit: with the fixed identity and message, the same
+/// content gives the same commit, so that snapshots of an unchanged directory are one.
+const SNAPSHOT_DATE: &str = "2000-01-01T00:00:00Z";
+
+/// Snapshots the plain directory `dir` into `repos`: copied (without `.git` and `target`) aside,
+/// `git init`ed and committed there with a fixed identity, date and message, then renamed to
+/// `<name>-<first 16 digits of the commit>`. The same content gives the same commit and so the
+/// same snapshot: when it exists already (an earlier change of the same content, e.g. every
+/// `opschain demo`), the copy is dropped and the existing one used. The caller holds
+/// [`crate::gc::SnapshotLock`], so that no collection removes a snapshot between
+/// here and the change that records it.
+pub fn snapshot(dir: &Path, repos: &Path) -> Result<PathBuf, RepoError> {
     let name = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "repo".into());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let repos = state_dir.join("repos");
-    private_dirs(&repos)?;
-    let dest = repos.join(format!("{name}-{nanos}"));
-    copy_dir(dir, &dest, &[".git", "target"], private::DIR_MODE)?;
-    git(&dest, &["init", "-q"])?;
-    git(&dest, &["add", "-A"])?;
-    git(&dest, &["commit", "-q", "-m", "opschain snapshot"])?;
+    private_dirs(repos)?;
+    let tmp = repos.join(format!(".{name}-{}-{nanos}", std::process::id()));
+    let committed = copy_dir(dir, &tmp, &[".git", "target"], private::DIR_MODE).and_then(|()| commit_snapshot(&tmp));
+    let commit = match committed {
+        Ok(commit) => commit,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let dest = repos.join(format!("{name}-{}", &commit[..commit.len().min(16)]));
+    if dest.join(".git").is_dir() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(dest);
+    }
+    std::fs::rename(&tmp, &dest).map_err(|source| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        RepoError::Copy { from: tmp.clone(), to: dest.clone(), source }
+    })?;
     Ok(dest)
 }
 
-/// The commit `rev` names in `repo`.
+/// `git init`, `add -A` and `commit` in `dir` with the fixed date [`SNAPSHOT_DATE`]; returns the
+/// commit.
+fn commit_snapshot(dir: &Path) -> Result<String, RepoError> {
+    git(dir, &["init", "-q"])?;
+    git(dir, &["add", "-A"])?;
+    let args =
+        ["-c", "user.name=opschain", "-c", "user.email=opschain@localhost", "-c", "commit.gpgsign=false", "commit", "-q", "--allow-empty", "-m", "opschain snapshot"];
+    let out = opschain_runner::git::command(Some(dir))
+        .env("GIT_AUTHOR_DATE", SNAPSHOT_DATE)
+        .env("GIT_COMMITTER_DATE", SNAPSHOT_DATE)
+        .args(args)
+        .output()
+        .map_err(|source| GitError::Spawn { args: "commit".into(), source })?;
+    if !out.status.success() {
+        return Err(GitError::Failed { args: "commit -m 'opschain snapshot'".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() }.into());
+    }
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// Checks, before anything is made for it, that `dir` can be a change's repository with the
+/// OpsChain folder `folder`: it exists, and when it is no git work tree (it will be
+/// snapshotted) holds the folder. A work tree's folder is checked in the commit that runs
+/// ([`check_folder_at`]).
+pub fn check_repo(dir: &Path, folder: &str) -> Result<(), RepoError> {
+    if !dir.is_dir() {
+        return Err(RepoError::NoRepo { dir: dir.to_path_buf() });
+    }
+    if !is_repo_top(dir) && !dir.join(folder).is_dir() {
+        return Err(RepoError::NoFolder { where_: dir.display().to_string(), folder: folder.to_string() });
+    }
+    Ok(())
+}
+
+/// Checks that `commit` of `repo` has the OpsChain folder `folder`.
+pub fn check_folder_at(repo: &Path, commit: &str, folder: &str) -> Result<(), RepoError> {
+    match git(repo, &["cat-file", "-e", &format!("{commit}:{folder}")]) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(RepoError::NoFolder { where_: format!("commit {} of {}", &commit[..commit.len().min(12)], repo.display()), folder: folder.to_string() }),
+    }
+}
+
+/// The names of the actions `<folder>/actions.toml` defines at revision `rev` of `repo` (a work
+/// tree's commit; a plain directory's file as it is), in file order. Empty when there is no such
+/// file or it does not parse (the step then says why).
+pub fn action_names(repo: &Path, rev: &str, folder: &str) -> Vec<String> {
+    let path = format!("{folder}/actions.toml");
+    let text = if is_repo_top(repo) { git(repo, &["show", &format!("{rev}:{path}")]).ok() } else { std::fs::read_to_string(repo.join(&path)).ok() };
+    text.and_then(|t| opschain_runner::actions::Actions::parse(Path::new(&path), &t).ok())
+        .map(|a| a.actions.into_iter().map(|(name, _)| name).collect())
+        .unwrap_or_default()
+}
+
+/// The files under the OpsChain folder `folder` of the work tree `repo` that differ from its
+/// `HEAD` commit or are not tracked (and not ignored): a change runs a commit, so these edits
+/// are not in it. Empty for a directory that is not a work tree's top (it is snapshotted whole).
+pub fn uncommitted(repo: &Path, folder: &str) -> Result<Vec<String>, RepoError> {
+    if !is_repo_top(repo) {
+        return Ok(Vec::new());
+    }
+    let changed = git(repo, &["diff", "--name-only", "HEAD", "--", folder])?;
+    let untracked = git(repo, &["ls-files", "--others", "--exclude-standard", "--", folder])?;
+    let mut files: Vec<String> = changed.lines().chain(untracked.lines()).map(str::to_string).collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The repository of `change create`: `repo` when given, else the working directory when it
+/// holds the OpsChain folder `folder` (a directory run from by mistake, such as a home
+/// directory, would otherwise be snapshotted whole).
+pub fn repo_or_working_directory(repo: Option<PathBuf>, folder: &str) -> Result<PathBuf, RepoError> {
+    if let Some(repo) = repo {
+        return Ok(repo);
+    }
+    let cwd = std::env::current_dir().map_err(RepoError::WorkingDirectory)?;
+    if !cwd.join(folder).is_dir() {
+        return Err(RepoError::NotARepo { dir: cwd, folder: folder.to_string() });
+    }
+    Ok(cwd)
+}
+
+/// `rev` read against the git remote `remote` of the work tree `repo`, as OpsChain reads
+/// `--git-rev` with `--git-remote-name`: the remote is fetched, then a branch of it is
+/// `<remote>/<rev>`; any other revision (a tag, a commit) is `rev` itself.
+pub fn remote_rev(repo: &Path, remote: &str, rev: &str) -> Result<String, RepoError> {
+    if !is_repo_top(repo) {
+        return Err(RepoError::NotAWorkTree { dir: repo.to_path_buf(), remote: remote.to_string() });
+    }
+    if git(repo, &["remote", "get-url", remote]).is_err() {
+        let known: Vec<String> = git(repo, &["remote"]).unwrap_or_default().lines().map(String::from).collect();
+        return Err(RepoError::NoRemote { dir: repo.to_path_buf(), remote: remote.to_string(), known: Box::new(super::catalog::Known::new(remote, known)) });
+    }
+    git(repo, &["fetch", "--quiet", "--tags", remote]).map_err(|e| match e {
+        RepoError::Git(source) => RepoError::Fetch { dir: repo.to_path_buf(), remote: remote.to_string(), source: Box::new(source) },
+        other => other,
+    })?;
+    let tracking = format!("{remote}/{rev}");
+    match git(repo, &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{tracking}^{{commit}}")]) {
+        Ok(_) => Ok(tracking),
+        Err(_) => Ok(rev.to_string()),
+    }
+}
+
+/// The directory of the repositories the changes keep their commits in: `<state_dir>/mirrors`.
+pub fn mirrors_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("mirrors")
+}
+
+/// The ref a mirror keeps a change's commit under: `refs/opschain/kept/<commit>`. Outside
+/// `refs/heads` and `refs/tags`, so a clone of the mirror (a step's checkout, `repo.tar`) does
+/// not carry it; removing the last change of a commit may remove it.
+pub fn kept_ref(commit: &str) -> String {
+    format!("refs/opschain/kept/{commit}")
+}
+
+/// The bare repository that keeps, for the changes made from `repo`, the objects they need:
+/// `<state_dir>/mirrors/<name>-<hash of repo's path>.git`. `None` for a snapshot of a plain
+/// directory (under `<state_dir>/repos`), which is the change's own already.
+pub fn mirror_of(state_dir: &Path, repo: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if repo.starts_with(state_dir.join("repos")) || state_dir.canonicalize().is_ok_and(|s| repo.starts_with(s.join("repos"))) {
+        return None;
+    }
+    let name = repo.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "repo".into());
+    let hash = opschain_runner::transport::fnv1a64(repo.as_os_str().as_bytes());
+    Some(mirrors_dir(state_dir).join(format!("{name}-{hash:016x}.git")))
+}
+
+/// Keeps the objects a change needs of `repo` (its `commit` and everything it reaches) in the
+/// state directory, and returns the repository its steps and retries read from instead of `repo`:
+/// the mirror ([`mirror_of`]), so that a `git gc --prune=now` in the user's repository after the
+/// commit left its history breaks neither a running step nor a retry. The mirror is made once per
+/// repository by a local bare clone (objects hard-linked where the filesystem allows, copied
+/// otherwise); afterwards, with `refresh` (a new change), its branches and tags are fetched from
+/// `repo` (only the objects it lacks), and the commit is fetched unless the mirror has it; the
+/// commit is held by [`kept_ref`]. Without `refresh` (a change run again), `repo` is read only
+/// when the mirror lacks the commit (a change made before mirrors). Concurrent controllers take
+/// turns on a lock file beside the mirror. A snapshot (`None` from [`mirror_of`]) is returned as
+/// it is.
+pub fn keep(state_dir: &Path, repo: &Path, commit: &str, refresh: bool) -> Result<PathBuf, RepoError> {
+    let Some(mirror) = mirror_of(state_dir, repo) else { return Ok(repo.to_path_buf()) };
+    let has_commit = |dir: &Path| git(dir, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok();
+    if !refresh && has_commit(&mirror) {
+        return Ok(mirror);
+    }
+    let parent = mirrors_dir(state_dir);
+    private_dirs(&parent)?;
+    let lock_path = mirror.with_extension("lock");
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|source| RepoError::CreateDir { path: lock_path.clone(), source })?;
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| RepoError::CreateDir { path: lock_path.clone(), source: errno.into() })
+        .and_then(|_locked| {
+            let source = repo.to_string_lossy();
+            if !mirror.join("HEAD").is_file() {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let tmp = parent.join(format!(".tmp-{}-{nanos}", std::process::id()));
+                let cloned = git(&parent, &["clone", "-q", "--bare", "--template=", &source, &tmp.to_string_lossy()])
+                    .and_then(|_| std::fs::rename(&tmp, &mirror).map_err(|e| RepoError::Copy { from: tmp.clone(), to: mirror.clone(), source: e }));
+                if let Err(e) = cloned {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(e);
+                }
+            } else if refresh {
+                git(&mirror, &["fetch", "-q", "--prune", &source, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])?;
+            }
+            if !has_commit(&mirror) {
+                git(&mirror, &["fetch", "-q", &source, &format!("+{commit}:{}", kept_ref(commit))])?;
+            }
+            git(&mirror, &["update-ref", &kept_ref(commit), commit])?;
+            Ok(mirror)
+        })
+}
+
+/// The commit `rev` names in `repo`; a revision that names none is
+/// [`RepoError::UnknownRevision`], with the branches and tags it could have meant.
 pub fn resolve(repo: &Path, rev: &str) -> Result<String, RepoError> {
-    git(repo, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
+    match git(repo, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]) {
+        Err(RepoError::Git(GitError::Failed { .. })) => {
+            let refs = git(repo, &["for-each-ref", "--format=%(refname:short)", "refs/heads", "refs/tags", "refs/remotes"]).unwrap_or_default();
+            let known = refs.lines().map(str::to_string).collect();
+            Err(RepoError::UnknownRevision { repo: repo.to_path_buf(), rev: rev.to_string(), known: Box::new(super::catalog::Known::new(rev, known)) })
+        }
+        other => other,
+    }
 }
 
 /// A fresh checkout of `commit` at `dest` (a shared clone: objects are borrowed, nothing is
-/// written to `repo`). The clone takes no git template (`--template=`): no sample hooks, no
+/// written to `repo`; a change's `repo` is its mirror, see [`keep`]). The clone takes no git template (`--template=`): no sample hooks, no
 /// `description`, no `info/exclude`, none of which a step uses, and each would be one more file to
 /// copy for every step.
 pub fn checkout(repo: &Path, commit: &str, dest: &Path) -> Result<(), RepoError> {

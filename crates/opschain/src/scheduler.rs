@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use super::backend::{Backend, BackendError, ContextDocument, StepJob};
-use super::output::{change_secrets, ChangeOutput};
+use super::output::{change_secrets, Cause, ChangeOutput, View};
 use super::status::{ChangeStatus, StepStatus};
 use super::store::{ChangeRow, Level, StepEnd, StepRow, Store, StoreError};
 use opschain_runner::step_image::{self, BuildError, SecretSet};
@@ -33,6 +33,9 @@ pub struct SchedulerConfig {
     pub cancel_poll: Duration,
     /// The user named in the step context (default `$USER`).
     pub user: String,
+    /// What the change prints on the terminal (default: the action's lines and a status line
+    /// per step).
+    pub view: View,
 }
 
 /// How many steps run at once unless told otherwise: 8 per CPU (16 on a 2-CPU machine). A step's
@@ -80,6 +83,32 @@ pub struct Scheduler<'a> {
     started: Instant,
 }
 
+/// Why a step failed, its first line the cause in the user's terms (what `change show` and
+/// `change ls` summarise it with): the agent's own error when it gave one, else what the step
+/// result says went wrong, else the action's last line on stderr; then how the agent exited, and
+/// what the controller found of its result.
+pub fn failure_message(cause: &Cause, exit_status: i32, result_error: Option<&str>, runner_error: Option<&str>) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(e) = &cause.agent_error {
+        lines.push(e.clone());
+        lines.push(format!("the agent exited with status {exit_status}"));
+    } else if let Some(e) = runner_error {
+        lines.push(e.to_string());
+        lines.push(format!("the agent exited with status {exit_status}"));
+    } else if let Some(last) = cause.last_stderr.as_deref().filter(|_| exit_status != 0) {
+        lines.push(format!("the action exited with status {exit_status}; its last line on stderr: {last}"));
+    } else {
+        lines.push(format!("the agent exited with status {exit_status}"));
+    }
+    // A missing step result is the consequence of an error the agent already named; a refused
+    // one is not.
+    let consequence = |e: &&str| cause.agent_error.is_some() && !e.starts_with(crate::backend::REFUSED_RESULT);
+    if let Some(e) = result_error.filter(|e| !consequence(e)) {
+        lines.push(e.to_string());
+    }
+    lines.join("\n")
+}
+
 /// Formats a duration as seconds with two decimals.
 pub fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
@@ -89,12 +118,17 @@ impl<'a> Scheduler<'a> {
     /// A scheduler for `change`, whose steps get `secrets` (runner secrets in their context).
     pub fn new(store: &'a Store, backend: &'a dyn Backend, change: ChangeRow, secrets: Map<String, Value>, config: SchedulerConfig) -> Scheduler<'a> {
         let workers = Workers { free: Mutex::new(config.workers.max(1)), freed: Condvar::new() };
-        let output = ChangeOutput::new(store);
+        let output = ChangeOutput::new(store).with_view(config.view);
         Scheduler { store, backend, change, secrets, config, workers, cancel: Arc::new(AtomicBool::new(false)), output, started: Instant::now() }
     }
 
     fn say(&self, text: &str) {
         self.output.say(text);
+    }
+
+    /// A progress message, shown only in the verbose view.
+    fn detail(&self, text: &str) {
+        self.output.detail(text);
     }
 
     /// Masks, from now on, the secrets of the sets the change uses with these properties (its
@@ -144,7 +178,11 @@ impl<'a> Scheduler<'a> {
             ChangeStatus::Error
         };
         self.store.set_change_status(self.change.id, status)?;
-        self.say(&format!("change {} {} in {}", self.change.id, status.as_str(), secs(self.started.elapsed())));
+        let why = match status {
+            ChangeStatus::Error => super::report::failure_summary(&self.store.steps(self.change.id)?).map(|w| format!(": {w}")).unwrap_or_default(),
+            _ => String::new(),
+        };
+        self.say(&format!("change {} {} in {}{why}", self.change.id, status.as_str(), secs(self.started.elapsed())));
         Ok(status)
     }
 
@@ -170,7 +208,7 @@ impl<'a> Scheduler<'a> {
             return Ok(true);
         }
         if strategy.as_deref() == Some("parallel") {
-            self.say(&format!("step {} [{}]: {} children in parallel", step.id, step.action, children.len()));
+            self.detail(&format!("step {} [{}]: {} children in parallel", step.id, step.action, children.len()));
             // Every child that will run waits for a worker from now on: `queued`, in one write.
             let waiting: Vec<i64> = children.iter().filter(|c| c.status != StepStatus::Success).map(|c| c.id).collect();
             if !self.cancel.load(Ordering::SeqCst) {
@@ -205,7 +243,7 @@ impl<'a> Scheduler<'a> {
             }
             Ok(ok)
         } else {
-            self.say(&format!("step {} [{}]: {} children in sequence", step.id, step.action, children.len()));
+            self.detail(&format!("step {} [{}]: {} children in sequence", step.id, step.action, children.len()));
             let mut ok = true;
             for child in children {
                 if ok {
@@ -261,13 +299,17 @@ impl<'a> Scheduler<'a> {
         // store found without parsing the rest of the properties.
         self.mask_secrets(&start.project_declaring, &start.environment_declaring)?;
         let began = Instant::now();
-        self.say(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
+        self.detail(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         // The context is spliced around the properties' shared text, never built as a tree.
+        let mut change = json!({"id": self.change.id, "action": self.change.action, "commit": self.change.commit});
+        if let Some(metadata) = self.change.metadata.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()) {
+            change["metadata"] = metadata;
+        }
         let context = ContextDocument {
             context: json!({
                 "project": {"code": self.change.project},
                 "environment": {"code": self.change.environment},
-                "change": {"id": self.change.id, "action": self.change.action, "commit": self.change.commit},
+                "change": change,
                 "step": {"id": step.id, "action": step.action},
                 "user": {"name": self.config.user},
             }),
@@ -302,14 +344,8 @@ impl<'a> Scheduler<'a> {
                 let succeeded = output.exit_status == 0 && output.result.is_some();
                 let mut message = None;
                 if !succeeded {
-                    let mut m = format!("the agent exited with status {}", output.exit_status);
-                    if let Some(e) = &output.result_error {
-                        m.push_str(&format!("; {e}"));
-                    }
-                    if let Some(e) = output.result.as_ref().and_then(|r| r.runner.as_ref()).and_then(|r| r.error.as_ref()) {
-                        m.push_str(&format!("; {e}"));
-                    }
-                    message = Some(m);
+                    let runner_error = output.result.as_ref().and_then(|r| r.runner.as_ref()).and_then(|r| r.error.as_deref());
+                    message = Some(failure_message(&sink.cause(), output.exit_status, output.result_error.as_deref(), runner_error));
                 }
                 let (project_diff, environment_diff, children, strategy) = match output.result {
                     Some(r) => (
@@ -357,7 +393,8 @@ impl<'a> Scheduler<'a> {
             }
         };
         let (status, message) = self.store.finish_step(step.id, self.change.project_id, self.change.environment_id, end)?;
-        self.say(&format!("step {} [{}] {} in {}", step.id, step.action, status.as_str(), secs(began.elapsed())));
+        let (from, to) = (began.duration_since(self.started), self.started.elapsed());
+        self.say(&format!("step {} [{}] {} in {} ({} to {})", step.id, step.action, status.as_str(), secs(to - from), secs(from), secs(to)));
         if let Some(m) = message {
             for line in m.lines() {
                 self.say(&format!("step {} [{}]: {line}", step.id, step.action));

@@ -18,7 +18,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::engine::EngineTimeouts;
+use super::sandbox::{SandboxDir, SandboxFileError};
+use super::{read_result, run_streamed, status_code, Backend, BackendError, LogSink, RemoveOnDrop, StepJob, StepOutput, CONTEXT_FILE};
 use crate::image::build::{ImageOutcome, ImageSettings, StepImages};
 use crate::image::docker::Docker;
 use crate::repo;
@@ -36,6 +38,11 @@ pub struct DockerConfig {
     pub transport: super::stream::Transport,
     /// The registry step images go through (default: none, the engine's local images).
     pub registry: Option<crate::image::registry::Registry>,
+    /// The largest step result read, from the bind-mounted folder or a result frame (default
+    /// [`super::sandbox::DEFAULT_MAX_RESULT_BYTES`]): a larger one fails the step.
+    pub max_result_bytes: u64,
+    /// The time limits of the calls to the engine (default [`EngineTimeouts::DEFAULT`]).
+    pub timeouts: EngineTimeouts,
 }
 
 /// The Docker backend.
@@ -44,6 +51,7 @@ pub struct DockerBackend {
     images: StepImages,
     sandbox_root: PathBuf,
     transport: super::stream::Transport,
+    max_result_bytes: u64,
 }
 
 impl DockerBackend {
@@ -58,8 +66,21 @@ impl DockerBackend {
             grace: config.grace,
             repo_tar_cache,
             registry: config.registry,
+            timeouts: config.timeouts,
+            registry_records: None,
+            secrets_key: None,
         };
-        DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport }
+        DockerBackend { images: StepImages::new(settings), sandbox_root, transport: config.transport, max_result_bytes: config.max_result_bytes }
+    }
+
+    /// This backend with the controller's state: `key` as the key of the build secrets digest
+    /// ([`ImageSettings::secrets_key`]) and `registry_records` as where the digests of the images
+    /// it pushes are recorded ([`ImageSettings::registry_records`]).
+    pub fn with_state(self, key: opschain_runner::step_image::SecretsKey, registry_records: PathBuf) -> DockerBackend {
+        let mut settings = self.images.settings().clone();
+        settings.secrets_key = Some(key);
+        settings.registry_records = Some(registry_records);
+        DockerBackend { images: StepImages::new(settings), ..self }
     }
 
     /// A new private sandbox directory (mode 0700) for one run of `job`.
@@ -83,25 +104,30 @@ impl DockerBackend {
         })
     }
 
-    /// Whether a Docker engine answers (`docker info`).
-    pub fn engine_runs(&self) -> bool {
-        self.images.docker("info", &["info", "--format", "{{.ServerVersion}}"]).is_ok()
+    /// The largest step result read.
+    pub fn max_result_bytes(&self) -> u64 {
+        self.max_result_bytes
     }
 
-    fn streamed(&self, mut command: Command, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
+    /// Whether a Docker engine answers (`docker info`, within the quick calls' limit).
+    pub fn engine_runs(&self) -> bool {
+        self.images.docker("info", &["info", "--format", "{{.ServerVersion}}"], &AtomicBool::new(false)).is_ok()
+    }
+
+    /// Runs `docker run` (`command`), its output streamed to `sink`, stopped by `cancel`, and
+    /// failed when the container prints nothing within the start limit (`what` names it).
+    fn streamed(&self, mut command: Command, what: String, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
         let settings = self.images.settings();
         command.stdin(Stdio::null());
-        let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, settings.grace)?;
+        let bound = settings.timeouts.start_bound(what);
+        let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, settings.grace, Some(&bound))?;
         Ok(status_code(status))
     }
-}
 
-/// Removes a step's sandbox directory when the step ends, on every path out of it.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    /// Removes the container `name` (`docker rm -f`), within the quick calls' limit. Not stopped
+    /// by a cancel: it is what a cancel leaves to do.
+    pub(crate) fn remove_container(&self, name: &str) {
+        let _ = self.images.docker("rm", &["rm", "-f", name], &AtomicBool::new(false));
     }
 }
 
@@ -123,7 +149,10 @@ impl DockerBackend {
     fn exported_folder(&self, job: &StepJob, folder: &str) -> Result<PathBuf, BackendError> {
         let root = self.sandbox_root.join("folders");
         let cached = root.join(&job.commit);
-        if !cached.join(folder).is_dir() {
+        // Never through a link: a commit whose folder is a link (`.opschain -> /etc`) would
+        // have the host directory it names copied into the container.
+        let is_dir = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        if !is_dir(&cached.join(folder)) && !std::fs::symlink_metadata(cached.join(folder)).is_ok_and(|m| m.file_type().is_symlink()) {
             let checkout = |source| BackendError::Checkout { step: job.step_id, source };
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
             let tmp = root.join(format!(".tmp-{}-{}-{nanos}", std::process::id(), job.step_id));
@@ -132,16 +161,22 @@ impl DockerBackend {
             if !repo::export(&job.repo, &job.commit, Some(folder), &tmp).map_err(checkout)? {
                 std::fs::create_dir_all(tmp.join(folder)).map_err(io(&tmp))?;
             }
-            if std::fs::rename(&tmp, &cached).is_err() && !cached.join(folder).is_dir() {
+            if std::fs::rename(&tmp, &cached).is_err() && !is_dir(&cached.join(folder)) {
                 // Not renamed and no one else's either: a commit seen before with another folder.
                 let from = tmp.join(folder);
                 if let Err(e) = std::fs::rename(&from, cached.join(folder)) {
                     // Another step may have put it there in the meantime: then it is whole.
-                    if !cached.join(folder).is_dir() {
+                    if !is_dir(&cached.join(folder)) {
                         return Err(io(&from)(e));
                     }
                 }
             }
+        }
+        if !is_dir(&cached.join(folder)) {
+            return Err(BackendError::SandboxFile {
+                step: job.step_id,
+                source: SandboxFileError::NotADirectory { path: PathBuf::from(format!("{}:{folder}", &job.commit[..12.min(job.commit.len())])) },
+            });
         }
         Ok(cached.join(folder))
     }
@@ -153,6 +188,30 @@ impl Backend for DockerBackend {
     }
 
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
+        cancelled_as_output(self.run_step(job, sink, cancel), cancel)
+    }
+}
+
+/// A step's outcome, with a failure that a cancel caused (an engine call it stopped) given as a
+/// cancelled step's output rather than as a backend failure.
+pub(crate) fn cancelled_as_output(outcome: Result<StepOutput, BackendError>, cancel: &AtomicBool) -> Result<StepOutput, BackendError> {
+    match outcome {
+        Err(e) if cancel.load(std::sync::atomic::Ordering::SeqCst) => {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            Ok(StepOutput { exit_status: 128 + libc::SIGTERM, result: None, result_error: Some(format!("cancelled: {why}")) })
+        }
+        other => other,
+    }
+}
+
+impl DockerBackend {
+    /// [`Backend::run`] of this backend.
+    fn run_step(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
         // Private to this user: the build secret bundle is written in it, the folder inside it is
         // bind-mounted world-writable (see below), and what it holds becomes the step's result.
         // Removed however the step ends.
@@ -166,7 +225,8 @@ impl Backend for DockerBackend {
         let folder_name = settings.folder.as_str();
         let name = format!("opschain-step-{}-{}-{}", job.change_id, job.step_id, std::process::id());
         if self.transport == super::stream::Transport::Stream {
-            return super::stream::docker_step(&settings.docker, &tag, &name, folder_name, &job.context, sink, cancel, settings.grace);
+            let limits = super::stream::StreamLimits { max_result_bytes: self.max_result_bytes, timeouts: settings.timeouts, grace: settings.grace };
+            return super::stream::docker_step(&settings.docker, &tag, &name, folder_name, &job.context, &limits, sink, cancel);
         }
 
         // The repository folder goes into the container as a bind mount, with the step context in
@@ -178,34 +238,31 @@ impl Backend for DockerBackend {
         let folder = dir.join(folder_name);
         let cached = self.exported_folder(job, folder_name)?;
         repo::copy_checkout(&cached, &folder).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
-        if !folder.is_dir() {
-            std::fs::create_dir_all(&folder).map_err(io(&folder))?;
-        }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).map_err(io(&folder))?;
-        }
-        let step_context = folder.join("step_context.json");
-        job.context.write_file(&step_context).map_err(io(&step_context))?;
+        // The folder is this side of the container: what the commit brought (a link in the
+        // context file's place) and what the container makes in it are followed nowhere.
+        let refused = |source| BackendError::SandboxFile { step: job.step_id, source };
+        let mounted = SandboxDir::open(&dir, folder_name, Some(0o777)).map_err(refused)?;
+        mounted.set_mode(0o777).map_err(refused)?;
+        mounted.write_new(CONTEXT_FILE, 0o644, |out| job.context.write_to(out)).map_err(refused)?;
         let mount = format!("type=bind,source={},target=/opt/opschain/{folder_name}", folder.display());
         let mut run = settings.docker.command();
         let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder_name}");
         run.args(["run", "--rm", "--name", &name, "--mount", &mount, "--env", &folder_env, &tag, "step"]);
-        let status = self.streamed(run, sink, cancel);
+        let status = self.streamed(run, format!("docker run {tag} (container {name})"), sink, cancel);
         // `docker run` exits 125-127 for its own failures too (the container may not have run), and
         // a cancelled run leaves its container behind: only then is the engine asked again.
         let exit_status = match status {
             Ok(code @ 125..=127) | Ok(code @ 128..) => {
-                let _ = self.images.docker("rm", &["rm", "-f", &name]);
+                self.remove_container(&name);
                 code
             }
             Ok(code) => code,
             Err(e) => {
-                let _ = self.images.docker("rm", &["rm", "-f", &name]);
+                self.remove_container(&name);
                 return Err(e);
             }
         };
-        let (result, result_error) = read_result(&folder.join("step_result.json"));
+        let (result, result_error) = read_result(&dir, folder_name, self.max_result_bytes);
         Ok(StepOutput { exit_status, result, result_error })
     }
 }

@@ -33,6 +33,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 
@@ -103,7 +104,7 @@ impl Default for KubernetesConfig {
 pub enum KubernetesError {
     /// No cluster configuration was found (kubeconfig, in-cluster environment) or it is invalid.
     #[error("cannot configure the Kubernetes client (KUBECONFIG, ~/.kube/config or the in-cluster service account)")]
-    Config(#[source] kube::Error),
+    Config(#[source] Box<kube::Error>),
     /// The async runtime of the client cannot be started.
     #[error("cannot start the Kubernetes client's runtime")]
     Runtime(#[source] std::io::Error),
@@ -118,7 +119,7 @@ pub enum KubernetesError {
         namespace: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The step's pod did not start.
     #[error("the pod of Job {job} did not start: {reason}")]
@@ -322,7 +323,7 @@ impl KubernetesBackend {
             return Err(KubernetesError::NoRegistry);
         }
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("opschain-kube").enable_all().build().map_err(KubernetesError::Runtime)?;
-        let client = runtime.block_on(kube::Client::try_default()).map_err(KubernetesError::Config)?;
+        let client = runtime.block_on(kube::Client::try_default()).map_err(|e| KubernetesError::Config(Box::new(e)))?;
         Ok(KubernetesBackend { config, images, client, runtime })
     }
 
@@ -345,7 +346,7 @@ impl KubernetesBackend {
         let name = job_name(step.change_id, step.step_id, &nonce);
         let api_err = |op: &'static str, name: &str| {
             let name = name.to_string();
-            move |source| KubernetesError::Api { op, name, namespace: ns.to_string(), source }
+            move |source| KubernetesError::Api { op, name, namespace: ns.to_string(), source: Box::new(source) }
         };
         let actions_path = format!("{}/actions.toml", self.config.folder);
         let deadline = crate::repo::git(&step.repo, &["show", &format!("{}:{actions_path}", step.commit)])
@@ -428,60 +429,26 @@ impl KubernetesBackend {
         };
 
         // Follow the log to its end, the frame taken out of it; a cancel deletes the Job and
-        // keeps reading (the agent's last lines and its result come after the SIGTERM).
-        let frames = FrameSink::new(&nonce, sink);
-        let params = LogParams { container: Some(CONTAINER.into()), follow: true, ..LogParams::default() };
-        let mut cancelled = false;
-        {
-            use futures::{AsyncBufReadExt, TryStreamExt};
-            let stream = pods.log_stream(&pod_name, &params).await.map_err(api_err("follow the log of pod", &pod_name))?;
-            let mut lines = std::pin::pin!(stream.lines());
-            loop {
-                tokio::select! {
-                    line = lines.try_next() => match line {
-                        Ok(Some(line)) => frames.line("stdout", &line),
-                        Ok(None) => break,
-                        Err(e) => {
-                            sink.line("stderr", &format!("opschain: the log of pod {pod_name} broke off: {e}"));
-                            break;
-                        }
-                    },
-                    _ = tokio::time::sleep(POLL), if !cancelled => {
-                        if cancel.load(Ordering::SeqCst) {
-                            cancelled = true;
-                            sink.line("stderr", &format!("opschain: cancelling: deleting Job {name} (the pod gets SIGTERM)"));
-                            // A Job that ended meanwhile may be gone already: the log still
-                            // ends, and carries what the agent sent.
-                            if let Err(e) = jobs.delete(&name, &DeleteParams::foreground()).await {
-                                sink.line("stderr", &format!("opschain: cannot delete Job {name}: {e}"));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        // keeps reading (the agent's last lines and its result come after the SIGTERM). A log
+        // stream that breaks while the container runs is followed again from its last line.
+        let frames = FrameSink::new(&nonce, self.images.max_result_bytes(), sink);
+        let (cancelled, mut pod) = self.follow_log(&pods, &jobs, &pod_name, &name, &frames, cancel).await?;
         let (result, result_error) = frames.finish();
 
         // The exit code from the pod's status, which may lag the log's end.
         let waited = Instant::now();
         let exit_status = loop {
-            let pod = pods.get_opt(&pod_name).await.map_err(api_err("read the pod", &pod_name))?;
-            let terminated = pod
-                .as_ref()
-                .and_then(|p| p.status.as_ref())
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|c| c.iter().find(|c| c.name == CONTAINER))
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.terminated.as_ref())
-                .map(|t| t.exit_code);
-            match terminated {
+            match pod.as_ref().and_then(container_state).and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code) {
                 Some(code) => break code,
                 // The pod is gone (a cancel, the deadline) or its status never came: the agent's
                 // own account, else a SIGTERM's status.
                 _ if pod.is_none() || waited.elapsed() > STATUS_WAIT => {
                     break result.as_ref().and_then(|r| r.runner.as_ref()).map_or(128 + libc::SIGTERM, |r| r.exit_status);
                 }
-                _ => tokio::time::sleep(POLL).await,
+                _ => {
+                    tokio::time::sleep(POLL).await;
+                    pod = pods.get_opt(&pod_name).await.map_err(api_err("read the pod", &pod_name))?;
+                }
             }
         };
         if !cancelled {
@@ -496,17 +463,166 @@ impl KubernetesBackend {
     }
 }
 
+impl KubernetesBackend {
+    /// Follows the log of the step's container into `frames` until the container has ended (or
+    /// its pod is gone), and returns whether the step was cancelled meanwhile (the Job deleted)
+    /// and the pod as last read (`None`: gone).
+    /// Each line is asked for with its timestamp; when the stream ends or breaks while the
+    /// container still runs, the log is asked for again from the second of the last line seen
+    /// (`sinceTime`), and what was seen already is skipped ([`LogPosition`]): no line lost or
+    /// sent twice. A line cut by the break is sent whole by the next stream. The API server may
+    /// be unreachable for up to the start allowance before the step fails.
+    async fn follow_log(
+        &self,
+        pods: &Api<Pod>,
+        jobs: &Api<Job>,
+        pod_name: &str,
+        job_name: &str,
+        frames: &FrameSink<'_>,
+        cancel: &AtomicBool,
+    ) -> Result<(bool, Option<Pod>), KubernetesError> {
+        use futures::AsyncBufReadExt;
+        let ns = self.config.namespace.as_str();
+        let mut position = LogPosition::default();
+        let mut cancelled = false;
+        // Since when the API server has failed to give the log or the pod, if it has.
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let params = LogParams { container: Some(CONTAINER.into()), follow: true, timestamps: true, since_time: position.since(), ..LogParams::default() };
+            let mut partial = Vec::new();
+            let broke = match pods.log_stream(pod_name, &params).await {
+                Err(e) => Some(e.to_string()),
+                Ok(stream) => {
+                    let mut reader = std::pin::pin!(stream);
+                    loop {
+                        tokio::select! {
+                            read = reader.read_until(b'\n', &mut partial) => match read {
+                                Ok(0) => break None,
+                                Ok(_) if partial.last() == Some(&b'\n') => {
+                                    failing_since = None;
+                                    let line = String::from_utf8_lossy(&partial[..partial.len() - 1]).into_owned();
+                                    partial.clear();
+                                    if let Some(text) = position.take(&line) {
+                                        frames.line("stdout", text.trim_end_matches('\r'));
+                                    }
+                                }
+                                // The end of the stream, in the middle of a line.
+                                Ok(_) => break None,
+                                Err(e) => break Some(e.to_string()),
+                            },
+                            _ = tokio::time::sleep(POLL), if !cancelled => {
+                                if cancel.load(Ordering::SeqCst) {
+                                    cancelled = true;
+                                    frames.line("stderr", &format!("opschain: cancelling: deleting Job {job_name} (the pod gets SIGTERM)"));
+                                    // A Job that ended meanwhile may be gone already: the log still
+                                    // ends, and carries what the agent sent.
+                                    if let Err(e) = jobs.delete(job_name, &DeleteParams::foreground()).await {
+                                        frames.line("stderr", &format!("opschain: cannot delete Job {job_name}: {e}"));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            // The stream ended or broke: over when the container has ended or its pod is gone.
+            let (running, pod) = match pods.get_opt(pod_name).await {
+                Ok(pod) => (pod.as_ref().is_some_and(|p| container_state(p).is_some_and(|s| s.terminated.is_none())), pod),
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > self.config.start_allowance {
+                        return Err(KubernetesError::Api { op: "read the pod", name: pod_name.to_string(), namespace: ns.to_string(), source: Box::new(e) });
+                    }
+                    (true, None)
+                }
+            };
+            if !running {
+                // What the log's last line held without its newline is the log's end.
+                if let Some(text) = (!partial.is_empty()).then(|| String::from_utf8_lossy(&partial).into_owned()).as_deref().and_then(|l| position.take(l)) {
+                    frames.line("stdout", text.trim_end_matches('\r'));
+                }
+                return Ok((cancelled, pod));
+            }
+            if let Some(e) = broke {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.config.start_allowance {
+                    frames.line(
+                        "stderr",
+                        &format!("opschain: the log of pod {pod_name} broke off and could not be followed again for {}s: {e}", self.config.start_allowance.as_secs()),
+                    );
+                    return Ok((cancelled, pod));
+                }
+                let from = position.last.map_or("its start".to_string(), |t| t.to_string());
+                frames.line("stderr", &format!("opschain: the log of pod {pod_name} broke off ({e}); the container runs: following it again from {from}"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// The state of the step container of `pod`, when its status has one.
+fn container_state(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == CONTAINER)?.state.as_ref()
+}
+
+/// How far a pod's log has been read, to follow it again after a break without losing or
+/// repeating a line: the timestamp of the last line seen, and how many lines seen carried that
+/// same timestamp. The API server takes `sinceTime` to the second, so a new stream starts at the
+/// last line's second: its lines before the last one's timestamp are skipped, and of those with
+/// that timestamp, as many as were seen.
+#[derive(Debug, Default)]
+struct LogPosition {
+    /// The timestamp of the last line seen.
+    last: Option<Timestamp>,
+    /// How many lines seen carried `last`.
+    at_last: usize,
+    /// Of the lines carrying `last`, how many the current stream has given.
+    again: usize,
+}
+
+impl LogPosition {
+    /// The `sinceTime` to follow the log again from: the last line's second.
+    fn since(&mut self) -> Option<Timestamp> {
+        self.again = 0;
+        self.last.and_then(|t| Timestamp::from_second(t.as_second()).ok())
+    }
+
+    /// Reads one line of a stream asked with timestamps (`<RFC 3339 time> <text>`): its text
+    /// when it is new, `None` when it was seen already. A line without a timestamp is new.
+    fn take<'a>(&mut self, line: &'a str) -> Option<&'a str> {
+        let Some((stamp, text)) = line.split_once(' ').and_then(|(s, t)| s.parse::<Timestamp>().ok().map(|s| (s, t))) else { return Some(line) };
+        match self.last {
+            Some(last) if stamp < last => None,
+            Some(last) if stamp == last => {
+                self.again += 1;
+                if self.again <= self.at_last {
+                    return None;
+                }
+                self.at_last += 1;
+                Some(text)
+            }
+            _ => {
+                self.last = Some(stamp);
+                self.at_last = 1;
+                self.again = 1;
+                Some(text)
+            }
+        }
+    }
+}
+
 impl Backend for KubernetesBackend {
     fn builds_images(&self) -> bool {
         true
     }
 
     fn run(&self, job: &StepJob, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<StepOutput, BackendError> {
-        let image = match self.images.image_for(job, sink, cancel)? {
-            Ok(image) => image,
-            Err(failed) => return Ok(failed),
+        let image = match self.images.image_for(job, sink, cancel) {
+            Ok(Ok(image)) => image,
+            Ok(Err(failed)) => return Ok(failed),
+            Err(e) => return super::docker::cancelled_as_output(Err(e), cancel),
         };
-        self.run_image(job, &image, sink, cancel).map_err(|source| BackendError::Kubernetes { step: job.step_id, source })
+        self.run_image(job, &image, sink, cancel).map_err(|source| BackendError::Kubernetes { step: job.step_id, source: Box::new(source) })
     }
 }
 

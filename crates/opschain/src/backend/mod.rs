@@ -11,9 +11,11 @@
 //! [`stream`] is the transport for engines that share no disk with the controller.
 
 pub mod docker;
+pub mod engine;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod process;
+pub mod sandbox;
 pub mod spawn;
 pub mod stream;
 
@@ -99,10 +101,34 @@ pub enum BackendError {
     Kubernetes {
         /// The step.
         step: i64,
+        /// The cause (boxed: the Kubernetes client's errors are large, and every step's result
+        /// carries this type).
+        #[source]
+        source: Box<kubernetes::KubernetesError>,
+    },
+    /// A file of the step's sandbox cannot be written or read as the controller must: a link or
+    /// another kind of file where the step context goes, a linked repository folder.
+    #[error("refused the sandbox of step {step}")]
+    SandboxFile {
+        /// The step.
+        step: i64,
         /// The cause.
         #[source]
-        source: kubernetes::KubernetesError,
+        source: sandbox::SandboxFileError,
     },
+    /// The base runner image is not on the Docker engine.
+    #[error(
+        "the base runner image {image} does not exist on this Docker engine: build it from runner-image/ (runner-image/README.md: \
+         `docker build -t {image} runner-image` with the static agent in it), or choose another with --docker-base-image \
+         (OPSCHAIN_DOCKER_BASE_IMAGE)"
+    )]
+    NoBaseImage {
+        /// The image.
+        image: String,
+    },
+    /// A call to the Docker engine gave no answer in time, or was stopped by a cancel.
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
     /// A docker command failed.
     #[error("docker {op} failed: {stderr}")]
     Docker {
@@ -325,16 +351,47 @@ fn step_properties(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
     Some(step.start + properties.start..step.start + properties.end)
 }
 
-/// Reads `step_result.json` at `path` into the output's result fields.
-pub fn read_result(path: &std::path::Path) -> (Option<StepReport>, Option<String>) {
-    match std::fs::read(path) {
+/// Reads `<top>/<folder>/step_result.json` into the output's result fields, through
+/// [`sandbox::SandboxDir`]: no link followed on the way, a regular file only, at most `max` bytes
+/// (a result written by a step is as untrusted as anything else in its sandbox).
+pub fn read_result(top: &std::path::Path, folder: &str, max: u64) -> (Option<StepReport>, Option<String>) {
+    let bytes = sandbox::SandboxDir::open(top, folder, None).and_then(|dir| dir.read_regular(RESULT_FILE, max));
+    match bytes {
         Ok(bytes) => match StepReport::from_slice(&bytes) {
             Ok(r) => (Some(r), None),
-            Err(e) => (None, Some(format!("{}: invalid step result: {e}", path.display()))),
+            Err(e) => (None, Some(format!("{}: invalid step result: {e}", top.join(folder).join(RESULT_FILE).display()))),
         },
-        Err(e) => (None, Some(format!("{}: no step result: {e}", path.display()))),
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            // A result that is missing is usually the consequence of an error the agent named;
+            // one that is there but refused (a link, a FIFO, too large) is news of its own.
+            let missing = matches!(&e, sandbox::SandboxFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+            let what = if missing { NO_RESULT } else { REFUSED_RESULT };
+            (None, Some(format!("{what}: {e}{cause}")))
+        }
     }
 }
+
+/// How a step error that no result was written begins (see [`read_result`]).
+pub const NO_RESULT: &str = "no step result";
+
+/// How a step error that the result in the sandbox was refused begins (see [`read_result`]).
+pub const REFUSED_RESULT: &str = "no step result (refused)";
+
+/// Removes a step's sandbox directory when dropped: on every path out of the step.
+pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The name of the step context file in the repository folder.
+pub const CONTEXT_FILE: &str = "step_context.json";
+
+/// The name of the step result file in the repository folder.
+pub const RESULT_FILE: &str = "step_result.json";
 
 /// A new sandbox directory for one run of a step, `<root>/change-<id>/step-<id>-<pid>-<time>`
 /// (not created). Each run gets its own, named after this controller's pid and the time: an agent
@@ -354,6 +411,8 @@ struct OutputPipe {
     /// The line read so far, without its end. Invariant: at most [`LINE_LIMIT`] bytes between
     /// reads (a longer line is sent in pieces of that size).
     partial: Vec<u8>,
+    /// Whether any byte was read from the pipe.
+    seen: bool,
 }
 
 /// The longest line the controller keeps before sending it on (1 MiB): a longer one is sent in
@@ -364,7 +423,7 @@ pub(crate) const LINE_LIMIT: usize = 1 << 20;
 impl OutputPipe {
     /// A stream over `pipe` (none: already closed), its lines logged under `name`.
     fn new(pipe: Option<std::os::fd::OwnedFd>, name: &'static str) -> OutputPipe {
-        OutputPipe { pipe, name, partial: Vec::new() }
+        OutputPipe { pipe, name, partial: Vec::new(), seen: false }
     }
 
     /// Reads what the pipe holds (one `read`), hands every complete line to `sink`, and closes
@@ -381,6 +440,7 @@ impl OutputPipe {
             self.close(sink);
             return;
         }
+        self.seen = true;
         let read = &buf[..n as usize];
         // UTF-8 is checked once for the whole read: a line that lies wholly in its valid prefix
         // is sent as it is, without a check of its own.
@@ -430,7 +490,7 @@ impl OutputPipe {
             send(sink, self.name, &self.partial);
             self.partial.clear();
         } else {
-            let cut = self.partial.len() - unfinished_char(&self.partial);
+            let cut = opschain_runner::lines::utf8_cut(&self.partial);
             sink.piece(self.name, &String::from_utf8_lossy(&self.partial[..cut]));
             self.partial.drain(..cut);
         }
@@ -452,26 +512,6 @@ impl OutputPipe {
 /// How much one read of an output pipe takes at most (256 KiB): several pipe buffers' worth, so
 /// that a flood of output costs few reads and each batch of lines is large.
 pub(crate) const READ_SIZE: usize = 256 * 1024;
-
-/// How many bytes at the end of `bytes` begin a UTF-8 sequence that they do not finish (0 to 3):
-/// a lead byte followed by fewer continuation bytes than it announces. Bytes that cannot begin
-/// a valid sequence count as finished (they are replaced on their own).
-fn unfinished_char(bytes: &[u8]) -> usize {
-    for back in 1..=bytes.len().min(3) {
-        let byte = bytes[bytes.len() - back];
-        if byte & 0xC0 == 0x80 {
-            continue; // a continuation byte: its lead is further back
-        }
-        let needs = match byte {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => 1,
-        };
-        return if back < needs { back } else { 0 };
-    }
-    0
-}
 
 /// Sends one line of stream `name` (without its newline; a `\r` before it is dropped too) to
 /// `sink`, bytes that are not UTF-8 replaced by U+FFFD.
@@ -533,6 +573,21 @@ impl Running for spawn::AgentProcess {
     }
 }
 
+/// A time limit on a command the controller waits for (a call to the Docker engine): the command
+/// is killed, and the wait fails with [`engine::EngineError::NoAnswer`], when it has printed
+/// nothing `first_output` after it started, or has not ended `total` after it started.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The command, as the error names it (`docker image inspect X`).
+    pub what: String,
+    /// How long it may run without printing anything; `None`: no such limit.
+    pub first_output: Option<std::time::Duration>,
+    /// How long it may run; `None`: no such limit.
+    pub total: Option<std::time::Duration>,
+    /// The setting that sets the limit, for the error (`--docker-timeout-secs`).
+    pub setting: &'static str,
+}
+
 /// Spawns `command` (with `std::process`) with its output piped and runs [`stream_and_wait`] on
 /// it without ending its session (the Docker backend's `docker` commands). `program` names the
 /// command in errors.
@@ -542,12 +597,13 @@ pub(crate) fn run_streamed(
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
+    bound: Option<&Bound>,
 ) -> Result<std::process::ExitStatus, BackendError> {
     use std::process::Stdio;
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: program.clone(), source })?;
     let (stdout, stderr) = (child.stdout.take().map(Into::into), child.stderr.take().map(Into::into));
-    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, false)
+    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, false, bound)
 }
 
 /// Starts `spec` as a session leader ([`spawn::spawn`]) and runs [`stream_and_wait`] on it,
@@ -556,7 +612,7 @@ pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &Atom
     let program = spec.program.display().to_string();
     let mut child = spawn::spawn(spec).map_err(|e| BackendError::Spawn { program: program.clone(), source: e.into() })?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true)
+    stream_and_wait(&mut child, stdout, stderr, program, sink, cancel, grace, true, None)
 }
 
 /// Streams a started child's stdout and stderr into `sink` line by line, and waits for it
@@ -571,7 +627,8 @@ pub(crate) fn run_spawned(spec: &spawn::Spawn, sink: &dyn LogSink, cancel: &Atom
 /// closed has ended its action's processes itself (its contract), and the sweep, a walk over
 /// every process of the machine, is skipped. Pipes still open [`LEFTOVER_WAIT`] after the sweep
 /// (held by a process outside the session) are abandoned with a line saying so, rather than
-/// stalling the step forever. `program` names the command in errors.
+/// stalling the step forever. `program` names the command in errors. With a `bound`, a command
+/// past it is killed and reaped, and the wait fails naming it ([`Bound`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stream_and_wait(
     child: &mut dyn Running,
@@ -582,6 +639,7 @@ pub(crate) fn stream_and_wait(
     cancel: &AtomicBool,
     grace: std::time::Duration,
     end_session: bool,
+    bound: Option<&Bound>,
 ) -> Result<std::process::ExitStatus, BackendError> {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
@@ -596,7 +654,22 @@ pub(crate) fn stream_and_wait(
     // When the agent was seen to exit, and when the session was swept.
     let mut exited_at: Option<Instant> = None;
     let mut swept_at: Option<Instant> = None;
+    let started = Instant::now();
     loop {
+        if let (None, Some(bound)) = (status, bound) {
+            let silent = !streams.iter().any(|s| s.seen);
+            let past = |limit: Option<std::time::Duration>| limit.filter(|l| started.elapsed() >= *l);
+            if let Some(within) = past(bound.total).or_else(|| past(bound.first_output.filter(|_| silent))) {
+                child.kill();
+                // SIGKILL ends it at once: reaped so that no zombie is left.
+                let reaping = Instant::now();
+                while matches!(child.try_wait(), Ok(None)) && reaping.elapsed() < std::time::Duration::from_secs(5) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                sink.flush();
+                return Err(BackendError::Engine(engine::EngineError::NoAnswer { what: bound.what.clone(), within, setting: bound.setting }));
+            }
+        }
         if status.is_none() {
             // Seen ended but not yet reaped: the zombie keeps its pid, the session's id, so the
             // sweep cannot reach another session that reused the number. Reaped right after.
@@ -720,7 +793,7 @@ mod tests {
     use std::io::Write;
     use std::sync::Mutex;
 
-    use super::{read_result, unfinished_char, LogSink, OutputPipe, StepReport, LINE_LIMIT};
+    use super::{read_result, LogSink, OutputPipe, StepReport, LINE_LIMIT};
     use opschain_runner::actions::RunAs;
     use opschain_runner::result::{Children, LevelDiff, RunnerFacts, StepProperties, StepResult};
 
@@ -799,7 +872,7 @@ mod tests {
         };
         written.write(&path).unwrap();
         // What the agent wrote, read as the controller reads it: every field it uses.
-        let (report, error) = read_result(&path);
+        let (report, error) = read_result(dir.path(), "", u64::MAX);
         let report = report.unwrap_or_else(|| panic!("{error:?}"));
         assert_eq!(report.project.properties_diff, diff);
         assert!(report.environment.properties_diff.0.is_empty());
@@ -828,7 +901,7 @@ mod tests {
                 assert_eq!((refused.line(), refused.column()), at, "{why}: {refused}");
             }
             std::fs::write(&path, &bad).unwrap();
-            let (report, error) = read_result(&path);
+            let (report, error) = read_result(dir.path(), "", u64::MAX);
             assert!(report.is_none() && error.unwrap().contains("invalid step result"), "{why}");
         }
         // The inside of a balanced `step.properties` is skimmed, not checked: the agent wrote it
@@ -848,17 +921,5 @@ mod tests {
         }
         let escaped_bad = result(r#","\u0073tep":{"properties":{"x":[1,]}}"#, no_children);
         assert!(StepReport::from_slice(escaped_bad.as_bytes()).is_err(), "parsed whole when `step` is not found by skimming");
-    }
-
-    #[test]
-    fn unfinished_char_counts_only_a_cut_sequence() {
-        assert_eq!(unfinished_char(b"abc"), 0);
-        assert_eq!(unfinished_char("aé".as_bytes()), 0);
-        assert_eq!(unfinished_char(&"aé".as_bytes()[..2]), 1);
-        assert_eq!(unfinished_char(&"😀".as_bytes()[..3]), 3);
-        assert_eq!(unfinished_char(&"😀".as_bytes()[..1]), 1);
-        assert_eq!(unfinished_char("😀".as_bytes()), 0);
-        assert_eq!(unfinished_char(b"a\xff"), 0);
-        assert_eq!(unfinished_char(b""), 0);
     }
 }

@@ -17,8 +17,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::sandbox::SandboxDir;
 use super::spawn::Spawn;
-use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput};
+use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput, CONTEXT_FILE};
 use crate::repo;
 
 /// How the process backend runs.
@@ -35,6 +36,9 @@ pub struct ProcessConfig {
     /// The OpsChain folder of the repositories (default `.opschain`; MintPress `.mintpress`),
     /// given to the agent as `--folder` and to the action as `OPSCHAIN_REPO_FOLDER`.
     pub folder: String,
+    /// The largest step_result.json read (default
+    /// [`super::sandbox::DEFAULT_MAX_RESULT_BYTES`]): a larger one fails the step.
+    pub max_result_bytes: u64,
 }
 
 /// The process backend.
@@ -67,17 +71,16 @@ impl Backend for ProcessBackend {
         let sandbox = self.sandbox(job.change_id, job.step_id);
         let started = std::time::Instant::now();
         self.checkouts.copy_to(&job.repo, &job.commit, &sandbox).map_err(|source| BackendError::Checkout { step: job.step_id, source })?;
+        // Removed however the step ends (a refused sandbox too), unless kept for debugging.
+        let _sandbox = (!self.config.keep_sandboxes).then(|| super::RemoveOnDrop(sandbox.clone()));
         sink.line("stderr", &format!("opschain: checked out {} in {:.3}s", &job.commit[..job.commit.len().min(12)], started.elapsed().as_secs_f64()));
-        let folder = sandbox.join(&self.config.folder);
-        std::fs::create_dir_all(&folder).map_err(io(&folder))?;
-        let context_path = folder.join("step_context.json");
-        // It holds the runner secrets: 0600 from its creation, never a file the commit brought
-        // (which has the commit's mode) rewritten in place.
-        match std::fs::remove_file(&context_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&context_path)(e)),
-            _ => {}
-        }
-        job.context.write_private_file(&context_path).map_err(io(&context_path))?;
+        // The folder may be a link the commit brought (`.opschain -> /etc`), and the context
+        // file one (`step_context.json -> ~/.ssh/authorized_keys`): neither is followed. The
+        // context holds the runner secrets: 0600 from its creation, never a file the commit
+        // brought rewritten in place.
+        let refused = |source| BackendError::SandboxFile { step: job.step_id, source };
+        let folder = SandboxDir::open(&sandbox, &self.config.folder, Some(0o700)).map_err(refused)?;
+        folder.write_new(CONTEXT_FILE, 0o600, |out| job.context.write_to(out)).map_err(refused)?;
         let files_root = sandbox.join("root");
         std::fs::create_dir_all(&files_root).map_err(io(&files_root))?;
         let tmp = sandbox.join("tmp");
@@ -104,10 +107,7 @@ impl Backend for ProcessBackend {
         // What the action left running would hold the pipes open: `run_spawned` ends it with the
         // step.
         let status = run_spawned(&spec, sink, cancel, self.config.grace)?;
-        let (result, result_error) = read_result(&folder.join("step_result.json"));
-        if !self.config.keep_sandboxes {
-            std::fs::remove_dir_all(&sandbox).map_err(io(&sandbox))?;
-        }
+        let (result, result_error) = read_result(&sandbox, &self.config.folder, self.config.max_result_bytes);
         Ok(StepOutput { exit_status: status_code(status), result, result_error })
     }
 }

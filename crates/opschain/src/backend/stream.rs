@@ -68,9 +68,10 @@ pub struct FrameSink<'a> {
 }
 
 impl<'a> FrameSink<'a> {
-    /// A sink for the frame marked `nonce`, the log lines going to `inner`.
-    pub fn new(nonce: &str, inner: &'a dyn LogSink) -> FrameSink<'a> {
-        FrameSink { inner, decoder: Mutex::new(Decoder::new(nonce)) }
+    /// A sink for the frame marked `nonce`, of at most `max` bytes, the log lines going to
+    /// `inner`.
+    pub fn new(nonce: &str, max: u64, inner: &'a dyn LogSink) -> FrameSink<'a> {
+        FrameSink { inner, decoder: Mutex::new(Decoder::with_limit(nonce, max)) }
     }
 
     /// The step's result, or why there is none (as [`super::read_result`] gives them).
@@ -95,6 +96,17 @@ impl LogSink for FrameSink<'_> {
     }
 }
 
+/// The limits of a step run through the stream transport on the Docker engine.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// The largest result frame taken.
+    pub max_result_bytes: u64,
+    /// The time limits of the engine calls (the container's start, `rm -f`).
+    pub timeouts: super::engine::EngineTimeouts,
+    /// TERM-to-KILL grace of a cancelled run.
+    pub grace: std::time::Duration,
+}
+
 /// What a step run through a stream transport gave.
 #[derive(Debug)]
 pub struct Streamed {
@@ -109,22 +121,24 @@ pub struct Streamed {
 /// Runs `command` (a `docker run -i ... IMAGE step --context-from - --result-frame NONCE`
 /// made by the caller around [`nonce`]), writes `context` to its standard input and closes it,
 /// streams its output through a [`FrameSink`] into `sink`, and waits for it (cancellable
-/// as the Docker backend's other commands: SIGTERM, SIGKILL after `grace`).
+/// as the Docker backend's other commands: SIGTERM, SIGKILL after `grace`; within `bound`).
 #[allow(clippy::too_many_arguments)]
 pub fn run_with_stdin(
     mut command: Command,
     context: &[u8],
     nonce: &str,
+    max_result_bytes: u64,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
     grace: std::time::Duration,
+    bound: Option<&super::Bound>,
 ) -> Result<Streamed, BackendError> {
     let name = Path::new(command.get_program()).display().to_string();
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|source| BackendError::Spawn { program: name.clone(), source })?;
     let stdin = child.stdin.take();
     let (stdout, stderr) = (child.stdout.take().map(Into::into), child.stderr.take().map(Into::into));
-    let frames = FrameSink::new(nonce, sink);
+    let frames = FrameSink::new(nonce, max_result_bytes, sink);
     let status = std::thread::scope(|scope| {
         // The context is written from its own thread while the output is read here: a context
         // larger than the pipe would otherwise block against a container already writing.
@@ -135,7 +149,7 @@ pub fn run_with_stdin(
                 let _ = stdin.write_all(context);
             }
         });
-        let status = stream_and_wait(&mut child, stdout, stderr, name, &frames, cancel, grace, false);
+        let status = stream_and_wait(&mut child, stdout, stderr, name, &frames, cancel, grace, false, bound);
         let _ = writer.join();
         status
     })?;
@@ -154,9 +168,9 @@ pub fn docker_step(
     name: &str,
     folder: &str,
     context: &super::ContextDocument,
+    limits: &StreamLimits,
     sink: &dyn LogSink,
     cancel: &AtomicBool,
-    grace: std::time::Duration,
 ) -> Result<super::StepOutput, BackendError> {
     let nonce = nonce();
     let args: Vec<OsString> =
@@ -168,11 +182,14 @@ pub fn docker_step(
     context.write_to(&mut bytes).expect("writing to memory cannot fail");
     let mut command = docker.command();
     command.args(&args);
-    let run = run_with_stdin(command, &bytes, &nonce, sink, cancel, grace);
+    let bound = limits.timeouts.start_bound(format!("docker run {image} (container {name})"));
+    let run = run_with_stdin(command, &bytes, &nonce, limits.max_result_bytes, sink, cancel, limits.grace, Some(&bound));
     // `docker run` exits 125-127 for its own failures too (the container may not have run), and a
     // cancelled run leaves its container behind: only then is the engine asked again.
+    // Not stopped by a cancel: it is what a cancel leaves to do.
     let remove = || {
-        let _ = docker.command().args(["rm", "-f", name]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let bound = limits.timeouts.call_bound(format!("docker rm -f {name}"));
+        let _ = super::engine::call(docker, &["rm", "-f", name], &bound, &AtomicBool::new(false));
     };
     match run {
         Ok(out) => {
@@ -228,7 +245,7 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let mut sh = Command::new("/bin/sh");
         sh.arg("-c").arg(script);
-        let out = run_with_stdin(sh, &context, &nonce, &lines, &cancel, std::time::Duration::from_secs(1)).unwrap();
+        let out = run_with_stdin(sh, &context, &nonce, u64::MAX, &lines, &cancel, std::time::Duration::from_secs(1), None).unwrap();
         assert_eq!(out.exit_status, 3);
         assert!(out.result.is_some(), "{:?}", out.result_error);
         let lines = lines.0.into_inner().unwrap();

@@ -12,8 +12,14 @@
 //! base image rebuilt under the same name rebuilds the step image. Two steps of a change, or two
 //! changes with the same env properties, share one image; a changed env property gives a new key,
 //! and the build reruns only the layers from the first line that reads the context (the
-//! `OPSCHAIN_CONTEXT_DIGEST` build arg). Build secrets are not in the key: a rotated secret reaches
-//! a build only when something else reruns its `RUN` lines (the README says how to force it).
+//! `OPSCHAIN_CONTEXT_DIGEST` build arg). The build secret sets are in the key too, as a digest
+//! of their names and values keyed by the controller's own key (the
+//! `OPSCHAIN_BUILD_SECRETS_DIGEST` build arg): a changed `build_secrets` list or a rotated value
+//! rebuilds the image and reruns its `RUN` lines, and no value reaches the image.
+//!
+//! With a registry, an image is taken from it only by the digest this controller recorded when it
+//! pushed it, and only when the record's base image id is the current one
+//! ([`crate::image::registry`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::backend::engine::{self, EngineError, EngineTimeouts};
 use crate::backend::{run_streamed, status_code, BackendError, LogSink, StepJob};
 use crate::image::docker::Docker;
 use crate::image::registry;
@@ -38,7 +45,8 @@ pub struct ImageSettings {
     pub folder: String,
     /// TERM-to-KILL grace of a cancelled build.
     pub grace: Duration,
-    /// Where each commit's `repo.tar` is kept once made ([`BuildContextSpec::repo_tar_cache`]).
+    /// Where each project's `repo.tar` of a commit is kept once made
+    /// ([`BuildContextSpec::repo_tar_cache`]).
     /// Default: none, archived for every build.
     pub repo_tar_cache: Option<PathBuf>,
 
@@ -46,6 +54,18 @@ pub struct ImageSettings {
     /// pulled rather than built, and a built (or locally reused) one is pushed there; the
     /// reference to run is then the registry's ([`crate::image::registry`]).
     pub registry: Option<crate::image::registry::Registry>,
+    /// The time limits of the calls to the engine.
+    pub timeouts: EngineTimeouts,
+
+    /// Where the digests of the images pushed to the registry are recorded
+    /// ([`registry::Pushed`]): without a record of its own, the controller never pulls a step
+    /// image. Default: none (every image is built or reused locally and pushed again).
+    pub registry_records: Option<PathBuf>,
+
+    /// The key of the build secrets digest ([`step_image::BuildContextSpec::secrets_key`]): with
+    /// it, a rotated build secret value rebuilds the image. Default: none (the controller gives
+    /// its state directory's, [`crate::private::secrets_key`]).
+    pub secrets_key: Option<step_image::SecretsKey>,
 }
 
 /// A step image ready to run.
@@ -104,51 +124,83 @@ impl StepImages {
         &self.settings
     }
 
-    /// Runs `docker ARGS` and returns its trimmed stdout; a failure is [`BackendError::Docker`].
-    pub fn docker(&self, op: &'static str, args: &[&str]) -> Result<String, BackendError> {
-        let out = self
-            .settings
-            .docker
-            .command()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| BackendError::Spawn { program: self.settings.docker.program.display().to_string(), source })?;
-        if !out.status.success() {
-            return Err(BackendError::Docker { op, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    /// Runs `docker ARGS` within the quick calls' limit (stopped when `cancel` turns true) and
+    /// returns its trimmed stdout; a failure is [`BackendError::Docker`].
+    pub fn docker(&self, op: &'static str, args: &[&str], cancel: &AtomicBool) -> Result<String, BackendError> {
+        let answer = engine::call(&self.settings.docker, args, &self.settings.timeouts.call_bound(engine::shown(args)), cancel)?;
+        if !answer.success {
+            return Err(BackendError::Docker { op, stderr: answer.stderr.trim().to_string() });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        Ok(answer.stdout.trim().to_string())
     }
 
     /// The base image's id and, when the step image `tag` exists, the base image id it was built
     /// from ([`BASE_LABEL`]). Asked of the engine's Unix socket directly when the docker CLI would
     /// use it too ([`engine_socket`]: two small HTTP requests, a few milliseconds), else with one
-    /// `docker image inspect` of both (tens of milliseconds: this is on every step's path).
-    fn inspect(&self, tag: &str) -> Result<(String, Option<String>), BackendError> {
+    /// `docker image inspect` of both (tens of milliseconds: this is on every step's path). Both
+    /// within the quick calls' limit, stopped by `cancel`: an engine that accepts the connection
+    /// but does not answer is not asked again through the CLI.
+    fn inspect(&self, tag: &str, cancel: &AtomicBool) -> Result<(String, Option<String>), BackendError> {
+        let base = self.settings.base_image.as_str();
         if let Some(socket) = engine_socket() {
-            if let Ok(found) = engine_inspect(&socket, &self.settings.base_image, tag) {
-                return found.ok_or_else(|| BackendError::Docker { op: "inspect the base image", stderr: format!("No such image: {}", self.settings.base_image) });
+            let limit = Limit { within: self.settings.timeouts.call, cancel };
+            match engine_inspect(&socket, base, tag, &limit) {
+                Ok(found) => return found.ok_or_else(|| BackendError::NoBaseImage { image: self.settings.base_image.clone() }),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    let what = format!("docker image inspect {base} {tag} (GET /images/.../json on {})", socket.display());
+                    return Err(EngineError::NoAnswer { what, within: limit.within, setting: "--docker-timeout-secs" }.into());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    return Err(EngineError::Cancelled { what: format!("docker image inspect {base} {tag}") }.into());
+                }
+                Err(_) => {}
             }
         }
-        let base = self.settings.base_image.as_str();
         // `with`: an image without labels has none to index (`index` of a nil map fails the call).
-        let format = format!("{{{{.Id}}}} {{{{with .Config.Labels}}}}{{{{index . \"{BASE_LABEL}\"}}}}{{{{end}}}}");
-        let out = self
-            .settings
-            .docker
-            .command()
-            .args(["image", "inspect", "--format", &format, base, tag])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| BackendError::Spawn { program: self.settings.docker.program.display().to_string(), source })?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let mut found = stdout.lines().map(|l| l.split_once(' ').map_or((l.trim(), ""), |(id, label)| (id.trim(), label.trim())));
-        let base_missing = stderr.lines().any(|l| l.trim_end().ends_with(&format!("No such image: {base}")));
-        match (out.status.success(), found.next(), found.next()) {
+        let format = format!("{{{{with .Config.Labels}}}}{{{{index . \"{BASE_LABEL}\"}}}}{{{{end}}}}");
+        let format = format!("{{{{.Id}}}} {format}");
+        let args = ["image", "inspect", "--format", &format, base, tag];
+        let answer = engine::call(&self.settings.docker, &args, &self.settings.timeouts.call_bound(format!("docker image inspect {base} {tag}")), cancel)?;
+        let mut found = answer.stdout.lines().map(|l| l.split_once(' ').map_or((l.trim(), ""), |(id, label)| (id.trim(), label.trim())));
+        let base_missing = answer.stderr.lines().any(|l| l.trim_end().ends_with(&format!("No such image: {base}")));
+        match (answer.success, found.next(), found.next()) {
             (true, Some((base_id, _)), Some((_, label))) => Ok((base_id.to_string(), Some(label.to_string()))),
             (false, Some((base_id, _)), None) if !base_missing => Ok((base_id.to_string(), None)),
-            _ => Err(BackendError::Docker { op: "inspect the base image", stderr: stderr.trim().to_string() }),
+            _ if base_missing => Err(BackendError::NoBaseImage { image: base.to_string() }),
+            _ => Err(BackendError::Docker { op: "inspect the base image", stderr: answer.stderr.trim().to_string() }),
+        }
+    }
+
+    /// The image of `key` that this controller pushed to `registry`, by its digest, when its
+    /// record says it was built from the base image `base_id` and the engine has it (locally, or
+    /// pulled now by the digest) with that base image's label; `None` otherwise (the caller builds
+    /// or reuses a local image and pushes). What was passed over, and why, goes to `sink`.
+    fn pushed_image(
+        &self,
+        registry: &registry::Registry,
+        key: &str,
+        tag: &str,
+        base_id: &str,
+        sink: &dyn LogSink,
+        cancel: &AtomicBool,
+    ) -> Result<Option<String>, registry::RegistryError> {
+        let Some(records) = &self.settings.registry_records else { return Ok(None) };
+        let Some(pushed) = registry::Pushed::read(records, registry, key)? else { return Ok(None) };
+        let reference = registry.digest_reference(tag, &pushed.digest);
+        if pushed.base_image_id != base_id {
+            sink.line("stderr", &format!("opschain: the registry's {reference} was built from another base image than {}: not using it", self.settings.base_image));
+            return Ok(None);
+        }
+        if !registry::fetch(&self.settings.docker, &reference, sink, &self.settings.timeouts, cancel)? {
+            sink.line("stderr", &format!("opschain: the registry no longer has {reference}: not using it"));
+            return Ok(None);
+        }
+        match self.inspect(&reference, cancel) {
+            Ok((_, Some(label))) if label == base_id => Ok(Some(reference)),
+            _ => {
+                sink.line("stderr", &format!("opschain: {reference} does not carry the base image's id: not using it"));
+                Ok(None)
+            }
         }
     }
 
@@ -161,8 +213,10 @@ impl StepImages {
         spec.context = job.context.declaring_tree();
         spec.base_runner = self.settings.base_image.clone();
         spec.secrets = SecretSource::Sets(job.build_secret_sets.clone());
+        spec.secrets_key = self.settings.secrets_key.clone();
         spec.secrets_file = Some(work.join(SECRETS_FILE));
         spec.repo_tar_cache = self.settings.repo_tar_cache.clone();
+        spec.project = job.context.context.pointer("/project/code").and_then(serde_json::Value::as_str).map(str::to_string);
         spec
     }
 
@@ -198,23 +252,30 @@ impl StepImages {
         let finished = |what: &str| sink.line("stderr", &format!("opschain: phase build finished in {:.2}s: {what}", started.elapsed().as_secs_f64()));
 
         let registry_err = |source| BackendError::Registry { step: job.step_id, source };
+        let (base_id, built_from) = self.inspect(&tag, cancel)?;
         if let Some(registry) = &self.settings.registry {
-            let remote = registry.reference(&tag);
-            if registry::fetch(&self.settings.docker, &remote, sink).map_err(registry_err)? {
-                finished(&format!("image {remote} from the registry (same commit, Dockerfile, base image and env properties)"));
-                return Ok(ImageOutcome::Ready(ImageRef { tag: remote, key: plan.key, built: false }));
+            if let Some(reference) = self.pushed_image(registry, &plan.key, &tag, &base_id, sink, cancel).map_err(registry_err)? {
+                finished(&format!(
+                    "image {reference} from the registry, as this controller pushed it (same commit, Dockerfile, base image, env properties and build secrets)"
+                ));
+                return Ok(ImageOutcome::Ready(ImageRef { tag: reference, key: plan.key, built: false }));
             }
         }
         // With a registry, the image goes there before any step runs it: a step may run on a
-        // machine that has only the registry.
+        // machine that has only the registry. It runs by the digest the push gave, never by tag.
         let publish = |tag: String| match &self.settings.registry {
-            Some(registry) => registry::publish(&self.settings.docker, &tag, registry, sink).map_err(registry_err),
+            Some(registry) => {
+                let digest = registry::publish(&self.settings.docker, &tag, registry, sink, &self.settings.timeouts, cancel).map_err(registry_err)?;
+                if let Some(records) = &self.settings.registry_records {
+                    registry::Pushed { digest: digest.clone(), base_image_id: base_id.clone() }.write(records, registry, &plan.key).map_err(registry_err)?;
+                }
+                Ok::<_, BackendError>(registry.digest_reference(&tag, &digest))
+            }
             None => Ok(tag),
         };
-        let (base_id, built_from) = self.inspect(&tag)?;
         if built_from.as_deref() == Some(base_id.as_str()) {
             let tag = publish(tag)?;
-            finished(&format!("reused image {tag} (same commit, Dockerfile, base image and env properties)"));
+            finished(&format!("reused image {tag} (same commit, Dockerfile, base image, env properties and build secrets)"));
             return Ok(ImageOutcome::Ready(ImageRef { tag, key: plan.key, built: false }));
         }
         let writing = Instant::now();
@@ -226,13 +287,23 @@ impl StepImages {
                 "stderr",
                 &format!("opschain: building image {tag} with {dockerfile}; build secret sets: {sets}; build context written in {:.2}s", writing.elapsed().as_secs_f64()),
             );
+            if !context.secrets_digest_declared {
+                sink.line(
+                    "stderr",
+                    &format!(
+                        "opschain: {dockerfile} does not declare ARG {}: building without the layer cache, so that no RUN line reuses a layer built with other build secrets (declare it before the RUN lines to keep the cache)",
+                        step_image::SECRETS_DIGEST_ARG
+                    ),
+                );
+            }
             let mut command = self.settings.docker.command();
             let mut args = context.docker_build_args(&tag);
             let dir = args.pop();
             args.extend(["--label".into(), format!("{BASE_LABEL}={base_id}").into()]);
             args.extend(dir);
             command.stdin(Stdio::null()).args(args);
-            run_streamed(command, self.settings.docker.program.display().to_string(), sink, cancel, self.settings.grace).map(status_code)
+            let bound = self.settings.timeouts.build_bound(format!("docker build of {tag}"));
+            run_streamed(command, self.settings.docker.program.display().to_string(), sink, cancel, self.settings.grace, Some(&bound)).map(status_code)
         });
         // The secrets and the context go as soon as the build ends, however it ended.
         let _ = std::fs::remove_file(work.join(SECRETS_FILE));
@@ -265,21 +336,31 @@ fn engine_socket() -> Option<PathBuf> {
     socket.exists().then_some(socket)
 }
 
+/// How long a request over the engine's socket may take, and the flag that stops it.
+struct Limit<'a> {
+    within: Duration,
+    cancel: &'a AtomicBool,
+}
+
 /// [`StepImages::inspect`] through the engine's socket: `Ok(None)` when the base image does not
-/// exist; an error when the engine cannot be asked (the caller falls back to the CLI).
-fn engine_inspect(socket: &Path, base: &str, tag: &str) -> std::io::Result<Option<(String, Option<String>)>> {
-    let Some(base) = engine_image(socket, base)? else { return Ok(None) };
+/// exist; an error when the engine cannot be asked (the caller falls back to the CLI), of kind
+/// `TimedOut` when it did not answer within the limit, `Interrupted` when `cancel` stopped it.
+fn engine_inspect(socket: &Path, base: &str, tag: &str, limit: &Limit) -> std::io::Result<Option<(String, Option<String>)>> {
+    let started = Instant::now();
+    let Some(base) = engine_image(socket, base, started, limit)? else { return Ok(None) };
     let id = |image: &serde_json::Value| image.get("Id").and_then(serde_json::Value::as_str).map(str::to_string);
     let base_id = id(&base).ok_or_else(|| std::io::Error::other("the engine gave an image without an Id"))?;
-    let built_from = engine_image(socket, tag)?
+    let built_from = engine_image(socket, tag, started, limit)?
         .map(|image| image.pointer("/Config/Labels").and_then(|l| l.get(BASE_LABEL)).and_then(serde_json::Value::as_str).unwrap_or_default().to_string());
     Ok(Some((base_id, built_from)))
 }
 
 /// `GET /images/<name>/json` of the Engine API over its Unix socket, as HTTP/1.0 (the engine
 /// closes the connection after the answer, so the body is whatever follows the headers):
-/// `Ok(None)` on 404, the parsed document on 200, an error otherwise.
-fn engine_image(socket: &Path, name: &str) -> std::io::Result<Option<serde_json::Value>> {
+/// `Ok(None)` on 404, the parsed document on 200, an error otherwise. It must be answered by
+/// `started + limit.within` (else `TimedOut`); `limit.cancel` is looked at while waiting (then
+/// `Interrupted`).
+fn engine_image(socket: &Path, name: &str, started: Instant, limit: &Limit) -> std::io::Result<Option<serde_json::Value>> {
     use std::io::{Read, Write};
     let mut path = String::new();
     for byte in name.bytes() {
@@ -290,10 +371,24 @@ fn engine_image(socket: &Path, name: &str) -> std::io::Result<Option<serde_json:
         }
     }
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(limit.within))?;
     stream.write_all(format!("GET /images/{path}/json HTTP/1.0\r\nHost: docker\r\n\r\n").as_bytes())?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if limit.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+        }
+        let left = limit.within.checked_sub(started.elapsed()).filter(|d| !d.is_zero()).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+        // Woken at least every CANCEL_CHECK to look at the cancel flag.
+        stream.set_read_timeout(Some(left.min(crate::backend::CANCEL_CHECK)))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
+            Err(e) => return Err(e),
+        }
+    }
     let split = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP header end in the engine's answer"))?;
     let head = String::from_utf8_lossy(&answer[..split]);
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(|| std::io::Error::other("no HTTP status in the engine's answer"))?;

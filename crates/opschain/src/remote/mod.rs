@@ -4,7 +4,6 @@
 pub mod config;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -22,13 +21,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     /// The `.opschainrc` cannot be read.
-    #[error("cannot read {}: {reason}", path.display())]
-    Rc {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    #[error("{0}")]
+    Rc(String),
     /// The base URL is not an `http://` or `https://` URL.
     #[error("the API base URL {0:?} is not an http:// or https:// URL")]
     BadUrl(String),
@@ -67,7 +61,7 @@ impl RemoteError {
     /// when the server cannot be reached or fails, 70 for a refusal of the command (a conflict).
     pub fn exit_status(&self) -> ExitStatus {
         match self {
-            RemoteError::Rc { .. } | RemoteError::PasswordCommand(_) => Sysexit::DataErr.into(),
+            RemoteError::Rc(_) | RemoteError::PasswordCommand(_) => Sysexit::DataErr.into(),
             RemoteError::BadUrl(_) => Sysexit::Usage.into(),
             RemoteError::Unreachable { .. } | RemoteError::Answer { .. } => Sysexit::Unavailable.into(),
             RemoteError::Refused { status: 404, .. } => Sysexit::NoInput.into(),

@@ -117,6 +117,7 @@ pub async fn create(State(state): State<AppState>, Operator(user): Operator, bod
                 backend,
                 secret_set: None,
                 folder: &folder,
+                metadata: None,
             };
             s.create_change_by(&row, ChangeAuthor { created_by: &user.name, metadata: &new.metadata, git_remote_name: Some(&new.git_remote_name) })
         })

@@ -36,6 +36,10 @@ pub struct ChangeRow {
     /// The OpsChain folder of the repository the change was created with (`.opschain`,
     /// `.mintpress`); `None` for a change created before the folder was stored.
     pub folder: Option<String>,
+    /// Its metadata, a JSON object's text (`change create --metadata-path`), if any.
+    pub metadata: Option<String>,
+    /// The versions of the project's and the environment's properties when it first started.
+    pub starting_versions: Option<(i64, i64)>,
     /// The change status.
     pub status: ChangeStatus,
     /// Whether `change cancel` was asked for.
@@ -98,15 +102,20 @@ pub struct NewChangeRow<'a> {
     pub secret_set: Option<&'a str>,
     /// The OpsChain folder of the repository (`.opschain`, `.mintpress`): a retry runs with it.
     pub folder: &'a str,
+    /// The change's metadata, a JSON object's text (`change create --metadata-path`).
+    pub metadata: Option<&'a str>,
 }
 
-/// Adds the `folder` column to the `changes` of a database from before the folder was stored
-/// (its changes keep `NULL`: their retry takes the command line's folder, as it did). Run when the
+/// Adds the columns a database from before them lacks to its `changes`: `folder` (its changes
+/// keep `NULL`: their retry takes the command line's folder, as it did), `metadata` and the
+/// starting properties' versions (`NULL`: none recorded). Run when the
 /// store opens, in its set-up transaction; does nothing to a database that has the column.
 pub(super) fn migrate_changes(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    let has_folder: bool = conn.query_row("SELECT count(*) FROM pragma_table_info('changes') WHERE name = 'folder'", [], |r| r.get(0))?;
-    if !has_folder {
-        conn.execute_batch("ALTER TABLE changes ADD COLUMN folder TEXT")?;
+    for (column, kind) in [("folder", "TEXT"), ("metadata", "TEXT"), ("project_version", "INTEGER"), ("environment_version", "INTEGER")] {
+        let has: bool = conn.query_row("SELECT count(*) FROM pragma_table_info('changes') WHERE name = ?1", [column], |r| r.get(0))?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE changes ADD COLUMN {column} {kind}"))?;
+        }
     }
     Ok(())
 }
@@ -117,10 +126,12 @@ impl Store {
         let NewChangeRow { project_id, environment_id, backend, .. } = *new;
         let (action, repo, git_rev) = (new.action.to_string(), new.repo.to_string_lossy().into_owned(), new.git_rev.to_string());
         let (commit, secret_set, folder) = (new.commit.to_string(), new.secret_set.map(str::to_string), new.folder.to_string());
+        let metadata = new.metadata.map(str::to_string);
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status, folder) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set, ChangeStatus::Pending, folder],
+                "INSERT INTO changes (project_id, environment_id, action, repo, git_rev, commit_sha, backend, secret_set, status, folder, metadata)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![project_id, environment_id, action, repo, git_rev, commit, backend, secret_set, ChangeStatus::Pending, folder, metadata],
             )
             .map_err(q("create change"))?;
             let id = tx.last_insert_rowid();
@@ -159,6 +170,15 @@ impl Store {
             tx.execute(
                 "UPDATE changes SET status = ?3, controller_pid = ?2, cancel_requested = 0, started_at = strftime('%Y-%m-%dT%H:%M:%fZ','now'), finished_at = NULL WHERE id = ?1",
                 params![change_id, pid, ChangeStatus::Running],
+            )
+            .map_err(q("start change"))?;
+            // The properties it starts with, the first time it starts (a retry keeps them).
+            tx.execute(
+                "UPDATE changes SET
+                   project_version = COALESCE(project_version, (SELECT max(version) FROM properties WHERE level = ?2 AND owner_id = changes.project_id)),
+                   environment_version = COALESCE(environment_version, (SELECT max(version) FROM properties WHERE level = ?3 AND owner_id = changes.environment_id))
+                 WHERE id = ?1",
+                params![change_id, super::Level::Project, super::Level::Environment],
             )
             .map_err(q("start change"))?;
             Ok(None)
@@ -220,7 +240,7 @@ impl Store {
         let mut stmt = conn
             .prepare(
                 "SELECT c.id, p.code, p.id, e.code, e.id, c.action, c.repo, c.git_rev, c.commit_sha, c.backend, c.secret_set, c.status,
-                        c.cancel_requested, c.controller_pid, c.created_at, c.finished_at, c.folder
+                        c.cancel_requested, c.controller_pid, c.created_at, c.finished_at, c.folder, c.metadata, c.project_version, c.environment_version
                  FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id
                  WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.id",
             )
@@ -245,6 +265,11 @@ impl Store {
                     created_at: r.get(14)?,
                     finished_at: r.get(15)?,
                     folder: r.get(16)?,
+                    metadata: r.get(17)?,
+                    starting_versions: match (r.get::<_, Option<i64>>(18)?, r.get::<_, Option<i64>>(19)?) {
+                        (Some(p), Some(e)) => Some((p, e)),
+                        _ => None,
+                    },
                 })
             })
             .map_err(q("list changes"))?;

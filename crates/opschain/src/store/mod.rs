@@ -93,7 +93,7 @@ pub use line_ids::NumberedLine;
 pub use log_pages::LogQuery;
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use page_reads::StepOrigin;
-pub use projects::{EnvironmentRow, ProjectRow};
+pub use projects::{EnvironmentRow, ProjectRow, Removal};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
 pub use property_edits::{PropertiesEdit, VersionRow};
 pub use remotes::{GitRemoteRow, NamedRow};
@@ -259,6 +259,7 @@ impl Store {
             }
             migrate_changes(&conn)?;
             service_schema::migrate_service(&conn)?;
+            projects::migrate_projects(&conn)?;
             conn.execute_batch("COMMIT")?;
             migrate_properties(&conn)?;
             Ok(conn)
@@ -370,6 +371,7 @@ mod fixtures {
                 backend: BackendKind::Process,
                 secret_set: None,
                 folder: ".opschain",
+                metadata: None,
             })
             .unwrap();
         (dir, store, p, e, c)
@@ -416,6 +418,7 @@ mod tests {
             backend: crate::status::BackendKind::Process,
             secret_set: None,
             folder: ".mintpress",
+            metadata: None,
         };
         let id = store.create_change(&new).unwrap();
         assert_eq!(store.change(id).unwrap().folder.as_deref(), Some(".mintpress"));

@@ -275,9 +275,9 @@ pub(super) fn load(conn: &Connection, level: Level, owner: i64, version: i64) ->
 pub(super) fn declaring(doc: &splice::Document) -> Map<String, Value> {
     doc.members()
         .iter()
-        .filter(|(key, _, _)| declarations::MEMBERS.contains(&key.as_str()))
+        .filter(|member| declarations::MEMBERS.contains(&member.key.as_str()))
         // The document was checked when it was made: its members' values are JSON.
-        .filter_map(|(key, _, range)| serde_json::from_str(&doc.text()[range.clone()]).ok().map(|value| (key.clone(), value)))
+        .filter_map(|member| serde_json::from_str(&doc.text()[member.value.clone()]).ok().map(|value| (member.key.clone(), value)))
         .collect()
 }
 

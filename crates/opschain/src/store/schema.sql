@@ -2,12 +2,16 @@ CREATE TABLE IF NOT EXISTS projects (
     id INTEGER PRIMARY KEY,
     code TEXT NOT NULL UNIQUE,
     allow_parallel_changes INTEGER NOT NULL DEFAULT 0,
+    -- An archived project takes no new change; its history stays.
+    archived INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 CREATE TABLE IF NOT EXISTS environments (
     id INTEGER PRIMARY KEY,
     project_id INTEGER NOT NULL REFERENCES projects(id),
     code TEXT NOT NULL,
+    -- An archived environment takes no new change; its history stays.
+    archived INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
     UNIQUE (project_id, code)
 );
@@ -43,6 +47,12 @@ CREATE TABLE IF NOT EXISTS changes (
     -- The OpsChain folder of the repository (.opschain, .mintpress); NULL in a change from before
     -- it was stored (its retry takes the command line's).
     folder TEXT,
+    -- The change's metadata (`change create --metadata-path`), a JSON object's text; NULL: none.
+    metadata TEXT,
+    -- The versions of the project's and the environment's properties when the change first
+    -- started: the point-in-time copy `change show-properties` shows. NULL until it starts.
+    project_version INTEGER,
+    environment_version INTEGER,
     status TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     controller_pid INTEGER,

@@ -1,8 +1,8 @@
 //! The columns the server added to tables older than it, added in place to a database from
 //! before them (run when the store opens, in its set-up transaction; a no-op once they exist):
 //! * `projects.name`, `environments.name`: display names (`NULL`: the code is shown);
-//! * `changes.created_by`, `changes.metadata` (a JSON object), `changes.git_remote_name`: who
-//!   created a change, what they said of it, and the git remote it came from;
+//! * `changes.created_by`, `changes.git_remote_name`: who created a change, and the git remote it
+//!   came from (its metadata is the `metadata` column `change create --metadata-path` fills);
 //! * `changes.log_lines`, `step_log_chunks.change_id` and `step_log_chunks.first_line`: each log
 //!   line's id in its change (see `line_ids`); the lines already stored are numbered in their
 //!   order when the columns are added.
@@ -16,7 +16,6 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("projects", "name", "TEXT"),
     ("environments", "name", "TEXT"),
     ("changes", "created_by", "TEXT"),
-    ("changes", "metadata", "TEXT"),
     ("changes", "git_remote_name", "TEXT"),
     ("changes", "log_lines", "INTEGER NOT NULL DEFAULT 0"),
     ("step_log_chunks", "change_id", "INTEGER"),

@@ -26,13 +26,13 @@ use crate::docker_base::{build_image_as, engine_runs, DOCKER};
 const SECRET: &str = "s3cr3t-default-set-4b1d9e";
 
 /// A name unique to this run of this test.
-fn unique(what: &str) -> String {
+pub(crate) fn unique(what: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{what}-{}-{nanos}", std::process::id())
 }
 
 /// Images removed when dropped, also when a test fails.
-struct Images(Vec<String>);
+pub(crate) struct Images(pub(crate) Vec<String>);
 
 impl Drop for Images {
     fn drop(&mut self) {
@@ -44,27 +44,27 @@ impl Drop for Images {
 
 /// Builds a base runner image from the test-built agent (with its libraries), busybox and the
 /// `opschain-exec` link; returns its tag (unique to this test, removed with `images`).
-fn build_base_image(images: &mut Images) -> String {
+pub(crate) fn build_base_image(images: &mut Images) -> String {
     let tag = format!("opschain-test-base:{}", unique("ctl"));
     build_image_as(crate::common::runner_bin(), &tag, "");
     images.0.push(tag.clone());
     tag
 }
 
-fn opschain(state: &Path) -> Command {
+pub(crate) fn opschain(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
     c.env("OPSCHAIN_STATE_DIR", state).env("OPSCHAIN_RUNNER_BIN", crate::common::runner_bin()).env_remove("OPSCHAIN_REPO_FOLDER");
     c
 }
 
 /// Runs `opschain ARGS` and asserts it succeeded.
-fn ok(state: &Path, args: &[&str]) {
+pub(crate) fn ok(state: &Path, args: &[&str]) {
     let out = opschain(state).args(args).output().unwrap();
     assert!(out.status.success(), "opschain {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Stores a secret set.
-fn secret_set(state: &Path, name: &str, set: Value) {
+pub(crate) fn secret_set(state: &Path, name: &str, set: Value) {
     let file = state.join(format!("{name}.json"));
     std::fs::write(&file, set.to_string()).unwrap();
     ok(state, &["secrets", "set", name, "--file", file.to_str().unwrap()]);
@@ -72,9 +72,10 @@ fn secret_set(state: &Path, name: &str, set: Value) {
 
 /// One `opschain change run --backend docker`: its exit status, what it printed, and the step
 /// images it built (added to `images`). Checks that it left no container behind.
-fn change_run(state: &Path, base: &str, images: &mut Images, args: &[&str]) -> (i32, String) {
+pub(crate) fn change_run(state: &Path, base: &str, images: &mut Images, args: &[&str]) -> (i32, String) {
+    common::make_target_of(state, &[&["change", "run"][..], args].concat());
     let controller = opschain(state)
-        .args(["change", "run", "--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", base])
+        .args(["change", "run", "--verbose", "--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", base])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -96,7 +97,7 @@ fn change_run(state: &Path, base: &str, images: &mut Images, args: &[&str]) -> (
 }
 
 /// The tags of the step images a change's output says it built and reused.
-fn image_lines(shown: &str) -> (Vec<String>, Vec<String>) {
+pub(crate) fn image_lines(shown: &str) -> (Vec<String>, Vec<String>) {
     let tag_after = |marker: &str| {
         shown.lines().filter_map(|l| l.split_once(marker)).map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default().to_string()).collect::<Vec<_>>()
     };
@@ -104,7 +105,7 @@ fn image_lines(shown: &str) -> (Vec<String>, Vec<String>) {
 }
 
 /// A git repository with the given files (path, content, executable) committed on `main`.
-fn repo_with(dir: &Path, files: &[(&str, &str, bool)]) -> PathBuf {
+pub(crate) fn repo_with(dir: &Path, files: &[(&str, &str, bool)]) -> PathBuf {
     let repo = dir.join("project");
     for (path, content, executable) in files {
         let path = repo.join(path);
@@ -130,7 +131,7 @@ fn created_dockerfile(folder: &str) -> String {
 
 /// Every file of `docker save TAG`, and every file in every layer of it, scanned for `needle`;
 /// returns where it was found.
-fn saved_image_mentions(tag: &str, needle: &[u8]) -> Vec<String> {
+pub(crate) fn saved_image_mentions(tag: &str, needle: &[u8]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join("saved.tar");
     let out = Command::new(DOCKER).args(["save", "--output"]).arg(&saved).arg(tag).output().unwrap();
@@ -159,10 +160,10 @@ fn saved_image_mentions(tag: &str, needle: &[u8]) -> Vec<String> {
     found
 }
 
-/// The Dockerfile steps a plain BuildKit log (as the change printed it, each line behind its step
-/// prefix) reports as cached.
-fn cached_steps(shown: &str) -> Vec<String> {
-    crate::docker_base::cached_steps(shown.lines().filter_map(|line| line.split_once("] ").map(|(_, rest)| rest)))
+/// The Dockerfile steps a plain BuildKit log (as the change printed it with -v, each line behind
+/// its step prefix and two spaces) reports as cached.
+pub(crate) fn cached_steps(shown: &str) -> Vec<String> {
+    crate::docker_base::cached_steps(shown.lines().filter_map(|line| line.split_once("]  ").map(|(_, rest)| rest)))
 }
 
 #[test]
@@ -238,7 +239,7 @@ fn a_seed_style_dockerfile_gets_git_the_build_args_env_properties_and_the_defaul
     assert!(shown.contains("opschain: phase build started") && shown.contains("opschain: phase build finished in "), "{shown}");
     assert!(shown.contains("build secret sets: opschain-build-env"), "{shown}");
     // The build's own output is in the change log, as the step's is.
-    let logs = opschain(&state).args(["change", "logs", "1"]).output().unwrap();
+    let logs = opschain(&state).args(["change", "logs", "1", "--verbose"]).output().unwrap();
     let logs = String::from_utf8_lossy(&logs.stdout).to_string();
     assert!(logs.contains("opschain-exec /bin/sh -c") && logs.contains("phase build finished in ") && logs.contains(&expected), "{logs}");
     let (built, reused) = image_lines(&shown);
@@ -400,7 +401,7 @@ fn a_build_secret_a_run_line_prints_reaches_neither_the_terminal_nor_the_store()
     .unwrap();
     let (status, terminal) = change_run(&state, &base, &mut images, &["--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "noop"]);
     assert_eq!(status, 0, "{terminal}");
-    let logs = opschain(&state).args(["change", "logs", "1"]).output().unwrap();
+    let logs = opschain(&state).args(["change", "logs", "1", "--verbose"]).output().unwrap();
     let logs = String::from_utf8_lossy(&logs.stdout).to_string();
     for (what, shown) in [("terminal", &terminal), ("store", &logs)] {
         assert!(shown.contains(&format!("nonce-{nonce}")), "the RUN line ran, its output in the {what}:\n{shown}");

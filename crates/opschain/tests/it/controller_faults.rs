@@ -35,6 +35,7 @@ fn opschain(state: &Path) -> Command {
 
 /// Runs `opschain args` to its end and returns its output.
 fn run(state: &Path, args: &[&str]) -> Output {
+    common::make_target_of(state, args);
     opschain(state).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
 }
 
@@ -216,6 +217,7 @@ fn kill_9_at_any_moment_then_retry_gives_the_uninterrupted_result() {
         let secrets = state.path().join("s.json");
         std::fs::write(&secrets, r#"{"API_TOKEN": "t"}"#).unwrap();
         assert!(opschain(state.path()).args(["secrets", "set", "demo", "--file", secrets.to_str().unwrap()]).status().unwrap().success());
+        common::make_target(state.path(), "demo", "dev");
         let mut controller = opschain(state.path())
             .args(["change", "run", "--repo", demo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", "deploy", "--secrets", "demo"])
             .spawn()
@@ -322,7 +324,7 @@ fn starting_properties(state: &Path, change: i64) -> BTreeMap<i64, Value> {
     let mut starts = BTreeMap::new();
     for line in logs.lines() {
         let Some((_, json)) = line.split_once("START ") else { continue };
-        let (_, step) = line.split_once(" [").unwrap_or_else(|| panic!("unexpected log line {line:?}"));
+        let (_, step) = line.split_once('[').unwrap_or_else(|| panic!("unexpected log line {line:?}"));
         let id: i64 = step.split_whitespace().next().unwrap().parse().unwrap();
         let json: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("step {id} logged bad starting properties ({e}): {line:?}"));
         assert!(starts.insert(id, json).is_none(), "step {id} logged its starting properties twice");
@@ -336,6 +338,7 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
     let state = state.path();
     let repo = project(&hammer_actions());
     let barrier = tempfile::tempdir().unwrap();
+    common::make_target(state, "p", "dev");
     run_ok(state, &["project", "allow-parallel-changes", "p", "true"]);
     run_ok(state, &["properties", "set", "--project", "p", "--json", r#"{"own": {}}"#]);
     let tokens: Map<String, Value> = (0..TOKENS).map(|k| (format!("t{k}"), json!(true))).collect();
@@ -348,6 +351,7 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
         .map(|i| {
             let out = state.join(format!("controller-{i}.out"));
             let file = std::fs::File::create(&out).unwrap();
+            common::make_target(state, "p", "dev");
             let child = opschain(state)
                 .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
                 .args(["--workers", &(TOKENS + FREE).to_string()])
@@ -475,7 +479,10 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
         }
         let shown = run_ok(state, &["change", "show", &change.to_string()]);
         let expected = if failed { "error" } else { "success" };
-        assert_eq!(shown.lines().next(), Some(format!("change {change} {expected}").as_str()), "change {change}'s status");
+        // The first line is the status, and for a failed change why (`: step N [action]: ...`).
+        let first = shown.lines().next().unwrap_or_default();
+        let status = first.split_once(": ").map_or(first, |(status, _)| status);
+        assert_eq!(status, format!("change {change} {expected}"), "change {change}'s status: {first}");
     }
     assert_eq!(children_seen.len(), CHANGES * (TOKENS + FREE), "not every change ran every child");
     // The controllers' exit statuses are in spawn order, not change order: compare the counts.
@@ -546,6 +553,7 @@ fn tree_shape(state: &Path) -> Vec<(usize, String, String)> {
 
 /// Starts `opschain args` with its stdout and stderr appended to the file `log`.
 fn spawn_logged(state: &Path, args: &[&str], log: &Path) -> Child {
+    common::make_target_of(state, args);
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     opschain(state).args(args).stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap()
 }
@@ -577,6 +585,7 @@ fn kill_9_at_random_moments_of_a_100_step_change_then_retry_gives_the_uninterrup
     let repo = project(&hundred_step_actions());
 
     let whole = tempfile::tempdir().unwrap();
+    common::make_target(whole.path(), "p", "dev");
     let out = opschain(whole.path())
         .args(["change", "run", "--repo", repo.path().to_str().unwrap(), "--project", "p", "--environment", "dev", "--action", "root"])
         .stdout(Stdio::piped())
@@ -673,9 +682,7 @@ fn commands_opening_a_new_store_at_once_all_succeed() {
     for round in 0..ROUNDS {
         let state = tempfile::tempdir().unwrap();
         let children: Vec<Child> = (0..AT_ONCE)
-            .map(|i| {
-                opschain(state.path()).args(["project", "allow-parallel-changes", &format!("p{i}"), "true"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-            })
+            .map(|i| opschain(state.path()).args(["project", "create", "--code", &format!("p{i}")]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
             .collect();
         for child in children {
             let out = child.wait_with_output().unwrap();

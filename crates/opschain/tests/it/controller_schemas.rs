@@ -37,6 +37,7 @@ fn every_result_of_a_change_run_by_the_controller_matches_the_schema() {
     std::fs::write(&secrets, r#"{"API_TOKEN": "demo-token-value"}"#).unwrap();
     assert!(opschain().args(["secrets", "set", "demo", "--file", secrets.to_str().unwrap()]).output().unwrap().status.success());
     let demo = fixture("demo");
+    crate::common::make_target(state.path(), "demo", "dev");
     let output = opschain()
         .args([
             "change",

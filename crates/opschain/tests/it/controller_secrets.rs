@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common;
+
 /// `opschain` with its state in `state` and the test-built agent.
 fn opschain(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_opschain"));
@@ -31,6 +33,7 @@ fn opschain_umask0(state: &Path) -> Command {
 }
 
 fn run(state: &Path, args: &[&str]) -> Output {
+    common::make_target_of(state, args);
     opschain(state).args(args).output().unwrap()
 }
 
@@ -85,6 +88,7 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
     let saved = opschain_umask0(&state).args(["secrets", "set", "s", "--file"]).arg(&set).output().unwrap();
     assert!(saved.status.success(), "{}", text(&saved));
 
+    common::make_target(&state, "p", "e");
     let mut controller = opschain_umask0(&state)
         .args(["change", "run", "--project", "p", "--environment", "e", "--action", "wait", "--secrets", "s", "--repo"])
         .arg(&repo)
@@ -103,7 +107,9 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
     };
     let sandbox = context.parent().unwrap().parent().unwrap().to_path_buf();
     let db = state.join("opschain.db");
-    let snapshot = std::fs::read_dir(state.join("repos")).unwrap().next().unwrap().unwrap().path();
+    // The snapshot (beside it, the lock that keeps a collection from removing it while a change is
+    // created from it).
+    let snapshot = std::fs::read_dir(state.join("repos")).unwrap().map(|e| e.unwrap()).find(|e| !e.file_name().to_string_lossy().starts_with('.')).unwrap().path();
     let expected = [
         (state.clone(), 0o700),
         (db.clone(), 0o600),
@@ -111,6 +117,7 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
         (state.join("opschain.db-shm"), 0o600),
         (state.join("repos"), 0o700),
         (snapshot.clone(), 0o700),
+        (state.join("repos/.lock"), 0o600),
         (state.join("sandboxes"), 0o700),
         (change_dir.clone(), 0o700),
         (sandbox.clone(), 0o700),

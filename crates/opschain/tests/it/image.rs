@@ -124,9 +124,19 @@ fn build_context_cli_writes_the_repo_at_the_commit_the_env_context_and_the_args(
     let out = std::fs::canonicalize(&out).unwrap();
     let digest = Command::new("git").arg("hash-object").arg(out.join("step_context_env.json")).output().unwrap();
     let digest = String::from_utf8_lossy(&digest.stdout).trim().to_string();
+    // The build secrets digest: without the controller's key, of the sets' names only.
+    let sets_digest = step_image::secrets_digest(&[step_image::SecretSet { name: "team-secrets".into(), values: Vec::new() }], None);
+    assert!(sets_digest.starts_with("names-sha256:"));
     assert_eq!(
         printed["build_args"],
-        json!([["GIT_REV", "v1"], ["GIT_SHA", sha], ["OPSCHAIN_BASE_RUNNER", "base:1"], ["OPSCHAIN_VERSION", "9.9.9"], ["OPSCHAIN_CONTEXT_DIGEST", digest]])
+        json!([
+            ["GIT_REV", "v1"],
+            ["GIT_SHA", sha],
+            ["OPSCHAIN_BASE_RUNNER", "base:1"],
+            ["OPSCHAIN_VERSION", "9.9.9"],
+            ["OPSCHAIN_CONTEXT_DIGEST", digest],
+            ["OPSCHAIN_BUILD_SECRETS_DIGEST", sets_digest]
+        ])
     );
     let bundle = dir.path().join("ctx.build-secrets.json");
     assert_eq!(printed["secrets"], json!([{"id": "step_context_env", "src": out.join("step_context_env.json")}, {"id": "opschain-build-secrets", "src": bundle}]));
@@ -193,7 +203,7 @@ fn build_context_uses_the_default_dockerfile_without_a_custom_one_and_refuses_ba
     let (first, second) = (cached("cached-1"), cached("cached-2"));
     assert!(tar(&first) == tar(&context) && tar(&second) == tar(&context));
     let kept: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(kept, [format!("{}.tar", first.git_sha)], "one archive, no leftovers");
+    assert_eq!(kept, [BuildContextSpec::new(&repo, "unused").repo_tar_name(&first.git_sha)], "one archive, no leftovers");
     // The image key: the same inputs give the same key; a changed env property another one, but
     // not a changed step, user or other property.
     let key = |context: Value| {

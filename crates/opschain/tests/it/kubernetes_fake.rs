@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
 use opschain::backend::docker::{DockerBackend, DockerConfig};
@@ -50,6 +51,15 @@ struct Cluster {
     /// Its exit code, once it ended.
     exit: Option<i32>,
     deleted: bool,
+    /// The container's log as the kubelet keeps it: each line (with its newline) and its time.
+    log: Vec<(Timestamp, String)>,
+    /// Whether the log has ended (the container exited; `exit` is set first).
+    log_done: bool,
+    /// For the n-th request of the log, after how many lines the connection is cut, in the middle
+    /// of the next line, as a broken network would (none: the stream is served whole).
+    cut_after: Vec<usize>,
+    /// How many times the log was asked for.
+    log_requests: usize,
 }
 
 struct FakeApi {
@@ -128,7 +138,7 @@ fn pod(name: &str, state: Value) -> Value {
 }
 
 /// Serves one connection's requests (HTTP/1.1 keep-alive) as an API server and kubelet would.
-fn serve(conn: TcpStream, state: &Mutex<Cluster>, root: &Path) {
+fn serve(conn: TcpStream, state: &Arc<Mutex<Cluster>>, root: &Path) {
     let mut out = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
     while let Some(call) = read_request(&mut reader) {
@@ -160,7 +170,7 @@ fn serve(conn: TcpStream, state: &Mutex<Cluster>, root: &Path) {
             };
             respond(&mut out, 200, &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}));
         } else if m == "GET" && p == "/api/v1/namespaces/steps/pods/step-pod/log" {
-            stream_log(&mut out, state, root);
+            stream_log(&mut out, &call.query, state, root);
         } else if m == "GET" && p == "/api/v1/namespaces/steps/pods/step-pod" {
             let s = state.lock().unwrap();
             match (s.deleted, s.exit) {
@@ -187,12 +197,15 @@ fn serve(conn: TcpStream, state: &Mutex<Cluster>, root: &Path) {
     }
 }
 
-/// Plays the kubelet for `GET .../log?follow=true`: writes the Secret's data where the Job mounts
-/// it, runs the agent with the container's args and env, and sends its merged output as a
-/// chunked body until it exits.
-fn stream_log(out: &mut TcpStream, state: &Mutex<Cluster>, root: &Path) {
+/// Starts the "container" once: writes the Secret's data where the Job mounts it, runs the agent
+/// with the container's args and env, and keeps its merged output as the kubelet keeps a log,
+/// each line stamped with the time it came; at its end, the exit code, then the log's end.
+fn start_container(state: &Arc<Mutex<Cluster>>, root: &Path) {
     let (job, secret) = {
         let s = state.lock().unwrap();
+        if s.agent.is_some() {
+            return;
+        }
         (s.job.clone().unwrap(), s.secret.clone().unwrap())
     };
     let volume = root.join("volume");
@@ -215,23 +228,89 @@ fn stream_log(out: &mut TcpStream, state: &Mutex<Cluster>, root: &Path) {
     let child = agent.stdin(Stdio::null()).stdout(Stdio::from(write.try_clone().unwrap())).stderr(Stdio::from(write)).spawn().unwrap();
     drop(agent);
     state.lock().unwrap().agent = Some(child);
+    let state = state.clone();
+    std::thread::spawn(move || {
+        let mut pipe = BufReader::new(std::fs::File::from(read));
+        loop {
+            let mut line = Vec::new();
+            if pipe.read_until(b'\n', &mut line).unwrap() == 0 {
+                break;
+            }
+            state.lock().unwrap().log.push((Timestamp::now(), String::from_utf8(line).unwrap()));
+        }
+        let mut s = state.lock().unwrap();
+        let status = s.agent.as_mut().unwrap().wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        s.exit = Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap()));
+        s.log_done = true;
+    });
+}
+
+/// The value of `name` in a query string, percent-decoded.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|pair| pair.strip_prefix(&format!("{name}=")))?;
+    let mut out = Vec::new();
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(u8::from_str_radix(&raw[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8(out).unwrap())
+}
+
+/// Plays the kubelet for `GET .../log?follow=true`: starts the container on the first request,
+/// then sends its log as a chunked body, from `sinceTime` (to the second, as the API takes it)
+/// when asked, each line stamped when `timestamps=true`, following it until it ends; or cuts the
+/// connection in the middle of a line when the test asks for it.
+fn stream_log(out: &mut TcpStream, query: &str, state: &Arc<Mutex<Cluster>>, root: &Path) {
+    start_container(state, root);
+    let since: Option<Timestamp> = query_value(query, "sinceTime").map(|t| t.parse().unwrap());
+    let stamped = query_value(query, "timestamps").as_deref() == Some("true");
+    let cut = {
+        let mut s = state.lock().unwrap();
+        s.log_requests += 1;
+        s.cut_after.get(s.log_requests - 1).copied()
+    };
     write!(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
-    let mut pipe = std::fs::File::from(read);
-    let mut buf = vec![0u8; 16 * 1024];
+    let (mut next, mut sent) = (0, 0);
     loop {
-        let n = pipe.read(&mut buf).unwrap();
-        if n == 0 {
+        let (lines, done) = {
+            let s = state.lock().unwrap();
+            let lines: Vec<(Timestamp, String)> = s.log[next..].to_vec();
+            next = s.log.len();
+            (lines, s.log_done)
+        };
+        for (at, line) in lines {
+            if since.is_some_and(|since| at < since) {
+                continue;
+            }
+            let text = if stamped { format!("{at} {line}") } else { line };
+            if cut == Some(sent) {
+                // Half a line, then the connection goes: no end of the chunked body.
+                let half = &text.as_bytes()[..text.len() / 2];
+                write!(out, "{:x}\r\n", half.len()).unwrap();
+                out.write_all(half).unwrap();
+                out.write_all(b"\r\n").unwrap();
+                let _ = out.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            write!(out, "{:x}\r\n", text.len()).unwrap();
+            out.write_all(text.as_bytes()).unwrap();
+            out.write_all(b"\r\n").unwrap();
+            sent += 1;
+        }
+        if done && next == state.lock().unwrap().log.len() {
             break;
         }
-        write!(out, "{n:x}\r\n").unwrap();
-        out.write_all(&buf[..n]).unwrap();
-        out.write_all(b"\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
     }
     out.write_all(b"0\r\n\r\n").unwrap();
-    let mut s = state.lock().unwrap();
-    let status = s.agent.as_mut().unwrap().wait().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    s.exit = Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap()));
 }
 
 #[derive(Default)]
@@ -252,8 +331,15 @@ fn backend(api: &FakeApi) -> KubernetesBackend {
     };
     let config = KubernetesConfig { namespace: "steps".into(), grace: Duration::from_secs(2), start_allowance: Duration::from_secs(20), ..KubernetesConfig::default() };
     // The image is given to `run_image`: the Docker side is not used.
-    let docker =
-        DockerConfig { docker: "/usr/bin/docker".into(), base_image: "unused".into(), grace: Duration::from_secs(2), transport: Default::default(), registry: None };
+    let docker = DockerConfig {
+        docker: "/usr/bin/docker".into(),
+        base_image: "unused".into(),
+        grace: Duration::from_secs(2),
+        transport: Default::default(),
+        registry: None,
+        max_result_bytes: 1 << 26,
+        timeouts: Default::default(),
+    };
     KubernetesBackend::with_client(config, DockerBackend::new(docker, ".opschain".into(), api.repo.join("sandboxes")), client, runtime)
 }
 
@@ -270,6 +356,17 @@ echo "to stderr" >&2
 opschain-runner property set --environment greeted "$GREETING"
 head -c 100000 /dev/zero | tr '\0' x > big.txt
 opschain-runner property set --project big "$(cat big.txt)"
+'''
+
+[actions.chatty]
+run = '''
+i=1
+while [ $i -le 200 ]; do
+  echo "line $i"
+  if [ $((i % 20)) -eq 0 ]; then sleep 0.15; fi
+  i=$((i + 1))
+done
+opschain-runner property set --environment lines 200
 '''
 
 [actions.slow]
@@ -390,4 +487,33 @@ fn cancel_deletes_the_job_and_the_agents_result_still_comes_back() {
     let delete = calls.iter().find(|c| c.method == "DELETE").expect("the Job was deleted");
     assert_eq!(delete.body["propagationPolicy"], "Foreground", "{delete:?}");
     assert!(api.state.lock().unwrap().exit.is_some());
+}
+
+#[test]
+fn a_broken_log_stream_is_followed_again_from_its_last_line_and_the_step_ends_with_the_jobs_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(&repo(dir.path()));
+    // The first three streams of the log are cut in the middle of a line, after 30, 50 and 40
+    // lines: the action prints 200 numbered lines over about 1.5 s, so that many lines share a
+    // second (the API's `sinceTime` is to the second) and the cuts fall while it runs.
+    api.state.lock().unwrap().cut_after = vec![30, 50, 40];
+    let backend = backend(&api);
+    let lines = Lines::default();
+    let cancel = AtomicBool::new(false);
+    let out = backend.run_image(&job("chatty"), "img", &lines, &cancel).unwrap();
+    let lines = lines.0.into_inner().unwrap();
+    assert_eq!(out.exit_status, 0, "{lines:?} {:?}", out.result_error);
+    let result = out.result.unwrap_or_else(|| panic!("the result came through the log: {:?} {lines:?}", out.result_error));
+    assert_eq!(serde_json::to_value(&result.environment.properties_diff).unwrap(), json!([{"op": "add", "path": "/lines", "value": "200"}]));
+    // Every line once, in order: none lost at a cut, none repeated by a new stream.
+    let numbered: Vec<u32> = lines.iter().filter_map(|l| l.find("line ").and_then(|at| l[at + 5..].trim().parse().ok())).collect();
+    assert_eq!(numbered, (1..=200).collect::<Vec<u32>>(), "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains("broke off")).count(), 3, "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("opschain-result")), "{lines:?}");
+    // The log was asked for four times, each new stream from the last line's second.
+    let logs: Vec<Call> = api.calls().into_iter().filter(|c| c.path.ends_with("/log")).collect();
+    assert_eq!(logs.len(), 4, "{logs:?}");
+    assert!(logs.iter().all(|c| c.query.contains("timestamps=true") && c.query.contains("follow=true")), "{logs:?}");
+    assert!(!logs[0].query.contains("sinceTime"), "{logs:?}");
+    assert!(logs[1..].iter().all(|c| c.query.contains("sinceTime=")), "{logs:?}");
 }

@@ -121,9 +121,15 @@ fn fixed_repo(dir: &Path) -> PathBuf {
 }
 
 fn run_change(state: &Path, repo: &Path, registry: &str, transport: &str) -> (bool, String) {
+    run_change_on(state, repo, registry, transport, BASE)
+}
+
+/// [`run_change`] with the base runner image `base`.
+fn run_change_on(state: &Path, repo: &Path, registry: &str, transport: &str, base: &str) -> (bool, String) {
+    common::make_target(state, "p", "e");
     let out = opschain(state)
-        .args(["change", "run", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "hello"])
-        .args(["--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", BASE, "--registry", registry, "--transport", transport])
+        .args(["change", "run", "--verbose", "--repo", repo.to_str().unwrap(), "--project", "p", "--environment", "e", "--action", "hello"])
+        .args(["--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", base, "--registry", registry, "--transport", transport])
         .output()
         .unwrap();
     (out.status.success(), format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -156,23 +162,122 @@ fn a_built_step_image_is_pushed_and_a_later_change_pulls_it_instead_of_building(
     let tag = tags["tags"][0].as_str().unwrap().to_string();
     assert_eq!(tags["tags"].as_array().unwrap().len(), 1, "{tags}");
 
-    // Every local copy of the image removed: the next change, in another state directory, pulls
-    // it from the registry and builds nothing; this time through the stream transport.
+    // Every local copy of the image removed: the next change pulls it from the registry, by the
+    // digest its push gave, and builds nothing; this time through the stream transport.
     let ours = images_named(&tag);
     assert_eq!(ours.len(), 2, "the local tag and the registry reference: {ours:?}");
     let rmi = Command::new(DOCKER).arg("rmi").args(&ours).output().unwrap();
     assert!(rmi.status.success(), "{}", String::from_utf8_lossy(&rmi.stderr));
-    let state = dir.path().join("state2");
     let (ok, shown) = run_change(&state, &repo, &registry.host(), "stream");
     assert!(ok, "{shown}");
     assert!(!shown.contains("building image"), "{shown}");
-    assert!(shown.contains(&format!("pulled the step image {}/opschain-step:{tag}", registry.host())), "{shown}");
+    let pulled = format!("pulled the step image {}/opschain-step@sha256:", registry.host());
+    assert!(shown.contains(&pulled), "{shown}");
     assert!(shown.contains("hello from the registry image"), "{shown}");
     let props = opschain(&state).args(["properties", "show", "--project", "p", "--environment", "e"]).output().unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&props.stdout).unwrap(), json!({"greeted": "yes"}));
-    assert_eq!(images_named(&tag), [format!("{}/opschain-step:{tag}", registry.host())], "only the pulled copy");
 
-    let _ = Command::new(DOCKER).arg("rmi").args(images_named(&tag)).output();
+    // Another state directory has no record of the push: it builds (from the engine's cache)
+    // rather than trust what the registry holds under the name.
+    let (ok, shown) = run_change(&dir.path().join("state2"), &repo, &registry.host(), "bind-mount");
+    assert!(ok, "{shown}");
+    assert!(shown.contains("building image opschain-step:") && !shown.contains("pulled the step image"), "{shown}");
+
+    remove_images(&registry, &tag);
+}
+
+/// Removes every local image tagged `tag` (the step image's key, unique to a test run) or of
+/// `registry`'s repositories (its port is this test's own), pulled by digest (untagged) included.
+fn remove_images(registry: &RegistryServer, tag: &str) {
+    let out = Command::new(DOCKER).args(["images", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"]).output().unwrap();
+    let ours = format!(" {}/", registry.host());
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(tag) || l.contains(&ours))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    let _ = Command::new(DOCKER).args(["rmi", "--force"]).args(&ids).output();
+}
+
+/// The tag (the key) of the one step image in `registry`'s `opschain-step` repository.
+fn only_tag(registry: &RegistryServer) -> String {
+    let tags: Value = serde_json::from_str(&registry.get("/v2/opschain-step/tags/list").unwrap()).unwrap();
+    assert_eq!(tags["tags"].as_array().map(Vec::len), Some(1), "{tags}");
+    tags["tags"][0].as_str().unwrap().to_string()
+}
+
+/// The id of the local image `reference`.
+fn image_id(reference: &str) -> String {
+    let out = Command::new(DOCKER).args(["image", "inspect", "--format", "{{.Id}}", reference]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
+fn a_registry_image_of_a_rebuilt_base_image_is_rebuilt_not_reused() {
+    ready();
+    let registry = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = fixed_repo(dir.path());
+    let state = dir.path().join("state");
+    // A base image of this test's own, rebuilt below under the same name.
+    let base = format!("fix-images-registry-base:{}", std::process::id());
+    let agent = crate::common::runner_bin();
+    crate::docker_base::build_image_as(agent, &base, "first base");
+    let (ok, shown) = run_change_on(&state, &repo, &registry.host(), "bind-mount", &base);
+    assert!(ok && shown.contains("building image opschain-step:"), "{shown}");
+    let tag = only_tag(&registry);
+
+    // The base rebuilt under its name: the step image in the registry (and the local one) was
+    // built from the old one, so the next change builds anew rather than reuse either.
+    crate::docker_base::build_image_as(agent, &base, "second base");
+    let (ok, shown) = run_change_on(&state, &repo, &registry.host(), "bind-mount", &base);
+    let _ = Command::new(DOCKER).args(["rmi", "--force", &base]).output();
+    remove_images(&registry, &tag);
+    assert!(ok, "{shown}");
+    assert!(shown.contains("built from another base image") && shown.contains("building image opschain-step:"), "{shown}");
+    assert!(!shown.contains("from the registry, as") && !shown.contains("reused image") && !shown.contains("pulled the step image"), "{shown}");
+    assert!(shown.contains("hello from the registry image"), "{shown}");
+}
+
+#[test]
+#[ignore = "needs a Docker engine: scripts/test runs it where it finds one"]
+fn an_image_someone_else_pushed_under_the_step_images_name_never_runs() {
+    ready();
+    let registry = RegistryServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = fixed_repo(dir.path());
+    let state = dir.path().join("state");
+    let (ok, shown) = run_change(&state, &repo, &registry.host(), "bind-mount");
+    assert!(ok, "{shown}");
+    let tag = only_tag(&registry);
+    let reference = format!("{}/opschain-step:{tag}", registry.host());
+
+    // Someone with push rights replaces the image under its name: FROM the same base, with the
+    // base image label a step image carries, and an entrypoint of its own.
+    let foreign = tempfile::tempdir().unwrap();
+    let label = format!("org.opschain.base-image-id={}", image_id(BASE));
+    std::fs::write(foreign.path().join("Dockerfile"), format!("FROM {BASE}\nLABEL {label}\nENTRYPOINT [\"/bin/sh\", \"-c\", \"echo FOREIGN-IMAGE-RAN; exit 0\"]\n"))
+        .unwrap();
+    let built = Command::new(DOCKER).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", &reference]).arg(foreign.path()).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let pushed = Command::new(DOCKER).args(["push", "--quiet", &reference]).output().unwrap();
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    remove_images(&registry, &tag);
+
+    // This controller pulls by the digest it pushed: its own image runs, not the one under the name.
+    let (ok, shown) = run_change(&state, &repo, &registry.host(), "bind-mount");
+    assert!(ok, "{shown}");
+    assert!(!shown.contains("FOREIGN-IMAGE-RAN"), "the foreign image ran: {shown}");
+    assert!(shown.contains(&format!("pulled the step image {}/opschain-step@sha256:", registry.host())), "{shown}");
+    assert!(shown.contains("hello from the registry image"), "{shown}");
+    // A controller without a record of its own builds rather than pull the name.
+    remove_images(&registry, &tag);
+    let (ok, shown) = run_change(&dir.path().join("state2"), &repo, &registry.host(), "bind-mount");
+    remove_images(&registry, &tag);
+    assert!(ok, "{shown}");
+    assert!(!shown.contains("FOREIGN-IMAGE-RAN") && shown.contains("building image opschain-step:"), "{shown}");
 }
 
 #[test]

@@ -26,8 +26,9 @@ fn opschain(state: &Path) -> Command {
 /// Runs `change run` on the Docker backend with the stream transport; returns its output (stdout
 /// and stderr) and whether it succeeded.
 fn run_change(state: &Path, repo: &Path, action: &str, extra: &[&str]) -> (bool, String) {
+    common::make_target(state, "demo", "dev");
     let out = opschain(state)
-        .args(["change", "run", "--repo", repo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", action])
+        .args(["change", "run", "--verbose", "--repo", repo.to_str().unwrap(), "--project", "demo", "--environment", "dev", "--action", action])
         .args(["--backend", "docker", "--docker-bin", DOCKER, "--docker-base-image", BASE, "--transport", "stream"])
         .args(extra)
         .stdout(Stdio::piped())

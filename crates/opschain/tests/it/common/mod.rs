@@ -203,3 +203,25 @@ pub fn git(repo: &Path, args: &[&str]) -> String {
     assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
+
+/// Makes project `project` and its environment `environment` in the state directory `state`
+/// (each is kept when it exists): a change names a project and environment that exist.
+pub fn make_target(state: &Path, project: &str, environment: &str) {
+    for args in [&["project", "create", "--code", project][..], &["environment", "create", "--project-code", project, "--code", environment]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_opschain")).env("OPSCHAIN_STATE_DIR", state).args(args).output().unwrap();
+        assert!(out.status.success(), "opschain {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// For `args` of `opschain change run` / `change create`: makes the project and environment
+/// they name (`--project`/`-p`, `--environment`/`-e` and OpsChain's spellings), as
+/// [`make_target`].
+pub fn make_target_of(state: &Path, args: &[&str]) {
+    if args.len() < 2 || args[0] != "change" || !matches!(args[1], "run" | "create") {
+        return;
+    }
+    let value = |flags: &[&str]| args.windows(2).find(|w| flags.contains(&w[0])).map(|w| w[1]);
+    if let (Some(p), Some(e)) = (value(&["--project", "--project-code", "-p"]), value(&["--environment", "--environment-code", "-e"])) {
+        make_target(state, p, e);
+    }
+}

@@ -1,9 +1,10 @@
-//! The helper commands for action scripts: read or change a property, add a child step, without
+//! The commands an action's scripts call (`opschain-runner property get|set|remove`,
+//! `opschain-runner child add`): read or change a property, add a child step, without
 //! hand-editing JSON. They find their files through the `OPSCHAIN_*` variables the agent exports.
 //!
 //! Each change rewrites the file atomically, splicing the property into the text as it is
-//! ([`crate::properties::splice`]): a large document is neither parsed into a tree nor re-serialised. Two helpers changing the same level at the same time
-//! from one action race (last writer wins): run them one after another.
+//! ([`crate::properties::splice`]): a large document is neither parsed into a tree nor re-serialised. Two of these commands
+//! changing the same level at the same time from one action race (last writer wins): run them one after another.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,9 +17,9 @@ use crate::json::{self, JsonError, SizeLimit, StrictObject};
 use crate::properties::splice::{self, SpliceError};
 use crate::properties::{self, PropertiesError};
 
-/// Why a helper command failed.
+/// Why a script command failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HelperError {
+pub enum ScriptCommandError {
     /// The variable naming the file is not set: not run by the agent.
     #[error("${var} is not set: run this from an action started by opschain-runner")]
     NotInStep {
@@ -54,22 +55,22 @@ pub enum HelperError {
     },
 }
 
-impl HelperError {
+impl ScriptCommandError {
     /// The exit status of this failure: 64 a misuse (outside a step, a bad VALUE or child name),
     /// the file's own for an unreadable file, 65 an invalid edit or an unset property, 73 a file
     /// that cannot be written.
     pub fn exit_status(&self) -> ExitStatus {
         let sysexit = match self {
-            HelperError::NotInStep { .. } | HelperError::Value(_) | HelperError::ChildName(_) => Sysexit::Usage,
-            HelperError::Read(e) => return e.exit_status(),
-            HelperError::Edit(_) | HelperError::NotSet(_) => Sysexit::DataErr,
-            HelperError::Write(_) | HelperError::Append { .. } => Sysexit::CantCreat,
+            ScriptCommandError::NotInStep { .. } | ScriptCommandError::Value(_) | ScriptCommandError::ChildName(_) => Sysexit::Usage,
+            ScriptCommandError::Read(e) => return e.exit_status(),
+            ScriptCommandError::Edit(_) | ScriptCommandError::NotSet(_) => Sysexit::DataErr,
+            ScriptCommandError::Write(_) | ScriptCommandError::Append { .. } => Sysexit::CantCreat,
         };
         sysexit.into()
     }
 }
 
-/// A writable level whose properties copy a helper edits (`OPSCHAIN_PROJECT_PROPERTIES` or `OPSCHAIN_ENVIRONMENT_PROPERTIES`).
+/// A writable level whose properties copy a script command edits (`OPSCHAIN_PROJECT_PROPERTIES` or `OPSCHAIN_ENVIRONMENT_PROPERTIES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyLevel {
     /// `$OPSCHAIN_PROJECT_PROPERTIES`.
@@ -87,31 +88,31 @@ impl CopyLevel {
     }
 }
 
-fn path_of(var: &'static str) -> Result<PathBuf, HelperError> {
-    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from).ok_or(HelperError::NotInStep { var })
+fn path_of(var: &'static str) -> Result<PathBuf, ScriptCommandError> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from).ok_or(ScriptCommandError::NotInStep { var })
 }
 
-fn read(path: &Path) -> Result<Map<String, Value>, HelperError> {
+fn read(path: &Path) -> Result<Map<String, Value>, ScriptCommandError> {
     Ok(json::read_file::<StrictObject>(path, SizeLimit::DEFAULT)?.0)
 }
 
 /// The property at `path` of the merged properties.
-pub fn get(path: &str) -> Result<Value, HelperError> {
+pub fn get(path: &str) -> Result<Value, ScriptCommandError> {
     let keys = properties::parse_path(path)?;
     let doc = read(&path_of("OPSCHAIN_PROPERTIES")?)?;
-    properties::get(&doc, &keys).cloned().ok_or_else(|| HelperError::NotSet(path.to_string()))
+    properties::get(&doc, &keys).cloned().ok_or_else(|| ScriptCommandError::NotSet(path.to_string()))
 }
 
 /// Sets the property at `path` of `level` to `value` (a string, or JSON when `as_json`).
-pub fn set(level: CopyLevel, path: &str, value: &str, as_json: bool) -> Result<(), HelperError> {
+pub fn set(level: CopyLevel, path: &str, value: &str, as_json: bool) -> Result<(), ScriptCommandError> {
     let keys = properties::parse_path(path)?;
-    let value = if as_json { serde_json::from_str(value).map_err(HelperError::Value)? } else { Value::String(value.to_string()) };
+    let value = if as_json { serde_json::from_str(value).map_err(ScriptCommandError::Value)? } else { Value::String(value.to_string()) };
     let text = serde_json::to_string(&value).expect("a JSON value serialises");
     edit(level, |doc| splice::set_splice(doc, &keys, &text).map(Some), |doc| Ok(properties::set(doc, &keys, value, path)?), path, &keys)
 }
 
 /// Removes the property at `path` of `level`; removing what is not there is no error.
-pub fn remove(level: CopyLevel, path: &str) -> Result<(), HelperError> {
+pub fn remove(level: CopyLevel, path: &str) -> Result<(), ScriptCommandError> {
     let keys = properties::parse_path(path)?;
     edit(
         level,
@@ -134,16 +135,16 @@ pub fn remove(level: CopyLevel, path: &str) -> Result<(), HelperError> {
 /// A copy the action made invalid where the splice does not look is written back with the edit,
 /// invalid: the agent refuses it when the action ends (every byte of a copy that differs from what
 /// the agent wrote is checked strictly there), as it refuses a copy the action left invalid
-/// without the helper. The copy is mapped, not read ([`json::read_mapped`]: the agent and the
-/// helpers only ever replace it by renaming), and the edited text is written from its pages,
+/// without these commands. The copy is mapped, not read ([`json::read_mapped`]: the agent and these
+/// commands only ever replace it by renaming), and the edited text is written from its pages,
 /// around the edit: the document is not copied in memory.
 fn edit(
     level: CopyLevel,
     splice: impl FnOnce(&str) -> Result<Option<splice::Splice>, SpliceError>,
-    tree: impl FnOnce(&mut Map<String, Value>) -> Result<(), HelperError>,
+    tree: impl FnOnce(&mut Map<String, Value>) -> Result<(), ScriptCommandError>,
     path: &str,
     keys: &[String],
-) -> Result<(), HelperError> {
+) -> Result<(), ScriptCommandError> {
     let file = path_of(level.var())?;
     // Mapped, not read: the copy is megabytes, read once, and replaced by renaming only.
     let bytes = json::read_mapped(&file, SizeLimit::DEFAULT)?;
@@ -169,18 +170,18 @@ fn edit(
 }
 
 /// Appends child steps to `$OPSCHAIN_CHILD_STEPS`.
-pub fn add_children(actions: &[String]) -> Result<(), HelperError> {
+pub fn add_children(actions: &[String]) -> Result<(), ScriptCommandError> {
     let path = path_of("OPSCHAIN_CHILD_STEPS")?;
     let mut text = String::new();
     for action in actions {
         let name = action.trim();
         if name.is_empty() || name.contains(['\n', '\r']) || name.starts_with('#') {
-            return Err(HelperError::ChildName(action.clone()));
+            return Err(ScriptCommandError::ChildName(action.clone()));
         }
         text.push_str(name);
         text.push('\n');
     }
-    let append = |source| HelperError::Append { path: path.clone(), source };
+    let append = |source| ScriptCommandError::Append { path: path.clone(), source };
     let mut file = std::fs::OpenOptions::new().append(true).open(&path).map_err(append)?;
     // One write of whole lines: concurrent appenders (O_APPEND) never interleave within a line.
     file.write_all(text.as_bytes()).map_err(append)
