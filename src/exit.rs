@@ -28,6 +28,8 @@ pub enum Sysexit {
     TempFail = 75,
     /// 77: permission denied (the server refused the user).
     NoPerm = 77,
+    /// 78: a configuration error (the controller's key file is not the database's key).
+    Config = 78,
 }
 
 /// The exit status of a failure, as a process reports it to its parent (0-255). Every error type

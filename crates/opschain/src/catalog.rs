@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::store::{Level, Removal, Store, StoreError};
+use super::store::{Catalog, Level, Removal, StoreError};
 
 /// Why a project or environment could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The id of project `code`; an unknown code is [`CatalogError::UnknownProject`].
-pub fn find_project(store: &Store, code: &str) -> Result<i64, CatalogError> {
+pub fn find_project(store: &dyn Catalog, code: &str) -> Result<i64, CatalogError> {
     match store.project_id(code) {
         Err(StoreError::NotFound(_)) => {
             let codes = store.projects()?.into_iter().map(|p| p.code).collect();
@@ -137,7 +137,7 @@ pub fn find_project(store: &Store, code: &str) -> Result<i64, CatalogError> {
 
 /// The id of environment `code` of project `project` (id `project_id`); an unknown code is
 /// [`CatalogError::UnknownEnvironment`].
-pub fn find_environment(store: &Store, project: &str, project_id: i64, code: &str) -> Result<i64, CatalogError> {
+pub fn find_environment(store: &dyn Catalog, project: &str, project_id: i64, code: &str) -> Result<i64, CatalogError> {
     match store.environment_id(project_id, code) {
         Err(StoreError::NotFound(_)) => {
             let codes = store.environments(project_id)?.into_iter().map(|e| e.code).collect();
@@ -157,7 +157,7 @@ pub struct Found {
 }
 
 /// The id of project `code`, creating it when new.
-pub fn ensure_project(store: &Store, code: &str) -> Result<Found, CatalogError> {
+pub fn ensure_project(store: &dyn Catalog, code: &str) -> Result<Found, CatalogError> {
     match store.project_id(code) {
         Err(StoreError::NotFound(_)) => Ok(Found { id: store.ensure_project(code)?, created: true }),
         other => Ok(Found { id: other?, created: false }),
@@ -165,7 +165,7 @@ pub fn ensure_project(store: &Store, code: &str) -> Result<Found, CatalogError> 
 }
 
 /// The id of environment `code` of a project, creating it when new.
-pub fn ensure_environment(store: &Store, project_id: i64, code: &str) -> Result<Found, CatalogError> {
+pub fn ensure_environment(store: &dyn Catalog, project_id: i64, code: &str) -> Result<Found, CatalogError> {
     match store.environment_id(project_id, code) {
         Err(StoreError::NotFound(_)) => Ok(Found { id: store.ensure_environment(project_id, code)?, created: true }),
         other => Ok(Found { id: other?, created: false }),
@@ -196,7 +196,7 @@ pub struct Owner {
 }
 
 /// The properties owner of `project` (with `environment`: of that environment of it).
-pub fn owner(store: &Store, project: &str, environment: Option<&str>, lookup: Lookup) -> Result<Owner, CatalogError> {
+pub fn owner(store: &dyn Catalog, project: &str, environment: Option<&str>, lookup: Lookup) -> Result<Owner, CatalogError> {
     let p = match lookup {
         Lookup::Existing => Found { id: find_project(store, project)?, created: false },
         Lookup::CreateWhenNew => ensure_project(store, project)?,
@@ -213,7 +213,7 @@ pub fn owner(store: &Store, project: &str, environment: Option<&str>, lookup: Lo
 
 /// The project and environment a new change runs in, by id: both exist and neither is
 /// archived.
-pub fn change_target(store: &Store, project: &str, environment: &str) -> Result<(i64, i64), CatalogError> {
+pub fn change_target(store: &dyn Catalog, project: &str, environment: &str) -> Result<(i64, i64), CatalogError> {
     let project_id = find_project(store, project)?;
     if store.project_archived(project_id)? {
         return Err(CatalogError::Archived { what: format!("project {project:?}"), noun: "project", args: format!("--code {project}") });
@@ -230,20 +230,20 @@ pub fn change_target(store: &Store, project: &str, environment: &str) -> Result<
 }
 
 /// Archives (`archived`) or restores project `code`.
-pub fn archive_project(store: &Store, code: &str, archived: bool) -> Result<(), CatalogError> {
+pub fn archive_project(store: &dyn Catalog, code: &str, archived: bool) -> Result<(), CatalogError> {
     let id = find_project(store, code)?;
     Ok(store.set_project_archived(id, archived)?)
 }
 
 /// Archives (`archived`) or restores environment `code` of `project`.
-pub fn archive_environment(store: &Store, project: &str, code: &str, archived: bool) -> Result<(), CatalogError> {
+pub fn archive_environment(store: &dyn Catalog, project: &str, code: &str, archived: bool) -> Result<(), CatalogError> {
     let project_id = find_project(store, project)?;
     let id = find_environment(store, project, project_id, code)?;
     Ok(store.set_environment_archived(id, archived)?)
 }
 
 /// Deletes project `code`, its environments and their properties; refused when it had changes.
-pub fn delete_project(store: &Store, code: &str) -> Result<(), CatalogError> {
+pub fn delete_project(store: &dyn Catalog, code: &str) -> Result<(), CatalogError> {
     let id = find_project(store, code)?;
     match store.delete_project(id)? {
         Removal::Removed => Ok(()),
@@ -252,7 +252,7 @@ pub fn delete_project(store: &Store, code: &str) -> Result<(), CatalogError> {
 }
 
 /// Deletes environment `code` of `project` and its properties; refused when it had changes.
-pub fn delete_environment(store: &Store, project: &str, code: &str) -> Result<(), CatalogError> {
+pub fn delete_environment(store: &dyn Catalog, project: &str, code: &str) -> Result<(), CatalogError> {
     let project_id = find_project(store, project)?;
     let id = find_environment(store, project, project_id, code)?;
     match store.delete_environment(id)? {

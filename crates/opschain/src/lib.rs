@@ -5,7 +5,8 @@
 //!
 //! One module per concept:
 //! * [`store`]: the embedded SQLite store (projects, environments, properties with every version,
-//!   changes, steps, step logs, secret sets).
+//!   changes, steps, step logs, secret sets), properties and secret sets encrypted at rest; the
+//!   PostgreSQL store of the catalogue (`--database-url`).
 //! * [`catalog`]: projects and environments by code (an unknown code lists the known ones).
 //! * [`logline`]: a stored log line read back (action output, phase record, the agent's error).
 //! * [`report`]: what the command line prints about stored changes (step trees, logs).

@@ -24,7 +24,7 @@
 //! the output the agent had written but the controller not yet read. At most [`LOG_BACKLOG`]
 //! bytes wait: beyond, the step's output waits for the disk; no line is ever dropped.
 //!
-//! Tables: `projects`, `environments`, `properties` (every version of every level kept: level,
+//! Tables: `store_meta` (the key check), `projects`, `environments`, `properties` (every version of every level kept: level,
 //! owner, version, the step that wrote it, created_at, and what the version is: see below),
 //! `secret_sets`, `changes`, `steps` (a
 //! tree through `parent_id`, with status, timings, exit status and the property versions the step
@@ -54,10 +54,20 @@
 //! the versions it writes and publishes them once their group has committed; every use checks the
 //! cached version against the database's latest, so another process's write is never missed.
 //!
+//! Encrypted at rest (`seal`, `keys`): every properties version's `json` and `patch` and every
+//! secret set's `json` is sealed with XChaCha20-Poly1305 under a key file kept outside the database
+//! ([`StoreOptions::key_file`]), bound to its row; `store_meta.key_check` makes a wrong key fail
+//! on open. The in-memory cache holds the plaintext, so only writes and cold reads pay.
+//!
+//! Two stores implement the [`Catalog`] (projects, environments, properties, secret sets): this
+//! embedded one, and [`PgStore`] (`postgres`), a PostgreSQL database shared by several
+//! controllers. Changes, steps and logs are in the embedded store only.
+//!
 //! One file per concept: this one holds the [`Store`] itself, [`Store::open`] and [`StoreError`];
 //! `writer` the group-commit writer thread; `schema.sql` the schema; `projects`, `changes`,
 //! `steps`, `properties` (versions, patches, snapshots and the in-memory cache), `logs` (chunks)
-//! and `secrets` what the store keeps of each.
+//! and `secrets` what the store keeps of each; `seal` the cipher and key file, `keys` the
+//! database's key (check, first encryption, rotation); `postgres` the PostgreSQL store.
 
 mod writer;
 mod projects;
@@ -75,6 +85,13 @@ mod change_pages;
 mod property_edits;
 mod log_pages;
 mod page_reads;
+mod seal;
+mod keys;
+mod postgres;
+/// The test PostgreSQL server, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/it/common/postgres.rs"]
+pub(crate) mod pg_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,15 +110,18 @@ pub use line_ids::NumberedLine;
 pub use log_pages::LogQuery;
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use page_reads::StepOrigin;
+pub use postgres::{PgStore, PostgresError, MIGRATIONS, POOL_SIZE};
 pub use projects::{EnvironmentRow, ProjectRow, Removal};
 pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
 pub use property_edits::{PropertiesEdit, VersionRow};
 pub use remotes::{GitRemoteRow, NamedRow};
+pub use seal::{Seal, SealError, KEY_FILE};
 pub use steps::{StartingProperties, StepEnd, StepRow};
 pub use users::{Role, UserRow};
 pub use writer::MAX_GROUP;
 
 use changes::migrate_changes;
+use keys::seal_database;
 use logs::{LogBacklog, MIGRATE_LOG_ROWS};
 use properties::{migrate_properties, PropertiesCache};
 use writer::Writer;
@@ -209,6 +229,133 @@ pub enum StoreError {
     /// The writer thread is gone (it panicked): nothing can be written.
     #[error("the store's writer thread is gone")]
     WriterGone,
+    /// The key file cannot be read or made, is not the database's key, or a stored value does
+    /// not decrypt.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The PostgreSQL store failed (see [`PostgresError`]).
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
+}
+
+/// The store's catalogue: what users read and edit (projects, environments, properties with every
+/// version, secret sets), with the same behaviour in every store: the embedded SQLite [`Store`]
+/// and the shared PostgreSQL [`PgStore`]. The methods are [`Store`]'s own, documented there.
+pub trait Catalog {
+    /// See [`Store::ensure_project`].
+    fn ensure_project(&self, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::ensure_environment`].
+    fn ensure_environment(&self, project_id: i64, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::set_allow_parallel_changes`].
+    fn set_allow_parallel_changes(&self, project_id: i64, allow: bool) -> Result<(), StoreError>;
+    /// See [`Store::project_id`].
+    fn project_id(&self, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::environment_id`].
+    fn environment_id(&self, project_id: i64, code: &str) -> Result<i64, StoreError>;
+    /// See [`Store::projects`].
+    fn projects(&self) -> Result<Vec<ProjectRow>, StoreError>;
+    /// See [`Store::environments`].
+    fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError>;
+    /// See [`Store::project_archived`].
+    fn project_archived(&self, project_id: i64) -> Result<bool, StoreError>;
+    /// See [`Store::environment_archived`].
+    fn environment_archived(&self, environment_id: i64) -> Result<bool, StoreError>;
+    /// See [`Store::set_project_archived`].
+    fn set_project_archived(&self, project_id: i64, archived: bool) -> Result<(), StoreError>;
+    /// See [`Store::set_environment_archived`].
+    fn set_environment_archived(&self, environment_id: i64, archived: bool) -> Result<(), StoreError>;
+    /// See [`Store::delete_project`].
+    fn delete_project(&self, project_id: i64) -> Result<Removal, StoreError>;
+    /// See [`Store::delete_environment`].
+    fn delete_environment(&self, environment_id: i64) -> Result<Removal, StoreError>;
+    /// See [`Store::properties`].
+    fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError>;
+    /// See [`Store::declaring_properties`].
+    fn declaring_properties(&self, level: Level, owner: i64) -> Result<Map<String, Value>, StoreError>;
+    /// See [`Store::properties_version`].
+    fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError>;
+    /// See [`Store::properties_history_each`].
+    fn properties_history_each(&self, level: Level, owner: i64, each: &mut dyn FnMut(PropertiesVersion)) -> Result<(), StoreError>;
+    /// Every version of a level's properties, oldest first (see [`Catalog::properties_history_each`]).
+    fn properties_history(&self, level: Level, owner: i64) -> Result<Vec<PropertiesVersion>, StoreError> {
+        let mut out = Vec::new();
+        self.properties_history_each(level, owner, &mut |v| out.push(v))?;
+        Ok(out)
+    }
+    /// See [`Store::set_properties`].
+    fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError>;
+    /// See [`Store::set_secrets`].
+    fn set_secrets(&self, name: &str, secrets: &Map<String, Value>) -> Result<(), StoreError>;
+    /// See [`Store::secrets`].
+    fn secrets(&self, name: &str) -> Result<Option<Map<String, Value>>, StoreError>;
+    /// See [`Store::secret_set_names`].
+    fn secret_set_names(&self) -> Result<Vec<String>, StoreError>;
+}
+
+impl Catalog for Store {
+    fn ensure_project(&self, code: &str) -> Result<i64, StoreError> {
+        Store::ensure_project(self, code)
+    }
+    fn ensure_environment(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
+        Store::ensure_environment(self, project_id, code)
+    }
+    fn set_allow_parallel_changes(&self, project_id: i64, allow: bool) -> Result<(), StoreError> {
+        Store::set_allow_parallel_changes(self, project_id, allow)
+    }
+    fn project_id(&self, code: &str) -> Result<i64, StoreError> {
+        Store::project_id(self, code)
+    }
+    fn environment_id(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
+        Store::environment_id(self, project_id, code)
+    }
+    fn projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
+        Store::projects(self)
+    }
+    fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRow>, StoreError> {
+        Store::environments(self, project_id)
+    }
+    fn project_archived(&self, project_id: i64) -> Result<bool, StoreError> {
+        Store::project_archived(self, project_id)
+    }
+    fn environment_archived(&self, environment_id: i64) -> Result<bool, StoreError> {
+        Store::environment_archived(self, environment_id)
+    }
+    fn set_project_archived(&self, project_id: i64, archived: bool) -> Result<(), StoreError> {
+        Store::set_project_archived(self, project_id, archived)
+    }
+    fn set_environment_archived(&self, environment_id: i64, archived: bool) -> Result<(), StoreError> {
+        Store::set_environment_archived(self, environment_id, archived)
+    }
+    fn delete_project(&self, project_id: i64) -> Result<Removal, StoreError> {
+        Store::delete_project(self, project_id)
+    }
+    fn delete_environment(&self, environment_id: i64) -> Result<Removal, StoreError> {
+        Store::delete_environment(self, environment_id)
+    }
+    fn properties(&self, level: Level, owner: i64) -> Result<PropertiesVersion, StoreError> {
+        Store::properties(self, level, owner)
+    }
+    fn declaring_properties(&self, level: Level, owner: i64) -> Result<Map<String, Value>, StoreError> {
+        Store::declaring_properties(self, level, owner)
+    }
+    fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError> {
+        Store::properties_version(self, level, owner, version)
+    }
+    fn properties_history_each(&self, level: Level, owner: i64, each: &mut dyn FnMut(PropertiesVersion)) -> Result<(), StoreError> {
+        Store::properties_history_each(self, level, owner, each)
+    }
+    fn set_properties(&self, level: Level, owner: i64, json: &Map<String, Value>) -> Result<i64, StoreError> {
+        Store::set_properties(self, level, owner, json)
+    }
+    fn set_secrets(&self, name: &str, secrets: &Map<String, Value>) -> Result<(), StoreError> {
+        Store::set_secrets(self, name, secrets)
+    }
+    fn secrets(&self, name: &str) -> Result<Option<Map<String, Value>>, StoreError> {
+        Store::secrets(self, name)
+    }
+    fn secret_set_names(&self) -> Result<Vec<String>, StoreError> {
+        Store::secret_set_names(self)
+    }
 }
 
 /// Maps a failed query of the operation `op` to [`StoreError::Query`].
@@ -220,6 +367,8 @@ fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 /// writer thread that owns the writing connection (see the module documentation).
 pub struct Store {
     read: Mutex<Connection>,
+    /// The key every sealed value is sealed with.
+    seal: Arc<Seal>,
     cache: Arc<PropertiesCache>,
     writer: Writer,
     path: PathBuf,
@@ -232,9 +381,25 @@ fn json_of(text: &str, what: impl FnOnce() -> String) -> Result<Map<String, Valu
     serde_json::from_str(text).map_err(|source| StoreError::Json { what: what(), source })
 }
 
+/// How a store is opened, apart from where: its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// The key file properties and secret sets are encrypted with (see `seal`). Default:
+    /// [`KEY_FILE`] beside the database in the state directory.
+    pub key_file: Option<PathBuf>,
+}
+
 impl Store {
-    /// Opens (creating when needed) `<state_dir>/opschain.db`.
+    /// Opens (creating when needed) `<state_dir>/opschain.db`, with the default options (the key
+    /// file beside it).
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(state_dir, &StoreOptions::default())
+    }
+
+    /// Opens (creating when needed) `<state_dir>/opschain.db` with `options`: its schema made or
+    /// brought up to date, then its key checked (or, for a database never encrypted, made and
+    /// every value encrypted with it).
+    pub fn open_with(state_dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
         // Private from the moment they exist: the directory 0700, the database 0600 before SQLite
         // opens it (its -wal and -shm files take the database's mode).
@@ -265,6 +430,8 @@ impl Store {
             Ok(conn)
         })
         .map_err(open_err)?;
+        let key_file = options.key_file.clone().unwrap_or_else(|| state_dir.join(KEY_FILE));
+        let seal = Arc::new(seal_database(&conn, &key_file)?);
         // The reading connection finds the database set up (WAL is a property of the file).
         let read = retry_busy(|| {
             let read = Connection::open(&path)?;
@@ -273,7 +440,8 @@ impl Store {
         })
         .map_err(open_err)?;
         let writer = Writer::start(conn).map_err(|source| StoreError::Writer { source })?;
-        Ok(Store { read: Mutex::new(read), cache: Arc::default(), writer, path, logs: Arc::default() })
+        let cache = Arc::new(PropertiesCache::new(Arc::clone(&seal)));
+        Ok(Store { read: Mutex::new(read), seal, cache, writer, path, logs: Arc::default() })
     }
 
     /// Queues `f` for the writer thread and waits until the group it joined has committed:

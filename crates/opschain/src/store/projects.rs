@@ -2,6 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::seal::properties_aad;
 use super::{q, Level, Store, StoreError};
 
 /// A project, as `project list` shows it.
@@ -59,6 +60,7 @@ impl Store {
     /// The id of project `code`, creating it (with empty properties, version 0) when absent.
     pub fn ensure_project(&self, code: &str) -> Result<i64, StoreError> {
         let code = code.to_string();
+        let seal = std::sync::Arc::clone(&self.seal);
         self.write(move |tx| {
             let id = tx.query_row("SELECT id FROM projects WHERE code = ?1", [&code], |r| r.get(0)).optional().map_err(q("find project"))?;
             let id = match id {
@@ -66,8 +68,11 @@ impl Store {
                 None => {
                     tx.execute("INSERT INTO projects (code) VALUES (?1)", [&code]).map_err(q("create project"))?;
                     let id = tx.last_insert_rowid();
-                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, '{}')", params![id, Level::Project])
-                        .map_err(q("create project properties"))?;
+                    tx.execute(
+                        "INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)",
+                        params![id, Level::Project, seal.seal(&properties_aad(Level::Project.as_str(), id, 0, "json"), b"{}")],
+                    )
+                    .map_err(q("create project properties"))?;
                     id
                 }
             };
@@ -78,6 +83,7 @@ impl Store {
     /// The id of environment `code` of a project, creating it when absent.
     pub fn ensure_environment(&self, project_id: i64, code: &str) -> Result<i64, StoreError> {
         let code = code.to_string();
+        let seal = std::sync::Arc::clone(&self.seal);
         self.write(move |tx| {
             let id = tx
                 .query_row("SELECT id FROM environments WHERE project_id = ?1 AND code = ?2", params![project_id, code], |r| r.get(0))
@@ -88,8 +94,11 @@ impl Store {
                 None => {
                     tx.execute("INSERT INTO environments (project_id, code) VALUES (?1, ?2)", params![project_id, code]).map_err(q("create environment"))?;
                     let id = tx.last_insert_rowid();
-                    tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, '{}')", params![id, Level::Environment])
-                        .map_err(q("create environment properties"))?;
+                    tx.execute(
+                        "INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)",
+                        params![id, Level::Environment, seal.seal(&properties_aad(Level::Environment.as_str(), id, 0, "json"), b"{}")],
+                    )
+                    .map_err(q("create environment properties"))?;
                     id
                 }
             };

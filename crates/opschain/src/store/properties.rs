@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
+use super::seal::{properties_aad, Seal};
 use super::{exec_cached, json_of, q, Store, StoreError};
 use opschain_runner::properties::{declarations, splice};
 
@@ -44,6 +45,10 @@ impl rusqlite::ToSql for Level {
         Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(self.as_str().as_bytes())))
     }
 }
+
+/// A properties version's row as stored: its number, its sealed snapshot or patch, the step that
+/// wrote it, when.
+pub(super) type StoredVersion = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>, String);
 
 /// One stored version of a level's properties.
 #[derive(Debug, Clone)]
@@ -90,12 +95,12 @@ impl Store {
         let mut rows = stmt.query(params![level, owner]).map_err(q("list properties versions"))?;
         let mut doc = Map::new();
         while let Some(r) = rows.next().map_err(q("list properties versions"))? {
-            let (version, json, patch, step_id, created_at): (i64, Option<String>, Option<String>, Option<i64>, String) =
+            let (version, json, patch, step_id, created_at): StoredVersion =
                 (|| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))().map_err(q("list properties versions"))?;
             let what = || format!("{} properties v{version}", level.as_str());
             doc = match (json, patch) {
-                (Some(json), _) => json_of(&json, what)?,
-                (None, Some(patch)) => apply_stored(doc, &patch, what)?,
+                (Some(json), _) => json_of(&self.seal.open_text(&properties_aad(level.as_str(), owner, version, "json"), &json)?, what)?,
+                (None, Some(patch)) => apply_stored(doc, &self.seal.open_text(&properties_aad(level.as_str(), owner, version, "patch"), &patch)?, what)?,
                 (None, None) => unreachable!("the schema's CHECK keeps a document or a patch"),
             };
             each(PropertiesVersion { version, json: doc.clone(), step_id, created_at });
@@ -126,7 +131,7 @@ impl Store {
     /// The version `version` of a level's properties.
     pub fn properties_version(&self, level: Level, owner: i64, version: i64) -> Result<Map<String, Value>, StoreError> {
         let conn = self.conn();
-        let doc = load(&conn, level, owner, version)?.doc;
+        let doc = load(&conn, &self.seal, level, owner, version)?.doc;
         json_of(doc.text(), || format!("{} properties v{version}", level.as_str()))
     }
 
@@ -168,9 +173,12 @@ pub(super) struct Current {
 /// A version staged by a write: the level and owner, and the version.
 pub(super) type Staged = ((Level, i64), Arc<Current>);
 
-/// The current properties versions in memory (see the module documentation).
-#[derive(Debug, Default)]
+/// The current properties versions in memory (see the module documentation), and the key the
+/// versions it reads and writes are sealed with in the database (the cache holds them in clear).
+#[derive(Debug)]
 pub(super) struct PropertiesCache {
+    /// The store's key.
+    pub(super) seal: Arc<Seal>,
     /// Committed versions, by level and owner: each the latest this process has seen.
     committed: Mutex<HashMap<(Level, i64), Arc<Current>>>,
     /// The versions the writer's current group has read or written, not yet committed: what a
@@ -179,6 +187,11 @@ pub(super) struct PropertiesCache {
 }
 
 impl PropertiesCache {
+    /// An empty cache of versions sealed with `seal`.
+    pub(super) fn new(seal: Arc<Seal>) -> PropertiesCache {
+        PropertiesCache { seal, committed: Mutex::default(), staged: Mutex::default() }
+    }
+
     /// Ends a write's staging: the group's staged versions are dropped, and the write's own
     /// published when it committed (a later version is never replaced by an earlier one).
     fn settle(&self, mine: Vec<Staged>, committed: bool) {
@@ -218,7 +231,7 @@ pub(super) fn current(conn: &Connection, cache: &PropertiesCache, staged: Option
     if let Some(c) = cache.committed.lock().unwrap_or_else(|e| e.into_inner()).get(&key).filter(|c| c.version == version) {
         return Ok(Arc::clone(c));
     }
-    let loaded = Arc::new(load(conn, level, owner, version)?);
+    let loaded = Arc::new(load(conn, &cache.seal, level, owner, version)?);
     match staged {
         Some(staged) => stage(cache, staged, key, Arc::clone(&loaded)),
         None => cache.publish(key, Arc::clone(&loaded)),
@@ -237,17 +250,31 @@ fn stage(cache: &PropertiesCache, staged: &mut Vec<Staged>, key: (Level, i64), c
 /// ([`splice::Document::patch`], as a step's diff is applied) while they can be, so that a
 /// megabyte document is not parsed into a tree, patched and written out again each time a
 /// controller first uses it; from the first patch that cannot be spliced on, applied to its tree.
-pub(super) fn load(conn: &Connection, level: Level, owner: i64, version: i64) -> Result<Current, StoreError> {
+pub(super) fn load(conn: &Connection, seal: &Seal, level: Level, owner: i64, version: i64) -> Result<Current, StoreError> {
     let what = || format!("{} properties v{version}", level.as_str());
-    let (base, json): (i64, String) = conn
+    let (base, json): (i64, Vec<u8>) = conn
         .prepare_cached("SELECT version, json FROM properties WHERE level = ?1 AND owner_id = ?2 AND version <= ?3 AND json IS NOT NULL ORDER BY version DESC LIMIT 1")
         .and_then(|mut stmt| stmt.query_row(params![level, owner, version], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(q("read properties snapshot"))?
         .ok_or_else(|| StoreError::NotFound(what()))?;
-    let patches: Vec<String> = conn
-        .prepare_cached("SELECT patch FROM properties WHERE level = ?1 AND owner_id = ?2 AND version > ?3 AND version <= ?4 ORDER BY version")
-        .and_then(|mut stmt| stmt.query_map(params![level, owner, base, version], |r| r.get(0))?.collect())
+    let json = seal.open_text(&properties_aad(level.as_str(), owner, base, "json"), &json)?;
+    let sealed: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT version, patch FROM properties WHERE level = ?1 AND owner_id = ?2 AND version > ?3 AND version <= ?4 ORDER BY version")
+        .and_then(|mut stmt| stmt.query_map(params![level, owner, base, version], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(q("read properties patches"))?;
+    let patches = sealed.into_iter().map(|(v, patch)| seal.open_text(&properties_aad(level.as_str(), owner, v, "patch"), &patch)).collect::<Result<Vec<String>, _>>()?;
+    assemble(level, version, base, json, &patches)
+}
+
+/// Version `version` of a level's properties from the text of the last snapshot at or before it
+/// (`json`, version `base`) and of the patches after that (each RFC 6902 JSON), whichever
+/// database they came from: spliced in turn while they can be, then applied to its tree (see
+/// [`load`]). A version after the latest is not found (versions are numbered without gaps).
+pub(super) fn assemble(level: Level, version: i64, base: i64, json: String, patches: &[String]) -> Result<Current, StoreError> {
+    let what = || format!("{} properties v{version}", level.as_str());
+    if base + patches.len() as i64 != version {
+        return Err(StoreError::NotFound(what()));
+    }
     let patch_bytes = patches.iter().map(String::len).sum();
     let parse = |text: &str| splice::Document::parse(text).map_err(|source| StoreError::StoredDocument { what: what(), source });
     let mut doc = parse(&json)?;
@@ -282,7 +309,7 @@ pub(super) fn declaring(doc: &splice::Document) -> Map<String, Value> {
 }
 
 /// `doc` after the stored patch `patch` (JSON text) of version `what`.
-fn apply_stored(doc: Map<String, Value>, patch: &str, what: impl Fn() -> String) -> Result<Map<String, Value>, StoreError> {
+pub(super) fn apply_stored(doc: Map<String, Value>, patch: &str, what: impl Fn() -> String) -> Result<Map<String, Value>, StoreError> {
     let patch: json_patch::Patch = serde_json::from_str(patch).map_err(|source| StoreError::Json { what: format!("the patch of {}", what()), source })?;
     let mut doc = Value::Object(doc);
     json_patch::patch(&mut doc, &patch).map_err(|source| StoreError::StoredPatch { what: what(), source })?;
@@ -320,21 +347,32 @@ pub(super) fn insert_version(
     step_id: Option<i64>,
 ) -> Result<i64, StoreError> {
     let version = prev.version + 1;
-    let (patches, patch_bytes) = match &patch {
-        Some(p) => (prev.patches + 1, prev.patch_bytes + p.len()),
-        None => (0, 0),
-    };
-    let snapshot = patch.is_none() || patches >= SNAPSHOT_EVERY || patch_bytes * SNAPSHOT_FRACTION > doc.text().len();
+    let (snapshot, next) = stored_form(prev, &doc, patch.as_deref());
     let (json, patch) = if snapshot { (Some(&**doc.text()), None) } else { (None, patch) };
+    let json = json.map(|j| cache.seal.seal(&properties_aad(level.as_str(), owner, version, "json"), j.as_bytes()));
+    let patch = patch.map(|p| cache.seal.seal(&properties_aad(level.as_str(), owner, version, "patch"), p.as_bytes()));
     exec_cached(
         conn,
         "INSERT INTO properties (level, owner_id, version, json, patch, step_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![level, owner, version, json, patch, step_id],
     )
     .map_err(q("store properties version"))?;
-    let (patches, patch_bytes) = if snapshot { (0, 0) } else { (patches, patch_bytes) };
-    stage(cache, staged, (level, owner), Arc::new(Current { version, doc, patches, patch_bytes }));
+    stage(cache, staged, (level, owner), Arc::new(next(doc)));
     Ok(version)
+}
+
+/// How the version after `prev`, `doc` made by `patch` (`None`: a document stored whole), is
+/// stored: whether as a snapshot (see the module documentation), and the version as the cache
+/// holds it once stored.
+pub(super) fn stored_form(prev: &Current, doc: &splice::Document, patch: Option<&str>) -> (bool, impl FnOnce(splice::Document) -> Current) {
+    let (patches, patch_bytes) = match patch {
+        Some(p) => (prev.patches + 1, prev.patch_bytes + p.len()),
+        None => (0, 0),
+    };
+    let snapshot = patch.is_none() || patches >= SNAPSHOT_EVERY || patch_bytes * SNAPSHOT_FRACTION > doc.text().len();
+    let (patches, patch_bytes) = if snapshot { (0, 0) } else { (patches, patch_bytes) };
+    let version = prev.version + 1;
+    (snapshot, move |doc| Current { version, doc, patches, patch_bytes })
 }
 
 /// Brings a database made before properties patches to the current `properties` table, in place
@@ -449,7 +487,7 @@ mod tests {
         let again = Store::open(_dir.path()).unwrap();
         assert_eq!(&again.properties(Level::Project, p).unwrap().json, expected.last().unwrap());
         for v in [199, 200, 251] {
-            let loaded = load(&again.conn(), Level::Project, p, v).unwrap();
+            let loaded = load(&again.conn(), &again.seal, Level::Project, p, v).unwrap();
             assert_eq!(json_of(loaded.doc.text(), String::new).unwrap(), expected[v as usize], "version {v}");
         }
     }
@@ -483,7 +521,7 @@ mod tests {
         // Another process reads the same text, member order included, as `properties show` there
         // prints it.
         let again = Store::open(dir.path()).unwrap();
-        assert_eq!(load(&again.conn(), Level::Project, p, running.version).unwrap().doc.text(), running.doc.text());
+        assert_eq!(load(&again.conn(), &again.seal, Level::Project, p, running.version).unwrap().doc.text(), running.doc.text());
         let order: Vec<String> = again.properties(Level::Project, p).unwrap().json["deployed"].as_object().unwrap().keys().take(5).cloned().collect();
         assert_eq!(order, ["m00", "m01", "m02", "m04", "m05"]);
     }

@@ -20,6 +20,8 @@ CREATE TABLE IF NOT EXISTS properties (
     level TEXT NOT NULL CHECK (level IN ('project', 'environment')),
     owner_id INTEGER NOT NULL,
     version INTEGER NOT NULL,
+    -- The document (a snapshot) and the diff from the version before, each encrypted (a BLOB,
+    -- see seal.rs); TEXT only in a database from before encryption, encrypted when opened.
     json TEXT,
     patch TEXT,
     step_id INTEGER REFERENCES steps(id),
@@ -29,6 +31,7 @@ CREATE TABLE IF NOT EXISTS properties (
 );
 CREATE TABLE IF NOT EXISTS secret_sets (
     name TEXT PRIMARY KEY,
+    -- The set's JSON object, encrypted as the properties are.
     json TEXT NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
@@ -116,4 +119,10 @@ CREATE TABLE IF NOT EXISTS git_remotes (
     url TEXT NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
     UNIQUE (project_id, name)
+);
+-- What the store keeps about itself: `key_check`, a known value encrypted with the database's key
+-- (see seal.rs), by which a wrong key file is refused on open.
+CREATE TABLE IF NOT EXISTS store_meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );

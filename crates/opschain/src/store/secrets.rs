@@ -1,14 +1,15 @@
-//! Secret sets: named JSON objects of secret values.
+//! Secret sets: named JSON objects of secret values, each stored encrypted (see `seal`).
 
 use rusqlite::{params, OptionalExtension};
 use serde_json::{Map, Value};
 
+use super::seal::secret_set_aad;
 use super::{json_of, q, Store, StoreError};
 
 impl Store {
     /// Creates or replaces a secret set (`{"NAME": "value"}`).
     pub fn set_secrets(&self, name: &str, secrets: &Map<String, Value>) -> Result<(), StoreError> {
-        let json = Value::Object(secrets.clone()).to_string();
+        let json = self.seal.seal(&secret_set_aad(name), Value::Object(secrets.clone()).to_string().as_bytes());
         let name = name.to_string();
         self.write(move |tx| {
             tx.execute(
@@ -22,8 +23,11 @@ impl Store {
 
     /// A secret set, or `None` when it does not exist.
     pub fn secrets(&self, name: &str) -> Result<Option<Map<String, Value>>, StoreError> {
-        let json: Option<String> = self.conn().query_row("SELECT json FROM secret_sets WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(q("read secret set"))?;
-        json.map(|j| json_of(&j, || format!("secret set {name}"))).transpose()
+        let sealed: Option<Vec<u8>> =
+            self.conn().query_row("SELECT json FROM secret_sets WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(q("read secret set"))?;
+        let Some(sealed) = sealed else { return Ok(None) };
+        let json = self.seal.open_text(&secret_set_aad(name), &sealed)?;
+        json_of(&json, || format!("secret set {name}")).map(Some)
     }
 
     /// The names of the secret sets.

@@ -167,7 +167,7 @@ impl Store {
                     Err(error) => {
                         let what = || format!("{} properties", level.as_str());
                         let original = match started {
-                            Some(v) => json_of(load(tx, level, owner, v)?.doc.text(), what)?,
+                            Some(v) => json_of(load(tx, &cache.seal, level, owner, v)?.doc.text(), what)?,
                             None => Map::new(),
                         };
                         let (project, environment): (String, String) = tx

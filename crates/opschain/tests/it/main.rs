@@ -24,4 +24,5 @@ mod pid1;
 mod registry;
 mod server;
 mod sandbox_files;
+mod store_encryption;
 mod transport_docker;

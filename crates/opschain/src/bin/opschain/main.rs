@@ -26,7 +26,7 @@ use opschain::repo::RepoError;
 use opschain::report::ReportError;
 use opschain::server::accounts::AccountError;
 use opschain::server::ServerError;
-use opschain::store::StoreError;
+use opschain::store::{SealError, StoreError};
 use opschain_runner::exit::{ExitStatus, Sysexit};
 
 use commands::{Command, Ctx, Failure};
@@ -63,6 +63,21 @@ pub struct Cli {
     /// Default: $XDG_STATE_HOME/opschain, else ~/.local/state/opschain, else ./.opschain-state.
     #[arg(long, global = true, env = "OPSCHAIN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The key file properties and secret sets are encrypted with in the database
+    /// (XChaCha20-Poly1305; 32 bytes in base64). Made 0600 with a new random key when missing and
+    /// the database has never been encrypted; a database from before encryption is encrypted
+    /// when opened. Every process of one database must be given the same file; keep a copy: the
+    /// database cannot be read without it. Default: opschain.key in the state directory.
+    #[arg(long, global = true, env = "OPSCHAIN_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// A PostgreSQL database to keep the store's catalogue in (projects, environments,
+    /// properties, secret sets), shared by every controller given it and encrypted as the
+    /// embedded store is: postgres://USER:PASSWORD@HOST:PORT/DB (the password and port
+    /// optional), or `host=/socket/dir port=5432 user=U dbname=DB`. Its schema is made or brought
+    /// up to date on connect. Changes run on the embedded store only: a command that runs or reads
+    /// changes is refused with it (64). Default: the embedded SQLite store.
+    #[arg(long, global = true, env = "OPSCHAIN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -85,7 +100,8 @@ Exit status:
    0  success (for a change: it succeeded)
    1  the change ended in error
    2  the change was cancelled
-  64  the command line is wrong (unknown command or flag, no project or environment code)
+  64  the command line is wrong (unknown command or flag, no project or environment code, a
+      change command given --database-url)
   65  invalid input: a properties or secret set file that is not the right JSON, a bad .opschainrc;
       a change on an archived project or environment; deleting one that had changes; retrying a
       change that succeeded
@@ -96,7 +112,8 @@ Exit status:
   74  an input file or the Dockerfile cannot be read or written
   75  another controller runs the change (retry later, or cancel it)
   67  `user`: no such user
-  69  `server`: the address cannot be listened on";
+  69  `server`: the address cannot be listened on
+  78  the key file is missing, holds no key, or is not the key the database is encrypted with";
 
 /// The exit status of a failure of the controller itself (never 1 or 2: those say how a change
 /// ended). The first cause in the chain that has a status of its own decides; else 70.
@@ -140,6 +157,8 @@ fn failure_status(e: &anyhow::Error) -> ExitStatus {
         }
         match cause.downcast_ref::<StoreError>() {
             Some(StoreError::NotFound(_)) => return Sysexit::NoInput.into(),
+            Some(StoreError::Seal(SealError::Damaged { .. })) => return Sysexit::DataErr.into(),
+            Some(StoreError::Seal(_)) => return Sysexit::Config.into(),
             Some(_) => return Sysexit::Software.into(),
             None => {}
         }
@@ -197,7 +216,7 @@ fn main() -> ExitCode {
         }
     };
     let mut out = std::io::stdout();
-    match Ctx::new(cli.state_dir).and_then(|ctx| cli.command.exec(&ctx, &mut out)) {
+    match Ctx::new(cli.state_dir, cli.key_file, cli.database_url).and_then(|ctx| cli.command.exec(&ctx, &mut out)) {
         Ok(code) => code,
         // The reader has what it wanted (`| head -1`): nothing is wrong, and nothing is said.
         Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //! differ in where they find the agent, which is another package's binary here.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod schema;
 
 use std::collections::BTreeMap;

@@ -119,7 +119,7 @@ pub enum EnvironmentCommand {
 pub fn exec(command: EnvironmentCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
         EnvironmentCommand::List { project, output } => {
-            let store = ctx.store()?;
+            let store = ctx.catalog()?;
             let id = catalog::find_project(store, &ctx.project(&project)?)?;
             if output.json() {
                 let all: Vec<report::json::Environment> = store.environments(id)?.iter().map(Into::into).collect();
@@ -133,24 +133,24 @@ pub fn exec(command: EnvironmentCommand, ctx: &Ctx, out: &mut dyn Write) -> Resu
         }
         EnvironmentCommand::Create { project, code, .. } => {
             let project = ctx.project(&project)?;
-            let store = ctx.store()?;
+            let store = ctx.catalog()?;
             let id = catalog::find_project(store, &project)?;
             let found = catalog::ensure_environment(store, id, &code)?;
             writeln!(out, "environment {code} of project {project} {}", if found.created { "created" } else { "exists" })?;
         }
         EnvironmentCommand::Archive { project, code, .. } => {
             let project = ctx.project(&project)?;
-            catalog::archive_environment(ctx.store()?, &project, &code, true)?;
+            catalog::archive_environment(ctx.catalog()?, &project, &code, true)?;
             writeln!(out, "environment {code} of project {project} archived")?;
         }
         EnvironmentCommand::Unarchive { project, code } => {
             let project = ctx.project(&project)?;
-            catalog::archive_environment(ctx.store()?, &project, &code, false)?;
+            catalog::archive_environment(ctx.catalog()?, &project, &code, false)?;
             writeln!(out, "environment {code} of project {project} restored")?;
         }
         EnvironmentCommand::Delete { project, code, .. } => {
             let project = ctx.project(&project)?;
-            catalog::delete_environment(ctx.store()?, &project, &code)?;
+            catalog::delete_environment(ctx.catalog()?, &project, &code)?;
             writeln!(out, "environment {code} of project {project} deleted")?;
         }
         EnvironmentCommand::ShowProperties { project, environment, version } => {

@@ -15,6 +15,7 @@ pub mod secrets;
 pub mod server;
 pub mod settings;
 pub mod user;
+pub mod store;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use clap::Subcommand;
 
 use opschain::rc::{Code, Defaults, Source, Which};
 use opschain::status::ChangeStatus;
-use opschain::store::Store;
+use opschain::store::{Catalog, PgStore, Store, StoreOptions, KEY_FILE};
 use opschain_runner::exec::ExecError;
 use opschain_runner::exit::{ExitStatus, Sysexit};
 
@@ -54,6 +55,9 @@ pub enum Command {
     /// Tools for a project's repository.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+    /// Maintain the store itself (its encryption key).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Run the demo change (fixtures/demo: project demo, environment dev, action deploy) on the
     /// process backend, with its secret set `demo` created when missing.
     Demo(demo::DemoArgs),
@@ -93,6 +97,7 @@ impl Command {
             Command::Properties(c) => properties::exec(c, ctx, out),
             Command::Secrets(c) => secrets::exec(c, ctx, out),
             Command::Dev(c) => dev::exec(c, out),
+            Command::Store(c) => store::exec(c, ctx, out),
             Command::Demo(a) => demo::exec(a, ctx, out),
             Command::Server(a) => server::exec(a, ctx, out),
             Command::User(c) => user::exec(c, ctx, out),
@@ -108,26 +113,65 @@ pub struct Ctx {
     pub defaults: Defaults,
     /// The state directory (absolute).
     pub state_dir: PathBuf,
+    /// How the store is opened (its key file).
+    pub store_options: StoreOptions,
+    /// The PostgreSQL database of the catalogue (`--database-url`), if any.
+    pub database_url: Option<String>,
     store: std::cell::OnceCell<Store>,
+    postgres: std::cell::OnceCell<PgStore>,
     rc_noted: std::cell::Cell<bool>,
 }
 
 impl Ctx {
-    /// The context of a command run with `--state-dir state_dir` (default: [`default_state_dir`]).
-    pub fn new(state_dir: Option<PathBuf>) -> Result<Ctx> {
+    /// The context of a command run with `--state-dir state_dir` (default: [`default_state_dir`])
+    /// and `--key-file key_file` (default: [`KEY_FILE`] in the state directory).
+    pub fn new(state_dir: Option<PathBuf>, key_file: Option<PathBuf>, database_url: Option<String>) -> Result<Ctx> {
         // Absolute, because steps run with their sandbox (under it) as working directory.
         let state_dir = state_dir.unwrap_or_else(default_state_dir);
         let state_dir = std::path::absolute(&state_dir).with_context(|| format!("cannot resolve the state directory {}", state_dir.display()))?;
-        Ok(Ctx { defaults: Defaults::from_process(), state_dir, store: std::cell::OnceCell::new(), rc_noted: std::cell::Cell::new(false) })
+        Ok(Ctx {
+            defaults: Defaults::from_process(),
+            state_dir,
+            store_options: StoreOptions { key_file },
+            database_url,
+            store: std::cell::OnceCell::new(),
+            postgres: std::cell::OnceCell::new(),
+            rc_noted: std::cell::Cell::new(false),
+        })
     }
 
-    /// The store, opened (and created) on first use.
+    /// The embedded store, opened (and created) on first use: what runs changes. With
+    /// `--database-url`, a usage error (the PostgreSQL store holds no change yet).
     pub fn store(&self) -> Result<&Store> {
+        if self.database_url.is_some() {
+            return Err(Failure::Usage(
+                "this command needs changes, which the PostgreSQL store (--database-url) does not hold yet: it holds projects, \
+                 environments, properties and secret sets; run changes with the embedded store (no --database-url)"
+                    .into(),
+            )
+            .into());
+        }
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
-        let store = Store::open(&self.state_dir)?;
+        let store = Store::open_with(&self.state_dir, &self.store_options)?;
         Ok(self.store.get_or_init(|| store))
+    }
+
+    /// The store's catalogue (projects, environments, properties, secret sets): the PostgreSQL
+    /// store's with `--database-url`, else the embedded store's. Opened on first use.
+    pub fn catalog(&self) -> Result<&dyn Catalog> {
+        let Some(url) = &self.database_url else { return Ok(self.store()?) };
+        if let Some(store) = self.postgres.get() {
+            return Ok(store);
+        }
+        let store = PgStore::connect(url, &self.state_dir, &self.store_options)?;
+        Ok(self.postgres.get_or_init(|| store))
+    }
+
+    /// The key file the store is opened with.
+    pub fn key_file(&self) -> PathBuf {
+        self.store_options.key_file.clone().unwrap_or_else(|| self.state_dir.join(KEY_FILE))
     }
 
     /// The code `which`, from its flag or a default (see [`Defaults`]); says on stderr where a

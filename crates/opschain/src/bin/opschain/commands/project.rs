@@ -103,37 +103,37 @@ pub enum ProjectCommand {
 pub fn exec(command: ProjectCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
         ProjectCommand::List { output } if output.json() => {
-            let all: Vec<report::json::Project> = ctx.store()?.projects()?.iter().map(Into::into).collect();
+            let all: Vec<report::json::Project> = ctx.catalog()?.projects()?.iter().map(Into::into).collect();
             print_json(out, &all)?;
         }
         ProjectCommand::List { .. } => {
             writeln!(out, "{:<20} {:>12} {:>8} {:<9} {:<9} created", "code", "environments", "changes", "parallel", "archived")?;
-            for p in ctx.store()?.projects()? {
+            for p in ctx.catalog()?.projects()? {
                 let yes = |b: bool| if b { "yes" } else { "no" };
                 writeln!(out, "{:<20} {:>12} {:>8} {:<9} {:<9} {}", p.code, p.environments, p.changes, yes(p.allow_parallel_changes), yes(p.archived), p.created_at)?;
             }
         }
         ProjectCommand::Create { code, .. } => {
-            let found = catalog::ensure_project(ctx.store()?, &code)?;
+            let found = catalog::ensure_project(ctx.catalog()?, &code)?;
             writeln!(out, "project {code} {}", if found.created { "created" } else { "exists" })?;
         }
         ProjectCommand::ShowProperties { project, version } => return properties::show(ctx, &ctx.project(&project)?, None, version.version, out),
         ProjectCommand::SetProperties { project, new, .. } => return properties::set(ctx, &ctx.project(&project)?, None, new, out),
         ProjectCommand::EditProperties { project } => return properties::edit(ctx, &ctx.project(&project)?, None, out),
         ProjectCommand::Archive { code, .. } => {
-            catalog::archive_project(ctx.store()?, &code, true)?;
+            catalog::archive_project(ctx.catalog()?, &code, true)?;
             writeln!(out, "project {code} archived")?;
         }
         ProjectCommand::Unarchive { code } => {
-            catalog::archive_project(ctx.store()?, &code, false)?;
+            catalog::archive_project(ctx.catalog()?, &code, false)?;
             writeln!(out, "project {code} restored")?;
         }
         ProjectCommand::Delete { code, .. } => {
-            catalog::delete_project(ctx.store()?, &code)?;
+            catalog::delete_project(ctx.catalog()?, &code)?;
             writeln!(out, "project {code} deleted")?;
         }
         ProjectCommand::AllowParallelChanges { project, allow } => {
-            let store = ctx.store()?;
+            let store = ctx.catalog()?;
             let id = catalog::find_project(store, &project)?;
             store.set_allow_parallel_changes(id, allow)?;
             writeln!(out, "project {project}: parallel changes {}", if allow { "allowed" } else { "not allowed" })?;

@@ -127,7 +127,7 @@ fn read_new_properties(new: NewProperties) -> Result<Map<String, Value>> {
 
 /// Prints the current properties (or version `version`) of a project or an environment.
 pub fn show(ctx: &Ctx, project: &str, environment: Option<&str>, version: Option<i64>, out: &mut dyn Write) -> Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.catalog()?;
     let owner = catalog::owner(store, project, environment, Lookup::Existing)?;
     let json = match version {
         Some(v) => store.properties_version(owner.level, owner.id, v)?,
@@ -140,7 +140,7 @@ pub fn show(ctx: &Ctx, project: &str, environment: Option<&str>, version: Option
 /// Replaces the properties of a project or an environment, creating them when new.
 pub fn set(ctx: &Ctx, project: &str, environment: Option<&str>, new: NewProperties, out: &mut dyn Write) -> Result<ExitCode> {
     let map = read_new_properties(new)?;
-    let store = ctx.store()?;
+    let store = ctx.catalog()?;
     let owner = catalog::owner(store, project, environment, Lookup::CreateWhenNew)?;
     if owner.created_project {
         eprintln!("opschain: project {project:?} created");
@@ -155,7 +155,7 @@ pub fn set(ctx: &Ctx, project: &str, environment: Option<&str>, new: NewProperti
 
 /// Edits the properties of a project or an environment in the user's editor.
 pub fn edit(ctx: &Ctx, project: &str, environment: Option<&str>, out: &mut dyn Write) -> Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.catalog()?;
     let owner = catalog::owner(store, project, environment, Lookup::Existing)?;
     let current = store.properties(owner.level, owner.id)?;
     let before = serde_json::to_string_pretty(&Value::Object(current.json.clone()))? + "\n";
@@ -172,7 +172,7 @@ pub fn edit(ctx: &Ctx, project: &str, environment: Option<&str>, out: &mut dyn W
 
 /// Lists every stored version of the properties of a project or an environment.
 pub fn history(ctx: &Ctx, project: &str, environment: Option<&str>, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.catalog()?;
     let owner = catalog::owner(store, project, environment, Lookup::Existing)?;
     if json {
         let all: Vec<report::json::PropertiesVersionJson> = store.properties_history(owner.level, owner.id)?.into_iter().map(Into::into).collect();
@@ -180,7 +180,7 @@ pub fn history(ctx: &Ctx, project: &str, environment: Option<&str>, json: bool, 
         return Ok(ExitCode::SUCCESS);
     }
     let mut failed = None;
-    store.properties_history_each(owner.level, owner.id, |v| {
+    store.properties_history_each(owner.level, owner.id, &mut |v| {
         if failed.is_none() {
             let by = v.step_id.map(|s| format!("step {s}")).unwrap_or_else(|| "user".into());
             if let Err(e) = writeln!(out, "v{:<4} {} {:<10} {}", v.version, v.created_at, by, Value::Object(v.json)) {

@@ -36,11 +36,11 @@ pub fn exec(command: SecretsCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<E
     match command {
         SecretsCommand::Set { name, file } => {
             let set = change::read_secret_file(&file).map_err(|source| Failure::SecretFile { path: file.clone(), source })?;
-            ctx.store()?.set_secrets(&name, &set)?;
+            ctx.catalog()?.set_secrets(&name, &set)?;
             writeln!(out, "secret set {name} saved ({} secrets: {})", set.len(), set.keys().cloned().collect::<Vec<_>>().join(", "))?;
         }
         SecretsCommand::List { output } => {
-            let names = ctx.store()?.secret_set_names()?;
+            let names = ctx.catalog()?.secret_set_names()?;
             if output.json() {
                 let all: Vec<serde_json::Value> = names.iter().map(|name| serde_json::json!({"name": name})).collect();
                 print_json(out, &all)?;
