@@ -4,6 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{record, NewEvent};
+use super::seal::properties_aad;
 use super::{q, Level, Store, StoreError};
 
 /// A project's git remote.
@@ -33,6 +34,7 @@ impl Store {
     /// it; fails with [`StoreError::Exists`] when the code is taken.
     pub fn create_project(&self, code: &str, name: &str, by: &str) -> Result<NamedRow, StoreError> {
         let (code, name, by) = (code.to_string(), name.to_string(), by.to_string());
+        let seal = std::sync::Arc::clone(&self.seal);
         self.write(move |tx| {
             let taken: bool = tx.query_row("SELECT count(*) FROM projects WHERE code = ?1", [&code], |r| r.get(0)).map_err(q("find project"))?;
             if taken {
@@ -40,7 +42,9 @@ impl Store {
             }
             tx.execute("INSERT INTO projects (code, name) VALUES (?1, ?2)", params![code, name]).map_err(q("create project"))?;
             let id = tx.last_insert_rowid();
-            tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, '{}')", params![id, Level::Project])
+            // The empty first version, sealed as every stored properties document is.
+            let empty = seal.seal(&properties_aad(Level::Project.as_str(), id, 0, "json"), b"{}");
+            tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)", params![id, Level::Project, empty])
                 .map_err(q("create project properties"))?;
             record(tx, &NewEvent { username: Some(&by), kind: "project.create", target: Some(&format!("project/{code}")), detail: serde_json::json!({"name": name}) })?;
             let created_at = tx.query_row("SELECT created_at FROM projects WHERE id = ?1", [id], |r| r.get(0)).map_err(q("read project"))?;
@@ -53,6 +57,7 @@ impl Store {
     /// taken in the project.
     pub fn create_environment(&self, project_id: i64, project_code: &str, code: &str, name: &str, by: &str) -> Result<NamedRow, StoreError> {
         let (project_code, code, name, by) = (project_code.to_string(), code.to_string(), name.to_string(), by.to_string());
+        let seal = std::sync::Arc::clone(&self.seal);
         self.write(move |tx| {
             let taken: bool = tx
                 .query_row("SELECT count(*) FROM environments WHERE project_id = ?1 AND code = ?2", params![project_id, code], |r| r.get(0))
@@ -62,7 +67,8 @@ impl Store {
             }
             tx.execute("INSERT INTO environments (project_id, code, name) VALUES (?1, ?2, ?3)", params![project_id, code, name]).map_err(q("create environment"))?;
             let id = tx.last_insert_rowid();
-            tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, '{}')", params![id, Level::Environment])
+            let empty = seal.seal(&properties_aad(Level::Environment.as_str(), id, 0, "json"), b"{}");
+            tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)", params![id, Level::Environment, empty])
                 .map_err(q("create environment properties"))?;
             let target = format!("project/{project_code}/environment/{code}");
             record(tx, &NewEvent { username: Some(&by), kind: "environment.create", target: Some(&target), detail: serde_json::json!({"name": name}) })?;
