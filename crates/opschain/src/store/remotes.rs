@@ -126,3 +126,22 @@ impl Store {
         stmt.query_row(params![project_id, name], |r| Ok(GitRemoteRow { name: r.get(0)?, url: r.get(1)?, created_at: r.get(2)? })).optional().map_err(q("find git remote"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_project_and_an_environment_made_by_a_user_start_with_readable_empty_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_project("web", "Web", "ann").unwrap();
+        let project = store.project_id("web").unwrap();
+        store.create_environment(project, "web", "dev", "Dev", "ann").unwrap();
+        let environment = store.environment_id(project, "dev").unwrap();
+        for (level, owner) in [(Level::Project, project), (Level::Environment, environment)] {
+            let current = store.properties(level, owner).unwrap();
+            assert_eq!((current.version, current.json.len()), (0, 0), "{}", level.as_str());
+        }
+    }
+}
