@@ -472,16 +472,21 @@ impl<'a> Iterator for Members<'a> {
 /// A region of an edit script with no kept element inside: `before[self.before]` is to become
 /// `after[self.after]`. Either range may be empty, not both.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Hunk {
-    before: Range<usize>,
-    after: Range<usize>,
+pub struct Hunk {
+    /// The elements of `before` the region replaces (empty: an insertion before this index).
+    pub before: Range<usize>,
+    /// The elements of `after` that replace them (empty: a removal).
+    pub after: Range<usize>,
 }
 
 /// Aligns `before` with `after` by a shortest edit script of insertions and removals (Myers,
 /// "An O(ND) Difference Algorithm and Its Variations", 1986) and returns the hunks between the
-/// elements it keeps, from left to right. Returns `None` when the script needs more than
-/// `max_edits` insertions plus removals.
-fn align(before: &[Value], after: &[Value], max_edits: usize) -> Option<Vec<Hunk>> {
+/// elements it keeps, from left to right. Two hunks are always separated by at least one kept
+/// element. Returns `None` when the script needs more than `max_edits` insertions plus removals.
+///
+/// Elements are compared as serde_json compares them. The controller's three-way merge of
+/// properties aligns arrays with it, as the diff does.
+pub fn align(before: &[Value], after: &[Value], max_edits: usize) -> Option<Vec<Hunk>> {
     // Every script needs at least the difference in length; don't hash anything to learn that.
     if before.len().abs_diff(after.len()) > max_edits {
         return None;

@@ -12,10 +12,11 @@ use super::backend::docker::{DockerBackend, DockerConfig};
 use super::backend::process::{ProcessBackend, ProcessConfig};
 use super::backend::Backend;
 use super::catalog::{self, CatalogError};
+use super::liveness::ChangeLock;
 use super::repo::{self, RepoError};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::status::{BackendKind, ChangeStatus};
-use super::store::{pid_alive, Claim, NewChangeRow, Store, StoreError};
+use super::store::{Claim, Lost, NewChangeRow, Start, Store, StoreError};
 
 /// Why a change operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +44,13 @@ pub enum ChangeError {
     /// A change that succeeded has nothing to retry.
     #[error("change {0} succeeded: nothing to retry")]
     NothingToRetry(i64),
-    /// Another live controller runs the change.
-    #[error("change {id} is being run by controller process {pid}: cancel it first or wait")]
+    /// Another live controller runs the change (it holds the change's lock).
+    #[error("change {id} is being run by another live controller{}: cancel it first or wait", pid.map(|p| format!(" (process {p})")).unwrap_or_default())]
     Running {
         /// The change.
         id: i64,
-        /// The controller's process id.
-        pid: i64,
+        /// The process id it was last run by, when known.
+        pid: Option<i64>,
     },
     /// The lock of the state directory's snapshots cannot be taken.
     #[error(transparent)]
@@ -117,9 +118,10 @@ pub struct ControllerConfig {
     pub folder: String,
 }
 
-/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id. Its project
-/// and environment must exist and not be archived (a typo creates nothing).
-pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<i64, ChangeError> {
+/// Creates a change (status `pending`) at the commit `git_rev` names; returns its id and its lock,
+/// which [`execute`] takes: this process is the change's controller from its creation on. Its
+/// project and environment must exist and not be archived (a typo creates nothing).
+pub fn create(store: &Store, config: &ControllerConfig, new: &NewChange) -> Result<(i64, ChangeLock), ChangeError> {
     if !new.backend.is_available() {
         return Err(ChangeError::Backend(new.backend));
     }
@@ -205,22 +207,33 @@ fn images_backend(config: &ControllerConfig, folder: &str) -> Result<DockerBacke
 /// The directory of the state directory where the digests of pushed step images are recorded.
 pub const REGISTRY_RECORDS: &str = "registry";
 
-/// Runs a created (or reset) change to its end: waits (`queued`) while another change runs in its
-/// environment (unless its project allows parallel changes), then runs its step tree.
-pub fn execute(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
+/// Runs a created (or reset) change to its end, holding its lock until its end is recorded: waits
+/// (`queued`) while another change runs in its environment (unless its project allows parallel
+/// changes), then runs its step tree. A cancel asked for before it starts ends it `cancelled`.
+pub fn execute(store: &Store, config: &ControllerConfig, lock: ChangeLock) -> Result<ChangeStatus, ChangeError> {
+    let change_id = lock.change_id();
     let pid = i64::from(std::process::id());
     let mut said = false;
-    while let Some(blocking) = store.try_start_change(change_id, pid)? {
-        if !said {
-            say(config.scheduler.view, format_args!("==> change {change_id} queued: change {blocking} is running in the same environment"));
-            store.set_change_status(change_id, ChangeStatus::Queued)?;
-            said = true;
+    loop {
+        match store.try_start_change(change_id, pid)? {
+            Start::Started => break,
+            Start::Cancelled => {
+                say(config.scheduler.view, format_args!("==> change {change_id} cancelled before it started"));
+                return Ok(ChangeStatus::Cancelled);
+            }
+            Start::Blocked(blocking) => {
+                if !said {
+                    say(config.scheduler.view, format_args!("==> change {change_id} queued: change {blocking} is running in the same environment"));
+                    store.set_change_status(change_id, ChangeStatus::Queued)?;
+                    said = true;
+                }
+                if store.cancel_requested(change_id)? {
+                    store.cancel_orphaned(change_id)?;
+                    return Ok(ChangeStatus::Cancelled);
+                }
+                std::thread::sleep(config.queue_poll);
+            }
         }
-        if store.cancel_requested(change_id)? {
-            store.cancel_orphaned(change_id)?;
-            return Ok(ChangeStatus::Cancelled);
-        }
-        std::thread::sleep(config.queue_poll);
     }
     run_started(store, config, change_id)
 }
@@ -296,35 +309,81 @@ fn say(view: super::output::View, line: std::fmt::Arguments<'_>) {
 
 /// Re-runs what did not succeed in a change, from the same commit.
 pub fn retry(store: &Store, config: &ControllerConfig, change_id: i64) -> Result<ChangeStatus, ChangeError> {
-    // Claimed atomically before anything is reset or removed: of two retries at once, the second
-    // is refused here rather than resetting the steps (and removing the sandboxes) of the first.
+    // The change's lock is taken before anything is reset or removed: of two retries at once, or
+    // a retry of a change whose controller still runs, the other is refused here rather than
+    // resetting the steps (and removing the sandboxes) of the one that runs.
+    let Some(lock) = store.lock_change(change_id)? else {
+        return Err(ChangeError::Running { id: change_id, pid: store.change(change_id)?.controller_pid });
+    };
     match store.claim_change(change_id, i64::from(std::process::id()))? {
         Claim::Claimed => {}
-        Claim::Taken { pid } => return Err(ChangeError::Running { id: change_id, pid }),
         Claim::Succeeded => return Err(ChangeError::NothingToRetry(change_id)),
     }
-    let stale = config.state_dir.join("sandboxes").join(format!("change-{change_id}"));
-    let _ = std::fs::remove_dir_all(&stale);
+    remove_sandboxes(&config.state_dir, change_id);
     let reset = store.reset_for_retry(change_id)?;
     say(config.scheduler.view, format_args!("==> change {change_id}: retrying {reset} step(s) that did not succeed"));
-    execute(store, config, change_id)
+    execute(store, config, lock)
 }
 
-/// Cancels a change: asks its controller to stop it, or, when no controller runs it, turns its
-/// pending, queued and running steps `cancelled` directly.
-pub fn cancel(store: &Store, change_id: i64) -> Result<ChangeStatus, ChangeError> {
+/// Removes the step sandboxes of a change from the state directory `state_dir` (they hold step
+/// contexts, runner secrets included).
+fn remove_sandboxes(state_dir: &Path, change_id: i64) {
+    let _ = std::fs::remove_dir_all(state_dir.join("sandboxes").join(format!("change-{change_id}")));
+}
+
+/// Cancels a change: asks its controller to stop it, or, when no live controller runs it, turns
+/// its pending, queued and running steps `cancelled` directly (a change whose controller was lost
+/// while it ran is recorded as [`recognise_lost`] does, `cancelled`) and removes its sandboxes.
+pub fn cancel(store: &Store, state_dir: &Path, change_id: i64) -> Result<ChangeStatus, ChangeError> {
     let change = store.change(change_id)?;
     if change.status.is_final() {
         return Ok(change.status);
     }
     store.request_cancel(change_id)?;
-    match change.controller_pid {
-        Some(pid) if pid_alive(pid) => Ok(ChangeStatus::Running),
+    let Some(lock) = store.lock_change(change_id)? else { return Ok(ChangeStatus::Running) };
+    let status = match change.status {
+        ChangeStatus::Running => match store.record_lost(&lock)? {
+            Lost::Recorded(status) => status,
+            Lost::Ended => store.change(change_id)?.status,
+        },
         _ => {
             store.cancel_orphaned(change_id)?;
-            Ok(ChangeStatus::Cancelled)
+            ChangeStatus::Cancelled
+        }
+    };
+    remove_sandboxes(state_dir, change_id);
+    Ok(status)
+}
+
+/// A change whose controller was found gone by [`recognise_lost`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostChange {
+    /// The change.
+    pub id: i64,
+    /// The status its end was recorded with.
+    pub status: ChangeStatus,
+}
+
+/// Finds the changes that have not ended but whose controller is gone (no live process holds
+/// their lock: it was killed, or its machine stopped), records their end (see
+/// [`Store::record_lost`]) and removes their sandboxes from the state directory `state_dir`. Run by the commands that look at
+/// changes, so that a lost controller never leaves its change `running` for ever. Returns what
+/// it recorded.
+pub fn recognise_lost(store: &Store, state_dir: &Path) -> Result<Vec<LostChange>, ChangeError> {
+    let mut lost = Vec::new();
+    for change in store.changes(None)?.into_iter().filter(|c| !c.status.is_final()) {
+        if store.controller_alive(change.id)? {
+            continue;
+        }
+        // Held while the end is recorded: a controller that takes the change meanwhile (a retry)
+        // waits for it, and finds the change ended.
+        let Some(lock) = store.lock_change(change.id)? else { continue };
+        if let Lost::Recorded(status) = store.record_lost(&lock)? {
+            remove_sandboxes(state_dir, change.id);
+            lost.push(LostChange { id: change.id, status });
         }
     }
+    Ok(lost)
 }
 
 /// Reads a secret set file as every secret set is read ([`opschain_runner::exec::read_secret_set`]): a JSON

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use super::repo::SNAPSHOTS;
 use super::status::ChangeStatus;
-use super::store::{pid_alive, ChangeRow, Store, StoreError};
+use super::store::{ChangeRow, Store, StoreError};
 
 /// The state directory's directory of step sandboxes and image caches.
 pub const SANDBOXES: &str = "sandboxes";
@@ -135,10 +135,10 @@ impl SnapshotLock {
     }
 }
 
-/// Whether a controller runs `change` now: its status is not final and its controller is alive.
-/// The one place gc asks about liveness.
-fn is_live(_store: &Store, change: &ChangeRow) -> Result<bool, GcError> {
-    Ok(!change.status.is_final() && change.controller_pid.is_some_and(pid_alive))
+/// Whether a controller runs `change` now: its status is not final and its controller is alive
+/// (holds the change's lock, see [`crate::liveness`]). The one place gc asks about liveness.
+fn is_live(store: &Store, change: &ChangeRow) -> Result<bool, GcError> {
+    Ok(!change.status.is_final() && store.controller_alive(change.id)?)
 }
 
 /// The changes of `changes` a controller runs now ([`is_live`]).
@@ -420,6 +420,7 @@ mod tests {
             finished_at: None,
             metadata: None,
             starting_versions: None,
+            reason: None,
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(created_secs("2026-12-08T00:00:00Z").unwrap());
         let changes = [

@@ -15,6 +15,9 @@
 //! * [`status`]: change and step statuses and the backend kind, stored by name.
 //! * [`change`]: create, run, retry and cancel a change.
 //! * [`scheduler`]: the step tree, sequential and parallel children, failure and cancel rules.
+//! * [`interrupt`]: SIGINT, SIGTERM and SIGHUP of a foreground change cancel it.
+//! * [`liveness`]: whether a change's controller still runs (a lock it holds).
+//! * [`merge`]: the three-way merge of a step's properties edit with the edits made since it started.
 //! * [`patch`]: the message of a properties diff that does not apply.
 //! * [`repo`]: git: commits, snapshots of plain directories, a fresh checkout per step.
 //! * [`gc`]: what changes leave in the state directory, and when it goes (`opschain gc`).
@@ -41,6 +44,9 @@ pub mod dev;
 pub mod edit;
 pub mod gc;
 pub mod image;
+pub mod interrupt;
+pub mod liveness;
+pub mod merge;
 pub mod logline;
 pub mod output;
 pub mod page;

@@ -424,7 +424,8 @@ mod tests {
                 folder: ".opschain",
                 metadata: None,
             })
-            .unwrap();
+            .unwrap()
+            .0;
         let step = store.steps(c).unwrap()[0].id;
         let terminal = Terminal::default();
         // Verbose: every line is shown, the backend's own ones too.

@@ -1,6 +1,6 @@
-//! The message of a properties diff that does not apply, in the spirit of OpsChain's: the
-//! properties the step started from, its patch, the patched original, the current properties, and
-//! how to resolve it.
+//! The message of a properties diff that does not apply, or conflicts with changes made while its
+//! step ran, in the spirit of OpsChain's: the paths both changed, the properties the step started
+//! from, its patch, the patched original, the current properties, and how to resolve it.
 
 use serde_json::{Map, Value};
 
@@ -19,14 +19,30 @@ pub struct Conflict {
     pub project: String,
     /// The environment's code.
     pub environment: String,
-    /// Why json_patch refused it.
+    /// Why it could not be applied: json_patch's reason, or the conflict.
     pub error: String,
+    /// The JSON pointers that both the step and, since it started, another step or a user
+    /// changed differently (empty when the diff itself does not apply).
+    pub paths: Vec<String>,
     /// The properties the step started with.
     pub original: Map<String, Value>,
     /// The step's RFC 6902 patch.
     pub patch: json_patch::Patch,
     /// The properties when the step ended.
     pub current: Map<String, Value>,
+}
+
+/// Why the diff did not apply, and who else changed the properties: one line or two.
+fn cause(c: &Conflict) -> String {
+    if c.paths.is_empty() {
+        format!("{error}.\nThe {level} properties were changed by another step or a user while this step ran.", error = c.error, level = c.level)
+    } else {
+        format!(
+            "{error}.\nThe step's changes were merged with those another step or a user made while it ran; these paths were changed by both, differently: {paths}. None of the step's changes is applied.",
+            error = c.error,
+            paths = c.paths.join(", ")
+        )
+    }
 }
 
 fn pretty<T: serde::Serialize>(v: &T) -> String {
@@ -41,8 +57,7 @@ pub fn explain(c: &Conflict) -> String {
         Err(e) => format!("<the patch does not apply to the original either: {e}>"),
     };
     format!(
-        "The {level} properties changes of step {step} ({action}) could not be applied: {error}.\n\
-         The {level} properties were changed by another step or a user while this step ran.\n\
+        "The {level} properties changes of step {step} ({action}) could not be applied: {cause}\n\
          Original {level} properties (when the step started):\n{original}\n\
          Patch (RFC 6902) made by the step:\n{patch}\n\
          Patched original properties (what the step meant to leave):\n{patched}\n\
@@ -53,7 +68,7 @@ pub fn explain(c: &Conflict) -> String {
         level = c.level,
         step = c.step_id,
         action = c.action,
-        error = c.error,
+        cause = cause(c),
         original = pretty(&c.original),
         patch = pretty(&c.patch),
         current = pretty(&c.current),

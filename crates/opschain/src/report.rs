@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::output::{change_masker, View};
 use super::status::{ChangeStatus, StepStatus};
-use super::store::{pid_alive, ChangeRow, Level, StepRow, Store, StoreError};
+use super::store::{ChangeRow, Level, StepRow, Store, StoreError};
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ pub fn write_logs(store: &Store, id: i64, options: LogOptions, out: &mut dyn Wri
     let mut after = 0;
     loop {
         // Whether the change had ended before this read: then the read has its last lines.
-        let ended = !options.follow || is_ended(&store.change(id)?);
+        let ended = !options.follow || is_ended(store, &store.change(id)?)?;
         after = store.logs_after(id, after, |l| {
             if failed.is_none() {
                 let masked = mask.mask(&l.line);
@@ -120,9 +120,9 @@ pub fn write_logs(store: &Store, id: i64, options: LogOptions, out: &mut dyn Wri
 
 /// Whether no more lines will come to `change`: it has ended, or the controller running it is
 /// gone (killed: `change retry` runs it again, and `change logs --follow` follows that run).
-pub fn is_ended(change: &ChangeRow) -> bool {
+pub fn is_ended(store: &Store, change: &ChangeRow) -> Result<bool, StoreError> {
     let running = matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued | ChangeStatus::Running);
-    !running || change.controller_pid.is_some_and(|pid| !pid_alive(pid))
+    Ok(!running || !store.controller_alive(change.id)?)
 }
 
 /// How often the live step tree is redrawn (200 ms).

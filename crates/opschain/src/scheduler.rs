@@ -301,6 +301,9 @@ impl<'a> Scheduler<'a> {
         let began = Instant::now();
         self.detail(&format!("step {} [{}] running (level {})", step.id, step.action, depth + 1));
         // The context is spliced around the properties' shared text, never built as a tree.
+        // The versions the step starts from: its diffs are merged against them if the properties
+        // change while it runs.
+        let bases = (start.project_base.clone(), start.environment_base.clone());
         let mut change = json!({"id": self.change.id, "action": self.change.action, "commit": self.change.commit});
         if let Some(metadata) = self.change.metadata.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()) {
             change["metadata"] = metadata;
@@ -371,6 +374,8 @@ impl<'a> Scheduler<'a> {
                     children,
                     child_strategy: strategy,
                     mask: self.output.masker(),
+                    project_base: Some(bases.0.clone()),
+                    environment_base: Some(bases.1.clone()),
                 }
             }
             Err(e) => {
@@ -389,6 +394,8 @@ impl<'a> Scheduler<'a> {
                     children: vec![],
                     child_strategy: None,
                     mask: self.output.masker(),
+                    project_base: None,
+                    environment_base: None,
                 }
             }
         };

@@ -32,7 +32,9 @@ pub struct DockerConfig {
     pub docker: PathBuf,
     /// The base runner image (`OPSCHAIN_BASE_RUNNER`; default `opschain-runner:latest`).
     pub base_image: String,
-    /// TERM-to-KILL grace when a step is cancelled (default 10 s).
+    /// The agent's TERM-to-KILL grace when a step is cancelled (default 10 s), given to it as
+    /// `--grace-secs`; the controller kills the run [`super::KILL_AFTER_GRACE`] after it (and a
+    /// cancelled image build is killed the grace itself after its SIGTERM).
     pub grace: std::time::Duration,
     /// How the step context goes in and the result comes out (default: a bind mount).
     pub transport: super::stream::Transport,
@@ -114,13 +116,14 @@ impl DockerBackend {
         self.images.docker("info", &["info", "--format", "{{.ServerVersion}}"], &AtomicBool::new(false)).is_ok()
     }
 
-    /// Runs `docker run` (`command`), its output streamed to `sink`, stopped by `cancel`, and
-    /// failed when the container prints nothing within the start limit (`what` names it).
+    /// Runs `docker run` (`command`) of a step's agent, its output streamed to `sink`, stopped by
+    /// `cancel` (killed [`super::KILL_AFTER_GRACE`] after the agent's grace), and failed when the
+    /// container prints nothing within the start limit (`what` names it).
     fn streamed(&self, mut command: Command, what: String, sink: &dyn LogSink, cancel: &Arc<AtomicBool>) -> Result<i32, BackendError> {
         let settings = self.images.settings();
         command.stdin(Stdio::null());
         let bound = settings.timeouts.start_bound(what);
-        let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, settings.grace, Some(&bound))?;
+        let status = run_streamed(command, settings.docker.program.display().to_string(), sink, cancel, super::agent_kill_after(settings.grace), Some(&bound))?;
         Ok(status_code(status))
     }
 
@@ -247,7 +250,10 @@ impl DockerBackend {
         let mount = format!("type=bind,source={},target=/opt/opschain/{folder_name}", folder.display());
         let mut run = settings.docker.command();
         let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder_name}");
-        run.args(["run", "--rm", "--name", &name, "--mount", &mount, "--env", &folder_env, &tag, "step"]);
+        // The agent gets its grace explicitly; `docker run` passes a cancel's SIGTERM on to it, and
+        // is killed only `KILL_AFTER_GRACE` after that grace, once the agent wrote its result.
+        let grace_secs = super::agent_grace_secs(settings.grace).to_string();
+        run.args(["run", "--rm", "--name", &name, "--mount", &mount, "--env", &folder_env, &tag, "step", "--grace-secs", &grace_secs]);
         let status = self.streamed(run, format!("docker run {tag} (container {name})"), sink, cancel);
         // `docker run` exits 125-127 for its own failures too (the container may not have run), and
         // a cancelled run leaves its container behind: only then is the engine asked again.

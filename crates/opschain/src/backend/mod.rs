@@ -522,6 +522,24 @@ fn send(sink: &dyn LogSink, name: &'static str, line: &[u8]) {
 
 /// How often a running step looks at the cancel flag (50 ms). The agent's exit and its output
 /// are seen at once (the wait sleeps in `poll(2)` on its pipes and a pidfd), not at the next look.
+/// How much longer than the agent's grace the controller waits, after asking a cancelled step's
+/// agent to stop, before it kills the agent (5 s). Past its grace the agent still kills what its
+/// action left running, reads the action's output to its end and writes `step_result.json`: a
+/// kill at the same moment would lose the diffs the step recorded.
+pub const KILL_AFTER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The agent's TERM-to-KILL grace in whole seconds, as its `--grace-secs` takes it: `grace`
+/// rounded up.
+pub fn agent_grace_secs(grace: std::time::Duration) -> u64 {
+    grace.as_secs() + u64::from(grace.subsec_nanos() > 0)
+}
+
+/// How long the controller waits for an agent given `grace` (see [`agent_grace_secs`]) to end
+/// after a cancel before it kills it: that grace and [`KILL_AFTER_GRACE`].
+pub fn agent_kill_after(grace: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(agent_grace_secs(grace)) + KILL_AFTER_GRACE
+}
+
 pub(crate) const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long the output pipes may stay open after the agent exited before the step's session is

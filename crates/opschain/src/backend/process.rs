@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::sandbox::SandboxDir;
 use super::spawn::Spawn;
-use super::{read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput, CONTEXT_FILE};
+use super::{agent_grace_secs, agent_kill_after, read_result, run_spawned, status_code, Backend, BackendError, LogSink, StepJob, StepOutput, CONTEXT_FILE};
 use crate::repo;
 
 /// How the process backend runs.
@@ -29,7 +29,8 @@ pub struct ProcessConfig {
     pub agent: PathBuf,
     /// Where the step sandboxes go (default `<state dir>/sandboxes`).
     pub sandbox_root: PathBuf,
-    /// TERM-to-KILL grace when a step is cancelled (default 10 s).
+    /// The agent's TERM-to-KILL grace when a step is cancelled (default 10 s), given to it as
+    /// `--grace-secs`; the controller kills the agent [`super::KILL_AFTER_GRACE`] after it.
     pub grace: Duration,
     /// Keep the sandboxes after the steps (for debugging; default false).
     pub keep_sandboxes: bool,
@@ -94,7 +95,19 @@ impl Backend for ProcessBackend {
         // behind to race a retry. `spawn` does both without forking the controller.
         let spec = Spawn {
             program: self.config.agent.clone(),
-            args: vec![os("--repo"), sandbox.clone().into(), os("--folder"), os(&self.config.folder), os("step"), os("--files-root"), files_root.clone().into()],
+            // The agent's grace is given, never left to the environment: the controller's kill
+            // comes `KILL_AFTER_GRACE` after it.
+            args: vec![
+                os("--repo"),
+                sandbox.clone().into(),
+                os("--folder"),
+                os(&self.config.folder),
+                os("step"),
+                os("--files-root"),
+                files_root.clone().into(),
+                os("--grace-secs"),
+                os(&agent_grace_secs(self.config.grace).to_string()),
+            ],
             env: vec![
                 (os("PATH"), Some(path.into())),
                 (os("OPSCHAIN_FILES_ROOT"), Some(files_root.clone().into())),
@@ -106,7 +119,7 @@ impl Backend for ProcessBackend {
         };
         // What the action left running would hold the pipes open: `run_spawned` ends it with the
         // step.
-        let status = run_spawned(&spec, sink, cancel, self.config.grace)?;
+        let status = run_spawned(&spec, sink, cancel, agent_kill_after(self.config.grace))?;
         let (result, result_error) = read_result(&sandbox, &self.config.folder, self.config.max_result_bytes);
         Ok(StepOutput { exit_status: status_code(status), result, result_error })
     }

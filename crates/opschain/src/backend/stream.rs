@@ -103,7 +103,8 @@ pub struct StreamLimits {
     pub max_result_bytes: u64,
     /// The time limits of the engine calls (the container's start, `rm -f`).
     pub timeouts: super::engine::EngineTimeouts,
-    /// TERM-to-KILL grace of a cancelled run.
+    /// The agent's TERM-to-KILL grace (given as `--grace-secs`; the run is killed
+    /// [`super::KILL_AFTER_GRACE`] after it).
     pub grace: std::time::Duration,
 }
 
@@ -158,9 +159,10 @@ pub fn run_with_stdin(
 }
 
 /// Runs one step in a container of `image` with the stream transport: `docker run -i --rm --name
-/// NAME --env OPSCHAIN_REPO_FOLDER=FOLDER IMAGE step --context-from - --result-frame NONCE`, the
-/// context on standard input, the result out of the output. A container left behind (a failed or
-/// cancelled run) is removed.
+/// NAME --env OPSCHAIN_REPO_FOLDER=FOLDER IMAGE step --context-from - --result-frame NONCE
+/// --grace-secs GRACE`, the context on standard input, the result out of the output. A cancel
+/// kills the run [`super::KILL_AFTER_GRACE`] after the agent's grace (`limits.grace`). A container left behind
+/// (a failed or cancelled run) is removed.
 #[allow(clippy::too_many_arguments)]
 pub fn docker_step(
     docker: &Docker,
@@ -173,8 +175,10 @@ pub fn docker_step(
     cancel: &AtomicBool,
 ) -> Result<super::StepOutput, BackendError> {
     let nonce = nonce();
+    let grace_secs = super::agent_grace_secs(limits.grace).to_string();
+    let folder_env = format!("OPSCHAIN_REPO_FOLDER={folder}");
     let args: Vec<OsString> =
-        ["run", "-i", "--rm", "--name", name, "--env", &format!("OPSCHAIN_REPO_FOLDER={folder}"), image, "step", "--context-from", "-", "--result-frame", &nonce]
+        ["run", "-i", "--rm", "--name", name, "--env", &folder_env, image, "step", "--context-from", "-", "--result-frame", &nonce, "--grace-secs", &grace_secs]
             .iter()
             .map(OsString::from)
             .collect();
@@ -182,8 +186,10 @@ pub fn docker_step(
     context.write_to(&mut bytes).expect("writing to memory cannot fail");
     let mut command = docker.command();
     command.args(&args);
+    // `docker run` passes the SIGTERM on to the agent; it is killed only once the agent's own
+    // grace ladder has had its time.
     let bound = limits.timeouts.start_bound(format!("docker run {image} (container {name})"));
-    let run = run_with_stdin(command, &bytes, &nonce, limits.max_result_bytes, sink, cancel, limits.grace, Some(&bound));
+    let run = run_with_stdin(command, &bytes, &nonce, limits.max_result_bytes, sink, cancel, super::agent_kill_after(limits.grace), Some(&bound));
     // `docker run` exits 125-127 for its own failures too (the container may not have run), and a
     // cancelled run leaves its container behind: only then is the engine asked again.
     // Not stopped by a cancel: it is what a cancel leaves to do.

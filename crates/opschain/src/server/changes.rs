@@ -105,6 +105,7 @@ pub async fn create(State(state): State<AppState>, Operator(user): Operator, bod
         .ok_or_else(|| ApiError::invalid("/data/attributes/git_remote_name", format!("project {:?} has no git remote {:?}", new.project_code, new.git_remote_name)))?;
     let (repo, commit) = fetch_and_resolve(&state, &new.project_code, &remote.name, &remote.url, &new.git_rev).await?;
     let (backend, folder) = (state.settings.backend, state.controller.folder.clone());
+    let workers = std::sync::Arc::clone(&state.workers);
     let id = state
         .db(move |s| {
             let row = NewChangeRow {
@@ -119,7 +120,9 @@ pub async fn create(State(state): State<AppState>, Operator(user): Operator, bod
                 folder: &folder,
                 metadata: None,
             };
-            s.create_change_by(&row, ChangeAuthor { created_by: &user.name, metadata: &new.metadata, git_remote_name: Some(&new.git_remote_name) })
+            let (id, lock) = s.create_change_by(&row, ChangeAuthor { created_by: &user.name, metadata: &new.metadata, git_remote_name: Some(&new.git_remote_name) })?;
+            workers.adopt(lock);
+            Ok(id)
         })
         .await?;
     state.workers.wake();
@@ -217,10 +220,14 @@ pub async fn retry(State(state): State<AppState>, Operator(user): Operator, Path
         return Err(ApiError::conflict(format!("change {id} is {}: cancel it or wait for its end before retrying", change.status.as_str())));
     }
     let pid = i64::from(std::process::id());
+    // The change's lock first: a change another live controller holds (a local `change run` on
+    // the same store) is not reset under it.
+    let Some(lock) = state.db(move |s| s.lock_change(id)).await? else {
+        return Err(ApiError::conflict(format!("change {id} is being run by another controller: cancel it first or wait")));
+    };
     match state.db(move |s| s.claim_change(id, pid)).await? {
-        Claim::Claimed => {}
+        Claim::Claimed => state.workers.adopt(lock),
         Claim::Succeeded => return Err(ApiError::conflict(format!("change {id} succeeded: nothing to retry"))),
-        Claim::Taken { pid } => return Err(ApiError::conflict(format!("change {id} is being run by controller process {pid}: cancel it first or wait"))),
     }
     let sandboxes = state.controller.state_dir.join("sandboxes").join(format!("change-{id}"));
     state

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::change::{self, ControllerConfig};
+use crate::liveness::ChangeLock;
 use crate::status::ChangeStatus;
-use crate::store::{pid_alive, NewEvent, Store, StoreError};
+use crate::store::{Lost, NewEvent, Start, Store, StoreError};
 
 /// How often the dispatcher looks for waiting changes when nobody wakes it (a change queued behind
 /// another controller's, or created by another process on the same store).
@@ -50,6 +51,10 @@ struct Board {
     stopping: bool,
     /// The threads of the running changes (joined at shutdown).
     threads: Vec<JoinHandle<()>>,
+    /// The locks of the changes this server runs or will run (its queue): held from a change's
+    /// creation (or retry) to its recorded end, so that no other command takes a waiting change
+    /// of a live server for one whose controller is gone.
+    locks: HashMap<i64, ChangeLock>,
 }
 
 /// Runs the server's changes (see the module documentation).
@@ -68,9 +73,10 @@ impl Workers {
     /// Records the changes the last stop interrupted, then starts the dispatcher.
     pub fn start(store: Arc<Store>, config: Arc<ControllerConfig>, max_running: usize) -> Result<Arc<Workers>, WorkersError> {
         let pid = i64::from(std::process::id());
-        recover(&store, &config, pid).map_err(WorkersError::Recover)?;
+        let mut board = Board::default();
+        recover(&store, &config, &mut board).map_err(WorkersError::Recover)?;
         let workers =
-            Arc::new(Workers { store, config, max_running: max_running.max(1), pid, board: Mutex::default(), wake: Condvar::new(), dispatcher: Mutex::new(None) });
+            Arc::new(Workers { store, config, max_running: max_running.max(1), pid, board: Mutex::new(board), wake: Condvar::new(), dispatcher: Mutex::new(None) });
         let dispatching = Arc::clone(&workers);
         let thread = std::thread::Builder::new().name("opschain-dispatch".into()).spawn(move || dispatching.dispatch()).map_err(WorkersError::Thread)?;
         *workers.dispatcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
@@ -91,6 +97,12 @@ impl Workers {
     pub fn wake(&self) {
         let _board = self.board();
         self.wake.notify_all();
+    }
+
+    /// Keeps the lock of a change this server is to run (created or reset for retry through the
+    /// API) until the change's end is recorded.
+    pub fn adopt(&self, lock: ChangeLock) {
+        self.board().locks.insert(lock.change_id(), lock);
     }
 
     /// The ids of the changes running now.
@@ -119,7 +131,7 @@ impl Workers {
         // Running under another controller (a local `change run` on the same store): it sees
         // the request; one that is gone is cancelled here.
         drop(board);
-        change::cancel(&self.store, change_id).map_err(|e| match e {
+        change::cancel(&self.store, &self.config.state_dir, change_id).map_err(|e| match e {
             change::ChangeError::Store(e) => e,
             other => StoreError::NotFound(other.to_string()),
         })
@@ -146,6 +158,20 @@ impl Workers {
                 if board.running.contains_key(&change_id) || board.running.values().any(|&e| e == environment) {
                     continue;
                 }
+                // A waiting change is this server's when it holds its lock, or can take it (its
+                // controller is gone); one another live controller holds is left to it.
+                if let std::collections::hash_map::Entry::Vacant(entry) = board.locks.entry(change_id) {
+                    match self.store.lock_change(change_id) {
+                        Ok(Some(lock)) => {
+                            entry.insert(lock);
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            eprintln!("opschain server: error: cannot take the lock of change {change_id}: {}", super::jsonapi::error_chain(&e));
+                            continue;
+                        }
+                    }
+                }
                 match self.try_start(change_id) {
                     Ok(true) => {
                         board.running.insert(change_id, environment);
@@ -158,7 +184,12 @@ impl Workers {
                             }
                         }
                     }
-                    Ok(false) => {}
+                    Ok(false) => {
+                        // Ended without running (cancelled before it started): its lock goes.
+                        if self.store.change(change_id).is_ok_and(|c| c.status.is_final()) {
+                            board.locks.remove(&change_id);
+                        }
+                    }
                     Err(e) => eprintln!("opschain server: error: cannot start change {change_id}: {}", super::jsonapi::error_chain(&e)),
                 }
             }
@@ -176,9 +207,9 @@ impl Workers {
             return Ok(false);
         }
         match self.store.try_start_change(change_id, self.pid)? {
-            None => Ok(true),
-            Some(_) if status == ChangeStatus::Pending => self.store.set_change_status(change_id, ChangeStatus::Queued).map(|()| false),
-            Some(_) => Ok(false),
+            Start::Started => Ok(true),
+            Start::Blocked(_) if status == ChangeStatus::Pending => self.store.set_change_status(change_id, ChangeStatus::Queued).map(|()| false),
+            Start::Blocked(_) | Start::Cancelled => Ok(false),
         }
     }
 
@@ -202,6 +233,7 @@ impl Workers {
             }
             let mut board = workers.board();
             board.running.remove(&change_id);
+            board.locks.remove(&change_id);
             workers.wake.notify_all();
         })
     }
@@ -234,22 +266,24 @@ impl Workers {
     }
 }
 
-/// Records the changes left `running` by a controller that is gone, or by this process's id
-/// (a restarted server in a container is often the same PID 1), as interrupted.
-fn recover(store: &Store, config: &ControllerConfig, pid: i64) -> Result<(), StoreError> {
-    for (change_id, owner) in store.running_changes()? {
-        let gone = owner.is_none_or(|owner| owner == pid || !pid_alive(owner));
-        if !gone {
+/// Records the end of the changes left running by a controller that is gone (a killed server,
+/// a local `change run`), with the reason, and removes their sandboxes (they hold step contexts
+/// with secrets); the waiting changes no live controller holds are taken as this server's and
+/// run again. A change whose lock a live process holds is its controller's and is left alone.
+fn recover(store: &Store, config: &ControllerConfig, board: &mut Board) -> Result<(), StoreError> {
+    for change in store.changes(None)?.into_iter().filter(|c| !c.status.is_final()) {
+        let Some(lock) = store.lock_change(change.id)? else { continue };
+        if matches!(change.status, ChangeStatus::Pending | ChangeStatus::Queued) {
+            board.locks.insert(change.id, lock);
             continue;
         }
-        let reason = match owner {
-            Some(owner) => format!("its controller (process {owner}) stopped while it ran"),
-            None => "it had no controller".to_string(),
-        };
-        eprintln!("opschain server: change {change_id} was interrupted: {reason}; recorded cancelled (retry it to run the rest)");
-        store.cancel_orphaned(change_id)?;
-        let _ = std::fs::remove_dir_all(config.state_dir.join("sandboxes").join(format!("change-{change_id}")));
-        store.record_event(&NewEvent { username: None, kind: "change.interrupted", target: Some(&format!("change/{change_id}")), detail: json!({"reason": reason}) })?;
+        if let Lost::Recorded(status) = store.record_lost(&lock)? {
+            let reason = crate::store::LOST_REASON;
+            eprintln!("opschain server: change {} was interrupted: {reason}; recorded {} (retry it to run the rest)", change.id, status.as_str());
+            let _ = std::fs::remove_dir_all(config.state_dir.join("sandboxes").join(format!("change-{}", change.id)));
+            let target = format!("change/{}", change.id);
+            store.record_event(&NewEvent { username: None, kind: "change.interrupted", target: Some(&target), detail: json!({"reason": reason}) })?;
+        }
     }
     Ok(())
 }

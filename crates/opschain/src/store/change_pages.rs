@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::events::{record, NewEvent};
 use super::{q, NewChangeRow, Store, StoreError};
+use crate::liveness::ChangeLock;
 use crate::status::{BackendKind, ChangeStatus, StepStatus};
 
 /// A change as the API shows it.
@@ -112,7 +113,8 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeSummary> {
 impl Store {
     /// Creates a change (status `pending`) with its root step for a user, and records the event,
     /// in one write; returns the change id.
-    pub fn create_change_by(&self, new: &NewChangeRow<'_>, author: ChangeAuthor<'_>) -> Result<i64, StoreError> {
+    pub fn create_change_by(&self, new: &NewChangeRow<'_>, author: ChangeAuthor<'_>) -> Result<(i64, ChangeLock), StoreError> {
+        let locks = self.locks.clone();
         let NewChangeRow { project_id, environment_id, backend, .. } = *new;
         let (action, repo, git_rev) = (new.action.to_string(), new.repo.to_string_lossy().into_owned(), new.git_rev.to_string());
         let (commit, secret_set, folder) = (new.commit.to_string(), new.secret_set.map(str::to_string), new.folder.to_string());
@@ -129,7 +131,10 @@ impl Store {
                 .map_err(q("create root step"))?;
             let detail = serde_json::json!({"action": action, "git_rev": git_rev, "commit_sha": commit});
             record(tx, &NewEvent { username: Some(&by), kind: "change.create", target: Some(&format!("change/{id}")), detail })?;
-            Ok(id)
+            // Taken before the change is committed, as `create_change` does: no other command
+            // ever sees the new change without a live controller.
+            let lock = ChangeLock::take(&locks, id)?.ok_or(StoreError::Locked(id))?;
+            Ok((id, lock))
         })
     }
 

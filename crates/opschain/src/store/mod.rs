@@ -76,6 +76,13 @@ mod steps;
 mod properties;
 mod logs;
 mod secrets;
+mod seal;
+mod keys;
+mod postgres;
+/// The test PostgreSQL server, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/it/common/postgres.rs"]
+pub(crate) mod pg_server;
 mod users;
 mod events;
 mod remotes;
@@ -85,13 +92,6 @@ mod change_pages;
 mod property_edits;
 mod log_pages;
 mod page_reads;
-mod seal;
-mod keys;
-mod postgres;
-/// The test PostgreSQL server, shared with the integration tests.
-#[cfg(test)]
-#[path = "../../tests/it/common/postgres.rs"]
-pub(crate) mod pg_server;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,7 +104,7 @@ use super::private;
 use opschain_runner::properties::splice;
 
 pub use change_pages::{ChangeAuthor, ChangeFilter, ChangeSort, ChangeSummary};
-pub use changes::{pid_alive, ChangeRow, Claim, NewChangeRow};
+pub use changes::{ChangeRow, Claim, Lost, NewChangeRow, Start, LOST_REASON, LOST_STEP};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use line_ids::NumberedLine;
 pub use log_pages::LogQuery;
@@ -112,7 +112,7 @@ pub use logs::{LogLine, LogLines, LOG_BACKLOG};
 pub use page_reads::StepOrigin;
 pub use postgres::{PgStore, PostgresError, MIGRATIONS, POOL_SIZE};
 pub use projects::{EnvironmentRow, ProjectRow, Removal};
-pub use properties::{Level, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
+pub use properties::{Level, PropertiesBase, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
 pub use property_edits::{PropertiesEdit, VersionRow};
 pub use remotes::{GitRemoteRow, NamedRow};
 pub use seal::{Seal, SealError, KEY_FILE};
@@ -236,6 +236,13 @@ pub enum StoreError {
     /// The PostgreSQL store failed (see [`PostgresError`]).
     #[error(transparent)]
     Postgres(#[from] PostgresError),
+    /// A change's lock (its controller's liveness) cannot be used.
+    #[error(transparent)]
+    Liveness(#[from] crate::liveness::LivenessError),
+    /// A new change's lock is held by another process (a state directory whose database was
+    /// replaced while a controller of the old one runs).
+    #[error("the lock of the new change {0} is held by another process")]
+    Locked(i64),
 }
 
 /// The store's catalogue: what users read and edit (projects, environments, properties with every
@@ -374,6 +381,8 @@ pub struct Store {
     path: PathBuf,
     /// Log lines waiting for the writer, per step.
     logs: Arc<LogBacklog>,
+    /// The directory of the changes' locks (`<state dir>/locks`, see [`crate::liveness`]).
+    locks: PathBuf,
 }
 
 /// Parses a stored JSON object; `what` names it in the error.
@@ -441,7 +450,7 @@ impl Store {
         .map_err(open_err)?;
         let writer = Writer::start(conn).map_err(|source| StoreError::Writer { source })?;
         let cache = Arc::new(PropertiesCache::new(Arc::clone(&seal)));
-        Ok(Store { read: Mutex::new(read), seal, cache, writer, path, logs: Arc::default() })
+        Ok(Store { read: Mutex::new(read), seal, cache, writer, path, logs: Arc::default(), locks: state_dir.join("locks") })
     }
 
     /// Queues `f` for the writer thread and waits until the group it joined has committed:
@@ -541,7 +550,8 @@ mod fixtures {
                 folder: ".opschain",
                 metadata: None,
             })
-            .unwrap();
+            .unwrap()
+            .0;
         (dir, store, p, e, c)
     }
 
@@ -555,6 +565,8 @@ mod fixtures {
             children: children.iter().map(|c| c.to_string()).collect(),
             child_strategy: Some("parallel".into()),
             mask: Masker::default(),
+            project_base: None,
+            environment_base: None,
         }
     }
 }
@@ -588,7 +600,7 @@ mod tests {
             folder: ".mintpress",
             metadata: None,
         };
-        let id = store.create_change(&new).unwrap();
+        let id = store.create_change(&new).unwrap().0;
         assert_eq!(store.change(id).unwrap().folder.as_deref(), Some(".mintpress"));
         drop(store);
         // Opened again: nothing more to migrate.

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::seal::{properties_aad, Seal};
 use super::{exec_cached, json_of, q, Store, StoreError};
+use crate::merge;
 use opschain_runner::properties::{declarations, splice};
 
 /// A properties version is stored whole (a snapshot) when this many patches (100) have been
@@ -317,6 +318,118 @@ pub(super) fn apply_stored(doc: Map<String, Value>, patch: &str, what: impl Fn()
         Value::Object(map) => Ok(map),
         _ => Err(StoreError::StoredDocument { what: what(), source: splice::SpliceError::NotAnObject }),
     }
+}
+
+/// A version of a level's properties that a step started from, as the store held it: the
+/// scheduler keeps it until the step ends, so that the step's diff can be merged against it
+/// ([`Store::finish_step`]) without reading that version from the database again.
+#[derive(Debug, Clone)]
+pub struct PropertiesBase(pub(super) Arc<Current>);
+
+impl PropertiesBase {
+    /// The version number.
+    pub fn version(&self) -> i64 {
+        self.0.version
+    }
+}
+
+/// Why a step's diff could not be applied as the step meant it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Unapplied {
+    /// The diff does not apply (to the version the step started from, or to the current one):
+    /// `json_patch`'s reason.
+    Invalid(String),
+    /// Both the step and, since it started, another step or a user changed these paths.
+    Conflict(merge::MergeConflict),
+}
+
+/// A step's `diff`, made against `base`, applied to `current` as the step meant it: the new
+/// document and the patch that makes it from `current` (what is stored for the version).
+///
+/// Only the top-level members the diff touches are looked at. When each of them is as it was in
+/// `base` (byte for byte: untouched members keep their text from version to version), the diff
+/// applies to `current` as it is, spliced. Otherwise those members are merged three ways
+/// ([`merge::merge_member`]): the step's result (`base` after `diff`) against `current`, each an
+/// edit of `base`.
+pub(super) fn apply_merged(base: &splice::Document, current: &splice::Document, diff: &json_patch::Patch) -> Result<(splice::Document, json_patch::Patch), Unapplied> {
+    let keys = match touched_members(diff) {
+        Some(keys) => keys,
+        None => {
+            let mut keys: Vec<String> = current.members().iter().map(|span| span.key.clone()).collect();
+            keys.extend(base.members().iter().map(|span| span.key.clone()).filter(|k| member(current, k).is_none()));
+            keys
+        }
+    };
+    if keys.iter().all(|k| member(base, k) == member(current, k)) {
+        return apply(current, diff).map(|doc| (doc, diff.clone())).map_err(Unapplied::Invalid);
+    }
+    let ours = apply(base, diff).map_err(Unapplied::Invalid)?;
+    let mut keys = keys;
+    let added: Vec<String> =
+        ours.members().iter().map(|span| span.key.clone()).filter(|k| member(base, k).is_none() && member(current, k).is_none() && !keys.contains(k)).collect();
+    keys.extend(added);
+    let parse = |text: Option<&str>| text.map(|t| serde_json::from_str::<Value>(t).expect("a document's member is JSON"));
+    let mut ops = Vec::new();
+    let mut conflicts = Vec::new();
+    for key in &keys {
+        let (b, o, t) = (member(base, key), member(&ours, key), member(current, key));
+        if o == t || o == b {
+            continue;
+        }
+        let merged = if b == t {
+            parse(o)
+        } else {
+            match merge::merge_member(key, parse(b).as_ref(), parse(o).as_ref(), parse(t).as_ref()) {
+                Ok(merged) => merged,
+                Err(conflict) => {
+                    conflicts.extend(conflict.paths);
+                    continue;
+                }
+            }
+        };
+        let one = |value: Value| Value::Object(Map::from_iter([(key.to_string(), value)]));
+        match (parse(t), merged) {
+            (Some(t), Some(merged)) => opschain_runner::diff::diff_into(&one(t), &one(merged), &mut ops),
+            (None, Some(merged)) => opschain_runner::diff::diff_into(&Value::Object(Map::new()), &one(merged), &mut ops),
+            (Some(t), None) => opschain_runner::diff::diff_into(&one(t), &Value::Object(Map::new()), &mut ops),
+            (None, None) => {}
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(Unapplied::Conflict(merge::MergeConflict { paths: conflicts }));
+    }
+    let patch = json_patch::Patch(ops);
+    let doc = apply(current, &patch).map_err(Unapplied::Invalid)?;
+    Ok((doc, patch))
+}
+
+/// The top-level members a patch's operations touch, in order, each once; `None` when one
+/// operates on the whole document.
+fn touched_members(patch: &json_patch::Patch) -> Option<Vec<String>> {
+    use json_patch::PatchOperation as Op;
+    let mut keys: Vec<String> = Vec::new();
+    for op in &patch.0 {
+        let (path, from) = match op {
+            Op::Add(o) => (&o.path, None),
+            Op::Remove(o) => (&o.path, None),
+            Op::Replace(o) => (&o.path, None),
+            Op::Test(o) => (&o.path, None),
+            Op::Move(o) => (&o.path, Some(&o.from)),
+            Op::Copy(o) => (&o.path, Some(&o.from)),
+        };
+        for pointer in std::iter::once(path).chain(from) {
+            let key = pointer.tokens().next()?.decoded().into_owned();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    Some(keys)
+}
+
+/// The text of a document's top-level member `key`.
+fn member<'d>(doc: &'d splice::Document, key: &str) -> Option<&'d str> {
+    doc.members().iter().find(|span| span.key == key).map(|span| &doc.text()[span.value.clone()])
 }
 
 /// `doc` after a step's `patch`: spliced into its text when the patch only adds, replaces and

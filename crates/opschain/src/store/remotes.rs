@@ -42,7 +42,6 @@ impl Store {
             }
             tx.execute("INSERT INTO projects (code, name) VALUES (?1, ?2)", params![code, name]).map_err(q("create project"))?;
             let id = tx.last_insert_rowid();
-            // The empty first version, sealed as every stored properties document is.
             let empty = seal.seal(&properties_aad(Level::Project.as_str(), id, 0, "json"), b"{}");
             tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)", params![id, Level::Project, empty])
                 .map_err(q("create project properties"))?;
@@ -124,24 +123,5 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT name, url, created_at FROM git_remotes WHERE project_id = ?1 AND name = ?2").map_err(q("find git remote"))?;
         stmt.query_row(params![project_id, name], |r| Ok(GitRemoteRow { name: r.get(0)?, url: r.get(1)?, created_at: r.get(2)? })).optional().map_err(q("find git remote"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_project_and_an_environment_made_by_a_user_start_with_readable_empty_properties() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.create_project("web", "Web", "ann").unwrap();
-        let project = store.project_id("web").unwrap();
-        store.create_environment(project, "web", "dev", "Dev", "ann").unwrap();
-        let environment = store.environment_id(project, "dev").unwrap();
-        for (level, owner) in [(Level::Project, project), (Level::Environment, environment)] {
-            let current = store.properties(level, owner).unwrap();
-            assert_eq!((current.version, current.json.len()), (0, 0), "{}", level.as_str());
-        }
     }
 }

@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS changes (
     status TEXT NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     controller_pid INTEGER,
+    -- Why the change ended as it did, when the steps do not say it (its controller was lost).
+    reason TEXT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
     started_at TEXT,
     finished_at TEXT
@@ -88,6 +90,12 @@ CREATE TABLE IF NOT EXISTS step_log_chunks (
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
 );
 CREATE INDEX IF NOT EXISTS log_chunks_by_step ON step_log_chunks (step_id, id);
+-- What the store keeps about itself: `key_check`, a known value encrypted with the database's key
+-- (see seal.rs), by which a wrong key file is refused on open.
+CREATE TABLE IF NOT EXISTS store_meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 -- The server's users (`opschain user`), their sessions (kept by their token's digest), the audit
 -- trail, and each project's git remotes.
 CREATE TABLE IF NOT EXISTS users (
@@ -119,10 +127,4 @@ CREATE TABLE IF NOT EXISTS git_remotes (
     url TEXT NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
     UNIQUE (project_id, name)
-);
--- What the store keeps about itself: `key_check`, a known value encrypted with the database's key
--- (see seal.rs), by which a wrong key file is refused on open.
-CREATE TABLE IF NOT EXISTS store_meta (
-    name TEXT PRIMARY KEY,
-    value BLOB NOT NULL
 );

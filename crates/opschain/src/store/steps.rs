@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rusqlite::{params, OptionalExtension};
 use serde_json::{Map, Value};
 
-use super::properties::{apply, current, declaring, insert_version, load, Level};
+use super::properties::{apply, apply_merged, current, declaring, insert_version, load, Level, PropertiesBase, Unapplied};
 use super::{exec_cached, json_of, q, Store, StoreError};
 use crate::patch::{self, Conflict};
 use crate::status::StepStatus;
@@ -53,6 +53,11 @@ pub struct StartingProperties {
     pub project_declaring: Map<String, Value>,
     /// The same of the environment's properties.
     pub environment_declaring: Map<String, Value>,
+    /// The project's version the step starts from: hand it back in [`StepEnd::project_base`].
+    pub project_base: PropertiesBase,
+    /// The environment's version the step starts from: hand it back in
+    /// [`StepEnd::environment_base`].
+    pub environment_base: PropertiesBase,
 }
 
 /// What a step's end records, in one transaction.
@@ -76,6 +81,11 @@ pub struct StepEnd {
     /// The change's secrets: the message (the agent's failure, a properties conflict, which
     /// shows whole property documents) is stored masked with it.
     pub mask: Masker,
+    /// The project version the step started from ([`StartingProperties::project_base`]), if the
+    /// caller kept it; otherwise it is read from the database when the diff must be merged.
+    pub project_base: Option<PropertiesBase>,
+    /// The same of the environment.
+    pub environment_base: Option<PropertiesBase>,
 }
 
 impl Store {
@@ -136,12 +146,17 @@ impl Store {
                 environment: Arc::clone(environment.doc.text()),
                 project_declaring: declaring(&project.doc),
                 environment_declaring: declaring(&environment.doc),
+                project_base: PropertiesBase(project),
+                environment_base: PropertiesBase(environment),
             })
         })
     }
 
     /// Ends a step in ONE transaction: applies its diffs to the current properties (new versions),
-    /// records its status, and adds its children as `pending`. A diff that does not apply rolls
+    /// records its status, and adds its children as `pending`. A diff is applied as the step meant
+    /// it: as it is when the properties are still the version the step started from, else merged
+    /// three ways with what changed since ([`crate::merge`], of the top-level members
+    /// the diff touches). A diff that does not apply, or conflicts with a change made since, rolls
     /// the diffs back and ends the step `error` with the conflict explained. Returns the final
     /// status and the message, if any.
     pub fn finish_step(&self, step_id: i64, project_id: i64, environment_id: i64, end: StepEnd) -> Result<(StepStatus, Option<String>), StoreError> {
@@ -154,17 +169,28 @@ impl Store {
             let mut status = end.status;
             let mut message = end.message.clone();
             let mut updates = Vec::new();
-            for (level, owner, started, diff) in [
-                (Level::Project, project_id, project_version, &end.project_diff),
-                (Level::Environment, environment_id, environment_version, &end.environment_diff),
+            for (level, owner, started, diff, base) in [
+                (Level::Project, project_id, project_version, &end.project_diff, &end.project_base),
+                (Level::Environment, environment_id, environment_version, &end.environment_diff, &end.environment_base),
             ] {
                 if diff.0.is_empty() {
                     continue;
                 }
                 let current = current(tx, cache, Some(staged), level, owner)?;
-                match apply(&current.doc, diff) {
-                    Ok(doc) => updates.push((level, owner, current, doc, diff)),
-                    Err(error) => {
+                let applied = match started {
+                    // The fast path: nothing changed since the step started.
+                    Some(v) if v != current.version => {
+                        let base = match base.as_ref().filter(|b| b.version() == v) {
+                            Some(base) => std::borrow::Cow::Borrowed(&base.0.doc),
+                            None => std::borrow::Cow::Owned(load(tx, &cache.seal, level, owner, v)?.doc),
+                        };
+                        apply_merged(&base, &current.doc, diff)
+                    }
+                    _ => apply(&current.doc, diff).map(|doc| (doc, diff.clone())).map_err(Unapplied::Invalid),
+                };
+                match applied {
+                    Ok((doc, patch)) => updates.push((level, owner, current, doc, patch)),
+                    Err(unapplied) => {
                         let what = || format!("{} properties", level.as_str());
                         let original = match started {
                             Some(v) => json_of(load(tx, &cache.seal, level, owner, v)?.doc.text(), what)?,
@@ -177,6 +203,10 @@ impl Store {
                                 |r| Ok((r.get(0)?, r.get(1)?)),
                             )
                             .map_err(q("read change codes"))?;
+                        let (error, paths) = match unapplied {
+                            Unapplied::Invalid(error) => (error, Vec::new()),
+                            Unapplied::Conflict(conflict) => ("they conflict with changes made while it ran".to_string(), conflict.paths),
+                        };
                         let conflict = Conflict {
                             project,
                             environment,
@@ -185,6 +215,7 @@ impl Store {
                             action: action.clone(),
                             change_id,
                             error,
+                            paths,
                             original,
                             patch: diff.clone(),
                             current: json_of(current.doc.text(), what)?,
@@ -200,8 +231,8 @@ impl Store {
                     }
                 }
             }
-            for (level, owner, prev, doc, diff) in updates {
-                let patch = serde_json::to_string(diff).expect("a patch serialises");
+            for (level, owner, prev, doc, patch) in updates {
+                let patch = serde_json::to_string(&patch).expect("a patch serialises");
                 insert_version(tx, cache, staged, level, owner, &prev, doc, Some(patch), Some(step_id))?;
             }
             let message = message.map(|m| end.mask.mask(&m).into_owned());
@@ -298,5 +329,68 @@ mod tests {
         assert_eq!(store.properties(Level::Project, p).unwrap().version, 0, "the project diff was not half-applied");
         assert_eq!(store.properties(Level::Environment, e).unwrap().json, Map::new());
         assert_eq!(store.steps(c).unwrap().len(), 1, "no children of a failed step");
+    }
+
+    /// Two steps that start from the same version and end one after the other.
+    fn two_parallel_steps(store: &Store, p: i64, e: i64, c: i64) -> (i64, i64) {
+        let root = store.steps(c).unwrap()[0].id;
+        store.start_step(root, p, e).unwrap();
+        store.finish_step(root, p, e, end(json!([]), json!([]), &["one", "two"])).unwrap();
+        let steps = store.steps(c).unwrap();
+        store.start_step(steps[1].id, p, e).unwrap();
+        store.start_step(steps[2].id, p, e).unwrap();
+        (steps[1].id, steps[2].id)
+    }
+
+    #[test]
+    fn a_diff_made_on_an_older_version_is_merged_as_the_step_meant_it() {
+        let (dir, store, p, e, c) = setup();
+        store.set_properties(Level::Environment, e, &obj(json!({"servers": ["a", "b", "c"], "app": {"v": 1}}))).unwrap();
+        let (one, two) = two_parallel_steps(&store, p, e, c);
+        // The first drops "a"; the second, from the same version, drops "b" (`remove /servers/1`,
+        // which by index would now drop "c") and changes another member.
+        let first = store.finish_step(one, p, e, end(json!([]), json!([{"op": "remove", "path": "/servers/0"}]), &[])).unwrap();
+        assert_eq!(first, (StepStatus::Success, None));
+        let second = end(json!([]), json!([{"op": "remove", "path": "/servers/1"}, {"op": "replace", "path": "/app/v", "value": 2}]), &[]);
+        assert_eq!(store.finish_step(two, p, e, second).unwrap(), (StepStatus::Success, None));
+        let expected = obj(json!({"servers": ["c"], "app": {"v": 2}}));
+        assert_eq!(store.properties(Level::Environment, e).unwrap().json, expected);
+        // What is stored for the version is its patch from the version before it: read afresh.
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.properties(Level::Environment, e).unwrap().json, expected);
+        assert_eq!(again.properties_history(Level::Environment, e).unwrap().last().unwrap().json, expected);
+    }
+
+    #[test]
+    fn a_diff_that_conflicts_with_a_change_made_since_fails_the_step_naming_the_paths() {
+        let (_dir, store, p, e, c) = setup();
+        store.set_properties(Level::Environment, e, &obj(json!({"servers": ["a", "b", "c"], "other": 1}))).unwrap();
+        let (one, two) = two_parallel_steps(&store, p, e, c);
+        store.finish_step(one, p, e, end(json!([]), json!([{"op": "replace", "path": "/servers/1", "value": "x"}]), &[])).unwrap();
+        let second =
+            end(json!([{"op": "add", "path": "/p", "value": 1}]), json!([{"op": "replace", "path": "/servers/1", "value": "y"}, {"op": "remove", "path": "/other"}]), &[]);
+        let (status, message) = store.finish_step(two, p, e, second).unwrap();
+        assert_eq!(status, StepStatus::Error);
+        let message = message.unwrap();
+        assert!(message.contains("changed by both, differently: /servers/1."), "{message}");
+        assert!(message.contains("Patched original properties"), "{message}");
+        assert!(message.contains("opschain change retry"), "{message}");
+        // Nothing of the step was applied, at either level.
+        assert_eq!(store.properties(Level::Environment, e).unwrap().json, obj(json!({"servers": ["a", "x", "c"], "other": 1})));
+        assert_eq!(store.properties(Level::Project, p).unwrap().version, 0);
+    }
+
+    #[test]
+    fn a_diff_of_members_nobody_else_changed_applies_as_it_is() {
+        let (_dir, store, p, e, c) = setup();
+        store.set_properties(Level::Project, p, &obj(json!({"servers": ["a", "b"]}))).unwrap();
+        let (one, two) = two_parallel_steps(&store, p, e, c);
+        store.finish_step(one, p, e, end(json!([{"op": "add", "path": "/step_1", "value": "done"}]), json!([]), &[])).unwrap();
+        // Stale base, but its members untouched since: applied without a merge, the step's own
+        // patch stored.
+        store
+            .finish_step(two, p, e, end(json!([{"op": "add", "path": "/step_2", "value": "done"}, {"op": "add", "path": "/servers/-", "value": "c"}]), json!([]), &[]))
+            .unwrap();
+        assert_eq!(store.properties(Level::Project, p).unwrap().json, obj(json!({"servers": ["a", "b", "c"], "step_1": "done", "step_2": "done"})));
     }
 }

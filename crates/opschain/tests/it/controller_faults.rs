@@ -255,9 +255,10 @@ fn kill_9_at_any_moment_then_retry_gives_the_uninterrupted_result() {
 
 /// How many `change run` processes run at once in the same environment.
 const CHANGES: usize = 5;
-/// How many contested children each change's root has: child `sK` competes for token `tK`.
+/// How many contested children each change's root has: child `sK` removes token `tK` (every
+/// change's `sK` the same one, at the same time).
 const TOKENS: usize = 3;
-/// How many free children each change's root has (`fJ`: no token, so never a conflict).
+/// How many free children each change's root has (`fJ`: no token).
 const FREE: usize = 3;
 
 /// The script of every child: with `id` its step id (from the step context), it prints the
@@ -424,36 +425,49 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
             match step.status.as_str() {
                 "success" => {
                     succeeded += 1;
-                    // Its diff applied once, to the latest version, keeping every other step's write.
+                    // Its edit merged, once, into the latest version, keeping every other step's
+                    // write: it made no value that no step wrote, so the counter it set was not
+                    // changed otherwise meanwhile.
                     let at = *env_index.get(&id).unwrap_or_else(|| panic!("step {id} succeeded but made no environment version"));
                     let (before, after) = (&env_history[at - 1].json, &env_history[at].json);
                     assert!(at > started_at, "step {id}'s version v{at} is not after the one it started from, v{started_at}");
+                    assert!(
+                        before["counter"] == start["counter"] || before["counter"] == meant["counter"],
+                        "step {id} set counter {} from {}, but v{} holds {}: a conflict, yet it succeeded",
+                        meant["counter"],
+                        start["counter"],
+                        at - 1,
+                        before["counter"]
+                    );
                     let mut expected = before.clone();
                     expected["own"][&own] = json!(id);
                     expected["counter"] = meant["counter"].clone();
                     if let (Some(k), true) = (token, had_token) {
-                        assert!(before["tokens"].get(format!("t{k}")).is_some(), "step {id} removed t{k}, absent from v{}, yet succeeded", at - 1);
                         expected["tokens"].as_object_mut().unwrap().remove(&format!("t{k}"));
                     }
-                    assert_eq!(after, &expected, "v{at} (step {id}) is not its diff applied to v{}", at - 1);
+                    assert_eq!(after, &expected, "v{at} (step {id}) is not its edit merged into v{}", at - 1);
                     let at = *project_index.get(&id).unwrap_or_else(|| panic!("step {id} succeeded but made no project version"));
                     let mut expected = project_history[at - 1].json.clone();
                     expected["own"][&own] = json!(id);
                     assert_eq!(project_history[at].json, expected, "project v{at} (step {id}) is not its diff applied to v{}", at - 1);
-                    // Only a later step can overwrite the counter; nothing removes an own key.
+                    // Nothing removes an own key, and a token a step removed stays removed.
                     assert_eq!(final_env["own"][&own], json!(id), "step {id}'s environment write is lost");
                     assert_eq!(final_project["own"][&own], json!(id), "step {id}'s project write is lost");
                 }
                 "error" => {
-                    let k = token.unwrap_or_else(|| panic!("step {id} ({}) has no token to conflict on, yet failed:\n{}", step.action, step.message));
                     conflicts += 1;
                     failed = true;
                     let m = &step.message;
                     assert!(
-                        m.contains(&format!("The environment properties changes of step {id} (s{k}) could not be applied")),
+                        m.contains(&format!("The environment properties changes of step {id} ({}) could not be applied", step.action)),
                         "step {id} failed without the conflict explained:\n{m}"
                     );
-                    for needle in ["To resolve", "opschain properties edit --project p --environment dev", &format!("opschain change retry {change}")] {
+                    for needle in [
+                        "changed by both, differently: /counter.",
+                        "To resolve",
+                        "opschain properties edit --project p --environment dev",
+                        &format!("opschain change retry {change}"),
+                    ] {
                         assert!(m.contains(needle), "no {needle:?} in step {id}'s conflict message:\n{m}");
                     }
                     assert_eq!(&section(m, "Original environment properties (when the step started):\n"), start, "step {id}'s conflict shows another original");
@@ -462,12 +476,14 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
                     json_patch::patch(&mut patched, &patch).unwrap_or_else(|e| panic!("step {id}'s patch does not apply to its own original: {e}"));
                     assert_eq!(patched, meant, "step {id}'s patch does not make what it meant to leave");
                     assert_eq!(section(m, "Patched original properties (what the step meant to leave):\n"), meant, "step {id}'s conflict shows another patched original");
-                    // The conflict is real: the token it removes is gone from the current version.
+                    // The conflict is real: another step set the counter to another value since.
                     let current = section(m, "Current environment properties:\n");
                     let at = version_of(&current).unwrap_or_else(|| panic!("step {id}'s current properties are no stored version: {current}"));
-                    assert!(had_token && at > started_at, "step {id} (started from v{started_at}, ended at v{at}) met a conflict that is not the token's");
-                    assert!(current["tokens"].get(format!("t{k}")).is_none(), "step {id} conflicted although t{k} is still in v{at}");
-                    assert!(json_patch::patch(&mut current.clone(), &patch).is_err(), "step {id}'s patch applies to the current properties v{at}");
+                    assert!(at > started_at, "step {id} (started from v{started_at}, ended at v{at}) met a conflict with no change since");
+                    assert!(
+                        current["counter"] != start["counter"] && current["counter"] != meant["counter"],
+                        "step {id} conflicted although the counter merges: {current}"
+                    );
                     // Nothing of it was applied, at either level.
                     assert!(!env_index.contains_key(&id) && !project_index.contains_key(&id), "step {id} failed but made a version");
                     for v in env_history.iter().chain(&project_history) {
@@ -492,13 +508,12 @@ fn concurrent_changes_on_one_environment_lose_no_diff_and_explain_every_conflict
     assert_eq!(succeeded + 2, env_history.len(), "a successful step made no version, or a version has no step");
     let barrier_timeouts = (1..=CHANGES as i64).map(|c| run_ok(state, &["change", "logs", &c.to_string()]).matches("BARRIER TIMEOUT").count()).sum::<usize>();
     assert_eq!(barrier_timeouts, 0, "some steps waited 60 s at their barrier: the changes did not overlap");
-    // At each barrier two steps started with the token, so it was contested: of the steps that
-    // started with it, exactly the first to end removed it, and every other one conflicted.
+    // At each barrier two steps started with the token, so it was removed concurrently: the same
+    // edit, merged (it is a conflict only when it meets the counter's).
     for (k, (held, removed)) in holders.iter().enumerate() {
         assert!(*held >= 2, "only {held} step(s) started with t{k}: the barrier did not hold");
-        assert_eq!(*removed, 1, "{removed} of the {held} steps that started with t{k} succeeded");
+        assert!(*removed >= 1, "none of the {held} steps that started with t{k} succeeded");
     }
-    assert!(conflicts >= TOKENS, "only {conflicts} conflicts for {TOKENS} contested tokens");
     assert_eq!(final_env["tokens"], json!({}), "every token was removed by some step");
     println!("{succeeded} steps applied their diffs, {conflicts} failed with a conflict; {} environment versions", env_history.len());
 }

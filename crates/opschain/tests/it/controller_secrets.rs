@@ -107,8 +107,8 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
     };
     let sandbox = context.parent().unwrap().parent().unwrap().to_path_buf();
     let db = state.join("opschain.db");
-    // The snapshot, and the lock that keeps a collection from removing it while a change is
-    // created from it.
+    // The snapshot (and, under `locks/`, the lock that keeps a collection from removing it while a
+    // change is created from it, and the change's own lock, which its controller holds).
     let snapshot = std::fs::read_dir(state.join("repos")).unwrap().map(|e| e.unwrap()).find(|e| !e.file_name().to_string_lossy().starts_with('.')).unwrap().path();
     let expected = [
         (state.clone(), 0o700),
@@ -119,6 +119,7 @@ fn the_database_a_running_steps_sandbox_and_its_context_are_unreadable_by_other_
         (snapshot.clone(), 0o700),
         (state.join("locks"), 0o700),
         (state.join("locks/snapshots.lock"), 0o600),
+        (state.join("locks/change-1.lock"), 0o600),
         (state.join("sandboxes"), 0o700),
         (change_dir.clone(), 0o700),
         (sandbox.clone(), 0o700),

@@ -531,13 +531,14 @@ fn a_server_killed_and_restarted_loses_nothing_and_a_stopped_one_lets_its_change
     let waiting = create_change(&server, "dev", "short");
     assert_eq!(server.stop(nix::sys::signal::Signal::SIGKILL), None);
 
-    // The change it ran is recorded interrupted; the waiting one runs.
+    // The change it ran is recorded as the work of a lost controller (an error, with the
+    // reason); the waiting one runs.
     let server = Server::start(state.path(), &[]);
-    server.wait_for(&running, "cancelled");
+    server.wait_for(&running, "error");
     server.wait_for(&waiting, "success");
     let events = server.get(Some("view"), "/api/events?filter[kind_eq]=change.interrupted").1;
     assert_eq!(events["data"][0]["attributes"]["target"], format!("change/{running}"));
-    assert!(events["data"][0]["attributes"]["detail"]["reason"].as_str().unwrap().contains("stopped while it ran"), "{events}");
+    assert!(events["data"][0]["attributes"]["detail"]["reason"].as_str().unwrap().contains("controller running it was lost"), "{events}");
     assert!(!state.path().join("sandboxes").join(format!("change-{running}")).exists(), "its sandboxes are removed");
     assert_eq!(server.get(Some("view"), "/api/projects/p/git_remotes").1["data"][0]["attributes"]["name"], "origin");
 

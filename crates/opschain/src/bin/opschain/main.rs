@@ -107,12 +107,12 @@ Exit status:
       change that succeeded
   66  not found: the project, environment, change, secret set, input file, repository, its
       OpsChain folder (in the commit that runs), git revision or git remote named does not exist
+  67  `user`: no such user
+  69  `server`: the address cannot be listened on
   70  the controller itself failed (store, git, docker, the agent missing)
   73  cannot create: `dev create-dockerfile` found a Dockerfile there already
   74  an input file or the Dockerfile cannot be read or written
   75  another controller runs the change (retry later, or cancel it)
-  67  `user`: no such user
-  69  `server`: the address cannot be listened on
   78  the key file is missing, holds no key, or is not the key the database is encrypted with";
 
 /// The exit status of a failure of the controller itself (never 1 or 2: those say how a change

@@ -1,20 +1,21 @@
 //! `opschain change`: create (and run), list, show, print the logs of, retry and cancel changes.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use opschain::catalog;
-use opschain::change::{self, ControllerConfig, NewChange};
-use opschain::output;
+use opschain::change::{self, ChangeError, ControllerConfig, NewChange};
+use opschain::liveness::ChangeLock;
 use opschain::rc::{Code, Source, Which};
 use opschain::repo;
 use opschain::report::{self, LogOptions};
 use opschain::status::{BackendKind, ChangeStatus};
 use opschain::store::Store;
+use opschain::{interrupt, output};
 
 use super::args::{print_json, ChangeId, Confirm, EnvironmentCode, OutputArg, ProjectCode, ViewArgs};
 use super::settings::{backends, checked_folder, config, RunSettings};
@@ -183,8 +184,14 @@ pub struct RunArgs {
 pub fn exec(command: ChangeCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
         ChangeCommand::Create(args) => create(args, ctx, out),
-        ChangeCommand::List { project, environment, output } => list(&project, &environment, output.json(), ctx, out),
-        ChangeCommand::Show { id, output } => show(id.get(), output.json(), ctx, out),
+        ChangeCommand::List { project, environment, output } => {
+            recognise_lost(ctx.store()?, &ctx.state_dir)?;
+            list(&project, &environment, output.json(), ctx, out)
+        }
+        ChangeCommand::Show { id, output } => {
+            recognise_lost(ctx.store()?, &ctx.state_dir)?;
+            show(id.get(), output.json(), ctx, out)
+        }
         ChangeCommand::Logs { id, view, output, follow } => {
             report::write_logs(ctx.store()?, id.get(), LogOptions { follow, view: view.view(), json: output.json() }, out)?;
             Ok(ExitCode::SUCCESS)
@@ -198,11 +205,14 @@ pub fn exec(command: ChangeCommand, ctx: &Ctx, out: &mut dyn Write) -> Result<Ex
             // An unknown id is "not found", before anything else is looked at.
             let id = store.change(id.get())?.id;
             let config = config(&ctx.state_dir, &settings, view.view())?;
-            Ok(exit_of(change::retry(store, &config, id)?))
+            in_the_foreground(store, &ctx.state_dir)?;
+            Ok(exit_of(foreground(store, id, || change::retry(store, &config, id))?))
         }
         ChangeCommand::Cancel { id } => {
             let id = id.get();
-            match change::cancel(ctx.store()?, id)? {
+            let status = change::cancel(ctx.store()?, &ctx.state_dir, id)?;
+            recognise_lost(ctx.store()?, &ctx.state_dir)?;
+            match status {
                 ChangeStatus::Running => writeln!(out, "change {id}: cancel requested; its controller stops it")?,
                 status => writeln!(out, "change {id} {}", status.as_str())?,
             }
@@ -242,7 +252,8 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
     // A change runs a commit: edits not committed are not in it.
     let uncommitted = repo::uncommitted(&new.repo, &folder).unwrap_or_default();
     let store = ctx.store()?;
-    let id = change::create(store, &config, &new)?;
+    in_the_foreground(store, &ctx.state_dir)?;
+    let (id, lock) = change::create(store, &config, &new)?;
     if !uncommitted.is_empty() {
         let c = store.change(id)?;
         eprintln!(
@@ -254,18 +265,52 @@ fn create(args: RunArgs, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
         );
     }
     if tree {
-        return Ok(exit_of(execute_with_tree(store, &config, id, out)?));
+        return Ok(exit_of(execute_with_tree(store, &config, lock, out)?));
     }
-    Ok(exit_of(execute(store, &config, id, out)?))
+    Ok(exit_of(execute(store, &config, lock, out)?))
 }
 
-/// Runs created change `id` to its end while the live step tree is drawn on the terminal, then
-/// prints how it ended.
-fn execute_with_tree(store: &Store, config: &ControllerConfig, id: i64, out: &mut dyn Write) -> Result<ChangeStatus> {
+/// Prepares a command that runs a change in the foreground: SIGINT, SIGTERM and SIGHUP will cancel
+/// it (the handlers are in place before the change exists, so a signal during its creation cancels
+/// it too), and the changes whose controller is gone are recorded first.
+fn in_the_foreground(store: &Store, state_dir: &Path) -> Result<()> {
+    interrupt::install()?;
+    recognise_lost(store, state_dir)
+}
+
+/// Runs change `id` in the foreground with `run`: SIGINT, SIGTERM or SIGHUP cancels it as `change
+/// cancel` does (see [`interrupt`]), and one line then says so and how to run it again.
+fn foreground(store: &Store, id: i64, run: impl FnOnce() -> Result<ChangeStatus, ChangeError>) -> Result<ChangeStatus> {
+    let (status, signal) = interrupt::cancel_on_signal(store, id, run);
+    let status = status?;
+    if let (Some(signal), ChangeStatus::Cancelled) = (signal, status) {
+        eprintln!("opschain: change {id} cancelled on {signal}: its steps were stopped; run it again with `opschain change retry {id}`");
+    }
+    Ok(status)
+}
+
+/// Records the end of every change whose controller is gone ([`change::recognise_lost`]), with a
+/// line on stderr for each: the commands that look at changes run it first.
+fn recognise_lost(store: &Store, state_dir: &Path) -> Result<()> {
+    for lost in change::recognise_lost(store, state_dir)? {
+        eprintln!(
+            "opschain: change {} was left unfinished by a controller that is gone (killed, or its machine stopped): recorded {}, its sandboxes removed; `opschain change retry {}` runs it again",
+            lost.id,
+            lost.status.as_str(),
+            lost.id
+        );
+    }
+    Ok(())
+}
+
+/// Runs the created change whose lock is `lock` to its end while the live step tree is drawn on
+/// the terminal, then prints how it ended.
+fn execute_with_tree(store: &Store, config: &ControllerConfig, lock: ChangeLock, out: &mut dyn Write) -> Result<ChangeStatus> {
+    let id = lock.change_id();
     let done = std::sync::atomic::AtomicBool::new(false);
     let (status, drawn) = std::thread::scope(|scope| {
         let drawer = scope.spawn(|| report::live_tree(store, id, terminal_width(), &done, &mut std::io::stdout()));
-        let status = change::execute(store, config, id);
+        let status = foreground(store, id, || change::execute(store, config, lock));
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         (status, drawer.join())
     });
@@ -322,19 +367,21 @@ fn read_metadata(path: &std::path::Path) -> Result<serde_json::Map<String, serde
     Ok(map)
 }
 
-/// Creates and runs a change; `demo`.
+/// Creates and runs a change in the foreground; `demo`.
 pub fn run_change(store: &Store, config: &ControllerConfig, new: NewChange, out: &mut dyn Write) -> Result<(i64, ChangeStatus)> {
-    let id = change::create(store, config, &new)?;
-    Ok((id, execute(store, config, id, out)?))
+    in_the_foreground(store, &config.state_dir)?;
+    let (id, lock) = change::create(store, config, &new)?;
+    Ok((id, execute(store, config, lock, out)?))
 }
 
-/// Runs created change `id` to its end.
-fn execute(store: &Store, config: &ControllerConfig, id: i64, out: &mut dyn Write) -> Result<ChangeStatus> {
+/// Runs the created change whose lock is `lock` to its end, in the foreground.
+fn execute(store: &Store, config: &ControllerConfig, lock: ChangeLock, out: &mut dyn Write) -> Result<ChangeStatus> {
+    let id = lock.change_id();
     // The change runs whatever happens to the output: a reader that went away does not stop it.
     if config.scheduler.view.verbose {
         let _ = writeln!(out, "==> change {id} created (state: {})", store.path().display());
     }
-    Ok(change::execute(store, config, id)?)
+    foreground(store, id, || change::execute(store, config, lock))
 }
 
 fn list(p: &ProjectCode, e: &EnvironmentCode, json: bool, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode> {
@@ -417,6 +464,9 @@ fn show(id: i64, json: bool, ctx: &Ctx, out: &mut dyn Write) -> Result<ExitCode>
     writeln!(out, "  backend {}, created {}, finished {}", c.backend, c.created_at, c.finished_at.as_deref().unwrap_or("-"))?;
     if let Some(metadata) = &c.metadata {
         writeln!(out, "  metadata {}", mask.mask(metadata))?;
+    }
+    if let Some(reason) = &c.reason {
+        writeln!(out, "  reason: {reason}")?;
     }
     writeln!(out, "steps:")?;
     report::write_step_tree(out, &steps, None, 1)?;

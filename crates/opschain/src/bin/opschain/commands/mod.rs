@@ -14,8 +14,8 @@ pub mod properties;
 pub mod secrets;
 pub mod server;
 pub mod settings;
-pub mod user;
 pub mod store;
+pub mod user;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
