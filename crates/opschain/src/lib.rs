@@ -32,6 +32,7 @@
 //! * [`rcfile`]: the default project and environment codes (`.opschainrc`, `opschain_*` variables).
 //! * [`remote`]: the CLI's side of the server: its URL and user (`apiBaseUrl`), a JSON:API client.
 //! * [`server`]: `opschain server`, the controller as a shared service behind OpsChain's JSON:API.
+//! * [`page`]: the server's HTML page: changes, step trees, live logs and properties in a browser.
 //!
 //! The `opschain` binary's command line is `src/bin/opschain/commands/`: a file per subcommand,
 //! each its clap definition and a thin `exec` over these modules.
@@ -52,6 +53,7 @@ pub mod liveness;
 pub mod merge;
 pub mod logline;
 pub mod output;
+pub mod page;
 pub mod permissions;
 pub mod rcfile;
 pub mod remote;

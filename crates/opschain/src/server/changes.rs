@@ -131,12 +131,15 @@ pub async fn create(State(state): State<AppState>, Operator(user): Operator, bod
 }
 
 /// `GET /api/changes`: `filter[status_eq]`, `filter[project_code_eq]`,
-/// `filter[environment_code_eq]`; `sort` (`created_at`, `-created_at`: the default, newest
+/// `filter[environment_code_eq]`, `filter[text_cont]` (the id, action, creator, revision,
+/// commit, metadata, project or environment contains it, in any case); `sort` (`created_at`, `-created_at`: the default, newest
 /// first); `page[size]` (default 10, at most 1,000) with `page[number]` (from 1) or the cursor
 /// `page[after]` (the last id of the page before; `links.next` carries it).
 pub async fn list(State(state): State<AppState>, _user: CurrentUser, Query(params): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
-    let params =
-        Params::new(params, &["filter[status_eq]", "filter[project_code_eq]", "filter[environment_code_eq]", "sort", "page[size]", "page[number]", "page[after]"])?;
+    let params = Params::new(
+        params,
+        &["filter[status_eq]", "filter[project_code_eq]", "filter[environment_code_eq]", "filter[text_cont]", "sort", "page[size]", "page[number]", "page[after]"],
+    )?;
     let status = match params.get("filter[status_eq]") {
         Some(s) => {
             let status = ChangeStatus::parse(s);
@@ -163,6 +166,7 @@ pub async fn list(State(state): State<AppState>, _user: CurrentUser, Query(param
         project_code: params.get("filter[project_code_eq]").map(str::to_string),
         environment_code: params.get("filter[environment_code_eq]").map(str::to_string),
         cursor,
+        text: params.get("filter[text_cont]").filter(|t| !t.is_empty()).map(str::to_string),
     };
     let offset = if cursor.is_some() { 0 } else { (number as usize - 1) * size };
     let query_filter = filter.clone();

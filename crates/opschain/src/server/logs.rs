@@ -20,19 +20,25 @@ use super::jsonapi::{self, ApiError};
 use super::log_feed::{Batch, Feed, FeedLine, READ_LINES};
 use super::paging::{page_size, Params};
 use super::state::AppState;
-use crate::store::NumberedLine;
+use crate::store::{LogQuery, NumberedLine};
 
-/// `GET /api/changes/{id}/log_lines`: `filter[id_gt]` (default 0), `page[size]` (default and at
-/// most 1,000); `links.next` when the page is full; `meta.last_id` the id of the change's last
-/// line so far.
+/// `GET /api/changes/{id}/log_lines`: `filter[id_gt]` (default 0) and `filter[id_lt]`;
+/// `filter[step_id_eq]` or `filter[step_id_in]` (ids separated by commas): only those steps'
+/// lines; `filter[message_cont]`: only the lines whose message contains the text (ASCII letters
+/// in either case: a search); `sort` `id` (the default) or `-id` (newest first: a log's last
+/// lines without reading the rest); `page[size]` (default and at most 1,000); `links.next` when
+/// the page is full; `meta.last_id` the id of the change's last line so far.
 pub async fn list(State(state): State<AppState>, _user: CurrentUser, Path(id): Path<i64>, Query(params): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
-    let params = Params::new(params, &["filter[id_gt]", "page[size]"])?;
-    let after = params.number("filter[id_gt]")?.unwrap_or(0);
+    let params = Params::new(params, &["filter[id_gt]", "filter[id_lt]", "filter[step_id_eq]", "filter[step_id_in]", "filter[message_cont]", "sort", "page[size]"])?;
     let size = page_size(&params, READ_LINES)?;
-    let (lines, last_id) = state.db(move |s| Ok((s.log_line_count(id)?, s.log_lines_after(id, after, size)?))).await.map(|(count, lines)| (lines, count))?;
+    let query = log_query(&params)?;
+    let descending = query.descending;
+    let (lines, last_id) = state.db(move |s| Ok((s.log_line_count(id)?, s.log_lines_page(id, &query, size)?))).await.map(|(count, lines)| (lines, count))?;
     // Written straight from the lines (a page is up to 1,000 of them): no document tree built.
-    let next =
-        lines.last().filter(|_| lines.len() == size).map(|last| params.link(&format!("/api/changes/{id}/log_lines"), &[("filter[id_gt]", last.id.to_string())], &[]));
+    let next = lines.last().filter(|_| lines.len() == size).map(|last| {
+        let next = if descending { ("filter[id_lt]", last.id.to_string()) } else { ("filter[id_gt]", last.id.to_string()) };
+        params.link(&format!("/api/changes/{id}/log_lines"), &[next], &[])
+    });
     let page = Page { data: lines.iter().map(LineResource::of).collect(), meta: Meta { last_id }, links: next.map(|next| Links { next }) };
     let body = serde_json::to_string(&page).map_err(|e| ApiError::internal(&e))?;
     let mut response = (axum::http::StatusCode::OK, body).into_response();
@@ -87,6 +93,33 @@ struct Meta {
 #[derive(serde::Serialize)]
 struct Links {
     next: String,
+}
+
+/// The longest text `filter[message_cont]` takes (1,024 bytes).
+pub const MAX_SEARCH: usize = 1024;
+
+/// The [`LogQuery`] of a `log_lines` request's parameters; 400 for one that is not valid.
+fn log_query(params: &Params) -> Result<LogQuery, ApiError> {
+    let descending = match params.get("sort").unwrap_or("id") {
+        "id" => false,
+        "-id" => true,
+        other => return Err(ApiError::bad_parameter("sort", format!("{other:?}: sort by id or -id"))),
+    };
+    let steps = match (params.get("filter[step_id_eq]"), params.get("filter[step_id_in]")) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_parameter("filter[step_id_in]", "give filter[step_id_eq] or filter[step_id_in], not both")),
+        (Some(one), None) => Some(vec![one.trim().parse::<i64>().map_err(|_| ApiError::bad_parameter("filter[step_id_eq]", format!("{one:?} is not a step id")))?]),
+        (None, Some(list)) => Some(
+            list.split(',')
+                .map(|s| s.trim().parse::<i64>().map_err(|_| ApiError::bad_parameter("filter[step_id_in]", format!("{s:?} is not a step id"))))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        (None, None) => None,
+    };
+    let contains = params.get("filter[message_cont]").filter(|t| !t.is_empty()).map(str::to_string);
+    if contains.as_ref().is_some_and(|t| t.len() > MAX_SEARCH) {
+        return Err(ApiError::bad_parameter("filter[message_cont]", format!("longer than {MAX_SEARCH} bytes")));
+    }
+    Ok(LogQuery { after: params.number("filter[id_gt]")?.unwrap_or(0), before: params.number("filter[id_lt]")?, descending, steps, contains })
 }
 
 /// Where a follower is.

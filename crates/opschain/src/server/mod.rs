@@ -138,7 +138,8 @@ async fn serve(settings: ServerSettings, controller: ControllerConfig) -> Result
         }
         println!("opschain server: stopping: no new connections or changes; running changes have {} s to end", grace.as_secs());
     };
-    listen::serve(listener, router(state), tls, &settings, stop).await;
+    let app = router::finish(crate::page::routes().merge(router::api()), state);
+    listen::serve(listener, app, tls, &settings, stop).await;
     let _ = tokio::task::spawn_blocking(move || workers.shutdown(grace)).await;
     println!("opschain server: stopped");
     Ok(())

@@ -74,7 +74,9 @@ async fn errors_as_documents(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let is_document = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(MEDIA_TYPE.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_document {
+    // A page's own error pages are HTML, for people.
+    let is_html = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_document || is_html {
         return response;
     }
     let body = axum::body::to_bytes(response.into_body(), 64 << 10).await.unwrap_or_default();

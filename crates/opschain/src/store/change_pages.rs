@@ -68,6 +68,9 @@ pub struct ChangeFilter {
     pub environment_code: Option<String>,
     /// Only changes after this id in the sort order (the cursor of the next page).
     pub cursor: Option<i64>,
+    /// Only changes whose id, action, creator, revision, commit, metadata, project or
+    /// environment contains this text, in any case (`None`: every change).
+    pub text: Option<String>,
 }
 
 /// What a user's change records beyond [`NewChangeRow`].
@@ -162,12 +165,14 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT {SUMMARY_COLUMNS} FROM changes c JOIN projects p ON p.id = c.project_id JOIN environments e ON e.id = c.environment_id
                  WHERE (?1 IS NULL OR c.status = ?1) AND (?2 IS NULL OR p.code = ?2) AND (?3 IS NULL OR e.code = ?3) AND (?4 IS NULL OR c.id {cursor_op} ?4)
+                 AND (?7 IS NULL OR instr(lower(c.id || ' ' || c.action || ' ' || ifnull(c.created_by, '') || ' ' || c.git_rev || ' ' || c.commit_sha || ' '
+                     || ifnull(c.metadata, '') || ' ' || p.code || ' ' || e.code), lower(?7)) > 0)
                  ORDER BY c.id {order} LIMIT ?5 OFFSET ?6"
             ))
             .map_err(q("list changes"))?;
         let status = filter.status.map(ChangeStatus::as_str);
         let rows = stmt
-            .query_map(params![status, filter.project_code, filter.environment_code, filter.cursor, limit as i64, offset as i64], summary_row)
+            .query_map(params![status, filter.project_code, filter.environment_code, filter.cursor, limit as i64, offset as i64, filter.text], summary_row)
             .map_err(q("list changes"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(q("list changes"))
     }

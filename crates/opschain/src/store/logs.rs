@@ -252,7 +252,7 @@ fn deflate(data: Vec<u8>) -> (Vec<u8>, bool) {
 }
 
 /// The lines of a chunk stored deflated.
-fn inflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(super) fn inflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut lines = Vec::with_capacity(data.len() * 4);
     flate2::read::DeflateDecoder::new(data).read_to_end(&mut lines)?;

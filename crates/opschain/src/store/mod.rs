@@ -90,6 +90,8 @@ mod service_schema;
 mod line_ids;
 mod change_pages;
 mod property_edits;
+mod log_pages;
+mod page_reads;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -105,7 +107,9 @@ pub use change_pages::{ChangeAuthor, ChangeFilter, ChangeSort, ChangeSummary};
 pub use changes::{ChangeRow, Claim, Lost, NewChangeRow, Start, LOST_REASON, LOST_STEP};
 pub use events::{EventFilter, EventRow, NewEvent};
 pub use line_ids::NumberedLine;
+pub use log_pages::LogQuery;
 pub use logs::{LogLine, LogLines, LOG_BACKLOG};
+pub use page_reads::StepOrigin;
 pub use postgres::{PgStore, PostgresError, MIGRATIONS, POOL_SIZE};
 pub use projects::{EnvironmentRow, ProjectRow, Removal};
 pub use properties::{Level, PropertiesBase, PropertiesVersion, SNAPSHOT_EVERY, SNAPSHOT_FRACTION};
