@@ -91,15 +91,17 @@ impl ServerError {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then stops: the listener closes, requests in flight are
-/// answered, running changes get `settings.shutdown_grace` to end before they are cancelled.
-pub fn run(settings: ServerSettings, controller: ControllerConfig) -> Result<(), ServerError> {
+/// Serves the API and `pages` (routes served beside it, such as `crate::page::routes()`; an empty
+/// `axum::Router` for the API alone) until SIGTERM or SIGINT, then stops: the listener closes,
+/// requests in flight are answered, running changes get `settings.shutdown_grace` to end before
+/// they are cancelled.
+pub fn run(settings: ServerSettings, controller: ControllerConfig, pages: axum::Router<AppState>) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("opschain-http").build().map_err(ServerError::Runtime)?;
-    runtime.block_on(serve(settings, controller))
+    runtime.block_on(serve(settings, controller, pages))
 }
 
 /// [`run`]'s body, on the runtime.
-async fn serve(settings: ServerSettings, controller: ControllerConfig) -> Result<(), ServerError> {
+async fn serve(settings: ServerSettings, controller: ControllerConfig, pages: axum::Router<AppState>) -> Result<(), ServerError> {
     let tls = match &settings.tls {
         Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
         None => None,
@@ -138,7 +140,7 @@ async fn serve(settings: ServerSettings, controller: ControllerConfig) -> Result
         }
         println!("opschain server: stopping: no new connections or changes; running changes have {} s to end", grace.as_secs());
     };
-    let app = router::finish(crate::page::routes().merge(router::api()), state);
+    let app = router::finish(pages.merge(router::api()), state);
     listen::serve(listener, app, tls, &settings, stop).await;
     let _ = tokio::task::spawn_blocking(move || workers.shutdown(grace)).await;
     println!("opschain server: stopped");

@@ -68,6 +68,7 @@ pub fn exec(args: ServerArgs, ctx: &Ctx, _out: &mut dyn Write) -> Result<ExitCod
         backend,
         ..ServerSettings::new(args.listen)
     };
-    opschain::server::run(settings, controller)?;
+    // The page is served beside the API: the binary composes them, the server knows no page.
+    opschain::server::run(settings, controller, opschain::page::routes())?;
     Ok(ExitCode::SUCCESS)
 }
