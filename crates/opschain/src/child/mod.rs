@@ -189,7 +189,6 @@ pub(crate) fn stream_and_wait(
     end_session: bool,
     bound: Option<&Bound>,
 ) -> Result<std::process::ExitStatus, ChildError> {
-    use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
     let wait_err = |source| ChildError::Wait { program: program.clone(), source };
@@ -205,15 +204,8 @@ pub(crate) fn stream_and_wait(
     let started = Instant::now();
     loop {
         if let (None, Some(bound)) = (status, bound) {
-            let silent = !streams.iter().any(|s| s.seen);
-            let past = |limit: Option<std::time::Duration>| limit.filter(|l| started.elapsed() >= *l);
-            if let Some(within) = past(bound.total).or_else(|| past(bound.first_output.filter(|_| silent))) {
-                child.kill();
-                // SIGKILL ends it at once: reaped so that no zombie is left.
-                let reaping = Instant::now();
-                while matches!(child.try_wait(), Ok(None)) && reaping.elapsed() < std::time::Duration::from_secs(5) {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
+            if let Some(within) = bound.overrun(started, streams.iter().any(|s| s.seen)) {
+                kill_and_reap(child);
                 sink.flush();
                 return Err(ChildError::NoAnswer { what: bound.what.clone(), within, setting: bound.setting });
             }
@@ -262,44 +254,79 @@ pub(crate) fn stream_and_wait(
                 None => timeout = LEFTOVER_WAIT - exited.elapsed(),
             }
         } else if cancel.load(Ordering::SeqCst) {
-            match term_sent {
-                None => {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-                    term_sent = Some(Instant::now());
-                }
-                Some(at) if at.elapsed() > grace => {
-                    child.kill();
-                    kill_session(pid as i32);
-                }
-                Some(_) => {}
-            }
+            stop_cancelled(child, &mut term_sent, grace);
         }
-        let mut fds: Vec<libc::pollfd> =
-            streams.iter().filter_map(|s| s.pipe.as_ref()).map(|p| libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-        let waiting_for_exit = status.is_none() && pidfd.is_some();
-        if let (true, Some(p)) = (waiting_for_exit, &pidfd) {
-            fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        }
-        if status.is_none() && pidfd.is_none() && fds.is_empty() {
+        let exit_fd = pidfd.as_ref().filter(|_| status.is_none());
+        if status.is_none() && pidfd.is_none() && streams.iter().all(|s| s.pipe.is_none()) {
             // No pidfd and no pipe to wake us: look again after a while.
             std::thread::sleep(CANCEL_CHECK);
             continue;
         }
-        // SAFETY: a valid array of pollfds of fds we own; EINTR and timeouts just loop.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis().max(1) as libc::c_int) };
-        if ready <= 0 {
+        if wait_and_drain(&mut streams, exit_fd, timeout, sink, &mut buf) {
+            sink.flush();
+        }
+    }
+}
+
+impl Bound {
+    /// The limit a command started at `started` is past, if any: its total time, or, while it
+    /// has printed nothing (`printed` false), its time to a first output.
+    fn overrun(&self, started: std::time::Instant, printed: bool) -> Option<Duration> {
+        let past = |limit: Option<Duration>| limit.filter(|l| started.elapsed() >= *l);
+        past(self.total).or_else(|| past(self.first_output.filter(|_| !printed)))
+    }
+}
+
+/// Kills `child` and reaps it (SIGKILL ends it at once; waited for up to 5 s), so that no
+/// zombie is left.
+fn kill_and_reap(child: &mut dyn Running) {
+    child.kill();
+    let reaping = std::time::Instant::now();
+    while matches!(child.try_wait(), Ok(None)) && reaping.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One look at a cancelled `child`: SIGTERM the first time (`term_sent` then records when), and
+/// once `grace` has passed since, SIGKILL to it and its session.
+fn stop_cancelled(child: &mut dyn Running, term_sent: &mut Option<std::time::Instant>, grace: Duration) {
+    let pid = child.id();
+    match term_sent {
+        None => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            *term_sent = Some(std::time::Instant::now());
+        }
+        Some(at) if at.elapsed() > grace => {
+            child.kill();
+            kill_session(pid as i32);
+        }
+        Some(_) => {}
+    }
+}
+
+/// Sleeps in `poll(2)` until a pipe of `streams` has something, `exit_fd` (the child's pidfd,
+/// while it runs) is readable, or `timeout` passes, then drains each ready pipe into `sink`.
+/// Whether anything was ready (EINTR and a timeout: nothing).
+fn wait_and_drain(streams: &mut [OutputPipe], exit_fd: Option<&std::os::fd::OwnedFd>, timeout: Duration, sink: &dyn LogSink, buf: &mut [u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = streams.iter().filter_map(|s| s.pipe.as_ref()).map(|p| libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    if let Some(p) = exit_fd {
+        fds.push(libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+    }
+    // SAFETY: a valid array of pollfds of fds we own; EINTR and timeouts just loop.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout.as_millis().max(1) as libc::c_int) };
+    if ready <= 0 {
+        return false;
+    }
+    for pfd in &fds {
+        if pfd.revents == 0 {
             continue;
         }
-        for pfd in &fds {
-            if pfd.revents == 0 {
-                continue;
-            }
-            if let Some(stream) = streams.iter_mut().find(|s| s.pipe.as_ref().is_some_and(|p| p.as_raw_fd() == pfd.fd)) {
-                stream.drain(sink, &mut buf);
-            }
+        if let Some(stream) = streams.iter_mut().find(|s| s.pipe.as_ref().is_some_and(|p| p.as_raw_fd() == pfd.fd)) {
+            stream.drain(sink, buf);
         }
-        sink.flush();
     }
+    true
 }
 
 /// Whether the child `pid` has ended, without reaping it (`waitid` with `WNOWAIT`): `None` while it
