@@ -80,17 +80,6 @@ fn shape(s: &str) -> String {
     out
 }
 
-/// A git repository with `.opschain/actions.toml` = `actions`.
-fn repo(actions: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join(".opschain")).unwrap();
-    std::fs::write(dir.path().join(".opschain/actions.toml"), actions).unwrap();
-    for args in [&["init", "-q"][..], &["add", "-A"], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"]] {
-        assert!(Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap().success());
-    }
-    dir
-}
-
 #[test]
 fn show_properties_of_the_seeds_prints_what_properties_show_prints() {
     let w = World::new();
@@ -156,7 +145,7 @@ run = "echo hello from $OPSCHAIN_REPO_FOLDER; opschain-runner property set --env
 #[test]
 fn change_create_runs_what_change_run_runs_and_the_change_commands_take_both_spellings() {
     let w = World::new();
-    let project = repo(HELLO);
+    let project = common::action_repo(HELLO);
     for env in ["ours", "theirs"] {
         common::make_target(w.state.path(), "p", env);
     }
@@ -361,7 +350,7 @@ fn edit_properties_works_in_a_private_temporary_directory() {
 #[test]
 fn dev_create_dockerfile_writes_the_default_dockerfile_and_keeps_an_existing_one() {
     let w = World::new();
-    let project = repo(HELLO);
+    let project = common::action_repo(HELLO);
     let default = Command::new(crate::common::runner_bin()).arg("create-dockerfile").output().unwrap();
     assert!(default.status.success());
     let dockerfile = project.path().join(".opschain/Dockerfile");
@@ -425,7 +414,7 @@ fn exit_statuses_tell_the_controllers_own_failures_from_a_changes_end() {
     assert_eq!(status(w.run(&["change", "retry", "9"])).0, Some(66));
     assert_eq!(status(w.run(&["project", "set-properties", "-p", "p", "-f", "/nonexistent.json"])).0, Some(66));
     assert_eq!(status(w.run(&["secrets", "set", "s", "--file", "/nonexistent.json"])).0, Some(66));
-    let project = repo(HELLO);
+    let project = common::action_repo(HELLO);
     let repo_arg = project.path().to_str().unwrap();
     assert_eq!(status(w.run(&["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello", "--secrets", "none"])).0, Some(66));
     // 70: the controller itself failed: no agent, or a state directory that is a file.
@@ -437,7 +426,7 @@ fn exit_statuses_tell_the_controllers_own_failures_from_a_changes_end() {
     let (code, out) = status(w.cmd().args(["project", "ls"]).env("OPSCHAIN_STATE_DIR", &file).output().unwrap());
     assert_eq!(code, Some(70), "{out}");
     // 0, 1: how the change ended (2, cancelled, is tests/it/controller.rs's cancel test).
-    let failing = repo("[actions.fail]\nrun = \"exit 3\"\n");
+    let failing = common::action_repo("[actions.fail]\nrun = \"exit 3\"\n");
     assert_eq!(status(w.run(&["change", "create", "--repo", repo_arg, "-p", "p", "-e", "dev", "-a", "hello"])).0, Some(0));
     assert_eq!(status(w.run(&["change", "create", "--repo", failing.path().to_str().unwrap(), "-p", "p", "-e", "dev", "-a", "fail"])).0, Some(1));
 }
@@ -469,7 +458,7 @@ fn help_shows_opschain_names_with_ours_as_aliases() {
 #[test]
 fn git_remote_name_runs_the_remote_branch_as_fetched_not_the_stale_local_one() {
     let w = World::new();
-    let upstream = repo(HELLO);
+    let upstream = common::action_repo(HELLO);
     let git = |dir: &Path, args: &[&str]| {
         let out = Command::new("git").arg("-C").arg(dir).args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).output().unwrap();
         assert!(out.status.success(), "git {args:?}: {}", common::status_and_streams(&out));
