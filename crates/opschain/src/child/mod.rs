@@ -191,7 +191,6 @@ pub(crate) fn stream_and_wait(
 ) -> Result<std::process::ExitStatus, ChildError> {
     use std::sync::atomic::Ordering;
     use std::time::Instant;
-    let wait_err = |source| ChildError::Wait { program: program.clone(), source };
     let pid = child.id();
     let mut streams = [OutputPipe::new(stdout, "stdout"), OutputPipe::new(stderr, "stderr")];
     let pidfd = pidfd_open(pid);
@@ -211,14 +210,10 @@ pub(crate) fn stream_and_wait(
             }
         }
         if status.is_none() {
-            // Seen ended but not yet reaped: the zombie keeps its pid, the session's id, so the
-            // sweep cannot reach another session that reused the number. Reaped right after.
-            if let Some(signalled) = ended_unreaped(pid).map_err(wait_err)? {
-                if end_session && (signalled || cancel.load(Ordering::SeqCst)) {
-                    kill_session(pid as i32);
+            if let Some((s, swept)) = reap_if_ended(child, end_session, cancel, &program)? {
+                if swept {
                     swept_at = Some(Instant::now());
                 }
-                let s = child.try_wait().map_err(wait_err)?.ok_or_else(|| wait_err(std::io::Error::other("the process ended but could not be reaped")))?;
                 status = Some(s);
                 exited_at = Some(Instant::now());
             }
@@ -266,6 +261,22 @@ pub(crate) fn stream_and_wait(
             sink.flush();
         }
     }
+}
+
+/// Whether `child` has ended; if so, its session swept first with `end_session` when it did not
+/// end by itself (a signal ended it, or `cancel` is set), then reaped: its status and whether the
+/// session was swept. Seen ended but not yet reaped, the zombie keeps its pid, the session's id,
+/// so the sweep cannot reach another session that reused the number.
+fn reap_if_ended(child: &mut dyn Running, end_session: bool, cancel: &AtomicBool, program: &str) -> Result<Option<(std::process::ExitStatus, bool)>, ChildError> {
+    let wait_err = |source| ChildError::Wait { program: program.to_string(), source };
+    let pid = child.id();
+    let Some(signalled) = ended_unreaped(pid).map_err(wait_err)? else { return Ok(None) };
+    let sweep = end_session && (signalled || cancel.load(std::sync::atomic::Ordering::SeqCst));
+    if sweep {
+        kill_session(pid as i32);
+    }
+    let status = child.try_wait().map_err(wait_err)?.ok_or_else(|| wait_err(std::io::Error::other("the process ended but could not be reaped")))?;
+    Ok(Some((status, sweep)))
 }
 
 impl Bound {
