@@ -31,7 +31,7 @@ fn ok(state: &Path, args: &[&str]) -> String {
 fn repo(value: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join(".opschain")).unwrap();
-    let actions = format!("[actions.put]\nrun = \"opschain-runner property set --environment --json db '{{\\\"password\\\": \\\"{value}\\\"}}'\"\n");
+    let actions = format!("[actions.put]\nrun = \"opschain-runner property set --environment --json db '{{\\\"secret_key_9d2\\\": \\\"{value}\\\"}}'\"\n");
     std::fs::write(dir.path().join(".opschain/actions.toml"), actions).unwrap();
     for args in [&["init", "-q"][..], &["add", "-A"], &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"]] {
         assert!(Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap().success());
@@ -65,13 +65,15 @@ fn no_property_or_secret_value_is_in_the_state_directory_in_clear_and_the_key_is
 
     // Every value reads back through the controller...
     let env: Value = serde_json::from_str(&ok(&state, &["properties", "show", "--project", "p", "--environment", "dev"])).unwrap();
-    assert_eq!(env, json!({"db": {"password": "step-5be2c07d"}}));
+    assert_eq!(env, json!({"db": {"secret_key_9d2": "step-5be2c07d"}}));
     let proj: Value = serde_json::from_str(&ok(&state, &["properties", "show", "--project", "p"])).unwrap();
     assert_eq!(proj, json!({"vault": {"root": "prop-a93f51e2"}}));
     // ... and none is in any file of the state directory (the database, its WAL and index).
     let key = state.join("opschain.key");
     assert!(key.exists(), "the default key file is made beside the database");
-    for value in ["tok-7c1d0e9b44", "prop-a93f51e2", "step-5be2c07d", "password"] {
+    // The key too: a property's name can say as much as its value (a name the schema itself does
+    // not use, as `users.password_hash`).
+    for value in ["tok-7c1d0e9b44", "prop-a93f51e2", "step-5be2c07d", "secret_key_9d2"] {
         assert_eq!(files_holding(&state, value), Vec::<String>::new(), "{value} in clear");
     }
     // A control: the files do hold what is not encrypted (the project's code, the action).
@@ -101,7 +103,7 @@ fn no_property_or_secret_value_is_in_the_state_directory_in_clear_and_the_key_is
     assert_eq!(std::fs::read_to_string(&key).unwrap(), std::fs::read_to_string(&new).unwrap(), "the new key is in the key file");
     assert_ne!(std::fs::read_to_string(&key).unwrap(), old);
     let env: Value = serde_json::from_str(&ok(&state, &["properties", "show", "--project", "p", "--environment", "dev"])).unwrap();
-    assert_eq!(env, json!({"db": {"password": "step-5be2c07d"}}));
+    assert_eq!(env, json!({"db": {"secret_key_9d2": "step-5be2c07d"}}));
     let history = ok(&state, &["properties", "history", "--project", "p"]);
     assert!(history.contains("prop-a93f51e2"), "every version reads under the new key: {history}");
     // The old key is refused now.
