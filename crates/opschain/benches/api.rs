@@ -89,8 +89,12 @@ fn deflate(data: &[u8]) -> (Vec<u8>, bool) {
     (encoder.finish().unwrap(), true)
 }
 
-/// Median, p99 and max of `samples` in milliseconds.
+/// Median, p99 and max of `samples` in milliseconds (NaN when there is none: a follower that got
+/// no line shows as such in the report rather than ending the run).
 fn summary(samples: &mut [Duration]) -> (f64, f64, f64) {
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
