@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::seal::properties_aad;
+use super::properties::insert_first_version;
 use super::{q, Level, Store, StoreError};
 
 /// A project, as `project list` shows it.
@@ -68,11 +68,7 @@ impl Store {
                 None => {
                     tx.execute("INSERT INTO projects (code) VALUES (?1)", [&code]).map_err(q("create project"))?;
                     let id = tx.last_insert_rowid();
-                    tx.execute(
-                        "INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)",
-                        params![id, Level::Project, seal.seal(&properties_aad(Level::Project.as_str(), id, 0, "json"), b"{}")],
-                    )
-                    .map_err(q("create project properties"))?;
+                    insert_first_version(tx, &seal, Level::Project, id)?;
                     id
                 }
             };
@@ -94,11 +90,7 @@ impl Store {
                 None => {
                     tx.execute("INSERT INTO environments (project_id, code) VALUES (?1, ?2)", params![project_id, code]).map_err(q("create environment"))?;
                     let id = tx.last_insert_rowid();
-                    tx.execute(
-                        "INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)",
-                        params![id, Level::Environment, seal.seal(&properties_aad(Level::Environment.as_str(), id, 0, "json"), b"{}")],
-                    )
-                    .map_err(q("create environment properties"))?;
+                    insert_first_version(tx, &seal, Level::Environment, id)?;
                     id
                 }
             };

@@ -246,6 +246,16 @@ fn stage(cache: &PropertiesCache, staged: &mut Vec<Staged>, key: (Level, i64), c
     staged.push((key, current));
 }
 
+/// Stores the first version (0) of a new owner's properties: an empty document, sealed as every
+/// version is. Every path that creates a project or an environment calls this in the write that
+/// creates it.
+pub(super) fn insert_first_version(conn: &Connection, seal: &Seal, level: Level, owner: i64) -> Result<(), StoreError> {
+    let empty = seal.seal(&properties_aad(level.as_str(), owner, 0, "json"), b"{}");
+    conn.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?1, ?2, 0, ?3)", params![level, owner, empty])
+        .map_err(q("create the first properties version"))?;
+    Ok(())
+}
+
 /// Reads version `version` of a level's properties from the database: the last snapshot at or
 /// before it, and the patches after that applied in turn: spliced into its text
 /// ([`splice::Document::patch`], as a step's diff is applied) while they can be, so that a

@@ -4,7 +4,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::events::{record, NewEvent};
-use super::seal::properties_aad;
+use super::properties::insert_first_version;
 use super::{q, Level, Store, StoreError};
 
 /// A project's git remote.
@@ -42,9 +42,7 @@ impl Store {
             }
             tx.execute("INSERT INTO projects (code, name) VALUES (?1, ?2)", params![code, name]).map_err(q("create project"))?;
             let id = tx.last_insert_rowid();
-            let empty = seal.seal(&properties_aad(Level::Project.as_str(), id, 0, "json"), b"{}");
-            tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)", params![id, Level::Project, empty])
-                .map_err(q("create project properties"))?;
+            insert_first_version(tx, &seal, Level::Project, id)?;
             record(tx, &NewEvent { username: Some(&by), kind: "project.create", target: Some(&format!("project/{code}")), detail: serde_json::json!({"name": name}) })?;
             let created_at = tx.query_row("SELECT created_at FROM projects WHERE id = ?1", [id], |r| r.get(0)).map_err(q("read project"))?;
             Ok(NamedRow { code, name, created_at })
@@ -66,9 +64,7 @@ impl Store {
             }
             tx.execute("INSERT INTO environments (project_id, code, name) VALUES (?1, ?2, ?3)", params![project_id, code, name]).map_err(q("create environment"))?;
             let id = tx.last_insert_rowid();
-            let empty = seal.seal(&properties_aad(Level::Environment.as_str(), id, 0, "json"), b"{}");
-            tx.execute("INSERT INTO properties (level, owner_id, version, json) VALUES (?2, ?1, 0, ?3)", params![id, Level::Environment, empty])
-                .map_err(q("create environment properties"))?;
+            insert_first_version(tx, &seal, Level::Environment, id)?;
             let target = format!("project/{project_code}/environment/{code}");
             record(tx, &NewEvent { username: Some(&by), kind: "environment.create", target: Some(&target), detail: serde_json::json!({"name": name}) })?;
             let created_at = tx.query_row("SELECT created_at FROM environments WHERE id = ?1", [id], |r| r.get(0)).map_err(q("read environment"))?;
